@@ -1,0 +1,71 @@
+"""What the reconciler reports: Kubernetes-style conditions and per-resource status."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class Report(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class ConditionStatus(str, Enum):
+    true = "True"
+    false = "False"
+    unknown = "Unknown"
+
+
+class Condition(Report):
+    type: str
+    status: ConditionStatus
+    reason: str = Field(pattern=r"^[A-Z][A-Za-z0-9]*$")
+    message: str = ""
+    last_transition_time: datetime
+
+
+class Placement(str, Enum):
+    local = "local"
+    hosted = "hosted"
+    unavailable = "unavailable"
+
+
+class ExitInfo(Report):
+    pid: int
+    code: int | None = Field(None, description="None when the process was not our child and its code is lost.")
+    signal: int | None = None
+    finished_at: datetime
+    ran_seconds: float
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            return f"process was killed by signal {self.signal}"
+        if self.code is None:
+            return "process exited (exit code unknown: it was adopted after a reconciler restart)"
+        return f"process exited with code {self.code}"
+
+    @property
+    def failed(self) -> bool:
+        return self.code != 0
+
+
+class ResourceStatus(Report):
+    kind: str
+    name: str
+    generation: int
+    observed_generation: int | None = None
+    phase: str
+    placement: Placement | None = None
+    message: str = ""
+    conditions: list[Condition] = Field(default_factory=list)
+    pid: int | None = None
+    restart_count: int = 0
+    last_exit: ExitInfo | None = None
+    next_retry_time: datetime | None = None
+    started_at: datetime | None = None
+    created_at: datetime | None = None
+    log_file: str | None = None
+    endpoints: list[str] = Field(default_factory=list)

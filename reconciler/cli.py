@@ -1,0 +1,222 @@
+"""`reconciler` command line: validate, plan, apply, run, down, status, schemas."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from reconciler.api.schemas import stale_schemas, write_schemas
+from reconciler.api.status import ConditionStatus
+from reconciler.control.daemon import Daemon
+from reconciler.control.lock import StateDirBusy, exclusive
+from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
+from reconciler.load.desired import load_desired
+from reconciler.render import dump, plan_rows, plan_table, status_rows, status_table
+
+EXIT_IN_SYNC, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+TERMINAL_READY_REASONS = {"PolicyDenied", "Failed", "BackOff", "ExecutableNotFound", "WorkingDirNotFound",
+                          "PermissionDenied", "StartFailed", "Completed"}
+
+
+def default_state_dir(root: Path) -> Path:
+    """One state directory per desired-state folder, so two folders never prune each other."""
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "localaistack-reconciler"
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    return base / f"{root.resolve().name}-{digest}"
+
+
+path_argument = click.argument("path", type=click.Path(path_type=Path), default="desired-state")
+state_option = click.option(
+    "--state-dir", type=click.Path(path_type=Path), envvar="RECONCILER_STATE_DIR",
+    help="Where the reconciler keeps process records and logs [default: ~/.local/state/localaistack-reconciler/<folder>].",
+)
+output_option = click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table")
+
+
+def _reconciler(path: Path, state_dir: Path | None, **options: object) -> Reconciler:
+    reconciler = Reconciler(path, state_dir or default_state_dir(path), **options)  # type: ignore[arg-type]
+    try:
+        reconciler.refresh()
+    except DesiredStateUnreadable as error:
+        raise click.ClickException(str(error)) from None
+    return reconciler
+
+
+def _print_load_errors(reconciler: Reconciler) -> bool:
+    for errors in reconciler.desired.errors.values():
+        for error in errors:
+            click.echo(str(error), err=True)
+    return bool(reconciler.desired.errors)
+
+
+@click.group()
+@click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+def main(log_level: str) -> None:
+    """Keep what runs on this workstation equal to the desired state in PATH."""
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+
+
+@main.command()
+@path_argument
+def validate(path: Path) -> None:
+    """Check every spec file; errors name file:line:column, field and what was expected."""
+    if not path.is_dir():
+        raise click.ClickException(f"{path}: not a readable folder")
+    desired = load_desired(path)
+    for errors in desired.errors.values():
+        for error in errors:
+            click.echo(str(error))
+    if desired.errors:
+        sys.exit(EXIT_ERROR)
+    click.echo(f"{len(desired.resources)} resources in {len(desired.files)} files are valid")
+
+
+@main.command()
+@path_argument
+@state_option
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.option("--allow-empty", is_flag=True, help="Plan pruning even when the desired state is empty.")
+def plan(path: Path, state_dir: Path | None, output: str, allow_empty: bool) -> None:
+    """Show every action a pass would take, with its cause. Exit 0 in sync, 2 changes pending, 1 error."""
+    reconciler = _reconciler(path, state_dir, readonly=True, allow_empty=allow_empty)
+    now = datetime.now(timezone.utc)
+    rows = plan_rows([reconciler.plan(key, now) for key in reconciler.keys()])
+    click.echo(dump(rows, "json") if output == "json" else plan_table(rows))
+    if _print_load_errors(reconciler):
+        sys.exit(EXIT_ERROR)
+    sys.exit(EXIT_CHANGES if any(row["action"] != "none" for row in rows) else EXIT_IN_SYNC)
+
+
+@main.command()
+@path_argument
+@state_option
+@click.option("--wait", is_flag=True, help="Block until every workload is Ready or has failed.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds --wait waits at most.")
+@click.option("--min-ready-seconds", default=1.0, show_default=True, help="How long a process must stay up to count as Ready for --wait.")
+@click.option("--allow-empty", is_flag=True, help="Prune everything even when the desired state is empty.")
+def apply(path: Path, state_dir: Path | None, wait: bool, timeout: float, min_ready_seconds: float, allow_empty: bool) -> None:
+    """Run one reconcile pass (or, with --wait, until workloads are Ready or failed)."""
+    exited = threading.Event()
+    state_dir = state_dir or default_state_dir(path)
+    with _locked(state_dir, "apply"):
+        reconciler = _reconciler(path, state_dir, allow_empty=allow_empty, on_exit=lambda name: exited.set())
+        reconciler.adopt()
+        deadline = time.monotonic() + timeout
+        while True:
+            for key in reconciler.keys():
+                reconciler.reconcile(key)
+            pending, failed = _readiness(reconciler, min_ready_seconds)
+            if not wait or not pending:
+                break
+            if time.monotonic() >= deadline:
+                click.echo(f"timed out after {timeout}s waiting for: {', '.join(pending)}", err=True)
+                sys.exit(EXIT_ERROR)
+            exited.wait(0.1)
+            exited.clear()
+    load_errors = _print_load_errors(reconciler)
+    for line in failed:
+        click.echo(line, err=True)
+    sys.exit(EXIT_ERROR if (wait and failed) or load_errors else EXIT_IN_SYNC)
+
+
+def _readiness(reconciler: Reconciler, min_ready_seconds: float) -> tuple[list[str], list[str]]:
+    """Workloads still settling, and those that failed, by their Ready condition."""
+    pending, failed = [], []
+    now = datetime.now(timezone.utc)
+    for key, entry in reconciler.desired.resources.items():
+        if key.kind != "Workload":
+            continue
+        record = reconciler.records.get(key)
+        status = record.status if record else None
+        ready = next((c for c in status.conditions if c.type == "Ready"), None) if status else None
+        if ready is None:
+            pending.append(str(key))
+        elif ready.status is ConditionStatus.true:
+            started = status.started_at if status else None
+            if started is not None and (now - started).total_seconds() < min_ready_seconds:
+                pending.append(str(key))
+        elif ready.reason in TERMINAL_READY_REASONS:
+            failed.append(f"{key}: {ready.reason}: {ready.message}")
+        else:
+            pending.append(str(key))
+    return pending, failed
+
+
+@main.command()
+@path_argument
+@state_option
+@click.option("--resync", default=30.0, show_default=True, help="Seconds between full passes when nothing happens.")
+@click.option("--allow-empty", is_flag=True, help="Prune everything even when the desired state becomes empty.")
+def run(path: Path, state_dir: Path | None, resync: float, allow_empty: bool) -> None:
+    """The daemon: watch PATH and converge on every change, exit and resync. SIGTERM leaves workloads running."""
+    state_dir = state_dir or default_state_dir(path)
+    if not path.is_dir():
+        raise click.ClickException(f"{path}: not a readable folder")
+    with _locked(state_dir, "run"):
+        daemon_box: list[Daemon] = []
+        reconciler = Reconciler(path, state_dir, allow_empty=allow_empty,
+                                on_exit=lambda name: daemon_box[0].process_exited(name) if daemon_box else None)
+        daemon = Daemon(reconciler, resync_seconds=resync)
+        daemon_box.append(daemon)
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, lambda *_: daemon.stop())
+        daemon.run()
+
+
+@main.command()
+@path_argument
+@state_option
+def down(path: Path, state_dir: Path | None) -> None:
+    """Stop and remove everything this desired-state folder owns."""
+    state_dir = state_dir or default_state_dir(path)
+    with _locked(state_dir, "down"):
+        reconciler = Reconciler(path, state_dir)
+        for key in reconciler.keys():
+            reconciler.remove(key, cause="reconciler down")
+            click.echo(f"{key}: removed")
+
+
+@main.command()
+@path_argument
+@state_option
+@output_option
+def status(path: Path, state_dir: Path | None, output: str) -> None:
+    """What runs, where, and why not: one line per resource."""
+    reconciler = Reconciler(path, state_dir or default_state_dir(path), readonly=True)
+    records = [reconciler.records[key] for key in sorted(reconciler.records)]
+    rows = status_rows(records, datetime.now(timezone.utc))
+    click.echo(status_table(rows) if output == "table" else dump(rows, output))
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default="crds", show_default=True)
+@click.option("--check", is_flag=True, help="Only report files that are stale; exit 1 if any.")
+def schemas(out: Path, check: bool) -> None:
+    """Regenerate the JSON Schemas and CRDs in crds/ from the pydantic models."""
+    if check:
+        stale = stale_schemas(out)
+        for name in stale:
+            click.echo(f"stale: {out / name}")
+        sys.exit(EXIT_ERROR if stale else EXIT_IN_SYNC)
+    for written in write_schemas(out):
+        click.echo(f"wrote {written}")
+
+
+@contextmanager
+def _locked(state_dir: Path, command: str) -> Iterator[None]:
+    try:
+        with exclusive(state_dir, command):
+            yield
+    except StateDirBusy as error:
+        raise click.ClickException(str(error)) from None

@@ -1,0 +1,152 @@
+"""The watch loop: file events, process exits and a periodic resync trigger passes; they never say what to do.
+
+Editor saves are debounced: a file being written (opened, modified, not yet closed) is not read
+until its writer closes it or renames it into place, so a half-written file is never applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from watchdog.events import (
+    FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileModifiedEvent, FileMovedEvent, FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+from reconciler.api.meta import ResourceKey
+from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
+from reconciler.control.workqueue import ShutDown, WorkQueue
+from reconciler.load.desired import is_spec_file
+
+log = logging.getLogger("reconciler")
+
+QUIET_SECONDS = 0.03  # after a save completes: lets a burst of saves coalesce into one pass
+UNCLOSED_WRITE_SECONDS = 2.0  # a writer that never closes (or a missed event) is read after this
+ERROR_BACKOFF = (0.5, 60.0)  # per-key retry of a reconcile that raised: initial, max seconds
+
+
+class _SpecEvents(FileSystemEventHandler):
+    """Tracks which spec files are mid-write and when the folder last settled."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        self._wake = wake
+        self._lock = threading.Lock()
+        self._writing: dict[str, float] = {}
+        self._due: float | None = None
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        paths = [str(event.src_path)] + ([str(event.dest_path)] if isinstance(event, FileMovedEvent) else [])
+        if event.is_directory or not any(is_spec_file(Path(path).name) for path in paths):
+            return
+        now = time.monotonic()
+        with self._lock:
+            if isinstance(event, (FileCreatedEvent, FileModifiedEvent)):
+                self._writing[paths[0]] = now + UNCLOSED_WRITE_SECONDS
+            elif isinstance(event, (FileClosedEvent, FileMovedEvent, FileDeletedEvent)):
+                for path in paths:
+                    self._writing.pop(path, None)
+            else:
+                return
+            self._due = now + QUIET_SECONDS
+        self._wake.set()
+
+    def due_in(self) -> float | None:
+        """Seconds until the folder may be read (0: now), or None when nothing changed."""
+        with self._lock:
+            if self._due is None:
+                return None
+            now = time.monotonic()
+            waits = [self._due - now, *(deadline - now for deadline in self._writing.values())]
+            return max(0.0, *waits)
+
+    def consume(self) -> None:
+        with self._lock:
+            self._due = None
+            self._writing = {path: deadline for path, deadline in self._writing.items() if deadline > time.monotonic()}
+
+
+class Daemon:
+    def __init__(self, reconciler: Reconciler, resync_seconds: float = 30.0, workers: int = 2) -> None:
+        self.reconciler = reconciler
+        self.resync_seconds = resync_seconds
+        self.queue: WorkQueue[ResourceKey] = WorkQueue()
+        self.stopping = threading.Event()
+        self._wake = threading.Event()
+        self._events = _SpecEvents(self._wake)
+        self._failures: dict[ResourceKey, int] = {}
+        self._workers = [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True) for n in range(workers)]
+
+    def process_exited(self, name: str) -> None:
+        self.queue.add(ResourceKey("Workload", name))
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        observer = Observer()
+        observer.schedule(self._events, str(self.reconciler.root), recursive=True)
+        observer.start()
+        self.reconciler.adopt()
+        for worker in self._workers:
+            worker.start()
+        log.info("watching %s (resync every %ss)", self.reconciler.root, self.resync_seconds)
+        next_resync = 0.0
+        try:
+            while not self.stopping.is_set():
+                now = time.monotonic()
+                due = self._events.due_in()
+                if now >= next_resync:
+                    self._events.consume()
+                    self._pass("resync")
+                    next_resync = now + self.resync_seconds
+                elif due == 0:
+                    self._events.consume()
+                    self._pass("spec change")
+                timeout = next_resync - time.monotonic()
+                due = self._events.due_in()
+                self._wake.wait(timeout if due is None else min(timeout, due))
+                self._wake.clear()
+        finally:
+            observer.stop()
+            self.queue.shut_down()
+            observer.join(timeout=5)
+            for worker in self._workers:
+                worker.join(timeout=30)
+            log.info("stopped; workloads keep running and are re-adopted on the next start")
+
+    def _pass(self, why: str) -> None:
+        try:
+            desired = self.reconciler.refresh()
+        except DesiredStateUnreadable as error:
+            log.error("%s: %s; nothing changes until it is readable again", why, error)
+            return
+        for file, errors in desired.errors.items():
+            for error in errors:
+                log.warning("%s", error)
+        for key in self.reconciler.keys():
+            self.queue.add(key)
+        self.reconciler.processes.logs.trim_all()
+
+    def _work(self) -> None:
+        while True:
+            try:
+                key = self.queue.get()
+            except ShutDown:
+                return
+            try:
+                requeue = self.reconciler.reconcile(key)
+                self._failures.pop(key, None)
+                if requeue is not None:
+                    self.queue.add_after(key, requeue)
+            except Exception:
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                delay = min(ERROR_BACKOFF[1], ERROR_BACKOFF[0] * 2 ** (failures - 1))
+                log.exception("%s: reconcile failed (attempt %d); retrying in %.1fs", key, failures, delay)
+                self.queue.add_after(key, delay)
+            finally:
+                self.queue.done(key)

@@ -1,0 +1,58 @@
+"""Bounded per-workload log files: the current run and the previous one, each capped in size."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_MAX_BYTES = 8 * 1024 * 1024
+
+
+class LogStore:
+    def __init__(self, directory: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+
+    def path(self, name: str, previous: bool = False) -> Path:
+        return self.directory / (f"{name}.previous.log" if previous else f"{name}.log")
+
+    def open_for_new_run(self, name: str) -> int:
+        """Keep the last run's log as `previous` (the crash's story) and start a fresh one."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        current = self.path(name)
+        if current.exists():
+            os.replace(current, self.path(name, previous=True))
+        return os.open(current, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def trim(self, name: str) -> None:
+        """Cap a live log: keep its newest half. The writer appends (O_APPEND), so it carries on at the new end."""
+        current = self.path(name)
+        try:
+            size = current.stat().st_size
+        except FileNotFoundError:
+            return
+        if size <= self.max_bytes:
+            return
+        keep = self.max_bytes // 2
+        with current.open("r+b") as handle:
+            handle.seek(size - keep)
+            tail = handle.read(keep)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(b"[... earlier output trimmed by the reconciler ...]\n" + tail)
+
+    def trim_all(self) -> None:
+        if self.directory.is_dir():
+            for path in self.directory.glob("*.log"):
+                if not path.name.endswith(".previous.log"):
+                    self.trim(path.name.removesuffix(".log"))
+
+    def tail(self, name: str, lines: int = 20, previous: bool = False) -> list[str]:
+        try:
+            with self.path(name, previous).open("rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - 64 * 1024))
+                data = handle.read()
+        except FileNotFoundError:
+            return []
+        return data.decode("utf-8", "replace").splitlines()[-lines:]

@@ -1,0 +1,53 @@
+"""The policy gate: every planned change is approved, denied or held for a human, with reasons. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from reconciler.api.kinds import Policy, PolicySpec
+from reconciler.diff.plan import Action, Verb
+
+DEFAULT_POLICY = PolicySpec()  # trusts no native executable: nothing runs until a Policy says so
+
+
+class Decision(str, Enum):
+    approve = "approve"
+    deny = "deny"
+    needs_approval = "needs-approval"
+
+
+@dataclass(frozen=True)
+class Reason:
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: Decision
+    reasons: tuple[Reason, ...] = field(default_factory=tuple)
+
+    @property
+    def approved(self) -> bool:
+        return self.decision is Decision.approve
+
+
+def decide(action: Action, policy: Policy | None, resolved_executable: str | None = None) -> Verdict:
+    """Judge one action. Removing and recording are always allowed; starting a process must be trusted."""
+    spec = policy.spec if policy else DEFAULT_POLICY
+    source = f"Policy/{policy.name}" if policy else "default policy"
+    if action.verb not in (Verb.create, Verb.recreate) or action.launch is None:
+        return Verdict(Decision.approve, (Reason("no-side-effects", "records or removes only: nothing is started"),))
+    executable = action.launch.argv[0]
+    trusted = {entry.executable for entry in spec.native.trusted_executables}
+    names = {executable, resolved_executable} - {None}
+    if names & trusted:
+        where = f" ({resolved_executable})" if resolved_executable and resolved_executable != executable else ""
+        return Verdict(Decision.approve, (Reason("native.trustedExecutables", f"{executable!r}{where} is trusted by {source}"),))
+    hint = f"add it to spec.native.trustedExecutables of {source}" if policy else "write a Policy that lists it in spec.native.trustedExecutables"
+    shown = f"{executable!r}" + (f" ({resolved_executable})" if resolved_executable and resolved_executable != executable else "")
+    return Verdict(Decision.deny, (Reason("native.trustedExecutables", f"native executable {shown} is not trusted by {source}: {hint}"),))

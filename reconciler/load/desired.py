@@ -1,0 +1,133 @@
+"""The desired state: every spec file of a folder, validated as one snapshot."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reconciler.api.kinds import Policy, spec_hash
+from reconciler.api.meta import Resource, ResourceKey
+from reconciler.load.validate import LoadError, validate_document
+from reconciler.load.yaml_source import MAX_FILE_BYTES, YamlProblem, parse_documents
+
+GENERATED_SUFFIXES = (".status.yaml", ".evidence.jsonl")
+SPEC_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class DesiredEntry:
+    resource: Resource
+    file: str
+    spec_hash: str
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    files: tuple[str, ...]
+    resources: dict[ResourceKey, DesiredEntry]
+    errors: dict[str, list[LoadError]] = field(default_factory=dict)
+    rejected: dict[ResourceKey, list[LoadError]] = field(default_factory=dict)
+
+    @property
+    def policy(self) -> Policy | None:
+        policies = [entry.resource for entry in self.resources.values() if isinstance(entry.resource, Policy)]
+        return policies[0] if policies else None
+
+    def file_is_clean(self, file: str) -> bool:
+        return not self.errors.get(file)
+
+
+def is_spec_file(name: str) -> bool:
+    """Spec files are visible *.yaml/*.yml; our own outputs and editor temp files are not."""
+    return (
+        name.endswith(SPEC_SUFFIXES)
+        and not name.startswith(".")
+        and not name.endswith(GENERATED_SUFFIXES)
+    )
+
+
+def build_desired(contents: dict[str, bytes | LoadError]) -> DesiredState:
+    """Validate every file's content as one snapshot (pure: the caller did the reading)."""
+    errors: dict[str, list[LoadError]] = defaultdict(list)
+    found: dict[ResourceKey, list[DesiredEntry]] = defaultdict(list)
+    for file in sorted(contents):
+        content = contents[file]
+        if isinstance(content, LoadError):
+            errors[file].append(content)
+            continue
+        try:
+            documents = parse_documents(content)
+        except YamlProblem as problem:
+            errors[file].append(LoadError(file, problem.message, problem.position))
+            continue
+        for document in documents:
+            result = validate_document(file, document)
+            if isinstance(result, list):
+                errors[file].extend(result)
+            else:
+                found[result.key].append(DesiredEntry(result, file, spec_hash(result)))
+
+    resources: dict[ResourceKey, DesiredEntry] = {}
+    rejected: dict[ResourceKey, list[LoadError]] = defaultdict(list)
+    for key, entries in found.items():
+        if len(entries) == 1:
+            resources[key] = entries[0]
+            continue
+        places = ", ".join(entry.file for entry in entries)
+        for entry in entries:
+            error = LoadError(entry.file, f"{key} is defined more than once ({places}): none of them is applied", key=key)
+            errors[entry.file].append(error)
+    _reject_second_policy(resources, errors)
+    for file_errors in errors.values():
+        for error in file_errors:
+            if error.key is not None:
+                rejected[error.key].append(error)
+    for key in rejected:
+        resources.pop(key, None)
+    return DesiredState(
+        files=tuple(sorted(contents)),
+        resources=resources,
+        errors={file: sorted(errs, key=_error_order) for file, errs in errors.items()},
+        rejected=dict(rejected),
+    )
+
+
+def _reject_second_policy(resources: dict[ResourceKey, DesiredEntry], errors: dict[str, list[LoadError]]) -> None:
+    policies = [entry for entry in resources.values() if isinstance(entry.resource, Policy)]
+    if len(policies) < 2:
+        return
+    names = ", ".join(f"{entry.resource.key} in {entry.file}" for entry in policies)
+    for entry in policies:
+        errors[entry.file].append(
+            LoadError(entry.file, f"only one Policy may govern a host; found {names}", key=entry.resource.key)
+        )
+
+
+def _error_order(error: LoadError) -> tuple[int, int]:
+    return (error.position.line, error.position.column) if error.position else (0, 0)
+
+
+def read_folder(root: Path) -> dict[str, bytes | LoadError]:
+    """Read every spec file under `root` (relative names); an unreadable file becomes its error."""
+    contents: dict[str, bytes | LoadError] = {}
+    for directory, subdirectories, names in os.walk(root):
+        subdirectories[:] = sorted(name for name in subdirectories if not name.startswith("."))
+        for name in sorted(names):
+            if not is_spec_file(name):
+                continue
+            path = Path(directory) / name
+            relative = str(path.relative_to(root))
+            try:
+                with path.open("rb") as handle:
+                    data = handle.read(MAX_FILE_BYTES + 1)
+            except OSError as error:
+                contents[relative] = LoadError(relative, f"cannot read file: {error.strerror}")
+                continue
+            contents[relative] = data
+    return contents
+
+
+def load_desired(root: Path) -> DesiredState:
+    return build_desired(read_folder(root))

@@ -1,0 +1,114 @@
+"""Plain YAML documents -> typed resources, or errors naming file, line, column, field and expectation."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from reconciler.api.kinds import KINDS
+from reconciler.api.meta import API_VERSION, Resource, ResourceKey
+from reconciler.load.yaml_source import FieldPath, Position, SourceDocument
+
+
+@dataclass(frozen=True)
+class LoadError:
+    file: str
+    message: str
+    position: Position | None = None
+    field: str | None = None
+    key: ResourceKey | None = None  # the resource the error belongs to, when it can be told
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.position:
+            where += f":{self.position.line}:{self.position.column}"
+        return f"{where} {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+def validate_document(file: str, document: SourceDocument) -> Resource | list[LoadError]:
+    """One document -> its resource, or every error in it (not just the first)."""
+    data = document.data
+    if not isinstance(data, dict):
+        return [LoadError(file, f"expected a mapping with apiVersion, kind, metadata and spec, got {_type_name(data)}", document.start)]
+    key = _key_if_readable(data)
+    errors: list[LoadError] = []
+
+    def error(path: FieldPath, message: str) -> None:
+        errors.append(LoadError(file, message, document.position_of(path), _dotted(path), key))
+
+    api_version, kind = data.get("apiVersion"), data.get("kind")
+    if api_version != API_VERSION:
+        error(("apiVersion",), f"expected {API_VERSION!r}, got {api_version!r}" if api_version else f"required: expected {API_VERSION!r}")
+    if kind not in KINDS:
+        expected = ", ".join(sorted(KINDS))
+        error(("kind",), f"unknown kind {kind!r}: expected one of {expected}" if kind else f"required: expected one of {expected}")
+    if errors:
+        return errors
+    model = KINDS[kind]
+    try:
+        return model.model_validate(data)
+    except ValidationError as failure:
+        for detail in failure.errors(include_url=False):
+            path = tuple(part for part in detail["loc"] if part != "[key]")
+            error(path, _describe(detail, model))
+        return errors
+
+
+def _key_if_readable(data: dict[str, Any]) -> ResourceKey | None:
+    kind, metadata = data.get("kind"), data.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    if isinstance(kind, str) and isinstance(name, str) and kind in KINDS:
+        return ResourceKey(kind, name)
+    return None
+
+
+def _describe(detail: Any, model: type[BaseModel]) -> str:
+    kind, message, value = detail["type"], detail["msg"], detail.get("input")
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        unknown = str(detail["loc"][-1])
+        close = difflib.get_close_matches(unknown, _field_names(model), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown field {unknown!r}{hint}"
+    message = message.removeprefix("Value error, ")
+    message = message.replace("Input should be", "expected").replace("String should", "expected a string that should")
+    if kind == "string_pattern_mismatch" and detail["loc"][-2:] == ("metadata", "name"):
+        message = "expected a DNS-1123 label: lower-case letters, digits and '-', starting and ending alphanumeric"
+    if ", got " not in message and not isinstance(value, (dict, list)):
+        message += f", got {value!r}"
+    return message
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    """Every camelCase field name in a model tree: the vocabulary for 'did you mean'."""
+    names: set[str] = set()
+    pending: list[type[BaseModel]] = [model]
+    while pending:
+        current = pending.pop()
+        for name, info in current.model_fields.items():
+            names.add(info.alias or name)
+            for candidate in _models_in(info.annotation):
+                if candidate not in pending:
+                    pending.append(candidate)
+    return sorted(names)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [found for arg in getattr(annotation, "__args__", ()) for found in _models_in(arg)]
+
+
+def _dotted(path: FieldPath) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _type_name(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(type(value), type(value).__name__)

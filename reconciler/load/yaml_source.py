@@ -1,0 +1,159 @@
+"""YAML text -> plain documents plus a map from field path to line/column (pure, no I/O).
+
+PyYAML's composer gives nodes with positions; we construct values ourselves so that
+duplicate keys, foreign tags and alias bombs become precise errors instead of surprises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+MAX_FILE_BYTES = 1024 * 1024
+MAX_NODES = 50_000
+MAX_DEPTH = 64
+
+FieldPath = tuple[str | int, ...]
+
+_ALLOWED_TAGS = {
+    "tag:yaml.org,2002:" + name for name in ("str", "int", "float", "bool", "null", "map", "seq")
+}
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    line: int
+    column: int
+
+
+@dataclass(frozen=True)
+class YamlProblem(Exception):
+    """Why a file cannot become documents, and where."""
+
+    message: str
+    position: Position | None = None
+
+
+@dataclass
+class SourceDocument:
+    data: Any
+    start: Position
+    positions: dict[FieldPath, Position] = field(default_factory=dict)
+
+    def position_of(self, path: FieldPath) -> Position:
+        """The nearest known position for a field path: the field itself, else its closest parent."""
+        for end in range(len(path), 0, -1):
+            found = self.positions.get(path[:end])
+            if found:
+                return found
+        return self.start
+
+
+def parse_documents(data: bytes) -> list[SourceDocument]:
+    """Every non-empty YAML document in `data`; raises YamlProblem for anything unreadable."""
+    if len(data) > MAX_FILE_BYTES:
+        raise YamlProblem(f"file is larger than the limit of {MAX_FILE_BYTES} bytes (1 MiB)")
+    text = _decode(data)
+    if not text.strip():
+        raise YamlProblem("file is empty: expected at least one YAML document")
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        raise YamlProblem(f"invalid YAML: {error.problem or error.context}", _position(mark)) from None
+    except yaml.YAMLError as error:
+        raise YamlProblem(f"invalid YAML: {error}") from None
+    except RecursionError:
+        raise YamlProblem("invalid YAML: nested too deeply") from None
+    documents = [_Builder().document(node) for node in nodes if node is not None and not _is_null(node)]
+    if not documents:
+        raise YamlProblem("file holds no YAML document with content")
+    return documents
+
+
+def _decode(data: bytes) -> str:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise YamlProblem(
+            f"not UTF-8 text: byte 0x{data[error.start]:02x} at offset {error.start}", Position(line, 1)
+        ) from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise YamlProblem("binary content: NUL byte in file", Position(line, 1))
+    return text
+
+
+def _position(mark: Any) -> Position | None:
+    return Position(mark.line + 1, mark.column + 1) if mark is not None else None
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self._constructor = SafeConstructor()
+        self._nodes = 0
+
+    def document(self, root: Node) -> SourceDocument:
+        document = SourceDocument(data=None, start=_position(root.start_mark) or Position(1, 1))
+        document.data = self._value(root, (), document.positions, active=set())
+        return document
+
+    def _value(self, node: Node, path: FieldPath, positions: dict[FieldPath, Position], active: set[int]) -> Any:
+        self._nodes += 1
+        where = _position(node.start_mark)
+        if self._nodes > MAX_NODES:
+            raise YamlProblem(f"document expands to more than {MAX_NODES} values (an alias bomb?)", where)
+        if len(path) > MAX_DEPTH:
+            raise YamlProblem(f"nested deeper than {MAX_DEPTH} levels", where)
+        if id(node) in active:
+            raise YamlProblem("recursive alias: a value contains itself", where)
+        if isinstance(node, ScalarNode):
+            return self._scalar(node)
+        active = active | {id(node)}
+        if isinstance(node, SequenceNode):
+            self._check_tag(node, "tag:yaml.org,2002:seq")
+            items = []
+            for index, item in enumerate(node.value):
+                positions[(*path, index)] = _position(item.start_mark)
+                items.append(self._value(item, (*path, index), positions, active))
+            return items
+        assert isinstance(node, MappingNode)
+        self._check_tag(node, "tag:yaml.org,2002:map")
+        mapping: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key_at = _position(key_node.start_mark)
+            if not isinstance(key_node, ScalarNode):
+                raise YamlProblem("mapping keys must be plain scalars", key_at)
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise YamlProblem("YAML merge keys (<<) are not supported: write the fields out", key_at)
+            key = self._scalar(key_node)
+            if key in mapping:
+                first = positions.get((*path, key))
+                raise YamlProblem(
+                    f"duplicate key {key!r}" + (f" (first at line {first.line})" if first else ""), key_at
+                )
+            positions[(*path, key)] = key_at
+            mapping[key] = self._value(value_node, (*path, key), positions, active)
+        return mapping
+
+    def _scalar(self, node: ScalarNode) -> Any:
+        if node.tag == _TIMESTAMP_TAG:
+            return node.value  # dates stay text: no field of ours is a date
+        self._check_tag(node, None)
+        return self._constructor.construct_object(node, deep=True)
+
+    @staticmethod
+    def _check_tag(node: Node, expected: str | None) -> None:
+        if node.tag not in _ALLOWED_TAGS or (expected and node.tag != expected):
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            raise YamlProblem(f"YAML tag {tag} is not allowed", _position(node.start_mark))

@@ -1,0 +1,183 @@
+"""Append-only, hash-chained JSON-lines evidence of what the reconciler did.
+
+Each line carries the SHA-256 of the line before it, so editing, inserting or
+deleting a line anywhere but at the very end breaks the chain at the next line
+and ``verify_chain`` can name it. Lines are fsynced one by one because the log
+must survive the crash it may be needed to explain; a line torn by that crash
+is cut off on the next append and the cut is recorded, never hidden.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reconciler.record.atomic import fsync_dir
+
+GENESIS = "0" * 64
+_RESERVED = frozenset({"prev", "repaired"})
+_TAIL_WINDOW = 64 * 1024
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of ``verify_chain``; ``records`` counts the lines verified before any break."""
+
+    ok: bool
+    records: int
+    broken_file: Path | None = None
+    broken_line: int | None = None
+    reason: str | None = None
+
+
+class EvidenceLog:
+    """One writer per path: the last line's hash is cached, so a second writer would fork the chain."""
+
+    def __init__(self, path: Path, max_bytes: int = 1_048_576, keep: int = 3) -> None:
+        if max_bytes < 1 or keep < 1:
+            raise ValueError("max_bytes and keep must be at least 1")
+        self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._last_hash: str | None = None
+
+    def append(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Durably append ``record`` and return it as written, with ``prev`` (and ``repaired``) added."""
+        clash = record.keys() & _RESERVED
+        if clash:
+            raise ValueError(f"evidence record must not set {sorted(clash)}: the log owns them")
+        with self._lock:
+            if self._last_hash is None:
+                prev, valid_end, torn = self._recover()
+            else:
+                prev, valid_end, torn = self._last_hash, 0, 0
+            written = dict(record)
+            if torn:
+                written["repaired"] = torn
+            written["prev"] = prev
+            text = json.dumps(written, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            line = (text + "\n").encode("utf-8")
+            # Until this line is known to be on disk, the next append must re-read the tail
+            # (a short write leaves a torn line there that it will repair and report).
+            self._last_hash = None
+            if torn:
+                os.truncate(self.path, valid_end)
+            self._write(line)
+            self._last_hash = _hash(line[:-1])
+            return written
+
+    def _recover(self) -> tuple[str, int, int]:
+        """Return (hash of the last complete line, where that line ends, torn bytes after it)."""
+        last, valid_end, torn = _tail(self.path)
+        if last is None:
+            # Nothing complete here: a new file, or one that rotation just emptied.
+            rotated, _, _ = _tail(_rotated(self.path, 1))
+            return (GENESIS if rotated is None else _hash(rotated)), valid_end, torn
+        return _hash(last), valid_end, torn
+
+    def _write(self, line: bytes) -> None:
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if size and size + len(line) > self.max_bytes:
+            self._rotate()
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            # One write with O_APPEND: the line lands whole at the end or (disk full) short.
+            if os.write(fd, line) != len(line):
+                raise OSError(f"short write to {self.path}: disk full?")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            fsync_dir(self.path.parent)  # the new name must be as durable as the line in it
+
+    def _rotate(self) -> None:
+        for n in range(self.keep, 0, -1):
+            source = self.path if n == 1 else _rotated(self.path, n - 1)
+            if source.exists():
+                os.replace(source, _rotated(self.path, n))
+
+
+def verify_chain(path: Path) -> VerifyResult:
+    """Check every retained line, oldest file first; stop at the first broken one.
+
+    The oldest retained line's ``prev`` is accepted as is, because it may point
+    into a file rotation has dropped. A torn last line counts as broken: it is
+    not a record until the next append has cut it off.
+    """
+    files = [_rotated(path, n) for n in range(_count_rotated(path), 0, -1)]
+    if path.exists():
+        files.append(path)
+    expected: str | None = None
+    records = 0
+    for file in files:
+        with open(file, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                reason = _check_line(raw, expected)
+                if reason is not None:
+                    return VerifyResult(False, records, file, number, reason)
+                expected = _hash(raw[:-1])
+                records += 1
+    return VerifyResult(True, records)
+
+
+def _check_line(raw: bytes, expected: str | None) -> str | None:
+    if not raw.endswith(b"\n"):
+        return "torn line: no trailing newline"
+    try:
+        record = json.loads(raw)
+    except ValueError as error:
+        return f"not JSON: {error}"
+    if not isinstance(record, dict) or not isinstance(record.get("prev"), str):
+        return "not a record: a JSON object with a string 'prev' is required"
+    if expected is not None and record["prev"] != expected:
+        return "prev does not match the hash of the line before"
+    return None
+
+
+def _tail(path: Path) -> tuple[bytes | None, int, int]:
+    """Return (last complete line without its newline or None, where it ends, torn bytes after it).
+
+    Reads backwards in windows so a large log costs only its last line to open.
+    """
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            pos, buffer = size, b""
+            while pos > 0:
+                step = min(_TAIL_WINDOW, pos)
+                pos -= step
+                handle.seek(pos)
+                buffer = handle.read(step) + buffer
+                end = buffer.rfind(b"\n")
+                if end == -1:
+                    continue
+                start = buffer.rfind(b"\n", 0, end) + 1
+                if start > 0 or pos == 0:
+                    valid_end = pos + end + 1
+                    return buffer[start:end], valid_end, size - valid_end
+            return None, 0, size
+    except FileNotFoundError:
+        return None, 0, 0
+
+
+def _count_rotated(path: Path) -> int:
+    count = 0
+    while _rotated(path, count + 1).exists():
+        count += 1
+    return count
+
+
+def _rotated(path: Path, n: int) -> Path:
+    return path.with_name(f"{path.name}.{n}")
+
+
+def _hash(line: bytes) -> str:
+    return hashlib.sha256(line).hexdigest()

@@ -1,0 +1,85 @@
+"""Human and machine renderings of plans and statuses for the CLI."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+import yaml
+
+from reconciler.control.reconciler import Planned
+from reconciler.record.store import ResourceRecord
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    lines = [headers, *rows]
+    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+
+
+def plan_rows(plans: list[Planned]) -> list[dict[str, Any]]:
+    rows = []
+    for planned in plans:
+        action, verdict = planned.action, planned.verdict
+        rows.append({
+            "resource": str(action.key),
+            "action": action.verb.value,
+            "cause": action.cause,
+            "generation": action.generation,
+            "decision": verdict.decision.value if verdict else None,
+            "reasons": [str(reason) for reason in verdict.reasons] if verdict else [],
+            "command": list(action.launch.argv) if action.launch and action.changes_something else None,
+        })
+    return rows
+
+
+def plan_table(rows: list[dict[str, Any]]) -> str:
+    body = []
+    for row in rows:
+        cause = row["cause"]
+        if row["decision"] and row["decision"] != "approve":
+            cause += " [" + "; ".join(row["reasons"]) + "]"
+        if row["command"]:
+            cause += f"  $ {' '.join(row['command'])}"
+        body.append([row["resource"], row["action"], row["decision"] or "-", cause])
+    return table(["RESOURCE", "ACTION", "DECISION", "CAUSE"], body)
+
+
+def status_rows(records: list[ResourceRecord], now: datetime) -> list[dict[str, Any]]:
+    rows = []
+    for record in records:
+        status = record.status.model_dump(mode="json", by_alias=True, exclude_none=True) if record.status else {}
+        spec = record.resource.get("spec", {})
+        rows.append({
+            "name": record.name, "kind": record.kind, "runtime": spec.get("runtime", "-") if record.kind == "Workload" else "-",
+            "age": _age(record.created_at, now), "status": status,
+        })
+    return rows
+
+
+def status_table(rows: list[dict[str, Any]]) -> str:
+    body = []
+    for row in rows:
+        status = row["status"]
+        ready = next((c["status"] for c in status.get("conditions", []) if c["type"] == "Ready"), "Unknown")
+        endpoints = status.get("endpoints") or ["-"]
+        body.append([
+            row["name"], row["kind"], row["runtime"], ready, status.get("placement", "-"), ", ".join(endpoints),
+            str(status.get("restartCount", 0)), row["age"], f"{status.get('phase', '')}: {status.get('message', '')}".strip(": "),
+        ])
+    return table(["NAME", "KIND", "RUNTIME", "READY", "PLACEMENT", "ENDPOINT", "RESTARTS", "AGE", "MESSAGE"], body)
+
+
+def dump(data: Any, output: str) -> str:
+    if output == "json":
+        return json.dumps(data, indent=2, default=str)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip()
+
+
+def _age(created: datetime, now: datetime) -> str:
+    seconds = int((now - created.astimezone(timezone.utc)).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
