@@ -120,6 +120,7 @@ class Daemon:
             log.info("stopped; workloads keep running and are re-adopted on the next start")
 
     def _pass(self, why: str) -> None:
+        log.debug("pass: %s", why)
         try:
             desired = self.reconciler.refresh()
         except DesiredStateUnreadable as error:

@@ -48,6 +48,7 @@ class Reconciler:
         on_exit: Callable[[str], None] | None = None, readonly: bool = False,
     ) -> None:
         self.root = root.resolve()
+        self.shown_root = root  # as the user typed it: error messages name files this way
         self.store = StateStore(state_dir)
         self.processes = ProcessDriver(state_dir, on_exit=on_exit, readonly=readonly)
         self.recorder = Recorder(self.root)
@@ -63,7 +64,7 @@ class Reconciler:
         if not self.root.is_dir():
             raise DesiredStateUnreadable(f"{self.root}: not a readable folder")
         previous = set(self.desired.files)
-        self.desired = load_desired(self.root)
+        self.desired = load_desired(self.shown_root)
         for file in previous | set(self.desired.files):
             self.recorder.set_file_errors(file, [str(error) for error in self.desired.errors.get(file, [])])
         self.recorder.flush(previous | set(self.desired.files))
@@ -128,10 +129,9 @@ class Reconciler:
             decision = planned.verdict.decision.value if planned.verdict else "-"
             outcome = f"failed: {failure.message}" if failure else ("done" if _executed(planned) else "not done")
             log.info("%s: %s (%s) -> %s, %s", key, action.verb.value, action.cause, decision, outcome)
-        self._record(planned, failure, observed, now)
-        if action.retry_at is not None:
-            return max(0.0, (action.retry_at - now).total_seconds())
-        return None
+        record = self._record(planned, failure, observed, now)
+        retry_at = record.next_retry_at if record and record.status and record.status.next_retry_time else None
+        return max(0.0, (retry_at - now).total_seconds()) if retry_at else None
 
     def _drive(self, planned: Planned) -> tuple[Failure | None, ProcessObservation | None]:
         action, inputs = planned.action, planned.inputs
@@ -150,12 +150,14 @@ class Reconciler:
         except StartFailed as failed:
             return Failure(failed.reason, failed.message), self.processes.observe(action.key.name)
 
-    def _record(self, planned: Planned, failure: Failure | None, observed: ProcessObservation | None, now: datetime) -> None:
+    def _record(
+        self, planned: Planned, failure: Failure | None, observed: ProcessObservation | None, now: datetime
+    ) -> ResourceRecord | None:
         action, inputs = planned.action, planned.inputs
         key, desired = action.key, inputs.desired
         record = planned.record
         if desired is None and record is None:
-            return  # a rejected resource that never ran: its errors are in the status file already
+            return None  # a rejected resource that never ran: its errors are in the status file already
         if record is None:
             assert desired is not None
             record = ResourceRecord(
@@ -189,6 +191,7 @@ class Reconciler:
         assert record.status is not None
         self.recorder.set_status(record.source, record.status)
         self.recorder.flush({record.source})
+        return record
 
     def remove(self, key: ResourceKey, cause: str) -> None:
         """Stop and forget a resource whatever the desired state says (`reconciler down`)."""

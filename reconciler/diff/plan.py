@@ -33,6 +33,7 @@ class Action:
     launch: LaunchSpec | None = None
     retry_at: datetime | None = None
     held: bool = False  # an invalid or unreadable newer version is being ignored
+    orphaned: bool = False  # gone from the desired state but kept running on purpose
 
     @property
     def changes_something(self) -> bool:
@@ -118,7 +119,8 @@ def _plan_removal(inputs: Inputs, allow_prune: bool) -> Action:
         return _hold(key, record, f"its file cannot be read: {inputs.source_errors[0]}")
     annotations = (record.resource.get("metadata", {}) if record else {}).get("annotations", {})
     if annotations.get(PRUNE_ANNOTATION) == "disabled":
-        return Action(key, Verb.none, f"orphaned: removed from the desired state, but {PRUNE_ANNOTATION}: disabled keeps it")
+        cause = f"orphaned: removed from the desired state, but {PRUNE_ANNOTATION}: disabled keeps it"
+        return Action(key, Verb.none, cause, record.generation if record else None, orphaned=True)
     if not allow_prune:
         return Action(key, Verb.none, "the desired state is empty; nothing is pruned without --allow-empty", held=True)
     return Action(key, Verb.delete, "removed from the desired state", record.generation if record else None)

@@ -36,6 +36,11 @@ NAME_VARIABLE = "LOCALAISTACK_WORKLOAD"
 _PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME")
 
 
+def owner_id(state_dir: Path) -> str:
+    """Marks processes as this state directory's, so two reconcilers never touch each other's."""
+    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
+
+
 class ProcessRecord(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
@@ -78,7 +83,7 @@ class ProcessDriver:
         self._records = state_dir / "processes"
         self._work = state_dir / "work"
         self.logs = LogStore(state_dir / "logs")
-        self._owner = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
+        self._owner = owner_id(state_dir)
         self._on_exit = on_exit
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.RLock()
@@ -208,7 +213,7 @@ class ProcessDriver:
             return child.poll() is None
         try:
             process = psutil.Process(record.pid)
-            return abs(process.create_time() - record.create_time) < 0.05 and process.status() != psutil.STATUS_ZOMBIE
+            return abs(process.create_time() - record.create_time) < 0.05 and _running(process)
         except psutil.Error:
             return False
 
@@ -232,18 +237,31 @@ def terminate_group(pid: int, grace_seconds: float, child: subprocess.Popen[byte
     except psutil.Error:
         members = []
     _signal_all(pid, members, signal.SIGTERM)
-    deadline = time.monotonic() + grace_seconds
-    if child is not None:
-        try:
-            child.wait(timeout=grace_seconds)
-        except subprocess.TimeoutExpired:
-            pass
-    _, alive = psutil.wait_procs(members, timeout=max(0.0, deadline - time.monotonic()))
+    alive = _wait_gone(members, grace_seconds, child)
     if alive or _group_exists(pid):
         _signal_all(pid, alive, signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=5)
-    if child is not None:
-        child.wait()
+        _wait_gone(alive, 5.0, child)
+
+
+def _wait_gone(members: list[psutil.Process], timeout: float, child: subprocess.Popen[bytes] | None) -> list[psutil.Process]:
+    """Wait until every member has ended. A zombie has ended: its parent, not us, may be the one to reap it."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        if child is not None:
+            child.poll()
+        alive = [member for member in members if _running(member)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, 0.1)
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _signal_all(group: int, members: list[psutil.Process], number: int) -> None:

@@ -48,8 +48,11 @@ def is_spec_file(name: str) -> bool:
     )
 
 
-def build_desired(contents: dict[str, bytes | LoadError]) -> DesiredState:
-    """Validate every file's content as one snapshot (pure: the caller did the reading)."""
+def build_desired(contents: dict[str, bytes | LoadError], display_root: str = "") -> DesiredState:
+    """Validate every file's content as one snapshot (pure: the caller did the reading).
+
+    Errors name files as `display_root/file`, the path the user typed, so they can be pasted into an editor.
+    """
     errors: dict[str, list[LoadError]] = defaultdict(list)
     found: dict[ResourceKey, list[DesiredEntry]] = defaultdict(list)
     for file in sorted(contents):
@@ -60,10 +63,10 @@ def build_desired(contents: dict[str, bytes | LoadError]) -> DesiredState:
         try:
             documents = parse_documents(content)
         except YamlProblem as problem:
-            errors[file].append(LoadError(file, problem.message, problem.position))
+            errors[file].append(LoadError(_shown(display_root, file), problem.message, problem.position))
             continue
         for document in documents:
-            result = validate_document(file, document)
+            result = validate_document(_shown(display_root, file), document)
             if isinstance(result, list):
                 errors[file].extend(result)
             else:
@@ -77,9 +80,9 @@ def build_desired(contents: dict[str, bytes | LoadError]) -> DesiredState:
             continue
         places = ", ".join(entry.file for entry in entries)
         for entry in entries:
-            error = LoadError(entry.file, f"{key} is defined more than once ({places}): none of them is applied", key=key)
+            error = LoadError(_shown(display_root, entry.file), f"{key} is defined more than once ({places}): none of them is applied", key=key)
             errors[entry.file].append(error)
-    _reject_second_policy(resources, errors)
+    _reject_second_policy(resources, errors, display_root)
     for file_errors in errors.values():
         for error in file_errors:
             if error.key is not None:
@@ -94,15 +97,21 @@ def build_desired(contents: dict[str, bytes | LoadError]) -> DesiredState:
     )
 
 
-def _reject_second_policy(resources: dict[ResourceKey, DesiredEntry], errors: dict[str, list[LoadError]]) -> None:
+def _reject_second_policy(
+    resources: dict[ResourceKey, DesiredEntry], errors: dict[str, list[LoadError]], display_root: str
+) -> None:
     policies = [entry for entry in resources.values() if isinstance(entry.resource, Policy)]
     if len(policies) < 2:
         return
     names = ", ".join(f"{entry.resource.key} in {entry.file}" for entry in policies)
     for entry in policies:
         errors[entry.file].append(
-            LoadError(entry.file, f"only one Policy may govern a host; found {names}", key=entry.resource.key)
+            LoadError(_shown(display_root, entry.file), f"only one Policy may govern a host; found {names}", key=entry.resource.key)
         )
+
+
+def _shown(display_root: str, file: str) -> str:
+    return f"{display_root.rstrip('/')}/{file}" if display_root else file
 
 
 def _error_order(error: LoadError) -> tuple[int, int]:
@@ -123,11 +132,11 @@ def read_folder(root: Path) -> dict[str, bytes | LoadError]:
                 with path.open("rb") as handle:
                     data = handle.read(MAX_FILE_BYTES + 1)
             except OSError as error:
-                contents[relative] = LoadError(relative, f"cannot read file: {error.strerror}")
+                contents[relative] = LoadError(str(path), f"cannot read file: {error.strerror}")
                 continue
             contents[relative] = data
     return contents
 
 
 def load_desired(root: Path) -> DesiredState:
-    return build_desired(read_folder(root))
+    return build_desired(read_folder(root), display_root=str(root))

@@ -78,8 +78,8 @@ def _describe(detail: Any, model: type[BaseModel]) -> str:
     message = message.replace("Input should be", "expected").replace("String should", "expected a string that should")
     if kind == "string_pattern_mismatch" and detail["loc"][-2:] == ("metadata", "name"):
         message = "expected a DNS-1123 label: lower-case letters, digits and '-', starting and ending alphanumeric"
-    if ", got " not in message and not isinstance(value, (dict, list)):
-        message += f", got {value!r}"
+    if ", got " not in message:
+        message += f", got {_type_name(value) if isinstance(value, (dict, list)) else repr(value)}"
     return message
 
 
@@ -111,4 +111,4 @@ def _dotted(path: FieldPath) -> str:
 
 
 def _type_name(value: Any) -> str:
-    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(type(value), type(value).__name__)
+    return {list: "a list", dict: "a mapping", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(type(value), type(value).__name__)

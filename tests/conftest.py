@@ -1,0 +1,151 @@
+"""Shared fixtures for integration tests: a desired-state folder, the real CLI and the real daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+from reconciler.drive.process import NAME_VARIABLE, OWNER_VARIABLE, owner_id
+
+PYTHON = sys.executable
+SLEEPER = "import sys, time\nprint('up', sys.argv[1:], flush=True)\nwhile True: time.sleep(1)"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll until `predicate` returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def workload_yaml(name: str, code: str = SLEEPER, args: tuple[str, ...] = (), **spec: Any) -> str:
+    body = {
+        "apiVersion": "localaistack.dev/v1alpha1",
+        "kind": "Workload",
+        "metadata": {"name": name},
+        "spec": {"command": [PYTHON, "-c", code], "args": list(args), **spec},
+    }
+    return yaml.safe_dump(body, sort_keys=False)
+
+
+POLICY_YAML = textwrap.dedent(f"""\
+    apiVersion: localaistack.dev/v1alpha1
+    kind: Policy
+    metadata:
+      name: test-host
+    spec:
+      native:
+        trustedExecutables:
+          - executable: {PYTHON}
+    """)
+
+
+class Workspace:
+    def __init__(self, root: Path) -> None:
+        self.desired = root / "desired"
+        self.state = root / "state"
+        self.desired.mkdir()
+        self._daemon: subprocess.Popen[str] | None = None
+        self.daemon_log = root / "daemon.log"
+
+    # -- files ------------------------------------------------------------------------------
+
+    def write(self, name: str, text: str) -> Path:
+        """Write a spec the way careful editors do: temp file, then rename into place."""
+        path = self.desired / name
+        temp = self.desired / f".{name}.swp"
+        temp.write_text(text)
+        os.replace(temp, path)
+        return path
+
+    def status(self, spec_file: str) -> dict[str, Any] | None:
+        path = self.desired / (spec_file.rsplit(".", 1)[0] + ".status.yaml")
+        try:
+            return yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            return None
+
+    def resource_status(self, spec_file: str, name: str) -> dict[str, Any] | None:
+        report = self.status(spec_file) or {}
+        return next((r for r in report.get("resources", []) if r["name"] == name), None)
+
+    def condition(self, spec_file: str, name: str, type_: str = "Ready") -> dict[str, Any] | None:
+        status = self.resource_status(spec_file, name) or {}
+        return next((c for c in status.get("conditions", []) if c["type"] == type_), None)
+
+    def evidence(self, spec_file: str) -> list[dict[str, Any]]:
+        path = self.desired / (spec_file.rsplit(".", 1)[0] + ".evidence.jsonl")
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def pid(self, spec_file: str, name: str) -> int | None:
+        return (self.resource_status(spec_file, name) or {}).get("pid")
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        command = [PYTHON, "-m", "reconciler", *args]
+        if args and args[0] in {"plan", "apply", "run", "down", "status"}:
+            command += [str(self.desired), "--state-dir", str(self.state)]
+        elif args and args[0] == "validate":
+            command += [str(self.desired)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+    def start_daemon(self, *extra: str) -> subprocess.Popen[str]:
+        log = self.daemon_log.open("a")
+        self._daemon = subprocess.Popen(
+            [PYTHON, "-m", "reconciler", "--log-level", "DEBUG", "run", str(self.desired), "--state-dir", str(self.state), *extra],
+            stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        return self._daemon
+
+    def stop_daemon(self, sig: int = signal.SIGTERM) -> int | None:
+        daemon, self._daemon = self._daemon, None
+        if daemon is None:
+            return None
+        daemon.send_signal(sig)
+        return daemon.wait(timeout=30)
+
+    def owned_processes(self, name: str | None = None) -> list[psutil.Process]:
+        """Session leaders started for this workspace's workloads (found by their marker variable)."""
+        found = []
+        for process in psutil.process_iter():
+            try:
+                env = process.environ()
+                if env.get(OWNER_VARIABLE) != owner_id(self.state) or os.getsid(process.pid) != process.pid:
+                    continue
+                if name is None or env.get(NAME_VARIABLE) == name:
+                    found.append(process)
+            except (psutil.Error, ProcessLookupError):
+                continue
+        return found
+
+    def cleanup(self) -> None:
+        self.stop_daemon(signal.SIGKILL)
+        self.cli("down")
+        for process in self.owned_processes():
+            process.kill()
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Iterator[Workspace]:
+    space = Workspace(tmp_path)
+    space.write("policy.yaml", POLICY_YAML)
+    yield space
+    space.cleanup()

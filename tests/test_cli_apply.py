@@ -1,0 +1,213 @@
+"""The real CLI against a temp folder and real processes: validate, plan, apply, status, down."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import psutil
+
+from tests.conftest import PYTHON, SLEEPER, Workspace, wait_for, workload_yaml
+
+
+def test_validate_names_file_line_field_and_expectation(workspace: Workspace) -> None:
+    workspace.write("chat.yaml", workload_yaml("chat") + "")
+    bad = workload_yaml("chat").replace("spec:\n", "spec:\n  resources:\n    memory: lots\n")
+    workspace.write("chat.yaml", bad)
+    result = workspace.cli("validate")
+    assert result.returncode == 1
+    line = next(n for n, text in enumerate(bad.splitlines(), 1) if "memory" in text)
+    assert f"{workspace.desired}/chat.yaml:{line}:5 spec.resources.memory: expected a quantity like 8Gi, got 'lots'" in result.stdout
+
+
+def test_validate_passes_on_the_shipped_examples() -> None:
+    from pathlib import Path
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([PYTHON, "-m", "reconciler", "validate", str(root / "desired-state")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "are valid" in result.stdout
+
+
+def test_plan_exit_codes_follow_terraform_detailed_exitcode(workspace: Workspace) -> None:
+    workspace.write("web.yaml", workload_yaml("web"))
+    pending = workspace.cli("plan", "-o", "json")
+    assert pending.returncode == 2, pending.stderr
+    rows = {row["resource"]: row for row in json.loads(pending.stdout)}
+    assert rows["Workload/web"]["action"] == "create"
+    assert rows["Workload/web"]["cause"] == "not running"
+    assert rows["Workload/web"]["decision"] == "approve"
+    assert rows["Workload/web"]["command"] == [PYTHON, "-c", SLEEPER]
+    assert not workspace.owned_processes(), "plan must not start anything"
+
+    assert workspace.cli("apply").returncode == 0
+    in_sync = workspace.cli("plan")
+    assert in_sync.returncode == 0, in_sync.stdout + in_sync.stderr
+
+    workspace.write("broken.yaml", "kind: [unclosed\n")
+    broken = workspace.cli("plan")
+    assert broken.returncode == 1
+    assert f"{workspace.desired}/broken.yaml:2:1: invalid YAML" in broken.stderr
+
+
+def test_create_edit_delete_lifecycle(workspace: Workspace) -> None:
+    workspace.write("web.yaml", workload_yaml("web", args=("v1",)))
+    assert workspace.cli("apply", "--wait").returncode == 0
+    first = workspace.pid("web.yaml", "web")
+    assert first and psutil.pid_exists(first)
+    assert [p.pid for p in workspace.owned_processes("web")] == [first]
+
+    workspace.write("web.yaml", workload_yaml("web", args=("v2",)))
+    plan = json.loads(workspace.cli("plan", "-o", "json").stdout)
+    web = next(row for row in plan if row["resource"] == "Workload/web")
+    assert (web["action"], web["cause"]) == ("recreate", "spec.command/args changed")
+    assert workspace.cli("apply", "--wait").returncode == 0
+    second = workspace.pid("web.yaml", "web")
+    assert second != first
+    assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
+    assert workspace.resource_status("web.yaml", "web")["observedGeneration"] == 2
+
+    (workspace.desired / "web.yaml").unlink()
+    assert workspace.cli("apply").returncode == 0
+    wait_for(lambda: not psutil.pid_exists(second), what="pruned process to end")
+    assert not workspace.owned_processes()
+    assert not (workspace.desired / "web.status.yaml").exists()
+    events = [record["event"] for record in workspace.evidence("web.yaml")]
+    assert events == ["create", "recreate", "delete"]
+
+
+def test_no_evidence_for_no_op_passes_and_chain_links(workspace: Workspace) -> None:
+    from reconciler.record.evidence import verify_chain
+
+    workspace.write("web.yaml", workload_yaml("web"))
+    workspace.cli("apply")
+    before = workspace.evidence("web.yaml")
+    workspace.cli("apply")
+    workspace.cli("apply")
+    assert workspace.evidence("web.yaml") == before
+    assert verify_chain(workspace.desired / "web.evidence.jsonl").ok
+
+
+def test_without_a_policy_nothing_native_runs(workspace: Workspace) -> None:
+    (workspace.desired / "policy.yaml").unlink()
+    workspace.write("web.yaml", workload_yaml("web"))
+    result = workspace.cli("apply", "--wait")
+    assert result.returncode == 1
+    assert not workspace.owned_processes()
+    ready = workspace.condition("web.yaml", "web")
+    assert ready["reason"] == "PolicyDenied"
+    assert "not trusted by default policy" in ready["message"]
+    approved = workspace.condition("web.yaml", "web", "PolicyApproved")
+    assert (approved["status"], approved["reason"]) == ("False", "Denied")
+    assert workspace.resource_status("web.yaml", "web")["placement"] == "unavailable"
+    workspace.cli("apply")
+    assert len(workspace.evidence("web.yaml")) == 1, "a repeated refusal is recorded once"
+
+
+def test_missing_executable_is_an_explicit_condition(workspace: Workspace) -> None:
+    text = workload_yaml("ghost").replace(PYTHON, "/nonexistent/bin/ghost")
+    workspace.write("ghost.yaml", text)
+    workspace.write("policy.yaml", workspace.desired.joinpath("policy.yaml").read_text() + "      - executable: /nonexistent/bin/ghost\n")
+    result = workspace.cli("apply", "--wait")
+    assert result.returncode == 1
+    ready = workspace.condition("ghost.yaml", "ghost")
+    assert ready["reason"] == "ExecutableNotFound"
+    assert "/nonexistent/bin/ghost" in ready["message"]
+    assert workspace.resource_status("ghost.yaml", "ghost")["nextRetryTime"]
+
+
+def test_bad_file_beside_a_good_one(workspace: Workspace) -> None:
+    workspace.write("good.yaml", workload_yaml("good"))
+    workspace.write("bad.yaml", "apiVersion: localaistack.dev/v1alpha1\nkind: Workload\nmetadata: {name: bad}\nspec:\n  comand: [x]\n")
+    result = workspace.cli("apply", "--wait")
+    assert result.returncode == 1, "load errors make apply fail"
+    assert workspace.pid("good.yaml", "good")
+    report = workspace.status("bad.yaml")
+    assert report["errors"] == [
+        f"{workspace.desired}/bad.yaml:4:1 spec.command: required field is missing",
+        f"{workspace.desired}/bad.yaml:5:3 spec.comand: unknown field 'comand' (did you mean 'command'?)",
+    ]
+
+
+def test_invalid_edit_keeps_the_last_valid_version_running(workspace: Workspace) -> None:
+    workspace.write("web.yaml", workload_yaml("web"))
+    workspace.cli("apply", "--wait")
+    pid = workspace.pid("web.yaml", "web")
+    workspace.write("web.yaml", workload_yaml("web").replace("args: []", "args: []\n  restart: {policy: Sometimes}"))
+    workspace.cli("apply")
+    assert psutil.pid_exists(pid) and [p.pid for p in workspace.owned_processes("web")] == [pid]
+    accepted = workspace.condition("web.yaml", "web", "Accepted")
+    assert accepted["status"] == "False" and accepted["reason"] == "Rejected"
+    assert "spec.restart.policy" in accepted["message"] and "generation 1 stays in force" in accepted["message"]
+
+    workspace.write("web.yaml", "garbage: [")
+    workspace.cli("apply")
+    assert [p.pid for p in workspace.owned_processes("web")] == [pid], "an unreadable file prunes nothing"
+
+
+def test_mass_deletion_guard_and_prune_annotation(workspace: Workspace) -> None:
+    workspace.write("web.yaml", workload_yaml("web"))
+    keep = workload_yaml("keep").replace("metadata:\n  name: keep\n", "metadata:\n  name: keep\n  annotations:\n    localaistack.dev/prune: disabled\n")
+    workspace.write("keep.yaml", keep)
+    workspace.cli("apply", "--wait")
+    web, kept = workspace.pid("web.yaml", "web"), workspace.pid("keep.yaml", "keep")
+
+    for spec in workspace.desired.glob("*.yaml"):
+        if not spec.name.endswith(".status.yaml"):
+            spec.unlink()
+    plan = workspace.cli("plan")
+    assert "nothing is pruned without --allow-empty" in plan.stdout
+    workspace.cli("apply")
+    assert psutil.pid_exists(web) and psutil.pid_exists(kept)
+
+    workspace.cli("apply", "--allow-empty")
+    wait_for(lambda: not psutil.pid_exists(web), what="web to be pruned")
+    assert psutil.pid_exists(kept), "prune: disabled is left running"
+    status = workspace.cli("status", "-o", "json")
+    rows = {row["name"]: row for row in json.loads(status.stdout)}
+    assert rows["keep"]["status"]["phase"] == "Orphaned"
+    assert "localaistack.dev/prune: disabled keeps it" in rows["keep"]["status"]["message"]
+
+
+def test_down_stops_everything_including_stubborn_groups(workspace: Workspace) -> None:
+    stubborn = (
+        "import os, signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3600)'])\n"
+        "print('ready', flush=True)\n"
+        "while True: time.sleep(1)\n"
+    )
+    workspace.write("stubborn.yaml", workload_yaml("stubborn", code=stubborn, terminationGracePeriodSeconds=0.5))
+    workspace.cli("apply", "--wait")
+    leader = psutil.Process(workspace.pid("stubborn.yaml", "stubborn"))
+    wait_for(lambda: leader.children(), what="the workload's child")
+    members = [leader, *leader.children(recursive=True)]
+    result = workspace.cli("down")
+    assert result.returncode == 0, result.stderr
+    gone, alive = psutil.wait_procs(members, timeout=5)
+    assert not alive, f"left running: {alive}"
+
+
+def test_status_table_lists_every_resource(workspace: Workspace) -> None:
+    workspace.write("web.yaml", workload_yaml("web"))
+    workspace.cli("apply", "--wait")
+    table = workspace.cli("status").stdout.splitlines()
+    assert table[0].split() == ["NAME", "KIND", "RUNTIME", "READY", "PLACEMENT", "ENDPOINT", "RESTARTS", "AGE", "MESSAGE"]
+    web = next(line for line in table if line.startswith("web "))
+    assert web.split()[1:5] == ["Workload", "native", "True", "local"]
+
+
+def test_a_stray_from_an_interrupted_start_is_stopped(workspace: Workspace) -> None:
+    """A process carrying our marker but no record: the reconciler died between spawn and record."""
+    import subprocess
+
+    from reconciler.drive.process import NAME_VARIABLE, OWNER_VARIABLE, owner_id
+
+    env = dict(os.environ, **{OWNER_VARIABLE: owner_id(workspace.state), NAME_VARIABLE: "web"})
+    stray = subprocess.Popen([PYTHON, "-c", SLEEPER], env=env, start_new_session=True)
+    workspace.write("web.yaml", workload_yaml("web"))
+    assert workspace.cli("apply", "--wait").returncode == 0
+    assert stray.wait(timeout=10) == -signal.SIGTERM
+    assert [p.pid for p in workspace.owned_processes("web")] == [workspace.pid("web.yaml", "web")]

@@ -1,0 +1,142 @@
+"""The real daemon (`reconciler run`) against real processes: events, exits, crashes and restarts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+
+from tests.conftest import Workspace, wait_for, workload_yaml
+
+CRASH = "import sys; print('crashing', flush=True); sys.exit(3)"
+
+
+def running_pid(workspace: Workspace, spec: str, name: str, other_than: int | None = None) -> int | None:
+    status = workspace.resource_status(spec, name) or {}
+    pid = status.get("pid")
+    return pid if pid and pid != other_than and status.get("phase") == "Running" else None
+
+
+def test_daemon_follows_edits_and_leaves_workloads_running_on_sigterm(workspace: Workspace) -> None:
+    workspace.start_daemon()
+    workspace.write("web.yaml", workload_yaml("web", args=("v1",)))
+    first = wait_for(lambda: running_pid(workspace, "web.yaml", "web"), what="web to start")
+
+    workspace.write("web.yaml", workload_yaml("web", args=("v2",)))
+    second = wait_for(lambda: running_pid(workspace, "web.yaml", "web", other_than=first), what="web to be recreated")
+    assert psutil.Process(second).cmdline()[-1] == "v2"
+    wait_for(lambda: not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE)
+
+    assert workspace.stop_daemon(signal.SIGTERM) == 0
+    assert psutil.Process(second).is_running(), "SIGTERM of the daemon must leave workloads running"
+
+    workspace.start_daemon()
+    (workspace.desired / "web.yaml").unlink()
+    wait_for(lambda: not workspace.owned_processes("web"), what="web to be pruned")
+    assert [r["event"] for r in workspace.evidence("web.yaml")] == ["create", "recreate", "delete"]
+
+
+def test_kill_9_of_the_daemon_then_restart_adopts_the_same_process(workspace: Workspace) -> None:
+    workspace.write("web.yaml", workload_yaml("web"))
+    workspace.start_daemon()
+    pid = wait_for(lambda: running_pid(workspace, "web.yaml", "web"), what="web to start")
+    workspace.stop_daemon(signal.SIGKILL)
+
+    workspace.start_daemon()
+    time.sleep(0.5)  # give a wrong implementation the chance to start a duplicate
+    wait_for(lambda: workspace.resource_status("web.yaml", "web"), what="status after restart")
+    assert [p.pid for p in workspace.owned_processes("web")] == [pid]
+    assert workspace.cli("plan").returncode != 1
+    assert [r["event"] for r in workspace.evidence("web.yaml")] == ["create"], "adoption is not a new action"
+
+    os.kill(pid, signal.SIGKILL)  # the adopted process is watched too: its death is noticed at once
+    replacement = wait_for(lambda: running_pid(workspace, "web.yaml", "web", other_than=pid), what="adopted process replaced")
+    assert [p.pid for p in workspace.owned_processes("web")] == [replacement]
+
+
+def test_exit_is_noticed_and_restarted_with_its_cause(workspace: Workspace) -> None:
+    workspace.write("web.yaml", workload_yaml("web"))
+    workspace.start_daemon()
+    pid = wait_for(lambda: running_pid(workspace, "web.yaml", "web"), what="web to start")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: running_pid(workspace, "web.yaml", "web", other_than=pid), what="restart", timeout=15)
+    status = workspace.resource_status("web.yaml", "web")
+    assert status["restartCount"] == 1
+    assert status["lastExit"]["signal"] == signal.SIGKILL
+    restart = workspace.evidence("web.yaml")[-1]
+    assert (restart["event"], restart["cause"]) == ("create", "process was killed by signal 9")
+
+
+def test_crash_loop_backs_off_and_shows_it(workspace: Workspace) -> None:
+    backoff = {"policy": "Always", "backoff": {"initialSeconds": 0.2, "maxSeconds": 30}}
+    workspace.write("crash.yaml", workload_yaml("crash", code=CRASH, restart=backoff))
+    workspace.start_daemon()
+    status = wait_for(
+        lambda: (s := workspace.resource_status("crash.yaml", "crash")) and s.get("restartCount", 0) >= 3 and s["phase"] == "BackOff" and s,
+        timeout=20, what="three restarts and a back-off",
+    )
+    assert status["lastExit"]["code"] == 3
+    assert status["nextRetryTime"]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "BackOff" and "process exited with code 3" in ready["message"]
+    starts = [r["time"] for r in workspace.evidence("crash.yaml") if r["event"] == "create"]
+    gaps = [b - a for a, b in zip(_seconds(starts), _seconds(starts)[1:])]
+    assert gaps == sorted(gaps) and gaps[-1] >= 0.2 * 2 ** (len(gaps) - 1) * 0.9, f"back-off must grow: {gaps}"
+    log = (workspace.state / "logs" / "crash.previous.log").read_text()
+    assert "crashing" in log, "the crashed run's output is kept"
+
+
+def test_bad_yaml_keeps_the_daemon_and_good_workloads_up(workspace: Workspace) -> None:
+    workspace.start_daemon()
+    workspace.write("good.yaml", workload_yaml("good"))
+    pid = wait_for(lambda: running_pid(workspace, "good.yaml", "good"), what="good to start")
+    workspace.write("bad.yaml", "apiVersion: localaistack.dev/v1alpha1\nkind: Workload\nmetadata: {name: bad}\nspec: {command: [[x]]}\n")
+    errors = wait_for(lambda: (workspace.status("bad.yaml") or {}).get("errors"), what="bad.yaml status")
+    assert errors[0].endswith("bad.yaml:4:18 spec.command[0]: expected a valid string, got a list")
+    garbage = {
+        b"\xff\xfe binary": "not UTF-8 text: byte 0xff at offset 0",
+        b"a: &a [*a]\n": "recursive alias",
+        b"- just\n- a list\n": "expected a mapping with apiVersion, kind, metadata and spec, got a list",
+    }
+    for content, message in garbage.items():
+        (workspace.desired / "bad.yaml").write_bytes(content)
+        wait_for(lambda: message in str((workspace.status("bad.yaml") or {}).get("errors")), what=message)
+    assert [p.pid for p in workspace.owned_processes("good")] == [pid]
+    workspace.write("bad.yaml", workload_yaml("bad"))
+    wait_for(lambda: running_pid(workspace, "bad.yaml", "bad"), what="the fixed spec to start")
+    assert workspace.status("bad.yaml")["errors"] == []
+
+
+def test_a_half_written_file_is_never_applied(workspace: Workspace) -> None:
+    workspace.start_daemon()
+    workspace.write("web.yaml", workload_yaml("web", args=("zero",)))
+    first = wait_for(lambda: running_pid(workspace, "web.yaml", "web"), what="web to start")
+    full = workload_yaml("web", args=("one", "two"))
+    cut = full.index("- two")
+    with (workspace.desired / "web.yaml").open("w") as handle:  # an in-place writer, mid-save
+        handle.write(full[:cut])
+        handle.flush()
+        time.sleep(0.6)
+        assert running_pid(workspace, "web.yaml", "web") == first, "the truncated file (args: [one]) must not be applied"
+        handle.write(full[cut:])
+    second = wait_for(lambda: running_pid(workspace, "web.yaml", "web", other_than=first), what="the full file")
+    assert psutil.Process(second).cmdline()[-2:] == ["one", "two"]
+
+
+def test_status_and_evidence_writes_trigger_no_pass(workspace: Workspace) -> None:
+    workspace.start_daemon("--resync", "3600")
+    workspace.write("web.yaml", workload_yaml("web"))
+    wait_for(lambda: running_pid(workspace, "web.yaml", "web"), what="web to start")
+    time.sleep(0.3)
+    passes = workspace.daemon_log.read_text().count("pass: spec change")
+    time.sleep(1.0)
+    assert workspace.daemon_log.read_text().count("pass: spec change") == passes
+    assert passes <= 2
+
+
+def _seconds(stamps: list[str]) -> list[float]:
+    from datetime import datetime
+
+    return [datetime.fromisoformat(stamp).timestamp() for stamp in stamps]

@@ -1,0 +1,600 @@
+"""Load: YAML text -> documents with positions -> validated resources -> one desired-state snapshot.
+
+Pure except for `read_folder`, which is exercised on tmp_path only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from reconciler.api.kinds import Policy, Workload, spec_hash
+from reconciler.api.meta import ResourceKey
+from reconciler.api.quantity import format_bytes, parse_bytes
+from reconciler.load.desired import build_desired, is_spec_file, load_desired, read_folder
+from reconciler.load.validate import LoadError, validate_document
+from reconciler.load.yaml_source import MAX_FILE_BYTES, Position, YamlProblem, parse_documents
+
+WEB = ResourceKey("Workload", "web")
+
+
+def workload_yaml(name: str = "web", spec: str = "  command: [python3]\n") -> str:
+    """A Workload document; `spec` starts on line 6 (line 5 is `spec:`)."""
+    return (
+        "apiVersion: localaistack.dev/v1alpha1\n"  # 1
+        "kind: Workload\n"  # 2
+        "metadata:\n"  # 3
+        f"  name: {name}\n"  # 4
+        "spec:\n"  # 5
+        + spec
+    )
+
+
+def policy_yaml(name: str = "workstation", executable: str = "python3") -> str:
+    return (
+        "apiVersion: localaistack.dev/v1alpha1\n"
+        "kind: Policy\n"
+        f"metadata:\n  name: {name}\n"
+        f"spec:\n  native:\n    trustedExecutables:\n      - executable: {executable}\n"
+    )
+
+
+def problem(data: str | bytes) -> YamlProblem:
+    """The YamlProblem that parsing `data` raises."""
+    with pytest.raises(YamlProblem) as raised:
+        parse_documents(data.encode() if isinstance(data, str) else data)
+    return raised.value
+
+
+def errors_of(text: str, file: str = "chat.yaml") -> list[LoadError]:
+    errors: list[LoadError] = []
+    for document in parse_documents(text.encode()):
+        result = validate_document(file, document)
+        assert isinstance(result, list), f"expected errors, got a valid {result.key}"
+        errors.extend(result)
+    return errors
+
+
+def only_error(text: str, file: str = "chat.yaml") -> LoadError:
+    errors = errors_of(text, file)
+    assert len(errors) == 1, [str(error) for error in errors]
+    return errors[0]
+
+
+def valid(text: str) -> Workload:
+    (document,) = parse_documents(text.encode())
+    result = validate_document("chat.yaml", document)
+    assert not isinstance(result, list), [str(error) for error in result]
+    return result
+
+
+def billion_laughs(levels: int = 9) -> str:
+    text = 'l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    for level in range(1, levels):
+        text += f"l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * 10) + "]\n"
+    return text
+
+
+# -- LoadError formatting -----------------------------------------------------------------------
+
+
+def test_load_error_str_is_file_line_column_field_message() -> None:
+    error = LoadError("apps/chat.yaml", "expected a valid list", Position(6, 3), "spec.command")
+    assert str(error) == "apps/chat.yaml:6:3 spec.command: expected a valid list"
+
+
+def test_load_error_str_without_field_or_position() -> None:
+    assert str(LoadError("chat.yaml", "file is empty", Position(1, 1))) == "chat.yaml:1:1: file is empty"
+    assert str(LoadError("chat.yaml", "cannot read file: Permission denied")) == "chat.yaml: cannot read file: Permission denied"
+    assert str(LoadError("chat.yaml", "required", None, "spec")) == "chat.yaml spec: required"
+
+
+# -- validation: field errors at their line and column -------------------------------------------
+
+
+def test_wrong_type_names_field_line_and_column() -> None:
+    error = only_error(workload_yaml(spec="  command: python3\n"))
+    assert str(error) == "chat.yaml:6:3 spec.command: expected a valid list, got 'python3'"
+    assert error.key == WEB
+
+
+def test_wrong_type_in_a_list_item_points_at_the_item() -> None:
+    error = only_error(workload_yaml(spec="  command: [python3]\n  args: [--port, 8080]\n"))
+    assert (error.position, error.field) == (Position(7, 18), "spec.args[1]")
+    assert error.message == "expected a valid string, got 8080"
+
+
+def test_bad_quantity_says_what_a_quantity_looks_like() -> None:
+    error = only_error(workload_yaml(spec="  command: [python3]\n  resources:\n    memory: lots\n"))
+    assert (error.position, error.field) == (Position(8, 5), "spec.resources.memory")
+    assert "expected a quantity like 8Gi" in error.message
+    assert "'lots'" in error.message
+
+
+def test_unknown_field_suggests_the_closest_known_one() -> None:
+    error = only_error(workload_yaml(spec="  command: [python3]\n  resorces:\n    memory: 1Gi\n"))
+    assert (error.position, error.field) == (Position(7, 3), "spec.resorces")
+    assert error.message == "unknown field 'resorces' (did you mean 'resources'?)"
+
+
+def test_unknown_field_suggestion_uses_camel_case_names() -> None:
+    error = only_error(workload_yaml(spec="  command: [python3]\n  workDir: /tmp\n"))
+    assert error.message == "unknown field 'workDir' (did you mean 'workingDir'?)"
+
+
+def test_unknown_field_without_a_close_match_gives_no_suggestion() -> None:
+    error = only_error(workload_yaml(spec="  command: [python3]\n  zzzqqq: 1\n"))
+    assert error.message == "unknown field 'zzzqqq'"
+
+
+def test_missing_required_field_points_at_its_parent() -> None:
+    error = only_error(workload_yaml(spec="  args: [a]\n"))
+    assert str(error) == "chat.yaml:5:1 spec.command: required field is missing"
+
+
+def test_bad_name_is_explained_as_dns_1123() -> None:
+    error = only_error(workload_yaml(name="Web_1"))
+    assert (error.position, error.field) == (Position(4, 3), "metadata.name")
+    assert error.message.startswith("expected a DNS-1123 label: lower-case letters, digits and '-'")
+    assert "'Web_1'" in error.message
+    assert error.key == ResourceKey("Workload", "Web_1")
+
+
+def test_name_longer_than_63_characters_is_rejected() -> None:
+    error = only_error(workload_yaml(name="a" * 64))
+    assert error.field == "metadata.name"
+    assert "at most 63 characters" in error.message
+
+
+def test_unknown_kind_lists_the_known_kinds_and_has_no_key() -> None:
+    error = only_error(workload_yaml().replace("kind: Workload", "kind: Deployment"))
+    assert str(error) == "chat.yaml:2:1 kind: unknown kind 'Deployment': expected one of Model, Policy, Workload"
+    assert error.key is None
+
+
+def test_wrong_api_version_names_the_expected_one() -> None:
+    text = workload_yaml().replace("localaistack.dev/v1alpha1", "localaistack.dev/v1")
+    error = only_error(text)
+    assert str(error) == "chat.yaml:1:1 apiVersion: expected 'localaistack.dev/v1alpha1', got 'localaistack.dev/v1'"
+    assert error.key == WEB
+
+
+def test_missing_api_version_is_required() -> None:
+    error = only_error(workload_yaml().replace("apiVersion: localaistack.dev/v1alpha1\n", ""))
+    assert str(error) == "chat.yaml:1:1 apiVersion: required: expected 'localaistack.dev/v1alpha1'"
+
+
+def test_api_version_error_is_at_its_own_line() -> None:
+    text = "kind: Workload\napiVersion: v2\nmetadata:\n  name: web\nspec:\n  command: [x]\n"
+    assert only_error(text).position == Position(2, 1)
+
+
+@pytest.mark.parametrize(("text", "got"), [("- a\n- b\n", "a list"), ("just text\n", "a string"), ("42\n", "a number")])
+def test_non_mapping_document_is_rejected(text: str, got: str) -> None:
+    error = only_error(text)
+    assert str(error) == f"chat.yaml:1:1: expected a mapping with apiVersion, kind, metadata and spec, got {got}"
+    assert error.key is None
+
+
+def test_every_error_of_a_document_is_reported() -> None:
+    errors = errors_of(workload_yaml(name="Bad_Name", spec="  command: [python3]\n  workDir: /tmp\n  env:\n    OK: 5\n"))
+    assert sorted(error.field for error in errors) == ["metadata.name", "spec.env.OK", "spec.workDir"]
+
+
+def test_cross_field_rule_points_at_the_object() -> None:
+    spec = "  command: [python3]\n  restart:\n    backoff:\n      initialSeconds: 10\n      maxSeconds: 5\n"
+    error = only_error(workload_yaml(spec=spec))
+    assert str(error) == "chat.yaml:8:5 spec.restart.backoff: maxSeconds must not be below initialSeconds"
+
+
+def test_invalid_env_name_points_at_the_key() -> None:
+    error = only_error(workload_yaml(spec="  command: [python3]\n  env:\n    1BAD: x\n"))
+    assert (error.position, error.field) == (Position(8, 5), "spec.env.1BAD")
+
+
+def test_a_valid_workload_loads_with_parsed_quantities() -> None:
+    workload = valid(workload_yaml(spec="  command: [python3, -m, http.server]\n  resources:\n    memory: 8Gi\n"))
+    assert workload.key == WEB
+    assert workload.spec.argv == ["python3", "-m", "http.server"]
+    assert workload.spec.resources.memory == 8 * 2**30
+
+
+# -- YAML reading: file-level problems ------------------------------------------------------------
+
+
+def test_multi_document_errors_carry_the_second_documents_lines() -> None:
+    text = workload_yaml() + "---\n" + workload_yaml(name="two", spec="  command: [python3]\n  bogus: 1\n")
+    documents = parse_documents(text.encode())
+    assert len(documents) == 2
+    assert documents[1].start == Position(8, 1)
+    first, second = (validate_document("chat.yaml", document) for document in documents)
+    assert isinstance(first, Workload) and first.key == WEB
+    assert isinstance(second, list)
+    assert [str(error) for error in second] == ["chat.yaml:14:3 spec.bogus: unknown field 'bogus'"]
+
+
+def test_multi_document_file_keeps_the_valid_document() -> None:
+    text = workload_yaml() + "---\n" + workload_yaml(name="two", spec="  command: python3\n")
+    desired = build_desired({"chat.yaml": text.encode()})
+    assert list(desired.resources) == [WEB]
+    assert [str(error) for error in desired.errors["chat.yaml"]] == [
+        "chat.yaml:13:3 spec.command: expected a valid list, got 'python3'"
+    ]
+    assert list(desired.rejected) == [ResourceKey("Workload", "two")]
+
+
+def test_empty_documents_between_separators_are_skipped() -> None:
+    documents = parse_documents(b"---\n---\na: 1\n---\n# only a comment\n")
+    assert [(document.data, document.start) for document in documents] == [({"a": 1}, Position(3, 1))]
+
+
+@pytest.mark.parametrize("data", [b"", b"   \n\n\t\n  "], ids=["empty", "whitespace"])
+def test_empty_file_is_an_error(data: bytes) -> None:
+    assert problem(data).message == "file is empty: expected at least one YAML document"
+
+
+def test_file_of_only_comments_and_nulls_has_no_content() -> None:
+    assert problem("# nothing here\n---\n~\n").message == "file holds no YAML document with content"
+
+
+def test_invalid_yaml_syntax_has_a_position() -> None:
+    found = problem("a: b: c\n")
+    assert found.message == "invalid YAML: mapping values are not allowed here"
+    assert found.position == Position(1, 5)
+
+
+def test_unclosed_flow_sequence_points_where_it_ran_out() -> None:
+    found = problem("a: [1, 2\n")
+    assert found.message.startswith("invalid YAML: expected ',' or ']'")
+    assert found.position == Position(2, 1)
+
+
+def test_binary_garbage_names_the_byte_and_offset() -> None:
+    found = problem(bytes(range(256)))
+    assert found.message == "not UTF-8 text: byte 0x80 at offset 128"
+
+
+def test_invalid_utf8_names_offset_and_line() -> None:
+    found = problem(b"a: 1\nb: caf\xe9\n")
+    assert found.message == "not UTF-8 text: byte 0xe9 at offset 11"
+    assert found.position == Position(2, 1)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: with a UTF-8 BOM the offset is counted after the BOM, so the wrong byte/offset/line is named")
+def test_invalid_utf8_after_a_bom_names_the_offset_in_the_file() -> None:
+    found = problem(b"\xef\xbb\xbfa: 1\nb: caf\xe9\n")
+    assert found.message == "not UTF-8 text: byte 0xe9 at offset 14"
+    assert found.position == Position(2, 1)
+
+
+def test_utf8_bom_is_accepted() -> None:
+    (document,) = parse_documents(b"\xef\xbb\xbfa: 1\n")
+    assert document.data == {"a": 1}
+
+
+def test_nul_byte_is_binary_content() -> None:
+    found = problem(b"a: 1\nb: x\x00y\n")
+    assert found.message == "binary content: NUL byte in file"
+    assert found.position == Position(2, 1)
+
+
+def test_file_over_one_mebibyte_is_rejected() -> None:
+    data = b"a: 1\n#" + b"x" * MAX_FILE_BYTES
+    assert problem(data).message == f"file is larger than the limit of {MAX_FILE_BYTES} bytes (1 MiB)"
+
+
+def test_file_of_exactly_one_mebibyte_is_accepted() -> None:
+    data = b"a: 1\n#" + b"x" * (MAX_FILE_BYTES - 7) + b"\n"
+    assert len(data) == MAX_FILE_BYTES
+    assert [document.data for document in parse_documents(data)] == [{"a": 1}]
+
+
+def test_alias_bomb_is_rejected_quickly() -> None:
+    started = time.monotonic()
+    found = problem(billion_laughs())
+    assert time.monotonic() - started < 2.0
+    assert "alias" in found.message
+    assert found.position is not None
+
+
+def test_small_aliases_are_expanded() -> None:
+    (document,) = parse_documents(b"a: &shared [x, y]\nb: *shared\n")
+    assert document.data == {"a": ["x", "y"], "b": ["x", "y"]}
+
+
+def test_recursive_alias_is_rejected() -> None:
+    found = problem("a: &loop [1, *loop]\n")
+    assert found.message == "recursive alias: a value contains itself"
+    assert found.position == Position(1, 4)
+
+
+def test_duplicate_key_names_both_lines() -> None:
+    found = problem("a: 1\nb: 2\na: 3\n")
+    assert found.message == "duplicate key 'a' (first at line 1)"
+    assert found.position == Position(3, 1)
+
+
+def test_nested_duplicate_key_names_both_lines() -> None:
+    found = problem(workload_yaml(spec="  command: [python3]\n  args: []\n  command: [node]\n"))
+    assert found.message == "duplicate key 'command' (first at line 6)"
+    assert found.position == Position(8, 3)
+
+
+@pytest.mark.parametrize(
+    ("text", "tag"),
+    [
+        ("a: !!python/object:os.system {}\n", "!!python/object:os.system"),
+        ("a: !!python/object/apply:os.system [echo hi]\n", "!!python/object/apply:os.system"),
+        ("a: !!python/name:os.system ''\n", "!!python/name:os.system"),
+        ("a: !!binary aGVsbG8=\n", "!!binary"),
+        ("a: !!set {x}\n", "!!set"),
+        ("a: !!omap [{x: 1}]\n", "!!omap"),
+        ("a: !custom x\n", "!custom"),
+    ],
+)
+def test_foreign_tags_are_rejected(text: str, tag: str) -> None:
+    found = problem(text)
+    assert found.message == f"YAML tag {tag} is not allowed"
+    assert found.position == Position(1, 4)
+
+
+def test_tag_on_the_document_root_is_rejected() -> None:
+    found = problem("!!python/object:__main__.Evil {a: 1}\n")
+    assert found.message == "YAML tag !!python/object:__main__.Evil is not allowed"
+
+
+def test_standard_scalar_tags_are_allowed() -> None:
+    (document,) = parse_documents(b"a: !!str 5\nb: !!int '7'\n")
+    assert document.data == {"a": "5", "b": 7}
+
+
+def test_merge_keys_are_rejected() -> None:
+    found = problem("base: &base {x: 1}\nmine:\n  <<: *base\n  y: 2\n")
+    assert found.message == "YAML merge keys (<<) are not supported: write the fields out"
+    assert found.position == Position(3, 3)
+
+
+def test_complex_mapping_keys_are_rejected() -> None:
+    found = problem("? [a, b]\n: 1\n")
+    assert found.message == "mapping keys must be plain scalars"
+
+
+def test_timestamps_stay_strings() -> None:
+    (document,) = parse_documents(b"day: 2024-01-01\nat: 2024-01-01T10:00:00Z\n")
+    assert document.data == {"day": "2024-01-01", "at": "2024-01-01T10:00:00Z"}
+
+
+def test_a_date_is_a_valid_env_value() -> None:
+    workload = valid(workload_yaml(spec="  command: [python3]\n  env:\n    SINCE: 2024-01-01\n"))
+    assert workload.spec.env == {"SINCE": "2024-01-01"}
+
+
+def test_nesting_up_to_the_limit_is_accepted() -> None:
+    (document,) = parse_documents(("x: " + "[" * 63 + "]" * 63 + "\n").encode())
+    value = document.data["x"]
+    for _ in range(62):
+        (value,) = value
+    assert value == []
+
+
+def test_nesting_past_the_limit_is_rejected() -> None:
+    found = problem("x: " + "[" * 66 + "]" * 66 + "\n")
+    assert found.message == "nested deeper than 64 levels"
+    assert found.position is not None and found.position.line == 1
+
+
+def test_extreme_nesting_is_an_error_not_a_crash() -> None:
+    assert problem("[" * 5000 + "]" * 5000).message == "invalid YAML: nested too deeply"
+
+
+def test_positions_map_every_field_path() -> None:
+    (document,) = parse_documents(workload_yaml(spec="  command: [python3, -m]\n").encode())
+    assert document.position_of(("spec", "command", 1)) == Position(6, 22)
+    assert document.position_of(("metadata", "name")) == Position(4, 3)
+    assert document.position_of(("spec", "nothing", "here")) == Position(5, 1)  # nearest known parent
+    assert document.position_of(("absent",)) == document.start
+
+
+# -- the snapshot: build_desired -------------------------------------------------------------------
+
+
+def test_valid_files_become_entries_with_their_file_and_spec_hash() -> None:
+    desired = build_desired({"web.yaml": workload_yaml().encode(), "policy.yaml": policy_yaml().encode()})
+    assert desired.files == ("policy.yaml", "web.yaml")
+    assert set(desired.resources) == {WEB, ResourceKey("Policy", "workstation")}
+    entry = desired.resources[WEB]
+    assert entry.file == "web.yaml"
+    assert entry.spec_hash == spec_hash(entry.resource)
+    assert desired.errors == {} and desired.rejected == {}
+    assert isinstance(desired.policy, Policy) and desired.policy.name == "workstation"
+
+
+def test_duplicate_resource_across_files_rejects_both() -> None:
+    desired = build_desired({"a.yaml": workload_yaml().encode(), "b.yaml": workload_yaml().encode()})
+    assert WEB not in desired.resources
+    assert WEB in desired.rejected and len(desired.rejected[WEB]) == 2
+    for file in ("a.yaml", "b.yaml"):
+        (error,) = desired.errors[file]
+        assert error.file == file
+        assert error.message == "Workload/web is defined more than once (a.yaml, b.yaml): none of them is applied"
+
+
+def test_two_policies_are_both_rejected_naming_both_files() -> None:
+    desired = build_desired({
+        "a.yaml": policy_yaml("one").encode(),
+        "b.yaml": policy_yaml("two").encode(),
+        "web.yaml": workload_yaml().encode(),
+    })
+    one, two = ResourceKey("Policy", "one"), ResourceKey("Policy", "two")
+    assert set(desired.resources) == {WEB}
+    assert set(desired.rejected) == {one, two}
+    assert desired.policy is None
+    for file in ("a.yaml", "b.yaml"):
+        (error,) = desired.errors[file]
+        assert "only one Policy may govern a host" in error.message
+        assert "Policy/one in a.yaml" in error.message and "Policy/two in b.yaml" in error.message
+
+
+def test_identifiable_invalid_document_is_rejected_by_key() -> None:
+    desired = build_desired({"web.yaml": workload_yaml(spec="  command: python3\n").encode()})
+    assert desired.resources == {}
+    assert [str(error) for error in desired.rejected[WEB]] == [
+        "web.yaml:6:3 spec.command: expected a valid list, got 'python3'"
+    ]
+    assert desired.errors["web.yaml"] == desired.rejected[WEB]
+
+
+def test_unidentifiable_invalid_document_is_an_error_but_rejects_no_key() -> None:
+    desired = build_desired({"x.yaml": b"- not\n- a mapping\n"})
+    assert desired.rejected == {}
+    assert len(desired.errors["x.yaml"]) == 1
+
+
+def test_invalid_version_in_one_file_withholds_the_same_key_from_another() -> None:
+    desired = build_desired({
+        "a.yaml": workload_yaml().encode(),
+        "b.yaml": workload_yaml(spec="  command: python3\n").encode(),
+    })
+    assert WEB not in desired.resources
+    assert [error.file for error in desired.rejected[WEB]] == ["b.yaml"]
+
+
+def test_unreadable_file_entry_becomes_that_files_error() -> None:
+    unreadable = LoadError("secret.yaml", "cannot read file: Permission denied")
+    desired = build_desired({"secret.yaml": unreadable, "web.yaml": workload_yaml().encode()})
+    assert desired.errors == {"secret.yaml": [unreadable]}
+    assert "secret.yaml" in desired.files
+    assert not desired.file_is_clean("secret.yaml") and desired.file_is_clean("web.yaml")
+    assert list(desired.resources) == [WEB]
+
+
+def test_yaml_problem_becomes_a_positioned_file_error() -> None:
+    desired = build_desired({"web.yaml": b"a: 1\na: 2\n"})
+    assert [str(error) for error in desired.errors["web.yaml"]] == ["web.yaml:2:1: duplicate key 'a' (first at line 1)"]
+    assert desired.resources == {} and desired.rejected == {}
+
+
+def test_alias_bomb_in_a_file_is_that_files_error() -> None:
+    desired = build_desired({"bomb.yaml": billion_laughs().encode(), "web.yaml": workload_yaml().encode()})
+    (error,) = desired.errors["bomb.yaml"]
+    assert "alias" in error.message
+    assert list(desired.resources) == [WEB]
+
+
+def test_file_errors_are_sorted_by_position() -> None:
+    text = workload_yaml(name="two", spec="  command: [x]\n  zzz: 1\n") + "---\n" + workload_yaml(name="Bad_")
+    desired = build_desired({"x.yaml": text.encode()})
+    lines = [error.position.line for error in desired.errors["x.yaml"] if error.position]
+    assert lines == sorted(lines) == [7, 12]
+
+
+@pytest.mark.parametrize(
+    ("name", "is_spec"),
+    [
+        ("chat.yaml", True),
+        ("chat.yml", True),
+        ("status.yaml", True),
+        ("chat.status.yaml", False),
+        ("chat.evidence.jsonl", False),
+        (".chat.yaml", False),
+        (".chat.yaml.swp", False),
+        (".#chat.yaml", False),
+        (".chat.status.yaml.k2j3.tmp", False),
+        ("chat.yaml~", False),
+        ("#chat.yaml#", False),
+        ("4913", False),
+        ("README.md", False),
+        ("chat.json", False),
+    ],
+)
+def test_is_spec_file(name: str, is_spec: bool) -> None:
+    assert is_spec_file(name) is is_spec
+
+
+def test_read_folder_reads_nested_specs_by_relative_name(tmp_path: Path) -> None:
+    (tmp_path / "apps" / "llm").mkdir(parents=True)
+    (tmp_path / "web.yaml").write_text("a: 1\n")
+    (tmp_path / "apps" / "llm" / "chat.yml").write_text("b: 2\n")
+    (tmp_path / "web.status.yaml").write_text("generated\n")
+    (tmp_path / "web.evidence.jsonl").write_text("{}\n")
+    (tmp_path / ".web.yaml.swp").write_text("x")
+    (tmp_path / "README.md").write_text("x")
+    assert read_folder(tmp_path) == {"web.yaml": b"a: 1\n", "apps/llm/chat.yml": b"b: 2\n"}
+
+
+def test_read_folder_skips_hidden_directories(tmp_path: Path) -> None:
+    for hidden in (".git", "apps/.cache"):
+        (tmp_path / hidden).mkdir(parents=True)
+        (tmp_path / hidden / "x.yaml").write_text("a: 1\n")
+    (tmp_path / "apps" / "y.yaml").write_text("b: 1\n")
+    assert set(read_folder(tmp_path)) == {"apps/y.yaml"}
+
+
+def test_read_folder_turns_an_unreadable_file_into_its_error(tmp_path: Path) -> None:
+    os.symlink(tmp_path / "missing-target", tmp_path / "dangling.yaml")
+    contents = read_folder(tmp_path)
+    error = contents["dangling.yaml"]
+    assert isinstance(error, LoadError)
+    assert error.file.endswith("dangling.yaml")
+    assert error.message == "cannot read file: No such file or directory"
+    assert load_desired(tmp_path).errors["dangling.yaml"] == [error]
+
+
+def test_read_folder_reads_just_past_the_size_limit(tmp_path: Path) -> None:
+    (tmp_path / "big.yaml").write_bytes(b"a: 1\n#" + b"x" * (2 * MAX_FILE_BYTES))
+    assert len(read_folder(tmp_path)["big.yaml"]) == MAX_FILE_BYTES + 1
+    desired = load_desired(tmp_path)
+    (error,) = desired.errors["big.yaml"]
+    assert "larger than the limit" in error.message
+
+
+def test_load_desired_end_to_end(tmp_path: Path) -> None:
+    (tmp_path / "web.yaml").write_text(workload_yaml())
+    (tmp_path / "policy.yaml").write_text(policy_yaml())
+    desired = load_desired(tmp_path)
+    assert set(desired.resources) == {WEB, ResourceKey("Policy", "workstation")}
+    assert desired.errors == {}
+
+
+# -- quantities ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "count"),
+    [
+        ("8Gi", 8 * 2**30),
+        ("512Mi", 512 * 2**20),
+        ("512M", 512 * 10**6),
+        ("1.5G", 1_500_000_000),
+        ("1.5Ki", 1536),
+        ("8k", 8000),
+        ("1Ei", 2**60),
+        ("1024", 1024),
+        (1024, 1024),
+        (0, 0),
+    ],
+)
+def test_parse_bytes(text: str | int, count: int) -> None:
+    assert parse_bytes(text) == count
+
+
+@pytest.mark.parametrize("value", ["lots", "8K", "8gi", "8 Gi", "", "-1", "1e9", -1, True, None, 1.5])
+def test_parse_bytes_rejects(value: object) -> None:
+    with pytest.raises(ValueError, match="quantity like 8Gi"):
+        parse_bytes(value)
+
+
+@pytest.mark.parametrize(
+    ("count", "text"),
+    [(0, "0"), (1000, "1000"), (1536, "1536"), (1024, "1Ki"), (8 * 2**30, "8Gi"), (3 * 2**20, "3Mi"), (2**60, "1Ei"), (2048 * 2**30, "2Ti")],
+)
+def test_format_bytes_is_the_shortest_exact_binary_spelling(count: int, text: str) -> None:
+    assert format_bytes(count) == text
+
+
+@pytest.mark.parametrize("count", [0, 1, 999, 1024, 1536, 8 * 2**30, 5 * 10**9, 2**62 + 2**10])
+def test_format_then_parse_round_trips(count: int) -> None:
+    assert parse_bytes(format_bytes(count)) == count

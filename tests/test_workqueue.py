@@ -1,0 +1,224 @@
+"""The work queue: dedupe, one worker per key, delayed adds in due order, shut down.
+
+Real threads and short real waits only; every wait is on a condition with a timeout.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from reconciler.control.workqueue import ShutDown, WorkQueue
+
+SETTLE = 0.1  # how long "nothing happens" is watched for
+PATIENCE = 2.0  # upper bound for something that must happen
+
+
+class Getter:
+    """One `queue.get()` in a background thread."""
+
+    def __init__(self, queue: WorkQueue[str]) -> None:
+        self.queue = queue
+        self.key: str | None = None
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.key = self.queue.get()
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            self.error = error
+        finally:
+            self.finished.set()
+
+    def got(self, timeout: float = PATIENCE) -> str | None:
+        return self.key if self.finished.wait(timeout) else None
+
+
+@pytest.fixture
+def queue() -> Iterator[WorkQueue[str]]:
+    work: WorkQueue[str] = WorkQueue()
+    yield work
+    work.shut_down()  # releases any getter still waiting
+
+
+def wait_until(deadline: float) -> None:
+    """Let the monotonic clock pass `deadline` (a few milliseconds at most in these tests)."""
+    while time.monotonic() < deadline:
+        time.sleep(0.002)
+
+
+def test_a_key_added_twice_is_queued_once(queue: WorkQueue[str]) -> None:
+    queue.add("a")
+    queue.add("a")
+    assert len(queue) == 1
+    assert queue.get() == "a"
+    assert len(queue) == 0
+
+
+def test_keys_come_out_in_order_of_adding(queue: WorkQueue[str]) -> None:
+    for key in ("b", "a", "c", "a"):
+        queue.add(key)
+    assert [queue.get() for _ in range(3)] == ["b", "a", "c"]
+
+
+def test_a_key_being_processed_is_not_handed_out_again(queue: WorkQueue[str]) -> None:
+    queue.add("a")
+    assert queue.get() == "a"
+    queue.add("a")
+    assert len(queue) == 0
+    second = Getter(queue)
+    assert second.got(SETTLE) is None
+    queue.done("a")
+    assert second.got() == "a"
+
+
+def test_a_key_added_while_processed_is_requeued_once(queue: WorkQueue[str]) -> None:
+    queue.add("a")
+    assert queue.get() == "a"
+    for _ in range(3):
+        queue.add("a")
+    queue.done("a")
+    assert len(queue) == 1
+    assert queue.get() == "a"
+    queue.done("a")
+    assert len(queue) == 0
+    queue.add("b")
+    assert queue.get() == "b"
+
+
+def test_done_without_a_new_add_does_not_requeue(queue: WorkQueue[str]) -> None:
+    queue.add("a")
+    queue.done(queue.get())
+    assert len(queue) == 0
+    assert Getter(queue).got(SETTLE) is None
+
+
+def test_processing_one_key_does_not_hold_up_another(queue: WorkQueue[str]) -> None:
+    queue.add("a")
+    assert queue.get() == "a"
+    queue.add("b")
+    assert queue.get() == "b"
+
+
+def test_delayed_keys_come_out_in_due_order(queue: WorkQueue[str]) -> None:
+    started = time.monotonic()
+    queue.add_after("late", 0.12)
+    queue.add_after("early", 0.04)
+    assert queue.get() == "early"
+    assert time.monotonic() - started >= 0.04
+    assert queue.get() == "late"
+    assert time.monotonic() - started >= 0.12
+
+
+def test_a_waiting_getter_wakes_for_an_earlier_delayed_key(queue: WorkQueue[str]) -> None:
+    getter = Getter(queue)
+    queue.add_after("late", 5.0)
+    queue.add_after("early", 0.03)
+    started = time.monotonic()
+    assert getter.got() == "early"
+    assert time.monotonic() - started < 1.0
+
+
+def test_add_after_without_delay_adds_at_once(queue: WorkQueue[str]) -> None:
+    queue.add_after("a", 0)
+    queue.add_after("b", -1)
+    assert len(queue) == 2
+    assert [queue.get(), queue.get()] == ["a", "b"]
+
+
+def test_a_delayed_key_is_not_ready_before_its_time(queue: WorkQueue[str]) -> None:
+    queue.add_after("a", 5.0)
+    assert Getter(queue).got(SETTLE) is None
+
+
+def test_a_delayed_key_already_queued_is_not_duplicated(queue: WorkQueue[str]) -> None:
+    queue.add("a")
+    queue.add_after("a", 0.01)
+    wait_until(time.monotonic() + 0.02)
+    assert queue.get() == "a"
+    assert len(queue) == 0
+    assert Getter(queue).got(SETTLE) is None
+
+
+def test_a_delayed_key_coming_due_while_processed_waits_for_done(queue: WorkQueue[str]) -> None:
+    queue.add("a")
+    assert queue.get() == "a"
+    queue.add_after("a", 0.02)
+    getter = Getter(queue)
+    assert getter.got(SETTLE) is None
+    queue.done("a")
+    assert getter.got() == "a"
+
+
+def test_get_after_shut_down_raises(queue: WorkQueue[str]) -> None:
+    queue.add("a")
+    queue.shut_down()
+    with pytest.raises(ShutDown):
+        queue.get()
+
+
+def test_shut_down_wakes_a_waiting_getter(queue: WorkQueue[str]) -> None:
+    getter = Getter(queue)
+    assert getter.got(SETTLE) is None
+    queue.shut_down()
+    assert getter.finished.wait(PATIENCE)
+    assert isinstance(getter.error, ShutDown)
+
+
+def test_shut_down_wakes_a_getter_waiting_for_a_delayed_key(queue: WorkQueue[str]) -> None:
+    queue.add_after("a", 5.0)
+    getter = Getter(queue)
+    assert getter.got(SETTLE) is None
+    queue.shut_down()
+    assert getter.finished.wait(PATIENCE)
+    assert isinstance(getter.error, ShutDown)
+
+
+def test_adds_after_shut_down_are_ignored(queue: WorkQueue[str]) -> None:
+    queue.shut_down()
+    queue.add("a")
+    assert len(queue) == 0
+
+
+def test_many_workers_never_share_a_key(queue: WorkQueue[str]) -> None:
+    active: set[str] = set()
+    overlaps: list[str] = []
+    handled: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            try:
+                key = queue.get()
+            except ShutDown:
+                return
+            with lock:
+                if key in active:
+                    overlaps.append(key)
+                active.add(key)
+            time.sleep(0.001)
+            if len(handled) < 150:
+                queue.add(key)  # re-added while processed: must wait for done, never go to a second worker
+            with lock:
+                active.discard(key)
+                handled.append(key)
+            queue.done(key)
+
+    workers = [threading.Thread(target=worker, daemon=True) for _ in range(6)]
+    for thread in workers:
+        thread.start()
+    for key in ("a", "b", "c"):
+        queue.add(key)
+    deadline = time.monotonic() + PATIENCE
+    while len(handled) < 150 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    queue.shut_down()
+    for thread in workers:
+        thread.join(PATIENCE)
+    assert len(handled) >= 150
+    assert overlaps == []
