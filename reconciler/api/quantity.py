@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal
 from typing import Annotated, Any
@@ -25,10 +26,10 @@ def parse_bytes(value: Any) -> int:
         if value < 0:
             raise ValueError(f"expected a non-negative quantity like 8Gi, got {value!r}")
         return value
-    match = _QUANTITY.match(value) if isinstance(value, str) else None
+    match = _QUANTITY.fullmatch(value) if isinstance(value, str) else None
     if not match:
         raise ValueError(f"expected a quantity like 8Gi, got {value!r}")
-    return int(Decimal(match["number"]) * _SUFFIXES[match["suffix"] or ""])
+    return math.ceil(Decimal(match["number"]) * _SUFFIXES[match["suffix"] or ""])  # Kubernetes rounds up too
 
 
 def format_bytes(count: int) -> str:

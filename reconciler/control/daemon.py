@@ -126,6 +126,9 @@ class Daemon:
         except DesiredStateUnreadable as error:
             log.error("%s: %s; nothing changes until it is readable again", why, error)
             return
+        except Exception:  # a loader bug must not take down what runs: keep serving the last snapshot
+            log.exception("%s: loading the desired state failed; keeping the previous snapshot", why)
+            return
         for file, errors in desired.errors.items():
             for error in errors:
                 log.warning("%s", error)

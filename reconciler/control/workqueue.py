@@ -36,18 +36,15 @@ class WorkQueue(Generic[Key]):
         with self._condition:
             if self._closed:
                 return
-            if key in self._processing:
-                self._dirty.add(key)
-            elif key not in self._queued:
-                self._queued.add(key)
-                self._ready.append(key)
-                self._condition.notify()
+            self._enqueue(key)
 
     def add_after(self, key: Key, delay: float) -> None:
         if delay <= 0:
             self.add(key)
             return
         with self._condition:
+            if self._closed:
+                return
             heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._order), key))
             self._condition.notify()
 
@@ -71,10 +68,7 @@ class WorkQueue(Generic[Key]):
             self._processing.discard(key)
             if key in self._dirty:
                 self._dirty.discard(key)
-                if key not in self._queued:
-                    self._queued.add(key)
-                    self._ready.append(key)
-                    self._condition.notify()
+                self._enqueue(key)
 
     def shut_down(self) -> None:
         with self._condition:
@@ -89,8 +83,13 @@ class WorkQueue(Generic[Key]):
         now = time.monotonic()
         while self._delayed and self._delayed[0][0] <= now:
             _, _, key = heapq.heappop(self._delayed)
-            if key in self._processing:
-                self._dirty.add(key)
-            elif key not in self._queued:
-                self._queued.add(key)
-                self._ready.append(key)
+            self._enqueue(key)
+
+    def _enqueue(self, key: Key) -> None:
+        """Queue a key once; one being processed is only marked, to be queued again when done. Lock held."""
+        if key in self._processing:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._ready.append(key)
+            self._condition.notify()

@@ -141,7 +141,8 @@ def _spec_change(record: ResourceRecord, desired: DesiredEntry | None) -> str:
 
 def account_exit(record: ResourceRecord, exit_info: ExitInfo, workload: Workload) -> ResourceRecord:
     """Count a newly seen exit once and schedule the next start."""
-    if record.last_exit is not None and record.last_exit.pid == exit_info.pid:
+    seen = record.last_exit
+    if seen is not None and (seen.pid, seen.finished_at) == (exit_info.pid, exit_info.finished_at):
         return record
     scheduled = schedule_retry(record, exit_info.finished_at, exit_info.ran_seconds, workload)
     return scheduled.model_copy(update={"last_exit": exit_info})

@@ -8,6 +8,7 @@ from enum import Enum
 from reconciler.api.kinds import Policy, PolicySpec
 from reconciler.diff.plan import Action, Verb
 
+_TRUST_RULE = "native.trustedExecutables"
 DEFAULT_POLICY = PolicySpec()  # trusts no native executable: nothing runs until a Policy says so
 
 
@@ -44,10 +45,11 @@ def decide(action: Action, policy: Policy | None, resolved_executable: str | Non
         return Verdict(Decision.approve, (Reason("no-side-effects", "records or removes only: nothing is started"),))
     executable = action.launch.argv[0]
     trusted = {entry.executable for entry in spec.native.trusted_executables}
-    names = {executable, resolved_executable} - {None}
-    if names & trusted:
-        where = f" ({resolved_executable})" if resolved_executable and resolved_executable != executable else ""
-        return Verdict(Decision.approve, (Reason("native.trustedExecutables", f"{executable!r}{where} is trusted by {source}"),))
-    hint = f"add it to spec.native.trustedExecutables of {source}" if policy else "write a Policy that lists it in spec.native.trustedExecutables"
-    shown = f"{executable!r}" + (f" ({resolved_executable})" if resolved_executable and resolved_executable != executable else "")
-    return Verdict(Decision.deny, (Reason("native.trustedExecutables", f"native executable {shown} is not trusted by {source}: {hint}"),))
+    shown = repr(executable)
+    if resolved_executable and resolved_executable != executable:
+        shown += f" ({resolved_executable})"
+    if {executable, resolved_executable} & trusted:
+        return Verdict(Decision.approve, (Reason(_TRUST_RULE, f"{shown} is trusted by {source}"),))
+    hint = (f"add it to spec.native.trustedExecutables of {source}" if policy
+            else "write a Policy that lists it in spec.native.trustedExecutables")
+    return Verdict(Decision.deny, (Reason(_TRUST_RULE, f"native executable {shown} is not trusted by {source}: {hint}"),))

@@ -42,7 +42,7 @@ def validate_document(file: str, document: SourceDocument) -> Resource | list[Lo
     api_version, kind = data.get("apiVersion"), data.get("kind")
     if api_version != API_VERSION:
         error(("apiVersion",), f"expected {API_VERSION!r}, got {api_version!r}" if api_version else f"required: expected {API_VERSION!r}")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         expected = ", ".join(sorted(KINDS))
         error(("kind",), f"unknown kind {kind!r}: expected one of {expected}" if kind else f"required: expected one of {expected}")
     if errors:

@@ -77,13 +77,13 @@ def parse_documents(data: bytes) -> list[SourceDocument]:
 
 
 def _decode(data: bytes) -> str:
+    body = data.removeprefix(b"\xef\xbb\xbf")  # a BOM is invisible in editors: lines and columns skip it
     try:
-        text = data.decode("utf-8-sig")
+        text = body.decode("utf-8")
     except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise YamlProblem(
-            f"not UTF-8 text: byte 0x{data[error.start]:02x} at offset {error.start}", Position(line, 1)
-        ) from None
+        offset = error.start + len(data) - len(body)  # as a hex dump of the file shows it
+        line = body[: error.start].count(b"\n") + 1
+        raise YamlProblem(f"not UTF-8 text: byte 0x{data[offset]:02x} at offset {offset}", Position(line, 1)) from None
     if "\x00" in text:
         line = text[: text.index("\x00")].count("\n") + 1
         raise YamlProblem("binary content: NUL byte in file", Position(line, 1))
@@ -150,7 +150,12 @@ class _Builder:
         if node.tag == _TIMESTAMP_TAG:
             return node.value  # dates stay text: no field of ours is a date
         self._check_tag(node, None)
-        return self._constructor.construct_object(node, deep=True)
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except (ValueError, KeyError, yaml.YAMLError):
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            shown = node.value if len(node.value) <= 40 else node.value[:40] + "..."
+            raise YamlProblem(f"{shown!r} is not a valid {tag} value", _position(node.start_mark)) from None
 
     @staticmethod
     def _check_tag(node: Node, expected: str | None) -> None:
