@@ -141,6 +141,9 @@ def test_invalid_edit_keeps_the_last_valid_version_running(workspace: Workspace)
     accepted = workspace.condition("web.yaml", "web", "Accepted")
     assert accepted["status"] == "False" and accepted["reason"] == "Rejected"
     assert "spec.restart.policy" in accepted["message"] and "generation 1 stays in force" in accepted["message"]
+    workspace.cli("apply")
+    held = [r for r in workspace.evidence("web.yaml") if r["event"] == "hold"]
+    assert len(held) == 1 and held[0]["cause"].startswith("new version rejected: "), "the rejection is recorded once"
 
     workspace.write("web.yaml", "garbage: [")
     workspace.cli("apply")

@@ -223,11 +223,12 @@ class Reconciler:
     ) -> ResourceRecord:
         """One line per decision and per action; a no-op pass writes nothing."""
         action = planned.action
-        if not action.changes_something and failure is None:
+        noteworthy = action.changes_something or action.held or action.orphaned or failure is not None
+        if not noteworthy:
             return record
         decision = _decision_digest(planned)
         if not _executed(planned) and decision == record.last_decision:
-            return record  # the same refusal, seen again by a resync: already on record
+            return record  # the same refusal or hold, seen again by a resync: already on record
         detail: dict[str, object] = {}
         if action.launch is not None and action.verb in (Verb.create, Verb.recreate):
             detail["command"] = list(action.launch.argv)
@@ -246,7 +247,7 @@ class Reconciler:
             "time": now.isoformat(),
             "resource": str(key),
             "generation": generation,
-            "event": planned.action.verb.value,
+            "event": "hold" if planned.action.held else "orphan" if planned.action.orphaned else planned.action.verb.value,
             "cause": planned.action.cause,
             "decision": verdict.decision.value if verdict else None,
             "reasons": [str(reason) for reason in verdict.reasons] if verdict else [],
