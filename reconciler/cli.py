@@ -17,16 +17,14 @@ from pathlib import Path
 import click
 
 from reconciler.api.schemas import stale_schemas, write_schemas
-from reconciler.api.status import ConditionStatus
 from reconciler.control.daemon import Daemon
-from reconciler.control.lock import StateDirBusy, exclusive
+from reconciler.control.lock import Busy, exclusive
 from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
 from reconciler.load.desired import load_desired
+from reconciler.record.status import FAILED_PHASES, SUCCEEDED_PHASES
 from reconciler.render import dump, plan_rows, plan_table, status_rows, status_table
 
 EXIT_IN_SYNC, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
-TERMINAL_READY_REASONS = {"PolicyDenied", "Failed", "BackOff", "ExecutableNotFound", "WorkingDirNotFound",
-                          "PermissionDenied", "StartFailed", "Completed"}
 
 
 def default_state_dir(root: Path) -> Path:
@@ -109,7 +107,7 @@ def apply(path: Path, state_dir: Path | None, wait: bool, timeout: float, min_re
     """Run one reconcile pass (or, with --wait, until workloads are Ready or failed)."""
     exited = threading.Event()
     state_dir = state_dir or default_state_dir(path)
-    with _locked(state_dir, "apply"):
+    with _locked(path, state_dir, "apply"):
         reconciler = _reconciler(path, state_dir, allow_empty=allow_empty, on_exit=lambda name: exited.set())
         reconciler.adopt()
         deadline = time.monotonic() + timeout
@@ -131,24 +129,21 @@ def apply(path: Path, state_dir: Path | None, wait: bool, timeout: float, min_re
 
 
 def _readiness(reconciler: Reconciler, min_ready_seconds: float) -> tuple[list[str], list[str]]:
-    """Workloads still settling, and those that failed, by their Ready condition."""
+    """Workloads still settling, and those that failed, by the phase their status shows now."""
     pending, failed = [], []
     now = datetime.now(timezone.utc)
-    for key, entry in reconciler.desired.resources.items():
+    for key in reconciler.desired.resources:
         if key.kind != "Workload":
             continue
-        record = reconciler.records.get(key)
-        status = record.status if record else None
-        ready = next((c for c in status.conditions if c.type == "Ready"), None) if status else None
-        if ready is None:
+        status = reconciler.status(key)
+        if status is None:
             pending.append(str(key))
-        elif ready.status is ConditionStatus.true:
-            started = status.started_at if status else None
-            if started is not None and (now - started).total_seconds() < min_ready_seconds:
+        elif status.phase in FAILED_PHASES:
+            failed.append(f"{key}: {status.phase}: {status.message}")
+        elif status.phase == "Running":
+            if status.started_at is None or (now - status.started_at).total_seconds() < min_ready_seconds:
                 pending.append(str(key))
-        elif ready.reason in TERMINAL_READY_REASONS:
-            failed.append(f"{key}: {ready.reason}: {ready.message}")
-        else:
+        elif status.phase not in SUCCEEDED_PHASES:
             pending.append(str(key))
     return pending, failed
 
@@ -161,9 +156,7 @@ def _readiness(reconciler: Reconciler, min_ready_seconds: float) -> tuple[list[s
 def run(path: Path, state_dir: Path | None, resync: float, allow_empty: bool) -> None:
     """The daemon: watch PATH and converge on every change, exit and resync. SIGTERM leaves workloads running."""
     state_dir = state_dir or default_state_dir(path)
-    if not path.is_dir():
-        raise click.ClickException(f"{path}: not a readable folder")
-    with _locked(state_dir, "run"):
+    with _locked(path, state_dir, "run"):
         daemon_box: list[Daemon] = []
         reconciler = Reconciler(path, state_dir, allow_empty=allow_empty,
                                 on_exit=lambda name: daemon_box[0].process_exited(name) if daemon_box else None)
@@ -180,8 +173,9 @@ def run(path: Path, state_dir: Path | None, resync: float, allow_empty: bool) ->
 def down(path: Path, state_dir: Path | None) -> None:
     """Stop and remove everything this desired-state folder owns."""
     state_dir = state_dir or default_state_dir(path)
-    with _locked(state_dir, "down"):
+    with _locked(path, state_dir, "down"):
         reconciler = Reconciler(path, state_dir)
+        reconciler.adopt()
         for key in reconciler.keys():
             reconciler.remove(key, cause="reconciler down")
             click.echo(f"{key}: removed")
@@ -193,9 +187,10 @@ def down(path: Path, state_dir: Path | None) -> None:
 @output_option
 def status(path: Path, state_dir: Path | None, output: str) -> None:
     """What runs, where, and why not: one line per resource."""
-    reconciler = Reconciler(path, state_dir or default_state_dir(path), readonly=True)
-    records = [reconciler.records[key] for key in sorted(reconciler.records)]
-    rows = status_rows(records, datetime.now(timezone.utc))
+    reconciler = _reconciler(path, state_dir, readonly=True)
+    now = datetime.now(timezone.utc)
+    statuses = [status for key in reconciler.keys() if (status := reconciler.status(key)) is not None]
+    rows = status_rows(statuses, reconciler.records, now)
     click.echo(status_table(rows) if output == "table" else dump(rows, output))
 
 
@@ -214,9 +209,11 @@ def schemas(out: Path, check: bool) -> None:
 
 
 @contextmanager
-def _locked(state_dir: Path, command: str) -> Iterator[None]:
+def _locked(path: Path, state_dir: Path, command: str) -> Iterator[None]:
+    if not path.is_dir():
+        raise click.ClickException(f"{path}: not a readable folder")
     try:
-        with exclusive(state_dir, command):
+        with exclusive(path, state_dir, command):
             yield
-    except StateDirBusy as error:
+    except Busy as error:
         raise click.ClickException(str(error)) from None

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from reconciler.api.meta import ResourceKey
+from reconciler.api.status import ResourceStatus
 from reconciler.control.reconciler import Planned
 from reconciler.record.store import ResourceRecord
 
@@ -46,14 +48,16 @@ def plan_table(rows: list[dict[str, Any]]) -> str:
     return table(["RESOURCE", "ACTION", "DECISION", "CAUSE"], body)
 
 
-def status_rows(records: list[ResourceRecord], now: datetime) -> list[dict[str, Any]]:
+def status_rows(statuses: list[ResourceStatus], records: dict[ResourceKey, ResourceRecord], now: datetime) -> list[dict[str, Any]]:
     rows = []
-    for record in records:
-        status = record.status.model_dump(mode="json", by_alias=True, exclude_none=True) if record.status else {}
-        spec = record.resource.get("spec", {})
+    for status in statuses:
+        record = records.get(ResourceKey(status.kind, status.name))
+        spec = record.resource.get("spec", {}) if record else {}
         rows.append({
-            "name": record.name, "kind": record.kind, "runtime": spec.get("runtime", "-") if record.kind == "Workload" else "-",
-            "age": _age(record.created_at, now), "status": status,
+            "name": status.name, "kind": status.kind,
+            "runtime": spec.get("runtime", "-") if status.kind == "Workload" else "-",
+            "age": _age(status.created_at, now) if status.created_at else "-",
+            "status": status.model_dump(mode="json", by_alias=True, exclude_none=True),
         })
     return rows
 

@@ -94,6 +94,10 @@ class Workspace:
         path = self.desired / (spec_file.rsplit(".", 1)[0] + ".evidence.jsonl")
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
+    def actions(self, spec_file: str) -> list[str]:
+        """The actions carried out, in order, from the evidence log (decisions are the other lines)."""
+        return [record["action"] for record in self.evidence(spec_file) if record["event"] == "action"]
+
     def pid(self, spec_file: str, name: str) -> int | None:
         return (self.resource_status(spec_file, name) or {}).get("pid")
 

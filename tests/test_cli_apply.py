@@ -62,7 +62,7 @@ def test_create_edit_delete_lifecycle(workspace: Workspace) -> None:
     workspace.write("web.yaml", workload_yaml("web", args=("v2",)))
     plan = json.loads(workspace.cli("plan", "-o", "json").stdout)
     web = next(row for row in plan if row["resource"] == "Workload/web")
-    assert (web["action"], web["cause"]) == ("recreate", "spec.command/args changed")
+    assert (web["action"], web["cause"]) == ("recreate", "spec.args changed")
     assert workspace.cli("apply", "--wait").returncode == 0
     second = workspace.pid("web.yaml", "web")
     assert second != first
@@ -74,8 +74,10 @@ def test_create_edit_delete_lifecycle(workspace: Workspace) -> None:
     wait_for(lambda: not psutil.pid_exists(second), what="pruned process to end")
     assert not workspace.owned_processes()
     assert not (workspace.desired / "web.status.yaml").exists()
-    events = [record["event"] for record in workspace.evidence("web.yaml")]
-    assert events == ["create", "recreate", "delete"]
+    assert workspace.actions("web.yaml") == ["create", "recreate", "delete"]
+    decisions = [r for r in workspace.evidence("web.yaml") if r["event"] == "decision"]
+    assert [d["action"] for d in decisions] == ["create", "recreate", "delete"]
+    assert decisions[0]["executable"] == PYTHON or decisions[0]["executable"].endswith("python3")
 
 
 def test_no_evidence_for_no_op_passes_and_chain_links(workspace: Workspace) -> None:
@@ -103,7 +105,7 @@ def test_without_a_policy_nothing_native_runs(workspace: Workspace) -> None:
     assert (approved["status"], approved["reason"]) == ("False", "Denied")
     assert workspace.resource_status("web.yaml", "web")["placement"] == "unavailable"
     workspace.cli("apply")
-    assert len(workspace.evidence("web.yaml")) == 1, "a repeated refusal is recorded once"
+    assert [r["event"] for r in workspace.evidence("web.yaml")] == ["decision"], "a repeated refusal is recorded once"
 
 
 def test_missing_executable_is_an_explicit_condition(workspace: Workspace) -> None:
@@ -142,8 +144,17 @@ def test_invalid_edit_keeps_the_last_valid_version_running(workspace: Workspace)
     assert accepted["status"] == "False" and accepted["reason"] == "Rejected"
     assert "spec.restart.policy" in accepted["message"] and "generation 1 stays in force" in accepted["message"]
     workspace.cli("apply")
-    held = [r for r in workspace.evidence("web.yaml") if r["event"] == "hold"]
-    assert len(held) == 1 and held[0]["cause"].startswith("new version rejected: "), "the rejection is recorded once"
+    held = [r for r in workspace.evidence("web.yaml") if r["action"] == "hold"]
+    assert len(held) == 1 and "new version rejected: " in held[0]["cause"], "the rejection is recorded once"
+
+    os.kill(pid, signal.SIGKILL)  # the last valid version stays in force: it is restarted, unchanged
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    workspace.cli("apply")
+    restarted = wait_for(lambda: workspace.cli("apply") and workspace.pid("web.yaml", "web") not in (None, pid),
+                         timeout=15, what="the held version restarted")
+    assert restarted
+    assert workspace.resource_status("web.yaml", "web")["generation"] == 1
+    pid = workspace.pid("web.yaml", "web")
 
     workspace.write("web.yaml", "garbage: [")
     workspace.cli("apply")
@@ -202,15 +213,46 @@ def test_status_table_lists_every_resource(workspace: Workspace) -> None:
     assert web.split()[1:5] == ["Workload", "native", "True", "local"]
 
 
-def test_a_stray_from_an_interrupted_start_is_stopped(workspace: Workspace) -> None:
-    """A process carrying our marker but no record: the reconciler died between spawn and record."""
+def test_a_spawn_cut_short_by_a_crash_is_stopped_but_a_workloads_own_children_are_not(workspace: Workspace) -> None:
+    """An intent without a record: the reconciler died between spawn and record. Only that spawn is stopped."""
     import subprocess
 
-    from reconciler.drive.process import NAME_VARIABLE, OWNER_VARIABLE, owner_id
+    from reconciler.drive.process import NAME_VARIABLE, NONCE_VARIABLE, OWNER_VARIABLE, owner_id
 
-    env = dict(os.environ, **{OWNER_VARIABLE: owner_id(workspace.state), NAME_VARIABLE: "web"})
+    daemonizing = (
+        "import subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3600)'], start_new_session=True)\n"
+        "while True: time.sleep(1)\n"
+    )
+    workspace.write("parent.yaml", workload_yaml("parent", code=daemonizing))
+    assert workspace.cli("apply", "--wait").returncode == 0
+    parent = psutil.Process(workspace.pid("parent.yaml", "parent"))
+    detached = wait_for(lambda: [p for p in psutil.process_iter() if p.ppid() == parent.pid], what="the detached child")[0]
+
+    env = dict(os.environ, **{OWNER_VARIABLE: owner_id(workspace.state), NAME_VARIABLE: "web", NONCE_VARIABLE: "cafe0001"})
     stray = subprocess.Popen([PYTHON, "-c", SLEEPER], env=env, start_new_session=True)
+    (workspace.state / "processes" / "web.intent").write_text("cafe0001")
     workspace.write("web.yaml", workload_yaml("web"))
     assert workspace.cli("apply", "--wait").returncode == 0
     assert stray.wait(timeout=10) == -signal.SIGTERM
     assert [p.pid for p in workspace.owned_processes("web")] == [workspace.pid("web.yaml", "web")]
+    assert detached.is_running(), "a workload's own detached child carries a recorded nonce: it is not a stray"
+    assert not (workspace.state / "processes" / "web.intent").exists()
+    assert workspace.cli("down").returncode == 0
+    psutil.wait_procs([detached], timeout=5)
+    assert not detached.is_running(), "stopping a workload also ends what it detached with setsid"
+
+
+def test_one_mutating_reconciler_per_folder_even_with_another_state_dir(workspace: Workspace) -> None:
+    workspace.write("web.yaml", workload_yaml("web"))
+    workspace.start_daemon()
+    wait_for(lambda: workspace.pid("web.yaml", "web"), what="web to start")
+    import subprocess
+
+    other = subprocess.run(
+        [PYTHON, "-m", "reconciler", "apply", str(workspace.desired), "--state-dir", str(workspace.state.parent / "other")],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert other.returncode == 1 and ".reconciler.lock is held by pid" in other.stderr
+    assert len(workspace.owned_processes()) == 1
+    assert not (workspace.state.parent / "other" / "processes").exists()

@@ -35,7 +35,7 @@ def test_daemon_follows_edits_and_leaves_workloads_running_on_sigterm(workspace:
     workspace.start_daemon()
     (workspace.desired / "web.yaml").unlink()
     wait_for(lambda: not workspace.owned_processes("web"), what="web to be pruned")
-    assert [r["event"] for r in workspace.evidence("web.yaml")] == ["create", "recreate", "delete"]
+    wait_for(lambda: workspace.actions("web.yaml") == ["create", "recreate", "delete"], what="the delete on record")
 
 
 def test_kill_9_of_the_daemon_then_restart_adopts_the_same_process(workspace: Workspace) -> None:
@@ -49,7 +49,7 @@ def test_kill_9_of_the_daemon_then_restart_adopts_the_same_process(workspace: Wo
     wait_for(lambda: workspace.resource_status("web.yaml", "web"), what="status after restart")
     assert [p.pid for p in workspace.owned_processes("web")] == [pid]
     assert workspace.cli("plan").returncode != 1
-    assert [r["event"] for r in workspace.evidence("web.yaml")] == ["create"], "adoption is not a new action"
+    assert workspace.actions("web.yaml") == ["create"], "adoption is not a new action"
 
     os.kill(pid, signal.SIGKILL)  # the adopted process is watched too: its death is noticed at once
     replacement = wait_for(lambda: running_pid(workspace, "web.yaml", "web", other_than=pid), what="adopted process replaced")
@@ -65,8 +65,8 @@ def test_exit_is_noticed_and_restarted_with_its_cause(workspace: Workspace) -> N
     status = workspace.resource_status("web.yaml", "web")
     assert status["restartCount"] == 1
     assert status["lastExit"]["signal"] == signal.SIGKILL
-    restart = workspace.evidence("web.yaml")[-1]
-    assert (restart["event"], restart["cause"]) == ("create", "process was killed by signal 9")
+    decision = [r for r in workspace.evidence("web.yaml") if r["event"] == "decision"][-1]
+    assert (decision["action"], decision["cause"]) == ("create", "process was killed by signal 9")
 
 
 def test_crash_loop_backs_off_and_shows_it(workspace: Workspace) -> None:
@@ -81,7 +81,7 @@ def test_crash_loop_backs_off_and_shows_it(workspace: Workspace) -> None:
     assert status["nextRetryTime"]
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "BackOff" and "process exited with code 3" in ready["message"]
-    starts = [r["time"] for r in workspace.evidence("crash.yaml") if r["event"] == "create"]
+    starts = [r["time"] for r in workspace.evidence("crash.yaml") if r["event"] == "action"]
     gaps = [b - a for a, b in zip(_seconds(starts), _seconds(starts)[1:])]
     assert gaps == sorted(gaps) and gaps[-1] >= 0.2 * 2 ** (len(gaps) - 1) * 0.9, f"back-off must grow: {gaps}"
     log = (workspace.state / "logs" / "crash.previous.log").read_text()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
-
 import pytest
 
 from reconciler.api.kinds import Policy, Workload
@@ -26,56 +24,90 @@ def policy(*executables: str, name: str = "workstation") -> Policy:
 def start(command: str = "python3", verb: Verb = Verb.create) -> Action:
     web = Workload.model_validate({
         "apiVersion": API_VERSION, "kind": "Workload", "metadata": {"name": "web"},
-        "spec": {"command": [command, "-m", "http.server"]},
+        "spec": {"command": [command, "-m", "http.server"], "args": ["8080"]},
     })
-    return Action(WEB, verb, "not running", 1, render_launch(web.spec, PurePosixPath("/srv/desired-state")))
+    return Action(WEB, verb, "not running", 1, render_launch(web.spec, "/srv/desired-state", None))
+
+
+FOUND = "/usr/bin/python3"  # where PATH finds 'python3'
+REAL = "/usr/bin/python3.11"  # the file that symlink points at
 
 
 def test_without_a_policy_starting_a_process_is_denied() -> None:
-    verdict = decide(start(), None, "/usr/bin/python3")
+    verdict = decide(start(), None, (FOUND, REAL))
     assert verdict.decision is Decision.deny and not verdict.approved
     (reason,) = verdict.reasons
     assert reason.rule == RULE
     assert reason.message == (
-        "native executable 'python3' (/usr/bin/python3) is not trusted by default policy: "
+        "native executable 'python3' (/usr/bin/python3 -> /usr/bin/python3.11) is not trusted by default policy: "
         "write a Policy that lists it in spec.native.trustedExecutables"
     )
     assert str(reason) == f"{RULE}: {reason.message}"
 
 
-def test_trusted_by_name() -> None:
-    verdict = decide(start("python3"), policy("python3"), "/usr/bin/python3")
+def test_trusted_by_name_as_written() -> None:
+    verdict = decide(start("python3"), policy("python3"), (FOUND, REAL))
     assert verdict.decision is Decision.approve and verdict.approved
     (reason,) = verdict.reasons
     assert reason.rule == RULE
-    assert reason.message == "'python3' (/usr/bin/python3) is trusted by Policy/workstation"
+    assert reason.message == "'python3' (/usr/bin/python3 -> /usr/bin/python3.11) is trusted by Policy/workstation"
 
 
-def test_trusted_by_resolved_absolute_path() -> None:
-    verdict = decide(start("python3"), policy("/usr/bin/python3"), "/usr/bin/python3")
+def test_trusted_by_the_path_it_is_found_at() -> None:
+    verdict = decide(start("python3"), policy(FOUND), (FOUND, REAL))
     assert verdict.decision is Decision.approve
     assert verdict.reasons[0].rule == RULE
-    assert "(/usr/bin/python3)" in verdict.reasons[0].message
 
 
-def test_trusted_path_without_a_resolved_executable_is_not_assumed() -> None:
-    verdict = decide(start("python3"), policy("/usr/bin/python3"), None)
+def test_trusted_by_the_real_path_behind_a_symlink() -> None:
+    verdict = decide(start("python3"), policy(REAL), (FOUND, REAL))
+    assert verdict.decision is Decision.approve
+    assert verdict.reasons[0].message == "'python3' (/usr/bin/python3 -> /usr/bin/python3.11) is trusted by Policy/workstation"
+
+
+def test_a_path_found_without_a_symlink_is_shown_once() -> None:
+    verdict = decide(start("python3"), policy(FOUND), (FOUND, FOUND))
+    assert verdict.reasons[0].message == "'python3' (/usr/bin/python3) is trusted by Policy/workstation"
+
+
+def test_an_absolute_command_is_not_repeated_in_the_reason() -> None:
+    verdict = decide(start(FOUND), policy(FOUND), (FOUND, FOUND))
+    assert verdict.decision is Decision.approve
+    assert verdict.reasons[0].message == "'/usr/bin/python3' is trusted by Policy/workstation"
+    linked = decide(start(FOUND), None, (FOUND, REAL))
+    assert "'/usr/bin/python3' (/usr/bin/python3.11) is not trusted" in linked.reasons[0].message
+
+
+def test_trusted_path_without_a_found_executable_is_not_assumed() -> None:
+    verdict = decide(start("python3"), policy(FOUND), ())
     assert verdict.decision is Decision.deny
+    assert "native executable 'python3' is not trusted" in verdict.reasons[0].message
 
 
 def test_trusted_path_does_not_trust_another_resolution_of_the_name() -> None:
-    verdict = decide(start("python3"), policy("/usr/bin/python3"), "/home/me/bin/python3")
+    verdict = decide(start("python3"), policy(FOUND), ("/home/me/bin/python3", "/home/me/bin/python3"))
     assert verdict.decision is Decision.deny
     assert "'python3' (/home/me/bin/python3)" in verdict.reasons[0].message
 
 
+def test_a_symlink_to_an_untrusted_file_is_denied_naming_both() -> None:
+    verdict = decide(start("python3"), policy("/opt/trusted/python3"), ("/home/me/bin/python3", "/tmp/evil/python3"))
+    assert verdict.decision is Decision.deny
+    assert "'python3' (/home/me/bin/python3 -> /tmp/evil/python3)" in verdict.reasons[0].message
+
+
 def test_trusted_name_does_not_trust_a_different_path_with_that_basename() -> None:
-    verdict = decide(start("/tmp/evil/python3"), policy("python3"), "/tmp/evil/python3")
+    verdict = decide(start("/tmp/evil/python3"), policy("python3"), ("/tmp/evil/python3", "/tmp/evil/python3"))
+    assert verdict.decision is Decision.deny
+
+
+def test_args_are_never_the_executable() -> None:
+    verdict = decide(start("node"), policy("8080", "-m", "http.server"), ("/usr/bin/node", "/usr/bin/node"))
     assert verdict.decision is Decision.deny
 
 
 def test_untrusted_executable_is_denied_by_name_with_a_fix() -> None:
-    verdict = decide(start("node"), policy("python3"), "/usr/bin/node")
+    verdict = decide(start("node"), policy("python3"), ("/usr/bin/node", "/usr/bin/node"))
     assert verdict.decision is Decision.deny
     (reason,) = verdict.reasons
     assert reason.rule == RULE
@@ -86,8 +118,8 @@ def test_untrusted_executable_is_denied_by_name_with_a_fix() -> None:
 
 
 def test_recreate_is_gated_like_create() -> None:
-    assert decide(start("node", Verb.recreate), policy("python3"), None).decision is Decision.deny
-    assert decide(start("python3", Verb.recreate), policy("python3"), None).decision is Decision.approve
+    assert decide(start("node", Verb.recreate), policy("python3")).decision is Decision.deny
+    assert decide(start("python3", Verb.recreate), policy("python3")).decision is Decision.approve
 
 
 @pytest.mark.parametrize("verb", [Verb.delete, Verb.update, Verb.none])

@@ -5,6 +5,7 @@ Pure except for `read_folder`, which is exercised on tmp_path only.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from reconciler.api.kinds import Policy, Workload, spec_hash
 from reconciler.api.meta import ResourceKey
 from reconciler.api.quantity import format_bytes, parse_bytes
-from reconciler.load.desired import build_desired, is_spec_file, load_desired, read_folder
+from reconciler.load.desired import build_desired, is_spec_file, load_desired, output_stem, read_folder
 from reconciler.load.validate import LoadError, validate_document
 from reconciler.load.yaml_source import MAX_FILE_BYTES, Position, YamlProblem, parse_documents
 
@@ -483,8 +484,140 @@ def test_unreadable_file_entry_becomes_that_files_error() -> None:
     desired = build_desired({"secret.yaml": unreadable, "web.yaml": workload_yaml().encode()})
     assert desired.errors == {"secret.yaml": [unreadable]}
     assert "secret.yaml" in desired.files
-    assert not desired.file_is_clean("secret.yaml") and desired.file_is_clean("web.yaml")
+    assert desired.source_problem("secret.yaml") == unreadable
+    assert desired.source_problem("web.yaml") is None
     assert list(desired.resources) == [WEB]
+
+
+# -- where a resource's problem lies: source_problem and unattributed_error --------------------------
+
+
+def test_source_problem_is_the_first_error_of_that_file() -> None:
+    text = workload_yaml(name="two", spec="  command: [x]\n  zzz: 1\n") + "---\n" + workload_yaml(name="Bad_")
+    desired = build_desired({"x.yaml": text.encode(), "web.yaml": workload_yaml().encode()})
+    problem_ = desired.source_problem("x.yaml")
+    assert problem_ is not None and problem_ == desired.errors["x.yaml"][0]
+    assert problem_.position is not None and problem_.position.line == 7
+    assert desired.source_problem("web.yaml") is None
+    assert desired.source_problem("gone.yaml") is None
+
+
+def test_source_problem_of_a_file_inside_an_unreadable_folder_is_the_folders_error() -> None:
+    folder = LoadError("/srv/desired/apps", "cannot read folder: Permission denied")
+    desired = build_desired({"apps/": folder, "web.yaml": workload_yaml().encode()})
+    assert desired.source_problem("apps/chat.yaml") == folder
+    assert desired.source_problem("apps/llm/chat.yaml") == folder
+    assert desired.source_problem("web.yaml") is None
+
+
+def test_source_problem_of_a_folder_does_not_reach_a_sibling_with_the_same_prefix() -> None:
+    desired = build_desired({"apps/": LoadError("/srv/desired/apps", "cannot read folder: Permission denied")})
+    assert desired.source_problem("apps-old/chat.yaml") is None
+    assert desired.source_problem("apps.yaml") is None
+
+
+def test_an_error_of_a_file_is_not_an_error_of_what_its_name_prefixes() -> None:
+    desired = build_desired({"apps": LoadError("apps", "cannot read file: Permission denied")})
+    assert desired.source_problem("apps/chat.yaml") is None
+
+
+def test_source_problem_is_none_for_a_clean_snapshot() -> None:
+    desired = build_desired({"web.yaml": workload_yaml().encode()})
+    assert desired.source_problem("web.yaml") is None
+    assert desired.unattributed_error() is None
+
+
+def test_an_unidentifiable_document_is_an_unattributed_error() -> None:
+    desired = build_desired({"web.yaml": workload_yaml().encode(), "x.yaml": b"- not\n- a mapping\n"})
+    error = desired.unattributed_error()
+    assert error is not None and error == desired.errors["x.yaml"][0]
+    assert error.key is None
+
+
+def test_an_error_that_names_its_resource_is_not_unattributed() -> None:
+    desired = build_desired({"web.yaml": workload_yaml(spec="  command: python3\n").encode()})
+    assert desired.errors["web.yaml"] and desired.errors["web.yaml"][0].key == WEB
+    assert desired.unattributed_error() is None
+
+
+def test_unattributed_error_looks_past_attributed_ones() -> None:
+    desired = build_desired({
+        "a.yaml": workload_yaml(spec="  command: python3\n").encode(),
+        "b.yaml": b"a: 1\na: 2\n",
+    })
+    error = desired.unattributed_error()
+    assert error is not None and error.message == "duplicate key 'a' (first at line 1)"
+
+
+def test_unattributed_error_looks_past_attributed_ones_in_the_same_file() -> None:
+    text = workload_yaml(spec="  command: python3\n") + "---\n- not a mapping\n"
+    desired = build_desired({"a.yaml": text.encode()})
+    first, second = desired.errors["a.yaml"]
+    assert (first.key, second.key) == (WEB, None)
+    assert desired.unattributed_error() == second
+
+
+def test_an_unreadable_folder_is_an_unattributed_error() -> None:
+    folder = LoadError("/srv/desired/apps", "cannot read folder: Permission denied")
+    desired = build_desired({"apps/": folder})
+    assert desired.unattributed_error() == folder
+    assert desired.errors == {"apps/": [folder]}
+    assert desired.resources == {} and desired.rejected == {}
+
+
+# -- spec files that would share their outputs ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("file", "stem"),
+    [("chat.yaml", "chat"), ("chat.yml", "chat"), ("apps/llm/chat.yaml", "apps/llm/chat"), ("v1.2.yaml", "v1.2")],
+)
+def test_output_stem(file: str, stem: str) -> None:
+    assert output_stem(file) == stem
+
+
+def test_yaml_and_yml_of_the_same_stem_are_both_errors_and_neither_loads() -> None:
+    desired = build_desired({
+        "a.yaml": workload_yaml().encode(),
+        "a.yml": workload_yaml(name="other").encode(),
+        "web.yaml": workload_yaml(name="web2").encode(),
+    })
+    assert set(desired.resources) == {ResourceKey("Workload", "web2")}
+    for file in ("a.yaml", "a.yml"):
+        (error,) = desired.errors[file]
+        assert error.message == "a.yaml and a.yml would share a.status.yaml: rename one"
+        assert error.file == file
+        assert error.key is None
+    assert desired.files == ("a.yaml", "a.yml", "web.yaml")
+    assert desired.source_problem("a.yml") is not None
+    assert desired.unattributed_error() is not None
+
+
+def test_an_output_clash_is_reported_even_when_both_files_are_invalid() -> None:
+    desired = build_desired({"a.yaml": b"a: 1\na: 2\n", "a.yml": b"- x\n"})
+    for file in ("a.yaml", "a.yml"):
+        assert [error.message for error in desired.errors[file]] == ["a.yaml and a.yml would share a.status.yaml: rename one"]
+
+
+def test_an_output_clash_names_files_by_the_shown_root() -> None:
+    desired = build_desired({"apps/a.yaml": b"a: 1\n", "apps/a.yml": b"a: 1\n"}, display_root="/srv/desired")
+    (error,) = desired.errors["apps/a.yml"]
+    assert error.file == "/srv/desired/apps/a.yml"
+    assert error.message == "apps/a.yaml and apps/a.yml would share apps/a.status.yaml: rename one"
+
+
+def test_the_same_name_in_different_folders_is_no_clash() -> None:
+    desired = build_desired({"a.yaml": workload_yaml().encode(), "apps/a.yaml": workload_yaml(name="api").encode()})
+    assert desired.errors == {}
+    assert set(desired.resources) == {WEB, ResourceKey("Workload", "api")}
+
+
+def test_an_unreadable_file_that_clashes_keeps_both_errors() -> None:
+    unreadable = LoadError("a.yaml", "cannot read file: Permission denied")
+    desired = build_desired({"a.yaml": unreadable, "a.yml": workload_yaml().encode()})
+    assert unreadable in desired.errors["a.yaml"]
+    assert len(desired.errors["a.yaml"]) == 2
+    assert WEB not in desired.resources
 
 
 def test_yaml_problem_becomes_a_positioned_file_error() -> None:
@@ -557,6 +690,55 @@ def test_read_folder_turns_an_unreadable_file_into_its_error(tmp_path: Path) -> 
     assert error.file.endswith("dangling.yaml")
     assert error.message == "cannot read file: No such file or directory"
     assert load_desired(tmp_path).errors["dangling.yaml"] == [error]
+
+
+def _refuse_to_list(monkeypatch: pytest.MonkeyPatch, *folders: Path) -> None:
+    """Make os.scandir fail for `folders` as a folder without read permission would (root ignores chmod)."""
+    real_scandir = os.scandir
+    refused = {str(folder) for folder in folders}
+
+    def scandir(path: object = ".") -> object:
+        if os.fspath(path) in refused:  # type: ignore[arg-type]
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))  # type: ignore[arg-type]
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_read_folder_records_an_unreadable_sub_folder_as_its_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "apps" / "llm").mkdir(parents=True)
+    (tmp_path / "apps" / "llm" / "chat.yaml").write_text(workload_yaml(name="chat"))
+    (tmp_path / "web.yaml").write_text(workload_yaml())
+    _refuse_to_list(monkeypatch, tmp_path / "apps" / "llm")
+    contents = read_folder(tmp_path)
+    assert set(contents) == {"web.yaml", "apps/llm/"}
+    error = contents["apps/llm/"]
+    assert isinstance(error, LoadError)
+    assert error == LoadError(str(tmp_path / "apps" / "llm"), "cannot read folder: Permission denied")
+
+
+def test_an_unreadable_sub_folder_blocks_what_it_may_hold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "apps").mkdir()
+    (tmp_path / "apps" / "chat.yaml").write_text(workload_yaml(name="chat"))
+    (tmp_path / "web.yaml").write_text(workload_yaml())
+    _refuse_to_list(monkeypatch, tmp_path / "apps")
+    desired = load_desired(tmp_path)
+    assert list(desired.resources) == [WEB]
+    assert desired.files == ("apps/", "web.yaml")
+    folder_error = desired.errors["apps/"][0]
+    assert str(folder_error) == f"{tmp_path / 'apps'}: cannot read folder: Permission denied"
+    assert desired.source_problem("apps/chat.yaml") == folder_error
+    assert desired.source_problem("web.yaml") is None
+    assert desired.unattributed_error() == folder_error
+
+
+def test_an_unreadable_root_is_an_error_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "web.yaml").write_text(workload_yaml())
+    _refuse_to_list(monkeypatch, tmp_path)
+    desired = load_desired(tmp_path)
+    assert desired.resources == {}
+    error = desired.unattributed_error()
+    assert error is not None and error.message == "cannot read folder: Permission denied"
 
 
 def test_read_folder_reads_just_past_the_size_limit(tmp_path: Path) -> None:

@@ -44,12 +44,23 @@ class ExitInfo(Report):
         if self.signal is not None:
             return f"process was killed by signal {self.signal}"
         if self.code is None:
-            return "process exited (exit code unknown: it was adopted after a reconciler restart)"
+            return "process exited (exit code unknown: it ended while no reconciler was its parent)"
         return f"process exited with code {self.code}"
 
     @property
-    def failed(self) -> bool:
-        return self.code != 0
+    def failed(self) -> bool | None:
+        """None when unknown: only the parent of a process can read its exit code."""
+        if self.signal is not None:
+            return True
+        return None if self.code is None else self.code != 0
+
+
+class FailureInfo(Report):
+    """Why the last start failed before any process ran (the exit of a process is an ExitInfo)."""
+
+    reason: str
+    message: str
+    at: datetime
 
 
 class ResourceStatus(Report):

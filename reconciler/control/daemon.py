@@ -25,7 +25,7 @@ from reconciler.load.desired import is_spec_file
 log = logging.getLogger("reconciler")
 
 QUIET_SECONDS = 0.03  # after a save completes: lets a burst of saves coalesce into one pass
-UNCLOSED_WRITE_SECONDS = 2.0  # a writer that never closes (or a missed event) is read after this
+UNCLOSED_WRITE_SECONDS = 60.0  # a file modified but never closed (a stalled writer, a missed event) is read after this
 ERROR_BACKOFF = (0.5, 60.0)  # per-key retry of a reconcile that raised: initial, max seconds
 
 
@@ -44,8 +44,10 @@ class _SpecEvents(FileSystemEventHandler):
             return
         now = time.monotonic()
         with self._lock:
-            if isinstance(event, (FileCreatedEvent, FileModifiedEvent)):
+            if isinstance(event, FileModifiedEvent):
                 self._writing[paths[0]] = now + UNCLOSED_WRITE_SECONDS
+            elif isinstance(event, FileCreatedEvent):
+                pass  # created files are written (modified) or moved in whole: the next event tells which
             elif isinstance(event, (FileClosedEvent, FileMovedEvent, FileDeletedEvent)):
                 for path in paths:
                     self._writing.pop(path, None)
@@ -55,18 +57,17 @@ class _SpecEvents(FileSystemEventHandler):
         self._wake.set()
 
     def due_in(self) -> float | None:
-        """Seconds until the folder may be read (0: now), or None when nothing changed."""
+        """Seconds until a pass is due (0: now), or None when nothing changed. Files mid-write do not delay it."""
         with self._lock:
-            if self._due is None:
-                return None
-            now = time.monotonic()
-            waits = [self._due - now, *(deadline - now for deadline in self._writing.values())]
-            return max(0.0, *waits)
+            return None if self._due is None else max(0.0, self._due - time.monotonic())
 
-    def consume(self) -> None:
+    def consume(self, root: Path) -> frozenset[str]:
+        """Mark the change as seen; returns the spec files (relative to root) still being written."""
         with self._lock:
             self._due = None
-            self._writing = {path: deadline for path, deadline in self._writing.items() if deadline > time.monotonic()}
+            now = time.monotonic()
+            self._writing = {path: deadline for path, deadline in self._writing.items() if deadline > now}
+            return frozenset(str(Path(path).relative_to(root)) for path in self._writing)
 
 
 class Daemon:
@@ -101,12 +102,10 @@ class Daemon:
                 now = time.monotonic()
                 due = self._events.due_in()
                 if now >= next_resync:
-                    self._events.consume()
-                    self._pass("resync")
+                    self._pass("resync", self._events.consume(self.reconciler.root))
                     next_resync = now + self.resync_seconds
                 elif due == 0:
-                    self._events.consume()
-                    self._pass("spec change")
+                    self._pass("spec change", self._events.consume(self.reconciler.root))
                 timeout = next_resync - time.monotonic()
                 due = self._events.due_in()
                 self._wake.wait(timeout if due is None else min(timeout, due))
@@ -119,10 +118,10 @@ class Daemon:
                 worker.join(timeout=30)
             log.info("stopped; workloads keep running and are re-adopted on the next start")
 
-    def _pass(self, why: str) -> None:
-        log.debug("pass: %s", why)
+    def _pass(self, why: str, writing: frozenset[str]) -> None:
+        log.debug("pass: %s%s", why, f" (held while being written: {', '.join(sorted(writing))})" if writing else "")
         try:
-            desired = self.reconciler.refresh()
+            desired = self.reconciler.refresh(writing)
         except DesiredStateUnreadable as error:
             log.error("%s: %s; nothing changes until it is readable again", why, error)
             return
@@ -134,7 +133,6 @@ class Daemon:
                 log.warning("%s", error)
         for key in self.reconciler.keys():
             self.queue.add(key)
-        self.reconciler.processes.logs.trim_all()
 
     def _work(self) -> None:
         while True:

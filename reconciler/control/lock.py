@@ -1,31 +1,45 @@
-"""One mutating reconciler per state directory: two would race on the same processes and logs."""
+"""One mutating reconciler per desired-state folder and per state directory.
+
+Two reconcilers on one state directory would race on the same processes and logs; two on one
+folder (a systemd daemon and a user's `apply` with another state directory) would each start
+the folder's workloads. Locks are flock(2)s: the kernel drops them when a holder dies, however.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+FOLDER_LOCK = ".reconciler.lock"
 
-class StateDirBusy(Exception):
+
+class Busy(Exception):
     pass
 
 
 @contextmanager
-def exclusive(state_dir: Path, command: str) -> Iterator[None]:
+def exclusive(desired_root: Path, state_dir: Path, command: str) -> Iterator[None]:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = state_dir / "lock"
+    with ExitStack() as stack:
+        for path in (state_dir / "lock", desired_root / FOLDER_LOCK):
+            stack.enter_context(_flock(path, f"pid {os.getpid()} ('reconciler {command}', state {state_dir})"))
+        yield
+
+
+@contextmanager
+def _flock(path: Path, holder: str) -> Iterator[None]:
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = path.read_text().strip() or "another process"
-            raise StateDirBusy(f"{state_dir} is in use by {holder}; stop it first (the daemon applies changes itself)") from None
+            other = path.read_text().strip() or "another process"
+            raise Busy(f"{path} is held by {other}; stop it first (the daemon applies changes itself)") from None
         os.ftruncate(descriptor, 0)
-        os.write(descriptor, f"pid {os.getpid()} ('reconciler {command}')\n".encode())
+        os.write(descriptor, f"{holder}\n".encode())
         yield
     finally:
         os.close(descriptor)

@@ -7,22 +7,30 @@ daemon's work queue guarantees it never runs twice at once for the same key.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from reconciler.api.kinds import KINDS, Model, Workload
+from reconciler.api.kinds import Model, Policy, Workload
 from reconciler.api.meta import ResourceKey
-from reconciler.diff.plan import Action, Inputs, Verb, account_exit, plan_resource, schedule_retry
-from reconciler.drive.launch import render_launch
-from reconciler.drive.process import ProcessDriver, ProcessObservation, ProcessState, StartFailed, terminate_group
+from reconciler.api.status import FailureInfo, ResourceStatus
+from reconciler.control.evidence import decision_digest, decision_record, outcome_record
+from reconciler.api.kinds import KINDS, spec_hash
+from reconciler.diff.plan import (
+    Action, Hold, Inputs, Verb, is_orphan_kept, next_generation, note_observations, plan_resource,
+)
+from reconciler.drive.launch import render_launch, working_dir_for
+from reconciler.drive.process import ProcessDriver, StartFailed, child_path
+from reconciler.drive.protocol import WorkloadDriver
 from reconciler.gate.verdict import Verdict, decide
-from reconciler.load.desired import DesiredState, load_desired
-from reconciler.observe.host import observe_model, resolve_executable
+from reconciler.load.desired import DesiredEntry, DesiredState, load_desired
+from reconciler.observe.host import ModelPresence, find_executable, observe_model
+from reconciler.observe.processes import ProcessObservation
 from reconciler.record.recorder import Recorder
-from reconciler.record.status import Failure, PassOutcome, next_record_status, render_status
+from reconciler.record.status import PassOutcome, conclude
 from reconciler.record.store import ResourceRecord, StateStore
 
 log = logging.getLogger("reconciler")
@@ -34,12 +42,21 @@ class DesiredStateUnreadable(Exception):
 
 @dataclass(frozen=True)
 class Planned:
-    """A plan for one resource, with the verdict on it and the record the plan was made against."""
+    """A plan for one resource, the verdict on it, and what it was made from."""
 
     action: Action
     verdict: Verdict | None
     inputs: Inputs
-    record: ResourceRecord | None
+    model: ModelPresence | None = None
+
+    @property
+    def record(self) -> ResourceRecord | None:
+        return self.inputs.record
+
+    @property
+    def executed(self) -> bool:
+        """Whether the drivers act on this plan: a change the gate approved."""
+        return self.action.changes_something and self.verdict is not None and self.verdict.approved
 
 
 class Reconciler:
@@ -50,69 +67,133 @@ class Reconciler:
         self.root = root.resolve()
         self.shown_root = root  # as the user typed it: error messages name files this way
         self.store = StateStore(state_dir)
-        self.processes = ProcessDriver(state_dir, on_exit=on_exit, readonly=readonly)
+        self.processes: WorkloadDriver = ProcessDriver(state_dir, on_exit=on_exit, readonly=readonly)
         self.recorder = Recorder(self.root)
         self.allow_empty = allow_empty
+        self.readonly = readonly
         self.desired = DesiredState(files=(), resources={})
+        self.writing: frozenset[str] = frozenset()
         self.records = self.store.load_all()
+        self._seeded = False
         self._lock = threading.Lock()
 
     # -- load -------------------------------------------------------------------------------
 
-    def refresh(self) -> DesiredState:
-        """Take a new snapshot of the desired state; file-level errors go straight to status files."""
+    def refresh(self, writing: frozenset[str] = frozenset()) -> DesiredState:
+        """Take a new snapshot. Files in `writing` are mid-save: what they define is held as it runs."""
         if not self.root.is_dir():
-            raise DesiredStateUnreadable(f"{self.root}: not a readable folder")
-        previous = set(self.desired.files)
-        self.desired = load_desired(self.shown_root)
-        for file in previous | set(self.desired.files):
-            self.recorder.set_file_errors(file, [str(error) for error in self.desired.errors.get(file, [])])
-        self.recorder.flush(previous | set(self.desired.files))
+            raise DesiredStateUnreadable(f"{self.shown_root}: not a readable folder")
+        previous = self.desired
+        self.desired, self.writing = load_desired(self.shown_root), writing
+        if self.readonly:
+            return self.desired
+        if not self._seeded:
+            self._seed()
+        spec_files = {file for file in {*previous.files, *self.desired.files} if not file.endswith("/")}
+        changed = {file for file in spec_files
+                   if self.recorder.set_file_errors(file, [str(error) for error in self.desired.errors.get(file, [])])}
+        self.recorder.flush(changed)
         return self.desired
 
-    def adopt(self) -> list[int]:
-        """After a (re)start: end processes whose start was cut short, and watch the ones we own."""
-        stray_pids = []
-        for stray in self.processes.stray_processes():
-            log.warning("stopping pid %d: started by an interrupted reconcile and never recorded", stray.pid)
-            terminate_group(stray.pid, grace_seconds=5.0)
-            stray_pids.append(stray.pid)
-        for name in self.processes.owned_names():
-            self.processes.watch(name)
-        return stray_pids
+    def _seed(self) -> None:
+        """Give the status writer every known resource before the first flush, so no status file is partial."""
+        now = datetime.now(timezone.utc)
+        for key in self.keys():
+            described = self._describe(self.plan(key, now), now)
+            if described:
+                self.recorder.set_status(described[0].source, described[1])
+        self.recorder.sweep_orphans()
+        self._seeded = True
 
     def keys(self) -> list[ResourceKey]:
         with self._lock:
             owned = set(self.records)
-        return sorted(set(self.desired.resources) | set(self.desired.rejected) | owned)
+        processes = {ResourceKey("Workload", name) for name in self.processes.owned_names()}
+        return sorted(set(self.desired.resources) | set(self.desired.rejected) | owned | processes)
+
+    def adopt(self) -> list[int]:
+        stopped = self.processes.adopt()
+        for pid in stopped:
+            log.warning("stopped pid %d: spawned by a start that a crash cut short, never recorded", pid)
+        return stopped
 
     # -- observe, diff, gate (no changes to the host) ---------------------------------------
 
     def plan(self, key: ResourceKey, now: datetime) -> Planned:
-        desired = self.desired.resources.get(key)
+        desired = self.desired  # one snapshot for the whole plan, even if a refresh lands meanwhile
+        entry = desired.resources.get(key)
         with self._lock:
             record = self.records.get(key)
-        source = desired.file if desired else (record.source if record else None)
-        process = launch = None
+        hold = self._hold(desired, key, entry, record)
+        if hold is None and entry is None and record is not None and not is_orphan_kept(record):
+            hold = self._prune_block(desired, record.source)
+        if hold is not None:
+            entry = _last_valid(record)  # keeps running as it was: restarted after a crash, never changed
+        process = launch = model = None
         if key.kind == "Workload":
             process = self.processes.observe(key.name)
-            if desired is not None:
-                assert isinstance(desired.resource, Workload)
-                launch = render_launch(desired.resource.spec, (self.root / desired.file).parent)
-                if record is not None and process.state is ProcessState.exited and process.exit:
-                    record = account_exit(record, process.exit, desired.resource)
-        inputs = Inputs(
-            key=key, desired=desired, record=record, process=process, launch=launch,
-            rejected=tuple(self.desired.rejected.get(key, ())),
-            source_errors=tuple(self.desired.errors.get(source, ())) if source else (),
-        )
-        allow_prune = self.allow_empty or bool(self.desired.resources)
-        action = plan_resource(inputs, now, allow_prune)
+            if entry is not None:
+                assert isinstance(entry.resource, Workload)
+                spec = entry.resource.spec
+                default_dir = Path(self.processes.default_working_dir(key.name))
+                working_dir = working_dir_for(spec, (self.root / entry.file).parent, default_dir)
+                launch = render_launch(spec, working_dir, find_executable(spec.command[0], child_path(spec.env), working_dir))
+                if record is not None:
+                    record = note_observations(record, next_generation(record, entry), process.exit, entry.resource)
+        elif entry is not None and isinstance(entry.resource, Model):
+            model = observe_model((self.root / entry.file).parent / entry.resource.spec.source)
+        inputs = Inputs(key=key, desired=entry, record=record, process=process, launch=launch, hold=hold)
+        action = plan_resource(inputs, now)
         verdict = None
         if action.changes_something:
-            executable = action.launch.argv[0] if action.launch else None
-            verdict = decide(action, self.desired.policy, resolve_executable(executable) if executable else None)
-        return Planned(action, verdict, inputs, record)
+            executables = (launch.executable, os.path.realpath(launch.executable)) if launch and launch.executable else ()
+            verdict = decide(action, self._policy_in_force(desired), executables)
+        return Planned(action, verdict, inputs, model)
+
+    def _hold(
+        self, desired: DesiredState, key: ResourceKey, entry: DesiredEntry | None, record: ResourceRecord | None
+    ) -> Hold | None:
+        rejected = desired.rejected.get(key)
+        if rejected:
+            return Hold("Rejected", f"new version rejected: {rejected[0]}")
+        files = {entry.file if entry else None, record.source if record else None} & self.writing
+        if files:
+            return Hold("BeingWritten", f"{sorted(files)[0]} is being written; it is read once its writer closes it")
+        return None
+
+    def _prune_block(self, desired: DesiredState, source: str) -> Hold | None:
+        """Why a resource missing from the desired state must not be removed yet, if it must not."""
+        problem = desired.source_problem(source)
+        if problem is not None:
+            return Hold("SourceUnreadable", f"its file cannot be read: {problem}")
+        elsewhere = desired.unattributed_error()
+        if elsewhere is not None:
+            return Hold("LoadErrorsElsewhere", f"nothing is removed while a spec fails to load: {elsewhere}")
+        if not desired.resources and not self.allow_empty:
+            return Hold("DesiredStateEmpty", "the desired state is empty; nothing is pruned without --allow-empty")
+        return None
+
+    def _policy_in_force(self, desired: DesiredState) -> Policy | None:
+        """The valid Policy; if its new version is held (invalid, mid-save, unreadable), the last valid one."""
+        if desired.policy is not None:
+            return desired.policy
+        with self._lock:
+            policies = [record for key, record in self.records.items() if key.kind == "Policy"]
+        for record in policies:
+            if self._hold(desired, record.key, None, record) or self._prune_block(desired, record.source):
+                return Policy.model_validate(record.resource)
+        return None
+
+    def status(self, key: ResourceKey) -> ResourceStatus | None:
+        """What `reconciler status` shows: the remembered record judged against what is observed now."""
+        now = datetime.now(timezone.utc)
+        described = self._describe(self.plan(key, now), now)
+        return described[1] if described else None
+
+    def _describe(self, planned: Planned, now: datetime) -> tuple[ResourceRecord, ResourceStatus] | None:
+        outcome = PassOutcome(planned.action, planned.verdict, False, None, planned.inputs.process,
+                              planned.inputs.process, planned.model)
+        return conclude(planned.record, planned.inputs.desired, outcome, now, self._log_file(planned.action.key))
 
     # -- the whole reconcile ----------------------------------------------------------------
 
@@ -124,92 +205,74 @@ class Reconciler:
         if action.verb is Verb.delete:
             self._delete(planned, now)
             return None
-        failure, observed = self._drive(planned)
+        digest = self._record_decision(planned, now)
+        failure, after = self._drive(planned, now)
         if action.changes_something:
-            decision = planned.verdict.decision.value if planned.verdict else "-"
-            outcome = f"failed: {failure.message}" if failure else ("done" if _executed(planned) else "not done")
-            log.info("%s: %s (%s) -> %s, %s", key, action.verb.value, action.cause, decision, outcome)
-        record = self._record(planned, failure, observed, now)
-        retry_at = record.next_retry_at if record and record.status and record.status.next_retry_time else None
+            outcome_text = f"failed: {failure.message}" if failure else ("done" if planned.executed else "not done")
+            log.info("%s: %s (%s) -> %s, %s", key, action.verb.value, action.cause,
+                     planned.verdict.decision.value if planned.verdict else "-", outcome_text)
+        outcome = PassOutcome(action, planned.verdict, planned.executed, failure, planned.inputs.process, after, planned.model)
+        concluded = conclude(planned.record, planned.inputs.desired, outcome, now, self._log_file(key))
+        if concluded is None:
+            return None
+        record, status = concluded
+        if planned.executed:
+            self.recorder.evidence(record.source, outcome_record(planned.action, record.generation, failure, after, now))
+        if digest is not None:
+            record = record.model_copy(update={"last_decision": digest})
+        self._remember(record)
+        self.recorder.set_status(record.source, status)
+        self.recorder.flush({record.source} | ({planned.record.source} if planned.record else set()))
+        if key.kind == "Workload":
+            self.processes.trim_log(key.name)
+        retry_at = record.next_retry_at if status.pid is None else None
         return max(0.0, (retry_at - now).total_seconds()) if retry_at else None
 
-    def _drive(self, planned: Planned) -> tuple[Failure | None, ProcessObservation | None]:
+    def _record_decision(self, planned: Planned, now: datetime) -> str | None:
+        """Write the decision before acting, so a crash mid-action still leaves it on record."""
+        action = planned.action
+        if not (action.changes_something or action.hold or action.orphaned):
+            return None
+        digest = decision_digest(action, planned.verdict)
+        record = planned.record
+        if not planned.executed and record is not None and digest == record.last_decision:
+            return digest  # the same refusal or hold, seen again by a resync: already on record
+        source = planned.inputs.desired.file if planned.inputs.desired else (record.source if record else None)
+        if source is not None:
+            self.recorder.evidence(source, decision_record(action, planned.verdict, record, now))
+        return digest
+
+    def _drive(self, planned: Planned, now: datetime) -> tuple[FailureInfo | None, ProcessObservation | None]:
         action, inputs = planned.action, planned.inputs
-        observed = inputs.process
-        if action.key.kind != "Workload" or action.verb not in (Verb.create, Verb.recreate):
-            return None, observed
-        if not _executed(planned):
-            return None, observed
-        assert action.launch is not None and inputs.desired is not None
-        workload = inputs.desired.resource
-        assert isinstance(workload, Workload)
-        if action.verb is Verb.recreate:
-            self.processes.stop(action.key.name, workload.spec.termination_grace_period_seconds)
+        if not planned.executed or action.key.kind != "Workload" or action.launch is None:
+            return None, inputs.process
+        assert inputs.desired is not None and isinstance(inputs.desired.resource, Workload)
+        if inputs.process is not None and inputs.process.record is not None:
+            self.processes.stop(action.key.name, inputs.desired.resource.spec.termination_grace_period_seconds)
         try:
             return None, self.processes.start(action.key.name, action.launch, action.generation or 1)
         except StartFailed as failed:
-            return Failure(failed.reason, failed.message), self.processes.observe(action.key.name)
-
-    def _record(
-        self, planned: Planned, failure: Failure | None, observed: ProcessObservation | None, now: datetime
-    ) -> ResourceRecord | None:
-        action, inputs = planned.action, planned.inputs
-        key, desired = action.key, inputs.desired
-        record = planned.record
-        if desired is None and record is None:
-            return None  # a rejected resource that never ran: its errors are in the status file already
-        if record is None:
-            assert desired is not None
-            record = ResourceRecord(
-                kind=key.kind, name=key.name, source=desired.file, generation=action.generation or 1,
-                spec_hash=desired.spec_hash, resource=desired.resource.model_dump(mode="json", by_alias=True),
-                created_at=now,
-            )
-        if desired is not None and not action.held:
-            record = record.model_copy(update={
-                "source": desired.file, "generation": action.generation, "spec_hash": desired.spec_hash,
-                "resource": desired.resource.model_dump(mode="json", by_alias=True),
-                "observed_generation": action.generation,
-            })
-        executed = _executed(planned) and failure is None
-        if executed and inputs.process is not None and inputs.process.state is ProcessState.exited:
-            record = record.model_copy(update={"restart_count": record.restart_count + 1, "next_retry_at": None})
-        if failure is not None and desired is not None and isinstance(desired.resource, Workload):
-            record = schedule_retry(record, now, 0.0, desired.resource)
-        model = None
-        if key.kind == "Model" and desired is not None:
-            assert isinstance(desired.resource, Model)
-            model = observe_model((self.root / desired.file).parent / desired.resource.spec.source)
-        outcome = PassOutcome(action, planned.verdict, failure, observed, model)
-        record = next_record_status(record, outcome, KINDS[key.kind], now)
-        record = self._evidence(record, planned, failure, observed, now)
-        log_file = str(self.processes.logs.path(key.name)) if key.kind == "Workload" else None
-        record = record.model_copy(update={"status": render_status(record, outcome, log_file)})
-        with self._lock:
-            self.records[key] = record
-        self.store.save(record)
-        assert record.status is not None
-        self.recorder.set_status(record.source, record.status)
-        self.recorder.flush({record.source})
-        return record
+            return FailureInfo(reason=failed.reason, message=failed.message, at=now), self.processes.observe(action.key.name)
 
     def remove(self, key: ResourceKey, cause: str) -> None:
         """Stop and forget a resource whatever the desired state says (`reconciler down`)."""
         with self._lock:
             record = self.records.get(key)
         action = Action(key, Verb.delete, cause, record.generation if record else None)
-        self._delete(Planned(action, None, Inputs(key, None, record), record), datetime.now(timezone.utc))
+        self._delete(Planned(action, None, Inputs(key, None, record)), datetime.now(timezone.utc))
 
     def _delete(self, planned: Planned, now: datetime) -> None:
         key, record = planned.action.key, planned.record
         log.info("%s: delete (%s)", key, planned.action.cause)
+        if record is not None:
+            self.recorder.evidence(record.source, decision_record(planned.action, planned.verdict, record, now))
         ended = None
         if key.kind == "Workload":
             grace = Workload.model_validate(record.resource).spec.termination_grace_period_seconds if record else 10.0
             ended = self.processes.stop(key.name, grace)
         if record is not None:
-            detail = {"stoppedPid": ended.pid} if ended else {}
-            self._write_evidence(record.source, key, record.generation, planned, now, detail)
+            self.recorder.evidence(record.source, outcome_record(planned.action, record.generation, None, None, now,
+                                                                 stopped_pid=ended.pid if ended else None))
             self.store.delete(key)
         with self._lock:
             self.records.pop(key, None)
@@ -217,50 +280,20 @@ class Reconciler:
         if record is not None:
             self.recorder.flush({record.source})
 
-    def _evidence(
-        self, record: ResourceRecord, planned: Planned, failure: Failure | None,
-        observed: ProcessObservation | None, now: datetime,
-    ) -> ResourceRecord:
-        """One line per decision and per action; a no-op pass writes nothing."""
-        action = planned.action
-        noteworthy = action.changes_something or action.held or action.orphaned or failure is not None
-        if not noteworthy:
-            return record
-        decision = _decision_digest(planned)
-        if not _executed(planned) and decision == record.last_decision:
-            return record  # the same refusal or hold, seen again by a resync: already on record
-        detail: dict[str, object] = {}
-        if action.launch is not None and action.verb in (Verb.create, Verb.recreate):
-            detail["command"] = list(action.launch.argv)
-        if failure is not None:
-            detail["failure"] = {"reason": failure.reason, "message": failure.message}
-        elif observed is not None and observed.state is ProcessState.running and observed.record:
-            detail["pid"] = observed.record.pid
-        self._write_evidence(record.source, action.key, record.generation, planned, now, detail)
-        return record.model_copy(update={"last_decision": decision})
+    def _remember(self, record: ResourceRecord) -> None:
+        with self._lock:
+            unchanged = self.records.get(record.key) == record
+            self.records[record.key] = record
+        if not unchanged:
+            self.store.save(record)
 
-    def _write_evidence(
-        self, source: str, key: ResourceKey, generation: int, planned: Planned, now: datetime, detail: dict[str, object],
-    ) -> None:
-        verdict = planned.verdict
-        self.recorder.evidence(source, {
-            "time": now.isoformat(),
-            "resource": str(key),
-            "generation": generation,
-            "event": "hold" if planned.action.held else "orphan" if planned.action.orphaned else planned.action.verb.value,
-            "cause": planned.action.cause,
-            "decision": verdict.decision.value if verdict else None,
-            "reasons": [str(reason) for reason in verdict.reasons] if verdict else [],
-            **detail,
-        })
+    def _log_file(self, key: ResourceKey) -> str | None:
+        return self.processes.log_path(key.name) if key.kind == "Workload" else None
 
 
-def _executed(planned: Planned) -> bool:
-    """Whether the drivers act on this plan: a change the gate approved."""
-    return planned.action.changes_something and planned.verdict is not None and planned.verdict.approved
-
-
-def _decision_digest(planned: Planned) -> str:
-    verdict = planned.verdict
-    reasons = [str(reason) for reason in verdict.reasons] if verdict else []
-    return f"{planned.action.verb.value}|{planned.action.cause}|{verdict.decision.value if verdict else ''}|{reasons}"
+def _last_valid(record: ResourceRecord | None) -> DesiredEntry | None:
+    """The version a record was last reconciled to, as if it were still the desired one."""
+    if record is None:
+        return None
+    resource = KINDS[record.kind].model_validate(record.resource)
+    return DesiredEntry(resource, record.source, spec_hash(resource))

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import Enum
 
 from reconciler.api.kinds import RestartPolicy, Workload
 from reconciler.api.meta import PRUNE_ANNOTATION, ResourceKey
 from reconciler.api.status import ExitInfo
+from reconciler.drive.launch import EXECUTABLE_FIELD as _EXECUTABLE
 from reconciler.drive.launch import LaunchSpec
-from reconciler.drive.process import ProcessObservation, ProcessState
 from reconciler.load.desired import DesiredEntry
-from reconciler.load.validate import LoadError
+from reconciler.observe.processes import ProcessObservation, ProcessState
 from reconciler.record.store import ResourceRecord
 
 
@@ -25,6 +25,14 @@ class Verb(str, Enum):
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Why a resource is left exactly as it runs: the reason is a condition reason (CamelCase)."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Action:
     key: ResourceKey
     verb: Verb
@@ -32,7 +40,7 @@ class Action:
     generation: int | None = None
     launch: LaunchSpec | None = None
     retry_at: datetime | None = None
-    held: bool = False  # an invalid or unreadable newer version is being ignored
+    hold: Hold | None = None
     orphaned: bool = False  # gone from the desired state but kept running on purpose
 
     @property
@@ -49,8 +57,9 @@ class Inputs:
     record: ResourceRecord | None
     process: ProcessObservation | None = None
     launch: LaunchSpec | None = None
-    rejected: tuple[LoadError, ...] = ()
-    source_errors: tuple[LoadError, ...] = ()  # errors of the file the record came from
+    # Why the desired state's new version of this resource is not used. The caller then passes the last
+    # valid version as `desired`, so it keeps being reconciled (restarted after a crash) as it was.
+    hold: Hold | None = None
 
 
 def next_generation(record: ResourceRecord | None, desired: DesiredEntry) -> int:
@@ -59,10 +68,23 @@ def next_generation(record: ResourceRecord | None, desired: DesiredEntry) -> int
     return record.generation if record.spec_hash == desired.spec_hash else record.generation + 1
 
 
-def plan_resource(inputs: Inputs, now: datetime, allow_prune: bool) -> Action:
+def plan_resource(inputs: Inputs, now: datetime) -> Action:
+    hold, record = inputs.hold, inputs.record
+    if hold is None:
+        return _plan(inputs, now)
+    if record is None:
+        return Action(inputs.key, Verb.none, hold.message, hold=hold)
+    kept = f"{hold.message}; generation {record.generation} stays in force"
+    if inputs.desired is None:
+        return Action(inputs.key, Verb.none, kept, record.generation, hold=hold)
+    action = _plan(inputs, now)
+    return replace(action, cause=f"{action.cause} ({kept})", hold=hold)
+
+
+def _plan(inputs: Inputs, now: datetime) -> Action:
     key, desired, record = inputs.key, inputs.desired, inputs.record
     if desired is None:
-        return _plan_removal(inputs, allow_prune)
+        return _plan_removal(inputs)
     generation = next_generation(record, desired)
     if not isinstance(desired.resource, Workload):
         if record is None:
@@ -70,20 +92,23 @@ def plan_resource(inputs: Inputs, now: datetime, allow_prune: bool) -> Action:
         if generation != record.generation:
             return Action(key, Verb.update, _spec_change(record, desired), generation)
         return Action(key, Verb.none, "up to date", generation)
-    return _plan_workload(inputs, generation, now)
+    return _plan_workload(inputs, desired.resource, generation, now)
 
 
-def _plan_workload(inputs: Inputs, generation: int, now: datetime) -> Action:
+def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: datetime) -> Action:
     key, record, observed, launch = inputs.key, inputs.record, inputs.process, inputs.launch
     assert launch is not None and observed is not None
-    running = observed.record
     waiting = _backing_off(record, generation, now)
+    running = observed.record
     if observed.state is ProcessState.absent or running is None:
-        if waiting:
-            return Action(key, Verb.none, f"back-off after a failed start; next start in {waiting:.1f}s", generation, retry_at=record.next_retry_at if record else None)
+        if waiting and record is not None:
+            failure = record.last_failure.message if record.last_failure else "a failed start"
+            return Action(key, Verb.none, f"back-off: {failure}; next start in {waiting:.1f}s", generation, retry_at=record.next_retry_at)
         return Action(key, Verb.create, "not running", generation, launch)
     changed = launch.changed_fields(running.launch)
     if observed.state is ProcessState.running:
+        if changed == [_EXECUTABLE] and launch.executable is None:
+            return Action(key, Verb.none, f"running; {launch.command[0]} is not found now, so the running process is kept", generation)
         if changed:
             return Action(key, Verb.recreate, f"{', '.join(changed)} changed", generation, launch)
         if record is not None and generation != record.generation:
@@ -93,15 +118,17 @@ def _plan_workload(inputs: Inputs, generation: int, now: datetime) -> Action:
     assert exit_info is not None
     if changed:
         return Action(key, Verb.create, f"{', '.join(changed)} changed; the old process had ended", generation, launch)
-    workload = inputs.desired.resource
-    assert isinstance(workload, Workload)
-    policy = workload.spec.restart.policy
-    if policy is RestartPolicy.never or (policy is RestartPolicy.on_failure and not exit_info.failed):
-        return Action(key, Verb.none, f"{exit_info.describe()}; restart policy {policy.value}", generation)
-    if waiting:
-        retry_at = record.next_retry_at if record else None
-        return Action(key, Verb.none, f"back-off: {exit_info.describe()}; next start in {waiting:.1f}s", generation, retry_at=retry_at)
+    if not restarts(workload, exit_info):
+        return Action(key, Verb.none, f"{exit_info.describe()}; restart policy {workload.spec.restart.policy.value} does not restart it", generation)
+    if waiting and record is not None:
+        return Action(key, Verb.none, f"back-off: {exit_info.describe()}; next start in {waiting:.1f}s", generation, retry_at=record.next_retry_at)
     return Action(key, Verb.create, exit_info.describe(), generation, launch)
+
+
+def restarts(workload: Workload, exit_info: ExitInfo) -> bool:
+    """Always restarts; OnFailure only after a known failure (an unknown exit code is not one); Never never."""
+    policy = workload.spec.restart.policy
+    return policy is RestartPolicy.always or (policy is RestartPolicy.on_failure and exit_info.failed is True)
 
 
 def _backing_off(record: ResourceRecord | None, generation: int, now: datetime) -> float:
@@ -111,24 +138,17 @@ def _backing_off(record: ResourceRecord | None, generation: int, now: datetime) 
     return max(0.0, (record.next_retry_at - now).total_seconds())
 
 
-def _plan_removal(inputs: Inputs, allow_prune: bool) -> Action:
+def _plan_removal(inputs: Inputs) -> Action:
     key, record = inputs.key, inputs.record
-    if inputs.rejected:
-        return _hold(key, record, f"new version rejected: {inputs.rejected[0]}")
-    if inputs.source_errors:
-        return _hold(key, record, f"its file cannot be read: {inputs.source_errors[0]}")
-    annotations = (record.resource.get("metadata", {}) if record else {}).get("annotations", {})
-    if annotations.get(PRUNE_ANNOTATION) == "disabled":
+    if is_orphan_kept(record):
         cause = f"orphaned: removed from the desired state, but {PRUNE_ANNOTATION}: disabled keeps it"
         return Action(key, Verb.none, cause, record.generation if record else None, orphaned=True)
-    if not allow_prune:
-        return Action(key, Verb.none, "the desired state is empty; nothing is pruned without --allow-empty", held=True)
     return Action(key, Verb.delete, "removed from the desired state", record.generation if record else None)
 
 
-def _hold(key: ResourceKey, record: ResourceRecord | None, why: str) -> Action:
-    keeping = f"; generation {record.generation} stays in force" if record else ""
-    return Action(key, Verb.none, why + keeping, record.generation if record else None, held=True)
+def is_orphan_kept(record: ResourceRecord | None) -> bool:
+    annotations = (record.resource.get("metadata", {}) if record else {}).get("annotations", {})
+    return annotations.get(PRUNE_ANNOTATION) == "disabled"
 
 
 def _spec_change(record: ResourceRecord, desired: DesiredEntry | None) -> str:
@@ -139,13 +159,21 @@ def _spec_change(record: ResourceRecord, desired: DesiredEntry | None) -> str:
     return ", ".join(f"spec.{name}" for name in fields) + " changed" if fields else "spec changed"
 
 
-def account_exit(record: ResourceRecord, exit_info: ExitInfo, workload: Workload) -> ResourceRecord:
-    """Count a newly seen exit once and schedule the next start."""
+def note_observations(
+    record: ResourceRecord, generation: int, exit_info: ExitInfo | None, workload: Workload
+) -> ResourceRecord:
+    """Bring a record up to what was observed: a new generation starts its back-off afresh; a new exit is counted once."""
+    if generation != record.generation:
+        record = record.model_copy(update={"consecutive_failures": 0, "next_retry_at": None, "last_failure": None})
+    if exit_info is None:
+        return record
     seen = record.last_exit
     if seen is not None and (seen.pid, seen.finished_at) == (exit_info.pid, exit_info.finished_at):
         return record
-    scheduled = schedule_retry(record, exit_info.finished_at, exit_info.ran_seconds, workload)
-    return scheduled.model_copy(update={"last_exit": exit_info})
+    record = record.model_copy(update={"last_exit": exit_info})
+    if not restarts(workload, exit_info):
+        return record.model_copy(update={"next_retry_at": None})
+    return schedule_retry(record, exit_info.finished_at, exit_info.ran_seconds, workload)
 
 
 def schedule_retry(record: ResourceRecord, failed_at: datetime, ran_seconds: float, workload: Workload) -> ResourceRecord:

@@ -45,8 +45,8 @@ class ExitWatcher:
                     os.read(self._wake_read, 4096)
                     continue
                 with self._lock:
-                    if key.fd not in self._selector.get_map():
-                        continue  # unwatched meanwhile
+                    if self._selector.get_map().get(key.fd) is not key:
+                        continue  # unwatched meanwhile, its descriptor number perhaps reused by a new watch
                     self._selector.unregister(key.fd)
                     os.close(key.fd)
                 self._on_exit(*key.data)

@@ -11,16 +11,28 @@ from pydantic.alias_generators import to_camel
 
 from reconciler.api.kinds import WorkloadSpec
 
+EXECUTABLE_FIELD = "the executable command[0] resolves to"
+_FIELD_NAMES = {
+    "command": "spec.command", "args": "spec.args", "env": "spec.env", "working_dir": "spec.workingDir",
+    "memory_limit": "spec.resources.memory", "executable": EXECUTABLE_FIELD,
+}
+
 
 class LaunchSpec(BaseModel):
-    """The effective command line; its digest decides whether a running process still matches its spec."""
+    """The effective launch; its digest decides whether a running process still matches its spec."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
 
-    argv: tuple[str, ...]
+    command: tuple[str, ...]
+    args: tuple[str, ...]
+    executable: str | None  # the file that will run: found with the child's PATH and working dir
     env: dict[str, str]
-    working_dir: str | None
+    working_dir: str
     memory_limit: int | None
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        return (*self.command, *self.args)
 
     @property
     def digest(self) -> str:
@@ -28,15 +40,17 @@ class LaunchSpec(BaseModel):
         return hashlib.sha256(text.encode()).hexdigest()
 
     def changed_fields(self, other: "LaunchSpec") -> list[str]:
-        """The spec fields that differ, in the user's vocabulary (for a plan's cause)."""
-        names = {"argv": "spec.command/args", "env": "spec.env", "working_dir": "spec.workingDir",
-                 "memory_limit": "spec.resources.memory"}
-        return [label for field, label in names.items() if getattr(self, field) != getattr(other, field)]
+        """The fields that differ, in the user's vocabulary (for a plan's cause)."""
+        return [label for field, label in _FIELD_NAMES.items() if getattr(self, field) != getattr(other, field)]
 
 
-def render_launch(spec: WorkloadSpec, spec_dir: PurePath) -> LaunchSpec:
+def working_dir_for(spec: WorkloadSpec, spec_dir: PurePath, default_dir: PurePath) -> str:
     """Relative working directories are taken from the spec file's folder, as Compose does."""
-    working_dir = str(spec_dir / spec.working_dir) if spec.working_dir else None
+    return str(spec_dir / spec.working_dir) if spec.working_dir else str(default_dir)
+
+
+def render_launch(spec: WorkloadSpec, working_dir: str, executable: str | None) -> LaunchSpec:
     return LaunchSpec(
-        argv=tuple(spec.argv), env=dict(spec.env), working_dir=working_dir, memory_limit=spec.resources.memory
+        command=tuple(spec.command), args=tuple(spec.args), executable=executable, env=dict(spec.env),
+        working_dir=working_dir, memory_limit=spec.resources.memory,
     )

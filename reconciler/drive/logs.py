@@ -20,7 +20,7 @@ class LogStore:
         """Keep the last run's log as `previous` (the crash's story) and start a fresh one."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         current = self.path(name)
-        if current.exists():
+        if current.exists() and current.stat().st_size > 0:  # a failed start's empty log must not bury the crash's
             os.replace(current, self.path(name, previous=True))
         return os.open(current, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
@@ -40,19 +40,3 @@ class LogStore:
             handle.seek(0)
             handle.truncate()
             handle.write(b"[... earlier output trimmed by the reconciler ...]\n" + tail)
-
-    def trim_all(self) -> None:
-        if self.directory.is_dir():
-            for path in self.directory.glob("*.log"):
-                if not path.name.endswith(".previous.log"):
-                    self.trim(path.name.removesuffix(".log"))
-
-    def tail(self, name: str, lines: int = 20, previous: bool = False) -> list[str]:
-        try:
-            with self.path(name, previous).open("rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                handle.seek(max(0, handle.tell() - 64 * 1024))
-                data = handle.read()
-        except FileNotFoundError:
-            return []
-        return data.decode("utf-8", "replace").splitlines()[-lines:]

@@ -37,18 +37,21 @@ class Verdict:
         return self.decision is Decision.approve
 
 
-def decide(action: Action, policy: Policy | None, resolved_executable: str | None = None) -> Verdict:
-    """Judge one action. Removing and recording are always allowed; starting a process must be trusted."""
+def decide(action: Action, policy: Policy | None, executables: tuple[str, ...] = ()) -> Verdict:
+    """Judge one action. Removing and recording are always allowed; starting a process must be trusted.
+
+    `executables` are the files the launch would run (as found, and with symlinks resolved): trust
+    names either, or command[0] exactly as written.
+    """
     spec = policy.spec if policy else DEFAULT_POLICY
     source = f"Policy/{policy.name}" if policy else "default policy"
     if action.verb not in (Verb.create, Verb.recreate) or action.launch is None:
         return Verdict(Decision.approve, (Reason("no-side-effects", "records or removes only: nothing is started"),))
-    executable = action.launch.argv[0]
+    executable = action.launch.command[0]
     trusted = {entry.executable for entry in spec.native.trusted_executables}
-    shown = repr(executable)
-    if resolved_executable and resolved_executable != executable:
-        shown += f" ({resolved_executable})"
-    if {executable, resolved_executable} & trusted:
+    runs = [path for path in dict.fromkeys(executables) if path != executable]
+    shown = repr(executable) + (f" ({' -> '.join(runs)})" if runs else "")
+    if {executable, *executables} & trusted:
         return Verdict(Decision.approve, (Reason(_TRUST_RULE, f"{shown} is trusted by {source}"),))
     hint = (f"add it to spec.native.trustedExecutables of {source}" if policy
             else "write a Policy that lists it in spec.native.trustedExecutables")

@@ -35,8 +35,16 @@ class DesiredState:
         policies = [entry.resource for entry in self.resources.values() if isinstance(entry.resource, Policy)]
         return policies[0] if policies else None
 
-    def file_is_clean(self, file: str) -> bool:
-        return not self.errors.get(file)
+    def source_problem(self, source: str) -> LoadError | None:
+        """The first error of a spec file, or of a folder above it that could not be read."""
+        for place, errors in self.errors.items():
+            if errors and (place == source or place == "./" or (place.endswith("/") and source.startswith(place))):
+                return errors[0]
+        return None
+
+    def unattributed_error(self) -> LoadError | None:
+        """An error that cannot be tied to a resource: any resource might be the one it hides."""
+        return next((error for errors in self.errors.values() for error in errors if error.key is None), None)
 
 
 def is_spec_file(name: str) -> bool:
@@ -55,10 +63,14 @@ def build_desired(contents: dict[str, bytes | LoadError], display_root: str = ""
     """
     errors: dict[str, list[LoadError]] = defaultdict(list)
     found: dict[ResourceKey, list[DesiredEntry]] = defaultdict(list)
+    for file, message in _shared_outputs(contents).items():
+        errors[file].append(LoadError(_shown(display_root, file), message))
     for file in sorted(contents):
         content = contents[file]
         if isinstance(content, LoadError):
             errors[file].append(content)
+            continue
+        if file in errors:
             continue
         try:
             documents = parse_documents(content)
@@ -110,6 +122,24 @@ def _reject_second_policy(
         )
 
 
+def output_stem(spec_file: str) -> str:
+    """chat.yaml and chat.yml both write chat.status.yaml: the stem names a spec's outputs."""
+    return spec_file.rsplit(".", 1)[0]
+
+
+def _shared_outputs(contents: dict[str, bytes | LoadError]) -> dict[str, str]:
+    by_stem: dict[str, list[str]] = defaultdict(list)
+    for file in contents:
+        if not file.endswith("/"):
+            by_stem[output_stem(file)].append(file)
+    clashes = {}
+    for stem, files in by_stem.items():
+        if len(files) > 1:
+            for file in files:
+                clashes[file] = f"{' and '.join(sorted(files))} would share {stem}.status.yaml: rename one"
+    return clashes
+
+
 def _shown(display_root: str, file: str) -> str:
     return f"{display_root.rstrip('/')}/{file}" if display_root else file
 
@@ -121,7 +151,12 @@ def _error_order(error: LoadError) -> tuple[int, int]:
 def read_folder(root: Path) -> dict[str, bytes | LoadError]:
     """Read every spec file under `root` (relative names); an unreadable file becomes its error."""
     contents: dict[str, bytes | LoadError] = {}
-    for directory, subdirectories, names in os.walk(root):
+
+    def unreadable(error: OSError) -> None:
+        folder = str(Path(error.filename).relative_to(root)) + "/"
+        contents[folder] = LoadError(str(error.filename), f"cannot read folder: {error.strerror}")
+
+    for directory, subdirectories, names in os.walk(root, onerror=unreadable):
         subdirectories[:] = sorted(name for name in subdirectories if not name.startswith("."))
         for name in sorted(names):
             if not is_spec_file(name):

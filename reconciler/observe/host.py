@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 
-def resolve_executable(name: str) -> str | None:
-    """Where command[0] would be found, so the gate can judge the real file, not just its name."""
-    found = shutil.which(name)
-    return str(Path(found).resolve()) if found else None
+def find_executable(command: str, path: str, working_dir: str) -> str | None:
+    """The file `command` names for a child with this PATH and working directory, as exec would find it."""
+    if "/" in command:
+        candidate = os.path.normpath(os.path.join(working_dir, command))
+        return candidate if os.path.isfile(candidate) and os.access(candidate, os.X_OK) else None
+    found = shutil.which(command, path=path)
+    return os.path.abspath(found) if found else None
 
 
 @dataclass(frozen=True)

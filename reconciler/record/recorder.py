@@ -12,6 +12,7 @@ import yaml
 from reconciler.api.meta import API_VERSION, ResourceKey
 from reconciler.api.status import ResourceStatus
 from reconciler.record.atomic import write_atomic
+from reconciler.load.desired import SPEC_SUFFIXES, output_stem
 from reconciler.record.evidence import EvidenceLog
 
 STATUS_HEADER = "# Written by the reconciler after each pass. Edits are overwritten and never read back.\n"
@@ -19,8 +20,7 @@ STATUS_HEADER = "# Written by the reconciler after each pass. Edits are overwrit
 
 def sibling(spec_file: str, suffix: str) -> str:
     """chat.yaml -> chat.status.yaml / chat.evidence.jsonl."""
-    stem = spec_file.rsplit(".", 1)[0]
-    return f"{stem}{suffix}"
+    return output_stem(spec_file) + suffix
 
 
 class Recorder:
@@ -31,6 +31,7 @@ class Recorder:
         self._written: dict[str, str] = {}
         self._logs: dict[str, EvidenceLog] = {}
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()  # computing a status file and writing it is one step
 
     def evidence(self, spec_file: str, record: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -52,29 +53,46 @@ class Recorder:
             for statuses in self._statuses.values():
                 statuses.pop(key, None)
 
-    def set_file_errors(self, spec_file: str, errors: list[str]) -> None:
+    def set_file_errors(self, spec_file: str, errors: list[str]) -> bool:
+        """Returns whether they changed (and the status file needs writing)."""
         with self._lock:
+            changed = self._file_errors.get(spec_file, []) != errors
             self._file_errors[spec_file] = errors
+            return changed
+
+    def sweep_orphans(self) -> None:
+        """Remove status files whose spec is gone and that report nothing we own (a rename while we were down)."""
+        with self._lock:
+            reported = {sibling(file, ".status.yaml") for file, statuses in self._statuses.items() if statuses}
+        for status_file in self.root.rglob("*.status.yaml"):
+            relative = str(status_file.relative_to(self.root))
+            stem = relative.removesuffix(".status.yaml")
+            if relative not in reported and not any((self.root / f"{stem}{ext}").exists() for ext in SPEC_SUFFIXES):
+                status_file.unlink(missing_ok=True)
 
     def flush(self, spec_files: set[str]) -> None:
-        """Rewrite the status file of each given spec file whose content changed; drop those of vanished specs."""
+        """Rewrite the status file of each given spec file whose content changed; drop those owning nothing."""
         for spec_file in sorted(spec_files):
-            with self._lock:
-                statuses = sorted(self._statuses.get(spec_file, {}).values(), key=lambda s: (s.kind, s.name))
-                errors = self._file_errors.get(spec_file, [])
-            target = self.root / sibling(spec_file, ".status.yaml")
-            if not statuses and not errors:
-                target.unlink(missing_ok=True)  # nothing of this file is owned any more
-                self._written.pop(spec_file, None)
-                continue
-            body = {
-                "apiVersion": API_VERSION,
-                "kind": "StatusReport",
-                "source": spec_file,
-                "errors": errors,
-                "resources": [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in statuses],
-            }
-            text = STATUS_HEADER + yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
-            if self._written.get(spec_file) != text or not target.exists():
-                write_atomic(target, text)
-                self._written[spec_file] = text
+            with self._flush_lock:  # read and write as one step, or a slower writer could put back older content
+                self._flush_one(spec_file)
+
+    def _flush_one(self, spec_file: str) -> None:
+        with self._lock:
+            statuses = sorted(self._statuses.get(spec_file, {}).values(), key=lambda s: (s.kind, s.name))
+            errors = self._file_errors.get(spec_file, [])
+        target = self.root / sibling(spec_file, ".status.yaml")
+        if not statuses and not errors:
+            target.unlink(missing_ok=True)  # nothing of this file is owned any more
+            self._written.pop(spec_file, None)
+            return
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": "StatusReport",
+            "source": spec_file,
+            "errors": errors,
+            "resources": [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in statuses],
+        }
+        text = STATUS_HEADER + yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
+        if self._written.get(spec_file) != text or not target.exists():
+            write_atomic(target, text)
+            self._written[spec_file] = text

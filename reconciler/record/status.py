@@ -1,109 +1,151 @@
-"""A resource's reported status, computed from what the pass planned, decided and observed. Pure."""
+"""The record stage's arithmetic: next remembered record and reported status of one resource. Pure."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 
-from reconciler.api.kinds import Model, Policy
-from reconciler.api.status import ConditionStatus, Placement, ResourceStatus
-from reconciler.diff.plan import Action
-from reconciler.drive.process import ProcessObservation, ProcessState
+from reconciler.api.kinds import Workload
+from reconciler.api.status import ExitInfo, FailureInfo, Placement, ResourceStatus
+from reconciler.diff.plan import Action, schedule_retry
 from reconciler.gate.verdict import Decision, Verdict
+from reconciler.load.desired import DesiredEntry
 from reconciler.observe.host import ModelPresence
+from reconciler.observe.processes import ProcessObservation, ProcessState
 from reconciler.record.conditions import set_condition
 from reconciler.record.store import ResourceRecord
 
-
-@dataclass(frozen=True)
-class Failure:
-    reason: str
-    message: str
+# How `apply --wait` reads a workload's phase.
+FAILED_PHASES = frozenset({"Failed", "BackOff", "Denied", "Exited"})
+SUCCEEDED_PHASES = frozenset({"Succeeded"})
 
 
 @dataclass(frozen=True)
 class PassOutcome:
-    """Everything one reconcile of one resource produced."""
+    """Everything one reconcile of one resource planned, decided, did and saw."""
 
     action: Action
     verdict: Verdict | None
-    failure: Failure | None
-    process: ProcessObservation | None = None
+    executed: bool
+    failure: FailureInfo | None = None
+    before: ProcessObservation | None = None
+    after: ProcessObservation | None = None
     model: ModelPresence | None = None
 
 
-def next_record_status(record: ResourceRecord, outcome: PassOutcome, kind: type, now: datetime) -> ResourceRecord:
-    """The record with its conditions brought up to date (transition times kept where nothing flipped)."""
-    conditions = list(record.conditions)
-    action, verdict = outcome.action, outcome.verdict
-    if action.held:
-        conditions = set_condition(conditions, "Accepted", False, "Rejected", action.cause, now)
+@dataclass(frozen=True)
+class _Assessment:
+    ready: bool
+    reason: str
+    message: str
+    phase: str
+
+
+def conclude(
+    record: ResourceRecord | None, desired: DesiredEntry | None, outcome: PassOutcome, now: datetime, log_file: str | None
+) -> tuple[ResourceRecord, ResourceStatus] | None:
+    """The record to remember after this pass and the status to report; None for what was never ours."""
+    action = outcome.action
+    if record is None:
+        if desired is None or action.hold is not None:
+            return None  # a rejected resource that never ran: its errors are in its file's status already
+        record = ResourceRecord(
+            kind=action.key.kind, name=action.key.name, source=desired.file, generation=action.generation or 1,
+            spec_hash=desired.spec_hash, resource=desired.resource.model_dump(mode="json", by_alias=True), created_at=now,
+        )
+    if desired is not None and action.hold is None:
+        record = record.model_copy(update={
+            "source": desired.file, "generation": action.generation, "spec_hash": desired.spec_hash,
+            "resource": desired.resource.model_dump(mode="json", by_alias=True), "observed_generation": action.generation,
+        })
+    record = _count_start(record, desired, outcome, now)
+    assessment = _assess(record, outcome, now)
+    conditions = record.conditions
+    if action.hold is not None:
+        conditions = set_condition(conditions, "Accepted", False, action.hold.reason, action.cause, now)
     else:
         conditions = set_condition(conditions, "Accepted", True, "Valid", "", now)
-    if verdict is not None:
-        reasons = "; ".join(str(reason) for reason in verdict.reasons)
-        status = {Decision.approve: True, Decision.deny: False}.get(verdict.decision, ConditionStatus.false)
-        reason = {Decision.approve: "Approved", Decision.deny: "Denied"}.get(verdict.decision, "PendingApproval")
-        conditions = set_condition(conditions, "PolicyApproved", status, reason, reasons, now)
-    ready, reason, message = _readiness(outcome, kind)
-    conditions = set_condition(conditions, "Ready", ready, reason, message, now)
-    return record.model_copy(update={"conditions": conditions})
+    if outcome.verdict is not None:
+        conditions = _policy_condition(conditions, outcome.verdict, now)
+    conditions = set_condition(conditions, "Ready", assessment.ready, assessment.reason, assessment.message, now)
+    record = record.model_copy(update={"conditions": conditions})
+    return record, _render(record, outcome, assessment, log_file)
 
 
-def _readiness(outcome: PassOutcome, kind: type) -> tuple[bool, str, str]:
-    if kind is Model:
+def _count_start(record: ResourceRecord, desired: DesiredEntry | None, outcome: PassOutcome, now: datetime) -> ResourceRecord:
+    if not outcome.executed or outcome.action.launch is None:
+        return record
+    if outcome.failure is not None:
+        assert desired is not None and isinstance(desired.resource, Workload)
+        return schedule_retry(record.model_copy(update={"last_failure": outcome.failure}), now, 0.0, desired.resource)
+    restarted = outcome.before is not None and outcome.before.state is ProcessState.exited
+    return record.model_copy(update={
+        "restart_count": record.restart_count + int(restarted), "next_retry_at": None, "last_failure": None,
+    })
+
+
+def _policy_condition(conditions: list, verdict: Verdict, now: datetime) -> list:
+    reasons = "; ".join(str(reason) for reason in verdict.reasons)
+    if verdict.decision is Decision.approve:
+        return set_condition(conditions, "PolicyApproved", True, "Approved", reasons, now)
+    reason = "Denied" if verdict.decision is Decision.deny else "PendingApproval"
+    return set_condition(conditions, "PolicyApproved", False, reason, reasons, now)
+
+
+def _assess(record: ResourceRecord, outcome: PassOutcome, now: datetime) -> _Assessment:
+    if record.kind == "Model":
         presence = outcome.model
         if presence is not None and presence.present:
-            return True, "Present", f"{presence.path} ({presence.size} bytes)"
-        return False, "ModelMissing", f"{presence.path if presence else 'model'}: no such file"
-    if kind is Policy:
-        return True, "InForce", "governs this host"
+            return _Assessment(True, "Present", f"{presence.path} ({presence.size} bytes)", "Available")
+        return _Assessment(False, "ModelMissing", f"{presence.path if presence else 'model'}: no such file", "Missing")
+    if record.kind == "Policy":
+        return _Assessment(True, "InForce", "governs this host", "InForce")
+    action, observed = outcome.action, outcome.after
     if outcome.failure is not None:
-        return False, outcome.failure.reason, outcome.failure.message
+        return _Assessment(False, outcome.failure.reason, outcome.failure.message, "Failed")
     if outcome.verdict is not None and not outcome.verdict.approved:
-        return False, "PolicyDenied", "; ".join(str(reason) for reason in outcome.verdict.reasons)
-    observed = outcome.process
-    if observed is None or observed.state is ProcessState.absent or observed.record is None:
-        return False, "NotRunning", outcome.action.cause
-    if observed.state is ProcessState.running:
-        return True, "Running", f"pid {observed.record.pid}"
-    exit_info = observed.exit
-    assert exit_info is not None
-    if outcome.action.retry_at is not None:
-        return False, "BackOff", outcome.action.cause
-    return False, "Completed" if not exit_info.failed else "Failed", outcome.action.cause
+        return _Assessment(False, "PolicyDenied", "; ".join(str(r) for r in outcome.verdict.reasons), "Denied")
+    if observed is not None and observed.state is ProcessState.running and observed.record is not None:
+        return _Assessment(True, "Running", f"pid {observed.record.pid}", "Running")
+    if observed is not None and observed.state is ProcessState.exited and observed.exit is not None:
+        return _exited(observed.exit, action)
+    if action.retry_at is not None and record.last_failure is not None:
+        return _Assessment(False, record.last_failure.reason, action.cause, "BackOff")
+    return _Assessment(False, "NotRunning", action.cause, "Pending")
 
 
-def render_status(record: ResourceRecord, outcome: PassOutcome, log_file: str | None) -> ResourceStatus:
-    ready = next(c for c in record.conditions if c.type == "Ready")
-    observed = outcome.process
-    running = observed is not None and observed.state is ProcessState.running and observed.record is not None
-    denied = outcome.verdict is not None and not outcome.verdict.approved
+def _exited(exit_info: ExitInfo, action: Action) -> _Assessment:
+    if action.retry_at is not None:
+        return _Assessment(False, "BackOff", action.cause, "BackOff")
+    if exit_info.failed is False:
+        return _Assessment(False, "Completed", action.cause, "Succeeded")
+    if exit_info.failed is None:
+        return _Assessment(False, "ExitCodeUnknown", action.cause, "Exited")
+    return _Assessment(False, "Failed", action.cause, "Failed")
+
+
+def _render(record: ResourceRecord, outcome: PassOutcome, assessment: _Assessment, log_file: str | None) -> ResourceStatus:
+    action, observed = outcome.action, outcome.after
+    pid = observed.running_pid if observed else None
+    placement = None
     if record.kind == "Workload":
-        placement = Placement.unavailable if denied or (outcome.failure and not running) else Placement.local
-    else:
-        placement = None
+        cannot_run = assessment.phase == "Denied" or (pid is None and (outcome.failure or record.last_failure))
+        placement = Placement.unavailable if cannot_run else Placement.local
+    phase = "Orphaned" if action.orphaned else assessment.phase
     return ResourceStatus(
         kind=record.kind,
         name=record.name,
         generation=record.generation,
         observed_generation=record.observed_generation,
-        phase="Orphaned" if outcome.action.orphaned else _phase(ready.reason, ready.status is ConditionStatus.true),
+        phase=phase,
         placement=placement,
-        message=outcome.action.cause if outcome.action.held or outcome.action.orphaned else ready.message,
+        message=action.cause if action.hold or action.orphaned else assessment.message,
         conditions=record.conditions,
-        pid=observed.record.pid if running and observed and observed.record else None,
+        pid=pid,
         restart_count=record.restart_count,
         last_exit=record.last_exit,
-        next_retry_time=None if running else record.next_retry_at,
-        started_at=observed.record.started_at if running and observed and observed.record else None,
+        next_retry_time=None if pid else record.next_retry_at,
+        started_at=observed.record.started_at if pid and observed and observed.record else None,
         created_at=record.created_at,
         log_file=log_file,
     )
-
-
-def _phase(reason: str, ready: bool) -> str:
-    if ready:
-        return {"Present": "Available", "InForce": "InForce"}.get(reason, "Running")
-    return {"BackOff": "BackOff", "Completed": "Succeeded", "PolicyDenied": "Denied", "NotRunning": "Pending",
-            "ModelMissing": "Missing"}.get(reason, "Failed")

@@ -1,0 +1,62 @@
+"""The shape of evidence lines: a decision before anything is done, its outcome after."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from reconciler.api.status import FailureInfo
+from reconciler.diff.plan import Action, Verb
+from reconciler.gate.verdict import Verdict
+from reconciler.observe.processes import ProcessObservation
+from reconciler.record.store import ResourceRecord
+
+
+def _action_name(action: Action) -> str:
+    if action.hold is not None:
+        return "hold"
+    return "orphan" if action.orphaned else action.verb.value
+
+
+def decision_digest(action: Action, verdict: Verdict | None) -> str:
+    """Identifies a decision, so one repeated by every resync is recorded once."""
+    reasons = [str(reason) for reason in verdict.reasons] if verdict else []
+    return f"{_action_name(action)}|{action.cause}|{verdict.decision.value if verdict else ''}|{reasons}"
+
+
+def decision_record(action: Action, verdict: Verdict | None, record: ResourceRecord | None, now: datetime) -> dict[str, Any]:
+    line: dict[str, Any] = {
+        "time": now.isoformat(),
+        "resource": str(action.key),
+        "generation": action.generation or (record.generation if record else None),
+        "event": "decision",
+        "action": _action_name(action),
+        "cause": action.cause,
+        "decision": verdict.decision.value if verdict else None,
+        "reasons": [str(reason) for reason in verdict.reasons] if verdict else [],
+    }
+    if action.launch is not None and action.verb in (Verb.create, Verb.recreate):
+        line["command"] = list(action.launch.argv)
+        line["executable"] = action.launch.executable
+    return line
+
+
+def outcome_record(
+    action: Action, generation: int, failure: FailureInfo | None, after: ProcessObservation | None, now: datetime,
+    stopped_pid: int | None = None,
+) -> dict[str, Any]:
+    line: dict[str, Any] = {
+        "time": now.isoformat(),
+        "resource": str(action.key),
+        "generation": generation,
+        "event": "action",
+        "action": action.verb.value,
+        "result": "failed" if failure else "done",
+    }
+    if failure is not None:
+        line["failure"] = {"reason": failure.reason, "message": failure.message}
+    elif after is not None and after.running_pid is not None:
+        line["pid"] = after.running_pid
+    if stopped_pid is not None:
+        line["stoppedPid"] = stopped_pid
+    return line

@@ -1,0 +1,35 @@
+"""What the reconciler needs from a workload driver. Drivers execute; they never decide.
+
+The native process driver implements it today; container, llama.cpp and vLLM drivers slot in
+beside it, chosen by a workload's runtime and engine.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from reconciler.api.status import ExitInfo
+from reconciler.drive.launch import LaunchSpec
+from reconciler.observe.processes import ProcessObservation
+
+
+class WorkloadDriver(Protocol):
+    def owned_names(self) -> list[str]:
+        """Every workload this driver holds a record of, whatever the desired state says."""
+
+    def adopt(self) -> list[int]:
+        """After a (re)start: take over what is recorded; stop what a crash left unrecorded."""
+
+    def observe(self, name: str) -> ProcessObservation: ...
+
+    def start(self, name: str, launch: LaunchSpec, generation: int) -> ProcessObservation:
+        """Start exactly `launch`; raise StartFailed with a CamelCase reason when it cannot."""
+
+    def stop(self, name: str, grace_seconds: float) -> ExitInfo | None:
+        """End everything the workload's launch made (TERM, grace, KILL) and forget it."""
+
+    def default_working_dir(self, name: str) -> str: ...
+
+    def log_path(self, name: str) -> str: ...
+
+    def trim_log(self, name: str) -> None: ...
