@@ -192,6 +192,7 @@ def status(path: Path, state_dir: Path | None, output: str) -> None:
     statuses = [status for key in reconciler.keys() if (status := reconciler.status(key)) is not None]
     rows = status_rows(statuses, reconciler.records, now)
     click.echo(status_table(rows) if output == "table" else dump(rows, output))
+    _print_load_errors(reconciler)
 
 
 @main.command()
