@@ -26,7 +26,7 @@ def start(command: str = "python3", verb: Verb = Verb.create) -> Action:
         "apiVersion": API_VERSION, "kind": "Workload", "metadata": {"name": "web"},
         "spec": {"command": [command, "-m", "http.server"], "args": ["8080"]},
     })
-    return Action(WEB, verb, "not running", 1, render_launch(web.spec, "/srv/desired-state", None))
+    return Action(WEB, verb, "not running", 1, render_launch(web.spec, tuple(web.spec.command or ()), tuple(web.spec.args), "/srv/desired-state", None))
 
 
 FOUND = "/usr/bin/python3"  # where PATH finds 'python3'

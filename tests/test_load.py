@@ -133,7 +133,7 @@ def test_unknown_field_without_a_close_match_gives_no_suggestion() -> None:
 
 def test_missing_required_field_points_at_its_parent() -> None:
     error = only_error(workload_yaml(spec="  args: [a]\n"))
-    assert str(error) == "chat.yaml:5:1 spec.command: required field is missing"
+    assert str(error) == "chat.yaml:5:1 spec: engine 'process' needs spec.command"
 
 
 def test_bad_name_is_explained_as_dns_1123() -> None:
@@ -206,7 +206,7 @@ def test_invalid_env_name_points_at_the_key() -> None:
 def test_a_valid_workload_loads_with_parsed_quantities() -> None:
     workload = valid(workload_yaml(spec="  command: [python3, -m, http.server]\n  resources:\n    memory: 8Gi\n"))
     assert workload.key == WEB
-    assert workload.spec.argv == ["python3", "-m", "http.server"]
+    assert workload.spec.command == ["python3", "-m", "http.server"]
     assert workload.spec.resources.memory == 8 * 2**30
 
 

@@ -61,7 +61,7 @@ def remembered(resource: Resource, generation: int = 1, **fields: Any) -> Resour
 
 
 def launch_of(resource: Workload, executable: str | None = PYTHON3) -> LaunchSpec:
-    return render_launch(resource.spec, working_dir_for(resource.spec, SPEC_DIR, WORK_DIR), executable)
+    return render_launch(resource.spec, tuple(resource.spec.command or ()), tuple(resource.spec.args), working_dir_for(resource.spec, SPEC_DIR, WORK_DIR), executable)
 
 
 def process(resource: Workload, pid: int = 4242, generation: int = 1, exit: ExitInfo | None = None,
@@ -142,7 +142,7 @@ def test_moving_words_between_command_and_args_names_both() -> None:
     new = workload(command=["python3"], args=["-m", "http.server"])
     assert launch_of(old).argv == launch_of(new).argv  # the same command line, split differently
     action = plan_workload(new, remembered(old), running(old))
-    assert (action.verb, action.cause) == (Verb.recreate, "spec.command, spec.args changed")
+    assert (action.verb, action.cause) == (Verb.recreate, "spec.args, spec.command changed")
 
 
 def test_executable_that_resolves_elsewhere_recreates_at_the_same_generation() -> None:
@@ -157,7 +157,7 @@ def test_executable_that_resolves_elsewhere_recreates_at_the_same_generation() -
 def test_changed_env_recreates_naming_spec_env() -> None:
     old, new = workload(env={"PORT": "8080"}), workload(env={"PORT": "9090"})
     action = plan_workload(new, remembered(old), running(old))
-    assert (action.verb, action.cause) == (Verb.recreate, "spec.env changed")
+    assert (action.verb, action.cause) == (Verb.recreate, "spec.env.PORT changed")
 
 
 def test_changed_working_dir_recreates_naming_spec_working_dir() -> None:
@@ -176,7 +176,7 @@ def test_changed_memory_limit_recreates_naming_spec_resources_memory() -> None:
 def test_spec_change_outside_the_launch_is_an_update() -> None:
     old, new = workload(), workload(restart={"policy": "OnFailure"})
     action = plan_workload(new, remembered(old), running(old))
-    assert (action.verb, action.cause, action.generation) == (Verb.update, "spec.restart changed", 2)
+    assert (action.verb, action.cause, action.generation) == (Verb.update, "spec.restart.policy changed", 2)
     assert action.launch is None
 
 
@@ -184,7 +184,8 @@ def test_spec_change_outside_the_launch_is_an_update() -> None:
 
 
 def test_launch_keeps_command_and_args_apart() -> None:
-    launch = render_launch(workload(args=["8080"]).spec, "/srv/run", "/usr/bin/python3")
+    spec = workload(args=["8080"]).spec
+    launch = render_launch(spec, tuple(spec.command or ()), tuple(spec.args), "/srv/run", "/usr/bin/python3")
     assert (launch.command, launch.args) == (("python3", "-m", "http.server"), ("8080",))
     assert launch.argv == ("python3", "-m", "http.server", "8080")
     assert (launch.executable, launch.working_dir) == ("/usr/bin/python3", "/srv/run")
@@ -602,7 +603,7 @@ def test_failed_start_is_scheduled_like_an_exit() -> None:
 
 @pytest.mark.parametrize(
     ("before", "after", "field"),
-    [(model(), model("models/other.gguf"), "spec.source"), (policy("python3"), policy("python3", "node"), "spec.native")],
+    [(model(), model("models/other.gguf"), "spec.source"), (policy("python3"), policy("python3", "node"), "spec.native.trustedExecutables")],
     ids=["Model", "Policy"],
 )
 def test_models_and_policies_are_created_kept_and_updated(before: Resource, after: Resource, field: str) -> None:

@@ -80,3 +80,19 @@ class ResourceStatus(Report):
     created_at: datetime | None = None
     log_file: str | None = None
     endpoints: list[str] = Field(default_factory=list)
+    command: list[str] | None = None
+    gpus: list[int] | None = None
+    health: str | None = None
+
+
+class HealthState(Report):
+    """Probe results for one process (a new pid starts afresh)."""
+
+    pid: int
+    ready: bool = False
+    ever_ready: bool = False
+    consecutive_failures: int = 0
+    last_probe_at: datetime | None = None
+    message: str = "not checked yet"
+
+

@@ -22,12 +22,14 @@ from reconciler.api.kinds import KINDS, spec_hash
 from reconciler.diff.plan import (
     Action, Hold, Inputs, Verb, is_orphan_kept, next_generation, note_observations, plan_resource,
 )
-from reconciler.drive.launch import render_launch, working_dir_for
-from reconciler.drive.process import ProcessDriver, StartFailed, child_path
+from reconciler.control.workloads import WorkloadRenderer
+from reconciler.drive.engines import Rendered
+from reconciler.diff.health import next_probe_in
+from reconciler.drive.process import ProcessDriver, StartFailed
 from reconciler.drive.protocol import WorkloadDriver
 from reconciler.gate.verdict import Verdict, decide
 from reconciler.load.desired import DesiredEntry, DesiredState, load_desired
-from reconciler.observe.host import ModelPresence, find_executable, observe_model
+from reconciler.observe.host import ModelPresence, observe_model
 from reconciler.observe.processes import ProcessObservation
 from reconciler.record.recorder import Recorder
 from reconciler.record.status import PassOutcome, conclude
@@ -48,6 +50,7 @@ class Planned:
     verdict: Verdict | None
     inputs: Inputs
     model: ModelPresence | None = None
+    rendered: Rendered = Rendered()
 
     @property
     def record(self) -> ResourceRecord | None:
@@ -68,6 +71,7 @@ class Reconciler:
         self.shown_root = root  # as the user typed it: error messages name files this way
         self.store = StateStore(state_dir)
         self.processes: WorkloadDriver = ProcessDriver(state_dir, on_exit=on_exit, readonly=readonly)
+        self.workloads = WorkloadRenderer(self.root, self.processes)
         self.recorder = Recorder(self.root)
         self.allow_empty = allow_empty
         self.readonly = readonly
@@ -85,6 +89,7 @@ class Reconciler:
             raise DesiredStateUnreadable(f"{self.shown_root}: not a readable folder")
         previous = self.desired
         self.desired, self.writing = load_desired(self.shown_root), writing
+        self.workloads.observe_host()
         if self.readonly:
             return self.desired
         if not self._seeded:
@@ -129,26 +134,32 @@ class Reconciler:
             hold = self._prune_block(desired, record.source)
         if hold is not None:
             entry = _last_valid(record)  # keeps running as it was: restarted after a crash, never changed
-        process = launch = model = None
+        process = model = None
+        rendered = Rendered()
         if key.kind == "Workload":
             process = self.processes.observe(key.name)
             if entry is not None:
                 assert isinstance(entry.resource, Workload)
-                spec = entry.resource.spec
-                default_dir = Path(self.processes.default_working_dir(key.name))
-                working_dir = working_dir_for(spec, (self.root / entry.file).parent, default_dir)
-                launch = render_launch(spec, working_dir, find_executable(spec.command[0], child_path(spec.env), working_dir))
+                with self._lock:
+                    records = dict(self.records)
+                rendered = self.workloads.render(desired, records, entry.resource, entry.file, process)
                 if record is not None:
                     record = note_observations(record, next_generation(record, entry), process.exit, entry.resource)
+                    if not self.readonly:
+                        record = self.workloads.probe_if_due(record, rendered, entry.resource, process, now)
         elif entry is not None and isinstance(entry.resource, Model):
             model = observe_model((self.root / entry.file).parent / entry.resource.spec.source)
-        inputs = Inputs(key=key, desired=entry, record=record, process=process, launch=launch, hold=hold)
+        inputs = Inputs(
+            key=key, desired=entry, record=record, process=process, launch=rendered.launch, hold=hold,
+            blocked=rendered.blocked, check=rendered.check, health=record.health if record else None,
+        )
         action = plan_resource(inputs, now)
         verdict = None
         if action.changes_something:
+            launch = rendered.launch
             executables = (launch.executable, os.path.realpath(launch.executable)) if launch and launch.executable else ()
             verdict = decide(action, self._policy_in_force(desired), executables)
-        return Planned(action, verdict, inputs, model)
+        return Planned(action, verdict, inputs, model, rendered)
 
     def _hold(
         self, desired: DesiredState, key: ResourceKey, entry: DesiredEntry | None, record: ResourceRecord | None
@@ -192,7 +203,7 @@ class Reconciler:
 
     def _describe(self, planned: Planned, now: datetime) -> tuple[ResourceRecord, ResourceStatus] | None:
         outcome = PassOutcome(planned.action, planned.verdict, False, None, planned.inputs.process,
-                              planned.inputs.process, planned.model)
+                              planned.inputs.process, planned.model, planned.rendered)
         return conclude(planned.record, planned.inputs.desired, outcome, now, self._log_file(planned.action.key))
 
     # -- the whole reconcile ----------------------------------------------------------------
@@ -211,7 +222,8 @@ class Reconciler:
             outcome_text = f"failed: {failure.message}" if failure else ("done" if planned.executed else "not done")
             log.info("%s: %s (%s) -> %s, %s", key, action.verb.value, action.cause,
                      planned.verdict.decision.value if planned.verdict else "-", outcome_text)
-        outcome = PassOutcome(action, planned.verdict, planned.executed, failure, planned.inputs.process, after, planned.model)
+        outcome = PassOutcome(action, planned.verdict, planned.executed, failure, planned.inputs.process, after,
+                              planned.model, planned.rendered)
         concluded = conclude(planned.record, planned.inputs.desired, outcome, now, self._log_file(key))
         if concluded is None:
             return None
@@ -225,6 +237,9 @@ class Reconciler:
         self.recorder.flush({record.source} | ({planned.record.source} if planned.record else set()))
         if key.kind == "Workload":
             self.processes.trim_log(key.name)
+        check, running = planned.rendered.check, after.record if after and after.running_pid else None
+        if running is not None and check is not None:
+            return next_probe_in(check, record.health, running.started_at, now) or check.period_seconds
         retry_at = record.next_retry_at if status.pid is None else None
         return max(0.0, (retry_at - now).total_seconds()) if retry_at else None
 
@@ -244,9 +259,14 @@ class Reconciler:
 
     def _drive(self, planned: Planned, now: datetime) -> tuple[FailureInfo | None, ProcessObservation | None]:
         action, inputs = planned.action, planned.inputs
-        if not planned.executed or action.key.kind != "Workload" or action.launch is None:
+        if not planned.executed or action.key.kind != "Workload":
             return None, inputs.process
         assert inputs.desired is not None and isinstance(inputs.desired.resource, Workload)
+        if action.verb is Verb.stop:  # kept on record as exited: its restart policy and back-off take over
+            self.processes.stop(action.key.name, inputs.desired.resource.spec.termination_grace_period_seconds, forget=False)
+            return None, self.processes.observe(action.key.name)
+        if action.launch is None:
+            return None, inputs.process
         if inputs.process is not None and inputs.process.record is not None:
             self.processes.stop(action.key.name, inputs.desired.resource.spec.termination_grace_period_seconds)
         try:

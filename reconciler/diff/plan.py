@@ -8,7 +8,10 @@ from enum import Enum
 
 from reconciler.api.kinds import RestartPolicy, Workload
 from reconciler.api.meta import PRUNE_ANNOTATION, ResourceKey
-from reconciler.api.status import ExitInfo
+from reconciler.api.status import ExitInfo, HealthState
+from reconciler.api.workload import HealthCheck
+from reconciler.diff.health import unhealthy_cause
+from reconciler.drive.engines import Blocked
 from reconciler.drive.launch import EXECUTABLE_FIELD as _EXECUTABLE
 from reconciler.drive.launch import LaunchSpec
 from reconciler.load.desired import DesiredEntry
@@ -20,6 +23,7 @@ class Verb(str, Enum):
     create = "create"
     update = "update"
     recreate = "recreate"
+    stop = "stop"  # ends an unhealthy process; its restart policy and back-off decide the next start
     delete = "delete"
     none = "none"
 
@@ -42,6 +46,7 @@ class Action:
     retry_at: datetime | None = None
     hold: Hold | None = None
     orphaned: bool = False  # gone from the desired state but kept running on purpose
+    blocked: Blocked | None = None  # it cannot start on this host, and why
 
     @property
     def changes_something(self) -> bool:
@@ -60,6 +65,9 @@ class Inputs:
     # Why the desired state's new version of this resource is not used. The caller then passes the last
     # valid version as `desired`, so it keeps being reconciled (restarted after a crash) as it was.
     hold: Hold | None = None
+    blocked: Blocked | None = None  # what stops it from starting here (then `launch` is None)
+    check: HealthCheck | None = None
+    health: HealthState | None = None  # probe results so far, for the running process
 
 
 def next_generation(record: ResourceRecord | None, desired: DesiredEntry) -> int:
@@ -96,10 +104,15 @@ def _plan(inputs: Inputs, now: datetime) -> Action:
 
 
 def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: datetime) -> Action:
-    key, record, observed, launch = inputs.key, inputs.record, inputs.process, inputs.launch
-    assert launch is not None and observed is not None
+    key, record, observed, launch, blocked = inputs.key, inputs.record, inputs.process, inputs.launch, inputs.blocked
+    assert observed is not None and (launch is not None or blocked is not None)
     waiting = _backing_off(record, generation, now)
     running = observed.record
+    if blocked is not None and (observed.state is not ProcessState.running or running is None):
+        return Action(key, Verb.none, blocked.message, generation, blocked=blocked)
+    if blocked is not None:
+        return Action(key, Verb.none, f"running; a new start would fail: {blocked.message}", generation, blocked=blocked)
+    assert launch is not None
     if observed.state is ProcessState.absent or running is None:
         if waiting and record is not None:
             failure = record.last_failure.message if record.last_failure else "a failed start"
@@ -110,14 +123,18 @@ def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: dat
         if changed == [_EXECUTABLE] and launch.executable is None:
             return Action(key, Verb.none, f"running; {launch.command[0]} is not found now, so the running process is kept", generation)
         if changed:
-            return Action(key, Verb.recreate, f"{', '.join(changed)} changed", generation, launch)
+            return Action(key, Verb.recreate, _why_relaunch(record, inputs.desired, changed), generation, launch)
+        if inputs.check is not None:
+            unhealthy = unhealthy_cause(inputs.check, inputs.health, running.pid, running.started_at, now)
+            if unhealthy is not None:
+                return Action(key, Verb.stop, unhealthy, generation)
         if record is not None and generation != record.generation:
             return Action(key, Verb.update, _spec_change(record, inputs.desired), generation)
         return Action(key, Verb.none, "running", generation)
     exit_info = observed.exit
     assert exit_info is not None
     if changed:
-        return Action(key, Verb.create, f"{', '.join(changed)} changed; the old process had ended", generation, launch)
+        return Action(key, Verb.create, f"{_why_relaunch(record, inputs.desired, changed)}; the old process had ended", generation, launch)
     if not restarts(workload, exit_info):
         return Action(key, Verb.none, f"{exit_info.describe()}; restart policy {workload.spec.restart.policy.value} does not restart it", generation)
     if waiting and record is not None:
@@ -153,10 +170,22 @@ def is_orphan_kept(record: ResourceRecord | None) -> bool:
 
 def _spec_change(record: ResourceRecord, desired: DesiredEntry | None) -> str:
     assert desired is not None
-    before = record.resource.get("spec", {})
-    after = desired.resource.model_dump(mode="json", by_alias=True)["spec"]
-    fields = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
-    return ", ".join(f"spec.{name}" for name in fields) + " changed" if fields else "spec changed"
+    paths = _changed_paths(record.resource.get("spec", {}), desired.resource.model_dump(mode="json", by_alias=True)["spec"], "spec")
+    return ", ".join(paths) + " changed" if paths else "spec changed"
+
+
+def _why_relaunch(record: ResourceRecord | None, desired: DesiredEntry | None, changed: list[str]) -> str:
+    """Name the spec fields the user edited; if none (a PATH lookup, a GPU reassignment), what changed instead."""
+    if record is not None and desired is not None and record.spec_hash != desired.spec_hash:
+        return _spec_change(record, desired)
+    return f"{', '.join(changed)} changed"
+
+
+def _changed_paths(before: object, after: object, prefix: str) -> list[str]:
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [path for name in sorted(before.keys() | after.keys())
+                for path in _changed_paths(before.get(name), after.get(name), f"{prefix}.{name}")]
+    return [] if before == after else [prefix]
 
 
 def note_observations(

@@ -14,7 +14,8 @@ from reconciler.api.kinds import WorkloadSpec
 EXECUTABLE_FIELD = "the executable command[0] resolves to"
 _FIELD_NAMES = {
     "command": "spec.command", "args": "spec.args", "env": "spec.env", "working_dir": "spec.workingDir",
-    "memory_limit": "spec.resources.memory", "executable": EXECUTABLE_FIELD,
+    "memory_limit": "spec.resources.memory", "executable": EXECUTABLE_FIELD, "gpus": "the GPUs assigned",
+    "engine": "spec.engine", "listen": "spec.host/port",
 }
 
 
@@ -23,12 +24,15 @@ class LaunchSpec(BaseModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
 
+    engine: str = "process"
     command: tuple[str, ...]
     args: tuple[str, ...]
     executable: str | None  # the file that will run: found with the child's PATH and working dir
     env: dict[str, str]
     working_dir: str
     memory_limit: int | None
+    gpus: tuple[int, ...] = ()
+    listen: tuple[str, int] | None = None  # checked free before the start
 
     @property
     def argv(self) -> tuple[str, ...]:
@@ -49,8 +53,14 @@ def working_dir_for(spec: WorkloadSpec, spec_dir: PurePath, default_dir: PurePat
     return str(spec_dir / spec.working_dir) if spec.working_dir else str(default_dir)
 
 
-def render_launch(spec: WorkloadSpec, working_dir: str, executable: str | None) -> LaunchSpec:
+def render_launch(
+    spec: WorkloadSpec, command: tuple[str, ...], args: tuple[str, ...], working_dir: str, executable: str | None,
+    gpus: tuple[int, ...] = (),
+) -> LaunchSpec:
+    """Native workloads see exactly their assigned GPUs: none (an empty CUDA_VISIBLE_DEVICES) unless requested."""
     return LaunchSpec(
-        command=tuple(spec.command), args=tuple(spec.args), executable=executable, env=dict(spec.env),
-        working_dir=working_dir, memory_limit=spec.resources.memory,
+        engine=spec.engine.value, command=command, args=args, executable=executable,
+        env=dict(spec.env) | {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))},
+        working_dir=working_dir, memory_limit=spec.resources.memory, gpus=gpus,
+        listen=(spec.host, spec.port) if spec.port else None,
     )

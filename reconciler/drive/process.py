@@ -12,6 +12,7 @@ import hashlib
 import os
 import resource
 import secrets
+import socket
 import subprocess
 import threading
 from collections.abc import Callable
@@ -135,6 +136,8 @@ class ProcessDriver:
         nonce = secrets.token_hex(8)
         env = {key: os.environ[key] for key in PASSED_THROUGH if key in os.environ}
         env |= launch.env | {OWNER_VARIABLE: self._owner, NAME_VARIABLE: name, NONCE_VARIABLE: nonce}
+        if launch.listen is not None and not _port_free(*launch.listen):
+            raise StartFailed("PortInUse", f"{launch.listen[0]}:{launch.listen[1]} is already in use by another process")
         with self._lock:
             try:
                 self._records.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -168,8 +171,9 @@ class ProcessDriver:
         self._exit_watcher().watch(name, child.pid)
         return ProcessObservation(ProcessState.running, record)
 
-    def stop(self, name: str, grace_seconds: float) -> ExitInfo | None:
-        """SIGTERM the whole process group (also what outlived its leader), SIGKILL it after the grace period."""
+    def stop(self, name: str, grace_seconds: float, forget: bool = True) -> ExitInfo | None:
+        """SIGTERM everything the launch made, SIGKILL it after the grace period; `forget` drops the record,
+        else it stays as an exited process (for the restart policy to judge)."""
         with self._lock:
             record = self._read(name)
         if record is None:
@@ -182,7 +186,8 @@ class ProcessDriver:
                 self._watcher.unwatch(name)
             ended = self._note_exit(record) if record.exit is None else record
             self._children.pop(name, None)
-            (self._records / f"{name}.json").unlink(missing_ok=True)
+            if forget:
+                (self._records / f"{name}.json").unlink(missing_ok=True)
         return ended.exit
 
     # -- internals --------------------------------------------------------------------------
@@ -237,3 +242,14 @@ class ProcessDriver:
     def _write(self, record: ProcessRecord) -> None:
         self._records.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(self._records / f"{record.name}.json", record.model_dump_json(by_alias=True), mode=0o600)
+
+
+def _port_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed socket's TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True

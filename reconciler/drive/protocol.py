@@ -25,8 +25,8 @@ class WorkloadDriver(Protocol):
     def start(self, name: str, launch: LaunchSpec, generation: int) -> ProcessObservation:
         """Start exactly `launch`; raise StartFailed with a CamelCase reason when it cannot."""
 
-    def stop(self, name: str, grace_seconds: float) -> ExitInfo | None:
-        """End everything the workload's launch made (TERM, grace, KILL) and forget it."""
+    def stop(self, name: str, grace_seconds: float, forget: bool = True) -> ExitInfo | None:
+        """End everything the workload's launch made (TERM, grace, KILL); forget it, or keep it as exited."""
 
     def default_working_dir(self, name: str) -> str: ...
 

@@ -47,6 +47,9 @@ def decide(action: Action, policy: Policy | None, executables: tuple[str, ...] =
     source = f"Policy/{policy.name}" if policy else "default policy"
     if action.verb not in (Verb.create, Verb.recreate) or action.launch is None:
         return Verdict(Decision.approve, (Reason("no-side-effects", "records or removes only: nothing is started"),))
+    engine = action.launch.engine
+    if engine != "process" and engine in {trusted.value for trusted in spec.native.trusted_engines}:
+        return Verdict(Decision.approve, (Reason("native.trustedEngines", f"engine {engine} is trusted by {source}"),))
     executable = action.launch.command[0]
     trusted = {entry.executable for entry in spec.native.trusted_executables}
     runs = [path for path in dict.fromkeys(executables) if path != executable]

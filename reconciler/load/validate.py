@@ -71,14 +71,14 @@ def _describe(detail: Any, model: type[BaseModel]) -> str:
         return "required field is missing"
     if kind == "extra_forbidden":
         unknown = str(detail["loc"][-1])
-        close = difflib.get_close_matches(unknown, _field_names(model), n=1)
+        close = difflib.get_close_matches(unknown, _field_names(model), n=1, cutoff=0.75)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"unknown field {unknown!r}{hint}"
     message = message.removeprefix("Value error, ")
     message = message.replace("Input should be", "expected").replace("String should", "expected a string that should")
     if kind == "string_pattern_mismatch" and detail["loc"][-2:] == ("metadata", "name"):
         message = "expected a DNS-1123 label: lower-case letters, digits and '-', starting and ending alphanumeric"
-    if ", got " not in message:
+    if ", got " not in message and kind != "value_error":  # our own validators' messages are complete
         message += f", got {_type_name(value) if isinstance(value, (dict, list)) else repr(value)}"
     return message
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from reconciler.drive.engines import EngineFacts
 
 
 def find_executable(command: str, path: str, working_dir: str) -> str | None:
@@ -21,6 +25,7 @@ def find_executable(command: str, path: str, working_dir: str) -> str | None:
 class ModelPresence:
     path: Path
     size: int | None  # None: not there
+    magic: bytes = b""  # the first bytes of a file: b"GGUF" for a GGUF model
 
     @property
     def present(self) -> bool:
@@ -29,6 +34,21 @@ class ModelPresence:
 
 def observe_model(path: Path) -> ModelPresence:
     try:
-        return ModelPresence(path, path.stat().st_size)
+        if path.is_dir():
+            return ModelPresence(path, sum(f.stat().st_size for f in path.rglob("*") if f.is_file()))
+        with path.open("rb") as handle:
+            return ModelPresence(path, path.stat().st_size, handle.read(4))
     except OSError:
         return ModelPresence(path, None)
+
+
+def engine_facts() -> EngineFacts:
+    """Which engines this host can start: llama-server, llama-cpp-python's server (the `llama` extra), vllm."""
+    python = None
+    found = importlib.util.find_spec("llama_cpp")
+    if found is not None and found.submodule_search_locations:
+        server = any((Path(location) / "server").is_dir() for location in found.submodule_search_locations)
+        if server and all(importlib.util.find_spec(name) for name in ("uvicorn", "fastapi")):
+            python = sys.executable
+    llama_server, vllm = shutil.which("llama-server"), shutil.which("vllm")
+    return EngineFacts(llama_server and os.path.abspath(llama_server), python, vllm and os.path.abspath(vllm))

@@ -10,13 +10,14 @@ from reconciler.api.status import ExitInfo, FailureInfo, Placement, ResourceStat
 from reconciler.diff.plan import Action, schedule_retry
 from reconciler.gate.verdict import Decision, Verdict
 from reconciler.load.desired import DesiredEntry
+from reconciler.drive.engines import Rendered
 from reconciler.observe.host import ModelPresence
 from reconciler.observe.processes import ProcessObservation, ProcessState
 from reconciler.record.conditions import set_condition
 from reconciler.record.store import ResourceRecord
 
 # How `apply --wait` reads a workload's phase.
-FAILED_PHASES = frozenset({"Failed", "BackOff", "Denied", "Exited"})
+FAILED_PHASES = frozenset({"Failed", "BackOff", "Denied", "Exited", "Blocked"})
 SUCCEEDED_PHASES = frozenset({"Succeeded"})
 
 
@@ -31,6 +32,7 @@ class PassOutcome:
     before: ProcessObservation | None = None
     after: ProcessObservation | None = None
     model: ModelPresence | None = None
+    rendered: Rendered = Rendered()
 
 
 @dataclass(frozen=True)
@@ -106,12 +108,27 @@ def _assess(record: ResourceRecord, outcome: PassOutcome, now: datetime) -> _Ass
     if outcome.verdict is not None and not outcome.verdict.approved:
         return _Assessment(False, "PolicyDenied", "; ".join(str(r) for r in outcome.verdict.reasons), "Denied")
     if observed is not None and observed.state is ProcessState.running and observed.record is not None:
-        return _Assessment(True, "Running", f"pid {observed.record.pid}", "Running")
+        return _running(record, outcome, observed.record.pid)
+    if action.blocked is not None:
+        return _Assessment(False, action.blocked.reason, action.blocked.message, "Blocked")
     if observed is not None and observed.state is ProcessState.exited and observed.exit is not None:
         return _exited(observed.exit, action)
     if action.retry_at is not None and record.last_failure is not None:
         return _Assessment(False, record.last_failure.reason, action.cause, "BackOff")
     return _Assessment(False, "NotRunning", action.cause, "Pending")
+
+
+def _running(record: ResourceRecord, outcome: PassOutcome, pid: int) -> _Assessment:
+    later = f"; {outcome.action.blocked.message}" if outcome.action.blocked else ""
+    if outcome.rendered.check is None:
+        return _Assessment(True, "Running", f"pid {pid}{later}", "Running")
+    health = record.health if record.health is not None and record.health.pid == pid else None
+    if health is not None and health.ready:
+        return _Assessment(True, "Healthy", f"pid {pid}: {health.message}{later}", "Running")
+    if health is not None and health.ever_ready:
+        return _Assessment(False, "Unhealthy", f"pid {pid}: {health.message}{later}", "Unhealthy")
+    waiting = health.message if health else "waiting for the first health check"
+    return _Assessment(False, "Starting", f"pid {pid}: {waiting}{later}", "Starting")
 
 
 def _exited(exit_info: ExitInfo, action: Action) -> _Assessment:
@@ -129,9 +146,11 @@ def _render(record: ResourceRecord, outcome: PassOutcome, assessment: _Assessmen
     pid = observed.running_pid if observed else None
     placement = None
     if record.kind == "Workload":
-        cannot_run = assessment.phase == "Denied" or (pid is None and (outcome.failure or record.last_failure))
+        cannot_run = assessment.phase in ("Denied", "Blocked") or (pid is None and (outcome.failure or record.last_failure))
         placement = Placement.unavailable if cannot_run else Placement.local
     phase = "Orphaned" if action.orphaned else assessment.phase
+    running = observed.record if pid and observed else None
+    endpoint = outcome.rendered.endpoint
     return ResourceStatus(
         kind=record.kind,
         name=record.name,
@@ -145,7 +164,11 @@ def _render(record: ResourceRecord, outcome: PassOutcome, assessment: _Assessmen
         restart_count=record.restart_count,
         last_exit=record.last_exit,
         next_retry_time=None if pid else record.next_retry_at,
-        started_at=observed.record.started_at if pid and observed and observed.record else None,
+        started_at=running.started_at if running else None,
         created_at=record.created_at,
         log_file=log_file,
+        endpoints=[endpoint] if endpoint and assessment.ready else [],
+        command=list(running.launch.argv) if running else None,
+        gpus=list(running.launch.gpus) if running else None,
+        health=record.health.message if running and record.health and record.health.pid == pid else None,
     )

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
 from reconciler.api.meta import ResourceKey
-from reconciler.api.status import Condition, ExitInfo, FailureInfo
+from reconciler.api.status import Condition, ExitInfo, FailureInfo, HealthState
 from reconciler.record.atomic import write_atomic
 
 
@@ -34,6 +34,7 @@ class ResourceRecord(BaseModel):
     last_exit: ExitInfo | None = None
     next_retry_at: datetime | None = None
     last_failure: FailureInfo | None = None
+    health: HealthState | None = None
     last_decision: str | None = None  # so a refusal repeated by every resync is recorded once
 
     @property

@@ -1,0 +1,191 @@
+"""The Workload kind: something that runs, natively (a process, llama.cpp, vLLM) or, later, in a container."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from reconciler.api.meta import Resource, Spec
+from reconciler.api.quantity import ByteQuantity
+
+
+class Runtime(str, Enum):
+    native = "native"
+    container = "container"
+
+
+class Engine(str, Enum):
+    process = "process"
+    llama_cpp = "llama.cpp"
+    vllm = "vllm"
+
+
+class RestartPolicy(str, Enum):
+    always = "Always"
+    on_failure = "OnFailure"
+    never = "Never"
+
+
+class Backoff(Spec):
+    initial_seconds: float = Field(1.0, gt=0, le=3600)
+    max_seconds: float = Field(300.0, gt=0, le=86400)
+    reset_after_seconds: float = Field(
+        600.0, gt=0, description="A process that ran this long before exiting starts its back-off afresh."
+    )
+
+    @model_validator(mode="after")
+    def _max_not_below_initial(self) -> "Backoff":
+        if self.max_seconds < self.initial_seconds:
+            raise ValueError("maxSeconds must not be below initialSeconds")
+        return self
+
+
+class Restart(Spec):
+    policy: RestartPolicy = RestartPolicy.always
+    backoff: Backoff = Field(default_factory=Backoff)
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class GpuRequest(Spec):
+    """GPU access is explicit: none unless asked for, by count or by index."""
+
+    count: int = Field(0, ge=0, le=64)
+    indices: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="Exactly these GPUs (NVML indices).")
+    min_memory: ByteQuantity | None = Field(None, description="Each assigned GPU must have at least this much memory.")
+
+    @model_validator(mode="after")
+    def _count_matches_indices(self) -> "GpuRequest":
+        if self.indices is not None and self.count not in (0, len(self.indices)):
+            raise ValueError(f"count {self.count} does not match the {len(self.indices)} indices given")
+        return self
+
+    @property
+    def wanted(self) -> int:
+        return len(self.indices) if self.indices is not None else self.count
+
+
+class Resources(Spec):
+    memory: ByteQuantity | None = Field(
+        None, description="Address-space limit for a native process (enforced with RLIMIT_AS)."
+    )
+    gpus: GpuRequest = Field(default_factory=GpuRequest)
+
+
+class HttpCheck(Spec):
+    path: str = Field("/health", pattern=r"^/")
+    port: Port | None = Field(None, description="Default: spec.port.")
+    expect_status: int = Field(200, ge=100, le=599)
+
+
+class TcpCheck(Spec):
+    port: Port | None = Field(None, description="Default: spec.port.")
+
+
+class ExecCheck(Spec):
+    command: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, description="Exit 0 means healthy; no shell.")
+
+
+class HealthCheck(Spec):
+    http: HttpCheck | None = None
+    tcp: TcpCheck | None = None
+    exec: ExecCheck | None = None
+    initial_delay_seconds: float = Field(0.0, ge=0)
+    period_seconds: float = Field(5.0, gt=0, le=3600)
+    timeout_seconds: float = Field(2.0, gt=0, le=600)
+    failure_threshold: int = Field(3, ge=1, le=100)
+    startup_seconds: float = Field(
+        300.0, gt=0, description="How long a start may take to pass its first check (model loads are slow)."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> "HealthCheck":
+        kinds = [name for name in ("http", "tcp", "exec") if getattr(self, name) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"give exactly one of http, tcp, exec (got {', '.join(kinds) or 'none'})")
+        return self
+
+
+class LlamaCppOptions(Spec):
+    context_size: int | None = Field(None, ge=16, description="--ctx-size")
+    gpu_layers: int | None = Field(None, ge=0, description="--n-gpu-layers")
+    threads: int | None = Field(None, ge=1, description="--threads")
+    parallel: int | None = Field(None, ge=1, description="--parallel (llama-server only)")
+    chat_format: str | None = Field(None, min_length=1, description="--chat-template / --chat_format")
+    executable: str | None = Field(None, min_length=1, description="A llama-server to use instead of PATH's.")
+
+
+class VllmOptions(Spec):
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=16)
+    dtype: str | None = Field(None, min_length=1)
+    quantization: str | None = Field(None, min_length=1)
+    tensor_parallel_size: int | None = Field(None, ge=1)
+    executable: str | None = Field(None, min_length=1, description="A vllm to use instead of PATH's.")
+
+
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+Executable = Annotated[str, Field(min_length=1)]
+
+
+class WorkloadSpec(Spec):
+    runtime: Runtime = Runtime.native
+    engine: Engine = Engine.process
+    command: list[Executable] | None = Field(
+        None, min_length=1, description="engine process: executable and first arguments; never run through a shell."
+    )
+    args: list[str] = Field(default_factory=list, description="Extra arguments, appended to what the engine renders.")
+    env: dict[EnvName, str] = Field(default_factory=dict)
+    working_dir: str | None = None
+    model: str | None = Field(None, description="The Model resource an AI engine serves.")
+    host: str = Field("127.0.0.1", min_length=1, description="Bind address of an AI engine (loopback by default).")
+    port: Port | None = None
+    llama_cpp: LlamaCppOptions | None = None
+    vllm: VllmOptions | None = None
+    health: HealthCheck | None = None
+    resources: Resources = Field(default_factory=Resources)
+    restart: Restart = Field(default_factory=Restart)
+    termination_grace_period_seconds: float = Field(10.0, ge=0, le=3600)
+
+    @field_validator("runtime")
+    @classmethod
+    def _native_only_for_now(cls, runtime: Runtime) -> Runtime:
+        if runtime is not Runtime.native:
+            raise ValueError("runtime 'container' is not supported yet: use runtime 'native'")
+        return runtime
+
+    @field_validator("env")
+    @classmethod
+    def _gpus_only_through_resources(cls, env: dict[str, str]) -> dict[str, str]:
+        if "CUDA_VISIBLE_DEVICES" in env:
+            raise ValueError("GPU access is explicit: request GPUs with spec.resources.gpus, not CUDA_VISIBLE_DEVICES")
+        return env
+
+    @model_validator(mode="after")
+    def _fields_fit_the_engine(self) -> "WorkloadSpec":
+        if self.engine is Engine.process:
+            if not self.command:
+                raise ValueError("engine 'process' needs spec.command")
+            for field in ("model", "llama_cpp", "vllm"):
+                if getattr(self, field) is not None:
+                    raise ValueError(f"spec.{to_camel(field)} is for engines llama.cpp and vllm, not 'process'")
+            return self
+        if self.command is not None:
+            raise ValueError(f"engine {self.engine.value!r} renders its own command: put extra flags in spec.args")
+        if self.model is None or self.port is None:
+            raise ValueError(f"engine {self.engine.value!r} needs spec.model and spec.port")
+        other = "vllm" if self.engine is Engine.llama_cpp else "llama_cpp"
+        if getattr(self, other) is not None:
+            raise ValueError(f"spec.{to_camel(other)} does not apply to engine {self.engine.value!r}")
+        if self.engine is Engine.vllm and self.resources.gpus.wanted == 0:
+            raise ValueError("engine 'vllm' needs an NVIDIA GPU: set spec.resources.gpus.count (or indices)")
+        return self
+
+
+class Workload(Resource):
+    kind: Literal["Workload"] = "Workload"
+    spec: WorkloadSpec

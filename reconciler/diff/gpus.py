@@ -1,0 +1,40 @@
+"""Which GPUs a workload gets: explicit, exclusive, and fitted to memory. Pure."""
+
+from __future__ import annotations
+
+from reconciler.api.quantity import format_bytes
+from reconciler.api.workload import GpuRequest
+from reconciler.drive.engines import Blocked
+from reconciler.observe.gpus import GpuInventory
+
+
+def assign_gpus(
+    request: GpuRequest, inventory: GpuInventory, taken: dict[int, str], current: tuple[int, ...] = ()
+) -> tuple[int, ...] | Blocked:
+    """GPUs for one workload. `taken` maps GPUs held by other workloads to their names; `current`
+    are the ones this workload runs on now, kept when they still fit so a pass does not reshuffle them."""
+    wanted = request.wanted
+    if wanted == 0:
+        return ()
+    if not inventory.gpus:
+        return Blocked("NoCompatibleGPU", f"needs {wanted} NVIDIA GPU(s); this host has none: {inventory.reason}")
+    by_index = {gpu.index: gpu for gpu in inventory.gpus}
+    fits = [gpu.index for gpu in inventory.gpus if request.min_memory is None or gpu.memory_total >= request.min_memory]
+    if request.indices is not None:
+        missing = [index for index in request.indices if index not in by_index]
+        if missing:
+            return Blocked("NoCompatibleGPU", f"GPU {missing} requested; this host has GPUs {sorted(by_index)}")
+        small = [index for index in request.indices if index not in fits]
+        if small:
+            return Blocked("InsufficientGPUMemory", f"GPU {small} has less than {format_bytes(request.min_memory or 0)}")
+        busy = {index: taken[index] for index in request.indices if index in taken}
+        if busy:
+            return Blocked("GPUInUse", "; ".join(f"GPU {index} is assigned to {name}" for index, name in busy.items()))
+        return tuple(request.indices)
+    free = [index for index in fits if index not in taken]
+    keep = [index for index in current if index in free][:wanted]
+    chosen = keep + [index for index in free if index not in keep][: wanted - len(keep)]
+    if len(chosen) < wanted:
+        memory = f" with at least {format_bytes(request.min_memory)}" if request.min_memory else ""
+        return Blocked("InsufficientGPUs", f"needs {wanted} GPU(s){memory}; {len(fits)} fit and {len(fits) - len(free)} of those are in use")
+    return tuple(sorted(chosen))

@@ -1,0 +1,44 @@
+"""Health bookkeeping and the decisions it leads to. Pure: probes are run by the observe stage."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from reconciler.api.status import HealthState
+from reconciler.api.workload import HealthCheck
+
+
+def probe_due(check: HealthCheck, state: HealthState | None, pid: int, started_at: datetime, now: datetime) -> bool:
+    if now < started_at + timedelta(seconds=check.initial_delay_seconds):
+        return False
+    if state is None or state.pid != pid or state.last_probe_at is None:
+        return True
+    return now >= state.last_probe_at + timedelta(seconds=check.period_seconds)
+
+
+def next_probe_in(check: HealthCheck, state: HealthState | None, started_at: datetime, now: datetime) -> float:
+    due = started_at + timedelta(seconds=check.initial_delay_seconds)
+    if state is not None and state.last_probe_at is not None:
+        due = max(due, state.last_probe_at + timedelta(seconds=check.period_seconds))
+    return max(0.0, (due - now).total_seconds())
+
+
+def note_probe(state: HealthState | None, pid: int, ok: bool, message: str, now: datetime) -> HealthState:
+    if state is None or state.pid != pid:
+        state = HealthState(pid=pid)
+    if ok:
+        return state.model_copy(update={"ready": True, "ever_ready": True, "consecutive_failures": 0,
+                                        "last_probe_at": now, "message": message})
+    return state.model_copy(update={"ready": False, "consecutive_failures": state.consecutive_failures + 1,
+                                    "last_probe_at": now, "message": message})
+
+
+def unhealthy_cause(check: HealthCheck, state: HealthState | None, pid: int, started_at: datetime, now: datetime) -> str | None:
+    """Why the process must be stopped (and restarted per its restart policy), if it must."""
+    if state is None or state.pid != pid:
+        state = HealthState(pid=pid)
+    if state.ever_ready and state.consecutive_failures >= check.failure_threshold:
+        return f"unhealthy: {state.consecutive_failures} checks failed in a row ({state.message})"
+    if not state.ever_ready and now >= started_at + timedelta(seconds=check.startup_seconds):
+        return f"not healthy within its startup budget of {check.startup_seconds:g}s ({state.message})"
+    return None

@@ -1,0 +1,27 @@
+"""What must hold before an AI engine is started: its model is there, is what the engine reads, and fits. Pure."""
+
+from __future__ import annotations
+
+from reconciler.api.kinds import Model, ModelFormat
+from reconciler.api.quantity import format_bytes
+from reconciler.api.workload import Engine, WorkloadSpec
+from reconciler.drive.engines import Blocked
+from reconciler.observe.host import ModelPresence
+
+GGUF_MAGIC = b"GGUF"
+
+
+def preflight(spec: WorkloadSpec, model: Model | None, presence: ModelPresence | None) -> Blocked | None:
+    if spec.engine is Engine.process:
+        return None
+    if model is None or presence is None:
+        return Blocked("ModelNotFound", f"Model/{spec.model} is not in the desired state")
+    if not presence.present:
+        return Blocked("ModelMissing", f"Model/{model.name}: {presence.path}: no such file or folder")
+    if spec.engine is Engine.llama_cpp and (model.spec.format is not ModelFormat.gguf or presence.magic != GGUF_MAGIC):
+        return Blocked("InvalidModel", f"Model/{model.name}: {presence.path} is not a GGUF file (it starts with {presence.magic!r})")
+    limit = spec.resources.memory
+    if limit is not None and presence.size is not None and limit < presence.size:
+        return Blocked("MemoryBelowModelSize", f"resources.memory {format_bytes(limit)} is below the size of "
+                                               f"Model/{model.name} ({format_bytes(presence.size)}): raise it")
+    return None

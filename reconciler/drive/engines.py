@@ -1,0 +1,107 @@
+"""How each native engine is started and checked: command lines, default health checks, endpoints. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reconciler.api.workload import Engine, HealthCheck, HttpCheck, WorkloadSpec
+from reconciler.drive.launch import LaunchSpec
+
+LLAMA_CPP_PYTHON_MODULE = "llama_cpp.server"
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    """What this host offers to run engines with (observed, then passed in as plain values)."""
+
+    llama_server: str | None = None  # `llama-server` found on PATH
+    llama_cpp_python: str | None = None  # a Python that can import llama_cpp.server (the `llama` extra)
+    vllm: str | None = None  # `vllm` found on PATH
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """Why a workload cannot start here; the reason is a condition reason (CamelCase)."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class EngineCommand:
+    command: tuple[str, ...]
+    args: tuple[str, ...]
+    check: HealthCheck | None  # the spec's, or the engine's default
+    endpoint: str | None
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A workload as it would run here: its launch, or why it cannot start; its health check and endpoint."""
+
+    launch: LaunchSpec | None = None
+    blocked: Blocked | None = None
+    check: HealthCheck | None = None
+    endpoint: str | None = None
+
+
+def engine_command(spec: WorkloadSpec, model_path: str | None, facts: EngineFacts) -> EngineCommand | Blocked:
+    if spec.engine is Engine.process:
+        assert spec.command is not None
+        endpoint = f"http://{_url_host(spec.host)}:{spec.port}" if spec.port else None
+        return EngineCommand(tuple(spec.command), tuple(spec.args), spec.health, endpoint)
+    assert model_path is not None and spec.port is not None
+    endpoint = f"http://{_url_host(spec.host)}:{spec.port}/v1"
+    if spec.engine is Engine.vllm:
+        return _vllm(spec, model_path, facts, endpoint)
+    return _llama_cpp(spec, model_path, facts, endpoint)
+
+
+def _llama_cpp(spec: WorkloadSpec, model_path: str, facts: EngineFacts, endpoint: str) -> EngineCommand | Blocked:
+    options = spec.llama_cpp
+    server = (options.executable if options else None) or facts.llama_server
+    flags: list[str] = []
+    if server is not None:  # llama.cpp's own server: has /health
+        flags += ["--model", model_path, "--host", spec.host, "--port", str(spec.port)]
+        if options:
+            flags += _flags(("--ctx-size", options.context_size), ("--n-gpu-layers", options.gpu_layers),
+                            ("--threads", options.threads), ("--parallel", options.parallel),
+                            ("--chat-template", options.chat_format))
+        return EngineCommand((server,), (*flags, *spec.args), spec.health or _http("/health"), endpoint)
+    if facts.llama_cpp_python is None:
+        return Blocked("EngineNotInstalled", "llama.cpp: no llama-server on PATH and no llama-cpp-python "
+                                             "(install the `llama` extra: pip install 'localaistack-reconciler[llama]')")
+    if options and options.parallel:
+        return Blocked("EngineOptionUnsupported", "llamaCpp.parallel needs llama-server; llama-cpp-python's server has no slots")
+    flags += ["--model", model_path, "--host", spec.host, "--port", str(spec.port)]
+    if options:
+        flags += _flags(("--n_ctx", options.context_size), ("--n_gpu_layers", options.gpu_layers),
+                        ("--n_threads", options.threads), ("--chat_format", options.chat_format))
+    # llama-cpp-python's server has no /health; /v1/models answers once the model is loaded
+    command = (facts.llama_cpp_python, "-m", LLAMA_CPP_PYTHON_MODULE)
+    return EngineCommand(command, (*flags, *spec.args), spec.health or _http("/v1/models"), endpoint)
+
+
+def _vllm(spec: WorkloadSpec, model_path: str, facts: EngineFacts, endpoint: str) -> EngineCommand | Blocked:
+    options = spec.vllm
+    vllm = (options.executable if options else None) or facts.vllm
+    if vllm is None:
+        return Blocked("EngineNotInstalled", "vllm: not found on PATH (install the `vllm` extra on a host with an NVIDIA GPU)")
+    flags = ["serve", model_path, "--host", spec.host, "--port", str(spec.port)]
+    if options:
+        flags += _flags(("--gpu-memory-utilization", options.gpu_memory_utilization),
+                        ("--max-model-len", options.max_model_len), ("--dtype", options.dtype),
+                        ("--quantization", options.quantization), ("--tensor-parallel-size", options.tensor_parallel_size))
+    return EngineCommand((vllm,), (*flags, *spec.args), spec.health or _http("/health"), endpoint)
+
+
+def _flags(*pairs: tuple[str, object]) -> list[str]:
+    return [part for flag, value in pairs if value is not None for part in (flag, str(value))]
+
+
+def _http(path: str) -> HealthCheck:
+    return HealthCheck(http=HttpCheck(path=path))
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

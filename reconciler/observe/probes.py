@@ -1,0 +1,53 @@
+"""Health probes: one HTTP request, TCP connect or command, bounded by the check's timeout."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+from reconciler.api.workload import HealthCheck
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    message: str
+
+
+def probe(check: HealthCheck, host: str, default_port: int | None) -> ProbeResult:
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    if check.http is not None:
+        port = check.http.port or default_port
+        url = f"http://{f'[{target}]' if ':' in target else target}:{port}{check.http.path}"
+        return _http(url, check.http.expect_status, check.timeout_seconds)
+    if check.tcp is not None:
+        port = check.tcp.port or default_port
+        try:
+            with socket.create_connection((target, port), timeout=check.timeout_seconds):
+                return ProbeResult(True, f"tcp {target}:{port} accepts connections")
+        except OSError as error:
+            return ProbeResult(False, f"tcp {target}:{port}: {error.strerror or error}")
+    assert check.exec is not None
+    try:
+        done = subprocess.run(check.exec.command, capture_output=True, timeout=check.timeout_seconds)
+    except subprocess.TimeoutExpired:
+        return ProbeResult(False, f"{check.exec.command[0]}: no answer within {check.timeout_seconds}s")
+    except OSError as error:
+        return ProbeResult(False, f"{check.exec.command[0]}: {error.strerror}")
+    tail = (done.stdout + done.stderr).decode("utf-8", "replace").strip()[-200:]
+    return ProbeResult(done.returncode == 0, f"{check.exec.command[0]} exited {done.returncode}" + (f": {tail}" if tail else ""))
+
+
+def _http(url: str, expect: int, timeout: float) -> ProbeResult:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own loopback URL
+            status = response.status
+    except urllib.error.HTTPError as error:
+        status = error.code
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        return ProbeResult(False, f"GET {url}: {reason}")
+    return ProbeResult(status == expect, f"GET {url}: {status}" + ("" if status == expect else f", expected {expect}"))
