@@ -103,19 +103,19 @@ class Workspace:
 
     # -- commands ---------------------------------------------------------------------------
 
-    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, timeout: float = 60.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         command = [PYTHON, "-m", "reconciler", *args]
         if args and args[0] in {"plan", "apply", "run", "down", "status"}:
             command += [str(self.desired), "--state-dir", str(self.state)]
         elif args and args[0] == "validate":
             command += [str(self.desired)]
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
-    def start_daemon(self, *extra: str) -> subprocess.Popen[str]:
+    def start_daemon(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         log = self.daemon_log.open("a")
         self._daemon = subprocess.Popen(
             [PYTHON, "-m", "reconciler", "--log-level", "DEBUG", "run", str(self.desired), "--state-dir", str(self.state), *extra],
-            stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env,
         )
         return self._daemon
 

@@ -26,9 +26,10 @@ def test_validate_passes_on_the_shipped_examples() -> None:
     import subprocess
 
     root = Path(__file__).resolve().parent.parent
-    result = subprocess.run([PYTHON, "-m", "reconciler", "validate", str(root / "desired-state")], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "are valid" in result.stdout
+    for folder in (root / "desired-state", root / "examples" / "ai-engines"):
+        result = subprocess.run([PYTHON, "-m", "reconciler", "validate", str(folder)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "are valid" in result.stdout
 
 
 def test_plan_exit_codes_follow_terraform_detailed_exitcode(workspace: Workspace) -> None:

@@ -43,6 +43,11 @@ class WorkloadRenderer:
         process: ProcessObservation,
     ) -> Rendered:
         spec = workload.spec
+        current = process.record.launch.gpus if process.running_pid and process.record else ()
+        taken = self._gpus_taken(workload.name) if spec.resources.gpus.wanted else {}
+        gpus = assign_gpus(spec.resources.gpus, self.inventory, taken, current)  # device capability first
+        if isinstance(gpus, Blocked):
+            return Rendered(blocked=gpus, check=spec.health)
         model, presence = self._model(desired, records, spec.model) if spec.model else (None, None)
         blocked = preflight(spec, model, presence)
         if blocked is not None:
@@ -50,11 +55,6 @@ class WorkloadRenderer:
         command = engine_command(spec, str(presence.path) if presence else None, self.facts)
         if isinstance(command, Blocked):
             return Rendered(blocked=command, check=spec.health)
-        current = process.record.launch.gpus if process.running_pid and process.record else ()
-        taken = self._gpus_taken(workload.name) if spec.resources.gpus.wanted else {}
-        gpus = assign_gpus(spec.resources.gpus, self.inventory, taken, current)
-        if isinstance(gpus, Blocked):
-            return Rendered(blocked=gpus, check=command.check)
         default_dir = Path(self.driver.default_working_dir(workload.name))
         working_dir = working_dir_for(spec, (self.root / file).parent, default_dir)
         executable = find_executable(command.command[0], child_path(spec.env), working_dir)
