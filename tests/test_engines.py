@@ -202,3 +202,23 @@ def test_starts_refused_before_they_happen(engines: Workspace, tmp_path: Path) -
                        "too-little-memory": "MemoryBelowModelSize", "port-taken": "PortInUse", "too-many-gpus": "InsufficientGPUs"}
     assert f"127.0.0.1:{busy_port} is already in use" in engines.condition("bad.yaml", "port-taken")["message"]
     assert not engines.owned_processes(), "nothing is left half-started"
+
+
+def test_memory_limit_binds_the_workload_and_an_oom_kill_is_named(workspace: Workspace) -> None:
+    hog = "import time\nprint('up', flush=True)\ntime.sleep(0.5)\nheap = bytearray(768 * 2**20)\ntime.sleep(60)\n"
+    workspace.write("hog.yaml", workload_yaml("hog", code=hog, resources={"memory": "128Mi", "cpus": 0.5},
+                                              restart={"policy": "Never"}))
+    workspace.start_daemon()
+    running = wait_for(lambda: (s := workspace.resource_status("hog.yaml", "hog")) and s.get("enforcement") and s,
+                       what="the hog running with its limits")
+    enforcement = running["enforcement"]
+    assert set(enforcement) == {"memory", "cpu"}
+    ended = wait_for(lambda: (s := workspace.resource_status("hog.yaml", "hog")) and s["phase"] == "Failed" and s,
+                     timeout=20, what="the hog to be stopped by its limit")
+    if enforcement["memory"].startswith("cgroup"):
+        assert workspace.condition("hog.yaml", "hog")["reason"] == "OOMKilled"
+        assert ended["lastExit"]["oomKilled"] is True and ended["lastExit"]["signal"] == signal.SIGKILL
+        assert enforcement["cpu"].startswith("cgroup v1 cpu quota 0.5 CPUs")
+    else:  # a host that lets us create no cgroup: the per-process fallback, and the status says so
+        assert enforcement["memory"].startswith("rlimit RLIMIT_AS")
+        assert ended["lastExit"]["code"] == 1

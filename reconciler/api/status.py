@@ -39,8 +39,11 @@ class ExitInfo(Report):
     signal: int | None = None
     finished_at: datetime
     ran_seconds: float
+    oom_killed: bool = False
 
     def describe(self) -> str:
+        if self.oom_killed:
+            return "process was killed by the kernel for exceeding its memory limit (OOM)"
         if self.signal is not None:
             return f"process was killed by signal {self.signal}"
         if self.code is None:
@@ -83,6 +86,7 @@ class ResourceStatus(Report):
     command: list[str] | None = None
     gpus: list[int] | None = None
     health: str | None = None
+    enforcement: dict[str, str] | None = None
 
 
 class HealthState(Report):

@@ -71,8 +71,9 @@ class GpuRequest(Spec):
 
 class Resources(Spec):
     memory: ByteQuantity | None = Field(
-        None, description="Address-space limit for a native process (enforced with RLIMIT_AS)."
+        None, description="Memory limit for the workload's processes (a cgroup where possible, else RLIMIT_AS)."
     )
+    cpus: float | None = Field(None, gt=0, le=1024, description="CPU time, in CPUs (cgroup quota, else affinity).")
     gpus: GpuRequest = Field(default_factory=GpuRequest)
 
 

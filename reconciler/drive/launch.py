@@ -14,7 +14,8 @@ from reconciler.api.kinds import WorkloadSpec
 EXECUTABLE_FIELD = "the executable command[0] resolves to"
 _FIELD_NAMES = {
     "command": "spec.command", "args": "spec.args", "env": "spec.env", "working_dir": "spec.workingDir",
-    "memory_limit": "spec.resources.memory", "executable": EXECUTABLE_FIELD, "gpus": "the GPUs assigned",
+    "memory_limit": "spec.resources.memory", "cpus": "spec.resources.cpus", "executable": EXECUTABLE_FIELD,
+    "gpus": "the GPUs assigned",
     "engine": "spec.engine", "listen": "spec.host/port",
 }
 
@@ -31,6 +32,7 @@ class LaunchSpec(BaseModel):
     env: dict[str, str]
     working_dir: str
     memory_limit: int | None
+    cpus: float | None = None
     gpus: tuple[int, ...] = ()
     listen: tuple[str, int] | None = None  # checked free before the start
 
@@ -61,6 +63,6 @@ def render_launch(
     return LaunchSpec(
         engine=spec.engine.value, command=command, args=args, executable=executable,
         env=dict(spec.env) | {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))},
-        working_dir=working_dir, memory_limit=spec.resources.memory, gpus=gpus,
+        working_dir=working_dir, memory_limit=spec.resources.memory, cpus=spec.resources.cpus, gpus=gpus,
         listen=(spec.host, spec.port) if spec.port else None,
     )

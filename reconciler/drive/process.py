@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import resource
 import secrets
 import socket
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 import psutil
 
 from reconciler.api.status import ExitInfo
+from reconciler.drive.cgroups import Cgroups
 from reconciler.drive.exits import ExitWatcher
 from reconciler.drive.groups import start_ticks, terminate_group
 from reconciler.drive.launch import LaunchSpec
@@ -65,6 +65,7 @@ class ProcessDriver:
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.RLock()
         self._watcher: ExitWatcher | None = None
+        self._cgroups = Cgroups(self._owner)
 
     # -- observe ----------------------------------------------------------------------------
 
@@ -156,11 +157,10 @@ class ProcessDriver:
             finally:
                 os.close(log)
             try:
-                if launch.memory_limit is not None:
-                    psutil.Process(child.pid).rlimit(resource.RLIMIT_AS, (launch.memory_limit, launch.memory_limit))
+                enforcement = self._cgroups.apply(name, child.pid, launch.memory_limit, launch.cpus)
                 record = ProcessRecord(
                     name=name, pid=child.pid, start_ticks=start_ticks(child.pid), nonce=nonce, launch=launch,
-                    generation=generation, started_at=datetime.now(timezone.utc),
+                    generation=generation, started_at=datetime.now(timezone.utc), enforcement=enforcement,
                 )
                 self._write(record)
             except (OSError, psutil.Error) as error:
@@ -188,6 +188,7 @@ class ProcessDriver:
             self._children.pop(name, None)
             if forget:
                 (self._records / f"{name}.json").unlink(missing_ok=True)
+                self._cgroups.release(name)
         return ended.exit
 
     # -- internals --------------------------------------------------------------------------
@@ -218,6 +219,7 @@ class ProcessDriver:
         record = record.model_copy(update={"exit": ExitInfo(
             pid=record.pid, code=code, signal=signal_number, finished_at=now,
             ran_seconds=max(0.0, (now - record.started_at).total_seconds()),
+            oom_killed="memory" in record.enforcement and self._cgroups.oom_killed(record.name),
         )})
         if not self._readonly:
             self._write(record)

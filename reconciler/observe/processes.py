@@ -25,6 +25,7 @@ class ProcessRecord(BaseModel):
     launch: LaunchSpec
     generation: int
     started_at: datetime
+    enforcement: dict[str, str] = {}  # resource -> how its limit is enforced, in words
     exit: ExitInfo | None = None
 
 

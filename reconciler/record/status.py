@@ -132,6 +132,8 @@ def _running(record: ResourceRecord, outcome: PassOutcome, pid: int) -> _Assessm
 
 
 def _exited(exit_info: ExitInfo, action: Action) -> _Assessment:
+    if exit_info.oom_killed:
+        return _Assessment(False, "OOMKilled", action.cause, "BackOff" if action.retry_at else "Failed")
     if action.retry_at is not None:
         return _Assessment(False, "BackOff", action.cause, "BackOff")
     if exit_info.failed is False:
@@ -171,4 +173,5 @@ def _render(record: ResourceRecord, outcome: PassOutcome, assessment: _Assessmen
         command=list(running.launch.argv) if running else None,
         gpus=list(running.launch.gpus) if running else None,
         health=record.health.message if running and record.health and record.health.pid == pid else None,
+        enforcement=running.enforcement or None if running else None,
     )
