@@ -60,6 +60,8 @@ class GpuRequest(Spec):
 
     @model_validator(mode="after")
     def _count_matches_indices(self) -> "GpuRequest":
+        if self.indices is not None and len(set(self.indices)) != len(self.indices):
+            raise ValueError(f"indices {self.indices} name a GPU twice")
         if self.indices is not None and self.count not in (0, len(self.indices)):
             raise ValueError(f"count {self.count} does not match the {len(self.indices)} indices given")
         return self

@@ -239,7 +239,7 @@ class Reconciler:
             self.processes.trim_log(key.name)
         check, running = planned.rendered.check, after.record if after and after.running_pid else None
         if running is not None and check is not None:
-            return next_probe_in(check, record.health, running.started_at, now) or check.period_seconds
+            return next_probe_in(check, record.health, running.pid, running.started_at, now)
         retry_at = record.next_retry_at if status.pid is None else None
         return max(0.0, (retry_at - now).total_seconds()) if retry_at else None
 

@@ -8,19 +8,26 @@ from reconciler.api.status import HealthState
 from reconciler.api.workload import HealthCheck
 
 
+STARTUP_PERIOD_SECONDS = 1.0  # until the first success: a server that is up should not wait a whole period
+
+
 def probe_due(check: HealthCheck, state: HealthState | None, pid: int, started_at: datetime, now: datetime) -> bool:
     if now < started_at + timedelta(seconds=check.initial_delay_seconds):
         return False
     if state is None or state.pid != pid or state.last_probe_at is None:
         return True
-    return now >= state.last_probe_at + timedelta(seconds=check.period_seconds)
+    return now >= state.last_probe_at + timedelta(seconds=_period(check, state))
 
 
-def next_probe_in(check: HealthCheck, state: HealthState | None, started_at: datetime, now: datetime) -> float:
+def next_probe_in(check: HealthCheck, state: HealthState | None, pid: int, started_at: datetime, now: datetime) -> float:
     due = started_at + timedelta(seconds=check.initial_delay_seconds)
-    if state is not None and state.last_probe_at is not None:
-        due = max(due, state.last_probe_at + timedelta(seconds=check.period_seconds))
+    if state is not None and state.pid == pid and state.last_probe_at is not None:  # else: a new process
+        due = max(due, state.last_probe_at + timedelta(seconds=_period(check, state)))
     return max(0.0, (due - now).total_seconds())
+
+
+def _period(check: HealthCheck, state: HealthState) -> float:
+    return check.period_seconds if state.ever_ready else min(check.period_seconds, STARTUP_PERIOD_SECONDS)
 
 
 def note_probe(state: HealthState | None, pid: int, ok: bool, message: str, now: datetime) -> HealthState:

@@ -59,10 +59,8 @@ def render_launch(
     spec: WorkloadSpec, command: tuple[str, ...], args: tuple[str, ...], working_dir: str, executable: str | None,
     gpus: tuple[int, ...] = (),
 ) -> LaunchSpec:
-    """Native workloads see exactly their assigned GPUs: none (an empty CUDA_VISIBLE_DEVICES) unless requested."""
     return LaunchSpec(
-        engine=spec.engine.value, command=command, args=args, executable=executable,
-        env=dict(spec.env) | {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))},
+        engine=spec.engine.value, command=command, args=args, executable=executable, env=dict(spec.env),
         working_dir=working_dir, memory_limit=spec.resources.memory, cpus=spec.resources.cpus, gpus=gpus,
         listen=(spec.host, spec.port) if spec.port else None,
     )
