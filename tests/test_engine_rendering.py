@@ -20,7 +20,7 @@ from reconciler.diff.gpus import assign_gpus
 from reconciler.diff.health import next_probe_in, note_probe, probe_due, unhealthy_cause
 from reconciler.diff.preflight import preflight
 from reconciler.drive.cgroups import Cgroups
-from reconciler.drive.engines import Blocked, EngineCommand, EngineFacts, engine_command
+from reconciler.drive.engines import Blocked, EngineCommand, EngineFacts, engine_check, engine_command, engine_endpoint
 from reconciler.drive.launch import render_launch
 from reconciler.observe.gpus import Gpu, GpuInventory
 from reconciler.observe.host import ModelPresence
@@ -84,17 +84,17 @@ class TestLlamaServer:
         assert command.args == ("--model", MODEL, "--host", "127.0.0.1", "--port", "8080", "--threads", "2")
 
     def test_default_health_check_is_http_health(self) -> None:
-        check = rendered(engine_command(llama(), MODEL, self.FACTS)).check
+        check = engine_check(llama(), self.FACTS)
         assert check is not None and check.http is not None
         assert check.http.path == "/health"
         assert check.tcp is None and check.exec is None
 
     def test_endpoint_is_openai_base_url(self) -> None:
-        assert rendered(engine_command(llama(host="0.0.0.0"), MODEL, self.FACTS)).endpoint == "http://0.0.0.0:8080/v1"
+        assert engine_endpoint(llama(host="0.0.0.0")) == "http://127.0.0.1:8080/v1", "a wildcard bind is reached on loopback"
 
     def test_ipv6_host_is_bracketed_in_endpoint_but_not_in_flags(self) -> None:
         command = rendered(engine_command(llama(host="::1"), MODEL, self.FACTS))
-        assert command.endpoint == "http://[::1]:8080/v1"
+        assert engine_endpoint(llama(host="::1")) == "http://[::1]:8080/v1"
         assert command.args[2:4] == ("--host", "::1")
 
     def test_executable_option_overrides_path(self) -> None:
@@ -109,7 +109,7 @@ class TestLlamaServer:
 
     def test_spec_health_replaces_default(self) -> None:
         own = {"tcp": {}, "periodSeconds": 1}
-        check = rendered(engine_command(llama(health=own), MODEL, self.FACTS)).check
+        check = engine_check(llama(health=own), self.FACTS)
         assert check is not None and check.tcp is not None and check.http is None
         assert check.period_seconds == 1
 
@@ -132,15 +132,15 @@ class TestLlamaCppPython:
         assert command.args == ("--model", MODEL, "--host", "127.0.0.1", "--port", "8080")
 
     def test_default_health_check_is_v1_models(self) -> None:
-        check = rendered(engine_command(llama(), MODEL, self.FACTS)).check
+        check = engine_check(llama(), self.FACTS)
         assert check is not None and check.http is not None and check.http.path == "/v1/models"
 
     def test_spec_health_replaces_default(self) -> None:
-        check = rendered(engine_command(llama(health={"http": {"path": "/ready"}}), MODEL, self.FACTS)).check
+        check = engine_check(llama(health={"http": {"path": "/ready"}}), self.FACTS)
         assert check is not None and check.http is not None and check.http.path == "/ready"
 
     def test_endpoint(self) -> None:
-        assert rendered(engine_command(llama(), MODEL, self.FACTS)).endpoint == "http://127.0.0.1:8080/v1"
+        assert engine_endpoint(llama()) == "http://127.0.0.1:8080/v1"
 
     def test_parallel_is_unsupported(self) -> None:
         why = blocked(engine_command(llama(llamaCpp={"parallel": 2}), MODEL, self.FACTS))
@@ -161,7 +161,7 @@ class TestVllm:
         command = rendered(engine_command(vllm(), "/models/qwen", self.FACTS))
         assert command.command == (VLLM,)
         assert command.args == ("serve", "/models/qwen", "--host", "127.0.0.1", "--port", "8000")
-        assert command.endpoint == "http://127.0.0.1:8000/v1"
+        assert engine_endpoint(vllm()) == "http://127.0.0.1:8000/v1"
 
     def test_every_option_then_spec_args(self) -> None:
         options = {"gpuMemoryUtilization": 0.85, "maxModelLen": 8192, "dtype": "half", "quantization": "awq",
@@ -180,11 +180,11 @@ class TestVllm:
         assert command.args[6:] == ("--dtype", "bfloat16")
 
     def test_default_health_check_is_http_health(self) -> None:
-        check = rendered(engine_command(vllm(), "/m", self.FACTS)).check
+        check = engine_check(vllm(), self.FACTS)
         assert check is not None and check.http is not None and check.http.path == "/health"
 
     def test_spec_health_replaces_default(self) -> None:
-        check = rendered(engine_command(vllm(health={"exec": {"command": ["true"]}}), "/m", self.FACTS)).check
+        check = engine_check(vllm(health={"exec": {"command": ["true"]}}), self.FACTS)
         assert check is not None and check.exec is not None and check.http is None
 
     def test_missing_is_not_installed(self) -> None:
@@ -197,7 +197,7 @@ class TestVllm:
         assert command.command == ("/other/vllm",)
 
     def test_ipv6_endpoint(self) -> None:
-        assert rendered(engine_command(vllm(host="fe80::1"), "/m", self.FACTS)).endpoint == "http://[fe80::1]:8000/v1"
+        assert engine_endpoint(vllm(host="fe80::1")) == "http://[fe80::1]:8000/v1"
 
 
 class TestProcessEngine:
@@ -207,21 +207,18 @@ class TestProcessEngine:
         assert command.args == ("9000",)
 
     def test_no_port_no_endpoint_and_no_default_check(self) -> None:
-        command = rendered(engine_command(spec(command=["sleep", "1"]), None, EngineFacts()))
-        assert command.endpoint is None
-        assert command.check is None
+        assert engine_endpoint(spec(command=["sleep", "1"])) is None
+        assert engine_check(spec(command=["sleep", "1"]), EngineFacts()) is None
 
     def test_endpoint_with_port_has_no_v1(self) -> None:
-        command = rendered(engine_command(spec(command=["srv"], port=9000), None, EngineFacts()))
-        assert command.endpoint == "http://127.0.0.1:9000"
+        assert engine_endpoint(spec(command=["srv"], port=9000)) == "http://127.0.0.1:9000"
 
     def test_ipv6_endpoint(self) -> None:
-        command = rendered(engine_command(spec(command=["srv"], host="::", port=9000), None, EngineFacts()))
-        assert command.endpoint == "http://[::]:9000"
+        assert engine_endpoint(spec(command=["srv"], host="::", port=9000)) == "http://[::1]:9000"
 
     def test_own_health_check_is_kept(self) -> None:
-        command = rendered(engine_command(spec(command=["srv"], port=9000, health={"tcp": {}}), None, EngineFacts()))
-        assert command.check is not None and command.check.tcp is not None
+        check = engine_check(spec(command=["srv"], port=9000, health={"tcp": {}}), EngineFacts())
+        assert check is not None and check.tcp is not None
 
 
 # -- 2. Workload validation -----------------------------------------------------------------------------------------
@@ -468,7 +465,7 @@ class TestUnhealthyCause:
         reached = below.model_copy(update={"consecutive_failures": 3})
         assert unhealthy_cause(c, below, 1, T0, at(10)) is None
         cause = unhealthy_cause(c, reached, 1, T0, at(10))
-        assert cause is not None and "3 checks failed" in cause and "timed out" in cause
+        assert cause is not None and cause[0] == "Unhealthy" and "3 checks failed" in cause[1] and "timed out" in cause[1]
 
     def test_threshold_not_applied_before_first_success(self) -> None:
         state = HealthState(pid=1, consecutive_failures=50)
@@ -479,7 +476,8 @@ class TestUnhealthyCause:
         state = HealthState(pid=1, consecutive_failures=4, message="refused")
         assert unhealthy_cause(c, state, 1, T0, at(59.9)) is None
         cause = unhealthy_cause(c, state, 1, T0, at(60))
-        assert cause is not None and "startup budget of 60s" in cause and "refused" in cause
+        assert cause is not None and cause[0] == "StartupTimeout"
+        assert "startup budget of 60s" in cause[1] and "refused" in cause[1]
 
     def test_startup_budget_applies_without_any_state(self) -> None:
         assert unhealthy_cause(check(startupSeconds=60), None, 1, T0, at(61)) is not None

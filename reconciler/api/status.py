@@ -64,6 +64,7 @@ class FailureInfo(Report):
     reason: str
     message: str
     at: datetime
+    pid: int | None = None  # the process we stopped for it (an unhealthy one), if any
 
 
 class ResourceStatus(Report):

@@ -164,8 +164,9 @@ class WorkloadSpec(Spec):
     @field_validator("env")
     @classmethod
     def _gpus_only_through_resources(cls, env: dict[str, str]) -> dict[str, str]:
-        if "CUDA_VISIBLE_DEVICES" in env:
-            raise ValueError("GPU access is explicit: request GPUs with spec.resources.gpus, not CUDA_VISIBLE_DEVICES")
+        for name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"):
+            if name in env:
+                raise ValueError(f"GPU access is explicit: request GPUs with spec.resources.gpus, not {name}")
         return env
 
     @model_validator(mode="after")
@@ -186,6 +187,17 @@ class WorkloadSpec(Spec):
             raise ValueError(f"spec.{to_camel(other)} does not apply to engine {self.engine.value!r}")
         if self.engine is Engine.vllm and self.resources.gpus.wanted == 0:
             raise ValueError("engine 'vllm' needs an NVIDIA GPU: set spec.resources.gpus.count (or indices)")
+        parallel = self.vllm.tensor_parallel_size if self.vllm else None
+        if parallel is not None and parallel > self.resources.gpus.wanted:
+            raise ValueError(f"vllm.tensorParallelSize {parallel} needs as many GPUs; resources.gpus gives {self.resources.gpus.wanted}")
+        return self
+
+    @model_validator(mode="after")
+    def _checks_know_their_port(self) -> "WorkloadSpec":
+        check = self.health
+        probe = (check.http or check.tcp) if check else None
+        if probe is not None and probe.port is None and self.port is None:
+            raise ValueError("an http or tcp health check needs a port: set spec.port or the check's own port")
         return self
 
 

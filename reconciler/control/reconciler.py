@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -80,6 +81,7 @@ class Reconciler:
         self.records = self.store.load_all()
         self._seeded = False
         self._lock = threading.Lock()
+        self._gpu_lock = threading.Lock()
 
     # -- load -------------------------------------------------------------------------------
 
@@ -124,7 +126,8 @@ class Reconciler:
 
     # -- observe, diff, gate (no changes to the host) ---------------------------------------
 
-    def plan(self, key: ResourceKey, now: datetime) -> Planned:
+    def plan(self, key: ResourceKey, now: datetime, probe: bool = False) -> Planned:
+        """`probe`: run a due health check (only a reconcile does; a plan, a status or a seed must not wait on one)."""
         desired = self.desired  # one snapshot for the whole plan, even if a refresh lands meanwhile
         entry = desired.resources.get(key)
         with self._lock:
@@ -145,7 +148,7 @@ class Reconciler:
                 rendered = self.workloads.render(desired, records, entry.resource, entry.file, process)
                 if record is not None:
                     record = note_observations(record, next_generation(record, entry), process.exit, entry.resource)
-                    if not self.readonly:
+                    if probe:
                         record = self.workloads.probe_if_due(record, rendered, entry.resource, process, now)
         elif entry is not None and isinstance(entry.resource, Model):
             model = observe_model((self.root / entry.file).parent / entry.resource.spec.source)
@@ -158,7 +161,8 @@ class Reconciler:
         if action.changes_something:
             launch = rendered.launch
             executables = (launch.executable, os.path.realpath(launch.executable)) if launch and launch.executable else ()
-            verdict = decide(action, self._policy_in_force(desired), executables)
+            checks = self.workloads.check_executables(rendered, entry.resource) if isinstance(entry and entry.resource, Workload) else ()
+            verdict = decide(action, self._policy_in_force(desired), executables, checks)
         return Planned(action, verdict, inputs, model, rendered)
 
     def _hold(
@@ -210,8 +214,14 @@ class Reconciler:
 
     def reconcile(self, key: ResourceKey) -> float | None:
         """Converge one resource; returns seconds until it wants another look (back-off), or None."""
+        entry = self.desired.resources.get(key)
+        wants_gpus = isinstance(entry and entry.resource, Workload) and entry.resource.spec.resources.gpus.wanted  # type: ignore[union-attr]
+        with self._gpu_lock if wants_gpus else nullcontext():  # assignment and start as one step: no GPU given twice
+            return self._reconcile(key)
+
+    def _reconcile(self, key: ResourceKey) -> float | None:
         now = datetime.now(timezone.utc)
-        planned = self.plan(key, now)
+        planned = self.plan(key, now, probe=True)
         action = planned.action
         if action.verb is Verb.delete:
             self._delete(planned, now)

@@ -6,7 +6,8 @@ functions it calls (preflight, engine_command, assign_gpus, render_launch, note_
 
 from __future__ import annotations
 
-from datetime import datetime
+import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 from reconciler.api.kinds import KINDS, Model, Workload
@@ -14,9 +15,9 @@ from reconciler.api.meta import ResourceKey
 from reconciler.diff.gpus import assign_gpus
 from reconciler.diff.health import note_probe, probe_due
 from reconciler.diff.preflight import preflight
-from reconciler.drive.engines import Blocked, EngineFacts, Rendered, engine_command
+from reconciler.drive.engines import Blocked, EngineFacts, Rendered, engine_check, engine_command, engine_endpoint
 from reconciler.drive.launch import render_launch, working_dir_for
-from reconciler.drive.process import child_path
+from reconciler.drive.process import PASSED_THROUGH, child_path
 from reconciler.drive.protocol import WorkloadDriver
 from reconciler.load.desired import DesiredState
 from reconciler.observe.gpus import GpuInventory, read_inventory
@@ -43,23 +44,29 @@ class WorkloadRenderer:
         process: ProcessObservation,
     ) -> Rendered:
         spec = workload.spec
-        current = process.record.launch.gpus if process.running_pid and process.record else ()
-        taken = self._gpus_taken(workload.name) if spec.resources.gpus.wanted else {}
+        check, endpoint = engine_check(spec, self.facts), engine_endpoint(spec)  # kept even when a start is blocked
+
+        def blocked(why: Blocked) -> Rendered:
+            return Rendered(blocked=why, check=check, endpoint=endpoint)
+
+        current = process.record.launch.gpus if process.record else ()
+        taken = self._gpus_held(workload.name) if spec.resources.gpus.wanted else {}
         gpus = assign_gpus(spec.resources.gpus, self.inventory, taken, current)  # device capability first
         if isinstance(gpus, Blocked):
-            return Rendered(blocked=gpus, check=spec.health)
+            return blocked(gpus)
         model, presence = self._model(desired, records, spec.model) if spec.model else (None, None)
-        blocked = preflight(spec, model, presence)
-        if blocked is not None:
-            return Rendered(blocked=blocked, check=spec.health)
+        refused = preflight(spec, model, presence)
+        if refused is not None:
+            return blocked(refused)
         command = engine_command(spec, str(presence.path) if presence else None, self.facts)
         if isinstance(command, Blocked):
-            return Rendered(blocked=command, check=spec.health)
+            return blocked(command)
         default_dir = Path(self.driver.default_working_dir(workload.name))
         working_dir = working_dir_for(spec, (self.root / file).parent, default_dir)
         executable = find_executable(command.command[0], child_path(spec.env), working_dir)
-        launch = render_launch(spec, command.command, command.args, working_dir, executable, gpus)
-        return Rendered(launch, None, command.check, command.endpoint)
+        launch = render_launch(spec, command.command, command.args, working_dir, executable, gpus,
+                               presence.identity if presence else None, command.executable_from_spec)
+        return Rendered(launch, None, check, endpoint)
 
     def probe_if_due(
         self, record: ResourceRecord, rendered: Rendered, workload: Workload, process: ProcessObservation, now: datetime
@@ -69,8 +76,18 @@ class WorkloadRenderer:
             return record
         if not probe_due(check, record.health, running.pid, running.started_at, now):
             return record
-        result = probe(check, workload.spec.host, workload.spec.port)
-        return record.model_copy(update={"health": note_probe(record.health, running.pid, result.ok, result.message, now)})
+        env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ} | workload.spec.env
+        result = probe(check, workload.spec.host, workload.spec.port, env, running.launch.working_dir)
+        ended = datetime.now(timezone.utc)  # the next period counts from the end of a slow probe, not its start
+        return record.model_copy(update={"health": note_probe(record.health, running.pid, result.ok, result.message, ended)})
+
+    def check_executables(self, rendered: Rendered, workload: Workload) -> tuple[str, ...]:
+        """What an exec health check would run, for the gate: as written, as found, as resolved."""
+        if rendered.check is None or rendered.check.exec is None or rendered.launch is None:
+            return ()
+        written = rendered.check.exec.command[0]
+        found = find_executable(written, child_path(workload.spec.env), rendered.launch.working_dir)
+        return (written, found, os.path.realpath(found)) if found else (written,)
 
     def _model(
         self, desired: DesiredState, records: dict[ResourceKey, ResourceRecord], name: str
@@ -86,12 +103,11 @@ class WorkloadRenderer:
         assert isinstance(model, Model)
         return model, observe_model((self.root / file).parent / model.spec.source)
 
-    def _gpus_taken(self, name: str) -> dict[int, str]:
+    def _gpus_held(self, name: str) -> dict[int, str]:
+        """GPUs of every other recorded process: running, or ended and waiting out its back-off."""
         taken: dict[int, str] = {}
         for other in self.driver.owned_names():
-            if other == name:
-                continue
-            observed = self.driver.observe(other)
-            if observed.running_pid and observed.record:
+            observed = self.driver.observe(other) if other != name else None
+            if observed is not None and observed.record:
                 taken |= {gpu: f"Workload/{other}" for gpu in observed.record.launch.gpus}
         return taken

@@ -40,12 +40,14 @@ def note_probe(state: HealthState | None, pid: int, ok: bool, message: str, now:
                                     "last_probe_at": now, "message": message})
 
 
-def unhealthy_cause(check: HealthCheck, state: HealthState | None, pid: int, started_at: datetime, now: datetime) -> str | None:
-    """Why the process must be stopped (and restarted per its restart policy), if it must."""
+def unhealthy_cause(
+    check: HealthCheck, state: HealthState | None, pid: int, started_at: datetime, now: datetime
+) -> tuple[str, str] | None:
+    """(reason, message) why the process must be stopped and restarted per its restart policy, if it must."""
     if state is None or state.pid != pid:
         state = HealthState(pid=pid)
     if state.ever_ready and state.consecutive_failures >= check.failure_threshold:
-        return f"unhealthy: {state.consecutive_failures} checks failed in a row ({state.message})"
+        return "Unhealthy", f"unhealthy: {state.consecutive_failures} checks failed in a row ({state.message})"
     if not state.ever_ready and now >= started_at + timedelta(seconds=check.startup_seconds):
-        return f"not healthy within its startup budget of {check.startup_seconds:g}s ({state.message})"
+        return "StartupTimeout", f"not healthy within its startup budget of {check.startup_seconds:g}s ({state.message})"
     return None

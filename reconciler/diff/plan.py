@@ -47,6 +47,7 @@ class Action:
     hold: Hold | None = None
     orphaned: bool = False  # gone from the desired state but kept running on purpose
     blocked: Blocked | None = None  # it cannot start on this host, and why
+    failure_reason: str | None = None  # a stop for a failed health check: Unhealthy or StartupTimeout
 
     @property
     def changes_something(self) -> bool:
@@ -127,7 +128,7 @@ def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: dat
         if inputs.check is not None:
             unhealthy = unhealthy_cause(inputs.check, inputs.health, running.pid, running.started_at, now)
             if unhealthy is not None:
-                return Action(key, Verb.stop, unhealthy, generation)
+                return Action(key, Verb.stop, unhealthy[1], generation, failure_reason=unhealthy[0])
         if record is not None and generation != record.generation:
             return Action(key, Verb.update, _spec_change(record, inputs.desired), generation)
         return Action(key, Verb.none, "running", generation)
@@ -135,17 +136,24 @@ def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: dat
     assert exit_info is not None
     if changed:
         return Action(key, Verb.create, f"{_why_relaunch(record, inputs.desired, changed)}; the old process had ended", generation, launch)
-    if not restarts(workload, exit_info):
+    if not restarts(workload, exit_info, stopped_as_failed(record, exit_info)):
         return Action(key, Verb.none, f"{exit_info.describe()}; restart policy {workload.spec.restart.policy.value} does not restart it", generation)
     if waiting and record is not None:
         return Action(key, Verb.none, f"back-off: {exit_info.describe()}; next start in {waiting:.1f}s", generation, retry_at=record.next_retry_at)
     return Action(key, Verb.create, exit_info.describe(), generation, launch)
 
 
-def restarts(workload: Workload, exit_info: ExitInfo) -> bool:
-    """Always restarts; OnFailure only after a known failure (an unknown exit code is not one); Never never."""
+def restarts(workload: Workload, exit_info: ExitInfo, stopped_as_failed: bool = False) -> bool:
+    """Always restarts; OnFailure only after a known failure (an unknown exit code is not one, a process we
+    stopped for failing its health check is, whatever code it exited with); Never never."""
     policy = workload.spec.restart.policy
-    return policy is RestartPolicy.always or (policy is RestartPolicy.on_failure and exit_info.failed is True)
+    failed = exit_info.failed is True or stopped_as_failed
+    return policy is RestartPolicy.always or (policy is RestartPolicy.on_failure and failed)
+
+
+def stopped_as_failed(record: ResourceRecord | None, exit_info: ExitInfo) -> bool:
+    failure = record.last_failure if record else None
+    return failure is not None and failure.pid == exit_info.pid
 
 
 def _backing_off(record: ResourceRecord | None, generation: int, now: datetime) -> float:
@@ -200,6 +208,8 @@ def note_observations(
     if seen is not None and (seen.pid, seen.finished_at) == (exit_info.pid, exit_info.finished_at):
         return record
     record = record.model_copy(update={"last_exit": exit_info})
+    if stopped_as_failed(record, exit_info):
+        return record  # we stopped it for failing its checks: its retry was scheduled then
     if not restarts(workload, exit_info):
         return record.model_copy(update={"next_retry_at": None})
     return schedule_retry(record, exit_info.finished_at, exit_info.ran_seconds, workload)

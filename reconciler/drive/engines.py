@@ -31,8 +31,7 @@ class Blocked:
 class EngineCommand:
     command: tuple[str, ...]
     args: tuple[str, ...]
-    check: HealthCheck | None  # the spec's, or the engine's default
-    endpoint: str | None
+    executable_from_spec: bool = False  # a spec-named server binary: engine trust does not cover it
 
 
 @dataclass(frozen=True)
@@ -45,54 +44,68 @@ class Rendered:
     endpoint: str | None = None
 
 
+def engine_check(spec: WorkloadSpec, facts: EngineFacts) -> HealthCheck | None:
+    """The spec's check, else the engine's own: llama-cpp-python's server has no /health, so /v1/models."""
+    if spec.health is not None or spec.engine is Engine.process:
+        return spec.health
+    if spec.engine is Engine.llama_cpp and _llama_server(spec, facts) is None:
+        return _http("/v1/models")
+    return _http("/health")
+
+
+def engine_endpoint(spec: WorkloadSpec) -> str | None:
+    """Where a client on this host reaches the server (a wildcard bind is reached on loopback)."""
+    if spec.port is None:
+        return None
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(spec.host, spec.host)
+    base = f"http://{f'[{host}]' if ':' in host else host}:{spec.port}"
+    return base if spec.engine is Engine.process else f"{base}/v1"
+
+
 def engine_command(spec: WorkloadSpec, model_path: str | None, facts: EngineFacts) -> EngineCommand | Blocked:
     if spec.engine is Engine.process:
         assert spec.command is not None
-        endpoint = f"http://{_url_host(spec.host)}:{spec.port}" if spec.port else None
-        return EngineCommand(tuple(spec.command), tuple(spec.args), spec.health, endpoint)
+        return EngineCommand(tuple(spec.command), tuple(spec.args))
     assert model_path is not None and spec.port is not None
-    endpoint = f"http://{_url_host(spec.host)}:{spec.port}/v1"
+    listen = ["--host", spec.host, "--port", str(spec.port)]
     if spec.engine is Engine.vllm:
-        return _vllm(spec, model_path, facts, endpoint)
-    return _llama_cpp(spec, model_path, facts, endpoint)
+        return _vllm(spec, model_path, facts, listen)
+    return _llama_cpp(spec, model_path, facts, ["--model", model_path, *listen])
 
 
-def _llama_cpp(spec: WorkloadSpec, model_path: str, facts: EngineFacts, endpoint: str) -> EngineCommand | Blocked:
+def _llama_server(spec: WorkloadSpec, facts: EngineFacts) -> str | None:
+    return (spec.llama_cpp.executable if spec.llama_cpp else None) or facts.llama_server
+
+
+def _llama_cpp(spec: WorkloadSpec, model_path: str, facts: EngineFacts, base: list[str]) -> EngineCommand | Blocked:
     options = spec.llama_cpp
-    server = (options.executable if options else None) or facts.llama_server
-    flags: list[str] = []
-    if server is not None:  # llama.cpp's own server: has /health
-        flags += ["--model", model_path, "--host", spec.host, "--port", str(spec.port)]
-        if options:
-            flags += _flags(("--ctx-size", options.context_size), ("--n-gpu-layers", options.gpu_layers),
-                            ("--threads", options.threads), ("--parallel", options.parallel),
-                            ("--chat-template", options.chat_format))
-        return EngineCommand((server,), (*flags, *spec.args), spec.health or _http("/health"), endpoint)
+    server = _llama_server(spec, facts)
+    if server is not None:  # llama.cpp's own server
+        flags = base + (_flags(("--ctx-size", options.context_size), ("--n-gpu-layers", options.gpu_layers),
+                                ("--threads", options.threads), ("--parallel", options.parallel),
+                                ("--chat-template", options.chat_format)) if options else [])
+        return EngineCommand((server,), (*flags, *spec.args), bool(options and options.executable))
     if facts.llama_cpp_python is None:
         return Blocked("EngineNotInstalled", "llama.cpp: no llama-server on PATH and no llama-cpp-python "
                                              "(install the `llama` extra: pip install 'localaistack-reconciler[llama]')")
     if options and options.parallel:
         return Blocked("EngineOptionUnsupported", "llamaCpp.parallel needs llama-server; llama-cpp-python's server has no slots")
-    flags += ["--model", model_path, "--host", spec.host, "--port", str(spec.port)]
-    if options:
-        flags += _flags(("--n_ctx", options.context_size), ("--n_gpu_layers", options.gpu_layers),
-                        ("--n_threads", options.threads), ("--chat_format", options.chat_format))
-    # llama-cpp-python's server has no /health; /v1/models answers once the model is loaded
-    command = (facts.llama_cpp_python, "-m", LLAMA_CPP_PYTHON_MODULE)
-    return EngineCommand(command, (*flags, *spec.args), spec.health or _http("/v1/models"), endpoint)
+    flags = base + (_flags(("--n_ctx", options.context_size), ("--n_gpu_layers", options.gpu_layers),
+                            ("--n_threads", options.threads), ("--chat_format", options.chat_format)) if options else [])
+    return EngineCommand((facts.llama_cpp_python, "-m", LLAMA_CPP_PYTHON_MODULE), (*flags, *spec.args))
 
 
-def _vllm(spec: WorkloadSpec, model_path: str, facts: EngineFacts, endpoint: str) -> EngineCommand | Blocked:
+def _vllm(spec: WorkloadSpec, model_path: str, facts: EngineFacts, listen: list[str]) -> EngineCommand | Blocked:
     options = spec.vllm
     vllm = (options.executable if options else None) or facts.vllm
     if vllm is None:
         return Blocked("EngineNotInstalled", "vllm: not found on PATH (install the `vllm` extra on a host with an NVIDIA GPU)")
-    flags = ["serve", model_path, "--host", spec.host, "--port", str(spec.port)]
+    flags = ["serve", model_path, *listen]
     if options:
         flags += _flags(("--gpu-memory-utilization", options.gpu_memory_utilization),
                         ("--max-model-len", options.max_model_len), ("--dtype", options.dtype),
                         ("--quantization", options.quantization), ("--tensor-parallel-size", options.tensor_parallel_size))
-    return EngineCommand((vllm,), (*flags, *spec.args), spec.health or _http("/health"), endpoint)
+    return EngineCommand((vllm,), (*flags, *spec.args), bool(options and options.executable))
 
 
 def _flags(*pairs: tuple[str, object]) -> list[str]:
@@ -101,7 +114,3 @@ def _flags(*pairs: tuple[str, object]) -> list[str]:
 
 def _http(path: str) -> HealthCheck:
     return HealthCheck(http=HttpCheck(path=path))
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host

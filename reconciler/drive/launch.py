@@ -16,7 +16,8 @@ _FIELD_NAMES = {
     "command": "spec.command", "args": "spec.args", "env": "spec.env", "working_dir": "spec.workingDir",
     "memory_limit": "spec.resources.memory", "cpus": "spec.resources.cpus", "executable": EXECUTABLE_FIELD,
     "gpus": "the GPUs assigned",
-    "engine": "spec.engine", "listen": "spec.host/port",
+    "engine": "spec.engine", "listen": "spec.host/port", "model": "the model (its Model or file)",
+    "executable_from_spec": "the executable command[0] resolves to",
 }
 
 
@@ -35,6 +36,8 @@ class LaunchSpec(BaseModel):
     cpus: float | None = None
     gpus: tuple[int, ...] = ()
     listen: tuple[str, int] | None = None  # checked free before the start
+    model: str | None = None  # the served model file's identity: a changed file means a restart
+    executable_from_spec: bool = False  # named by the spec (llamaCpp/vllm.executable), not chosen by the engine
 
     @property
     def argv(self) -> tuple[str, ...]:
@@ -47,7 +50,8 @@ class LaunchSpec(BaseModel):
 
     def changed_fields(self, other: "LaunchSpec") -> list[str]:
         """The fields that differ, in the user's vocabulary (for a plan's cause)."""
-        return [label for field, label in _FIELD_NAMES.items() if getattr(self, field) != getattr(other, field)]
+        names = _FIELD_NAMES if self.engine == "process" else _FIELD_NAMES | {"args": "the engine's arguments"}
+        return [label for field, label in names.items() if getattr(self, field) != getattr(other, field)]
 
 
 def working_dir_for(spec: WorkloadSpec, spec_dir: PurePath, default_dir: PurePath) -> str:
@@ -57,10 +61,10 @@ def working_dir_for(spec: WorkloadSpec, spec_dir: PurePath, default_dir: PurePat
 
 def render_launch(
     spec: WorkloadSpec, command: tuple[str, ...], args: tuple[str, ...], working_dir: str, executable: str | None,
-    gpus: tuple[int, ...] = (),
+    gpus: tuple[int, ...] = (), model: str | None = None, executable_from_spec: bool = False,
 ) -> LaunchSpec:
     return LaunchSpec(
         engine=spec.engine.value, command=command, args=args, executable=executable, env=dict(spec.env),
         working_dir=working_dir, memory_limit=spec.resources.memory, cpus=spec.resources.cpus, gpus=gpus,
-        listen=(spec.host, spec.port) if spec.port else None,
+        listen=(spec.host, spec.port) if spec.port else None, model=model, executable_from_spec=executable_from_spec,
     )

@@ -138,6 +138,7 @@ class ProcessDriver:
         env = {key: os.environ[key] for key in PASSED_THROUGH if key in os.environ}
         env |= launch.env | {OWNER_VARIABLE: self._owner, NAME_VARIABLE: name, NONCE_VARIABLE: nonce}
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, launch.gpus))  # exactly its GPUs: none unless requested
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # so CUDA numbers GPUs as NVML does, and index N is NVML's N
         if launch.listen is not None and not _port_free(*launch.listen):
             raise StartFailed("PortInUse", f"{launch.listen[0]}:{launch.listen[1]} is already in use by another process")
         with self._lock:

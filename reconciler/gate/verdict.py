@@ -37,25 +37,45 @@ class Verdict:
         return self.decision is Decision.approve
 
 
-def decide(action: Action, policy: Policy | None, executables: tuple[str, ...] = ()) -> Verdict:
+def decide(
+    action: Action, policy: Policy | None, executables: tuple[str, ...] = (), check_executables: tuple[str, ...] = ()
+) -> Verdict:
     """Judge one action. Removing and recording are always allowed; starting a process must be trusted.
 
     `executables` are the files the launch would run (as found, and with symlinks resolved): trust
-    names either, or command[0] exactly as written.
+    names either, or command[0] exactly as written. A trusted engine covers the server the reconciler
+    renders, not a binary the spec names. An exec health check runs a program too: it must be trusted
+    the same way (`check_executables`: its command[0] as written, found, resolved).
     """
     spec = policy.spec if policy else DEFAULT_POLICY
     source = f"Policy/{policy.name}" if policy else "default policy"
     if action.verb not in (Verb.create, Verb.recreate) or action.launch is None:
         return Verdict(Decision.approve, (Reason("no-side-effects", "records or removes only: nothing is started"),))
-    engine = action.launch.engine
-    if engine != "process" and engine in {trusted.value for trusted in spec.native.trusted_engines}:
-        return Verdict(Decision.approve, (Reason("native.trustedEngines", f"engine {engine} is trusted by {source}"),))
-    executable = action.launch.command[0]
     trusted = {entry.executable for entry in spec.native.trusted_executables}
-    runs = [path for path in dict.fromkeys(executables) if path != executable]
-    shown = repr(executable) + (f" ({' -> '.join(runs)})" if runs else "")
-    if {executable, *executables} & trusted:
-        return Verdict(Decision.approve, (Reason(_TRUST_RULE, f"{shown} is trusted by {source}"),))
-    hint = (f"add it to spec.native.trustedExecutables of {source}" if policy
+    reasons = []
+    if check_executables and not set(check_executables) & trusted:
+        reasons.append(_untrusted(check_executables, "health check program", source, policy is not None))
+    engine = action.launch.engine
+    if engine != "process" and not action.launch.executable_from_spec and \
+            engine in {trusted_engine.value for trusted_engine in spec.native.trusted_engines}:
+        granted = Reason("native.trustedEngines", f"engine {engine} is trusted by {source}")
+    elif {action.launch.command[0], *executables} & trusted:
+        granted = Reason(_TRUST_RULE, f"{_shown((action.launch.command[0], *executables))} is trusted by {source}")
+    else:
+        granted = None
+        reasons.insert(0, _untrusted((action.launch.command[0], *executables), "native executable", source, policy is not None))
+    if reasons:
+        return Verdict(Decision.deny, tuple(reasons))
+    assert granted is not None
+    return Verdict(Decision.approve, (granted,))
+
+
+def _shown(names: tuple[str, ...]) -> str:
+    written, *found = dict.fromkeys(names)
+    return repr(written) + (f" ({' -> '.join(found)})" if found else "")
+
+
+def _untrusted(names: tuple[str, ...], what: str, source: str, has_policy: bool) -> Reason:
+    hint = (f"add it to spec.native.trustedExecutables of {source}" if has_policy
             else "write a Policy that lists it in spec.native.trustedExecutables")
-    return Verdict(Decision.deny, (Reason(_TRUST_RULE, f"native executable {shown} is not trusted by {source}: {hint}"),))
+    return Reason(_TRUST_RULE, f"{what} {_shown(names)} is not trusted by {source}: {hint}")

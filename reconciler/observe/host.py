@@ -26,6 +26,12 @@ class ModelPresence:
     path: Path
     size: int | None  # None: not there
     magic: bytes = b""  # the first bytes of a file: b"GGUF" for a GGUF model
+    modified_ns: int = 0
+
+    @property
+    def identity(self) -> str:
+        """Changes when the file is replaced or rewritten, so a server is restarted onto the new weights."""
+        return f"{self.path}:{self.size}:{self.modified_ns}"
 
     @property
     def present(self) -> bool:
@@ -35,9 +41,11 @@ class ModelPresence:
 def observe_model(path: Path) -> ModelPresence:
     try:
         if path.is_dir():
-            return ModelPresence(path, sum(f.stat().st_size for f in path.rglob("*") if f.is_file()))
+            files = [f.stat() for f in path.rglob("*") if f.is_file()]
+            return ModelPresence(path, sum(f.st_size for f in files), b"", max((f.st_mtime_ns for f in files), default=0))
         with path.open("rb") as handle:
-            return ModelPresence(path, path.stat().st_size, handle.read(4))
+            stat = os.fstat(handle.fileno())
+            return ModelPresence(path, stat.st_size, handle.read(4), stat.st_mtime_ns)
     except OSError:
         return ModelPresence(path, None)
 

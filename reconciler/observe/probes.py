@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import socket
 import subprocess
 import urllib.error
@@ -17,7 +18,10 @@ class ProbeResult:
     message: str
 
 
-def probe(check: HealthCheck, host: str, default_port: int | None) -> ProbeResult:
+def probe(
+    check: HealthCheck, host: str, default_port: int | None, env: dict[str, str] | None = None, cwd: str | None = None
+) -> ProbeResult:
+    """`env` and `cwd` are the workload's: an exec check runs as the workload would, not as the reconciler."""
     target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
     if check.http is not None:
         port = check.http.port or default_port
@@ -32,7 +36,7 @@ def probe(check: HealthCheck, host: str, default_port: int | None) -> ProbeResul
             return ProbeResult(False, f"tcp {target}:{port}: {error.strerror or error}")
     assert check.exec is not None
     try:
-        done = subprocess.run(check.exec.command, capture_output=True, timeout=check.timeout_seconds)
+        done = subprocess.run(check.exec.command, capture_output=True, timeout=check.timeout_seconds, env=env, cwd=cwd)
     except subprocess.TimeoutExpired:
         return ProbeResult(False, f"{check.exec.command[0]}: no answer within {check.timeout_seconds}s")
     except OSError as error:
@@ -47,7 +51,7 @@ def _http(url: str, expect: int, timeout: float) -> ProbeResult:
             status = response.status
     except urllib.error.HTTPError as error:
         status = error.code
-    except (urllib.error.URLError, OSError) as error:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as error:
         reason = getattr(error, "reason", error)
         return ProbeResult(False, f"GET {url}: {reason}")
     return ProbeResult(status == expect, f"GET {url}: {status}" + ("" if status == expect else f", expected {expect}"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from reconciler.api.kinds import Workload
+from reconciler.api.kinds import RestartPolicy, Workload
 from reconciler.api.status import ExitInfo, FailureInfo, Placement, ResourceStatus
 from reconciler.diff.plan import Action, schedule_retry
 from reconciler.gate.verdict import Decision, Verdict
@@ -75,7 +75,16 @@ def conclude(
 
 
 def _count_start(record: ResourceRecord, desired: DesiredEntry | None, outcome: PassOutcome, now: datetime) -> ResourceRecord:
-    if not outcome.executed or outcome.action.launch is None:
+    action = outcome.action
+    if outcome.executed and action.failure_reason is not None and outcome.before and outcome.before.record:
+        assert desired is not None and isinstance(desired.resource, Workload)
+        before = outcome.before.record
+        failure = FailureInfo(reason=action.failure_reason, message=action.cause, at=now, pid=before.pid)
+        record = record.model_copy(update={"last_failure": failure, "next_retry_at": None})
+        if desired.resource.spec.restart.policy is RestartPolicy.never:
+            return record
+        return schedule_retry(record, now, (now - before.started_at).total_seconds(), desired.resource)
+    if not outcome.executed or action.launch is None:
         return record
     if outcome.failure is not None:
         assert desired is not None and isinstance(desired.resource, Workload)
@@ -112,6 +121,9 @@ def _assess(record: ResourceRecord, outcome: PassOutcome, now: datetime) -> _Ass
     if action.blocked is not None:
         return _Assessment(False, action.blocked.reason, action.blocked.message, "Blocked")
     if observed is not None and observed.state is ProcessState.exited and observed.exit is not None:
+        stopped = record.last_failure if record.last_failure and record.last_failure.pid == observed.exit.pid else None
+        if stopped is not None:  # we stopped it for failing its checks
+            return _Assessment(False, stopped.reason, action.cause, "BackOff" if record.next_retry_at else "Failed")
         return _exited(observed.exit, action)
     if action.retry_at is not None and record.last_failure is not None:
         return _Assessment(False, record.last_failure.reason, action.cause, "BackOff")
