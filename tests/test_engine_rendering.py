@@ -615,8 +615,8 @@ class TestCgroups:
 
     def test_nothing_to_release_or_read_on_an_empty_root(self, tmp_path: Path) -> None:
         cgroups = Cgroups("owner", root=tmp_path)
-        cgroups.release("w")
-        assert cgroups.oom_killed("w") is False
+        cgroups.release({})
+        assert cgroups.oom_killed(None) is False and cgroups.oom_killed(str(tmp_path / "absent")) is False
         assert list(tmp_path.iterdir()) == []
 
     def test_a_writable_controller_path_under_the_root_is_available(self, tmp_path: Path) -> None:
@@ -628,5 +628,11 @@ class TestCgroups:
             pytest.skip("tmp_path is not writable")
         cgroups = Cgroups("owner", root=tmp_path)
         assert "memory" not in cgroups.unavailable
-        cgroups.release("w")  # nothing was created, nothing to remove
+        cgroups.release({})  # nothing was created, nothing to remove
         assert (tmp_path / paths["memory"]).is_dir()
+
+
+def test_an_http_or_tcp_check_without_any_port_is_rejected_at_load() -> None:
+    with pytest.raises(ValidationError, match="needs a port: set spec.port or the check's own port"):
+        spec(command=["srv"], health={"http": {"path": "/"}})
+    assert spec(command=["srv"], health={"tcp": {"port": 9000}}).health is not None

@@ -222,3 +222,43 @@ def test_memory_limit_binds_the_workload_and_an_oom_kill_is_named(workspace: Wor
     else:  # a host that lets us create no cgroup: the per-process fallback, and the status says so
         assert enforcement["memory"].startswith("rlimit RLIMIT_AS")
         assert ended["lastExit"]["code"] == 1
+
+
+GRACEFUL_HEALTH_SERVER = HEALTH_SERVER.replace(
+    "import http.server, os, sys\n",
+    "import http.server, os, signal, sys\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n",
+)
+
+
+def test_on_failure_restarts_a_server_stopped_for_failing_its_checks_even_if_it_exits_0(workspace: Workspace, tmp_path: Path) -> None:
+    port, sick = free_port(), tmp_path / "sick"
+    health = {"http": {"path": "/health"}, "periodSeconds": 0.1, "failureThreshold": 2}
+    workspace.write("web.yaml", workload_yaml("web", code=GRACEFUL_HEALTH_SERVER, args=(str(port), str(sick)), port=port,
+                                              health=health, restart={"policy": "OnFailure", "backoff": {"initialSeconds": 0.2}}))
+    workspace.start_daemon()
+    first = wait_for(lambda: (s := workspace.resource_status("web.yaml", "web")) and s["phase"] == "Running" and s, what="healthy")
+    sick.write_text("x")
+    stopped = wait_for(lambda: (s := workspace.resource_status("web.yaml", "web")) and s.get("lastExit") and s, what="the stop")
+    assert stopped["lastExit"]["code"] == 0, "a graceful server exits 0 on SIGTERM"
+    sick.unlink()
+    again = wait_for(lambda: (s := workspace.resource_status("web.yaml", "web")) and s.get("pid") not in (None, first["pid"])
+                     and s["phase"] == "Running" and s, timeout=20, what="restarted despite exit code 0")
+    assert again["restartCount"] == 1
+
+
+def test_concurrent_workers_never_put_two_servers_on_one_gpu(engines: Workspace, tmp_path: Path) -> None:
+    env = engine_env([{"index": 0, "name": "Fake A", "memoryTotal": 2**34}, {"index": 1, "name": "Fake B", "memoryTotal": 2**34}], tmp_path)
+    (engines.desired / "weights").mkdir()
+    docs = [document("Model", "weights", {"source": "weights", "format": "safetensors"})]
+    docs += [document("Workload", f"w{n}", {"engine": "vllm", "model": "weights", "port": free_port(),
+                                            "resources": {"gpus": {"count": 1}}}) for n in range(6)]
+    engines.write("many.yaml", "---\n".join(docs))
+    engines.start_daemon(env=env)
+    wait_for(lambda: len(engines.owned_processes()) == 2 and all(
+        (engines.resource_status("many.yaml", f"w{n}") or {}).get("phase") for n in range(6)), what="two servers placed")
+    holders: dict[int, list[str]] = {}
+    for process in engines.owned_processes():
+        holders.setdefault(int(process.environ()["CUDA_VISIBLE_DEVICES"]), []).append(process.environ()["LOCALAISTACK_WORKLOAD"])
+    assert sorted(holders) == [0, 1] and all(len(names) == 1 for names in holders.values()), holders
+    blocked = [n for n in range(6) if engines.condition("many.yaml", f"w{n}")["reason"] == "InsufficientGPUs"]
+    assert len(blocked) == 4

@@ -132,3 +132,26 @@ def test_actions_that_start_nothing_are_approved_even_without_a_policy(verb: Ver
 def test_creating_a_resource_without_a_launch_is_approved() -> None:
     verdict = decide(Action(ResourceKey("Model", "tiny"), Verb.create, "new resource", 1), None)
     assert verdict.decision is Decision.approve
+
+
+def test_a_trusted_engine_does_not_cover_a_binary_the_spec_names() -> None:
+    from reconciler.drive.engines import EngineFacts, engine_command
+
+    engines = Policy.model_validate({"metadata": {"name": "p"}, "spec": {"native": {"trustedEngines": ["llama.cpp"]}}})
+    spec = Workload.model_validate({"metadata": {"name": "chat"}, "spec": {
+        "engine": "llama.cpp", "model": "m", "port": 8080, "llamaCpp": {"executable": "/usr/bin/touch"}}}).spec
+    command = engine_command(spec, "/m.gguf", EngineFacts())
+    launch = render_launch(spec, command.command, command.args, "/w", "/usr/bin/touch", executable_from_spec=command.executable_from_spec)
+    verdict = decide(Action(WEB, Verb.create, "not running", 1, launch), engines, ("/usr/bin/touch",))
+    assert verdict.decision is Decision.deny and "/usr/bin/touch" in str(verdict.reasons[0])
+
+
+def test_an_exec_health_check_must_run_a_trusted_program() -> None:
+    policy = Policy.model_validate({"metadata": {"name": "p"}, "spec": {"native": {"trustedExecutables": [{"executable": "python3"}]}}})
+    web = Workload.model_validate({"metadata": {"name": "web"}, "spec": {"command": ["python3"]}})
+    launch = render_launch(web.spec, ("python3",), (), "/w", "/usr/bin/python3")
+    action = Action(WEB, Verb.create, "not running", 1, launch)
+    assert decide(action, policy, ("/usr/bin/python3",)).approved
+    denied = decide(action, policy, ("/usr/bin/python3",), ("touch", "/usr/bin/touch"))
+    assert denied.decision is Decision.deny and "health check program 'touch' (/usr/bin/touch)" in str(denied.reasons[0])
+    assert decide(action, policy, ("/usr/bin/python3",), ("python3", "/usr/bin/python3")).approved

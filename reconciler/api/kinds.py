@@ -62,5 +62,9 @@ AnyResource = Workload | Model | Policy
 
 def spec_hash(resource: Resource) -> str:
     """Stable digest of what the user asked for; a change bumps the generation."""
-    spec = resource.spec.model_dump(mode="json", by_alias=True)  # type: ignore[attr-defined]
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(asked_spec(resource), sort_keys=True).encode()).hexdigest()
+
+
+def asked_spec(resource: Resource) -> dict:
+    """The spec without defaulted values: a new optional field in a newer reconciler changes nothing here."""
+    return resource.spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)  # type: ignore[attr-defined]

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import Enum
 
-from reconciler.api.kinds import RestartPolicy, Workload
+from reconciler.api.kinds import KINDS, RestartPolicy, Workload, asked_spec
 from reconciler.api.meta import PRUNE_ANNOTATION, ResourceKey
 from reconciler.api.status import ExitInfo, HealthState
 from reconciler.api.workload import HealthCheck
@@ -178,7 +178,8 @@ def is_orphan_kept(record: ResourceRecord | None) -> bool:
 
 def _spec_change(record: ResourceRecord, desired: DesiredEntry | None) -> str:
     assert desired is not None
-    paths = _changed_paths(record.resource.get("spec", {}), desired.resource.model_dump(mode="json", by_alias=True)["spec"], "spec")
+    before = asked_spec(KINDS[record.kind].model_validate(record.resource))
+    paths = _changed_paths(before, asked_spec(desired.resource), "spec")
     return ", ".join(paths) + " changed" if paths else "spec changed"
 
 
@@ -190,6 +191,9 @@ def _why_relaunch(record: ResourceRecord | None, desired: DesiredEntry | None, c
 
 
 def _changed_paths(before: object, after: object, prefix: str) -> list[str]:
+    if isinstance(before, dict) or isinstance(after, dict):  # an absent section is an all-default one
+        before = before if isinstance(before, dict) else {} if before is None else before
+        after = after if isinstance(after, dict) else {} if after is None else after
     if isinstance(before, dict) and isinstance(after, dict):
         return [path for name in sorted(before.keys() | after.keys())
                 for path in _changed_paths(before.get(name), after.get(name), f"{prefix}.{name}")]

@@ -30,32 +30,44 @@ class Cgroups:
             else:
                 self.unavailable[controller] = why
 
-    def apply(self, name: str, pid: int, memory_limit: int | None, cpus: float | None) -> dict[str, str]:
-        """Limit the process tree of `pid`; returns what was enforced for each resource asked for."""
+    def apply(self, name: str, pid: int, memory_limit: int | None, cpus: float | None) -> tuple[dict[str, str], dict[str, str]]:
+        """Limit the process tree of `pid`. Returns what was enforced per resource (words for the status)
+        and the cgroup made per controller (kept in the process record: OOM checks and clean-up use it)."""
         enforced: dict[str, str] = {}
-        if memory_limit is not None:
-            enforced["memory"] = self._memory(name, pid, memory_limit)
-        if cpus is not None:
-            enforced["cpu"] = self._cpu(name, pid, cpus)
-        return enforced
+        cgroups: dict[str, str] = {}
+        for resource_name, limit, limiter in (("memory", memory_limit, self._memory), ("cpu", cpus, self._cpu)):
+            if limit is None:
+                continue
+            try:
+                enforced[resource_name], cgroup = limiter(name, pid, limit)  # type: ignore[operator]
+            except (OSError, psutil.Error) as error:
+                enforced[resource_name], cgroup = f"none: {error}", None
+            if cgroup is not None:
+                cgroups[resource_name] = str(cgroup)
+        return enforced, cgroups
 
-    def oom_killed(self, name: str) -> bool:
-        control = self._path("memory", name) / "memory.oom_control"
+    @staticmethod
+    def oom_killed(memory_cgroup: str | None) -> bool:
+        """Whether the kernel killed a process of this cgroup for exceeding its limit."""
+        if memory_cgroup is None:
+            return False
+        control = Path(memory_cgroup) / "memory.oom_control"
         try:
             fields = dict(line.split() for line in control.read_text().splitlines())
         except (OSError, ValueError):
             return False
         return int(fields.get("oom_kill", "0")) > 0
 
-    def release(self, name: str) -> None:
-        for controller, base in self._bases.items():
-            for cgroup in (self._path(controller, name), base):  # the shared parent goes with its last child
+    @staticmethod
+    def release(cgroups: dict[str, str]) -> None:
+        for cgroup in map(Path, cgroups.values()):
+            for directory in (cgroup, cgroup.parent):  # our shared parent goes with its last child
                 try:
-                    cgroup.rmdir()
+                    directory.rmdir()
                 except OSError:
                     pass  # absent, still in use, or a straggler inside: a later release tries again
 
-    def _memory(self, name: str, pid: int, limit: int) -> str:
+    def _memory(self, name: str, pid: int, limit: int) -> tuple[str, Path | None]:
         cgroup = self._path("memory", name)
         if "memory" in self._bases:
             try:
@@ -65,15 +77,16 @@ class Cgroups:
                 if swap.exists():  # memory + swap: the limit must not be escaped by swapping
                     swap.write_text(str(limit))
                 (cgroup / "cgroup.procs").write_text(str(pid))
-                return f"cgroup v1 memory ({cgroup})"
+                return f"cgroup v1 memory ({cgroup})", cgroup
             except OSError as error:
                 why = f"cgroup {cgroup}: {error.strerror}"
         else:
             why = self.unavailable["memory"]
-        psutil.Process(pid).rlimit(resource.RLIMIT_AS, (limit, limit))
-        return f"rlimit RLIMIT_AS on the main process only ({why})"
+        # RLIMIT_DATA, not RLIMIT_AS: CUDA reserves vast address space it never touches
+        psutil.Process(pid).rlimit(resource.RLIMIT_DATA, (limit, limit))
+        return f"rlimit RLIMIT_DATA on the main process only ({why})", None
 
-    def _cpu(self, name: str, pid: int, cpus: float) -> str:
+    def _cpu(self, name: str, pid: int, cpus: float) -> tuple[str, Path | None]:
         cgroup = self._path("cpu", name)
         if "cpu" in self._bases:
             try:
@@ -81,14 +94,14 @@ class Cgroups:
                 (cgroup / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
                 (cgroup / "cpu.cfs_quota_us").write_text(str(max(1000, int(cpus * CPU_PERIOD_US))))
                 (cgroup / "cgroup.procs").write_text(str(pid))
-                return f"cgroup v1 cpu quota {cpus:g} CPUs ({cgroup})"
+                return f"cgroup v1 cpu quota {cpus:g} CPUs ({cgroup})", cgroup
             except OSError as error:
                 why = f"cgroup {cgroup}: {error.strerror}"
         else:
             why = self.unavailable["cpu"]
         allowed = sorted(os.sched_getaffinity(pid))[: max(1, math.ceil(cpus))]
         os.sched_setaffinity(pid, allowed)
-        return f"cpu affinity {allowed} ({why})"
+        return f"cpu affinity {allowed} ({why})", None
 
     def _path(self, controller: str, name: str) -> Path:
         return self._bases.get(controller, Path("/nonexistent")) / name

@@ -159,10 +159,11 @@ class ProcessDriver:
             finally:
                 os.close(log)
             try:
-                enforcement = self._cgroups.apply(name, child.pid, launch.memory_limit, launch.cpus)
+                enforcement, cgroups = self._cgroups.apply(name, child.pid, launch.memory_limit, launch.cpus)
                 record = ProcessRecord(
                     name=name, pid=child.pid, start_ticks=start_ticks(child.pid), nonce=nonce, launch=launch,
                     generation=generation, started_at=datetime.now(timezone.utc), enforcement=enforcement,
+                    cgroups=cgroups,
                 )
                 self._write(record)
             except (OSError, psutil.Error) as error:
@@ -190,7 +191,7 @@ class ProcessDriver:
             self._children.pop(name, None)
             if forget:
                 (self._records / f"{name}.json").unlink(missing_ok=True)
-                self._cgroups.release(name)
+                self._cgroups.release(record.cgroups)
         return ended.exit
 
     # -- internals --------------------------------------------------------------------------
@@ -221,7 +222,9 @@ class ProcessDriver:
         record = record.model_copy(update={"exit": ExitInfo(
             pid=record.pid, code=code, signal=signal_number, finished_at=now,
             ran_seconds=max(0.0, (now - record.started_at).total_seconds()),
-            oom_killed="memory" in record.enforcement and self._cgroups.oom_killed(record.name),
+            # only a leader SIGKILLed while its cgroup saw an OOM kill: a child's OOM must not hide the real exit
+            oom_killed=(signal_number == 9 or code is None and signal_number is None)
+            and self._cgroups.oom_killed(record.cgroups.get("memory")),
         )})
         if not self._readonly:
             self._write(record)

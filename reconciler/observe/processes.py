@@ -26,6 +26,7 @@ class ProcessRecord(BaseModel):
     generation: int
     started_at: datetime
     enforcement: dict[str, str] = {}  # resource -> how its limit is enforced, in words
+    cgroups: dict[str, str] = {}  # controller -> the cgroup made for this run
     exit: ExitInfo | None = None
 
 
