@@ -2,35 +2,43 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 
 .PHONY: run apply plan status down test schemas clean
 
-$(STAMP): pyproject.toml
+$(BIN)/pip:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,llama]'  # llama-cpp-python builds from source once (~15 min), then pip's cache serves it
-	touch $(STAMP)
 
-run: $(STAMP)
+# The reconciler alone: what `make run` needs.
+$(VENV)/.installed: pyproject.toml | $(BIN)/pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# Plus the test tools and the `llama` extra, which the engine tests run for real:
+# llama-cpp-python builds from source once (~15 min on 2 cores), then pip's cache serves it.
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[test,llama]'
+	touch $@
+
+run: $(VENV)/.installed
 	$(BIN)/reconciler run desired-state
 
-apply: $(STAMP)
+apply: $(VENV)/.installed
 	$(BIN)/reconciler apply --wait desired-state
 
-plan: $(STAMP)
+plan: $(VENV)/.installed
 	$(BIN)/reconciler plan desired-state; test $$? -ne 1
 
-status: $(STAMP)
+status: $(VENV)/.installed
 	$(BIN)/reconciler status desired-state
 
-down: $(STAMP)
+down: $(VENV)/.installed
 	$(BIN)/reconciler down desired-state
 
-test: $(STAMP)
+test: $(VENV)/.installed-test
 	$(BIN)/pytest
 
-schemas: $(STAMP)
+schemas: $(VENV)/.installed
 	$(BIN)/reconciler schemas
 
 clean:
