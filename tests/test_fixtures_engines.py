@@ -6,29 +6,16 @@ import json
 import os
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.conftest import wait_for
 from tests.tiny_gguf import write_tiny_llama
 
 VLLM = Path(__file__).parent / "programs" / "vllm"
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def _free_port() -> int:
@@ -74,7 +61,7 @@ def test_vllm_stand_in_serves_with_a_gpu_and_refuses_without(tmp_path: Path) -> 
             assert proc.poll() is None, f"stand-in exited {proc.returncode}"
             return _status(f"http://127.0.0.1:{port}/health") == 200
 
-        _wait(healthy, 10, "/health to answer 200")
+        wait_for(healthy, 10, what="/health to answer 200")
         record = json.loads(proc.stdout.readline())  # printed and flushed before the port opens
         assert record["model"] == "org/tiny"
         assert record["port"] == port

@@ -68,40 +68,39 @@ class Cgroups:
                     pass  # absent, still in use, or a straggler inside: a later release tries again
 
     def _memory(self, name: str, pid: int, limit: int) -> tuple[str, Path | None]:
-        cgroup = self._path("memory", name)
-        if "memory" in self._bases:
-            try:
-                self._fresh(cgroup)
-                (cgroup / "memory.limit_in_bytes").write_text(str(limit))
-                swap = cgroup / "memory.memsw.limit_in_bytes"
-                if swap.exists():  # memory + swap: the limit must not be escaped by swapping
-                    swap.write_text(str(limit))
-                (cgroup / "cgroup.procs").write_text(str(pid))
-                return f"cgroup v1 memory ({cgroup})", cgroup
-            except OSError as error:
-                why = f"cgroup {cgroup}: {error.strerror}"
-        else:
-            why = self.unavailable["memory"]
+        # memory + swap too, where accounted: the limit must not be escaped by swapping
+        settings = {"memory.limit_in_bytes": str(limit), "memory.memsw.limit_in_bytes?": str(limit)}
+        cgroup, why = self._place("memory", name, pid, settings)
+        if cgroup is not None:
+            return f"cgroup v1 memory ({cgroup})", cgroup
         # RLIMIT_DATA, not RLIMIT_AS: CUDA reserves vast address space it never touches
         psutil.Process(pid).rlimit(resource.RLIMIT_DATA, (limit, limit))
         return f"rlimit RLIMIT_DATA on the main process only ({why})", None
 
     def _cpu(self, name: str, pid: int, cpus: float) -> tuple[str, Path | None]:
-        cgroup = self._path("cpu", name)
-        if "cpu" in self._bases:
-            try:
-                self._fresh(cgroup)
-                (cgroup / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
-                (cgroup / "cpu.cfs_quota_us").write_text(str(max(1000, int(cpus * CPU_PERIOD_US))))
-                (cgroup / "cgroup.procs").write_text(str(pid))
-                return f"cgroup v1 cpu quota {cpus:g} CPUs ({cgroup})", cgroup
-            except OSError as error:
-                why = f"cgroup {cgroup}: {error.strerror}"
-        else:
-            why = self.unavailable["cpu"]
+        quota = max(1000, int(cpus * CPU_PERIOD_US))
+        cgroup, why = self._place("cpu", name, pid, {"cpu.cfs_period_us": str(CPU_PERIOD_US), "cpu.cfs_quota_us": str(quota)})
+        if cgroup is not None:
+            return f"cgroup v1 cpu quota {cpus:g} CPUs ({cgroup})", cgroup
         allowed = sorted(os.sched_getaffinity(pid))[: max(1, math.ceil(cpus))]
         os.sched_setaffinity(pid, allowed)
         return f"cpu affinity {allowed} ({why})", None
+
+    def _place(self, controller: str, name: str, pid: int, settings: dict[str, str]) -> tuple[Path | None, str]:
+        """A fresh cgroup with `settings` (a name ending in '?' only where the kernel has it), then the process."""
+        if controller not in self._bases:
+            return None, self.unavailable[controller]
+        cgroup = self._path(controller, name)
+        try:
+            self._fresh(cgroup)
+            for file, value in settings.items():
+                target = cgroup / file.rstrip("?")
+                if not file.endswith("?") or target.exists():
+                    target.write_text(value)
+            (cgroup / "cgroup.procs").write_text(str(pid))
+        except OSError as error:
+            return None, f"cgroup {cgroup}: {error.strerror}"
+        return cgroup, ""
 
     def _path(self, controller: str, name: str) -> Path:
         return self._bases.get(controller, Path("/nonexistent")) / name
