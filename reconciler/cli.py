@@ -1,4 +1,4 @@
-"""`reconciler` command line: validate, plan, apply, run, down, status, schemas."""
+"""`reconciler` command line: validate, plan, apply, run, down, status, describe, logs, schemas."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from pathlib import Path
 
 import click
 
+from reconciler import inspect
+from reconciler.api.meta import ResourceKey
 from reconciler.api.schemas import stale_schemas, write_schemas
 from reconciler.control.daemon import Daemon
 from reconciler.control.lock import Busy, exclusive
@@ -193,6 +195,52 @@ def status(path: Path, state_dir: Path | None, output: str) -> None:
     rows = status_rows(statuses, reconciler.records, now)
     click.echo(status_table(rows) if output == "table" else dump(rows, output))
     _print_load_errors(reconciler)
+
+
+def _key(name: str) -> ResourceKey:
+    kind, _, plain = name.rpartition("/")
+    return ResourceKey(kind or "Workload", plain)
+
+
+@main.command()
+@click.argument("name")
+@path_argument
+@state_option
+def describe(name: str, path: Path, state_dir: Path | None) -> None:
+    """One resource in full: spec as run, conditions with times, limits, health, its last evidence as events."""
+    reconciler = _reconciler(path, state_dir, readonly=True)
+    key = _key(name)
+    status = reconciler.status(key)
+    record = reconciler.records.get(key)
+    entry = reconciler.desired.resources.get(key)
+    if status is None:
+        raise click.ClickException(f"{key}: not found in {path} or in what the reconciler owns")
+    source = entry.file if entry else record.source if record else "?"
+    log_lines = inspect.tail(Path(status.log_file), 20) if status.log_file else []
+    click.echo(inspect.describe(status, source, reconciler.root, log_lines))
+
+
+@main.command()
+@click.argument("name")
+@path_argument
+@state_option
+@click.option("--previous", is_flag=True, help="The log of the run before the current one (a crash's story).")
+@click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new output until interrupted.")
+@click.option("--tail", "lines", type=int, default=0, help="Only the last N lines (0: all that is kept).")
+def logs(name: str, path: Path, state_dir: Path | None, previous: bool, follow_: bool, lines: int) -> None:
+    """A workload's output, from the bounded log store (kept after it crashes)."""
+    log_dir = (state_dir or default_state_dir(path)) / "logs"
+    log_file = log_dir / (f"{_key(name).name}.previous.log" if previous else f"{_key(name).name}.log")
+    if not log_file.exists():
+        raise click.ClickException(f"{log_file}: no log{' of a previous run' if previous else ''} for {name}")
+    for line in inspect.tail(log_file, lines):
+        click.echo(line)
+    if follow_:
+        try:
+            for chunk in inspect.follow(log_file):
+                click.echo(chunk, nl=False)
+        except KeyboardInterrupt:
+            pass
 
 
 @main.command()

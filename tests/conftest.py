@@ -107,6 +107,8 @@ class Workspace:
         command = [PYTHON, "-m", "reconciler", *args]
         if args and args[0] in {"plan", "apply", "run", "down", "status"}:
             command += [str(self.desired), "--state-dir", str(self.state)]
+        elif args and args[0] in {"describe", "logs"}:  # NAME first, then the folder
+            command = [*command[:5], str(self.desired), "--state-dir", str(self.state), *command[5:]]
         elif args and args[0] == "validate":
             command += [str(self.desired)]
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)

@@ -256,3 +256,17 @@ def test_one_mutating_reconciler_per_folder_even_with_another_state_dir(workspac
     assert other.returncode == 1 and ".reconciler.lock is held by pid" in other.stderr
     assert len(workspace.owned_processes()) == 1
     assert not (workspace.state.parent / "other" / "processes").exists()
+
+
+def test_describe_and_logs_tell_a_crash_story(workspace: Workspace) -> None:
+    crash = "import sys\nprint('loading weights', flush=True)\nprint('fatal: out of cheese', file=sys.stderr, flush=True)\nsys.exit(7)\n"
+    workspace.write("job.yaml", workload_yaml("job", code=crash, restart={"policy": "Never"}))
+    assert workspace.cli("apply", "--wait").returncode == 1
+    logs = workspace.cli("logs", "job")
+    assert logs.returncode == 0 and logs.stdout.splitlines() == ["loading weights", "fatal: out of cheese"]
+    described = workspace.cli("describe", "Workload/job").stdout
+    assert "Phase:       Failed" in described and "process exited with code 7" in described
+    assert "Last log lines:" in described and "  fatal: out of cheese" in described
+    assert "decision create" in described and "action   create   done" in described
+    missing = workspace.cli("logs", "job", "--previous")
+    assert missing.returncode == 1 and "no log of a previous run" in missing.stderr

@@ -1,0 +1,83 @@
+"""`reconciler describe` and `reconciler logs`: one resource's story, read from what the reconciler keeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from reconciler.api.status import ResourceStatus
+from reconciler.record.recorder import sibling
+
+EVENTS_SHOWN = 10
+
+
+def describe(status: ResourceStatus, source: str, root: Path, log_lines: list[str]) -> str:
+    fields = [
+        ("Name", status.name), ("Kind", status.kind), ("Source", source),
+        ("Generation", f"{status.generation} (observed {status.observed_generation})"),
+        ("Phase", status.phase), ("Placement", status.placement.value if status.placement else None),
+        ("Message", status.message), ("Endpoints", ", ".join(status.endpoints) or None),
+        ("Command", " ".join(status.command) if status.command else None), ("Pid", status.pid),
+        ("GPUs", status.gpus), ("Limits", "; ".join(f"{k}: {v}" for k, v in (status.enforcement or {}).items()) or None),
+        ("Health", status.health), ("Restarts", status.restart_count),
+        ("Last exit", status.last_exit.describe() if status.last_exit else None),
+        ("Next start", status.next_retry_time.isoformat() if status.next_retry_time else None),
+        ("Log", status.log_file),
+    ]
+    lines = [f"{label + ':':<12} {value}" for label, value in fields if value not in (None, "", [])]
+    lines += ["", "Conditions:"]
+    lines += [f"  {c.type:<15} {c.status.value:<7} {c.reason:<20} since {c.last_transition_time:%Y-%m-%d %H:%M:%S}  {c.message}"
+              for c in status.conditions]
+    lines += ["", f"Events (the last {EVENTS_SHOWN} evidence records of {sibling(source, '.evidence.jsonl')}):"]
+    for event in _events(root / sibling(source, ".evidence.jsonl"), f"{status.kind}/{status.name}"):
+        verdict = event.get("decision") or event.get("result") or "-"
+        lines.append(f"  {event['time'][:19]}  {event['event']:<8} {event['action']:<8} {verdict:<8} {event.get('cause', '')}"
+                     + (f" {event['failure']['message']}" if "failure" in event else ""))
+    if log_lines and status.phase not in ("Running",):
+        lines += ["", "Last log lines:"] + [f"  {line}" for line in log_lines]
+    return "\n".join(lines)
+
+
+def _events(path: Path, resource: str) -> list[dict]:
+    try:
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+    return [record for record in records if record.get("resource") == resource][-EVENTS_SHOWN:]
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    """The last `lines` lines, reading only the end of a big file."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 256 * 1024))
+            data = handle.read()
+    except FileNotFoundError:
+        return []
+    return data.decode("utf-8", "replace").splitlines()[-lines:] if lines else data.decode("utf-8", "replace").splitlines()
+
+
+def follow(path: Path, poll_seconds: float = 0.2) -> Iterator[str]:
+    """New output as it is written; survives the log being trimmed (truncated) or replaced by a new run."""
+    handle = path.open("rb")
+    handle.seek(0, os.SEEK_END)
+    identity = os.fstat(handle.fileno()).st_ino
+    while True:
+        chunk = handle.read()
+        if chunk:
+            yield chunk.decode("utf-8", "replace")
+            continue
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            stat = None
+        if stat is not None and (stat.st_ino != identity or stat.st_size < handle.tell()):
+            handle.close()
+            handle = path.open("rb")  # a new run's log, or trimmed: read it from its start
+            identity = os.fstat(handle.fileno()).st_ino
+            continue
+        time.sleep(poll_seconds)
