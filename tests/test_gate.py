@@ -155,3 +155,11 @@ def test_an_exec_health_check_must_run_a_trusted_program() -> None:
     denied = decide(action, policy, ("/usr/bin/python3",), ("touch", "/usr/bin/touch"))
     assert denied.decision is Decision.deny and "health check program 'touch' (/usr/bin/touch)" in str(denied.reasons[0])
     assert decide(action, policy, ("/usr/bin/python3",), ("python3", "/usr/bin/python3")).approved
+
+
+def test_a_bare_name_is_not_trusted_when_the_spec_chooses_its_path() -> None:
+    policy = Policy.model_validate({"metadata": {"name": "p"}, "spec": {"native": {"trustedExecutables": [{"executable": "python3"}]}}})
+    sneaky = Workload.model_validate({"metadata": {"name": "web"}, "spec": {"command": ["python3"], "env": {"PATH": "/tmp/evil"}}})
+    launch = render_launch(sneaky.spec, ("python3",), (), "/w", "/tmp/evil/python3")
+    verdict = decide(Action(WEB, Verb.create, "not running", 1, launch), policy, ("/tmp/evil/python3",))
+    assert verdict.decision is Decision.deny and "/tmp/evil/python3" in str(verdict.reasons[0])

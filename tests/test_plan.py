@@ -422,7 +422,7 @@ def test_prune_disabled_keeps_an_orphan() -> None:
     kept = workload().model_copy(update={"metadata": workload().metadata.model_copy(update={"annotations": {PRUNE_ANNOTATION: "disabled"}})})
     action = plan_removal(remembered(kept))
     assert action.verb is Verb.none
-    assert action.cause.startswith("orphaned: removed from the desired state")
+    assert action.orphaned and action.cause.startswith("removed from the desired state, but")
     assert action.orphaned and action.hold is None
 
 
@@ -614,3 +614,9 @@ def test_models_and_policies_are_created_kept_and_updated(before: Resource, afte
     assert (kept.verb, kept.cause, kept.generation) == (Verb.none, "up to date", 1)
     updated = plan_resource(Inputs(key, entry(after), remembered(before)), NOW)
     assert (updated.verb, updated.cause, updated.generation) == (Verb.update, f"{field} changed", 2)
+
+
+def test_an_oom_kill_is_a_failure_even_with_an_unknown_exit_code() -> None:
+    oom = ExitInfo(pid=4242, code=None, signal=None, finished_at=NOW, ran_seconds=1.0, oom_killed=True)
+    assert oom.failed is True
+    assert restarts(workload(restart={"policy": "OnFailure"}), oom)

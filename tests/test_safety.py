@@ -169,3 +169,15 @@ def test_a_file_held_open_by_its_writer_is_not_read_even_after_seconds(workspace
         handle.write("---\n" + workload_yaml("b", args=("new",)))
     wait_for(lambda: workspace.pid("ab.yaml", "b") not in (None, b), what="b recreated from the whole file")
     assert workspace.pid("ab.yaml", "a") == a
+
+
+def test_a_relative_state_dir_is_the_same_state_dir(workspace: Workspace) -> None:
+    import subprocess
+
+    workspace.write("web.yaml", workload_yaml("web"))
+    workspace.cli("apply", "--wait")
+    pid = workspace.pid("web.yaml", "web")
+    relative = subprocess.run([PYTHON, "-m", "reconciler", "plan", str(workspace.desired), "--state-dir", workspace.state.name],
+                              capture_output=True, text=True, cwd=workspace.state.parent)
+    assert relative.returncode == 0, relative.stdout + relative.stderr
+    assert workspace.pid("web.yaml", "web") == pid

@@ -53,7 +53,7 @@ class ExitInfo(Report):
     @property
     def failed(self) -> bool | None:
         """None when unknown: only the parent of a process can read its exit code."""
-        if self.signal is not None:
+        if self.signal is not None or self.oom_killed:
             return True
         return None if self.code is None else self.code != 0
 

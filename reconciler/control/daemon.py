@@ -129,7 +129,7 @@ class Daemon:
             log.exception("%s: loading the desired state failed; keeping the previous snapshot", why)
             return
         for file, errors in desired.errors.items():
-            for error in errors:
+            for error in errors if file not in writing else ():  # a file mid-save is held, not wrong
                 log.warning("%s", error)
         for key in self.reconciler.keys():
             self.queue.add(key)

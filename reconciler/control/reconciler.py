@@ -70,6 +70,7 @@ class Reconciler:
     ) -> None:
         self.root = root.resolve()
         self.shown_root = root  # as the user typed it: error messages name files this way
+        state_dir = state_dir.resolve()  # paths derived from it (working dirs) must not depend on how it was typed
         self.store = StateStore(state_dir)
         self.processes: WorkloadDriver = ProcessDriver(state_dir, on_exit=on_exit, readonly=readonly)
         self.workloads = WorkloadRenderer(self.root, self.processes)
@@ -239,7 +240,8 @@ class Reconciler:
             return None
         record, status = concluded
         if planned.executed:
-            self.recorder.evidence(record.source, outcome_record(planned.action, record.generation, failure, after, now))
+            done = datetime.now(timezone.utc)
+            self.recorder.evidence(record.source, outcome_record(planned.action, record.generation, failure, after, done))
         if digest is not None:
             record = record.model_copy(update={"last_decision": digest})
         self._remember(record)
@@ -293,7 +295,8 @@ class Reconciler:
 
     def _delete(self, planned: Planned, now: datetime) -> None:
         key, record = planned.action.key, planned.record
-        log.info("%s: delete (%s)", key, planned.action.cause)
+        if record is not None or planned.inputs.process is not None and planned.inputs.process.record is not None:
+            log.info("%s: delete (%s)", key, planned.action.cause)
         if record is not None:
             self.recorder.evidence(record.source, decision_record(planned.action, planned.verdict, record, now))
         ended = None
@@ -301,8 +304,8 @@ class Reconciler:
             grace = Workload.model_validate(record.resource).spec.termination_grace_period_seconds if record else 10.0
             ended = self.processes.stop(key.name, grace)
         if record is not None:
-            self.recorder.evidence(record.source, outcome_record(planned.action, record.generation, None, None, now,
-                                                                 stopped_pid=ended.pid if ended else None))
+            self.recorder.evidence(record.source, outcome_record(planned.action, record.generation, None, None,
+                                                                 datetime.now(timezone.utc), stopped_pid=ended.pid if ended else None))
             self.store.delete(key)
         with self._lock:
             self.records.pop(key, None)

@@ -17,7 +17,8 @@ def assign_gpus(
     if wanted == 0:
         return ()
     if not inventory.gpus:
-        return Blocked("NoCompatibleGPU", f"needs {wanted} NVIDIA GPU(s); this host has none: {inventory.reason}")
+        return Blocked("NoCompatibleGPU", f"needs {wanted} NVIDIA GPU(s); this host has none ({inventory.reason}): "
+                                          "run it on a host with one, or drop spec.resources.gpus")
     by_index = {gpu.index: gpu for gpu in inventory.gpus}
     fits = [gpu.index for gpu in inventory.gpus if request.min_memory is None or gpu.memory_total >= request.min_memory]
     if request.indices is not None:
@@ -36,5 +37,7 @@ def assign_gpus(
     chosen = keep + [index for index in free if index not in keep][: wanted - len(keep)]
     if len(chosen) < wanted:
         memory = f" with at least {format_bytes(request.min_memory)}" if request.min_memory else ""
-        return Blocked("InsufficientGPUs", f"needs {wanted} GPU(s){memory}; {len(fits)} fit and {len(fits) - len(free)} of those are in use")
+        holders = ", ".join(sorted({taken[index] for index in fits if index in taken})) or "nothing"
+        return Blocked("InsufficientGPUs", f"needs {wanted} GPU(s){memory}; {len(fits)} fit, in use by {holders}: "
+                                           "stop one of those, or ask for fewer")
     return tuple(sorted(chosen))

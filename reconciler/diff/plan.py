@@ -138,9 +138,12 @@ def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: dat
         return Action(key, Verb.create, f"{_why_relaunch(record, inputs.desired, changed)}; the old process had ended", generation, launch)
     if not restarts(workload, exit_info, stopped_as_failed(record, exit_info)):
         return Action(key, Verb.none, f"{exit_info.describe()}; restart policy {workload.spec.restart.policy.value} does not restart it", generation)
+    ended = exit_info.describe()
+    if stopped_as_failed(record, exit_info) and record is not None and record.last_failure is not None:
+        ended = f"stopped by the reconciler: {record.last_failure.message}"
     if waiting and record is not None:
-        return Action(key, Verb.none, f"back-off: {exit_info.describe()}; next start in {waiting:.1f}s", generation, retry_at=record.next_retry_at)
-    return Action(key, Verb.create, exit_info.describe(), generation, launch)
+        return Action(key, Verb.none, f"back-off: {ended}; next start in {waiting:.1f}s", generation, retry_at=record.next_retry_at)
+    return Action(key, Verb.create, ended, generation, launch)
 
 
 def restarts(workload: Workload, exit_info: ExitInfo, stopped_as_failed: bool = False) -> bool:
@@ -166,7 +169,7 @@ def _backing_off(record: ResourceRecord | None, generation: int, now: datetime) 
 def _plan_removal(inputs: Inputs) -> Action:
     key, record = inputs.key, inputs.record
     if is_orphan_kept(record):
-        cause = f"orphaned: removed from the desired state, but {PRUNE_ANNOTATION}: disabled keeps it"
+        cause = f"removed from the desired state, but {PRUNE_ANNOTATION}: disabled keeps it running"
         return Action(key, Verb.none, cause, record.generation if record else None, orphaned=True)
     return Action(key, Verb.delete, "removed from the desired state", record.generation if record else None)
 

@@ -15,11 +15,13 @@ def preflight(spec: WorkloadSpec, model: Model | None, presence: ModelPresence |
     if spec.engine is Engine.process:
         return None
     if model is None or presence is None:
-        return Blocked("ModelNotFound", f"Model/{spec.model} is not in the desired state")
+        return Blocked("ModelNotFound", f"Model/{spec.model} is not in the desired state: add it, or fix spec.model")
     if not presence.present:
-        return Blocked("ModelMissing", f"Model/{model.name}: {presence.path}: no such file or folder")
+        return Blocked("ModelMissing", f"Model/{model.name}: {presence.path}: no such file or folder: "
+                                       f"put the model there, or fix the Model's spec.source")
     if spec.engine is Engine.llama_cpp and (model.spec.format is not ModelFormat.gguf or presence.magic != GGUF_MAGIC):
-        return Blocked("InvalidModel", f"Model/{model.name}: {presence.path} is not a GGUF file (it starts with {presence.magic!r})")
+        return Blocked("InvalidModel", f"Model/{model.name}: {presence.path} is not a GGUF file (it starts with "
+                                       f"{presence.magic!r}): llama.cpp reads GGUF; convert it, or serve it with engine vllm")
     limit = spec.resources.memory
     if limit is not None and presence.size is not None and limit < presence.size:
         return Blocked("MemoryBelowModelSize", f"resources.memory {format_bytes(limit)} is below the size of "

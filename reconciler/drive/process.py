@@ -132,7 +132,7 @@ class ProcessDriver:
         if working_dir.is_relative_to(self.work_root):
             working_dir.mkdir(parents=True, exist_ok=True)  # the default: a private folder of ours
         elif not working_dir.is_dir():
-            raise StartFailed("WorkingDirNotFound", f"{working_dir}: no such directory")
+            raise StartFailed("WorkingDirNotFound", f"{working_dir}: no such directory: create it, or fix spec.workingDir")
         self.stop(name, grace_seconds=5.0)  # a finished run may have left group members behind
         nonce = secrets.token_hex(8)
         env = {key: os.environ[key] for key in PASSED_THROUGH if key in os.environ}
@@ -140,7 +140,8 @@ class ProcessDriver:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, launch.gpus))  # exactly its GPUs: none unless requested
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # so CUDA numbers GPUs as NVML does, and index N is NVML's N
         if launch.listen is not None and not _port_free(*launch.listen):
-            raise StartFailed("PortInUse", f"{launch.listen[0]}:{launch.listen[1]} is already in use by another process")
+            raise StartFailed("PortInUse", f"{launch.listen[0]}:{launch.listen[1]} is already in use: "
+                                           "choose another spec.port, or stop what listens there")
         with self._lock:
             try:
                 self._records.mkdir(parents=True, exist_ok=True, mode=0o700)

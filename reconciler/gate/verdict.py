@@ -7,6 +7,7 @@ from enum import Enum
 
 from reconciler.api.kinds import Policy, PolicySpec
 from reconciler.diff.plan import Action, Verb
+from reconciler.drive.launch import LaunchSpec
 
 _TRUST_RULE = "native.trustedExecutables"
 DEFAULT_POLICY = PolicySpec()  # trusts no native executable: nothing runs until a Policy says so
@@ -59,7 +60,7 @@ def decide(
     if engine != "process" and not action.launch.executable_from_spec and \
             engine in {trusted_engine.value for trusted_engine in spec.native.trusted_engines}:
         granted = Reason("native.trustedEngines", f"engine {engine} is trusted by {source}")
-    elif {action.launch.command[0], *executables} & trusted:
+    elif {*_as_written(action.launch), *executables} & trusted:
         granted = Reason(_TRUST_RULE, f"{_shown((action.launch.command[0], *executables))} is trusted by {source}")
     else:
         granted = None
@@ -68,6 +69,11 @@ def decide(
         return Verdict(Decision.deny, tuple(reasons))
     assert granted is not None
     return Verdict(Decision.approve, (granted,))
+
+
+def _as_written(launch: LaunchSpec) -> tuple[str, ...]:
+    """command[0] as written counts only when the spec does not choose the PATH it is looked up in."""
+    return () if "PATH" in launch.env and "/" not in launch.command[0] else (launch.command[0],)
 
 
 def _shown(names: tuple[str, ...]) -> str:

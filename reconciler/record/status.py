@@ -113,7 +113,7 @@ def _assess(record: ResourceRecord, outcome: PassOutcome, now: datetime) -> _Ass
         return _Assessment(True, "InForce", "governs this host", "InForce")
     action, observed = outcome.action, outcome.after
     if outcome.failure is not None:
-        return _Assessment(False, outcome.failure.reason, outcome.failure.message, "Failed")
+        return _Assessment(False, outcome.failure.reason, outcome.failure.message, "BackOff" if record.next_retry_at else "Failed")
     if outcome.verdict is not None and not outcome.verdict.approved:
         return _Assessment(False, "PolicyDenied", "; ".join(str(r) for r in outcome.verdict.reasons), "Denied")
     if observed is not None and observed.state is ProcessState.running and observed.record is not None:
@@ -177,7 +177,7 @@ def _render(record: ResourceRecord, outcome: PassOutcome, assessment: _Assessmen
         pid=pid,
         restart_count=record.restart_count,
         last_exit=record.last_exit,
-        next_retry_time=None if pid else record.next_retry_at,
+        next_retry_time=None if pid or phase == "Denied" else record.next_retry_at,
         started_at=running.started_at if running else None,
         created_at=record.created_at,
         log_file=log_file,
