@@ -20,8 +20,9 @@ from reconciler.diff.gpus import assign_gpus
 from reconciler.diff.health import next_probe_in, note_probe, probe_due, unhealthy_cause
 from reconciler.diff.preflight import preflight
 from reconciler.drive.cgroups import Cgroups
-from reconciler.drive.engines import Blocked, EngineCommand, EngineFacts, engine_check, engine_command, engine_endpoint
-from reconciler.drive.launch import render_launch
+from reconciler.diff.engines import Blocked, EngineCommand, engine_check, engine_command, engine_endpoint
+from reconciler.observe.host import EngineFacts
+from reconciler.api.launch import render_launch
 from reconciler.observe.gpus import Gpu, GpuInventory
 from reconciler.observe.host import ModelPresence
 

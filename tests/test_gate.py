@@ -7,7 +7,7 @@ import pytest
 from reconciler.api.kinds import Policy, Workload
 from reconciler.api.meta import API_VERSION, ResourceKey
 from reconciler.diff.plan import Action, Verb
-from reconciler.drive.launch import render_launch
+from reconciler.api.launch import render_launch
 from reconciler.gate.verdict import Decision, decide
 
 WEB = ResourceKey("Workload", "web")
@@ -135,7 +135,8 @@ def test_creating_a_resource_without_a_launch_is_approved() -> None:
 
 
 def test_a_trusted_engine_does_not_cover_a_binary_the_spec_names() -> None:
-    from reconciler.drive.engines import EngineFacts, engine_command
+    from reconciler.diff.engines import engine_command
+    from reconciler.observe.host import EngineFacts
 
     engines = Policy.model_validate({"metadata": {"name": "p"}, "spec": {"native": {"trustedEngines": ["llama.cpp"]}}})
     spec = Workload.model_validate({"metadata": {"name": "chat"}, "spec": {

@@ -14,7 +14,7 @@ from reconciler.api.status import ExitInfo, FailureInfo
 from reconciler.diff.plan import (
     Action, Hold, Inputs, Verb, next_generation, note_observations, plan_resource, restarts, schedule_retry,
 )
-from reconciler.drive.launch import LaunchSpec, render_launch, working_dir_for
+from reconciler.api.launch import LaunchSpec, render_launch, working_dir_for
 from reconciler.load.desired import DesiredEntry
 from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
 from reconciler.record.store import ResourceRecord

@@ -24,7 +24,7 @@ from reconciler.diff.plan import (
     Action, Hold, Inputs, Verb, is_orphan_kept, next_generation, note_observations, plan_resource,
 )
 from reconciler.control.workloads import WorkloadRenderer
-from reconciler.drive.engines import Rendered
+from reconciler.diff.engines import Rendered
 from reconciler.diff.health import next_probe_in
 from reconciler.drive.process import ProcessDriver, StartFailed
 from reconciler.drive.protocol import WorkloadDriver

@@ -15,13 +15,13 @@ from reconciler.api.meta import ResourceKey
 from reconciler.diff.gpus import assign_gpus
 from reconciler.diff.health import note_probe, probe_due
 from reconciler.diff.preflight import preflight
-from reconciler.drive.engines import Blocked, EngineFacts, Rendered, engine_check, engine_command, engine_endpoint
-from reconciler.drive.launch import render_launch, working_dir_for
+from reconciler.diff.engines import Blocked, Rendered, engine_check, engine_command, engine_endpoint
+from reconciler.api.launch import render_launch, working_dir_for
 from reconciler.drive.process import PASSED_THROUGH, child_path
 from reconciler.drive.protocol import WorkloadDriver
 from reconciler.load.desired import DesiredState
 from reconciler.observe.gpus import GpuInventory, read_inventory
-from reconciler.observe.host import ModelPresence, engine_facts, find_executable, observe_model
+from reconciler.observe.host import EngineFacts, ModelPresence, engine_facts, find_executable, observe_model
 from reconciler.observe.probes import probe
 from reconciler.observe.processes import ProcessObservation
 from reconciler.record.store import ResourceRecord

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from reconciler.api.quantity import format_bytes
 from reconciler.api.workload import GpuRequest
-from reconciler.drive.engines import Blocked
+from reconciler.diff.engines import Blocked
 from reconciler.observe.gpus import GpuInventory
 
 

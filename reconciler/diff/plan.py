@@ -11,9 +11,9 @@ from reconciler.api.meta import PRUNE_ANNOTATION, ResourceKey
 from reconciler.api.status import ExitInfo, HealthState
 from reconciler.api.workload import HealthCheck
 from reconciler.diff.health import unhealthy_cause
-from reconciler.drive.engines import Blocked
-from reconciler.drive.launch import EXECUTABLE_FIELD as _EXECUTABLE
-from reconciler.drive.launch import LaunchSpec
+from reconciler.diff.engines import Blocked
+from reconciler.api.launch import EXECUTABLE_FIELD as _EXECUTABLE
+from reconciler.api.launch import LaunchSpec
 from reconciler.load.desired import DesiredEntry
 from reconciler.observe.processes import ProcessObservation, ProcessState
 from reconciler.record.store import ResourceRecord

@@ -5,7 +5,7 @@ from __future__ import annotations
 from reconciler.api.kinds import Model, ModelFormat
 from reconciler.api.quantity import format_bytes
 from reconciler.api.workload import Engine, WorkloadSpec
-from reconciler.drive.engines import Blocked
+from reconciler.diff.engines import Blocked
 from reconciler.observe.host import ModelPresence
 
 GGUF_MAGIC = b"GGUF"

@@ -24,7 +24,7 @@ from reconciler.api.status import ExitInfo
 from reconciler.drive.cgroups import Cgroups
 from reconciler.drive.exits import ExitWatcher
 from reconciler.drive.groups import start_ticks, terminate_group
-from reconciler.drive.launch import LaunchSpec
+from reconciler.api.launch import LaunchSpec
 from reconciler.drive.logs import LogStore
 from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
 from reconciler.record.atomic import write_atomic

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from reconciler.api.status import ExitInfo
-from reconciler.drive.launch import LaunchSpec
+from reconciler.api.launch import LaunchSpec
 from reconciler.observe.processes import ProcessObservation
 
 

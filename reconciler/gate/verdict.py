@@ -7,7 +7,7 @@ from enum import Enum
 
 from reconciler.api.kinds import Policy, PolicySpec
 from reconciler.diff.plan import Action, Verb
-from reconciler.drive.launch import LaunchSpec
+from reconciler.api.launch import LaunchSpec
 
 _TRUST_RULE = "native.trustedExecutables"
 DEFAULT_POLICY = PolicySpec()  # trusts no native executable: nothing runs until a Policy says so

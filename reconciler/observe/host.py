@@ -9,7 +9,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.drive.engines import EngineFacts
+
+@dataclass(frozen=True)
+class EngineFacts:
+    """What this host offers to run engines with (observed, then passed in as plain values)."""
+
+    llama_server: str | None = None  # `llama-server` found on PATH
+    llama_cpp_python: str | None = None  # a Python that can import llama_cpp.server (the `llama` extra)
+    vllm: str | None = None  # `vllm` found on PATH
 
 
 def find_executable(command: str, path: str, working_dir: str) -> str | None:

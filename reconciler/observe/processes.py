@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from reconciler.api.status import ExitInfo
-from reconciler.drive.launch import LaunchSpec
+from reconciler.api.launch import LaunchSpec
 
 
 class ProcessRecord(BaseModel):

@@ -10,7 +10,7 @@ from reconciler.api.status import ExitInfo, FailureInfo, Placement, ResourceStat
 from reconciler.diff.plan import Action, schedule_retry
 from reconciler.gate.verdict import Decision, Verdict
 from reconciler.load.desired import DesiredEntry
-from reconciler.drive.engines import Rendered
+from reconciler.diff.engines import Rendered
 from reconciler.observe.host import ModelPresence
 from reconciler.observe.processes import ProcessObservation, ProcessState
 from reconciler.record.conditions import set_condition

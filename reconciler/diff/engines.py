@@ -5,18 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reconciler.api.workload import Engine, HealthCheck, HttpCheck, WorkloadSpec
-from reconciler.drive.launch import LaunchSpec
+from reconciler.api.launch import LaunchSpec
+from reconciler.observe.host import EngineFacts
 
 LLAMA_CPP_PYTHON_MODULE = "llama_cpp.server"
-
-
-@dataclass(frozen=True)
-class EngineFacts:
-    """What this host offers to run engines with (observed, then passed in as plain values)."""
-
-    llama_server: str | None = None  # `llama-server` found on PATH
-    llama_cpp_python: str | None = None  # a Python that can import llama_cpp.server (the `llama` extra)
-    vllm: str | None = None  # `vllm` found on PATH
 
 
 @dataclass(frozen=True)
