@@ -811,3 +811,15 @@ def test_format_bytes_is_the_shortest_exact_binary_spelling(count: int, text: st
 @pytest.mark.parametrize("count", [0, 1, 999, 1024, 1536, 8 * 2**30, 5 * 10**9, 2**62 + 2**10])
 def test_format_then_parse_round_trips(count: int) -> None:
     assert parse_bytes(format_bytes(count)) == count
+
+
+def test_two_workloads_on_one_port_are_both_rejected_naming_each_other() -> None:
+    def listener(name: str, host: str, port: int) -> bytes:
+        return (f"apiVersion: localaistack.dev/v1alpha1\nkind: Workload\nmetadata: {{name: {name}}}\n"
+                f"spec: {{command: [srv], host: '{host}', port: {port}}}\n").encode()
+
+    desired = build_desired({"a.yaml": listener("a", "127.0.0.1", 8080), "b.yaml": listener("b", "0.0.0.0", 8080),
+                             "c.yaml": listener("c", "127.0.0.2", 8081), "d.yaml": listener("d", "127.0.0.3", 8081)})
+    assert set(desired.rejected) == {ResourceKey("Workload", "a"), ResourceKey("Workload", "b")}
+    assert "also declared by Workload/b in b.yaml" in desired.errors["a.yaml"][0].message
+    assert {ResourceKey("Workload", "c"), ResourceKey("Workload", "d")} <= set(desired.resources), "different addresses"

@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.api.kinds import Policy, spec_hash
+from reconciler.api.kinds import Policy, Workload, spec_hash
 from reconciler.api.meta import Resource, ResourceKey
 from reconciler.load.validate import LoadError, validate_document
 from reconciler.load.yaml_source import MAX_FILE_BYTES, YamlProblem, parse_documents
@@ -95,6 +95,7 @@ def build_desired(contents: dict[str, bytes | LoadError], display_root: str = ""
             error = LoadError(_shown(display_root, entry.file), f"{key} is defined more than once ({places}): none of them is applied", key=key)
             errors[entry.file].append(error)
     _reject_second_policy(resources, errors, display_root)
+    _reject_shared_ports(resources, errors, display_root)
     for file_errors in errors.values():
         for error in file_errors:
             if error.key is not None:
@@ -120,6 +121,24 @@ def _reject_second_policy(
         errors[entry.file].append(
             LoadError(_shown(display_root, entry.file), f"only one Policy may govern a host; found {names}", key=entry.resource.key)
         )
+
+
+def _reject_shared_ports(
+    resources: dict[ResourceKey, DesiredEntry], errors: dict[str, list[LoadError]], display_root: str
+) -> None:
+    """Two workloads cannot listen on one port (a wildcard bind takes the port on every address)."""
+    listeners = [(entry, entry.resource.spec.host, entry.resource.spec.port) for entry in resources.values()
+                 if isinstance(entry.resource, Workload) and entry.resource.spec.port is not None]
+    for entry, host, port in listeners:
+        others = [f"{other.resource.key} in {other.file}" for other, other_host, other_port in listeners
+                  if other is not entry and other_port == port and _overlap(host, other_host)]
+        if others:
+            message = f"spec.port {port} on {host} is also declared by {', '.join(others)}: give each workload its own port"
+            errors[entry.file].append(LoadError(_shown(display_root, entry.file), message, key=entry.resource.key))
+
+
+def _overlap(host: str, other: str) -> bool:
+    return host == other or {host, other} & {"0.0.0.0", "::", ""} != set()
 
 
 def output_stem(spec_file: str) -> str:
