@@ -144,9 +144,7 @@ class Reconciler:
             process = self.processes.observe(key.name)
             if entry is not None:
                 assert isinstance(entry.resource, Workload)
-                with self._lock:
-                    records = dict(self.records)
-                rendered = self.workloads.render(desired, records, entry.resource, entry.file, process)
+                rendered = self.workloads.render(desired, self._remembered, entry.resource, entry.file, process)
                 if record is not None:
                     record = note_observations(record, next_generation(record, entry), process.exit, entry.resource)
                     if probe:
@@ -162,9 +160,14 @@ class Reconciler:
         if action.changes_something:
             launch = rendered.launch
             executables = (launch.executable, os.path.realpath(launch.executable)) if launch and launch.executable else ()
-            checks = self.workloads.check_executables(rendered, entry.resource) if isinstance(entry and entry.resource, Workload) else ()
+            workload = entry.resource if entry is not None and isinstance(entry.resource, Workload) else None
+            checks = self.workloads.check_executables(rendered, workload) if workload else ()
             verdict = decide(action, self._policy_in_force(desired), executables, checks)
         return Planned(action, verdict, inputs, model, rendered)
+
+    def _remembered(self, key: ResourceKey) -> ResourceRecord | None:
+        with self._lock:
+            return self.records.get(key)
 
     def _hold(
         self, desired: DesiredState, key: ResourceKey, entry: DesiredEntry | None, record: ResourceRecord | None

@@ -7,6 +7,7 @@ functions it calls (preflight, engine_command, assign_gpus, render_launch, note_
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,8 +41,8 @@ class WorkloadRenderer:
         self.inventory = read_inventory()
 
     def render(
-        self, desired: DesiredState, records: dict[ResourceKey, ResourceRecord], workload: Workload, file: str,
-        process: ProcessObservation,
+        self, desired: DesiredState, remembered: Callable[[ResourceKey], ResourceRecord | None], workload: Workload,
+        file: str, process: ProcessObservation,
     ) -> Rendered:
         spec = workload.spec
         check, endpoint = engine_check(spec, self.facts), engine_endpoint(spec)  # kept even when a start is blocked
@@ -54,7 +55,7 @@ class WorkloadRenderer:
         gpus = assign_gpus(spec.resources.gpus, self.inventory, taken, current)  # device capability first
         if isinstance(gpus, Blocked):
             return blocked(gpus)
-        model, presence = self._model(desired, records, spec.model) if spec.model else (None, None)
+        model, presence = self._model(desired, remembered, spec.model) if spec.model else (None, None)
         refused = preflight(spec, model, presence)
         if refused is not None:
             return blocked(refused)
@@ -90,14 +91,14 @@ class WorkloadRenderer:
         return (written, found, os.path.realpath(found)) if found else (written,)
 
     def _model(
-        self, desired: DesiredState, records: dict[ResourceKey, ResourceRecord], name: str
+        self, desired: DesiredState, remembered: Callable[[ResourceKey], ResourceRecord | None], name: str
     ) -> tuple[Model | None, ModelPresence | None]:
         key = ResourceKey("Model", name)
-        entry = desired.resources.get(key)
+        entry, record = desired.resources.get(key), remembered(key)
         if entry is not None:
             model, file = entry.resource, entry.file
-        elif key in records:  # held (its new version unusable): the last valid one
-            model, file = KINDS["Model"].model_validate(records[key].resource), records[key].source
+        elif record is not None:  # held (its new version unusable): the last valid one
+            model, file = KINDS["Model"].model_validate(record.resource), record.source
         else:
             return None, None
         assert isinstance(model, Model)
