@@ -47,10 +47,6 @@ class Resource(Spec):
     def key(self) -> "ResourceKey":
         return ResourceKey(self.kind, self.metadata.name)
 
-    @property
-    def prune_disabled(self) -> bool:
-        return self.metadata.annotations.get(PRUNE_ANNOTATION) == "disabled"
-
 
 class ResourceKey(tuple):
     """(kind, name): the identity of a resource on this host."""

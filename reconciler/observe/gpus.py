@@ -1,7 +1,7 @@
 """The NVIDIA GPUs of this host, through NVML, or the precise reason there are none.
 
 RECONCILER_FAKE_GPUS names a JSON file describing GPUs that are not there, so the GPU paths
-can be exercised on a host without one (tests, dry runs). It is reported as fake everywhere.
+can be exercised on a host without one (tests, dry runs); its inventory says source="fake".
 """
 
 from __future__ import annotations
