@@ -276,8 +276,11 @@ class TestWorkloadValidation:
         with pytest.raises(ValidationError, match="contextsize"):
             llama(llamaCpp={"contextsize": 64})
 
-    def test_container_runtime_rejected(self) -> None:
-        rejected("runtime 'container' is not supported yet", command=["x"], runtime="container")
+    def test_container_runtime_needs_an_image(self) -> None:
+        rejected("runtime 'container' needs spec.image", command=["x"], runtime="container")
+
+    def test_container_fields_rejected_on_native(self) -> None:
+        rejected("spec.ports is for runtime 'container', not 'native'", command=["x"], ports=[{"containerPort": 80}])
 
     def test_gpu_count_indices_mismatch(self) -> None:
         with pytest.raises(ValidationError, match=re.escape("count 2 does not match the 1 indices given")):

@@ -7,8 +7,9 @@ import json
 from enum import Enum
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from reconciler.api.container import known_capabilities
 from reconciler.api.meta import Resource, Spec
 from reconciler.api.quantity import ByteQuantity
 from reconciler.api.workload import Engine, RestartPolicy, Runtime, Workload, WorkloadSpec
@@ -47,8 +48,44 @@ class NativePolicy(Spec):
     )
 
 
+class ContainerPolicy(Spec):
+    """What containers may do. The default allows no image; everything else stays at least privilege."""
+
+    images: list[str] = Field(
+        default_factory=list, description="Image references that may run; '*' matches within a reference (fnmatch)."
+    )
+    pull: bool = Field(False, description="Whether a missing image may be pulled from its registry.")
+    networks: list[str] = Field(
+        default_factory=list,
+        description="Networks containers may join (publishing ports needs 'bridge'); each gives outbound access.",
+    )
+    capabilities: list[str] = Field(default_factory=list, description="Capabilities a spec may add back.")
+    writable_root_filesystem: bool = False
+    root: bool = Field(False, description="Whether a spec may run a container as root.")
+    volume_roots: list[str] = Field(
+        default_factory=list, description="Host folders (absolute) under which volume sources may lie."
+    )
+    exposed_addresses: list[str] = Field(
+        default_factory=list, description="Host addresses other than loopback that ports may be published on."
+    )
+
+    @field_validator("capabilities")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        return known_capabilities(names)
+
+    @field_validator("volume_roots")
+    @classmethod
+    def _absolute(cls, roots: list[str]) -> list[str]:
+        relative = [root for root in roots if not root.startswith("/")]
+        if relative:
+            raise ValueError(f"volume roots must be absolute paths: {relative[0]!r}")
+        return roots
+
+
 class PolicySpec(Spec):
     native: NativePolicy = Field(default_factory=NativePolicy)
+    containers: ContainerPolicy = Field(default_factory=ContainerPolicy)
 
 
 class Policy(Resource):

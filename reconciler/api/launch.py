@@ -1,14 +1,16 @@
-"""What exactly a native workload is started with, rendered from its spec (pure)."""
+"""What exactly a workload is started with, rendered from its spec (pure): a native launch or a container's."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import PurePath
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from reconciler.api.container import NOBODY, runs_as_root
 from reconciler.api.kinds import WorkloadSpec
 
 EXECUTABLE_FIELD = "the executable command[0] resolves to"
@@ -21,12 +23,29 @@ _FIELD_NAMES = {
 }
 
 
-class LaunchSpec(BaseModel):
-    """The effective launch; its digest decides whether a running process still matches its spec."""
+class _Launch(BaseModel):
+    """An effective launch; its digest decides whether what runs still matches its spec."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+    field_names: ClassVar[dict[str, str]]
 
-    engine: str = "process"
+    @property
+    def digest(self) -> str:
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def changed_fields(self, other: "_Launch") -> list[str]:
+        """The fields that differ, in the user's vocabulary (for a plan's cause)."""
+        if type(other) is not type(self):
+            return ["spec.runtime"]
+        return [label for field, label in self.field_names.items() if getattr(self, field) != getattr(other, field)]
+
+
+class LaunchSpec(_Launch):
+    """A native process's launch."""
+
+    field_names: ClassVar[dict[str, str]] = _FIELD_NAMES
+    engine: Literal["process", "llama.cpp", "vllm"] = "process"
     command: tuple[str, ...]
     args: tuple[str, ...]
     executable: str | None  # the file that will run: found with the child's PATH and working dir
@@ -43,15 +62,78 @@ class LaunchSpec(BaseModel):
     def argv(self) -> tuple[str, ...]:
         return (*self.command, *self.args)
 
-    @property
-    def digest(self) -> str:
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()
+    def changed_fields(self, other: _Launch) -> list[str]:
+        changed = super().changed_fields(other)
+        return changed if self.engine == "process" else ["the engine's arguments" if name == "spec.args" else name
+                                                           for name in changed]
 
-    def changed_fields(self, other: "LaunchSpec") -> list[str]:
-        """The fields that differ, in the user's vocabulary (for a plan's cause)."""
-        names = _FIELD_NAMES if self.engine == "process" else _FIELD_NAMES | {"args": "the engine's arguments"}
-        return [label for field, label in names.items() if getattr(self, field) != getattr(other, field)]
+
+class PublishedPort(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    host_ip: str
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+
+
+class BindMount(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    source: str  # absolute, symlinks resolved: what the policy judged is what is mounted
+    target: str
+    read_only: bool = True
+
+
+class ContainerLaunch(_Launch):
+    """A container's effective configuration; its digest is the config-hash label on the container."""
+
+    field_names: ClassVar[dict[str, str]] = {
+        "image": "spec.image", "image_id": "the image (its ID)", "command": "spec.command", "args": "spec.args",
+        "env": "spec.env", "working_dir": "spec.workingDir", "user": "spec.security.user", "ports": "spec.ports",
+        "volumes": "spec.volumes", "network": "spec.network", "capabilities": "spec.security.capabilities",
+        "read_only_root_filesystem": "spec.security.readOnlyRootFilesystem",
+        "pids_limit": "spec.security.pidsLimit", "memory_limit": "spec.resources.memory",
+        "cpus": "spec.resources.cpus", "gpus": "the GPUs assigned",
+    }
+    engine: Literal["container"] = "container"
+    image: str  # as the spec wrote it
+    image_id: str | None  # what it names here now; None: not present, pulled at start
+    image_user: str | None = None  # the USER the image declares
+    command: tuple[str, ...] | None = None  # replaces the image's ENTRYPOINT
+    args: tuple[str, ...] | None = None  # replaces the image's CMD
+    env: dict[str, str] = {}
+    working_dir: str | None = None
+    user: str | None = None  # the spec's; see effective_user
+    ports: tuple[PublishedPort, ...] = ()
+    volumes: tuple[BindMount, ...] = ()
+    network: str = "none"
+    capabilities: tuple[str, ...] = ()
+    read_only_root_filesystem: bool = True
+    pids_limit: int = 512
+    memory_limit: int | None = None
+    cpus: float | None = None
+    gpus: tuple[int, ...] = ()
+
+    executable: ClassVar[None] = None  # nothing on the host is executed: the gate judges the image instead
+
+    @property
+    def pull(self) -> bool:
+        return self.image_id is None
+
+    @property
+    def effective_user(self) -> str:
+        """The spec's user; else the image's if it is not root; else nobody. Root only when the spec says so."""
+        if self.user is not None:
+            return self.user
+        return self.image_user if self.image_user and not runs_as_root(self.image_user) else NOBODY
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        return (*(self.command or ()), *(self.args or ()))
+
+
+AnyLaunch = Annotated[LaunchSpec | ContainerLaunch, Field(discriminator="engine")]
 
 
 def working_dir_for(spec: WorkloadSpec, spec_dir: PurePath, default_dir: PurePath) -> str:

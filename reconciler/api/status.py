@@ -88,6 +88,9 @@ class ResourceStatus(Report):
     gpus: list[int] | None = None
     health: str | None = None
     enforcement: dict[str, str] | None = None
+    container_id: str | None = None
+    image: str | None = Field(None, description="A container's image reference, as the spec wrote it.")
+    image_id: str | None = Field(None, description="The image it runs (the engine's content digest of it).")
 
 
 class HealthState(Report):

@@ -1,4 +1,4 @@
-"""The Workload kind: something that runs, natively (a process, llama.cpp, vLLM) or, later, in a container."""
+"""The Workload kind: something that runs, natively (a process, llama.cpp, vLLM) or in a container."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from reconciler.api.container import ContainerSecurity, PortMapping, PullPolicy, VolumeMount, valid_image_reference
 from reconciler.api.meta import Resource, Spec
 from reconciler.api.quantity import ByteQuantity
 
@@ -153,13 +154,22 @@ class WorkloadSpec(Spec):
     resources: Resources = Field(default_factory=Resources)
     restart: Restart = Field(default_factory=Restart)
     termination_grace_period_seconds: float = Field(10.0, ge=0, le=3600)
+    image: str | None = Field(None, description="runtime container: the image, best pinned as name@sha256:<digest>.")
+    image_pull_policy: PullPolicy = Field(
+        PullPolicy.if_not_present, description="IfNotPresent pulls a missing image (if the policy allows pulls)."
+    )
+    ports: list[PortMapping] = Field(default_factory=list, description="runtime container: published ports.")
+    volumes: list[VolumeMount] = Field(default_factory=list, description="runtime container: bind mounts.")
+    network: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="runtime container: a Docker network. Default: 'bridge' if ports are published, else 'none'.",
+    )
+    security: ContainerSecurity = Field(default_factory=ContainerSecurity)
 
-    @field_validator("runtime")
+    @field_validator("image")
     @classmethod
-    def _native_only_for_now(cls, runtime: Runtime) -> Runtime:
-        if runtime is not Runtime.native:
-            raise ValueError("runtime 'container' is not supported yet: use runtime 'native'")
-        return runtime
+    def _image_reference(cls, image: str | None) -> str | None:
+        return None if image is None else valid_image_reference(image)
 
     @field_validator("env")
     @classmethod
@@ -168,6 +178,32 @@ class WorkloadSpec(Spec):
             if name in env:
                 raise ValueError(f"GPU access is explicit: request GPUs with spec.resources.gpus, not {name}")
         return env
+
+    @model_validator(mode="after")
+    def _fields_fit_the_runtime(self) -> "WorkloadSpec":
+        if self.runtime is Runtime.native:
+            given = [name for name in _CONTAINER_ONLY if self._set(name)]
+            if given:
+                raise ValueError(f"spec.{to_camel(given[0])} is for runtime 'container', not 'native'")
+            return self
+        if self.image is None:
+            raise ValueError("runtime 'container' needs spec.image")
+        if self.engine is not Engine.process:
+            raise ValueError(f"engine {self.engine.value!r} runs natively: use runtime 'native' (or engine 'process' "
+                             "with the engine's image)")
+        given = [name for name in ("model", "host", "port") if self._set(name)]
+        if given:
+            hint = " (publish container ports with spec.ports)" if given[0] in ("host", "port") else ""
+            raise ValueError(f"spec.{given[0]} is for runtime 'native', not 'container'{hint}")
+        if self.working_dir is not None and not self.working_dir.startswith("/"):
+            raise ValueError("spec.workingDir of a container is a path inside it: it must be absolute")
+        if self.ports and self.network in ("none", "host"):
+            raise ValueError(f"spec.ports cannot be published on network {self.network!r}")
+        published = [(port.host_ip, port.published_port, port.protocol) for port in self.ports]
+        twice = sorted({f"{ip}:{port}/{proto}" for ip, port, proto in published if published.count((ip, port, proto)) > 1})
+        if twice:
+            raise ValueError(f"spec.ports publishes {twice[0]} twice")
+        return self
 
     @model_validator(mode="after")
     def _fields_fit_the_engine(self) -> "WorkloadSpec":
@@ -196,9 +232,38 @@ class WorkloadSpec(Spec):
     def _checks_know_their_port(self) -> "WorkloadSpec":
         check = self.health
         probe = (check.http or check.tcp) if check else None
-        if probe is not None and probe.port is None and self.port is None:
+        if probe is None:
+            return self
+        if self.runtime is Runtime.container:
+            published = {port.container_port for port in self.ports if port.protocol == "tcp"}
+            port = probe.port or self.default_port
+            if port not in published:
+                raise ValueError(f"an http or tcp health check of a container probes a published tcp port; "
+                                 f"{port or 'no port'} is not in spec.ports (or use an exec check)")
+        elif probe.port is None and self.port is None:
             raise ValueError("an http or tcp health check needs a port: set spec.port or the check's own port")
         return self
+
+    def _set(self, name: str) -> bool:
+        """Given a value other than its default (a stored record spells every default out)."""
+        return getattr(self, name) != type(self).model_fields[name].get_default(call_default_factory=True)
+
+    @property
+    def listens(self) -> list[tuple[str, int, str]]:
+        """(host address, port, protocol) this workload takes on the host."""
+        if self.runtime is Runtime.container:
+            return [(port.host_ip, port.published_port, port.protocol) for port in self.ports]
+        return [(self.host, self.port, "tcp")] if self.port is not None else []
+
+    @property
+    def default_port(self) -> int | None:
+        """The port a check probes when it names none: spec.port, or a container's first published port."""
+        if self.runtime is Runtime.container:
+            return self.ports[0].container_port if self.ports else None
+        return self.port
+
+
+_CONTAINER_ONLY = ("image", "image_pull_policy", "ports", "volumes", "network", "security")
 
 
 class Workload(Resource):

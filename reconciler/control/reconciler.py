@@ -26,10 +26,13 @@ from reconciler.diff.plan import (
 from reconciler.control.workloads import WorkloadRenderer
 from reconciler.diff.engines import Rendered
 from reconciler.diff.health import next_probe_in
-from reconciler.drive.process import ProcessDriver, StartFailed
-from reconciler.drive.protocol import WorkloadDriver
+from reconciler.drive.containers import ContainerDriver
+from reconciler.drive.dispatch import Drivers
+from reconciler.drive.process import ProcessDriver, owner_id
+from reconciler.drive.protocol import StartFailed
 from reconciler.gate.verdict import Verdict, decide
 from reconciler.load.desired import DesiredEntry, DesiredState, load_desired
+from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable
 from reconciler.observe.host import ModelPresence, observe_model
 from reconciler.observe.processes import ProcessObservation
 from reconciler.record.recorder import Recorder
@@ -37,6 +40,9 @@ from reconciler.record.status import PassOutcome, conclude
 from reconciler.record.store import ResourceRecord, StateStore
 
 log = logging.getLogger("reconciler")
+
+
+ENGINE_RETRY_SECONDS = 5.0
 
 
 class DesiredStateUnreadable(Exception):
@@ -72,8 +78,12 @@ class Reconciler:
         self.shown_root = root  # as the user typed it: error messages name files this way
         state_dir = state_dir.resolve()  # paths derived from it (working dirs) must not depend on how it was typed
         self.store = StateStore(state_dir)
-        self.processes: WorkloadDriver = ProcessDriver(state_dir, on_exit=on_exit, readonly=readonly)
-        self.workloads = WorkloadRenderer(self.root, self.processes)
+        engine = DockerEngine()
+        self.drivers = Drivers(
+            ProcessDriver(state_dir, on_exit=on_exit, readonly=readonly),
+            ContainerDriver(state_dir, owner_id(state_dir), engine, on_exit=on_exit, readonly=readonly),
+        )
+        self.workloads = WorkloadRenderer(self.root, self.drivers, engine)
         self.recorder = Recorder(self.root)
         self.allow_empty = allow_empty
         self.readonly = readonly
@@ -116,11 +126,11 @@ class Reconciler:
     def keys(self) -> list[ResourceKey]:
         with self._lock:
             owned = set(self.records)
-        processes = {ResourceKey("Workload", name) for name in self.processes.owned_names()}
+        processes = {ResourceKey("Workload", name) for name in self.drivers.owned_names()}
         return sorted(set(self.desired.resources) | set(self.desired.rejected) | owned | processes)
 
     def adopt(self) -> list[int]:
-        stopped = self.processes.adopt()
+        stopped = self.drivers.adopt()
         for pid in stopped:
             log.warning("stopped pid %d: spawned by a start that a crash cut short, never recorded", pid)
         return stopped
@@ -141,7 +151,7 @@ class Reconciler:
         process = model = None
         rendered = Rendered()
         if key.kind == "Workload":
-            process = self.processes.observe(key.name)
+            process = self.drivers.observe(key.name)
             if entry is not None:
                 assert isinstance(entry.resource, Workload)
                 rendered = self.workloads.render(desired, self._remembered, entry.resource, entry.file, process)
@@ -228,8 +238,7 @@ class Reconciler:
         planned = self.plan(key, now, probe=True)
         action = planned.action
         if action.verb is Verb.delete:
-            self._delete(planned, now)
-            return None
+            return self._delete(planned, now)
         digest = self._record_decision(planned, now)
         failure, after = self._drive(planned, now)
         if action.changes_something:
@@ -251,7 +260,7 @@ class Reconciler:
         self.recorder.set_status(record.source, status)
         self.recorder.flush({record.source} | ({planned.record.source} if planned.record else set()))
         if key.kind == "Workload":
-            self.processes.trim_log(key.name)
+            self.drivers.trim_log(key.name)
         check, running = planned.rendered.check, after.record if after and after.running_pid else None
         if running is not None and check is not None:
             return next_probe_in(check, record.health, running.pid, running.started_at, now)
@@ -277,17 +286,20 @@ class Reconciler:
         if not planned.executed or action.key.kind != "Workload":
             return None, inputs.process
         assert inputs.desired is not None and isinstance(inputs.desired.resource, Workload)
-        if action.verb is Verb.stop:  # kept on record as exited: its restart policy and back-off take over
-            self.processes.stop(action.key.name, inputs.desired.resource.spec.termination_grace_period_seconds, forget=False)
-            return None, self.processes.observe(action.key.name)
-        if action.launch is None:
-            return None, inputs.process
-        if inputs.process is not None and inputs.process.record is not None:
-            self.processes.stop(action.key.name, inputs.desired.resource.spec.termination_grace_period_seconds)
+        grace = inputs.desired.resource.spec.termination_grace_period_seconds
         try:
-            return None, self.processes.start(action.key.name, action.launch, action.generation or 1)
+            if action.verb is Verb.stop:  # kept on record as exited: its restart policy and back-off take over
+                self.drivers.stop(action.key.name, grace, forget=False)
+                return None, self.drivers.observe(action.key.name)
+            if action.launch is None:
+                return None, inputs.process
+            if inputs.process is not None and inputs.process.record is not None:
+                self.drivers.stop(action.key.name, grace)
+            return None, self.drivers.start(action.key.name, action.launch, action.generation or 1)
         except StartFailed as failed:
-            return FailureInfo(reason=failed.reason, message=failed.message, at=now), self.processes.observe(action.key.name)
+            return FailureInfo(reason=failed.reason, message=failed.message, at=now), self.drivers.observe(action.key.name)
+        except EngineUnavailable as unavailable:
+            return FailureInfo(reason="EngineUnavailable", message=unavailable.message, at=now), inputs.process
 
     def remove(self, key: ResourceKey, cause: str) -> None:
         """Stop and forget a resource whatever the desired state says (`reconciler down`)."""
@@ -296,7 +308,8 @@ class Reconciler:
         action = Action(key, Verb.delete, cause, record.generation if record else None)
         self._delete(Planned(action, None, Inputs(key, None, record)), datetime.now(timezone.utc))
 
-    def _delete(self, planned: Planned, now: datetime) -> None:
+    def _delete(self, planned: Planned, now: datetime) -> float | None:
+        """Returns seconds until another try when what runs cannot be reached to stop it."""
         key, record = planned.action.key, planned.record
         if record is not None or planned.inputs.process is not None and planned.inputs.process.record is not None:
             log.info("%s: delete (%s)", key, planned.action.cause)
@@ -304,8 +317,13 @@ class Reconciler:
             self.recorder.evidence(record.source, decision_record(planned.action, planned.verdict, record, now))
         ended = None
         if key.kind == "Workload":
-            grace = Workload.model_validate(record.resource).spec.termination_grace_period_seconds if record else 10.0
-            ended = self.processes.stop(key.name, grace)
+            workload = Workload.model_validate(record.resource) if record else None
+            try:
+                ended = self.drivers.stop(key.name, workload.spec.termination_grace_period_seconds if workload else 10.0)
+            except EngineUnavailable as unavailable:
+                if workload is None or workload.spec.runtime.value == "container":
+                    log.warning("%s: cannot remove its container yet: %s", key, unavailable.message)
+                    return ENGINE_RETRY_SECONDS  # kept on record until its container is really gone
         if record is not None:
             self.recorder.evidence(record.source, outcome_record(planned.action, record.generation, None, None,
                                                                  datetime.now(timezone.utc), stopped_pid=ended.pid if ended else None))
@@ -315,6 +333,7 @@ class Reconciler:
         self.recorder.forget(key)
         if record is not None:
             self.recorder.flush({record.source})
+        return None
 
     def _remember(self, record: ResourceRecord) -> None:
         with self._lock:
@@ -324,7 +343,7 @@ class Reconciler:
             self.store.save(record)
 
     def _log_file(self, key: ResourceKey) -> str | None:
-        return self.processes.log_path(key.name) if key.kind == "Workload" else None
+        return self.drivers.log_path(key.name) if key.kind == "Workload" else None
 
 
 def _last_valid(record: ResourceRecord | None) -> DesiredEntry | None:

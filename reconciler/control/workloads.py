@@ -11,16 +11,19 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from reconciler.api.kinds import KINDS, Model, Workload
+from reconciler.api.kinds import KINDS, Model, Runtime, Workload
+from reconciler.api.launch import BindMount, ContainerLaunch
 from reconciler.api.meta import ResourceKey
+from reconciler.diff.containers import check_address, container_endpoint, render_container
 from reconciler.diff.gpus import assign_gpus
 from reconciler.diff.health import note_probe, probe_due
 from reconciler.diff.preflight import preflight
 from reconciler.diff.engines import Blocked, Rendered, engine_check, engine_command, engine_endpoint
-from reconciler.api.launch import render_launch, working_dir_for
+from reconciler.api.launch import LaunchSpec, render_launch, working_dir_for
+from reconciler.drive.dispatch import Drivers
 from reconciler.drive.process import PASSED_THROUGH, child_path
-from reconciler.drive.protocol import WorkloadDriver
 from reconciler.load.desired import DesiredState
+from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable
 from reconciler.observe.gpus import GpuInventory, read_inventory
 from reconciler.observe.host import EngineFacts, ModelPresence, engine_facts, find_executable, observe_model
 from reconciler.observe.probes import probe
@@ -29,23 +32,29 @@ from reconciler.record.store import ResourceRecord
 
 
 class WorkloadRenderer:
-    def __init__(self, root: Path, driver: WorkloadDriver) -> None:
+    def __init__(self, root: Path, driver: Drivers, engine: DockerEngine) -> None:
         self.root = root
         self.driver = driver
+        self.engine = engine
         self.facts = EngineFacts()
         self.inventory = GpuInventory(reason="not observed yet")
+        self._engine_problem: str | None = None
+        self._engine_checked = False
 
     def observe_host(self) -> None:
-        """Once per pass: which engines are installed, which GPUs exist."""
+        """Once per pass: which engines are installed, which GPUs exist; the container engine when first needed."""
         self.facts = engine_facts()
         self.inventory = read_inventory()
+        self._engine_checked = False
 
     def render(
         self, desired: DesiredState, remembered: Callable[[ResourceKey], ResourceRecord | None], workload: Workload,
         file: str, process: ProcessObservation,
     ) -> Rendered:
         spec = workload.spec
-        check, endpoint = engine_check(spec, self.facts), engine_endpoint(spec)  # kept even when a start is blocked
+        container = spec.runtime is Runtime.container
+        check = engine_check(spec, self.facts)  # kept even when a start is blocked
+        endpoint = container_endpoint(spec) if container else engine_endpoint(spec)
 
         def blocked(why: Blocked) -> Rendered:
             return Rendered(blocked=why, check=check, endpoint=endpoint)
@@ -55,6 +64,9 @@ class WorkloadRenderer:
         gpus = assign_gpus(spec.resources.gpus, self.inventory, taken, current)  # device capability first
         if isinstance(gpus, Blocked):
             return blocked(gpus)
+        if container:
+            launch = self._render_container(workload, file, gpus)
+            return blocked(launch) if isinstance(launch, Blocked) else Rendered(launch, None, check, endpoint)
         model, presence = self._model(desired, remembered, spec.model) if spec.model else (None, None)
         refused = preflight(spec, model, presence)
         if refused is not None:
@@ -77,18 +89,41 @@ class WorkloadRenderer:
             return record
         if not probe_due(check, record.health, running.pid, running.started_at, now):
             return record
-        env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ} | workload.spec.env
-        result = probe(check, workload.spec.host, workload.spec.port, env, running.launch.working_dir)
+        spec = workload.spec
+        if isinstance(running.launch, ContainerLaunch):
+            address = check_address(check, spec)
+            result = (probe(check, *address) if address else
+                      self.driver.containers.exec_check(workload.name, check.exec.command, check.timeout_seconds))
+        else:
+            env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ} | spec.env
+            port = (check.http or check.tcp).port if (check.http or check.tcp) else None
+            result = probe(check, spec.host, port or spec.port, env, running.launch.working_dir)
         ended = datetime.now(timezone.utc)  # the next period counts from the end of a slow probe, not its start
         return record.model_copy(update={"health": note_probe(record.health, running.pid, result.ok, result.message, ended)})
 
     def check_executables(self, rendered: Rendered, workload: Workload) -> tuple[str, ...]:
         """What an exec health check would run, for the gate: as written, as found, as resolved."""
-        if rendered.check is None or rendered.check.exec is None or rendered.launch is None:
-            return ()
+        if rendered.check is None or rendered.check.exec is None or not isinstance(rendered.launch, LaunchSpec):
+            return ()  # a container's check runs inside it: nothing on the host is executed
         written = rendered.check.exec.command[0]
         found = find_executable(written, child_path(workload.spec.env), rendered.launch.working_dir)
         return (written, found, os.path.realpath(found)) if found else (written,)
+
+    def _render_container(self, workload: Workload, file: str, gpus: tuple[int, ...]) -> ContainerLaunch | Blocked:
+        spec = workload.spec
+        assert spec.image is not None
+        if not self._engine_checked:
+            self._engine_problem, self._engine_checked = self.engine.unavailable(), True
+        try:
+            if self._engine_problem is not None:
+                raise EngineUnavailable(self.engine.address, self._engine_problem)
+            image = self.engine.image(spec.image)
+        except EngineUnavailable as unavailable:
+            return Blocked("EngineUnavailable", self._engine_problem or unavailable.message)
+        spec_dir = (self.root / file).parent
+        volumes = tuple(BindMount(source=os.path.realpath(spec_dir / volume.source), target=volume.target,
+                                  read_only=volume.read_only) for volume in spec.volumes)
+        return render_container(spec, image, volumes, gpus)
 
     def _model(
         self, desired: DesiredState, remembered: Callable[[ResourceKey], ResourceRecord | None], name: str

@@ -16,13 +16,16 @@ class LogStore:
     def path(self, name: str, previous: bool = False) -> Path:
         return self.directory / (f"{name}.previous.log" if previous else f"{name}.log")
 
-    def open_for_new_run(self, name: str) -> int:
-        """Keep the last run's log as `previous` (the crash's story) and start a fresh one."""
+    def rotate(self, name: str) -> None:
+        """Keep the last run's log as `previous` (the crash's story); the next run starts a fresh one."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         current = self.path(name)
         if current.exists() and current.stat().st_size > 0:  # a failed start's empty log must not bury the crash's
             os.replace(current, self.path(name, previous=True))
-        return os.open(current, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def open_for_new_run(self, name: str) -> int:
+        self.rotate(name)
+        return os.open(self.path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def trim(self, name: str) -> None:
         """Cap a live log: keep its newest half. The writer appends (O_APPEND), so it carries on at the new end."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import socket
 import subprocess
 import threading
 from collections.abc import Callable
@@ -26,6 +25,8 @@ from reconciler.drive.exits import ExitWatcher
 from reconciler.drive.groups import start_ticks, terminate_group
 from reconciler.api.launch import LaunchSpec
 from reconciler.drive.logs import LogStore
+from reconciler.drive.ports import port_free
+from reconciler.drive.protocol import StartFailed
 from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
 from reconciler.record.atomic import write_atomic
 
@@ -43,13 +44,6 @@ def owner_id(state_dir: Path) -> str:
 def child_path(launch_env: dict[str, str]) -> str:
     """The PATH a child will search: its own if the spec sets one, else the reconciler's."""
     return launch_env.get("PATH", os.environ.get("PATH", os.defpath))
-
-
-class StartFailed(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 class ProcessDriver:
@@ -77,6 +71,9 @@ class ProcessDriver:
 
     def trim_log(self, name: str) -> None:
         self.logs.trim(name)
+
+    def owned(self, name: str) -> bool:
+        return (self._records / f"{name}.json").exists()
 
     def owned_names(self) -> list[str]:
         return sorted(path.stem for path in self._records.glob("*.json")) if self._records.is_dir() else []
@@ -139,7 +136,7 @@ class ProcessDriver:
         env |= launch.env | {OWNER_VARIABLE: self._owner, NAME_VARIABLE: name, NONCE_VARIABLE: nonce}
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, launch.gpus))  # exactly its GPUs: none unless requested
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # so CUDA numbers GPUs as NVML does, and index N is NVML's N
-        if launch.listen is not None and not _port_free(*launch.listen):
+        if launch.listen is not None and not port_free(*launch.listen):
             raise StartFailed("PortInUse", f"{launch.listen[0]}:{launch.listen[1]} is already in use: "
                                            "choose another spec.port, or stop what listens there")
         with self._lock:
@@ -251,13 +248,3 @@ class ProcessDriver:
         self._records.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(self._records / f"{record.name}.json", record.model_dump_json(by_alias=True), mode=0o600)
 
-
-def _port_free(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed socket's TIME_WAIT is no conflict
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True

@@ -1,7 +1,7 @@
 """What the reconciler needs from a workload driver. Drivers execute; they never decide.
 
-The native process driver implements it today; container, llama.cpp and vLLM drivers slot in
-beside it, chosen by a workload's runtime and engine.
+The native process driver (processes, llama.cpp and vLLM servers) and the container driver
+implement it; `drive.dispatch.Drivers` routes each workload to the one that runs it.
 """
 
 from __future__ import annotations
@@ -9,8 +9,17 @@ from __future__ import annotations
 from typing import Protocol
 
 from reconciler.api.status import ExitInfo
-from reconciler.api.launch import LaunchSpec
+from reconciler.api.launch import ContainerLaunch, LaunchSpec
 from reconciler.observe.processes import ProcessObservation
+
+
+class StartFailed(Exception):
+    """A start that could not happen; `reason` is a condition reason (CamelCase). Nothing half-made is left."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
 
 
 class WorkloadDriver(Protocol):
@@ -22,7 +31,7 @@ class WorkloadDriver(Protocol):
 
     def observe(self, name: str) -> ProcessObservation: ...
 
-    def start(self, name: str, launch: LaunchSpec, generation: int) -> ProcessObservation:
+    def start(self, name: str, launch: LaunchSpec | ContainerLaunch, generation: int) -> ProcessObservation:
         """Start exactly `launch`; raise StartFailed with a CamelCase reason when it cannot."""
 
     def stop(self, name: str, grace_seconds: float, forget: bool = True) -> ExitInfo | None:

@@ -7,10 +7,11 @@ from enum import Enum
 
 from reconciler.api.kinds import Policy, PolicySpec
 from reconciler.diff.plan import Action, Verb
-from reconciler.api.launch import LaunchSpec
+from reconciler.api.launch import ContainerLaunch, LaunchSpec
+from reconciler.gate.containers import container_problems
 
 _TRUST_RULE = "native.trustedExecutables"
-DEFAULT_POLICY = PolicySpec()  # trusts no native executable: nothing runs until a Policy says so
+DEFAULT_POLICY = PolicySpec()  # trusts no native executable and allows no image: nothing runs until a Policy says so
 
 
 class Decision(str, Enum):
@@ -52,6 +53,11 @@ def decide(
     source = f"Policy/{policy.name}" if policy else "default policy"
     if action.verb not in (Verb.create, Verb.recreate) or action.launch is None:
         return Verdict(Decision.approve, (Reason("no-side-effects", "records or removes only: nothing is started"),))
+    if isinstance(action.launch, ContainerLaunch):
+        problems = container_problems(action.launch, spec.containers, source)
+        if problems:
+            return Verdict(Decision.deny, tuple(Reason(rule, message) for rule, message in problems))
+        return Verdict(Decision.approve, (Reason("containers.images", f"image {action.launch.image} is allowed by {source}"),))
     trusted = {entry.executable for entry in spec.native.trusted_executables}
     reasons = []
     if check_executables and not set(check_executables) & trusted:

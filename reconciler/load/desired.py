@@ -127,13 +127,14 @@ def _reject_shared_ports(
     resources: dict[ResourceKey, DesiredEntry], errors: dict[str, list[LoadError]], display_root: str
 ) -> None:
     """Two workloads cannot listen on one port (a wildcard bind takes the port on every address)."""
-    listeners = [(entry, entry.resource.spec.host, entry.resource.spec.port) for entry in resources.values()
-                 if isinstance(entry.resource, Workload) and entry.resource.spec.port is not None]
-    for entry, host, port in listeners:
-        others = [f"{other.resource.key} in {other.file}" for other, other_host, other_port in listeners
-                  if other is not entry and other_port == port and _overlap(host, other_host)]
+    listeners = [(entry, host, port, protocol) for entry in resources.values() if isinstance(entry.resource, Workload)
+                 for host, port, protocol in entry.resource.spec.listens]
+    for entry, host, port, protocol in listeners:
+        others = sorted({f"{other.resource.key} in {other.file}" for other, other_host, other_port, other_protocol in listeners
+                         if other is not entry and (other_port, other_protocol) == (port, protocol) and _overlap(host, other_host)})
         if others:
-            message = f"spec.port {port} on {host} is also declared by {', '.join(others)}: give each workload its own port"
+            field = "spec.ports" if entry.resource.spec.runtime.value == "container" else "spec.port"
+            message = f"{field}: {protocol} port {port} on {host} is also declared by {', '.join(others)}: give each workload its own port"
             errors[entry.file].append(LoadError(_shown(display_root, entry.file), message, key=entry.resource.key))
 
 

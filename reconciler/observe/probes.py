@@ -19,16 +19,15 @@ class ProbeResult:
 
 
 def probe(
-    check: HealthCheck, host: str, default_port: int | None, env: dict[str, str] | None = None, cwd: str | None = None
+    check: HealthCheck, host: str, port: int | None, env: dict[str, str] | None = None, cwd: str | None = None
 ) -> ProbeResult:
-    """`env` and `cwd` are the workload's: an exec check runs as the workload would, not as the reconciler."""
+    """`port`: where an http/tcp check connects. `env` and `cwd` are the workload's: an exec check runs as the
+    workload would, not as the reconciler."""
     target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
     if check.http is not None:
-        port = check.http.port or default_port
         url = f"http://{f'[{target}]' if ':' in target else target}:{port}{check.http.path}"
         return _http(url, check.http.expect_status, check.timeout_seconds)
     if check.tcp is not None:
-        port = check.tcp.port or default_port
         try:
             with socket.create_connection((target, port), timeout=check.timeout_seconds):
                 return ProbeResult(True, f"tcp {target}:{port} accepts connections")

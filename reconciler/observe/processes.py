@@ -1,4 +1,4 @@
-"""What the process driver reports about a workload's process (plain data: the pure stages read it)."""
+"""What a driver reports about a workload's process or container (plain data: the pure stages read it)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from reconciler.api.status import ExitInfo
-from reconciler.api.launch import LaunchSpec
+from reconciler.api.launch import AnyLaunch
 
 
 class ProcessRecord(BaseModel):
-    """Proof of ownership: pid + kernel start ticks (immune to clock steps) + the launch nonce."""
+    """Proof of ownership: pid + kernel start ticks (immune to clock steps) + the launch nonce.
+
+    For a container, the engine's labels prove ownership: `container_id` names it, `pid` is its main
+    process on the host (0 once it has ended and the reconciler never saw it run).
+    """
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
@@ -22,12 +26,13 @@ class ProcessRecord(BaseModel):
     pid: int
     start_ticks: int
     nonce: str
-    launch: LaunchSpec
+    launch: AnyLaunch
     generation: int
     started_at: datetime
     enforcement: dict[str, str] = {}  # resource -> how its limit is enforced, in words
     cgroups: dict[str, str] = {}  # controller -> the cgroup made for this run
     exit: ExitInfo | None = None
+    container_id: str | None = None
 
 
 class ProcessState(str, Enum):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from reconciler.api.kinds import RestartPolicy, Workload
+from reconciler.api.launch import ContainerLaunch
 from reconciler.api.status import ExitInfo, FailureInfo, Placement, ResourceStatus
 from reconciler.diff.plan import Action, schedule_retry
 from reconciler.gate.verdict import Decision, Verdict
@@ -164,6 +165,7 @@ def _render(record: ResourceRecord, outcome: PassOutcome, assessment: _Assessmen
         placement = Placement.unavailable if cannot_run else Placement.local
     phase = "Orphaned" if action.orphaned else assessment.phase
     running = observed.record if pid and observed else None
+    image = running.launch if running and isinstance(running.launch, ContainerLaunch) else None
     endpoint = outcome.rendered.endpoint
     return ResourceStatus(
         kind=record.kind,
@@ -182,8 +184,11 @@ def _render(record: ResourceRecord, outcome: PassOutcome, assessment: _Assessmen
         created_at=record.created_at,
         log_file=log_file,
         endpoints=[endpoint] if endpoint and assessment.ready else [],
-        command=list(running.launch.argv) if running else None,
+        command=list(running.launch.argv) if running and running.launch.argv else None,
         gpus=list(running.launch.gpus) if running else None,
         health=record.health.message if running and record.health and record.health.pid == pid else None,
         enforcement=running.enforcement or None if running else None,
+        container_id=running.container_id if running else None,
+        image=image.image if image else None,
+        image_id=image.image_id if image else None,
     )

@@ -1,0 +1,327 @@
+"""The container driver: converge containers through the Docker Engine API. It decides nothing.
+
+Ownership and change detection live on the container, as Compose does it: labels name the owner
+(this state directory), the workload, its generation, its effective configuration and that
+configuration's hash. A container without this owner's label is never touched. Each workload has
+one container name per owner, so a crash at any instant leaves at most one container to adopt or
+replace; one that was created but never started is replaced by the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import docker.errors
+from docker.models.containers import Container
+from docker.types import DeviceRequest, LogConfig, Mount
+from pydantic import ValidationError
+
+from reconciler.api.launch import ContainerLaunch
+from reconciler.api.status import ExitInfo
+from reconciler.drive.logs import LogStore
+from reconciler.drive.ports import port_free
+from reconciler.drive.protocol import StartFailed
+from reconciler.observe.docker_engine import OWNER_LABEL, WORKLOAD_LABEL, DockerEngine, EngineUnavailable
+from reconciler.observe.probes import ProbeResult
+from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
+from reconciler.record.atomic import write_atomic
+
+GENERATION_LABEL = "dev.localaistack.generation"
+CONFIG_HASH_LABEL = "dev.localaistack.config-hash"
+LAUNCH_LABEL = "dev.localaistack.launch"
+LOG_TAIL_LINES = 5000
+_RUNNING = {"running", "paused", "restarting"}
+_REASONS = (  # what the engine says -> a condition reason
+    (re.compile(r"port is already allocated|address already in use", re.I), "PortInUse"),
+    (re.compile(r"could not select device driver|nvidia", re.I), "GPURuntimeUnavailable"),
+    (re.compile(r"bind source path does not exist|no such file or directory", re.I), "VolumeSourceNotFound"),
+    (re.compile(r"Conflict\. The container name", re.I), "NameConflict"),
+)
+
+log = logging.getLogger("reconciler")
+
+
+class ContainerDriver:
+    def __init__(
+        self, state_dir: Path, owner: str, engine: DockerEngine, on_exit: Callable[[str], None] | None = None,
+        readonly: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.logs = LogStore(state_dir / "logs")
+        self._owner = owner
+        self._pids = state_dir / "containers"  # the main pid of each run: the engine forgets it once it exits
+        self._on_exit = on_exit
+        self._readonly = readonly
+        self._watching = False
+
+    def container_name(self, name: str) -> str:
+        return f"lais-{name}-{self._owner[:8]}"
+
+    # -- observe ----------------------------------------------------------------------------
+
+    def owned_names(self) -> list[str]:
+        try:
+            return sorted({container.labels.get(WORKLOAD_LABEL, "") for container in self.engine.owned(self._owner)} - {""})
+        except EngineUnavailable:
+            return []
+
+    def observe(self, name: str) -> ProcessObservation:
+        try:
+            containers = self.engine.owned(self._owner, name)
+        except EngineUnavailable:
+            return ProcessObservation(ProcessState.absent)  # the renderer reports the engine as unavailable
+        return self._observation(name, containers)
+
+    def adopt(self) -> list[int]:
+        """Containers carry their own record (labels): adopting is watching their exits."""
+        if self._on_exit is not None and not self._readonly and not self._watching:
+            self._watching = True
+            threading.Thread(target=self._watch_events, name="container-events", daemon=True).start()
+        return []
+
+    def default_working_dir(self, name: str) -> str:
+        return "/"
+
+    def log_path(self, name: str) -> str:
+        return str(self.logs.path(name))
+
+    def trim_log(self, name: str) -> None:
+        """Copy the container's latest output into the bounded log store, where it outlives the container."""
+        try:
+            for container in self.engine.owned(self._owner, name):
+                self._save_log(name, container)
+        except (EngineUnavailable, docker.errors.APIError):
+            return
+
+    def exec_check(self, name: str, command: list[str], timeout: float) -> ProbeResult:
+        """Run an exec health check inside the workload's running container, bounded by `timeout`."""
+        try:
+            running = [c for c in self.engine.owned(self._owner, name) if c.status == "running"]
+            if not running:
+                return ProbeResult(False, "no running container")
+            outcome: list[tuple[int, bytes]] = []
+            worker = threading.Thread(target=lambda: outcome.append(running[0].exec_run(command)), daemon=True)
+            worker.start()
+            worker.join(timeout)
+        except (EngineUnavailable, docker.errors.APIError) as error:
+            return ProbeResult(False, f"{command[0]}: {error}")
+        if not outcome:
+            return ProbeResult(False, f"{command[0]}: no answer within {timeout}s")
+        code, output = outcome[0]
+        tail = (output or b"").decode("utf-8", "replace").strip()[-200:]
+        return ProbeResult(code == 0, f"{command[0]} exited {code}" + (f": {tail}" if tail else ""))
+
+    # -- act --------------------------------------------------------------------------------
+
+    def start(self, name: str, launch: ContainerLaunch, generation: int) -> ProcessObservation:  # type: ignore[override]
+        try:
+            with self.engine.reach() as client:
+                self._remove_all(name)
+                self._check_host(launch)
+                launch = self._ensure_image(client, launch)
+                self.logs.rotate(name)
+                container = client.containers.create(**self._create_args(name, launch, generation))
+                try:
+                    container.start()
+                except docker.errors.APIError as error:
+                    self._save_log(name, container)
+                    container.remove(force=True)  # nothing half-made is left behind
+                    raise _failed(error, "ContainerStartFailed") from None
+                container.reload()
+        except EngineUnavailable as error:
+            raise StartFailed("EngineUnavailable", error.message) from None
+        except docker.errors.APIError as error:
+            raise _failed(error, "ContainerCreateFailed") from None
+        self._remember_pid(name, container)
+        return self._observation(name, [container])
+
+    def stop(self, name: str, grace_seconds: float, forget: bool = True) -> ExitInfo | None:
+        """Stop the workload's container (TERM, grace, KILL); `forget` removes it, else it stays as exited."""
+        observed = None
+        for container in self.engine.owned(self._owner, name):  # EngineUnavailable: the caller retries later
+            try:
+                if container.status in _RUNNING:
+                    container.stop(timeout=math.ceil(grace_seconds))
+                container.reload()
+                observed = self._observation(name, [container])
+                self._save_log(name, container)
+                if forget:
+                    container.remove(force=True)
+            except docker.errors.NotFound:
+                continue  # removed meanwhile: what was wanted
+        if forget:
+            (self._pids / f"{name}.json").unlink(missing_ok=True)
+        return observed.exit if observed else None
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _observation(self, name: str, containers: list[Container]) -> ProcessObservation:
+        adoptable = [(container, launch) for container in containers if (launch := _launch_of(container))]
+        if not adoptable:
+            return ProcessObservation(ProcessState.absent)  # a start replaces whatever carries our label
+        container, launch = max(adoptable, key=lambda pair: pair[0].attrs.get("Created", ""))
+        state = container.attrs.get("State") or {}
+        if state.get("Status") == "created":
+            return ProcessObservation(ProcessState.absent)  # a start a crash cut short
+        pid = state.get("Pid") or self._remembered_pid(name, container.id)
+        started_at = _timestamp(state.get("StartedAt"))
+        record = ProcessRecord(
+            name=name, pid=pid, start_ticks=0, nonce=container.id[:16], launch=launch,
+            generation=int(container.labels.get(GENERATION_LABEL, "1")), started_at=started_at,
+            enforcement=_enforcement(launch), container_id=container.id,
+        )
+        if state.get("Status") in _RUNNING:
+            if not self._readonly and self._remembered_pid(name, container.id) != pid:
+                self._remember_pid(name, container)
+            return ProcessObservation(ProcessState.running, record)
+        finished = _timestamp(state.get("FinishedAt"))
+        exit_info = ExitInfo(pid=pid, code=state.get("ExitCode"), finished_at=finished,
+                             ran_seconds=max(0.0, (finished - started_at).total_seconds()),
+                             oom_killed=bool(state.get("OOMKilled")))
+        return ProcessObservation(ProcessState.exited, record.model_copy(update={"exit": exit_info}))
+
+    def _create_args(self, name: str, launch: ContainerLaunch, generation: int) -> dict:
+        return {
+            "image": launch.image_id, "name": self.container_name(name), "detach": True,
+            "entrypoint": list(launch.command) if launch.command else None,
+            "command": list(launch.args) if launch.args is not None else None,
+            "environment": launch.env, "working_dir": launch.working_dir, "user": launch.effective_user,
+            "labels": {
+                OWNER_LABEL: self._owner, WORKLOAD_LABEL: name, GENERATION_LABEL: str(generation),
+                CONFIG_HASH_LABEL: launch.digest, LAUNCH_LABEL: launch.model_dump_json(by_alias=True),
+            },
+            "cap_drop": ["ALL"], "cap_add": list(launch.capabilities) or None, "security_opt": ["no-new-privileges"],
+            "privileged": False, "read_only": launch.read_only_root_filesystem,
+            "tmpfs": {"/tmp": "rw,nosuid,nodev,size=64m"}, "network_mode": launch.network, "init": True,
+            "ports": {f"{port.container_port}/{port.protocol}": (port.host_ip, port.host_port) for port in launch.ports},
+            "mounts": [Mount(volume.target, volume.source, type="bind", read_only=volume.read_only)
+                       for volume in launch.volumes],
+            "mem_limit": launch.memory_limit, "nano_cpus": int(launch.cpus * 1e9) if launch.cpus else None,
+            "pids_limit": launch.pids_limit, "restart_policy": {"Name": "no"},  # restarts are the reconciler's call
+            "device_requests": [DeviceRequest(device_ids=[str(gpu) for gpu in launch.gpus], capabilities=[["gpu"]])]
+            if launch.gpus else None,
+            "log_config": LogConfig(type="json-file", config={"max-size": "10m", "max-file": "2"}),
+        }
+
+    def _check_host(self, launch: ContainerLaunch) -> None:
+        for port in launch.ports:
+            if port.protocol == "tcp" and not port_free(port.host_ip, port.host_port):
+                raise StartFailed("PortInUse", f"{port.host_ip}:{port.host_port} is already in use on this host: "
+                                               "publish another hostPort, or stop what listens there")
+        for volume in launch.volumes:
+            if not Path(volume.source).exists():
+                raise StartFailed("VolumeSourceNotFound", f"volume source {volume.source} does not exist: create it "
+                                                          "or fix spec.volumes")
+
+    def _ensure_image(self, client, launch: ContainerLaunch) -> ContainerLaunch:
+        if not launch.pull:
+            return launch
+        try:
+            client.images.pull(launch.image)
+        except docker.errors.APIError as error:
+            raise StartFailed("ImagePullFailed", f"pulling {launch.image}: {error.explanation or error}") from None
+        image = self.engine.image(launch.image)
+        if image is None:
+            raise StartFailed("ImagePullFailed", f"pulling {launch.image} finished but the engine does not have it")
+        return launch.model_copy(update={"image_id": image.id, "image_user": image.user})
+
+    def _remove_all(self, name: str) -> None:
+        for container in self.engine.owned(self._owner, name):
+            self._save_log(name, container)
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+
+    def _save_log(self, name: str, container: Container) -> None:
+        if self._readonly:
+            return
+        try:
+            output = container.logs(stdout=True, stderr=True, tail=LOG_TAIL_LINES)
+        except docker.errors.APIError:
+            return
+        self.logs.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(self.logs.path(name), output[-self.logs.max_bytes:], mode=0o600)
+
+    def _remember_pid(self, name: str, container: Container) -> None:
+        pid = (container.attrs.get("State") or {}).get("Pid") or 0
+        self._pids.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(self._pids / f"{name}.json", json.dumps({"id": container.id, "pid": pid}), mode=0o600)
+
+    def _remembered_pid(self, name: str, container_id: str) -> int:
+        try:
+            remembered = json.loads((self._pids / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            return 0
+        return remembered.get("pid", 0) if remembered.get("id") == container_id else 0
+
+    def _watch_events(self) -> None:
+        """Exits and removals of our containers wake their workloads; so does the engine coming back."""
+        assert self._on_exit is not None
+        lost = False
+        while True:
+            try:
+                with self.engine.reach() as client:
+                    events = client.events(decode=True, filters={
+                        "type": "container", "label": [f"{OWNER_LABEL}={self._owner}"], "event": ["die", "destroy"],
+                    })
+                    if lost:
+                        log.info("%s answers again", self.engine.address)
+                        for name in self.owned_names():
+                            self._on_exit(name)
+                    lost = False
+                    for event in events:
+                        name = (event.get("Actor") or {}).get("Attributes", {}).get(WORKLOAD_LABEL)
+                        if name:
+                            self._on_exit(name)
+            except Exception as error:  # noqa: BLE001 - the engine went away: wait for it, never die
+                if not lost:
+                    log.warning("container events: %s", error)
+                lost = True
+            time.sleep(2.0)
+
+
+def _launch_of(container: Container) -> ContainerLaunch | None:
+    """The configuration a container was made with, if its labels are intact (else it is replaced, not adopted)."""
+    labels = container.labels
+    try:
+        launch = ContainerLaunch.model_validate_json(labels.get(LAUNCH_LABEL, ""))
+    except ValidationError:
+        return None
+    return launch if launch.digest == labels.get(CONFIG_HASH_LABEL) else None
+
+
+def _failed(error: docker.errors.APIError, fallback: str) -> StartFailed:
+    message = str(error.explanation or error)
+    reason = next((reason for pattern, reason in _REASONS if pattern.search(message)), fallback)
+    return StartFailed(reason, message)
+
+
+def _timestamp(text: str | None) -> datetime:
+    """Docker's RFC 3339 with nanoseconds; its zero time ('0001-01-01...') for never."""
+    if not text or text.startswith("0001-"):
+        return datetime.now(timezone.utc)
+    trimmed = re.sub(r"(\.\d{6})\d+", r"\1", text).replace("Z", "+00:00")
+    return datetime.fromisoformat(trimmed)
+
+
+def _enforcement(launch: ContainerLaunch) -> dict[str, str]:
+    privileges = ", ".join([
+        "all capabilities dropped" + (f" but {', '.join(launch.capabilities)}" if launch.capabilities else ""),
+        "no-new-privileges", "read-only root filesystem" if launch.read_only_root_filesystem else "writable root filesystem",
+        f"user {launch.effective_user}", f"network {launch.network}",
+    ])
+    enforcement = {"privileges": privileges, "pids": f"container pids limit {launch.pids_limit}"}
+    if launch.memory_limit:
+        enforcement["memory"] = f"container memory limit {launch.memory_limit} bytes (engine cgroup)"
+    if launch.cpus:
+        enforcement["cpus"] = f"container CPU quota {launch.cpus} CPUs (engine cgroup)"
+    return enforcement

@@ -1,0 +1,44 @@
+"""The gate's judgement of a container: an allowed image, and every relaxation of least privilege allowed. Pure."""
+
+from __future__ import annotations
+
+import ipaddress
+from fnmatch import fnmatchcase
+from pathlib import PurePosixPath
+
+from reconciler.api.container import runs_as_root
+from reconciler.api.kinds import ContainerPolicy
+from reconciler.api.launch import ContainerLaunch
+
+
+def container_problems(launch: ContainerLaunch, rules: ContainerPolicy, source: str) -> list[tuple[str, str]]:
+    """(rule, message) for each thing the policy does not allow; empty when it may run."""
+    problems = []
+    if not any(fnmatchcase(launch.image, pattern) for pattern in rules.images):
+        problems.append(("containers.images", f"image {launch.image} is not allowed by {source}: "
+                                              "add it (or a pattern such as 'name:*') to spec.containers.images"))
+    if launch.pull and not rules.pull:
+        problems.append(("containers.pull", f"image {launch.image} is not on this host and {source} does not allow "
+                                            "pulls: load it locally, or set spec.containers.pull: true"))
+    if launch.network != "none" and launch.network not in rules.networks:
+        why = " (publishing ports needs it)" if launch.ports and launch.network == "bridge" else ""
+        problems.append(("containers.networks", f"network {launch.network}{why} gives the container outbound access; "
+                                                f"{source} does not allow it: add it to spec.containers.networks"))
+    extra = sorted(set(launch.capabilities) - set(rules.capabilities))
+    if extra:
+        problems.append(("containers.capabilities", f"capabilities {', '.join(extra)} are not allowed by {source}"))
+    if not launch.read_only_root_filesystem and not rules.writable_root_filesystem:
+        problems.append(("containers.writableRootFilesystem", f"a writable root filesystem is not allowed by {source}"))
+    if runs_as_root(launch.effective_user) and not rules.root:
+        problems.append(("containers.root", f"running as {launch.effective_user} (root) is not allowed by {source}"))
+    roots = [PurePosixPath(root) for root in rules.volume_roots]
+    for volume in launch.volumes:
+        if not any(PurePosixPath(volume.source).is_relative_to(root) for root in roots):
+            allowed = ", ".join(map(str, roots)) or "none"
+            problems.append(("containers.volumeRoots", f"volume source {volume.source} lies outside the folders "
+                                                       f"{source} allows (spec.containers.volumeRoots: {allowed})"))
+    for port in launch.ports:
+        if not ipaddress.ip_address(port.host_ip).is_loopback and port.host_ip not in rules.exposed_addresses:
+            problems.append(("containers.exposedAddresses", f"publishing port {port.host_port} on {port.host_ip} exposes "
+                                                            f"it beyond this host; {source} allows loopback only"))
+    return problems

@@ -1,0 +1,102 @@
+"""The Docker engine as the reconciler sees it: reachable or not, which images are here, which containers are ours.
+
+The address comes from DOCKER_HOST, as the docker CLI's does. A client is made lazily and dropped
+on any connection failure, so an engine that comes back is used again without a daemon restart.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.models.containers import Container
+
+DEFAULT_ADDRESS = "unix:///var/run/docker.sock"
+OWNER_LABEL = "dev.localaistack.owner"
+WORKLOAD_LABEL = "dev.localaistack.workload"
+
+
+def engine_address() -> str:
+    return os.environ.get("DOCKER_HOST") or DEFAULT_ADDRESS
+
+
+class EngineUnavailable(Exception):
+    def __init__(self, address: str, detail: str) -> None:
+        self.address = address
+        self.message = f"Docker engine at {address} is not reachable: {detail}"
+        super().__init__(self.message)
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    id: str
+    user: str | None
+    repo_digests: tuple[str, ...] = ()
+
+
+class DockerEngine:
+    def __init__(self, address: str | None = None, timeout: float = 30.0) -> None:
+        self.address = address or engine_address()
+        self.timeout = timeout
+        self._client: docker.DockerClient | None = None
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def reach(self) -> Iterator[docker.DockerClient]:
+        """A client for one exchange; connection failures become EngineUnavailable, the engine's own errors stay."""
+        try:
+            with self._lock:
+                if self._client is None:
+                    self._client = docker.DockerClient(base_url=self.address, version="auto", timeout=int(self.timeout))
+                client = self._client
+            yield client
+        except docker.errors.APIError:
+            raise
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as error:
+            with self._lock:
+                self._client = None
+            raise EngineUnavailable(self.address, _plain(error)) from None
+
+    def unavailable(self) -> str | None:
+        """Why the engine cannot be used now, or None when it answers."""
+        try:
+            with self.reach() as client:
+                client.ping()
+        except EngineUnavailable as error:
+            return error.message
+        except docker.errors.APIError as error:
+            return f"Docker engine at {self.address} answered with an error: {error.explanation or error}"
+        return None
+
+    def image(self, reference: str) -> ImageFacts | None:
+        with self.reach() as client:
+            try:
+                image = client.images.get(reference)
+            except docker.errors.ImageNotFound:
+                return None
+        config = image.attrs.get("Config") or {}
+        return ImageFacts(image.id, config.get("User") or None, tuple(image.attrs.get("RepoDigests") or ()))
+
+    def owned(self, owner: str, name: str | None = None) -> list[Container]:
+        """Every container labelled as this owner's (one workload's, if named), running or not."""
+        labels = [f"{OWNER_LABEL}={owner}"] + ([f"{WORKLOAD_LABEL}={name}"] if name else [])
+        with self.reach() as client:
+            return client.containers.list(all=True, filters={"label": labels})
+
+
+def _plain(error: BaseException) -> str:
+    """The innermost reason (e.g. 'No such file or directory'), not requests' nested repr."""
+    while error.__context__ is not None and not str(error).strip():
+        error = error.__context__
+    text = str(error)
+    for marker in ("FileNotFoundError", "ConnectionRefusedError", "Connection refused", "No such file or directory"):
+        if marker in text:
+            return {"FileNotFoundError": "no socket there (is the engine running?)",
+                    "No such file or directory": "no socket there (is the engine running?)"}.get(marker, "connection refused")
+    return text[:300]
