@@ -11,13 +11,16 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
 import yaml
 
 from reconciler.drive.process import NAME_VARIABLE, OWNER_VARIABLE, owner_id
+
+if TYPE_CHECKING:
+    from tests.docker_engine import EngineUnderTest
 
 PYTHON = sys.executable
 SLEEPER = "import sys, time\nprint('up', sys.argv[1:], flush=True)\nwhile True: time.sleep(1)"
@@ -155,3 +158,30 @@ def workspace(tmp_path: Path) -> Iterator[Workspace]:
     space.write("policy.yaml", POLICY_YAML)
     yield space
     space.cleanup()
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator["EngineUnderTest"]:
+    """A reachable Docker engine with the busybox test image: RECONCILER_TEST_DOCKER_HOST's, else a private dockerd.
+
+    Its address is exported as DOCKER_HOST for the rest of the session, so every reconciler the tests start uses it.
+    """
+    from tests.docker_engine import EngineUnderTest, PrivateEngine, import_image
+
+    given = os.environ.get("RECONCILER_TEST_DOCKER_HOST")
+    engine = None if given else PrivateEngine()
+    if engine is not None:
+        engine.start()
+    address = given or engine.address  # type: ignore[union-attr]
+    previous = os.environ.get("DOCKER_HOST")
+    os.environ["DOCKER_HOST"] = address
+    try:
+        import_image(address)
+        yield EngineUnderTest(address, engine)
+    finally:
+        if previous is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = previous
+        if engine is not None:
+            engine.destroy()

@@ -200,7 +200,7 @@ class ContainerDriver:
             },
             "cap_drop": ["ALL"], "cap_add": list(launch.capabilities) or None, "security_opt": ["no-new-privileges"],
             "privileged": False, "read_only": launch.read_only_root_filesystem,
-            "tmpfs": {"/tmp": "rw,nosuid,nodev,size=64m"}, "network_mode": launch.network, "init": True,
+            "tmpfs": {"/tmp": _tmpfs_options(launch.effective_user)}, "network_mode": launch.network, "init": True,
             "ports": {f"{port.container_port}/{port.protocol}": (port.host_ip, port.host_port) for port in launch.ports},
             "mounts": [Mount(volume.target, volume.source, type="bind", read_only=volume.read_only)
                        for volume in launch.volumes],
@@ -311,6 +311,15 @@ def _timestamp(text: str | None) -> datetime:
         return datetime.now(timezone.utc)
     trimmed = re.sub(r"(\.\d{6})\d+", r"\1", text).replace("Z", "+00:00")
     return datetime.fromisoformat(trimmed)
+
+
+def _tmpfs_options(user: str) -> str:
+    """A /tmp the container's user can write: owned by it where the user is numeric, since some runc and
+    kernel pairings drop tmpfs's mode=1777."""
+    owner = user.split(":")
+    numeric = all(part.isdigit() for part in owner)
+    ids = f",uid={owner[0]},gid={owner[-1]}" if numeric else ""
+    return f"rw,nosuid,nodev,size=64m,mode=1777{ids}"
 
 
 def _enforcement(launch: ContainerLaunch) -> dict[str, str]:
