@@ -4,9 +4,9 @@ no-op passes, drift repair, adoption, an engine that goes away and comes back, a
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
-import textwrap
 import time
 import urllib.request
 from datetime import datetime, timezone
@@ -136,5 +136,215 @@ def test_spec_change_recreates_with_a_new_config_hash_and_says_why(space: Worksp
     assert after.labels["dev.localaistack.config-hash"] != before.labels["dev.localaistack.config-hash"]
     assert after.labels["dev.localaistack.generation"] == "2"
     assert "GREETING=hi" in after.attrs["Config"]["Env"]
-    recreate = [event for event in space.evidence("web.yaml") if event.get("action") == "recreate"]
+    recreate = [event for event in space.evidence("web.yaml") if event.get("action") == "recreate" and event.get("event") == "decision"]
     assert recreate and "spec.env" in recreate[0]["cause"], recreate
+
+
+# -- drift, adoption, the engine going away ------------------------------------------------------------------------
+
+
+def test_container_removed_behind_its_back_is_repaired_and_the_repair_is_in_evidence(
+    space: Workspace, docker_engine: EngineUnderTest
+) -> None:
+    port = free_port()
+    space.write("web.yaml", web("web", port))
+    space.start_daemon()
+    first = wait_for(lambda: space.resource_status("web.yaml", "web") or None, 60, what="a status")
+    wait_for(lambda: (space.resource_status("web.yaml", "web") or {}).get("phase") == "Running", 60, what="Running")
+    original = the_container(docker_engine, space, "web").id
+    docker_engine.client().containers.get(original).remove(force=True)
+    replaced = wait_for(lambda: [c for c in ours(docker_engine, space, "web") if c.id != original and c.status == "running"],
+                        30, what="a new container")
+    assert len(replaced) == 1
+    wait_for(lambda: get(f"http://127.0.0.1:{port}/") == "hello from a container\n", 30, what="serving again")
+    creates = [event for event in space.evidence("web.yaml") if event.get("action") == "create" and event.get("event") == "decision"]
+    assert len(creates) == 2 and "gone" in creates[1]["cause"], creates
+    assert first["kind"] == "Workload"
+
+
+def test_daemon_killed_and_restarted_adopts_the_same_container(space: Workspace, docker_engine: EngineUnderTest) -> None:
+    space.write("web.yaml", web("web", free_port()))
+    space.start_daemon()
+    wait_for(lambda: (space.resource_status("web.yaml", "web") or {}).get("phase") == "Running", 60, what="Running")
+    original = the_container(docker_engine, space, "web").id
+    space.stop_daemon(signal.SIGKILL)
+    space.start_daemon()
+    wait_for(lambda: "watching" in space.daemon_log.read_text(), 30, what="the new daemon")
+    time.sleep(2)  # a pass that would recreate it has had its chance
+    assert the_container(docker_engine, space, "web").id == original
+    assert space.actions("web.yaml").count("create") == 1
+    assert space.resource_status("web.yaml", "web")["containerId"] == original
+
+
+def test_engine_down_is_reported_and_nothing_else_stops_then_it_converges_again(
+    space: Workspace, docker_engine: EngineUnderTest
+) -> None:
+    if docker_engine.private is None:
+        pytest.skip("the tests were given an engine (RECONCILER_TEST_DOCKER_HOST) and must not stop it")
+    port = free_port()
+    space.write("web.yaml", web("web", port))
+    space.write("native.yaml", workload_yaml("native"))
+    space.start_daemon("--resync", "1")
+    wait_for(lambda: (space.resource_status("web.yaml", "web") or {}).get("phase") == "Running", 60, what="Running")
+    native_pid = wait_for(lambda: space.pid("native.yaml", "native"), 30, what="the native workload")
+    docker_engine.private.stop()
+    try:
+        down = wait_for(lambda: (space.condition("web.yaml", "web") or {}).get("reason") == "EngineUnavailable"
+                        and space.condition("web.yaml", "web"), 60, what="EngineUnavailable")
+        assert docker_engine.address in down["message"], down
+        assert space.pid("native.yaml", "native") == native_pid  # nothing else in the reconciler stops
+    finally:
+        docker_engine.private.start()
+    wait_for(lambda: (space.resource_status("web.yaml", "web") or {}).get("phase") == "Running", 60, what="Running again")
+    wait_for(lambda: get(f"http://127.0.0.1:{port}/") == "hello from a container\n", 30, what="serving again")
+    assert the_container(docker_engine, space, "web").status == "running"
+    assert space._daemon is not None and space._daemon.poll() is None
+
+
+# -- removal, logs, exits ------------------------------------------------------------------------------------------
+
+
+def test_removing_the_spec_removes_the_container_and_its_logs_stay_readable(
+    space: Workspace, docker_engine: EngineUnderTest
+) -> None:
+    space.write("talk.yaml", container_yaml("talk", command=["sh", "-c", "echo said-hello; exec sleep 600"]))
+    assert space.cli("apply", "--wait", "--timeout", "60").returncode == 0
+    assert len(ours(docker_engine, space, "talk")) == 1
+    (space.desired / "talk.yaml").unlink()
+    removed = space.cli("apply", "--allow-empty")
+    assert removed.returncode == 0, removed.stderr
+    assert ours(docker_engine, space, "talk") == []
+    logs = space.cli("logs", "talk")
+    assert logs.returncode == 0 and "said-hello" in logs.stdout, logs.stdout + logs.stderr
+
+
+def test_a_crashing_container_backs_off_with_its_exit_code_and_output_kept(
+    space: Workspace, docker_engine: EngineUnderTest
+) -> None:
+    space.write("crash.yaml", container_yaml("crash", command=["sh", "-c", "echo about-to-fail; exit 3"],
+                                             restart={"policy": "OnFailure", "backoff": {"initialSeconds": 30}}))
+    space.cli("apply")
+    wait_for(lambda: ours(docker_engine, space, "crash")[0].wait(timeout=10), 15, what="the container to exit")
+    space.cli("apply")
+    status = space.resource_status("crash.yaml", "crash")
+    assert status["lastExit"]["code"] == 3 and status["phase"] == "BackOff", status
+    assert status["nextRetryTime"] is not None
+    exited = the_container(docker_engine, space, "crash")
+    assert exited.status == "exited"  # kept until replaced: its story stays with the engine too
+    assert "about-to-fail" in space.cli("logs", "crash").stdout
+
+
+def test_exec_health_check_runs_inside_the_container(space: Workspace, docker_engine: EngineUnderTest) -> None:
+    space.write("execd.yaml", container_yaml("execd", command=["sleep", "600"],
+                                             health={"exec": {"command": ["test", "-f", "/www/health"]}, "periodSeconds": 1}))
+    done = space.cli("apply", "--wait", "--timeout", "60")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert space.condition("execd.yaml", "execd")["reason"] == "Healthy"
+    assert "test exited 0" in space.resource_status("execd.yaml", "execd")["health"]
+
+
+def test_a_new_image_under_the_same_tag_recreates_the_container(space: Workspace, docker_engine: EngineUnderTest) -> None:
+    reference = "reconciler-test/retag:1"
+    import_image(docker_engine.address, reference, marker="one")
+    space.write("tagged.yaml", container_yaml("tagged", image=reference, command=["sleep", "600"]))
+    assert space.cli("apply", "--wait", "--timeout", "60").returncode == 0
+    before = the_container(docker_engine, space, "tagged")
+    new_id = import_image(docker_engine.address, reference, marker="two")
+    assert space.cli("apply", "--wait", "--timeout", "60").returncode == 0
+    after = the_container(docker_engine, space, "tagged")
+    assert after.id != before.id and after.image.id == new_id
+    recreate = [event for event in space.evidence("tagged.yaml") if event.get("action") == "recreate" and event.get("event") == "decision"]
+    assert recreate and "the image (its ID) changed" in recreate[0]["cause"], recreate
+
+
+# -- the policy and bad input --------------------------------------------------------------------------------------
+
+
+def test_default_policy_allows_no_image(workspace: Workspace, docker_engine: EngineUnderTest) -> None:
+    (workspace.desired / "policy.yaml").unlink()
+    workspace.write("web.yaml", container_yaml("web", command=["sleep", "600"]))
+    workspace.cli("apply")
+    condition = workspace.condition("web.yaml", "web")
+    assert condition["reason"] == "PolicyDenied" and "containers.images" in condition["message"], condition
+    assert ours(docker_engine, workspace) == []
+
+
+def test_relaxations_need_the_policy(space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "note.txt").write_text("from the host\n")
+    spec = dict(command=["sleep", "600"], volumes=[{"source": str(data), "target": "/data"}],
+                security={"capabilities": ["NET_BIND_SERVICE"]})
+    space.write("app.yaml", container_yaml("app", **spec))
+    space.cli("apply")
+    message = space.condition("app.yaml", "app")["message"]
+    assert "containers.volumeRoots" in message and "containers.capabilities" in message, message
+    assert ours(docker_engine, space) == []
+    space.write("policy.yaml", policy_yaml(volumeRoots=[str(tmp_path)], capabilities=["NET_BIND_SERVICE"]))
+    done = space.cli("apply", "--wait", "--timeout", "60")
+    assert done.returncode == 0, done.stdout + done.stderr
+    container = the_container(docker_engine, space, "app")
+    assert container.attrs["HostConfig"]["CapAdd"] == ["NET_BIND_SERVICE"]
+    assert container.exec_run(["cat", "/data/note.txt"]).output == b"from the host\n"
+    assert container.exec_run(["touch", "/data/new"]).exit_code != 0  # read-only unless the spec says otherwise
+
+
+def test_host_port_in_use_fails_explicitly_and_leaves_no_container(space: Workspace, docker_engine: EngineUnderTest) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        space.write("web.yaml", web("web", port))
+        space.cli("apply")
+        condition = space.condition("web.yaml", "web")
+        assert condition["reason"] == "PortInUse" and str(port) in condition["message"], condition
+        assert ours(docker_engine, space) == []
+
+
+def test_image_that_cannot_be_pulled_backs_off_with_the_engines_message(
+    space: Workspace, docker_engine: EngineUnderTest
+) -> None:
+    space.write("policy.yaml", policy_yaml(images=["registry.invalid/*"], pull=True))
+    space.write("far.yaml", container_yaml("far", image="registry.invalid/nothing:1"))
+    applied = space.cli("apply", timeout=120)
+    assert "no such host" in applied.stderr  # the engine's own words
+    status = space.resource_status("far.yaml", "far")
+    condition = space.condition("far.yaml", "far")
+    assert condition["reason"] == "ImagePullFailed" and "registry.invalid/nothing:1" in condition["message"], condition
+    assert status["phase"] == "BackOff" and status["nextRetryTime"] is not None
+    assert ours(docker_engine, space) == []
+
+
+def test_pulling_needs_the_policy(space: Workspace, docker_engine: EngineUnderTest) -> None:
+    space.write("far.yaml", container_yaml("far", image="reconciler-test/absent:1"))
+    space.cli("apply")
+    condition = space.condition("far.yaml", "far")
+    assert condition["reason"] == "PolicyDenied" and "containers.pull" in condition["message"], condition
+
+
+def test_gpu_request_without_a_gpu_runtime_fails_explicitly(
+    space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
+) -> None:
+    gpus = tmp_path / "gpus.json"
+    gpus.write_text(json.dumps([{"index": 0, "name": "Fake GPU", "memoryTotal": 8 * 1024**3}]))
+    space.write("gpu.yaml", container_yaml("gpu", command=["sleep", "600"], resources={"gpus": {"count": 1}}))
+    space.cli("apply", env={**os.environ, "RECONCILER_FAKE_GPUS": str(gpus)})
+    condition = space.condition("gpu.yaml", "gpu")
+    assert condition["reason"] == "GPURuntimeUnavailable", condition
+    assert ours(docker_engine, space) == []
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ({"image": "Not A/Reference"}, "is not an image reference"),
+    ({"security": {"capabilities": ["NET_BIND_SERVICE", "MAKE_COFFEE"]}}, "unknown capability 'MAKE_COFFEE'"),
+    ({"ports": [{"containerPort": 80, "hostIP": "localhost"}]}, "is not an IP address"),
+])
+def test_bad_container_specs_are_refused_at_load_with_file_and_line(
+    space: Workspace, docker_engine: EngineUnderTest, spec: dict, expected: str
+) -> None:
+    space.write("bad.yaml", container_yaml("bad", **spec))
+    checked = space.cli("validate")
+    assert checked.returncode != 0 and expected in checked.stdout + checked.stderr
+    assert "bad.yaml:" in checked.stdout + checked.stderr
+    space.cli("apply")
+    assert ours(docker_engine, space) == []

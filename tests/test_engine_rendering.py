@@ -366,10 +366,18 @@ class TestAssignGpus:
     def test_current_too_small_after_min_memory_raised_is_dropped(self) -> None:
         assert assign_gpus(request(count=1, minMemory="16Gi"), gpus(8, 24), {}, current=(0,)) == (1,)
 
-    def test_not_enough(self) -> None:
-        why = blocked(assign_gpus(request(count=3, minMemory="16Gi"), gpus(24, 24, 8), {0: "x"}))
+    def test_not_enough_free(self) -> None:
+        why = blocked(assign_gpus(request(count=2, minMemory="16Gi"), gpus(24, 24, 8), {0: "x"}))
         assert why.reason == "InsufficientGPUs"
-        assert "needs 3" in why.message and "16Gi" in why.message
+        assert "needs 2" in why.message and "16Gi" in why.message and "in use by x" in why.message
+
+    def test_not_enough_with_that_much_memory(self) -> None:
+        why = blocked(assign_gpus(request(count=3, minMemory="16Gi"), gpus(24, 24, 8), {}))
+        assert why.reason == "InsufficientGPUMemory"
+        assert "2 of this host's 3 have that much" in why.message and "minMemory" in why.message
+
+    def test_more_than_the_host_has_is_not_a_memory_problem(self) -> None:
+        assert blocked(assign_gpus(request(count=4), gpus(24, 24), {})).reason == "InsufficientGPUs"
 
 
 # -- 4. health bookkeeping ------------------------------------------------------------------------------------------

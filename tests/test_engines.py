@@ -126,6 +126,19 @@ def test_vllm_gets_exclusive_gpus_from_the_inventory(engines: Workspace, tmp_pat
     assert started["cuda_visible_devices"] == "0" and started["gpu_memory_utilization"] == 0.8
 
 
+def test_a_gpu_is_released_when_its_workload_has_ended_for_good(engines: Workspace, tmp_path: Path) -> None:
+    env = engine_env([{"index": 0, "name": "Fake H100", "memoryTotal": 80 * 2**30}], tmp_path)
+    engines.write("done.yaml", workload_yaml("done", "print('finished')", resources={"gpus": {"count": 1}},
+                                             restart={"policy": "Never"}))
+    engines.cli("apply", env=env)
+    wait_for(lambda: not engines.owned_processes("done"), 20, what="it to finish")
+    engines.cli("apply", env=env)  # sees it ended: Never restarts it
+    engines.write("next.yaml", workload_yaml("next", resources={"gpus": {"count": 1}}))
+    engines.cli("apply", env=env)
+    after = engines.resource_status("next.yaml", "next")
+    assert (after["phase"], after["gpus"]) == ("Running", [0]), engines.condition("next.yaml", "next")
+
+
 HEALTH_SERVER = (
     "import http.server, os, sys\n"
     "port, sick = int(sys.argv[1]), sys.argv[2]\n"

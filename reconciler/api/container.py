@@ -43,16 +43,13 @@ class PortMapping(Spec):
 
     container_port: Port
     host_port: Port | None = Field(None, description="Default: the container port.")
-    host_ip: str = Field(LOOPBACK, description="The host address it is published on.")
+    host_ip: str = Field(LOOPBACK, alias="hostIP", description="The host address it is published on.")
     protocol: Literal["tcp", "udp"] = "tcp"
 
     @field_validator("host_ip")
     @classmethod
     def _an_address(cls, value: str) -> str:
-        try:
-            return str(ipaddress.ip_address(value))
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IP address (e.g. 127.0.0.1)") from None
+        return ip_address_text(value)
 
     @property
     def published_port(self) -> int:
@@ -93,6 +90,19 @@ def known_capabilities(names: list[str]) -> list[str]:
     return sorted(set(plain))
 
 
+def ip_address_text(value: str) -> str:
+    """An IP address in its canonical spelling ('0:0::0' -> '::'), so comparisons are exact."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address (e.g. 127.0.0.1)") from None
+
+
+def addresses_overlap(one: str, other: str) -> bool:
+    """Whether two listeners on one port would collide: the same address, or either on every address."""
+    return one == other or {one, other} & {"0.0.0.0", "::", ""} != set()
+
+
 def valid_image_reference(reference: str) -> str:
     if not IMAGE_REFERENCE.match(reference) or len(reference) > 255:
         raise ValueError(f"{reference!r} is not an image reference: expected [registry/]name[:tag][@sha256:<64 hex>], "
@@ -101,4 +111,5 @@ def valid_image_reference(reference: str) -> str:
 
 
 def runs_as_root(user: str) -> bool:
-    return user.split(":", 1)[0] in ("root", "0")
+    name = user.split(":", 1)[0]
+    return name == "root" or name.isdigit() and int(name) == 0  # runc reads "00" as uid 0 too

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from reconciler.api.container import known_capabilities
+from reconciler.api.container import ip_address_text, known_capabilities
 from reconciler.api.meta import Resource, Spec
 from reconciler.api.quantity import ByteQuantity
 from reconciler.api.workload import Engine, RestartPolicy, Runtime, Workload, WorkloadSpec
@@ -73,6 +73,11 @@ class ContainerPolicy(Spec):
     @classmethod
     def _known(cls, names: list[str]) -> list[str]:
         return known_capabilities(names)
+
+    @field_validator("exposed_addresses")
+    @classmethod
+    def _addresses(cls, addresses: list[str]) -> list[str]:
+        return [ip_address_text(address) for address in addresses]
 
     @field_validator("volume_roots")
     @classmethod

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from reconciler.api.container import ContainerSecurity, PortMapping, PullPolicy, VolumeMount, valid_image_reference
+from reconciler.api.container import ContainerSecurity, addresses_overlap, PortMapping, PullPolicy, VolumeMount, valid_image_reference
 from reconciler.api.meta import Resource, Spec
 from reconciler.api.quantity import ByteQuantity
 
@@ -200,13 +200,17 @@ class WorkloadSpec(Spec):
         if self.ports and self.network in ("none", "host"):
             raise ValueError(f"spec.ports cannot be published on network {self.network!r}")
         published = [(port.host_ip, port.published_port, port.protocol) for port in self.ports]
-        twice = sorted({f"{ip}:{port}/{proto}" for ip, port, proto in published if published.count((ip, port, proto)) > 1})
-        if twice:
-            raise ValueError(f"spec.ports publishes {twice[0]} twice")
+        for index, (ip, port, proto) in enumerate(published):
+            clash = [f"{other_ip}:{port}" for other_ip, other_port, other_proto in published[index + 1:]
+                     if (other_port, other_proto) == (port, proto) and addresses_overlap(ip, other_ip)]
+            if clash:
+                raise ValueError(f"spec.ports publishes {proto} port {port} twice ({ip}:{port} and {clash[0]})")
         return self
 
     @model_validator(mode="after")
     def _fields_fit_the_engine(self) -> "WorkloadSpec":
+        if self.runtime is Runtime.container:
+            return self  # an image brings its own command; _fields_fit_the_runtime judged the rest
         if self.engine is Engine.process:
             if not self.command:
                 raise ValueError("engine 'process' needs spec.command")

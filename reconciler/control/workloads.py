@@ -27,7 +27,7 @@ from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable
 from reconciler.observe.gpus import GpuInventory, read_inventory
 from reconciler.observe.host import EngineFacts, ModelPresence, engine_facts, find_executable, observe_model
 from reconciler.observe.probes import probe
-from reconciler.observe.processes import ProcessObservation
+from reconciler.observe.processes import ProcessObservation, ProcessState
 from reconciler.record.store import ResourceRecord
 
 
@@ -60,7 +60,7 @@ class WorkloadRenderer:
             return Rendered(blocked=why, check=check, endpoint=endpoint)
 
         current = process.record.launch.gpus if process.record else ()
-        taken = self._gpus_held(workload.name) if spec.resources.gpus.wanted else {}
+        taken = self._gpus_held(workload.name, remembered) if spec.resources.gpus.wanted else {}
         gpus = assign_gpus(spec.resources.gpus, self.inventory, taken, current)  # device capability first
         if isinstance(gpus, Blocked):
             return blocked(gpus)
@@ -139,11 +139,16 @@ class WorkloadRenderer:
         assert isinstance(model, Model)
         return model, observe_model((self.root / file).parent / model.spec.source)
 
-    def _gpus_held(self, name: str) -> dict[int, str]:
-        """GPUs of every other recorded process: running, or ended and waiting out its back-off."""
+    def _gpus_held(self, name: str, remembered: Callable[[ResourceKey], ResourceRecord | None]) -> dict[int, str]:
+        """GPUs of every other workload's run: running, or ended and waiting out its back-off to start again."""
         taken: dict[int, str] = {}
         for other in self.driver.owned_names():
             observed = self.driver.observe(other) if other != name else None
-            if observed is not None and observed.record:
-                taken |= {gpu: f"Workload/{other}" for gpu in observed.record.launch.gpus}
+            if observed is None or observed.record is None:
+                continue
+            if observed.state is not ProcessState.running:
+                record = remembered(ResourceKey("Workload", other))
+                if record is None or record.next_retry_at is None:
+                    continue  # ended for good: its restart policy will not start it again
+            taken |= {gpu: f"Workload/{other}" for gpu in observed.record.launch.gpus}
         return taken

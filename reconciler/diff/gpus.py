@@ -35,6 +35,10 @@ def assign_gpus(
     free = [index for index in fits if index not in taken]
     keep = [index for index in current if index in free][:wanted]
     chosen = keep + [index for index in free if index not in keep][: wanted - len(keep)]
+    if len(fits) < wanted <= len(inventory.gpus):
+        return Blocked("InsufficientGPUMemory", f"needs {wanted} GPU(s) with at least {format_bytes(request.min_memory or 0)}; "
+                                                f"{len(fits)} of this host's {len(inventory.gpus)} have that much: "
+                                                "lower spec.resources.gpus.minMemory, or ask for fewer")
     if len(chosen) < wanted:
         memory = f" with at least {format_bytes(request.min_memory)}" if request.min_memory else ""
         holders = ", ".join(sorted({taken[index] for index in fits if index in taken})) or "nothing"

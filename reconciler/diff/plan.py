@@ -13,7 +13,7 @@ from reconciler.api.workload import HealthCheck
 from reconciler.diff.health import unhealthy_cause
 from reconciler.diff.engines import Blocked
 from reconciler.api.launch import EXECUTABLE_FIELD as _EXECUTABLE
-from reconciler.api.launch import LaunchSpec
+from reconciler.api.launch import ContainerLaunch, LaunchSpec
 from reconciler.load.desired import DesiredEntry
 from reconciler.observe.processes import ProcessObservation, ProcessState
 from reconciler.record.store import ResourceRecord
@@ -42,7 +42,7 @@ class Action:
     verb: Verb
     cause: str
     generation: int | None = None
-    launch: LaunchSpec | None = None
+    launch: LaunchSpec | ContainerLaunch | None = None
     retry_at: datetime | None = None
     hold: Hold | None = None
     orphaned: bool = False  # gone from the desired state but kept running on purpose
@@ -62,7 +62,7 @@ class Inputs:
     desired: DesiredEntry | None
     record: ResourceRecord | None
     process: ProcessObservation | None = None
-    launch: LaunchSpec | None = None
+    launch: LaunchSpec | ContainerLaunch | None = None
     # Why the desired state's new version of this resource is not used. The caller then passes the last
     # valid version as `desired`, so it keeps being reconciled (restarted after a crash) as it was.
     hold: Hold | None = None
@@ -118,7 +118,7 @@ def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: dat
         if waiting and record is not None:
             failure = record.last_failure.message if record.last_failure else "a failed start"
             return Action(key, Verb.none, f"back-off: {failure}; next start in {waiting:.1f}s", generation, retry_at=record.next_retry_at)
-        return Action(key, Verb.create, "not running", generation, launch)
+        return Action(key, Verb.create, _why_absent(record, launch), generation, launch)
     changed = launch.changed_fields(running.launch)
     if observed.state is ProcessState.running:
         if changed == [_EXECUTABLE] and launch.executable is None:
@@ -144,6 +144,12 @@ def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: dat
     if waiting and record is not None:
         return Action(key, Verb.none, f"back-off: {ended}; next start in {waiting:.1f}s", generation, retry_at=record.next_retry_at)
     return Action(key, Verb.create, ended, generation, launch)
+
+
+def _why_absent(record: ResourceRecord | None, launch: LaunchSpec | ContainerLaunch) -> str:
+    if isinstance(launch, ContainerLaunch) and record is not None and record.last_failure is None:
+        return "its container is gone: removed outside the reconciler"  # ours are kept until replaced
+    return "not running"
 
 
 def restarts(workload: Workload, exit_info: ExitInfo, stopped_as_failed: bool = False) -> bool:

@@ -7,6 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reconciler.api.container import addresses_overlap
 from reconciler.api.kinds import Policy, Workload, spec_hash
 from reconciler.api.meta import Resource, ResourceKey
 from reconciler.load.validate import LoadError, validate_document
@@ -131,15 +132,11 @@ def _reject_shared_ports(
                  for host, port, protocol in entry.resource.spec.listens]
     for entry, host, port, protocol in listeners:
         others = sorted({f"{other.resource.key} in {other.file}" for other, other_host, other_port, other_protocol in listeners
-                         if other is not entry and (other_port, other_protocol) == (port, protocol) and _overlap(host, other_host)})
+                         if other is not entry and (other_port, other_protocol) == (port, protocol) and addresses_overlap(host, other_host)})
         if others:
             field = "spec.ports" if entry.resource.spec.runtime.value == "container" else "spec.port"
             message = f"{field}: {protocol} port {port} on {host} is also declared by {', '.join(others)}: give each workload its own port"
             errors[entry.file].append(LoadError(_shown(display_root, entry.file), message, key=entry.resource.key))
-
-
-def _overlap(host: str, other: str) -> bool:
-    return host == other or {host, other} & {"0.0.0.0", "::", ""} != set()
 
 
 def output_stem(spec_file: str) -> str:
