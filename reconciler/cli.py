@@ -178,9 +178,13 @@ def down(path: Path, state_dir: Path | None) -> None:
     with _locked(path, state_dir, "down"):
         reconciler = Reconciler(path, state_dir)
         reconciler.adopt()
+        kept = []
         for key in reconciler.keys():
-            reconciler.remove(key, cause="reconciler down")
-            click.echo(f"{key}: removed")
+            problem = reconciler.remove(key, cause="reconciler down")
+            click.echo(f"{key}: {'not removed: ' + problem if problem else 'removed'}")
+            kept += [key] if problem else []
+        if kept:
+            raise click.ClickException(f"{len(kept)} resource(s) still run; run `reconciler down` again once they can be reached")
 
 
 @main.command()

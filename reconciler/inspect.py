@@ -21,6 +21,8 @@ def describe(status: ResourceStatus, source: str, root: Path, log_lines: list[st
         ("Phase", status.phase), ("Placement", status.placement.value if status.placement else None),
         ("Message", status.message), ("Endpoints", ", ".join(status.endpoints) or None),
         ("Command", " ".join(status.command) if status.command else None), ("Pid", status.pid),
+        ("Container", status.container_id[:12] if status.container_id else None),
+        ("Image", f"{status.image} ({status.image_id})" if status.image else None),
         ("GPUs", status.gpus), ("Limits", "; ".join(f"{k}: {v}" for k, v in (status.enforcement or {}).items()) or None),
         ("Health", status.health), ("Restarts", status.restart_count),
         ("Last exit", status.last_exit.describe() if status.last_exit else None),

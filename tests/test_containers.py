@@ -201,6 +201,43 @@ def test_engine_down_is_reported_and_nothing_else_stops_then_it_converges_again(
     assert space._daemon is not None and space._daemon.poll() is None
 
 
+def test_a_start_cut_short_by_a_crash_is_replaced_not_duplicated(space: Workspace, docker_engine: EngineUnderTest) -> None:
+    space.write("web.yaml", web("web", free_port()))
+    assert space.cli("apply", "--wait", "--timeout", "60").returncode == 0
+    running = the_container(docker_engine, space, "web")
+    labels = dict(running.labels)
+    running.remove(force=True)
+    # what a crash between the engine's create and start leaves: our labels on a container that never ran
+    left = docker_engine.client().containers.create(TEST_IMAGE, ["sleep", "600"], name=running.name, labels=labels)
+    assert space.cli("apply", "--wait", "--timeout", "60").returncode == 0
+    replaced = the_container(docker_engine, space, "web")
+    assert replaced.status == "running" and replaced.id not in (left.id, running.id)
+
+
+def test_containers_without_our_owner_label_are_never_touched(space: Workspace, docker_engine: EngineUnderTest) -> None:
+    client = docker_engine.client()
+    foreign = client.containers.run(TEST_IMAGE, ["sleep", "600"], detach=True, labels={WORKLOAD_LABEL: "web"})
+    try:
+        space.write("web.yaml", web("web", free_port()))
+        assert space.cli("apply", "--wait", "--timeout", "60").returncode == 0
+        assert space.cli("down").returncode == 0
+        foreign.reload()
+        assert foreign.status == "running"
+        assert ours(docker_engine, space) == []
+    finally:
+        foreign.remove(force=True)
+
+
+def test_down_while_the_engine_is_away_says_what_still_runs(space: Workspace, docker_engine: EngineUnderTest) -> None:
+    space.write("talk.yaml", container_yaml("talk", command=["sleep", "600"]))
+    assert space.cli("apply", "--wait", "--timeout", "60").returncode == 0
+    away = space.cli("down", env={**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert away.returncode == 1 and "Workload/talk: not removed" in away.stdout, away.stdout + away.stderr
+    assert len(ours(docker_engine, space, "talk")) == 1
+    assert space.cli("down").returncode == 0
+    assert ours(docker_engine, space, "talk") == []
+
+
 # -- removal, logs, exits ------------------------------------------------------------------------------------------
 
 

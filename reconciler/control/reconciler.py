@@ -301,12 +301,14 @@ class Reconciler:
         except EngineUnavailable as unavailable:
             return FailureInfo(reason="EngineUnavailable", message=unavailable.message, at=now), inputs.process
 
-    def remove(self, key: ResourceKey, cause: str) -> None:
-        """Stop and forget a resource whatever the desired state says (`reconciler down`)."""
+    def remove(self, key: ResourceKey, cause: str) -> str | None:
+        """Stop and forget a resource whatever the desired state says (`reconciler down`); why not, if it could not."""
         with self._lock:
             record = self.records.get(key)
         action = Action(key, Verb.delete, cause, record.generation if record else None)
-        self._delete(Planned(action, None, Inputs(key, None, record)), datetime.now(timezone.utc))
+        if self._delete(Planned(action, None, Inputs(key, None, record)), datetime.now(timezone.utc)) is None:
+            return None
+        return f"its container engine ({self.workloads.engine.address}) is not reachable"
 
     def _delete(self, planned: Planned, now: datetime) -> float | None:
         """Returns seconds until another try when what runs cannot be reached to stop it."""

@@ -37,7 +37,6 @@ class EngineUnavailable(Exception):
 class ImageFacts:
     id: str
     user: str | None
-    repo_digests: tuple[str, ...] = ()
 
 
 class DockerEngine:
@@ -81,7 +80,7 @@ class DockerEngine:
             except docker.errors.ImageNotFound:
                 return None
         config = image.attrs.get("Config") or {}
-        return ImageFacts(image.id, config.get("User") or None, tuple(image.attrs.get("RepoDigests") or ()))
+        return ImageFacts(image.id, config.get("User") or None)
 
     def owned(self, owner: str, name: str | None = None) -> list[Container]:
         """Every container labelled as this owner's (one workload's, if named), running or not."""
