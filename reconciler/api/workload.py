@@ -74,7 +74,7 @@ class GpuRequest(Spec):
 
 class Resources(Spec):
     memory: ByteQuantity | None = Field(
-        None, description="Memory limit for the workload's processes (a cgroup where possible, else RLIMIT_AS)."
+        None, description="Memory limit for the workload's processes (a cgroup where possible, else RLIMIT_DATA; a container: its engine cgroup)."
     )
     cpus: float | None = Field(None, gt=0, le=1024, description="CPU time, in CPUs (cgroup quota, else affinity).")
     gpus: GpuRequest = Field(default_factory=GpuRequest)

@@ -1,7 +1,7 @@
 """Resource limits for a workload's whole process tree: a cgroup per workload where this host lets us
 create one (cgroup v1 memory and cpu controllers), else the nearest per-process equivalent.
 
-What applied is returned as plain words for the status ("cgroup v1 memory", "rlimit RLIMIT_AS ...",
+What applied is returned as plain words for the status ("cgroup v1 memory", "rlimit RLIMIT_DATA ...",
 "none: ..."), because a limit the user believes in but that is not enforced is worse than none.
 """
 
