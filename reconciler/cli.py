@@ -161,7 +161,8 @@ def run(path: Path, state_dir: Path | None, resync: float, allow_empty: bool) ->
     with _locked(path, state_dir, "run"):
         daemon_box: list[Daemon] = []
         reconciler = Reconciler(path, state_dir, allow_empty=allow_empty,
-                                on_exit=lambda name: daemon_box[0].process_exited(name) if daemon_box else None)
+                                on_exit=lambda name: daemon_box[0].process_exited(name) if daemon_box else None,
+                                on_engine_back=lambda: daemon_box[0].resync_now() if daemon_box else None)
         daemon = Daemon(reconciler, resync_seconds=resync)
         daemon_box.append(daemon)
         for number in (signal.SIGTERM, signal.SIGINT):

@@ -94,7 +94,8 @@ def test_container_runs_healthy_on_loopback_with_least_privilege(space: Workspac
     assert host["NetworkMode"] == "bridge" and host["PidMode"] == "" and host["IpcMode"] in ("private", "")
     assert host["PidsLimit"] == 512 and host["Memory"] == 64 * 1024**2 and host["NanoCpus"] == 500_000_000
     assert host["PortBindings"] == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
-    assert not host["DeviceRequests"]  # no GPU unless asked for
+    assert not host["DeviceRequests"] and host["Runtime"] == "runc"  # no GPU unless asked for, whatever the default
+    assert "NVIDIA_VISIBLE_DEVICES=void" in container.attrs["Config"]["Env"]
     assert container.attrs["Config"]["User"] == "65534:65534"
     assert "/tmp" in host["Tmpfs"]
     uid = container.exec_run(["id", "-u"]).output.decode().strip()
@@ -106,6 +107,16 @@ def test_container_runs_healthy_on_loopback_with_least_privilege(space: Workspac
     labels = container.labels
     assert labels[OWNER_LABEL] == owner_id(space.state) and labels["dev.localaistack.generation"] == "1"
     assert len(labels["dev.localaistack.config-hash"]) == 64
+
+
+def test_one_container_port_published_on_two_addresses_gets_both(space: Workspace, docker_engine: EngineUnderTest) -> None:
+    first, second = free_port(), free_port()
+    space.write("web.yaml", container_yaml("web", command=HTTPD, ports=[
+        {"containerPort": 8080, "hostPort": first}, {"containerPort": 8080, "hostPort": second, "hostIP": "127.0.0.2"}]))
+    assert space.cli("apply", "--wait", "--timeout", "60").returncode == 0
+    bindings = the_container(docker_engine, space, "web").attrs["HostConfig"]["PortBindings"]["8080/tcp"]
+    assert sorted((b["HostIp"], b["HostPort"]) for b in bindings) == [("127.0.0.1", str(first)), ("127.0.0.2", str(second))]
+    wait_for(lambda: get(f"http://127.0.0.2:{second}/") == "hello from a container\n", 10, what="the second binding")
 
 
 def test_a_pass_with_nothing_to_do_makes_no_engine_writes(space: Workspace, docker_engine: EngineUnderTest) -> None:
@@ -138,6 +149,9 @@ def test_spec_change_recreates_with_a_new_config_hash_and_says_why(space: Worksp
     assert "GREETING=hi" in after.attrs["Config"]["Env"]
     recreate = [event for event in space.evidence("web.yaml") if event.get("action") == "recreate" and event.get("event") == "decision"]
     assert recreate and "spec.env" in recreate[0]["cause"], recreate
+    assert recreate[0]["image"] == TEST_IMAGE and recreate[0]["imageId"] == after.image.id
+    done = [event for event in space.evidence("web.yaml") if event.get("event") == "action" and event["action"] == "recreate"]
+    assert done[-1]["containerId"] == after.id
 
 
 # -- drift, adoption, the engine going away ------------------------------------------------------------------------

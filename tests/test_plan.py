@@ -620,3 +620,23 @@ def test_an_oom_kill_is_a_failure_even_with_an_unknown_exit_code() -> None:
     oom = ExitInfo(pid=4242, code=None, signal=None, finished_at=NOW, ran_seconds=1.0, oom_killed=True)
     assert oom.failed is True
     assert restarts(workload(restart={"policy": "OnFailure"}), oom)
+
+
+# -- a driver that cannot see its workload -------------------------------------------------------------------------
+
+
+def test_unknown_state_is_left_alone_not_started_twice_nor_called_gone() -> None:
+    web = workload()
+    unknown = ProcessObservation(ProcessState.unknown, problem="Docker engine at unix:///x is not reachable: refused")
+    action = plan_workload(web, remembered(web), unknown)
+    assert action.verb is Verb.none and action.launch is None
+    assert action.blocked is not None and action.blocked.reason == "EngineUnavailable"
+    assert "not reachable" in action.cause
+
+
+def test_a_vanished_container_is_named_in_the_cause() -> None:
+    web = workload()
+    gone = ProcessObservation(ProcessState.absent, vanished="container 0123456789ab")
+    action = plan_workload(web, remembered(web), gone)
+    assert action.verb is Verb.create and action.cause == "container 0123456789ab is gone: removed outside the reconciler"
+    assert plan_workload(web, remembered(web), ABSENT).cause == "not running"

@@ -70,8 +70,9 @@ class ContainerSecurity(Spec):
     )
     read_only_root_filesystem: bool = True
     user: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$",
-        description="user[:group]. Default: the image's user if it is not root, else 65534:65534 (nobody).",
+        None, pattern=r"^[0-9]+(:[0-9]+)?$",
+        description="uid[:gid], numeric: a name could be root under another name in the image's /etc/passwd. "
+                    "Default: the image's user if it is numeric and not root, else 65534:65534 (nobody).",
     )
     pids_limit: int = Field(512, ge=16, le=1_000_000, description="At most this many processes in the container.")
 
@@ -111,5 +112,5 @@ def valid_image_reference(reference: str) -> str:
 
 
 def runs_as_root(user: str) -> bool:
-    name = user.split(":", 1)[0]
-    return name == "root" or name.isdigit() and int(name) == 0  # runc reads "00" as uid 0 too
+    """uid or gid 0 (runc reads "00" as 0 too); a name counts as root, since any name may map to uid 0."""
+    return any(not part.isdigit() or int(part) == 0 for part in user.split(":"))

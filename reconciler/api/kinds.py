@@ -52,13 +52,16 @@ class ContainerPolicy(Spec):
     """What containers may do. The default allows no image; everything else stays at least privilege."""
 
     images: list[str] = Field(
-        default_factory=list, description="Image references that may run; '*' matches within a reference (fnmatch)."
+        default_factory=list,
+        description="Image references that may run: '*' matches within one path component, '**' across them.",
     )
     pull: bool = Field(False, description="Whether a missing image may be pulled from its registry.")
     networks: list[str] = Field(
         default_factory=list,
         description="Networks containers may join (publishing ports needs 'bridge'); each gives outbound access.",
     )
+    host_network: bool = Field(False, description="Whether a container may share the host's network namespace.")
+    writable_volumes: bool = Field(False, description="Whether a volume may be mounted writable (readOnly: false).")
     capabilities: list[str] = Field(default_factory=list, description="Capabilities a spec may add back.")
     writable_root_filesystem: bool = False
     root: bool = Field(False, description="Whether a spec may run a container as root.")

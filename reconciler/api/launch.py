@@ -30,9 +30,12 @@ class _Launch(BaseModel):
     field_names: ClassVar[dict[str, str]]
 
     @property
+    def canonical(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    @property
     def digest(self) -> str:
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()
+        return hashlib.sha256(self.canonical.encode()).hexdigest()
 
     def changed_fields(self, other: "_Launch") -> list[str]:
         """The fields that differ, in the user's vocabulary (for a plan's cause)."""
@@ -123,7 +126,7 @@ class ContainerLaunch(_Launch):
 
     @property
     def effective_user(self) -> str:
-        """The spec's user; else the image's if it is not root; else nobody. Root only when the spec says so."""
+        """The spec's user; else the image's if it is numeric and not root; else nobody. Root only if the spec says so."""
         if self.user is not None:
             return self.user
         return self.image_user if self.image_user and not runs_as_root(self.image_user) else NOBODY

@@ -174,8 +174,8 @@ class WorkloadSpec(Spec):
     @field_validator("env")
     @classmethod
     def _gpus_only_through_resources(cls, env: dict[str, str]) -> dict[str, str]:
-        for name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"):
-            if name in env:
+        for name in env:
+            if name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER") or name.startswith("NVIDIA_"):
                 raise ValueError(f"GPU access is explicit: request GPUs with spec.resources.gpus, not {name}")
         return env
 

@@ -79,10 +79,16 @@ class Daemon:
         self._wake = threading.Event()
         self._events = _SpecEvents(self._wake)
         self._failures: dict[ResourceKey, int] = {}
+        self._resync_requested = threading.Event()
         self._workers = [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True) for n in range(workers)]
 
     def process_exited(self, name: str) -> None:
         self.queue.add(ResourceKey("Workload", name))
+
+    def resync_now(self) -> None:
+        """Something every resource may depend on came back (the container engine): a full pass, now."""
+        self._resync_requested.set()
+        self._wake.set()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -101,7 +107,8 @@ class Daemon:
             while not self.stopping.is_set():
                 now = time.monotonic()
                 due = self._events.due_in()
-                if now >= next_resync:
+                if now >= next_resync or self._resync_requested.is_set():
+                    self._resync_requested.clear()
                     self._pass("resync", self._events.consume(self.reconciler.root))
                     next_resync = now + self.resync_seconds
                 elif due == 0:
@@ -131,7 +138,12 @@ class Daemon:
         for file, errors in desired.errors.items():
             for error in errors if file not in writing else ():  # a file mid-save is held, not wrong
                 log.warning("%s", error)
-        for key in self.reconciler.keys():
+        try:
+            keys = self.reconciler.keys()
+        except Exception:  # noqa: BLE001 - a driver failing to list must not end the loop
+            log.exception("%s: listing what to reconcile failed; the next pass tries again", why)
+            return
+        for key in keys:
             self.queue.add(key)
 
     def _work(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from reconciler.api.launch import ContainerLaunch
 from reconciler.api.status import FailureInfo
 from reconciler.diff.plan import Action, Verb
 from reconciler.gate.verdict import Verdict
@@ -35,9 +36,13 @@ def decision_record(action: Action, verdict: Verdict | None, record: ResourceRec
         "decision": verdict.decision.value if verdict else None,
         "reasons": [str(reason) for reason in verdict.reasons] if verdict else [],
     }
-    if action.launch is not None and action.verb in (Verb.create, Verb.recreate):
-        line["command"] = list(action.launch.argv)
-        line["executable"] = action.launch.executable
+    launch = action.launch
+    if launch is not None and action.verb in (Verb.create, Verb.recreate):
+        line["command"] = list(launch.argv)
+        if isinstance(launch, ContainerLaunch):  # what the gate judged: the image, and the one it names here now
+            line["image"], line["imageId"], line["configHash"] = launch.image, launch.image_id, launch.digest
+        else:
+            line["executable"] = launch.executable
     return line
 
 
@@ -57,6 +62,8 @@ def outcome_record(
         line["failure"] = {"reason": failure.reason, "message": failure.message}
     elif after is not None and after.running_pid is not None:
         line["pid"] = after.running_pid
+        if after.record is not None and after.record.container_id:
+            line["containerId"] = after.record.container_id
     if stopped_pid is not None:
         line["stoppedPid"] = stopped_pid
     return line

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from reconciler.api.kinds import Model, Policy, Workload
+from reconciler.api.kinds import Model, Policy, Runtime, Workload
 from reconciler.api.meta import ResourceKey
 from reconciler.api.status import FailureInfo, ResourceStatus
 from reconciler.control.evidence import decision_digest, decision_record, outcome_record
@@ -42,7 +42,7 @@ from reconciler.record.store import ResourceRecord, StateStore
 log = logging.getLogger("reconciler")
 
 
-ENGINE_RETRY_SECONDS = 5.0
+ENGINE_RETRY_SECONDS = 15.0
 
 
 class DesiredStateUnreadable(Exception):
@@ -73,6 +73,7 @@ class Reconciler:
     def __init__(
         self, root: Path, state_dir: Path, *, allow_empty: bool = False,
         on_exit: Callable[[str], None] | None = None, readonly: bool = False,
+        on_engine_back: Callable[[], None] | None = None,
     ) -> None:
         self.root = root.resolve()
         self.shown_root = root  # as the user typed it: error messages name files this way
@@ -81,7 +82,8 @@ class Reconciler:
         engine = DockerEngine()
         self.drivers = Drivers(
             ProcessDriver(state_dir, on_exit=on_exit, readonly=readonly),
-            ContainerDriver(state_dir, owner_id(state_dir), engine, on_exit=on_exit, readonly=readonly),
+            ContainerDriver(state_dir, owner_id(state_dir), engine, on_exit=on_exit, readonly=readonly,
+                            on_engine_back=on_engine_back),
         )
         self.workloads = WorkloadRenderer(self.root, self.drivers, engine)
         self.recorder = Recorder(self.root)
@@ -151,7 +153,7 @@ class Reconciler:
         process = model = None
         rendered = Rendered()
         if key.kind == "Workload":
-            process = self.drivers.observe(key.name)
+            process = self.drivers.observe(key.name, _maybe_container(entry, record))
             if entry is not None:
                 assert isinstance(entry.resource, Workload)
                 rendered = self.workloads.render(desired, self._remembered, entry.resource, entry.file, process)
@@ -260,7 +262,7 @@ class Reconciler:
         self.recorder.set_status(record.source, status)
         self.recorder.flush({record.source} | ({planned.record.source} if planned.record else set()))
         if key.kind == "Workload":
-            self.drivers.trim_log(key.name)
+            self.drivers.trim_log(key.name, _maybe_container(planned.inputs.desired, planned.record))
         check, running = planned.rendered.check, after.record if after and after.running_pid else None
         if running is not None and check is not None:
             return next_probe_in(check, record.health, running.pid, running.started_at, now)
@@ -287,17 +289,18 @@ class Reconciler:
             return None, inputs.process
         assert inputs.desired is not None and isinstance(inputs.desired.resource, Workload)
         grace = inputs.desired.resource.spec.termination_grace_period_seconds
+        containers = _maybe_container(inputs.desired, planned.record)
         try:
             if action.verb is Verb.stop:  # kept on record as exited: its restart policy and back-off take over
                 self.drivers.stop(action.key.name, grace, forget=False)
-                return None, self.drivers.observe(action.key.name)
+                return None, self.drivers.observe(action.key.name, containers)
             if action.launch is None:
                 return None, inputs.process
             if inputs.process is not None and inputs.process.record is not None:
                 self.drivers.stop(action.key.name, grace)
             return None, self.drivers.start(action.key.name, action.launch, action.generation or 1)
         except StartFailed as failed:
-            return FailureInfo(reason=failed.reason, message=failed.message, at=now), self.drivers.observe(action.key.name)
+            return FailureInfo(reason=failed.reason, message=failed.message, at=now), self.drivers.observe(action.key.name, containers)
         except EngineUnavailable as unavailable:
             return FailureInfo(reason="EngineUnavailable", message=unavailable.message, at=now), inputs.process
 
@@ -322,9 +325,9 @@ class Reconciler:
             workload = Workload.model_validate(record.resource) if record else None
             try:
                 ended = self.drivers.stop(key.name, workload.spec.termination_grace_period_seconds if workload else 10.0)
-            except EngineUnavailable as unavailable:
-                if workload is None or workload.spec.runtime.value == "container":
-                    log.warning("%s: cannot remove its container yet: %s", key, unavailable.message)
+            except (EngineUnavailable, StartFailed) as problem:
+                if workload is None or workload.spec.runtime is Runtime.container:
+                    log.warning("%s: cannot remove its container yet: %s", key, problem)
                     return ENGINE_RETRY_SECONDS  # kept on record until its container is really gone
         if record is not None:
             self.recorder.evidence(record.source, outcome_record(planned.action, record.generation, None, None,
@@ -346,6 +349,16 @@ class Reconciler:
 
     def _log_file(self, key: ResourceKey) -> str | None:
         return self.drivers.log_path(key.name) if key.kind == "Workload" else None
+
+
+def _maybe_container(entry: DesiredEntry | None, record: ResourceRecord | None) -> bool:
+    """Whether a workload is or was a container: only then is its state asked of the container engine."""
+    runtimes = set()
+    if entry is not None and isinstance(entry.resource, Workload):
+        runtimes.add(entry.resource.spec.runtime.value)
+    if record is not None and record.kind == "Workload":
+        runtimes.add(record.resource.get("spec", {}).get("runtime", Runtime.native.value))
+    return not runtimes or Runtime.container.value in runtimes
 
 
 def _last_valid(record: ResourceRecord | None) -> DesiredEntry | None:

@@ -109,6 +109,9 @@ def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: dat
     assert observed is not None and (launch is not None or blocked is not None)
     waiting = _backing_off(record, generation, now)
     running = observed.record
+    if observed.state is ProcessState.unknown:  # it may well run: neither start a second nor call it gone
+        problem = observed.problem or "its state cannot be observed"
+        return Action(key, Verb.none, f"left as it is: {problem}", generation, blocked=Blocked("EngineUnavailable", problem))
     if blocked is not None and (observed.state is not ProcessState.running or running is None):
         return Action(key, Verb.none, blocked.message, generation, blocked=blocked)
     if blocked is not None:
@@ -118,7 +121,7 @@ def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: dat
         if waiting and record is not None:
             failure = record.last_failure.message if record.last_failure else "a failed start"
             return Action(key, Verb.none, f"back-off: {failure}; next start in {waiting:.1f}s", generation, retry_at=record.next_retry_at)
-        return Action(key, Verb.create, _why_absent(record, launch), generation, launch)
+        return Action(key, Verb.create, _why_absent(observed), generation, launch)
     changed = launch.changed_fields(running.launch)
     if observed.state is ProcessState.running:
         if changed == [_EXECUTABLE] and launch.executable is None:
@@ -146,9 +149,9 @@ def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: dat
     return Action(key, Verb.create, ended, generation, launch)
 
 
-def _why_absent(record: ResourceRecord | None, launch: LaunchSpec | ContainerLaunch) -> str:
-    if isinstance(launch, ContainerLaunch) and record is not None and record.last_failure is None:
-        return "its container is gone: removed outside the reconciler"  # ours are kept until replaced
+def _why_absent(observed: ProcessObservation) -> str:
+    if observed.vanished:  # ours are kept until the reconciler replaces or removes them
+        return f"{observed.vanished} is gone: removed outside the reconciler"
     return "not running"
 
 

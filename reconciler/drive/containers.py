@@ -9,12 +9,16 @@ replace; one that was created but never started is replaced by the next start.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
 import re
+import signal
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,9 +44,9 @@ LAUNCH_LABEL = "dev.localaistack.launch"
 LOG_TAIL_LINES = 5000
 _RUNNING = {"running", "paused", "restarting"}
 _REASONS = (  # what the engine says -> a condition reason
-    (re.compile(r"port is already allocated|address already in use", re.I), "PortInUse"),
-    (re.compile(r"could not select device driver|nvidia", re.I), "GPURuntimeUnavailable"),
-    (re.compile(r"bind source path does not exist|no such file or directory", re.I), "VolumeSourceNotFound"),
+    (re.compile(r"port is already allocated|bind: address already in use", re.I), "PortInUse"),
+    (re.compile(r"could not select device driver", re.I), "GPURuntimeUnavailable"),
+    (re.compile(r"bind source path does not exist", re.I), "VolumeSourceNotFound"),
     (re.compile(r"Conflict\. The container name", re.I), "NameConflict"),
 )
 
@@ -52,15 +56,20 @@ log = logging.getLogger("reconciler")
 class ContainerDriver:
     def __init__(
         self, state_dir: Path, owner: str, engine: DockerEngine, on_exit: Callable[[str], None] | None = None,
-        readonly: bool = False,
+        readonly: bool = False, on_engine_back: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
         self.logs = LogStore(state_dir / "logs")
         self._owner = owner
-        self._pids = state_dir / "containers"  # the main pid of each run: the engine forgets it once it exits
+        # the id and main pid of the container each workload last started: the engine forgets the pid once it
+        # exits, and a container we started and never removed that is missing was removed behind our back
+        self._started = state_dir / "containers"
         self._on_exit = on_exit
+        self._on_engine_back = on_engine_back
         self._readonly = readonly
         self._watching = False
+        self._probing: set[str] = set()
+        self._probing_lock = threading.Lock()
 
     def container_name(self, name: str) -> str:
         return f"lais-{name}-{self._owner[:8]}"
@@ -70,15 +79,16 @@ class ContainerDriver:
     def owned_names(self) -> list[str]:
         try:
             return sorted({container.labels.get(WORKLOAD_LABEL, "") for container in self.engine.owned(self._owner)} - {""})
-        except EngineUnavailable:
+        except (EngineUnavailable, docker.errors.APIError):
             return []
 
     def observe(self, name: str) -> ProcessObservation:
         try:
-            containers = self.engine.owned(self._owner, name)
-        except EngineUnavailable:
-            return ProcessObservation(ProcessState.absent)  # the renderer reports the engine as unavailable
-        return self._observation(name, containers)
+            return self._observation(name, self.engine.owned(self._owner, name))
+        except EngineUnavailable as error:
+            return ProcessObservation(ProcessState.unknown, problem=error.message)
+        except docker.errors.APIError as error:
+            return ProcessObservation(ProcessState.unknown, problem=f"the engine at {self.engine.address}: {error}")
 
     def adopt(self) -> list[int]:
         """Containers carry their own record (labels): adopting is watching their exits."""
@@ -102,21 +112,37 @@ class ContainerDriver:
             return
 
     def exec_check(self, name: str, command: list[str], timeout: float) -> ProbeResult:
-        """Run an exec health check inside the workload's running container, bounded by `timeout`."""
+        """Run an exec health check inside the workload's running container; one at a time, killed at `timeout`."""
+        with self._probing_lock:
+            if name in self._probing:
+                return ProbeResult(False, f"{command[0]}: the previous check has not finished")
+            self._probing.add(name)
         try:
-            running = [c for c in self.engine.owned(self._owner, name) if c.status == "running"]
-            if not running:
-                return ProbeResult(False, "no running container")
-            outcome: list[tuple[int, bytes]] = []
-            worker = threading.Thread(target=lambda: outcome.append(running[0].exec_run(command)), daemon=True)
-            worker.start()
-            worker.join(timeout)
-        except (EngineUnavailable, docker.errors.APIError) as error:
+            return self._exec(name, command, timeout)
+        finally:
+            with self._probing_lock:
+                self._probing.discard(name)
+
+    def _exec(self, name: str, command: list[str], timeout: float) -> ProbeResult:
+        outcome: list[bytes] = []
+        try:
+            with self.engine.reach() as client:
+                running = [c for c in self.engine.owned(self._owner, name) if c.status == "running"]
+                if not running:
+                    return ProbeResult(False, "no running container")
+                exec_id = client.api.exec_create(running[0].id, command)["Id"]
+                worker = threading.Thread(target=lambda: outcome.append(client.api.exec_start(exec_id)), daemon=True)
+                worker.start()
+                worker.join(timeout)
+                if worker.is_alive():
+                    pid = client.api.exec_inspect(exec_id).get("Pid")
+                    if pid:
+                        os.kill(pid, signal.SIGKILL)  # a hung check must not pile up inside the container
+                    return ProbeResult(False, f"{command[0]}: no answer within {timeout}s")
+                code = client.api.exec_inspect(exec_id).get("ExitCode")
+        except (EngineUnavailable, docker.errors.APIError, OSError) as error:
             return ProbeResult(False, f"{command[0]}: {error}")
-        if not outcome:
-            return ProbeResult(False, f"{command[0]}: no answer within {timeout}s")
-        code, output = outcome[0]
-        tail = (output or b"").decode("utf-8", "replace").strip()[-200:]
+        tail = (outcome[0] if outcome else b"").decode("utf-8", "replace").strip()[-200:]
         return ProbeResult(code == 0, f"{command[0]} exited {code}" + (f": {tail}" if tail else ""))
 
     # -- act --------------------------------------------------------------------------------
@@ -140,38 +166,44 @@ class ContainerDriver:
             raise StartFailed("EngineUnavailable", error.message) from None
         except docker.errors.APIError as error:
             raise _failed(error, "ContainerCreateFailed") from None
-        self._remember_pid(name, container)
+        self._remember_start(name, container)
         return self._observation(name, [container])
 
     def stop(self, name: str, grace_seconds: float, forget: bool = True) -> ExitInfo | None:
-        """Stop the workload's container (TERM, grace, KILL); `forget` removes it, else it stays as exited."""
+        """Stop the workload's container (TERM, grace, KILL); `forget` removes it, else it stays as exited.
+        Raises EngineUnavailable, or StartFailed when the engine refuses: the caller tries again later."""
         observed = None
-        for container in self.engine.owned(self._owner, name):  # EngineUnavailable: the caller retries later
-            try:
-                if container.status in _RUNNING:
-                    container.stop(timeout=math.ceil(grace_seconds))
-                container.reload()
-                observed = self._observation(name, [container])
-                self._save_log(name, container)
-                if forget:
-                    container.remove(force=True)
-            except docker.errors.NotFound:
-                continue  # removed meanwhile: what was wanted
+        with self.engine.reach():
+            for container in self.engine.owned(self._owner, name):
+                try:
+                    if container.status in _RUNNING:
+                        container.stop(timeout=math.ceil(grace_seconds))
+                    container.reload()
+                    observed = self._observation(name, [container])
+                    self._save_log(name, container)
+                    if forget:
+                        container.remove(force=True)
+                except docker.errors.NotFound:
+                    continue  # removed meanwhile: what was wanted
+                except docker.errors.APIError as error:
+                    raise StartFailed("ContainerStopFailed", f"{container.name}: {error.explanation or error}") from None
         if forget:
-            (self._pids / f"{name}.json").unlink(missing_ok=True)
+            self._forget_start(name)
         return observed.exit if observed else None
 
     # -- internals --------------------------------------------------------------------------
 
     def _observation(self, name: str, containers: list[Container]) -> ProcessObservation:
         adoptable = [(container, launch) for container in containers if (launch := _launch_of(container))]
-        if not adoptable:
-            return ProcessObservation(ProcessState.absent)  # a start replaces whatever carries our label
+        if not adoptable:  # a start replaces whatever carries our label
+            started = self._last_started(name).get("id")
+            gone = started and not any(container.id == started for container in containers)
+            return ProcessObservation(ProcessState.absent, vanished=f"container {started[:12]}" if gone else None)
         container, launch = max(adoptable, key=lambda pair: pair[0].attrs.get("Created", ""))
         state = container.attrs.get("State") or {}
         if state.get("Status") == "created":
             return ProcessObservation(ProcessState.absent)  # a start a crash cut short
-        pid = state.get("Pid") or self._remembered_pid(name, container.id)
+        pid = state.get("Pid") or self._started_pid(name, container.id)
         started_at = _timestamp(state.get("StartedAt"))
         record = ProcessRecord(
             name=name, pid=pid, start_ticks=0, nonce=container.id[:16], launch=launch,
@@ -179,8 +211,8 @@ class ContainerDriver:
             enforcement=_enforcement(launch), container_id=container.id,
         )
         if state.get("Status") in _RUNNING:
-            if not self._readonly and self._remembered_pid(name, container.id) != pid:
-                self._remember_pid(name, container)
+            if not self._readonly and self._started_pid(name, container.id) != pid:
+                self._remember_start(name, container)
             return ProcessObservation(ProcessState.running, record)
         finished = _timestamp(state.get("FinishedAt"))
         exit_info = ExitInfo(pid=pid, code=state.get("ExitCode"), finished_at=finished,
@@ -189,19 +221,26 @@ class ContainerDriver:
         return ProcessObservation(ProcessState.exited, record.model_copy(update={"exit": exit_info}))
 
     def _create_args(self, name: str, launch: ContainerLaunch, generation: int) -> dict:
+        bindings: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for port in launch.ports:
+            bindings[f"{port.container_port}/{port.protocol}"].append((port.host_ip, port.host_port))
+        gpus = ",".join(map(str, launch.gpus)) or "void"  # overrides an image's own NVIDIA_VISIBLE_DEVICES=all
         return {
             "image": launch.image_id, "name": self.container_name(name), "detach": True,
             "entrypoint": list(launch.command) if launch.command else None,
             "command": list(launch.args) if launch.args is not None else None,
-            "environment": launch.env, "working_dir": launch.working_dir, "user": launch.effective_user,
+            "environment": launch.env | {"NVIDIA_VISIBLE_DEVICES": gpus}, "working_dir": launch.working_dir,
+            "user": launch.effective_user,
             "labels": {
                 OWNER_LABEL: self._owner, WORKLOAD_LABEL: name, GENERATION_LABEL: str(generation),
-                CONFIG_HASH_LABEL: launch.digest, LAUNCH_LABEL: launch.model_dump_json(by_alias=True),
+                CONFIG_HASH_LABEL: launch.digest, LAUNCH_LABEL: launch.canonical,
             },
+            # no GPU unless assigned: never a default runtime (e.g. nvidia's) that would hand out every GPU
+            "runtime": None if launch.gpus else "runc",
             "cap_drop": ["ALL"], "cap_add": list(launch.capabilities) or None, "security_opt": ["no-new-privileges"],
             "privileged": False, "read_only": launch.read_only_root_filesystem,
             "tmpfs": {"/tmp": _tmpfs_options(launch.effective_user)}, "network_mode": launch.network, "init": True,
-            "ports": {f"{port.container_port}/{port.protocol}": (port.host_ip, port.host_port) for port in launch.ports},
+            "ports": dict(bindings),
             "mounts": [Mount(volume.target, volume.source, type="bind", read_only=volume.read_only)
                        for volume in launch.volumes],
             "mem_limit": launch.memory_limit, "nano_cpus": int(launch.cpus * 1e9) if launch.cpus else None,
@@ -224,8 +263,10 @@ class ContainerDriver:
     def _ensure_image(self, client, launch: ContainerLaunch) -> ContainerLaunch:
         if not launch.pull:
             return launch
-        try:
-            client.images.pull(launch.image)
+        try:  # streamed, with no read timeout: a big image takes long; an error arrives inside the stream
+            for progress in client.api.pull(launch.image, stream=True, decode=True):
+                if "error" in progress:
+                    raise StartFailed("ImagePullFailed", f"pulling {launch.image}: {progress['error']}")
         except docker.errors.APIError as error:
             raise StartFailed("ImagePullFailed", f"pulling {launch.image}: {error.explanation or error}") from None
         image = self.engine.image(launch.image)
@@ -235,11 +276,14 @@ class ContainerDriver:
 
     def _remove_all(self, name: str) -> None:
         for container in self.engine.owned(self._owner, name):
-            self._save_log(name, container)
             try:
+                if container.status in _RUNNING:  # one whose labels we cannot read: still stopped gracefully
+                    container.stop(timeout=10)
+                self._save_log(name, container)
                 container.remove(force=True)
             except docker.errors.NotFound:
                 pass
+        self._forget_start(name)
 
     def _save_log(self, name: str, container: Container) -> None:
         if self._readonly:
@@ -251,17 +295,24 @@ class ContainerDriver:
         self.logs.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(self.logs.path(name), output[-self.logs.max_bytes:], mode=0o600)
 
-    def _remember_pid(self, name: str, container: Container) -> None:
+    def _remember_start(self, name: str, container: Container) -> None:
         pid = (container.attrs.get("State") or {}).get("Pid") or 0
-        self._pids.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomic(self._pids / f"{name}.json", json.dumps({"id": container.id, "pid": pid}), mode=0o600)
+        self._started.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(self._started / f"{name}.json", json.dumps({"id": container.id, "pid": pid}), mode=0o600)
 
-    def _remembered_pid(self, name: str, container_id: str) -> int:
+    def _forget_start(self, name: str) -> None:
+        if not self._readonly:
+            (self._started / f"{name}.json").unlink(missing_ok=True)
+
+    def _last_started(self, name: str) -> dict:
         try:
-            remembered = json.loads((self._pids / f"{name}.json").read_text())
+            return json.loads((self._started / f"{name}.json").read_text())
         except (OSError, ValueError):
-            return 0
-        return remembered.get("pid", 0) if remembered.get("id") == container_id else 0
+            return {}
+
+    def _started_pid(self, name: str, container_id: str) -> int:
+        started = self._last_started(name)
+        return started.get("pid", 0) if started.get("id") == container_id else 0
 
     def _watch_events(self) -> None:
         """Exits and removals of our containers wake their workloads; so does the engine coming back."""
@@ -275,8 +326,8 @@ class ContainerDriver:
                     })
                     if lost:
                         log.info("%s answers again", self.engine.address)
-                        for name in self.owned_names():
-                            self._on_exit(name)
+                        if self._on_engine_back:
+                            self._on_engine_back()
                     lost = False
                     for event in events:
                         name = (event.get("Actor") or {}).get("Attributes", {}).get(WORKLOAD_LABEL)
@@ -292,11 +343,13 @@ class ContainerDriver:
 def _launch_of(container: Container) -> ContainerLaunch | None:
     """The configuration a container was made with, if its labels are intact (else it is replaced, not adopted)."""
     labels = container.labels
+    text = labels.get(LAUNCH_LABEL, "")
+    if hashlib.sha256(text.encode()).hexdigest() != labels.get(CONFIG_HASH_LABEL):
+        return None  # the hash is of the label's text, so a newer reconciler's model still reads an older label
     try:
-        launch = ContainerLaunch.model_validate_json(labels.get(LAUNCH_LABEL, ""))
+        return ContainerLaunch.model_validate_json(text)
     except ValidationError:
         return None
-    return launch if launch.digest == labels.get(CONFIG_HASH_LABEL) else None
 
 
 def _failed(error: docker.errors.APIError, fallback: str) -> StartFailed:

@@ -25,9 +25,10 @@ class Drivers:
     def adopt(self) -> list[int]:
         return self.native.adopt() + self.containers.adopt()
 
-    def observe(self, name: str) -> ProcessObservation:
+    def observe(self, name: str, containers: bool = True) -> ProcessObservation:
+        """`containers`: whether the workload is, or was, a container (the engine is asked only then)."""
         native = self.native.observe(name)
-        return native if native.state is not ProcessState.absent else self.containers.observe(name)
+        return native if native.state is not ProcessState.absent or not containers else self.containers.observe(name)
 
     def start(self, name: str, launch: LaunchSpec | ContainerLaunch, generation: int) -> ProcessObservation:
         if isinstance(launch, ContainerLaunch):
@@ -46,8 +47,8 @@ class Drivers:
     def log_path(self, name: str) -> str:
         return self.native.log_path(name)  # one log store: both drivers write the same file for a name
 
-    def trim_log(self, name: str) -> None:
-        if self.native.owned(name):
+    def trim_log(self, name: str, containers: bool = True) -> None:
+        if self.native.owned(name) or not containers:
             self.native.trim_log(name)
         else:
             self.containers.trim_log(name)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from fnmatch import fnmatchcase
+import re
 from pathlib import PurePosixPath
 
 from reconciler.api.container import runs_as_root
@@ -14,13 +14,17 @@ from reconciler.api.launch import ContainerLaunch
 def container_problems(launch: ContainerLaunch, rules: ContainerPolicy, source: str) -> list[tuple[str, str]]:
     """(rule, message) for each thing the policy does not allow; empty when it may run."""
     problems = []
-    if not any(fnmatchcase(launch.image, pattern) for pattern in rules.images):
+    if not any(image_matches(launch.image, pattern) for pattern in rules.images):
         problems.append(("containers.images", f"image {launch.image} is not allowed by {source}: "
                                               "add it (or a pattern such as 'name:*') to spec.containers.images"))
     if launch.pull and not rules.pull:
         problems.append(("containers.pull", f"image {launch.image} is not on this host and {source} does not allow "
                                             "pulls: load it locally, or set spec.containers.pull: true"))
-    if launch.network != "none" and launch.network not in rules.networks:
+    if launch.network == "host":
+        if not rules.host_network:
+            problems.append(("containers.hostNetwork", f"network host shares every host port and interface with the "
+                                                       f"container; {source} does not allow it"))
+    elif launch.network != "none" and launch.network not in rules.networks:
         why = " (publishing ports needs it)" if launch.ports and launch.network == "bridge" else ""
         problems.append(("containers.networks", f"network {launch.network}{why} gives the container outbound access; "
                                                 f"{source} does not allow it: add it to spec.containers.networks"))
@@ -32,6 +36,10 @@ def container_problems(launch: ContainerLaunch, rules: ContainerPolicy, source: 
     if runs_as_root(launch.effective_user) and not rules.root:
         problems.append(("containers.root", f"running as {launch.effective_user} (root) is not allowed by {source}"))
     roots = [PurePosixPath(root) for root in rules.volume_roots]
+    writable = [volume.target for volume in launch.volumes if not volume.read_only]
+    if writable and not rules.writable_volumes:
+        problems.append(("containers.writableVolumes", f"writable volumes ({', '.join(writable)}) are not allowed by "
+                                                       f"{source}: mount them readOnly, or allow writableVolumes"))
     for volume in launch.volumes:
         if not any(PurePosixPath(volume.source).is_relative_to(root) for root in roots):
             allowed = ", ".join(map(str, roots)) or "none"
@@ -42,3 +50,11 @@ def container_problems(launch: ContainerLaunch, rules: ContainerPolicy, source: 
             problems.append(("containers.exposedAddresses", f"publishing port {port.host_port} on {port.host_ip} exposes "
                                                             f"it beyond this host; {source} allows loopback only"))
     return problems
+
+
+def image_matches(reference: str, pattern: str) -> bool:
+    """Glob over an image reference where '*' and '?' stay within one component ('busybox:*' must not match
+    'busybox:5000/evil:1', another registry) and '**' crosses them."""
+    parts = re.split(r"(\*\*|\*|\?)", pattern)
+    wildcards = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
+    return re.fullmatch("".join(wildcards.get(part, re.escape(part)) for part in parts), reference) is not None

@@ -40,7 +40,7 @@ class ImageFacts:
 
 
 class DockerEngine:
-    def __init__(self, address: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, address: str | None = None, timeout: float = 10.0) -> None:
         self.address = address or engine_address()
         self.timeout = timeout
         self._client: docker.DockerClient | None = None
@@ -86,7 +86,7 @@ class DockerEngine:
         """Every container labelled as this owner's (one workload's, if named), running or not."""
         labels = [f"{OWNER_LABEL}={owner}"] + ([f"{WORKLOAD_LABEL}={name}"] if name else [])
         with self.reach() as client:
-            return client.containers.list(all=True, filters={"label": labels})
+            return client.containers.list(all=True, filters={"label": labels}, ignore_removed=True)
 
 
 def _plain(error: BaseException) -> str:

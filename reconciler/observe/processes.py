@@ -39,12 +39,15 @@ class ProcessState(str, Enum):
     running = "running"
     exited = "exited"
     absent = "absent"
+    unknown = "unknown"  # its driver cannot see it now (the container engine is unreachable)
 
 
 @dataclass(frozen=True)
 class ProcessObservation:
     state: ProcessState
     record: ProcessRecord | None = None
+    problem: str | None = None  # why the state is unknown
+    vanished: str | None = None  # absent, though the driver started it and never removed it: what it was
 
     @property
     def exit(self) -> ExitInfo | None:

@@ -17,6 +17,8 @@ from reconciler.observe.processes import ProcessObservation, ProcessState
 from reconciler.record.conditions import set_condition
 from reconciler.record.store import ResourceRecord
 
+ENGINE_UNAVAILABLE = "EngineUnavailable"
+
 # How `apply --wait` reads a workload's phase.
 FAILED_PHASES = frozenset({"Failed", "BackOff", "Denied", "Exited", "Blocked"})
 SUCCEEDED_PHASES = frozenset({"Succeeded"})
@@ -89,7 +91,10 @@ def _count_start(record: ResourceRecord, desired: DesiredEntry | None, outcome: 
         return record
     if outcome.failure is not None:
         assert desired is not None and isinstance(desired.resource, Workload)
-        return schedule_retry(record.model_copy(update={"last_failure": outcome.failure}), now, 0.0, desired.resource)
+        record = record.model_copy(update={"last_failure": outcome.failure})
+        if outcome.failure.reason == ENGINE_UNAVAILABLE:
+            return record  # not the workload's failure: no back-off; the engine's return triggers the next pass
+        return schedule_retry(record, now, 0.0, desired.resource)
     restarted = outcome.before is not None and outcome.before.state is ProcessState.exited
     return record.model_copy(update={
         "restart_count": record.restart_count + int(restarted), "next_retry_at": None, "last_failure": None,
