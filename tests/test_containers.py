@@ -176,6 +176,33 @@ def test_container_removed_behind_its_back_is_repaired_and_the_repair_is_in_evid
     assert first["kind"] == "Workload"
 
 
+def test_a_container_stopped_behind_its_back_is_restarted(space: Workspace, docker_engine: EngineUnderTest) -> None:
+    space.write("web.yaml", web("web", free_port(), restart={"backoff": {"initialSeconds": 0.5}}))
+    space.start_daemon()
+    wait_for(lambda: (space.resource_status("web.yaml", "web") or {}).get("phase") == "Running", 60, what="Running")
+    original = the_container(docker_engine, space, "web")
+    original.stop(timeout=1)
+    wait_for(lambda: (s := space.resource_status("web.yaml", "web")) and s["restartCount"] == 1 and s["phase"] == "Running",
+             60, what="a restart")
+    assert the_container(docker_engine, space, "web").id != original.id
+
+
+def test_an_unhealthy_container_is_stopped_and_restarted_with_back_off(
+    space: Workspace, docker_engine: EngineUnderTest
+) -> None:
+    healthy_for_a_while = ["sh", "-c", "touch /tmp/ok; sleep 2; rm /tmp/ok; exec sleep 600"]
+    space.write("flaky.yaml", container_yaml(
+        "flaky", command=healthy_for_a_while, restart={"backoff": {"initialSeconds": 1}},
+        health={"exec": {"command": ["test", "-f", "/tmp/ok"]}, "periodSeconds": 0.5, "failureThreshold": 2}))
+    space.start_daemon()
+    wait_for(lambda: (space.condition("flaky.yaml", "flaky") or {}).get("reason") == "Healthy", 60, what="Healthy")
+    first = the_container(docker_engine, space, "flaky").id
+    wait_for(lambda: (space.resource_status("flaky.yaml", "flaky") or {}).get("restartCount", 0) >= 1, 60, what="a restart")
+    stops = [event for event in space.evidence("flaky.yaml") if event.get("action") == "stop" and event["event"] == "decision"]
+    assert stops and "test exited 1" in stops[0]["cause"], stops
+    assert the_container(docker_engine, space, "flaky").id != first
+
+
 def test_daemon_killed_and_restarted_adopts_the_same_container(space: Workspace, docker_engine: EngineUnderTest) -> None:
     space.write("web.yaml", web("web", free_port()))
     space.start_daemon()

@@ -144,6 +144,8 @@ def test_a_gpu_is_released_when_its_workload_has_ended_for_good(engines: Workspa
     engines.cli("apply", env=env)
     after = engines.resource_status("next.yaml", "next")
     assert (after["phase"], after["gpus"]) == ("Running", [0]), engines.condition("next.yaml", "next")
+    engines.cli("apply", env=env)
+    assert engines.resource_status("done.yaml", "done")["phase"] != "Blocked"  # ended for good: needs no GPU
 
 
 HEALTH_SERVER = (

@@ -11,6 +11,7 @@ import pytest
 from reconciler.api.kinds import Model, Policy, Workload, spec_hash
 from reconciler.api.meta import API_VERSION, PRUNE_ANNOTATION, Resource, ResourceKey
 from reconciler.api.status import ExitInfo, FailureInfo
+from reconciler.diff.engines import Blocked
 from reconciler.diff.plan import (
     Action, Hold, Inputs, Verb, next_generation, note_observations, plan_resource, restarts, schedule_retry,
 )
@@ -640,3 +641,15 @@ def test_a_vanished_container_is_named_in_the_cause() -> None:
     action = plan_workload(web, remembered(web), gone)
     assert action.verb is Verb.create and action.cause == "container 0123456789ab is gone: removed outside the reconciler"
     assert plan_workload(web, remembered(web), ABSENT).cause == "not running"
+
+
+def test_a_workload_ended_for_good_stays_ended_when_a_start_would_be_blocked() -> None:
+    done = workload(restart={"policy": "Never"})
+    ended = exited(done, ExitInfo(pid=4242, code=0, finished_at=NOW - timedelta(minutes=1), ran_seconds=3.0))
+    gpu_taken = Blocked("InsufficientGPUs", "needs 1 GPU(s); 1 fit, in use by Workload/next")
+    action = plan_resource(Inputs(WEB, entry(done), remembered(done), ended, None, blocked=gpu_taken), NOW)
+    assert action.verb is Verb.none and action.blocked is None
+    assert action.cause == "process exited with code 0; restart policy Never does not restart it"
+    changed = workload(restart={"policy": "Never"}, env={"A": "1"})
+    again = plan_resource(Inputs(WEB, entry(changed), remembered(done), ended, None, blocked=gpu_taken), NOW)
+    assert again.blocked == gpu_taken  # a new generation wants a start: the block is what stops it

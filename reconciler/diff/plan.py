@@ -112,6 +112,11 @@ def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: dat
     if observed.state is ProcessState.unknown:  # it may well run: neither start a second nor call it gone
         problem = observed.problem or "its state cannot be observed"
         return Action(key, Verb.none, f"left as it is: {problem}", generation, blocked=Blocked("EngineUnavailable", problem))
+    ended = observed.exit if observed.state is ProcessState.exited else None
+    if blocked is not None and ended is not None and record is not None and generation == record.generation \
+            and not restarts(workload, ended, stopped_as_failed(record, ended)):
+        policy = workload.spec.restart.policy.value  # ended for good: what a start would need is moot
+        return Action(key, Verb.none, f"{ended.describe()}; restart policy {policy} does not restart it", generation)
     if blocked is not None and (observed.state is not ProcessState.running or running is None):
         return Action(key, Verb.none, blocked.message, generation, blocked=blocked)
     if blocked is not None:
