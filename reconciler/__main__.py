@@ -1,3 +1,3 @@
 from reconciler.cli import main
 
-main()
+main(prog_name="reconciler")  # `python -m reconciler` behaves as the installed command, completion included

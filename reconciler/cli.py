@@ -19,7 +19,9 @@ import click
 from reconciler import inspect
 from reconciler.api.meta import ResourceKey
 from reconciler.api.schemas import stale_schemas, write_schemas
+from reconciler.control import logfmt
 from reconciler.control.daemon import Daemon
+from reconciler.control.metrics import Metrics, loopback_address
 from reconciler.control.lock import Busy, exclusive
 from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
 from reconciler.load.desired import load_desired
@@ -62,9 +64,11 @@ def _print_load_errors(reconciler: Reconciler) -> bool:
 
 @click.group()
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
-def main(log_level: str) -> None:
+@click.option("--log-format", default="text", type=click.Choice(["text", "json"]),
+              help="json: one object per line (time, level, logger, message, resource).")
+def main(log_level: str, log_format: str) -> None:
     """Keep what runs on this workstation equal to the desired state in PATH."""
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logfmt.configure(log_level, log_format)
 
 
 @main.command()
@@ -155,12 +159,25 @@ def _readiness(reconciler: Reconciler, min_ready_seconds: float) -> tuple[list[s
 @state_option
 @click.option("--resync", default=30.0, show_default=True, help="Seconds between full passes when nothing happens.")
 @click.option("--allow-empty", is_flag=True, help="Prune everything even when the desired state becomes empty.")
-def run(path: Path, state_dir: Path | None, resync: float, allow_empty: bool) -> None:
+@click.option("--metrics-address", metavar="HOST:PORT", envvar="RECONCILER_METRICS_ADDRESS",
+              help="Serve Prometheus metrics there (loopback only), e.g. 127.0.0.1:9464. Off by default.")
+def run(path: Path, state_dir: Path | None, resync: float, allow_empty: bool, metrics_address: str | None) -> None:
     """The daemon: watch PATH and converge on every change, exit and resync. SIGTERM leaves workloads running."""
     state_dir = state_dir or default_state_dir(path)
+    metrics = None
+    if metrics_address:
+        try:
+            host, port = loopback_address(metrics_address)
+        except ValueError as error:
+            raise click.BadParameter(str(error)) from None
+        metrics = Metrics()
+        try:
+            metrics.serve(host, port)
+        except OSError as error:
+            raise click.ClickException(f"--metrics-address {metrics_address}: {error.strerror or error}") from None
     with _locked(path, state_dir, "run"):
         daemon_box: list[Daemon] = []
-        reconciler = Reconciler(path, state_dir, allow_empty=allow_empty,
+        reconciler = Reconciler(path, state_dir, allow_empty=allow_empty, metrics=metrics,
                                 on_exit=lambda name: daemon_box[0].process_exited(name) if daemon_box else None,
                                 on_engine_back=lambda: daemon_box[0].resync_now() if daemon_box else None)
         daemon = Daemon(reconciler, resync_seconds=resync)

@@ -18,10 +18,12 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from reconciler.api.meta import ResourceKey
+from reconciler.control.logfmt import about
 from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
 from reconciler.control.workqueue import ShutDown, WorkQueue
 from reconciler.load.desired import is_spec_file
 
+SPEC_CHANGE = "spec change"
 log = logging.getLogger("reconciler")
 
 QUIET_SECONDS = 0.03  # after a save completes: lets a burst of saves coalesce into one pass
@@ -73,6 +75,7 @@ class _SpecEvents(FileSystemEventHandler):
 class Daemon:
     def __init__(self, reconciler: Reconciler, resync_seconds: float = 30.0, workers: int = 2) -> None:
         self.reconciler = reconciler
+        self.metrics = reconciler.metrics
         self.resync_seconds = resync_seconds
         self.queue: WorkQueue[ResourceKey] = WorkQueue()
         self.stopping = threading.Event()
@@ -83,7 +86,10 @@ class Daemon:
         self._workers = [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True) for n in range(workers)]
 
     def process_exited(self, name: str) -> None:
-        self.queue.add(ResourceKey("Workload", name))
+        key = ResourceKey("Workload", name)
+        if self.metrics:
+            self.metrics.triggered(key)
+        self.queue.add(key)
 
     def resync_now(self) -> None:
         """Something every resource may depend on came back (the container engine): a full pass, now."""
@@ -112,7 +118,7 @@ class Daemon:
                     self._pass("resync", self._events.consume(self.reconciler.root))
                     next_resync = now + self.resync_seconds
                 elif due == 0:
-                    self._pass("spec change", self._events.consume(self.reconciler.root))
+                    self._pass(SPEC_CHANGE, self._events.consume(self.reconciler.root))
                 timeout = next_resync - time.monotonic()
                 due = self._events.due_in()
                 self._wake.wait(timeout if due is None else min(timeout, due))
@@ -137,13 +143,17 @@ class Daemon:
             return
         for file, errors in desired.errors.items():
             for error in errors if file not in writing else ():  # a file mid-save is held, not wrong
-                log.warning("%s", error)
+                log.warning("%s", error, **(about(error.key) if error.key else {}))
         try:
             keys = self.reconciler.keys()
         except Exception:  # noqa: BLE001 - a driver failing to list must not end the loop
             log.exception("%s: listing what to reconcile failed; the next pass tries again", why)
             return
+        if self.metrics:
+            self.metrics.passes.labels(why).inc()
         for key in keys:
+            if self.metrics and why == SPEC_CHANGE:
+                self.metrics.triggered(key)
             self.queue.add(key)
 
     def _work(self) -> None:
@@ -158,9 +168,11 @@ class Daemon:
                 if requeue is not None:
                     self.queue.add_after(key, requeue)
             except Exception:
+                if self.metrics:
+                    self.metrics.failed(key)
                 failures = self._failures[key] = self._failures.get(key, 0) + 1
                 delay = min(ERROR_BACKOFF[1], ERROR_BACKOFF[0] * 2 ** (failures - 1))
-                log.exception("%s: reconcile failed (attempt %d); retrying in %.1fs", key, failures, delay)
+                log.exception("%s: reconcile failed (attempt %d); retrying in %.1fs", key, failures, delay, **about(key))
                 self.queue.add_after(key, delay)
             finally:
                 self.queue.done(key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,6 +19,8 @@ from typing import Callable
 from reconciler.api.kinds import Model, Policy, Runtime, Workload
 from reconciler.api.meta import ResourceKey
 from reconciler.api.status import FailureInfo, ResourceStatus
+from reconciler.control.logfmt import about
+from reconciler.control.metrics import Metrics
 from reconciler.control.evidence import decision_digest, decision_record, outcome_record
 from reconciler.api.kinds import KINDS, spec_hash
 from reconciler.diff.plan import (
@@ -73,7 +76,7 @@ class Reconciler:
     def __init__(
         self, root: Path, state_dir: Path, *, allow_empty: bool = False,
         on_exit: Callable[[str], None] | None = None, readonly: bool = False,
-        on_engine_back: Callable[[], None] | None = None,
+        on_engine_back: Callable[[], None] | None = None, metrics: Metrics | None = None,
     ) -> None:
         self.root = root.resolve()
         self.shown_root = root  # as the user typed it: error messages name files this way
@@ -88,6 +91,7 @@ class Reconciler:
         self.workloads = WorkloadRenderer(self.root, self.drivers, engine)
         self.recorder = Recorder(self.root)
         self.allow_empty = allow_empty
+        self.metrics = metrics
         self.readonly = readonly
         self.desired = DesiredState(files=(), resources={})
         self.writing: frozenset[str] = frozenset()
@@ -236,20 +240,23 @@ class Reconciler:
             return self._reconcile(key)
 
     def _reconcile(self, key: ResourceKey) -> float | None:
-        now = datetime.now(timezone.utc)
+        started, now = time.monotonic(), datetime.now(timezone.utc)
         planned = self.plan(key, now, probe=True)
         action = planned.action
         if action.verb is Verb.delete:
-            return self._delete(planned, now)
+            delay = self._delete(planned, now)
+            self._measure(planned, None, None, started)
+            return delay
         digest = self._record_decision(planned, now)
         failure, after = self._drive(planned, now)
         if action.changes_something:
             outcome_text = f"failed: {failure.message}" if failure else ("done" if planned.executed else "not done")
             log.info("%s: %s (%s) -> %s, %s", key, action.verb.value, action.cause,
-                     planned.verdict.decision.value if planned.verdict else "-", outcome_text)
+                     planned.verdict.decision.value if planned.verdict else "-", outcome_text, **about(key))
         outcome = PassOutcome(action, planned.verdict, planned.executed, failure, planned.inputs.process, after,
                               planned.model, planned.rendered)
         concluded = conclude(planned.record, planned.inputs.desired, outcome, now, self._log_file(key))
+        self._measure(planned, failure, concluded[1] if concluded else None, started)
         if concluded is None:
             return None
         record, status = concluded
@@ -268,6 +275,11 @@ class Reconciler:
             return next_probe_in(check, record.health, running.pid, running.started_at, now)
         retry_at = record.next_retry_at if status.pid is None else None
         return max(0.0, (retry_at - now).total_seconds()) if retry_at else None
+
+    def _measure(self, planned: Planned, failure: FailureInfo | None, status: ResourceStatus | None, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.reconciled(planned.action, planned.verdict, planned.executed, failure is not None, status,
+                                    time.monotonic() - started)
 
     def _record_decision(self, planned: Planned, now: datetime) -> str | None:
         """Write the decision before acting, so a crash mid-action still leaves it on record."""
@@ -317,7 +329,7 @@ class Reconciler:
         """Returns seconds until another try when what runs cannot be reached to stop it."""
         key, record = planned.action.key, planned.record
         if record is not None or planned.inputs.process is not None and planned.inputs.process.record is not None:
-            log.info("%s: delete (%s)", key, planned.action.cause)
+            log.info("%s: delete (%s)", key, planned.action.cause, **about(key))
         if record is not None:
             self.recorder.evidence(record.source, decision_record(planned.action, planned.verdict, record, now))
         ended = None
@@ -327,7 +339,7 @@ class Reconciler:
                 ended = self.drivers.stop(key.name, workload.spec.termination_grace_period_seconds if workload else 10.0)
             except (EngineUnavailable, StartFailed) as problem:
                 if workload is None or workload.spec.runtime is Runtime.container:
-                    log.warning("%s: cannot remove its container yet: %s", key, problem)
+                    log.warning("%s: cannot remove its container yet: %s", key, problem, **about(key))
                     return ENGINE_RETRY_SECONDS  # kept on record until its container is really gone
         if record is not None:
             self.recorder.evidence(record.source, outcome_record(planned.action, record.generation, None, None,

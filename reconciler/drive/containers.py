@@ -83,6 +83,7 @@ class ContainerDriver:
             return []
 
     def observe(self, name: str) -> ProcessObservation:
+        self._watch()
         try:
             return self._observation(name, self.engine.owned(self._owner, name))
         except EngineUnavailable as error:
@@ -91,11 +92,16 @@ class ContainerDriver:
             return ProcessObservation(ProcessState.unknown, problem=f"the engine at {self.engine.address}: {error}")
 
     def adopt(self) -> list[int]:
-        """Containers carry their own record (labels): adopting is watching their exits."""
+        """Containers carry their own record (labels): adopting is watching their exits, once there are any."""
+        if self.owned_names():
+            self._watch()
+        return []
+
+    def _watch(self) -> None:
+        """Listen to the engine's events from the first container workload on (a host without one never asks)."""
         if self._on_exit is not None and not self._readonly and not self._watching:
             self._watching = True
             threading.Thread(target=self._watch_events, name="container-events", daemon=True).start()
-        return []
 
     def default_working_dir(self, name: str) -> str:
         return "/"
