@@ -111,7 +111,8 @@ def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: dat
     running = observed.record
     if observed.state is ProcessState.unknown:  # it may well run: neither start a second nor call it gone
         problem = observed.problem or "its state cannot be observed"
-        return Action(key, Verb.none, f"left as it is: {problem}", generation, blocked=Blocked("EngineUnavailable", problem))
+        cause = f"left as it is: {problem}" if record is not None else problem
+        return Action(key, Verb.none, cause, generation, blocked=Blocked("EngineUnavailable", problem))
     ended = observed.exit if observed.state is ProcessState.exited else None
     if blocked is not None and ended is not None and record is not None and generation == record.generation \
             and not restarts(workload, ended, stopped_as_failed(record, ended)):
