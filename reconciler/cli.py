@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from reconciler import inspect
+from reconciler.api.kinds import KINDS
 from reconciler.api.meta import ResourceKey
 from reconciler.api.schemas import stale_schemas, write_schemas
 from reconciler.control import logfmt
@@ -239,7 +240,9 @@ def describe(name: str, path: Path, state_dir: Path | None) -> None:
         raise click.ClickException(f"{key}: not found in {path} or in what the reconciler owns")
     source = entry.file if entry else record.source if record else "?"
     log_lines = inspect.tail(Path(status.log_file), 20) if status.log_file else []
-    click.echo(inspect.describe(status, source, reconciler.root, log_lines))
+    resource = entry.resource if entry else KINDS[record.kind].model_validate(record.resource) if record else None
+    spec = inspect.spec_summary(resource) if resource is not None else None
+    click.echo(inspect.describe(status, source, reconciler.root, log_lines, spec))
 
 
 @main.command()

@@ -8,15 +8,36 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from reconciler.api.kinds import Workload
+from reconciler.api.meta import Resource
+from reconciler.api.quantity import format_bytes
 from reconciler.api.status import ResourceStatus
 from reconciler.record.recorder import sibling
 
 EVENTS_SHOWN = 10
 
 
-def describe(status: ResourceStatus, source: str, root: Path, log_lines: list[str]) -> str:
+def spec_summary(resource: Resource) -> str | None:
+    """One line of what was asked for, in the spec's own words."""
+    if not isinstance(resource, Workload):
+        return None
+    spec = resource.spec
+    parts = [f"runtime {spec.runtime.value}", f"engine {spec.engine.value}"]
+    parts += [f"image {spec.image} (pull: {spec.image_pull_policy.value})"] if spec.image else []
+    parts += [f"model {spec.model}"] if spec.model else []
+    parts += [f"ports {', '.join(f'{p.host_ip}:{p.published_port}->{p.container_port}/{p.protocol}' for p in spec.ports)}"] \
+        if spec.ports else ([f"listens {spec.host}:{spec.port}"] if spec.port else [])
+    limits = spec.resources
+    parts += [f"memory {format_bytes(limits.memory)}"] if limits.memory else []
+    parts += [f"cpus {limits.cpus:g}"] if limits.cpus else []
+    parts += [f"gpus {limits.gpus.indices if limits.gpus.indices is not None else limits.gpus.count}"] if limits.gpus.wanted else []
+    parts += [f"restart {spec.restart.policy.value}"]
+    return ", ".join(parts)
+
+
+def describe(status: ResourceStatus, source: str, root: Path, log_lines: list[str], spec: str | None = None) -> str:
     fields = [
-        ("Name", status.name), ("Kind", status.kind), ("Source", source),
+        ("Name", status.name), ("Kind", status.kind), ("Source", source), ("Spec", spec),
         ("Generation", f"{status.generation} (observed {status.observed_generation})"),
         ("Phase", status.phase), ("Placement", status.placement.value if status.placement else None),
         ("Message", status.message), ("Endpoints", ", ".join(status.endpoints) or None),

@@ -266,6 +266,7 @@ def test_describe_and_logs_tell_a_crash_story(workspace: Workspace) -> None:
     assert logs.returncode == 0 and logs.stdout.splitlines() == ["loading weights", "fatal: out of cheese"]
     described = workspace.cli("describe", "Workload/job").stdout
     assert "Phase:       Failed" in described and "process exited with code 7" in described
+    assert "Spec:        runtime native, engine process, restart Never" in described
     assert "Last log lines:" in described and "  fatal: out of cheese" in described
     assert "decision create" in described and "action   create   done" in described
     missing = workspace.cli("logs", "job", "--previous")

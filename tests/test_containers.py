@@ -106,6 +106,9 @@ def test_container_runs_healthy_on_loopback_with_least_privilege(space: Workspac
     assert "CapEff:\t0000000000000000" in effective
     labels = container.labels
     assert labels[OWNER_LABEL] == owner_id(space.state) and labels["dev.localaistack.generation"] == "1"
+    described = space.cli("describe", "web").stdout
+    assert f"Container:   {container.id[:12]}" in described and f"Image:       {TEST_IMAGE} (sha256:" in described
+    assert "memory 64Mi" in described and f"ports 127.0.0.1:{port}->8080/tcp" in described
     assert len(labels["dev.localaistack.config-hash"]) == 64
 
 
