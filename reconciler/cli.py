@@ -1,4 +1,4 @@
-"""`reconciler` command line: validate, plan, apply, run, down, status, describe, logs, schemas."""
+"""`reconciler` command line: validate, plan, apply, run, down, status, describe, logs, export, schemas."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ import click
 from reconciler import inspect
 from reconciler.api.kinds import KINDS
 from reconciler.api.meta import ResourceKey
-from reconciler.api.schemas import stale_schemas, write_schemas
+from reconciler.api.schemas import crds, stale_schemas, write_schemas
 from reconciler.control import logfmt
 from reconciler.control.daemon import Daemon
 from reconciler.control.metrics import Metrics, loopback_address
+from reconciler.export.kubernetes import kubernetes_manifests, render_yaml
 from reconciler.control.lock import Busy, exclusive
 from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
 from reconciler.load.desired import load_desired
@@ -266,6 +267,25 @@ def logs(name: str, path: Path, state_dir: Path | None, previous: bool, follow_:
                 click.echo(chunk, nl=False)
         except KeyboardInterrupt:
             pass
+
+
+@main.command()
+@path_argument
+@click.option("--kubernetes", "to_kubernetes", is_flag=True, help="Kubernetes manifests (the only target so far).")
+@click.option("--namespace", help="Namespace of the exported objects (CRDs are cluster-wide).")
+def export(path: Path, to_kubernetes: bool, namespace: str | None) -> None:
+    """The desired state for a cluster: CRDs, the resources, and a Deployment (+ Service) per Workload, on stdout.
+    What Kubernetes cannot express is said in each Deployment's localaistack.dev/export-note annotation."""
+    if not to_kubernetes:
+        raise click.UsageError("say what to export to: --kubernetes")
+    desired = load_desired(path)
+    if desired.errors:  # exporting the valid rest would drop the broken ones without a word
+        for errors in desired.errors.values():
+            for error in errors:
+                click.echo(str(error), err=True)
+        sys.exit(EXIT_ERROR)
+    manifests = kubernetes_manifests(desired, crds(), namespace, source_root=str(path.resolve()))
+    click.echo(render_yaml(manifests), nl=False)
 
 
 @main.command()

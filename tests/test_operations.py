@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import urllib.request
+from pathlib import Path
 
 from tests.conftest import PYTHON, Workspace, wait_for, workload_yaml
 
@@ -74,3 +75,25 @@ def test_shell_completion_scripts_are_generated() -> None:
                            env={**os.environ, "_RECONCILER_COMPLETE": "bash_complete", "COMP_WORDS": "reconciler de",
                                 "COMP_CWORD": "1"})
     assert "plain,describe" in words.stdout.splitlines()
+
+
+def test_export_kubernetes_of_the_shipped_desired_state() -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([PYTHON, "-m", "reconciler", "export", "--kubernetes", str(root / "desired-state"),
+                           "--namespace", "ai"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    documents = list(yaml.safe_load_all(done.stdout))
+    kinds = [document["kind"] for document in documents]
+    assert kinds.count("CustomResourceDefinition") == 3 and kinds.count("Deployment") == 4
+    webui = next(d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"] == "webui")
+    assert webui["metadata"]["namespace"] == "ai"
+    assert webui["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/open-webui/open-webui:main"
+
+
+def test_export_refuses_a_desired_state_with_errors(workspace: Workspace) -> None:
+    workspace.write("bad.yaml", workload_yaml("bad", restart={"policy": "Sometimes"}))
+    done = subprocess.run([PYTHON, "-m", "reconciler", "export", "--kubernetes", str(workspace.desired)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "bad.yaml:" in done.stderr and done.stdout == ""

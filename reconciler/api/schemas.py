@@ -114,6 +114,11 @@ def _crd(kind: str, model: type[Resource]) -> dict[str, Any]:
     }
 
 
+def crds() -> list[dict[str, Any]]:
+    """The CustomResourceDefinition of every kind, as crds/ holds them."""
+    return [_crd(kind, model) for kind, model in KINDS.items()]
+
+
 def render_schemas() -> dict[str, str]:
     """File name -> file text for every kind; pure."""
     files: dict[str, str] = {}
