@@ -66,7 +66,7 @@ def _print_load_errors(reconciler: Reconciler) -> bool:
 
 @click.group()
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
-@click.option("--log-format", default="text", type=click.Choice(["text", "json"]),
+@click.option("--log-format", default="text", type=click.Choice(["text", "json"]), envvar="RECONCILER_LOG_FORMAT",
               help="json: one object per line (time, level, logger, message, resource).")
 def main(log_level: str, log_format: str) -> None:
     """Keep what runs on this workstation equal to the desired state in PATH."""

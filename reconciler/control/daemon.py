@@ -18,6 +18,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from reconciler.api.meta import ResourceKey
+from reconciler.control import systemd
 from reconciler.control.logfmt import about
 from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
 from reconciler.control.workqueue import ShutDown, WorkQueue
@@ -108,10 +109,13 @@ class Daemon:
         for worker in self._workers:
             worker.start()
         log.info("watching %s (resync every %ss)", self.reconciler.root, self.resync_seconds)
+        watchdog = systemd.Watchdog.from_environment()
+        systemd.ready()  # after adopt(): what already runs is ours again
         next_resync = 0.0
         try:
             while not self.stopping.is_set():
                 now = time.monotonic()
+                watchdog.ping_if_due(now)
                 due = self._events.due_in()
                 if now >= next_resync or self._resync_requested.is_set():
                     self._resync_requested.clear()
@@ -119,11 +123,13 @@ class Daemon:
                     next_resync = now + self.resync_seconds
                 elif due == 0:
                     self._pass(SPEC_CHANGE, self._events.consume(self.reconciler.root))
-                timeout = next_resync - time.monotonic()
-                due = self._events.due_in()
-                self._wake.wait(timeout if due is None else min(timeout, due))
+                now = time.monotonic()
+                waits = (next_resync - now, self._events.due_in(), watchdog.due_in(now))
+                self._wake.wait(min(wait for wait in waits if wait is not None))
                 self._wake.clear()
         finally:
+            systemd.stopping()
+            watchdog.ping(time.monotonic())  # the joins below take up to a minute: begin them with a full interval
             observer.stop()
             self.queue.shut_down()
             observer.join(timeout=5)
@@ -137,6 +143,7 @@ class Daemon:
             desired = self.reconciler.refresh(writing)
         except DesiredStateUnreadable as error:
             log.error("%s: %s; nothing changes until it is readable again", why, error)
+            systemd.status(f"desired state unreadable: {error}")
             return
         except Exception:  # a loader bug must not take down what runs: keep serving the last snapshot
             log.exception("%s: loading the desired state failed; keeping the previous snapshot", why)
@@ -155,6 +162,7 @@ class Daemon:
             if self.metrics and why == SPEC_CHANGE:
                 self.metrics.triggered(key)
             self.queue.add(key)
+        systemd.status(f"{len(keys)} resources; last pass ({why}) at {time.strftime('%H:%M:%S')}")
 
     def _work(self) -> None:
         while True:
