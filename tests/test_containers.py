@@ -282,6 +282,15 @@ def test_down_while_the_engine_is_away_says_what_still_runs(space: Workspace, do
     assert ours(docker_engine, space, "talk") == []
 
 
+def test_down_while_the_engine_is_away_removes_what_never_had_a_container(space: Workspace) -> None:
+    away = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    space.write("never.yaml", container_yaml("never", command=["sleep", "600"]))
+    space.cli("apply", env=away)
+    assert space.condition("never.yaml", "never")["reason"] == "EngineUnavailable"
+    done = space.cli("down", env=away)
+    assert done.returncode == 0 and "Workload/never: removed" in done.stdout, done.stdout + done.stderr
+
+
 # -- removal, logs, exits ------------------------------------------------------------------------------------------
 
 

@@ -160,12 +160,18 @@ class ContainerDriver:
                 self._check_host(launch)
                 launch = self._ensure_image(client, launch)
                 self.logs.rotate(name)
-                container = client.containers.create(**self._create_args(name, launch, generation))
+                self._remember_start(name, None)  # before the engine makes anything, as a native start's intent
+                try:
+                    container = client.containers.create(**self._create_args(name, launch, generation))
+                except docker.errors.APIError:
+                    self._forget_start(name)  # refused: nothing was made
+                    raise
                 try:
                     container.start()
                 except docker.errors.APIError as error:
                     self._save_log(name, container)
                     container.remove(force=True)  # nothing half-made is left behind
+                    self._forget_start(name)
                     raise _failed(error, "ContainerStartFailed") from None
                 container.reload()
         except EngineUnavailable as error:
@@ -179,6 +185,8 @@ class ContainerDriver:
         """Stop the workload's container (TERM, grace, KILL); `forget` removes it, else it stays as exited.
         Raises EngineUnavailable, or StartFailed when the engine refuses: the caller tries again later."""
         observed = None
+        if not self._last_started(name) and self.engine.unavailable() is not None:
+            return None  # an intent precedes every create: without one, there is no container of ours to stop
         with self.engine.reach():
             for container in self.engine.owned(self._owner, name):
                 try:
@@ -301,10 +309,12 @@ class ContainerDriver:
         self.logs.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(self.logs.path(name), output[-self.logs.max_bytes:], mode=0o600)
 
-    def _remember_start(self, name: str, container: Container) -> None:
-        pid = (container.attrs.get("State") or {}).get("Pid") or 0
+    def _remember_start(self, name: str, container: Container | None) -> None:
+        """The container a start made (None: one is about to be made), so it is never lost sight of."""
+        pid = (container.attrs.get("State") or {}).get("Pid") or 0 if container else 0
         self._started.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomic(self._started / f"{name}.json", json.dumps({"id": container.id, "pid": pid}), mode=0o600)
+        record = {"id": container.id if container else None, "pid": pid}
+        write_atomic(self._started / f"{name}.json", json.dumps(record), mode=0o600)
 
     def _forget_start(self, name: str) -> None:
         if not self._readonly:
