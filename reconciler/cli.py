@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +24,10 @@ from reconciler.api.schemas import crds, stale_schemas, write_schemas
 from reconciler.control import logfmt
 from reconciler.control.daemon import Daemon
 from reconciler.control.metrics import Metrics, loopback_address
+from reconciler.drive.containers import ContainerDriver
+from reconciler.drive.process import owner_id
 from reconciler.export.kubernetes import kubernetes_manifests, render_yaml
+from reconciler.observe.docker_engine import DockerEngine
 from reconciler.control.lock import Busy, exclusive
 from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
 from reconciler.load.desired import load_desired
@@ -31,6 +35,7 @@ from reconciler.record.status import FAILED_PHASES, SUCCEEDED_PHASES
 from reconciler.render import dump, plan_rows, plan_table, status_rows, status_table
 
 EXIT_IN_SYNC, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+APPLY_WORKERS = 4  # container starts wait on the engine: several at once, as Compose does
 
 
 def default_state_dir(root: Path) -> Path:
@@ -120,8 +125,8 @@ def apply(path: Path, state_dir: Path | None, wait: bool, timeout: float, min_re
         reconciler.adopt()
         deadline = time.monotonic() + timeout
         while True:
-            for key in reconciler.keys():
-                reconciler.reconcile(key)
+            with ThreadPoolExecutor(APPLY_WORKERS) as pool:  # as the daemon's workers: never one key twice at once
+                list(pool.map(reconciler.reconcile, reconciler.keys()))
             pending, failed = _readiness(reconciler, min_ready_seconds)
             if not wait or not pending:
                 break
@@ -254,8 +259,18 @@ def describe(name: str, path: Path, state_dir: Path | None) -> None:
 @click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new output until interrupted.")
 @click.option("--tail", "lines", type=int, default=0, help="Only the last N lines (0: all that is kept).")
 def logs(name: str, path: Path, state_dir: Path | None, previous: bool, follow_: bool, lines: int) -> None:
-    """A workload's output, from the bounded log store (kept after it crashes)."""
-    log_dir = (state_dir or default_state_dir(path)) / "logs"
+    """A workload's output: a running container's live from its engine, else from the bounded log store (kept
+    after a crash)."""
+    state_dir = state_dir or default_state_dir(path)
+    live = None if previous else _container_log(state_dir, _key(name).name, lines, follow_)
+    if live is not None:
+        try:
+            for chunk in live:
+                click.echo(chunk.decode("utf-8", "replace"), nl=False)
+        except KeyboardInterrupt:
+            pass
+        return
+    log_dir = state_dir / "logs"
     log_file = log_dir / (f"{_key(name).name}.previous.log" if previous else f"{_key(name).name}.log")
     if not log_file.exists():
         raise click.ClickException(f"{log_file}: no log{' of a previous run' if previous else ''} for {name}")
@@ -286,6 +301,13 @@ def export(path: Path, to_kubernetes: bool, namespace: str | None) -> None:
         sys.exit(EXIT_ERROR)
     manifests = kubernetes_manifests(desired, crds(), namespace, source_root=str(path.resolve()))
     click.echo(render_yaml(manifests), nl=False)
+
+
+def _container_log(state_dir: Path, name: str, lines: int, follow: bool) -> Iterator[bytes] | None:
+    if (state_dir / "processes" / f"{name}.json").exists():
+        return None  # a native workload: its log store file is the live log
+    driver = ContainerDriver(state_dir, owner_id(state_dir), DockerEngine(), readonly=True)
+    return driver.live_log(name, lines, follow)
 
 
 @main.command()

@@ -300,6 +300,8 @@ def test_removing_the_spec_removes_the_container_and_its_logs_stay_readable(
     space.write("talk.yaml", container_yaml("talk", command=["sh", "-c", "echo said-hello; exec sleep 600"]))
     assert space.cli("apply", "--wait", "--timeout", "60").returncode == 0
     assert len(ours(docker_engine, space, "talk")) == 1
+    live = wait_for(lambda: "said-hello" in (out := space.cli("logs", "talk")).stdout and out, 10, what="live output")
+    assert live.returncode == 0
     (space.desired / "talk.yaml").unlink()
     removed = space.cli("apply", "--allow-empty")
     assert removed.returncode == 0, removed.stderr

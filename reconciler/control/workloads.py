@@ -23,7 +23,7 @@ from reconciler.api.launch import LaunchSpec, render_launch, working_dir_for
 from reconciler.drive.dispatch import Drivers
 from reconciler.drive.process import PASSED_THROUGH, child_path
 from reconciler.load.desired import DesiredState
-from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable
+from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable, ImageFacts
 from reconciler.observe.gpus import GpuInventory, read_inventory
 from reconciler.observe.host import EngineFacts, ModelPresence, engine_facts, find_executable, observe_model
 from reconciler.observe.probes import probe
@@ -40,12 +40,14 @@ class WorkloadRenderer:
         self.inventory = GpuInventory(reason="not observed yet")
         self._engine_problem: str | None = None
         self._engine_checked = False
+        self._images: dict[str, ImageFacts] = {}  # present images seen this pass (an absent one is asked again)
 
     def observe_host(self) -> None:
         """Once per pass: which engines are installed, which GPUs exist; the container engine when first needed."""
         self.facts = engine_facts()
         self.inventory = read_inventory()
         self._engine_checked = False
+        self._images = {}
 
     def render(
         self, desired: DesiredState, remembered: Callable[[ResourceKey], ResourceRecord | None], workload: Workload,
@@ -117,9 +119,11 @@ class WorkloadRenderer:
         try:
             if self._engine_problem is not None:
                 raise EngineUnavailable(self.engine.address, self._engine_problem)
-            image = self.engine.image(spec.image)
+            image = self._images.get(spec.image) or self.engine.image(spec.image)
         except EngineUnavailable as unavailable:
             return Blocked("EngineUnavailable", self._engine_problem or unavailable.message)
+        if image is not None:
+            self._images[spec.image] = image
         spec_dir = (self.root / file).parent
         volumes = tuple(BindMount(source=os.path.realpath(spec_dir / volume.source), target=volume.target,
                                   read_only=volume.read_only) for volume in spec.volumes)

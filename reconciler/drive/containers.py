@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -78,7 +78,7 @@ class ContainerDriver:
 
     def owned_names(self) -> list[str]:
         try:
-            return sorted({container.labels.get(WORKLOAD_LABEL, "") for container in self.engine.owned(self._owner)} - {""})
+            return sorted(self.engine.owned_workloads(self._owner))
         except (EngineUnavailable, docker.errors.APIError):
             return []
 
@@ -110,12 +110,26 @@ class ContainerDriver:
         return str(self.logs.path(name))
 
     def trim_log(self, name: str) -> None:
-        """Copy the container's latest output into the bounded log store, where it outlives the container."""
+        """Copy an ended container's output into the bounded log store, where it outlives the container (a running
+        one's is read live from the engine by `reconciler logs`, and copied when it is stopped or replaced)."""
         try:
             for container in self.engine.owned(self._owner, name):
-                self._save_log(name, container)
+                if container.status not in _RUNNING:
+                    self._save_log(name, container)
         except (EngineUnavailable, docker.errors.APIError):
             return
+
+    def live_log(self, name: str, tail: int, follow: bool) -> Iterator[bytes] | None:
+        """The output of the workload's container straight from the engine; None when there is none to ask."""
+        try:
+            containers = [c for c in self.engine.owned(self._owner, name) if _launch_of(c)]
+            if not containers:
+                return None
+            newest = max(containers, key=lambda container: container.attrs.get("Created", ""))
+            output = newest.logs(stdout=True, stderr=True, tail=tail or "all", stream=follow, follow=follow)
+        except (EngineUnavailable, docker.errors.APIError):
+            return None
+        return output if follow else iter([output])
 
     def exec_check(self, name: str, command: list[str], timeout: float) -> ProbeResult:
         """Run an exec health check inside the workload's running container; one at a time, killed at `timeout`."""

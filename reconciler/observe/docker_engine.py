@@ -82,6 +82,12 @@ class DockerEngine:
         config = image.attrs.get("Config") or {}
         return ImageFacts(image.id, config.get("User") or None)
 
+    def owned_workloads(self, owner: str) -> set[str]:
+        """The workloads this owner has a container for: one list call, no per-container inspect."""
+        with self.reach() as client:
+            containers = client.containers.list(all=True, filters={"label": [f"{OWNER_LABEL}={owner}"]}, sparse=True)
+        return {(container.attrs.get("Labels") or {}).get(WORKLOAD_LABEL, "") for container in containers} - {""}
+
     def owned(self, owner: str, name: str | None = None) -> list[Container]:
         """Every container labelled as this owner's (one workload's, if named), running or not."""
         labels = [f"{OWNER_LABEL}={owner}"] + ([f"{WORKLOAD_LABEL}={name}"] if name else [])
