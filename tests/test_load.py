@@ -404,7 +404,8 @@ def test_nesting_past_the_limit_is_rejected() -> None:
 
 
 def test_extreme_nesting_is_an_error_not_a_crash() -> None:
-    assert problem("[" * 5000 + "]" * 5000).message == "invalid YAML: nested too deeply"
+    # libyaml composes it and the depth check refuses it; the pure loader runs out of recursion first
+    assert problem("[" * 5000 + "]" * 5000).message in ("nested deeper than 64 levels", "invalid YAML: nested too deeply")
 
 
 def test_positions_map_every_field_path() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from functools import cache
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -250,7 +251,7 @@ class WorkloadSpec(Spec):
 
     def _set(self, name: str) -> bool:
         """Given a value other than its default (a stored record spells every default out)."""
-        return getattr(self, name) != type(self).model_fields[name].get_default(call_default_factory=True)
+        return getattr(self, name) != _defaults()[name]
 
     @property
     def listens(self) -> list[tuple[str, int, str]]:
@@ -268,6 +269,12 @@ class WorkloadSpec(Spec):
 
 
 _CONTAINER_ONLY = ("image", "image_pull_policy", "ports", "volumes", "network", "security")
+
+
+@cache
+def _defaults() -> dict[str, object]:
+    """WorkloadSpec's defaults, made once: pydantic inspects each default factory on every call."""
+    return {name: info.get_default(call_default_factory=True) for name, info in WorkloadSpec.model_fields.items()}
 
 
 class Workload(Resource):

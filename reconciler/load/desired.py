@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from reconciler.api.container import addresses_overlap
@@ -31,8 +32,9 @@ class DesiredState:
     errors: dict[str, list[LoadError]] = field(default_factory=dict)
     rejected: dict[ResourceKey, list[LoadError]] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def policy(self) -> Policy | None:
+        """Looked up once per snapshot: every plan asks, and a scan per plan made a pass quadratic."""
         policies = [entry.resource for entry in self.resources.values() if isinstance(entry.resource, Policy)]
         return policies[0] if policies else None
 

@@ -54,6 +54,15 @@ class SourceDocument:
         return self.start
 
 
+_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: the same nodes and marks
+
+
+def _compose(text: str) -> list[yaml.Node]:
+    try:
+        return list(yaml.compose_all(text, Loader=_FAST_LOADER))
+    except (yaml.YAMLError, RecursionError):  # the pure loader's messages and positions are the documented ones
+        return list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+
 def parse_documents(data: bytes) -> list[SourceDocument]:
     """Every non-empty YAML document in `data`; raises YamlProblem for anything unreadable."""
     if len(data) > MAX_FILE_BYTES:
@@ -62,7 +71,7 @@ def parse_documents(data: bytes) -> list[SourceDocument]:
     if not text.strip():
         raise YamlProblem("file is empty: expected at least one YAML document")
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        nodes = _compose(text)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         raise YamlProblem(f"invalid YAML: {error.problem or error.context}", _position(mark)) from None
