@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run apply plan status down test schemas clean
+.PHONY: run apply plan status down test bench schemas clean
 
 $(BIN)/pip:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ down: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/pytest
+
+# Side by side with supervisord and docker-compose (Debian's docker.io, busybox-static and docker-compose
+# must be installed; the container scenarios start a private dockerd). Writes bench/results.{json,md}.
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-test
+	$(BIN)/pip install --quiet -e '.[test,llama,bench]'
+	touch $@
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 schemas: $(VENV)/.installed
 	$(BIN)/reconciler schemas

@@ -1,0 +1,310 @@
+"""Container scenarios 5-7: the reconciler's one-shot `python -m reconciler apply DIR --state-dir S` against
+`docker-compose up -d` (Compose v1, which also exits when done), both on one private dockerd and one offline
+busybox image (tests.docker_engine), with DOCKER_HOST pointing at that engine for both.
+
+The stacks are equivalent: 20 services running busybox `httpd -f -p 8080 -h /www`, each publishing one distinct
+free loopback port (the reconciler's stack and Compose's use disjoint port sets, so both can be up at once),
+a 32 MiB memory limit, no health check (Compose has none unless asked; the reconciler's workloads set none).
+The Compose file is what a user would write, plus `init: true`: without it httpd is PID 1, ignores SIGTERM,
+and every Compose stop/recreate waits its 10 s stop timeout. The reconciler adds least-privilege settings
+the Compose file does not (cap_drop ALL, no-new-privileges, read-only rootfs with a tmpfs /tmp, non-root user,
+pids limit, init, bounded logs) and writes status and evidence files on each pass.
+
+What is timed, per repetition, is the wall time of one CLI process (interpreter start-up included, for
+both tools) until it exits 0; preparing files, `down`, and the check that 20 containers run are not.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import yaml
+
+from bench.harness import Scenario
+from tests.docker_engine import TEST_IMAGE, PrivateEngine, import_image
+
+SERVICES = 20
+CHANGED = 7  # the service whose env alternates in "one of 20 changed"
+HTTPD = ["httpd", "-f", "-p", "8080", "-h", "/www"]
+PEER_PROJECT = "laisbench"
+OWNER_LABEL = "dev.localaistack.owner"
+COMPOSE_LABEL = "com.docker.compose.project"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class _Bench:
+    """The shared engine and work folders; started by the first scenario's setup, stopped at the end."""
+
+    engine: PrivateEngine | None = None
+    work: Path | None = None
+    ports: list[int] = field(default_factory=list)  # SERVICES for ours, then SERVICES for the peer
+    variant: dict[str, str] = field(default_factory=lambda: {"ours": "a", "peer": "a"})
+
+    @property
+    def desired(self) -> Path:
+        assert self.work is not None
+        return self.work / "ours" / "desired"
+
+    @property
+    def state(self) -> Path:
+        assert self.work is not None
+        return self.work / "ours" / "state"
+
+    @property
+    def compose_file(self) -> Path:
+        assert self.work is not None
+        return self.work / "peer" / "docker-compose.yml"
+
+
+_bench = _Bench()
+
+
+def _start() -> None:
+    """Start the private dockerd and import the image, once; atexit (and SIGTERM) make sure it goes away."""
+    if _bench.engine is not None:
+        return
+    atexit.register(_shutdown)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so atexit runs on a plain `kill`
+    _bench.engine = PrivateEngine()
+    _bench.work = Path(tempfile.mkdtemp(prefix="lais-bench-containers-"))
+    _bench.engine.start()
+    import_image(_bench.engine.address, TEST_IMAGE)
+    _bench.ports = _free_ports(2 * SERVICES)
+    _write_ours()
+    _write_peer()
+
+
+def _shutdown() -> None:
+    """Remove every container, stop and destroy the engine, delete the work folder; safe to call twice."""
+    engine, _bench.engine = _bench.engine, None
+    if engine is not None:
+        try:
+            client = docker.DockerClient(base_url=engine.address, version="auto", timeout=30)
+            for container in client.containers.list(all=True):
+                container.remove(force=True)
+        except Exception as error:  # noqa: BLE001 - destroy the engine regardless
+            print(f"bench.containers: cleaning up containers: {error}", file=sys.stderr)
+        finally:
+            engine.destroy()
+    if _bench.work is not None:
+        shutil.rmtree(_bench.work, ignore_errors=True)
+        _bench.work = None
+
+
+def _free_ports(count: int) -> list[int]:
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:  # all held at once, so the ports are distinct
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+def _env_of(index: int, tool: str) -> dict[str, str]:
+    return {"BENCH_VARIANT": _bench.variant[tool] if index == CHANGED else "a"}
+
+
+def _write_ours() -> None:
+    """The reconciler's desired state: one Workload file per service, and a Policy allowing the image and bridge."""
+    _bench.desired.mkdir(parents=True, exist_ok=True)
+    policy = {"apiVersion": "localaistack.dev/v1alpha1", "kind": "Policy", "metadata": {"name": "bench"},
+              "spec": {"containers": {"images": ["reconciler-test/*"], "networks": ["bridge"]}}}
+    (_bench.desired / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
+    for index in range(SERVICES):
+        spec = {"runtime": "container", "image": TEST_IMAGE, "command": HTTPD, "env": _env_of(index, "ours"),
+                "ports": [{"containerPort": 8080, "hostPort": _bench.ports[index]}], "resources": {"memory": "32Mi"}}
+        body = {"apiVersion": "localaistack.dev/v1alpha1", "kind": "Workload", "metadata": {"name": f"svc-{index:02d}"},
+                "spec": spec}
+        (_bench.desired / f"svc-{index:02d}.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
+
+
+def _write_peer() -> None:
+    """The equivalent Compose file (format 2.4: mem_limit and init are honoured without --compatibility)."""
+    _bench.compose_file.parent.mkdir(parents=True, exist_ok=True)
+    services = {f"svc-{index:02d}": {
+        "image": TEST_IMAGE, "command": HTTPD, "init": True, "mem_limit": "32m", "environment": _env_of(index, "peer"),
+        "ports": [f"127.0.0.1:{_bench.ports[SERVICES + index]}:8080"],
+    } for index in range(SERVICES)}
+    _bench.compose_file.write_text(yaml.safe_dump({"version": "2.4", "services": services}, sort_keys=False))
+
+
+def _timed(command: list[str]) -> float:
+    """Seconds `command` took to exit 0, with DOCKER_HOST set to the private engine."""
+    assert _bench.engine is not None
+    environment = {**os.environ, "DOCKER_HOST": _bench.engine.address}
+    began = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
+    elapsed = time.perf_counter() - began
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return elapsed
+
+
+def _ours(verb: str) -> float:
+    return _timed([sys.executable, "-m", "reconciler", verb, str(_bench.desired), "--state-dir", str(_bench.state)])
+
+
+def _peer(*arguments: str) -> float:
+    return _timed(["docker-compose", "-p", PEER_PROJECT, "-f", str(_bench.compose_file), *arguments])
+
+
+def _running(label: str) -> None:
+    """Untimed check that the tool converged: exactly SERVICES running containers carry its label."""
+    assert _bench.engine is not None
+    client = docker.DockerClient(base_url=_bench.engine.address, version="auto")
+    found = client.containers.list(filters={"label": label, "status": "running"})
+    if len(found) != SERVICES:
+        raise RuntimeError(f"{label}: {len(found)} running containers, expected {SERVICES}")
+
+
+def _ours_label() -> str:
+    from reconciler.drive.process import owner_id
+    return f"{OWNER_LABEL}={owner_id(_bench.state)}"
+
+
+def _ours_down() -> None:
+    if _bench.state.exists():
+        _ours("down")
+        shutil.rmtree(_bench.state)  # cold means no state directory either
+
+
+def _both_down() -> None:
+    _start()
+    _ours_down()
+    if shutil.which("docker-compose"):
+        _peer("down")
+
+
+def _both_up() -> None:
+    _start()
+    _ours("apply")
+    if shutil.which("docker-compose"):
+        _peer("up", "-d")
+
+
+# -- 5: cold converge -----------------------------------------------------------------------------------------
+
+def cold_ours() -> float:
+    """Timed: `reconciler apply` from no containers and no state directory until all 20 run. Then, untimed,
+    `reconciler down` and the state directory removed."""
+    seconds = _ours("apply")
+    _running(_ours_label())
+    _ours_down()
+    return seconds
+
+
+def cold_peer() -> float:
+    """Timed: `docker-compose up -d` from no containers of its project. Then, untimed, `docker-compose down`."""
+    seconds = _peer("up", "-d")
+    _running(f"{COMPOSE_LABEL}={PEER_PROJECT}")
+    _peer("down")
+    return seconds
+
+
+# -- 6: no-op converge ----------------------------------------------------------------------------------------
+
+def noop_ours() -> float:
+    """Timed: `reconciler apply` with all 20 already converged (both stacks up, nothing to change)."""
+    seconds = _ours("apply")
+    _running(_ours_label())
+    return seconds
+
+
+def noop_peer() -> float:
+    """Timed: `docker-compose up -d` with all 20 already up to date."""
+    seconds = _peer("up", "-d")
+    _running(f"{COMPOSE_LABEL}={PEER_PROJECT}")
+    return seconds
+
+
+_daemon: dict[str, object] = {}
+
+
+def noop_daemon_pass() -> float:
+    """Timed: what the running daemon does on a resync with all 20 converged: a new snapshot of the folder
+    and a reconcile of every resource, in process (no interpreter start-up: a daemon has already paid it)."""
+    from reconciler.control.reconciler import Reconciler
+
+    assert _bench.engine is not None
+    os.environ["DOCKER_HOST"] = _bench.engine.address
+    reconciler = _daemon.get("reconciler")
+    if reconciler is None:
+        reconciler = _daemon["reconciler"] = Reconciler(_bench.desired, _bench.state)
+    assert isinstance(reconciler, Reconciler)
+    began = time.perf_counter()
+    reconciler.refresh()
+    for key in reconciler.keys():
+        reconciler.reconcile(key)
+    elapsed = time.perf_counter() - began
+    _running(_ours_label())
+    return elapsed
+
+
+# -- 7: one of 20 changed -------------------------------------------------------------------------------------
+
+def _flip(tool: str) -> None:
+    _bench.variant[tool] = "b" if _bench.variant[tool] == "a" else "a"
+    (_write_ours if tool == "ours" else _write_peer)()
+
+
+def changed_ours() -> float:
+    """Untimed: svc-07's BENCH_VARIANT flips between a and b. Timed: `reconciler apply` recreating it
+    (stop, remove, create, start) while 19 stay as they are."""
+    _flip("ours")
+    seconds = _ours("apply")
+    _running(_ours_label())
+    return seconds
+
+
+def changed_peer() -> float:
+    """Untimed: svc-07's BENCH_VARIANT flips. Timed: `docker-compose up -d` recreating it, 19 up to date."""
+    _flip("peer")
+    seconds = _peer("up", "-d")
+    _running(f"{COMPOSE_LABEL}={PEER_PROJECT}")
+    return seconds
+
+
+def _compose_version() -> str | None:
+    if shutil.which("docker-compose") is None:
+        return None
+    done = subprocess.run(["docker-compose", "version", "--short"], capture_output=True, text=True)
+    return done.stdout.strip() or "?"
+
+
+def scenarios(quick: bool = False) -> list[Scenario]:
+    """Scenarios 5-7. The engine starts in the first setup that runs and stops in the last teardown (atexit
+    as a backstop), so `--only` on any one of them works alone."""
+    version = _compose_version()
+    name = f"docker-compose {version} up -d" if version else ""
+    missing = "" if version else "docker-compose not installed: apt-get install docker-compose"
+    repetitions = 3 if quick else 10
+
+    def peer(function: Callable[[], float]) -> Callable[[], float] | None:
+        return function if version else None
+
+    return [
+        Scenario(f"cold converge of {SERVICES} container services", "s", cold_ours, peer(cold_peer), name,
+                 "ratio <= 1.0", repetitions, setup=_both_down, reference=missing),
+        Scenario(f"no-op converge of the same {SERVICES} containers", "s", noop_ours, peer(noop_peer), name,
+                 "ratio <= 0.2", repetitions, setup=_both_up, reference=missing),
+        Scenario(f"no-op pass of the running daemon over the same {SERVICES} (in process)", "s", noop_daemon_pass,
+                 peer(noop_peer), name, "ratio <= 0.2", repetitions, setup=_both_up, reference=missing),
+        Scenario(f"one of {SERVICES} containers changed -> converged", "s", changed_ours, peer(changed_peer), name,
+                 "ratio <= 0.5", repetitions, setup=_both_up, teardown=_shutdown, reference=missing),
+    ]

@@ -1,0 +1,32 @@
+"""`make bench`: every scenario, reconciler and peer alternating; prints and writes the results."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench import containers, native
+from bench.harness import run, write
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", help="run only scenarios whose name contains this")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and shorter idle windows")
+    options = parser.parse_args()
+    results = []
+    for module in (native, containers):
+        for scenario in module.scenarios(quick=options.quick):
+            if options.only and options.only not in scenario.name:
+                continue
+            print(f"{scenario.name} ({scenario.repetitions} repetitions)", flush=True)
+            results.append(run(scenario))
+    print(write(results, HERE))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
