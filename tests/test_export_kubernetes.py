@@ -19,6 +19,7 @@ from reconciler.api.meta import ResourceKey
 from reconciler.diff.engines import Blocked, engine_command
 from reconciler.export.kubernetes import EXPORT_NOTE, PLACEHOLDER_IMAGE, _IMAGE_FACTS, kubernetes_manifests, render_yaml
 from reconciler.load.desired import DesiredState, build_desired, load_desired
+from tests.test_schemas import as_json_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 CRD_FILES = sorted((ROOT / "crds").glob("localaistack.dev_*.yaml"))
@@ -54,16 +55,6 @@ def container_of(manifests: list[dict[str, Any]], name: str) -> dict[str, Any]:
 
 def note_of(manifests: list[dict[str, Any]], name: str) -> str:
     return by_kind(manifests, "Deployment", name)["metadata"].get("annotations", {}).get(EXPORT_NOTE, "")
-
-
-def as_json_schema(node: Any) -> Any:
-    """OpenAPI v3.0 (draft-4 style) -> what Draft4Validator understands: `nullable` becomes `anyOf` with null."""
-    if isinstance(node, list):
-        return [as_json_schema(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    converted = {key: as_json_schema(value) for key, value in node.items() if key != "nullable"}
-    return {"anyOf": [converted, {"type": "null"}]} if node.get("nullable") else converted
 
 
 def assert_valid(manifests: list[dict[str, Any]]) -> None:
