@@ -1,15 +1,13 @@
 """The container driver: converge containers through the Docker Engine API. It decides nothing.
 
-Ownership and change detection live on the container, as Compose does it: labels name the owner
-(this state directory), the workload, its generation, its effective configuration and that
-configuration's hash. A container without this owner's label is never touched. Each workload has
-one container name per owner, so a crash at any instant leaves at most one container to adopt or
-replace; one that was created but never started is replaced by the next start.
+Ownership and change detection live on the container's labels (container_config.py). A container
+without this owner's label is never touched. Each workload has one container name per owner, so a
+crash at any instant leaves at most one container to adopt or replace; one that was created but
+never started is replaced by the next start.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -18,18 +16,16 @@ import re
 import signal
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 import docker.errors
 from docker.models.containers import Container
-from docker.types import DeviceRequest, LogConfig, Mount
-from pydantic import ValidationError
 
 from reconciler.api.launch import ContainerLaunch
 from reconciler.api.status import ExitInfo
+from reconciler.drive.container_config import GENERATION_LABEL, create_args, enforcement, launch_of
 from reconciler.drive.logs import LogStore
 from reconciler.drive.ports import port_free
 from reconciler.drive.protocol import StartFailed
@@ -38,9 +34,6 @@ from reconciler.observe.probes import ProbeResult
 from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
 from reconciler.record.atomic import write_atomic
 
-GENERATION_LABEL = "dev.localaistack.generation"
-CONFIG_HASH_LABEL = "dev.localaistack.config-hash"
-LAUNCH_LABEL = "dev.localaistack.launch"
 LOG_TAIL_LINES = 5000
 _RUNNING = {"running", "paused", "restarting"}
 _REASONS = (  # what the engine says -> a condition reason
@@ -122,7 +115,7 @@ class ContainerDriver:
     def live_log(self, name: str, tail: int, follow: bool) -> Iterator[bytes] | None:
         """The output of the workload's container straight from the engine; None when there is none to ask."""
         try:
-            containers = [c for c in self.engine.owned(self._owner, name) if _launch_of(c)]
+            containers = [c for c in self.engine.owned(self._owner, name) if launch_of(c)]
             if not containers:
                 return None
             newest = max(containers, key=lambda container: container.attrs.get("Created", ""))
@@ -176,7 +169,7 @@ class ContainerDriver:
                 self.logs.rotate(name)
                 self._remember_start(name, None)  # before the engine makes anything, as a native start's intent
                 try:
-                    container = client.containers.create(**self._create_args(name, launch, generation))
+                    container = client.containers.create(**create_args(name, self.container_name(name), self._owner, launch, generation))
                 except docker.errors.APIError:
                     self._forget_start(name)  # refused: nothing was made
                     raise
@@ -222,7 +215,7 @@ class ContainerDriver:
     # -- internals --------------------------------------------------------------------------
 
     def _observation(self, name: str, containers: list[Container]) -> ProcessObservation:
-        adoptable = [(container, launch) for container in containers if (launch := _launch_of(container))]
+        adoptable = [(container, launch) for container in containers if (launch := launch_of(container))]
         if not adoptable:  # a start replaces whatever carries our label
             started = self._last_started(name).get("id")
             gone = started and not any(container.id == started for container in containers)
@@ -236,7 +229,7 @@ class ContainerDriver:
         record = ProcessRecord(
             name=name, pid=pid, start_ticks=0, nonce=container.id[:16], launch=launch,
             generation=int(container.labels.get(GENERATION_LABEL, "1")), started_at=started_at,
-            enforcement=_enforcement(launch), container_id=container.id,
+            enforcement=enforcement(launch), container_id=container.id,
         )
         if state.get("Status") in _RUNNING:
             if not self._readonly and self._started_pid(name, container.id) != pid:
@@ -247,36 +240,6 @@ class ContainerDriver:
                              ran_seconds=max(0.0, (finished - started_at).total_seconds()),
                              oom_killed=bool(state.get("OOMKilled")))
         return ProcessObservation(ProcessState.exited, record.model_copy(update={"exit": exit_info}))
-
-    def _create_args(self, name: str, launch: ContainerLaunch, generation: int) -> dict:
-        bindings: dict[str, list[tuple[str, int]]] = defaultdict(list)
-        for port in launch.ports:
-            bindings[f"{port.container_port}/{port.protocol}"].append((port.host_ip, port.host_port))
-        gpus = ",".join(map(str, launch.gpus)) or "void"  # overrides an image's own NVIDIA_VISIBLE_DEVICES=all
-        return {
-            "image": launch.image_id, "name": self.container_name(name), "detach": True,
-            "entrypoint": list(launch.command) if launch.command else None,
-            "command": list(launch.args) if launch.args is not None else None,
-            "environment": launch.env | {"NVIDIA_VISIBLE_DEVICES": gpus}, "working_dir": launch.working_dir,
-            "user": launch.effective_user,
-            "labels": {
-                OWNER_LABEL: self._owner, WORKLOAD_LABEL: name, GENERATION_LABEL: str(generation),
-                CONFIG_HASH_LABEL: launch.digest, LAUNCH_LABEL: launch.canonical,
-            },
-            # no GPU unless assigned: never a default runtime (e.g. nvidia's) that would hand out every GPU
-            "runtime": None if launch.gpus else "runc",
-            "cap_drop": ["ALL"], "cap_add": list(launch.capabilities) or None, "security_opt": ["no-new-privileges"],
-            "privileged": False, "read_only": launch.read_only_root_filesystem,
-            "tmpfs": {"/tmp": _tmpfs_options(launch.effective_user)}, "network_mode": launch.network, "init": True,
-            "ports": dict(bindings),
-            "mounts": [Mount(volume.target, volume.source, type="bind", read_only=volume.read_only)
-                       for volume in launch.volumes],
-            "mem_limit": launch.memory_limit, "nano_cpus": int(launch.cpus * 1e9) if launch.cpus else None,
-            "pids_limit": launch.pids_limit, "restart_policy": {"Name": "no"},  # restarts are the reconciler's call
-            "device_requests": [DeviceRequest(device_ids=[str(gpu) for gpu in launch.gpus], capabilities=[["gpu"]])]
-            if launch.gpus else None,
-            "log_config": LogConfig(type="json-file", config={"max-size": "10m", "max-file": "2"}),
-        }
 
     def _check_host(self, launch: ContainerLaunch) -> None:
         for port in launch.ports:
@@ -370,18 +333,6 @@ class ContainerDriver:
             time.sleep(2.0)
 
 
-def _launch_of(container: Container) -> ContainerLaunch | None:
-    """The configuration a container was made with, if its labels are intact (else it is replaced, not adopted)."""
-    labels = container.labels
-    text = labels.get(LAUNCH_LABEL, "")
-    if hashlib.sha256(text.encode()).hexdigest() != labels.get(CONFIG_HASH_LABEL):
-        return None  # the hash is of the label's text, so a newer reconciler's model still reads an older label
-    try:
-        return ContainerLaunch.model_validate_json(text)
-    except ValidationError:
-        return None
-
-
 def _failed(error: docker.errors.APIError, fallback: str) -> StartFailed:
     message = str(error.explanation or error)
     reason = next((reason for pattern, reason in _REASONS if pattern.search(message)), fallback)
@@ -394,26 +345,3 @@ def _timestamp(text: str | None) -> datetime:
         return datetime.now(timezone.utc)
     trimmed = re.sub(r"(\.\d{6})\d+", r"\1", text).replace("Z", "+00:00")
     return datetime.fromisoformat(trimmed)
-
-
-def _tmpfs_options(user: str) -> str:
-    """A /tmp the container's user can write: owned by it where the user is numeric, since some runc and
-    kernel pairings drop tmpfs's mode=1777."""
-    owner = user.split(":")
-    numeric = all(part.isdigit() for part in owner)
-    ids = f",uid={owner[0]},gid={owner[-1]}" if numeric else ""
-    return f"rw,nosuid,nodev,size=64m,mode=1777{ids}"
-
-
-def _enforcement(launch: ContainerLaunch) -> dict[str, str]:
-    privileges = ", ".join([
-        "all capabilities dropped" + (f" but {', '.join(launch.capabilities)}" if launch.capabilities else ""),
-        "no-new-privileges", "read-only root filesystem" if launch.read_only_root_filesystem else "writable root filesystem",
-        f"user {launch.effective_user}", f"network {launch.network}",
-    ])
-    enforcement = {"privileges": privileges, "pids": f"container pids limit {launch.pids_limit}"}
-    if launch.memory_limit:
-        enforcement["memory"] = f"container memory limit {launch.memory_limit} bytes (engine cgroup)"
-    if launch.cpus:
-        enforcement["cpus"] = f"container CPU quota {launch.cpus} CPUs (engine cgroup)"
-    return enforcement
