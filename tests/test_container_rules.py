@@ -103,8 +103,8 @@ def test_user_pattern(user: str, valid: bool) -> None:
 
 
 @pytest.mark.parametrize(("user", "root"), [("root", True), ("0", True), ("root:app", True), ("0:0", True),
-                                            ("1000:0", True), ("rootless", True), ("10", False), ("10:10", False)])
-def test_runs_as_root_counts_gid_0_and_any_name(user: str, root: bool) -> None:
+                                            ("1000:0", True), ("rootless", True), ("10", True), ("10:10", False)])
+def test_runs_as_root_counts_gid_0_any_name_and_a_uid_without_gid(user: str, root: bool) -> None:
     assert runs_as_root(user) is root
 
 
@@ -327,7 +327,7 @@ def test_removing_a_container_needs_no_rule() -> None:
      "capabilities CHOWN, NET_RAW are not allowed by Policy/workstation"),
     ({"read_only_root_filesystem": False}, "containers.writableRootFilesystem",
      "a writable root filesystem is not allowed by Policy/workstation"),
-    ({"user": "0:0"}, "containers.root", "running as 0:0 (root) is not allowed by Policy/workstation"),
+    ({"user": "0:0"}, "containers.root", "running as 0:0 (root: uid or gid 0"),
     ({"volumes": (BindMount(source="/etc", target="/x"),)}, "containers.volumeRoots",
      "volume source /etc lies outside the folders Policy/workstation allows (spec.containers.volumeRoots: none)"),
     ({"network": "host"}, "containers.hostNetwork", "network host shares every host port and interface"),

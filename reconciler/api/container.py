@@ -71,8 +71,9 @@ class ContainerSecurity(Spec):
     read_only_root_filesystem: bool = True
     user: str | None = Field(
         None, pattern=r"^[0-9]+(:[0-9]+)?$",
-        description="uid[:gid], numeric: a name could be root under another name in the image's /etc/passwd. "
-                    "Default: the image's user if it is numeric and not root, else 65534:65534 (nobody).",
+        description="uid[:gid], numeric: a name could be root under another name in the image's /etc/passwd, and a "
+                    "uid alone runs with group 0 (both need the policy's containers.root). "
+                    "Default: the image's user if it is a numeric uid:gid without 0, else 65534:65534 (nobody).",
     )
     pids_limit: int = Field(512, ge=16, le=1_000_000, description="At most this many processes in the container.")
 
@@ -112,5 +113,7 @@ def valid_image_reference(reference: str) -> str:
 
 
 def runs_as_root(user: str) -> bool:
-    """uid or gid 0 (runc reads "00" as 0 too); a name counts as root, since any name may map to uid 0."""
-    return any(not part.isdigit() or int(part) == 0 for part in user.split(":"))
+    """uid or gid 0 (runc reads "00" as 0 too). A name counts as root, since any name may map to uid 0; so does a
+    uid without a gid, which runc runs with group 0 unless the image's /etc/passwd says otherwise."""
+    parts = user.split(":")
+    return len(parts) != 2 or any(not part.isdigit() or int(part) == 0 for part in parts)

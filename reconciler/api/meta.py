@@ -16,8 +16,8 @@ PRUNE_ANNOTATION = f"{GROUP}/prune"
 class Spec(BaseModel):
     """Base of every user-written object: camelCase in YAML, unknown fields rejected (typos must not vanish)."""
 
-    model_config = ConfigDict(
-        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+    model_config = ConfigDict(  # no inf/nan: a stored record writes them as null and could not be read back
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True, allow_inf_nan=False
     )
 
 

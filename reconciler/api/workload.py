@@ -167,6 +167,15 @@ class WorkloadSpec(Spec):
     )
     security: ContainerSecurity = Field(default_factory=ContainerSecurity)
 
+    @model_validator(mode="after")
+    def _no_nul(self) -> "WorkloadSpec":
+        """A NUL cannot reach a program (argv and environ are C strings): refused here, not by the exec at start."""
+        texts = [*(self.command or ()), *self.args, *self.env.values(), self.working_dir or "",
+                 *(self.health.exec.command if self.health and self.health.exec else ())]
+        if any("\0" in text for text in texts):
+            raise ValueError("a command, argument, environment value or working directory contains a NUL character")
+        return self
+
     @field_validator("image")
     @classmethod
     def _image_reference(cls, image: str | None) -> str | None:

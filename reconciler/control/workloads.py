@@ -109,7 +109,9 @@ class WorkloadRenderer:
             return ()  # a container's check runs inside it: nothing on the host is executed
         written = rendered.check.exec.command[0]
         found = find_executable(written, child_path(workload.spec.env), rendered.launch.working_dir)
-        return (written, found, os.path.realpath(found)) if found else (written,)
+        # as for the main command: a bare name means nothing to the gate when the spec chooses the PATH
+        as_written = () if "PATH" in workload.spec.env and "/" not in written else (written,)
+        return (*as_written, found, os.path.realpath(found)) if found else as_written
 
     def _render_container(self, workload: Workload, file: str, gpus: tuple[int, ...]) -> ContainerLaunch | Blocked:
         spec = workload.spec

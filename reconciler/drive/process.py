@@ -154,6 +154,8 @@ class ProcessDriver:
             except OSError as error:
                 reason = "PermissionDenied" if isinstance(error, PermissionError) else "StartFailed"
                 raise StartFailed(reason, f"{launch.executable}: {error.strerror}") from None
+            except ValueError as error:  # e.g. an embedded NUL, should one ever get past validation
+                raise StartFailed("StartFailed", f"{launch.executable}: {error}") from None
             finally:
                 os.close(log)
             try:

@@ -34,7 +34,9 @@ def container_problems(launch: ContainerLaunch, rules: ContainerPolicy, source: 
     if not launch.read_only_root_filesystem and not rules.writable_root_filesystem:
         problems.append(("containers.writableRootFilesystem", f"a writable root filesystem is not allowed by {source}"))
     if runs_as_root(launch.effective_user) and not rules.root:
-        problems.append(("containers.root", f"running as {launch.effective_user} (root) is not allowed by {source}"))
+        problems.append(("containers.root", f"running as {launch.effective_user} (root: uid or gid 0, a name, or a uid "
+                                            f"without a gid, which runs with group 0) is not allowed by {source}: "
+                                            "give a numeric uid:gid without 0"))
     roots = [PurePosixPath(root) for root in rules.volume_roots]
     writable = [volume.target for volume in launch.volumes if not volume.read_only]
     if writable and not rules.writable_volumes:

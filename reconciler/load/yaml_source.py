@@ -6,6 +6,8 @@ duplicate keys, foreign tags and alias bombs become precise errors instead of su
 
 from __future__ import annotations
 
+import bisect
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,12 +76,13 @@ def parse_documents(data: bytes) -> list[SourceDocument]:
         nodes = _compose(text)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
-        raise YamlProblem(f"invalid YAML: {error.problem or error.context}", _position(mark)) from None
+        raise YamlProblem(f"invalid YAML: {error.problem or error.context}", _Lines(text).at(mark)) from None
     except yaml.YAMLError as error:
         raise YamlProblem(f"invalid YAML: {error}") from None
     except RecursionError:
         raise YamlProblem("invalid YAML: nested too deeply") from None
-    documents = [_Builder().document(node) for node in nodes if node is not None and not _is_null(node)]
+    lines = _Lines(text)
+    documents = [_Builder(lines).document(node) for node in nodes if node is not None and not _is_null(node)]
     if not documents:
         raise YamlProblem("file holds no YAML document with content")
     return documents
@@ -99,8 +102,18 @@ def _decode(data: bytes) -> str:
     return text
 
 
-def _position(mark: Any) -> Position | None:
-    return Position(mark.line + 1, mark.column + 1) if mark is not None else None
+class _Lines:
+    """Positions as editors and `grep -n` count them: only \\n ends a line (PyYAML also breaks at \\r, NEL,
+    U+2028 and U+2029, which would shift every later error)."""
+
+    def __init__(self, text: str) -> None:
+        self._starts = [0] + [match.end() for match in re.finditer("\n", text)]
+
+    def at(self, mark: Any) -> Position | None:
+        if mark is None:
+            return None
+        line = bisect.bisect_right(self._starts, mark.index) - 1
+        return Position(line + 1, mark.index - self._starts[line] + 1)
 
 
 def _is_null(node: Node) -> bool:
@@ -108,18 +121,19 @@ def _is_null(node: Node) -> bool:
 
 
 class _Builder:
-    def __init__(self) -> None:
+    def __init__(self, lines: _Lines) -> None:
         self._constructor = SafeConstructor()
         self._nodes = 0
+        self._at = lines.at
 
     def document(self, root: Node) -> SourceDocument:
-        document = SourceDocument(data=None, start=_position(root.start_mark) or Position(1, 1))
+        document = SourceDocument(data=None, start=self._at(root.start_mark) or Position(1, 1))
         document.data = self._value(root, (), document.positions, active=set())
         return document
 
     def _value(self, node: Node, path: FieldPath, positions: dict[FieldPath, Position], active: set[int]) -> Any:
         self._nodes += 1
-        where = _position(node.start_mark)
+        where = self._at(node.start_mark)
         if self._nodes > MAX_NODES:
             raise YamlProblem(f"document expands to more than {MAX_NODES} values (an alias bomb?)", where)
         if len(path) > MAX_DEPTH:
@@ -133,14 +147,14 @@ class _Builder:
             self._check_tag(node, "tag:yaml.org,2002:seq")
             items = []
             for index, item in enumerate(node.value):
-                positions[(*path, index)] = _position(item.start_mark)
+                positions[(*path, index)] = self._at(item.start_mark)
                 items.append(self._value(item, (*path, index), positions, active))
             return items
         assert isinstance(node, MappingNode)
         self._check_tag(node, "tag:yaml.org,2002:map")
         mapping: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key_at = _position(key_node.start_mark)
+            key_at = self._at(key_node.start_mark)
             if not isinstance(key_node, ScalarNode):
                 raise YamlProblem("mapping keys must be plain scalars", key_at)
             if key_node.tag == "tag:yaml.org,2002:merge":
@@ -164,10 +178,9 @@ class _Builder:
         except (ValueError, KeyError, yaml.YAMLError):
             tag = node.tag.replace("tag:yaml.org,2002:", "!!")
             shown = node.value if len(node.value) <= 40 else node.value[:40] + "..."
-            raise YamlProblem(f"{shown!r} is not a valid {tag} value", _position(node.start_mark)) from None
+            raise YamlProblem(f"{shown!r} is not a valid {tag} value", self._at(node.start_mark)) from None
 
-    @staticmethod
-    def _check_tag(node: Node, expected: str | None) -> None:
+    def _check_tag(self, node: Node, expected: str | None) -> None:
         if node.tag not in _ALLOWED_TAGS or (expected and node.tag != expected):
             tag = node.tag.replace("tag:yaml.org,2002:", "!!")
-            raise YamlProblem(f"YAML tag {tag} is not allowed", _position(node.start_mark))
+            raise YamlProblem(f"YAML tag {tag} is not allowed", self._at(node.start_mark))

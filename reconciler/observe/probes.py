@@ -38,8 +38,8 @@ def probe(
         done = subprocess.run(check.exec.command, capture_output=True, timeout=check.timeout_seconds, env=env, cwd=cwd)
     except subprocess.TimeoutExpired:
         return ProbeResult(False, f"{check.exec.command[0]}: no answer within {check.timeout_seconds}s")
-    except OSError as error:
-        return ProbeResult(False, f"{check.exec.command[0]}: {error.strerror}")
+    except (OSError, ValueError) as error:
+        return ProbeResult(False, f"{check.exec.command[0]}: {getattr(error, 'strerror', None) or error}")
     tail = (done.stdout + done.stderr).decode("utf-8", "replace").strip()[-200:]
     return ProbeResult(done.returncode == 0, f"{check.exec.command[0]} exited {done.returncode}" + (f": {tail}" if tail else ""))
 
