@@ -244,9 +244,9 @@ class Reconciler:
         planned = self.plan(key, now, probe=True)
         action = planned.action
         if action.verb is Verb.delete:
-            delay = self._delete(planned, now)
+            kept = self._delete(planned, now)
             self._measure(planned, None, None, started)
-            return delay
+            return ENGINE_RETRY_SECONDS if kept else None
         digest = self._record_decision(planned, now)
         failure, after = self._drive(planned, now)
         if action.changes_something:
@@ -321,12 +321,10 @@ class Reconciler:
         with self._lock:
             record = self.records.get(key)
         action = Action(key, Verb.delete, cause, record.generation if record else None)
-        if self._delete(Planned(action, None, Inputs(key, None, record)), datetime.now(timezone.utc)) is None:
-            return None
-        return f"its container engine ({self.workloads.engine.address}) is not reachable"
+        return self._delete(Planned(action, None, Inputs(key, None, record)), datetime.now(timezone.utc))
 
-    def _delete(self, planned: Planned, now: datetime) -> float | None:
-        """Returns seconds until another try when what runs cannot be reached to stop it."""
+    def _delete(self, planned: Planned, now: datetime) -> str | None:
+        """Why it is kept on record, when what runs could not be stopped (the engine is away or refused); else None."""
         key, record = planned.action.key, planned.record
         if record is not None or planned.inputs.process is not None and planned.inputs.process.record is not None:
             log.info("%s: delete (%s)", key, planned.action.cause, **about(key))
@@ -340,7 +338,7 @@ class Reconciler:
             except (EngineUnavailable, StartFailed) as problem:
                 if workload is None or workload.spec.runtime is Runtime.container:
                     log.warning("%s: cannot remove its container yet: %s", key, problem, **about(key))
-                    return ENGINE_RETRY_SECONDS  # kept on record until its container is really gone
+                    return str(problem)  # kept on record until its container is really gone
         if record is not None:
             self.recorder.evidence(record.source, outcome_record(planned.action, record.generation, None, None,
                                                                  datetime.now(timezone.utc), stopped_pid=ended.pid if ended else None))

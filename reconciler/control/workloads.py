@@ -118,12 +118,12 @@ class WorkloadRenderer:
         assert spec.image is not None
         if not self._engine_checked:
             self._engine_problem, self._engine_checked = self.engine.unavailable(), True
+        if self._engine_problem is not None:
+            return Blocked("EngineUnavailable", self._engine_problem)
         try:
-            if self._engine_problem is not None:
-                raise EngineUnavailable(self.engine.address, self._engine_problem)
             image = self._images.get(spec.image) or self.engine.image(spec.image)
         except EngineUnavailable as unavailable:
-            return Blocked("EngineUnavailable", self._engine_problem or unavailable.message)
+            return Blocked("EngineUnavailable", unavailable.message)
         if image is not None:
             self._images[spec.image] = image
         spec_dir = (self.root / file).parent
