@@ -73,6 +73,11 @@ class DockerEngine:
             return f"Docker engine at {self.address} answered with an error: {error.explanation or error}"
         return None
 
+    def version(self) -> str | None:
+        """The engine's release (e.g. "27.3.1"), None if it does not say; raises EngineUnavailable like every exchange."""
+        with self.reach() as client:
+            return client.version().get("Version")
+
     def image(self, reference: str) -> ImageFacts | None:
         with self.reach() as client:
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from types import ModuleType
 
 FAKE_GPUS_VARIABLE = "RECONCILER_FAKE_GPUS"
 
@@ -20,6 +21,7 @@ class Gpu:
     uuid: str
     memory_total: int
     memory_free: int
+    compute_capability: str | None = None  # "9.0"; None where NVML or the fake inventory does not say
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ def read_inventory() -> GpuInventory:
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
             gpus.append(Gpu(index, _text(pynvml.nvmlDeviceGetName(handle)), _text(pynvml.nvmlDeviceGetUUID(handle)),
-                            int(memory.total), int(memory.free)))
+                            int(memory.total), int(memory.free), _compute_capability(pynvml, handle)))
         driver = _text(pynvml.nvmlSystemGetDriverVersion())
         cuda_version = pynvml.nvmlSystemGetCudaDriverVersion()
         cuda = f"{cuda_version // 1000}.{cuda_version % 1000 // 10}"
@@ -64,10 +66,20 @@ def _fake(path: str) -> GpuInventory:
     try:
         described = json.loads(open(path).read())
         gpus = tuple(Gpu(int(g["index"]), str(g["name"]), str(g.get("uuid", f"GPU-fake-{g['index']}")),
-                         int(g["memoryTotal"]), int(g.get("memoryFree", g["memoryTotal"]))) for g in described)
+                         int(g["memoryTotal"]), int(g.get("memoryFree", g["memoryTotal"])),
+                         None if g.get("computeCapability") is None else str(g["computeCapability"])) for g in described)
     except (OSError, ValueError, KeyError, TypeError) as error:
         return GpuInventory(reason=f"{FAKE_GPUS_VARIABLE}={path}: unreadable: {error}", source="fake")
     return GpuInventory(gpus, None if gpus else "the fake inventory lists no GPUs", source="fake")
+
+
+def _compute_capability(pynvml: ModuleType, handle: object) -> str | None:
+    # Older drivers and some device kinds answer NotSupported: the GPU is still usable, its capability unknown.
+    try:
+        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+    except pynvml.NVMLError:
+        return None
+    return f"{major}.{minor}"
 
 
 def _text(value: str | bytes) -> str:

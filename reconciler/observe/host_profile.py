@@ -1,0 +1,101 @@
+"""The host's capability profile, observed; each piece that cannot be read is None or False with a reason."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from pathlib import Path
+
+import docker.errors
+import psutil
+
+from reconciler.api.host import (ContainerEngineProfile, CpuProfile, DiskProfile, GpuProfile, GpusProfile, HostProfile,
+                                 MemoryProfile, OsProfile)
+from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable
+from reconciler.observe.gpus import read_inventory
+
+CPUINFO = Path("/proc/cpuinfo")
+_INFERENCE_FLAGS = frozenset({"avx", "avx2", "avx_vnni", "fma", "f16c", "neon", "asimd", "sve"})
+_INFERENCE_PREFIXES = ("avx512", "amx")
+
+
+def observe_host_profile(cache_dir: Path, engine: DockerEngine | None) -> HostProfile:
+    return HostProfile(cpu=observe_cpu(), memory=observe_memory(), disk=observe_disk(cache_dir), os=observe_os(),
+                       container_engine=observe_engine(engine), gpus=observe_gpus())
+
+
+def parse_cpuinfo(text: str) -> tuple[str | None, list[str]]:
+    """The CPU model and its inference-relevant flags (x86 `flags`, arm `Features`), from /proc/cpuinfo's text."""
+    model = None
+    per_processor: list[set[str]] = []
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        # arm kernels name no `model name`; some SoCs (Raspberry Pi) give the board as `Model`
+        if key in ("model name", "Model") and model is None:
+            model = value.strip() or None
+        elif key in ("flags", "Features"):
+            per_processor.append(set(value.split()))
+    # Only what every processor has is safe to use: a thread may run on any of them.
+    common = set.intersection(*per_processor) if per_processor else set()
+    return model, sorted(flag for flag in common if flag in _INFERENCE_FLAGS or flag.startswith(_INFERENCE_PREFIXES))
+
+
+def observe_cpu(cpuinfo: Path = CPUINFO) -> CpuProfile:
+    try:
+        model, flags = parse_cpuinfo(cpuinfo.read_text())
+    except OSError:  # not Linux, or /proc not mounted
+        model, flags = platform.processor() or None, None
+    return CpuProfile(model=model, logical_cores=psutil.cpu_count(), physical_cores=psutil.cpu_count(logical=False),
+                      architecture=platform.machine(), flags=flags)
+
+
+def observe_memory() -> MemoryProfile:
+    memory = psutil.virtual_memory()
+    return MemoryProfile(total=memory.total, available=memory.available)
+
+
+def observe_disk(cache_dir: Path) -> DiskProfile:
+    measured = _nearest_existing(cache_dir.expanduser().absolute())
+    try:
+        usage = shutil.disk_usage(measured)
+    except OSError as error:
+        return DiskProfile(path=str(measured), reason=f"cannot measure {measured}: {error.strerror or error}")
+    return DiskProfile(path=str(measured), free=usage.free, total=usage.total)
+
+
+def observe_os() -> OsProfile:
+    try:
+        distribution = platform.freedesktop_os_release().get("PRETTY_NAME")
+    except OSError:  # neither /etc/os-release nor /usr/lib/os-release
+        distribution = None
+    return OsProfile(system=platform.system(), kernel_release=platform.release(), distribution=distribution)
+
+
+def observe_engine(engine: DockerEngine | None) -> ContainerEngineProfile:
+    if engine is None:
+        return ContainerEngineProfile(reachable=False, reason="no container engine was asked")
+    try:
+        version = engine.version()
+    except EngineUnavailable as error:
+        return ContainerEngineProfile(reachable=False, address=engine.address, reason=error.message)
+    except docker.errors.APIError as error:
+        reason = f"Docker engine at {engine.address} answered with an error: {error.explanation or error}"
+        return ContainerEngineProfile(reachable=False, address=engine.address, reason=reason)
+    return ContainerEngineProfile(reachable=True, version=version, address=engine.address)
+
+
+def observe_gpus() -> GpusProfile:
+    inventory = read_inventory()
+    devices = [GpuProfile(index=gpu.index, name=gpu.name, uuid=gpu.uuid, memory_total=gpu.memory_total,
+                          memory_free=gpu.memory_free, compute_capability=gpu.compute_capability) for gpu in inventory.gpus]
+    return GpusProfile(devices=devices, driver_version=inventory.driver, cuda_version=inventory.cuda,
+                       source=inventory.source, reason=inventory.reason)
+
+
+def _nearest_existing(path: Path) -> Path:
+    # os.path.exists, not Path.exists: a parent we may not search raises PermissionError from the latter
+    while not os.path.exists(path) and path != path.parent:
+        path = path.parent
+    return path
