@@ -31,6 +31,8 @@ def plan_rows(plans: list[Planned]) -> list[dict[str, Any]]:
             "generation": action.generation,
             "decision": verdict.decision.value if verdict else None,
             "reasons": [str(reason) for reason in verdict.reasons] if verdict else [],
+            "auditedDenials": [str(reason) for reason in verdict.audited] if verdict else [],
+            "specHash": planned.inputs.desired.spec_hash if planned.inputs.desired else None,
             "command": list(action.launch.argv) if action.launch and action.changes_something else None,
         })
     return rows
@@ -42,6 +44,8 @@ def plan_table(rows: list[dict[str, Any]]) -> str:
         cause = row["cause"]
         if row["decision"] and row["decision"] != "approve":
             cause += " [" + "; ".join(row["reasons"]) + "]"
+        if row["auditedDenials"]:
+            cause += " [audit: enforce would refuse: " + "; ".join(row["auditedDenials"]) + "]"
         if row["command"]:
             cause += f"  $ {' '.join(row['command'])}"
         body.append([row["resource"], row["action"], row["decision"] or "-", cause])

@@ -47,9 +47,10 @@ def launch(**fields: Any) -> ContainerLaunch:
     return ContainerLaunch(**{"image": IMAGE, "image_id": PRESENT.id, **fields})
 
 
-def policy(**containers: Any) -> Policy:
+def policy(exposed: tuple[str, ...] = (), **containers: Any) -> Policy:
     return Policy.model_validate({"apiVersion": API_VERSION, "kind": "Policy", "metadata": {"name": "workstation"},
-                                  "spec": {"containers": {"images": [IMAGE], **containers}}})
+                                  "spec": {"containers": {"images": [IMAGE], **containers},
+                                           "network": {"exposed": [{"address": address} for address in exposed]}}})
 
 
 def verdict_for(container_launch: ContainerLaunch, rules: Policy | None, verb: Verb = Verb.create):
@@ -344,12 +345,12 @@ def test_relaxations_are_approved_when_the_policy_allows_each() -> None:
                      user="root", volumes=(BindMount(source="/data/models/a", target="/m"),),
                      ports=(PublishedPort(host_ip="0.0.0.0", host_port=80, container_port=80),))
     everything = policy(pull=True, networks=["bridge"], capabilities=["cap_net_raw"], writableRootFilesystem=True,
-                        root=True, volumeRoots=["/data/models"], exposedAddresses=["0.0.0.0"])
+                        root=True, volumeRoots=["/data/models"], exposed=("0.0.0.0",))
     assert verdict_for(relaxed, everything).approved
     denied = verdict_for(relaxed, policy())
     assert [reason.rule for reason in denied.reasons] == [
         "containers.pull", "containers.networks", "containers.capabilities", "containers.writableRootFilesystem",
-        "containers.root", "containers.volumeRoots", "containers.exposedAddresses"]
+        "containers.root", "containers.volumeRoots", "network.exposed"]
 
 
 def test_a_writable_volume_needs_its_own_rule_beside_the_root_it_lies_under() -> None:
@@ -389,10 +390,28 @@ def test_only_non_loopback_addresses_need_exposing(host_ip: str, exposed: bool) 
     verdict = verdict_for(published, policy(networks=["bridge"]))
     assert verdict.approved is not exposed
     if exposed:
-        assert [str(reason) for reason in verdict.reasons] == [f"containers.exposedAddresses: publishing port 8080 on "
-                                                               f"{host_ip} exposes it beyond this host; "
-                                                               "Policy/workstation allows loopback only"]
-    assert verdict_for(published, policy(networks=["bridge"], exposedAddresses=[host_ip])).approved
+        (reason,) = verdict.reasons
+        assert reason.rule == "network.exposed"
+        assert reason.message.startswith(f"published port 8080 would listen on {host_ip} (")
+        assert "Policy/workstation allows loopback only there" in reason.message
+    assert verdict_for(published, policy(networks=["bridge"], exposed=(host_ip,))).approved
+
+
+def test_an_exposed_address_may_be_limited_to_some_ports() -> None:
+    published = launch(network="bridge", ports=(PublishedPort(host_ip="0.0.0.0", host_port=8080, container_port=80),))
+    rules = {"apiVersion": API_VERSION, "kind": "Policy", "metadata": {"name": "workstation"},
+             "spec": {"containers": {"images": [IMAGE], "networks": ["bridge"]}}}
+    only_443 = Policy.model_validate({**rules, "spec": {**rules["spec"], "network": {"exposed": [{"address": "0.0.0.0", "ports": [443]}]}}})
+    only_8080 = Policy.model_validate({**rules, "spec": {**rules["spec"], "network": {"exposed": [{"address": "0.0.0.0", "ports": [8080]}]}}})
+    assert [reason.rule for reason in verdict_for(published, only_443).reasons] == ["network.exposed"]
+    assert verdict_for(published, only_8080).approved
+
+
+def test_require_digest_refuses_a_tag_and_accepts_a_pin() -> None:
+    tagged = verdict_for(launch(), policy(requireDigest=True))
+    assert [reason.rule for reason in tagged.reasons] == ["containers.requireDigest"]
+    pinned = launch(image="reconciler-test/busybox@sha256:" + "a" * 64)
+    assert verdict_for(pinned, policy(images=["reconciler-test/busybox@sha256:*"], requireDigest=True)).approved
 
 
 def test_an_image_user_of_root_is_not_root_unless_the_spec_says_so() -> None:

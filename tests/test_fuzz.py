@@ -31,7 +31,7 @@ from reconciler.diff.plan import Action, Verb
 from reconciler.drive.container_config import create_args
 from reconciler.drive.process import ProcessDriver
 from reconciler.drive.protocol import StartFailed
-from reconciler.gate.verdict import decide
+from reconciler.gate.verdict import Facts, decide
 from reconciler.load.desired import DesiredState, build_desired
 from reconciler.load.yaml_source import MAX_FILE_BYTES
 from reconciler.observe.docker_engine import ImageFacts
@@ -56,7 +56,8 @@ def policy(**spec: Any) -> Policy:
 
 POLICY = doc("Policy", "workstation", {
     "native": {"trustedExecutables": [{"executable": "python3"}], "trustedEngines": ["llama.cpp"]},
-    "containers": {"images": ["busybox:*"], "networks": ["bridge"], "volumeRoots": ["/srv"], "exposedAddresses": ["::"]}})
+    "containers": {"images": ["busybox:*"], "networks": ["bridge"], "volumeRoots": ["/srv"]},
+    "network": {"exposed": [{"address": "::"}]}})
 BASES = [POLICY, doc("Model", "tiny", {"source": "models/tiny.gguf", "sha256": "a" * 64, "size": "1Mi"}),
          doc("Workload", "web", {"command": ["python3", "-m", "http.server"], "args": ["8099"], "env": {"A": "1"},
                                  "workingDir": "./www", "port": 8099, "resources": {"memory": "2Gi", "cpus": 1.5},
@@ -249,7 +250,7 @@ def test_gate_bounded_policy_is_not_vacuous() -> None:
 @given(native_specs(), st.sampled_from([(), ("/usr/bin/python3", "/usr/bin/python3.11"), ("/opt/llama-server",)]))
 def test_gate_default_policy_never_starts_native(spec: dict[str, Any], executables: tuple[str, ...]) -> None:
     """Property 3, native: without a Policy no process (any command, env, args or engine) is started."""
-    assert not decide(Action(WEB, Verb.create, "", 1, launch_of(workload(spec).spec)), None, executables).approved
+    assert not decide(Action(WEB, Verb.create, "", 1, launch_of(workload(spec).spec)), None, Facts(executables)).approved
 
 
 @FUZZ
@@ -275,10 +276,10 @@ def test_gate_bare_name_trust_is_void_when_the_spec_sets_path(path: str, env: di
     trusts_python3 = policy(native={"trustedExecutables": [{"executable": "python3"}]})
     spec = workload({"command": ["python3", "-c", "pass"], "env": env | {"PATH": path}}).spec
     found = posixpath.join(path.split(":")[0], "python3")
-    verdict = decide(Action(WEB, Verb.create, "", 1, launch_of(spec)), trusts_python3, (found, found))
+    verdict = decide(Action(WEB, Verb.create, "", 1, launch_of(spec)), trusts_python3, Facts((found, found)))
     assert not verdict.approved and found in verdict.reasons[0].message
     plain = launch_of(workload({"command": ["python3", "-c", "pass"]}).spec)
-    assert decide(Action(WEB, Verb.create, "", 1, plain), trusts_python3, ("/usr/bin/python3",)).approved
+    assert decide(Action(WEB, Verb.create, "", 1, plain), trusts_python3, Facts(("/usr/bin/python3",))).approved
 
 
 # -- what the fuzzing found (each was a bug; now a regression test) ------------------------------------------
@@ -290,7 +291,7 @@ def test_exec_check_is_not_trusted_by_bare_name_when_the_spec_sets_path(tmp_path
     launch = launch_of(web.spec)
     checks = WorkloadRenderer.check_executables(None, Rendered(launch, None, web.spec.health), web)  # type: ignore[arg-type]
     assert checks[1] == str(tmp_path / "python3")  # what observe/probes.py runs, with the spec's env
-    assert not decide(Action(WEB, Verb.create, "", 1, launch), rules, ("/usr/bin/python3",), checks).approved
+    assert not decide(Action(WEB, Verb.create, "", 1, launch), rules, Facts(("/usr/bin/python3",), checks)).approved
 
 
 def test_a_uid_without_a_gid_counts_as_root_group() -> None:

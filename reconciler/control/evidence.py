@@ -21,7 +21,7 @@ def _action_name(action: Action) -> str:
 
 def decision_digest(action: Action, verdict: Verdict | None) -> str:
     """Identifies a decision, so one repeated by every resync is recorded once."""
-    reasons = [str(reason) for reason in verdict.reasons] if verdict else []
+    reasons = [str(reason) for reason in (*verdict.reasons, *verdict.audited)] if verdict else []
     return f"{_action_name(action)}|{action.cause}|{verdict.decision.value if verdict else ''}|{reasons}"
 
 
@@ -36,6 +36,8 @@ def decision_record(action: Action, verdict: Verdict | None, record: ResourceRec
         "decision": verdict.decision.value if verdict else None,
         "reasons": [str(reason) for reason in verdict.reasons] if verdict else [],
     }
+    if verdict is not None and verdict.audited:
+        line["auditedDenials"] = [str(reason) for reason in verdict.audited]
     launch = action.launch
     if launch is not None and action.verb in (Verb.create, Verb.recreate):
         line["command"] = list(launch.argv)

@@ -33,11 +33,12 @@ from reconciler.drive.containers import ContainerDriver
 from reconciler.drive.dispatch import Drivers
 from reconciler.drive.process import ProcessDriver, owner_id
 from reconciler.drive.protocol import StartFailed
-from reconciler.gate.verdict import Verdict, decide
+from reconciler.gate.verdict import POLICY_DENIED, Decision, Facts, Reason, Verdict, decide, running_denial
 from reconciler.load.desired import DesiredEntry, DesiredState, load_desired
 from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable
-from reconciler.observe.host import ModelPresence, observe_model
-from reconciler.observe.processes import ProcessObservation
+from reconciler.observe.host import ModelPresence, file_sha256, observe_model
+from reconciler.observe.processes import ProcessObservation, ProcessState
+from reconciler.record.approvals import ApprovalStore
 from reconciler.record.recorder import Recorder
 from reconciler.record.status import PassOutcome, conclude
 from reconciler.record.store import ResourceRecord, StateStore
@@ -82,6 +83,7 @@ class Reconciler:
         self.shown_root = root  # as the user typed it: error messages name files this way
         state_dir = state_dir.resolve()  # paths derived from it (working dirs) must not depend on how it was typed
         self.store = StateStore(state_dir)
+        self.approvals = ApprovalStore(state_dir)
         engine = DockerEngine()
         self.drivers = Drivers(
             ProcessDriver(state_dir, on_exit=on_exit, readonly=readonly),
@@ -98,7 +100,7 @@ class Reconciler:
         self.records = self.store.load_all()
         self._seeded = False
         self._lock = threading.Lock()
-        self._gpu_lock = threading.Lock()
+        self._admission_lock = threading.Lock()
 
     # -- load -------------------------------------------------------------------------------
 
@@ -172,14 +174,49 @@ class Reconciler:
             blocked=rendered.blocked, check=rendered.check, health=record.health if record else None,
         )
         action = plan_resource(inputs, now)
+        policy = self._policy_in_force(desired)
+        workload = entry.resource if entry is not None and isinstance(entry.resource, Workload) else None
         verdict = None
         if action.changes_something:
-            launch = rendered.launch
-            executables = (launch.executable, os.path.realpath(launch.executable)) if launch and launch.executable else ()
-            workload = entry.resource if entry is not None and isinstance(entry.resource, Workload) else None
-            checks = self.workloads.check_executables(rendered, workload) if workload else ()
-            verdict = decide(action, self._policy_in_force(desired), executables, checks)
+            starts = action.verb in (Verb.create, Verb.recreate)
+            verdict = decide(action, policy, self._facts(desired, rendered, workload, entry) if starts else Facts())
+        if process is not None and record is not None and (verdict is None or not verdict.approved):
+            action, verdict = self._tightened(action, verdict, policy, process, record)
         return Planned(action, verdict, inputs, model, rendered)
+
+    def _facts(self, desired: DesiredState, rendered: Rendered, workload: Workload | None,
+               entry: DesiredEntry | None) -> Facts:
+        """What the gate judges a start by, beside the launch: observed only when a start is planned."""
+        launch = rendered.launch
+        if workload is None or entry is None:
+            return Facts()
+        executables = (launch.executable, os.path.realpath(launch.executable)) if launch and launch.executable else ()
+        memory = self.workloads.memory_use(desired, self._remembered, workload)
+        return Facts(executables, self.workloads.check_executables(rendered, workload),
+                     self._pinned_digests(desired, executables), entry.spec_hash, self.approvals.get(workload.name), memory)
+
+    def _pinned_digests(self, desired: DesiredState, executables: tuple[str, ...]) -> dict[str, str]:
+        policy = self._policy_in_force(desired)
+        if not executables or policy is None or not any(e.sha256 for e in policy.spec.native.trusted_executables):
+            return {}
+        digest = file_sha256(executables[-1])
+        return {executables[-1]: digest} if digest else {}
+
+    def _tightened(self, action: Action, verdict: Verdict | None, policy: Policy | None,
+                   process: ProcessObservation, record: ResourceRecord) -> tuple[Action, Verdict | None]:
+        """A running workload that the policy in force refuses now (it was tightened) is stopped, with the reason."""
+        running = process.record
+        if process.state is not ProcessState.running or running is None or action.verb is Verb.stop or action.orphaned:
+            return action, verdict  # an orphan is out of the desired state on purpose: what governs it left with it
+        executable = running.launch.executable
+        executables = (executable, os.path.realpath(executable)) if executable else ()
+        reasons = running_denial(running.launch, policy, Facts(executables, digests=self._pinned_digests(self.desired, executables)))
+        if not reasons:
+            return action, verdict
+        source = f"Policy/{policy.name}" if policy else "the default policy"
+        cause = f"stopped: {source} no longer allows what runs: " + "; ".join(str(reason) for reason in reasons)
+        stop = Action(action.key, Verb.stop, cause, action.generation or record.generation, failure_reason=POLICY_DENIED)
+        return stop, Verdict(Decision.approve, (Reason("policy.tightened", cause),))
 
     def _remembered(self, key: ResourceKey) -> ResourceRecord | None:
         with self._lock:
@@ -235,9 +272,10 @@ class Reconciler:
     def reconcile(self, key: ResourceKey) -> float | None:
         """Converge one resource; returns seconds until it wants another look (back-off), or None."""
         entry = self.desired.resources.get(key)
-        wants_gpus = isinstance(entry and entry.resource, Workload) and entry.resource.spec.resources.gpus.wanted  # type: ignore[union-attr]
-        with self._gpu_lock if wants_gpus else nullcontext():  # assignment and start as one step: no GPU given twice
-            return self._reconcile(key)
+        spec = entry.resource.spec if entry is not None and isinstance(entry.resource, Workload) else None
+        admitted = spec is not None and bool(spec.resources.gpus.wanted or spec.resources.memory or spec.model)
+        with self._admission_lock if admitted else nullcontext():  # judged and started as one step: no GPU given
+            return self._reconcile(key)                            # twice, no memory committed twice
 
     def _reconcile(self, key: ResourceKey) -> float | None:
         started, now = time.monotonic(), datetime.now(timezone.utc)

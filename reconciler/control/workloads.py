@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+
+import psutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from reconciler.diff.containers import check_address, container_endpoint, render
 from reconciler.diff.gpus import assign_gpus
 from reconciler.diff.health import note_probe, probe_due
 from reconciler.diff.preflight import preflight
+from reconciler.diff.resources import memory_commitment
+from reconciler.gate.resources import MemoryUse
 from reconciler.diff.engines import Blocked, Rendered, engine_check, engine_command, engine_endpoint
 from reconciler.api.launch import LaunchSpec, render_launch, working_dir_for
 from reconciler.drive.dispatch import Drivers
@@ -38,6 +42,7 @@ class WorkloadRenderer:
         self.engine = engine
         self.facts = EngineFacts()
         self.inventory = GpuInventory(reason="not observed yet")
+        self.memory_total = 0
         self._engine_problem: str | None = None
         self._engine_checked = False
         self._images: dict[str, ImageFacts] = {}  # present images seen this pass (an absent one is asked again)
@@ -46,6 +51,7 @@ class WorkloadRenderer:
         """Once per pass: which engines are installed, which GPUs exist; the container engine when first needed."""
         self.facts = engine_facts()
         self.inventory = read_inventory()
+        self.memory_total = psutil.virtual_memory().total
         self._engine_checked = False
         self._images = {}
 
@@ -112,6 +118,30 @@ class WorkloadRenderer:
         # as for the main command: a bare name means nothing to the gate when the spec chooses the PATH
         as_written = () if "PATH" in workload.spec.env and "/" not in written else (written,)
         return (*as_written, found, os.path.realpath(found)) if found else as_written
+
+    def memory_use(
+        self, desired: DesiredState, remembered: Callable[[ResourceKey], ResourceRecord | None], workload: Workload
+    ) -> MemoryUse | None:
+        """What starting `workload` would commit, beside what the other running workloads commit; None: nothing."""
+        wanted, what = self._commitment(desired, remembered, workload)
+        if not wanted:
+            return None
+        committed = 0
+        for other in self.driver.owned_names():
+            key = ResourceKey("Workload", other)
+            entry, record = desired.resources.get(key), remembered(key)
+            resource = entry.resource if entry else KINDS["Workload"].model_validate(record.resource) if record else None
+            if other == workload.name or not isinstance(resource, Workload):
+                continue
+            if self.driver.observe(other, resource.spec.runtime is Runtime.container).state is ProcessState.running:
+                committed += self._commitment(desired, remembered, resource)[0]
+        return MemoryUse(wanted, what, committed, self.memory_total)
+
+    def _commitment(
+        self, desired: DesiredState, remembered: Callable[[ResourceKey], ResourceRecord | None], workload: Workload
+    ) -> tuple[int, str]:
+        presence = self._model(desired, remembered, workload.spec.model)[1] if workload.spec.model else None
+        return memory_commitment(workload.spec, presence.size if presence else None)
 
     def _render_container(self, workload: Workload, file: str, gpus: tuple[int, ...]) -> ContainerLaunch | Blocked:
         spec = workload.spec

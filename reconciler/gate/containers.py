@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import PurePosixPath
 
 from reconciler.api.container import runs_as_root
-from reconciler.api.kinds import ContainerPolicy
 from reconciler.api.launch import ContainerLaunch
+from reconciler.api.policy import PolicySpec
+from reconciler.gate.network import RULE as EXPOSURE_RULE
+from reconciler.gate.network import exposure_problem
 
 
-def container_problems(launch: ContainerLaunch, rules: ContainerPolicy, source: str) -> list[tuple[str, str]]:
+def container_problems(launch: ContainerLaunch, policy: PolicySpec, source: str) -> list[tuple[str, str]]:
     """(rule, message) for each thing the policy does not allow; empty when it may run."""
-    problems = []
+    rules, problems = policy.containers, []
     if not any(image_matches(launch.image, pattern) for pattern in rules.images):
         problems.append(("containers.images", f"image {launch.image} is not allowed by {source}: "
                                               "add it (or a pattern such as 'name:*') to spec.containers.images"))
+    if rules.require_digest and "@sha256:" not in launch.image:
+        problems.append(("containers.requireDigest", f"image {launch.image} is not pinned by digest and {source} "
+                                                     "requires it: write it as name@sha256:<digest>"))
     if launch.pull and not rules.pull:
         problems.append(("containers.pull", f"image {launch.image} is not on this host and {source} does not allow "
                                             "pulls: load it locally, or set spec.containers.pull: true"))
@@ -48,9 +52,9 @@ def container_problems(launch: ContainerLaunch, rules: ContainerPolicy, source: 
             problems.append(("containers.volumeRoots", f"volume source {volume.source} lies outside the folders "
                                                        f"{source} allows (spec.containers.volumeRoots: {allowed})"))
     for port in launch.ports:
-        if not ipaddress.ip_address(port.host_ip).is_loopback and port.host_ip not in rules.exposed_addresses:
-            problems.append(("containers.exposedAddresses", f"publishing port {port.host_port} on {port.host_ip} exposes "
-                                                            f"it beyond this host; {source} allows loopback only"))
+        exposed = exposure_problem(port.host_ip, port.host_port, policy.network, source, f"published port {port.host_port}")
+        if exposed:
+            problems.append((EXPOSURE_RULE, exposed))
     return problems
 
 

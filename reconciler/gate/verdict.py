@@ -1,16 +1,20 @@
-"""The policy gate: every planned change is approved, denied or held for a human, with reasons. Pure."""
+"""The policy gate: every planned change is approved, denied or held for a person, with reasons. Pure."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-from reconciler.api.kinds import Policy, PolicySpec
-from reconciler.diff.plan import Action, Verb
+from reconciler.api.approval import Answer, Approval
 from reconciler.api.launch import ContainerLaunch, LaunchSpec
+from reconciler.api.policy import Policy, PolicyMode, PolicySpec
+from reconciler.diff.plan import Action, Verb
+from reconciler.gate import approvals, native, network, resources
 from reconciler.gate.containers import container_problems
+from reconciler.gate.resources import MemoryUse
 
-_TRUST_RULE = "native.trustedExecutables"
+POLICY_DENIED = "PolicyDenied"  # the failure reason of a workload stopped because a tightened policy refuses it
 DEFAULT_POLICY = PolicySpec()  # trusts no native executable and allows no image: nothing runs until a Policy says so
 
 
@@ -33,61 +37,83 @@ class Reason:
 class Verdict:
     decision: Decision
     reasons: tuple[Reason, ...] = field(default_factory=tuple)
+    audited: tuple[Reason, ...] = ()  # audit mode: what enforce would have refused, though it is approved
 
     @property
     def approved(self) -> bool:
         return self.decision is Decision.approve
 
 
-def decide(
-    action: Action, policy: Policy | None, executables: tuple[str, ...] = (), check_executables: tuple[str, ...] = ()
-) -> Verdict:
-    """Judge one action. Removing and recording are always allowed; starting a process must be trusted.
+@dataclass(frozen=True)
+class Facts:
+    """What the gate judges besides the action and the policy, observed beforehand; absent facts are not judged."""
 
-    `executables` are the files the launch would run (as found, and with symlinks resolved): trust
-    names either, or command[0] exactly as written. A trusted engine covers the server the reconciler
-    renders, not a binary the spec names. An exec health check runs a program too: it must be trusted
-    the same way (`check_executables`: its command[0] as written, found, resolved).
-    """
-    spec = policy.spec if policy else DEFAULT_POLICY
-    source = f"Policy/{policy.name}" if policy else "default policy"
+    executables: tuple[str, ...] = ()  # the file the launch runs: as found on PATH, then with symlinks resolved
+    check_executables: tuple[str, ...] = ()  # an exec health check's program: as written, found, resolved
+    digests: Mapping[str, str] = field(default_factory=dict)  # SHA-256 of executables that a pin names
+    spec_hash: str | None = None
+    approval: Approval | None = None  # the person's latest answer about this workload
+    memory: MemoryUse | None = None
+
+
+NO_FACTS = Facts()
+
+
+def decide(action: Action, policy: Policy | None, facts: Facts = NO_FACTS) -> Verdict:
+    """Judge one action. Removing and recording are always allowed; a start must pass every rule."""
     if action.verb not in (Verb.create, Verb.recreate) or action.launch is None:
         return Verdict(Decision.approve, (Reason("no-side-effects", "records or removes only: nothing is started"),))
-    if isinstance(action.launch, ContainerLaunch):
-        problems = container_problems(action.launch, spec.containers, source)
-        if problems:
-            return Verdict(Decision.deny, tuple(Reason(rule, message) for rule, message in problems))
-        return Verdict(Decision.approve, (Reason("containers.images", f"image {action.launch.image} is allowed by {source}"),))
-    trusted = {entry.executable for entry in spec.native.trusted_executables}
-    reasons = []
-    if check_executables and not set(check_executables) & trusted:
-        reasons.append(_untrusted(check_executables, "health check program", source, policy is not None))
-    engine = action.launch.engine
-    if engine != "process" and not action.launch.executable_from_spec and \
-            engine in {trusted_engine.value for trusted_engine in spec.native.trusted_engines}:
-        granted = Reason("native.trustedEngines", f"engine {engine} is trusted by {source}")
-    elif {*_as_written(action.launch), *executables} & trusted:
-        granted = Reason(_TRUST_RULE, f"{_shown((action.launch.command[0], *executables))} is trusted by {source}")
-    else:
-        granted = None
-        reasons.insert(0, _untrusted((action.launch.command[0], *executables), "native executable", source, policy is not None))
-    if reasons:
-        return Verdict(Decision.deny, tuple(reasons))
-    assert granted is not None
-    return Verdict(Decision.approve, (granted,))
+    spec, source = _governing(policy)
+    granted, problems, engine_trusted = _judge(action.launch, spec, source, policy is not None, facts)
+    if facts.memory is not None:
+        overcommit = resources.memory_problem(facts.memory, spec.resources, source)
+        if overcommit:
+            problems.append(Reason(resources.RULE, overcommit))
+    needed = [kind for kind in approvals.kinds_of(action.launch, engine_trusted) if kind in spec.approvals.required]
+    answer, why = approvals.approval_answer(action.key.name, sorted(needed), facts.approval, facts.spec_hash) \
+        if needed else (None, "")
+    if answer is Answer.deny:  # a person's refusal stands in every mode
+        return Verdict(Decision.deny, (Reason(approvals.RULE, why), *problems))
+    if needed and answer is Answer.approve:
+        granted.append(Reason(approvals.RULE, why))
+    waiting = (Reason(approvals.RULE, why),) if needed and answer is None else ()
+    if spec.mode is PolicyMode.audit and (problems or waiting):
+        return Verdict(Decision.approve, (*granted, Reason("mode", f"{source} audits: applied regardless")),
+                       (*problems, *waiting))
+    if problems:
+        return Verdict(Decision.deny, tuple(problems))
+    if waiting:
+        return Verdict(Decision.needs_approval, waiting)
+    return Verdict(Decision.approve, tuple(granted))
 
 
-def _as_written(launch: LaunchSpec) -> tuple[str, ...]:
-    """command[0] as written counts only when the spec does not choose the PATH it is looked up in."""
-    return () if "PATH" in launch.env and "/" not in launch.command[0] else (launch.command[0],)
+def running_denial(launch: LaunchSpec | ContainerLaunch, policy: Policy | None, facts: Facts = NO_FACTS) -> tuple[Reason, ...]:
+    """Why what runs now would be refused by the policy in force (a tightened one): it must then stop.
+    Approvals and memory are not re-judged: it was admitted, and a pending approval only holds new starts."""
+    spec, source = _governing(policy)
+    if spec.mode is PolicyMode.audit:
+        return ()
+    return tuple(_judge(launch, spec, source, policy is not None, facts)[1])
 
 
-def _shown(names: tuple[str, ...]) -> str:
-    written, *found = dict.fromkeys(names)
-    return repr(written) + (f" ({' -> '.join(found)})" if found else "")
+def _governing(policy: Policy | None) -> tuple[PolicySpec, str]:
+    return (policy.spec, f"Policy/{policy.name}") if policy else (DEFAULT_POLICY, "default policy")
 
 
-def _untrusted(names: tuple[str, ...], what: str, source: str, has_policy: bool) -> Reason:
-    hint = (f"add it to spec.native.trustedExecutables of {source}" if has_policy
-            else "write a Policy that lists it in spec.native.trustedExecutables")
-    return Reason(_TRUST_RULE, f"{what} {_shown(names)} is not trusted by {source}: {hint}")
+def _judge(
+    launch: LaunchSpec | ContainerLaunch, spec: PolicySpec, source: str, has_policy: bool, facts: Facts
+) -> tuple[list[Reason], list[Reason], bool]:
+    """(what grants it, what refuses it, whether a trusted engine rather than a trusted executable runs)."""
+    if isinstance(launch, ContainerLaunch):
+        problems = [Reason(rule, message) for rule, message in container_problems(launch, spec, source)]
+        return [Reason("containers.images", f"image {launch.image} is allowed by {source}")], problems, False
+    rule, message, trusted = native.native_trust(launch, spec.native, source, has_policy, facts.executables, facts.digests)
+    granted, problems = ([Reason(rule, message)], []) if trusted else ([], [Reason(rule, message)])
+    check = native.check_trust(facts.check_executables, spec.native, source, has_policy)
+    if check:
+        problems.append(Reason(native.TRUST_RULE, check))
+    if launch.listen is not None:
+        exposed = network.exposure_problem(*launch.listen, spec.network, source, "the server")
+        if exposed:
+            problems.append(Reason(network.RULE, exposed))
+    return granted, problems, rule == "native.trustedEngines"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -67,3 +68,20 @@ def engine_facts() -> EngineFacts:
             python = sys.executable
     llama_server, vllm = shutil.which("llama-server"), shutil.which("vllm")
     return EngineFacts(llama_server and os.path.abspath(llama_server), python, vllm and os.path.abspath(vllm))
+
+
+_digests: dict[str, tuple[int, int, int, str]] = {}  # path -> (inode, size, mtime, digest): hashed again on change
+
+
+def file_sha256(path: str) -> str | None:
+    """The SHA-256 of a file, for pinned executables; None when it cannot be read."""
+    try:
+        stat = os.stat(path)
+        seen = _digests.get(path)
+        if seen is None or seen[:3] != (stat.st_ino, stat.st_size, stat.st_mtime_ns):
+            with open(path, "rb") as handle:
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            seen = _digests[path] = (stat.st_ino, stat.st_size, stat.st_mtime_ns, digest)
+        return seen[3]
+    except OSError:
+        return None

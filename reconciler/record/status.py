@@ -9,7 +9,7 @@ from reconciler.api.kinds import RestartPolicy, Workload
 from reconciler.api.launch import ContainerLaunch
 from reconciler.api.status import ExitInfo, FailureInfo, Placement, ResourceStatus
 from reconciler.diff.plan import Action, schedule_retry
-from reconciler.gate.verdict import Decision, Verdict
+from reconciler.gate.verdict import POLICY_DENIED, Decision, Verdict
 from reconciler.load.desired import DesiredEntry
 from reconciler.diff.engines import Rendered
 from reconciler.observe.host import ModelPresence
@@ -84,8 +84,8 @@ def _count_start(record: ResourceRecord, desired: DesiredEntry | None, outcome: 
         before = outcome.before.record
         failure = FailureInfo(reason=action.failure_reason, message=action.cause, at=now, pid=before.pid)
         record = record.model_copy(update={"last_failure": failure, "next_retry_at": None})
-        if desired.resource.spec.restart.policy is RestartPolicy.never:
-            return record
+        if desired.resource.spec.restart.policy is RestartPolicy.never or action.failure_reason == POLICY_DENIED:
+            return record  # a refused workload waits for the policy, not for a back-off
         return schedule_retry(record, now, (now - before.started_at).total_seconds(), desired.resource)
     if not outcome.executed or action.launch is None:
         return record
@@ -103,6 +103,9 @@ def _count_start(record: ResourceRecord, desired: DesiredEntry | None, outcome: 
 
 def _policy_condition(conditions: list, verdict: Verdict, now: datetime) -> list:
     reasons = "; ".join(str(reason) for reason in verdict.reasons)
+    if verdict.decision is Decision.approve and verdict.audited:
+        would = "; ".join(str(reason) for reason in verdict.audited)
+        return set_condition(conditions, "PolicyApproved", True, "Audited", f"applied in audit mode; enforce would refuse: {would}", now)
     if verdict.decision is Decision.approve:
         return set_condition(conditions, "PolicyApproved", True, "Approved", reasons, now)
     reason = "Denied" if verdict.decision is Decision.deny else "PendingApproval"

@@ -1,0 +1,138 @@
+"""The Policy kind: what may run on this host, what it may expose, and which changes wait for a human."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from reconciler.api.container import Port, ip_address_text, known_capabilities
+from reconciler.api.meta import Resource, Spec
+from reconciler.api.workload import Engine
+
+
+class PolicyMode(str, Enum):
+    enforce = "enforce"
+    audit = "audit"  # apply every change, record what enforce would have refused: for trying a policy out
+
+
+class TrustedExecutable(Spec):
+    executable: str = Field(
+        min_length=1, description="A command name as written in command[0], or the absolute path it resolves to."
+    )
+    sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$",
+        description="Pin: the file it resolves to must have this SHA-256, or it is not trusted.",
+    )
+
+
+class NativePolicy(Spec):
+    trusted_executables: list[TrustedExecutable] = Field(default_factory=list)
+    trusted_engines: list[Engine] = Field(
+        default_factory=list,
+        description="AI engines (llama.cpp, vllm) whose servers may run; the reconciler renders their command lines.",
+    )
+
+    @field_validator("trusted_engines")
+    @classmethod
+    def _not_process(cls, engines: list[Engine]) -> list[Engine]:
+        if Engine.process in engines:
+            raise ValueError("the process engine runs any command: trust its executables one by one instead")
+        return engines
+
+
+class ExposedAddress(Spec):
+    address: str = Field(description="A host address beyond loopback (0.0.0.0 and :: mean every interface).")
+    ports: list[Port] = Field(default_factory=list, description="Ports that may be exposed on it (empty: any).")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, address: str) -> str:
+        return ip_address_text(address)
+
+    def allows(self, address: str, port: int | None) -> bool:
+        return address == self.address and (not self.ports or port in self.ports)
+
+
+class NetworkPolicy(Spec):
+    exposed: list[ExposedAddress] = Field(
+        default_factory=list,
+        description="Where servers (engine binds, published container ports) may listen beyond loopback.",
+    )
+
+    def allows(self, address: str, port: int | None) -> bool:
+        return any(rule.allows(address, port) for rule in self.exposed)
+
+
+class ContainerPolicy(Spec):
+    """What containers may do. The default allows no image; everything else stays at least privilege."""
+
+    images: list[str] = Field(
+        default_factory=list,
+        description="Image references that may run: '*' matches within one path component, '**' across them.",
+    )
+    require_digest: bool = Field(False, description="Whether images must be pinned as name@sha256:<digest>.")
+    pull: bool = Field(False, description="Whether a missing image may be pulled from its registry.")
+    networks: list[str] = Field(
+        default_factory=list,
+        description="Networks containers may join (publishing ports needs 'bridge'); each gives outbound access.",
+    )
+    host_network: bool = Field(False, description="Whether a container may share the host's network namespace.")
+    writable_volumes: bool = Field(False, description="Whether a volume may be mounted writable (readOnly: false).")
+    capabilities: list[str] = Field(default_factory=list, description="Capabilities a spec may add back.")
+    writable_root_filesystem: bool = False
+    root: bool = Field(False, description="Whether a spec may run a container as root.")
+    volume_roots: list[str] = Field(
+        default_factory=list, description="Host folders (absolute) under which volume sources may lie."
+    )
+
+    @field_validator("capabilities")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        return known_capabilities(names)
+
+    @field_validator("volume_roots")
+    @classmethod
+    def _absolute(cls, roots: list[str]) -> list[str]:
+        relative = [root for root in roots if not root.startswith("/")]
+        if relative:
+            raise ValueError(f"volume roots must be absolute paths: {relative[0]!r}")
+        return roots
+
+
+class ResourcePolicy(Spec):
+    memory_reserve: float = Field(
+        0.1, ge=0, lt=1,
+        description="Share of host RAM kept for the system: workloads' memory limits and model footprints "
+                    "together must fit in the rest.",
+    )
+    overcommit: bool = Field(False, description="Whether starts may commit more memory than that.")
+
+
+class ApprovalKind(str, Enum):
+    native_executable = "NativeExecutable"  # a program trusted by name or path (not an engine the reconciler renders)
+    exposure = "Exposure"  # listening beyond loopback
+    privilege = "Privilege"  # a container relaxed from least privilege
+    any_change = "AnyChange"
+
+
+class ApprovalPolicy(Spec):
+    required: list[ApprovalKind] = Field(
+        default_factory=list,
+        description="Changes that wait for `reconciler approve NAME` (each approval covers one exact spec).",
+    )
+
+
+class PolicySpec(Spec):
+    mode: PolicyMode = PolicyMode.enforce
+    native: NativePolicy = Field(default_factory=NativePolicy)
+    network: NetworkPolicy = Field(default_factory=NetworkPolicy)
+    containers: ContainerPolicy = Field(default_factory=ContainerPolicy)
+    resources: ResourcePolicy = Field(default_factory=ResourcePolicy)
+    approvals: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
+
+
+class Policy(Resource):
+    kind: Literal["Policy"] = "Policy"
+    spec: PolicySpec

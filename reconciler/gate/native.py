@@ -1,0 +1,60 @@
+"""The gate's judgement of a native process: a trusted (and, when pinned, unaltered) executable. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from reconciler.api.launch import LaunchSpec
+from reconciler.api.policy import NativePolicy
+
+TRUST_RULE = "native.trustedExecutables"
+
+
+def native_trust(
+    launch: LaunchSpec, rules: NativePolicy, source: str, has_policy: bool,
+    executables: tuple[str, ...], digests: Mapping[str, str],
+) -> tuple[str, str, bool]:
+    """(rule, message, trusted). `executables` are the files the launch would run (as found, and with symlinks
+    resolved); `digests` their SHA-256 where a pin asks for it. A trusted engine covers the server the
+    reconciler renders, not a binary the spec names."""
+    engine = launch.engine
+    if engine != "process" and not launch.executable_from_spec and engine in {e.value for e in rules.trusted_engines}:
+        return "native.trustedEngines", f"engine {engine} is trusted by {source}", True
+    names = (launch.command[0], *executables)
+    matching = [entry for entry in rules.trusted_executables if entry.executable in {*as_written(launch), *executables}]
+    if not matching:
+        return TRUST_RULE, untrusted(names, "native executable", source, has_policy), False
+    pinned = [entry for entry in matching if entry.sha256 is not None]
+    if not pinned:
+        return TRUST_RULE, f"{shown(names)} is trusted by {source}", True
+    resolved = executables[-1] if executables else None
+    actual = digests.get(resolved) if resolved else None
+    if actual is not None and any(entry.sha256 == actual for entry in pinned):
+        return TRUST_RULE, f"{shown(names)} is trusted by {source} (sha256 {actual[:12]}… matches its pin)", True
+    found = f"has sha256 {actual}" if actual else "could not be read to check its sha256"
+    return TRUST_RULE, (f"{shown(names)} {found}, not the pinned {pinned[0].sha256} of {source}: the file changed "
+                        "since it was trusted; pin the new digest if the change is yours"), False
+
+
+def check_trust(check_executables: tuple[str, ...], rules: NativePolicy, source: str, has_policy: bool) -> str | None:
+    """Why an exec health check's program may not run, if it may not: it must be trusted like a command."""
+    trusted = {entry.executable for entry in rules.trusted_executables}
+    if not check_executables or set(check_executables) & trusted:
+        return None
+    return untrusted(check_executables, "health check program", source, has_policy)
+
+
+def as_written(launch: LaunchSpec) -> tuple[str, ...]:
+    """command[0] as written counts only when the spec does not choose the PATH it is looked up in."""
+    return () if "PATH" in launch.env and "/" not in launch.command[0] else (launch.command[0],)
+
+
+def shown(names: tuple[str, ...]) -> str:
+    written, *found = dict.fromkeys(names)
+    return repr(written) + (f" ({' -> '.join(found)})" if found else "")
+
+
+def untrusted(names: tuple[str, ...], what: str, source: str, has_policy: bool) -> str:
+    hint = (f"add it to spec.native.trustedExecutables of {source}" if has_policy
+            else "write a Policy that lists it in spec.native.trustedExecutables")
+    return f"{what} {shown(names)} is not trusted by {source}: {hint}"

@@ -1,0 +1,33 @@
+"""The gate's judgement of where a server listens: loopback, or an address and port the policy exposes. Pure."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from reconciler.api.policy import NetworkPolicy
+
+RULE = "network.exposed"
+
+
+def is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_problem(address: str, port: int | None, rules: NetworkPolicy, source: str, what: str) -> str | None:
+    """Why listening there is not allowed, if it is not. `what` names the listener ('port 8080', 'the server')."""
+    if is_loopback(address):
+        return None
+    try:
+        canonical = str(ipaddress.ip_address(address))
+    except ValueError:
+        return f"{what} would listen on {address!r}, which is not an IP address: the policy judges addresses, give one"
+    if rules.allows(canonical, port):
+        return None
+    where = "every interface" if ipaddress.ip_address(canonical).is_unspecified else canonical
+    return (f"{what} would listen on {canonical} ({where}), beyond this host; {source} allows loopback only there: "
+            f"add {{address: {canonical!r}, ports: [{port}]}} to spec.network.exposed to expose it")
