@@ -1,7 +1,9 @@
-"""`reconciler` command line: validate, plan, apply, run, down, status, describe, logs, export, schemas."""
+"""`reconciler` command line: validate, plan, apply, run, down, status, describe, logs, host, approve, deny, export,
+schemas."""
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import os
 import signal
@@ -17,7 +19,8 @@ from pathlib import Path
 import click
 
 from reconciler import inspect
-from reconciler.api.kinds import KINDS
+from reconciler.api.approval import Answer, Approval
+from reconciler.api.kinds import KINDS, Workload
 from reconciler.api.meta import ResourceKey
 from reconciler.api.schemas import crds, stale_schemas, write_schemas
 from reconciler.control import logfmt
@@ -31,6 +34,9 @@ from reconciler.control.lock import Busy, exclusive
 from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
 from reconciler.load.desired import load_desired
 from reconciler.record.status import FAILED_PHASES, SUCCEEDED_PHASES
+from reconciler.observe.host_profile import observe_host_profile
+from reconciler.record.approvals import ApprovalStore
+from reconciler.render_host import host_table
 from reconciler.render import dump, plan_rows, plan_table, status_rows, status_table
 
 EXIT_IN_SYNC, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -223,6 +229,55 @@ def status(path: Path, state_dir: Path | None, output: str) -> None:
     rows = status_rows(statuses, reconciler.records, now)
     click.echo(status_table(rows) if output == "table" else dump(rows, output))
     _print_load_errors(reconciler)
+
+
+@main.command()
+@path_argument
+@state_option
+@output_option
+def host(path: Path, state_dir: Path | None, output: str) -> None:
+    """What this host offers to run models: CPU and its flags, memory, disk, OS, container engine, GPUs."""
+    profile = observe_host_profile(state_dir or default_state_dir(path), DockerEngine(timeout=3))
+    click.echo(host_table(profile) if output == "table" else dump(profile.model_dump(mode="json", by_alias=True), output))
+
+
+@main.command()
+@click.argument("name")
+@path_argument
+@state_option
+@click.option("--spec-hash", help="The hash `plan` showed (a prefix will do): refused if the spec changed since.")
+def approve(name: str, path: Path, state_dir: Path | None, spec_hash: str | None) -> None:
+    """Approve a workload's change that waits for a person: its exact current spec, nothing later."""
+    _answer(name, path, state_dir, spec_hash, Answer.approve)
+
+
+@main.command()
+@click.argument("name")
+@path_argument
+@state_option
+@click.option("--spec-hash", help="The hash `plan` showed (a prefix will do): refused if the spec changed since.")
+def deny(name: str, path: Path, state_dir: Path | None, spec_hash: str | None) -> None:
+    """Refuse a workload's change: its exact current spec stays refused until the spec changes."""
+    _answer(name, path, state_dir, spec_hash, Answer.deny)
+
+
+def _answer(name: str, path: Path, state_dir: Path | None, spec_hash: str | None, answer: Answer) -> None:
+    if not path.is_dir():
+        raise click.ClickException(f"{path}: not a readable folder")
+    desired = load_desired(path)
+    key = _key(name)
+    entry = desired.resources.get(key)
+    if entry is None or not isinstance(entry.resource, Workload):
+        problem = desired.rejected.get(key)
+        raise click.ClickException(f"{key}: {'its spec does not load: ' + str(problem[0]) if problem else 'not in ' + str(path)}")
+    if spec_hash is not None and (len(spec_hash) < 8 or not entry.spec_hash.startswith(spec_hash)):
+        raise click.ClickException(f"{key}: its spec is now {entry.spec_hash[:12]}, not {spec_hash}: it changed since "
+                                   "you looked; run `reconciler plan` and review it again")
+    who = os.environ.get("SUDO_USER") or getpass.getuser()
+    ApprovalStore(state_dir or default_state_dir(path)).put(
+        Approval(name=key.name, spec_hash=entry.spec_hash, answer=answer, by=who, at=datetime.now(timezone.utc)))
+    click.echo(f"{key}: spec {entry.spec_hash[:12]} {answer.value}d by {who}; a running daemon acts on it now, "
+               "otherwise the next `reconciler apply` does")
 
 
 def _key(name: str) -> ResourceKey:

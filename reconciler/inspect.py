@@ -54,10 +54,18 @@ def describe(status: ResourceStatus, source: str, root: Path, log_lines: list[st
     lines += ["", "Conditions:"]
     lines += [f"  {c.type:<15} {c.status.value:<7} {c.reason:<20} since {c.last_transition_time:%Y-%m-%d %H:%M:%S}  {c.message}"
               for c in status.conditions]
+    if status.decision_record:
+        lines += ["", "Decision record (constraint -> trade-off):"]
+        lines += [f"  {question:<22} {answer['constraint']} -> {answer['tradeOff']}"
+                  for question, answer in status.decision_record.get("questions", {}).items()]
     lines += ["", f"Events (the last {EVENTS_SHOWN} evidence records of {sibling(source, '.evidence.jsonl')}):"]
     for event in _events(root / sibling(source, ".evidence.jsonl"), f"{status.kind}/{status.name}"):
+        if event["event"] == "decision-record":
+            placement = event.get("record", {}).get("placement", {})
+            lines.append(f"  {event['time'][:19]}  record   placement {placement.get('placement', '-')}: {placement.get('message', '')}")
+            continue
         verdict = event.get("decision") or event.get("result") or "-"
-        lines.append(f"  {event['time'][:19]}  {event['event']:<8} {event['action']:<8} {verdict:<8} {event.get('cause', '')}"
+        lines.append(f"  {event['time'][:19]}  {event['event']:<8} {event.get('action', '-'):<8} {verdict:<8} {event.get('cause', '')}"
                      + (f" {event['failure']['message']}" if "failure" in event else ""))
     if log_lines and status.phase not in ("Running",):
         lines += ["", "Last log lines:"] + [f"  {line}" for line in log_lines]

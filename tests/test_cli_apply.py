@@ -106,7 +106,8 @@ def test_without_a_policy_nothing_native_runs(workspace: Workspace) -> None:
     assert (approved["status"], approved["reason"]) == ("False", "Denied")
     assert workspace.resource_status("web.yaml", "web")["placement"] == "unavailable"
     workspace.cli("apply")
-    assert [r["event"] for r in workspace.evidence("web.yaml")] == ["decision"], "a repeated refusal is recorded once"
+    events = [r["event"] for r in workspace.evidence("web.yaml")]
+    assert events == ["decision", "decision-record"], "a repeated refusal (and its unchanged decision record) is recorded once"
 
 
 def test_missing_executable_is_an_explicit_condition(workspace: Workspace) -> None:
@@ -144,7 +145,7 @@ def test_invalid_edit_keeps_the_last_valid_version_running(workspace: Workspace)
     assert accepted["status"] == "False" and accepted["reason"] == "Rejected"
     assert "spec.restart.policy" in accepted["message"] and "generation 1 stays in force" in accepted["message"]
     workspace.cli("apply")
-    held = [r for r in workspace.evidence("web.yaml") if r["action"] == "hold"]
+    held = [r for r in workspace.evidence("web.yaml") if r.get("action") == "hold"]
     assert len(held) == 1 and "new version rejected: " in held[0]["cause"], "the rejection is recorded once"
 
     os.kill(pid, signal.SIGKILL)  # the last valid version stays in force: it is restarted, unchanged

@@ -169,8 +169,8 @@ def test_an_unhealthy_process_is_stopped_and_restarted_with_back_off(workspace: 
     assert workspace.condition("web.yaml", "web")["reason"] == "Healthy"
     assert first["endpoints"] == [f"http://127.0.0.1:{port}"]
     sick.write_text("x")
-    wait_for(lambda: any(r["action"] == "stop" for r in workspace.evidence("web.yaml")), what="the unhealthy stop")
-    stop = next(r for r in workspace.evidence("web.yaml") if r["action"] == "stop" and r["event"] == "decision")
+    wait_for(lambda: any(r.get("action") == "stop" for r in workspace.evidence("web.yaml")), what="the unhealthy stop")
+    stop = next(r for r in workspace.evidence("web.yaml") if r.get("action") == "stop" and r["event"] == "decision")
     assert stop["cause"].startswith("unhealthy: 2 checks failed in a row") and "500, expected 200" in stop["cause"]
     sick.unlink()
     again = wait_for(lambda: (s := workspace.resource_status("web.yaml", "web")) and s.get("pid") not in (None, first["pid"])
@@ -183,8 +183,8 @@ def test_a_start_that_never_becomes_healthy_is_stopped_after_its_startup_budget(
     health = {"tcp": {}, "periodSeconds": 0.1, "startupSeconds": 0.5}
     workspace.write("slow.yaml", workload_yaml("slow", port=port, health=health, restart={"policy": "Never"}))
     workspace.start_daemon()
-    wait_for(lambda: any(r["action"] == "stop" for r in workspace.evidence("slow.yaml")), what="the startup-budget stop")
-    stop = next(r for r in workspace.evidence("slow.yaml") if r["action"] == "stop")
+    wait_for(lambda: any(r.get("action") == "stop" for r in workspace.evidence("slow.yaml")), what="the startup-budget stop")
+    stop = next(r for r in workspace.evidence("slow.yaml") if r.get("action") == "stop")
     assert stop["cause"].startswith("not healthy within its startup budget of 0.5s")
     wait_for(lambda: (workspace.resource_status("slow.yaml", "slow") or {}).get("phase") in ("Failed", "Exited"),
              what="stopped for good (restart policy Never)")

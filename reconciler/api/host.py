@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
+from typing import Any
 
 from pydantic import Field
 
+from reconciler.api.meta import API_VERSION
 from reconciler.api.status import Report
 
 # The part of a profile that changes only when the host's capability does: no free or available amounts,
@@ -95,3 +98,25 @@ class HostProfile(Report):
         stable = self.model_dump(mode="json", include=_CAPABILITY)
         canonical = json.dumps(stable, sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def host_profile_document(profile: HostProfile, host_name: str, observed_at: datetime) -> dict[str, Any]:
+    """The published HostProfile: Kubernetes-shaped, with the digest that decisions cite."""
+    return {
+        "apiVersion": API_VERSION, "kind": "HostProfile", "metadata": {"name": host_name},
+        "status": {"observedAt": observed_at.isoformat(timespec="seconds"), "capabilityDigest": profile.capability_digest(),
+                   **profile.model_dump(mode="json", by_alias=True)},
+    }
+
+
+def host_summary(profile: HostProfile) -> str:
+    """One line of capability only (what the digest covers), for decision records that must not churn."""
+    cpu, gpus = profile.cpu, profile.gpus
+    flags = [flag for flag in cpu.flags or () if flag in ("avx2", "avx512f", "avx_vnni", "amx_tile", "asimd", "sve")]
+    parts = [cpu.architecture, f"{cpu.logical_cores or '?'} cores" + (f", {' '.join(flags)}" if flags else ""),
+             f"{profile.memory.total / 1024 ** 3:.1f} GiB RAM"]
+    if gpus.devices:
+        parts.append(", ".join(f"GPU {gpu.index} {gpu.name} {gpu.memory_total / 1024 ** 3:.0f} GiB" for gpu in gpus.devices))
+    else:
+        parts.append(f"no NVIDIA GPU ({gpus.reason})")
+    return "; ".join(parts)

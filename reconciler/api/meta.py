@@ -16,8 +16,9 @@ PRUNE_ANNOTATION = f"{GROUP}/prune"
 class Spec(BaseModel):
     """Base of every user-written object: camelCase in YAML, unknown fields rejected (typos must not vanish)."""
 
-    model_config = ConfigDict(  # no inf/nan: a stored record writes them as null and could not be read back
-        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True, allow_inf_nan=False
+    model_config = ConfigDict(  # no inf/nan: a stored record writes them as null and could not be read back;
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True, allow_inf_nan=False,
+        hide_input_in_errors=True,  # a value pasted in the wrong place may be a secret: errors never repeat it
     )
 
 

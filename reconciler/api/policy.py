@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from reconciler.api.container import Port, ip_address_text, known_capabilities
+from reconciler.api.fallback import HostedPolicy
 from reconciler.api.meta import Resource, Spec
 from reconciler.api.workload import Engine
 
@@ -131,6 +132,7 @@ class PolicySpec(Spec):
     containers: ContainerPolicy = Field(default_factory=ContainerPolicy)
     resources: ResourcePolicy = Field(default_factory=ResourcePolicy)
     approvals: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
+    hosted: HostedPolicy = Field(default_factory=HostedPolicy)
 
 
 class Policy(Resource):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -91,6 +92,8 @@ class ResourceStatus(Report):
     container_id: str | None = None
     image: str | None = Field(None, description="A container's image reference, as the spec wrote it.")
     image_id: str | None = Field(None, description="The image it runs (the engine's content digest of it).")
+    decision_record: dict[str, Any] | None = Field(
+        None, description="The Runtime Decision Record: why it runs where it runs, and what that trades off.")
 
 
 class HealthState(Report):

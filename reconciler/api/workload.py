@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from reconciler.api.container import ContainerSecurity, addresses_overlap, PortMapping, PullPolicy, VolumeMount, valid_image_reference
+from reconciler.api.fallback import Fallback
 from reconciler.api.meta import Resource, Spec
 from reconciler.api.quantity import ByteQuantity
 
@@ -166,6 +167,9 @@ class WorkloadSpec(Spec):
         description="runtime container: a Docker network. Default: 'bridge' if ports are published, else 'none'.",
     )
     security: ContainerSecurity = Field(default_factory=ContainerSecurity)
+    fallback: Fallback | None = Field(
+        None, description="A hosted provider to use while this host cannot run it, if the Policy allows and a person consents.",
+    )
 
     @model_validator(mode="after")
     def _no_nul(self) -> "WorkloadSpec":

@@ -7,6 +7,7 @@ until its writer closes it or renames it into place, so a half-written file is n
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 import threading
 import time
 from pathlib import Path
@@ -73,6 +74,18 @@ class _SpecEvents(FileSystemEventHandler):
             return frozenset(str(Path(path).relative_to(root)) for path in self._writing)
 
 
+class _ApprovalEvents(FileSystemEventHandler):
+    """A person answered (`reconciler approve/deny`): that workload is judged again at once."""
+
+    def __init__(self, answered: Callable[[str], None]) -> None:
+        self._answered = answered
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        path = Path(str(event.dest_path if isinstance(event, FileMovedEvent) else event.src_path))
+        if not event.is_directory and path.suffix == ".json" and not path.name.startswith("."):
+            self._answered(path.stem)
+
+
 class Daemon:
     def __init__(self, reconciler: Reconciler, resync_seconds: float = 30.0, workers: int = 2) -> None:
         self.reconciler = reconciler
@@ -104,6 +117,9 @@ class Daemon:
     def run(self) -> None:
         observer = Observer()
         observer.schedule(self._events, str(self.reconciler.root), recursive=True)
+        approvals = self.reconciler.approvals.directory
+        approvals.mkdir(parents=True, exist_ok=True, mode=0o700)
+        observer.schedule(_ApprovalEvents(lambda name: self.queue.add(ResourceKey("Workload", name))), str(approvals))
         observer.start()
         self.reconciler.adopt()
         for worker in self._workers:

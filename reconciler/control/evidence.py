@@ -25,7 +25,10 @@ def decision_digest(action: Action, verdict: Verdict | None) -> str:
     return f"{_action_name(action)}|{action.cause}|{verdict.decision.value if verdict else ''}|{reasons}"
 
 
-def decision_record(action: Action, verdict: Verdict | None, record: ResourceRecord | None, now: datetime) -> dict[str, Any]:
+def decision_record(
+    action: Action, verdict: Verdict | None, record: ResourceRecord | None, now: datetime, host: str | None = None
+) -> dict[str, Any]:
+    """`host`: the capability digest of the host profile the decision was made on."""
     line: dict[str, Any] = {
         "time": now.isoformat(),
         "resource": str(action.key),
@@ -36,6 +39,8 @@ def decision_record(action: Action, verdict: Verdict | None, record: ResourceRec
         "decision": verdict.decision.value if verdict else None,
         "reasons": [str(reason) for reason in verdict.reasons] if verdict else [],
     }
+    if host is not None:
+        line["hostProfile"] = host
     if verdict is not None and verdict.audited:
         line["auditedDenials"] = [str(reason) for reason in verdict.audited]
     launch = action.launch

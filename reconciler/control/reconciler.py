@@ -7,14 +7,14 @@ daemon's work queue guarantees it never runs twice at once for the same key.
 from __future__ import annotations
 
 import logging
-import os
+import platform
 import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from reconciler.api.kinds import Model, Policy, Runtime, Workload
 from reconciler.api.meta import ResourceKey
@@ -33,13 +33,20 @@ from reconciler.drive.containers import ContainerDriver
 from reconciler.drive.dispatch import Drivers
 from reconciler.drive.process import ProcessDriver, owner_id
 from reconciler.drive.protocol import StartFailed
-from reconciler.gate.verdict import POLICY_DENIED, Decision, Facts, Reason, Verdict, decide, running_denial
+from reconciler.control.judge import Judge
+from reconciler.api.approval import Answer
+from reconciler.control.placement import SecretFacts, workload_decision_record
+from reconciler.record.decision_record import record_digest
+from reconciler.gate.placement import PlacementDecision
+from reconciler.gate.verdict import Verdict
 from reconciler.load.desired import DesiredEntry, DesiredState, load_desired
 from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable
-from reconciler.observe.host import ModelPresence, file_sha256, observe_model
-from reconciler.observe.processes import ProcessObservation, ProcessState
+from reconciler.api.host import HostProfile, host_profile_document
+from reconciler.observe.host_profile import observe_host_profile
+from reconciler.observe.host import ModelPresence, observe_model
+from reconciler.observe.processes import ProcessObservation
 from reconciler.record.approvals import ApprovalStore
-from reconciler.record.recorder import Recorder
+from reconciler.record.recorder import Recorder, sibling
 from reconciler.record.status import PassOutcome, conclude
 from reconciler.record.store import ResourceRecord, StateStore
 
@@ -47,6 +54,7 @@ log = logging.getLogger("reconciler")
 
 
 ENGINE_RETRY_SECONDS = 15.0
+PROFILE_SECONDS = 30.0  # how stale the host profile may get: free memory and disk move, capabilities rarely do
 
 
 class DesiredStateUnreadable(Exception):
@@ -62,6 +70,8 @@ class Planned:
     inputs: Inputs
     model: ModelPresence | None = None
     rendered: Rendered = Rendered()
+    placement: PlacementDecision | None = None
+    secret: SecretFacts | None = None
 
     @property
     def record(self) -> ResourceRecord | None:
@@ -90,7 +100,12 @@ class Reconciler:
             ContainerDriver(state_dir, owner_id(state_dir), engine, on_exit=on_exit, readonly=readonly,
                             on_engine_back=on_engine_back),
         )
-        self.workloads = WorkloadRenderer(self.root, self.drivers, engine)
+        self.workloads = WorkloadRenderer(self.root, self.drivers, engine, self._remembered)
+        self.judge = Judge(self.workloads, self.approvals)
+        self.engine = engine
+        self.state_dir = state_dir
+        self.host_profile: HostProfile | None = None
+        self._profiled_at: float | None = None
         self.recorder = Recorder(self.root)
         self.allow_empty = allow_empty
         self.metrics = metrics
@@ -111,6 +126,7 @@ class Reconciler:
         previous = self.desired
         self.desired, self.writing = load_desired(self.shown_root), writing
         self.workloads.observe_host()
+        self._profile_host()
         if self.readonly:
             return self.desired
         if not self._seeded:
@@ -120,6 +136,20 @@ class Reconciler:
                    if self.recorder.set_file_errors(file, [str(error) for error in self.desired.errors.get(file, [])])}
         self.recorder.flush(changed)
         return self.desired
+
+    def _profile_host(self, force: bool = False) -> None:
+        """Observe what this host offers (at most every PROFILE_SECONDS unless forced) and publish it."""
+        if not force and self._profiled_at is not None and time.monotonic() - self._profiled_at < PROFILE_SECONDS:
+            return
+        self.host_profile, self._profiled_at = observe_host_profile(self.state_dir, self.engine), time.monotonic()
+        self.workloads.memory_total = self.host_profile.memory.total
+        if not self.readonly:
+            self.recorder.host_profile(host_profile_document(self.host_profile, platform.node() or "localhost",
+                                                               datetime.now(timezone.utc)))
+
+    @property
+    def host_digest(self) -> str | None:
+        return self.host_profile.capability_digest() if self.host_profile else None
 
     def _seed(self) -> None:
         """Give the status writer every known resource before the first flush, so no status file is partial."""
@@ -173,50 +203,8 @@ class Reconciler:
             key=key, desired=entry, record=record, process=process, launch=rendered.launch, hold=hold,
             blocked=rendered.blocked, check=rendered.check, health=record.health if record else None,
         )
-        action = plan_resource(inputs, now)
-        policy = self._policy_in_force(desired)
-        workload = entry.resource if entry is not None and isinstance(entry.resource, Workload) else None
-        verdict = None
-        if action.changes_something:
-            starts = action.verb in (Verb.create, Verb.recreate)
-            verdict = decide(action, policy, self._facts(desired, rendered, workload, entry) if starts else Facts())
-        if process is not None and record is not None and (verdict is None or not verdict.approved):
-            action, verdict = self._tightened(action, verdict, policy, process, record)
-        return Planned(action, verdict, inputs, model, rendered)
-
-    def _facts(self, desired: DesiredState, rendered: Rendered, workload: Workload | None,
-               entry: DesiredEntry | None) -> Facts:
-        """What the gate judges a start by, beside the launch: observed only when a start is planned."""
-        launch = rendered.launch
-        if workload is None or entry is None:
-            return Facts()
-        executables = (launch.executable, os.path.realpath(launch.executable)) if launch and launch.executable else ()
-        memory = self.workloads.memory_use(desired, self._remembered, workload)
-        return Facts(executables, self.workloads.check_executables(rendered, workload),
-                     self._pinned_digests(desired, executables), entry.spec_hash, self.approvals.get(workload.name), memory)
-
-    def _pinned_digests(self, desired: DesiredState, executables: tuple[str, ...]) -> dict[str, str]:
-        policy = self._policy_in_force(desired)
-        if not executables or policy is None or not any(e.sha256 for e in policy.spec.native.trusted_executables):
-            return {}
-        digest = file_sha256(executables[-1])
-        return {executables[-1]: digest} if digest else {}
-
-    def _tightened(self, action: Action, verdict: Verdict | None, policy: Policy | None,
-                   process: ProcessObservation, record: ResourceRecord) -> tuple[Action, Verdict | None]:
-        """A running workload that the policy in force refuses now (it was tightened) is stopped, with the reason."""
-        running = process.record
-        if process.state is not ProcessState.running or running is None or action.verb is Verb.stop or action.orphaned:
-            return action, verdict  # an orphan is out of the desired state on purpose: what governs it left with it
-        executable = running.launch.executable
-        executables = (executable, os.path.realpath(executable)) if executable else ()
-        reasons = running_denial(running.launch, policy, Facts(executables, digests=self._pinned_digests(self.desired, executables)))
-        if not reasons:
-            return action, verdict
-        source = f"Policy/{policy.name}" if policy else "the default policy"
-        cause = f"stopped: {source} no longer allows what runs: " + "; ".join(str(reason) for reason in reasons)
-        stop = Action(action.key, Verb.stop, cause, action.generation or record.generation, failure_reason=POLICY_DENIED)
-        return stop, Verdict(Decision.approve, (Reason("policy.tightened", cause),))
+        judged = self.judge.judge(desired, self._policy_in_force(desired), inputs, plan_resource(inputs, now), rendered)
+        return Planned(judged.action, judged.verdict, inputs, model, rendered, judged.placement, judged.secret)
 
     def _remembered(self, key: ResourceKey) -> ResourceRecord | None:
         with self._lock:
@@ -264,8 +252,12 @@ class Reconciler:
 
     def _describe(self, planned: Planned, now: datetime) -> tuple[ResourceRecord, ResourceStatus] | None:
         outcome = PassOutcome(planned.action, planned.verdict, False, None, planned.inputs.process,
-                              planned.inputs.process, planned.model, planned.rendered)
-        return conclude(planned.record, planned.inputs.desired, outcome, now, self._log_file(planned.action.key))
+                              planned.inputs.process, planned.model, planned.rendered, planned.placement)
+        concluded = conclude(planned.record, planned.inputs.desired, outcome, now, self._log_file(planned.action.key))
+        if concluded is None:
+            return None
+        decided = self._decision_record(planned)
+        return concluded[0], concluded[1].model_copy(update={"decision_record": decided})
 
     # -- the whole reconcile ----------------------------------------------------------------
 
@@ -292,7 +284,7 @@ class Reconciler:
             log.info("%s: %s (%s) -> %s, %s", key, action.verb.value, action.cause,
                      planned.verdict.decision.value if planned.verdict else "-", outcome_text, **about(key))
         outcome = PassOutcome(action, planned.verdict, planned.executed, failure, planned.inputs.process, after,
-                              planned.model, planned.rendered)
+                              planned.model, planned.rendered, planned.placement)
         concluded = conclude(planned.record, planned.inputs.desired, outcome, now, self._log_file(key))
         self._measure(planned, failure, concluded[1] if concluded else None, started)
         if concluded is None:
@@ -303,6 +295,10 @@ class Reconciler:
             self.recorder.evidence(record.source, outcome_record(planned.action, record.generation, failure, after, done))
         if digest is not None:
             record = record.model_copy(update={"last_decision": digest})
+        decided = self._decision_record(planned)
+        if decided is not None:
+            status = status.model_copy(update={"decision_record": decided})
+            record = self._record_changed_decision(record, decided, now)
         self._remember(record)
         self.recorder.set_status(record.source, status)
         self.recorder.flush({record.source} | ({planned.record.source} if planned.record else set()))
@@ -313,6 +309,34 @@ class Reconciler:
             return next_probe_in(check, record.health, running.pid, running.started_at, now)
         retry_at = record.next_retry_at if status.pid is None else None
         return max(0.0, (retry_at - now).total_seconds()) if retry_at else None
+
+    def _decision_record(self, planned: Planned) -> dict[str, Any] | None:
+        """The Runtime Decision Record of a workload, from the facts this plan observed."""
+        entry = planned.inputs.desired
+        if planned.placement is None or entry is None or not isinstance(entry.resource, Workload):
+            return None
+        workload = entry.resource
+        presence = self.workloads.model_presence(self.desired, workload)
+        model = (workload.spec.model, str(presence.path), presence.size) if workload.spec.model and presence else None
+        approval = self.approvals.get(workload.name)
+        return workload_decision_record(
+            workload, planned.placement, planned.secret, self._policy_in_force(self.desired), self.host_profile, model,
+            channel=f"folder {self.root}", state_dir=self.store.directory.parent,
+            evidence_file=self.root / sibling(entry.file, ".evidence.jsonl"), log_file=self._log_file(planned.action.key),
+            endpoint=planned.rendered.endpoint,
+            consented=approval is not None and approval.covers(entry.spec_hash) and approval.answer is Answer.approve,
+        )
+
+    def _record_changed_decision(self, record: ResourceRecord, decided: dict[str, Any], now: datetime) -> ResourceRecord:
+        """Each change of a decision record is evidence; an unchanged one is not written again."""
+        digest = record_digest(decided)
+        if digest == record.decision_record_digest:
+            return record
+        self.recorder.evidence(record.source, {
+            "time": now.isoformat(), "resource": str(record.key), "generation": record.generation,
+            "event": "decision-record", "digest": digest, "hostProfile": self.host_digest, "record": decided,
+        })
+        return record.model_copy(update={"decision_record_digest": digest})
 
     def _measure(self, planned: Planned, failure: FailureInfo | None, status: ResourceStatus | None, started: float) -> None:
         if self.metrics is not None:
@@ -330,7 +354,7 @@ class Reconciler:
             return digest  # the same refusal or hold, seen again by a resync: already on record
         source = planned.inputs.desired.file if planned.inputs.desired else (record.source if record else None)
         if source is not None:
-            self.recorder.evidence(source, decision_record(action, planned.verdict, record, now))
+            self.recorder.evidence(source, decision_record(action, planned.verdict, record, now, self.host_digest))
         return digest
 
     def _drive(self, planned: Planned, now: datetime) -> tuple[FailureInfo | None, ProcessObservation | None]:

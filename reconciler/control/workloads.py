@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-import psutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,13 +35,15 @@ from reconciler.record.store import ResourceRecord
 
 
 class WorkloadRenderer:
-    def __init__(self, root: Path, driver: Drivers, engine: DockerEngine) -> None:
+    def __init__(self, root: Path, driver: Drivers, engine: DockerEngine,
+                 remembered: Callable[[ResourceKey], ResourceRecord | None]) -> None:
         self.root = root
+        self.remembered = remembered
         self.driver = driver
         self.engine = engine
         self.facts = EngineFacts()
         self.inventory = GpuInventory(reason="not observed yet")
-        self.memory_total = 0
+        self.memory_total = 0  # the host's RAM, from its profile
         self._engine_problem: str | None = None
         self._engine_checked = False
         self._images: dict[str, ImageFacts] = {}  # present images seen this pass (an absent one is asked again)
@@ -51,7 +52,6 @@ class WorkloadRenderer:
         """Once per pass: which engines are installed, which GPUs exist; the container engine when first needed."""
         self.facts = engine_facts()
         self.inventory = read_inventory()
-        self.memory_total = psutil.virtual_memory().total
         self._engine_checked = False
         self._images = {}
 
@@ -119,11 +119,10 @@ class WorkloadRenderer:
         as_written = () if "PATH" in workload.spec.env and "/" not in written else (written,)
         return (*as_written, found, os.path.realpath(found)) if found else as_written
 
-    def memory_use(
-        self, desired: DesiredState, remembered: Callable[[ResourceKey], ResourceRecord | None], workload: Workload
-    ) -> MemoryUse | None:
+    def memory_use(self, desired: DesiredState, workload: Workload) -> MemoryUse | None:
         """What starting `workload` would commit, beside what the other running workloads commit; None: nothing."""
-        wanted, what = self._commitment(desired, remembered, workload)
+        remembered = self.remembered
+        wanted, what = self.commitment(desired, workload)
         if not wanted:
             return None
         committed = 0
@@ -134,14 +133,15 @@ class WorkloadRenderer:
             if other == workload.name or not isinstance(resource, Workload):
                 continue
             if self.driver.observe(other, resource.spec.runtime is Runtime.container).state is ProcessState.running:
-                committed += self._commitment(desired, remembered, resource)[0]
+                committed += self.commitment(desired, resource)[0]
         return MemoryUse(wanted, what, committed, self.memory_total)
 
-    def _commitment(
-        self, desired: DesiredState, remembered: Callable[[ResourceKey], ResourceRecord | None], workload: Workload
-    ) -> tuple[int, str]:
-        presence = self._model(desired, remembered, workload.spec.model)[1] if workload.spec.model else None
+    def commitment(self, desired: DesiredState, workload: Workload) -> tuple[int, str]:
+        presence = self.model_presence(desired, workload)
         return memory_commitment(workload.spec, presence.size if presence else None)
+
+    def model_presence(self, desired: DesiredState, workload: Workload) -> ModelPresence | None:
+        return self._model(desired, self.remembered, workload.spec.model)[1] if workload.spec.model else None
 
     def _render_container(self, workload: Workload, file: str, gpus: tuple[int, ...]) -> ContainerLaunch | Blocked:
         spec = workload.spec

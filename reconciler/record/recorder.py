@@ -16,6 +16,7 @@ from reconciler.load.desired import SPEC_SUFFIXES, output_stem
 from reconciler.record.evidence import EvidenceLog
 
 STATUS_HEADER = "# Written by the reconciler after each pass. Edits are overwritten and never read back.\n"
+HOST_PROFILE_FILE = "host-profile.status.yaml"  # what this host offers, beside the specs that ask for it
 
 
 def sibling(spec_file: str, suffix: str) -> str:
@@ -69,8 +70,17 @@ class Recorder:
         for status_file in self.root.rglob("*.status.yaml"):
             relative = str(status_file.relative_to(self.root))
             stem = relative.removesuffix(".status.yaml")
-            if relative not in reported and not any((self.root / f"{stem}{ext}").exists() for ext in SPEC_SUFFIXES):
+            if relative != HOST_PROFILE_FILE and relative not in reported and not any((self.root / f"{stem}{ext}").exists() for ext in SPEC_SUFFIXES):
                 status_file.unlink(missing_ok=True)
+
+    def host_profile(self, body: dict[str, Any]) -> None:
+        """Publish the host profile; rewritten only when what it says changed."""
+        target = self.root / HOST_PROFILE_FILE
+        with self._flush_lock:
+            if self._written.get(HOST_PROFILE_FILE) == body and target.exists():
+                return
+            write_atomic(target, STATUS_HEADER + yaml.dump(body, Dumper=_Dumper, sort_keys=False, allow_unicode=True))
+            self._written[HOST_PROFILE_FILE] = body
 
     def flush(self, spec_files: set[str]) -> None:
         """Rewrite the status file of each given spec file whose content changed; drop those owning nothing."""

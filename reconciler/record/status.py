@@ -9,6 +9,7 @@ from reconciler.api.kinds import RestartPolicy, Workload
 from reconciler.api.launch import ContainerLaunch
 from reconciler.api.status import ExitInfo, FailureInfo, Placement, ResourceStatus
 from reconciler.diff.plan import Action, schedule_retry
+from reconciler.gate.placement import PlacementDecision
 from reconciler.gate.verdict import POLICY_DENIED, Decision, Verdict
 from reconciler.load.desired import DesiredEntry
 from reconciler.diff.engines import Rendered
@@ -36,6 +37,7 @@ class PassOutcome:
     after: ProcessObservation | None = None
     model: ModelPresence | None = None
     rendered: Rendered = Rendered()
+    placement: PlacementDecision | None = None
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,15 @@ def _assess(record: ResourceRecord, outcome: PassOutcome, now: datetime) -> _Ass
     action, observed = outcome.action, outcome.after
     if outcome.failure is not None:
         return _Assessment(False, outcome.failure.reason, outcome.failure.message, "BackOff" if record.next_retry_at else "Failed")
+    decided = outcome.placement
+    if decided is not None and decided.placement is Placement.hosted:
+        return _Assessment(True, decided.reason, decided.message, "Hosted")
+    if outcome.verdict is not None and outcome.verdict.decision is Decision.needs_approval:
+        return _Assessment(False, "PendingApproval", "; ".join(str(r) for r in outcome.verdict.reasons), "PendingApproval")
     if outcome.verdict is not None and not outcome.verdict.approved:
         return _Assessment(False, "PolicyDenied", "; ".join(str(r) for r in outcome.verdict.reasons), "Denied")
+    if decided is not None and decided.provider is not None and decided.placement is Placement.unavailable:
+        return _Assessment(False, decided.reason, decided.message, "Blocked")  # the fallback was weighed: say why not
     if observed is not None and observed.state is ProcessState.running and observed.record is not None:
         return _running(record, outcome, observed.record.pid)
     if action.blocked is not None:
@@ -168,13 +177,17 @@ def _render(record: ResourceRecord, outcome: PassOutcome, assessment: _Assessmen
     action, observed = outcome.action, outcome.after
     pid = observed.running_pid if observed else None
     placement = None
-    if record.kind == "Workload":
+    if outcome.placement is not None and outcome.placement.placement is not Placement.local:
+        placement = outcome.placement.placement
+    elif record.kind == "Workload":
         cannot_run = assessment.phase in ("Denied", "Blocked") or (pid is None and (outcome.failure or record.last_failure))
         placement = Placement.unavailable if cannot_run else Placement.local
     phase = "Orphaned" if action.orphaned else assessment.phase
     running = observed.record if pid and observed else None
     image = running.launch if running and isinstance(running.launch, ContainerLaunch) else None
     endpoint = outcome.rendered.endpoint
+    if placement is Placement.hosted and outcome.placement is not None:
+        endpoint = outcome.placement.endpoint
     return ResourceStatus(
         kind=record.kind,
         name=record.name,

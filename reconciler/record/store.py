@@ -36,6 +36,7 @@ class ResourceRecord(BaseModel):
     last_failure: FailureInfo | None = None
     health: HealthState | None = None
     last_decision: str | None = None  # so a refusal repeated by every resync is recorded once
+    decision_record_digest: str | None = None  # the Runtime Decision Record last put in evidence
 
     @property
     def key(self) -> ResourceKey:

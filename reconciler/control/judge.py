@@ -1,0 +1,97 @@
+"""Gate and placement for one planned action: the facts the gate needs are observed here, then judged.
+
+A start is judged with its executables' digests, the person's approval and the memory it commits; what
+runs is judged again against the policy in force (a tightened policy stops it); a workload this host
+cannot run is placed elsewhere or nowhere, before anything is started or fetched.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+from reconciler.api.approval import Approval
+from reconciler.api.kinds import Workload
+from reconciler.api.policy import Policy
+from reconciler.api.status import Placement
+from reconciler.control.placement import SecretFacts, consent_verdict, local_blocker, place
+from reconciler.control.workloads import WorkloadRenderer
+from reconciler.diff.engines import Rendered
+from reconciler.diff.plan import Action, Inputs, Verb
+from reconciler.gate.placement import PlacementDecision
+from reconciler.gate.verdict import (DEFAULT_POLICY, POLICY_DENIED, Decision, Facts, Reason, Verdict, decide,
+                                     running_denial)
+from reconciler.load.desired import DesiredState
+from reconciler.observe.host import file_sha256
+from reconciler.observe.processes import ProcessState
+from reconciler.record.approvals import ApprovalStore
+from reconciler.record.store import ResourceRecord
+
+
+@dataclass(frozen=True)
+class Judged:
+    action: Action
+    verdict: Verdict | None
+    placement: PlacementDecision | None = None
+    secret: SecretFacts | None = None
+
+
+class Judge:
+    def __init__(self, workloads: WorkloadRenderer, approvals: ApprovalStore) -> None:
+        self.workloads = workloads
+        self.approvals = approvals
+
+    def judge(self, desired: DesiredState, policy: Policy | None, inputs: Inputs, action: Action, rendered: Rendered) -> Judged:
+        entry, record, process = inputs.desired, inputs.record, inputs.process
+        workload = entry.resource if entry is not None and isinstance(entry.resource, Workload) else None
+        approval = self.approvals.get(workload.name) if workload is not None else None
+        placement = secret = None
+        if workload is not None and entry is not None and process is not None:
+            running = process.state is ProcessState.running
+            blocker = None if running else local_blocker(
+                rendered, self.workloads.commitment(desired, workload), self.workloads.memory_total,
+                policy.spec if policy else DEFAULT_POLICY)
+            placement, secret = place(workload, entry.spec_hash, blocker, policy, approval)
+            if placement.placement is not Placement.local and action.verb in (Verb.create, Verb.recreate):
+                action = Action(action.key, Verb.none, placement.message, action.generation, blocked=blocker)
+        verdict = None
+        if action.changes_something:
+            starts = action.verb in (Verb.create, Verb.recreate) and workload is not None and entry is not None
+            verdict = decide(action, policy, self._facts(desired, rendered, workload, entry.spec_hash, approval, policy)
+                             if starts else Facts())
+        elif placement is not None and entry is not None:
+            verdict = consent_verdict(placement, approval, entry.spec_hash)
+        if process is not None and record is not None and (verdict is None or not verdict.approved):
+            action, verdict = self._tightened(action, verdict, policy, process, record)
+        return Judged(action, verdict, placement, secret)
+
+    def _facts(self, desired: DesiredState, rendered: Rendered, workload: Workload, spec_hash: str,
+               approval: Approval | None, policy: Policy | None) -> Facts:
+        launch = rendered.launch
+        executables = (launch.executable, os.path.realpath(launch.executable)) if launch and launch.executable else ()
+        return Facts(executables, self.workloads.check_executables(rendered, workload), _pinned_digests(policy, executables),
+                     spec_hash, approval, self.workloads.memory_use(desired, workload))
+
+    def _tightened(self, action: Action, verdict: Verdict | None, policy: Policy | None,
+                   process, record: ResourceRecord) -> tuple[Action, Verdict | None]:
+        """A running workload that the policy in force refuses now (it was tightened) is stopped, with the reason."""
+        running = process.record
+        if process.state is not ProcessState.running or running is None or action.verb is Verb.stop or action.orphaned:
+            return action, verdict  # an orphan is out of the desired state on purpose: what governs it left with it
+        executable = running.launch.executable
+        executables = (executable, os.path.realpath(executable)) if executable else ()
+        reasons = running_denial(running.launch, policy, Facts(executables, digests=_pinned_digests(policy, executables)))
+        if not reasons:
+            return action, verdict
+        source = f"Policy/{policy.name}" if policy else "the default policy"
+        cause = f"stopped: {source} no longer allows what runs: " + "; ".join(str(reason) for reason in reasons)
+        stop = replace(Action(action.key, Verb.stop, cause, action.generation or record.generation), failure_reason=POLICY_DENIED)
+        return stop, Verdict(Decision.approve, (Reason("policy.tightened", cause),))
+
+
+def _pinned_digests(policy: Policy | None, executables: tuple[str, ...]) -> dict[str, str]:
+    """SHA-256 of the resolved executable, only when the policy pins some executable (hashing is not free)."""
+    if not executables or policy is None or not any(entry.sha256 for entry in policy.spec.native.trusted_executables):
+        return {}
+    digest = file_sha256(executables[-1])
+    return {executables[-1]: digest} if digest else {}

@@ -1,0 +1,107 @@
+"""Where each workload runs (local, hosted, unavailable) and its Runtime Decision Record.
+
+Observation (whether a secret reference resolves, the host profile) happens here; the decisions are the
+pure `decide_placement` and `runtime_decision_record`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reconciler.api.approval import Answer, Approval
+from reconciler.api.fallback import SecretRef
+from reconciler.api.host import HostProfile, host_summary
+from reconciler.api.kinds import Workload
+from reconciler.api.policy import Policy, PolicySpec
+from reconciler.api.status import Placement
+from reconciler.diff.engines import Blocked, Rendered
+from reconciler.gate.placement import PlacementDecision, decide_placement
+from reconciler.gate.resources import budget, gib
+from reconciler.gate.verdict import DEFAULT_POLICY, Decision, Reason, Verdict
+from reconciler.record.decision_record import DecisionInputs, runtime_decision_record
+
+# What no waiting fixes: this host lacks the device, the engine or the memory (a busy GPU or a missing model
+# file is waited for, or fetched, locally: never a reason to send data elsewhere).
+CAPABILITY_BLOCKS = frozenset({"NoCompatibleGPU", "InsufficientGPUMemory", "EngineNotInstalled", "InsufficientMemory"})
+
+
+@dataclass(frozen=True)
+class SecretFacts:
+    resolves: bool
+    file_mode: int | None = None
+
+
+def secret_facts(reference: SecretRef) -> SecretFacts:
+    """Whether a key reference resolves, without reading the key: the reconciler never holds its value."""
+    if reference.env is not None:
+        return SecretFacts(bool(os.environ.get(reference.env)))
+    assert reference.file is not None
+    try:
+        found = os.stat(reference.file)
+    except OSError:
+        return SecretFacts(False)
+    return SecretFacts(stat.S_ISREG(found.st_mode) and found.st_size > 0, stat.S_IMODE(found.st_mode))
+
+
+def local_blocker(rendered: Rendered, commitment: tuple[int, str], memory_total: int, rules: PolicySpec) -> Blocked | None:
+    """Why this host cannot run the workload at all, if it cannot."""
+    if rendered.blocked is not None and rendered.blocked.reason in CAPABILITY_BLOCKS:
+        return rendered.blocked
+    wanted, what = commitment
+    limit = budget(memory_total, rules.resources)
+    if memory_total and not rules.resources.overcommit and wanted > limit:
+        return Blocked("InsufficientMemory", f"{what}; this host lets workloads commit {gib(limit)} "
+                                             f"({gib(memory_total)} RAM less the policy's reserve)")
+    return None
+
+
+def place(
+    workload: Workload, spec_hash: str, blocker: Blocked | None, policy: Policy | None, approval: Approval | None
+) -> tuple[PlacementDecision, SecretFacts | None]:
+    fallback = workload.spec.fallback
+    secret = secret_facts(fallback.api_key) if fallback is not None else None
+    consented = approval is not None and approval.covers(spec_hash) and approval.answer is Answer.approve
+    decision = decide_placement(
+        fallback, blocker, (policy.spec if policy else DEFAULT_POLICY).hosted, workload=workload.name,
+        consent_approved=consented, secret_resolves=secret.resolves if secret else None,
+        policy_source=f"Policy/{policy.name}" if policy else "default policy",
+    )
+    return decision, secret
+
+
+def consent_verdict(decision: PlacementDecision, approval: Approval | None, spec_hash: str) -> Verdict | None:
+    """Hosting that waits only for a person: pending, or refused when the person said no to this spec."""
+    if not decision.needs_consent:
+        return None
+    if approval is not None and approval.covers(spec_hash) and approval.answer is Answer.deny:
+        return Verdict(Decision.deny, (Reason("hosted.consent", f"hosted fallback {approval.describe()}"),))
+    return Verdict(Decision.needs_approval, decision.reasons[1:])
+
+
+def workload_decision_record(
+    workload: Workload, decision: PlacementDecision, secret: SecretFacts | None, policy: Policy | None,
+    profile: HostProfile | None, model: tuple[str, str, int | None] | None, *, channel: str, state_dir: Path,
+    evidence_file: Path, log_file: str | None, endpoint: str | None, consented: bool,
+) -> dict[str, Any]:
+    """`model`: (name, path, bytes on disk) of the model it serves."""
+    spec = workload.spec
+    rules = policy.spec if policy else DEFAULT_POLICY
+    total = profile.memory.total if profile else 0
+    return runtime_decision_record(DecisionInputs(
+        workload=workload.name, runtime=spec.runtime.value,
+        engine=spec.image if spec.image else spec.engine.value,
+        host_summary=host_summary(profile) if profile else "not observed",
+        placement=decision, update_channel=channel, state_dir=str(state_dir), evidence_file=str(evidence_file),
+        log_file=log_file, endpoint=endpoint if decision.placement is Placement.local else None,
+        gpus_wanted=spec.resources.gpus.wanted, gpu_min_memory_bytes=spec.resources.gpus.min_memory,
+        model_name=model[0] if model else None, model_path=model[1] if model else None,
+        model_bytes=model[2] if model else None, memory_limit_bytes=spec.resources.memory,
+        memory_budget_bytes=budget(total, rules.resources) if total else None,
+        fallback=spec.fallback, hosted=rules.hosted, policy_source=f"Policy/{policy.name}" if policy else "default policy",
+        consent_approved=consented, secret_resolves=secret.resolves if secret else None,
+        secret_file_mode=secret.file_mode if secret else None,
+    ))
