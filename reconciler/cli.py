@@ -276,7 +276,7 @@ def _answer(name: str, path: Path, state_dir: Path | None, spec_hash: str | None
     who = os.environ.get("SUDO_USER") or getpass.getuser()
     ApprovalStore(state_dir or default_state_dir(path)).put(
         Approval(name=key.name, spec_hash=entry.spec_hash, answer=answer, by=who, at=datetime.now(timezone.utc)))
-    click.echo(f"{key}: spec {entry.spec_hash[:12]} {answer.value}d by {who}; a running daemon acts on it now, "
+    click.echo(f"{key}: spec {entry.spec_hash[:12]} {answer.past} by {who}; a running daemon acts on it now, "
                "otherwise the next `reconciler apply` does")
 
 

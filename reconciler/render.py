@@ -33,6 +33,8 @@ def plan_rows(plans: list[Planned]) -> list[dict[str, Any]]:
             "reasons": [str(reason) for reason in verdict.reasons] if verdict else [],
             "auditedDenials": [str(reason) for reason in verdict.audited] if verdict else [],
             "specHash": planned.inputs.desired.spec_hash if planned.inputs.desired else None,
+            "placement": planned.placement.placement.value if planned.placement else None,
+            "placementMessage": planned.placement.message if planned.placement else None,
             "command": list(action.launch.argv) if action.launch and action.changes_something else None,
         })
     return rows
@@ -42,6 +44,8 @@ def plan_table(rows: list[dict[str, Any]]) -> str:
     body = []
     for row in rows:
         cause = row["cause"]
+        if row["placement"] not in (None, "local"):
+            cause = f"placement {row['placement']}: {row['placementMessage']}"
         if row["decision"] and row["decision"] != "approve":
             cause += " [" + "; ".join(row["reasons"]) + "]"
         if row["auditedDenials"]:

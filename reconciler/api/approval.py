@@ -12,6 +12,10 @@ class Answer(str, Enum):
     approve = "approve"
     deny = "deny"
 
+    @property
+    def past(self) -> str:
+        return {"approve": "approved", "deny": "denied"}[self.value]
+
 
 class Approval(Report):
     name: str  # the Workload's
@@ -24,4 +28,4 @@ class Approval(Report):
         return spec_hash is not None and self.spec_hash == spec_hash
 
     def describe(self) -> str:
-        return f"{self.answer.value}d by {self.by} at {self.at.isoformat(timespec='seconds')}"
+        return f"{self.answer.past} by {self.by} at {self.at.isoformat(timespec='seconds')}"
