@@ -648,3 +648,29 @@ def test_an_http_or_tcp_check_without_any_port_is_rejected_at_load() -> None:
     with pytest.raises(ValidationError, match="needs a port: set spec.port or the check's own port"):
         spec(command=["srv"], health={"http": {"path": "/"}})
     assert spec(command=["srv"], health={"tcp": {"port": 9000}}).health is not None
+
+
+class TestSharedGpus:
+    """A GPU is shared only between workloads that both ask to, and only while their memory fits it."""
+
+    def test_a_shareable_request_joins_a_sharer_while_memory_fits(self) -> None:
+        shared = {0: (("Workload/a", 30 * GiB),)}
+        assert assign_gpus(request(count=1, minMemory="40Gi", shareable=True), gpus(80), {}, shared=shared) == (0,)
+
+    def test_a_shareable_request_that_would_overfill_the_gpu_waits(self) -> None:
+        shared = {0: (("Workload/a", 50 * GiB),)}
+        why = blocked(assign_gpus(request(count=1, minMemory="40Gi", shareable=True), gpus(80), {}, shared=shared))
+        assert why.reason == "InsufficientGPUs" and "Workload/a (sharing it, 50Gi of 80Gi in use)" in why.message
+
+    def test_an_exclusive_request_never_joins_sharers(self) -> None:
+        shared = {0: (("Workload/a", 1 * GiB),)}
+        assert blocked(assign_gpus(request(count=1), gpus(80), {}, shared=shared)).reason == "InsufficientGPUs"
+        assert assign_gpus(request(count=1), gpus(80, 80), {}, shared=shared) == (1,)
+
+    def test_a_shareable_request_never_joins_an_exclusive_holder(self) -> None:
+        why = blocked(assign_gpus(request(indices=[0], minMemory="1Gi", shareable=True), gpus(80), {0: "Workload/x"}))
+        assert why.reason == "GPUInUse"
+
+    def test_sharing_needs_the_memory_each_sharer_uses(self) -> None:
+        with pytest.raises(ValueError, match="shareable GPU request needs minMemory"):
+            request(count=1, shareable=True)

@@ -210,3 +210,26 @@ def test_the_host_profile_is_published_and_cited_by_decisions(workspace: Workspa
     assert shown["cpu"]["logicalCores"] == psutil.cpu_count() and "reason" in shown["gpus"]
     workspace.cli("apply")
     assert (workspace.desired / "host-profile.status.yaml").exists(), "not swept as an orphan status file"
+
+
+def test_shareable_workloads_share_a_gpu_only_when_the_policy_allows_and_memory_fits(workspace: Workspace, tmp_path: Path) -> None:
+    inventory = tmp_path / "gpus.json"
+    inventory.write_text(json.dumps([{"index": 0, "name": "NVIDIA Fake 80GB", "memoryTotal": 80 * 2 ** 30}]))
+    env = {**os.environ, "RECONCILER_FAKE_GPUS": str(inventory)}
+    share = {"gpus": {"count": 1, "minMemory": "30Gi", "shareable": True}}
+    for name in ("a", "b", "c"):
+        workspace.write(f"{name}.yaml", workload_yaml(name, resources=share))
+    workspace.cli("apply", env=env)
+    first = [name for name in "abc" if workspace.pid(f"{name}.yaml", name)]
+    assert len(first) == 1, "GPUs stay exclusive unless the policy allows sharing"
+    waiting = [workspace.condition(f"{name}.yaml", name) for name in "abc" if name not in first]
+    assert all(ready["reason"] == "InsufficientGPUs" for ready in waiting), waiting
+
+    workspace.write("policy.yaml", policy_yaml(resources={"gpuSharing": True}))
+    workspace.cli("apply", env=env)
+    running = [name for name in "abc" if workspace.pid(f"{name}.yaml", name)]
+    assert len(running) == 2, "two of 30Gi fit the 80Gi GPU; a third would not"
+    assert all(workspace.resource_status(f"{name}.yaml", name)["gpus"] == [0] for name in running)
+    (waiting,) = set("abc") - set(running)
+    ready = workspace.condition(f"{waiting}.yaml", waiting)
+    assert ready["reason"] == "InsufficientGPUs" and "sharing it, 60Gi of 80Gi in use" in ready["message"]

@@ -109,6 +109,9 @@ class ResourcePolicy(Spec):
                     "together must fit in the rest.",
     )
     overcommit: bool = Field(False, description="Whether starts may commit more memory than that.")
+    gpu_sharing: bool = Field(
+        False, description="Whether workloads marked shareable may share a GPU (each declares the GPU memory it uses); "
+                           "otherwise every GPU is assigned to one workload.")
 
 
 class ApprovalKind(str, Enum):

@@ -60,9 +60,15 @@ class GpuRequest(Spec):
     count: int = Field(0, ge=0, le=64)
     indices: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="Exactly these GPUs (NVML indices).")
     min_memory: ByteQuantity | None = Field(None, description="Each assigned GPU must have at least this much memory.")
+    shareable: bool = Field(
+        False, description="May share its GPUs with other shareable workloads (if the Policy allows sharing): "
+                           "then minMemory is what it uses on each, and all sharers together must fit each GPU.",
+    )
 
     @model_validator(mode="after")
     def _count_matches_indices(self) -> "GpuRequest":
+        if self.shareable and self.min_memory is None:
+            raise ValueError("a shareable GPU request needs minMemory: the memory it uses on each GPU, so sharers can be fitted")
         if self.indices is not None and len(set(self.indices)) != len(self.indices):
             raise ValueError(f"indices {self.indices} name a GPU twice")
         if self.indices is not None and self.count not in (0, len(self.indices)):

@@ -192,7 +192,9 @@ class Reconciler:
             process = self.drivers.observe(key.name, _maybe_container(entry, record))
             if entry is not None:
                 assert isinstance(entry.resource, Workload)
-                rendered = self.workloads.render(desired, self._remembered, entry.resource, entry.file, process)
+                policy = self._policy_in_force(desired)
+                sharing = policy is not None and policy.spec.resources.gpu_sharing
+                rendered = self.workloads.render(desired, self._remembered, entry.resource, entry.file, process, sharing)
                 if record is not None:
                     record = note_observations(record, next_generation(record, entry), process.exit, entry.resource)
                     if probe:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from reconciler.api.kinds import KINDS, Model, Runtime, Workload
+from reconciler.api.kinds import KINDS, Model, Runtime, Workload, WorkloadSpec
 from reconciler.api.launch import BindMount, ContainerLaunch
 from reconciler.api.meta import ResourceKey
 from reconciler.diff.containers import check_address, container_endpoint, render_container
@@ -57,8 +57,9 @@ class WorkloadRenderer:
 
     def render(
         self, desired: DesiredState, remembered: Callable[[ResourceKey], ResourceRecord | None], workload: Workload,
-        file: str, process: ProcessObservation,
+        file: str, process: ProcessObservation, gpu_sharing: bool = False,
     ) -> Rendered:
+        """`gpu_sharing`: the policy lets shareable workloads share a GPU; otherwise every GPU is exclusive."""
         spec = workload.spec
         container = spec.runtime is Runtime.container
         check = engine_check(spec, self.facts)  # kept even when a start is blocked
@@ -68,8 +69,9 @@ class WorkloadRenderer:
             return Rendered(blocked=why, check=check, endpoint=endpoint)
 
         current = process.record.launch.gpus if process.record else ()
-        taken = self._gpus_held(workload.name, remembered) if spec.resources.gpus.wanted else {}
-        gpus = assign_gpus(spec.resources.gpus, self.inventory, taken, current)  # device capability first
+        request = spec.resources.gpus if gpu_sharing else spec.resources.gpus.model_copy(update={"shareable": False})
+        taken, shared = self._gpus_held(workload.name, desired, remembered, gpu_sharing) if request.wanted else ({}, {})
+        gpus = assign_gpus(request, self.inventory, taken, current, shared)  # device capability first
         if isinstance(gpus, Blocked):
             return blocked(gpus)
         if container:
@@ -175,16 +177,27 @@ class WorkloadRenderer:
         assert isinstance(model, Model)
         return model, observe_model((self.root / file).parent / model.spec.source)
 
-    def _gpus_held(self, name: str, remembered: Callable[[ResourceKey], ResourceRecord | None]) -> dict[int, str]:
-        """GPUs of every other workload's run: running, or ended and waiting out its back-off to start again."""
+    def _gpus_held(
+        self, name: str, desired: DesiredState, remembered: Callable[[ResourceKey], ResourceRecord | None], sharing: bool
+    ) -> tuple[dict[int, str], dict[int, tuple[tuple[str, int], ...]]]:
+        """GPUs of every other workload's run (running, or ended and waiting out its back-off to start again):
+        held exclusively, or shared with the memory each sharer declared."""
         taken: dict[int, str] = {}
+        shared: dict[int, tuple[tuple[str, int], ...]] = {}
         for other in self.driver.owned_names():
             observed = self.driver.observe(other) if other != name else None
             if observed is None or observed.record is None:
                 continue
-            if observed.state is not ProcessState.running:
-                record = remembered(ResourceKey("Workload", other))
-                if record is None or record.next_retry_at is None:
-                    continue  # ended for good: its restart policy will not start it again
-            taken |= {gpu: f"Workload/{other}" for gpu in observed.record.launch.gpus}
-        return taken
+            key = ResourceKey("Workload", other)
+            record = remembered(key)
+            if observed.state is not ProcessState.running and (record is None or record.next_retry_at is None):
+                continue  # ended for good: its restart policy will not start it again
+            entry = desired.resources.get(key)
+            spec = entry.resource.spec if entry else Workload.model_validate(record.resource).spec if record else None
+            request = spec.resources.gpus if isinstance(spec, WorkloadSpec) else None
+            for gpu in observed.record.launch.gpus:
+                if sharing and request is not None and request.shareable and request.min_memory:
+                    shared[gpu] = (*shared.get(gpu, ()), (f"Workload/{other}", request.min_memory))
+                else:
+                    taken[gpu] = f"Workload/{other}"
+        return taken, shared

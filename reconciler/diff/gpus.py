@@ -1,6 +1,8 @@
-"""Which GPUs a workload gets: explicit, exclusive, and fitted to memory. Pure."""
+"""Which GPUs a workload gets: explicit, exclusive unless shareable, and fitted to memory. Pure."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from reconciler.api.quantity import format_bytes
 from reconciler.api.workload import GpuRequest
@@ -9,10 +11,13 @@ from reconciler.observe.gpus import GpuInventory
 
 
 def assign_gpus(
-    request: GpuRequest, inventory: GpuInventory, taken: dict[int, str], current: tuple[int, ...] = ()
+    request: GpuRequest, inventory: GpuInventory, taken: Mapping[int, str], current: tuple[int, ...] = (),
+    shared: Mapping[int, tuple[tuple[str, int], ...]] | None = None,
 ) -> tuple[int, ...] | Blocked:
-    """GPUs for one workload. `taken` maps GPUs held by other workloads to their names; `current`
-    are the ones this workload runs on now, kept when they still fit so a pass does not reshuffle them."""
+    """GPUs for one workload. `taken` maps GPUs held exclusively by other workloads to their names, `shared`
+    those held by shareable ones to (name, memory it uses); `current` are the ones this workload runs on now,
+    kept when they still fit so a pass does not reshuffle them."""
+    taken = _unavailable(request, inventory, taken, shared or {})
     wanted = request.wanted
     if wanted == 0:
         return ()
@@ -45,3 +50,20 @@ def assign_gpus(
         return Blocked("InsufficientGPUs", f"needs {wanted} GPU(s){memory}; {len(fits)} fit, in use by {holders}: "
                                            "stop one of those, or ask for fewer")
     return tuple(sorted(chosen))
+
+
+def _unavailable(
+    request: GpuRequest, inventory: GpuInventory, taken: Mapping[int, str], shared: Mapping[int, tuple[tuple[str, int], ...]]
+) -> dict[int, str]:
+    """GPUs this request cannot have, with who holds them: a shared GPU is open only to another shareable
+    request, and only while everyone's memory still fits it."""
+    busy = dict(taken)
+    for gpu in inventory.gpus:
+        sharers = shared.get(gpu.index, ())
+        if not sharers or gpu.index in busy:
+            continue
+        used = sum(memory for _, memory in sharers)
+        if not request.shareable or used + (request.min_memory or 0) > gpu.memory_total:
+            names = ", ".join(name for name, _ in sharers)
+            busy[gpu.index] = f"{names} (sharing it, {format_bytes(used)} of {format_bytes(gpu.memory_total)} in use)"
+    return busy
