@@ -52,7 +52,7 @@ def test_a_change_that_needs_a_person_waits_until_its_exact_spec_is_approved(wor
     assert workspace.cli("deny", "web").returncode == 0
     workspace.cli("apply")
     assert workspace.condition("web.yaml", "web", "PolicyApproved")["reason"] == "Denied"
-    assert "AnyChange: denied by" in workspace.condition("web.yaml", "web", "PolicyApproved")["message"]
+    assert "approvals.answer: this spec was denied by" in workspace.condition("web.yaml", "web", "PolicyApproved")["message"]
 
 
 def test_an_approval_reaches_a_running_daemon_at_once(workspace: Workspace) -> None:

@@ -144,6 +144,9 @@ EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 Executable = Annotated[str, Field(min_length=1)]
 
 
+_BIND_FLAGS = frozenset({"--host", "--port"})
+
+
 class WorkloadSpec(Spec):
     runtime: Runtime = Runtime.native
     engine: Engine = Engine.process
@@ -240,6 +243,10 @@ class WorkloadSpec(Spec):
             return self
         if self.command is not None:
             raise ValueError(f"engine {self.engine.value!r} renders its own command: put extra flags in spec.args")
+        bind = next((arg for arg in self.args if arg.split("=", 1)[0] in _BIND_FLAGS), None)
+        if bind is not None:  # a later flag wins in every engine: it would move the server past what the gate judged
+            raise ValueError(f"spec.args may not set {bind.split('=', 1)[0]}: where an engine listens is spec.host and "
+                             "spec.port, which the policy judges")
         if self.model is None or self.port is None:
             raise ValueError(f"engine {self.engine.value!r} needs spec.model and spec.port")
         other = "vllm" if self.engine is Engine.llama_cpp else "llama_cpp"

@@ -69,7 +69,8 @@ class Judge:
                approval: Approval | None, policy: Policy | None) -> Facts:
         launch = rendered.launch
         executables = (launch.executable, os.path.realpath(launch.executable)) if launch and launch.executable else ()
-        return Facts(executables, self.workloads.check_executables(rendered, workload), _pinned_digests(policy, executables),
+        checks = self.workloads.check_executables(rendered, workload)
+        return Facts(executables, checks, _pinned_digests(policy, executables, checks),
                      spec_hash, approval, self.workloads.memory_use(desired, workload))
 
     def _tightened(self, action: Action, verdict: Verdict | None, policy: Policy | None,
@@ -89,9 +90,10 @@ class Judge:
         return stop, Verdict(Decision.approve, (Reason("policy.tightened", cause),))
 
 
-def _pinned_digests(policy: Policy | None, executables: tuple[str, ...]) -> dict[str, str]:
-    """SHA-256 of the resolved executable, only when the policy pins some executable (hashing is not free)."""
-    if not executables or policy is None or not any(entry.sha256 for entry in policy.spec.native.trusted_executables):
+def _pinned_digests(policy: Policy | None, *programs: tuple[str, ...]) -> dict[str, str]:
+    """SHA-256 of each program's resolved file (the last of its names), only when the policy pins some
+    executable: hashing is not free."""
+    if policy is None or not any(entry.sha256 for entry in policy.spec.native.trusted_executables):
         return {}
-    digest = file_sha256(executables[-1])
-    return {executables[-1]: digest} if digest else {}
+    resolved = {names[-1] for names in programs if names and names[-1].startswith("/")}
+    return {path: digest for path in resolved if (digest := file_sha256(path))}

@@ -9,6 +9,7 @@ from reconciler.api.policy import ApprovalKind
 from reconciler.gate.network import is_loopback
 
 RULE = "approvals.required"
+ANSWER_RULE = "approvals.answer"  # a person's deny, which holds whatever the policy requires
 
 
 def kinds_of(launch: LaunchSpec | ContainerLaunch, engine_trusted: bool) -> set[ApprovalKind]:
@@ -37,6 +38,6 @@ def approval_answer(
         return approval.answer, f"{what}: {approval.describe()} for spec {approval.spec_hash[:12]}"
     ask = f"run `reconciler approve {name} --spec-hash {spec_hash[:12]}` (or `reconciler deny`)" if spec_hash else \
         f"approve {name} once its spec is known"
-    stale = (f"; the {approval.answer.value} by {approval.by} was for spec {approval.spec_hash[:12]}, "
-             "and the spec has changed since") if approval is not None else ""
+    stale = (f"; the answer ({approval.describe()}) was for spec {approval.spec_hash[:12]}, and the spec has "
+             "changed since") if approval is not None and spec_hash is not None else ""
     return None, f"{what} needs a person's approval: {ask}{stale}"

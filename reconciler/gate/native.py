@@ -21,27 +21,44 @@ def native_trust(
     if engine != "process" and not launch.executable_from_spec and engine in {e.value for e in rules.trusted_engines}:
         return "native.trustedEngines", f"engine {engine} is trusted by {source}", True
     names = (launch.command[0], *executables)
-    matching = [entry for entry in rules.trusted_executables if entry.executable in {*as_written(launch), *executables}]
-    if not matching:
+    trusted, message = _trusted(names, (*as_written(launch), *executables), executables, rules, digests, source)
+    if trusted is None:
         return TRUST_RULE, untrusted(names, "native executable", source, has_policy), False
+    return TRUST_RULE, message, trusted
+
+
+def _trusted(
+    names: tuple[str, ...], candidates: tuple[str, ...], executables: tuple[str, ...], rules: NativePolicy,
+    digests: Mapping[str, str], source: str,
+) -> tuple[bool | None, str]:
+    """(None: no entry names it | whether it is trusted, why). A pin governs whatever else names the file:
+    an unpinned entry never overrides one."""
+    matching = [entry for entry in rules.trusted_executables if entry.executable in candidates]
+    if not matching:
+        return None, ""
     pinned = [entry for entry in matching if entry.sha256 is not None]
     if not pinned:
-        return TRUST_RULE, f"{shown(names)} is trusted by {source}", True
-    resolved = executables[-1] if executables else None
-    actual = digests.get(resolved) if resolved else None
+        return True, f"{shown(names)} is trusted by {source}"
+    actual = digests.get(executables[-1]) if executables else None
     if actual is not None and any(entry.sha256 == actual for entry in pinned):
-        return TRUST_RULE, f"{shown(names)} is trusted by {source} (sha256 {actual[:12]}… matches its pin)", True
+        return True, f"{shown(names)} is trusted by {source} (sha256 {actual[:12]}… matches its pin)"
     found = f"has sha256 {actual}" if actual else "could not be read to check its sha256"
-    return TRUST_RULE, (f"{shown(names)} {found}, not the pinned {pinned[0].sha256} of {source}: the file changed "
-                        "since it was trusted; pin the new digest if the change is yours"), False
+    return False, (f"{shown(names)} {found}, not the pinned {pinned[0].sha256} of {source}: the file changed "
+                   "since it was trusted; pin the new digest if the change is yours")
 
 
-def check_trust(check_executables: tuple[str, ...], rules: NativePolicy, source: str, has_policy: bool) -> str | None:
-    """Why an exec health check's program may not run, if it may not: it must be trusted like a command."""
-    trusted = {entry.executable for entry in rules.trusted_executables}
-    if not check_executables or set(check_executables) & trusted:
+def check_trust(
+    check_executables: tuple[str, ...], rules: NativePolicy, source: str, has_policy: bool, digests: Mapping[str, str]
+) -> str | None:
+    """Why an exec health check's program may not run, if it may not: it must be trusted (and pinned) like a command.
+    `check_executables`: its command[0] as written (when it counts), then as found and resolved."""
+    if not check_executables:
         return None
-    return untrusted(check_executables, "health check program", source, has_policy)
+    found = tuple(name for name in check_executables if name.startswith("/"))
+    trusted, message = _trusted(check_executables, check_executables, found, rules, digests, source)
+    if trusted is None:
+        return untrusted(check_executables, "health check program", source, has_policy)
+    return None if trusted else message
 
 
 def as_written(launch: LaunchSpec) -> tuple[str, ...]:

@@ -69,11 +69,13 @@ def decide(action: Action, policy: Policy | None, facts: Facts = NO_FACTS) -> Ve
         overcommit = resources.memory_problem(facts.memory, spec.resources, source)
         if overcommit:
             problems.append(Reason(resources.RULE, overcommit))
+    approval = facts.approval if facts.approval is not None and facts.approval.name == action.key.name else None
+    if approval is not None and approval.covers(facts.spec_hash) and approval.answer is Answer.deny:
+        # a person's refusal stands in every mode, whether or not the policy asked for an answer
+        return Verdict(Decision.deny, (Reason(approvals.ANSWER_RULE, f"this spec was {approval.describe()}"), *problems))
     needed = [kind for kind in approvals.kinds_of(action.launch, engine_trusted) if kind in spec.approvals.required]
-    answer, why = approvals.approval_answer(action.key.name, sorted(needed), facts.approval, facts.spec_hash) \
+    answer, why = approvals.approval_answer(action.key.name, sorted(needed), approval, facts.spec_hash) \
         if needed else (None, "")
-    if answer is Answer.deny:  # a person's refusal stands in every mode
-        return Verdict(Decision.deny, (Reason(approvals.RULE, why), *problems))
     if needed and answer is Answer.approve:
         granted.append(Reason(approvals.RULE, why))
     waiting = (Reason(approvals.RULE, why),) if needed and answer is None else ()
@@ -109,7 +111,7 @@ def _judge(
         return [Reason("containers.images", f"image {launch.image} is allowed by {source}")], problems, False
     rule, message, trusted = native.native_trust(launch, spec.native, source, has_policy, facts.executables, facts.digests)
     granted, problems = ([Reason(rule, message)], []) if trusted else ([], [Reason(rule, message)])
-    check = native.check_trust(facts.check_executables, spec.native, source, has_policy)
+    check = native.check_trust(facts.check_executables, spec.native, source, has_policy, facts.digests)
     if check:
         problems.append(Reason(native.TRUST_RULE, check))
     if launch.listen is not None:
