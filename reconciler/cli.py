@@ -3,9 +3,9 @@ schemas."""
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import os
+import pwd
 import signal
 import sys
 import threading
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from reconciler import inspect
+from reconciler import cli_models, inspect
 from reconciler.api.approval import Answer, Approval
 from reconciler.api.kinds import KINDS, Workload
 from reconciler.api.meta import ResourceKey
@@ -130,8 +130,11 @@ def apply(path: Path, state_dir: Path | None, wait: bool, timeout: float, min_re
         reconciler.adopt()
         deadline = time.monotonic() + timeout
         while True:
+            keys = reconciler.keys()
             with ThreadPoolExecutor(APPLY_WORKERS) as pool:  # as the daemon's workers: never one key twice at once
-                list(pool.map(reconciler.reconcile, reconciler.keys()))
+                # models first: a workload starts in this pass on the model fetched in it
+                list(pool.map(reconciler.reconcile, [key for key in keys if key.kind != "Workload"]))
+                list(pool.map(reconciler.reconcile, [key for key in keys if key.kind == "Workload"]))
             pending, failed = _readiness(reconciler, min_ready_seconds)
             if not wait or not pending:
                 break
@@ -241,14 +244,46 @@ def host(path: Path, state_dir: Path | None, output: str) -> None:
     click.echo(host_table(profile) if output == "table" else dump(profile.model_dump(mode="json", by_alias=True), output))
 
 
+hosted_option = click.option("--hosted", is_flag=True,
+                             help="Answer about sending it to its hosted fallback, not about a local start.")
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def models(context: click.Context) -> None:
+    """The model cache: `models [list PATH]` shows entries, sizes and the Models that use them; `models gc`."""
+    if context.invoked_subcommand is None:
+        path = Path("desired-state")
+        cli_models.list_cache(path, default_state_dir(path))
+
+
+@models.command(name="list")
+@path_argument
+@state_option
+def list_models(path: Path, state_dir: Path | None) -> None:
+    """Cache entries, their sizes, and the Models that name them."""
+    cli_models.list_cache(path, state_dir or default_state_dir(path))
+
+
+@models.command()
+@path_argument
+@state_option
+@click.option("--yes", is_flag=True, help="Remove them; without it, only say what would be removed.")
+def gc(path: Path, state_dir: Path | None, yes: bool) -> None:
+    """Remove cache entries no Model of the desired state names (a dry run without --yes)."""
+    cli_models.collect_garbage(path, state_dir or default_state_dir(path), remove=yes)
+
+
 @main.command()
 @click.argument("name")
 @path_argument
 @state_option
-@click.option("--spec-hash", help="The hash `plan` showed (a prefix will do): refused if the spec changed since.")
-def approve(name: str, path: Path, state_dir: Path | None, spec_hash: str | None) -> None:
+@click.option("--spec-hash", required=True, help="The hash `plan` showed (a prefix of 8 or more will do): refused "
+                                                 "if the spec changed since, so only what you reviewed is approved.")
+@hosted_option
+def approve(name: str, path: Path, state_dir: Path | None, spec_hash: str, hosted: bool) -> None:
     """Approve a workload's change that waits for a person: its exact current spec, nothing later."""
-    _answer(name, path, state_dir, spec_hash, Answer.approve)
+    _answer(name, path, state_dir, spec_hash, Answer.approve, hosted)
 
 
 @main.command()
@@ -256,12 +291,13 @@ def approve(name: str, path: Path, state_dir: Path | None, spec_hash: str | None
 @path_argument
 @state_option
 @click.option("--spec-hash", help="The hash `plan` showed (a prefix will do): refused if the spec changed since.")
-def deny(name: str, path: Path, state_dir: Path | None, spec_hash: str | None) -> None:
+@hosted_option
+def deny(name: str, path: Path, state_dir: Path | None, spec_hash: str | None, hosted: bool) -> None:
     """Refuse a workload's change: its exact current spec stays refused until the spec changes."""
-    _answer(name, path, state_dir, spec_hash, Answer.deny)
+    _answer(name, path, state_dir, spec_hash, Answer.deny, hosted)
 
 
-def _answer(name: str, path: Path, state_dir: Path | None, spec_hash: str | None, answer: Answer) -> None:
+def _answer(name: str, path: Path, state_dir: Path | None, spec_hash: str | None, answer: Answer, hosted: bool) -> None:
     if not path.is_dir():
         raise click.ClickException(f"{path}: not a readable folder")
     desired = load_desired(path)
@@ -273,10 +309,13 @@ def _answer(name: str, path: Path, state_dir: Path | None, spec_hash: str | None
     if spec_hash is not None and (len(spec_hash) < 8 or not entry.spec_hash.startswith(spec_hash)):
         raise click.ClickException(f"{key}: its spec is now {entry.spec_hash[:12]}, not {spec_hash}: it changed since "
                                    "you looked; run `reconciler plan` and review it again")
-    who = os.environ.get("SUDO_USER") or getpass.getuser()
-    ApprovalStore(state_dir or default_state_dir(path)).put(
-        Approval(name=key.name, spec_hash=entry.spec_hash, answer=answer, by=who, at=datetime.now(timezone.utc)))
-    click.echo(f"{key}: spec {entry.spec_hash[:12]} {answer.past} by {who}; a running daemon acts on it now, "
+    who = pwd.getpwuid(os.getuid()).pw_name  # the account, not what the environment claims
+    if os.environ.get("SUDO_USER"):
+        who += f" (sudo from {os.environ['SUDO_USER']})"
+    ApprovalStore(state_dir or default_state_dir(path)).put(Approval(
+        name=key.name, spec_hash=entry.spec_hash, answer=answer, by=who, at=datetime.now(timezone.utc), hosted=hosted))
+    what = "hosting on its fallback" if hosted else "spec"
+    click.echo(f"{key}: {what} {entry.spec_hash[:12]} {answer.past} by {who}; a running daemon acts on it now, "
                "otherwise the next `reconciler apply` does")
 
 

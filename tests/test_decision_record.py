@@ -155,7 +155,7 @@ def test_held_for_consent() -> None:
     data = record(NO_GPU, hosted=CONSENTED)
     assert data["placement"]["placement"] == "unavailable" and data["placement"]["needsConsent"] is True
     assert data["placement"]["endpoint"] is None
-    assert "hosting is waiting for consent: run `reconciler approve chat`" in question(data, "remoteFallbackConsent")
+    assert "hosting is waiting for consent: run `reconciler approve chat --hosted`" in question(data, "remoteFallbackConsent")
     assert data["locations"]["execution"] == "nowhere: ConsentRequired"
     assert question(data, "offlineContinuity").startswith("not served: local: needs 1 NVIDIA GPU")
 

@@ -376,8 +376,9 @@ class TestAssignGpus:
         assert why.reason == "InsufficientGPUMemory"
         assert "2 of this host's 3 have that much" in why.message and "minMemory" in why.message
 
-    def test_more_than_the_host_has_is_not_a_memory_problem(self) -> None:
-        assert blocked(assign_gpus(request(count=4), gpus(24, 24), {})).reason == "InsufficientGPUs"
+    def test_more_than_the_host_has_is_a_missing_capability_not_a_wait(self) -> None:
+        why = blocked(assign_gpus(request(count=4), gpus(24, 24), {}))
+        assert why.reason == "NoCompatibleGPU" and "this host has 2" in why.message
 
 
 # -- 4. health bookkeeping ------------------------------------------------------------------------------------------

@@ -221,7 +221,7 @@ def test_starts_refused_before_they_happen(engines: Workspace, tmp_path: Path) -
     reasons = {name: engines.condition("bad.yaml", name)["reason"] for name in
                ("no-model", "missing-file", "not-gguf", "too-little-memory", "port-taken", "too-many-gpus")}
     assert reasons == {"no-model": "ModelNotFound", "missing-file": "ModelMissing", "not-gguf": "InvalidModel",
-                       "too-little-memory": "MemoryBelowModelSize", "port-taken": "PortInUse", "too-many-gpus": "InsufficientGPUs"}
+                       "too-little-memory": "MemoryBelowModelSize", "port-taken": "PortInUse", "too-many-gpus": "NoCompatibleGPU"}
     assert f"127.0.0.1:{busy_port} is already in use" in engines.condition("bad.yaml", "port-taken")["message"]
     assert not engines.owned_processes(), "nothing is left half-started"
 

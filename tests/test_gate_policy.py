@@ -686,3 +686,15 @@ def test_the_policy_defaults_are_least_privilege() -> None:
     assert rules.images == [] and rules.networks == [] and rules.capabilities == [] and rules.volume_roots == []
     assert not (rules.require_digest or rules.pull or rules.host_network or rules.writable_volumes
                 or rules.writable_root_filesystem or rules.root)
+
+
+@pytest.mark.parametrize("variable", ["HOST", "PORT", "CONFIG_FILE", "LLAMA_ARG_HOST", "host"])
+def test_an_engine_bind_cannot_be_moved_through_the_environment(variable: str) -> None:
+    with pytest.raises(ValueError, match=f"spec.env may not set {variable}"):
+        native(**LLAMA, env={variable: "0.0.0.0"})
+
+
+@pytest.mark.parametrize("flag", ["--config", "--config_file=/tmp/x.yaml"])
+def test_an_engine_bind_cannot_be_moved_through_a_config_file(flag: str) -> None:
+    with pytest.raises(ValueError, match="spec.args may not set --config"):
+        native(**LLAMA, args=[flag])

@@ -95,10 +95,10 @@ def test_consent_required_and_not_given_holds_it_for_a_person() -> None:
     assert decision.provider == "example" and decision.endpoint is None
     assert decision.message == (
         f"local: {NO_GPU.message}. Hosted fallback to provider example (region eu) needs consent: "
-        f"run `reconciler approve chat` (would send prompts, completions to {URL})")
+        f"run `reconciler approve chat --hosted --spec-hash <the hash plan shows>` (would send prompts, completions to {URL})")
     assert rules(decision) == ["local", "hosted.consent"]
     assert decision.reasons[1].message == (
-        f"{SOURCE} requires a person's consent for provider example (region eu): run `reconciler approve chat`")
+        f"{SOURCE} requires a person's consent for provider example (region eu): run `reconciler approve chat --hosted --spec-hash <the hash plan shows>`")
 
 
 def test_consent_given_hosts_it() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import psutil
@@ -58,11 +59,16 @@ def test_a_change_that_needs_a_person_waits_until_its_exact_spec_is_approved(wor
 def test_an_approval_reaches_a_running_daemon_at_once(workspace: Workspace) -> None:
     workspace.write("policy.yaml", policy_yaml(approvals={"required": ["NativeExecutable"]}))
     workspace.write("web.yaml", workload_yaml("web"))
-    workspace.start_daemon("--resync", "3600")
+    spec_hash = plan_row(workspace, "Workload/web")["specHash"]
+    daemon = psutil.Process(workspace.start_daemon("--resync", "3600").pid)
     wait_for(lambda: (workspace.resource_status("web.yaml", "web") or {}).get("phase") == "PendingApproval",
              what="the pending approval")
-    assert workspace.cli("approve", "web").returncode == 0
+    assert workspace.cli("approve", "web", "--spec-hash", spec_hash[:12]).returncode == 0
     assert wait_for(lambda: workspace.pid("web.yaml", "web"), timeout=5, what="the approved start")
+    busy = daemon.cpu_times()
+    time.sleep(2)
+    spent = sum(daemon.cpu_times()[:2]) - sum(busy[:2])
+    assert spent < 0.5, f"an idle daemon spent {spent:.2f} s of CPU in 2 s: reading an answer must not wake it again"
 
 
 def test_audit_mode_applies_and_records_what_enforce_would_refuse(workspace: Workspace) -> None:
@@ -158,7 +164,11 @@ def test_hosted_fallback_needs_an_allowed_provider_a_key_and_consent(workspace: 
     assert status["placement"] == "unavailable" and status["phase"] == "PendingApproval"
     assert "needs 1 NVIDIA GPU" in status["decisionRecord"]["placement"]["message"]
 
-    assert workspace.cli("approve", "chat").returncode == 0
+    spec_hash = plan_row(workspace, "Workload/chat")["specHash"]
+    assert workspace.cli("approve", "chat", "--spec-hash", spec_hash).returncode == 0  # a local start's approval...
+    workspace.cli("apply", env=env)
+    assert workspace.resource_status("chat.yaml", "chat")["placement"] == "unavailable", "...is not consent to hosting"
+    assert workspace.cli("approve", "chat", "--hosted", "--spec-hash", spec_hash).returncode == 0
     workspace.cli("apply", env=env)
     status = workspace.resource_status("chat.yaml", "chat")
     assert (status["placement"], status["phase"], status["endpoints"]) == ("hosted", "Hosted", ["https://api.acme.example/v1"])
@@ -233,3 +243,43 @@ def test_shareable_workloads_share_a_gpu_only_when_the_policy_allows_and_memory_
     (waiting,) = set("abc") - set(running)
     ready = workspace.condition(f"{waiting}.yaml", waiting)
     assert ready["reason"] == "InsufficientGPUs" and "sharing it, 60Gi of 80Gi in use" in ready["message"]
+
+
+def test_a_deny_is_never_silently_ignored(workspace: Workspace) -> None:
+    workspace.write("web.yaml", workload_yaml("web"))
+    assert workspace.cli("deny", "web").returncode == 0  # the policy asks for no answer; this one still counts
+    workspace.cli("apply")
+    assert not workspace.owned_processes("web")
+    assert workspace.condition("web.yaml", "web", "PolicyApproved")["reason"] == "Denied"
+
+
+def test_approving_needs_the_hash_that_was_reviewed(workspace: Workspace) -> None:
+    workspace.write("web.yaml", workload_yaml("web"))
+    result = workspace.cli("approve", "web")
+    assert result.returncode == 2 and "--spec-hash" in result.stderr
+
+
+def test_a_policy_missing_for_a_moment_stops_nothing(workspace: Workspace) -> None:
+    workspace.write("web.yaml", workload_yaml("web"))
+    workspace.start_daemon("--resync", "3600")
+    pid = wait_for(lambda: workspace.pid("web.yaml", "web"), what="web to start")
+    policy = (workspace.desired / "policy.yaml").read_text()
+    (workspace.desired / "policy.yaml").unlink()  # a checkout removes, then writes again
+    time.sleep(1.0)
+    workspace.write("policy.yaml", policy)
+    time.sleep(1.0)
+    assert psutil.pid_exists(pid) and workspace.pid("web.yaml", "web") == pid
+
+
+def test_state_written_by_the_previous_version_still_reads(workspace: Workspace) -> None:
+    workspace.write("web.yaml", workload_yaml("web"))
+    workspace.cli("apply", "--wait")
+    pid = workspace.pid("web.yaml", "web")
+    record = workspace.state / "resources" / "Policy.test-host.json"
+    stored = json.loads(record.read_text())
+    stored["resource"]["spec"]["containers"] = {"images": [], "exposedAddresses": ["0.0.0.0"]}  # its old shape
+    record.write_text(json.dumps(stored))
+    workspace.write("policy.yaml", policy_yaml(approvals={"required": ["Privilege"]}))
+    result = workspace.cli("apply")
+    assert result.returncode == 0, result.stderr
+    assert workspace.pid("web.yaml", "web") == pid and psutil.pid_exists(pid)

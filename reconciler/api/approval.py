@@ -23,6 +23,7 @@ class Approval(Report):
     answer: Answer
     by: str
     at: datetime
+    hosted: bool = False  # consent to its hosted fallback, not approval of a local start
 
     def covers(self, spec_hash: str | None) -> bool:
         return spec_hash is not None and self.spec_hash == spec_hash

@@ -188,11 +188,11 @@ def base_url(value: str) -> str:
         raise ValueError("baseUrl must not have a query or fragment (keys do not belong in URLs); the URL is not shown")
     host = _host(parts.hostname or "")
     if host is None:
-        raise ValueError(f"baseUrl {value!r} names no host: expected a DNS name or an IP address")
+        raise ValueError("baseUrl names no host: expected a DNS name or an IP address")
     if scheme == "http" and not is_loopback_host(host):
-        raise ValueError(f"baseUrl {value!r} uses http:// on {host}, beyond loopback: use https://")
+        raise ValueError(f"baseUrl uses http:// on {host}, beyond loopback: use https://")
     if any(unquote(segment) in (".", "..") for segment in parts.path.split("/")):
-        raise ValueError(f"baseUrl {value!r} has a '.' or '..' path segment: write the path it resolves to")
+        raise ValueError("baseUrl has a '.' or '..' path segment: write the path it resolves to")
     shown = f"[{host}]" if ":" in host else host
     netloc = shown if port in (None, _DEFAULT_PORTS[scheme]) else f"{shown}:{port}"
     return f"{scheme}://{netloc}{parts.path.rstrip('/')}"

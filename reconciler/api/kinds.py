@@ -7,7 +7,7 @@ import json
 from enum import Enum
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from reconciler.api.meta import Resource, Spec
 from reconciler.api.policy import ContainerPolicy, Policy, PolicySpec
@@ -22,11 +22,59 @@ class ModelFormat(str, Enum):
     safetensors = "safetensors"
 
 
+_REMOTE = ("https://", "http://", "file://")
+
+
+class VariantNeeds(Spec):
+    engine: Engine | None = Field(None, description="The engine that can serve it (e.g. vllm for awq).")
+    gpu_memory: ByteQuantity | None = Field(None, description="Memory each assigned GPU must have.")
+    cpu_flags: list[str] = Field(default_factory=list, description="CPU flags it needs (e.g. avx512f).")
+
+
+class ModelVariant(Spec):
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    source: str = Field(min_length=1, description="A local path, file:// or https:// URL.")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="Required for a URL: what is verified.")
+    size: ByteQuantity | None = Field(None, description="Bytes on disk, when no GGUF header says so.")
+    needs: VariantNeeds = Field(default_factory=VariantNeeds)
+
+    @model_validator(mode="after")
+    def _pinned_if_fetched(self) -> "ModelVariant":
+        if self.source.startswith(_REMOTE) and self.sha256 is None:
+            raise ValueError(f"{self.source.split('://')[0]} sources are fetched, and only a pinned sha256 is trusted: set sha256")
+        return self
+
+    @property
+    def remote(self) -> bool:
+        return self.source.startswith(_REMOTE)
+
+
 class ModelSpec(Spec):
-    source: str = Field(min_length=1, description="A local path (absolute, or relative to the spec file).")
+    source: str | None = Field(None, min_length=1, description="A local path (absolute, or relative to the spec "
+                                                                "file), or a file:// or https:// URL (needs sha256).")
     format: ModelFormat = ModelFormat.gguf
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     size: ByteQuantity | None = None
+    variants: list[ModelVariant] = Field(
+        default_factory=list, description="Alternatives in order of preference: the first that fits this host is used.")
+
+    @model_validator(mode="after")
+    def _one_way_to_name_the_bytes(self) -> "ModelSpec":
+        if (self.source is None) == (not self.variants):
+            raise ValueError("give spec.source, or spec.variants (alternatives in order of preference), not both")
+        names = [variant.name for variant in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique: {names}")
+        if self.source is not None:
+            ModelVariant(name="default", source=self.source, sha256=self.sha256, size=self.size)  # same rules
+        return self
+
+    def options(self) -> list[ModelVariant]:
+        """Variants in preference order; a plain source is the one variant 'default'."""
+        if self.variants:
+            return list(self.variants)
+        assert self.source is not None
+        return [ModelVariant(name="default", source=self.source, sha256=self.sha256, size=self.size)]
 
 
 class Model(Resource):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from reconciler.api.container import Port, ip_address_text, known_capabilities
 from reconciler.api.fallback import HostedPolicy
@@ -136,6 +136,20 @@ class PolicySpec(Spec):
     resources: ResourcePolicy = Field(default_factory=ResourcePolicy)
     approvals: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     hosted: HostedPolicy = Field(default_factory=HostedPolicy)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier_exposure_field(cls, data: Any) -> Any:
+        """containers.exposedAddresses (before exposure covered engine binds too) reads as network.exposed:
+        policies and state written by earlier versions keep their meaning."""
+        containers = data.get("containers") if isinstance(data, dict) else None
+        if not isinstance(containers, dict) or "exposedAddresses" not in containers:
+            return data
+        containers = dict(containers)
+        addresses = containers.pop("exposedAddresses") or []
+        network = dict(data.get("network") or {})
+        network["exposed"] = [*(network.get("exposed") or []), *({"address": address} for address in addresses)]
+        return {**data, "containers": containers, "network": network}
 
 
 class Policy(Resource):

@@ -92,6 +92,8 @@ class ResourceStatus(Report):
     container_id: str | None = None
     image: str | None = Field(None, description="A container's image reference, as the spec wrote it.")
     image_id: str | None = Field(None, description="The image it runs (the engine's content digest of it).")
+    artifact: dict[str, Any] | None = Field(
+        None, description="A Model's chosen variant: source, sha256, where it is, download progress, footprint estimate.")
     decision_record: dict[str, Any] | None = Field(
         None, description="The Runtime Decision Record: why it runs where it runs, and what that trades off.")
 

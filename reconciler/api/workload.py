@@ -144,7 +144,10 @@ EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 Executable = Annotated[str, Field(min_length=1)]
 
 
-_BIND_FLAGS = frozenset({"--host", "--port"})
+# Every way an engine can be told where to listen besides spec.host/spec.port: flags (the last one wins), config
+# files that replace the command line, and the variables llama-cpp-python's server and llama-server read.
+_BIND_FLAGS = frozenset({"--host", "--port", "--config", "--config_file", "--config-file"})
+_BIND_VARIABLES = frozenset({"HOST", "PORT", "CONFIG_FILE", "LLAMA_ARG_HOST", "LLAMA_ARG_PORT"})
 
 
 class WorkloadSpec(Spec):
@@ -244,9 +247,13 @@ class WorkloadSpec(Spec):
         if self.command is not None:
             raise ValueError(f"engine {self.engine.value!r} renders its own command: put extra flags in spec.args")
         bind = next((arg for arg in self.args if arg.split("=", 1)[0] in _BIND_FLAGS), None)
-        if bind is not None:  # a later flag wins in every engine: it would move the server past what the gate judged
+        if bind is not None:  # it would move the server past what the gate judged
             raise ValueError(f"spec.args may not set {bind.split('=', 1)[0]}: where an engine listens is spec.host and "
                              "spec.port, which the policy judges")
+        variable = next((name for name in self.env if name.upper() in _BIND_VARIABLES), None)
+        if variable is not None:
+            raise ValueError(f"spec.env may not set {variable}: where an engine listens is spec.host and spec.port, "
+                             "which the policy judges")
         if self.model is None or self.port is None:
             raise ValueError(f"engine {self.engine.value!r} needs spec.model and spec.port")
         other = "vllm" if self.engine is Engine.llama_cpp else "llama_cpp"

@@ -81,9 +81,12 @@ class _ApprovalEvents(FileSystemEventHandler):
         self._answered = answered
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        # only what changes an answer: reading one (the daemon does, each pass) must not wake the daemon again
+        if event.is_directory or not isinstance(event, (FileMovedEvent, FileClosedEvent, FileDeletedEvent)):
+            return
         path = Path(str(event.dest_path if isinstance(event, FileMovedEvent) else event.src_path))
-        if not event.is_directory and path.suffix == ".json" and not path.name.startswith("."):
-            self._answered(path.stem)
+        if path.suffix == ".json" and not path.name.startswith("."):
+            self._answered(path.name.split(".", 1)[0])
 
 
 class Daemon:

@@ -41,17 +41,20 @@ class Judge:
         self.workloads = workloads
         self.approvals = approvals
 
-    def judge(self, desired: DesiredState, policy: Policy | None, inputs: Inputs, action: Action, rendered: Rendered) -> Judged:
+    def judge(self, desired: DesiredState, policy: Policy | None, inputs: Inputs, action: Action, rendered: Rendered,
+              tighten: bool = True) -> Judged:
+        """`tighten`: the policy in force is settled enough to stop what runs when it refuses it."""
         entry, record, process = inputs.desired, inputs.record, inputs.process
         workload = entry.resource if entry is not None and isinstance(entry.resource, Workload) else None
         approval = self.approvals.get(workload.name) if workload is not None else None
         placement = secret = None
         if workload is not None and entry is not None and process is not None:
-            running = process.state is ProcessState.running
+            running = process.state in (ProcessState.running, ProcessState.unknown)  # unknown may well run
             blocker = None if running else local_blocker(
                 rendered, self.workloads.commitment(desired, workload), self.workloads.memory_total,
                 policy.spec if policy else DEFAULT_POLICY)
-            placement, secret = place(workload, entry.spec_hash, blocker, policy, approval)
+            consent = self.approvals.get(workload.name, hosted=True)
+            placement, secret = place(workload, entry.spec_hash, blocker, policy, consent)
             if placement.placement is not Placement.local and action.verb in (Verb.create, Verb.recreate):
                 action = Action(action.key, Verb.none, placement.message, action.generation, blocked=blocker)
         verdict = None
@@ -60,8 +63,10 @@ class Judge:
             verdict = decide(action, policy, self._facts(desired, rendered, workload, entry.spec_hash, approval, policy)
                              if starts else Facts())
         elif placement is not None and entry is not None:
-            verdict = consent_verdict(placement, approval, entry.spec_hash)
-        if process is not None and record is not None and (verdict is None or not verdict.approved):
+            verdict = consent_verdict(placement, self.approvals.get(entry.resource.name, hosted=True), entry.spec_hash)
+        keeps_running = action.verb in (Verb.none, Verb.update) or (
+            action.verb is Verb.recreate and verdict is not None and not verdict.approved)  # the old one stays
+        if tighten and keeps_running and process is not None and record is not None:
             action, verdict = self._tightened(action, verdict, policy, process, record)
         return Judged(action, verdict, placement, secret)
 

@@ -64,20 +64,24 @@ def place(
 ) -> tuple[PlacementDecision, SecretFacts | None]:
     fallback = workload.spec.fallback
     secret = secret_facts(fallback.api_key) if fallback is not None else None
-    consented = approval is not None and approval.covers(spec_hash) and approval.answer is Answer.approve
     decision = decide_placement(
         fallback, blocker, (policy.spec if policy else DEFAULT_POLICY).hosted, workload=workload.name,
-        consent_approved=consented, secret_resolves=secret.resolves if secret else None,
+        consent_approved=consented(approval, spec_hash), secret_resolves=secret.resolves if secret else None,
         policy_source=f"Policy/{policy.name}" if policy else "default policy",
     )
     return decision, secret
+
+
+def consented(consent: Approval | None, spec_hash: str) -> bool:
+    """A person consented to hosting this exact spec (`reconciler approve NAME --hosted`)."""
+    return consent is not None and consent.hosted and consent.covers(spec_hash) and consent.answer is Answer.approve
 
 
 def consent_verdict(decision: PlacementDecision, approval: Approval | None, spec_hash: str) -> Verdict | None:
     """Hosting that waits only for a person: pending, or refused when the person said no to this spec."""
     if not decision.needs_consent:
         return None
-    if approval is not None and approval.covers(spec_hash) and approval.answer is Answer.deny:
+    if approval is not None and approval.hosted and approval.covers(spec_hash) and approval.answer is Answer.deny:
         return Verdict(Decision.deny, (Reason("hosted.consent", f"hosted fallback {approval.describe()}"),))
     return Verdict(Decision.needs_approval, decision.reasons[1:])
 

@@ -7,14 +7,15 @@ daemon's work queue guarantees it never runs twice at once for the same key.
 from __future__ import annotations
 
 import logging
-import platform
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
+
+from pydantic import ValidationError
 
 from reconciler.api.kinds import Model, Policy, Runtime, Workload
 from reconciler.api.meta import ResourceKey
@@ -34,16 +35,14 @@ from reconciler.drive.dispatch import Drivers
 from reconciler.drive.process import ProcessDriver, owner_id
 from reconciler.drive.protocol import StartFailed
 from reconciler.control.judge import Judge
-from reconciler.api.approval import Answer
-from reconciler.control.placement import SecretFacts, workload_decision_record
+from reconciler.control.placement import SecretFacts, consented, workload_decision_record
 from reconciler.record.decision_record import record_digest
 from reconciler.gate.placement import PlacementDecision
-from reconciler.gate.verdict import Verdict
+from reconciler.gate.verdict import DEFAULT_POLICY, Verdict
 from reconciler.load.desired import DesiredEntry, DesiredState, load_desired
 from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable
-from reconciler.api.host import HostProfile, host_profile_document
-from reconciler.observe.host_profile import observe_host_profile
-from reconciler.observe.host import ModelPresence, observe_model
+from reconciler.control.host import HostWatch
+from reconciler.control.models import ModelStore, ModelView
 from reconciler.observe.processes import ProcessObservation
 from reconciler.record.approvals import ApprovalStore
 from reconciler.record.recorder import Recorder, sibling
@@ -54,7 +53,7 @@ log = logging.getLogger("reconciler")
 
 
 ENGINE_RETRY_SECONDS = 15.0
-PROFILE_SECONDS = 30.0  # how stale the host profile may get: free memory and disk move, capabilities rarely do
+POLICY_ABSENCE_SECONDS = 10.0
 
 
 class DesiredStateUnreadable(Exception):
@@ -68,7 +67,7 @@ class Planned:
     action: Action
     verdict: Verdict | None
     inputs: Inputs
-    model: ModelPresence | None = None
+    model: ModelView | None = None
     rendered: Rendered = Rendered()
     placement: PlacementDecision | None = None
     secret: SecretFacts | None = None
@@ -88,7 +87,10 @@ class Reconciler:
         self, root: Path, state_dir: Path, *, allow_empty: bool = False,
         on_exit: Callable[[str], None] | None = None, readonly: bool = False,
         on_engine_back: Callable[[], None] | None = None, metrics: Metrics | None = None,
+        on_model_fetched: Callable[[], None] | None = None,
     ) -> None:
+        """`on_model_fetched`: models are fetched in the background (the daemon) and this is called when one is
+        done; without it a pass fetches what it needs before it ends (`apply`)."""
         self.root = root.resolve()
         self.shown_root = root  # as the user typed it: error messages name files this way
         state_dir = state_dir.resolve()  # paths derived from it (working dirs) must not depend on how it was typed
@@ -100,13 +102,12 @@ class Reconciler:
             ContainerDriver(state_dir, owner_id(state_dir), engine, on_exit=on_exit, readonly=readonly,
                             on_engine_back=on_engine_back),
         )
-        self.workloads = WorkloadRenderer(self.root, self.drivers, engine, self._remembered)
+        self.models = ModelStore(self.root, state_dir, background=on_model_fetched is not None, on_fetched=on_model_fetched)
+        self.workloads = WorkloadRenderer(self.root, self.drivers, engine, self._remembered, self.models)
         self.judge = Judge(self.workloads, self.approvals)
-        self.engine = engine
-        self.state_dir = state_dir
-        self.host_profile: HostProfile | None = None
-        self._profiled_at: float | None = None
+        self._policy_seen_at: float | None = None
         self.recorder = Recorder(self.root)
+        self.host = HostWatch(state_dir, engine, None if readonly else self.recorder)
         self.allow_empty = allow_empty
         self.metrics = metrics
         self.readonly = readonly
@@ -126,7 +127,8 @@ class Reconciler:
         previous = self.desired
         self.desired, self.writing = load_desired(self.shown_root), writing
         self.workloads.observe_host()
-        self._profile_host()
+        self.workloads.memory_total = self.host.refresh().memory.total
+        self._model_capacity()
         if self.readonly:
             return self.desired
         if not self._seeded:
@@ -137,19 +139,14 @@ class Reconciler:
         self.recorder.flush(changed)
         return self.desired
 
-    def _profile_host(self, force: bool = False) -> None:
-        """Observe what this host offers (at most every PROFILE_SECONDS unless forced) and publish it."""
-        if not force and self._profiled_at is not None and time.monotonic() - self._profiled_at < PROFILE_SECONDS:
-            return
-        self.host_profile, self._profiled_at = observe_host_profile(self.state_dir, self.engine), time.monotonic()
-        self.workloads.memory_total = self.host_profile.memory.total
-        if not self.readonly:
-            self.recorder.host_profile(host_profile_document(self.host_profile, platform.node() or "localhost",
-                                                               datetime.now(timezone.utc)))
-
-    @property
-    def host_digest(self) -> str | None:
-        return self.host_profile.capability_digest() if self.host_profile else None
+    def _model_capacity(self) -> None:
+        """What the variants of a Model are fitted to: this host's profile, the policy's reserve, the engines here."""
+        policy = self._policy_in_force(self.desired)
+        facts = self.workloads.facts
+        engines = {name for name, found in (("llama.cpp", facts.llama_server or facts.llama_cpp_python),
+                                            ("vllm", facts.vllm)) if found}
+        self.models.capacity_inputs = (self.host.profile, (policy.spec if policy else DEFAULT_POLICY).resources,
+                                       frozenset(engines))
 
     def _seed(self) -> None:
         """Give the status writer every known resource before the first flush, so no status file is partial."""
@@ -200,12 +197,13 @@ class Reconciler:
                     if probe:
                         record = self.workloads.probe_if_due(record, rendered, entry.resource, process, now)
         elif entry is not None and isinstance(entry.resource, Model):
-            model = observe_model((self.root / entry.file).parent / entry.resource.spec.source)
+            model = self.models.view(desired, entry.resource, entry.file)
         inputs = Inputs(
             key=key, desired=entry, record=record, process=process, launch=rendered.launch, hold=hold,
             blocked=rendered.blocked, check=rendered.check, health=record.health if record else None,
         )
-        judged = self.judge.judge(desired, self._policy_in_force(desired), inputs, plan_resource(inputs, now), rendered)
+        judged = self.judge.judge(desired, self._policy_in_force(desired), inputs, plan_resource(inputs, now), rendered,
+                                  tighten=self._policy_settled(desired))
         return Planned(judged.action, judged.verdict, inputs, model, rendered, judged.placement, judged.secret)
 
     def _remembered(self, key: ResourceKey) -> ResourceRecord | None:
@@ -243,8 +241,22 @@ class Reconciler:
             policies = [record for key, record in self.records.items() if key.kind == "Policy"]
         for record in policies:
             if self._hold(desired, record.key, None, record) or self._prune_block(desired, record.source):
-                return Policy.model_validate(record.resource)
+                try:
+                    return Policy.model_validate(record.resource)
+                except ValidationError as error:  # written by a version that allowed what this one refuses
+                    log.warning("%s: the last valid version on record no longer validates: %s", record.key, error)
         return None
+
+    def _policy_settled(self, desired: DesiredState) -> bool:
+        """Whether the policy in force may stop what runs. Not while a Policy that was there is missing but not
+        yet gone for POLICY_ABSENCE_SECONDS: a checkout or an editor's save can take it away for a moment."""
+        if desired.policy is not None:
+            self._policy_seen_at = time.monotonic()
+            return True
+        with self._lock:
+            recorded = any(key.kind == "Policy" for key in self.records)
+        seen = self._policy_seen_at
+        return not recorded and (seen is None or time.monotonic() - seen >= POLICY_ABSENCE_SECONDS)
 
     def status(self, key: ResourceKey) -> ResourceStatus | None:
         """What `reconciler status` shows: the remembered record judged against what is observed now."""
@@ -280,6 +292,7 @@ class Reconciler:
             self._measure(planned, None, None, started)
             return ENGINE_RETRY_SECONDS if kept else None
         digest = self._record_decision(planned, now)
+        planned = self._fetch_model(planned)
         failure, after = self._drive(planned, now)
         if action.changes_something:
             outcome_text = f"failed: {failure.message}" if failure else ("done" if planned.executed else "not done")
@@ -309,8 +322,18 @@ class Reconciler:
         check, running = planned.rendered.check, after.record if after and after.running_pid else None
         if running is not None and check is not None:
             return next_probe_in(check, record.health, running.pid, running.started_at, now)
+        if planned.model is not None and planned.model.problem is not None:
+            return self.models.next_look(planned.model)
         retry_at = record.next_retry_at if status.pid is None else None
         return max(0.0, (retry_at - now).total_seconds()) if retry_at else None
+
+    def _fetch_model(self, planned: Planned) -> Planned:
+        """A Model whose chosen variant is not on this host yet is fetched (the daemon: in the background)."""
+        entry = planned.inputs.desired
+        if planned.model is None or entry is None or planned.action.hold is not None or not isinstance(entry.resource, Model):
+            return planned
+        self.models.ensure(planned.model)
+        return replace(planned, model=self.models.view(self.desired, entry.resource, entry.file))
 
     def _decision_record(self, planned: Planned) -> dict[str, Any] | None:
         """The Runtime Decision Record of a workload, from the facts this plan observed."""
@@ -320,13 +343,13 @@ class Reconciler:
         workload = entry.resource
         presence = self.workloads.model_presence(self.desired, workload)
         model = (workload.spec.model, str(presence.path), presence.size) if workload.spec.model and presence else None
-        approval = self.approvals.get(workload.name)
+        consent = self.approvals.get(workload.name, hosted=True)
         return workload_decision_record(
-            workload, planned.placement, planned.secret, self._policy_in_force(self.desired), self.host_profile, model,
+            workload, planned.placement, planned.secret, self._policy_in_force(self.desired), self.host.profile, model,
             channel=f"folder {self.root}", state_dir=self.store.directory.parent,
             evidence_file=self.root / sibling(entry.file, ".evidence.jsonl"), log_file=self._log_file(planned.action.key),
             endpoint=planned.rendered.endpoint,
-            consented=approval is not None and approval.covers(entry.spec_hash) and approval.answer is Answer.approve,
+            consented=consented(consent, entry.spec_hash),
         )
 
     def _record_changed_decision(self, record: ResourceRecord, decided: dict[str, Any], now: datetime) -> ResourceRecord:
@@ -336,7 +359,7 @@ class Reconciler:
             return record
         self.recorder.evidence(record.source, {
             "time": now.isoformat(), "resource": str(record.key), "generation": record.generation,
-            "event": "decision-record", "digest": digest, "hostProfile": self.host_digest, "record": decided,
+            "event": "decision-record", "digest": digest, "hostProfile": self.host.digest, "record": decided,
         })
         return record.model_copy(update={"decision_record_digest": digest})
 
@@ -356,7 +379,7 @@ class Reconciler:
             return digest  # the same refusal or hold, seen again by a resync: already on record
         source = planned.inputs.desired.file if planned.inputs.desired else (record.source if record else None)
         if source is not None:
-            self.recorder.evidence(source, decision_record(action, planned.verdict, record, now, self.host_digest))
+            self.recorder.evidence(source, decision_record(action, planned.verdict, record, now, self.host.digest))
         return digest
 
     def _drive(self, planned: Planned, now: datetime) -> tuple[FailureInfo | None, ProcessObservation | None]:
@@ -372,6 +395,10 @@ class Reconciler:
                 return None, self.drivers.observe(action.key.name, containers)
             if action.launch is None:
                 return None, inputs.process
+            presence = self.workloads.model_presence(self.desired, inputs.desired.resource)
+            changed = self.models.verify_before_start(presence) if presence is not None and presence.present else None
+            if changed is not None:  # never started on unverified bytes
+                return FailureInfo(reason="InvalidArtifact", message=changed, at=now), inputs.process
             if inputs.process is not None and inputs.process.record is not None:
                 self.drivers.stop(action.key.name, grace)
             return None, self.drivers.start(action.key.name, action.launch, action.generation or 1)
@@ -439,5 +466,9 @@ def _last_valid(record: ResourceRecord | None) -> DesiredEntry | None:
     """The version a record was last reconciled to, as if it were still the desired one."""
     if record is None:
         return None
-    resource = KINDS[record.kind].model_validate(record.resource)
+    try:
+        resource = KINDS[record.kind].model_validate(record.resource)
+    except ValidationError as error:  # written by a version that allowed what this one refuses: nothing to keep
+        log.warning("%s: the version on record no longer validates: %s", record.key, error)
+        return None
     return DesiredEntry(resource, record.source, spec_hash(resource))

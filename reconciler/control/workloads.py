@@ -28,7 +28,8 @@ from reconciler.drive.process import PASSED_THROUGH, child_path
 from reconciler.load.desired import DesiredState
 from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable, ImageFacts
 from reconciler.observe.gpus import GpuInventory, read_inventory
-from reconciler.observe.host import EngineFacts, ModelPresence, engine_facts, find_executable, observe_model
+from reconciler.control.models import ModelStore, ModelView
+from reconciler.observe.host import EngineFacts, ModelPresence, engine_facts, find_executable
 from reconciler.observe.probes import probe
 from reconciler.observe.processes import ProcessObservation, ProcessState
 from reconciler.record.store import ResourceRecord
@@ -36,8 +37,9 @@ from reconciler.record.store import ResourceRecord
 
 class WorkloadRenderer:
     def __init__(self, root: Path, driver: Drivers, engine: DockerEngine,
-                 remembered: Callable[[ResourceKey], ResourceRecord | None]) -> None:
+                 remembered: Callable[[ResourceKey], ResourceRecord | None], models: ModelStore) -> None:
         self.root = root
+        self.models = models
         self.remembered = remembered
         self.driver = driver
         self.engine = engine
@@ -77,8 +79,9 @@ class WorkloadRenderer:
         if container:
             launch = self._render_container(workload, file, gpus)
             return blocked(launch) if isinstance(launch, Blocked) else Rendered(launch, None, check, endpoint)
-        model, presence = self._model(desired, remembered, spec.model) if spec.model else (None, None)
-        refused = preflight(spec, model, presence)
+        model, view = self._model(desired, remembered, spec.model) if spec.model else (None, None)
+        presence = view.presence if view else None
+        refused = view.problem if view and view.problem else preflight(spec, model, presence)
         if refused is not None:
             return blocked(refused)
         command = engine_command(spec, str(presence.path) if presence else None, self.facts)
@@ -143,7 +146,8 @@ class WorkloadRenderer:
         return memory_commitment(workload.spec, presence.size if presence else None)
 
     def model_presence(self, desired: DesiredState, workload: Workload) -> ModelPresence | None:
-        return self._model(desired, self.remembered, workload.spec.model)[1] if workload.spec.model else None
+        view = self._model(desired, self.remembered, workload.spec.model)[1] if workload.spec.model else None
+        return view.presence if view else None
 
     def _render_container(self, workload: Workload, file: str, gpus: tuple[int, ...]) -> ContainerLaunch | Blocked:
         spec = workload.spec
@@ -165,7 +169,7 @@ class WorkloadRenderer:
 
     def _model(
         self, desired: DesiredState, remembered: Callable[[ResourceKey], ResourceRecord | None], name: str
-    ) -> tuple[Model | None, ModelPresence | None]:
+    ) -> tuple[Model | None, ModelView | None]:
         key = ResourceKey("Model", name)
         entry, record = desired.resources.get(key), remembered(key)
         if entry is not None:
@@ -175,7 +179,7 @@ class WorkloadRenderer:
         else:
             return None, None
         assert isinstance(model, Model)
-        return model, observe_model((self.root / file).parent / model.spec.source)
+        return model, self.models.view(desired, model, file)
 
     def _gpus_held(
         self, name: str, desired: DesiredState, remembered: Callable[[ResourceKey], ResourceRecord | None], sharing: bool

@@ -15,7 +15,10 @@ from reconciler.api.host import HostProfile
 from reconciler.api.policy import ResourcePolicy
 from reconciler.gate.resources import budget
 
-if TYPE_CHECKING:  # only the type: importing gguf (and numpy) stays out of the pure layer
+if TYPE_CHECKING:  # only the types: importing gguf (and numpy) stays out of the pure layer
+    from reconciler.api.kinds import ModelVariant
+    from reconciler.diff.engines import Blocked
+    from reconciler.observe.host import ModelPresence
     from reconciler.observe.gguf_header import GgufFacts
 
 KIB, MIB, GIB = 1024, 1024 ** 2, 1024 ** 3
@@ -194,3 +197,18 @@ def human(count: int) -> str:
         if count >= unit:
             return f"{count / unit:.1f} {name}"
     return f"{count} B"
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """What a Model amounts to on this host now."""
+
+    presence: ModelPresence | None  # the chosen variant's bytes: where they are (or will be), and whether they are
+    variant: ModelVariant | None
+    selection: Selection | None = None  # None when there was nothing to choose: one local file
+    problem: Blocked | None = None  # NoVariantFits, Downloading, or why the fetch or the check failed
+    progress: tuple[int, int | None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.problem is None and self.presence is not None and self.presence.present

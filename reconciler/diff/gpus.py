@@ -24,6 +24,9 @@ def assign_gpus(
     if not inventory.gpus:
         return Blocked("NoCompatibleGPU", f"needs {wanted} NVIDIA GPU(s); this host has none ({inventory.reason}): "
                                           "run it on a host with one, or drop spec.resources.gpus")
+    if wanted > len(inventory.gpus):  # no waiting makes this host able to: a capability, like having none
+        return Blocked("NoCompatibleGPU", f"needs {wanted} NVIDIA GPU(s); this host has {len(inventory.gpus)}: "
+                                          "run it on a host with more, or ask for fewer")
     by_index = {gpu.index: gpu for gpu in inventory.gpus}
     fits = [gpu.index for gpu in inventory.gpus if request.min_memory is None or gpu.memory_total >= request.min_memory]
     if request.indices is not None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import Enum
 
+from pydantic import ValidationError
+
 from reconciler.api.kinds import KINDS, RestartPolicy, Workload, asked_spec
 from reconciler.api.meta import PRUNE_ANNOTATION, ResourceKey
 from reconciler.api.status import ExitInfo, HealthState
@@ -196,7 +198,10 @@ def is_orphan_kept(record: ResourceRecord | None) -> bool:
 
 def _spec_change(record: ResourceRecord, desired: DesiredEntry | None) -> str:
     assert desired is not None
-    before = asked_spec(KINDS[record.kind].model_validate(record.resource))
+    try:
+        before = asked_spec(KINDS[record.kind].model_validate(record.resource))
+    except ValidationError:  # written by a version that allowed what this one refuses
+        return "spec changed"
     paths = _changed_paths(before, asked_spec(desired.resource), "spec")
     return ", ".join(paths) + " changed" if paths else "spec changed"
 

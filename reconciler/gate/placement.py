@@ -80,11 +80,12 @@ def decide_placement(
             local_blocker, fallback.provider)
     sends = f"would send {_listed(fallback)} to {fallback.base_url}"
     if not consent_approved and _consent_required(fallback, hosted):
-        ask = f"{policy_source} requires a person's consent for {target}: run `reconciler approve {workload}`"
+        ask = (f"{policy_source} requires a person's consent for {target}: "
+               f"run `reconciler approve {workload} --hosted --spec-hash <the hash plan shows>`")
         return PlacementDecision(
             Placement.unavailable, "ConsentRequired",
             f"local: {local_blocker.message}. Hosted fallback to {target} needs consent: "
-            f"run `reconciler approve {workload}` ({sends})",
+            f"run `reconciler approve {workload} --hosted --spec-hash <the hash plan shows>` ({sends})",
             (cannot, Reason(CONSENT, ask)), local_blocker, fallback.provider, needs_consent=True)
     consent = ("a person approved this spec" if consent_approved and _consent_required(fallback, hosted)
                else f"{policy_source} does not require consent for {fallback.provider}")

@@ -78,7 +78,8 @@ def _describe(detail: Any, model: type[BaseModel]) -> str:
     message = message.replace("Input should be", "expected").replace("String should", "expected a string that should")
     if kind == "string_pattern_mismatch" and detail["loc"][-2:] == ("metadata", "name"):
         message = "expected a DNS-1123 label: lower-case letters, digits and '-', starting and ending alphanumeric"
-    if ", got " not in message and kind != "value_error":  # our own validators' messages are complete
+    secret_ish = "fallback" in detail["loc"]  # a key pasted into the wrong field must not be repeated
+    if ", got " not in message and kind != "value_error" and not secret_ish:  # our own validators' messages are complete
         message += f", got {_type_name(value) if isinstance(value, (dict, list)) else repr(value)}"
     return message
 

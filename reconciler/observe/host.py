@@ -70,18 +70,19 @@ def engine_facts() -> EngineFacts:
     return EngineFacts(llama_server and os.path.abspath(llama_server), python, vllm and os.path.abspath(vllm))
 
 
-_digests: dict[str, tuple[int, int, int, str]] = {}  # path -> (inode, size, mtime, digest): hashed again on change
+_digests: dict[str, tuple[tuple[int, ...], str]] = {}  # path -> (identity, digest): hashed again once it changes
 
 
 def file_sha256(path: str) -> str | None:
     """The SHA-256 of a file, for pinned executables; None when it cannot be read."""
     try:
         stat = os.stat(path)
+        # ctime too: an in-place rewrite that restores the mtime still moves it
+        identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
         seen = _digests.get(path)
-        if seen is None or seen[:3] != (stat.st_ino, stat.st_size, stat.st_mtime_ns):
+        if seen is None or seen[0] != identity:
             with open(path, "rb") as handle:
-                digest = hashlib.file_digest(handle, "sha256").hexdigest()
-            seen = _digests[path] = (stat.st_ino, stat.st_size, stat.st_mtime_ns, digest)
-        return seen[3]
+                seen = _digests[path] = (identity, hashlib.file_digest(handle, "sha256").hexdigest())
+        return seen[1]
     except OSError:
         return None

@@ -18,8 +18,9 @@ class ApprovalStore:
     def __init__(self, state_dir: Path) -> None:
         self.directory = state_dir / "approvals"
 
-    def get(self, name: str) -> Approval | None:
-        path = self.directory / f"{name}.json"
+    def get(self, name: str, hosted: bool = False) -> Approval | None:
+        """`hosted`: the answer about sending it to its hosted fallback, which is asked and given on its own."""
+        path = self._path(name, hosted)
         try:
             approval = Approval.model_validate_json(path.read_bytes())
         except FileNotFoundError:
@@ -27,8 +28,11 @@ class ApprovalStore:
         except (OSError, ValidationError) as error:  # written atomically: only a hand-edited file lands here
             log.warning("%s: ignored, not a readable approval: %s", path, error)
             return None
-        return approval if approval.name == name else None
+        return approval if approval.name == name and approval.hosted == hosted else None
 
     def put(self, approval: Approval) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomic(self.directory / f"{approval.name}.json", approval.model_dump_json(by_alias=True), mode=0o600)
+        write_atomic(self._path(approval.name, approval.hosted), approval.model_dump_json(by_alias=True), mode=0o600)
+
+    def _path(self, name: str, hosted: bool) -> Path:
+        return self.directory / (f"{name}.hosted.json" if hosted else f"{name}.json")

@@ -189,7 +189,7 @@ def _remote_fallback_consent(inputs: DecisionInputs) -> Question:
     elif inputs.consent_approved:
         standing = "allowed: a person approved this exact spec"
     else:
-        standing = f"waiting for consent: run `reconciler approve {inputs.workload}`"
+        standing = f"waiting for consent: run `reconciler approve {inputs.workload} --hosted`"
     used = "used now" if inputs.placement.placement is Placement.hosted else "used only while this host cannot run it"
     return _answer(f"fallback to {target}, {used}; hosting is {standing}",
                    f"what leaves this host when hosted is only what is declared: {sends}",

@@ -74,7 +74,7 @@ class Recorder:
                 status_file.unlink(missing_ok=True)
 
     def host_profile(self, body: dict[str, Any]) -> None:
-        """Publish the host profile; rewritten only when what it says changed."""
+        """Publish the host profile (the caller observes it at most every 30 s); unchanged content is not rewritten."""
         target = self.root / HOST_PROFILE_FILE
         with self._flush_lock:
             if self._written.get(HOST_PROFILE_FILE) == body and target.exists():

@@ -13,7 +13,8 @@ from reconciler.gate.placement import PlacementDecision
 from reconciler.gate.verdict import POLICY_DENIED, Decision, Verdict
 from reconciler.load.desired import DesiredEntry
 from reconciler.diff.engines import Rendered
-from reconciler.observe.host import ModelPresence
+from reconciler.diff.footprint import ModelView
+from reconciler.drive.artifacts import redact
 from reconciler.observe.processes import ProcessObservation, ProcessState
 from reconciler.record.conditions import set_condition
 from reconciler.record.store import ResourceRecord
@@ -35,7 +36,7 @@ class PassOutcome:
     failure: FailureInfo | None = None
     before: ProcessObservation | None = None
     after: ProcessObservation | None = None
-    model: ModelPresence | None = None
+    model: ModelView | None = None
     rendered: Rendered = Rendered()
     placement: PlacementDecision | None = None
 
@@ -116,9 +117,14 @@ def _policy_condition(conditions: list, verdict: Verdict, now: datetime) -> list
 
 def _assess(record: ResourceRecord, outcome: PassOutcome, now: datetime) -> _Assessment:
     if record.kind == "Model":
-        presence = outcome.model
+        view = outcome.model
+        chosen = f"; {view.selection.message}" if view is not None and view.selection is not None else ""
+        if view is not None and view.problem is not None:
+            phase = {"Downloading": "Downloading", "NoVariantFits": "Unavailable"}.get(view.problem.reason, "Failed")
+            return _Assessment(False, view.problem.reason, view.problem.message + chosen, phase)
+        presence = view.presence if view else None
         if presence is not None and presence.present:
-            return _Assessment(True, "Present", f"{presence.path} ({presence.size} bytes)", "Available")
+            return _Assessment(True, "Present", f"{presence.path} ({presence.size} bytes){chosen}", "Available")
         return _Assessment(False, "ModelMissing", f"{presence.path if presence else 'model'}: no such file", "Missing")
     if record.kind == "Policy":
         return _Assessment(True, "InForce", "governs this host", "InForce")
@@ -212,4 +218,22 @@ def _render(record: ResourceRecord, outcome: PassOutcome, assessment: _Assessmen
         container_id=running.container_id if running else None,
         image=image.image if image else None,
         image_id=image.image_id if image else None,
+        artifact=_artifact(outcome.model) if record.kind == "Model" and outcome.model else None,
     )
+
+
+def _artifact(view: ModelView) -> dict[str, object] | None:
+    """Which variant, from where, verified by what, and how far its download is."""
+    variant = view.variant
+    if variant is None:
+        return None
+    shown: dict[str, object] = {"variant": variant.name, "source": redact(variant.source)}
+    if variant.sha256:
+        shown["sha256"] = variant.sha256
+    if view.presence is not None and view.presence.present:
+        shown |= {"path": str(view.presence.path), "size": view.presence.size}
+    if view.progress is not None:
+        shown["progress"] = {"done": view.progress[0], "total": view.progress[1]}
+    if view.selection is not None and view.selection.estimate is not None:
+        shown["estimate"] = view.selection.estimate.explanation
+    return shown

@@ -1,0 +1,38 @@
+"""What this host offers, observed at most every PROFILE_SECONDS and published beside the specs."""
+
+from __future__ import annotations
+
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from reconciler.api.host import HostProfile, host_profile_document
+from reconciler.observe.docker_engine import DockerEngine
+from reconciler.observe.host_profile import observe_host_profile
+from reconciler.record.recorder import Recorder
+
+PROFILE_SECONDS = 30.0  # how stale the profile may get: free memory and disk move, capabilities rarely do
+
+
+class HostWatch:
+    def __init__(self, cache_dir: Path, engine: DockerEngine, recorder: Recorder | None) -> None:
+        """`recorder`: where to publish it (None: a read-only command, which writes nothing)."""
+        self.cache_dir = cache_dir
+        self.engine = engine
+        self.recorder = recorder
+        self.profile: HostProfile | None = None
+        self._observed_at: float | None = None
+
+    def refresh(self) -> HostProfile:
+        if self.profile is None or self._observed_at is None or time.monotonic() - self._observed_at >= PROFILE_SECONDS:
+            self.profile, self._observed_at = observe_host_profile(self.cache_dir, self.engine), time.monotonic()
+            if self.recorder is not None:
+                self.recorder.host_profile(host_profile_document(self.profile, platform.node() or "localhost",
+                                                                 datetime.now(timezone.utc)))
+        return self.profile
+
+    @property
+    def digest(self) -> str | None:
+        """The capability digest each decision's evidence cites."""
+        return self.profile.capability_digest() if self.profile else None

@@ -1,0 +1,213 @@
+"""Model artifacts: which variant this host uses, where its verified bytes are, and fetching them.
+
+The choice is the pure `select_variant` (fit before fetch: nothing is downloaded that would not fit);
+GGUF headers, local digests and the content-addressed cache are observed here; a fetch is the one action.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.api.host import HostProfile
+from reconciler.api.kinds import Model, ModelFormat, ModelVariant, Workload, WorkloadSpec
+from reconciler.api.policy import ResourcePolicy
+from reconciler.diff.engines import Blocked
+from reconciler.diff.footprint import (Capacity, ModelView, Needs, Selection, VariantOption, host_capacity,
+                                      select_variant)
+from reconciler.drive.artifacts import ArtifactCache, ArtifactError, fetch, redact
+from reconciler.load.desired import DesiredState
+from reconciler.observe.gguf_header import GgufFacts, GgufUnreadable, fetch_gguf_facts, read_gguf_facts
+from reconciler.observe.host import ModelPresence, file_sha256, observe_model
+
+log = logging.getLogger("reconciler")
+
+FETCH_BACKOFF = (5.0, 600.0)  # a failed fetch is tried again after 5 s, doubling to 10 min: never a tight loop
+DOWNLOADING = "Downloading"
+
+
+@dataclass(frozen=True)
+class _Failure:
+    why: Blocked
+    retry_at: float  # monotonic
+    attempts: int
+
+
+class ModelStore:
+    def __init__(self, root: Path, state_dir: Path, background: bool = False,
+                 on_fetched: Callable[[], None] | None = None) -> None:
+        self.root = root
+        self.cache = ArtifactCache(state_dir / "models")
+        self.background = background  # the daemon fetches in a thread; `apply` waits for it
+        self.on_fetched = on_fetched
+        self.capacity_inputs: tuple[HostProfile | None, ResourcePolicy, frozenset[str]] = (None, ResourcePolicy(), frozenset())
+        self._lock = threading.Lock()
+        self._headers: dict[tuple[str, str | None], GgufFacts | None] = {}
+        self._failures: dict[str, _Failure] = {}
+        self._progress: dict[str, tuple[int, int | None]] = {}
+        self._fetching: dict[str, threading.Thread] = {}
+
+    def view(self, desired: DesiredState, model: Model, file: str) -> ModelView:
+        base = (self.root / file).parent
+        options = model.spec.options()
+        if len(options) == 1 and not options[0].remote:  # nothing to choose or fetch: it is there or not
+            return self._local(options[0], base)
+        uses = [entry.resource.spec for entry in desired.resources.values()
+                if isinstance(entry.resource, Workload) and entry.resource.spec.model == model.name]
+        selection = select_variant([self._option(variant, base, model.spec.format) for variant in options],
+                                   self._capacity(uses), _context(uses), any(spec.resources.gpus.wanted for spec in uses))
+        if selection.chosen is None:
+            return ModelView(None, None, selection, Blocked("NoVariantFits", f"Model/{model.name}: {selection.message}"))
+        variant = options[selection.chosen]
+        if not variant.remote:
+            return self._local(variant, base, selection)
+        return self._cached(variant, selection)
+
+    def ensure(self, view: ModelView) -> Blocked | None:
+        """Fetch the chosen variant when it is remote and not cached yet: in a thread for the daemon, here for
+        `apply`. Returns why it is not there (yet)."""
+        variant = view.variant
+        if variant is None or not variant.remote or view.ready:
+            return view.problem
+        assert variant.sha256 is not None
+        with self._lock:
+            failure = self._failures.get(variant.sha256)
+            if failure is not None and time.monotonic() < failure.retry_at:
+                return failure.why  # reported once per back-off period, not retried in a loop
+            if variant.sha256 in self._fetching:
+                return Blocked(DOWNLOADING, _downloading(variant, self._progress.get(variant.sha256)))
+            if self.background:
+                thread = threading.Thread(target=self._fetch, args=(variant,), name=f"fetch-{variant.sha256[:8]}", daemon=True)
+                self._fetching[variant.sha256] = thread
+                thread.start()
+                return Blocked(DOWNLOADING, _downloading(variant, None))
+            self._fetching[variant.sha256] = threading.current_thread()
+        self._fetch(variant)
+        with self._lock:
+            failure = self._failures.get(variant.sha256)
+        return failure.why if failure else None
+
+    def next_look(self, view: ModelView) -> float | None:
+        """Seconds until this Model's status is worth a new look: progress while downloading, a retry after a failure."""
+        if view.problem is None or view.variant is None or view.variant.sha256 is None:
+            return None
+        if view.problem.reason == DOWNLOADING:
+            return 1.0
+        with self._lock:
+            failure = self._failures.get(view.variant.sha256)
+        return max(0.0, failure.retry_at - time.monotonic()) if failure else None
+
+    def verify_before_start(self, presence: ModelPresence) -> str | None:
+        """A workload never starts on an unverified file: a cached artifact is hashed again in full first.
+        Returns why not, when its bytes changed (the next pass fetches it again)."""
+        path = presence.path
+        if path.parent != self.cache.root / "sha256" or self.cache.verify(path.name):
+            return None
+        return f"{path}: its bytes no longer match sha256 {path.name}; removed, and fetched again"
+
+    # -- observation ------------------------------------------------------------------------
+
+    def _local(self, variant: ModelVariant, base: Path, selection: Selection | None = None) -> ModelView:
+        presence = observe_model(base / variant.source)
+        if variant.sha256 is None or not presence.present or presence.path.is_dir():
+            return ModelView(presence, variant, selection)
+        actual = file_sha256(str(presence.path))  # hashed again only when the file changes
+        if actual != variant.sha256:
+            why = Blocked("InvalidArtifact", f"{presence.path} has sha256 {actual}, not the pinned {variant.sha256}")
+            return ModelView(presence, variant, selection, why)
+        return ModelView(presence, variant, selection)
+
+    def _cached(self, variant: ModelVariant, selection: Selection) -> ModelView:
+        assert variant.sha256 is not None
+        path = self.cache.lookup(variant.sha256, variant.size)
+        with self._lock:
+            fetching = variant.sha256 in self._fetching
+            progress = self._progress.get(variant.sha256)
+            failure = self._failures.get(variant.sha256)
+        presence = observe_model(path) if path else ModelPresence(self.cache.path(variant.sha256), None)
+        if path is not None:
+            return ModelView(presence, variant, selection)
+        if fetching:
+            return ModelView(presence, variant, selection, Blocked(DOWNLOADING, _downloading(variant, progress)), progress)
+        return ModelView(presence, variant, selection, failure.why if failure else None, progress)
+
+    def _option(self, variant: ModelVariant, base: Path, format: ModelFormat) -> VariantOption:
+        needs = Needs(variant.needs.engine.value if variant.needs.engine else None, variant.needs.gpu_memory,
+                      tuple(variant.needs.cpu_flags))
+        facts = self._header(variant, base) if format is ModelFormat.gguf else None
+        return VariantOption(variant.name, variant.size, facts, needs, format.value)
+
+    def _header(self, variant: ModelVariant, base: Path) -> GgufFacts | None:
+        """The GGUF header: of the cached or local file, else read over HTTP from the first bytes (once)."""
+        key = (variant.source, variant.sha256)
+        with self._lock:
+            if key in self._headers:
+                return self._headers[key]
+        cached = self.cache.lookup(variant.sha256, variant.size) if variant.sha256 else None
+        try:
+            if cached is not None:
+                facts = read_gguf_facts(cached)
+            elif variant.source.startswith("file://"):
+                facts = read_gguf_facts(Path(variant.source.removeprefix("file://")))
+            elif variant.remote:
+                facts = fetch_gguf_facts(variant.source)
+            else:
+                facts = read_gguf_facts(base / variant.source)
+        except GgufUnreadable as error:
+            log.info("%s: no GGUF header (%s); its declared size is used", redact(variant.source), error.reason)
+            facts = None
+        with self._lock:
+            self._headers[key] = facts
+        return facts
+
+    def _capacity(self, uses: list[WorkloadSpec]) -> Capacity:
+        profile, rules, engines = self.capacity_inputs
+        if profile is None:
+            return Capacity(ram_budget=0)
+        wanted = max((spec.resources.gpus.wanted for spec in uses), default=0)
+        return host_capacity(profile, rules, [gpu.index for gpu in profile.gpus.devices][:wanted], engines)
+
+    # -- the action ---------------------------------------------------------------------------
+
+    def _fetch(self, variant: ModelVariant) -> None:
+        assert variant.sha256 is not None
+        digest = variant.sha256
+
+        def progress(done: int, total: int | None) -> None:
+            with self._lock:
+                self._progress[digest] = (done, total)
+
+        try:
+            log.info("fetching %s (sha256 %s)", redact(variant.source), digest[:12])
+            fetch(variant.source, digest, self.cache, size=variant.size, progress=progress)
+            with self._lock:
+                self._failures.pop(digest, None)
+            log.info("fetched and verified %s", redact(variant.source))
+        except ArtifactError as error:
+            with self._lock:
+                attempts = self._failures[digest].attempts + 1 if digest in self._failures else 1
+                delay = min(FETCH_BACKOFF[1], FETCH_BACKOFF[0] * 2 ** (attempts - 1))
+                self._failures[digest] = _Failure(Blocked(error.reason, f"{error}; next try in {delay:.0f}s"),
+                                                  time.monotonic() + delay, attempts)
+            log.warning("fetching %s failed: %s", redact(variant.source), error)
+        finally:
+            with self._lock:
+                self._fetching.pop(digest, None)
+        if self.on_fetched is not None:
+            self.on_fetched()
+
+
+def _context(uses: list[WorkloadSpec]) -> int | None:
+    sizes = [spec.llama_cpp.context_size for spec in uses if spec.llama_cpp and spec.llama_cpp.context_size]
+    sizes += [spec.vllm.max_model_len for spec in uses if spec.vllm and spec.vllm.max_model_len]
+    return max(sizes, default=None)
+
+
+def _downloading(variant: ModelVariant, progress: tuple[int, int | None] | None) -> str:
+    done, total = progress or (0, variant.size)
+    share = f" ({done / total:.0%})" if total else ""
+    return f"downloading {redact(variant.source)}: {done} of {total if total is not None else '?'} bytes{share}"

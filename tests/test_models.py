@@ -1,0 +1,120 @@
+"""Model artifacts through the reconciler: fit before fetch, verified download into the cache, served from there."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.artifact_server import ArtifactServer
+from tests.conftest import Workspace, wait_for
+from tests.test_engines import ENGINES_POLICY, document, engine_env, free_port
+from tests.tiny_gguf import write_tiny_llama
+
+
+@pytest.fixture
+def server() -> Iterator[ArtifactServer]:
+    serving = ArtifactServer().start()
+    yield serving
+    serving.stop()
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> bytes:
+    return write_tiny_llama(tmp_path / "tiny.gguf").read_bytes()
+
+
+def model_status(workspace: Workspace) -> dict:
+    return workspace.resource_status("model.yaml", "tiny")
+
+
+def test_a_pinned_url_is_fetched_verified_and_served_from_the_cache(workspace: Workspace, server: ArtifactServer,
+                                                                    tiny: bytes, tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    digest = hashlib.sha256(tiny).hexdigest()
+    url = server.add("tiny.gguf", tiny)
+    workspace.write("policy.yaml", ENGINES_POLICY)
+    port = free_port()
+    workspace.write("model.yaml", document("Model", "tiny", {"source": url, "sha256": digest}) + "---\n" + document(
+        "Workload", "chat", {"engine": "llama.cpp", "model": "tiny", "port": port, "llamaCpp": {"contextSize": 128},
+                             "health": {"http": {"path": "/v1/models"}, "periodSeconds": 0.2}}))
+    assert workspace.cli("apply", "--wait", env=engine_env(None, tmp_path)).returncode == 0
+    status = model_status(workspace)
+    cached = workspace.state / "models" / "sha256" / digest
+    assert status["phase"] == "Available" and status["artifact"]["sha256"] == digest
+    assert status["artifact"]["path"] == str(cached) and cached.read_bytes() == tiny
+    pid = wait_for(lambda: workspace.pid("model.yaml", "chat"), timeout=30, what="the server on the cached model")
+    assert str(cached) in " ".join(psutil.Process(pid).cmdline())
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10) as answer:
+        assert json.load(answer)["data"]
+
+    full_gets = [seen for seen in server.gets("tiny.gguf") if seen.range is None or not seen.range.startswith("bytes=0-")]
+    server.stop()  # offline: a cached, verified model keeps working and nothing is fetched again
+    workspace.cli("apply", env=engine_env(None, tmp_path))
+    assert model_status(workspace)["phase"] == "Available"
+    assert len(full_gets) == 1
+
+
+def test_the_first_variant_that_fits_is_chosen_before_anything_is_downloaded(workspace: Workspace, server: ArtifactServer,
+                                                                            tiny: bytes) -> None:
+    big = server.add("f16.gguf", b"\0" * 64)  # never downloaded: declared too big for this host
+    small = server.add("q4.gguf", tiny)
+    variants = [{"name": "f16", "source": big, "sha256": "a" * 64, "size": "4Ti"},
+                {"name": "q4", "source": small, "sha256": hashlib.sha256(tiny).hexdigest()}]
+    workspace.write("model.yaml", document("Model", "tiny", {"variants": variants}))
+    workspace.cli("apply")
+    status = model_status(workspace)
+    assert status["phase"] == "Available" and status["artifact"]["variant"] == "q4"
+    assert "chose q4" in status["message"] and "rejected f16" in status["message"]
+    assert not [seen for seen in server.gets("f16.gguf") if seen.range is None], "the rejected variant is never fetched"
+
+
+def test_no_variant_fits_means_nothing_is_downloaded(workspace: Workspace, server: ArtifactServer) -> None:
+    url = server.add("huge.gguf", b"\0" * 64)
+    workspace.write("model.yaml", document("Model", "tiny", {"source": url, "sha256": "b" * 64, "size": "4Ti"}))
+    workspace.cli("apply")
+    status = model_status(workspace)
+    assert (status["phase"], status["conditions"][-1]["reason"]) == ("Unavailable", "NoVariantFits")
+    assert "no variant fits this host, so none is downloaded" in status["message"]
+    assert not [seen for seen in server.gets("huge.gguf") if seen.range is None]
+    assert not list(workspace.state.glob("models/sha256/*")) and not list(workspace.state.glob("models/partial/*"))
+
+
+def test_wrong_bytes_are_refused_and_a_lost_cache_entry_is_fetched_again(workspace: Workspace, server: ArtifactServer,
+                                                                         tiny: bytes) -> None:
+    digest = hashlib.sha256(tiny).hexdigest()
+    url = server.add("tiny.gguf", tiny, corrupt=True)  # its header is garbage too: the declared size is what fits
+    workspace.write("model.yaml", document("Model", "tiny", {"source": url, "sha256": digest, "size": len(tiny)}))
+    workspace.cli("apply")
+    status = model_status(workspace)
+    assert status["conditions"][-1]["reason"] == "InvalidArtifact" and digest in status["message"]
+    assert not (workspace.state / "models" / "sha256" / digest).exists()
+
+    server.add("tiny.gguf", tiny)  # the source is fixed: a later pass (after its back-off) fetches it
+    workspace.cli("apply")
+    cached = workspace.state / "models" / "sha256" / digest
+    assert model_status(workspace)["phase"] == "Available" and cached.exists()
+    cached.unlink()  # cache loss: noticed on the next pass and repaired
+    workspace.cli("apply")
+    assert model_status(workspace)["phase"] == "Available" and cached.read_bytes() == tiny
+
+
+def test_models_lists_the_cache_and_gc_removes_only_what_no_model_names(workspace: Workspace, server: ArtifactServer,
+                                                                        tiny: bytes) -> None:
+    digest = hashlib.sha256(tiny).hexdigest()
+    workspace.write("model.yaml", document("Model", "tiny", {"source": server.add("tiny.gguf", tiny), "sha256": digest}))
+    workspace.cli("apply")
+    models = [str(workspace.desired), "--state-dir", str(workspace.state)]
+    listed = workspace.cli("models", "list", *models).stdout
+    assert digest[:12] in listed and "Model/tiny (default)" in listed
+    assert "would remove" not in workspace.cli("models", "gc", *models).stdout
+    (workspace.desired / "model.yaml").unlink()
+    dry = workspace.cli("models", "gc", *models).stdout
+    assert f"would remove {digest[:12]}" in dry and (workspace.state / "models" / "sha256" / digest).exists()
+    assert f"removed {digest[:12]}" in workspace.cli("models", "gc", *models, "--yes").stdout
+    assert not (workspace.state / "models" / "sha256" / digest).exists()
