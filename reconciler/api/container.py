@@ -92,6 +92,16 @@ def known_capabilities(names: list[str]) -> list[str]:
     return sorted(set(plain))
 
 
+def is_loopback(address: str) -> bool:
+    """Whether an address (or 'localhost') stays on this host; a name or anything unparsable does not count."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 def ip_address_text(value: str) -> str:
     """An IP address in its canonical spelling ('0:0::0' -> '::'), so comparisons are exact."""
     try:

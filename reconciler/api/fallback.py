@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from reconciler.api.container import is_loopback
 from reconciler.api.meta import DNS_1123_LABEL, Spec
 
 ANY_REGION = "*"
@@ -158,15 +159,6 @@ def canonical_context(items: list[Context]) -> list[Context]:
     return sorted(set(items), key=_CONTEXT_ORDER.index)
 
 
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def base_url(value: str) -> str:
     """A base URL in one spelling (lower-case scheme and host, no default port, no trailing '/'), so that a
     prefix test on whole path segments is exact. Credentials, queries and fragments are refused unshown:
@@ -189,7 +181,7 @@ def base_url(value: str) -> str:
     host = _host(parts.hostname or "")
     if host is None:
         raise ValueError("baseUrl names no host: expected a DNS name or an IP address")
-    if scheme == "http" and not is_loopback_host(host):
+    if scheme == "http" and not is_loopback(host):
         raise ValueError(f"baseUrl uses http:// on {host}, beyond loopback: use https://")
     if any(unquote(segment) in (".", "..") for segment in parts.path.split("/")):
         raise ValueError("baseUrl has a '.' or '..' path segment: write the path it resolves to")

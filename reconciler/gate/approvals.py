@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from reconciler.api.approval import Answer, Approval
-from reconciler.api.container import runs_as_root
+from reconciler.api.container import is_loopback, runs_as_root
 from reconciler.api.launch import ContainerLaunch, LaunchSpec
 from reconciler.api.policy import ApprovalKind
-from reconciler.gate.network import is_loopback
 
 RULE = "approvals.required"
 ANSWER_RULE = "approvals.answer"  # a person's deny, which holds whatever the policy requires

@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 
+from reconciler.api.container import is_loopback
 from reconciler.api.policy import NetworkPolicy
 
 RULE = "network.exposed"
-
-
-def is_loopback(address: str) -> bool:
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 def exposure_problem(address: str, port: int | None, rules: NetworkPolicy, source: str, what: str) -> str | None:
