@@ -35,6 +35,7 @@ def plan_rows(plans: list[Planned]) -> list[dict[str, Any]]:
             "specHash": planned.inputs.desired.spec_hash if planned.inputs.desired else None,
             "placement": planned.placement.placement.value if planned.placement else None,
             "placementMessage": planned.placement.message if planned.placement else None,
+            "modelSelection": planned.model.selection.message if planned.model and planned.model.selection else None,
             "command": list(action.launch.argv) if action.launch and action.changes_something else None,
         })
     return rows
@@ -46,6 +47,8 @@ def plan_table(rows: list[dict[str, Any]]) -> str:
         cause = row["cause"]
         if row["placement"] not in (None, "local"):
             cause = f"placement {row['placement']}: {row['placementMessage']}"
+        if row["modelSelection"]:
+            cause += f" [{row['modelSelection']}]"
         if row["decision"] and row["decision"] != "approve":
             cause += " [" + "; ".join(row["reasons"]) + "]"
         if row["auditedDenials"]:

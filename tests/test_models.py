@@ -67,7 +67,11 @@ def test_the_first_variant_that_fits_is_chosen_before_anything_is_downloaded(wor
     variants = [{"name": "f16", "source": big, "sha256": "a" * 64, "size": "4Ti"},
                 {"name": "q4", "source": small, "sha256": hashlib.sha256(tiny).hexdigest()}]
     workspace.write("model.yaml", document("Model", "tiny", {"variants": variants}))
+    planned = workspace.cli("plan").stdout
+    assert "chose q4" in planned and "rejected f16" in planned, planned
     workspace.cli("apply")
+    decision = next(r for r in workspace.evidence("model.yaml") if r["event"] == "decision")
+    assert decision["modelSelection"].startswith("chose q4")
     status = model_status(workspace)
     assert status["phase"] == "Available" and status["artifact"]["variant"] == "q4"
     assert "chose q4" in status["message"] and "rejected f16" in status["message"]
@@ -76,10 +80,13 @@ def test_the_first_variant_that_fits_is_chosen_before_anything_is_downloaded(wor
 
 def test_no_variant_fits_means_nothing_is_downloaded(workspace: Workspace, server: ArtifactServer) -> None:
     url = server.add("huge.gguf", b"\0" * 64)
-    workspace.write("model.yaml", document("Model", "tiny", {"source": url, "sha256": "b" * 64, "size": "4Ti"}))
+    workspace.write("model.yaml", document("Model", "tiny", {"source": url, "sha256": "b" * 64, "size": "4Ti"}) + "---\n" +
+                    document("Workload", "chat", {"engine": "llama.cpp", "model": "tiny", "port": free_port()}))
     workspace.cli("apply")
     status = model_status(workspace)
     assert (status["phase"], status["conditions"][-1]["reason"]) == ("Unavailable", "NoVariantFits")
+    chat = workspace.resource_status("model.yaml", "chat")
+    assert chat["placement"] == "unavailable" and chat["decisionRecord"]["placement"]["reason"] == "NoFallback"
     assert "no variant fits this host, so none is downloaded" in status["message"]
     assert not [seen for seen in server.gets("huge.gguf") if seen.range is None]
     assert not list(workspace.state.glob("models/sha256/*")) and not list(workspace.state.glob("models/partial/*"))

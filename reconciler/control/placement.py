@@ -26,7 +26,9 @@ from reconciler.record.decision_record import DecisionInputs, runtime_decision_r
 
 # What no waiting fixes: this host lacks the device, the engine or the memory (a busy GPU or a missing model
 # file is waited for, or fetched, locally: never a reason to send data elsewhere).
-CAPABILITY_BLOCKS = frozenset({"NoCompatibleGPU", "InsufficientGPUMemory", "EngineNotInstalled", "InsufficientMemory"})
+CAPABILITY_BLOCKS = frozenset({
+    "NoCompatibleGPU", "InsufficientGPUMemory", "EngineNotInstalled", "InsufficientMemory", "NoVariantFits",
+})
 
 
 @dataclass(frozen=True)

@@ -379,7 +379,10 @@ class Reconciler:
             return digest  # the same refusal or hold, seen again by a resync: already on record
         source = planned.inputs.desired.file if planned.inputs.desired else (record.source if record else None)
         if source is not None:
-            self.recorder.evidence(source, decision_record(action, planned.verdict, record, now, self.host.digest))
+            line = decision_record(action, planned.verdict, record, now, self.host.digest)
+            if planned.model is not None and planned.model.selection is not None:
+                line["modelSelection"] = planned.model.selection.message  # what was chosen, and why not the others
+            self.recorder.evidence(source, line)
         return digest
 
     def _drive(self, planned: Planned, now: datetime) -> tuple[FailureInfo | None, ProcessObservation | None]:
