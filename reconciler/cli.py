@@ -126,7 +126,8 @@ def apply(path: Path, state_dir: Path | None, wait: bool, timeout: float, min_re
     exited = threading.Event()
     state_dir = state_dir or default_state_dir(path)
     with _locked(path, state_dir, "apply"):
-        reconciler = _reconciler(path, state_dir, allow_empty=allow_empty, on_exit=lambda name: exited.set())
+        reconciler = _reconciler(path, state_dir, allow_empty=allow_empty, on_exit=lambda name: exited.set(),
+                                 terminal=sys.stderr if sys.stderr.isatty() else None)
         reconciler.adopt()
         deadline = time.monotonic() + timeout
         while True:
@@ -194,7 +195,8 @@ def run(path: Path, state_dir: Path | None, resync: float, allow_empty: bool, me
         daemon_box: list[Daemon] = []
         reconciler = Reconciler(path, state_dir, allow_empty=allow_empty, metrics=metrics,
                                 on_exit=lambda name: daemon_box[0].process_exited(name) if daemon_box else None,
-                                on_engine_back=lambda: daemon_box[0].resync_now() if daemon_box else None)
+                                on_engine_back=lambda: daemon_box[0].resync_now() if daemon_box else None,
+                                on_model_fetched=lambda: daemon_box[0].resync_now() if daemon_box else None)
         daemon = Daemon(reconciler, resync_seconds=resync)
         daemon_box.append(daemon)
         for number in (signal.SIGTERM, signal.SIGINT):

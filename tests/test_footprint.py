@@ -363,3 +363,10 @@ def test_the_choice_is_the_first_option_that_fits(sizes: list[int | None], engin
     assert selection.chosen == first
     considered = options if first is None else options[:first]
     assert [r.name for r in selection.rejected] == [option.name for option in considered]
+
+
+def test_the_progress_line_says_bytes_share_rate_and_eta() -> None:
+    from reconciler.control.models import progress_line
+
+    assert progress_line("x.gguf", 10 * 2 ** 20, 40 * 2 ** 20, 5.0) == "x.gguf  10.0/40.0 MiB   25%  2.0 MiB/s  ETA 15s"
+    assert progress_line("x.gguf", 2 ** 20, None, 1.0) == "x.gguf  1.0 MiB  1.0 MiB/s"

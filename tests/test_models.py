@@ -125,3 +125,14 @@ def test_models_lists_the_cache_and_gc_removes_only_what_no_model_names(workspac
     assert f"would remove {digest[:12]}" in dry and (workspace.state / "models" / "sha256" / digest).exists()
     assert f"removed {digest[:12]}" in workspace.cli("models", "gc", *models, "--yes").stdout
     assert not (workspace.state / "models" / "sha256" / digest).exists()
+
+
+def test_the_daemon_fetches_in_the_background_and_shows_it(workspace: Workspace, server: ArtifactServer, tiny: bytes) -> None:
+    digest = hashlib.sha256(tiny).hexdigest()
+    url = server.add("tiny.gguf", tiny, delay=1.0)  # slow enough to be seen downloading
+    workspace.write("model.yaml", document("Model", "tiny", {"source": url, "sha256": digest, "size": len(tiny)}))
+    workspace.start_daemon("--resync", "3600")
+    wait_for(lambda: (model_status(workspace) or {}).get("phase") == "Downloading", timeout=10, what="the download to show")
+    status = wait_for(lambda: (s := model_status(workspace)) and s["phase"] == "Available" and s, timeout=20,
+                      what="the fetched model")
+    assert status["artifact"]["sha256"] == digest and (workspace.state / "models" / "sha256" / digest).exists()

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from reconciler.api.host import HostProfile
 from reconciler.api.kinds import Model, ModelFormat, ModelVariant, Workload, WorkloadSpec
@@ -39,8 +40,10 @@ class _Failure:
 
 class ModelStore:
     def __init__(self, root: Path, state_dir: Path, background: bool = False,
-                 on_fetched: Callable[[], None] | None = None) -> None:
+                 on_fetched: Callable[[], None] | None = None, terminal: TextIO | None = None) -> None:
+        """`terminal`: where `apply` draws a progress line (bytes, rate, ETA) while it waits for a download."""
         self.root = root
+        self.terminal = terminal
         self.cache = ArtifactCache(state_dir / "models")
         self.background = background  # the daemon fetches in a thread; `apply` waits for it
         self.on_fetched = on_fetched
@@ -177,9 +180,14 @@ class ModelStore:
         assert variant.sha256 is not None
         digest = variant.sha256
 
+        started = time.monotonic()
+
         def progress(done: int, total: int | None) -> None:
             with self._lock:
                 self._progress[digest] = (done, total)
+            if self.terminal is not None:
+                self.terminal.write(f"\r{progress_line(redact(variant.source), done, total, time.monotonic() - started)}")
+                self.terminal.flush()
 
         try:
             log.info("fetching %s (sha256 %s)", redact(variant.source), digest[:12])
@@ -195,10 +203,22 @@ class ModelStore:
                                                   time.monotonic() + delay, attempts)
             log.warning("fetching %s failed: %s", redact(variant.source), error)
         finally:
+            if self.terminal is not None:
+                self.terminal.write("\n")
             with self._lock:
                 self._fetching.pop(digest, None)
         if self.on_fetched is not None:
             self.on_fetched()
+
+
+def progress_line(what: str, done: int, total: int | None, elapsed: float) -> str:
+    """`name  12.0/40.0 MiB  30%  3.1 MiB/s  ETA 9s`: what a person watching a download wants to know."""
+    rate = done / elapsed if elapsed > 0 else 0.0
+    mib = 1024 ** 2
+    if total:
+        eta = f"ETA {(total - done) / rate:.0f}s" if rate else "ETA ?"
+        return f"{what}  {done / mib:.1f}/{total / mib:.1f} MiB  {done / total:4.0%}  {rate / mib:.1f} MiB/s  {eta}"
+    return f"{what}  {done / mib:.1f} MiB  {rate / mib:.1f} MiB/s"
 
 
 def _context(uses: list[WorkloadSpec]) -> int | None:

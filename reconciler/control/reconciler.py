@@ -13,7 +13,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 from pydantic import ValidationError
 
@@ -87,7 +87,7 @@ class Reconciler:
         self, root: Path, state_dir: Path, *, allow_empty: bool = False,
         on_exit: Callable[[str], None] | None = None, readonly: bool = False,
         on_engine_back: Callable[[], None] | None = None, metrics: Metrics | None = None,
-        on_model_fetched: Callable[[], None] | None = None,
+        on_model_fetched: Callable[[], None] | None = None, terminal: TextIO | None = None,
     ) -> None:
         """`on_model_fetched`: models are fetched in the background (the daemon) and this is called when one is
         done; without it a pass fetches what it needs before it ends (`apply`)."""
@@ -102,7 +102,8 @@ class Reconciler:
             ContainerDriver(state_dir, owner_id(state_dir), engine, on_exit=on_exit, readonly=readonly,
                             on_engine_back=on_engine_back),
         )
-        self.models = ModelStore(self.root, state_dir, background=on_model_fetched is not None, on_fetched=on_model_fetched)
+        self.models = ModelStore(self.root, state_dir, background=on_model_fetched is not None, on_fetched=on_model_fetched,
+                                 terminal=terminal)
         self.workloads = WorkloadRenderer(self.root, self.drivers, engine, self._remembered, self.models)
         self.judge = Judge(self.workloads, self.approvals)
         self._policy_seen_at: float | None = None
