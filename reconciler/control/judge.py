@@ -73,7 +73,7 @@ class Judge:
     def _facts(self, desired: DesiredState, rendered: Rendered, workload: Workload, spec_hash: str,
                approval: Approval | None, policy: Policy | None) -> Facts:
         launch = rendered.launch
-        executables = (launch.executable, os.path.realpath(launch.executable)) if launch and launch.executable else ()
+        executables = _as_found(launch.executable if launch else None)
         checks = self.workloads.check_executables(rendered, workload)
         return Facts(executables, checks, _pinned_digests(policy, executables, checks),
                      spec_hash, approval, self.workloads.memory_use(desired, workload))
@@ -84,8 +84,7 @@ class Judge:
         running = process.record
         if process.state is not ProcessState.running or running is None or action.verb is Verb.stop or action.orphaned:
             return action, verdict  # an orphan is out of the desired state on purpose: what governs it left with it
-        executable = running.launch.executable
-        executables = (executable, os.path.realpath(executable)) if executable else ()
+        executables = _as_found(running.launch.executable)
         reasons = running_denial(running.launch, policy, Facts(executables, digests=_pinned_digests(policy, executables)))
         if not reasons:
             return action, verdict
@@ -93,6 +92,11 @@ class Judge:
         cause = f"stopped: {source} no longer allows what runs: " + "; ".join(str(reason) for reason in reasons)
         stop = replace(Action(action.key, Verb.stop, cause, action.generation or record.generation), failure_reason=POLICY_DENIED)
         return stop, Verdict(Decision.approve, (Reason("policy.tightened", cause),))
+
+
+def _as_found(executable: str | None) -> tuple[str, ...]:
+    """An executable as the gate judges it: where PATH finds it, then with symlinks resolved."""
+    return (executable, os.path.realpath(executable)) if executable else ()
 
 
 def _pinned_digests(policy: Policy | None, *programs: tuple[str, ...]) -> dict[str, str]:

@@ -21,7 +21,7 @@ from reconciler.api.status import Placement
 from reconciler.diff.engines import Blocked, Rendered
 from reconciler.gate.placement import PlacementDecision, decide_placement
 from reconciler.gate.resources import budget, gib
-from reconciler.gate.verdict import DEFAULT_POLICY, Decision, Reason, Verdict
+from reconciler.gate.verdict import Decision, Reason, Verdict, governing
 from reconciler.record.decision_record import DecisionInputs, runtime_decision_record
 
 # What no waiting fixes: this host lacks the device, the engine or the memory (a busy GPU or a missing model
@@ -66,10 +66,11 @@ def place(
 ) -> tuple[PlacementDecision, SecretFacts | None]:
     fallback = workload.spec.fallback
     secret = secret_facts(fallback.api_key) if fallback is not None else None
+    rules, source = governing(policy)
     decision = decide_placement(
-        fallback, blocker, (policy.spec if policy else DEFAULT_POLICY).hosted, workload=workload.name,
+        fallback, blocker, rules.hosted, workload=workload.name,
         consent_approved=consented(approval, spec_hash), secret_resolves=secret.resolves if secret else None,
-        policy_source=f"Policy/{policy.name}" if policy else "default policy",
+        policy_source=source,
     )
     return decision, secret
 
@@ -95,7 +96,7 @@ def workload_decision_record(
 ) -> dict[str, Any]:
     """`model`: (name, path, bytes on disk) of the model it serves."""
     spec = workload.spec
-    rules = policy.spec if policy else DEFAULT_POLICY
+    rules, source = governing(policy)
     total = profile.memory.total if profile else 0
     return runtime_decision_record(DecisionInputs(
         workload=workload.name, runtime=spec.runtime.value,
@@ -107,7 +108,7 @@ def workload_decision_record(
         model_name=model[0] if model else None, model_path=model[1] if model else None,
         model_bytes=model[2] if model else None, memory_limit_bytes=spec.resources.memory,
         memory_budget_bytes=budget(total, rules.resources) if total else None,
-        fallback=spec.fallback, hosted=rules.hosted, policy_source=f"Policy/{policy.name}" if policy else "default policy",
+        fallback=spec.fallback, hosted=rules.hosted, policy_source=source,
         consent_approved=consented, secret_resolves=secret.resolves if secret else None,
         secret_file_mode=secret.file_mode if secret else None,
     ))

@@ -63,7 +63,7 @@ def decide(action: Action, policy: Policy | None, facts: Facts = NO_FACTS) -> Ve
     """Judge one action. Removing and recording are always allowed; a start must pass every rule."""
     if action.verb not in (Verb.create, Verb.recreate) or action.launch is None:
         return Verdict(Decision.approve, (Reason("no-side-effects", "records or removes only: nothing is started"),))
-    spec, source = _governing(policy)
+    spec, source = governing(policy)
     granted, problems, engine_trusted = _judge(action.launch, spec, source, policy is not None, facts)
     if facts.memory is not None:
         overcommit = resources.memory_problem(facts.memory, spec.resources, source)
@@ -92,13 +92,14 @@ def decide(action: Action, policy: Policy | None, facts: Facts = NO_FACTS) -> Ve
 def running_denial(launch: LaunchSpec | ContainerLaunch, policy: Policy | None, facts: Facts = NO_FACTS) -> tuple[Reason, ...]:
     """Why what runs now would be refused by the policy in force (a tightened one): it must then stop.
     Approvals and memory are not re-judged: it was admitted, and a pending approval only holds new starts."""
-    spec, source = _governing(policy)
+    spec, source = governing(policy)
     if spec.mode is PolicyMode.audit:
         return ()
     return tuple(_judge(launch, spec, source, policy is not None, facts)[1])
 
 
-def _governing(policy: Policy | None) -> tuple[PolicySpec, str]:
+def governing(policy: Policy | None) -> tuple[PolicySpec, str]:
+    """The rules in force and how reasons name them."""
     return (policy.spec, f"Policy/{policy.name}") if policy else (DEFAULT_POLICY, "default policy")
 
 
