@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 from reconciler.api.fallback import Fallback, HostedPolicy
 from reconciler.diff.engines import Blocked
 from reconciler.gate.placement import decide_placement
-from reconciler.record.decision_record import DecisionInputs, record_digest, runtime_decision_record
+from reconciler.record.decision_record import DecisionInputs, ModelFacts, record_digest, runtime_decision_record
 
 GIB = 1024 ** 3
+TINY = ModelFacts("tiny", "/models/tiny.gguf", GIB)
 NO_GPU = Blocked("NoCompatibleGPU", "needs 1 NVIDIA GPU(s); this host has none (NVML unavailable)")
 SOURCE = "Policy/workstation"
 URL = "https://api.example.com/v1"
@@ -45,7 +46,7 @@ def inputs(
         host_summary="x86_64, 2 cores, avx2; 23.4 GiB RAM; no NVIDIA GPU (NVML unavailable)", placement=placement,
         update_channel="folder /srv/desired-state", state_dir="/var/lib/reconciler",
         evidence_file="/srv/desired-state/chat.evidence.jsonl", log_file="/var/lib/reconciler/logs/chat.log",
-        endpoint="http://127.0.0.1:8080/v1", model_name="tiny", model_path="/models/tiny.gguf", model_bytes=GIB,
+        endpoint="http://127.0.0.1:8080/v1", model=TINY,
         memory_limit_bytes=4 * GIB, memory_budget_bytes=21 * GIB, fallback=fallback, hosted=hosted,
         policy_source=SOURCE, consent_approved=approved, secret_resolves=resolves,
     )
@@ -100,7 +101,9 @@ def test_no_time_or_free_amount_is_recorded() -> None:
     {"blocker": NO_GPU, "hosted": CONSENTED, "approved": True},
     {"blocker": NO_GPU, "resolves": False},
     {"host_summary": "x86_64, 16 cores, avx512f; 125.7 GiB RAM; 1 NVIDIA H100 80GB HBM3 (80.0 GiB), driver 550.54"},
-    {"model_name": "big"}, {"model_path": "/models/other.gguf"}, {"model_bytes": 2 * GIB},
+    {"model": replace(TINY, name="big")}, {"model": replace(TINY, path="/models/other.gguf")},
+    {"model": replace(TINY, bytes=2 * GIB)}, {"model": replace(TINY, estimate="weights 1.0 GiB + KV 0.1 GiB on cpu")},
+    {"model": replace(TINY, selection="chose q4: ...; rejected f16: needs 16.0 GiB")},
     {"memory_limit_bytes": None}, {"memory_budget_bytes": 40 * GIB},
     {"update_channel": "git main@sha1:0123abc"}, {"fallback": None},
     {"fallback": FALLBACK.model_copy(update={"region": "us"})},
@@ -116,9 +119,9 @@ def test_a_changed_input_changes_the_digest(change: dict[str, Any]) -> None:
 @PROPERTIES
 @given(st.text(max_size=40), st.text(max_size=40), st.integers(0, 2 ** 40), st.integers(0, 2 ** 40))
 def test_the_digest_follows_the_host_and_the_model(host: str, other_host: str, size: int, other_size: int) -> None:
-    one = record_digest(record(NO_GPU, host_summary=host, model_bytes=size))
-    assert one == record_digest(record(NO_GPU, host_summary=host, model_bytes=size))
-    two = record_digest(record(NO_GPU, host_summary=other_host, model_bytes=other_size))
+    one = record_digest(record(NO_GPU, host_summary=host, model=replace(TINY, bytes=size)))
+    assert one == record_digest(record(NO_GPU, host_summary=host, model=replace(TINY, bytes=size)))
+    two = record_digest(record(NO_GPU, host_summary=other_host, model=replace(TINY, bytes=other_size)))
     assert (one == two) == (host == other_host and f"{size / GIB:.1f}" == f"{other_size / GIB:.1f}")
 
 
@@ -195,8 +198,20 @@ def test_a_model_within_its_limit() -> None:
     assert answers["tradeOff"] == "exceeding the limit stops this workload rather than slowing the whole host"
 
 
+def test_the_footprint_cites_the_estimate_and_the_rejected_variants() -> None:
+    chosen = replace(TINY, estimate="weights 1.0 GiB (GGUF header) + KV cache 0.1 GiB + overhead 0.5 GiB = 1.6 GiB on cpu",
+                     selection="chose q4: 1.6 GiB on cpu fits the 21.0 GiB of RAM that may be committed; "
+                               "rejected f16: needs 30.0 GiB on cpu, more than the 21.0 GiB of RAM that may be committed")
+    answers = record(model=chosen)["questions"]["modelFootprint"]
+    assert "estimated footprint weights 1.0 GiB (GGUF header)" in answers["constraint"]
+    assert answers["constraint"].endswith("= 1.6 GiB on cpu; memory limit 4.0 GiB; workloads together may commit 21.0 GiB")
+    assert answers["tradeOff"].endswith("; chose q4: 1.6 GiB on cpu fits the 21.0 GiB of RAM that may be committed; "
+                                        "rejected f16: needs 30.0 GiB on cpu, more than the 21.0 GiB of RAM that may be "
+                                        "committed")
+
+
 def test_a_model_larger_than_its_limit() -> None:
-    text = question(record(model_bytes=6 * GIB), "modelFootprint")
+    text = question(record(model=replace(TINY, bytes=6 * GIB)), "modelFootprint")
     assert "the model file alone (6.0 GiB) exceeds the limit" in text
 
 
@@ -211,7 +226,7 @@ def test_more_than_the_budget() -> None:
 
 
 def test_no_model() -> None:
-    text = question(record(model_name=None, model_path=None, model_bytes=None, engine="process"), "modelFootprint")
+    text = question(record(model=None, engine="process"), "modelFootprint")
     assert text.startswith("no Model (engine process runs what the spec names)")
 
 

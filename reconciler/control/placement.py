@@ -22,7 +22,7 @@ from reconciler.diff.engines import Blocked, Rendered
 from reconciler.gate.placement import PlacementDecision, decide_placement
 from reconciler.gate.resources import budget, gib
 from reconciler.gate.verdict import Decision, Reason, Verdict, governing
-from reconciler.record.decision_record import DecisionInputs, runtime_decision_record
+from reconciler.record.decision_record import DecisionInputs, ModelFacts, runtime_decision_record
 
 # What no waiting fixes: this host lacks the device, the engine or the memory (a busy GPU or a missing model
 # file is waited for, or fetched, locally: never a reason to send data elsewhere).
@@ -91,10 +91,9 @@ def consent_verdict(decision: PlacementDecision, approval: Approval | None, spec
 
 def workload_decision_record(
     workload: Workload, decision: PlacementDecision, secret: SecretFacts | None, policy: Policy | None,
-    profile: HostProfile | None, model: tuple[str, str, int | None] | None, *, channel: str, state_dir: Path,
+    profile: HostProfile | None, model: ModelFacts | None, *, channel: str, state_dir: Path,
     evidence_file: Path, log_file: str | None, endpoint: str | None, consented: bool,
 ) -> dict[str, Any]:
-    """`model`: (name, path, bytes on disk) of the model it serves."""
     spec = workload.spec
     rules, source = governing(policy)
     total = profile.memory.total if profile else 0
@@ -105,8 +104,7 @@ def workload_decision_record(
         placement=decision, update_channel=channel, state_dir=str(state_dir), evidence_file=str(evidence_file),
         log_file=log_file, endpoint=endpoint if decision.placement is Placement.local else None,
         gpus_wanted=spec.resources.gpus.wanted, gpu_min_memory_bytes=spec.resources.gpus.min_memory,
-        model_name=model[0] if model else None, model_path=model[1] if model else None,
-        model_bytes=model[2] if model else None, memory_limit_bytes=spec.resources.memory,
+        model=model, memory_limit_bytes=spec.resources.memory,
         memory_budget_bytes=budget(total, rules.resources) if total else None,
         fallback=spec.fallback, hosted=rules.hosted, policy_source=source,
         consent_approved=consented, secret_resolves=secret.resolves if secret else None,

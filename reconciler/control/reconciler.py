@@ -36,7 +36,7 @@ from reconciler.drive.process import ProcessDriver, owner_id
 from reconciler.drive.protocol import StartFailed
 from reconciler.control.judge import Judge
 from reconciler.control.placement import SecretFacts, consented, workload_decision_record
-from reconciler.record.decision_record import record_digest
+from reconciler.record.decision_record import ModelFacts, record_digest
 from reconciler.gate.placement import PlacementDecision
 from reconciler.gate.verdict import DEFAULT_POLICY, Verdict
 from reconciler.load.desired import DesiredEntry, DesiredState, load_desired
@@ -342,8 +342,7 @@ class Reconciler:
         if planned.placement is None or entry is None or not isinstance(entry.resource, Workload):
             return None
         workload = entry.resource
-        presence = self.workloads.model_presence(self.desired, workload)
-        model = (workload.spec.model, str(presence.path), presence.size) if workload.spec.model and presence else None
+        model = _model_facts(workload, self.workloads.model_view(self.desired, workload))
         consent = self.approvals.get(workload.name, hosted=True)
         return workload_decision_record(
             workload, planned.placement, planned.secret, self._policy_in_force(self.desired), self.host.profile, model,
@@ -476,3 +475,15 @@ def _last_valid(record: ResourceRecord | None) -> DesiredEntry | None:
         log.warning("%s: the version on record no longer validates: %s", record.key, error)
         return None
     return DesiredEntry(resource, record.source, spec_hash(resource))
+
+
+def _model_facts(workload: Workload, view: ModelView | None) -> ModelFacts | None:
+    if workload.spec.model is None:
+        return None
+    presence, selection = (view.presence, view.selection) if view else (None, None)
+    footprint = selection.estimate if selection else None
+    return ModelFacts(
+        workload.spec.model, str(presence.path) if presence else None, presence.size if presence else None,
+        estimate=f"{footprint.explanation} on {footprint.device}" if footprint else None,
+        selection=selection.message if selection else None,
+    )

@@ -146,8 +146,12 @@ class WorkloadRenderer:
         return memory_commitment(workload.spec, presence.size if presence else None)
 
     def model_presence(self, desired: DesiredState, workload: Workload) -> ModelPresence | None:
-        view = self._model(desired, self.remembered, workload.spec.model)[1] if workload.spec.model else None
+        view = self.model_view(desired, workload)
         return view.presence if view else None
+
+    def model_view(self, desired: DesiredState, workload: Workload) -> ModelView | None:
+        """The Model a workload serves, as this host sees it: the chosen variant, its footprint and where it is."""
+        return self._model(desired, self.remembered, workload.spec.model)[1] if workload.spec.model else None
 
     def _render_container(self, workload: Workload, file: str, gpus: tuple[int, ...]) -> ContainerLaunch | Blocked:
         spec = workload.spec

@@ -23,6 +23,17 @@ Question = dict[str, str]
 
 
 @dataclass(frozen=True)
+class ModelFacts:
+    """The model a workload serves: stable facts only (a footprint from sizes and the header, not free memory)."""
+
+    name: str
+    path: str | None = None
+    bytes: int | None = None  # on disk; None when unknown or not there
+    estimate: str | None = None  # the footprint's formula with its numbers, when one was estimated
+    selection: str | None = None  # which variant was chosen and why not the ones before it
+
+
+@dataclass(frozen=True)
 class DecisionInputs:
     """Everything the record says, as plain facts the caller observed. `host_summary` must hold capability
     only (architecture, cores, CPU flags, total RAM, GPUs and driver), never free memory or load."""
@@ -39,9 +50,7 @@ class DecisionInputs:
     endpoint: str | None = None  # where clients on this host reach it when local
     gpus_wanted: int = 0
     gpu_min_memory_bytes: int | None = None
-    model_name: str | None = None
-    model_path: str | None = None
-    model_bytes: int | None = None  # on disk; None when unknown or not there
+    model: ModelFacts | None = None
     memory_limit_bytes: int | None = None  # spec.resources.memory: enforced, and what it commits
     memory_budget_bytes: int | None = None  # what the policy lets workloads commit together (RAM less the reserve)
     fallback: Fallback | None = None
@@ -120,29 +129,34 @@ def _model_footprint(inputs: DecisionInputs) -> Question:
                        "the hosted model is the provider's, not the local weights: its answers may differ")
     memory = f"memory limit {_gib(limit)}" if limit is not None else "no memory limit"
     shared = f"; workloads together may commit {_gib(budget)}" if budget is not None else ""
-    constraint = f"{model}; {memory}{shared}"
-    committed = limit if limit is not None else inputs.model_bytes
+    facts = inputs.model
+    model_bytes = facts.bytes if facts else None
+    estimated = f"; estimated footprint {facts.estimate}" if facts and facts.estimate else ""
+    constraint = f"{model}{estimated}; {memory}{shared}"
+    chosen = f"; {facts.selection}" if facts and facts.selection else ""
+    committed = limit if limit is not None else model_bytes
     over = (f"; committing {_gib(committed)} exceeds that, so it starts only where the policy allows overcommit"
             if budget is not None and committed is not None and committed > budget else "")
     if limit is None:
         counted = f"its model's size ({_gib(committed)})" if committed is not None else "nothing"
         return _answer(constraint, f"it is counted as {counted} against the memory budget; its context cache comes on "
                                    f"top{over}",
-                       "nothing caps it: a larger context can push the host into swap or the OOM killer")
-    if inputs.model_bytes is not None and inputs.model_bytes > limit:
-        return _answer(constraint, f"the model file alone ({_gib(inputs.model_bytes)}) exceeds the limit: loading it "
+                       f"nothing caps it: a larger context can push the host into swap or the OOM killer{chosen}")
+    if model_bytes is not None and model_bytes > limit:
+        return _answer(constraint, f"the model file alone ({_gib(model_bytes)}) exceeds the limit: loading it "
                                    f"will likely be killed for memory{over}",
-                       "the limit protects other workloads at the cost of this one not fitting: raise it")
+                       f"the limit protects other workloads at the cost of this one not fitting: raise it{chosen}")
     return _answer(constraint, f"the model and its context cache fit in the limit{over}",
-                   "exceeding the limit stops this workload rather than slowing the whole host")
+                   f"exceeding the limit stops this workload rather than slowing the whole host{chosen}")
 
 
 def _model(inputs: DecisionInputs) -> str:
-    if inputs.model_name is None:
+    facts = inputs.model
+    if facts is None:
         return f"no Model (engine {inputs.engine} runs what the spec names)"
-    where = f" at {inputs.model_path}" if inputs.model_path else ""
-    size = f", {_gib(inputs.model_bytes)} on disk" if inputs.model_bytes is not None else ", size unknown"
-    return f"Model/{inputs.model_name}{where}{size}"
+    where = f" at {facts.path}" if facts.path else ""
+    size = f", {_gib(facts.bytes)} on disk" if facts.bytes is not None else ", size unknown"
+    return f"Model/{facts.name}{where}{size}"
 
 
 def _update_channel(inputs: DecisionInputs) -> Question:
@@ -220,7 +234,7 @@ def _local_secret_storage(inputs: DecisionInputs) -> Question:
 
 def _locations(inputs: DecisionInputs) -> dict[str, str]:
     decision, hosted = inputs.placement, _hosted(inputs)
-    model = f"model {inputs.model_path}" if inputs.model_path else "no model file"
+    model = f"model {inputs.model.path}" if inputs.model and inputs.model.path else "no model file"
     if hosted:
         execution = f"{hosted.provider} ({hosted.region}) at {hosted.base_url}, model {hosted.model}"
         data = f"{_sent(hosted)} go to {hosted.provider} ({hosted.region}); {model} stays on this host, unused"
