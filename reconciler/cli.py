@@ -177,7 +177,10 @@ def _readiness(reconciler: Reconciler, min_ready_seconds: float) -> tuple[list[s
 @click.option("--allow-empty", is_flag=True, help="Prune everything even when the desired state becomes empty.")
 @click.option("--metrics-address", metavar="HOST:PORT", envvar="RECONCILER_METRICS_ADDRESS",
               help="Serve Prometheus metrics there (loopback only), e.g. 127.0.0.1:9464. Off by default.")
-def run(path: Path, state_dir: Path | None, resync: float, allow_empty: bool, metrics_address: str | None) -> None:
+@click.option("--model-rehash-hours", default=24.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Hash each cached model in full at least this often (it is also hashed before every start).")
+def run(path: Path, state_dir: Path | None, resync: float, allow_empty: bool, metrics_address: str | None,
+        model_rehash_hours: float) -> None:
     """The daemon: watch PATH and converge on every change, exit and resync. SIGTERM leaves workloads running."""
     state_dir = state_dir or default_state_dir(path)
     metrics = None
@@ -197,7 +200,7 @@ def run(path: Path, state_dir: Path | None, resync: float, allow_empty: bool, me
                                 on_exit=lambda name: daemon_box[0].process_exited(name) if daemon_box else None,
                                 on_engine_back=lambda: daemon_box[0].resync_now() if daemon_box else None,
                                 on_model_fetched=lambda: daemon_box[0].resync_now() if daemon_box else None)
-        daemon = Daemon(reconciler, resync_seconds=resync)
+        daemon = Daemon(reconciler, resync_seconds=resync, model_rehash_seconds=model_rehash_hours * 3600)
         daemon_box.append(daemon)
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, lambda *_: daemon.stop())

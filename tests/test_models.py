@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,3 +139,28 @@ def test_the_daemon_fetches_in_the_background_and_shows_it(workspace: Workspace,
     status = wait_for(lambda: (s := model_status(workspace)) and s["phase"] == "Available" and s, timeout=20,
                       what="the fetched model")
     assert status["artifact"]["sha256"] == digest and (workspace.state / "models" / "sha256" / digest).exists()
+
+
+def test_bytes_changed_in_place_are_found_by_the_scheduled_rehash(workspace: Workspace, server: ArtifactServer,
+                                                                  tiny: bytes) -> None:
+    digest = hashlib.sha256(tiny).hexdigest()
+    url = server.add("tiny.gguf", tiny)
+    workspace.write("model.yaml", document("Model", "tiny", {"source": url, "sha256": digest, "size": len(tiny)}))
+    workspace.cli("apply")
+    cached = workspace.state / "models" / "sha256" / digest
+    before = cached.stat()
+    damaged = bytearray(tiny)
+    damaged[len(damaged) // 2] ^= 0xFF
+    with open(cached, "r+b") as handle:  # same inode, same size, and the mtime put back: only a hash can tell
+        handle.write(damaged)
+    os.utime(cached, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert workspace.cli("apply").returncode == 0 and cached.read_bytes() != tiny, "a pass alone does not hash"
+    gets = len([seen for seen in server.gets("tiny.gguf") if seen.range is None])
+
+    # a schedule of 3.6 s checked every 0.9 s: the sidecar says the entry was verified longer ago than that
+    workspace.start_daemon("--resync", "3600", "--model-rehash-hours", "0.001")
+    wait_for(lambda: cached.exists() and cached.read_bytes() == tiny, timeout=30, what="the damaged model fetched again")
+    assert len([seen for seen in server.gets("tiny.gguf") if seen.range is None]) == gets + 1
+    wait_for(lambda: model_status(workspace)["phase"] == "Available", timeout=10, what="the model available again")
+    log = workspace.daemon_log.read_text()
+    assert f"its bytes no longer match sha256 {digest}; removed, and fetched again" in log, log

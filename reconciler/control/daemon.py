@@ -31,6 +31,7 @@ log = logging.getLogger("reconciler")
 QUIET_SECONDS = 0.03  # after a save completes: lets a burst of saves coalesce into one pass
 UNCLOSED_WRITE_SECONDS = 60.0  # a file modified but never closed (a stalled writer, a missed event) is read after this
 ERROR_BACKOFF = (0.5, 60.0)  # per-key retry of a reconcile that raised: initial, max seconds
+MODEL_REHASH_SECONDS = 24 * 3600.0  # each cached model is hashed in full at least this often (and before each start)
 
 
 class _SpecEvents(FileSystemEventHandler):
@@ -90,10 +91,12 @@ class _ApprovalEvents(FileSystemEventHandler):
 
 
 class Daemon:
-    def __init__(self, reconciler: Reconciler, resync_seconds: float = 30.0, workers: int = 2) -> None:
+    def __init__(self, reconciler: Reconciler, resync_seconds: float = 30.0, workers: int = 2,
+                 model_rehash_seconds: float = MODEL_REHASH_SECONDS) -> None:
         self.reconciler = reconciler
         self.metrics = reconciler.metrics
         self.resync_seconds = resync_seconds
+        self.model_rehash_seconds = model_rehash_seconds
         self.queue: WorkQueue[ResourceKey] = WorkQueue()
         self.stopping = threading.Event()
         self._wake = threading.Event()
@@ -101,6 +104,7 @@ class Daemon:
         self._failures: dict[ResourceKey, int] = {}
         self._resync_requested = threading.Event()
         self._workers = [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True) for n in range(workers)]
+        self._rehasher = threading.Thread(target=self._rehash_models, name="model-rehash", daemon=True)
 
     def process_exited(self, name: str) -> None:
         key = ResourceKey("Workload", name)
@@ -127,6 +131,7 @@ class Daemon:
         self.reconciler.adopt()
         for worker in self._workers:
             worker.start()
+        self._rehasher.start()
         log.info("watching %s (resync every %ss)", self.reconciler.root, self.resync_seconds)
         watchdog = systemd.Watchdog.from_environment()
         systemd.ready()  # after adopt(): what already runs is ours again
@@ -182,6 +187,16 @@ class Daemon:
                 self.metrics.triggered(key)
             self.queue.add(key)
         systemd.status(f"{len(keys)} resources; last pass ({why}) at {time.strftime('%H:%M:%S')}")
+
+    def _rehash_models(self) -> None:
+        """Bytes changed in place keep size and mtime: only hashing finds them, so it runs on a schedule, off the
+        loop (a large model takes minutes), and a discarded model is fetched again by the pass it triggers."""
+        while not self.stopping.wait(min(self.model_rehash_seconds / 4, 3600.0)):
+            try:
+                if self.reconciler.models.rehash(self.model_rehash_seconds):
+                    self.resync_now()
+            except OSError:
+                log.exception("re-hashing cached models failed; the next round tries again")
 
     def _work(self) -> None:
         while True:

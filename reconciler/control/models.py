@@ -53,6 +53,7 @@ class ModelStore:
         self._failures: dict[str, _Failure] = {}
         self._progress: dict[str, tuple[int, int | None]] = {}
         self._fetching: dict[str, threading.Thread] = {}
+        self._damaged: dict[str, str] = {}  # digest -> why its cached bytes were discarded, until fetched again
 
     def view(self, desired: DesiredState, model: Model, file: str) -> ModelView:
         base = (self.root / file).parent
@@ -110,7 +111,22 @@ class ModelStore:
         path = presence.path
         if path.parent != self.cache.root / "sha256" or self.cache.verify(path.name):
             return None
-        return f"{path}: its bytes no longer match sha256 {path.name}; removed, and fetched again"
+        return self._discarded(path.name)
+
+    def rehash(self, max_age: float) -> list[str]:
+        """Hash in full every cached model last verified more than `max_age` seconds ago (the daemon's schedule);
+        one whose bytes changed is discarded, to be fetched again. Returns why, for each one discarded."""
+        with self._lock:
+            busy = set(self._fetching)
+        return [self._discarded(digest) for digest in self.cache.due_for_rehash(max_age, time.time())
+                if digest not in busy and not self.cache.verify(digest)]
+
+    def _discarded(self, digest: str) -> str:
+        why = f"{self.cache.path(digest)}: its bytes no longer match sha256 {digest}; removed, and fetched again"
+        log.warning("%s", why)
+        with self._lock:
+            self._damaged[digest] = why
+        return why
 
     # -- observation ------------------------------------------------------------------------
 
@@ -131,12 +147,14 @@ class ModelStore:
             fetching = variant.sha256 in self._fetching
             progress = self._progress.get(variant.sha256)
             failure = self._failures.get(variant.sha256)
+            damaged = self._damaged.get(variant.sha256)
         presence = observe_model(path) if path else ModelPresence(self.cache.path(variant.sha256), None)
         if path is not None:
             return ModelView(presence, variant, selection)
-        if fetching:
-            return ModelView(presence, variant, selection, Blocked(DOWNLOADING, _downloading(variant, progress)), progress)
-        return ModelView(presence, variant, selection, failure.why if failure else None, progress)
+        why = Blocked(DOWNLOADING, _downloading(variant, progress)) if fetching else failure.why if failure else None
+        if why is not None and damaged is not None:  # the cause stays visible until the bytes are whole again
+            why = Blocked(why.reason, f"{damaged}: {why.message}")
+        return ModelView(presence, variant, selection, why, progress)
 
     def _option(self, variant: ModelVariant, base: Path, format: ModelFormat) -> VariantOption:
         needs = Needs(variant.needs.engine.value if variant.needs.engine else None, variant.needs.gpu_memory,
@@ -194,6 +212,7 @@ class ModelStore:
             fetch(variant.source, digest, self.cache, size=variant.size, progress=progress)
             with self._lock:
                 self._failures.pop(digest, None)
+                self._damaged.pop(digest, None)
             log.info("fetched and verified %s", redact(variant.source))
         except ArtifactError as error:
             with self._lock:

@@ -130,6 +130,12 @@ class ArtifactCache:
                 found.append(CacheEntry(path.name, path, info.st_size, self._verified_at(path, info)))
         return found
 
+    def due_for_rehash(self, max_age: float, now: float) -> list[str]:
+        """Entries last hashed in full more than `max_age` seconds ago (wall time: the schedule outlives restarts).
+        Size, mtime and inode catch most damage each pass; only hashing catches bytes changed in place."""
+        return [entry.sha256 for entry in self.entries()
+                if entry.verified_at is None or now - entry.verified_at >= max_age]
+
     def remove(self, sha256: str, keep_partial: bool = False) -> None:
         path = self.path(sha256)
         doomed = [path, _sidecar(path)] + ([] if keep_partial else [self.partial_path(sha256)])
