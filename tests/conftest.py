@@ -110,7 +110,7 @@ class Workspace:
         command = [PYTHON, "-m", "reconciler", *args]
         if args and args[0] in {"plan", "apply", "run", "down", "status", "host"}:
             command += [str(self.desired), "--state-dir", str(self.state)]
-        elif args and args[0] in {"describe", "logs", "approve", "deny"}:  # NAME first, then the folder
+        elif args and args[0] in {"describe", "logs", "approve", "deny", "rollback"}:  # NAME first, then the folder
             command = [*command[:5], str(self.desired), "--state-dir", str(self.state), *command[5:]]
         elif args and args[0] == "validate":
             command += [str(self.desired)]

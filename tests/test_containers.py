@@ -440,3 +440,23 @@ def test_bad_container_specs_are_refused_at_load_with_file_and_line(
     assert "bad.yaml:" in checked.stdout + checked.stderr
     space.cli("apply")
     assert ours(docker_engine, space) == []
+
+
+def test_a_container_update_that_never_turns_healthy_is_rolled_back(space: Workspace, docker_engine: EngineUnderTest) -> None:
+    port, update = free_port(), {"progressDeadlineSeconds": 4, "soakSeconds": 1, "rollback": "Auto"}
+    space.write("web.yaml", web("web", port, update=update))
+    space.start_daemon("--resync", "3600")
+    proven = lambda generation: any(e.get("outcome") == "proven" and e["generation"] == generation  # noqa: E731
+                                    for e in space.evidence("web.yaml") if e["event"] == "rollout")
+    wait_for(lambda: proven(1), 60, what="generation 1 proven")
+    good = the_container(docker_engine, space, "web").labels["dev.localaistack.config-hash"]
+
+    broken = web("web", port, update=update).replace("path: /health", "path: /missing")  # 404: never Ready
+    space.write("web.yaml", broken)
+    wait_for(lambda: (space.resource_status("web.yaml", "web") or {}).get("phase") == "RolledBack", 60, what="rolled back")
+    wait_for(lambda: the_container(docker_engine, space, "web").labels["dev.localaistack.config-hash"] == good, 30,
+             what="the known-good container back")
+    failed = next(e for e in space.evidence("web.yaml") if e.get("outcome") == "failed")
+    assert failed["generation"] == 2 and "404" in failed["message"], failed
+    wait_for(lambda: (space.condition("web.yaml", "web") or {}).get("status") == "True", 30, what="Ready again")
+    assert len(ours(docker_engine, space, "web")) == 1

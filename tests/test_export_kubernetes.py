@@ -198,6 +198,18 @@ def test_unexposed_workload_has_no_service_and_rolls_normally() -> None:
     assert "strategy" not in manifests[1]["spec"] and "ports" not in container_of(manifests, "batch")
 
 
+def test_a_staged_update_becomes_the_deployments_deadline_and_min_ready_seconds() -> None:
+    spec = "  command: [python3, app.py]\n  update: {progressDeadlineSeconds: 90.5, soakSeconds: 45, rollback: Auto}\n"
+    manifests = kubernetes_manifests(desired(workload("app", spec)), [])
+    deployment = by_kind(manifests, "Deployment", "app")["spec"]
+    assert (deployment["progressDeadlineSeconds"], deployment["minReadySeconds"]) == (91, 45)
+    note = note_of(manifests, "app")
+    assert "spec.update.progressDeadlineSeconds 90.5 becomes 91" in note and "kubectl rollout undo" in note
+    assert_valid(manifests)
+    longer_soak = kubernetes_manifests(desired(workload("app", "  command: [python3, app.py]\n  update: {progressDeadlineSeconds: 30, soakSeconds: 60}\n")), [])
+    assert by_kind(longer_soak, "Deployment", "app")["spec"]["progressDeadlineSeconds"] == 90  # must exceed minReadySeconds
+
+
 def test_security_context_keeps_the_least_privilege_defaults() -> None:
     manifests = kubernetes_manifests(desired(workload("plain", "  runtime: container\n  image: example/app:1\n")), [])
     assert_valid(manifests)

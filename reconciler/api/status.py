@@ -68,6 +68,25 @@ class FailureInfo(Report):
     pid: int | None = None  # the process we stopped for it (an unhealthy one), if any
 
 
+class RolloutState(str, Enum):
+    progressing = "Progressing"  # started, not Ready yet; the progress deadline runs
+    soaking = "Soaking"  # Ready; must stay so for the soak period
+    proven = "Proven"  # this generation is the known-good one
+    failed = "Failed"  # missed its deadline or failed while soaking; nothing restored (rollback Manual, or no known-good)
+    rolled_back = "RolledBack"  # failed, and the known-good version runs instead
+
+
+class RolloutStatus(Report):
+    """What `status` shows about the update in progress or just decided."""
+
+    generation: int
+    state: RolloutState
+    message: str
+    known_good_generation: int | None = None
+    known_good_spec_hash: str | None = None
+    rollback: str = Field("Manual", description="Auto restores the known-good version when an update fails.")
+
+
 class ResourceStatus(Report):
     kind: str
     name: str
@@ -96,6 +115,8 @@ class ResourceStatus(Report):
         None, description="A Model's chosen variant: source, sha256, where it is, download progress, footprint estimate.")
     decision_record: dict[str, Any] | None = Field(
         None, description="The Runtime Decision Record: why it runs where it runs, and what that trades off.")
+    rollout: RolloutStatus | None = Field(
+        None, description="A Workload's update: being proven, proven, failed or rolled back, and its known-good version.")
 
 
 class HealthState(Report):

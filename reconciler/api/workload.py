@@ -51,6 +51,24 @@ class Restart(Spec):
     backoff: Backoff = Field(default_factory=Backoff)
 
 
+class RollbackMode(str, Enum):
+    auto = "Auto"
+    manual = "Manual"
+
+
+class UpdateStrategy(Spec):
+    """How a changed spec is proven before it becomes the known-good version a rollback restores."""
+
+    progress_deadline_seconds: float = Field(
+        600.0, gt=0, le=86400, description="A new generation must become Ready within this many seconds.")
+    soak_seconds: float = Field(
+        30.0, ge=0, le=86400, description="...and then stay Ready this long to become the known-good version.")
+    rollback: RollbackMode = Field(
+        RollbackMode.manual,
+        description="Auto: a failed update is replaced by the known-good version (and not retried until the spec "
+                    "changes again). Manual: it stays failed; `reconciler rollback NAME` restores on demand.")
+
+
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -167,6 +185,7 @@ class WorkloadSpec(Spec):
     health: HealthCheck | None = None
     resources: Resources = Field(default_factory=Resources)
     restart: Restart = Field(default_factory=Restart)
+    update: UpdateStrategy = Field(default_factory=UpdateStrategy)
     termination_grace_period_seconds: float = Field(10.0, ge=0, le=3600)
     image: str | None = Field(None, description="runtime container: the image, best pinned as name@sha256:<digest>.")
     image_pull_policy: PullPolicy = Field(

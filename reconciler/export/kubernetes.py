@@ -20,7 +20,7 @@ from reconciler.api.container import NOBODY
 from reconciler.api.kinds import Model, Workload
 from reconciler.api.meta import API_VERSION, GROUP, Resource
 from reconciler.api.quantity import format_bytes
-from reconciler.api.workload import Backoff, Engine, HealthCheck, RestartPolicy, Runtime, WorkloadSpec
+from reconciler.api.workload import Backoff, Engine, HealthCheck, RestartPolicy, RollbackMode, Runtime, WorkloadSpec
 from reconciler.diff.engines import Blocked, engine_check, engine_command
 from reconciler.diff.health import STARTUP_PERIOD_SECONDS
 from reconciler.load.desired import DesiredState
@@ -129,7 +129,7 @@ def workload_manifests(
     }
     if spec.runtime is Runtime.container and spec.network == "host":
         pod["hostNetwork"] = True
-    deployment_spec: Manifest = {"replicas": 1, "selector": {"matchLabels": dict(labels)}}
+    deployment_spec: Manifest = {"replicas": 1, "selector": {"matchLabels": dict(labels)}, **_rollout(spec, notes)}
     if spec.resources.gpus.wanted or spec.listens:  # one holder of its GPUs and ports at a time, as on the host
         deployment_spec["strategy"] = {"type": "Recreate"}
     deployment_spec["template"] = {"metadata": {"labels": {**workload.metadata.labels, **labels}}, "spec": pod}
@@ -243,6 +243,21 @@ def _native_runtime(name: str, spec: WorkloadSpec, models: dict[str, Model], not
         service = [{"name": f"tcp-{spec.port}", "port": spec.port, "targetPort": spec.port, "protocol": "TCP"}]
         _exposure_notes([(spec.host, spec.port)], notes)
     return container, [], service
+
+
+def _rollout(spec: WorkloadSpec, notes: list[str]) -> Manifest:
+    """A staged update as a Deployment proves one: Ready within its deadline, then available after the soak."""
+    update = spec.update
+    if update.rollback is RollbackMode.auto:
+        notes.append("update.rollback Auto has no Deployment analogue: a failed rollout stops at "
+                     "ProgressDeadlineExceeded; `kubectl rollout undo` restores the version before")
+    deadline = _whole(update.progress_deadline_seconds, "spec.update.progressDeadlineSeconds", notes, 1)
+    soak = _whole(update.soak_seconds, "spec.update.soakSeconds", notes, 0)
+    if deadline <= soak:  # Kubernetes refuses it; here the deadline is for Ready, the soak comes after
+        notes.append(f"progressDeadlineSeconds becomes {soak + deadline} (the deadline plus the soak): a Deployment "
+                     "counts it to the end of minReadySeconds and must have it larger")
+        deadline += soak
+    return {"progressDeadlineSeconds": deadline, "minReadySeconds": soak}
 
 
 def _model_path(spec: WorkloadSpec, models: dict[str, Model], notes: list[str]) -> str:

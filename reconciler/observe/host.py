@@ -86,3 +86,11 @@ def file_sha256(path: str) -> str | None:
         return seen[1]
     except OSError:
         return None
+
+
+def boot_id() -> str:
+    """Which boot this is: a monotonic-clock reading means nothing in another one."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:  # not Linux: the daemon's own start stands in for the boot
+        return f"process-{os.getpid()}"

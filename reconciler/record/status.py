@@ -9,6 +9,7 @@ from reconciler.api.kinds import RestartPolicy, Workload
 from reconciler.api.launch import ContainerLaunch
 from reconciler.api.status import ExitInfo, FailureInfo, Placement, ResourceStatus
 from reconciler.diff.plan import Action, schedule_retry
+from reconciler.diff.rollout import ROLLED_BACK
 from reconciler.gate.placement import PlacementDecision
 from reconciler.gate.verdict import POLICY_DENIED, Decision, Verdict
 from reconciler.load.desired import DesiredEntry
@@ -22,7 +23,7 @@ from reconciler.record.store import ResourceRecord
 ENGINE_UNAVAILABLE = "EngineUnavailable"
 
 # How `apply --wait` reads a workload's phase.
-FAILED_PHASES = frozenset({"Failed", "BackOff", "Denied", "Exited", "Blocked"})
+FAILED_PHASES = frozenset({"Failed", "BackOff", "Denied", "Exited", "Blocked", ROLLED_BACK})
 SUCCEEDED_PHASES = frozenset({"Succeeded"})
 
 
@@ -188,7 +189,10 @@ def _render(record: ResourceRecord, outcome: PassOutcome, assessment: _Assessmen
     elif record.kind == "Workload":
         cannot_run = assessment.phase in ("Denied", "Blocked") or (pid is None and (outcome.failure or record.last_failure))
         placement = Placement.unavailable if cannot_run else Placement.local
-    phase = "Orphaned" if action.orphaned else assessment.phase
+    # RolledBack only while the known-good version may run: one waiting for approval or refused says so instead
+    rolled_back = action.hold is not None and action.hold.reason == ROLLED_BACK \
+        and assessment.phase not in ("PendingApproval", "Denied")
+    phase = "Orphaned" if action.orphaned else ROLLED_BACK if rolled_back else assessment.phase
     running = observed.record if pid and observed else None
     image = running.launch if running and isinstance(running.launch, ContainerLaunch) else None
     endpoint = outcome.rendered.endpoint

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
 from reconciler.api.meta import ResourceKey
+from reconciler.api.rollout import KnownGood, RolledBack, RolloutClock
 from reconciler.api.status import Condition, ExitInfo, FailureInfo, HealthState
 from reconciler.record.atomic import write_atomic
 
@@ -37,6 +38,9 @@ class ResourceRecord(BaseModel):
     health: HealthState | None = None
     last_decision: str | None = None  # so a refusal repeated by every resync is recorded once
     decision_record_digest: str | None = None  # the Runtime Decision Record last put in evidence
+    known_good: KnownGood | None = None  # what a rollback restores
+    rollout: RolloutClock | None = None  # the generation being proven
+    rolled_back: RolledBack | None = None  # the generation not retried until the spec changes
 
     @property
     def key(self) -> ResourceKey:
