@@ -20,6 +20,7 @@ from watchdog.observers import Observer
 
 from reconciler.api.meta import ResourceKey
 from reconciler.control import systemd
+from reconciler.control.gitops import SYNC_REQUEST, GitFollower, Prepared
 from reconciler.control.logfmt import about
 from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
 from reconciler.control.workqueue import ShutDown, WorkQueue
@@ -90,9 +91,24 @@ class _ApprovalEvents(FileSystemEventHandler):
             self._answered(path.name.split(".", 1)[0])
 
 
+class _SyncRequests(FileSystemEventHandler):
+    """`reconciler sync` asked the follower to fetch now."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        self._wake = wake
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        path = event.dest_path if isinstance(event, FileMovedEvent) else event.src_path
+        if not event.is_directory and Path(str(path)).name == SYNC_REQUEST:
+            self._wake.set()
+
+
 class Daemon:
     def __init__(self, reconciler: Reconciler, resync_seconds: float = 30.0, workers: int = 2,
-                 model_rehash_seconds: float = MODEL_REHASH_SECONDS) -> None:
+                 model_rehash_seconds: float = MODEL_REHASH_SECONDS, follower: GitFollower | None = None,
+                 git_interval: float = 60.0) -> None:
+        """`follower`: the desired state comes from a git branch, polled every `git_interval` seconds (and at
+        once on `reconciler sync`); the folder is then never edited in place, so it is not watched."""
         self.reconciler = reconciler
         self.metrics = reconciler.metrics
         self.resync_seconds = resync_seconds
@@ -105,6 +121,12 @@ class Daemon:
         self._resync_requested = threading.Event()
         self._workers = [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True) for n in range(workers)]
         self._rehasher = threading.Thread(target=self._rehash_models, name="model-rehash", daemon=True)
+        self.follower, self.git_interval = follower, git_interval
+        self._fetch_now = threading.Event()
+        self._prepared: Prepared | None = None  # a revision the follower validated, for the loop to put in force
+        self._switched = threading.Event()
+        self._gate = threading.Condition()  # a switch waits for reconciles in flight and holds new ones back
+        self._paused, self._in_flight = False, 0
 
     def process_exited(self, name: str) -> None:
         key = ResourceKey("Workload", name)
@@ -123,7 +145,10 @@ class Daemon:
 
     def run(self) -> None:
         observer = Observer()
-        observer.schedule(self._events, str(self.reconciler.root), recursive=True)
+        if self.follower is None:
+            observer.schedule(self._events, str(self.reconciler.root), recursive=True)
+        else:
+            observer.schedule(_SyncRequests(self._fetch_now), str(self.follower.home))
         approvals = self.reconciler.approvals.directory
         approvals.mkdir(parents=True, exist_ok=True, mode=0o700)
         observer.schedule(_ApprovalEvents(lambda name: self.queue.add(ResourceKey("Workload", name))), str(approvals))
@@ -132,6 +157,8 @@ class Daemon:
         for worker in self._workers:
             worker.start()
         self._rehasher.start()
+        if self.follower is not None:
+            threading.Thread(target=self._follow, name="git-follower", daemon=True).start()
         log.info("watching %s (resync every %ss)", self.reconciler.root, self.resync_seconds)
         watchdog = systemd.Watchdog.from_environment()
         systemd.ready()  # after adopt(): what already runs is ours again
@@ -141,7 +168,10 @@ class Daemon:
                 now = time.monotonic()
                 watchdog.ping_if_due(now)
                 due = self._events.due_in()
-                if now >= next_resync or self._resync_requested.is_set():
+                if self._prepared is not None:
+                    self._switch(self._prepared, watchdog)
+                    next_resync = now + self.resync_seconds
+                elif now >= next_resync or self._resync_requested.is_set():
                     self._resync_requested.clear()
                     self._pass("resync", self._events.consume(self.reconciler.root))
                     next_resync = now + self.resync_seconds
@@ -152,6 +182,7 @@ class Daemon:
                 self._wake.wait(min(wait for wait in waits if wait is not None))
                 self._wake.clear()
         finally:
+            self._switched.set()  # a follower waiting for its revision to be put in force must not hold the exit
             systemd.stopping()
             watchdog.ping(time.monotonic())  # the joins below take up to a minute: begin them with a full interval
             observer.stop()
@@ -188,6 +219,57 @@ class Daemon:
             self.queue.add(key)
         systemd.status(f"{len(keys)} resources; last pass ({why}) at {time.strftime('%H:%M:%S')}")
 
+    def _follow(self) -> None:
+        """Fetching and validating a revision takes network and disk time: done here, off the loop, which puts
+        a valid one in force between passes. One at a time: the follower is not safe to use from two threads."""
+        follower = self.follower
+        assert follower is not None
+        while not self.stopping.is_set():
+            attempted = follower.status.last_attempted_at
+            try:
+                follower.take_sync_request()
+                prepared = follower.poll()
+            except Exception:  # noqa: BLE001 - the last good revision stays in force whatever goes wrong here
+                log.exception("following %s failed; the revision in force stays", follower.status.url)
+                prepared = None
+            status = follower.status
+            if status.last_attempted_at != attempted and status.last_attempt_errors:
+                log.error("revision %s is not applied (%s); %s stays in force: %s", status.last_attempted_revision,
+                          status.last_attempt_outcome.value if status.last_attempt_outcome else "?",
+                          status.last_applied_revision, "; ".join(status.last_attempt_errors))
+            if prepared is not None:
+                self._switched.clear()
+                self._prepared = prepared
+                self._wake.set()
+                self._switched.wait()
+            self._fetch_now.wait(self.git_interval)
+            self._fetch_now.clear()
+
+    def _switch(self, prepared: Prepared, watchdog: systemd.Watchdog) -> None:
+        """Put a validated revision in force while no reconcile runs: each writes beside the specs, and what
+        it wrote to the old tree after its outputs were carried over would be lost. The new snapshot is taken
+        before they resume, so none reconciles the old one under the new revision's name."""
+        assert self.follower is not None
+        with self._gate:
+            self._paused = True
+            while self._in_flight:  # a slow stop can take its whole grace period: keep the watchdog fed
+                self._gate.wait(timeout=5.0)
+                watchdog.ping_if_due(time.monotonic())
+        try:
+            self.follower.switch(prepared)
+            log.info("revision %s in force%s", prepared.revision,
+                     f" (history rewritten: {prepared.rewritten_from} is no longer on the branch)"
+                     if prepared.rewritten_from else "")
+            self._pass("new revision", frozenset())
+        except OSError:
+            log.exception("putting %s in force failed; the revision before it stays", prepared.revision)
+        finally:
+            self._prepared = None
+            with self._gate:
+                self._paused = False
+                self._gate.notify_all()
+            self._switched.set()
+
     def _rehash_models(self) -> None:
         """Bytes changed in place keep size and mtime: only hashing finds them, so it runs on a schedule, off the
         loop (a large model takes minutes), and a discarded model is fetched again by the pass it triggers."""
@@ -204,6 +286,10 @@ class Daemon:
                 key = self.queue.get()
             except ShutDown:
                 return
+            with self._gate:
+                while self._paused:
+                    self._gate.wait()
+                self._in_flight += 1
             try:
                 requeue = self.reconciler.reconcile(key)
                 self._failures.pop(key, None)
@@ -217,4 +303,7 @@ class Daemon:
                 log.exception("%s: reconcile failed (attempt %d); retrying in %.1fs", key, failures, delay, **about(key))
                 self.queue.add_after(key, delay)
             finally:
+                with self._gate:
+                    self._in_flight -= 1
+                    self._gate.notify_all()
                 self.queue.done(key)

@@ -7,6 +7,7 @@ daemon's work queue guarantees it never runs twice at once for the same key.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from contextlib import nullcontext
@@ -17,7 +18,7 @@ from typing import Any, Callable, TextIO
 
 from pydantic import ValidationError
 
-from reconciler.api.kinds import Model, Policy, Runtime, Workload
+from reconciler.api.kinds import Model, Policy, Runtime, Workload, WorkloadSpec
 from reconciler.api.meta import ResourceKey
 from reconciler.api.status import FailureInfo, ResourceStatus
 from reconciler.control.logfmt import about
@@ -35,13 +36,17 @@ from reconciler.drive.dispatch import Drivers
 from reconciler.drive.process import ProcessDriver, owner_id
 from reconciler.drive.protocol import StartFailed
 from reconciler.control.judge import Judge
+from reconciler.control.rollout import Rollouts
 from reconciler.control.placement import SecretFacts, consented, workload_decision_record
 from reconciler.record.decision_record import ModelFacts, record_digest
 from reconciler.gate.placement import PlacementDecision
-from reconciler.gate.verdict import DEFAULT_POLICY, Verdict
+from reconciler.gate.verdict import DEFAULT_POLICY, Decision, Verdict
 from reconciler.load.desired import DesiredEntry, DesiredState, load_desired
 from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable
+from reconciler.control.gitops import local_revision
+from reconciler.observe.git import GitError
 from reconciler.control.host import HostWatch
+from reconciler.observe.host import boot_id
 from reconciler.control.models import ModelStore, ModelView
 from reconciler.observe.processes import ProcessObservation
 from reconciler.record.approvals import ApprovalStore
@@ -54,6 +59,7 @@ log = logging.getLogger("reconciler")
 
 ENGINE_RETRY_SECONDS = 15.0
 POLICY_ABSENCE_SECONDS = 10.0
+REVISION_SECONDS = 30.0  # a commit that changes no spec shows in status within this (a spec change at once)
 
 
 class DesiredStateUnreadable(Exception):
@@ -71,6 +77,7 @@ class Planned:
     rendered: Rendered = Rendered()
     placement: PlacementDecision | None = None
     secret: SecretFacts | None = None
+    asked: DesiredEntry | None = None  # the desired state's version, from the plan's snapshot (even when held)
 
     @property
     def record(self) -> ResourceRecord | None:
@@ -88,10 +95,15 @@ class Reconciler:
         on_exit: Callable[[str], None] | None = None, readonly: bool = False,
         on_engine_back: Callable[[], None] | None = None, metrics: Metrics | None = None,
         on_model_fetched: Callable[[], None] | None = None, terminal: TextIO | None = None,
+        revision: Callable[[], str | None] | None = None, channel: str | None = None,
     ) -> None:
         """`on_model_fetched`: models are fetched in the background (the daemon) and this is called when one is
-        done; without it a pass fetches what it needs before it ends (`apply`)."""
-        self.root = root.resolve()
+        done; without it a pass fetches what it needs before it ends (`apply`). `revision`: which revision of
+        its source the desired state is (by default the HEAD of the git repository the folder is in, if any);
+        `channel`: where that source is, for the decision records (by default the folder)."""
+        # Absolute, but not resolved: a GitOps root is a path through a link that each new revision replaces,
+        # and every path derived from it must stay the same across revisions.
+        self.root = Path(os.path.abspath(root))
         self.shown_root = root  # as the user typed it: error messages name files this way
         state_dir = state_dir.resolve()  # paths derived from it (working dirs) must not depend on how it was typed
         self.store = StateStore(state_dir)
@@ -118,6 +130,10 @@ class Reconciler:
         self._seeded = False
         self._lock = threading.Lock()
         self._admission_lock = threading.Lock()
+        self.rollouts = Rollouts(self.approvals, self.recorder.evidence, self.drivers.log_path, boot_id())
+        self._revision = revision or (lambda: local_revision(self.root))
+        self.channel = channel or f"folder {self.root}"
+        self._revision_seen_at: float | None = None
 
     # -- load -------------------------------------------------------------------------------
 
@@ -132,6 +148,9 @@ class Reconciler:
         self._model_capacity()
         if self.readonly:
             return self.desired
+        seen = self._revision_seen_at
+        if seen is None or self.desired != previous or time.monotonic() - seen >= REVISION_SECONDS:
+            self.revision_changed()  # a git subprocess or five: not on every pass
         if not self._seeded:
             self._seed()
         spec_files = {file for file in {*previous.files, *self.desired.files} if not file.endswith("/")}
@@ -139,6 +158,16 @@ class Reconciler:
                    if self.recorder.set_file_errors(file, [str(error) for error in self.desired.errors.get(file, [])])}
         self.recorder.flush(changed)
         return self.desired
+
+    def revision_changed(self) -> None:
+        """Status and evidence written from now on name the revision in force."""
+        try:
+            self.recorder.revision = self._revision()
+        except (GitError, OSError) as error:  # e.g. git's "dubious ownership" as root over a user's checkout
+            if self.recorder.revision is not None or self._revision_seen_at is None:
+                log.warning("the desired state's revision is unknown: %s", error)
+            self.recorder.revision = None
+        self._revision_seen_at = time.monotonic()
 
     def _model_capacity(self) -> None:
         """What the variants of a Model are fitted to: this host's profile, the policy's reserve, the engines here."""
@@ -179,7 +208,7 @@ class Reconciler:
         entry = desired.resources.get(key)
         with self._lock:
             record = self.records.get(key)
-        hold = self._hold(desired, key, entry, record)
+        hold = self._hold(desired, key, entry, record) or Rollouts.hold(record, entry)
         if hold is None and entry is None and record is not None and not is_orphan_kept(record):
             hold = self._prune_block(desired, record.source)
         if hold is not None:
@@ -205,7 +234,8 @@ class Reconciler:
         )
         judged = self.judge.judge(desired, self._policy_in_force(desired), inputs, plan_resource(inputs, now), rendered,
                                   tighten=self._policy_settled(desired))
-        return Planned(judged.action, judged.verdict, inputs, model, rendered, judged.placement, judged.secret)
+        return Planned(judged.action, judged.verdict, inputs, model, rendered, judged.placement, judged.secret,
+                       desired.resources.get(key))
 
     def _remembered(self, key: ResourceKey) -> ResourceRecord | None:
         with self._lock:
@@ -279,8 +309,12 @@ class Reconciler:
     def reconcile(self, key: ResourceKey) -> float | None:
         """Converge one resource; returns seconds until it wants another look (back-off), or None."""
         entry = self.desired.resources.get(key)
-        spec = entry.resource.spec if entry is not None and isinstance(entry.resource, Workload) else None
-        admitted = spec is not None and bool(spec.resources.gpus.wanted or spec.resources.memory or spec.model)
+        with self._lock:
+            record = self.records.get(key)
+        # the version on record may be the one started (a held or rolled-back spec): either may need admission
+        on_record = _last_valid(record) if key.kind == "Workload" else None
+        admitted = any(isinstance(version.resource, Workload) and _needs_admission(version.resource.spec)
+                       for version in (entry, on_record) if version is not None)
         with self._admission_lock if admitted else nullcontext():  # judged and started as one step: no GPU given
             return self._reconcile(key)                            # twice, no memory committed twice
 
@@ -315,11 +349,18 @@ class Reconciler:
         if decided is not None:
             status = status.model_copy(update={"decision_record": decided})
             record = self._record_changed_decision(record, decided, now)
+        waiting = planned.verdict is not None and planned.verdict.decision is Decision.needs_approval
+        record, status, rollout_look = self.rollouts.after_pass(planned.asked, record, status, action.hold, waiting, now)
         self._remember(record)
         self.recorder.set_status(record.source, status)
         self.recorder.flush({record.source} | ({planned.record.source} if planned.record else set()))
         if key.kind == "Workload":
             self.drivers.trim_log(key.name, _maybe_container(planned.inputs.desired, planned.record))
+        look = self._next_look(planned, record, status, after, now)
+        return min((seconds for seconds in (look, rollout_look) if seconds is not None), default=None)
+
+    def _next_look(self, planned: Planned, record: ResourceRecord, status: ResourceStatus,
+                   after: ProcessObservation | None, now: datetime) -> float | None:
         check, running = planned.rendered.check, after.record if after and after.running_pid else None
         if running is not None and check is not None:
             return next_probe_in(check, record.health, running.pid, running.started_at, now)
@@ -346,7 +387,7 @@ class Reconciler:
         consent = self.approvals.get(workload.name, hosted=True)
         return workload_decision_record(
             workload, planned.placement, planned.secret, self._policy_in_force(self.desired), self.host.profile, model,
-            channel=f"folder {self.root}", state_dir=self.store.directory.parent,
+            channel=self.channel, state_dir=self.store.directory.parent,
             evidence_file=self.root / sibling(entry.file, ".evidence.jsonl"), log_file=self._log_file(planned.action.key),
             endpoint=planned.rendered.endpoint,
             consented=consented(consent, entry.spec_hash),
@@ -475,6 +516,10 @@ def _last_valid(record: ResourceRecord | None) -> DesiredEntry | None:
         log.warning("%s: the version on record no longer validates: %s", record.key, error)
         return None
     return DesiredEntry(resource, record.source, spec_hash(resource))
+
+
+def _needs_admission(spec: WorkloadSpec) -> bool:
+    return bool(spec.resources.gpus.wanted or spec.resources.memory or spec.model)
 
 
 def _model_facts(workload: Workload, view: ModelView | None) -> ModelFacts | None:

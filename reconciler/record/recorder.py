@@ -35,13 +35,15 @@ class Recorder:
         self._logs: dict[str, EvidenceLog] = {}
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()  # computing a status file and writing it is one step
+        self.revision: str | None = None  # of the desired state's source (`main@sha1:...`), when it is in git
 
     def evidence(self, spec_file: str, record: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             log = self._logs.get(spec_file)
             if log is None:
                 log = self._logs[spec_file] = EvidenceLog(self.root / sibling(spec_file, ".evidence.jsonl"))
-        return log.append(record)
+        revision = self.revision
+        return log.append({**record, "revision": revision} if revision else record)
 
     def set_status(self, spec_file: str, status: ResourceStatus) -> None:
         key = ResourceKey(status.kind, status.name)
@@ -101,6 +103,7 @@ class Recorder:
             "apiVersion": API_VERSION,
             "kind": "StatusReport",
             "source": spec_file,
+            **({"revision": self.revision} if self.revision else {}),
             "errors": errors,
             "resources": [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in statuses],
         }
