@@ -1,5 +1,5 @@
 """`reconciler` command line: validate, plan, apply, run, down, status, describe, logs, host, approve, deny, export,
-schemas."""
+verify, forget, schemas."""
 
 from __future__ import annotations
 
@@ -18,13 +18,14 @@ from pathlib import Path
 
 import click
 
-from reconciler import cli_models, inspect
+from reconciler import cli_git, cli_models, inspect
 from reconciler.api.approval import Answer, Approval
 from reconciler.api.kinds import KINDS, Workload
 from reconciler.api.meta import ResourceKey
 from reconciler.api.schemas import crds, stale_schemas, write_schemas
 from reconciler.control import logfmt
 from reconciler.control.daemon import Daemon
+from reconciler.control.gitops import GITOPS, request_sync
 from reconciler.control.metrics import Metrics, loopback_address
 from reconciler.drive.containers import ContainerDriver
 from reconciler.drive.process import owner_id
@@ -32,10 +33,15 @@ from reconciler.export.kubernetes import kubernetes_manifests, render_yaml
 from reconciler.observe.docker_engine import DockerEngine
 from reconciler.control.lock import Busy, exclusive
 from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
-from reconciler.load.desired import load_desired
+from reconciler.load.desired import DesiredEntry, load_desired
+from reconciler.record.store import StateStore
 from reconciler.record.status import FAILED_PHASES, SUCCEEDED_PHASES
 from reconciler.observe.host_profile import observe_host_profile
 from reconciler.record.approvals import ApprovalStore
+from reconciler.record.bundle import write_bundle
+from reconciler.record.evidence import verify_chain
+from reconciler.record.verify import all_chains, verify_report
+from reconciler.record.forget import FORGETTABLE_KINDS, Refused, forget as forget_resource
 from reconciler.render_host import host_table
 from reconciler.render import dump, plan_rows, plan_table, status_rows, status_table
 
@@ -45,9 +51,8 @@ APPLY_WORKERS = 4  # container starts wait on the engine: several at once, as Co
 
 def default_state_dir(root: Path) -> Path:
     """One state directory per desired-state folder, so two folders never prune each other."""
-    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "localaistack-reconciler"
     digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
-    return base / f"{root.resolve().name}-{digest}"
+    return cli_git.state_home() / f"{root.resolve().name}-{digest}"
 
 
 path_argument = click.argument("path", type=click.Path(path_type=Path), default="desired-state")
@@ -179,9 +184,20 @@ def _readiness(reconciler: Reconciler, min_ready_seconds: float) -> tuple[list[s
               help="Serve Prometheus metrics there (loopback only), e.g. 127.0.0.1:9464. Off by default.")
 @click.option("--model-rehash-hours", default=24.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Hash each cached model in full at least this often (it is also hashed before every start).")
+@cli_git.git_options
+@click.option("--interval", default="60s", show_default=True, help="With --git: how often to fetch (30s, 5m, 1h).")
+@click.option("--verify-signatures", "allowed_signers", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              metavar="ALLOWED_SIGNERS", help="With --git: apply only commits signed by a key in this file "
+                                              "(git's gpg.ssh.allowedSignersFile format).")
 def run(path: Path, state_dir: Path | None, resync: float, allow_empty: bool, metrics_address: str | None,
-        model_rehash_hours: float) -> None:
-    """The daemon: watch PATH and converge on every change, exit and resync. SIGTERM leaves workloads running."""
+        model_rehash_hours: float, git_url: str | None, branch: str, git_path: str, interval: str,
+        allowed_signers: Path | None) -> None:
+    """The daemon: watch PATH (or follow --git) and converge on every change, exit and resync. SIGTERM leaves
+    workloads running."""
+    if git_url is not None:
+        git_interval = cli_git.seconds(interval)
+        state_dir = state_dir or cli_git.git_state_dir(git_url, branch, git_path)
+        (state_dir / GITOPS).mkdir(parents=True, exist_ok=True, mode=0o700)
     state_dir = state_dir or default_state_dir(path)
     metrics = None
     if metrics_address:
@@ -194,17 +210,45 @@ def run(path: Path, state_dir: Path | None, resync: float, allow_empty: bool, me
             metrics.serve(host, port)
         except OSError as error:
             raise click.ClickException(f"--metrics-address {metrics_address}: {error.strerror or error}") from None
-    with _locked(path, state_dir, "run"):
+    with _locked(state_dir / GITOPS if git_url else path, state_dir, "run"):  # before the follower touches anything
+        follower = None
+        if git_url is not None:
+            follower = cli_git.follower(git_url, branch, git_path, state_dir, allowed_signers)
+            prepared = follower.poll()
+            if prepared is not None:
+                follower.switch(prepared)
+            if follower.status.last_applied_revision is None:
+                raise click.ClickException("\n".join(["no valid revision to apply yet", *cli_git.summary(follower.status)]))
+            path = follower.desired_root
         daemon_box: list[Daemon] = []
+        source = {} if follower is None else {
+            "revision": lambda: follower.status.last_applied_revision,
+            "channel": f"git {follower.status.url} (branch {branch}, path {follower.path})"}
         reconciler = Reconciler(path, state_dir, allow_empty=allow_empty, metrics=metrics,
                                 on_exit=lambda name: daemon_box[0].process_exited(name) if daemon_box else None,
                                 on_engine_back=lambda: daemon_box[0].resync_now() if daemon_box else None,
-                                on_model_fetched=lambda: daemon_box[0].resync_now() if daemon_box else None)
-        daemon = Daemon(reconciler, resync_seconds=resync, model_rehash_seconds=model_rehash_hours * 3600)
+                                on_model_fetched=lambda: daemon_box[0].resync_now() if daemon_box else None,
+                                **source)  # type: ignore[arg-type]
+        daemon = Daemon(reconciler, resync_seconds=resync, model_rehash_seconds=model_rehash_hours * 3600,
+                        follower=follower, git_interval=git_interval if follower else 60.0)
         daemon_box.append(daemon)
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, lambda *_: daemon.stop())
         daemon.run()
+
+
+@main.command()
+@state_option
+@cli_git.git_options
+def sync(state_dir: Path | None, git_url: str | None, branch: str, git_path: str) -> None:
+    """Make the daemon following --git fetch now, instead of at its next interval."""
+    if git_url is None and state_dir is None:
+        raise click.UsageError("say which daemon: --git URL [--branch] [--path], or --state-dir")
+    home = (state_dir or cli_git.git_state_dir(git_url or "", branch, git_path)) / GITOPS
+    if not home.is_dir():
+        raise click.ClickException(f"{home}: no daemon follows a git branch with this state directory")
+    request_sync(home.parent)
+    click.echo("asked the daemon to fetch now; `reconciler status --git ...` shows the revision in force")
 
 
 @main.command()
@@ -229,8 +273,13 @@ def down(path: Path, state_dir: Path | None) -> None:
 @path_argument
 @state_option
 @output_option
-def status(path: Path, state_dir: Path | None, output: str) -> None:
-    """What runs, where, and why not: one line per resource."""
+@cli_git.git_options
+def status(path: Path, state_dir: Path | None, output: str, git_url: str | None, branch: str, git_path: str) -> None:
+    """What runs, where, and why not: one line per resource (with --git, first the revisions in force and tried)."""
+    if git_url is not None:
+        path, state_dir, followed = cli_git.followed(git_url, branch, git_path, state_dir)
+        for line in cli_git.summary(followed):
+            click.echo(line, err=output != "table")
     reconciler = _reconciler(path, state_dir, readonly=True)
     now = datetime.now(timezone.utc)
     statuses = [status for key in reconciler.keys() if (status := reconciler.status(key)) is not None]
@@ -303,6 +352,45 @@ def deny(name: str, path: Path, state_dir: Path | None, spec_hash: str | None, h
 
 
 def _answer(name: str, path: Path, state_dir: Path | None, spec_hash: str | None, answer: Answer, hosted: bool) -> None:
+    key, entry = _desired_workload(name, path)
+    if spec_hash is not None and (len(spec_hash) < 8 or not entry.spec_hash.startswith(spec_hash)):
+        raise click.ClickException(f"{key}: its spec is now {entry.spec_hash[:12]}, not {spec_hash}: it changed since "
+                                   "you looked; run `reconciler plan` and review it again")
+    who = _who()
+    ApprovalStore(state_dir or default_state_dir(path)).put(Approval(
+        name=key.name, spec_hash=entry.spec_hash, answer=answer, by=who, at=datetime.now(timezone.utc), hosted=hosted))
+    what = "hosting on its fallback" if hosted else "spec"
+    click.echo(f"{key}: {what} {entry.spec_hash[:12]} {answer.past} by {who}; {ACTED_ON}")
+
+
+ACTED_ON = "a running daemon acts on it now, otherwise the next `reconciler apply` does"
+
+
+@main.command()
+@click.argument("name")
+@path_argument
+@state_option
+def rollback(name: str, path: Path, state_dir: Path | None) -> None:
+    """Restore a workload's known-good version (the last that stayed healthy through its soak) instead of its
+    current spec; that spec is not tried again until it changes."""
+    key, entry = _desired_workload(name, path)
+    state_dir = state_dir or default_state_dir(path)
+    record = StateStore(state_dir).load_all().get(key)
+    good = record.known_good if record else None
+    if good is None:
+        raise click.ClickException(f"{key}: no known-good version on record (none has stayed healthy through its soak)")
+    if good.spec_hash == entry.spec_hash:
+        raise click.ClickException(f"{key}: its spec is the known-good version (generation {good.generation}) already")
+    if record is not None and record.rolled_back is not None and record.rolled_back.spec_hash == entry.spec_hash:
+        raise click.ClickException(f"{key}: already rolled back to generation {good.generation}")
+    who = _who()
+    ApprovalStore(state_dir).request_rollback(Approval(
+        name=key.name, spec_hash=entry.spec_hash, answer=Answer.approve, by=who, at=datetime.now(timezone.utc)))
+    click.echo(f"{key}: spec {entry.spec_hash[:12]} is to be replaced by the known-good generation {good.generation} "
+               f"({good.spec_hash[:12]}), asked by {who}; {ACTED_ON}")
+
+
+def _desired_workload(name: str, path: Path) -> tuple[ResourceKey, DesiredEntry]:
     if not path.is_dir():
         raise click.ClickException(f"{path}: not a readable folder")
     desired = load_desired(path)
@@ -311,17 +399,13 @@ def _answer(name: str, path: Path, state_dir: Path | None, spec_hash: str | None
     if entry is None or not isinstance(entry.resource, Workload):
         problem = desired.rejected.get(key)
         raise click.ClickException(f"{key}: {'its spec does not load: ' + str(problem[0]) if problem else 'not in ' + str(path)}")
-    if spec_hash is not None and (len(spec_hash) < 8 or not entry.spec_hash.startswith(spec_hash)):
-        raise click.ClickException(f"{key}: its spec is now {entry.spec_hash[:12]}, not {spec_hash}: it changed since "
-                                   "you looked; run `reconciler plan` and review it again")
-    who = pwd.getpwuid(os.getuid()).pw_name  # the account, not what the environment claims
-    if os.environ.get("SUDO_USER"):
-        who += f" (sudo from {os.environ['SUDO_USER']})"
-    ApprovalStore(state_dir or default_state_dir(path)).put(Approval(
-        name=key.name, spec_hash=entry.spec_hash, answer=answer, by=who, at=datetime.now(timezone.utc), hosted=hosted))
-    what = "hosting on its fallback" if hosted else "spec"
-    click.echo(f"{key}: {what} {entry.spec_hash[:12]} {answer.past} by {who}; a running daemon acts on it now, "
-               "otherwise the next `reconciler apply` does")
+    return key, entry
+
+
+def _who() -> str:
+    """The account, not what the environment claims; sudo says who asked it."""
+    who = pwd.getpwuid(os.getuid()).pw_name
+    return who + (f" (sudo from {os.environ['SUDO_USER']})" if os.environ.get("SUDO_USER") else "")
 
 
 def _key(name: str) -> ResourceKey:
@@ -384,13 +468,26 @@ def logs(name: str, path: Path, state_dir: Path | None, previous: bool, follow_:
 
 @main.command()
 @path_argument
-@click.option("--kubernetes", "to_kubernetes", is_flag=True, help="Kubernetes manifests (the only target so far).")
+@state_option
+@click.option("--kubernetes", "to_kubernetes", is_flag=True, help="Kubernetes manifests, on stdout.")
 @click.option("--namespace", help="Namespace of the exported objects (CRDs are cluster-wide).")
-def export(path: Path, to_kubernetes: bool, namespace: str | None) -> None:
-    """The desired state for a cluster: CRDs, the resources, and a Deployment (+ Service) per Workload, on stdout.
-    What Kubernetes cannot express is said in each Deployment's localaistack.dev/export-note annotation."""
-    if not to_kubernetes:
-        raise click.UsageError("say what to export to: --kubernetes")
+@click.option("-o", "--output", "bundle", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE.tar.gz",
+              help="An evidence bundle for backup and audit: specs (secret-looking env values redacted), status files, "
+                   "evidence logs, revision and a MANIFEST.json; no logs, approvals or model cache.")
+def export(path: Path, state_dir: Path | None, to_kubernetes: bool, namespace: str | None, bundle: Path | None) -> None:
+    """The desired state for a cluster (--kubernetes): CRDs, the resources, and a Deployment (+ Service) per
+    Workload, on stdout; what Kubernetes cannot express is said in each Deployment's localaistack.dev/export-note
+    annotation. Or, with -o FILE.tar.gz, the folder and its evidence as one reproducible file (mode 0600)."""
+    if to_kubernetes == (bundle is not None):
+        raise click.UsageError("say what to export: --kubernetes (to stdout) or -o FILE.tar.gz (an evidence bundle)")
+    if bundle is not None:
+        if not path.is_dir():
+            raise click.ClickException(f"{path}: not a readable folder")
+        manifest = write_bundle(path, state_dir or default_state_dir(path), bundle)
+        redacted = sum(len(entry.get("redacted", [])) for entry in manifest["files"])
+        click.echo(f"wrote {bundle}: {len(manifest['files'])} files ({redacted} secret-looking env values redacted); "
+                   "its MANIFEST.json lists them, and what was left out and why")
+        return
     desired = load_desired(path)
     if desired.errors:  # exporting the valid rest would drop the broken ones without a word
         for errors in desired.errors.values():
@@ -399,6 +496,53 @@ def export(path: Path, to_kubernetes: bool, namespace: str | None) -> None:
         sys.exit(EXIT_ERROR)
     manifests = kubernetes_manifests(desired, crds(), namespace, source_root=str(path.resolve()))
     click.echo(render_yaml(manifests), nl=False)
+
+
+@main.command()
+@path_argument
+@state_option
+def verify(path: Path, state_dir: Path | None) -> None:
+    """Check every evidence chain under PATH (rotated files included) and the host log in the state directory:
+    one line each. Exit 0 when all are intact, 1 when any is broken."""
+    if not path.is_dir():
+        raise click.ClickException(f"{path}: not a readable folder")
+    chains = all_chains(path, state_dir or default_state_dir(path))
+    results = [(chain, verify_chain(chain)) for chain in chains]
+    for chain, result in results:
+        click.echo(verify_report(chain, result))
+    if not chains:
+        click.echo(f"{path}: no evidence logs")
+    sys.exit(EXIT_IN_SYNC if all(result.ok for _, result in results) else EXIT_ERROR)
+
+
+@main.command()
+@click.argument("name")
+@path_argument
+@state_option
+@click.option("--kind", type=click.Choice(FORGETTABLE_KINDS), help="The kind of NAME [default: Workload, or KIND/NAME's].")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+def forget(name: str, path: Path, state_dir: Path | None, kind: str | None, dry_run: bool) -> None:
+    """Delete a removed resource's evidence, logs, approvals and state, and record that in the host evidence log.
+    Refused while PATH still declares it or anything of it still runs."""
+    if not path.is_dir():
+        raise click.ClickException(f"{path}: not a readable folder")
+    key = _key(name) if "/" in name else ResourceKey(kind or "Workload", name)
+    if kind is not None and key.kind != kind:
+        raise click.UsageError(f"{name} is a {key.kind}, not a {kind}")
+    try:
+        plan = forget_resource(key, path, state_dir or default_state_dir(path), _who(), dry_run=dry_run)
+    except Refused as refused:
+        raise click.ClickException(str(refused)) from None
+    if plan.empty:
+        click.echo(f"{key}: nothing kept about it")
+        return
+    verb = "would " if dry_run else ""
+    for chain, count in plan.rewritten.items():
+        click.echo(f"{verb}rewrite {chain} without its {count} records")
+    for removed in plan.deleted:
+        click.echo(f"{verb}delete {removed}")
+    if not dry_run:
+        click.echo(f"{key}: forgotten ({plan.records} evidence records); recorded in the host evidence log")
 
 
 def _container_log(state_dir: Path, name: str, lines: int, follow: bool) -> Iterator[bytes] | None:

@@ -13,12 +13,12 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler.record.atomic import fsync_dir
+from reconciler.record.atomic import fsync_dir, write_atomic
 
 GENESIS = "0" * 64
 _RESERVED = frozenset({"prev", "repaired"})
@@ -62,8 +62,7 @@ class EvidenceLog:
             if torn:
                 written["repaired"] = torn
             written["prev"] = prev
-            text = json.dumps(written, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-            line = (text + "\n").encode("utf-8")
+            line = (_encode(written) + "\n").encode("utf-8")
             # Until this line is known to be on disk, the next append must re-read the tail
             # (a short write leaves a torn line there that it will repair and report).
             self._last_hash = None
@@ -181,3 +180,102 @@ def _rotated(path: Path, n: int) -> Path:
 
 def _hash(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
+
+
+def _encode(record: Mapping[str, Any]) -> str:
+    """One line's text: canonical, so the same record always hashes the same."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+# -- whole chains: their files, and rewriting one without some records (`reconciler forget`) ---------------------
+
+EVIDENCE_SUFFIX = ".evidence.jsonl"
+HOST_EVIDENCE_FILE = "host.evidence.jsonl"  # in the state directory: what was done to the evidence itself
+RECHAINED = "rechained"  # the event of the first line of a chain rewritten without some of its records
+
+
+def chain_files(path: Path) -> list[Path]:
+    """The files of ``path``'s chain, oldest first, as ``verify_chain`` reads them."""
+    files = [_rotated(path, n) for n in range(_count_rotated(path), 0, -1)]
+    return [*files, path] if path.exists() else files
+
+
+def chain_of(file: Path) -> Path | None:
+    """The live file of the chain ``file`` is part of (itself, or the one it is a rotation of); None if it is not."""
+    stem, suffix, rotation = file.name.partition(EVIDENCE_SUFFIX)
+    if stem and suffix and (rotation == "" or (rotation.startswith(".") and rotation[1:].isdigit())):
+        return file.with_name(stem + EVIDENCE_SUFFIX)
+    return None
+
+
+def split_replaced(path: Path) -> tuple[list[Path], list[Path]]:
+    """(files a rewrite replaced but a crash left in place, the chain's current files), both oldest first.
+
+    A rewritten chain starts a fresh file with a ``rechained`` line and only then removes the old files, so any
+    file older than the newest such head holds nothing but copies of kept lines and lines meant to be gone.
+    """
+    files = chain_files(path)
+    for index in range(len(files) - 1, 0, -1):
+        first = _first_record(files[index])
+        if first is not None and first.get("event") == RECHAINED:
+            return files[:index], files[index:]
+    return [], files
+
+
+def read_records(files: list[Path]) -> list[dict[str, Any] | None]:
+    """Every line of ``files`` in order, parsed; None for one that is not a JSON object (``verify_chain`` says why)."""
+    records: list[dict[str, Any] | None] = []
+    for file in files:
+        with open(file, "rb") as handle:
+            records.extend(_parse(raw) for raw in handle)
+    return records
+
+
+def rewrite_chain(path: Path, keep: Callable[[dict[str, Any]], bool], head: Mapping[str, Any]) -> tuple[str, str]:
+    """Replace ``path``'s chain by one fresh file: ``head`` (as a ``rechained`` line), then the records ``keep`` accepts.
+
+    Returns (the replaced chain's last hash, which the head names as ``replacedChainEnd``; the new chain's). The
+    head's ``prev`` is the hash of the line before it on disk while the old rotated files still exist (GENESIS when
+    there are none), so the chain verifies at every step: new file renamed into place, then old files removed,
+    oldest first so that any left by a crash stay a contiguous run that ``split_replaced`` recognises.
+    The caller must keep every other writer away (an ``EvidenceLog`` caches its last hash).
+    """
+    replaced, current = split_replaced(path)
+    old_files = [*replaced, *current]
+    old_end = _last_hash(old_files)
+    rotated = [file for file in old_files if file != path]
+    prev = _last_hash(rotated[-1:])
+    lines = []
+    for record in [{**head, "event": RECHAINED, "replacedChainEnd": old_end},
+                   *(r for r in read_records(current) if r is not None and keep(r))]:
+        line = _encode({**record, "prev": prev})
+        lines.append(line + "\n")
+        prev = _hash(line.encode("utf-8"))
+    write_atomic(path, "".join(lines))
+    for file in rotated:
+        file.unlink()
+    fsync_dir(path.parent)
+    return old_end, prev
+
+
+def _first_record(path: Path) -> dict[str, Any] | None:
+    with open(path, "rb") as handle:
+        return _parse(handle.readline())
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _last_hash(files: list[Path]) -> str:
+    """The hash of the newest complete line in ``files`` (oldest first), GENESIS if there is none."""
+    for file in reversed(files):
+        last, _, _ = _tail(file)
+        if last is not None:
+            return _hash(last)
+    return GENESIS
+
