@@ -133,13 +133,7 @@ def test_the_daemon_follows_the_branch_and_never_applies_a_bad_revision(daemon: 
 
 
 def test_a_folder_in_a_git_repository_records_its_head_and_whether_it_is_dirty(tmp_path: Path) -> None:
-    folder, state = tmp_path / "desired", tmp_path / "state"
-    folder.mkdir()
-    (folder / "policy.yaml").write_text(POLICY_YAML)
-    (folder / "app.yaml").write_text(workload_yaml("app", SLEEPER, ("v1",)))
-    run("init", "--quiet", "-b", "main", str(folder), cwd=tmp_path)
-    run("add", "--all", cwd=folder)
-    run("commit", "--quiet", "-m", "first", cwd=folder)
+    folder, state = committed_folder(tmp_path), tmp_path / "state"
     head = run("rev-parse", "HEAD", cwd=folder)
 
     def apply() -> str:
@@ -156,6 +150,18 @@ def test_a_folder_in_a_git_repository_records_its_head_and_whether_it_is_dirty(t
         subprocess.run([PYTHON, "-m", "reconciler", "down", str(folder), "--state-dir", str(state)], capture_output=True, timeout=60)
 
 
+def committed_folder(tmp_path: Path) -> Path:
+    """A desired-state folder that is its own git repository, everything committed."""
+    folder = tmp_path / "desired"
+    folder.mkdir()
+    (folder / "policy.yaml").write_text(POLICY_YAML)
+    (folder / "app.yaml").write_text(workload_yaml("app", SLEEPER, ("v1",)))
+    run("init", "--quiet", "-b", "main", str(folder), cwd=tmp_path)
+    run("add", "--all", cwd=folder)
+    run("commit", "--quiet", "-m", "first", cwd=folder)
+    return folder
+
+
 def _evidence(daemon: Daemon) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (daemon.root / "app.evidence.jsonl").read_text().splitlines()]
 
@@ -163,13 +169,7 @@ def _evidence(daemon: Daemon) -> list[dict[str, Any]]:
 def test_a_repository_git_refuses_to_read_leaves_the_revision_unknown_and_the_rest_working(tmp_path: Path) -> None:
     if os.getuid() != 0:
         pytest.skip("needs root: git's ownership check trips when root reads another user's repository")
-    folder, state = tmp_path / "desired", tmp_path / "state"
-    folder.mkdir()
-    (folder / "policy.yaml").write_text(POLICY_YAML)
-    (folder / "app.yaml").write_text(workload_yaml("app", SLEEPER, ("v1",)))
-    run("init", "--quiet", "-b", "main", str(folder), cwd=tmp_path)
-    run("add", "--all", cwd=folder)
-    run("commit", "--quiet", "-m", "first", cwd=folder)
+    folder, state = committed_folder(tmp_path), tmp_path / "state"
     nobody = pwd.getpwnam("nobody")
     for path in [folder, *folder.rglob("*")]:
         os.lchown(path, nobody.pw_uid, nobody.pw_gid)
