@@ -311,8 +311,10 @@ class Reconciler:
         entry = self.desired.resources.get(key)
         with self._lock:
             record = self.records.get(key)
-        # the version on record may be the one started (a held or rolled-back spec): either may need admission
-        on_record = _last_valid(record) if key.kind == "Workload" else None
+        # the version on record may be the one started (a held or rolled-back spec): either may need admission.
+        # Validated only when it differs from the desired one: this runs on every reconcile.
+        differs = record is not None and (entry is None or record.spec_hash != entry.spec_hash)
+        on_record = _last_valid(record) if key.kind == "Workload" and differs else None
         admitted = any(isinstance(version.resource, Workload) and _needs_admission(version.resource.spec)
                        for version in (entry, on_record) if version is not None)
         with self._admission_lock if admitted else nullcontext():  # judged and started as one step: no GPU given
