@@ -1,4 +1,5 @@
-"""`reconciler models`: what the model cache holds, which Models use it, and removing what none does."""
+"""`reconciler models`: what the model cache holds, who uses it (the desired state's Models, the running
+workloads, the known-good versions a rollback would restore), and removing what nothing does."""
 
 from __future__ import annotations
 
@@ -7,24 +8,41 @@ from pathlib import Path
 import click
 
 from reconciler.api.kinds import Model
+from reconciler.api.launch import LaunchSpec
 from reconciler.api.quantity import format_bytes
 from reconciler.drive.artifacts import ArtifactCache
+from reconciler.drive.process import ProcessDriver
 from reconciler.load.desired import load_desired
+from reconciler.record.store import StateStore
 
 
-def _users(path: Path) -> dict[str, list[str]]:
-    """sha256 -> the Models (and variants) of the desired state that name it."""
+def _users(path: Path, state_dir: Path, cache: ArtifactCache) -> dict[str, list[str]]:
+    """sha256 -> who needs it: a Model (variant) of the desired state, a process serving it, a known-good version."""
     users: dict[str, list[str]] = {}
     for entry in load_desired(path).resources.values():
         if isinstance(entry.resource, Model):
             for variant in entry.resource.spec.options():
                 if variant.sha256:
                     users.setdefault(variant.sha256, []).append(f"Model/{entry.resource.name} ({variant.name})")
+    for record in StateStore(state_dir).load_all().values():
+        good = record.known_good
+        if good is not None and good.pins.model_sha256:
+            users.setdefault(good.pins.model_sha256, []).append(f"{record.key} (known-good generation {good.generation})")
+    processes = ProcessDriver(state_dir, readonly=True)
+    served = {name: launch.model for name in processes.owned_names()
+              if (observed := processes.observe(name)).running_pid and observed.record
+              and isinstance(launch := observed.record.launch, LaunchSpec) and launch.model}
+    for entry in cache.entries():
+        prefix = f"{cache.path(entry.sha256)}:"  # a launch names its model file as path:size:mtime
+        for name, model in served.items():
+            if model.startswith(prefix):
+                users.setdefault(entry.sha256, []).append(f"Workload/{name} (running)")
     return users
 
 
 def list_cache(path: Path, state_dir: Path) -> None:
-    cache, users = ArtifactCache(state_dir / "models"), _users(path)
+    cache = ArtifactCache(state_dir / "models")
+    users = _users(path, state_dir, cache)
     entries = cache.entries()
     if not entries:
         click.echo(f"the model cache ({cache.root}) is empty")
@@ -34,7 +52,8 @@ def list_cache(path: Path, state_dir: Path) -> None:
 
 
 def collect_garbage(path: Path, state_dir: Path, remove: bool) -> None:
-    cache, users = ArtifactCache(state_dir / "models"), _users(path)
+    cache = ArtifactCache(state_dir / "models")
+    users = _users(path, state_dir, cache)
     unreferenced = [entry for entry in cache.entries() if entry.sha256 not in users]
     for entry in unreferenced:
         if remove:

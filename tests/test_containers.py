@@ -442,21 +442,29 @@ def test_bad_container_specs_are_refused_at_load_with_file_and_line(
     assert ours(docker_engine, space) == []
 
 
-def test_a_container_update_that_never_turns_healthy_is_rolled_back(space: Workspace, docker_engine: EngineUnderTest) -> None:
+def test_a_container_update_that_never_turns_healthy_is_rolled_back_onto_the_image_it_was_proven_with(
+        space: Workspace, docker_engine: EngineUnderTest) -> None:
     port, update = free_port(), {"progressDeadlineSeconds": 4, "soakSeconds": 1, "rollback": "Auto"}
-    space.write("web.yaml", web("web", port, update=update))
+    image = "reconciler-test/moving:1"
+    proven_image = import_image(docker_engine.address, image, marker="first")
+    space.write("web.yaml", web("web", port, update=update).replace(TEST_IMAGE, image))
     space.start_daemon("--resync", "3600")
     proven = lambda generation: any(e.get("outcome") == "proven" and e["generation"] == generation  # noqa: E731
                                     for e in space.evidence("web.yaml") if e["event"] == "rollout")
     wait_for(lambda: proven(1), 60, what="generation 1 proven")
     good = the_container(docker_engine, space, "web").labels["dev.localaistack.config-hash"]
 
-    broken = web("web", port, update=update).replace("path: /health", "path: /missing")  # 404: never Ready
+    # the tag moves to another image, and the update that follows never turns healthy
+    assert import_image(docker_engine.address, image, marker="second") != proven_image
+    broken = web("web", port, update=update).replace(TEST_IMAGE, image).replace("path: /health", "path: /missing")
     space.write("web.yaml", broken)
     wait_for(lambda: (space.resource_status("web.yaml", "web") or {}).get("phase") == "RolledBack", 60, what="rolled back")
     wait_for(lambda: the_container(docker_engine, space, "web").labels["dev.localaistack.config-hash"] == good, 30,
              what="the known-good container back")
+    assert the_container(docker_engine, space, "web").image.id == proven_image  # not what the tag names now
     failed = next(e for e in space.evidence("web.yaml") if e.get("outcome") == "failed")
     assert failed["generation"] == 2 and "404" in failed["message"], failed
     wait_for(lambda: (space.condition("web.yaml", "web") or {}).get("status") == "True", 30, what="Ready again")
     assert len(ours(docker_engine, space, "web")) == 1
+    record = json.loads((space.state / "resources" / "Workload.web.json").read_text())
+    assert record["knownGood"]["pins"]["imageId"] == proven_image

@@ -164,3 +164,41 @@ def test_bytes_changed_in_place_are_found_by_the_scheduled_rehash(workspace: Wor
     wait_for(lambda: model_status(workspace)["phase"] == "Available", timeout=10, what="the model available again")
     log = workspace.daemon_log.read_text()
     assert f"its bytes no longer match sha256 {digest}; removed, and fetched again" in log, log
+
+
+def test_a_rollback_serves_the_model_bytes_the_known_good_version_was_proven_with(
+        workspace: Workspace, server: ArtifactServer, tiny: bytes, tmp_path: Path) -> None:
+    """An update that changes the Model and breaks the server is rolled back onto the old model's bytes (kept in the
+    cache for it), not onto the new Model with the old arguments; `models gc` keeps them while they are known-good."""
+    pytest.importorskip("llama_cpp")
+    other = write_tiny_llama(tmp_path / "other.gguf", name="another-tiny-llama").read_bytes()
+    first, second = hashlib.sha256(tiny).hexdigest(), hashlib.sha256(other).hexdigest()
+    assert first != second
+    port = free_port()
+
+    def version(url: str, digest: str, args: list[str]) -> str:
+        return document("Model", "tiny", {"source": url, "sha256": digest}) + "---\n" + document("Workload", "chat", {
+            "engine": "llama.cpp", "model": "tiny", "port": port, "llamaCpp": {"contextSize": 128}, "args": args,
+            "health": {"http": {"path": "/v1/models"}, "periodSeconds": 0.3, "failureThreshold": 1},
+            "update": {"progressDeadlineSeconds": 6, "soakSeconds": 1, "rollback": "Auto"}})
+
+    workspace.write("policy.yaml", ENGINES_POLICY)
+    workspace.write("model.yaml", version(server.add("tiny.gguf", tiny), first, []))
+    workspace.start_daemon("--resync", "3600", env=engine_env(None, tmp_path))
+    proven = lambda: any(e.get("outcome") == "proven" for e in workspace.evidence("model.yaml"))  # noqa: E731
+    wait_for(proven, timeout=60, what="generation 1 proven")
+    cached = workspace.state / "models" / "sha256"
+
+    # a new model and an API key the health check does not send: never Ready
+    workspace.write("model.yaml", version(server.add("other.gguf", other), second, ["--api_key", "not-sent"]))
+    chat = lambda: workspace.resource_status("model.yaml", "chat") or {}  # noqa: E731
+    wait_for(lambda: chat().get("phase") == "RolledBack", timeout=60, what="generation 2 rolled back")
+    wait_for(lambda: workspace.condition("model.yaml", "chat")["status"] == "True", timeout=30, what="Ready again")
+    served = " ".join(psutil.Process(chat()["pid"]).cmdline())
+    assert str(cached / first) in served and "--api_key" not in served  # the old bytes, the old arguments
+    assert (cached / second).exists()  # the new Model was fetched: the failed version did run on it
+
+    models = [str(workspace.desired), "--state-dir", str(workspace.state)]
+    listed = workspace.cli("models", "list", *models).stdout
+    assert "Workload/chat (known-good generation 1)" in listed and "Workload/chat (running)" in listed
+    assert first[:12] not in workspace.cli("models", "gc", *models).stdout  # no Model names it, yet it is kept

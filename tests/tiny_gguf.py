@@ -77,8 +77,9 @@ def _vocabulary() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
-def write_tiny_llama(path: pathlib.Path) -> pathlib.Path:
-    """Write the tiny llama GGUF model to `path` (parents created) and return the path."""
+def write_tiny_llama(path: pathlib.Path, name: str = "tiny-random-llama") -> pathlib.Path:
+    """Write the tiny llama GGUF model to `path` (parents created) and return the path; another `name` gives
+    other bytes."""
     from gguf import GGUFWriter, LlamaFileType, TokenType
 
     path = pathlib.Path(path)
@@ -98,7 +99,7 @@ def write_tiny_llama(path: pathlib.Path) -> pathlib.Path:
         return np.ones(N_EMBD, dtype=np.float32)
 
     writer = GGUFWriter(path, "llama")
-    writer.add_name("tiny-random-llama")
+    writer.add_name(name)
     writer.add_context_length(N_CTX_TRAIN)
     writer.add_embedding_length(N_EMBD)
     writer.add_block_count(N_LAYER)

@@ -9,6 +9,16 @@ from typing import Any
 from reconciler.api.status import Report
 
 
+class Pins(Report):
+    """What the known-good version ran beyond its spec: a restore runs these same bytes, or refuses to say it
+    restored the known-good version (an executable upgraded since, an image tag moved, a Model changed)."""
+
+    executable: str | None = None
+    executable_sha256: str | None = None
+    image_id: str | None = None
+    model_sha256: str | None = None
+
+
 class KnownGood(Report):
     """The last version that became Ready and stayed healthy for its soak period: what a rollback restores."""
 
@@ -17,6 +27,7 @@ class KnownGood(Report):
     source: str
     resource: dict[str, Any]
     proven_at: datetime
+    pins: Pins = Pins()  # records written before pins were kept have none: the spec alone is restored
 
 
 class Instant(Report):

@@ -37,6 +37,8 @@ from reconciler.drive.process import ProcessDriver, owner_id
 from reconciler.drive.protocol import StartFailed
 from reconciler.control.judge import Judge
 from reconciler.control.rollout import Rollouts
+from reconciler.control.pins import pins_of
+from reconciler.api.rollout import Pins
 from reconciler.control.placement import SecretFacts, consented, workload_decision_record
 from reconciler.record.decision_record import ModelFacts, record_digest
 from reconciler.gate.placement import PlacementDecision
@@ -221,7 +223,9 @@ class Reconciler:
                 assert isinstance(entry.resource, Workload)
                 policy = self._policy_in_force(desired)
                 sharing = policy is not None and policy.spec.resources.gpu_sharing
-                rendered = self.workloads.render(desired, self._remembered, entry.resource, entry.file, process, sharing)
+                pins = Rollouts.restoring(record) if hold is not None else None
+                rendered = self.workloads.render(desired, self._remembered, entry.resource, entry.file, process,
+                                                 sharing, pins)
                 if record is not None:
                     record = note_observations(record, next_generation(record, entry), process.exit, entry.resource)
                     if probe:
@@ -352,7 +356,8 @@ class Reconciler:
             status = status.model_copy(update={"decision_record": decided})
             record = self._record_changed_decision(record, decided, now)
         waiting = planned.verdict is not None and planned.verdict.decision is Decision.needs_approval
-        record, status, rollout_look = self.rollouts.after_pass(planned.asked, record, status, action.hold, waiting, now)
+        record, status, rollout_look = self.rollouts.after_pass(planned.asked, record, status, action.hold, waiting, now,
+                                                                lambda: self._pins(planned, after))
         self._remember(record)
         self.recorder.set_status(record.source, status)
         self.recorder.flush({record.source} | ({planned.record.source} if planned.record else set()))
@@ -370,6 +375,12 @@ class Reconciler:
             return self.models.next_look(planned.model)
         retry_at = record.next_retry_at if status.pid is None else None
         return max(0.0, (retry_at - now).total_seconds()) if retry_at else None
+
+    def _pins(self, planned: Planned, after: ProcessObservation | None) -> Pins:
+        """What the version proven on this pass runs: its executable's digest, its image ID, its model's digest."""
+        entry = planned.inputs.desired
+        view = self.workloads.model_view(self.desired, entry.resource) if entry and isinstance(entry.resource, Workload) else None
+        return pins_of(after.record.launch if after and after.record else None, view)
 
     def _fetch_model(self, planned: Planned) -> Planned:
         """A Model whose chosen variant is not on this host yet is fetched (the daemon: in the background)."""
@@ -441,7 +452,7 @@ class Reconciler:
                 return None, self.drivers.observe(action.key.name, containers)
             if action.launch is None:
                 return None, inputs.process
-            presence = self.workloads.model_presence(self.desired, inputs.desired.resource)
+            presence = planned.rendered.model
             changed = self.models.verify_before_start(presence) if presence is not None and presence.present else None
             if changed is not None:  # never started on unverified bytes
                 return FailureInfo(reason="InvalidArtifact", message=changed, at=now), inputs.process

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.api.kinds import Workload
-from reconciler.api.rollout import Instant, KnownGood, RolledBack
+from reconciler.api.rollout import Instant, KnownGood, Pins, RolledBack
 from reconciler.api.status import Placement, ResourceStatus, RolloutState, RolloutStatus
 from reconciler.api.workload import RollbackMode
 from reconciler.diff.plan import Hold
@@ -51,9 +51,19 @@ class Rollouts:
         return Hold(ROLLED_BACK, f"generation {rolled.generation} was rolled back by {rolled.by}: {rolled.message}; "
                                  f"the known-good generation {good.generation} runs instead until the spec changes")
 
+    @staticmethod
+    def restoring(record: ResourceRecord | None) -> Pins | None:
+        """What a held version on record must run when it is the known-good one standing in for a rolled-back
+        generation: the bytes it was proven with."""
+        if record is None or record.rolled_back is None or record.known_good is None:
+            return None
+        return record.known_good.pins if record.spec_hash == record.known_good.spec_hash else None
+
     def after_pass(self, desired: DesiredEntry | None, record: ResourceRecord, status: ResourceStatus, held: Hold | None,
-                   waiting_for_person: bool, now: datetime) -> tuple[ResourceRecord, ResourceStatus, float | None]:
-        """Judge the generation in force; returns the record and status to keep, and when to look again."""
+                   waiting_for_person: bool, now: datetime,
+                   pins: Callable[[], Pins] = Pins) -> tuple[ResourceRecord, ResourceStatus, float | None]:
+        """Judge the generation in force; returns the record and status to keep, and when to look again.
+        `pins`: what the generation in force runs, asked for once it is proven."""
         if desired is None or not isinstance(desired.resource, Workload):
             return record, status, None
         workload = desired.resource
@@ -85,7 +95,7 @@ class Rollouts:
         record = record.model_copy(update={"rollout": outcome.clock})
         if outcome.proven:
             good = KnownGood(generation=record.generation, spec_hash=desired.spec_hash, source=desired.file,
-                             resource=workload.model_dump(mode="json", by_alias=True), proven_at=now)
+                             resource=workload.model_dump(mode="json", by_alias=True), proven_at=now, pins=pins())
             record = record.model_copy(update={"known_good": good})
             self._evidence(desired.file, _line(record, now, "proven", outcome.message))
         elif outcome.failed_reason is not None:

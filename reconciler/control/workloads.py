@@ -29,7 +29,9 @@ from reconciler.load.desired import DesiredState
 from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable, ImageFacts
 from reconciler.observe.gpus import GpuInventory, read_inventory
 from reconciler.control.models import ModelStore, ModelView
-from reconciler.observe.host import EngineFacts, ModelPresence, engine_facts, find_executable
+from reconciler.control.pins import pinned_executable, pinned_image, pinned_model
+from reconciler.api.rollout import Pins
+from reconciler.observe.host import EngineFacts, engine_facts, find_executable
 from reconciler.observe.probes import probe
 from reconciler.observe.processes import ProcessObservation, ProcessState
 from reconciler.record.store import ResourceRecord
@@ -59,9 +61,10 @@ class WorkloadRenderer:
 
     def render(
         self, desired: DesiredState, remembered: Callable[[ResourceKey], ResourceRecord | None], workload: Workload,
-        file: str, process: ProcessObservation, gpu_sharing: bool = False,
+        file: str, process: ProcessObservation, gpu_sharing: bool = False, pins: Pins | None = None,
     ) -> Rendered:
-        """`gpu_sharing`: the policy lets shareable workloads share a GPU; otherwise every GPU is exclusive."""
+        """`gpu_sharing`: the policy lets shareable workloads share a GPU; otherwise every GPU is exclusive.
+        `pins`: a known-good version being restored runs the executable, image and model bytes it was proven with."""
         spec = workload.spec
         container = spec.runtime is Runtime.container
         check = engine_check(spec, self.facts)  # kept even when a start is blocked
@@ -77,9 +80,11 @@ class WorkloadRenderer:
         if isinstance(gpus, Blocked):
             return blocked(gpus)
         if container:
-            launch = self._render_container(workload, file, gpus)
+            launch = self._render_container(workload, file, gpus, pins)
             return blocked(launch) if isinstance(launch, Blocked) else Rendered(launch, None, check, endpoint)
         model, view = self._model(desired, remembered, spec.model) if spec.model else (None, None)
+        if pins is not None:
+            view = pinned_model(pins, view, self.models.cache)
         presence = view.presence if view else None
         refused = view.problem if view and view.problem else preflight(spec, model, presence)
         if refused is not None:
@@ -90,9 +95,12 @@ class WorkloadRenderer:
         default_dir = Path(self.driver.default_working_dir(workload.name))
         working_dir = working_dir_for(spec, (self.root / file).parent, default_dir)
         executable = find_executable(command.command[0], child_path(spec.env), working_dir)
+        changed = pinned_executable(pins, executable) if pins is not None else None
+        if changed is not None:
+            return blocked(changed)
         launch = render_launch(spec, command.command, command.args, working_dir, executable, gpus,
                                presence.identity if presence else None, command.executable_from_spec)
-        return Rendered(launch, None, check, endpoint)
+        return Rendered(launch, None, check, endpoint, presence)
 
     def probe_if_due(
         self, record: ResourceRecord, rendered: Rendered, workload: Workload, process: ProcessObservation, now: datetime
@@ -142,18 +150,15 @@ class WorkloadRenderer:
         return MemoryUse(wanted, what, committed, self.memory_total)
 
     def commitment(self, desired: DesiredState, workload: Workload) -> tuple[int, str]:
-        presence = self.model_presence(desired, workload)
-        return memory_commitment(workload.spec, presence.size if presence else None)
-
-    def model_presence(self, desired: DesiredState, workload: Workload) -> ModelPresence | None:
         view = self.model_view(desired, workload)
-        return view.presence if view else None
+        return memory_commitment(workload.spec, view.presence.size if view and view.presence else None)
 
     def model_view(self, desired: DesiredState, workload: Workload) -> ModelView | None:
         """The Model a workload serves, as this host sees it: the chosen variant, its footprint and where it is."""
         return self._model(desired, self.remembered, workload.spec.model)[1] if workload.spec.model else None
 
-    def _render_container(self, workload: Workload, file: str, gpus: tuple[int, ...]) -> ContainerLaunch | Blocked:
+    def _render_container(self, workload: Workload, file: str, gpus: tuple[int, ...],
+                          pins: Pins | None) -> ContainerLaunch | Blocked:
         spec = workload.spec
         assert spec.image is not None
         if not self._engine_checked:
@@ -162,10 +167,13 @@ class WorkloadRenderer:
             return Blocked("EngineUnavailable", self._engine_problem)
         try:
             image = self._images.get(spec.image) or self.engine.image(spec.image)
+            if image is not None:
+                self._images[spec.image] = image
+            image = pinned_image(pins, image, self.engine) if pins is not None else image
         except EngineUnavailable as unavailable:
             return Blocked("EngineUnavailable", unavailable.message)
-        if image is not None:
-            self._images[spec.image] = image
+        if isinstance(image, Blocked):
+            return image
         spec_dir = (self.root / file).parent
         volumes = tuple(BindMount(source=os.path.realpath(spec_dir / volume.source), target=volume.target,
                                   read_only=volume.read_only) for volume in spec.volumes)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from reconciler.api.workload import Engine, HealthCheck, HttpCheck, WorkloadSpec
 from reconciler.api.launch import LaunchSpec
-from reconciler.observe.host import EngineFacts
+from reconciler.observe.host import EngineFacts, ModelPresence
 
 LLAMA_CPP_PYTHON_MODULE = "llama_cpp.server"
 
@@ -34,6 +34,7 @@ class Rendered:
     blocked: Blocked | None = None
     check: HealthCheck | None = None
     endpoint: str | None = None
+    model: ModelPresence | None = None  # the model file the launch serves: hashed again before a start
 
 
 def engine_check(spec: WorkloadSpec, facts: EngineFacts) -> HealthCheck | None:
