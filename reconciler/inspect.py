@@ -11,7 +11,7 @@ from pathlib import Path
 from reconciler.api.kinds import Workload
 from reconciler.api.meta import Resource
 from reconciler.api.quantity import format_bytes
-from reconciler.api.status import ResourceStatus
+from reconciler.api.status import ResourceStatus, RolloutStatus
 from reconciler.record.recorder import sibling
 
 EVENTS_SHOWN = 10
@@ -48,6 +48,7 @@ def describe(status: ResourceStatus, source: str, root: Path, log_lines: list[st
         ("Health", status.health), ("Restarts", status.restart_count),
         ("Last exit", status.last_exit.describe() if status.last_exit else None),
         ("Next start", status.next_retry_time.isoformat() if status.next_retry_time else None),
+        ("Rollout", _rollout(status.rollout) if status.rollout else None),
         ("Log", status.log_file),
     ]
     lines = [f"{label + ':':<12} {value}" for label, value in fields if value not in (None, "", [])]
@@ -64,12 +65,18 @@ def describe(status: ResourceStatus, source: str, root: Path, log_lines: list[st
             placement = event.get("record", {}).get("placement", {})
             lines.append(f"  {event['time'][:19]}  record   placement {placement.get('placement', '-')}: {placement.get('message', '')}")
             continue
-        verdict = event.get("decision") or event.get("result") or "-"
-        lines.append(f"  {event['time'][:19]}  {event['event']:<8} {event.get('action', '-'):<8} {verdict:<8} {event.get('cause', '')}"
+        verdict = event.get("decision") or event.get("result") or event.get("outcome") or "-"
+        cause = event.get("cause") or event.get("message", "")
+        lines.append(f"  {event['time'][:19]}  {event['event']:<8} {event.get('action', '-'):<8} {verdict:<8} {cause}"
                      + (f" {event['failure']['message']}" if "failure" in event else ""))
     if log_lines and status.phase not in ("Running",):
         lines += ["", "Last log lines:"] + [f"  {line}" for line in log_lines]
     return "\n".join(lines)
+
+
+def _rollout(rollout: RolloutStatus) -> str:
+    good = f"known-good generation {rollout.known_good_generation}" if rollout.known_good_generation else "no known-good"
+    return f"generation {rollout.generation} {rollout.state.value}: {rollout.message} ({good}; rollback {rollout.rollback})"
 
 
 def _events(path: Path, resource: str) -> list[dict]:

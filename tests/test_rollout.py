@@ -1,15 +1,22 @@
-"""The staged-update rule as a plain function: progressing, soaking, proven, failed; monotonic time only."""
+"""The staged-update rule as a plain function (progressing, soaking, proven, failed; monotonic time only), and\nhow a person's rollback request is kept until acted on."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
-from reconciler.api.rollout import Instant, KnownGood
-from reconciler.api.status import RolloutState
+from reconciler.api.approval import Answer, Approval
+from reconciler.api.kinds import Workload
+from reconciler.api.rollout import Instant, KnownGood, RolledBack, RolloutClock
+from reconciler.api.status import ResourceStatus, RolloutState
 from reconciler.api.workload import UpdateStrategy
-from reconciler.diff.rollout import PROGRESS_DEADLINE_EXCEEDED, UNHEALTHY_WHILE_SOAKING, Observed, assess
+from reconciler.control.rollout import Rollouts
+from reconciler.diff.rollout import PROGRESS_DEADLINE_EXCEEDED, UNHEALTHY_WHILE_SOAKING, Observed, assess, standing
+from reconciler.load.desired import DesiredEntry
+from reconciler.record.approvals import ApprovalStore
+from reconciler.record.store import ResourceRecord
 
 UPDATE = UpdateStrategy(progress_deadline_seconds=60, soak_seconds=30)
 GOOD = KnownGood(generation=1, spec_hash="h1", source="app.yaml", resource={}, proven_at=datetime(2026, 1, 1, tzinfo=timezone.utc))
@@ -74,3 +81,38 @@ def test_a_first_version_without_known_good_is_judged_too() -> None:
 
 def test_a_zero_soak_proves_on_the_first_ready_pass() -> None:
     assert assess(None, GOOD, seen(True), UpdateStrategy(soak_seconds=0), at(0)).proven
+
+
+def test_a_read_only_status_shows_the_rollout_as_last_judged_without_reading_a_clock() -> None:
+    clock = RolloutClock(generation=2, spec_hash="h2", started=at(0))
+    assert standing(clock, GOOD, None, "h2")[1:] == (RolloutState.progressing, "not Ready yet; its progress deadline is running")
+    soaking = clock.model_copy(update={"ready_since": at(5)})
+    assert standing(soaking, GOOD, None, "h2")[1] is RolloutState.soaking
+    failed = soaking.model_copy(update={"failure": "UnhealthyWhileSoaking: lost Ready"})
+    assert standing(failed, GOOD, None, "h2") == (2, RolloutState.failed, "UnhealthyWhileSoaking: lost Ready")
+    rolled = RolledBack(generation=2, spec_hash="h2", reason="x", message="not Ready within 3s", at=GOOD.proven_at)
+    assert standing(None, GOOD, rolled, "h2") == (2, RolloutState.rolled_back,
+                                                  "generation 2 was rolled back by the reconciler: not Ready within 3s")
+    assert standing(None, GOOD, None, "h1")[1] is RolloutState.proven
+    assert standing(clock, GOOD, None, "h3") is None  # a spec not judged yet: nothing to say
+
+
+def test_a_rollback_request_stays_until_the_pass_that_finds_the_rollback_saved(tmp_path: Path) -> None:
+    approvals = ApprovalStore(tmp_path)
+    rollouts = Rollouts(approvals, lambda file, line: None, lambda name: None, "boot-a")
+    workload = Workload.model_validate({"apiVersion": "localaistack.dev/v1alpha1", "kind": "Workload",
+                                        "metadata": {"name": "app"}, "spec": {"command": ["/bin/true"]}})
+    entry = DesiredEntry(workload, "app.yaml", "h2")
+    now = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    record = ResourceRecord(kind="Workload", name="app", source="app.yaml", generation=2, spec_hash="h2",
+                            resource={}, created_at=now, known_good=GOOD)
+    approvals.request_rollback(Approval(name="app", spec_hash="h2", answer=Answer.approve, by="ada", at=now))
+    status = ResourceStatus(kind="Workload", name="app", generation=2, phase="Running")
+
+    rolled, _, _ = rollouts.after_pass(entry, record, status, None, False, now)
+    assert rolled.rolled_back is not None and rolled.rolled_back.by == "ada" and rolled.spec_hash == "h1"
+    assert approvals.rollback_request("app") is not None  # a kill before the record is saved loses nothing
+    held = Rollouts.hold(rolled, entry)
+    assert held is not None
+    rollouts.after_pass(entry, rolled, status, held, False, now)
+    assert approvals.rollback_request("app") is None

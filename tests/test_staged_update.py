@@ -4,6 +4,7 @@ rolled-back generation is not retried until the spec changes again."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -101,6 +102,11 @@ def test_manual_rollback_shows_the_known_good_and_restores_it_on_demand(workspac
     rollout = status(workspace)["rollout"]
     assert "`reconciler rollback app` restores the known-good generation 1" in rollout["message"], rollout
     assert serving_version(workspace) == "v2", "Manual: nothing is restored without a person"
+    described = workspace.cli("describe", "app").stdout  # read-only: as last judged, no clock run
+    assert "Rollout:" in described and "generation 2 Failed: ProgressDeadlineExceeded" in described, described
+    assert "(known-good generation 1; rollback Manual)" in described
+    listed = json.loads(workspace.cli("status", "-o", "json").stdout)
+    assert next(row for row in listed if row["name"] == "app")["status"]["rollout"]["state"] == "Failed"
 
     answered = workspace.cli("rollback", "app")
     assert answered.returncode == 0 and "known-good generation 1" in answered.stdout, answered.stderr
@@ -108,6 +114,9 @@ def test_manual_rollback_shows_the_known_good_and_restores_it_on_demand(workspac
              timeout=10, what="the daemon to restore v1 at once")
     rolled = next(e for e in rollout_events(workspace) if e["outcome"] == "rolled-back")
     assert rolled["reason"] == "RollbackRequested" and rolled["by"] != "the reconciler"
+    assert "generation 2 RolledBack" in workspace.cli("describe", "app").stdout
+    wait_for(lambda: not (workspace.state / "approvals" / "app.rollback.json").exists(), timeout=5,
+             what="the request cleared once the rollback is on record")
     assert workspace.cli("rollback", "app").returncode == 1  # already rolled back
 
 

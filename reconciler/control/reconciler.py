@@ -306,12 +306,20 @@ class Reconciler:
         if concluded is None:
             return None
         decided = self._decision_record(planned)
-        return concluded[0], concluded[1].model_copy(update={"decision_record": decided})
+        rollout = self.rollouts.on_record(planned.asked, planned.record)
+        return concluded[0], concluded[1].model_copy(update={"decision_record": decided, "rollout": rollout})
 
     # -- the whole reconcile ----------------------------------------------------------------
 
     def reconcile(self, key: ResourceKey) -> float | None:
-        """Converge one resource; returns seconds until it wants another look (back-off), or None."""
+        """Converge one resource; returns seconds until it wants another look (back-off), or None. A pass that
+        rolled a generation back is followed at once by the pass that restores the known-good version."""
+        while True:
+            look, rolled_back = self._admitted(key)
+            if not rolled_back:
+                return look
+
+    def _admitted(self, key: ResourceKey) -> tuple[float | None, bool]:
         entry = self.desired.resources.get(key)
         with self._lock:
             record = self.records.get(key)
@@ -324,14 +332,14 @@ class Reconciler:
         with self._admission_lock if admitted else nullcontext():  # judged and started as one step: no GPU given
             return self._reconcile(key)                            # twice, no memory committed twice
 
-    def _reconcile(self, key: ResourceKey) -> float | None:
+    def _reconcile(self, key: ResourceKey) -> tuple[float | None, bool]:
         started, now = time.monotonic(), datetime.now(timezone.utc)
         planned = self.plan(key, now, probe=True)
         action = planned.action
         if action.verb is Verb.delete:
             kept = self._delete(planned, now)
             self._measure(planned, None, None, started)
-            return ENGINE_RETRY_SECONDS if kept else None
+            return ENGINE_RETRY_SECONDS if kept else None, False
         digest = self._record_decision(planned, now)
         planned = self._fetch_model(planned)
         failure, after = self._drive(planned, now)
@@ -344,7 +352,7 @@ class Reconciler:
         concluded = conclude(planned.record, planned.inputs.desired, outcome, now, self._log_file(key))
         self._measure(planned, failure, concluded[1] if concluded else None, started)
         if concluded is None:
-            return None
+            return None, False
         record, status = concluded
         if planned.executed:
             done = datetime.now(timezone.utc)
@@ -358,13 +366,14 @@ class Reconciler:
         waiting = planned.verdict is not None and planned.verdict.decision is Decision.needs_approval
         record, status, rollout_look = self.rollouts.after_pass(planned.asked, record, status, action.hold, waiting, now,
                                                                 lambda: self._pins(planned, after))
+        rolled_back = record.rolled_back is not None and (planned.record is None or planned.record.rolled_back != record.rolled_back)
         self._remember(record)
         self.recorder.set_status(record.source, status)
         self.recorder.flush({record.source} | ({planned.record.source} if planned.record else set()))
         if key.kind == "Workload":
             self.drivers.trim_log(key.name, _maybe_container(planned.inputs.desired, planned.record))
         look = self._next_look(planned, record, status, after, now)
-        return min((seconds for seconds in (look, rollout_look) if seconds is not None), default=None)
+        return min((seconds for seconds in (look, rollout_look) if seconds is not None), default=None), rolled_back
 
     def _next_look(self, planned: Planned, record: ResourceRecord, status: ResourceStatus,
                    after: ProcessObservation | None, now: datetime) -> float | None:

@@ -17,7 +17,7 @@ from reconciler.api.rollout import Instant, KnownGood, Pins, RolledBack
 from reconciler.api.status import Placement, ResourceStatus, RolloutState, RolloutStatus
 from reconciler.api.workload import RollbackMode
 from reconciler.diff.plan import Hold
-from reconciler.diff.rollout import ROLLED_BACK, Assessment, Observed, assess
+from reconciler.diff.rollout import ROLLED_BACK, Assessment, Observed, assess, standing
 from reconciler.inspect import tail
 from reconciler.load.desired import DesiredEntry
 from reconciler.record.approvals import ApprovalStore
@@ -70,6 +70,7 @@ class Rollouts:
         update = workload.spec.update
         if held is not None:
             if held.reason == ROLLED_BACK and record.rolled_back is not None:
+                self.approvals.clear_rollback(workload.name)  # a request it answered: cleared once the record is saved
                 shown = self._shown(record, record.rolled_back.generation, RolloutState.rolled_back, held.message,
                                     update.rollback)
                 return record, status.model_copy(update={"rollout": shown}), None
@@ -78,11 +79,12 @@ class Rollouts:
             record = record.model_copy(update={"rolled_back": None})  # the spec changed: the new one is tried
         request = self.approvals.rollback_request(workload.name)
         if request is not None:
-            self.approvals.clear_rollback(workload.name)
             if request.covers(desired.spec_hash) and record.known_good is not None:
+                # the request stays until the pass that finds the rollback saved (a kill in between loses nothing)
                 record = self._roll_back(record, "RollbackRequested", "a person asked for the known-good version",
                                          request.by, now)
-                return record, status, 0.0  # restored by the next pass, at once
+                return record, status, None  # restored by the pass that follows at once (Reconciler.reconcile)
+            self.approvals.clear_rollback(workload.name)  # for a spec since replaced, or nothing to restore
         if waiting_for_person or status.placement is Placement.hosted or status.phase in _NOT_ITS_FAULT:
             # Not started (an approval awaited, a missing capability, a refusal, a model still downloading: the
             # version before keeps running meanwhile) or not run here: its deadline starts once it can start.
@@ -102,9 +104,19 @@ class Rollouts:
             self._evidence(desired.file, self._failure_line(record, status, outcome, now))
             if update.rollback is RollbackMode.auto and record.known_good is not None:
                 record = self._roll_back(record, outcome.failed_reason, outcome.message, "the reconciler", now)
-                return record, status, 0.0
+                return record, status, None
         shown = self._shown(record, record.generation, outcome.state, outcome.message, update.rollback)
         return record, status.model_copy(update={"rollout": shown}), outcome.look_again
+
+    def on_record(self, desired: DesiredEntry | None, record: ResourceRecord | None) -> RolloutStatus | None:
+        """The rollout as last judged, for a read-only `status` or `describe` (which must not run the clock)."""
+        if desired is None or record is None or not isinstance(desired.resource, Workload):
+            return None
+        found = standing(record.rollout, record.known_good, record.rolled_back, desired.spec_hash)
+        if found is None:
+            return None
+        generation, state, message = found
+        return self._shown(record, generation, state, message, desired.resource.spec.update.rollback)
 
     def _roll_back(self, record: ResourceRecord, reason: str, message: str, by: str, now: datetime) -> ResourceRecord:
         """The record now describes the known-good version (so plans compare against it); the generation number

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reconciler.api.rollout import Instant, KnownGood, RolloutClock
+from reconciler.api.rollout import Instant, KnownGood, RolledBack, RolloutClock
 from reconciler.api.status import RolloutState
 from reconciler.api.workload import UpdateStrategy
 
@@ -71,3 +71,21 @@ def _failed(clock: RolloutClock, reason: str, message: str) -> Assessment:
     return Assessment(RolloutState.failed, message, clock.model_copy(update={"failure": f"{reason}: {message}"}),
                       failed_reason=reason)
 
+
+
+def standing(clock: RolloutClock | None, known_good: KnownGood | None, rolled_back: RolledBack | None,
+             spec_hash: str) -> tuple[int, RolloutState, str] | None:
+    """Where the rollout of `spec_hash` stood when it was last judged, from what is on record alone (no clock is
+    read): what a read-only `status` shows. The generation, its state, and why."""
+    if rolled_back is not None and known_good is not None and rolled_back.spec_hash == spec_hash:
+        return rolled_back.generation, RolloutState.rolled_back, (
+            f"generation {rolled_back.generation} was rolled back by {rolled_back.by}: {rolled_back.message}")
+    if known_good is not None and known_good.spec_hash == spec_hash:
+        return known_good.generation, RolloutState.proven, f"generation {known_good.generation} is the known-good version"
+    if clock is None or clock.spec_hash != spec_hash:
+        return None
+    if clock.failure is not None:
+        return clock.generation, RolloutState.failed, clock.failure
+    if clock.ready_since is not None:
+        return clock.generation, RolloutState.soaking, "Ready; its soak period is running"
+    return clock.generation, RolloutState.progressing, "not Ready yet; its progress deadline is running"
