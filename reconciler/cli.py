@@ -1,82 +1,40 @@
-"""`reconciler` command line: validate, plan, apply, run, down, status, describe, logs, host, approve, deny, export,
-verify, forget, schemas."""
+"""`reconciler` command line: validate, plan, apply, run, sync, down, status, describe, logs, host, schemas; the
+answers of a person (approve, deny, rollback), evidence (export, verify, forget) and `models` have their own modules."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import pwd
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import click
 
-from reconciler import cli_git, cli_models, inspect
-from reconciler.api.approval import Answer, Approval
-from reconciler.api.kinds import KINDS, Workload
-from reconciler.api.meta import ResourceKey
-from reconciler.api.schemas import crds, stale_schemas, write_schemas
+from reconciler import cli_answers, cli_evidence, cli_git, cli_models, inspect
+from reconciler.api.kinds import KINDS
+from reconciler.api.schemas import stale_schemas, write_schemas
+from reconciler.cli_common import (EXIT_CHANGES, EXIT_ERROR, EXIT_IN_SYNC, default_state_dir, key_of, located, locked,
+                                   open_reconciler, output_option, path_argument, print_load_errors, readable_folder,
+                                   state_option)
 from reconciler.control import logfmt
 from reconciler.control.daemon import Daemon
 from reconciler.control.gitops import GITOPS, request_sync
 from reconciler.control.metrics import Metrics, loopback_address
+from reconciler.control.reconciler import Reconciler
 from reconciler.drive.containers import ContainerDriver
 from reconciler.drive.process import owner_id
-from reconciler.export.kubernetes import kubernetes_manifests, render_yaml
+from reconciler.load.desired import load_desired
 from reconciler.observe.docker_engine import DockerEngine
-from reconciler.control.lock import Busy, exclusive
-from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
-from reconciler.load.desired import DesiredEntry, load_desired
-from reconciler.record.store import StateStore
-from reconciler.record.status import FAILED_PHASES, SUCCEEDED_PHASES
 from reconciler.observe.host_profile import observe_host_profile
-from reconciler.record.approvals import ApprovalStore
-from reconciler.record.bundle import write_bundle
-from reconciler.record.evidence import verify_chain
-from reconciler.record.verify import all_chains, verify_report
-from reconciler.record.forget import FORGETTABLE_KINDS, Refused, forget as forget_resource
-from reconciler.render_host import host_table
+from reconciler.record.status import FAILED_PHASES, SUCCEEDED_PHASES
 from reconciler.render import dump, plan_rows, plan_table, status_rows, status_table
+from reconciler.render_host import host_table
 
-EXIT_IN_SYNC, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 APPLY_WORKERS = 4  # container starts wait on the engine: several at once, as Compose does
-
-
-def default_state_dir(root: Path) -> Path:
-    """One state directory per desired-state folder, so two folders never prune each other."""
-    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
-    return cli_git.state_home() / f"{root.resolve().name}-{digest}"
-
-
-path_argument = click.argument("path", type=click.Path(path_type=Path), default="desired-state")
-state_option = click.option(
-    "--state-dir", type=click.Path(path_type=Path), envvar="RECONCILER_STATE_DIR",
-    help="Where the reconciler keeps process records and logs [default: ~/.local/state/localaistack-reconciler/<folder>].",
-)
-output_option = click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table")
-
-
-def _reconciler(path: Path, state_dir: Path | None, **options: object) -> Reconciler:
-    reconciler = Reconciler(path, state_dir or default_state_dir(path), **options)  # type: ignore[arg-type]
-    try:
-        reconciler.refresh()
-    except DesiredStateUnreadable as error:
-        raise click.ClickException(str(error)) from None
-    return reconciler
-
-
-def _print_load_errors(reconciler: Reconciler) -> bool:
-    for errors in reconciler.desired.errors.values():
-        for error in errors:
-            click.echo(str(error), err=True)
-    return bool(reconciler.desired.errors)
 
 
 @click.group()
@@ -92,8 +50,7 @@ def main(log_level: str, log_format: str) -> None:
 @path_argument
 def validate(path: Path) -> None:
     """Check every spec file; errors name file:line:column, field and what was expected."""
-    if not path.is_dir():
-        raise click.ClickException(f"{path}: not a readable folder")
+    readable_folder(path)
     desired = load_desired(path)
     for errors in desired.errors.values():
         for error in errors:
@@ -110,11 +67,11 @@ def validate(path: Path) -> None:
 @click.option("--allow-empty", is_flag=True, help="Plan pruning even when the desired state is empty.")
 def plan(path: Path, state_dir: Path | None, output: str, allow_empty: bool) -> None:
     """Show every action a pass would take, with its cause. Exit 0 in sync, 2 changes pending, 1 error."""
-    reconciler = _reconciler(path, state_dir, readonly=True, allow_empty=allow_empty)
+    reconciler = open_reconciler(path, state_dir, readonly=True, allow_empty=allow_empty)
     now = datetime.now(timezone.utc)
     rows = plan_rows([reconciler.plan(key, now) for key in reconciler.keys()])
     click.echo(dump(rows, "json") if output == "json" else plan_table(rows))
-    if _print_load_errors(reconciler):
+    if print_load_errors(reconciler):
         sys.exit(EXIT_ERROR)
     sys.exit(EXIT_CHANGES if any(row["action"] != "none" for row in rows) else EXIT_IN_SYNC)
 
@@ -130,8 +87,8 @@ def apply(path: Path, state_dir: Path | None, wait: bool, timeout: float, min_re
     """Run one reconcile pass (or, with --wait, until workloads are Ready or failed)."""
     exited = threading.Event()
     state_dir = state_dir or default_state_dir(path)
-    with _locked(path, state_dir, "apply"):
-        reconciler = _reconciler(path, state_dir, allow_empty=allow_empty, on_exit=lambda name: exited.set(),
+    with locked(path, state_dir, "apply"):
+        reconciler = open_reconciler(path, state_dir, allow_empty=allow_empty, on_exit=lambda name: exited.set(),
                                  terminal=sys.stderr if sys.stderr.isatty() else None)
         reconciler.adopt()
         deadline = time.monotonic() + timeout
@@ -149,7 +106,7 @@ def apply(path: Path, state_dir: Path | None, wait: bool, timeout: float, min_re
                 sys.exit(EXIT_ERROR)
             exited.wait(0.1)
             exited.clear()
-    load_errors = _print_load_errors(reconciler)
+    load_errors = print_load_errors(reconciler)
     for line in failed:
         click.echo(line, err=True)
     sys.exit(EXIT_ERROR if (wait and failed) or load_errors else EXIT_IN_SYNC)
@@ -210,7 +167,7 @@ def run(path: Path, state_dir: Path | None, resync: float, allow_empty: bool, me
             metrics.serve(host, port)
         except OSError as error:
             raise click.ClickException(f"--metrics-address {metrics_address}: {error.strerror or error}") from None
-    with _locked(state_dir / GITOPS if git_url else path, state_dir, "run"):  # before the follower touches anything
+    with locked(state_dir / GITOPS if git_url else path, state_dir, "run"):  # before the follower touches anything
         follower = None
         if git_url is not None:
             follower = cli_git.follower(git_url, branch, git_path, state_dir, allowed_signers)
@@ -257,7 +214,7 @@ def sync(state_dir: Path | None, git_url: str | None, branch: str, git_path: str
 def down(path: Path, state_dir: Path | None) -> None:
     """Stop and remove everything this desired-state folder owns."""
     state_dir = state_dir or default_state_dir(path)
-    with _locked(path, state_dir, "down"):
+    with locked(path, state_dir, "down"):
         reconciler = Reconciler(path, state_dir)
         reconciler.adopt()
         kept = []
@@ -277,15 +234,15 @@ def down(path: Path, state_dir: Path | None) -> None:
 def status(path: Path, state_dir: Path | None, output: str, git_url: str | None, branch: str, git_path: str) -> None:
     """What runs, where, and why not: one line per resource (with --git, first the revisions in force and tried)."""
     if git_url is not None:
-        path, state_dir, followed = cli_git.followed(git_url, branch, git_path, state_dir)
+        _, _, followed = cli_git.followed(git_url, branch, git_path, state_dir)
         for line in cli_git.summary(followed):
             click.echo(line, err=output != "table")
-    reconciler = _reconciler(path, state_dir, readonly=True)
+    reconciler = open_reconciler(*located(path, state_dir, git_url, branch, git_path), readonly=True)
     now = datetime.now(timezone.utc)
     statuses = [status for key in reconciler.keys() if (status := reconciler.status(key)) is not None]
     rows = status_rows(statuses, reconciler.records, now)
     click.echo(status_table(rows) if output == "table" else dump(rows, output))
-    _print_load_errors(reconciler)
+    print_load_errors(reconciler)
 
 
 @main.command()
@@ -298,129 +255,16 @@ def host(path: Path, state_dir: Path | None, output: str) -> None:
     click.echo(host_table(profile) if output == "table" else dump(profile.model_dump(mode="json", by_alias=True), output))
 
 
-hosted_option = click.option("--hosted", is_flag=True,
-                             help="Answer about sending it to its hosted fallback, not about a local start.")
-
-
-@main.group(invoke_without_command=True)
-@click.pass_context
-def models(context: click.Context) -> None:
-    """The model cache: `models [list PATH]` shows entries, sizes and the Models that use them; `models gc`."""
-    if context.invoked_subcommand is None:
-        path = Path("desired-state")
-        cli_models.list_cache(path, default_state_dir(path))
-
-
-@models.command(name="list")
-@path_argument
-@state_option
-def list_models(path: Path, state_dir: Path | None) -> None:
-    """Cache entries, their sizes, and the Models that name them."""
-    cli_models.list_cache(path, state_dir or default_state_dir(path))
-
-
-@models.command()
-@path_argument
-@state_option
-@click.option("--yes", is_flag=True, help="Remove them; without it, only say what would be removed.")
-def gc(path: Path, state_dir: Path | None, yes: bool) -> None:
-    """Remove cache entries no Model of the desired state names (a dry run without --yes)."""
-    cli_models.collect_garbage(path, state_dir or default_state_dir(path), remove=yes)
-
-
 @main.command()
 @click.argument("name")
 @path_argument
 @state_option
-@click.option("--spec-hash", required=True, help="The hash `plan` showed (a prefix of 8 or more will do): refused "
-                                                 "if the spec changed since, so only what you reviewed is approved.")
-@hosted_option
-def approve(name: str, path: Path, state_dir: Path | None, spec_hash: str, hosted: bool) -> None:
-    """Approve a workload's change that waits for a person: its exact current spec, nothing later."""
-    _answer(name, path, state_dir, spec_hash, Answer.approve, hosted)
-
-
-@main.command()
-@click.argument("name")
-@path_argument
-@state_option
-@click.option("--spec-hash", help="The hash `plan` showed (a prefix will do): refused if the spec changed since.")
-@hosted_option
-def deny(name: str, path: Path, state_dir: Path | None, spec_hash: str | None, hosted: bool) -> None:
-    """Refuse a workload's change: its exact current spec stays refused until the spec changes."""
-    _answer(name, path, state_dir, spec_hash, Answer.deny, hosted)
-
-
-def _answer(name: str, path: Path, state_dir: Path | None, spec_hash: str | None, answer: Answer, hosted: bool) -> None:
-    key, entry = _desired_workload(name, path)
-    if spec_hash is not None and (len(spec_hash) < 8 or not entry.spec_hash.startswith(spec_hash)):
-        raise click.ClickException(f"{key}: its spec is now {entry.spec_hash[:12]}, not {spec_hash}: it changed since "
-                                   "you looked; run `reconciler plan` and review it again")
-    who = _who()
-    ApprovalStore(state_dir or default_state_dir(path)).put(Approval(
-        name=key.name, spec_hash=entry.spec_hash, answer=answer, by=who, at=datetime.now(timezone.utc), hosted=hosted))
-    what = "hosting on its fallback" if hosted else "spec"
-    click.echo(f"{key}: {what} {entry.spec_hash[:12]} {answer.past} by {who}; {ACTED_ON}")
-
-
-ACTED_ON = "a running daemon acts on it now, otherwise the next `reconciler apply` does"
-
-
-@main.command()
-@click.argument("name")
-@path_argument
-@state_option
-def rollback(name: str, path: Path, state_dir: Path | None) -> None:
-    """Restore a workload's known-good version (the last that stayed healthy through its soak) instead of its
-    current spec; that spec is not tried again until it changes."""
-    key, entry = _desired_workload(name, path)
-    state_dir = state_dir or default_state_dir(path)
-    record = StateStore(state_dir).load_all().get(key)
-    good = record.known_good if record else None
-    if good is None:
-        raise click.ClickException(f"{key}: no known-good version on record (none has stayed healthy through its soak)")
-    if good.spec_hash == entry.spec_hash:
-        raise click.ClickException(f"{key}: its spec is the known-good version (generation {good.generation}) already")
-    if record is not None and record.rolled_back is not None and record.rolled_back.spec_hash == entry.spec_hash:
-        raise click.ClickException(f"{key}: already rolled back to generation {good.generation}")
-    who = _who()
-    ApprovalStore(state_dir).request_rollback(Approval(
-        name=key.name, spec_hash=entry.spec_hash, answer=Answer.approve, by=who, at=datetime.now(timezone.utc)))
-    click.echo(f"{key}: spec {entry.spec_hash[:12]} is to be replaced by the known-good generation {good.generation} "
-               f"({good.spec_hash[:12]}), asked by {who}; {ACTED_ON}")
-
-
-def _desired_workload(name: str, path: Path) -> tuple[ResourceKey, DesiredEntry]:
-    if not path.is_dir():
-        raise click.ClickException(f"{path}: not a readable folder")
-    desired = load_desired(path)
-    key = _key(name)
-    entry = desired.resources.get(key)
-    if entry is None or not isinstance(entry.resource, Workload):
-        problem = desired.rejected.get(key)
-        raise click.ClickException(f"{key}: {'its spec does not load: ' + str(problem[0]) if problem else 'not in ' + str(path)}")
-    return key, entry
-
-
-def _who() -> str:
-    """The account, not what the environment claims; sudo says who asked it."""
-    who = pwd.getpwuid(os.getuid()).pw_name
-    return who + (f" (sudo from {os.environ['SUDO_USER']})" if os.environ.get("SUDO_USER") else "")
-
-
-def _key(name: str) -> ResourceKey:
-    kind, _, plain = name.rpartition("/")
-    return ResourceKey(kind or "Workload", plain)
-
-
-@main.command()
-@click.argument("name")
-@path_argument
-@state_option
-def describe(name: str, path: Path, state_dir: Path | None) -> None:
-    """One resource in full: spec as run, conditions with times, limits, health, its last evidence as events."""
-    reconciler = _reconciler(path, state_dir, readonly=True)
-    key = _key(name)
+@cli_git.git_options
+def describe(name: str, path: Path, state_dir: Path | None, git_url: str | None, branch: str, git_path: str) -> None:
+    """One resource in full: spec as run, conditions with times, limits, health, rollout, its last evidence as events."""
+    path, state_dir = located(path, state_dir, git_url, branch, git_path)
+    reconciler = open_reconciler(path, state_dir, readonly=True)
+    key = key_of(name)
     status = reconciler.status(key)
     record = reconciler.records.get(key)
     entry = reconciler.desired.resources.get(key)
@@ -440,11 +284,13 @@ def describe(name: str, path: Path, state_dir: Path | None) -> None:
 @click.option("--previous", is_flag=True, help="The log of the run before the current one (a crash's story).")
 @click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new output until interrupted.")
 @click.option("--tail", "lines", type=int, default=0, help="Only the last N lines (0: all that is kept).")
-def logs(name: str, path: Path, state_dir: Path | None, previous: bool, follow_: bool, lines: int) -> None:
+@cli_git.git_options
+def logs(name: str, path: Path, state_dir: Path | None, previous: bool, follow_: bool, lines: int, git_url: str | None,
+         branch: str, git_path: str) -> None:
     """A workload's output: a running container's live from its engine, else from the bounded log store (kept
     after a crash)."""
-    state_dir = state_dir or default_state_dir(path)
-    live = None if previous else _container_log(state_dir, _key(name).name, lines, follow_)
+    _, state_dir = located(path, state_dir, git_url, branch, git_path)
+    live = None if previous else _container_log(state_dir, key_of(name).name, lines, follow_)
     if live is not None:
         try:
             for chunk in live:
@@ -453,7 +299,7 @@ def logs(name: str, path: Path, state_dir: Path | None, previous: bool, follow_:
             pass
         return
     log_dir = state_dir / "logs"
-    log_file = log_dir / (f"{_key(name).name}.previous.log" if previous else f"{_key(name).name}.log")
+    log_file = log_dir / (f"{key_of(name).name}.previous.log" if previous else f"{key_of(name).name}.log")
     if not log_file.exists():
         raise click.ClickException(f"{log_file}: no log{' of a previous run' if previous else ''} for {name}")
     for line in inspect.tail(log_file, lines):
@@ -464,85 +310,6 @@ def logs(name: str, path: Path, state_dir: Path | None, previous: bool, follow_:
                 click.echo(chunk, nl=False)
         except KeyboardInterrupt:
             pass
-
-
-@main.command()
-@path_argument
-@state_option
-@click.option("--kubernetes", "to_kubernetes", is_flag=True, help="Kubernetes manifests, on stdout.")
-@click.option("--namespace", help="Namespace of the exported objects (CRDs are cluster-wide).")
-@click.option("-o", "--output", "bundle", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE.tar.gz",
-              help="An evidence bundle for backup and audit: specs (secret-looking env values redacted), status files, "
-                   "evidence logs, revision and a MANIFEST.json; no logs, approvals or model cache.")
-def export(path: Path, state_dir: Path | None, to_kubernetes: bool, namespace: str | None, bundle: Path | None) -> None:
-    """The desired state for a cluster (--kubernetes): CRDs, the resources, and a Deployment (+ Service) per
-    Workload, on stdout; what Kubernetes cannot express is said in each Deployment's localaistack.dev/export-note
-    annotation. Or, with -o FILE.tar.gz, the folder and its evidence as one reproducible file (mode 0600)."""
-    if to_kubernetes == (bundle is not None):
-        raise click.UsageError("say what to export: --kubernetes (to stdout) or -o FILE.tar.gz (an evidence bundle)")
-    if bundle is not None:
-        if not path.is_dir():
-            raise click.ClickException(f"{path}: not a readable folder")
-        manifest = write_bundle(path, state_dir or default_state_dir(path), bundle)
-        redacted = sum(len(entry.get("redacted", [])) for entry in manifest["files"])
-        click.echo(f"wrote {bundle}: {len(manifest['files'])} files ({redacted} secret-looking env values redacted); "
-                   "its MANIFEST.json lists them, and what was left out and why")
-        return
-    desired = load_desired(path)
-    if desired.errors:  # exporting the valid rest would drop the broken ones without a word
-        for errors in desired.errors.values():
-            for error in errors:
-                click.echo(str(error), err=True)
-        sys.exit(EXIT_ERROR)
-    manifests = kubernetes_manifests(desired, crds(), namespace, source_root=str(path.resolve()))
-    click.echo(render_yaml(manifests), nl=False)
-
-
-@main.command()
-@path_argument
-@state_option
-def verify(path: Path, state_dir: Path | None) -> None:
-    """Check every evidence chain under PATH (rotated files included) and the host log in the state directory:
-    one line each. Exit 0 when all are intact, 1 when any is broken."""
-    if not path.is_dir():
-        raise click.ClickException(f"{path}: not a readable folder")
-    chains = all_chains(path, state_dir or default_state_dir(path))
-    results = [(chain, verify_chain(chain)) for chain in chains]
-    for chain, result in results:
-        click.echo(verify_report(chain, result))
-    if not chains:
-        click.echo(f"{path}: no evidence logs")
-    sys.exit(EXIT_IN_SYNC if all(result.ok for _, result in results) else EXIT_ERROR)
-
-
-@main.command()
-@click.argument("name")
-@path_argument
-@state_option
-@click.option("--kind", type=click.Choice(FORGETTABLE_KINDS), help="The kind of NAME [default: Workload, or KIND/NAME's].")
-@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
-def forget(name: str, path: Path, state_dir: Path | None, kind: str | None, dry_run: bool) -> None:
-    """Delete a removed resource's evidence, logs, approvals and state, and record that in the host evidence log.
-    Refused while PATH still declares it or anything of it still runs."""
-    if not path.is_dir():
-        raise click.ClickException(f"{path}: not a readable folder")
-    key = _key(name) if "/" in name else ResourceKey(kind or "Workload", name)
-    if kind is not None and key.kind != kind:
-        raise click.UsageError(f"{name} is a {key.kind}, not a {kind}")
-    try:
-        plan = forget_resource(key, path, state_dir or default_state_dir(path), _who(), dry_run=dry_run)
-    except Refused as refused:
-        raise click.ClickException(str(refused)) from None
-    if plan.empty:
-        click.echo(f"{key}: nothing kept about it")
-        return
-    verb = "would " if dry_run else ""
-    for chain, count in plan.rewritten.items():
-        click.echo(f"{verb}rewrite {chain} without its {count} records")
-    for removed in plan.deleted:
-        click.echo(f"{verb}delete {removed}")
-    if not dry_run:
-        click.echo(f"{key}: forgotten ({plan.records} evidence records); recorded in the host evidence log")
 
 
 def _container_log(state_dir: Path, name: str, lines: int, follow: bool) -> Iterator[bytes] | None:
@@ -566,12 +333,6 @@ def schemas(out: Path, check: bool) -> None:
         click.echo(f"wrote {written}")
 
 
-@contextmanager
-def _locked(path: Path, state_dir: Path, command: str) -> Iterator[None]:
-    if not path.is_dir():
-        raise click.ClickException(f"{path}: not a readable folder")
-    try:
-        with exclusive(path, state_dir, command):
-            yield
-    except Busy as error:
-        raise click.ClickException(str(error)) from None
+for command in (cli_answers.approve, cli_answers.deny, cli_answers.rollback, cli_evidence.export, cli_evidence.verify,
+                cli_evidence.forget, cli_models.models):
+    main.add_command(command)

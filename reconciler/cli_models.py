@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from reconciler.cli_common import default_state_dir, path_argument, state_option
+
 from reconciler.api.kinds import Model
 from reconciler.api.launch import LaunchSpec
 from reconciler.api.quantity import format_bytes
@@ -61,3 +63,30 @@ def collect_garbage(path: Path, state_dir: Path, remove: bool) -> None:
         click.echo(f"{'removed' if remove else 'would remove'} {entry.sha256[:12]} ({format_bytes(entry.size)})")
     if unreferenced and not remove:
         click.echo("dry run: nothing removed; run `reconciler models gc --yes` to remove them")
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def models(context: click.Context) -> None:
+    """The model cache: `models [list PATH]` shows entries, sizes and who uses them; `models gc`."""
+    if context.invoked_subcommand is None:
+        path = Path("desired-state")
+        list_cache(path, default_state_dir(path))
+
+
+@models.command(name="list")
+@path_argument
+@state_option
+def list_models(path: Path, state_dir: Path | None) -> None:
+    """Cache entries, their sizes, and who uses them: Models, running workloads, known-good versions."""
+    list_cache(path, state_dir or default_state_dir(path))
+
+
+@models.command()
+@path_argument
+@state_option
+@click.option("--yes", is_flag=True, help="Remove them; without it, only say what would be removed.")
+def gc(path: Path, state_dir: Path | None, yes: bool) -> None:
+    """Remove cache entries nothing uses: no Model of the desired state names them, no running workload serves
+    them, no known-good version would be restored onto them (a dry run without --yes)."""
+    collect_garbage(path, state_dir or default_state_dir(path), remove=yes)

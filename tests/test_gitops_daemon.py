@@ -109,6 +109,11 @@ def test_the_daemon_follows_the_branch_and_never_applies_a_bad_revision(daemon: 
     assert f"lastAppliedRevision: main@sha1:{second}" in shown.stdout
     assert f"lastAttemptedRevision: main@sha1:{bad} (Invalid)" in shown.stdout
     assert "  hosts/box/app.yaml:14:3 spec.replicaz: unknown field 'replicaz'" in shown.stdout, shown.stdout
+    git = ("--git", str(daemon.repo.remote), "--path", "hosts/box")  # the per-resource commands take it too
+    described = daemon.cli("describe", "app", *git)
+    assert described.returncode == 0 and "Pid:" in described.stdout and "v2" in described.stdout, described.stderr
+    refused = daemon.cli("rollback", "app", *git)  # reads the spec in force: v2, never proven (no soak declared)
+    assert refused.returncode == 1 and "Workload/app: no known-good version on record" in refused.stderr, refused.stderr
     serving = daemon.app()["pid"]
     daemon.cli("sync")  # the same bad head again: not tried again
     wait_for(lambda: not (daemon.state / "gitops" / "sync-request").exists(), timeout=10, what="the sync taken")

@@ -1,0 +1,86 @@
+"""What the command line's modules share: where the desired state and the state directory are (a folder, or
+the branch a daemon follows with --git), the options that say so, exit codes, who is asking."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from reconciler import cli_git
+from reconciler.api.meta import ResourceKey
+from reconciler.control.lock import Busy, exclusive
+from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
+
+EXIT_IN_SYNC, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+ACTED_ON = "a running daemon acts on it now, otherwise the next `reconciler apply` does"
+
+path_argument = click.argument("path", type=click.Path(path_type=Path), default="desired-state")
+state_option = click.option(
+    "--state-dir", type=click.Path(path_type=Path), envvar="RECONCILER_STATE_DIR",
+    help="Where the reconciler keeps process records and logs [default: ~/.local/state/localaistack-reconciler/<folder>].",
+)
+output_option = click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table")
+
+
+def default_state_dir(root: Path) -> Path:
+    """One state directory per desired-state folder, so two folders never prune each other."""
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    return cli_git.state_home() / f"{root.resolve().name}-{digest}"
+
+
+def located(path: Path, state_dir: Path | None, git_url: str | None, branch: str, git_path: str) -> tuple[Path, Path]:
+    """(desired-state folder, state directory): PATH's, or with --git the revision in force of the daemon that
+    follows that branch (read only: the daemon owns it)."""
+    if git_url is None:
+        return path, state_dir or default_state_dir(path)
+    root, state, _ = cli_git.followed(git_url, branch, git_path, state_dir)
+    return root, state
+
+
+def open_reconciler(path: Path, state_dir: Path | None, **options: object) -> Reconciler:
+    reconciler = Reconciler(path, state_dir or default_state_dir(path), **options)  # type: ignore[arg-type]
+    try:
+        reconciler.refresh()
+    except DesiredStateUnreadable as error:
+        raise click.ClickException(str(error)) from None
+    return reconciler
+
+
+def print_load_errors(reconciler: Reconciler) -> bool:
+    for errors in reconciler.desired.errors.values():
+        for error in errors:
+            click.echo(str(error), err=True)
+    return bool(reconciler.desired.errors)
+
+
+def key_of(name: str) -> ResourceKey:
+    """NAME is a Workload's; KIND/NAME names any kind."""
+    kind, _, plain = name.rpartition("/")
+    return ResourceKey(kind or "Workload", plain)
+
+
+def who() -> str:
+    """The account, not what the environment claims; sudo says who asked it."""
+    account = pwd.getpwuid(os.getuid()).pw_name
+    return account + (f" (sudo from {os.environ['SUDO_USER']})" if os.environ.get("SUDO_USER") else "")
+
+
+def readable_folder(path: Path) -> None:
+    if not path.is_dir():
+        raise click.ClickException(f"{path}: not a readable folder")
+
+
+@contextmanager
+def locked(path: Path, state_dir: Path, command: str) -> Iterator[None]:
+    readable_folder(path)
+    try:
+        with exclusive(path, state_dir, command):
+            yield
+    except Busy as error:
+        raise click.ClickException(str(error)) from None

@@ -1,0 +1,96 @@
+"""Evidence you can trust and take away: `verify` every chain, `export` the desired state (for Kubernetes, or as
+an evidence bundle), `forget` a removed resource and leave only a deletion record."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from reconciler.api.meta import ResourceKey
+from reconciler.api.schemas import crds
+from reconciler.cli_common import (EXIT_ERROR, EXIT_IN_SYNC, default_state_dir, key_of, path_argument, readable_folder,
+                                   state_option, who)
+from reconciler.export.kubernetes import kubernetes_manifests, render_yaml
+from reconciler.load.desired import load_desired
+from reconciler.record.bundle import write_bundle
+from reconciler.record.evidence import verify_chain
+from reconciler.record.forget import FORGETTABLE_KINDS, Refused, forget as forget_resource
+from reconciler.record.verify import all_chains, verify_report
+
+
+@click.command()
+@path_argument
+@state_option
+@click.option("--kubernetes", "to_kubernetes", is_flag=True, help="Kubernetes manifests, on stdout.")
+@click.option("--namespace", help="Namespace of the exported objects (CRDs are cluster-wide).")
+@click.option("-o", "--output", "bundle", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE.tar.gz",
+              help="An evidence bundle for backup and audit: specs (secret-looking env values redacted), status files, "
+                   "evidence logs, revision and a MANIFEST.json; no logs, approvals or model cache.")
+def export(path: Path, state_dir: Path | None, to_kubernetes: bool, namespace: str | None, bundle: Path | None) -> None:
+    """The desired state for a cluster (--kubernetes): CRDs, the resources, and a Deployment (+ Service) per
+    Workload, on stdout; what Kubernetes cannot express is said in each Deployment's localaistack.dev/export-note
+    annotation. Or, with -o FILE.tar.gz, the folder and its evidence as one reproducible file (mode 0600)."""
+    if to_kubernetes == (bundle is not None):
+        raise click.UsageError("say what to export: --kubernetes (to stdout) or -o FILE.tar.gz (an evidence bundle)")
+    if bundle is not None:
+        readable_folder(path)
+        manifest = write_bundle(path, state_dir or default_state_dir(path), bundle)
+        redacted = sum(len(entry.get("redacted", [])) for entry in manifest["files"])
+        click.echo(f"wrote {bundle}: {len(manifest['files'])} files ({redacted} secret-looking env values redacted); "
+                   "its MANIFEST.json lists them, and what was left out and why")
+        return
+    desired = load_desired(path)
+    if desired.errors:  # exporting the valid rest would drop the broken ones without a word
+        for errors in desired.errors.values():
+            for error in errors:
+                click.echo(str(error), err=True)
+        sys.exit(EXIT_ERROR)
+    manifests = kubernetes_manifests(desired, crds(), namespace, source_root=str(path.resolve()))
+    click.echo(render_yaml(manifests), nl=False)
+
+
+@click.command()
+@path_argument
+@state_option
+def verify(path: Path, state_dir: Path | None) -> None:
+    """Check every evidence chain under PATH (rotated files included) and the host log in the state directory:
+    one line each. Exit 0 when all are intact, 1 when any is broken."""
+    readable_folder(path)
+    chains = all_chains(path, state_dir or default_state_dir(path))
+    results = [(chain, verify_chain(chain)) for chain in chains]
+    for chain, result in results:
+        click.echo(verify_report(chain, result))
+    if not chains:
+        click.echo(f"{path}: no evidence logs")
+    sys.exit(EXIT_IN_SYNC if all(result.ok for _, result in results) else EXIT_ERROR)
+
+
+@click.command()
+@click.argument("name")
+@path_argument
+@state_option
+@click.option("--kind", type=click.Choice(FORGETTABLE_KINDS), help="The kind of NAME [default: Workload, or KIND/NAME's].")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+def forget(name: str, path: Path, state_dir: Path | None, kind: str | None, dry_run: bool) -> None:
+    """Delete a removed resource's evidence, logs, approvals and state, and record that in the host evidence log.
+    Refused while PATH still declares it or anything of it still runs."""
+    readable_folder(path)
+    key = key_of(name) if "/" in name else ResourceKey(kind or "Workload", name)
+    if kind is not None and key.kind != kind:
+        raise click.UsageError(f"{name} is a {key.kind}, not a {kind}")
+    try:
+        plan = forget_resource(key, path, state_dir or default_state_dir(path), who(), dry_run=dry_run)
+    except Refused as refused:
+        raise click.ClickException(str(refused)) from None
+    if plan.empty:
+        click.echo(f"{key}: nothing kept about it")
+        return
+    verb = "would " if dry_run else ""
+    for chain, count in plan.rewritten.items():
+        click.echo(f"{verb}rewrite {chain} without its {count} records")
+    for removed in plan.deleted:
+        click.echo(f"{verb}delete {removed}")
+    if not dry_run:
+        click.echo(f"{key}: forgotten ({plan.records} evidence records); recorded in the host evidence log")
