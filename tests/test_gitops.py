@@ -312,6 +312,24 @@ def test_revisions_beyond_the_last_three_are_pruned(tmp_path: Path, repo: Repo) 
     assert sorted(path.name for path in follow.revisions.iterdir()) == sorted(applied[-3:])
 
 
+def test_a_revision_a_process_still_works_in_is_kept_until_it_moves_on(tmp_path: Path, repo: Repo) -> None:
+    repo.commit({"policy.yaml": POLICY, "hello.yaml": workload(8099)})
+    follow = follower(tmp_path, repo)
+    first = apply(follow).sha
+    worker = subprocess.Popen(["sleep", "60"], cwd=follow.revisions / first)  # a workload's cwd in that tree
+    try:
+        for port in (8100, 8101, 8102):
+            repo.commit({"hello.yaml": workload(port)})
+            apply(follow)
+        assert (follow.revisions / first).is_dir(), "pruned under a running process"
+    finally:
+        worker.kill()
+        worker.wait()
+    repo.commit({"hello.yaml": workload(8103)})
+    apply(follow)
+    assert not (follow.revisions / first).exists() and len(list(follow.revisions.iterdir())) == 3
+
+
 def test_a_kill_at_any_step_leaves_a_consistent_picture(tmp_path: Path, repo: Repo) -> None:
     first = repo.commit({"policy.yaml": POLICY, "hello.yaml": workload(8099)})
     follow = follower(tmp_path, repo)

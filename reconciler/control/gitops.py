@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path, PurePosixPath
 
+import psutil
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
@@ -302,11 +303,25 @@ class GitFollower:
                 leftover.unlink(missing_ok=True)
 
     def _prune(self) -> None:
-        in_force = self._in_force()
+        """Beyond the newest few, revisions go, unless a process still works in one (a workload started with a
+        working directory in its tree: its files must stay); those go on a later switch, once it has moved on."""
+        in_force, in_use = self._in_force(), _working_in(self.revisions)
         kept = sorted((path for path in self.revisions.iterdir() if not path.name.startswith(".") and path != in_force),
                       key=lambda path: path.stat().st_mtime, reverse=True)
         for old in kept[KEEP_REVISIONS - 1:]:
-            shutil.rmtree(old)
+            if old.name not in in_use:
+                shutil.rmtree(old)
+
+
+def _working_in(revisions: Path) -> set[str]:
+    """The revisions that are some process's working directory (of those this account may see)."""
+    root = os.path.realpath(revisions) + os.sep
+    used = set()
+    for process in psutil.process_iter(["cwd"]):
+        cwd = process.info.get("cwd")
+        if cwd and cwd.startswith(root):
+            used.add(cwd[len(root):].split(os.sep, 1)[0])
+    return used
 
 
 def _now() -> datetime:

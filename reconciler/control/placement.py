@@ -19,6 +19,7 @@ from reconciler.api.kinds import Workload
 from reconciler.api.policy import Policy, PolicySpec
 from reconciler.api.status import Placement
 from reconciler.diff.engines import Blocked, Rendered
+from reconciler.diff.footprint import ModelView
 from reconciler.gate.placement import PlacementDecision, decide_placement
 from reconciler.gate.resources import budget, gib
 from reconciler.gate.verdict import Decision, Reason, Verdict, governing
@@ -110,3 +111,16 @@ def workload_decision_record(
         consent_approved=consented, secret_resolves=secret.resolves if secret else None,
         secret_file_mode=secret.file_mode if secret else None,
     ))
+
+
+def model_facts(workload: Workload, view: ModelView | None) -> ModelFacts | None:
+    """What a workload's decision record says about its model: where, how big, the estimate, the choice."""
+    if workload.spec.model is None:
+        return None
+    presence, selection = (view.presence, view.selection) if view else (None, None)
+    footprint = selection.estimate if selection else None
+    return ModelFacts(
+        workload.spec.model, str(presence.path) if presence else None, presence.size if presence else None,
+        estimate=f"{footprint.explanation} on {footprint.device}" if footprint else None,
+        selection=selection.message if selection else None,
+    )

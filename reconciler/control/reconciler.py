@@ -16,17 +16,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from pydantic import ValidationError
-
-from reconciler.api.kinds import Model, Policy, Runtime, Workload, WorkloadSpec
+from reconciler.api.kinds import Model, Runtime, Workload, WorkloadSpec
 from reconciler.api.meta import ResourceKey
 from reconciler.api.status import FailureInfo, ResourceStatus
 from reconciler.control.logfmt import about
 from reconciler.control.metrics import Metrics
 from reconciler.control.evidence import decision_digest, decision_record, outcome_record
-from reconciler.api.kinds import KINDS, spec_hash
 from reconciler.diff.plan import (
-    Action, Hold, Inputs, Verb, is_orphan_kept, next_generation, note_observations, plan_resource,
+    Action, Inputs, Verb, is_orphan_kept, next_generation, note_observations, plan_resource,
 )
 from reconciler.control.workloads import WorkloadRenderer
 from reconciler.diff.engines import Rendered
@@ -37,10 +34,11 @@ from reconciler.drive.process import ProcessDriver, owner_id
 from reconciler.drive.protocol import StartFailed
 from reconciler.control.judge import Judge
 from reconciler.control.rollout import Rollouts
+from reconciler.control.holds import Holds, last_valid
 from reconciler.control.pins import pins_of
 from reconciler.api.rollout import Pins
-from reconciler.control.placement import SecretFacts, consented, workload_decision_record
-from reconciler.record.decision_record import ModelFacts, record_digest
+from reconciler.control.placement import SecretFacts, consented, model_facts, workload_decision_record
+from reconciler.record.decision_record import record_digest
 from reconciler.gate.placement import PlacementDecision
 from reconciler.gate.verdict import DEFAULT_POLICY, Decision, Verdict
 from reconciler.load.desired import DesiredEntry, DesiredState, load_desired
@@ -60,7 +58,6 @@ log = logging.getLogger("reconciler")
 
 
 ENGINE_RETRY_SECONDS = 15.0
-POLICY_ABSENCE_SECONDS = 10.0
 REVISION_SECONDS = 30.0  # a commit that changes no spec shows in status within this (a spec change at once)
 
 
@@ -80,6 +77,7 @@ class Planned:
     placement: PlacementDecision | None = None
     secret: SecretFacts | None = None
     asked: DesiredEntry | None = None  # the desired state's version, from the plan's snapshot (even when held)
+    snapshot: DesiredState | None = None  # the desired state the plan was made from
 
     @property
     def record(self) -> ResourceRecord | None:
@@ -120,14 +118,12 @@ class Reconciler:
                                  terminal=terminal)
         self.workloads = WorkloadRenderer(self.root, self.drivers, engine, self._remembered, self.models)
         self.judge = Judge(self.workloads, self.approvals)
-        self._policy_seen_at: float | None = None
         self.recorder = Recorder(self.root)
         self.host = HostWatch(state_dir, engine, None if readonly else self.recorder)
-        self.allow_empty = allow_empty
+        self.holds = Holds(self._all_records, allow_empty)
         self.metrics = metrics
         self.readonly = readonly
         self.desired = DesiredState(files=(), resources={})
-        self.writing: frozenset[str] = frozenset()
         self.records = self.store.load_all()
         self._seeded = False
         self._lock = threading.Lock()
@@ -144,7 +140,7 @@ class Reconciler:
         if not self.root.is_dir():
             raise DesiredStateUnreadable(f"{self.shown_root}: not a readable folder")
         previous = self.desired
-        self.desired, self.writing = load_desired(self.shown_root), writing
+        self.desired, self.holds.writing = load_desired(self.shown_root), writing
         self.workloads.observe_host()
         self.workloads.memory_total = self.host.refresh().memory.total
         self._model_capacity()
@@ -173,7 +169,7 @@ class Reconciler:
 
     def _model_capacity(self) -> None:
         """What the variants of a Model are fitted to: this host's profile, the policy's reserve, the engines here."""
-        policy = self._policy_in_force(self.desired)
+        policy = self.holds.policy_in_force(self.desired)
         facts = self.workloads.facts
         engines = {name for name, found in (("llama.cpp", facts.llama_server or facts.llama_cpp_python),
                                             ("vllm", facts.vllm)) if found}
@@ -210,18 +206,18 @@ class Reconciler:
         entry = desired.resources.get(key)
         with self._lock:
             record = self.records.get(key)
-        hold = self._hold(desired, key, entry, record) or Rollouts.hold(record, entry)
+        hold = self.holds.of(desired, key, entry, record) or Rollouts.hold(record, entry)
         if hold is None and entry is None and record is not None and not is_orphan_kept(record):
-            hold = self._prune_block(desired, record.source)
+            hold = self.holds.prune_block(desired, record.source)
         if hold is not None:
-            entry = _last_valid(record)  # keeps running as it was: restarted after a crash, never changed
+            entry = last_valid(record)  # keeps running as it was: restarted after a crash, never changed
         process = model = None
         rendered = Rendered()
         if key.kind == "Workload":
             process = self.drivers.observe(key.name, _maybe_container(entry, record))
             if entry is not None:
                 assert isinstance(entry.resource, Workload)
-                policy = self._policy_in_force(desired)
+                policy = self.holds.policy_in_force(desired)
                 sharing = policy is not None and policy.spec.resources.gpu_sharing
                 pins = Rollouts.restoring(record) if hold is not None else None
                 rendered = self.workloads.render(desired, self._remembered, entry.resource, entry.file, process,
@@ -236,62 +232,18 @@ class Reconciler:
             key=key, desired=entry, record=record, process=process, launch=rendered.launch, hold=hold,
             blocked=rendered.blocked, check=rendered.check, health=record.health if record else None,
         )
-        judged = self.judge.judge(desired, self._policy_in_force(desired), inputs, plan_resource(inputs, now), rendered,
-                                  tighten=self._policy_settled(desired))
+        judged = self.judge.judge(desired, self.holds.policy_in_force(desired), inputs, plan_resource(inputs, now), rendered,
+                                  tighten=self.holds.policy_settled(desired))
         return Planned(judged.action, judged.verdict, inputs, model, rendered, judged.placement, judged.secret,
-                       desired.resources.get(key))
+                       desired.resources.get(key), desired)
 
     def _remembered(self, key: ResourceKey) -> ResourceRecord | None:
         with self._lock:
             return self.records.get(key)
 
-    def _hold(
-        self, desired: DesiredState, key: ResourceKey, entry: DesiredEntry | None, record: ResourceRecord | None
-    ) -> Hold | None:
-        rejected = desired.rejected.get(key)
-        if rejected:
-            return Hold("Rejected", f"new version rejected: {rejected[0]}")
-        files = {entry.file if entry else None, record.source if record else None} & self.writing
-        if files:
-            return Hold("BeingWritten", f"{sorted(files)[0]} is being written; it is read once its writer closes it")
-        return None
-
-    def _prune_block(self, desired: DesiredState, source: str) -> Hold | None:
-        """Why a resource missing from the desired state must not be removed yet, if it must not."""
-        problem = desired.source_problem(source)
-        if problem is not None:
-            return Hold("SourceUnreadable", f"its file cannot be read: {problem}")
-        elsewhere = desired.unattributed_error()
-        if elsewhere is not None:
-            return Hold("LoadErrorsElsewhere", f"nothing is removed while a spec fails to load: {elsewhere}")
-        if not desired.resources and not self.allow_empty:
-            return Hold("DesiredStateEmpty", "the desired state is empty; nothing is pruned without --allow-empty")
-        return None
-
-    def _policy_in_force(self, desired: DesiredState) -> Policy | None:
-        """The valid Policy; if its new version is held (invalid, mid-save, unreadable), the last valid one."""
-        if desired.policy is not None:
-            return desired.policy
+    def _all_records(self) -> list[ResourceRecord]:
         with self._lock:
-            policies = [record for key, record in self.records.items() if key.kind == "Policy"]
-        for record in policies:
-            if self._hold(desired, record.key, None, record) or self._prune_block(desired, record.source):
-                try:
-                    return Policy.model_validate(record.resource)
-                except ValidationError as error:  # written by a version that allowed what this one refuses
-                    log.warning("%s: the last valid version on record no longer validates: %s", record.key, error)
-        return None
-
-    def _policy_settled(self, desired: DesiredState) -> bool:
-        """Whether the policy in force may stop what runs. Not while a Policy that was there is missing but not
-        yet gone for POLICY_ABSENCE_SECONDS: a checkout or an editor's save can take it away for a moment."""
-        if desired.policy is not None:
-            self._policy_seen_at = time.monotonic()
-            return True
-        with self._lock:
-            recorded = any(key.kind == "Policy" for key in self.records)
-        seen = self._policy_seen_at
-        return not recorded and (seen is None or time.monotonic() - seen >= POLICY_ABSENCE_SECONDS)
+            return list(self.records.values())
 
     def status(self, key: ResourceKey) -> ResourceStatus | None:
         """What `reconciler status` shows: the remembered record judged against what is observed now."""
@@ -326,7 +278,7 @@ class Reconciler:
         # the version on record may be the one started (a held or rolled-back spec): either may need admission.
         # Validated only when it differs from the desired one: this runs on every reconcile.
         differs = record is not None and (entry is None or record.spec_hash != entry.spec_hash)
-        on_record = _last_valid(record) if key.kind == "Workload" and differs else None
+        on_record = last_valid(record) if key.kind == "Workload" and differs else None
         admitted = any(isinstance(version.resource, Workload) and _needs_admission(version.resource.spec)
                        for version in (entry, on_record) if version is not None)
         with self._admission_lock if admitted else nullcontext():  # judged and started as one step: no GPU given
@@ -387,8 +339,8 @@ class Reconciler:
 
     def _pins(self, planned: Planned, after: ProcessObservation | None) -> Pins:
         """What the version proven on this pass runs: its executable's digest, its image ID, its model's digest."""
-        entry = planned.inputs.desired
-        view = self.workloads.model_view(self.desired, entry.resource) if entry and isinstance(entry.resource, Workload) else None
+        entry, desired = planned.inputs.desired, planned.snapshot or self.desired
+        view = self.workloads.model_view(desired, entry.resource) if entry and isinstance(entry.resource, Workload) else None
         return pins_of(after.record.launch if after and after.record else None, view)
 
     def _fetch_model(self, planned: Planned) -> Planned:
@@ -404,11 +356,11 @@ class Reconciler:
         entry = planned.inputs.desired
         if planned.placement is None or entry is None or not isinstance(entry.resource, Workload):
             return None
-        workload = entry.resource
-        model = _model_facts(workload, self.workloads.model_view(self.desired, workload))
+        workload, desired = entry.resource, planned.snapshot or self.desired
+        model = model_facts(workload, self.workloads.model_view(desired, workload))
         consent = self.approvals.get(workload.name, hosted=True)
         return workload_decision_record(
-            workload, planned.placement, planned.secret, self._policy_in_force(self.desired), self.host.profile, model,
+            workload, planned.placement, planned.secret, self.holds.policy_in_force(desired), self.host.profile, model,
             channel=self.channel, state_dir=self.store.directory.parent,
             evidence_file=self.root / sibling(entry.file, ".evidence.jsonl"), log_file=self._log_file(planned.action.key),
             endpoint=planned.rendered.endpoint,
@@ -528,29 +480,5 @@ def _maybe_container(entry: DesiredEntry | None, record: ResourceRecord | None) 
     return not runtimes or Runtime.container.value in runtimes
 
 
-def _last_valid(record: ResourceRecord | None) -> DesiredEntry | None:
-    """The version a record was last reconciled to, as if it were still the desired one."""
-    if record is None:
-        return None
-    try:
-        resource = KINDS[record.kind].model_validate(record.resource)
-    except ValidationError as error:  # written by a version that allowed what this one refuses: nothing to keep
-        log.warning("%s: the version on record no longer validates: %s", record.key, error)
-        return None
-    return DesiredEntry(resource, record.source, spec_hash(resource))
-
-
 def _needs_admission(spec: WorkloadSpec) -> bool:
     return bool(spec.resources.gpus.wanted or spec.resources.memory or spec.model)
-
-
-def _model_facts(workload: Workload, view: ModelView | None) -> ModelFacts | None:
-    if workload.spec.model is None:
-        return None
-    presence, selection = (view.presence, view.selection) if view else (None, None)
-    footprint = selection.estimate if selection else None
-    return ModelFacts(
-        workload.spec.model, str(presence.path) if presence else None, presence.size if presence else None,
-        estimate=f"{footprint.explanation} on {footprint.device}" if footprint else None,
-        selection=selection.message if selection else None,
-    )
