@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run apply plan status down test bench schemas clean
+.PHONY: run apply plan status down test faults bench schemas clean
 
 $(BIN)/pip:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ down: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/pytest
+
+# The fault suite at full counts (50 daemon kills, a 60 s freeze, 500 specs, 10,000 fuzzed documents per
+# fuzz test); `make test` runs it shorter. Prints the table and writes it to faults-report.md.
+faults: $(VENV)/.installed-test
+	RECONCILER_FAULTS=long RECONCILER_FUZZ_EXAMPLES=10000 RECONCILER_FAULTS_REPORT=faults-report.md \
+		$(BIN)/pytest -q -p no:cacheprovider tests/faults tests/test_fuzz.py tests/test_gate_properties.py
 
 # Side by side with supervisord and docker-compose (Debian's docker.io, busybox-static and docker-compose
 # must be installed; the container scenarios start a private dockerd). Writes bench/results.{json,md}.

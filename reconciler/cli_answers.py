@@ -4,8 +4,10 @@ at once; with --git, the spec is the one in force of the followed branch."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -18,31 +20,28 @@ from reconciler.load.desired import DesiredEntry, load_desired
 from reconciler.record.approvals import ApprovalStore
 from reconciler.record.store import StateStore
 
-hosted_option = click.option("--hosted", is_flag=True,
-                             help="Answer about sending it to its hosted fallback, not about a local start.")
+def _answer_command(spec_hash: click.Option) -> Callable[[Callable[..., Any]], click.Command]:
+    """What approve and deny both take: NAME, the folder (or --git), --spec-hash, --hosted."""
+    hosted = click.option("--hosted", is_flag=True,
+                          help="Answer about sending it to its hosted fallback, not about a local start.")
+
+    def decorate(function: Callable[..., Any]) -> click.Command:
+        for decorator in (cli_git.git_options, hosted, spec_hash, state_option, path_argument, click.argument("name")):
+            function = decorator(function)
+        return click.command()(function)
+    return decorate
 
 
-@click.command()
-@click.argument("name")
-@path_argument
-@state_option
-@click.option("--spec-hash", required=True, help="The hash `plan` showed (a prefix of 8 or more will do): refused "
-                                                 "if the spec changed since, so only what you reviewed is approved.")
-@hosted_option
-@cli_git.git_options
+@_answer_command(click.option("--spec-hash", required=True, help="The hash `plan` showed (a prefix of 8 or more "
+                              "will do): refused if the spec changed since, so only what you reviewed is approved."))
 def approve(name: str, path: Path, state_dir: Path | None, spec_hash: str, hosted: bool, git_url: str | None,
             branch: str, git_path: str) -> None:
     """Approve a workload's change that waits for a person: its exact current spec, nothing later."""
     _answer(name, *located(path, state_dir, git_url, branch, git_path), spec_hash, Answer.approve, hosted)
 
 
-@click.command()
-@click.argument("name")
-@path_argument
-@state_option
-@click.option("--spec-hash", help="The hash `plan` showed (a prefix will do): refused if the spec changed since.")
-@hosted_option
-@cli_git.git_options
+@_answer_command(click.option("--spec-hash", help="The hash `plan` showed (a prefix will do): refused if the spec "
+                              "changed since."))
 def deny(name: str, path: Path, state_dir: Path | None, spec_hash: str | None, hosted: bool, git_url: str | None,
          branch: str, git_path: str) -> None:
     """Refuse a workload's change: its exact current spec stays refused until the spec changes."""

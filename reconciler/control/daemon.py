@@ -6,6 +6,7 @@ until its writer closes it or renames it into place, so a half-written file is n
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable
 import threading
@@ -32,6 +33,8 @@ log = logging.getLogger("reconciler")
 QUIET_SECONDS = 0.03  # after a save completes: lets a burst of saves coalesce into one pass
 UNCLOSED_WRITE_SECONDS = 60.0  # a file modified but never closed (a stalled writer, a missed event) is read after this
 ERROR_BACKOFF = (0.5, 60.0)  # per-key retry of a reconcile that raised: initial, max seconds
+STORAGE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})  # its records cannot be written
+STORAGE_RETRY_SECONDS = 5.0  # room returns without an event to wake the daemon: look again this often
 MODEL_REHASH_SECONDS = 24 * 3600.0  # each cached model is hashed in full at least this often (and before each start)
 
 
@@ -295,12 +298,18 @@ class Daemon:
                 self._failures.pop(key, None)
                 if requeue is not None:
                     self.queue.add_after(key, requeue)
-            except Exception:
+            except Exception as error:
                 if self.metrics:
                     self.metrics.failed(key)
                 failures = self._failures[key] = self._failures.get(key, 0) + 1
                 delay = min(ERROR_BACKOFF[1], ERROR_BACKOFF[0] * 2 ** (failures - 1))
-                log.exception("%s: reconcile failed (attempt %d); retrying in %.1fs", key, failures, delay, **about(key))
+                if isinstance(error, OSError) and error.errno in STORAGE_ERRORS:
+                    # nothing is acted on before its decision is written: it waits, as it ran, for room
+                    delay = min(delay, STORAGE_RETRY_SECONDS)
+                    log.error("%s: cannot write its records (%s); nothing is changed for it until they can be "
+                              "written; retrying in %.1fs", key, error, delay, **about(key))
+                else:
+                    log.exception("%s: reconcile failed (attempt %d); retrying in %.1fs", key, failures, delay, **about(key))
                 self.queue.add_after(key, delay)
             finally:
                 with self._gate:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import errno
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -89,8 +90,8 @@ class EvidenceLog:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             # One write with O_APPEND: the line lands whole at the end or (disk full) short.
-            if os.write(fd, line) != len(line):
-                raise OSError(f"short write to {self.path}: disk full?")
+            if os.write(fd, line) != len(line):  # the kernel writes short only when it runs out of room
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
             os.fsync(fd)
         finally:
             os.close(fd)
