@@ -80,4 +80,7 @@ def test_workloads_that_misbehave_end_in_explicit_states(workspace: Workspace, l
                                                                   workspace.desired / "crashes.evidence.jsonl")}
     assert modes == {"state": 0o700, "logs": 0o700, "crashes.log": 0o600, "crashes.status.yaml": 0o644,
                      "crashes.evidence.jsonl": 0o644}, {name: oct(mode) for name, mode in modes.items()}
-    ledger.row("least privilege of what it writes", "state dir and logs 0700, log files 0600, status and evidence 0644")
+    modes_row = ledger.row("modes of the files the reconciler writes", "state dir and logs 0700, log files 0600, "
+                                                                        "status and evidence 0644")
+    modes_row.runs += 1
+    modes_row.passed += 1
