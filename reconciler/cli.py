@@ -93,13 +93,12 @@ def apply(path: Path, state_dir: Path | None, wait: bool, timeout: float, min_re
         reconciler.adopt()
         deadline = time.monotonic() + timeout
         while True:
-            keys = reconciler.keys()
-            with ThreadPoolExecutor(APPLY_WORKERS) as pool:  # as the daemon's workers: never one key twice at once
-                # models first: a workload starts in this pass on the model fetched in it
-                list(pool.map(reconciler.reconcile, [key for key in keys if key.kind != "Workload"]))
-                list(pool.map(reconciler.reconcile, [key for key in keys if key.kind == "Workload"]))
+            _pass(reconciler)
             pending, failed = _readiness(reconciler, min_ready_seconds)
-            if not wait or not pending:
+            if not wait:
+                break
+            if not pending:  # judged from what runs now, which may have moved on since the pass: recorded too
+                _pass(reconciler)
                 break
             if time.monotonic() >= deadline:
                 click.echo(f"timed out after {timeout}s waiting for: {', '.join(pending)}", err=True)
@@ -110,6 +109,14 @@ def apply(path: Path, state_dir: Path | None, wait: bool, timeout: float, min_re
     for line in failed:
         click.echo(line, err=True)
     sys.exit(EXIT_ERROR if (wait and failed) or load_errors else EXIT_IN_SYNC)
+
+
+def _pass(reconciler: Reconciler) -> None:
+    keys = reconciler.keys()
+    with ThreadPoolExecutor(APPLY_WORKERS) as pool:  # as the daemon's workers: never one key twice at once
+        # models first: a workload starts in this pass on the model fetched in it
+        list(pool.map(reconciler.reconcile, [key for key in keys if key.kind != "Workload"]))
+        list(pool.map(reconciler.reconcile, [key for key in keys if key.kind == "Workload"]))
 
 
 def _readiness(reconciler: Reconciler, min_ready_seconds: float) -> tuple[list[str], list[str]]:
