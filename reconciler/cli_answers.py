@@ -15,10 +15,12 @@ from reconciler import cli_git
 from reconciler.api.approval import Answer, Approval
 from reconciler.api.kinds import Workload
 from reconciler.api.meta import ResourceKey
-from reconciler.cli_common import ACTED_ON, key_of, located, path_argument, readable_folder, state_option, who
+from reconciler.cli_common import key_of, located, path_argument, readable_folder, state_option, who
 from reconciler.load.desired import DesiredEntry, load_desired
 from reconciler.record.approvals import ApprovalStore
 from reconciler.record.store import StateStore
+
+ACTED_ON = "a running daemon acts on it now, otherwise the next `reconciler apply` does"
 
 def _answer_command(spec_hash: click.Option) -> Callable[[Callable[..., Any]], click.Command]:
     """What approve and deny both take: NAME, the folder (or --git), --spec-hash, --hosted."""

@@ -18,7 +18,6 @@ from reconciler.control.lock import Busy, exclusive
 from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
 
 EXIT_IN_SYNC, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
-ACTED_ON = "a running daemon acts on it now, otherwise the next `reconciler apply` does"
 
 path_argument = click.argument("path", type=click.Path(path_type=Path), default="desired-state")
 state_option = click.option(

@@ -20,6 +20,7 @@ import yaml
 from reconciler.drive.process import NAME_VARIABLE, OWNER_VARIABLE, owner_id
 
 if TYPE_CHECKING:
+    from tests.artifact_server import ArtifactServer
     from tests.docker_engine import EngineUnderTest
 
 PYTHON = sys.executable
@@ -158,6 +159,16 @@ def workspace(tmp_path: Path) -> Iterator[Workspace]:
     space.write("policy.yaml", POLICY_YAML)
     yield space
     space.cleanup()
+
+
+@pytest.fixture
+def server() -> Iterator["ArtifactServer"]:
+    """A loopback HTTP server for model artifacts (ranges, cuts, failures on demand)."""
+    from tests.artifact_server import ArtifactServer
+
+    serving = ArtifactServer().start()
+    yield serving
+    serving.stop()
 
 
 @pytest.fixture(scope="session")

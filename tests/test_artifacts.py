@@ -26,13 +26,6 @@ DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
 
 
 @pytest.fixture
-def server() -> Iterator[ArtifactServer]:
-    running = ArtifactServer().start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture
 def cache(tmp_path: Path) -> ArtifactCache:
     return ArtifactCache(tmp_path / "models")
 

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -16,13 +15,6 @@ from tests.artifact_server import ArtifactServer
 from tests.conftest import Workspace, wait_for
 from tests.test_engines import ENGINES_POLICY, document, engine_env, free_port
 from tests.tiny_gguf import write_tiny_llama
-
-
-@pytest.fixture
-def server() -> Iterator[ArtifactServer]:
-    serving = ArtifactServer().start()
-    yield serving
-    serving.stop()
 
 
 @pytest.fixture
