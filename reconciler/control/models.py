@@ -22,7 +22,7 @@ from reconciler.diff.footprint import (Capacity, ModelView, Needs, Selection, Va
                                       select_variant)
 from reconciler.drive.artifacts import ArtifactCache, ArtifactError, fetch, redact
 from reconciler.load.desired import DesiredState
-from reconciler.observe.gguf_header import GgufFacts, GgufUnreadable, fetch_gguf_facts, read_gguf_facts
+from reconciler.observe.gguf_facts import GgufFacts, GgufUnreadable
 from reconciler.observe.host import ModelPresence, file_sha256, observe_model
 
 log = logging.getLogger("reconciler")
@@ -164,6 +164,9 @@ class ModelStore:
 
     def _header(self, variant: ModelVariant, base: Path) -> GgufFacts | None:
         """The GGUF header: of the cached or local file, else read over HTTP from the first bytes (once)."""
+        # Imported here: the parser brings gguf and numpy, which `status` and the other short commands never need.
+        from reconciler.observe.gguf_header import fetch_gguf_facts, read_gguf_facts
+
         key = (variant.source, variant.sha256)
         with self._lock:
             if key in self._headers:

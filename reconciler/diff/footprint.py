@@ -15,11 +15,11 @@ from reconciler.api.host import HostProfile
 from reconciler.api.policy import ResourcePolicy
 from reconciler.gate.resources import budget
 
-if TYPE_CHECKING:  # only the types: importing gguf (and numpy) stays out of the pure layer
+if TYPE_CHECKING:
     from reconciler.api.kinds import ModelVariant
     from reconciler.diff.engines import Blocked
+    from reconciler.observe.gguf_facts import GgufFacts
     from reconciler.observe.host import ModelPresence
-    from reconciler.observe.gguf_header import GgufFacts
 
 KIB, MIB, GIB = 1024, 1024 ** 2, 1024 ** 3
 F16 = 2

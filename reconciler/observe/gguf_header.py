@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import requests
 from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType, Keys
+
+from reconciler.observe.gguf_facts import GgufFacts, GgufTruncated, GgufUnreadable
 
 MIB = 1024 ** 2
 FIRST_READ = 2 * MIB  # most headers fit; one with a 150k-token vocabulary takes a few MiB
@@ -28,42 +29,6 @@ _SCALAR = {
     GGUFValueType.UINT32: "I", GGUFValueType.INT32: "i", GGUFValueType.FLOAT32: "f", GGUFValueType.BOOL: "?",
     GGUFValueType.UINT64: "Q", GGUFValueType.INT64: "q", GGUFValueType.FLOAT64: "d",
 }
-
-
-class GgufUnreadable(Exception):
-    """No facts could be read: not a GGUF file, a header past the read limit, an HTTP or file error."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class GgufTruncated(GgufUnreadable):
-    """The bytes end inside the header: more of the file is needed."""
-
-
-@dataclass(frozen=True)
-class GgufFacts:
-    architecture: str  # general.architecture, "unknown" when the header does not say
-    n_layer: int | None  # {arch}.block_count
-    n_ctx_train: int | None  # {arch}.context_length
-    n_embd: int | None
-    n_head: int | None
-    n_head_kv: int | None  # defaults to n_head; the largest, where it is given per layer
-    key_length: int | None  # per head; defaults to n_embd / n_head
-    value_length: int | None
-    file_type: int | None  # gguf.LlamaFileType, e.g. 15 = MOSTLY_Q4_K_M
-    tensor_bytes: int  # the tensor data, summed from the tensor infos
-    data_offset: int  # where the tensor data starts
-    split_count: int = 1  # > 1: this file is one shard, and tensor_bytes counts only its tensors
-
-    @property
-    def n_embd_k_gqa(self) -> int | None:
-        return None if self.key_length is None or self.n_head_kv is None else self.key_length * self.n_head_kv
-
-    @property
-    def n_embd_v_gqa(self) -> int | None:
-        return None if self.value_length is None or self.n_head_kv is None else self.value_length * self.n_head_kv
 
 
 def read_gguf_facts(path: Path, *, max_bytes: int = MAX_HEADER) -> GgufFacts:
