@@ -84,6 +84,8 @@ def memory(wanted_gib: float, committed_gib: float, total_gib: float = 10) -> Me
 
 TRUSTS_PYTHON = {"native": {"trustedExecutables": [{"executable": "python3"}]}}
 BOXES = {"containers": {"images": ["busybox:*"], "networks": ["bridge"], "volumeRoots": ["/srv"]}}
+CUDA = "/usr/local/cuda/lib64"
+ALLOWS_CUDA = {"loaderEnvironment": [{"name": "LD_LIBRARY_PATH", "value": CUDA}]}
 HASH = spec_hash(workload(command=["python3", "-m", "http.server"]))
 
 
@@ -609,8 +611,11 @@ def test_memory_is_judged_for_containers_too() -> None:
      BOXES | {"network": {"exposed": [{"address": "0.0.0.0"}]}}, BOXES, ["network.exposed"]),
     (lambda: container(security={"user": "0"}), {"containers": {"images": ["busybox:*"], "root": True}},
      {"containers": {"images": ["busybox:*"]}}, ["containers.root"]),
+    (lambda: native(env={"LD_LIBRARY_PATH": CUDA}), {"native": TRUSTS_PYTHON["native"] | ALLOWS_CUDA}, TRUSTS_PYTHON,
+     ["native.loaderEnvironment"]),
 ], ids=["trust removed", "policy removed", "engine trust removed", "image removed", "container policy removed",
-        "exposure removed", "exposed port narrowed", "container exposure removed", "root removed"])
+        "exposure removed", "exposed port narrowed", "container exposure removed", "root removed",
+        "loader variable removed"])
 def test_a_tightened_policy_refuses_what_runs(launch: Any, before: dict, after: dict | None, rules: list[str]) -> None:
     running = launch()
     facts = PYTHON if isinstance(running, LaunchSpec) else NO_FACTS
@@ -631,6 +636,37 @@ def test_approvals_and_memory_never_stop_what_runs() -> None:
 def test_a_tightened_health_check_trust_stops_what_runs() -> None:
     reasons = running_denial(native(), policy(**TRUSTS_PYTHON), Facts((FOUND, REAL), ("touch", "/usr/bin/touch")))
     assert rules_of(reasons) == ["native.trustedExecutables"] and "health check program 'touch'" in reasons[0].message
+
+
+# -- variables that make a trusted program load other code -------------------------------------------------------
+
+@pytest.mark.parametrize("variable", ["LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH", "GCONV_PATH", "PYTHONPATH",
+                                      "PYTHONHOME", "NODE_OPTIONS", "BASH_ENV"])
+def test_a_variable_that_loads_other_code_into_a_trusted_program_is_denied(variable: str) -> None:
+    verdict = judge(native(env={variable: "/tmp/evil", "PYTHONUNBUFFERED": "1"}), policy(**TRUSTS_PYTHON), PYTHON)
+    assert verdict.decision is Decision.deny and rules_of(verdict.reasons) == ["native.loaderEnvironment"]
+    assert f"env {variable}='/tmp/evil' would make the program load code" in verdict.reasons[0].message
+    assert f"spec.native.loaderEnvironment of {SOURCE}" in verdict.reasons[0].message
+
+
+def test_a_trusted_engine_is_held_to_the_same_rule() -> None:
+    verdict = judge(native(**LLAMA, env={"LD_PRELOAD": "/tmp/evil.so"}), policy(native={"trustedEngines": ["llama.cpp"]}))
+    assert verdict.decision is Decision.deny and rules_of(verdict.reasons) == ["native.loaderEnvironment"]
+
+
+def test_a_loader_variable_is_allowed_with_exactly_the_listed_value() -> None:
+    rules = policy(native=TRUSTS_PYTHON["native"] | ALLOWS_CUDA)
+    assert judge(native(env={"LD_LIBRARY_PATH": CUDA}), rules, PYTHON).approved
+    other = judge(native(env={"LD_LIBRARY_PATH": CUDA + ":/tmp/evil"}), rules, PYTHON)
+    assert other.decision is Decision.deny and rules_of(other.reasons) == ["native.loaderEnvironment"]
+    preload = judge(native(env={"LD_LIBRARY_PATH": CUDA, "LD_PRELOAD": CUDA}), rules, PYTHON)
+    assert [reason.message.split("=")[0] for reason in preload.reasons] == ["env LD_PRELOAD"]
+
+
+def test_ordinary_variables_and_containers_are_not_loader_variables() -> None:
+    assert judge(native(env={"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "4", "LOAD": "x"}), policy(**TRUSTS_PYTHON),
+                 PYTHON).approved
+    assert judge(container(env={"LD_PRELOAD": "/x.so"}), policy(**BOXES)).approved  # it loads inside the container
 
 
 # -- the Policy model ------------------------------------------------------------------------------------------

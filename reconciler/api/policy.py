@@ -28,8 +28,18 @@ class TrustedExecutable(Spec):
     )
 
 
+class LoaderVariable(Spec):
+    name: str = Field(min_length=1, description="A variable that makes a program load other code, e.g. LD_LIBRARY_PATH.")
+    value: str = Field(description="The one value it may have.")
+
+
 class NativePolicy(Spec):
     trusted_executables: list[TrustedExecutable] = Field(default_factory=list)
+    loader_environment: list[LoaderVariable] = Field(
+        default_factory=list,
+        description="Variables a spec's env may set that make a trusted program load other code (the dynamic "
+                    "loader's LD_*, an interpreter's search path), each allowed with exactly this value.",
+    )
     trusted_engines: list[Engine] = Field(
         default_factory=list,
         description="AI engines (llama.cpp, vllm) whose servers may run; the reconciler renders their command lines.",

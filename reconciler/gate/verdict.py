@@ -112,6 +112,7 @@ def _judge(
         return [Reason("containers.images", f"image {launch.image} is allowed by {source}")], problems, False
     rule, message, trusted = native.native_trust(launch, spec.native, source, has_policy, facts.executables, facts.digests)
     granted, problems = ([Reason(rule, message)], []) if trusted else ([], [Reason(rule, message)])
+    problems += [Reason(native.LOADER_RULE, message) for message in native.loader_problems(launch.env, spec.native, source)]
     check = native.check_trust(facts.check_executables, spec.native, source, has_policy, facts.digests)
     if check:
         problems.append(Reason(native.TRUST_RULE, check))
