@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 
 import click
@@ -28,6 +27,7 @@ from reconciler.control.reconciler import Reconciler
 from reconciler.drive.containers import ContainerDriver
 from reconciler.drive.process import owner_id
 from reconciler.load.desired import load_desired
+from reconciler.observe import clock
 from reconciler.observe.docker_engine import DockerEngine
 from reconciler.observe.host_profile import observe_host_profile
 from reconciler.record.status import FAILED_PHASES, SUCCEEDED_PHASES
@@ -68,7 +68,7 @@ def validate(path: Path) -> None:
 def plan(path: Path, state_dir: Path | None, output: str, allow_empty: bool) -> None:
     """Show every action a pass would take, with its cause. Exit 0 in sync, 2 changes pending, 1 error."""
     reconciler = open_reconciler(path, state_dir, readonly=True, allow_empty=allow_empty)
-    now = datetime.now(timezone.utc)
+    now = clock.now()
     rows = plan_rows([reconciler.plan(key, now) for key in reconciler.keys()])
     click.echo(dump(rows, "json") if output == "json" else plan_table(rows))
     if print_load_errors(reconciler):
@@ -122,7 +122,7 @@ def _pass(reconciler: Reconciler) -> None:
 def _readiness(reconciler: Reconciler, min_ready_seconds: float) -> tuple[list[str], list[str]]:
     """Workloads still settling, and those that failed, by the phase their status shows now."""
     pending, failed = [], []
-    now = datetime.now(timezone.utc)
+    now = clock.now()
     for key in reconciler.desired.resources:
         if key.kind != "Workload":
             continue
@@ -245,7 +245,7 @@ def status(path: Path, state_dir: Path | None, output: str, git_url: str | None,
         for line in cli_git.summary(followed):
             click.echo(line, err=output != "table")
     reconciler = open_reconciler(*located(path, state_dir, git_url, branch, git_path), readonly=True)
-    now = datetime.now(timezone.utc)
+    now = clock.now()
     statuses = [status for key in reconciler.keys() if (status := reconciler.status(key)) is not None]
     rows = status_rows(statuses, reconciler.records, now)
     click.echo(status_table(rows) if output == "table" else dump(rows, output))

@@ -12,7 +12,7 @@ import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
@@ -46,6 +46,7 @@ from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable
 from reconciler.control.gitops import local_revision
 from reconciler.observe.git import GitError
 from reconciler.control.host import HostWatch
+from reconciler.observe import clock
 from reconciler.observe.host import boot_id
 from reconciler.control.models import ModelStore, ModelView
 from reconciler.observe.processes import ProcessObservation
@@ -106,6 +107,7 @@ class Reconciler:
         self.root = Path(os.path.abspath(root))
         self.shown_root = root  # as the user typed it: error messages name files this way
         state_dir = state_dir.resolve()  # paths derived from it (working dirs) must not depend on how it was typed
+        clock.adopt(state_dir, readonly=readonly)
         self.store = StateStore(state_dir)
         self.approvals = ApprovalStore(state_dir)
         engine = DockerEngine()
@@ -178,7 +180,7 @@ class Reconciler:
 
     def _seed(self) -> None:
         """Give the status writer every known resource before the first flush, so no status file is partial."""
-        now = datetime.now(timezone.utc)
+        now = clock.now()
         for key in self.keys():
             described = self._describe(self.plan(key, now), now)
             if described:
@@ -247,7 +249,7 @@ class Reconciler:
 
     def status(self, key: ResourceKey) -> ResourceStatus | None:
         """What `reconciler status` shows: the remembered record judged against what is observed now."""
-        now = datetime.now(timezone.utc)
+        now = clock.now()
         described = self._describe(self.plan(key, now), now)
         return described[1] if described else None
 
@@ -285,7 +287,7 @@ class Reconciler:
             return self._reconcile(key)                            # twice, no memory committed twice
 
     def _reconcile(self, key: ResourceKey) -> tuple[float | None, bool]:
-        started, now = time.monotonic(), datetime.now(timezone.utc)
+        started, now = time.monotonic(), clock.now()
         planned = self.plan(key, now, probe=True)
         action = planned.action
         if action.verb is Verb.delete:
@@ -307,7 +309,7 @@ class Reconciler:
             return None, False
         record, status = concluded
         if planned.executed:
-            done = datetime.now(timezone.utc)
+            done = clock.now()
             self.recorder.evidence(record.source, outcome_record(planned.action, record.generation, failure, after, done))
         if digest is not None:
             record = record.model_copy(update={"last_decision": digest})
@@ -430,7 +432,7 @@ class Reconciler:
         with self._lock:
             record = self.records.get(key)
         action = Action(key, Verb.delete, cause, record.generation if record else None)
-        return self._delete(Planned(action, None, Inputs(key, None, record)), datetime.now(timezone.utc))
+        return self._delete(Planned(action, None, Inputs(key, None, record)), clock.now())
 
     def _delete(self, planned: Planned, now: datetime) -> str | None:
         """Why it is kept on record, when what runs could not be stopped (the engine is away or refused); else None."""
@@ -450,7 +452,7 @@ class Reconciler:
                     return str(problem)  # kept on record until its container is really gone
         if record is not None:
             self.recorder.evidence(record.source, outcome_record(planned.action, record.generation, None, None,
-                                                                 datetime.now(timezone.utc), stopped_pid=ended.pid if ended else None))
+                                                                 clock.now(), stopped_pid=ended.pid if ended else None))
             self.store.delete(key)
         with self._lock:
             self.records.pop(key, None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from reconciler.api.kinds import KINDS, Model, Runtime, Workload, WorkloadSpec
@@ -27,6 +27,7 @@ from reconciler.drive.dispatch import Drivers
 from reconciler.drive.process import PASSED_THROUGH, child_path
 from reconciler.load.desired import DesiredState
 from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable, ImageFacts
+from reconciler.observe import clock
 from reconciler.observe.gpus import GpuInventory, read_inventory
 from reconciler.control.models import ModelStore, ModelView
 from reconciler.control.pins import pinned_executable, pinned_image, pinned_model
@@ -119,7 +120,7 @@ class WorkloadRenderer:
             env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ} | spec.env
             port = (check.http or check.tcp).port if (check.http or check.tcp) else None
             result = probe(check, spec.host, port or spec.port, env, running.launch.working_dir)
-        ended = datetime.now(timezone.utc)  # the next period counts from the end of a slow probe, not its start
+        ended = clock.now()  # the next period counts from the end of a slow probe, not its start
         return record.model_copy(update={"health": note_probe(record.health, running.pid, result.ok, result.message, ended)})
 
     def check_executables(self, rendered: Rendered, workload: Workload) -> tuple[str, ...]:

@@ -14,7 +14,6 @@ import secrets
 import subprocess
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
@@ -28,6 +27,7 @@ from reconciler.drive.logs import LogStore
 from reconciler.drive.ports import port_free
 from reconciler.drive.protocol import StartFailed
 from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
+from reconciler.observe import clock
 from reconciler.record.atomic import write_atomic
 
 OWNER_VARIABLE = "LOCALAISTACK_RECONCILER_OWNER"
@@ -162,7 +162,7 @@ class ProcessDriver:
                 enforcement, cgroups = self._cgroups.apply(name, child.pid, launch.memory_limit, launch.cpus)
                 record = ProcessRecord(
                     name=name, pid=child.pid, start_ticks=start_ticks(child.pid), nonce=nonce, launch=launch,
-                    generation=generation, started_at=datetime.now(timezone.utc), enforcement=enforcement,
+                    generation=generation, started_at=clock.now(), enforcement=enforcement,
                     cgroups=cgroups,
                 )
                 self._write(record)
@@ -218,7 +218,7 @@ class ProcessDriver:
         if child is not None and child.pid == record.pid:
             returncode = child.wait()
             code, signal_number = (returncode, None) if returncode >= 0 else (None, -returncode)
-        now = datetime.now(timezone.utc)
+        now = clock.now()
         record = record.model_copy(update={"exit": ExitInfo(
             pid=record.pid, code=code, signal=signal_number, finished_at=now,
             ran_seconds=max(0.0, (now - record.started_at).total_seconds()),

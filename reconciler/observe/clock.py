@@ -1,0 +1,63 @@
+"""The reconciler's clock: wall-clock time that a step of the system clock cannot move.
+
+Back-off deadlines, health-check delays, probe periods and process start times are compared with each other
+across passes and daemon restarts. Read from the system clock, a step (NTP correcting a wrong RTC after a
+resume, `date -s`) would skip a back-off or kill a server still loading (forward), or stall restarts and
+probes until the clock catches up (backward). So the time is this boot's anchor (the wall-clock time the first
+reconciler of the boot saw, minus CLOCK_BOOTTIME then) plus CLOCK_BOOTTIME now: it advances through suspend,
+as the wall clock does, and never jumps. The anchor is kept in the state directory so every daemon and
+command of one boot shares it.
+
+The trade-off: after the system clock is stepped, the times the reconciler writes differ from `date` by the
+step, until the next boot takes a new anchor.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from reconciler.observe.host import boot_id
+from reconciler.record.atomic import write_atomic
+
+ANCHOR_FILE = "clock.json"
+
+
+def _since_boot() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+_anchor = time.time() - _since_boot()  # this process's own until a state directory's is adopted
+
+
+def now() -> datetime:
+    return datetime.fromtimestamp(_anchor + _since_boot(), timezone.utc)
+
+
+def step() -> float:
+    """Seconds the system clock is ahead of this clock (negative: behind): how far it was stepped since the anchor."""
+    return time.time() - (_anchor + _since_boot())
+
+
+def from_system(moment: datetime) -> datetime:
+    """A time another program took from the system clock (the Docker engine's), moved onto this clock: right for
+    times taken since the last step, which is the best that can be known of them."""
+    return datetime.fromtimestamp(moment.timestamp() - step(), timezone.utc)
+
+
+def adopt(state_dir: Path, *, readonly: bool = False) -> None:
+    """Use this boot's anchor kept in `state_dir`; the first reconciler of a boot takes it (unless readonly)."""
+    global _anchor
+    path, boot = state_dir / ANCHOR_FILE, boot_id()
+    try:
+        kept = json.loads(path.read_text())
+        if kept.get("bootId") == boot and isinstance(kept.get("anchor"), float):
+            _anchor = kept["anchor"]
+            return
+    except (OSError, ValueError, AttributeError):
+        pass  # none yet, another boot's, or not ours: a new one is taken
+    _anchor = time.time() - _since_boot()
+    if not readonly and state_dir.is_dir():
+        write_atomic(path, json.dumps({"bootId": boot, "anchor": _anchor}) + "\n", mode=0o600)
