@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import docker.errors
@@ -29,6 +29,7 @@ from reconciler.drive.container_config import GENERATION_LABEL, create_args, enf
 from reconciler.drive.logs import LogStore
 from reconciler.drive.ports import port_free
 from reconciler.drive.protocol import StartFailed
+from reconciler.observe import clock
 from reconciler.observe.docker_engine import OWNER_LABEL, WORKLOAD_LABEL, DockerEngine, EngineUnavailable
 from reconciler.observe.probes import ProbeResult
 from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
@@ -119,7 +120,8 @@ class ContainerDriver:
             if not containers:
                 return None
             newest = max(containers, key=lambda container: container.attrs.get("Created", ""))
-            output = newest.logs(stdout=True, stderr=True, tail=tail or "all", stream=follow, follow=follow)
+            with self.engine.reach():  # as the list above: an engine gone since is "none to ask", not a traceback
+                output = newest.logs(stdout=True, stderr=True, tail=tail or "all", stream=follow, follow=follow)
         except (EngineUnavailable, docker.errors.APIError):
             return None
         return output if follow else iter([output])
@@ -280,8 +282,9 @@ class ContainerDriver:
         if self._readonly:
             return
         try:
-            output = container.logs(stdout=True, stderr=True, tail=LOG_TAIL_LINES)
-        except docker.errors.APIError:
+            with self.engine.reach():  # an engine going away between the list and this read is no crash of the pass
+                output = container.logs(stdout=True, stderr=True, tail=LOG_TAIL_LINES)
+        except (EngineUnavailable, docker.errors.APIError):
             return
         self.logs.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(self.logs.path(name), output[-self.logs.max_bytes:], mode=0o600)
@@ -340,8 +343,9 @@ def _failed(error: docker.errors.APIError, fallback: str) -> StartFailed:
 
 
 def _timestamp(text: str | None) -> datetime:
-    """Docker's RFC 3339 with nanoseconds; its zero time ('0001-01-01...') for never."""
+    """Docker's RFC 3339 with nanoseconds, taken from the system clock, on the reconciler's clock; its zero time
+    ('0001-01-01...') for never."""
     if not text or text.startswith("0001-"):
-        return datetime.now(timezone.utc)
+        return clock.now()
     trimmed = re.sub(r"(\.\d{6})\d+", r"\1", text).replace("Z", "+00:00")
-    return datetime.fromisoformat(trimmed)
+    return clock.from_system(datetime.fromisoformat(trimmed))
