@@ -47,10 +47,11 @@ def launch(**fields: Any) -> ContainerLaunch:
     return ContainerLaunch(**{"image": IMAGE, "image_id": PRESENT.id, **fields})
 
 
-def policy(exposed: tuple[str, ...] = (), **containers: Any) -> Policy:
+def policy(exposed: tuple[str, ...] = (), privileged_ports: tuple[int, ...] = (), **containers: Any) -> Policy:
     return Policy.model_validate({"apiVersion": API_VERSION, "kind": "Policy", "metadata": {"name": "workstation"},
                                   "spec": {"containers": {"images": [IMAGE], **containers},
-                                           "network": {"exposed": [{"address": address} for address in exposed]}}})
+                                           "network": {"exposed": [{"address": address} for address in exposed],
+                                                       "privilegedPorts": list(privileged_ports)}}})
 
 
 def verdict_for(container_launch: ContainerLaunch, rules: Policy | None, verb: Verb = Verb.create):
@@ -322,7 +323,7 @@ def test_removing_a_container_needs_no_rule() -> None:
 @pytest.mark.parametrize(("relaxed", "rule", "fragment"), [
     ({"image_id": None}, "containers.pull", f"image {IMAGE} is not on this host and Policy/workstation does not allow pulls"),
     ({"network": "mynet"}, "containers.networks", "network mynet gives the container outbound access"),
-    ({"network": "bridge", "ports": (PublishedPort(host_ip="127.0.0.1", host_port=80, container_port=80),)},
+    ({"network": "bridge", "ports": (PublishedPort(host_ip="127.0.0.1", host_port=8080, container_port=80),)},
      "containers.networks", "network bridge (publishing ports needs it) gives the container outbound access"),
     ({"capabilities": ("NET_RAW", "CHOWN")}, "containers.capabilities",
      "capabilities CHOWN, NET_RAW are not allowed by Policy/workstation"),
@@ -345,12 +346,12 @@ def test_relaxations_are_approved_when_the_policy_allows_each() -> None:
                      user="root", volumes=(BindMount(source="/data/models/a", target="/m"),),
                      ports=(PublishedPort(host_ip="0.0.0.0", host_port=80, container_port=80),))
     everything = policy(pull=True, networks=["bridge"], capabilities=["cap_net_raw"], writableRootFilesystem=True,
-                        root=True, volumeRoots=["/data/models"], exposed=("0.0.0.0",))
+                        root=True, volumeRoots=["/data/models"], exposed=("0.0.0.0",), privileged_ports=(80,))
     assert verdict_for(relaxed, everything).approved
     denied = verdict_for(relaxed, policy())
     assert [reason.rule for reason in denied.reasons] == [
         "containers.pull", "containers.networks", "containers.capabilities", "containers.writableRootFilesystem",
-        "containers.root", "containers.volumeRoots", "network.exposed"]
+        "containers.root", "containers.volumeRoots", "network.exposed", "network.privilegedPorts"]
 
 
 def test_a_writable_volume_needs_its_own_rule_beside_the_root_it_lies_under() -> None:

@@ -96,7 +96,7 @@ AUDITED_CASES = {
                          ["native.trustedExecutables"]),
     "disallowed image": (lambda: container(), {"containers": {"images": ["alpine:*"]}}, NO_FACTS, ["containers.images"]),
     "exposed native bind": (lambda: native(host="0.0.0.0", port=8080), TRUSTS_PYTHON, PYTHON, ["network.exposed"]),
-    "exposed container port": (lambda: container(ports=[{"containerPort": 80, "hostIP": "0.0.0.0"}]), BOXES, NO_FACTS,
+    "exposed container port": (lambda: container(ports=[{"containerPort": 8080, "hostIP": "0.0.0.0"}]), BOXES, NO_FACTS,
                                ["network.exposed"]),
     "overcommit": (lambda: native(), TRUSTS_PYTHON, Facts((FOUND, REAL), memory=memory(4, 6)), ["resources.memory"]),
     "everything at once": (lambda: native(host="::", port=8080), {"native": {"trustedExecutables": [{"executable": "node"}]}},
@@ -198,11 +198,11 @@ KIND_CASES: dict[str, tuple[Any, dict[str, Any], Facts, set[ApprovalKind]]] = {
     "trusted process on a LAN address": (lambda: native(host="192.168.1.5", port=8080),
                                          TRUSTS_PYTHON | {"network": {"exposed": [{"address": "192.168.1.5"}]}},
                                          PYTHON, {K.any_change, K.native_executable, K.exposure}),
-    "least-privilege container on loopback": (lambda: container(ports=[{"containerPort": 80}]), BOXES, NO_FACTS,
+    "least-privilege container on loopback": (lambda: container(ports=[{"containerPort": 8080}]), BOXES, NO_FACTS,
                                               {K.any_change}),
     "container with a read-only volume": (lambda: container(volumes=[{"source": "site", "target": "/srv"}]), BOXES,
                                           NO_FACTS, {K.any_change}),
-    "container published on 0.0.0.0": (lambda: container(ports=[{"containerPort": 80, "hostIP": "0.0.0.0"}]),
+    "container published on 0.0.0.0": (lambda: container(ports=[{"containerPort": 8080, "hostIP": "0.0.0.0"}]),
                                        BOXES | {"network": {"exposed": [{"address": "0.0.0.0"}]}}, NO_FACTS,
                                        {K.any_change, K.exposure}),
     "container on the host network": (lambda: container(network="host"),
@@ -607,7 +607,7 @@ def test_memory_is_judged_for_containers_too() -> None:
      TRUSTS_PYTHON, ["network.exposed"]),
     (lambda: native(host="0.0.0.0", port=8080), TRUSTS_PYTHON | {"network": {"exposed": [{"address": "0.0.0.0"}]}},
      TRUSTS_PYTHON | {"network": {"exposed": [{"address": "0.0.0.0", "ports": [9090]}]}}, ["network.exposed"]),
-    (lambda: container(ports=[{"containerPort": 80, "hostIP": "0.0.0.0"}]),
+    (lambda: container(ports=[{"containerPort": 8080, "hostIP": "0.0.0.0"}]),
      BOXES | {"network": {"exposed": [{"address": "0.0.0.0"}]}}, BOXES, ["network.exposed"]),
     (lambda: container(security={"user": "0"}), {"containers": {"images": ["busybox:*"], "root": True}},
      {"containers": {"images": ["busybox:*"]}}, ["containers.root"]),
@@ -636,6 +636,26 @@ def test_approvals_and_memory_never_stop_what_runs() -> None:
 def test_a_tightened_health_check_trust_stops_what_runs() -> None:
     reasons = running_denial(native(), policy(**TRUSTS_PYTHON), Facts((FOUND, REAL), ("touch", "/usr/bin/touch")))
     assert rules_of(reasons) == ["native.trustedExecutables"] and "health check program 'touch'" in reasons[0].message
+
+
+# -- ports below 1024 --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("launch", [lambda: native(host="127.0.0.1", port=80), lambda: native(**LLAMA | {"port": 53}),
+                                    lambda: container(ports=[{"containerPort": 8080, "hostPort": 22}])],
+                         ids=["native on loopback", "engine", "published container port"])
+def test_a_port_below_1024_is_denied_even_on_loopback(launch: Any) -> None:
+    rules = policy(**BOXES, native={"trustedExecutables": [{"executable": "python3"}], "trustedEngines": ["llama.cpp"]})
+    verdict = judge(launch(), rules, PYTHON)
+    assert verdict.decision is Decision.deny and rules_of(verdict.reasons) == ["network.privilegedPorts"]
+    assert "below 1024: the system's services live there" in verdict.reasons[0].message
+    assert "to spec.network.privilegedPorts" in verdict.reasons[0].message
+
+
+def test_a_listed_privileged_port_is_allowed_and_only_that_one() -> None:
+    rules = policy(**TRUSTS_PYTHON, network={"privilegedPorts": [80]})
+    assert judge(native(host="127.0.0.1", port=80), rules, PYTHON).approved
+    assert rules_of(judge(native(host="127.0.0.1", port=81), rules, PYTHON).reasons) == ["network.privilegedPorts"]
+    assert judge(native(host="127.0.0.1", port=1024), policy(**TRUSTS_PYTHON), PYTHON).approved
 
 
 # -- variables that make a trusted program load other code -------------------------------------------------------

@@ -255,6 +255,7 @@ def assert_native_within(launch: LaunchSpec, facts: Facts, rules: Policy) -> Non
     if facts.check_executables:
         assert set(facts.check_executables) & {entry.executable for entry in trusted.trusted_executables}
     assert launch.listen is None or loopback(launch.listen[0]), f"listens on {launch.listen}"
+    assert launch.listen is None or launch.listen[1] >= 1024, f"listens on the system's port {launch.listen[1]}"
 
 
 def not_root(user: str) -> bool:
@@ -272,7 +273,7 @@ def assert_container_within(launch: ContainerLaunch, rules: Policy) -> None:
     assert all(any(posixpath.commonpath([volume.source, root]) == root for root in allowed.volume_roots)
                for volume in launch.volumes)
     assert launch.network != "host" and (launch.network == "none" or launch.network in allowed.networks), launch.network
-    assert all(loopback(port.host_ip) for port in launch.ports), launch.ports
+    assert all(loopback(port.host_ip) and port.host_port >= 1024 for port in launch.ports), launch.ports
     assert launch.image_id is not None  # no pull
     assert any(image_matches(launch.image, pattern) for pattern in allowed.images)
     assert not allowed.require_digest or "@sha256:" in launch.image
@@ -314,7 +315,7 @@ def test_the_trusting_policy_property_is_not_vacuous() -> None:
     rules = Policy.model_validate({"metadata": {"name": "workstation"}, "spec": {
         "native": {"trustedExecutables": [{"executable": "python3"}], "trustedEngines": ["llama.cpp"]},
         "containers": {"images": ["busybox:*"], "networks": ["bridge"]}}})
-    box = render(workload({"runtime": "container", "image": "busybox:1.36", "ports": [{"containerPort": 80}]}),
+    box = render(workload({"runtime": "container", "image": "busybox:1.36", "ports": [{"containerPort": 8080}]}),
                  ImageFacts(id="sha256:" + "e" * 64, user=None))
     assert start(box, rules, Facts(), Verb.create).approved
     chat = render(workload({"engine": "llama.cpp", "model": "tiny", "port": 8080}), None)

@@ -71,6 +71,11 @@ class NetworkPolicy(Spec):
         default_factory=list,
         description="Where servers (engine binds, published container ports) may listen beyond loopback.",
     )
+    privileged_ports: list[Port] = Field(
+        default_factory=list,
+        description="Ports below 1024 that servers may listen on, on any address: they are the system's (ssh, dns, "
+                    "http), and a workload there can pose as one of its services. None by default.",
+    )
 
     def allows(self, address: str, port: int | None) -> bool:
         return any(rule.allows(address, port) for rule in self.exposed)

@@ -9,7 +9,7 @@ from reconciler.api.container import runs_as_root
 from reconciler.api.launch import ContainerLaunch
 from reconciler.api.policy import PolicySpec
 from reconciler.gate.network import RULE as EXPOSURE_RULE
-from reconciler.gate.network import exposure_problem
+from reconciler.gate.network import PRIVILEGED_RULE, exposure_problem, privileged_port_problem
 
 
 def container_problems(launch: ContainerLaunch, policy: PolicySpec, source: str) -> list[tuple[str, str]]:
@@ -55,6 +55,9 @@ def container_problems(launch: ContainerLaunch, policy: PolicySpec, source: str)
         exposed = exposure_problem(port.host_ip, port.host_port, policy.network, source, f"published port {port.host_port}")
         if exposed:
             problems.append((EXPOSURE_RULE, exposed))
+        privileged = privileged_port_problem(port.host_port, policy.network, source, f"published port {port.host_port}")
+        if privileged:
+            problems.append((PRIVILEGED_RULE, privileged))
     return problems
 
 

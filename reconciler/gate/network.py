@@ -8,6 +8,16 @@ from reconciler.api.container import is_loopback
 from reconciler.api.policy import NetworkPolicy
 
 RULE = "network.exposed"
+PRIVILEGED_RULE = "network.privilegedPorts"
+FIRST_UNPRIVILEGED_PORT = 1024
+
+
+def privileged_port_problem(port: int | None, rules: NetworkPolicy, source: str, what: str) -> str | None:
+    """Why listening on a port below 1024 is not allowed, if it is not (on loopback too: a local client trusts it)."""
+    if port is None or port >= FIRST_UNPRIVILEGED_PORT or port in rules.privileged_ports:
+        return None
+    return (f"{what} would listen on port {port}, below {FIRST_UNPRIVILEGED_PORT}: the system's services live there "
+            f"and {source} does not allow it; add {port} to spec.network.privilegedPorts if it is meant")
 
 
 def exposure_problem(address: str, port: int | None, rules: NetworkPolicy, source: str, what: str) -> str | None:

@@ -120,4 +120,7 @@ def _judge(
         exposed = network.exposure_problem(*launch.listen, spec.network, source, "the server")
         if exposed:
             problems.append(Reason(network.RULE, exposed))
+        privileged = network.privileged_port_problem(launch.listen[1], spec.network, source, "the server")
+        if privileged:
+            problems.append(Reason(network.PRIVILEGED_RULE, privileged))
     return granted, problems, rule == "native.trustedEngines"
