@@ -126,6 +126,13 @@ def test_unknown_field_suggestion_uses_camel_case_names() -> None:
     assert error.message == "unknown field 'workDir' (did you mean 'workingDir'?)"
 
 
+def test_a_field_written_at_the_wrong_level_is_pointed_to_where_it_belongs() -> None:
+    error = only_error(workload_yaml(spec="  runtime: container\n  image: busybox:1.36\n  capabilities: [NET_RAW]\n"))
+    assert error.message == "unknown field 'capabilities' (did you mean spec.security.capabilities?)"
+    error = only_error(workload_yaml(spec="  command: [python3]\n  restart:\n    initialSeconds: 2\n"))
+    assert error.message == "unknown field 'initialSeconds' (did you mean spec.restart.backoff.initialSeconds?)"
+
+
 def test_unknown_field_without_a_close_match_gives_no_suggestion() -> None:
     error = only_error(workload_yaml(spec="  command: [python3]\n  zzzqqq: 1\n"))
     assert error.message == "unknown field 'zzzqqq'"

@@ -70,10 +70,7 @@ def _describe(detail: Any, model: type[BaseModel]) -> str:
     if kind == "missing":
         return "required field is missing"
     if kind == "extra_forbidden":
-        unknown = str(detail["loc"][-1])
-        close = difflib.get_close_matches(unknown, _field_names(model), n=1, cutoff=0.75)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"unknown field {unknown!r}{hint}"
+        return f"unknown field {str(detail['loc'][-1])!r}{_hint(detail['loc'], model)}"
     message = message.removeprefix("Value error, ")
     message = message.replace("Input should be", "expected").replace("String should", "expected a string that should")
     if kind == "string_pattern_mismatch" and detail["loc"][-2:] == ("metadata", "name"):
@@ -84,18 +81,32 @@ def _describe(detail: Any, model: type[BaseModel]) -> str:
     return message
 
 
-def _field_names(model: type[BaseModel]) -> list[str]:
-    """Every camelCase field name in a model tree: the vocabulary for 'did you mean'."""
-    names: set[str] = set()
-    pending: list[type[BaseModel]] = [model]
+def _hint(loc: tuple[Any, ...], model: type[BaseModel]) -> str:
+    """The known field the unknown one most likely means: by name where it was written, else by its whole path
+    (a field written one level off, e.g. spec.capabilities for spec.security.capabilities)."""
+    unknown, parent = str(loc[-1]), tuple(str(part) for part in loc[:-1] if not isinstance(part, int))
+    places = _field_places(model)
+    close = difflib.get_close_matches(unknown, list(places), n=1, cutoff=0.75)
+    if not close:
+        return ""
+    if parent in places[close[0]]:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (did you mean {'.'.join((*places[close[0]][0], close[0]))}?)"
+
+
+def _field_places(model: type[BaseModel]) -> dict[str, list[tuple[str, ...]]]:
+    """Every camelCase field name in a model tree, with the paths of the objects that have it."""
+    places: dict[str, list[tuple[str, ...]]] = {}
+    pending: list[tuple[type[BaseModel], tuple[str, ...], tuple[type[BaseModel], ...]]] = [(model, (), ())]
     while pending:
-        current = pending.pop()
+        current, path, ancestors = pending.pop()
         for name, info in current.model_fields.items():
-            names.add(info.alias or name)
+            field = info.alias or name
+            places.setdefault(field, []).append(path)
             for candidate in _models_in(info.annotation):
-                if candidate not in pending:
-                    pending.append(candidate)
-    return sorted(names)
+                if candidate not in ancestors:
+                    pending.append((candidate, (*path, field), (*ancestors, current)))
+    return {name: sorted(paths, key=len) for name, paths in places.items()}
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
