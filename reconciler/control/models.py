@@ -54,6 +54,7 @@ class ModelStore:
         self._progress: dict[str, tuple[int, int | None]] = {}
         self._fetching: dict[str, threading.Thread] = {}
         self._damaged: dict[str, str] = {}  # digest -> why its cached bytes were discarded, until fetched again
+        self._verified: set[str] = set()  # digests seen verified in the cache: one that is not any more was lost
 
     def view(self, desired: DesiredState, model: Model, file: str) -> ModelView:
         base = (self.root / file).parent
@@ -150,11 +151,33 @@ class ModelStore:
             damaged = self._damaged.get(variant.sha256)
         presence = observe_model(path) if path else ModelPresence(self.cache.path(variant.sha256), None)
         if path is not None:
+            with self._lock:
+                self._verified.add(variant.sha256)
             return ModelView(presence, variant, selection)
+        damaged = damaged or self._lost(variant.sha256)
         why = Blocked(DOWNLOADING, _downloading(variant, progress)) if fetching else failure.why if failure else None
         if why is not None and damaged is not None:  # the cause stays visible until the bytes are whole again
             why = Blocked(why.reason, f"{damaged}: {why.message}")
+        elif damaged is not None:  # not "put the model there": the Model's next pass fetches it
+            why = Blocked("ModelMissing", damaged)
         return ModelView(presence, variant, selection, why, progress)
+
+    def _lost(self, digest: str) -> str | None:
+        """Why a cached file verified earlier no longer passes its stat check (deleted, its folder removed, or
+        changed); the daemon is asked for a pass, whose Model pass fetches (or re-verifies) it at once."""
+        path = self.cache.path(digest)
+        with self._lock:
+            if digest not in self._verified:
+                return None
+            self._verified.discard(digest)
+            changed = path.exists()
+            why = (f"{path}: changed since it was verified; hashed again, and fetched again if its bytes differ"
+                   if changed else f"{path}: the cached file is gone; fetched again")
+            self._damaged[digest] = why
+        log.warning("%s", why)
+        if self.on_fetched is not None:
+            self.on_fetched()
+        return why
 
     def _option(self, variant: ModelVariant, base: Path, format: ModelFormat) -> VariantOption:
         needs = Needs(variant.needs.engine.value if variant.needs.engine else None, variant.needs.gpu_memory,
@@ -211,6 +234,9 @@ class ModelStore:
                 self.terminal.flush()
 
         try:
+            if self.cache.path(digest).exists() and self.cache.lookup(digest, variant.size) is None \
+                    and not self.cache.verify(digest):
+                self._discarded(digest)  # changed since verified, and its bytes too: the cause goes in the status
             log.info("fetching %s (sha256 %s)", redact(variant.source), digest[:12])
             fetch(variant.source, digest, self.cache, size=variant.size, progress=progress)
             with self._lock:
