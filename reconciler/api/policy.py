@@ -13,6 +13,13 @@ from reconciler.api.meta import Resource, Spec
 from reconciler.api.workload import Engine
 
 
+def absolute_paths(roots: list[str], what: str) -> list[str]:
+    relative = [root for root in roots if not root.startswith("/")]
+    if relative:
+        raise ValueError(f"{what} must be absolute paths: {relative[0]!r}")
+    return roots
+
+
 class PolicyMode(str, Enum):
     enforce = "enforce"
     audit = "audit"  # apply every change, record what enforce would have refused: for trying a policy out
@@ -111,10 +118,7 @@ class ContainerPolicy(Spec):
     @field_validator("volume_roots")
     @classmethod
     def _absolute(cls, roots: list[str]) -> list[str]:
-        relative = [root for root in roots if not root.startswith("/")]
-        if relative:
-            raise ValueError(f"volume roots must be absolute paths: {relative[0]!r}")
-        return roots
+        return absolute_paths(roots, "volume roots")
 
 
 class ResourcePolicy(Spec):
@@ -143,6 +147,19 @@ class ApprovalPolicy(Spec):
     )
 
 
+class ModelPolicy(Spec):
+    roots: list[str] = Field(
+        default_factory=list,
+        description="Host folders (absolute) local model files may be read from, besides the desired-state folder; "
+                    "a source that resolves elsewhere (through '..' or a symlink) is never opened.",
+    )
+
+    @field_validator("roots")
+    @classmethod
+    def _absolute(cls, roots: list[str]) -> list[str]:
+        return absolute_paths(roots, "model roots")
+
+
 class PolicySpec(Spec):
     mode: PolicyMode = PolicyMode.enforce
     native: NativePolicy = Field(default_factory=NativePolicy)
@@ -151,6 +168,7 @@ class PolicySpec(Spec):
     resources: ResourcePolicy = Field(default_factory=ResourcePolicy)
     approvals: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     hosted: HostedPolicy = Field(default_factory=HostedPolicy)
+    models: ModelPolicy = Field(default_factory=ModelPolicy)
 
     @model_validator(mode="before")
     @classmethod

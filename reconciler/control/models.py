@@ -7,6 +7,7 @@ GGUF headers, local digests and the content-addressed cache are observed here; a
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -55,10 +56,13 @@ class ModelStore:
         self._fetching: dict[str, threading.Thread] = {}
         self._damaged: dict[str, str] = {}  # digest -> why its cached bytes were discarded, until fetched again
         self._verified: set[str] = set()  # digests seen verified in the cache: one that is not any more was lost
+        self.read_roots: tuple[str, ...] = ()  # the policy's spec.models.roots, besides the desired-state folder
 
     def view(self, desired: DesiredState, model: Model, file: str) -> ModelView:
         base = (self.root / file).parent
         options = model.spec.options()
+        if len(options) == 1 and (outside := self._outside_roots(options[0], base)):
+            return ModelView(None, options[0], None, outside)
         if len(options) == 1 and not options[0].remote:  # nothing to choose or fetch: it is there or not
             return self._local(options[0], base)
         uses = [entry.resource.spec for entry in desired.resources.values()
@@ -68,6 +72,8 @@ class ModelStore:
         if selection.chosen is None:
             return ModelView(None, None, selection, Blocked("NoVariantFits", f"Model/{model.name}: {selection.message}"))
         variant = options[selection.chosen]
+        if outside := self._outside_roots(variant, base):
+            return ModelView(None, variant, selection, outside)
         if not variant.remote:
             return self._local(variant, base, selection)
         return self._cached(variant, selection)
@@ -76,8 +82,8 @@ class ModelStore:
         """Fetch the chosen variant when it is remote and not cached yet: in a thread for the daemon, here for
         `apply`. Returns why it is not there (yet)."""
         variant = view.variant
-        if variant is None or not variant.remote or view.ready:
-            return view.problem
+        if variant is None or not variant.remote or view.ready or view.presence is None:
+            return view.problem  # presence None: nothing may be fetched (no variant fits, or outside the roots)
         assert variant.sha256 is not None
         with self._lock:
             failure = self._failures.get(variant.sha256)
@@ -130,6 +136,21 @@ class ModelStore:
         return why
 
     # -- observation ------------------------------------------------------------------------
+
+    def _outside_roots(self, variant: ModelVariant, base: Path) -> Blocked | None:
+        """Why a local or file:// source may not be read: it resolves (through '..' or a symlink) outside the
+        desired-state folder and the policy's model roots. Checked before anything opens it, so a spec cannot make
+        the reconciler read, hash or quote a byte of another file (/etc/shadow)."""
+        if variant.source.startswith(("https://", "http://")):
+            return None
+        local = variant.source.removeprefix("file://")
+        real = os.path.realpath(local if variant.source.startswith("file://") else base / local)
+        roots = [os.path.realpath(root) for root in (self.root, *self.read_roots)]
+        if any(os.path.commonpath([real, root]) == root for root in roots):
+            return None
+        return Blocked("ModelOutsideRoots", f"{variant.source} resolves to {real}, outside the folders models are "
+                                            f"read from ({', '.join(roots)}): move it there, or add its folder to "
+                                            "spec.models.roots of the Policy")
 
     def _local(self, variant: ModelVariant, base: Path, selection: Selection | None = None) -> ModelView:
         presence = observe_model(base / variant.source)
@@ -191,6 +212,8 @@ class ModelStore:
         from reconciler.observe.gguf_header import fetch_gguf_facts, read_gguf_facts
 
         key = (variant.source, variant.sha256)
+        if self._outside_roots(variant, base):
+            return None
         with self._lock:
             if key in self._headers:
                 return self._headers[key]

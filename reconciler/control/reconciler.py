@@ -175,8 +175,9 @@ class Reconciler:
         facts = self.workloads.facts
         engines = {name for name, found in (("llama.cpp", facts.llama_server or facts.llama_cpp_python),
                                             ("vllm", facts.vllm)) if found}
-        self.models.capacity_inputs = (self.host.profile, (policy.spec if policy else DEFAULT_POLICY).resources,
-                                       frozenset(engines))
+        rules = policy.spec if policy else DEFAULT_POLICY
+        self.models.capacity_inputs = (self.host.profile, rules.resources, frozenset(engines))
+        self.models.read_roots = tuple(rules.models.roots)
 
     def _seed(self) -> None:
         """Give the status writer every known resource before the first flush, so no status file is partial."""

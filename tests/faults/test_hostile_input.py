@@ -34,6 +34,11 @@ class Hostile:
     name: str | None = None  # the resource it declares, when it is one (it must not run)
 
 
+def model(name: str, **spec: object) -> str:
+    return yaml.safe_dump({"apiVersion": "localaistack.dev/v1alpha1", "kind": "Model", "metadata": {"name": name},
+                           "spec": spec}, sort_keys=False)
+
+
 def native(name: str, command: list[str] | None = None, **spec: object) -> str:
     return yaml.safe_dump({"apiVersion": "localaistack.dev/v1alpha1", "kind": "Workload", "metadata": {"name": name},
                            "spec": {"command": command or [PYTHON, "-c", SLEEPER], **spec}}, sort_keys=False)
@@ -99,6 +104,14 @@ def cases(tmp: Path, taken_port: int) -> list[Hostile]:
                 container_yaml("volume-link", command=["sleep", "600"], volumes=[{"source": str(outside),
                                                                                    "target": "/host-etc"}]),
                 "containers.volumeRoots: volume source /etc lies outside", "volume-link"),
+        Hostile("model files outside the allowed roots (.., symlinks, file://)", "model-up.yaml",
+                model("model-up", source="../" * 12 + "etc/shadow", format="gguf"),
+                "resolves to /etc/shadow, outside the folders models are read from"),
+        Hostile("model files outside the allowed roots (.., symlinks, file://)", "model-link.yaml",
+                model("model-link", source="models/passwd.gguf"), "resolves to /etc/passwd, outside the folders"),
+        Hostile("model files outside the allowed roots (.., symlinks, file://)", "model-url.yaml",
+                model("model-url", source="file:///etc/shadow", sha256="1" * 64),
+                "file:///etc/shadow resolves to /etc/shadow, outside the folders"),
         Hostile("hosted fallback without consent", "hosted.yaml", _fallback_workload(), "ProviderNotAllowed", "chat"),
     ]
 
@@ -126,13 +139,19 @@ def test_hostile_documents_are_refused_with_reasons_and_touch_nothing_that_runs(
     markers = [tmp_path / name for name in ("pwned", "hijacked", "m1", "m2", "m3", "m4")]
     shell_args = [f"; touch {markers[2]}", f"$(touch {markers[3]})", f"`touch {markers[4]}`", f"| touch {markers[5]}"]
 
-    workspace.write("policy.yaml", policy_yaml(volumeRoots=[str(tmp_path / "volumes")]))
+    (workspace.desired / "models").mkdir()
+    (workspace.desired / "models" / "passwd.gguf").symlink_to("/etc/passwd")
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "allowed.gguf").write_bytes(b"GGUF")  # outside the folder, in a root the policy lists
+    workspace.write("policy.yaml", policy_yaml(volumeRoots=[str(tmp_path / "volumes")]).replace(
+        "spec:\n", f"spec:\n  models:\n    roots: [{tmp_path / 'store'}]\n", 1))
     workspace.write("steady.yaml", workload_yaml("steady"))
     workspace.start_daemon("--resync", "2")
     steady = wait_for(lambda: workspace.pid("steady.yaml", "steady"), 30, what="the steady workload")
     with listener:
         for case in hostile:
             (workspace.desired / case.file).write_text(case.text, errors="surrogateescape")
+        workspace.write("allowed.yaml", model("allowed", source=str(tmp_path / "store" / "allowed.gguf"), format="gguf"))
         workspace.write("argv.yaml", workload_yaml("argv", ARGV_PRINTER, tuple(shell_args), restart={"policy": "Never"}))
         for case in hostile:
             wait_for(lambda: case.expected in refusal(workspace, case), 60, what=f"{case.file} refused: {case.expected}")
@@ -151,6 +170,11 @@ def test_hostile_documents_are_refused_with_reasons_and_touch_nothing_that_runs(
     assert str(shell_args) in argv_log.read_text(), "arguments reached the program changed"
     assert not [marker for marker in markers if marker.exists()], "a shell or a hijacked program ran"
     assert workspace.pid("steady.yaml", "steady") == steady and workspace._daemon.poll() is None
+    said = "".join(path.read_text() for path in workspace.desired.glob("*.status.yaml"))
+    leaked = [line for line in said.splitlines() if any(sign in line for sign in ("root:x:", "b'root", "72 6f 6f 74"))]
+    assert not leaked, f"bytes of /etc/passwd or /etc/shadow reached a status file: {leaked}"
+    wait_for(lambda: (workspace.resource_status("allowed.yaml", "allowed") or {}).get("phase") == "Available", 30,
+             what="the model in a folder the policy lists Available")
     row = ledger.row("hostile input: shell metacharacters in args", "passed to the program verbatim, no shell: "
                      "no marker file created")
     row.runs += 1
