@@ -227,7 +227,11 @@ class ContainerDriver:
         if state.get("Status") == "created":
             return ProcessObservation(ProcessState.absent)  # a start a crash cut short
         pid = state.get("Pid") or self._started_pid(name, container.id)
-        started_at = _timestamp(state.get("StartedAt"))
+        # Docker's zero time (never started, or ended with no finish recorded, as a start cut by an engine restart
+        # leaves it) falls back to the time before it, never to "now": an exit seen anew on every pass would
+        # push its restart's back-off out forever.
+        created = _timestamp(container.attrs.get("Created"), clock.now())
+        started_at = _timestamp(state.get("StartedAt"), created)
         record = ProcessRecord(
             name=name, pid=pid, start_ticks=0, nonce=container.id[:16], launch=launch,
             generation=int(container.labels.get(GENERATION_LABEL, "1")), started_at=started_at,
@@ -237,7 +241,7 @@ class ContainerDriver:
             if not self._readonly and self._started_pid(name, container.id) != pid:
                 self._remember_start(name, container)
             return ProcessObservation(ProcessState.running, record)
-        finished = _timestamp(state.get("FinishedAt"))
+        finished = _timestamp(state.get("FinishedAt"), started_at)
         exit_info = ExitInfo(pid=pid, code=state.get("ExitCode"), finished_at=finished,
                              ran_seconds=max(0.0, (finished - started_at).total_seconds()),
                              oom_killed=bool(state.get("OOMKilled")))
@@ -342,10 +346,10 @@ def _failed(error: docker.errors.APIError, fallback: str) -> StartFailed:
     return StartFailed(reason, message)
 
 
-def _timestamp(text: str | None) -> datetime:
-    """Docker's RFC 3339 with nanoseconds, taken from the system clock, on the reconciler's clock; its zero time
-    ('0001-01-01...') for never."""
+def _timestamp(text: str | None, never: datetime) -> datetime:
+    """Docker's RFC 3339 with nanoseconds, taken from the system clock, on the reconciler's clock; `never` for its
+    zero time ('0001-01-01...')."""
     if not text or text.startswith("0001-"):
-        return clock.now()
+        return never
     trimmed = re.sub(r"(\.\d{6})\d+", r"\1", text).replace("Z", "+00:00")
     return clock.from_system(datetime.fromisoformat(trimmed))
