@@ -8,8 +8,7 @@ from pathlib import PurePosixPath
 from reconciler.api.container import runs_as_root
 from reconciler.api.launch import ContainerLaunch
 from reconciler.api.policy import PolicySpec
-from reconciler.gate.network import RULE as EXPOSURE_RULE
-from reconciler.gate.network import PRIVILEGED_RULE, exposure_problem, privileged_port_problem
+from reconciler.gate.network import listen_problems
 
 
 def container_problems(launch: ContainerLaunch, policy: PolicySpec, source: str) -> list[tuple[str, str]]:
@@ -52,12 +51,7 @@ def container_problems(launch: ContainerLaunch, policy: PolicySpec, source: str)
             problems.append(("containers.volumeRoots", f"volume source {volume.source} lies outside the folders "
                                                        f"{source} allows (spec.containers.volumeRoots: {allowed})"))
     for port in launch.ports:
-        exposed = exposure_problem(port.host_ip, port.host_port, policy.network, source, f"published port {port.host_port}")
-        if exposed:
-            problems.append((EXPOSURE_RULE, exposed))
-        privileged = privileged_port_problem(port.host_port, policy.network, source, f"published port {port.host_port}")
-        if privileged:
-            problems.append((PRIVILEGED_RULE, privileged))
+        problems += listen_problems(port.host_ip, port.host_port, policy.network, source, f"published port {port.host_port}")
     return problems
 
 

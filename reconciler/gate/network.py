@@ -20,6 +20,13 @@ def privileged_port_problem(port: int | None, rules: NetworkPolicy, source: str,
             f"and {source} does not allow it; add {port} to spec.network.privilegedPorts if it is meant")
 
 
+def listen_problems(address: str, port: int | None, rules: NetworkPolicy, source: str, what: str) -> list[tuple[str, str]]:
+    """(rule, message) for each reason a listener there is not allowed: beyond loopback, or on a system port."""
+    found = ((RULE, exposure_problem(address, port, rules, source, what)),
+             (PRIVILEGED_RULE, privileged_port_problem(port, rules, source, what)))
+    return [(rule, message) for rule, message in found if message]
+
+
 def exposure_problem(address: str, port: int | None, rules: NetworkPolicy, source: str, what: str) -> str | None:
     """Why listening there is not allowed, if it is not. `what` names the listener ('port 8080', 'the server')."""
     if is_loopback(address):

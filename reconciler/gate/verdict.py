@@ -117,10 +117,6 @@ def _judge(
     if check:
         problems.append(Reason(native.TRUST_RULE, check))
     if launch.listen is not None:
-        exposed = network.exposure_problem(*launch.listen, spec.network, source, "the server")
-        if exposed:
-            problems.append(Reason(network.RULE, exposed))
-        privileged = network.privileged_port_problem(launch.listen[1], spec.network, source, "the server")
-        if privileged:
-            problems.append(Reason(network.PRIVILEGED_RULE, privileged))
+        problems += [Reason(rule, message) for rule, message in
+                     network.listen_problems(*launch.listen, spec.network, source, "the server")]
     return granted, problems, rule == "native.trustedEngines"
