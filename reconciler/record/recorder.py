@@ -37,7 +37,7 @@ def sibling(spec_file: str, suffix: str) -> str:
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present: same text, a fraction of the time
 
 class Recorder:
-    def __init__(self, root: Path, host_log: Path | None = None) -> None:
+    def __init__(self, root: Path, host_log: Path) -> None:
         """`host_log`: the state directory's evidence log, where evidence goes that its spec's log cannot take."""
         self.root = root
         self.host_log = host_log
@@ -61,8 +61,6 @@ class Recorder:
         try:
             written = chain.append(line)
         except (UnsafeFile, FileNotFoundError) as problem:
-            if self.host_log is None:
-                raise
             reason = self._refusal(spec_file, sibling(spec_file, EVIDENCE_SUFFIX), problem)
             return self._host_append({**line, "specFile": spec_file, "diverted": reason})
         self._refusal(spec_file, sibling(spec_file, EVIDENCE_SUFFIX), None)
@@ -82,13 +80,11 @@ class Recorder:
                 self._refused[(spec_file, output)] = reason
         if reason is not None and reason != before:
             log.warning("%s", reason)
-            if self.host_log is not None:
-                self._host_append({"time": clock.now().isoformat(), "event": "refused-output", "specFile": spec_file,
-                                   "file": output, "reason": reason})
+            self._host_append({"time": clock.now().isoformat(), "event": "refused-output", "specFile": spec_file,
+                               "file": output, "reason": reason})
         return reason
 
     def _host_append(self, record: dict[str, Any]) -> dict[str, Any]:
-        assert self.host_log is not None
         with self._host_lock:  # its tail is read afresh: `reconciler forget` appends to it from another process
             return EvidenceLog(self.host_log).append(record)
 

@@ -51,10 +51,12 @@ def test_links_and_fifos_planted_where_the_reconciler_writes_are_refused(workspa
     refused = wait_for(lambda: "\n".join((workspace.status("fifo.yaml") or {}).get("errors") or []), 30,
                        what="fifo's status naming its refused evidence file")
     assert "fifo.evidence.jsonl is a FIFO, not a regular file: refused" in refused
-    diverted = {(line.get("specFile"), line.get("event")) for line in host_evidence(workspace) if "diverted" in line}
-    assert {("web.yaml", "decision"), ("web.yaml", "action"), ("fifo.yaml", "decision")} <= diverted, diverted
+    wait_for(lambda: {("web.yaml", "decision"), ("web.yaml", "action"), ("fifo.yaml", "decision")} <= {
+        (line.get("specFile"), line.get("event")) for line in host_evidence(workspace) if "diverted" in line}, 10,
+             what="web's and fifo's evidence in the host chain")
+    wait_for(lambda: "web.status.yaml is a symbolic link, not a regular file: refused" in workspace.daemon_log.read_text(),
+             10, what="the refused status file in the daemon log")
     said = workspace.daemon_log.read_text()
-    assert "web.status.yaml is a symbolic link, not a regular file: refused" in said
     assert "web.evidence.jsonl is a symbolic link" in said and "Traceback" not in said
     assert all(victim.read_bytes() == UNTERMINATED for victim in victims.values())
     assert (workspace.desired / "web.evidence.jsonl").is_symlink() and (workspace.desired / "web.status.yaml").is_symlink()
@@ -79,7 +81,8 @@ def test_links_and_fifos_planted_where_the_reconciler_writes_are_refused(workspa
 def test_a_removed_sub_folder_stops_its_workloads_and_records_it_in_the_host_chain(workspace: Workspace, ledger: Ledger) -> None:
     row = ledger.row("specs' sub-folder removed (rm -r) under running workloads",
                      "its workloads stopped by the daemon, or by `down` when the daemon is away; the removals in the "
-                     "host evidence chain (verified); others untouched; no traceback; `down` stops all")
+                     "host evidence chain (verified); others untouched; no traceback; `down` stops all it can record "
+                     "and names the rest")
     for folder, suffix in (("team", ""), ("gone", "-down")):
         (workspace.desired / folder).mkdir()
         for name in ("a", "b"):
@@ -91,15 +94,23 @@ def test_a_removed_sub_folder_stops_its_workloads_and_records_it_in_the_host_cha
 
     shutil.rmtree(workspace.desired / "team")
     wait_for(lambda: not {"a", "b"} & running(workspace).keys(), 30, what="team/'s workloads stopped")
-    stopped = wait_for(lambda: {line["resource"] for line in host_evidence(workspace)
-                                if line.get("event") == "action" and line.get("action") == "delete"}, 10,
-                       what="the removals in the host evidence")
-    assert stopped == {"Workload/a", "Workload/b"}
+    wait_for(lambda: {line["resource"] for line in host_evidence(workspace) if line.get("event") == "action"
+                      and line.get("action") == "delete"} == {"Workload/a", "Workload/b"}, 10,
+             what="both removals in the host evidence")
     assert "Traceback" not in workspace.daemon_log.read_text()
     assert running(workspace)["steady"] == steady and workspace._daemon.poll() is None
 
     workspace.stop_daemon(signal.SIGKILL)  # `down` without the daemon: the case that crashed before the rest stopped
     shutil.rmtree(workspace.desired / "gone")
+    host_log = workspace.state / "host.evidence.jsonl"
+    kept = host_log.rename(workspace.state / "kept.jsonl")
+    os.mkfifo(host_log)  # now gone/'s removals cannot be recorded anywhere: they wait, the rest still goes
+    down = workspace.cli("down")
+    assert down.returncode == 1 and "host.evidence.jsonl is a FIFO" in down.stdout, down.stdout + down.stderr
+    assert "Workload/a-down: not removed" in down.stdout and "Workload/steady: removed" in down.stdout
+    assert running(workspace).keys() == {"a-down", "b-down"} and "Traceback" not in down.stderr
+    host_log.unlink()
+    kept.rename(host_log)
     down = workspace.cli("down")
     assert down.returncode == 0, down.stdout + down.stderr
     assert "Traceback" not in down.stderr and not running(workspace)
