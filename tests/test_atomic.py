@@ -191,3 +191,12 @@ def test_rename_refuses_a_link_on_either_side(tmp_path: Path, victim: Path) -> N
     with pytest.raises(UnsafeFile):
         rename_regular(live, rotated)
     assert rotated.is_symlink() and live.read_text() == "line\n"
+
+
+def test_appending_refuses_a_hard_link_to_a_file_elsewhere(tmp_path: Path, victim: Path) -> None:
+    """O_NOFOLLOW does not see a hard link: the link count does (the kernel may let one be made to a file one cannot write)."""
+    (tmp_path / "desired").mkdir()
+    os.link(victim, tmp_path / "desired" / "web.evidence.jsonl")
+    with pytest.raises(UnsafeFile, match="a hard link \\(2 names\\), not a file of its own"):
+        open_regular(tmp_path / "desired" / "web.evidence.jsonl", os.O_WRONLY | os.O_APPEND, root=tmp_path / "desired")
+    assert victim.read_bytes().endswith(b"no newline")

@@ -80,9 +80,11 @@ def open_regular(path: Path, flags: int, mode: int = 0o644, *, root: Path | None
                 raise UnsafeFile(path, _PLANTED[error.errno]) from None
             raise
         try:
-            kind = os.fstat(fd).st_mode
-            if not stat.S_ISREG(kind):
-                raise UnsafeFile(path, _describe(kind))
+            found = os.fstat(fd)
+            if not stat.S_ISREG(found.st_mode):
+                raise UnsafeFile(path, _describe(found.st_mode))
+            if flags & (os.O_WRONLY | os.O_RDWR) and found.st_nlink > 1:  # another name for a file elsewhere
+                raise UnsafeFile(path, f"a hard link ({found.st_nlink} names)", "a file of its own")
         except BaseException:
             os.close(fd)
             raise
