@@ -58,6 +58,8 @@ def test_links_and_fifos_planted_where_the_reconciler_writes_are_refused(workspa
              10, what="the refused status file in the daemon log")
     said = workspace.daemon_log.read_text()
     assert "web.evidence.jsonl is a symbolic link" in said and "Traceback" not in said
+    described = workspace.cli("describe", "fifo", timeout=20)  # reads the evidence for its events: must not block
+    assert described.returncode == 0 and "Events" in described.stdout, described.stderr
     assert all(victim.read_bytes() == UNTERMINATED for victim in victims.values())
     assert (workspace.desired / "web.evidence.jsonl").is_symlink() and (workspace.desired / "web.status.yaml").is_symlink()
     assert workspace.pid("steady.yaml", "steady") == steady and workspace._daemon.poll() is None
