@@ -226,7 +226,10 @@ def down(path: Path, state_dir: Path | None) -> None:
         reconciler.adopt()
         kept = []
         for key in reconciler.keys():
-            problem = reconciler.remove(key, cause="reconciler down")
+            try:
+                problem = reconciler.remove(key, cause="reconciler down")
+            except Exception as error:  # noqa: BLE001 - one resource that cannot be removed must not keep the rest up
+                problem = f"{type(error).__name__}: {error}"
             click.echo(f"{key}: {'not removed: ' + problem if problem else 'removed'}")
             kept += [key] if problem else []
         if kept:

@@ -12,6 +12,7 @@ from reconciler.api.kinds import Workload
 from reconciler.api.meta import Resource
 from reconciler.api.quantity import format_bytes
 from reconciler.api.status import ResourceStatus, RolloutStatus
+from reconciler.record.atomic import read_regular
 from reconciler.record.recorder import sibling
 
 EVENTS_SHOWN = 10
@@ -60,7 +61,7 @@ def describe(status: ResourceStatus, source: str, root: Path, log_lines: list[st
         lines += [f"  {question:<22} {answer['constraint']} -> {answer['tradeOff']}"
                   for question, answer in status.decision_record.get("questions", {}).items()]
     lines += ["", f"Events (the last {EVENTS_SHOWN} evidence records of {sibling(source, '.evidence.jsonl')}):"]
-    for event in _events(root / sibling(source, ".evidence.jsonl"), f"{status.kind}/{status.name}"):
+    for event in _events(root, sibling(source, ".evidence.jsonl"), f"{status.kind}/{status.name}"):
         if event["event"] == "decision-record":
             placement = event.get("record", {}).get("placement", {})
             lines.append(f"  {event['time'][:19]}  record   placement {placement.get('placement', '-')}: {placement.get('message', '')}")
@@ -79,9 +80,10 @@ def _rollout(rollout: RolloutStatus) -> str:
     return f"generation {rollout.generation} {rollout.state.value}: {rollout.message} ({good}; rollback {rollout.rollback})"
 
 
-def _events(path: Path, resource: str) -> list[dict]:
-    try:
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _events(root: Path, evidence: str, resource: str) -> list[dict]:
+    try:  # a planted link is not quoted, a FIFO does not block: the status's errors say why nothing shows
+        text = read_regular(root / evidence, root=root).decode("utf-8")
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
     except (OSError, ValueError):
         return []
     return [record for record in records if record.get("resource") == resource][-EVENTS_SHOWN:]

@@ -12,6 +12,7 @@ from typing import BinaryIO, Self
 import pytest
 
 from reconciler.record import evidence
+from reconciler.record.atomic import UnsafeFile
 from reconciler.record.evidence import GENESIS, EvidenceLog, verify_chain
 
 
@@ -251,11 +252,11 @@ def test_reopening_reads_only_the_tail(log_path: Path, monkeypatch: pytest.Monke
     for n in range(2000):
         log.append({"event": "reconcile", "n": n, "detail": "padding " * 4})
     read_sizes: list[int] = []
-    real_open = open
+    real_reader = evidence._reader
 
     class CountingFile:
-        def __init__(self, path: Path, mode: str) -> None:
-            self._file: BinaryIO = real_open(path, "rb")
+        def __init__(self, path: Path, root: Path | None = None) -> None:
+            self._file: BinaryIO = real_reader(path, root)
 
         def __enter__(self) -> Self:
             return self
@@ -271,7 +272,7 @@ def test_reopening_reads_only_the_tail(log_path: Path, monkeypatch: pytest.Monke
             read_sizes.append(len(data))
             return data
 
-    monkeypatch.setattr(evidence, "open", CountingFile, raising=False)
+    monkeypatch.setattr(evidence, "_reader", CountingFile)
     EvidenceLog(log_path, max_bytes=10**9).append({"n": 2000})
 
     assert 0 < sum(read_sizes) <= evidence._TAIL_WINDOW < log_path.stat().st_size // 2
@@ -346,3 +347,64 @@ def test_concurrent_appends_keep_one_chain(log_path: Path) -> None:
         thread.join()
 
     assert verify_chain(log_path) == evidence.VerifyResult(ok=True, records=400)
+
+
+# -- planted names: the log lies in a folder others write ----------------------------------------------------------
+
+UNTERMINATED = b"someone else's first line\nsomeone else's last line, no newline"
+
+
+def test_a_live_file_planted_as_a_link_is_never_cut_or_appended_to(tmp_path: Path) -> None:
+    """Without the check the 'torn' unterminated last line of the link's target was cut and lines appended."""
+    victim, folder = tmp_path / "victim", tmp_path / "desired"
+    victim.write_bytes(UNTERMINATED)
+    folder.mkdir()
+    (folder / "w.evidence.jsonl").symlink_to(victim)
+
+    with pytest.raises(UnsafeFile, match="w.evidence.jsonl is a symbolic link"):
+        EvidenceLog(folder / "w.evidence.jsonl", root=folder).append({"event": "decision"})
+
+    assert victim.read_bytes() == UNTERMINATED and (folder / "w.evidence.jsonl").is_symlink()
+
+
+def test_a_rotated_file_planted_as_a_link_stops_the_rotation_before_anything_moves(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(UNTERMINATED)
+    log = EvidenceLog(tmp_path / "w.evidence.jsonl", max_bytes=200, root=tmp_path)
+    log.append({"n": 0, "pad": "x" * 120})
+    (tmp_path / "w.evidence.jsonl.1").symlink_to(victim)
+
+    with pytest.raises(UnsafeFile):
+        log.append({"n": 1, "pad": "x" * 120})
+
+    assert victim.read_bytes() == UNTERMINATED and (tmp_path / "w.evidence.jsonl.1").is_symlink()
+    assert len(lines(tmp_path / "w.evidence.jsonl")) == 1
+
+
+def test_a_fifo_in_place_of_the_log_is_refused_without_blocking(log_path: Path) -> None:
+    os.mkfifo(log_path)
+    outcome: list[BaseException | None] = []
+
+    def append() -> None:
+        try:
+            EvidenceLog(log_path).append({"n": 1})
+            outcome.append(None)
+        except UnsafeFile as refused:
+            outcome.append(refused)
+
+    worker = threading.Thread(target=append, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+
+    assert not worker.is_alive(), "appending blocked on the FIFO"
+    assert isinstance(outcome[0], UnsafeFile) and "is a FIFO" in str(outcome[0])
+
+
+def test_verify_names_a_chain_file_that_is_a_link(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text(json.dumps({"prev": GENESIS}) + "\n")
+    (tmp_path / "w.evidence.jsonl").symlink_to(victim)
+
+    result = verify_chain(tmp_path / "w.evidence.jsonl")
+
+    assert not result.ok and result.broken_file == tmp_path / "w.evidence.jsonl" and "symbolic link" in str(result.reason)

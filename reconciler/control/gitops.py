@@ -122,7 +122,8 @@ def carry_outputs(old: Path, new: Path) -> None:
     carried = {path.relative_to(old) for path in _generated_files(old)}
     for path in [path for path in new.rglob("*") if path.is_symlink() or not path.is_dir()]:
         leftover = path.name.startswith(".") and path.name.endswith(".tmp") and is_generated(path.name[1:].rsplit(".", 2)[0])
-        if leftover or (is_generated(path.name) and path.relative_to(new) not in carried):
+        # a commit's link under an output's name is dropped from this copy: outputs are never written through one
+        if leftover or (is_generated(path.name) and (path.is_symlink() or path.relative_to(new) not in carried)):
             path.unlink()
     for relative in carried:
         source = old / relative

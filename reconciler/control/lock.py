@@ -3,6 +3,8 @@
 Two reconcilers on one state directory would race on the same processes and logs; two on one
 folder (a systemd daemon and a user's `apply` with another state directory) would each start
 the folder's workloads. Locks are flock(2)s: the kernel drops them when a holder dies, however.
+A lock name planted as a link (or a FIFO) is refused: a lock taken on a link's target would not exclude a
+holder of the real lock, and the holder line written into it would overwrite someone else's file.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+from reconciler.record.atomic import UnsafeFile, open_regular
 
 FOLDER_LOCK = ".reconciler.lock"
 
@@ -31,12 +35,15 @@ def exclusive(desired_root: Path, state_dir: Path, command: str) -> Iterator[Non
 
 @contextmanager
 def _flock(path: Path, holder: str) -> Iterator[None]:
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        descriptor = open_regular(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except UnsafeFile as unsafe:
+        raise Busy(f"cannot lock: {unsafe}") from None
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            other = path.read_text().strip() or "another process"
+            other = os.pread(descriptor, 4096, 0).decode("utf-8", "replace").strip() or "another process"
             raise Busy(f"{path} is held by {other}; stop it first (the daemon applies changes itself)") from None
         os.ftruncate(descriptor, 0)
         os.write(descriptor, f"{holder}\n".encode())

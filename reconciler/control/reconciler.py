@@ -51,6 +51,7 @@ from reconciler.observe.host import boot_id
 from reconciler.control.models import ModelStore, ModelView
 from reconciler.observe.processes import ProcessObservation
 from reconciler.record.approvals import ApprovalStore
+from reconciler.record.evidence import HOST_EVIDENCE_FILE
 from reconciler.record.recorder import Recorder, sibling
 from reconciler.record.status import PassOutcome, conclude
 from reconciler.record.store import ResourceRecord, StateStore
@@ -120,7 +121,7 @@ class Reconciler:
                                  terminal=terminal)
         self.workloads = WorkloadRenderer(self.root, self.drivers, engine, self._remembered, self.models)
         self.judge = Judge(self.workloads, self.approvals)
-        self.recorder = Recorder(self.root)
+        self.recorder = Recorder(self.root, state_dir / HOST_EVIDENCE_FILE)
         self.host = HostWatch(state_dir, engine, None if readonly else self.recorder)
         self.holds = Holds(self._all_records, allow_empty)
         self.metrics = metrics

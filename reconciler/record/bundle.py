@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
 import subprocess
 import tarfile
@@ -24,7 +25,7 @@ import yaml
 from reconciler.control.lock import FOLDER_LOCK
 from reconciler.load.desired import read_folder
 from reconciler.load.yaml_source import MAX_FILE_BYTES
-from reconciler.record.atomic import write_atomic
+from reconciler.record.atomic import UnsafeFile, read_regular, write_atomic
 from reconciler.record.evidence import HOST_EVIDENCE_FILE, chain_files, chain_of
 from reconciler.record.recorder import HOST_PROFILE_FILE, sibling
 from reconciler.record.verify import all_chains
@@ -122,9 +123,12 @@ def _members(root: Path, state_dir: Path) -> tuple[list[tuple[str, bytes, dict[s
     # evidence outlives its spec (that is what forget is for), a status file does not (the reconciler sweeps it)
     statuses = [root / name for name in [HOST_PROFILE_FILE, *(sibling(spec, ".status.yaml") for spec in specs)]]
     chains = [file for chain in all_chains(root, state_dir) for file in chain_files(chain)]
-    for path in [*(status for status in statuses if status.is_file()), *chains]:
+    for path in [*(status for status in statuses if os.path.lexists(status)), *chains]:
         place = f"state/{path.name}" if path.parent == state_dir else f"desired/{path.relative_to(root)}"
-        members.append((place, path.read_bytes(), {}))
+        try:
+            members.append((place, read_regular(path), {}))
+        except UnsafeFile as unsafe:  # a planted link would put another file's bytes in the bundle
+            left_out.append((place, str(unsafe)))
     return sorted(members, key=lambda member: member[0]), sorted(left_out)
 
 

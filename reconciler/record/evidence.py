@@ -17,9 +17,11 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from reconciler.record.atomic import fsync_dir, write_atomic
+from reconciler.record.atomic import (
+    UnsafeFile, fsync_dir, open_regular, regular_size, remove_regular, rename_regular, write_atomic,
+)
 
 GENESIS = "0" * 64
 _RESERVED = frozenset({"prev", "repaired"})
@@ -38,12 +40,17 @@ class VerifyResult:
 
 
 class EvidenceLog:
-    """One writer per path: the last line's hash is cached, so a second writer would fork the chain."""
+    """One writer per path: the last line's hash is cached, so a second writer would fork the chain.
 
-    def __init__(self, path: Path, max_bytes: int = 1_048_576, keep: int = 3) -> None:
+    ``root``: the folder the log lies in is someone else's (the desired state): every file of the chain is reached
+    from there without following links, and one that is a link or a special file is refused (``UnsafeFile``).
+    """
+
+    def __init__(self, path: Path, max_bytes: int = 1_048_576, keep: int = 3, *, root: Path | None = None) -> None:
         if max_bytes < 1 or keep < 1:
             raise ValueError("max_bytes and keep must be at least 1")
         self.path = path
+        self.root = root
         self.max_bytes = max_bytes
         self.keep = keep
         self._lock = threading.Lock()
@@ -67,42 +74,51 @@ class EvidenceLog:
             # Until this line is known to be on disk, the next append must re-read the tail
             # (a short write leaves a torn line there that it will repair and report).
             self._last_hash = None
-            if torn:
-                os.truncate(self.path, valid_end)
-            self._write(line)
+            self._write(line, valid_end if torn else None)
             self._last_hash = _hash(line[:-1])
             return written
 
     def _recover(self) -> tuple[str, int, int]:
         """Return (hash of the last complete line, where that line ends, torn bytes after it)."""
-        last, valid_end, torn = _tail(self.path)
+        last, valid_end, torn = _tail(self.path, self.root)
         if last is None:
             # Nothing complete here: a new file, or one that rotation just emptied.
-            rotated, _, _ = _tail(_rotated(self.path, 1))
+            rotated, _, _ = _tail(_rotated(self.path, 1), self.root)
             return (GENESIS if rotated is None else _hash(rotated)), valid_end, torn
         return _hash(last), valid_end, torn
 
-    def _write(self, line: bytes) -> None:
-        size = self.path.stat().st_size if self.path.exists() else 0
-        if size and size + len(line) > self.max_bytes:
-            self._rotate()
-        created = not self.path.exists()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    def _write(self, line: bytes, cut_at: int | None) -> None:
+        """Append ``line`` after cutting a torn tail off at ``cut_at``; rotate first when the line would not fit."""
+        fd, created = self._open()
         try:
+            if cut_at is not None:
+                os.ftruncate(fd, cut_at)
+            size = os.fstat(fd).st_size
+            if size and size + len(line) > self.max_bytes:
+                os.close(fd)
+                fd = -1
+                self._rotate()
+                fd, created = self._open()
             # One write with O_APPEND: the line lands whole at the end or (disk full) short.
             if os.write(fd, line) != len(line):  # the kernel writes short only when it runs out of room
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
             os.fsync(fd)
         finally:
-            os.close(fd)
+            if fd != -1:
+                os.close(fd)
         if created:
-            fsync_dir(self.path.parent)  # the new name must be as durable as the line in it
+            fsync_dir(self.path.parent, root=self.root)  # the new name must be as durable as the line in it
+
+    def _open(self) -> tuple[int, bool]:
+        """(an appending descriptor on the live file, whether this created it)."""
+        created = regular_size(self.path, root=self.root) is None
+        return open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644, root=self.root), created
 
     def _rotate(self) -> None:
         for n in range(self.keep, 0, -1):
             source = self.path if n == 1 else _rotated(self.path, n - 1)
-            if source.exists():
-                os.replace(source, _rotated(self.path, n))
+            if regular_size(source, root=self.root) is not None:
+                rename_regular(source, _rotated(self.path, n), root=self.root)
 
 
 def verify_chain(path: Path) -> VerifyResult:
@@ -118,7 +134,11 @@ def verify_chain(path: Path) -> VerifyResult:
     expected: str | None = None
     records = 0
     for file in files:
-        with open(file, "rb") as handle:
+        try:
+            handle = _reader(file)
+        except UnsafeFile as unsafe:
+            return VerifyResult(False, records, file, 0, str(unsafe))
+        with handle:
             for number, raw in enumerate(handle, start=1):
                 reason = _check_line(raw, expected)
                 if reason is not None:
@@ -142,13 +162,13 @@ def _check_line(raw: bytes, expected: str | None) -> str | None:
     return None
 
 
-def _tail(path: Path) -> tuple[bytes | None, int, int]:
+def _tail(path: Path, root: Path | None = None) -> tuple[bytes | None, int, int]:
     """Return (last complete line without its newline or None, where it ends, torn bytes after it).
 
     Reads backwards in windows so a large log costs only its last line to open.
     """
     try:
-        with open(path, "rb") as handle:
+        with _reader(path, root) as handle:
             size = handle.seek(0, os.SEEK_END)
             pos, buffer = size, b""
             while pos > 0:
@@ -166,6 +186,11 @@ def _tail(path: Path) -> tuple[bytes | None, int, int]:
             return None, 0, size
     except FileNotFoundError:
         return None, 0, 0
+
+
+def _reader(path: Path, root: Path | None = None) -> BinaryIO:
+    """A chain's file, read only when it is a regular file reached without a link (a FIFO would block the reader)."""
+    return os.fdopen(open_regular(path, os.O_RDONLY, root=root), "rb")
 
 
 def _count_rotated(path: Path) -> int:
@@ -227,7 +252,7 @@ def read_records(files: list[Path]) -> list[dict[str, Any] | None]:
     """Every line of ``files`` in order, parsed; None for one that is not a JSON object (``verify_chain`` says why)."""
     records: list[dict[str, Any] | None] = []
     for file in files:
-        with open(file, "rb") as handle:
+        with _reader(file) as handle:
             records.extend(_parse(raw) for raw in handle)
     return records
 
@@ -254,13 +279,13 @@ def rewrite_chain(path: Path, keep: Callable[[dict[str, Any]], bool], head: Mapp
         prev = _hash(line.encode("utf-8"))
     write_atomic(path, "".join(lines))
     for file in rotated:
-        file.unlink()
+        remove_regular(file)
     fsync_dir(path.parent)
     return old_end, prev
 
 
 def _first_record(path: Path) -> dict[str, Any] | None:
-    with open(path, "rb") as handle:
+    with _reader(path) as handle:
         return _parse(handle.readline())
 
 
