@@ -37,6 +37,10 @@ MAX_KEY_BYTES = 2 ** 16 - 1  # the spec's bound on a metadata key
 MAX_TENSOR_NAME_BYTES = 63  # llama.cpp refuses a name of GGML_MAX_NAME (64) bytes or more
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_NESTING = 8  # arrays of arrays: llama.cpp reads none, gguf-py any depth; 5,000 deep exhausted Python's stack
+# Ours: models have tens of metadata entries and thousands of tensors; millions would cost the daemon memory per entry.
+MAX_ENTRIES = 2 ** 16
+MAX_TENSORS = 2 ** 20
+_SMALL_STRING = 1024  # string values up to this long are kept (names); chat templates and licences are skipped
 _INT64_MAX = 2 ** 63 - 1  # llama.cpp counts elements in int64
 # The fewest bytes each item can take, so a declared count is judged before any loop trusts it.
 _MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, a one-byte value
@@ -80,11 +84,14 @@ def parse_gguf_header(data: bytes, *, max_bytes: int = MAX_HEADER) -> GgufFacts:
     if version & 0xFFFF == 0:  # a big-endian file: its version reads byte-swapped
         cursor.order = ">"
         version = struct.unpack(">I", struct.pack("<I", version))[0]
+    known = " and ".join(map(str, _VERSIONS))
     if version < min(_VERSIONS):
-        raise GgufMalformed(f"GGUF version {version} is not read by llama.cpp (only {' and '.join(map(str, _VERSIONS))})")
+        raise GgufMalformed(f"GGUF version {version} is not read by llama.cpp (only {known})")
     if version not in _VERSIONS:
-        raise GgufUnreadable(f"GGUF version {version} is newer than this reader (only {' and '.join(map(str, _VERSIONS))})")
+        raise GgufUnreadable(f"GGUF version {version} is newer than this reader (only {known})")
     tensor_count, kv_count = cursor.number("Q"), cursor.number("Q")
+    if kv_count > MAX_ENTRIES:
+        raise GgufMalformed(f"the metadata count at byte 16 is {kv_count}; at most {MAX_ENTRIES} are read")
     cursor.claim(kv_count, _MIN_KV_BYTES, "the metadata count", 16)
     metadata: dict[str, object] = {}
     for _ in range(kv_count):
@@ -97,6 +104,8 @@ def parse_gguf_header(data: bytes, *, max_bytes: int = MAX_HEADER) -> GgufFacts:
     assert isinstance(alignment, int)  # a UINT32, checked above
     if alignment <= 0 or alignment & (alignment - 1):
         raise GgufMalformed(f"{Keys.General.ALIGNMENT} {alignment} is not a power of two")
+    if tensor_count > MAX_TENSORS:
+        raise GgufMalformed(f"the tensor count at byte 8 is {tensor_count}; at most {MAX_TENSORS} are read")
     cursor.claim(tensor_count, _MIN_TENSOR_BYTES, "the tensor count", 8)
     names: set[str] = set()
     tensor_bytes = sum(_tensor_bytes(cursor, names) for _ in range(tensor_count))
@@ -139,9 +148,8 @@ class _Cursor:
             raise self._beyond(at)
         self.at = at
 
-    def string(self, what: str, longest: int | None = None) -> str:
+    def string(self, what: str, longest: int) -> str:
         at, size = self.at, self.number("Q")
-        longest = self.limit if longest is None else longest
         if size > longest:
             raise GgufMalformed(f"{what} at byte {at} is {size} bytes long; at most {longest} may be")
         self.skip(size)
@@ -165,7 +173,11 @@ def _key(cursor: _Cursor, metadata: dict[str, object]) -> str:
 def _value(cursor: _Cursor, kind: GGUFValueType, depth: int) -> object:
     """A metadata value; None for an array that is skipped rather than decoded."""
     if kind is GGUFValueType.STRING:
-        return cursor.string("a string value")
+        start = cursor.at + 8
+        cursor.skip_strings(1)
+        if cursor.at - start > _SMALL_STRING:
+            return None
+        return bytes(cursor.data[start:cursor.at]).decode("utf-8", "replace")
     if kind is not GGUFValueType.ARRAY:
         return cursor.number(_SCALAR[kind])
     item = _value_type(cursor)
