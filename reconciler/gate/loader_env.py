@@ -24,6 +24,9 @@ LOADER_VARIABLES = frozenset({
     # (.pyc files are read from PYTHONPYCACHEPREFIX's tree), the user site whose .pth files run code.
     "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "PYTHONEXECUTABLE", "PYTHONPYCACHEPREFIX",
     "PYTHONPLATLIBDIR", "PYTHONBREAKPOINT",
+    # HOME holds the user site-packages (site: .pth files run at start, unless PYTHONNOUSERSITE), Node's
+    # ~/.node_modules and ~/.node_libraries (modules: the folders), RubyGems' ~/.gem.
+    "HOME",
     # Node.js CLI: NODE_OPTIONS takes --require/--import; module paths; a module loaded in place of the REPL.
     "NODE_OPTIONS", "NODE_PATH", "NODE_REPL_EXTERNAL_MODULE",
     # The JVM: JAVA_TOOL_OPTIONS (JVMTI: -agentpath, -javaagent), _JAVA_OPTIONS (HotSpot), JDK_JAVA_OPTIONS and
