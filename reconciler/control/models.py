@@ -50,7 +50,8 @@ class ModelStore:
         self.on_fetched = on_fetched
         self.capacity_inputs: tuple[HostProfile | None, ResourcePolicy, frozenset[str]] = (None, ResourcePolicy(), frozenset())
         self._lock = threading.Lock()
-        self._headers: dict[tuple[str, str | None, tuple[int, int] | None], tuple[GgufFacts | None, str | None]] = {}
+        # (source, sha256) -> (the local file's size and mtime when read, (facts, why it is not a GGUF model))
+        self._headers: dict[tuple[str, str | None], tuple[tuple[int, int] | None, tuple[GgufFacts | None, str | None]]] = {}
         self._failures: dict[str, _Failure] = {}
         self._progress: dict[str, tuple[int, int | None]] = {}
         self._fetching: dict[str, threading.Thread] = {}
@@ -220,10 +221,11 @@ class ModelStore:
             local = Path(variant.source.removeprefix("file://"))
         elif local is None and not variant.remote:
             local = base / variant.source
-        key = (variant.source, variant.sha256, _version(local))
+        key, version = (variant.source, variant.sha256), _version(local)
         with self._lock:
-            if key in self._headers:
-                return self._headers[key]
+            known = self._headers.get(key)
+        if known is not None and known[0] == version:
+            return known[1]
         header: tuple[GgufFacts | None, str | None] = (None, None)
         try:
             header = read_gguf_facts(local) if local is not None else fetch_gguf_facts(variant.source), None
@@ -237,7 +239,7 @@ class ModelStore:
             else:
                 log.info("%s: no GGUF header (%s); its declared size is used", redact(variant.source), error.reason)
         with self._lock:
-            self._headers[key] = header
+            self._headers[key] = version, header
         return header
 
     def _capacity(self, uses: list[WorkloadSpec]) -> Capacity:
