@@ -42,7 +42,7 @@ test: $(VENV)/.installed-test
 # fuzz test); `make test` runs it shorter. Prints the table and writes it to faults-report.md.
 faults: $(VENV)/.installed-test
 	RECONCILER_FAULTS=long RECONCILER_FUZZ_EXAMPLES=10000 RECONCILER_FAULTS_REPORT=faults-report.md \
-		$(BIN)/pytest -q -p no:cacheprovider tests/faults tests/test_fuzz.py tests/test_gate_properties.py
+		$(BIN)/pytest -q -p no:cacheprovider tests/faults tests/test_fuzz.py tests/test_gate_properties.py tests/test_gguf_header.py
 
 # Side by side with supervisord and docker-compose (Debian's docker.io, busybox-static and docker-compose
 # must be installed; the container scenarios start a private dockerd). Writes bench/results.{json,md}.

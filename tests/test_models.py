@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
+from gguf.constants import GGUFValueType
 
+from tests import crafted_gguf as crafted
 from tests.artifact_server import ArtifactServer
-from tests.conftest import Workspace, wait_for
+from tests.conftest import Workspace, wait_for, workload_yaml
 from tests.test_engines import ENGINES_POLICY, document, engine_env, free_port
 from tests.tiny_gguf import write_tiny_llama
 
@@ -194,3 +197,52 @@ def test_a_rollback_serves_the_model_bytes_the_known_good_version_was_proven_wit
     listed = workspace.cli("models", "list", *models).stdout
     assert "Workload/chat (known-good generation 1)" in listed and "Workload/chat (running)" in listed
     assert first[:12] not in workspace.cli("models", "gc", *models).stdout  # no Model names it, yet it is kept
+
+
+def crafted_model(workspace: Workspace, good: Path | None = None) -> None:
+    """The files of the report, as two variants of one Model: arrays nested 5,000 deep (60 kB), and a string where
+    general.alignment is a UINT32; then, when given, a good file as a third."""
+    models = workspace.desired / "models"
+    models.mkdir(exist_ok=True)
+    deep = crafted.entry("tokenizer.ggml.x", GGUFValueType.ARRAY, crafted.nested(5000))
+    (models / "deep.gguf").write_bytes(crafted.header([*crafted.llama(), deep]))
+    (models / "aligned.gguf").write_bytes(crafted.header([*crafted.llama(), crafted.text("general.alignment", "32")]))
+    variants = [{"name": "deep", "source": "models/deep.gguf"}, {"name": "aligned", "source": "models/aligned.gguf"}]
+    if good is not None:
+        variants.append({"name": "good", "source": f"models/{good.name}"})
+    workspace.write("model.yaml", document("Model", "crafted", {"variants": variants}))
+
+
+def test_a_crafted_gguf_makes_its_model_invalid_and_leaves_the_rest_reconciled(workspace: Workspace) -> None:
+    """It raised RecursionError (and a TypeError for the alignment) out of every pass: a traceback from plan, and
+    after a daemon restart nothing in the folder was reconciled until the file was removed."""
+    crafted_model(workspace)
+    workspace.write("other.yaml", workload_yaml("other"))
+    for start in ("first start", "restart"):
+        workspace.start_daemon("--resync", "3600")
+        pid = wait_for(lambda: workspace.pid("other.yaml", "other"), timeout=20, what=f"the other workload ({start})")
+        os.kill(pid, signal.SIGKILL)  # passes go on: its death is seen and it is restarted
+        wait_for(lambda: workspace.pid("other.yaml", "other") not in (None, pid), timeout=20, what=f"a restart ({start})")
+        status = wait_for(lambda: (s := workspace.resource_status("model.yaml", "crafted")) and s.get("message") and s,
+                          timeout=20, what="the Model's status")
+        assert (status["phase"], status["conditions"][-1]["reason"]) == ("Failed", "InvalidModel"), status
+        assert "deep: models/deep.gguf is not a GGUF model: arrays are nested more than 8 deep" in status["message"]
+        assert "aligned: models/aligned.gguf is not a GGUF model: general.alignment is a STRING" in status["message"]
+        if start == "restart":  # a fixed file is read again, not judged by what the daemon read before
+            write_tiny_llama(workspace.desired / "models" / "deep.gguf")
+            workspace.write("model.yaml", (workspace.desired / "model.yaml").read_text())
+            wait_for(lambda: "chose deep" in workspace.resource_status("model.yaml", "crafted").get("message", ""),
+                     timeout=20, what="the fixed file chosen")
+        assert workspace.stop_daemon() == 0
+        for command in ("plan", "status") if start == "first start" else ():
+            shown = workspace.cli(command)
+            assert "Traceback" not in shown.stderr and "deep.gguf is not a GGUF model" in shown.stdout, shown
+    assert "Traceback" not in workspace.daemon_log.read_text()
+
+
+def test_a_good_variant_is_chosen_past_crafted_ones(workspace: Workspace) -> None:
+    (workspace.desired / "models").mkdir()
+    crafted_model(workspace, write_tiny_llama(workspace.desired / "models" / "tiny.gguf"))
+    planned = workspace.cli("plan")
+    assert "Traceback" not in planned.stderr and "chose good" in planned.stdout, planned
+    assert "rejected deep: models/deep.gguf is not a GGUF model: arrays are nested" in planned.stdout

@@ -23,7 +23,7 @@ from reconciler.diff.footprint import (Capacity, ModelView, Needs, Selection, Va
                                       select_variant)
 from reconciler.drive.artifacts import ArtifactCache, ArtifactError, fetch, redact
 from reconciler.load.desired import DesiredState
-from reconciler.observe.gguf_facts import GgufFacts, GgufUnreadable
+from reconciler.observe.gguf_facts import GgufFacts, GgufMalformed, GgufUnreadable
 from reconciler.observe.host import ModelPresence, file_sha256, observe_model
 
 log = logging.getLogger("reconciler")
@@ -50,7 +50,8 @@ class ModelStore:
         self.on_fetched = on_fetched
         self.capacity_inputs: tuple[HostProfile | None, ResourcePolicy, frozenset[str]] = (None, ResourcePolicy(), frozenset())
         self._lock = threading.Lock()
-        self._headers: dict[tuple[str, str | None], GgufFacts | None] = {}
+        # (source, sha256) -> (the local file's size and mtime when read, (facts, why it is not a GGUF model))
+        self._headers: dict[tuple[str, str | None], tuple[tuple[int, int] | None, tuple[GgufFacts | None, str | None]]] = {}
         self._failures: dict[str, _Failure] = {}
         self._progress: dict[str, tuple[int, int | None]] = {}
         self._fetching: dict[str, threading.Thread] = {}
@@ -70,7 +71,8 @@ class ModelStore:
         selection = select_variant([self._option(variant, base, model.spec.format) for variant in options],
                                    self._capacity(uses), _context(uses), any(spec.resources.gpus.wanted for spec in uses))
         if selection.chosen is None:
-            return ModelView(None, None, selection, Blocked("NoVariantFits", f"Model/{model.name}: {selection.message}"))
+            reason = "InvalidModel" if any(rejection.invalid for rejection in selection.rejected) else "NoVariantFits"
+            return ModelView(None, None, selection, Blocked(reason, f"Model/{model.name}: {selection.message}"))
         variant = options[selection.chosen]
         if outside := self._outside_roots(variant, base):
             return ModelView(None, variant, selection, outside)
@@ -203,36 +205,42 @@ class ModelStore:
     def _option(self, variant: ModelVariant, base: Path, format: ModelFormat) -> VariantOption:
         needs = Needs(variant.needs.engine.value if variant.needs.engine else None, variant.needs.gpu_memory,
                       tuple(variant.needs.cpu_flags))
-        facts = self._header(variant, base) if format is ModelFormat.gguf else None
-        return VariantOption(variant.name, variant.size, facts, needs, format.value)
+        facts, invalid = self._header(variant, base) if format is ModelFormat.gguf else (None, None)
+        return VariantOption(variant.name, variant.size, facts, needs, format.value, invalid)
 
-    def _header(self, variant: ModelVariant, base: Path) -> GgufFacts | None:
-        """The GGUF header: of the cached or local file, else read over HTTP from the first bytes (once)."""
+    def _header(self, variant: ModelVariant, base: Path) -> tuple[GgufFacts | None, str | None]:
+        """(the GGUF header's facts, why the file is not a GGUF model): of the cached or local file, else read over
+        HTTP from the first bytes (once). A local file is read again when it changes: a fixed file is seen."""
         # Imported here: the parser brings gguf and numpy, which `status` and the other short commands never need.
         from reconciler.observe.gguf_header import fetch_gguf_facts, read_gguf_facts
 
-        key = (variant.source, variant.sha256)
         if self._outside_roots(variant, base):
-            return None
+            return None, None
+        local = self.cache.lookup(variant.sha256, variant.size) if variant.sha256 else None
+        if local is None and variant.source.startswith("file://"):
+            local = Path(variant.source.removeprefix("file://"))
+        elif local is None and not variant.remote:
+            local = base / variant.source
+        key, version = (variant.source, variant.sha256), _version(local)
         with self._lock:
-            if key in self._headers:
-                return self._headers[key]
-        cached = self.cache.lookup(variant.sha256, variant.size) if variant.sha256 else None
+            known = self._headers.get(key)
+        if known is not None and known[0] == version:
+            return known[1]
+        header: tuple[GgufFacts | None, str | None] = (None, None)
         try:
-            if cached is not None:
-                facts = read_gguf_facts(cached)
-            elif variant.source.startswith("file://"):
-                facts = read_gguf_facts(Path(variant.source.removeprefix("file://")))
-            elif variant.remote:
-                facts = fetch_gguf_facts(variant.source)
-            else:
-                facts = read_gguf_facts(base / variant.source)
+            header = read_gguf_facts(local) if local is not None else fetch_gguf_facts(variant.source), None
         except GgufUnreadable as error:
-            log.info("%s: no GGUF header (%s); its declared size is used", redact(variant.source), error.reason)
-            facts = None
+            # Bytes previewed over HTTP are the server's word until they match the pin: only a local or verified
+            # file's malformed header condemns the variant.
+            if isinstance(error, GgufMalformed) and local is not None:
+                log.warning("%s: not a GGUF model (%s); variant %s is not used", redact(variant.source), error.reason,
+                            variant.name)
+                header = None, f"{redact(variant.source)} is not a GGUF model: {error.reason}"
+            else:
+                log.info("%s: no GGUF header (%s); its declared size is used", redact(variant.source), error.reason)
         with self._lock:
-            self._headers[key] = facts
-        return facts
+            self._headers[key] = version, header
+        return header
 
     def _capacity(self, uses: list[WorkloadSpec]) -> Capacity:
         profile, rules, engines = self.capacity_inputs
@@ -290,6 +298,15 @@ def progress_line(what: str, done: int, total: int | None, elapsed: float) -> st
         eta = f"ETA {(total - done) / rate:.0f}s" if rate else "ETA ?"
         return f"{what}  {done / mib:.1f}/{total / mib:.1f} MiB  {done / total:4.0%}  {rate / mib:.1f} MiB/s  {eta}"
     return f"{what}  {done / mib:.1f} MiB  {rate / mib:.1f} MiB/s"
+
+
+def _version(path: Path | None) -> tuple[int, int] | None:
+    """A local file's size and mtime: what its cached header reading is valid for."""
+    try:
+        stat = os.stat(path) if path is not None else None
+    except OSError:
+        return None
+    return (stat.st_size, stat.st_mtime_ns) if stat else None
 
 
 def _context(uses: list[WorkloadSpec]) -> int | None:

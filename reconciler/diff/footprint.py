@@ -96,6 +96,7 @@ class VariantOption:
     facts: GgufFacts | None = None  # from the GGUF header, when it could be read
     needs: Needs = Needs()
     format: str = "gguf"
+    invalid: str | None = None  # why its file is not a GGUF model (a malformed header): never chosen
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class Capacity:
 class Rejection:
     name: str
     reason: str  # with the numbers
+    invalid: bool = False  # its file is not a GGUF model: InvalidModel when nothing is chosen
 
 
 @dataclass(frozen=True)
@@ -137,10 +139,14 @@ def select_variant(options: list[VariantOption], capacity: Capacity, context: in
                    wants_gpu: bool) -> Selection:
     """The first variant, in preference order, whose needs the host meets and whose footprint fits: on the GPUs
     (the sum of the assigned GPUs' memory, as when layers are split across them) when the workload wants GPUs and
-    has some, else in the RAM budget. A variant of unknown footprint is not known to fit, so it is rejected."""
+    has some, else in the RAM budget. A variant of unknown footprint is not known to fit, so it is rejected; one
+    whose file is not a GGUF model is never chosen."""
     device = GPU if wants_gpu and capacity.gpu_memory else CPU
     rejected: list[Rejection] = []
     for index, option in enumerate(options):
+        if option.invalid is not None:
+            rejected.append(Rejection(option.name, option.invalid, invalid=True))
+            continue
         footprint = estimate(option.size, option.facts, context, device=device)
         problem = _unmet(option.needs, capacity) or _misfit(footprint, capacity, device)
         if problem is None:
@@ -151,7 +157,8 @@ def select_variant(options: list[VariantOption], capacity: Capacity, context: in
             return Selection(index, option.name, footprint, tuple(rejected), message)
         rejected.append(Rejection(option.name, problem))
     reasons = "; ".join(f"{r.name}: {r.reason}" for r in rejected) or "no variants given"
-    return Selection(None, None, None, tuple(rejected), f"no variant fits this host, so none is downloaded: {reasons}")
+    usable = "is a GGUF model that fits" if any(r.invalid for r in rejected) else "fits"
+    return Selection(None, None, None, tuple(rejected), f"no variant {usable} this host, so none is downloaded: {reasons}")
 
 
 def _unmet(needs: Needs, capacity: Capacity) -> str | None:

@@ -6,17 +6,10 @@ from collections.abc import Mapping
 
 from reconciler.api.launch import LaunchSpec
 from reconciler.api.policy import NativePolicy
+from reconciler.gate.loader_env import loads_code
 
 TRUST_RULE = "native.trustedExecutables"
 LOADER_RULE = "native.loaderEnvironment"
-# Variables that make a program load code other than the file the gate trusted: glibc's loader reads every LD_*
-# (LD_PRELOAD, LD_AUDIT, LD_LIBRARY_PATH, ...) and GCONV_PATH; interpreters read their own search paths and
-# start-up hooks. A trusted llama-server or vllm given one of these runs whatever it names.
-LOADER_PREFIXES = ("LD_",)
-LOADER_VARIABLES = frozenset({
-    "GCONV_PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "PYTHONEXECUTABLE",
-    "PERL5LIB", "PERL5OPT", "PERLLIB", "RUBYLIB", "RUBYOPT", "NODE_OPTIONS", "NODE_PATH", "BASH_ENV", "ENV",
-})
 
 
 def native_trust(
@@ -76,7 +69,7 @@ def loader_problems(env: Mapping[str, str], rules: NativePolicy, source: str) ->
     return [f"env {name}={value!r} would make the program load code the gate did not judge; allow exactly this "
             f"value in spec.native.loaderEnvironment of {source} if it is yours"
             for name, value in sorted(env.items())
-            if (name.startswith(LOADER_PREFIXES) or name in LOADER_VARIABLES) and (name, value) not in allowed]
+            if loads_code(name) and (name, value) not in allowed]
 
 
 def as_written(launch: LaunchSpec) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 
 class GgufUnreadable(Exception):
-    """No facts could be read: not a GGUF file, a header past the read limit, an HTTP or file error."""
+    """No facts could be read: a file or HTTP error, a GGUF version or tensor type this reader does not know."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -16,6 +16,12 @@ class GgufUnreadable(Exception):
 
 class GgufTruncated(GgufUnreadable):
     """The bytes end inside the header: more of the file is needed."""
+
+
+class GgufMalformed(GgufUnreadable):
+    """The bytes are not a well-formed GGUF header (not GGUF, cut short, past the bounds a header may take, or
+    contradicting itself): no engine loads such a file, so a local or verified one makes its variant InvalidModel.
+    An I/O or HTTP failure, or a newer format than this reader knows, is merely unreadable."""
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from gguf.constants import GGUFValueType
 
 from reconciler.drive.process import NAME_VARIABLE
 from reconciler.observe.docker_engine import WORKLOAD_LABEL
+from tests import crafted_gguf as crafted
 from tests.conftest import PYTHON, SLEEPER, Workspace, wait_for, workload_yaml
 from tests.docker_engine import EngineUnderTest
 from tests.faults.conftest import Ledger
@@ -66,6 +68,12 @@ def cases(tmp: Path, taken_port: int) -> list[Hostile]:
         Hostile("env injecting code into a trusted program", "pythonpath.yaml",
                 native("pythonpath", env={"PYTHONPATH": str(evil)}), "native.loaderEnvironment: env PYTHONPATH",
                 "pythonpath"),
+        Hostile("env injecting code into a trusted program", "java-agent.yaml",
+                native("java-agent", env={"JAVA_TOOL_OPTIONS": f"-javaagent:{tmp / 'evil.jar'}"}),
+                "native.loaderEnvironment: env JAVA_TOOL_OPTIONS", "java-agent"),
+        Hostile("env injecting code into a trusted program", "openssl-conf.yaml",
+                native("openssl-conf", env={"OPENSSL_CONF": str(tmp / "evil.cnf")}),
+                "native.loaderEnvironment: env OPENSSL_CONF", "openssl-conf"),
         Hostile("env injecting code into a trusted program", "path.yaml",
                 native("path-hijack", [python, "-c", SLEEPER], env={"PATH": str(evil)}),
                 f"{evil / python}", "path-hijack"),
@@ -112,6 +120,10 @@ def cases(tmp: Path, taken_port: int) -> list[Hostile]:
         Hostile("model files outside the allowed roots (.., symlinks, file://)", "model-url.yaml",
                 model("model-url", source="file:///etc/shadow", sha256="1" * 64),
                 "file:///etc/shadow resolves to /etc/shadow, outside the folders"),
+        Hostile("crafted GGUF headers (arrays nested 5,000 deep, a string alignment)", "crafted.yaml",
+                model("crafted", variants=[{"name": "deep", "source": "models/deep.gguf"},
+                                           {"name": "aligned", "source": "models/aligned.gguf"}]),
+                "models/deep.gguf is not a GGUF model: arrays are nested more than 8 deep"),
         Hostile("hosted fallback without consent", "hosted.yaml", _fallback_workload(), "ProviderNotAllowed", "chat"),
     ]
 
@@ -141,6 +153,10 @@ def test_hostile_documents_are_refused_with_reasons_and_touch_nothing_that_runs(
 
     (workspace.desired / "models").mkdir()
     (workspace.desired / "models" / "passwd.gguf").symlink_to("/etc/passwd")
+    deep = crafted.entry("x", GGUFValueType.ARRAY, crafted.nested(5000))
+    (workspace.desired / "models" / "deep.gguf").write_bytes(crafted.header([*crafted.llama(), deep]))
+    (workspace.desired / "models" / "aligned.gguf").write_bytes(
+        crafted.header([*crafted.llama(), crafted.text("general.alignment", "32")]))
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "allowed.gguf").write_bytes(b"GGUF")  # outside the folder, in a root the policy lists
     workspace.write("policy.yaml", policy_yaml(volumeRoots=[str(tmp_path / "volumes")]).replace(
