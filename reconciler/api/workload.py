@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from reconciler.api.container import ContainerSecurity, addresses_overlap, PortMapping, PullPolicy, VolumeMount, valid_image_reference
+from reconciler.api.engine_args import described, guarded_reading
 from reconciler.api.fallback import Fallback
 from reconciler.api.meta import Resource, Spec
 from reconciler.api.quantity import ByteQuantity
@@ -162,9 +163,8 @@ EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 Executable = Annotated[str, Field(min_length=1)]
 
 
-# Every way an engine can be told where to listen besides spec.host/spec.port: flags (the last one wins), config
-# files that replace the command line, and the variables llama-cpp-python's server and llama-server read.
-_BIND_FLAGS = frozenset({"--host", "--port", "--config", "--config_file", "--config-file"})
+# The variables llama-cpp-python's server (pydantic settings, any case) and llama-server read for where to listen or
+# for a config file that replaces the command line; the flags are judged by engine_args, as each parser reads them.
 _BIND_VARIABLES = frozenset({"HOST", "PORT", "CONFIG_FILE", "LLAMA_ARG_HOST", "LLAMA_ARG_PORT"})
 
 
@@ -265,10 +265,15 @@ class WorkloadSpec(Spec):
             return self
         if self.command is not None:
             raise ValueError(f"engine {self.engine.value!r} renders its own command: put extra flags in spec.args")
-        bind = next((arg for arg in self.args if arg.split("=", 1)[0] in _BIND_FLAGS), None)
+        bind = guarded_reading(self.engine.value, self.args, "listen")
         if bind is not None:  # it would move the server past what the gate judged
-            raise ValueError(f"spec.args may not set {bind.split('=', 1)[0]}: where an engine listens is spec.host and "
+            raise ValueError(f"spec.args may not set {described(bind)}: where an engine listens is spec.host and "
                              "spec.port, which the policy judges")
+        secret = guarded_reading(self.engine.value, self.args, "secrets")
+        if secret is not None:  # the command line is recorded in plan, status and evidence
+            raise ValueError(f"spec.args may not carry an API key ({described(secret)}): the command line is recorded "
+                             "in plan, status and evidence; give llama-server --api-key-file FILE, or the key in "
+                             "spec.env (LLAMA_API_KEY for llama-server, API_KEY for llama-cpp-python, VLLM_API_KEY for vllm)")
         variable = next((name for name in self.env if name.upper() in _BIND_VARIABLES), None)
         if variable is not None:
             raise ValueError(f"spec.env may not set {variable}: where an engine listens is spec.host and spec.port, "
