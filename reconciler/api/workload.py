@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from reconciler.api.container import ContainerSecurity, addresses_overlap, PortMapping, PullPolicy, VolumeMount, valid_image_reference
+from reconciler.api.chat_formats import unknown_chat_format
 from reconciler.api.engine_args import described, guarded_reading
 from reconciler.api.fallback import Fallback
 from reconciler.api.meta import Resource, Spec
@@ -144,18 +145,31 @@ class HealthCheck(Spec):
 class LlamaCppOptions(Spec):
     context_size: int | None = Field(None, ge=16, description="--ctx-size")
     gpu_layers: int | None = Field(None, ge=0, description="--n-gpu-layers")
-    threads: int | None = Field(None, ge=1, description="--threads")
+    threads: int | None = Field(None, ge=1, description="--threads and --threads-batch")
     parallel: int | None = Field(None, ge=1, description="--parallel (llama-server only)")
-    chat_format: str | None = Field(None, min_length=1, description="--chat-template / --chat_format")
+    chat_format: str | None = Field(
+        None, min_length=1, description="One vocabulary, mapped to --chat-template / --chat_format (llama.cpp's names).")
+    web_ui: bool = Field(False, alias="webUI", description="Keep llama-server's web UI (off by default: --no-webui).")
     executable: str | None = Field(None, min_length=1, description="A llama-server to use instead of PATH's.")
+
+    @field_validator("chat_format")
+    @classmethod
+    def _known_chat_format(cls, name: str | None) -> str | None:
+        problem = None if name is None else unknown_chat_format(name)
+        if problem is not None:
+            raise ValueError(problem)
+        return name
 
 
 class VllmOptions(Spec):
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="Default: the share of the GPU that resources.gpus.minMemory is, when shared.")
     max_model_len: int | None = Field(None, ge=16)
     dtype: str | None = Field(None, min_length=1)
     quantization: str | None = Field(None, min_length=1)
-    tensor_parallel_size: int | None = Field(None, ge=1)
+    tensor_parallel_size: int | None = Field(None, ge=1, description="Default: the number of GPUs assigned.")
+    tokenizer: str | None = Field(
+        None, min_length=1, description="The base model's tokenizer (a folder or Hugging Face id): required for GGUF.")
     executable: str | None = Field(None, min_length=1, description="A vllm to use instead of PATH's.")
 
 
@@ -286,8 +300,9 @@ class WorkloadSpec(Spec):
         if self.engine is Engine.vllm and self.resources.gpus.wanted == 0:
             raise ValueError("engine 'vllm' needs an NVIDIA GPU: set spec.resources.gpus.count (or indices)")
         parallel = self.vllm.tensor_parallel_size if self.vllm else None
-        if parallel is not None and parallel > self.resources.gpus.wanted:
-            raise ValueError(f"vllm.tensorParallelSize {parallel} needs as many GPUs; resources.gpus gives {self.resources.gpus.wanted}")
+        if parallel is not None and parallel != self.resources.gpus.wanted:
+            raise ValueError(f"vllm.tensorParallelSize {parallel} must equal the GPUs resources.gpus assigns "
+                             f"({self.resources.gpus.wanted}): more cannot start, fewer leaves GPUs reserved and idle")
         return self
 
     @model_validator(mode="after")
