@@ -70,11 +70,11 @@ def llama_cpp_python_parser() -> argparse.ArgumentParser | None:
     """The parser llama_cpp/server/__main__.py builds, from the installed package; None where it is absent."""
     try:
         from llama_cpp.server.cli import add_args_from_model
-        from llama_cpp.server.settings import ConfigFileSettings
+        from llama_cpp.server.settings import Settings
     except ImportError:
         return None
     parser = argparse.ArgumentParser()
-    add_args_from_model(parser, ConfigFileSettings)
+    add_args_from_model(parser, Settings)
     parser.add_argument("--config_file", type=str)
     return parser
 
