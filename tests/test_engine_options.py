@@ -150,3 +150,9 @@ def test_vllm_and_the_workers_it_spawns_never_import_from_the_working_directory(
     engine_env = dict(rendered(engine_command(vllm(), "/m", VLLM)).env)
     done = subprocess.run(worker, cwd=tmp_path, env=plain | engine_env, capture_output=True, text=True)
     assert done.returncode != 0 and "No module named 'planted'" in done.stderr and not marker.exists()
+
+
+@pytest.mark.parametrize("field", ["tokenizer", "dtype", "quantization"])
+def test_a_vllm_option_value_cannot_pose_as_another_option(field: str) -> None:
+    with pytest.raises(ValidationError, match=f"vllm.{field}"):
+        vllm(vllm={field: "--host=0.0.0.0"})

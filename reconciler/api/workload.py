@@ -161,15 +161,19 @@ class LlamaCppOptions(Spec):
         return name
 
 
+# A rendered flag's value: one starting with "-" would be read by the engine's parser as an option of its own.
+_OPTION_VALUE = r"^[^-]"
+
+
 class VllmOptions(Spec):
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="Default: the share of the GPU that resources.gpus.minMemory is, when shared.")
     max_model_len: int | None = Field(None, ge=16)
-    dtype: str | None = Field(None, min_length=1)
-    quantization: str | None = Field(None, min_length=1)
+    dtype: str | None = Field(None, pattern=_OPTION_VALUE)
+    quantization: str | None = Field(None, pattern=_OPTION_VALUE)
     tensor_parallel_size: int | None = Field(None, ge=1, description="Default: the number of GPUs assigned.")
     tokenizer: str | None = Field(
-        None, min_length=1, description="The base model's tokenizer (a folder or Hugging Face id): required for GGUF.")
+        None, pattern=_OPTION_VALUE, description="The base model's tokenizer (a folder or Hugging Face id): required for GGUF.")
     executable: str | None = Field(None, min_length=1, description="A vllm to use instead of PATH's.")
 
 
