@@ -72,7 +72,7 @@ def test_llama_cpp_serves_a_real_model_end_to_end(engines: Workspace, tmp_path: 
     ready = wait_for(lambda: (s := engines.resource_status("chat.yaml", "chat")) and s["phase"] == "Running" and s, timeout=60,
                      what="the llama.cpp server to be healthy")
     assert ready["endpoints"] == [f"http://127.0.0.1:{port}/v1"]
-    assert ready["command"][1:3] == ["-m", "llama_cpp.server"] and "--n_ctx" in ready["command"]
+    assert ready["command"][1:5] == ["-P", "-s", "-m", "llama_cpp.server"] and "--n_ctx" in ready["command"]
     assert ready["gpus"] == []
     assert psutil.Process(ready["pid"]).environ()["CUDA_VISIBLE_DEVICES"] == "", "no GPU unless requested"
     body = json.dumps({"prompt": "the", "max_tokens": 4}).encode()

@@ -298,6 +298,13 @@ def test_llama_cpp_renders_the_engines_flags_for_an_image() -> None:
     assert by_kind(manifests, "Service", "chat")["spec"]["ports"][0]["port"] == 8080
 
 
+def test_a_chat_format_llama_server_lacks_is_left_out_of_the_image_with_a_note() -> None:
+    manifests = kubernetes_manifests(desired(LLAMA.replace("contextSize: 4096", "contextSize: 4096, chatFormat: alpaca")), [])
+    assert_valid(manifests)
+    assert "--chat-template" not in container_of(manifests, "chat")["args"]
+    assert "chatFormat 'alpaca' is a llama-cpp-python format that llama-server lacks" in note_of(manifests, "chat")
+
+
 def test_vllm_runs_vllm_serve() -> None:
     text = ("---\napiVersion: localaistack.dev/v1alpha1\nkind: Model\nmetadata: {name: w}\n"
             "spec: {source: /data/qwen/, format: safetensors}\n")
@@ -307,7 +314,8 @@ def test_vllm_runs_vllm_serve() -> None:
     assert_valid(manifests)
     container = container_of(manifests, "qwen")
     assert container["command"] == ["vllm"]
-    assert container["args"] == ["serve", "/models/qwen", "--host", "0.0.0.0", "--port", "8000", "--dtype", "bfloat16"]
+    assert container["args"] == ["serve", "/models/qwen", "--host", "0.0.0.0", "--port", "8000", "--served-model-name", "w",
+                                 "--dtype", "bfloat16"]
     assert container["resources"] == {"limits": {"memory": "40Gi", "nvidia.com/gpu": "1"}, "requests": {"memory": "40Gi"}}
     assert "vllm/vllm-openai" in note_of(manifests, "qwen")
 

@@ -171,26 +171,26 @@ def test_a_rollback_serves_the_model_bytes_the_known_good_version_was_proven_wit
     assert first != second
     port = free_port()
 
-    def version(url: str, digest: str, args: list[str]) -> str:
+    def version(url: str, digest: str, env: dict[str, str]) -> str:
         return document("Model", "tiny", {"source": url, "sha256": digest}) + "---\n" + document("Workload", "chat", {
-            "engine": "llama.cpp", "model": "tiny", "port": port, "llamaCpp": {"contextSize": 128}, "args": args,
+            "engine": "llama.cpp", "model": "tiny", "port": port, "llamaCpp": {"contextSize": 128}, "env": env,
             "health": {"http": {"path": "/v1/models"}, "periodSeconds": 0.3, "failureThreshold": 1},
             "update": {"progressDeadlineSeconds": 6, "soakSeconds": 1, "rollback": "Auto"}})
 
     workspace.write("policy.yaml", ENGINES_POLICY)
-    workspace.write("model.yaml", version(server.add("tiny.gguf", tiny), first, []))
+    workspace.write("model.yaml", version(server.add("tiny.gguf", tiny), first, {}))
     workspace.start_daemon("--resync", "3600", env=engine_env(None, tmp_path))
     proven = lambda: any(e.get("outcome") == "proven" for e in workspace.evidence("model.yaml"))  # noqa: E731
     wait_for(proven, timeout=60, what="generation 1 proven")
     cached = workspace.state / "models" / "sha256"
 
-    # a new model and an API key the health check does not send: never Ready
-    workspace.write("model.yaml", version(server.add("other.gguf", other), second, ["--api_key", "not-sent"]))
+    # a new model and an API key (llama-cpp-python reads API_KEY) the health check does not send: never Ready
+    workspace.write("model.yaml", version(server.add("other.gguf", other), second, {"API_KEY": "not-sent"}))
     chat = lambda: workspace.resource_status("model.yaml", "chat") or {}  # noqa: E731
     wait_for(lambda: chat().get("phase") == "RolledBack", timeout=60, what="generation 2 rolled back")
     wait_for(lambda: workspace.condition("model.yaml", "chat")["status"] == "True", timeout=30, what="Ready again")
-    served = " ".join(psutil.Process(chat()["pid"]).cmdline())
-    assert str(cached / first) in served and "--api_key" not in served  # the old bytes, the old arguments
+    served = psutil.Process(chat()["pid"])
+    assert str(cached / first) in " ".join(served.cmdline()) and "API_KEY" not in served.environ()  # the old bytes and env
     assert (cached / second).exists()  # the new Model was fetched: the failed version did run on it
 
     models = [str(workspace.desired), "--state-dir", str(workspace.state)]

@@ -147,9 +147,10 @@ def working_dir_for(spec: WorkloadSpec, spec_dir: PurePath, default_dir: PurePat
 def render_launch(
     spec: WorkloadSpec, command: tuple[str, ...], args: tuple[str, ...], working_dir: str, executable: str | None,
     gpus: tuple[int, ...] = (), model: str | None = None, executable_from_spec: bool = False,
+    engine_env: tuple[tuple[str, str], ...] = (),
 ) -> LaunchSpec:
     return LaunchSpec(
-        engine=spec.engine.value, command=command, args=args, executable=executable, env=dict(spec.env),
+        engine=spec.engine.value, command=command, args=args, executable=executable, env=dict(spec.env) | dict(engine_env),
         working_dir=working_dir, memory_limit=spec.resources.memory, cpus=spec.resources.cpus, gpus=gpus,
         listen=(spec.host, spec.port) if spec.port else None, model=model, executable_from_spec=executable_from_spec,
     )

@@ -10,6 +10,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from reconciler.api.container import ContainerSecurity, addresses_overlap, PortMapping, PullPolicy, VolumeMount, valid_image_reference
+from reconciler.api.chat_formats import unknown_chat_format
+from reconciler.api.engine_args import described, guarded_reading
 from reconciler.api.fallback import Fallback
 from reconciler.api.meta import Resource, Spec
 from reconciler.api.quantity import ByteQuantity
@@ -143,18 +145,35 @@ class HealthCheck(Spec):
 class LlamaCppOptions(Spec):
     context_size: int | None = Field(None, ge=16, description="--ctx-size")
     gpu_layers: int | None = Field(None, ge=0, description="--n-gpu-layers")
-    threads: int | None = Field(None, ge=1, description="--threads")
+    threads: int | None = Field(None, ge=1, description="--threads and --threads-batch")
     parallel: int | None = Field(None, ge=1, description="--parallel (llama-server only)")
-    chat_format: str | None = Field(None, min_length=1, description="--chat-template / --chat_format")
+    chat_format: str | None = Field(
+        None, min_length=1, description="One vocabulary, mapped to --chat-template / --chat_format (llama.cpp's names).")
+    web_ui: bool = Field(False, alias="webUI", description="Keep llama-server's web UI (off by default: --no-webui).")
     executable: str | None = Field(None, min_length=1, description="A llama-server to use instead of PATH's.")
+
+    @field_validator("chat_format")
+    @classmethod
+    def _known_chat_format(cls, name: str | None) -> str | None:
+        problem = None if name is None else unknown_chat_format(name)
+        if problem is not None:
+            raise ValueError(problem)
+        return name
+
+
+# A rendered flag's value: one starting with "-" would be read by the engine's parser as an option of its own.
+_OPTION_VALUE = r"^[^-]"
 
 
 class VllmOptions(Spec):
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="Default: the share of the GPU that resources.gpus.minMemory is, when shared.")
     max_model_len: int | None = Field(None, ge=16)
-    dtype: str | None = Field(None, min_length=1)
-    quantization: str | None = Field(None, min_length=1)
-    tensor_parallel_size: int | None = Field(None, ge=1)
+    dtype: str | None = Field(None, pattern=_OPTION_VALUE)
+    quantization: str | None = Field(None, pattern=_OPTION_VALUE)
+    tensor_parallel_size: int | None = Field(None, ge=1, description="Default: the number of GPUs assigned.")
+    tokenizer: str | None = Field(
+        None, pattern=_OPTION_VALUE, description="The base model's tokenizer (a folder or Hugging Face id): required for GGUF.")
     executable: str | None = Field(None, min_length=1, description="A vllm to use instead of PATH's.")
 
 
@@ -162,9 +181,8 @@ EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 Executable = Annotated[str, Field(min_length=1)]
 
 
-# Every way an engine can be told where to listen besides spec.host/spec.port: flags (the last one wins), config
-# files that replace the command line, and the variables llama-cpp-python's server and llama-server read.
-_BIND_FLAGS = frozenset({"--host", "--port", "--config", "--config_file", "--config-file"})
+# The variables llama-cpp-python's server (pydantic settings, any case) and llama-server read for where to listen or
+# for a config file that replaces the command line; the flags are judged by engine_args, as each parser reads them.
 _BIND_VARIABLES = frozenset({"HOST", "PORT", "CONFIG_FILE", "LLAMA_ARG_HOST", "LLAMA_ARG_PORT"})
 
 
@@ -265,10 +283,15 @@ class WorkloadSpec(Spec):
             return self
         if self.command is not None:
             raise ValueError(f"engine {self.engine.value!r} renders its own command: put extra flags in spec.args")
-        bind = next((arg for arg in self.args if arg.split("=", 1)[0] in _BIND_FLAGS), None)
+        bind = guarded_reading(self.engine.value, self.args, "listen")
         if bind is not None:  # it would move the server past what the gate judged
-            raise ValueError(f"spec.args may not set {bind.split('=', 1)[0]}: where an engine listens is spec.host and "
+            raise ValueError(f"spec.args may not set {described(bind)}: where an engine listens is spec.host and "
                              "spec.port, which the policy judges")
+        secret = guarded_reading(self.engine.value, self.args, "secrets")
+        if secret is not None:  # the command line is recorded in plan, status and evidence
+            raise ValueError(f"spec.args may not carry an API key ({described(secret)}): the command line is recorded "
+                             "in plan, status and evidence; give llama-server --api-key-file FILE, or the key in "
+                             "spec.env (LLAMA_API_KEY for llama-server, API_KEY for llama-cpp-python, VLLM_API_KEY for vllm)")
         variable = next((name for name in self.env if name.upper() in _BIND_VARIABLES), None)
         if variable is not None:
             raise ValueError(f"spec.env may not set {variable}: where an engine listens is spec.host and spec.port, "
@@ -281,8 +304,9 @@ class WorkloadSpec(Spec):
         if self.engine is Engine.vllm and self.resources.gpus.wanted == 0:
             raise ValueError("engine 'vllm' needs an NVIDIA GPU: set spec.resources.gpus.count (or indices)")
         parallel = self.vllm.tensor_parallel_size if self.vllm else None
-        if parallel is not None and parallel > self.resources.gpus.wanted:
-            raise ValueError(f"vllm.tensorParallelSize {parallel} needs as many GPUs; resources.gpus gives {self.resources.gpus.wanted}")
+        if parallel is not None and parallel != self.resources.gpus.wanted:
+            raise ValueError(f"vllm.tensorParallelSize {parallel} must equal the GPUs resources.gpus assigns "
+                             f"({self.resources.gpus.wanted}): more cannot start, fewer leaves GPUs reserved and idle")
         return self
 
     @model_validator(mode="after")

@@ -16,7 +16,7 @@ from reconciler.api.kinds import KINDS, Model, Runtime, Workload, WorkloadSpec
 from reconciler.api.launch import BindMount, ContainerLaunch
 from reconciler.api.meta import ResourceKey
 from reconciler.diff.containers import check_address, container_endpoint, render_container
-from reconciler.diff.gpus import assign_gpus
+from reconciler.diff.gpus import assign_gpus, granted_share
 from reconciler.diff.health import note_probe, probe_due
 from reconciler.diff.preflight import preflight
 from reconciler.diff.resources import memory_commitment
@@ -90,7 +90,8 @@ class WorkloadRenderer:
         refused = view.problem if view and view.problem else preflight(spec, model, presence)
         if refused is not None:
             return blocked(refused)
-        command = engine_command(spec, str(presence.path) if presence else None, self.facts)
+        command = engine_command(spec, str(presence.path) if presence else None, self.facts,
+                                 granted_share(request, self.inventory, gpus))
         if isinstance(command, Blocked):
             return blocked(command)
         default_dir = Path(self.driver.default_working_dir(workload.name))
@@ -100,7 +101,7 @@ class WorkloadRenderer:
         if changed is not None:
             return blocked(changed)
         launch = render_launch(spec, command.command, command.args, working_dir, executable, gpus,
-                               presence.identity if presence else None, command.executable_from_spec)
+                               presence.identity if presence else None, command.executable_from_spec, command.env)
         return Rendered(launch, None, check, endpoint, presence)
 
     def probe_if_due(

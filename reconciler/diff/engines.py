@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reconciler.api.workload import Engine, HealthCheck, HttpCheck, WorkloadSpec
+from reconciler.api.chat_formats import server_chat_format
+from reconciler.api.workload import Engine, HealthCheck, HttpCheck, LlamaCppOptions, TcpCheck, VllmOptions, WorkloadSpec
 from reconciler.api.launch import LaunchSpec
 from reconciler.observe.host import EngineFacts, ModelPresence
 
 LLAMA_CPP_PYTHON_MODULE = "llama_cpp.server"
+# `python -m` puts the working directory first on sys.path, so a llama_cpp/ planted in spec.workingDir would run
+# instead of the trusted engine: -P (3.11+) keeps it off, -s keeps HOME's user site-packages (the spec may set HOME)
+# off. Not -I: it would also drop the PYTHON* variables, which the gate already judges (native.loaderEnvironment),
+# silently ignoring what a Policy allowed.
+SAFE_PYTHON = ("-P", "-s")
+# vllm is a console script: its shebang picks the interpreter, so flags cannot be given; its workers are spawned
+# with `python -c`, which puts the working directory first. These are the same two switches, inherited by them all.
+SAFE_PYTHON_ENV = (("PYTHONSAFEPATH", "1"), ("PYTHONNOUSERSITE", "1"))
 
 
 @dataclass(frozen=True)
@@ -24,6 +33,7 @@ class EngineCommand:
     command: tuple[str, ...]
     args: tuple[str, ...]
     executable_from_spec: bool = False  # a spec-named server binary: engine trust does not cover it
+    env: tuple[tuple[str, str], ...] = ()  # set by the engine, over the spec's
 
 
 @dataclass(frozen=True)
@@ -37,13 +47,22 @@ class Rendered:
     model: ModelPresence | None = None  # the model file the launch serves: hashed again before a start
 
 
+# vLLM loads big models for many minutes (weights, then CUDA graphs) before /health answers.
+VLLM_STARTUP_SECONDS = 1800.0
+
+
 def engine_check(spec: WorkloadSpec, facts: EngineFacts) -> HealthCheck | None:
-    """The spec's check, else the engine's own: llama-cpp-python's server has no /health, so /v1/models."""
+    """The spec's check, else the engine's own. llama-cpp-python's server has no /health, and every HTTP route of
+    it (/v1/models included) waits for the lock generation holds: a probe there ended streamed replies and timed out
+    during long ones (and got 401 with an API key). It loads the model before it opens its port, so an accepted
+    TCP connection already means loaded, and competes with nothing."""
     if spec.health is not None or spec.engine is Engine.process:
         return spec.health
     if spec.engine is Engine.llama_cpp and _llama_server(spec, facts) is None:
-        return _http("/v1/models")
-    return _http("/health")
+        return HealthCheck(tcp=TcpCheck())
+    if spec.engine is Engine.vllm:
+        return HealthCheck(http=HttpCheck(path="/health"), startup_seconds=VLLM_STARTUP_SECONDS)
+    return HealthCheck(http=HttpCheck(path="/health"))
 
 
 def engine_endpoint(spec: WorkloadSpec) -> str | None:
@@ -55,14 +74,17 @@ def engine_endpoint(spec: WorkloadSpec) -> str | None:
     return base if spec.engine is Engine.process else f"{base}/v1"
 
 
-def engine_command(spec: WorkloadSpec, model_path: str | None, facts: EngineFacts) -> EngineCommand | Blocked:
+def engine_command(
+    spec: WorkloadSpec, model_path: str | None, facts: EngineFacts, gpu_share: float | None = None,
+) -> EngineCommand | Blocked:
+    """`gpu_share`: the fraction of each assigned GPU this workload was granted, when it shares them."""
     if spec.engine is Engine.process:
         assert spec.command is not None
         return EngineCommand(tuple(spec.command), tuple(spec.args))
-    assert model_path is not None and spec.port is not None
+    assert model_path is not None and spec.port is not None and spec.model is not None
     listen = ["--host", spec.host, "--port", str(spec.port)]
     if spec.engine is Engine.vllm:
-        return _vllm(spec, model_path, facts, listen)
+        return _vllm(spec, model_path, facts, listen, gpu_share)
     return _llama_cpp(spec, model_path, facts, ["--model", model_path, *listen])
 
 
@@ -71,39 +93,56 @@ def _llama_server(spec: WorkloadSpec, facts: EngineFacts) -> str | None:
 
 
 def _llama_cpp(spec: WorkloadSpec, model_path: str, facts: EngineFacts, base: list[str]) -> EngineCommand | Blocked:
-    options = spec.llama_cpp
+    options = spec.llama_cpp or LlamaCppOptions()
     server = _llama_server(spec, facts)
-    if server is not None:  # llama.cpp's own server
-        flags = base + (_flags(("--ctx-size", options.context_size), ("--n-gpu-layers", options.gpu_layers),
-                                ("--threads", options.threads), ("--parallel", options.parallel),
-                                ("--chat-template", options.chat_format)) if options else [])
-        return EngineCommand((server,), (*flags, *spec.args), bool(options and options.executable))
+    chat_format = None
+    if options.chat_format is not None:
+        chat_format, why = server_chat_format(options.chat_format, llama_server=server is not None)
+        if chat_format is None:
+            return Blocked("EngineOptionUnsupported", why)
+    if server is not None:  # llama.cpp's own server; its web UI is on unless told otherwise
+        flags = base + _flags(("--alias", spec.model), ("--ctx-size", options.context_size),
+                              ("--n-gpu-layers", options.gpu_layers), ("--threads", options.threads),
+                              ("--threads-batch", options.threads), ("--parallel", options.parallel),
+                              ("--chat-template", chat_format))
+        flags += [] if options.web_ui else ["--no-webui"]
+        return EngineCommand((server,), (*flags, *spec.args), bool(options.executable))
     if facts.llama_cpp_python is None:
         return Blocked("EngineNotInstalled", "llama.cpp: no llama-server on PATH and no llama-cpp-python "
                                              "(install the `llama` extra: pip install 'localaistack-reconciler[llama]')")
-    if options and options.parallel:
+    if options.parallel:
         return Blocked("EngineOptionUnsupported", "llamaCpp.parallel needs llama-server; llama-cpp-python's server has no slots")
-    flags = base + (_flags(("--n_ctx", options.context_size), ("--n_gpu_layers", options.gpu_layers),
-                            ("--n_threads", options.threads), ("--chat_format", options.chat_format)) if options else [])
-    return EngineCommand((facts.llama_cpp_python, "-m", LLAMA_CPP_PYTHON_MODULE), (*flags, *spec.args))
+    flags = base + _flags(("--model_alias", spec.model), ("--n_ctx", options.context_size),
+                          ("--n_gpu_layers", options.gpu_layers), ("--n_threads", options.threads),
+                          ("--n_threads_batch", options.threads), ("--chat_format", chat_format))
+    return EngineCommand((facts.llama_cpp_python, *SAFE_PYTHON, "-m", LLAMA_CPP_PYTHON_MODULE), (*flags, *spec.args))
 
 
-def _vllm(spec: WorkloadSpec, model_path: str, facts: EngineFacts, listen: list[str]) -> EngineCommand | Blocked:
-    options = spec.vllm
-    vllm = (options.executable if options else None) or facts.vllm
+def _vllm(
+    spec: WorkloadSpec, model_path: str, facts: EngineFacts, listen: list[str], gpu_share: float | None,
+) -> EngineCommand | Blocked:
+    options = spec.vllm or VllmOptions()
+    vllm = options.executable or facts.vllm
     if vllm is None:
         return Blocked("EngineNotInstalled", "vllm: not found on PATH (install the `vllm` extra on a host with an NVIDIA GPU)")
-    flags = ["serve", model_path, *listen]
-    if options:
-        flags += _flags(("--gpu-memory-utilization", options.gpu_memory_utilization),
-                        ("--max-model-len", options.max_model_len), ("--dtype", options.dtype),
-                        ("--quantization", options.quantization), ("--tensor-parallel-size", options.tensor_parallel_size))
-    return EngineCommand((vllm,), (*flags, *spec.args), bool(options and options.executable))
+    utilization = options.gpu_memory_utilization
+    if gpu_share is not None and utilization is not None and utilization > gpu_share:
+        return Blocked("GPUShareExceeded", f"vllm.gpuMemoryUtilization {utilization} asks for more of the shared GPU than "
+                                           f"the {gpu_share} that resources.gpus.minMemory was granted: lower it, or "
+                                           "leave it out to use the grant")
+    # vLLM serves the model under its path and rejects any other name unless told the name clients use
+    flags = ["serve", model_path, *listen, "--served-model-name", spec.model]
+    flags += _flags(("--gpu-memory-utilization", utilization if utilization is not None else gpu_share),
+                    ("--max-model-len", options.max_model_len), ("--dtype", options.dtype),
+                    ("--quantization", options.quantization), ("--tokenizer", options.tokenizer),
+                    ("--tensor-parallel-size", options.tensor_parallel_size or _more_than_one(spec.resources.gpus.wanted)))
+    return EngineCommand((vllm,), (*flags, *spec.args), bool(options.executable), SAFE_PYTHON_ENV)
+
+
+def _more_than_one(gpus: int) -> int | None:
+    """vLLM uses one GPU unless told: a workload given several spreads over them all."""
+    return gpus if gpus > 1 else None
 
 
 def _flags(*pairs: tuple[str, object]) -> list[str]:
     return [part for flag, value in pairs if value is not None for part in (flag, str(value))]
-
-
-def _http(path: str) -> HealthCheck:
-    return HealthCheck(http=HttpCheck(path=path))

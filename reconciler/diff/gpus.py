@@ -70,3 +70,13 @@ def _unavailable(
             names = ", ".join(name for name, _ in sharers)
             busy[gpu.index] = f"{names} (sharing it, {format_bytes(used)} of {format_bytes(gpu.memory_total)} in use)"
     return busy
+
+
+def granted_share(request: GpuRequest, inventory: GpuInventory, gpus: tuple[int, ...]) -> float | None:
+    """The fraction of its GPUs a shareable workload was granted (its minMemory of the smallest), rounded down to
+    a hundredth; None when it holds them alone. An engine that sizes itself by a fraction (vLLM takes 90 % by
+    default) must stay inside it, or the sharer that starts second fails."""
+    totals = [gpu.memory_total for gpu in inventory.gpus if gpu.index in gpus]
+    if not request.shareable or request.min_memory is None or not totals:
+        return None
+    return max(0.01, int(request.min_memory * 100 / min(totals)) / 100)

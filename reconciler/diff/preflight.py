@@ -22,6 +22,10 @@ def preflight(spec: WorkloadSpec, model: Model | None, presence: ModelPresence |
     if spec.engine is Engine.llama_cpp and (model.spec.format is not ModelFormat.gguf or presence.magic != GGUF_MAGIC):
         return Blocked("InvalidModel", f"Model/{model.name}: {presence.path} is not a GGUF file (it starts with "
                                        f"{presence.magic!r}): llama.cpp reads GGUF; convert it, or serve it with engine vllm")
+    if spec.engine is Engine.vllm and model.spec.format is ModelFormat.gguf and not (spec.vllm and spec.vllm.tokenizer):
+        return Blocked("TokenizerRequired", f"Model/{model.name} is GGUF: vLLM needs the base model's tokenizer (set "
+                                            "vllm.tokenizer to its folder or Hugging Face id; converting GGUF's own is "
+                                            "slow and unreliable) and, on current vLLM, the vllm-gguf-plugin")
     limit = spec.resources.memory
     if limit is not None and presence.size is not None and limit < presence.size:
         return Blocked("MemoryBelowModelSize", f"resources.memory {format_bytes(limit)} is below the size of "

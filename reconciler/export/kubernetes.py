@@ -213,8 +213,13 @@ def _native_runtime(name: str, spec: WorkloadSpec, models: dict[str, Model], not
         image = ENGINE_IMAGES[spec.engine] + ("-cuda" if spec.engine is Engine.llama_cpp and gpu else "")
         notes.append(f"engine {spec.engine.value} runs natively on the host: a pod needs an image that carries its "
                      f"command, e.g. {image}; replace image {PLACEHOLDER_IMAGE}")
-        rendered = engine_command(spec.model_copy(update={"host": "0.0.0.0"}), _model_path(spec, models, notes), _IMAGE_FACTS)
-        assert not isinstance(rendered, Blocked)  # _IMAGE_FACTS names both servers
+        in_pod, model_path = spec.model_copy(update={"host": "0.0.0.0"}), _model_path(spec, models, notes)
+        rendered = engine_command(in_pod, model_path, _IMAGE_FACTS)
+        if isinstance(rendered, Blocked) and in_pod.llama_cpp is not None:  # a chat format llama-server lacks
+            notes.append(f"{rendered.message}: not exported; give the image's server a template of its own")
+            rendered = engine_command(in_pod.model_copy(update={
+                "llama_cpp": in_pod.llama_cpp.model_copy(update={"chat_format": None})}), model_path, _IMAGE_FACTS)
+        assert not isinstance(rendered, Blocked)  # _IMAGE_FACTS names both servers and the chat format is dropped
         if spec.host not in ("0.0.0.0", "::"):
             notes.append("the engine binds 0.0.0.0 in the pod so that the Service and probes reach it")
         command, args = list(rendered.command), list(rendered.args)
