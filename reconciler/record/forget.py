@@ -175,16 +175,14 @@ def _plan_older_revisions(plan: ForgetPlan, root: Path, state_dir: Path) -> None
         for chain in find_chains(tree):
             _plan_chain(plan, chain, copy=True)
         for status in sorted(tree.rglob("*.status.yaml")):
-            if _reports(status, plan.key):
-                plan.trimmed.append(status)
+            report, entries = _status_report(status)
+            if any(_is_about(entry, plan.key) for entry in entries):
+                others = report.get("errors") or not all(_is_about(entry, plan.key) for entry in entries)
+                (plan.trimmed if others else plan.deleted).append(status)
     plan.copies = len(plan.deleted) + len(plan.rewritten) - before + len(plan.trimmed)
     if plan.copies and plan.lock_reason is None:
         plan.lock_reason = (f"{plan.copies} copies of its evidence or status in older GitOps revisions are removed, and a "
                             "running daemon carries its outputs into a revision it switches to")
-
-
-def _reports(status: Path, key: ResourceKey) -> bool:
-    return any(_is_about(entry, key) for entry in _status_report(status)[1])
 
 
 def _status_report(status: Path) -> tuple[dict[str, object], list[object]]:
@@ -203,13 +201,9 @@ def _is_about(entry: object, key: ResourceKey) -> bool:
 
 
 def _trim_status(status: Path, key: ResourceKey) -> None:
-    """Rewrite a status copy without the resource; one that reported nothing else goes."""
     report, entries = _status_report(status)
     kept = [entry for entry in entries if not _is_about(entry, key)]
-    if kept or report.get("errors"):
-        write_atomic(status, STATUS_HEADER + yaml.safe_dump({**report, "resources": kept}, sort_keys=False, allow_unicode=True))
-    else:
-        status.unlink(missing_ok=True)
+    write_atomic(status, STATUS_HEADER + yaml.safe_dump({**report, "resources": kept}, sort_keys=False, allow_unicode=True))
 
 
 def _carry_out(plan: ForgetPlan, state_dir: Path, who: str) -> None:
