@@ -103,8 +103,8 @@ def forget(name: str, path: Path, state_dir: Path | None, kind: str | None, dry_
         click.echo(f"{verb}rewrite {status} without its status")
     for removed in plan.deleted:
         click.echo(f"{verb}delete {removed}")
-    for path, why in plan.failed.items():
-        click.echo(f"could not remove {path}: {why}", err=True)
+    for kept, why in plan.failed.items():
+        click.echo(f"could not remove {kept}: {why}", err=True)
     if not dry_run:
         left = f"; {len(plan.failed)} not removed, listed above" if plan.failed else ""
         click.echo(f"{key}: forgotten ({plan.records} evidence records{left}); recorded in the host evidence log")
