@@ -8,10 +8,11 @@ from pathlib import Path
 
 import click
 
+from reconciler import cli_git
 from reconciler.api.meta import ResourceKey
 from reconciler.api.schemas import crds
-from reconciler.cli_common import (EXIT_ERROR, EXIT_IN_SYNC, default_state_dir, key_of, path_argument, readable_folder,
-                                   state_option, who)
+from reconciler.cli_common import (EXIT_ERROR, EXIT_IN_SYNC, key_of, located, path_argument, readable_folder, state_option,
+                                   who)
 from reconciler.export.kubernetes import kubernetes_manifests, render_yaml
 from reconciler.load.desired import load_desired
 from reconciler.record.bundle import write_bundle
@@ -28,15 +29,18 @@ from reconciler.record.verify import all_chains, verify_report
 @click.option("-o", "--output", "bundle", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE.tar.gz",
               help="An evidence bundle for backup and audit: specs (secret-looking env values redacted), status files, "
                    "evidence logs, revision and a MANIFEST.json; no logs, approvals or model cache.")
-def export(path: Path, state_dir: Path | None, to_kubernetes: bool, namespace: str | None, bundle: Path | None) -> None:
+@cli_git.git_options
+def export(path: Path, state_dir: Path | None, to_kubernetes: bool, namespace: str | None, bundle: Path | None,
+           git_url: str | None, branch: str, git_path: str) -> None:
     """The desired state for a cluster (--kubernetes): CRDs, the resources, and a Deployment (+ Service) per
     Workload, on stdout; what Kubernetes cannot express is said in each Deployment's localaistack.dev/export-note
     annotation. Or, with -o FILE.tar.gz, the folder and its evidence as one reproducible file (mode 0600)."""
     if to_kubernetes == (bundle is not None):
         raise click.UsageError("say what to export: --kubernetes (to stdout) or -o FILE.tar.gz (an evidence bundle)")
+    path, state = located(path, state_dir, git_url, branch, git_path)
     if bundle is not None:
         readable_folder(path)
-        manifest = write_bundle(path, state_dir or default_state_dir(path), bundle)
+        manifest = write_bundle(path, state, bundle)
         redacted = sum(len(entry.get("redacted", [])) for entry in manifest["files"])
         click.echo(f"wrote {bundle}: {len(manifest['files'])} files ({redacted} secret-looking env values redacted); "
                    "its MANIFEST.json lists them, and what was left out and why")
@@ -54,11 +58,13 @@ def export(path: Path, state_dir: Path | None, to_kubernetes: bool, namespace: s
 @click.command()
 @path_argument
 @state_option
-def verify(path: Path, state_dir: Path | None) -> None:
+@cli_git.git_options
+def verify(path: Path, state_dir: Path | None, git_url: str | None, branch: str, git_path: str) -> None:
     """Check every evidence chain under PATH (rotated files included) and the host log in the state directory:
     one line each. Exit 0 when all are intact, 1 when any is broken."""
+    path, state = located(path, state_dir, git_url, branch, git_path)
     readable_folder(path)
-    chains = all_chains(path, state_dir or default_state_dir(path))
+    chains = all_chains(path, state)
     results = [(chain, verify_chain(chain)) for chain in chains]
     for chain, result in results:
         click.echo(verify_report(chain, result))
@@ -73,15 +79,18 @@ def verify(path: Path, state_dir: Path | None) -> None:
 @state_option
 @click.option("--kind", type=click.Choice(FORGETTABLE_KINDS), help="The kind of NAME [default: Workload, or KIND/NAME's].")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
-def forget(name: str, path: Path, state_dir: Path | None, kind: str | None, dry_run: bool) -> None:
+@cli_git.git_options
+def forget(name: str, path: Path, state_dir: Path | None, kind: str | None, dry_run: bool, git_url: str | None,
+           branch: str, git_path: str) -> None:
     """Delete a removed resource's evidence, logs, approvals and state, and record that in the host evidence log.
     Refused while PATH still declares it or anything of it still runs."""
+    path, state = located(path, state_dir, git_url, branch, git_path)
     readable_folder(path)
     key = key_of(name) if "/" in name else ResourceKey(kind or "Workload", name)
     if kind is not None and key.kind != kind:
         raise click.UsageError(f"{name} is a {key.kind}, not a {kind}")
     try:
-        plan = forget_resource(key, path, state_dir or default_state_dir(path), who(), dry_run=dry_run)
+        plan = forget_resource(key, path, state, who(), dry_run=dry_run)
     except Refused as refused:
         raise click.ClickException(str(refused)) from None
     if plan.empty:
@@ -90,7 +99,14 @@ def forget(name: str, path: Path, state_dir: Path | None, kind: str | None, dry_
     verb = "would " if dry_run else ""
     for chain, count in plan.rewritten.items():
         click.echo(f"{verb}rewrite {chain} without its {count} records")
+    for status in plan.trimmed:
+        click.echo(f"{verb}rewrite {status} without its status")
     for removed in plan.deleted:
         click.echo(f"{verb}delete {removed}")
+    for kept, why in plan.failed.items():
+        click.echo(f"could not remove {kept}: {why}", err=True)
     if not dry_run:
-        click.echo(f"{key}: forgotten ({plan.records} evidence records); recorded in the host evidence log")
+        left = f"; {len(plan.failed)} not removed, listed above" if plan.failed else ""
+        click.echo(f"{key}: forgotten ({plan.records} evidence records{left}); recorded in the host evidence log")
+    if plan.failed:
+        sys.exit(EXIT_ERROR)

@@ -40,3 +40,14 @@ def test_another_boots_anchor_or_a_foreign_file_is_replaced(tmp_path: Path) -> N
 def test_a_readonly_command_writes_no_anchor(tmp_path: Path) -> None:
     clock.adopt(tmp_path, readonly=True)
     assert not (tmp_path / clock.ANCHOR_FILE).exists() and abs(clock.now().timestamp() - time.time()) < 1.0
+
+
+def test_a_system_time_moves_onto_this_clock_the_same_on_every_call() -> None:
+    """Docker's timestamps are converted on every pass: a conversion that varied with when it ran (the two clocks
+    are read one after the other) made one exit a new exit on each pass, and its back-off doubled each time."""
+    moment = clock.now()
+    converted = set()
+    for _ in range(200):
+        converted.add(clock.from_system(moment))
+        time.sleep(0.005)
+    assert len(converted) == 1, sorted(converted)

@@ -17,7 +17,9 @@ import pytest
 import yaml
 
 from reconciler.drive.process import owner_id
+from reconciler.observe.clock import ANCHOR_FILE
 from reconciler.observe.docker_engine import OWNER_LABEL, WORKLOAD_LABEL
+from reconciler.observe.host import boot_id
 from tests.conftest import PYTHON, Workspace, wait_for, workload_yaml
 from tests.docker_engine import TEST_IMAGE, EngineUnderTest, import_image
 
@@ -243,6 +245,31 @@ def test_engine_down_is_reported_and_nothing_else_stops_then_it_converges_again(
     wait_for(lambda: get(f"http://127.0.0.1:{port}/") == "hello from a container\n", 30, what="serving again")
     assert the_container(docker_engine, space, "web").status == "running"
     assert space._daemon is not None and space._daemon.poll() is None
+
+
+def test_an_exit_is_counted_once_however_many_passes_see_it(space: Workspace, docker_engine: EngineUnderTest) -> None:
+    """Docker's finish time is moved onto the reconciler's clock on every pass: when that varied from pass to pass,
+    each pass counted the exit anew and doubled its back-off (after an engine restart: minutes, not seconds)."""
+    space.write("crash.yaml", container_yaml("crash", command=["sh", "-c", "sleep 1; exit 3"],
+                                             restart={"policy": "Always", "backoff": {"initialSeconds": 5}}))
+    # This boot's anchor, set half a microsecond off the system clock (as the daemon reads the two clocks): every
+    # converted time then sits on a rounding edge, where reading noise shows at once, not now and then.
+    space.state.mkdir(parents=True, exist_ok=True)
+    anchor = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) - 0.5e-6
+    (space.state / ANCHOR_FILE).write_text(json.dumps({"bootId": boot_id(), "anchor": anchor}))
+    space.start_daemon("--resync", "0.1")
+    first = wait_for(lambda: (space.resource_status("crash.yaml", "crash") or {}).get("nextRetryTime")
+                     and space.resource_status("crash.yaml", "crash"), 30, what="the first exit backing off")
+    waits = set()
+    for _ in range(30):  # some thirty passes see the same exit while it backs off
+        status = space.resource_status("crash.yaml", "crash") or {}
+        if status.get("nextRetryTime") and status["lastExit"]["pid"] == first["lastExit"]["pid"]:
+            waits.add((datetime.fromisoformat(status["nextRetryTime"])
+                       - datetime.fromisoformat(status["lastExit"]["finishedAt"])).total_seconds())
+        time.sleep(0.1)
+    assert waits == {5.0}, f"the back-off after one exit is initialSeconds, however often it is looked at: {waits}"
+    wait_for(lambda: (space.resource_status("crash.yaml", "crash") or {}).get("restartCount") == 1, 15,
+             what="the restart once its 5 s back-off is over")
 
 
 def test_a_start_cut_short_by_a_crash_is_replaced_not_duplicated(space: Workspace, docker_engine: EngineUnderTest) -> None:

@@ -20,7 +20,7 @@ from reconciler.record.approvals import ApprovalStore
 from reconciler.record.bundle import write_bundle
 from reconciler.record.evidence import RECHAINED, EvidenceLog, chain_files, verify_chain
 from reconciler.record.forget import Refused, forget
-from tests.conftest import Workspace, wait_for, workload_yaml
+from tests.conftest import PYTHON, Workspace, wait_for, workload_yaml
 
 LOG_MARK = "print('log-' + 'mark', flush=True)\nimport time\nwhile True: time.sleep(1)"  # the log says log-mark
 
@@ -310,3 +310,29 @@ def test_forget_takes_only_a_resource_name(tmp_path: Path) -> None:
     for name in ("../../etc", "web*", "web\n"):  # it becomes paths and glob patterns
         with pytest.raises(Refused, match="is not a resource name"):
             forget(ResourceKey("Workload", name), tmp_path / "desired", tmp_path / "state", "tester")
+
+
+def test_what_forget_cannot_remove_is_listed_and_the_rest_still_goes(tmp_path: Path) -> None:
+    """An older GitOps revision's copy that cannot be deleted (immutable here) is named, by the CLI and in the host
+    log; the other copies go all the same."""
+    state = tmp_path / "state"
+    older, in_force = state / "gitops" / "revisions" / ("a" * 40), state / "gitops" / "revisions" / ("b" * 40)
+    in_force.mkdir(parents=True)
+    older.mkdir()
+    (state / "gitops" / "current").symlink_to(f"revisions/{in_force.name}")
+    chain, status = older / "gone.evidence.jsonl", older / "gone.status.yaml"
+    EvidenceLog(chain).append({"event": "action", "resource": "Workload/gone"})
+    status.write_text(yaml.safe_dump({"kind": "StatusReport", "resources": [{"kind": "Workload", "name": "gone"}]}))
+    if subprocess.run(["chattr", "+i", str(chain)], capture_output=True).returncode:
+        pytest.skip("needs chattr on this filesystem (root, ext4)")
+    try:
+        result = subprocess.run([PYTHON, "-m", "reconciler", "forget", "gone", str(state / "gitops" / "current"),
+                                 "--state-dir", str(state)], capture_output=True, text=True, timeout=60)
+    finally:
+        subprocess.run(["chattr", "-i", str(chain)], check=True)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"could not remove {chain}: Operation not permitted" in result.stderr
+    assert "1 not removed, listed above" in result.stdout and chain.exists() and not status.exists()
+    [record] = [json.loads(line) for line in (state / "host.evidence.jsonl").read_text().splitlines()]
+    assert record["notRemoved"] == [{"path": str(chain), "why": "Operation not permitted"}]
+    assert record["deleted"] == [str(status)] and record["counts"]["copiesInOlderRevisions"] == 2

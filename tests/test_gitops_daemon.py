@@ -8,6 +8,8 @@ import os
 import pwd
 import signal
 import subprocess
+import tarfile
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +190,58 @@ def test_a_repository_git_refuses_to_read_leaves_the_revision_unknown_and_the_re
         assert "revision" not in report and report["resources"][0]["phase"] == "Running"
     finally:
         subprocess.run([PYTHON, "-m", "reconciler", "down", str(folder), "--state-dir", str(state)], capture_output=True, timeout=60)
+
+
+def test_forget_verify_and_export_take_git_and_forget_reaches_the_older_revisions(daemon: Daemon, tmp_path: Path) -> None:
+    """forget removes the copies kept in older revisions too; verify, export and forget find the branch by --git."""
+    both = workload_yaml("gone", SLEEPER, ("v1",)) + "---\n" + workload_yaml("kept", SLEEPER, ("v1",))
+    first = daemon.repo.commit({"hosts/box/policy.yaml": POLICY_YAML, "hosts/box/pair.yaml": both})
+    daemon.start()
+    pair = daemon.root / "pair.status.yaml"
+
+    def running() -> set[str]:
+        report = yaml.safe_load(pair.read_text()) if pair.exists() else None
+        return {r["name"] for r in (report or {}).get("resources", []) if r.get("pid")}
+
+    wait_for(lambda: running() == {"gone", "kept"}, timeout=20, what="both running from the first revision")
+    second = daemon.repo.commit({"hosts/box/pair.yaml": workload_yaml("kept", SLEEPER, ("v1",))})
+    assert daemon.cli("sync").returncode == 0
+    wait_for(lambda: daemon.follower_status()["lastAppliedRevision"] == f"main@sha1:{second}" and running() == {"kept"},
+             timeout=20, what="gone pruned by the second revision")
+    older = daemon.state / "gitops" / "revisions" / first / "hosts" / "box"
+    assert "Workload/gone" in (older / "pair.evidence.jsonl").read_text() and "gone" in (older / "pair.status.yaml").read_text()
+
+    git = ("--git", str(daemon.repo.remote), "--path", "hosts/box")
+    busy = daemon.cli("forget", "gone", *git)  # the daemon appends to the shared chain and may switch revisions
+    assert busy.returncode == 1 and "is held by" in busy.stderr, busy.stderr
+    daemon.stop()
+    dry = daemon.cli("forget", "gone", *git, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"would rewrite {older / 'pair.status.yaml'} without its status" in dry.stdout, dry.stdout
+    forgotten = daemon.cli("forget", "gone", *git)
+    assert forgotten.returncode == 0, forgotten.stderr
+
+    copies = [path for path in (daemon.state / "gitops" / "revisions").rglob("*") if path.is_file()]
+    for chain in [path for path in copies if path.name.endswith(".evidence.jsonl")]:
+        records = [json.loads(line) for line in chain.read_text().splitlines()]
+        assert not [r for r in records if r.get("resource") == "Workload/gone"], chain
+        assert verify_chain(chain).ok, chain
+    for status in [path for path in copies if path.name.endswith(".status.yaml")]:
+        assert "gone" not in {r["name"] for r in (yaml.safe_load(status.read_text()) or {}).get("resources", [])}, status
+    assert {r["name"] for r in yaml.safe_load((older / "pair.status.yaml").read_text())["resources"]} == {"kept"}
+    [record] = [json.loads(line) for line in (daemon.state / "host.evidence.jsonl").read_text().splitlines()]
+    assert str(older.resolve() / "pair.status.yaml") in record["statusRewritten"]
+    assert str(older.resolve() / "pair.evidence.jsonl") in [chain["path"] for chain in record["rewritten"]]
+    assert record["counts"]["copiesInOlderRevisions"] == 2 and record["notRemoved"] == []
+
+    verified = daemon.cli("verify", *git)
+    assert verified.returncode == 0 and f"{daemon.root / 'pair.evidence.jsonl'}: OK" in verified.stdout, verified.stdout
+    bundle = tmp_path / "box.tar.gz"
+    assert daemon.cli("export", *git, "-o", str(bundle)).returncode == 0
+    with tarfile.open(bundle) as tar:
+        manifest = json.loads(tar.extractfile("MANIFEST.json").read())  # type: ignore[union-attr]
+    revision = manifest["revision"]
+    applied_at = datetime.fromisoformat(daemon.follower_status()["lastAppliedAt"])
+    assert datetime.fromisoformat(revision.pop("appliedAt")) == applied_at
+    assert revision == {"source": str(daemon.repo.remote), "branch": "main", "commit": second,
+                        "revision": f"main@sha1:{second}", "folder": "hosts/box"}

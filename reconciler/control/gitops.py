@@ -149,6 +149,30 @@ def local_revision(root: Path) -> str | None:
     return git.revision_string(tree.branch or "HEAD", tree.commit, tree.dirty)
 
 
+def applied_revision(root: Path, state_dir: Path) -> dict[str, str | None] | None:
+    """The revision a folder of the state directory's followed branch holds, as the daemon applied it (None when
+    `root` is no such folder). The commit is the tree's own, `revisions/<commit>`: status.json only names it."""
+    revisions = (state_dir / GITOPS / "revisions").resolve()
+    try:
+        commit, *inside = root.resolve().relative_to(revisions).parts
+    except ValueError:
+        return None
+    try:
+        status: FollowerStatus | None = FollowerStatus.model_validate_json((state_dir / GITOPS / STATUS_FILE).read_bytes())
+    except (OSError, ValidationError):
+        status = None
+    applied = status.last_applied_revision if status else None
+    named = status is not None and applied is not None and git.revision_commit(applied) == commit
+    return {
+        "source": status.url if status else None,  # its credentials redacted
+        "branch": status.branch if status else None,
+        "commit": commit,
+        "revision": applied if named else git.revision_string(status.branch if status else "HEAD", commit),
+        "appliedAt": status.last_applied_at.isoformat() if named and status and status.last_applied_at else None,
+        "folder": str(PurePosixPath(*inside)) if inside else ".",
+    }
+
+
 class GitFollower:
     """One branch followed into one state directory; single-threaded, one per state directory."""
 

@@ -23,6 +23,7 @@ from reconciler.observe.host import boot_id
 from reconciler.record.atomic import write_atomic
 
 ANCHOR_FILE = "clock.json"
+STEP_RESOLUTION = 0.01  # a step of the system clock smaller than this is not followed: it is reading noise
 
 
 def _since_boot() -> float:
@@ -30,6 +31,7 @@ def _since_boot() -> float:
 
 
 _anchor = time.time() - _since_boot()  # this process's own until a state directory's is adopted
+_step = 0.0  # the system clock's offset from this clock, as last seen to move
 
 
 def now() -> datetime:
@@ -37,8 +39,27 @@ def now() -> datetime:
 
 
 def step() -> float:
-    """Seconds the system clock is ahead of this clock (negative: behind): how far it was stepped since the anchor."""
-    return time.time() - (_anchor + _since_boot())
+    """Seconds the system clock is ahead of this clock (negative: behind): how far it was stepped since the anchor.
+
+    Whole milliseconds, and the same until it moves by STEP_RESOLUTION: the two clocks are read one after the
+    other, and that noise (microseconds, far more when the thread is preempted between the reads) made one Docker
+    timestamp a different time on each pass, so one container exit was counted again on every pass and its
+    restart's back-off doubled each time, to the maximum.
+    """
+    global _step
+    measured = _measured_step()
+    if abs(measured - _step) >= STEP_RESOLUTION:
+        _step = round(measured, 3)
+    return _step
+
+
+def _measured_step() -> float:
+    """The system clock against the middle of the two reads of CLOCK_BOOTTIME around it, the closest of a few."""
+    readings = []
+    for _ in range(5):
+        before, wall, after = _since_boot(), time.time(), _since_boot()
+        readings.append((after - before, wall - (_anchor + (before + after) / 2)))
+    return min(readings)[1]
 
 
 def from_system(moment: datetime) -> datetime:

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from reconciler.control.gitops import applied_revision
 from reconciler.control.lock import FOLDER_LOCK
 from reconciler.load.desired import read_folder
 from reconciler.load.yaml_source import MAX_FILE_BYTES
@@ -52,7 +53,7 @@ def write_bundle(root: Path, state_dir: Path, output: Path) -> dict[str, Any]:
     members, left_out = _members(root, state_dir)
     manifest = {
         "format": FORMAT,
-        "revision": _revision(root, output),
+        "revision": applied_revision(root, state_dir) or _revision(root, output),
         "files": [{"path": path, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), **note}
                   for path, data, note in members],
         "redaction": REDACTION,
