@@ -7,6 +7,8 @@ import logging
 import sys
 from datetime import datetime, timezone
 
+from reconciler.redact import RedactingFilter
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
@@ -31,6 +33,7 @@ class JsonLines(logging.Formatter):
 def configure(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(RedactingFilter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 

@@ -15,20 +15,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+import requests
+
 from reconciler.api.host import HostProfile
-from reconciler.api.kinds import Model, ModelFormat, ModelVariant, Workload, WorkloadSpec
-from reconciler.api.policy import ResourcePolicy
+from reconciler.api.kinds import Model, ModelFormat, ModelVariant, OnUnreachable, Workload, WorkloadSpec
+from reconciler.api.policy import ModelPolicy, ResourcePolicy
+from reconciler.control.model_headers import Headers, backoff_delay
 from reconciler.diff.engines import Blocked
 from reconciler.diff.footprint import (Capacity, ModelView, Needs, Selection, VariantOption, host_capacity,
                                       select_variant)
-from reconciler.drive.artifacts import ArtifactCache, ArtifactError, fetch, redact
+from reconciler.drive.artifacts import ArtifactCache, ArtifactError, fetch
+from reconciler.drive.pinned import pinned_session
+from reconciler.gate.sources import source_refusal
 from reconciler.load.desired import DesiredState
-from reconciler.observe.gguf_facts import GgufFacts, GgufUnreadable
-from reconciler.observe.host import ModelPresence, file_sha256, observe_model
+from reconciler.observe.host import ModelPresence, file_sha256, observe_model, special_file
+from reconciler.redact import redact
 
 log = logging.getLogger("reconciler")
 
-FETCH_BACKOFF = (5.0, 600.0)  # a failed fetch is tried again after 5 s, doubling to 10 min: never a tight loop
 DOWNLOADING = "Downloading"
 
 
@@ -41,8 +45,10 @@ class _Failure:
 
 class ModelStore:
     def __init__(self, root: Path, state_dir: Path, background: bool = False,
-                 on_fetched: Callable[[], None] | None = None, terminal: TextIO | None = None) -> None:
-        """`terminal`: where `apply` draws a progress line (bytes, rate, ETA) while it waits for a download."""
+                 on_fetched: Callable[[], None] | None = None, terminal: TextIO | None = None, *,
+                 network: bool = True, record: bool = True) -> None:
+        """`terminal`: where `apply` draws a progress line (bytes, rate, ETA) while it waits for a download.
+        `network`: whether GGUF headers may be requested (status and describe only recall what was `record`ed)."""
         self.root = root
         self.terminal = terminal
         self.cache = ArtifactCache(state_dir / "models")
@@ -50,29 +56,32 @@ class ModelStore:
         self.on_fetched = on_fetched
         self.capacity_inputs: tuple[HostProfile | None, ResourcePolicy, frozenset[str]] = (None, ResourcePolicy(), frozenset())
         self._lock = threading.Lock()
-        self._headers: dict[tuple[str, str | None], GgufFacts | None] = {}
+        self.headers = Headers(state_dir / "model-headers", network=network, record=record, session=self._session)
         self._failures: dict[str, _Failure] = {}
         self._progress: dict[str, tuple[int, int | None]] = {}
         self._fetching: dict[str, threading.Thread] = {}
         self._damaged: dict[str, str] = {}  # digest -> why its cached bytes were discarded, until fetched again
         self._verified: set[str] = set()  # digests seen verified in the cache: one that is not any more was lost
-        self.read_roots: tuple[str, ...] = ()  # the policy's spec.models.roots, besides the desired-state folder
+        self.rules = ModelPolicy()  # the policy's spec.models: where models may be read and fetched from
 
     def view(self, desired: DesiredState, model: Model, file: str) -> ModelView:
         base = (self.root / file).parent
         options = model.spec.options()
-        if len(options) == 1 and (outside := self._outside_roots(options[0], base)):
+        if len(options) == 1 and (outside := self._unreadable(options[0], base)):
             return ModelView(None, options[0], None, outside)
         if len(options) == 1 and not options[0].remote:  # nothing to choose or fetch: it is there or not
             return self._local(options[0], base)
         uses = [entry.resource.spec for entry in desired.resources.values()
                 if isinstance(entry.resource, Workload) and entry.resource.spec.model == model.name]
         selection = select_variant([self._option(variant, base, model.spec.format) for variant in options],
-                                   self._capacity(uses), _context(uses), any(spec.resources.gpus.wanted for spec in uses))
+                                   self._capacity(uses), _context(uses), any(spec.resources.gpus.wanted for spec in uses),
+                                   model.spec.on_unreachable is OnUnreachable.next_variant)
+        if selection.waiting is not None:  # every variant before the one waited for was rejected
+            return ModelView(None, options[len(selection.rejected)], selection, selection.waiting)
         if selection.chosen is None:
             return ModelView(None, None, selection, Blocked("NoVariantFits", f"Model/{model.name}: {selection.message}"))
         variant = options[selection.chosen]
-        if outside := self._outside_roots(variant, base):
+        if outside := self._unreadable(variant, base):
             return ModelView(None, variant, selection, outside)
         if not variant.remote:
             return self._local(variant, base, selection)
@@ -110,7 +119,9 @@ class ModelStore:
             return 1.0
         with self._lock:
             failure = self._failures.get(view.variant.sha256)
-        return max(0.0, failure.retry_at - time.monotonic()) if failure else None
+        waits = [max(0.0, failure.retry_at - time.monotonic())] if failure else []
+        header = self.headers.retry_in(view.variant)
+        return min([*waits, *([header] if header is not None else [])], default=None)
 
     def verify_before_start(self, presence: ModelPresence) -> str | None:
         """A workload never starts on an unverified file: a cached artifact is hashed again in full first.
@@ -137,23 +148,27 @@ class ModelStore:
 
     # -- observation ------------------------------------------------------------------------
 
-    def _outside_roots(self, variant: ModelVariant, base: Path) -> Blocked | None:
+    def _unreadable(self, variant: ModelVariant, base: Path) -> Blocked | None:
         """Why a local or file:// source may not be read: it resolves (through '..' or a symlink) outside the
-        desired-state folder and the policy's model roots. Checked before anything opens it, so a spec cannot make
-        the reconciler read, hash or quote a byte of another file (/etc/shadow)."""
+        desired-state folder and the policy's model roots, or it is a FIFO, device or socket (whose reader could
+        block). Checked before anything opens it, so a spec cannot make the reconciler read, hash or quote a byte of
+        another file (/etc/shadow), nor stop a worker or `status` on a FIFO."""
         if variant.source.startswith(("https://", "http://")):
             return None
         local = variant.source.removeprefix("file://")
         real = os.path.realpath(local if variant.source.startswith("file://") else base / local)
-        roots = [os.path.realpath(root) for root in (self.root, *self.read_roots)]
+        roots = [os.path.realpath(root) for root in (self.root, *self.rules.roots)]
         if any(os.path.commonpath([real, root]) == root for root in roots):
-            return None
+            special = special_file(real)
+            return Blocked("InvalidModel", special) if special else None
         return Blocked("ModelOutsideRoots", f"{variant.source} resolves to {real}, outside the folders models are "
                                             f"read from ({', '.join(roots)}): move it there, or add its folder to "
                                             "spec.models.roots of the Policy")
 
     def _local(self, variant: ModelVariant, base: Path, selection: Selection | None = None) -> ModelView:
         presence = observe_model(base / variant.source)
+        if presence.refused is not None:
+            return ModelView(presence, variant, selection, Blocked("InvalidModel", presence.refused))
         if variant.sha256 is None or not presence.present or presence.path.is_dir():
             return ModelView(presence, variant, selection)
         actual = file_sha256(str(presence.path))  # hashed again only when the file changes
@@ -203,36 +218,23 @@ class ModelStore:
     def _option(self, variant: ModelVariant, base: Path, format: ModelFormat) -> VariantOption:
         needs = Needs(variant.needs.engine.value if variant.needs.engine else None, variant.needs.gpu_memory,
                       tuple(variant.needs.cpu_flags))
-        facts = self._header(variant, base) if format is ModelFormat.gguf else None
-        return VariantOption(variant.name, variant.size, facts, needs, format.value)
+        if format is not ModelFormat.gguf or self._unreadable(variant, base):
+            return VariantOption(variant.name, variant.size, None, needs, format.value)
+        read = self.headers.read(variant, self._header_file(variant, base))
+        return VariantOption(variant.name, variant.size, read.facts, needs, format.value, read.unjudged)
 
-    def _header(self, variant: ModelVariant, base: Path) -> GgufFacts | None:
-        """The GGUF header: of the cached or local file, else read over HTTP from the first bytes (once)."""
-        # Imported here: the parser brings gguf and numpy, which `status` and the other short commands never need.
-        from reconciler.observe.gguf_header import fetch_gguf_facts, read_gguf_facts
-
-        key = (variant.source, variant.sha256)
-        if self._outside_roots(variant, base):
-            return None
-        with self._lock:
-            if key in self._headers:
-                return self._headers[key]
+    def _header_file(self, variant: ModelVariant, base: Path) -> Path | None:
+        """Where the GGUF header is read from on this host: the cached or local file; None: over HTTP."""
         cached = self.cache.lookup(variant.sha256, variant.size) if variant.sha256 else None
-        try:
-            if cached is not None:
-                facts = read_gguf_facts(cached)
-            elif variant.source.startswith("file://"):
-                facts = read_gguf_facts(Path(variant.source.removeprefix("file://")))
-            elif variant.remote:
-                facts = fetch_gguf_facts(variant.source)
-            else:
-                facts = read_gguf_facts(base / variant.source)
-        except GgufUnreadable as error:
-            log.info("%s: no GGUF header (%s); its declared size is used", redact(variant.source), error.reason)
-            facts = None
-        with self._lock:
-            self._headers[key] = facts
-        return facts
+        if cached is not None:
+            return cached
+        if variant.source.startswith("file://"):
+            return Path(variant.source.removeprefix("file://"))
+        return None if variant.remote else base / variant.source
+
+    def _session(self) -> requests.Session:
+        """Requests to model sources connect only where the Policy's spec.models allows."""
+        return pinned_session(lambda host, port, addresses: source_refusal(host, port, addresses, self.rules))
 
     def _capacity(self, uses: list[WorkloadSpec]) -> Capacity:
         profile, rules, engines = self.capacity_inputs
@@ -261,7 +263,8 @@ class ModelStore:
                     and not self.cache.verify(digest):
                 self._discarded(digest)  # changed since verified, and its bytes too: the cause goes in the status
             log.info("fetching %s (sha256 %s)", redact(variant.source), digest[:12])
-            fetch(variant.source, digest, self.cache, size=variant.size, progress=progress)
+            with self._session() as http:
+                fetch(variant.source, digest, self.cache, size=variant.size, progress=progress, session=http)
             with self._lock:
                 self._failures.pop(digest, None)
                 self._damaged.pop(digest, None)
@@ -269,7 +272,7 @@ class ModelStore:
         except ArtifactError as error:
             with self._lock:
                 attempts = self._failures[digest].attempts + 1 if digest in self._failures else 1
-                delay = min(FETCH_BACKOFF[1], FETCH_BACKOFF[0] * 2 ** (attempts - 1))
+                delay = backoff_delay(attempts)
                 self._failures[digest] = _Failure(Blocked(error.reason, f"{error}; next try in {delay:.0f}s"),
                                                   time.monotonic() + delay, attempts)
             log.warning("fetching %s failed: %s", redact(variant.source), error)
