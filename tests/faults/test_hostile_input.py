@@ -5,6 +5,7 @@ touched."""
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,11 @@ def cases(tmp: Path, taken_port: int) -> list[Hostile]:
         Hostile("model files outside the allowed roots (.., symlinks, file://)", "model-url.yaml",
                 model("model-url", source="file:///etc/shadow", sha256="1" * 64),
                 "file:///etc/shadow resolves to /etc/shadow, outside the folders"),
+        Hostile("model sources that block or reach inside (a FIFO, a loopback service)", "model-fifo.yaml",
+                model("model-fifo", source="models/pipe.gguf", format="gguf"), "is a FIFO, not a regular file"),
+        Hostile("model sources that block or reach inside (a FIFO, a loopback service)", "model-internal.yaml",
+                model("model-internal", source=f"http://127.0.0.1:{taken_port}/admin", sha256="2" * 64),
+                "127.0.0.1 resolves to 127.0.0.1, a non-public address"),
         Hostile("hosted fallback without consent", "hosted.yaml", _fallback_workload(), "ProviderNotAllowed", "chat"),
     ]
 
@@ -141,6 +147,7 @@ def test_hostile_documents_are_refused_with_reasons_and_touch_nothing_that_runs(
 
     (workspace.desired / "models").mkdir()
     (workspace.desired / "models" / "passwd.gguf").symlink_to("/etc/passwd")
+    os.mkfifo(workspace.desired / "models" / "pipe.gguf")  # nothing ever writes to it: a reader would wait for good
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "allowed.gguf").write_bytes(b"GGUF")  # outside the folder, in a root the policy lists
     workspace.write("policy.yaml", policy_yaml(volumeRoots=[str(tmp_path / "volumes")]).replace(
