@@ -186,3 +186,30 @@ def test_redaction_hides_userinfo_and_query_values_wherever_a_url_is_quoted() ->
     quoted = "HTTPConnectionPool(host='h', port=1): Max retries exceeded with url: /m.gguf?token=t0k (alice:s3cret)"
     assert "t0k" not in scrub(quoted, "http://alice:s3cret@h:1/m.gguf?token=t0k")
     assert "s3cret" not in scrub(quoted, "http://alice:s3cret@h:1/m.gguf?token=t0k")
+
+
+def test_a_connection_goes_to_the_address_judged_not_to_a_second_answer(
+        server: ArtifactServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DNS rebinding: the name answers an allowed address when judged and another one right after. The stand-in is
+    for the resolver only (a rebinding DNS server is not part of this host); the connection and server are real."""
+    from reconciler.drive.pinned import pinned_session
+
+    url = server.add("tiny.gguf", b"GGUF-bytes").replace("127.0.0.1", "rebind.test")
+    answers = iter(["127.0.0.1"] + ["127.0.0.2"] * 10)  # nothing listens on 127.0.0.2
+    real = socket.getaddrinfo
+
+    def resolver(host: str, port: object, *args: object, **kwargs: object) -> list:
+        if host == "rebind.test":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers), port))]
+        return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    judged: list[list[str]] = []
+
+    def judge(host: str, port: int, addresses: list[str]) -> str | None:
+        judged.append(addresses)
+        return None if addresses == ["127.0.0.1"] else f"{host} is {addresses}"
+
+    with pinned_session(judge) as http:
+        assert http.get(url, timeout=5).content == b"GGUF-bytes"
+    assert judged == [["127.0.0.1"]]
