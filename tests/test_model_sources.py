@@ -137,6 +137,18 @@ def test_loopback_sources_are_refused_unless_the_policy_lists_their_network(
     assert "not among the hosts" in status["message"] and server.gets("hop.gguf") and not server.gets("other.gguf")
 
 
+def test_allowing_a_refused_source_in_the_policy_fetches_it_without_waiting_out_its_back_off(
+        workspace: Workspace, server: ArtifactServer, tiny: bytes) -> None:
+    url = server.add("tiny.gguf", tiny)
+    workspace.write("model.yaml", document("Model", "tiny", {"source": url, "sha256": hashlib.sha256(tiny).hexdigest()}))
+    workspace.start_daemon("--resync", "3600")
+    # the third refusal backs off 20 s: the edit below must not wait for it
+    wait_for(lambda: "next try in 20s" in model(workspace).get("message", ""), timeout=40, what="three refusals")
+    assert not server.seen
+    allow_loopback(workspace)
+    wait_for(lambda: model(workspace).get("phase") == "Available", timeout=15, what="the model once the Policy allows it")
+
+
 def test_a_fifo_as_a_model_source_blocks_nothing(workspace: Workspace) -> None:
     os.mkfifo(workspace.desired / "model.gguf")
     workspace.write("model.yaml", document("Model", "tiny", {"source": "model.gguf"}) + "---\n" +

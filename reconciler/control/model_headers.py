@@ -99,6 +99,10 @@ class Headers:
             self._remember(key, facts, unjudged)
         return read
 
+    def forget_failures(self) -> None:
+        with self._lock:
+            self._reads = {key: read for key, read in self._reads.items() if read.facts is not None}
+
     def retry_in(self, variant: ModelVariant) -> float | None:
         with self._lock:
             known = self._reads.get((variant.source, variant.sha256))

@@ -62,7 +62,22 @@ class ModelStore:
         self._fetching: dict[str, threading.Thread] = {}
         self._damaged: dict[str, str] = {}  # digest -> why its cached bytes were discarded, until fetched again
         self._verified: set[str] = set()  # digests seen verified in the cache: one that is not any more was lost
-        self.rules = ModelPolicy()  # the policy's spec.models: where models may be read and fetched from
+        self._rules = ModelPolicy()
+
+    @property
+    def rules(self) -> ModelPolicy:
+        """The policy's spec.models: where models may be read and fetched from."""
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: ModelPolicy) -> None:
+        """A new rule is a new input: what failed under the old one (a refused source) is tried again at once,
+        not after its back-off."""
+        if rules != self._rules:
+            with self._lock:
+                self._failures.clear()
+            self.headers.forget_failures()
+        self._rules = rules
 
     def view(self, desired: DesiredState, model: Model, file: str) -> ModelView:
         base = (self.root / file).parent
