@@ -13,7 +13,8 @@ import re
 
 HIDDEN = "***"
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:\s]*)(?P<password>:[^/@\s]*)?@")
-_WEB_URL = re.compile(r"\bhttps?://[^\s'\"<>]+", re.IGNORECASE)
+# a web URL, or a path with a query as an HTTP library logs its request line ("GET /m.gguf?token=... HTTP/1.1")
+_WEB_URL = re.compile(r"(?:\bhttps?://|(?<![\w/.~-])/)[^\s'\"<>]+", re.IGNORECASE)
 _QUERY_VALUE = re.compile(r"(?P<name>[?&][^=&#\s]*=)[^&#\s)]*")  # a URL quoted in parentheses keeps its ')'
 
 

@@ -96,11 +96,12 @@ def test_status_and_describe_make_no_requests_and_show_what_the_daemon_saw(
 
 
 def test_an_unreachable_preferred_variant_is_waited_for_unless_the_spec_says_next(
-        workspace: Workspace, server: ArtifactServer, tiny: bytes) -> None:
+        workspace: Workspace, server: ArtifactServer, tiny: bytes, tmp_path: Path) -> None:
     allow_loopback(workspace)
-    digest = hashlib.sha256(tiny).hexdigest()
-    variants = [{"name": "best", "source": server.add("best.gguf", tiny, status=503), "sha256": digest},
-                {"name": "small", "source": server.add("small.gguf", tiny), "sha256": digest}]
+    small = write_tiny_llama(tmp_path / "small.gguf", name="another-tiny-llama").read_bytes()
+    variants = [{"name": "best", "source": server.add("best.gguf", tiny, status=503),
+                 "sha256": hashlib.sha256(tiny).hexdigest()},
+                {"name": "small", "source": server.add("small.gguf", small), "sha256": hashlib.sha256(small).hexdigest()}]
     workspace.write("model.yaml", document("Model", "tiny", {"variants": variants}))
     workspace.cli("apply")
     status = model(workspace)
@@ -195,6 +196,7 @@ def test_redaction_hides_userinfo_and_query_values_wherever_a_url_is_quoted() ->
     assert redact("no GGUF header (http://alice:s3cret@h:1/m.gguf?token=t0k&x=1)") == \
         "no GGUF header (http://***@h:1/m.gguf?token=***&x=***)"
     assert redact("ssh://git@host/r and ssh://git:pw@host/r") == "ssh://git@host/r and ssh://git:***@host/r"
+    assert redact('http://h:1 "GET /m.gguf?token=t0k HTTP/1.1" 404') == 'http://h:1 "GET /m.gguf?token=*** HTTP/1.1" 404'
     quoted = "HTTPConnectionPool(host='h', port=1): Max retries exceeded with url: /m.gguf?token=t0k (alice:s3cret)"
     assert "t0k" not in scrub(quoted, "http://alice:s3cret@h:1/m.gguf?token=t0k")
     assert "s3cret" not in scrub(quoted, "http://alice:s3cret@h:1/m.gguf?token=t0k")

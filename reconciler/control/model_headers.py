@@ -42,6 +42,7 @@ class HeaderRead:
     unjudged: Blocked | None = None  # the source could not answer: the variant's size cannot be judged yet
     retry_at: float | None = None  # monotonic; None once the facts are read
     attempts: int = 0
+    version: tuple[int, int] | None = None  # the local file's size and mtime it was read from: a change is read anew
 
 
 class _Watched(requests.Session):
@@ -78,20 +79,22 @@ class Headers:
 
     def read(self, variant: ModelVariant, local: Path | None) -> HeaderRead:
         """The header of `local` (the cached or local file) when given, else of the variant's URL."""
-        key = (variant.source, variant.sha256)
+        key, version = (variant.source, variant.sha256), _version(local)
         with self._lock:
             known = self._reads.get(key)
+        if known is not None and known.version != version:
+            known = None
         if known is not None and (known.retry_at is None or time.monotonic() < known.retry_at):
             return known
         if local is None and not self.network:
             return self._recalled(key)
         facts, unjudged, why = _read(variant, local, self.session)
-        read = HeaderRead(facts, unjudged)
+        read = HeaderRead(facts, unjudged, version=version)
         if facts is None:
             attempts = known.attempts + 1 if known else 1
             delay = backoff_delay(attempts)
             later = unjudged and Blocked(unjudged.reason, f"{unjudged.message}; next try in {delay:.0f}s")
-            read = HeaderRead(None, later, time.monotonic() + delay, attempts)
+            read = HeaderRead(None, later, time.monotonic() + delay, attempts, version)
             log.info("%s: no GGUF header (%s); tried again in %.0fs", redact(variant.source), why, delay)
         with self._lock:
             self._reads[key] = read
@@ -134,6 +137,14 @@ class Headers:
         except (OSError, ValueError, TypeError, KeyError):
             return HeaderRead(None)
         return HeaderRead(facts, unjudged)
+
+
+def _version(local: Path | None) -> tuple[int, int] | None:
+    try:
+        found = local.stat() if local is not None else None
+    except OSError:
+        return None
+    return (found.st_size, found.st_mtime_ns) if found else None
 
 
 def _read(variant: ModelVariant, local: Path | None,

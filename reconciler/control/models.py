@@ -92,7 +92,8 @@ class ModelStore:
                                    self._capacity(uses), _context(uses), any(spec.resources.gpus.wanted for spec in uses),
                                    model.spec.on_unreachable is OnUnreachable.next_variant)
         if selection.waiting is not None:  # every variant before the one waited for was rejected
-            return ModelView(None, options[len(selection.rejected)], selection, selection.waiting)
+            waited = Blocked(selection.waiting.reason, f"Model/{model.name}: {selection.message}: {selection.waiting.message}")
+            return ModelView(None, options[len(selection.rejected)], selection, waited)
         if selection.chosen is None:
             return ModelView(None, None, selection, Blocked("NoVariantFits", f"Model/{model.name}: {selection.message}"))
         variant = options[selection.chosen]

@@ -119,7 +119,8 @@ def _policy_condition(conditions: list, verdict: Verdict, now: datetime) -> list
 def _assess(record: ResourceRecord, outcome: PassOutcome, now: datetime) -> _Assessment:
     if record.kind == "Model":
         view = outcome.model
-        chosen = f"; {view.selection.message}" if view is not None and view.selection is not None else ""
+        selection = view.selection if view is not None else None  # when nothing is chosen, the problem says why
+        chosen = f"; {selection.message}" if selection is not None and selection.chosen is not None else ""
         if view is not None and view.problem is not None:
             phase = {"Downloading": "Downloading", "NoVariantFits": "Unavailable"}.get(view.problem.reason, "Failed")
             return _Assessment(False, view.problem.reason, view.problem.message + chosen, phase)
