@@ -63,4 +63,6 @@ class RedactingFilter(logging.Filter):
         hidden = redact(message)
         if hidden != message:
             record.msg, record.args = hidden, None
+        if record.exc_info and not record.exc_text:  # a traceback quotes the exception's text too
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return True

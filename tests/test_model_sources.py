@@ -227,3 +227,23 @@ def test_a_connection_goes_to_the_address_judged_not_to_a_second_answer(
     with pinned_session(judge) as http:
         assert http.get(url, timeout=5).content == b"GGUF-bytes"
     assert judged == [["127.0.0.1"]]
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_every_log_line_and_traceback_hides_url_credentials(log_format: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from reconciler.control import logfmt
+
+    logfmt.configure("DEBUG", log_format)
+    try:
+        logging.getLogger("urllib3.connectionpool").debug('%s "GET %s HTTP/1.1" 404', "http://h:1", "/m?token=t0k")
+        try:
+            raise ConnectionError("cannot reach http://alice:s3cret@h/m?token=t0k")
+        except ConnectionError:
+            logging.getLogger("reconciler").exception("fetching failed")
+    finally:
+        logging.basicConfig(handlers=[logging.NullHandler()], force=True)
+    written = capsys.readouterr().err
+    assert "fetching failed" in written and "GET /m?token=***" in written and "http://***@h/m?token=***" in written
+    assert "s3cret" not in written and "alice" not in written and "t0k" not in written

@@ -26,7 +26,7 @@ class JsonLines(logging.Formatter):
         if resource is not None:
             line["resource"] = resource
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+            line["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False)
 
 
