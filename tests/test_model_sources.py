@@ -150,6 +150,18 @@ def test_allowing_a_refused_source_in_the_policy_fetches_it_without_waiting_out_
     wait_for(lambda: model(workspace).get("phase") == "Available", timeout=15, what="the model once the Policy allows it")
 
 
+def test_no_byte_of_what_a_source_answers_is_quoted(workspace: Workspace, server: ArtifactServer) -> None:
+    allow_loopback(workspace)
+    url = server.add("admin", b"<html>INTERNAL-ADMIN-PAGE</html>")
+    workspace.write("model.yaml", document("Model", "tiny", {"source": url, "sha256": "e" * 64}))
+    said = workspace.cli("apply")
+    said_too = workspace.cli("plan")
+    texts = [said.stdout + said.stderr, said_too.stdout + said_too.stderr, (workspace.desired / "model.status.yaml").read_text()]
+    assert "no GGUF header in what the source sent" in texts[0], texts[0]
+    for text in texts:
+        assert "INTERNAL" not in text and "<html" not in text and "3c 68 74 6d" not in text, text
+
+
 def test_a_fifo_as_a_model_source_blocks_nothing(workspace: Workspace) -> None:
     os.mkfifo(workspace.desired / "model.gguf")
     workspace.write("model.yaml", document("Model", "tiny", {"source": "model.gguf"}) + "---\n" +
