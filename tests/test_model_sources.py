@@ -85,14 +85,18 @@ def test_status_and_describe_make_no_requests_and_show_what_the_daemon_saw(
         workspace: Workspace, server: ArtifactServer, tiny: bytes) -> None:
     allow_loopback(workspace)
     url = server.add("tiny.gguf", tiny, status=503)
-    workspace.write("model.yaml", document("Model", "tiny", {"source": url, "sha256": hashlib.sha256(tiny).hexdigest()}))
+    digest = hashlib.sha256(tiny).hexdigest()
+    workspace.write("model.yaml", document("Model", "tiny", {"source": url, "sha256": digest}) + "---\n" +
+                    document("Model", "sized", {"source": url, "sha256": digest, "size": len(tiny)}))
     workspace.cli("apply")
     seen = len(server.seen)
     assert seen > 0
     shown = workspace.cli("status").stdout
-    described = workspace.cli("describe", "Model/tiny").stdout
+    described = workspace.cli("describe", "Model/tiny").stdout, workspace.cli("describe", "Model/sized").stdout
     assert len(server.seen) == seen, "status and describe sent requests"
-    assert "SourceUnreachable" in shown and "HTTP 503" in described, (shown, described)
+    rows = {line.split()[0]: line for line in shown.splitlines()}
+    assert "waiting for default" in rows["tiny"] and "HTTP 503" in described[0], (shown, described)
+    assert "cannot fetch" in rows["sized"] and "HTTP 503" in described[1], (shown, described)  # the fetch as it failed
 
 
 def test_an_unreachable_preferred_variant_is_waited_for_unless_the_spec_says_next(

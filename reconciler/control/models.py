@@ -6,6 +6,7 @@ GGUF headers, local digests and the content-addressed cache are observed here; a
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -24,11 +25,12 @@ from reconciler.control.model_headers import Headers, backoff_delay
 from reconciler.diff.engines import Blocked
 from reconciler.diff.footprint import (Capacity, ModelView, Needs, Selection, VariantOption, host_capacity,
                                       select_variant)
-from reconciler.drive.artifacts import ArtifactCache, ArtifactError, fetch
+from reconciler.drive.artifacts import ArtifactCache, ArtifactError, fetch, normalize_digest
 from reconciler.drive.pinned import pinned_session
 from reconciler.gate.sources import source_refusal
 from reconciler.load.desired import DesiredState
 from reconciler.observe.host import ModelPresence, file_sha256, observe_model, special_file
+from reconciler.record.atomic import write_atomic
 from reconciler.redact import redact
 
 log = logging.getLogger("reconciler")
@@ -56,7 +58,10 @@ class ModelStore:
         self.on_fetched = on_fetched
         self.capacity_inputs: tuple[HostProfile | None, ResourcePolicy, frozenset[str]] = (None, ResourcePolicy(), frozenset())
         self._lock = threading.Lock()
-        self.headers = Headers(state_dir / "model-headers", network=network, record=record, session=self._session)
+        # What the daemon observed of remote models (headers, failed fetches), for status and describe to show
+        self.observed = state_dir / "model-observations"
+        self.network, self.record = network, record
+        self.headers = Headers(self.observed, network=network, record=record, session=self._session)
         self._failures: dict[str, _Failure] = {}
         self._progress: dict[str, tuple[int, int | None]] = {}
         self._fetching: dict[str, threading.Thread] = {}
@@ -207,12 +212,37 @@ class ModelStore:
                 self._verified.add(variant.sha256)
             return ModelView(presence, variant, selection)
         damaged = damaged or self._lost(variant.sha256)
+        if failure is None and not self.network:
+            failure = self._recalled_failure(variant.sha256)
         why = Blocked(DOWNLOADING, _downloading(variant, progress)) if fetching else failure.why if failure else None
         if why is not None and damaged is not None:  # the cause stays visible until the bytes are whole again
             why = Blocked(why.reason, f"{damaged}: {why.message}")
         elif damaged is not None:  # not "put the model there": the Model's next pass fetches it
             why = Blocked("ModelMissing", damaged)
         return ModelView(presence, variant, selection, why, progress)
+
+    def _failure_file(self, digest: str) -> Path:
+        return self.observed / f"fetch-{normalize_digest(digest)}.json"
+
+    def _remember_failure(self, digest: str, why: Blocked | None) -> None:
+        if not self.record:
+            return
+        try:
+            if why is None:
+                self._failure_file(digest).unlink(missing_ok=True)
+            else:
+                self.observed.mkdir(mode=0o700, parents=True, exist_ok=True)
+                write_atomic(self._failure_file(digest), json.dumps({"reason": why.reason, "message": why.message}))
+        except OSError as error:  # status then says less; the fetch goes on
+            log.warning("cannot record a fetch's outcome under %s: %s", self.observed, error)
+
+    def _recalled_failure(self, digest: str) -> _Failure | None:
+        """The last failed fetch the daemon recorded, for status and describe (which fetch nothing)."""
+        try:
+            seen = json.loads(self._failure_file(digest).read_text())
+            return _Failure(Blocked(str(seen["reason"]), str(seen["message"])), 0.0, 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def _lost(self, digest: str) -> str | None:
         """Why a cached file verified earlier no longer passes its stat check (deleted, its folder removed, or
@@ -284,6 +314,7 @@ class ModelStore:
             with self._lock:
                 self._failures.pop(digest, None)
                 self._damaged.pop(digest, None)
+            self._remember_failure(digest, None)
             log.info("fetched and verified %s", redact(variant.source))
         except ArtifactError as error:
             with self._lock:
@@ -291,6 +322,7 @@ class ModelStore:
                 delay = backoff_delay(attempts)
                 self._failures[digest] = _Failure(Blocked(error.reason, f"{error}; next try in {delay:.0f}s"),
                                                   time.monotonic() + delay, attempts)
+            self._remember_failure(digest, Blocked(error.reason, str(error)))
             log.warning("fetching %s failed: %s", redact(variant.source), error)
         finally:
             if self.terminal is not None:
