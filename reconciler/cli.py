@@ -247,7 +247,7 @@ def status(path: Path, state_dir: Path | None, output: str, git_url: str | None,
         _, _, followed = cli_git.followed(git_url, branch, git_path, state_dir)
         for line in cli_git.summary(followed):
             click.echo(line, err=output != "table")
-    reconciler = open_reconciler(*located(path, state_dir, git_url, branch, git_path), readonly=True)
+    reconciler = open_reconciler(*located(path, state_dir, git_url, branch, git_path), readonly=True, offline=True)
     now = clock.now()
     statuses = [status for key in reconciler.keys() if (status := reconciler.status(key)) is not None]
     rows = status_rows(statuses, reconciler.records, now)
@@ -273,7 +273,7 @@ def host(path: Path, state_dir: Path | None, output: str) -> None:
 def describe(name: str, path: Path, state_dir: Path | None, git_url: str | None, branch: str, git_path: str) -> None:
     """One resource in full: spec as run, conditions with times, limits, health, rollout, its last evidence as events."""
     path, state_dir = located(path, state_dir, git_url, branch, git_path)
-    reconciler = open_reconciler(path, state_dir, readonly=True)
+    reconciler = open_reconciler(path, state_dir, readonly=True, offline=True)
     key = key_of(name)
     status = reconciler.status(key)
     record = reconciler.records.get(key)

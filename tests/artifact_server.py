@@ -2,7 +2,8 @@
 
 Per file: `ranges=False` ignores Range (answers 200 with everything), `cut_after=N` promises the whole
 body but hangs up after N bytes (once, so a retry can resume), `corrupt=True` serves other bytes of the
-same length, `status=404` fails the request, `delay=s` waits before the body. Every request is recorded.
+same length, `status=404` fails the request, `delay=s` waits before the body, `location=URL` redirects there.
+Every request is recorded.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+# This server listens on loopback, which models may be fetched from only where a Policy lists it: appended to a
+# Policy's YAML, under its spec.
+LOOPBACK_SOURCES = "  models:\n    internalNetworks: [127.0.0.0/8]\n"
+
+
 @dataclass
 class Served:
     data: bytes
@@ -22,6 +28,7 @@ class Served:
     corrupt: bool = False
     status: int | None = None
     delay: float = 0.0
+    location: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,12 @@ def _handler(owner: ArtifactServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             owner._record(self.path, self.headers.get("Range"))
             served = owner.files.get(self.path.lstrip("/"))
+            if served is not None and served.location is not None:
+                self.send_response(302)
+                self.send_header("Location", served.location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if served is None or served.status is not None:
                 self.send_error(served.status if served else 404)
                 return

@@ -336,6 +336,22 @@ def test_an_unknown_footprint_is_not_known_to_fit() -> None:
     assert selection.rejected[0].reason.startswith("footprint unknown: declare spec.size")
 
 
+def test_an_unreachable_variant_is_waited_for_not_taken_for_one_that_does_not_fit() -> None:
+    from reconciler.diff.engines import Blocked
+
+    down = VariantOption("best", unjudged=Blocked("SourceUnreachable", "cannot read the GGUF header of http://h/b: HTTP 503"))
+    big = VariantOption("f16", size=128 * GIB)
+    capacity = Capacity(ram_budget=64 * GIB, engines=LLAMA)
+    waiting = select_variant([big, down, Q4], capacity, 4096, False)
+    assert (waiting.chosen, waiting.waiting, [r.name for r in waiting.rejected]) == (None, down.unjudged, ["f16"])
+    assert waiting.message == "waiting for best, which cannot be judged yet (SourceUnreachable)"
+    going_on = select_variant([big, down, Q4], capacity, 4096, False, next_when_unreachable=True)
+    assert going_on.chosen_name == "q4_k_m" and going_on.waiting is None
+    assert going_on.rejected[1].reason == f"SourceUnreachable: {down.unjudged.message}"
+    sized = VariantOption("best", size=GIB, unjudged=down.unjudged)  # its declared size judges it: no wait
+    assert select_variant([sized, Q4], capacity, 4096, False).chosen_name == "best"
+
+
 def test_nothing_fits_so_nothing_is_chosen_and_every_variant_says_why() -> None:
     capacity = host_capacity(host(4 * GIB), ResourcePolicy(), (), LLAMA)
     selection = select_variant(VARIANTS, capacity, 4096, wants_gpu=False)

@@ -382,7 +382,7 @@ def test_credentials_in_the_url_are_never_recorded(tmp_path: Path) -> None:
     assert follow.poll() is None
 
     text = (tmp_path / "state" / "gitops" / "status.json").read_text()
-    assert "s3cret" not in text and "http://ada:***@127.0.0.1:1/desired.git" in text
+    assert "s3cret" not in text and "http://***@127.0.0.1:1/desired.git" in text
     assert follow.status.last_fetch_error
 
 
@@ -434,7 +434,8 @@ def test_revision_strings_and_redaction() -> None:
     assert revision_string("main", "b" * 64, dirty=True) == f"main@sha256:{'b' * 64}+dirty"
     assert revision_commit(f"main@sha1:{'a' * 40}+dirty") == "a" * 40
     assert redact("fatal: https://tok3n@host/r.git and ssh://git@host/r") == "fatal: https://***@host/r.git and ssh://git@host/r"
-    assert redact("https://ada:pw@host/r") == "https://ada:***@host/r"
+    assert redact("https://ada:pw@host/r?token=t") == "https://***@host/r?token=***"
+    assert redact("ssh://ada:pw@host/r") == "ssh://ada:***@host/r"
 
 
 def test_a_path_must_stay_inside_the_repository(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ import pytest
 from gguf.constants import GGUFValueType
 
 from tests import crafted_gguf as crafted
-from tests.artifact_server import ArtifactServer
-from tests.conftest import Workspace, wait_for, workload_yaml
+from tests.artifact_server import LOOPBACK_SOURCES, ArtifactServer
+from tests.conftest import POLICY_YAML, Workspace, wait_for, workload_yaml
 from tests.test_engines import ENGINES_POLICY, document, engine_env, free_port
 from tests.tiny_gguf import write_tiny_llama
 
@@ -23,6 +23,12 @@ from tests.tiny_gguf import write_tiny_llama
 @pytest.fixture
 def tiny(tmp_path: Path) -> bytes:
     return write_tiny_llama(tmp_path / "tiny.gguf").read_bytes()
+
+
+@pytest.fixture(autouse=True)
+def loopback_sources(workspace: Workspace) -> None:
+    """The artifact server is on loopback: these tests' Policy allows fetching from it."""
+    workspace.write("policy.yaml", POLICY_YAML + LOOPBACK_SOURCES)
 
 
 def model_status(workspace: Workspace) -> dict:
@@ -34,7 +40,7 @@ def test_a_pinned_url_is_fetched_verified_and_served_from_the_cache(workspace: W
     pytest.importorskip("llama_cpp")
     digest = hashlib.sha256(tiny).hexdigest()
     url = server.add("tiny.gguf", tiny)
-    workspace.write("policy.yaml", ENGINES_POLICY)
+    workspace.write("policy.yaml", ENGINES_POLICY + LOOPBACK_SOURCES)
     port = free_port()
     workspace.write("model.yaml", document("Model", "tiny", {"source": url, "sha256": digest}) + "---\n" + document(
         "Workload", "chat", {"engine": "llama.cpp", "model": "tiny", "port": port, "llamaCpp": {"contextSize": 128},
@@ -177,7 +183,7 @@ def test_a_rollback_serves_the_model_bytes_the_known_good_version_was_proven_wit
             "health": {"http": {"path": "/v1/models"}, "periodSeconds": 0.3, "failureThreshold": 1},
             "update": {"progressDeadlineSeconds": 6, "soakSeconds": 1, "rollback": "Auto"}})
 
-    workspace.write("policy.yaml", ENGINES_POLICY)
+    workspace.write("policy.yaml", ENGINES_POLICY + LOOPBACK_SOURCES)
     workspace.write("model.yaml", version(server.add("tiny.gguf", tiny), first, {}))
     workspace.start_daemon("--resync", "3600", env=engine_env(None, tmp_path))
     proven = lambda: any(e.get("outcome") == "proven" for e in workspace.evidence("model.yaml"))  # noqa: E731

@@ -49,6 +49,11 @@ class ModelVariant(Spec):
         return self.source.startswith(_REMOTE)
 
 
+class OnUnreachable(str, Enum):
+    wait = "Wait"  # an unreachable preferred variant is waited for: a short outage never swaps the model
+    next_variant = "NextVariant"  # go on to the next variant while it cannot be reached
+
+
 class ModelSpec(Spec):
     source: str | None = Field(None, min_length=1, description="A local path (absolute, or relative to the spec "
                                                                 "file), or a file:// or https:// URL (needs sha256).")
@@ -57,6 +62,9 @@ class ModelSpec(Spec):
     size: ByteQuantity | None = None
     variants: list[ModelVariant] = Field(
         default_factory=list, description="Alternatives in order of preference: the first that fits this host is used.")
+    on_unreachable: OnUnreachable = Field(
+        OnUnreachable.wait, description="A variant whose size cannot be judged because its source cannot be reached: "
+                                        "Wait for it (the default), or take the NextVariant that fits meanwhile.")
 
     @model_validator(mode="after")
     def _one_way_to_name_the_bytes(self) -> "ModelSpec":

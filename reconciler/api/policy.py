@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from enum import Enum
 from typing import Any, Literal
 
@@ -153,11 +154,37 @@ class ModelPolicy(Spec):
         description="Host folders (absolute) local model files may be read from, besides the desired-state folder; "
                     "a source that resolves elsewhere (through '..' or a symlink) is never opened.",
     )
+    sources: list[str] = Field(
+        default_factory=list,
+        description="Hosts models may be fetched from over http(s), as 'host' or 'host:port'; '*' matches within one "
+                    "label ('*.hf.co'). Empty: any host whose addresses are public.",
+    )
+    internal_networks: list[str] = Field(
+        default_factory=list,
+        description="Non-public networks (CIDR: loopback, private, link-local) a source's host may resolve to. A "
+                    "host resolving to any other non-public address is never connected to.",
+    )
 
     @field_validator("roots")
     @classmethod
     def _absolute(cls, roots: list[str]) -> list[str]:
         return absolute_paths(roots, "model roots")
+
+    @field_validator("sources")
+    @classmethod
+    def _hosts(cls, patterns: list[str]) -> list[str]:
+        urls = [pattern for pattern in patterns if "/" in pattern or "@" in pattern]
+        if urls:
+            raise ValueError(f"sources are hosts ('huggingface.co', '*.lan:8080'), not URLs: {urls[0]!r}")
+        return [pattern.lower() for pattern in patterns]
+
+    @field_validator("internal_networks")
+    @classmethod
+    def _networks(cls, networks: list[str]) -> list[str]:
+        try:
+            return [str(ipaddress.ip_network(network, strict=False)) for network in networks]
+        except ValueError as error:
+            raise ValueError(f"internal networks are CIDR ranges (127.0.0.0/8, fd00::/8): {error}") from None
 
 
 class PolicySpec(Spec):

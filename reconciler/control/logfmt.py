@@ -7,6 +7,8 @@ import logging
 import sys
 from datetime import datetime, timezone
 
+from reconciler.redact import RedactingFilter
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
@@ -24,13 +26,14 @@ class JsonLines(logging.Formatter):
         if resource is not None:
             line["resource"] = resource
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+            line["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False)
 
 
 def configure(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(RedactingFilter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 

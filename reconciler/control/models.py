@@ -6,6 +6,7 @@ GGUF headers, local digests and the content-addressed cache are observed here; a
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -15,20 +16,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+import requests
+
 from reconciler.api.host import HostProfile
-from reconciler.api.kinds import Model, ModelFormat, ModelVariant, Workload, WorkloadSpec
-from reconciler.api.policy import ResourcePolicy
+from reconciler.api.kinds import Model, ModelFormat, ModelVariant, OnUnreachable, Workload, WorkloadSpec
+from reconciler.api.policy import ModelPolicy, ResourcePolicy
+from reconciler.control.model_headers import Headers, backoff_delay
 from reconciler.diff.engines import Blocked
 from reconciler.diff.footprint import (Capacity, ModelView, Needs, Selection, VariantOption, host_capacity,
                                       select_variant)
-from reconciler.drive.artifacts import ArtifactCache, ArtifactError, fetch, redact
+from reconciler.drive.artifacts import ArtifactCache, ArtifactError, fetch, normalize_digest
+from reconciler.drive.pinned import pinned_session
+from reconciler.gate.sources import source_refusal
 from reconciler.load.desired import DesiredState
-from reconciler.observe.gguf_facts import GgufFacts, GgufMalformed, GgufUnreadable
-from reconciler.observe.host import ModelPresence, file_sha256, observe_model
+from reconciler.observe.host import ModelPresence, file_sha256, observe_model, special_file
+from reconciler.record.atomic import write_atomic
+from reconciler.redact import redact
 
 log = logging.getLogger("reconciler")
 
-FETCH_BACKOFF = (5.0, 600.0)  # a failed fetch is tried again after 5 s, doubling to 10 min: never a tight loop
 DOWNLOADING = "Downloading"
 
 
@@ -41,8 +47,10 @@ class _Failure:
 
 class ModelStore:
     def __init__(self, root: Path, state_dir: Path, background: bool = False,
-                 on_fetched: Callable[[], None] | None = None, terminal: TextIO | None = None) -> None:
-        """`terminal`: where `apply` draws a progress line (bytes, rate, ETA) while it waits for a download."""
+                 on_fetched: Callable[[], None] | None = None, terminal: TextIO | None = None, *,
+                 network: bool = True, record: bool = True) -> None:
+        """`terminal`: where `apply` draws a progress line (bytes, rate, ETA) while it waits for a download.
+        `network`: whether GGUF headers may be requested (status and describe only recall what was `record`ed)."""
         self.root = root
         self.terminal = terminal
         self.cache = ArtifactCache(state_dir / "models")
@@ -50,31 +58,52 @@ class ModelStore:
         self.on_fetched = on_fetched
         self.capacity_inputs: tuple[HostProfile | None, ResourcePolicy, frozenset[str]] = (None, ResourcePolicy(), frozenset())
         self._lock = threading.Lock()
-        # (source, sha256) -> (the local file's size and mtime when read, (facts, why it is not a GGUF model))
-        self._headers: dict[tuple[str, str | None], tuple[tuple[int, int] | None, tuple[GgufFacts | None, str | None]]] = {}
+        # What the daemon observed of remote models (headers, failed fetches), for status and describe to show
+        self.observed = state_dir / "model-observations"
+        self.network, self.record = network, record
+        self.headers = Headers(self.observed, network=network, record=record, session=self._session)
         self._failures: dict[str, _Failure] = {}
         self._progress: dict[str, tuple[int, int | None]] = {}
         self._fetching: dict[str, threading.Thread] = {}
         self._damaged: dict[str, str] = {}  # digest -> why its cached bytes were discarded, until fetched again
         self._verified: set[str] = set()  # digests seen verified in the cache: one that is not any more was lost
-        self.read_roots: tuple[str, ...] = ()  # the policy's spec.models.roots, besides the desired-state folder
+        self._rules = ModelPolicy()
+
+    @property
+    def rules(self) -> ModelPolicy:
+        """The policy's spec.models: where models may be read and fetched from."""
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: ModelPolicy) -> None:
+        """A new rule is a new input: what failed under the old one (a refused source) is tried again at once,
+        not after its back-off."""
+        if rules != self._rules:
+            with self._lock:
+                self._failures.clear()
+            self.headers.forget_failures()
+        self._rules = rules
 
     def view(self, desired: DesiredState, model: Model, file: str) -> ModelView:
         base = (self.root / file).parent
         options = model.spec.options()
-        if len(options) == 1 and (outside := self._outside_roots(options[0], base)):
+        if len(options) == 1 and (outside := self._unreadable(options[0], base)):
             return ModelView(None, options[0], None, outside)
         if len(options) == 1 and not options[0].remote:  # nothing to choose or fetch: it is there or not
             return self._local(options[0], base)
         uses = [entry.resource.spec for entry in desired.resources.values()
                 if isinstance(entry.resource, Workload) and entry.resource.spec.model == model.name]
         selection = select_variant([self._option(variant, base, model.spec.format) for variant in options],
-                                   self._capacity(uses), _context(uses), any(spec.resources.gpus.wanted for spec in uses))
+                                   self._capacity(uses), _context(uses), any(spec.resources.gpus.wanted for spec in uses),
+                                   model.spec.on_unreachable is OnUnreachable.next_variant)
+        if selection.waiting is not None:  # every variant before the one waited for was rejected
+            waited = Blocked(selection.waiting.reason, f"Model/{model.name}: {selection.message}: {selection.waiting.message}")
+            return ModelView(None, options[len(selection.rejected)], selection, waited)
         if selection.chosen is None:
             reason = "InvalidModel" if any(rejection.invalid for rejection in selection.rejected) else "NoVariantFits"
             return ModelView(None, None, selection, Blocked(reason, f"Model/{model.name}: {selection.message}"))
         variant = options[selection.chosen]
-        if outside := self._outside_roots(variant, base):
+        if outside := self._unreadable(variant, base):
             return ModelView(None, variant, selection, outside)
         if not variant.remote:
             return self._local(variant, base, selection)
@@ -112,7 +141,9 @@ class ModelStore:
             return 1.0
         with self._lock:
             failure = self._failures.get(view.variant.sha256)
-        return max(0.0, failure.retry_at - time.monotonic()) if failure else None
+        waits = [max(0.0, failure.retry_at - time.monotonic())] if failure else []
+        header = self.headers.retry_in(view.variant)
+        return min([*waits, *([header] if header is not None else [])], default=None)
 
     def verify_before_start(self, presence: ModelPresence) -> str | None:
         """A workload never starts on an unverified file: a cached artifact is hashed again in full first.
@@ -139,23 +170,27 @@ class ModelStore:
 
     # -- observation ------------------------------------------------------------------------
 
-    def _outside_roots(self, variant: ModelVariant, base: Path) -> Blocked | None:
+    def _unreadable(self, variant: ModelVariant, base: Path) -> Blocked | None:
         """Why a local or file:// source may not be read: it resolves (through '..' or a symlink) outside the
-        desired-state folder and the policy's model roots. Checked before anything opens it, so a spec cannot make
-        the reconciler read, hash or quote a byte of another file (/etc/shadow)."""
+        desired-state folder and the policy's model roots, or it is a FIFO, device or socket (whose reader could
+        block). Checked before anything opens it, so a spec cannot make the reconciler read, hash or quote a byte of
+        another file (/etc/shadow), nor stop a worker or `status` on a FIFO."""
         if variant.source.startswith(("https://", "http://")):
             return None
         local = variant.source.removeprefix("file://")
         real = os.path.realpath(local if variant.source.startswith("file://") else base / local)
-        roots = [os.path.realpath(root) for root in (self.root, *self.read_roots)]
+        roots = [os.path.realpath(root) for root in (self.root, *self.rules.roots)]
         if any(os.path.commonpath([real, root]) == root for root in roots):
-            return None
+            special = special_file(real)
+            return Blocked("InvalidModel", special) if special else None
         return Blocked("ModelOutsideRoots", f"{variant.source} resolves to {real}, outside the folders models are "
                                             f"read from ({', '.join(roots)}): move it there, or add its folder to "
                                             "spec.models.roots of the Policy")
 
     def _local(self, variant: ModelVariant, base: Path, selection: Selection | None = None) -> ModelView:
         presence = observe_model(base / variant.source)
+        if presence.refused is not None:
+            return ModelView(presence, variant, selection, Blocked("InvalidModel", presence.refused))
         if variant.sha256 is None or not presence.present or presence.path.is_dir():
             return ModelView(presence, variant, selection)
         actual = file_sha256(str(presence.path))  # hashed again only when the file changes
@@ -178,12 +213,37 @@ class ModelStore:
                 self._verified.add(variant.sha256)
             return ModelView(presence, variant, selection)
         damaged = damaged or self._lost(variant.sha256)
+        if failure is None and not self.network:
+            failure = self._recalled_failure(variant.sha256)
         why = Blocked(DOWNLOADING, _downloading(variant, progress)) if fetching else failure.why if failure else None
         if why is not None and damaged is not None:  # the cause stays visible until the bytes are whole again
             why = Blocked(why.reason, f"{damaged}: {why.message}")
         elif damaged is not None:  # not "put the model there": the Model's next pass fetches it
             why = Blocked("ModelMissing", damaged)
         return ModelView(presence, variant, selection, why, progress)
+
+    def _failure_file(self, digest: str) -> Path:
+        return self.observed / f"fetch-{normalize_digest(digest)}.json"
+
+    def _remember_failure(self, digest: str, why: Blocked | None) -> None:
+        if not self.record:
+            return
+        try:
+            if why is None:
+                self._failure_file(digest).unlink(missing_ok=True)
+            else:
+                self.observed.mkdir(mode=0o700, parents=True, exist_ok=True)
+                write_atomic(self._failure_file(digest), json.dumps({"reason": why.reason, "message": why.message}))
+        except OSError as error:  # status then says less; the fetch goes on
+            log.warning("cannot record a fetch's outcome under %s: %s", self.observed, error)
+
+    def _recalled_failure(self, digest: str) -> _Failure | None:
+        """The last failed fetch the daemon recorded, for status and describe (which fetch nothing)."""
+        try:
+            seen = json.loads(self._failure_file(digest).read_text())
+            return _Failure(Blocked(str(seen["reason"]), str(seen["message"])), 0.0, 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def _lost(self, digest: str) -> str | None:
         """Why a cached file verified earlier no longer passes its stat check (deleted, its folder removed, or
@@ -205,42 +265,23 @@ class ModelStore:
     def _option(self, variant: ModelVariant, base: Path, format: ModelFormat) -> VariantOption:
         needs = Needs(variant.needs.engine.value if variant.needs.engine else None, variant.needs.gpu_memory,
                       tuple(variant.needs.cpu_flags))
-        facts, invalid = self._header(variant, base) if format is ModelFormat.gguf else (None, None)
-        return VariantOption(variant.name, variant.size, facts, needs, format.value, invalid)
+        if format is not ModelFormat.gguf or self._unreadable(variant, base):
+            return VariantOption(variant.name, variant.size, None, needs, format.value)
+        read = self.headers.read(variant, self._header_file(variant, base))
+        return VariantOption(variant.name, variant.size, read.facts, needs, format.value, read.invalid, read.unjudged)
 
-    def _header(self, variant: ModelVariant, base: Path) -> tuple[GgufFacts | None, str | None]:
-        """(the GGUF header's facts, why the file is not a GGUF model): of the cached or local file, else read over
-        HTTP from the first bytes (once). A local file is read again when it changes: a fixed file is seen."""
-        # Imported here: the parser brings gguf and numpy, which `status` and the other short commands never need.
-        from reconciler.observe.gguf_header import fetch_gguf_facts, read_gguf_facts
+    def _header_file(self, variant: ModelVariant, base: Path) -> Path | None:
+        """Where the GGUF header is read from on this host: the cached or local file; None: over HTTP."""
+        cached = self.cache.lookup(variant.sha256, variant.size) if variant.sha256 else None
+        if cached is not None:
+            return cached
+        if variant.source.startswith("file://"):
+            return Path(variant.source.removeprefix("file://"))
+        return None if variant.remote else base / variant.source
 
-        if self._outside_roots(variant, base):
-            return None, None
-        local = self.cache.lookup(variant.sha256, variant.size) if variant.sha256 else None
-        if local is None and variant.source.startswith("file://"):
-            local = Path(variant.source.removeprefix("file://"))
-        elif local is None and not variant.remote:
-            local = base / variant.source
-        key, version = (variant.source, variant.sha256), _version(local)
-        with self._lock:
-            known = self._headers.get(key)
-        if known is not None and known[0] == version:
-            return known[1]
-        header: tuple[GgufFacts | None, str | None] = (None, None)
-        try:
-            header = read_gguf_facts(local) if local is not None else fetch_gguf_facts(variant.source), None
-        except GgufUnreadable as error:
-            # Bytes previewed over HTTP are the server's word until they match the pin: only a local or verified
-            # file's malformed header condemns the variant.
-            if isinstance(error, GgufMalformed) and local is not None:
-                log.warning("%s: not a GGUF model (%s); variant %s is not used", redact(variant.source), error.reason,
-                            variant.name)
-                header = None, f"{redact(variant.source)} is not a GGUF model: {error.reason}"
-            else:
-                log.info("%s: no GGUF header (%s); its declared size is used", redact(variant.source), error.reason)
-        with self._lock:
-            self._headers[key] = version, header
-        return header
+    def _session(self) -> requests.Session:
+        """Requests to model sources connect only where the Policy's spec.models allows."""
+        return pinned_session(lambda host, port, addresses: source_refusal(host, port, addresses, self.rules))
 
     def _capacity(self, uses: list[WorkloadSpec]) -> Capacity:
         profile, rules, engines = self.capacity_inputs
@@ -269,17 +310,20 @@ class ModelStore:
                     and not self.cache.verify(digest):
                 self._discarded(digest)  # changed since verified, and its bytes too: the cause goes in the status
             log.info("fetching %s (sha256 %s)", redact(variant.source), digest[:12])
-            fetch(variant.source, digest, self.cache, size=variant.size, progress=progress)
+            with self._session() as http:
+                fetch(variant.source, digest, self.cache, size=variant.size, progress=progress, session=http)
             with self._lock:
                 self._failures.pop(digest, None)
                 self._damaged.pop(digest, None)
+            self._remember_failure(digest, None)
             log.info("fetched and verified %s", redact(variant.source))
         except ArtifactError as error:
             with self._lock:
                 attempts = self._failures[digest].attempts + 1 if digest in self._failures else 1
-                delay = min(FETCH_BACKOFF[1], FETCH_BACKOFF[0] * 2 ** (attempts - 1))
+                delay = backoff_delay(attempts)
                 self._failures[digest] = _Failure(Blocked(error.reason, f"{error}; next try in {delay:.0f}s"),
                                                   time.monotonic() + delay, attempts)
+            self._remember_failure(digest, Blocked(error.reason, str(error)))
             log.warning("fetching %s failed: %s", redact(variant.source), error)
         finally:
             if self.terminal is not None:
@@ -298,15 +342,6 @@ def progress_line(what: str, done: int, total: int | None, elapsed: float) -> st
         eta = f"ETA {(total - done) / rate:.0f}s" if rate else "ETA ?"
         return f"{what}  {done / mib:.1f}/{total / mib:.1f} MiB  {done / total:4.0%}  {rate / mib:.1f} MiB/s  {eta}"
     return f"{what}  {done / mib:.1f} MiB  {rate / mib:.1f} MiB/s"
-
-
-def _version(path: Path | None) -> tuple[int, int] | None:
-    """A local file's size and mtime: what its cached header reading is valid for."""
-    try:
-        stat = os.stat(path) if path is not None else None
-    except OSError:
-        return None
-    return (stat.st_size, stat.st_mtime_ns) if stat else None
 
 
 def _context(uses: list[WorkloadSpec]) -> int | None:

@@ -97,12 +97,13 @@ class Reconciler:
         on_exit: Callable[[str], None] | None = None, readonly: bool = False,
         on_engine_back: Callable[[], None] | None = None, metrics: Metrics | None = None,
         on_model_fetched: Callable[[], None] | None = None, terminal: TextIO | None = None,
-        revision: Callable[[], str | None] | None = None, channel: str | None = None,
+        revision: Callable[[], str | None] | None = None, channel: str | None = None, offline: bool = False,
     ) -> None:
         """`on_model_fetched`: models are fetched in the background (the daemon) and this is called when one is
         done; without it a pass fetches what it needs before it ends (`apply`). `revision`: which revision of
         its source the desired state is (by default the HEAD of the git repository the folder is in, if any);
-        `channel`: where that source is, for the decision records (by default the folder)."""
+        `channel`: where that source is, for the decision records (by default the folder). `offline`: no request
+        leaves the host (status, describe): remote model headers are what the daemon recorded."""
         # Absolute, but not resolved: a GitOps root is a path through a link that each new revision replaces,
         # and every path derived from it must stay the same across revisions.
         self.root = Path(os.path.abspath(root))
@@ -118,7 +119,7 @@ class Reconciler:
                             on_engine_back=on_engine_back),
         )
         self.models = ModelStore(self.root, state_dir, background=on_model_fetched is not None, on_fetched=on_model_fetched,
-                                 terminal=terminal)
+                                 terminal=terminal, network=not offline, record=not readonly)
         self.workloads = WorkloadRenderer(self.root, self.drivers, engine, self._remembered, self.models)
         self.judge = Judge(self.workloads, self.approvals)
         self.recorder = Recorder(self.root, state_dir / HOST_EVIDENCE_FILE)
@@ -178,7 +179,7 @@ class Reconciler:
                                             ("vllm", facts.vllm)) if found}
         rules = policy.spec if policy else DEFAULT_POLICY
         self.models.capacity_inputs = (self.host.profile, rules.resources, frozenset(engines))
-        self.models.read_roots = tuple(rules.models.roots)
+        self.models.rules = rules.models
 
     def _seed(self) -> None:
         """Give the status writer every known resource before the first flush, so no status file is partial."""

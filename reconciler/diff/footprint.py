@@ -97,6 +97,7 @@ class VariantOption:
     needs: Needs = Needs()
     format: str = "gguf"
     invalid: str | None = None  # why its file is not a GGUF model (a malformed header): never chosen
+    unjudged: Blocked | None = None  # why its header could not be read yet (an unreachable source): not a misfit
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class Selection:
     estimate: Footprint | None  # the chosen variant's
     rejected: tuple[Rejection, ...]  # the variants before the chosen one (all, when none fits), in order
     message: str  # one line for status and plan
+    waiting: Blocked | None = None  # chosen is None because a preferred variant cannot be judged yet, and why
 
 
 def host_capacity(profile: HostProfile, rules: ResourcePolicy, gpu_indices: Iterable[int],
@@ -136,11 +138,12 @@ def host_capacity(profile: HostProfile, rules: ResourcePolicy, gpu_indices: Iter
 
 
 def select_variant(options: list[VariantOption], capacity: Capacity, context: int | None,
-                   wants_gpu: bool) -> Selection:
+                   wants_gpu: bool, next_when_unreachable: bool = False) -> Selection:
     """The first variant, in preference order, whose needs the host meets and whose footprint fits: on the GPUs
     (the sum of the assigned GPUs' memory, as when layers are split across them) when the workload wants GPUs and
     has some, else in the RAM budget. A variant of unknown footprint is not known to fit, so it is rejected; one
-    whose file is not a GGUF model is never chosen."""
+    whose file is not a GGUF model is never chosen; one whose footprint is unknown only because its source cannot
+    be reached now is waited for, unless the spec says to go on to the next (`next_when_unreachable`)."""
     device = GPU if wants_gpu and capacity.gpu_memory else CPU
     rejected: list[Rejection] = []
     for index, option in enumerate(options):
@@ -148,7 +151,14 @@ def select_variant(options: list[VariantOption], capacity: Capacity, context: in
             rejected.append(Rejection(option.name, option.invalid, invalid=True))
             continue
         footprint = estimate(option.size, option.facts, context, device=device)
-        problem = _unmet(option.needs, capacity) or _misfit(footprint, capacity, device)
+        unmet = _unmet(option.needs, capacity)
+        if unmet is None and footprint is None and option.unjudged is not None:
+            if not next_when_unreachable:
+                message = f"waiting for {option.name}, which cannot be judged yet ({option.unjudged.reason})"
+                return Selection(None, None, None, tuple(rejected), message, option.unjudged)
+            rejected.append(Rejection(option.name, f"{option.unjudged.reason}: {option.unjudged.message}"))
+            continue
+        problem = unmet or _misfit(footprint, capacity, device)
         if problem is None:
             assert footprint is not None  # _misfit rejects an unknown footprint
             message = f"chose {option.name}: {human(footprint.total)} on {device} fits {_room(capacity, device)}"

@@ -16,6 +16,8 @@ def preflight(spec: WorkloadSpec, model: Model | None, presence: ModelPresence |
         return None
     if model is None or presence is None:
         return Blocked("ModelNotFound", f"Model/{spec.model} is not in the desired state: add it, or fix spec.model")
+    if presence.refused is not None:
+        return Blocked("InvalidModel", f"Model/{model.name}: {presence.refused}")
     if not presence.present:
         return Blocked("ModelMissing", f"Model/{model.name}: {presence.path}: no such file or folder: "
                                        f"put the model there, or fix the Model's spec.source")

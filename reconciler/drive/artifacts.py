@@ -21,12 +21,14 @@ from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 import requests
 
+from reconciler.observe.host import NotRegularFile, open_regular
 from reconciler.record.atomic import fsync_dir, write_atomic
+from reconciler.redact import redact, scrub
 
 CHUNK = 1 << 20
 # urllib3 drops a read's bytes when the connection ends inside it: small network reads lose little to a cut
@@ -34,6 +36,7 @@ NET_CHUNK = 1 << 16
 DEFAULT_MARGIN = 512 << 20  # left free after a download, so logs and status files can still be written
 PROGRESS_INTERVAL = 0.25
 _HEX = re.compile(r"[0-9a-f]{64}")
+_CONNECTION_REPR = re.compile(r"^\w+\(host=[^)]*\):\s*")  # urllib3's "HTTPConnection(host='h', port=1): "
 
 
 class ArtifactError(Exception):
@@ -68,8 +71,19 @@ class SourceUnreachable(ArtifactError):
 
     def __init__(self, url: str, detail: str, status: int | None = None) -> None:
         shown = redact(url)
-        super().__init__(f"cannot fetch {shown}: {_scrub(detail, url)}")
-        self.url, self.detail, self.status = shown, _scrub(detail, url), status
+        shown_detail = re.sub(r" at 0x[0-9a-f]+", "", scrub(detail, url))  # addresses would make each retry's differ
+        super().__init__(f"cannot fetch {shown}: {shown_detail}")
+        self.url, self.detail, self.status = shown, shown_detail, status
+
+
+class SourceRefused(ArtifactError):
+    """The Policy does not allow fetching from the source's host or the addresses it resolves to: nothing was sent."""
+
+    reason = "SourceRefused"
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
 
 
 @dataclass(frozen=True)
@@ -202,21 +216,12 @@ def _hash_file(path: Path) -> str:
         return hashlib.file_digest(file, "sha256").hexdigest()
 
 
-def redact(url: str) -> str:
-    """The URL without user:password@, fit for messages, logs and status."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-
-
-def _scrub(text: str, url: str) -> str:
-    parts = urlsplit(url)
-    if "@" in parts.netloc:
-        text = text.replace(parts.netloc.rpartition("@")[0] + "@", "")
-    if parts.password:
-        text = text.replace(parts.password, "***")
-    return re.sub(r" at 0x[0-9a-f]+", "", text)  # object addresses would make every retry's message differ
+def request_error(error: requests.RequestException) -> str:
+    """What went wrong, without the library's wrappers: 'ConnectionError: Failed to establish a new connection:
+    [Errno 111] Connection refused', not three nested reprs naming connection-pool classes."""
+    cause = error.args[0] if error.args else error
+    reason = getattr(cause, "reason", None) or cause
+    return f"{type(error).__name__}: {_CONNECTION_REPR.sub('', str(reason))}"
 
 
 _locks: dict[tuple[Path, str], threading.Lock] = {}
@@ -328,8 +333,10 @@ def _open_http(url: str, offset: int, http: requests.Session, timeout: float) ->
         headers["Range"] = f"bytes={offset}-"
     try:
         response = http.get(url, headers=headers, stream=True, timeout=timeout)
+    except SourceRefused as refused:
+        raise SourceRefused(f"{redact(url)}: {refused.why}") from None
     except requests.RequestException as error:
-        raise SourceUnreachable(url, f"{type(error).__name__}: {error}") from None
+        raise SourceUnreachable(url, request_error(error)) from None
     code = response.status_code
     if code == 416 and offset:  # nothing past the partial: it may be complete already
         response.close()
@@ -346,7 +353,9 @@ def _open_http(url: str, offset: int, http: requests.Session, timeout: float) ->
 def _open_file(url: str, offset: int) -> _Opened:
     path = Path(url2pathname(urlsplit(url).path))
     try:
-        file = path.open("rb")
+        file = open_regular(path)
+    except NotRegularFile as refused:
+        raise SourceRefused(str(refused)) from None
     except OSError as error:
         raise SourceUnreachable(url, error.strerror or str(error)) from None
     total = os.fstat(file.fileno()).st_size

@@ -8,7 +8,6 @@ its own session with no stdin, so neither git nor ssh can stop to ask a question
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.record.atomic import fsync_dir
+from reconciler.redact import redact
 
 GIT_TIMEOUT = 60.0
 FETCH_TIMEOUT = 300.0  # a first fetch of a large history over a slow link
@@ -28,7 +28,6 @@ _REPOSITORY_VARIABLES = (
     "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES",
     "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_PREFIX", "GIT_CEILING_DIRECTORIES",
 )
-_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:\s]*)(?P<password>:[^/@\s]*)?@")
 
 # What `%G?` says when a signature is not good; G is the only answer accepted.
 _SIGNATURE_REASONS = {
@@ -49,19 +48,6 @@ class GitError(Exception):
         self.command = command
         self.stderr = redact(message.strip())
         super().__init__(f"git {command}: {self.stderr}")
-
-
-def redact(text: str) -> str:
-    """Hide URL credentials: `user:password@` keeps the user; an http(s) user alone may be a token, so it goes too."""
-
-    def hide(match: re.Match[str]) -> str:
-        if match["password"] is not None:
-            return f"{match['scheme']}{match['user']}:***@"
-        if match["scheme"].lower().startswith("http"):
-            return f"{match['scheme']}***@"
-        return match[0]
-
-    return _USERINFO.sub(hide, text)
 
 
 def run_git(

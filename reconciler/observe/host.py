@@ -6,9 +6,11 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class ModelPresence:
     size: int | None  # None: not there
     magic: bytes = b""  # the first bytes of a file: b"GGUF" for a GGUF model
     modified_ns: int = 0
+    refused: str | None = None  # why it was not read: not a regular file (a FIFO would block its reader)
 
     @property
     def identity(self) -> str:
@@ -46,16 +49,55 @@ class ModelPresence:
         return self.size is not None
 
 
+class NotRegularFile(OSError):
+    """A FIFO, device, socket or folder where a file is read: refused, never opened for reading in earnest."""
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open a file for reading only if it is a regular file. The open does not block (a FIFO without a writer
+    would block a plain one for good), and the check is of the file opened, so a swap after it changes nothing."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(_not_regular(path, mode))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def special_file(path: str | Path) -> str | None:
+    """Why `path` is not read, when it is there but neither a regular file nor a folder (a FIFO, a device, a
+    socket): found without opening it. The opens themselves go through `open_regular`."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else _not_regular(path, mode)
+
+
+def _not_regular(path: str | Path, mode: int) -> str:
+    return f"{path} is {_kind(mode)}, not a regular file: only regular files are read"
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
 def observe_model(path: Path) -> ModelPresence:
     try:
         if path.is_dir():
             files = [f.stat() for f in path.rglob("*") if f.is_file()]
             return ModelPresence(path, sum(f.st_size for f in files), b"", max((f.st_mtime_ns for f in files), default=0))
-        with path.open("rb") as handle:
-            stat = os.fstat(handle.fileno())
-            return ModelPresence(path, stat.st_size, handle.read(4), stat.st_mtime_ns)
-    except OSError:
-        return ModelPresence(path, None)
+        with open_regular(path) as handle:
+            found = os.fstat(handle.fileno())
+            return ModelPresence(path, found.st_size, handle.read(4), found.st_mtime_ns)
+    except OSError as error:  # a socket fails the open itself (ENXIO)
+        return ModelPresence(path, None, refused=special_file(path) or (str(error) if isinstance(error, NotRegularFile) else None))
 
 
 def engine_facts() -> EngineFacts:
@@ -76,12 +118,12 @@ _digests: dict[str, tuple[tuple[int, ...], str]] = {}  # path -> (identity, dige
 def file_sha256(path: str) -> str | None:
     """The SHA-256 of a file, for pinned executables; None when it cannot be read."""
     try:
-        stat = os.stat(path)
+        found = os.stat(path)
         # ctime too: an in-place rewrite that restores the mtime still moves it
-        identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        identity = (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns)
         seen = _digests.get(path)
         if seen is None or seen[0] != identity:
-            with open(path, "rb") as handle:
+            with open_regular(path) as handle:
                 seen = _digests[path] = (identity, hashlib.file_digest(handle, "sha256").hexdigest())
         return seen[1]
     except OSError:

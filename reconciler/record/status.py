@@ -15,7 +15,7 @@ from reconciler.gate.verdict import POLICY_DENIED, Decision, Verdict
 from reconciler.load.desired import DesiredEntry
 from reconciler.diff.engines import Rendered
 from reconciler.diff.footprint import ModelView
-from reconciler.drive.artifacts import redact
+from reconciler.redact import redact
 from reconciler.observe.processes import ProcessObservation, ProcessState
 from reconciler.record.conditions import set_condition
 from reconciler.record.store import ResourceRecord

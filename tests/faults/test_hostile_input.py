@@ -5,6 +5,7 @@ touched."""
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,11 @@ def cases(tmp: Path, taken_port: int) -> list[Hostile]:
                 model("crafted", variants=[{"name": "deep", "source": "models/deep.gguf"},
                                            {"name": "aligned", "source": "models/aligned.gguf"}]),
                 "models/deep.gguf is not a GGUF model: arrays are nested more than 8 deep"),
+        Hostile("model sources that block or reach inside (a FIFO, a loopback service)", "model-fifo.yaml",
+                model("model-fifo", source="models/pipe.gguf", format="gguf"), "is a FIFO, not a regular file"),
+        Hostile("model sources that block or reach inside (a FIFO, a loopback service)", "model-internal.yaml",
+                model("model-internal", source=f"http://127.0.0.1:{taken_port}/admin", sha256="2" * 64),
+                "127.0.0.1 resolves to 127.0.0.1, a non-public address"),
         Hostile("hosted fallback without consent", "hosted.yaml", _fallback_workload(), "ProviderNotAllowed", "chat"),
     ]
 
@@ -157,6 +163,7 @@ def test_hostile_documents_are_refused_with_reasons_and_touch_nothing_that_runs(
     (workspace.desired / "models" / "deep.gguf").write_bytes(crafted.header([*crafted.llama(), deep]))
     (workspace.desired / "models" / "aligned.gguf").write_bytes(
         crafted.header([*crafted.llama(), crafted.text("general.alignment", "32")]))
+    os.mkfifo(workspace.desired / "models" / "pipe.gguf")  # nothing ever writes to it: a reader would wait for good
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "allowed.gguf").write_bytes(b"GGUF")  # outside the folder, in a root the policy lists
     workspace.write("policy.yaml", policy_yaml(volumeRoots=[str(tmp_path / "volumes")]).replace(

@@ -133,7 +133,8 @@ class Served:
     def write(self, stand_in: Path) -> None:
         self.workspace.write("policy.yaml", document("Policy", "test-host", {"native": {
             "trustedEngines": ["llama.cpp"],
-            "trustedExecutables": [{"executable": PYTHON}, {"executable": str(stand_in)}]}}))
+            "trustedExecutables": [{"executable": PYTHON}, {"executable": str(stand_in)}]},
+            "models": {"internalNetworks": ["127.0.0.0/8"]}}))
         self.workspace.write("model.yaml", document("Model", "tiny", {
             "source": self.url, "sha256": self.digest, "size": len(self.data)}) + "---\n" + document("Workload", "chat", {
                 "engine": "llama.cpp", "model": "tiny", "port": self.port, "llamaCpp": {"executable": str(stand_in)},

@@ -1,0 +1,185 @@
+"""The GGUF headers of a Model's variants, which size them before anything is downloaded.
+
+A header read is an observation: kept once it succeeds; one that failed is tried again with the fetches' back-off
+(5 s doubling to 10 min), never remembered for the daemon's life. A source that cannot be reached (or that the
+Policy refuses) leaves its variant unjudged, with the reason, instead of unknown-size. What was read is recorded
+in the state directory, so `status` and `describe` show what the daemon saw without a request of their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import requests
+
+from reconciler.api.kinds import ModelVariant
+from reconciler.diff.engines import Blocked
+from reconciler.drive.artifacts import SourceRefused, request_error
+from reconciler.observe.gguf_facts import GgufFacts, GgufMalformed, GgufUnreadable
+from reconciler.observe.host import open_regular
+from reconciler.record.atomic import write_atomic
+from reconciler.redact import redact, scrub
+
+log = logging.getLogger("reconciler")
+
+MALFORMED = "malformed: "
+BACKOFF = (5.0, 600.0)  # the fetches' back-off: 5 s, doubling to 10 min
+
+
+def backoff_delay(attempts: int) -> float:
+    return min(BACKOFF[1], BACKOFF[0] * 2 ** (attempts - 1))
+
+
+@dataclass(frozen=True)
+class HeaderRead:
+    facts: GgufFacts | None
+    unjudged: Blocked | None = None  # the source could not answer: the variant's size cannot be judged yet
+    retry_at: float | None = None  # monotonic; None once the facts are read
+    attempts: int = 0
+    version: tuple[int, int] | None = None  # the local file's size and mtime it was read from: a change is read anew
+    invalid: str | None = None  # why the local or cached file is not a GGUF model: kept until the file changes
+
+
+class _Watched(requests.Session):
+    """Remembers why the source did not answer (a connection error, an HTTP error), which the header reader folds
+    into 'unreadable', so that it is not taken for a file that is not GGUF."""
+
+    def __init__(self, inner: requests.Session) -> None:
+        super().__init__()
+        self.inner, self.failure = inner, None
+
+    def request(self, *args: object, **kwargs: object) -> requests.Response:  # type: ignore[override]
+        try:
+            response = self.inner.request(*args, **kwargs)  # type: ignore[arg-type]
+        except requests.RequestException as error:
+            self.failure = request_error(error)
+            raise
+        if response.status_code not in (200, 206, 416):
+            self.failure = f"HTTP {response.status_code} {response.reason}"
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+        super().close()
+
+
+class Headers:
+    def __init__(self, directory: Path, *, network: bool, record: bool,
+                 session: Callable[[], requests.Session]) -> None:
+        """`network`: remote headers may be requested (not by status or describe, which recall what was recorded);
+        `record`: what is read is written under `directory` for them."""
+        self.directory, self.network, self.record, self.session = directory, network, record, session
+        self._lock = threading.Lock()
+        self._reads: dict[tuple[str, str | None], HeaderRead] = {}
+
+    def read(self, variant: ModelVariant, local: Path | None) -> HeaderRead:
+        """The header of `local` (the cached or local file) when given, else of the variant's URL."""
+        key, version = (variant.source, variant.sha256), _version(local)
+        with self._lock:
+            known = self._reads.get(key)
+        if known is not None and known.version != version:
+            known = None
+        if known is not None and (known.retry_at is None or time.monotonic() < known.retry_at):
+            return known
+        if local is None and not self.network:
+            return self._recalled(key)
+        facts, unjudged, why = _read(variant, local, self.session)
+        read = HeaderRead(facts, unjudged, version=version)
+        if facts is None and local is not None and why.startswith(MALFORMED):
+            # Only a local or verified file condemns the variant: bytes previewed over HTTP are the server's word
+            read = HeaderRead(None, version=version, invalid=f"{redact(variant.source)} is not a GGUF model: "
+                                                            f"{why.removeprefix(MALFORMED)}")
+            log.warning("%s; variant %s is not used", read.invalid, variant.name)
+        elif facts is None:
+            attempts = known.attempts + 1 if known else 1
+            delay = backoff_delay(attempts)
+            later = unjudged and Blocked(unjudged.reason, f"{unjudged.message}; next try in {delay:.0f}s")
+            read = HeaderRead(None, later, time.monotonic() + delay, attempts, version)
+            log.info("%s: no GGUF header (%s); tried again in %.0fs", redact(variant.source), why, delay)
+        with self._lock:
+            self._reads[key] = read
+        if self.record and local is None:
+            self._remember(key, facts, unjudged)
+        return read
+
+    def forget_failures(self) -> None:
+        with self._lock:
+            self._reads = {key: read for key, read in self._reads.items() if read.facts is not None}
+
+    def retry_in(self, variant: ModelVariant) -> float | None:
+        with self._lock:
+            known = self._reads.get((variant.source, variant.sha256))
+        if known is None or known.retry_at is None:
+            return None
+        return max(0.0, known.retry_at - time.monotonic())
+
+    def _path(self, key: tuple[str, str | None]) -> Path:
+        # The name hides the source: a URL may carry a credential
+        return self.directory / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()}.json"
+
+    def _remember(self, key: tuple[str, str | None], facts: GgufFacts | None, unjudged: Blocked | None) -> None:
+        seen = {"facts": facts and asdict(facts),
+                "unjudged": unjudged and {"reason": unjudged.reason, "message": unjudged.message}}
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomic(self._path(key), json.dumps(seen))
+        except OSError as error:  # status then says less; the daemon goes on
+            log.warning("cannot record a GGUF header under %s: %s", self.directory, error)
+
+    def _recalled(self, key: tuple[str, str | None]) -> HeaderRead:
+        try:
+            seen = json.loads(self._path(key).read_text())
+            facts = GgufFacts(**seen["facts"]) if seen["facts"] else None
+            unjudged = Blocked(**seen["unjudged"]) if seen["unjudged"] else None
+        except FileNotFoundError:
+            return HeaderRead(None, Blocked("HeaderNotRead", "the daemon has not read its GGUF header yet "
+                                                             "(status and describe make no requests of their own)"))
+        except (OSError, ValueError, TypeError, KeyError):
+            return HeaderRead(None)
+        return HeaderRead(facts, unjudged)
+
+
+def _version(local: Path | None) -> tuple[int, int] | None:
+    try:
+        found = local.stat() if local is not None else None
+    except OSError:
+        return None
+    return (found.st_size, found.st_mtime_ns) if found else None
+
+
+def _read(variant: ModelVariant, local: Path | None,
+          session: Callable[[], requests.Session]) -> tuple[GgufFacts | None, Blocked | None, str]:
+    """The facts; else why the source could not be judged (None: it answered, with no GGUF header), and a line."""
+    # Imported here: the parser brings gguf and numpy, which `status` and the other short commands never need.
+    from reconciler.observe.gguf_header import fetch_gguf_facts, read_gguf_facts
+
+    if local is not None:
+        try:
+            with open_regular(local) as file:
+                opened = f"/proc/self/fd/{file.fileno()}"  # the file checked, not whatever the name holds later
+                return read_gguf_facts(Path(opened)), None, ""
+        except GgufUnreadable as error:
+            prefix = MALFORMED if isinstance(error, GgufMalformed) else ""
+            return None, None, prefix + error.reason.replace(opened, str(local))
+        except OSError as error:
+            return None, None, str(error)
+    url = variant.source
+    http = _Watched(session())
+    try:
+        return fetch_gguf_facts(url, session=http), None, ""
+    except SourceRefused as refused:
+        return None, Blocked("SourceRefused", f"{redact(url)}: {refused.why}"), "refused by the Policy"
+    except GgufUnreadable:
+        if http.failure is None:  # it answered: no bytes of the answer are repeated, it may be an internal service
+            return None, None, "no GGUF header in what the source sent"
+        detail = scrub(http.failure, url)
+        return None, Blocked("SourceUnreachable", f"cannot read the GGUF header of {redact(url)}: {detail}"), detail
+    finally:
+        http.close()
