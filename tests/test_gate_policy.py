@@ -665,7 +665,8 @@ def test_a_listed_privileged_port_is_allowed_and_only_that_one() -> None:
 def test_a_variable_that_loads_other_code_into_a_trusted_program_is_denied(variable: str) -> None:
     verdict = judge(native(env={variable: "/tmp/evil", "PYTHONUNBUFFERED": "1"}), policy(**TRUSTS_PYTHON), PYTHON)
     assert verdict.decision is Decision.deny and rules_of(verdict.reasons) == ["native.loaderEnvironment"]
-    assert f"env {variable}='/tmp/evil' would make the program load code" in verdict.reasons[0].message
+    assert f"env {variable} would make the program load code" in verdict.reasons[0].message
+    assert "/tmp/evil" not in verdict.reasons[0].message
     assert f"spec.native.loaderEnvironment of {SOURCE}" in verdict.reasons[0].message
 
 
@@ -707,7 +708,7 @@ def test_exposed_addresses_are_canonical(written: str, canonical: str) -> None:
 
 @pytest.mark.parametrize("address", ["localhost", "example.com", "256.0.0.1", "127.1", "", "0.0.0.0/0", "::1::"])
 def test_an_exposed_address_must_be_an_ip_address(address: str) -> None:
-    with pytest.raises(ValidationError, match="is not an IP address"):
+    with pytest.raises(ValidationError, match="expected an IP address"):
         policy(network={"exposed": [{"address": address}]})
 
 

@@ -176,9 +176,8 @@ class _Builder:
         try:
             return self._constructor.construct_object(node, deep=True)
         except (ValueError, KeyError, yaml.YAMLError):
-            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
-            shown = node.value if len(node.value) <= 40 else node.value[:40] + "..."
-            raise YamlProblem(f"{shown!r} is not a valid {tag} value", self._at(node.start_mark)) from None
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")  # the value is not shown: it may be a key
+            raise YamlProblem(f"not a valid {tag} value", self._at(node.start_mark)) from None
 
     def _check_tag(self, node: Node, expected: str | None) -> None:
         if node.tag not in _ALLOWED_TAGS or (expected and node.tag != expected):
