@@ -11,6 +11,7 @@ from pathlib import Path
 from reconciler.api.container import addresses_overlap
 from reconciler.api.kinds import Policy, Workload, spec_hash
 from reconciler.api.meta import Resource, ResourceKey
+from reconciler.load.spec_file import SpecRefused, read_spec_file
 from reconciler.load.validate import LoadError, validate_document
 from reconciler.load.yaml_source import MAX_FILE_BYTES, YamlProblem, parse_documents
 
@@ -168,8 +169,9 @@ def _error_order(error: LoadError) -> tuple[int, int]:
 
 
 def read_folder(root: Path) -> dict[str, bytes | LoadError]:
-    """Read every spec file under `root` (relative names); an unreadable file becomes its error."""
+    """Read every spec file under `root` (relative names); an unreadable or refused file becomes its error."""
     contents: dict[str, bytes | LoadError] = {}
+    real_root = os.path.realpath(root)
 
     def unreadable(error: OSError) -> None:
         folder = str(Path(error.filename).relative_to(root)) + "/"
@@ -183,12 +185,11 @@ def read_folder(root: Path) -> dict[str, bytes | LoadError]:
             path = Path(directory) / name
             relative = str(path.relative_to(root))
             try:
-                with path.open("rb") as handle:
-                    data = handle.read(MAX_FILE_BYTES + 1)
+                contents[relative] = read_spec_file(path, real_root, MAX_FILE_BYTES + 1)
+            except SpecRefused as refused:
+                contents[relative] = LoadError(str(path), str(refused))
             except OSError as error:
                 contents[relative] = LoadError(str(path), f"cannot read file: {error.strerror}")
-                continue
-            contents[relative] = data
     return contents
 
 
