@@ -11,6 +11,7 @@ from pathlib import Path
 from reconciler.api.container import addresses_overlap
 from reconciler.api.kinds import Policy, Workload, spec_hash
 from reconciler.api.meta import Resource, ResourceKey
+from reconciler.load.budget import PASS_BYTES, PASS_FILES, ParseBudget
 from reconciler.load.spec_file import SpecRefused, read_spec_file
 from reconciler.load.validate import LoadError, validate_document
 from reconciler.load.yaml_source import MAX_FILE_BYTES, YamlProblem, parse_documents
@@ -67,6 +68,7 @@ def build_desired(contents: dict[str, bytes | LoadError], display_root: str = ""
     """
     errors: dict[str, list[LoadError]] = defaultdict(list)
     found: dict[ResourceKey, list[DesiredEntry]] = defaultdict(list)
+    budget = ParseBudget()
     for file, message in _shared_outputs(contents).items():
         errors[file].append(LoadError(_shown(display_root, file), message))
     for file in sorted(contents):
@@ -77,7 +79,7 @@ def build_desired(contents: dict[str, bytes | LoadError], display_root: str = ""
         if file in errors:
             continue
         try:
-            documents = parse_documents(content)
+            documents = parse_documents(content, budget)
         except YamlProblem as problem:
             errors[file].append(LoadError(_shown(display_root, file), problem.message, problem.position))
             continue
@@ -172,6 +174,7 @@ def read_folder(root: Path) -> dict[str, bytes | LoadError]:
     """Read every spec file under `root` (relative names); an unreadable or refused file becomes its error."""
     contents: dict[str, bytes | LoadError] = {}
     real_root = os.path.realpath(root)
+    read = 0
 
     def unreadable(error: OSError) -> None:
         folder = str(Path(error.filename).relative_to(root)) + "/"
@@ -184,13 +187,26 @@ def read_folder(root: Path) -> dict[str, bytes | LoadError]:
                 continue
             path = Path(directory) / name
             relative = str(path.relative_to(root))
+            over = _over_pass_limits(len(contents), read)
+            if over:
+                contents[relative] = LoadError(str(path), over)
+                continue
             try:
-                contents[relative] = read_spec_file(path, real_root, MAX_FILE_BYTES + 1)
+                contents[relative] = data = read_spec_file(path, real_root, MAX_FILE_BYTES + 1)
+                read += len(data)
             except SpecRefused as refused:
                 contents[relative] = LoadError(str(path), str(refused))
             except OSError as error:
                 contents[relative] = LoadError(str(path), f"cannot read file: {error.strerror}")
     return contents
+
+
+def _over_pass_limits(files: int, read: int) -> str | None:
+    if files >= PASS_FILES:
+        return f"not read: the folder holds more than {PASS_FILES} spec files, the limit per pass"
+    if read >= PASS_BYTES:
+        return f"not read: the spec files read before it hold {PASS_BYTES} bytes in all, the limit per pass"
+    return None
 
 
 def load_desired(root: Path) -> DesiredState:
