@@ -109,3 +109,25 @@ def test_reading_stops_at_the_pass_file_budget(tmp_path: Path) -> None:
     assert [name for name, content in contents.items() if isinstance(content, LoadError)] == [last]
     assert contents[last] == LoadError(str(tmp_path / last), f"not read: the folder holds more than {PASS_FILES} "
                                                              "spec files, the limit per pass")
+
+
+def misspelt(documents: int, fields: int, prefix: str = "w") -> bytes:
+    return "---\n".join(workload_yaml(f"{prefix}{n}", "  command: [x]\n" + "".join(f"  comand{i}: 1\n" for i in range(fields)))
+                        for n in range(documents)).encode()
+
+
+def test_errors_are_spelled_out_up_to_a_file_budget_and_the_rest_counted() -> None:
+    desired = build_desired({"x.yaml": misspelt(100, 240)})  # 24,000 errors: took 16 s a pass to describe
+    described = [error for error in desired.errors["x.yaml"] if error.field]
+    counted = [error for error in desired.errors["x.yaml"] if not error.field]
+    assert len(described) == 20 and all("did you mean 'command'?" in error.message for error in described)
+    assert len(counted) == 100 and sorted({error.message for error in counted}) == [
+        f"{n} more errors in this document are not shown (at most 20 are spelled out per file, 200 per pass): fix "
+        "these first" for n in (220, 240)]
+    assert len(desired.rejected) == 100  # each document is still refused, by its name
+
+
+def test_errors_are_spelled_out_up_to_a_pass_budget() -> None:
+    desired = build_desired({f"x{n:02}.yaml": misspelt(1, 30, f"f{n}-") for n in range(12)})
+    described = {file: sum(1 for error in found if error.field) for file, found in desired.errors.items()}
+    assert sum(described.values()) == 200 and described["x09.yaml"] == 20 and described["x10.yaml"] == 0

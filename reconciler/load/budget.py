@@ -32,6 +32,9 @@ DOCUMENT = Limits(documents=1, written=10_000, aliases=100, expanded=10_000)
 FILE = Limits(documents=100, written=50_000, aliases=1_000, expanded=50_000)
 PASS = Limits(documents=2_000, written=400_000, aliases=10_000, expanded=400_000)
 
+# Load errors spelled out in full (the rest of a document's are counted): describing one searches every field name.
+DESCRIBED_PER_FILE, DESCRIBED_PER_PASS = 20, 200
+
 _HOLDS = {"documents": "holds more than {} documents", "written": "holds more than {} values",
           "aliases": "uses more than {} aliases", "expanded": "expands to more than {} values (an alias bomb?)"}
 

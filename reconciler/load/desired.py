@@ -11,7 +11,7 @@ from pathlib import Path
 from reconciler.api.container import addresses_overlap
 from reconciler.api.kinds import Policy, Workload, spec_hash
 from reconciler.api.meta import Resource, ResourceKey
-from reconciler.load.budget import PASS_BYTES, PASS_FILES, ParseBudget
+from reconciler.load.budget import DESCRIBED_PER_FILE, DESCRIBED_PER_PASS, PASS_BYTES, PASS_FILES, ParseBudget
 from reconciler.load.spec_file import SpecRefused, read_spec_file
 from reconciler.load.validate import LoadError, validate_document
 from reconciler.load.yaml_source import MAX_FILE_BYTES, YamlProblem, parse_documents
@@ -68,7 +68,7 @@ def build_desired(contents: dict[str, bytes | LoadError], display_root: str = ""
     """
     errors: dict[str, list[LoadError]] = defaultdict(list)
     found: dict[ResourceKey, list[DesiredEntry]] = defaultdict(list)
-    budget = ParseBudget()
+    budget, described_in_pass = ParseBudget(), 0
     for file, message in _shared_outputs(contents).items():
         errors[file].append(LoadError(_shown(display_root, file), message))
     for file in sorted(contents):
@@ -83,10 +83,15 @@ def build_desired(contents: dict[str, bytes | LoadError], display_root: str = ""
         except YamlProblem as problem:
             errors[file].append(LoadError(_shown(display_root, file), problem.message, problem.position))
             continue
+        described_in_file = 0
         for document in documents:
-            result = validate_document(_shown(display_root, file), document)
+            allowance = max(0, min(DESCRIBED_PER_FILE - described_in_file, DESCRIBED_PER_PASS - described_in_pass))
+            result = validate_document(_shown(display_root, file), document, allowance)
             if isinstance(result, list):
                 errors[file].extend(result)
+                spelled_out = min(len(result), allowance)  # the error that counts the rest is not one
+                described_in_file += spelled_out
+                described_in_pass += spelled_out
             else:
                 found[result.key].append(DesiredEntry(result, file, spec_hash(result)))
 
