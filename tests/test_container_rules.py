@@ -74,12 +74,13 @@ def test_valid_image_references(reference: str) -> None:
     "busybox:-tag", "a" * 256,
 ])
 def test_invalid_image_references_name_the_expected_form(reference: str) -> None:
-    with pytest.raises(ValueError, match=r"is not an image reference: expected \[registry/\]name\[:tag\]"):
+    with pytest.raises(ValueError, match=r"expected an image reference: \[registry/\]name\[:tag\]"):
         valid_image_reference(reference)
 
 
 def test_spec_image_is_checked_as_a_reference() -> None:
-    assert "'org/Upper' is not an image reference" in container_error(image="org/Upper")
+    message = container_error(image="org/Upper")
+    assert "expected an image reference" in message and "org/Upper" not in message
 
 
 def test_capabilities_are_normalised_sorted_and_deduplicated() -> None:
@@ -88,8 +89,8 @@ def test_capabilities_are_normalised_sorted_and_deduplicated() -> None:
     assert ContainerSecurity(capabilities=["Cap_Sys_Nice"]).capabilities == ["SYS_NICE"]
 
 
-def test_unknown_capability_is_an_error_naming_it_as_written() -> None:
-    with pytest.raises(ValidationError, match=r"unknown capability 'cap_flying', 'ALL' \(capabilities\(7\)"):
+def test_unknown_capability_is_an_error_naming_its_items() -> None:
+    with pytest.raises(ValidationError, match=r"item 0, 2: expected a capability name of capabilities\(7\)"):
         ContainerSecurity(capabilities=["cap_flying", "NET_RAW", "ALL"])
 
 
@@ -125,7 +126,7 @@ def test_port_mapping_defaults_to_loopback_tcp_on_the_container_port() -> None:
 def test_host_ip_is_normalised_and_must_be_an_address() -> None:
     assert PortMapping.model_validate({"containerPort": 1, "hostIP": "::0001"}).host_ip == "::1"
     assert PortMapping.model_validate({"containerPort": 1, "hostIP": "0:0::0"}).host_ip == "::"
-    with pytest.raises(ValidationError, match=r"'localhost' is not an IP address \(e.g. 127.0.0.1\)"):
+    with pytest.raises(ValidationError, match=r"expected an IP address \(e.g. 127.0.0.1\)"):
         PortMapping.model_validate({"containerPort": 1, "hostIP": "localhost"})
 
 
@@ -212,9 +213,9 @@ def test_native_listens_and_default_port() -> None:
 
 def test_container_policy_checks_volume_roots_and_capabilities() -> None:
     assert ContainerPolicy(capabilities=["cap_net_raw", "NET_RAW"]).capabilities == ["NET_RAW"]
-    with pytest.raises(ValidationError, match="volume roots must be absolute paths: 'data'"):
+    with pytest.raises(ValidationError, match="volume roots must be absolute paths: item 1 is not"):
         ContainerPolicy(volume_roots=["/srv", "data"])
-    with pytest.raises(ValidationError, match="unknown capability 'EVERYTHING'"):
+    with pytest.raises(ValidationError, match="item 0: expected a capability name"):
         ContainerPolicy(capabilities=["EVERYTHING"])
 
 

@@ -454,9 +454,9 @@ def test_gpu_request_without_a_gpu_runtime_fails_explicitly(
 
 
 @pytest.mark.parametrize(("spec", "expected"), [
-    ({"image": "Not A/Reference"}, "is not an image reference"),
-    ({"security": {"capabilities": ["NET_BIND_SERVICE", "MAKE_COFFEE"]}}, "unknown capability 'MAKE_COFFEE'"),
-    ({"ports": [{"containerPort": 80, "hostIP": "localhost"}]}, "is not an IP address"),
+    ({"image": "Not A/Reference"}, "expected an image reference"),
+    ({"security": {"capabilities": ["NET_BIND_SERVICE", "MAKE_COFFEE"]}}, "capabilities: item 1: expected a capability name"),
+    ({"ports": [{"containerPort": 80, "hostIP": "localhost"}]}, "expected an IP address"),
 ])
 def test_bad_container_specs_are_refused_at_load_with_file_and_line(
     space: Workspace, docker_engine: EngineUnderTest, spec: dict, expected: str

@@ -159,6 +159,46 @@ def test_loader_survives_mutated_specs(data: bytes) -> None:
     load(data)
 
 
+SECRET_LOOKING = st.one_of(st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=10, max_size=40)
+                           .map("sk-".__add__), st.integers(10**9, 10**15))
+FALLBACK = {"provider": "example", "baseUrl": "https://api.example.com/v1", "model": "big", "region": "eu",
+            "context": ["prompts"], "apiKey": {"env": "EXAMPLE_API_KEY"}}
+WITH_FALLBACK = doc("Workload", "hosted", {"engine": "llama.cpp", "model": "tiny", "port": 8081, "fallback": FALLBACK,
+                                           "env": {"HF_HOME": "/srv/hf"}})
+
+
+def value_paths(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Where a value of a document is: every leaf and container below the root, except metadata.name (a name)."""
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    found = [path] if path and path != ("metadata", "name") else []
+    return found + [deeper for key, child in children for deeper in value_paths(child, (*path, key))]
+
+
+@st.composite
+def secret_placed(draw: st.DrawFn) -> tuple[bytes, str]:
+    """A valid document with one value (not a name) replaced by a secret-looking string or number, bare or inside
+    a list or a mapping (where another type was expected); it may also be where a type is wrong."""
+    document = copy.deepcopy(draw(st.sampled_from([*BASES, WITH_FALLBACK])))
+    path = draw(st.sampled_from(value_paths(document)))
+    secret = draw(SECRET_LOOKING)
+    parent = document
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = draw(st.sampled_from([secret, [secret], {"x": secret}, {"HF_TOKEN": secret}]))
+    return yaml.safe_dump(document).encode(), str(secret)
+
+
+@FUZZ
+@given(secret_placed())
+def test_no_load_error_repeats_a_value_written_in_a_spec(placed: tuple[bytes, str]) -> None:
+    """Issue 18.8: errors name the field and the type found, never the value (an env value, a fallback field or an
+    argument may be a key, and errors reach a 0644 status file, `validate` output and the daemon log)."""
+    data, secret = placed
+    state = build_desired({FILE: data}, display_root=ROOT)
+    shown = [str(error) for errors in state.errors.values() for error in errors]
+    assert not [line for line in shown if secret in line]
+
+
 # no lone surrogates: no UTF-8 file holds one (a "\ud800" escape is a clear load error: tested below)
 HOSTILE = st.one_of(st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=12),
                     st.lists(st.sampled_from(

@@ -665,7 +665,8 @@ def test_a_listed_privileged_port_is_allowed_and_only_that_one() -> None:
 def test_a_variable_that_loads_other_code_into_a_trusted_program_is_denied(variable: str) -> None:
     verdict = judge(native(env={variable: "/tmp/evil", "PYTHONUNBUFFERED": "1"}), policy(**TRUSTS_PYTHON), PYTHON)
     assert verdict.decision is Decision.deny and rules_of(verdict.reasons) == ["native.loaderEnvironment"]
-    assert f"env {variable}='/tmp/evil' would make the program load code" in verdict.reasons[0].message
+    assert f"env {variable} would make the program load code" in verdict.reasons[0].message
+    assert "/tmp/evil" not in verdict.reasons[0].message
     assert f"spec.native.loaderEnvironment of {SOURCE}" in verdict.reasons[0].message
 
 
@@ -680,7 +681,7 @@ def test_a_loader_variable_is_allowed_with_exactly_the_listed_value() -> None:
     other = judge(native(env={"LD_LIBRARY_PATH": CUDA + ":/tmp/evil"}), rules, PYTHON)
     assert other.decision is Decision.deny and rules_of(other.reasons) == ["native.loaderEnvironment"]
     preload = judge(native(env={"LD_LIBRARY_PATH": CUDA, "LD_PRELOAD": CUDA}), rules, PYTHON)
-    assert [reason.message.split("=")[0] for reason in preload.reasons] == ["env LD_PRELOAD"]
+    assert [reason.message.split(" would ")[0] for reason in preload.reasons] == ["env LD_PRELOAD"]
 
 
 def test_ordinary_variables_and_containers_are_not_loader_variables() -> None:
@@ -707,7 +708,7 @@ def test_exposed_addresses_are_canonical(written: str, canonical: str) -> None:
 
 @pytest.mark.parametrize("address", ["localhost", "example.com", "256.0.0.1", "127.1", "", "0.0.0.0/0", "::1::"])
 def test_an_exposed_address_must_be_an_ip_address(address: str) -> None:
-    with pytest.raises(ValidationError, match="is not an IP address"):
+    with pytest.raises(ValidationError, match="expected an IP address"):
         policy(network={"exposed": [{"address": address}]})
 
 

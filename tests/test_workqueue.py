@@ -66,6 +66,28 @@ def test_keys_come_out_in_order_of_adding(queue: WorkQueue[str]) -> None:
     assert [queue.get() for _ in range(3)] == ["b", "a", "c"]
 
 
+def test_a_key_added_first_goes_ahead_of_every_waiting_key(queue: WorkQueue[str]) -> None:
+    for key in ("a", "b", "c", "d"):
+        queue.add(key)
+    queue.add("exited", first=True)
+    queue.add("c", first=True)  # already waiting: moved ahead, not queued twice
+    assert [queue.get() for _ in range(5)] == ["c", "exited", "a", "b", "d"]
+
+
+def test_a_key_added_first_while_processed_goes_first_when_done(queue: WorkQueue[str]) -> None:
+    queue.add("exited")
+    assert queue.get() == "exited"
+    for key in ("a", "b"):
+        queue.add(key)
+    queue.add("exited", first=True)
+    queue.done("exited")
+    assert [queue.get() for _ in range(3)] == ["exited", "a", "b"]
+    queue.add("exited")  # a plain add while processed again: queued last when done, as any other
+    queue.add("c")
+    queue.done("exited")
+    assert [queue.get() for _ in range(2)] == ["c", "exited"]
+
+
 def test_a_key_being_processed_is_not_handed_out_again(queue: WorkQueue[str]) -> None:
     queue.add("a")
     assert queue.get() == "a"

@@ -86,9 +86,9 @@ class ContainerSecurity(Spec):
 def known_capabilities(names: list[str]) -> list[str]:
     """Docker's spelling (no CAP_ prefix, upper case), sorted; an unknown name is an error, not ignored."""
     plain = [name.upper().removeprefix("CAP_") for name in names]
-    unknown = [name for name, bare in zip(names, plain) if bare not in CAPABILITIES]
+    unknown = [str(index) for index, bare in enumerate(plain) if bare not in CAPABILITIES]
     if unknown:
-        raise ValueError(f"unknown capability {', '.join(map(repr, unknown))} (capabilities(7), e.g. NET_BIND_SERVICE)")
+        raise ValueError(f"item {', '.join(unknown)}: expected a capability name of capabilities(7), e.g. NET_BIND_SERVICE")
     return sorted(set(plain))
 
 
@@ -107,7 +107,7 @@ def ip_address_text(value: str) -> str:
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
-        raise ValueError(f"{value!r} is not an IP address (e.g. 127.0.0.1)") from None
+        raise ValueError("expected an IP address (e.g. 127.0.0.1)") from None
 
 
 def addresses_overlap(one: str, other: str) -> bool:
@@ -117,8 +117,7 @@ def addresses_overlap(one: str, other: str) -> bool:
 
 def valid_image_reference(reference: str) -> str:
     if not IMAGE_REFERENCE.match(reference) or len(reference) > 255:
-        raise ValueError(f"{reference!r} is not an image reference: expected [registry/]name[:tag][@sha256:<64 hex>], "
-                         "name in lower case")
+        raise ValueError("expected an image reference: [registry/]name[:tag][@sha256:<64 hex>], name in lower case")
     return reference
 
 

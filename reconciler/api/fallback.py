@@ -120,9 +120,9 @@ class HostedProvider(Spec):
     @field_validator("regions")
     @classmethod
     def _regions(cls, regions: list[str]) -> list[str]:
-        odd = [region for region in regions if region != ANY_REGION and not re.match(_REGION, region)]
+        odd = [str(index) for index, region in enumerate(regions) if region != ANY_REGION and not re.match(_REGION, region)]
         if odd:
-            raise ValueError(f"region {odd[0]!r} is not a region name (letters, digits, '-', '_', '.') or '*'")
+            raise ValueError(f"item {', '.join(odd)}: expected a region name (letters, digits, '-', '_', '.') or '*'")
         return sorted(set(regions))
 
     @field_validator("base_urls")
@@ -182,7 +182,7 @@ def base_url(value: str) -> str:
     if host is None:
         raise ValueError("baseUrl names no host: expected a DNS name or an IP address")
     if scheme == "http" and not is_loopback(host):
-        raise ValueError(f"baseUrl uses http:// on {host}, beyond loopback: use https://")
+        raise ValueError("baseUrl uses http:// beyond loopback: use https:// (the value is not shown)")
     if any(unquote(segment) in (".", "..") for segment in parts.path.split("/")):
         raise ValueError("baseUrl has a '.' or '..' path segment: write the path it resolves to")
     shown = f"[{host}]" if ":" in host else host

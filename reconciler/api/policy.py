@@ -15,9 +15,9 @@ from reconciler.api.workload import Engine
 
 
 def absolute_paths(roots: list[str], what: str) -> list[str]:
-    relative = [root for root in roots if not root.startswith("/")]
+    relative = [str(index) for index, root in enumerate(roots) if not root.startswith("/")]
     if relative:
-        raise ValueError(f"{what} must be absolute paths: {relative[0]!r}")
+        raise ValueError(f"{what} must be absolute paths: item {', '.join(relative)} is not")
     return roots
 
 

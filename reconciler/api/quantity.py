@@ -21,14 +21,14 @@ _QUANTITY = re.compile(r"^(?P<number>\d+(\.\d+)?)(?P<suffix>[KMGTPE]i|[kMGTPE])?
 def parse_bytes(value: Any) -> int:
     """Turn 8Gi / 512M / 1024 into a whole number of bytes; reject anything else."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a quantity like 8Gi, got {value!r}")
+        raise ValueError("expected a quantity like 8Gi")
     if isinstance(value, int):
         if value < 0:
-            raise ValueError(f"expected a non-negative quantity like 8Gi, got {value!r}")
+            raise ValueError("expected a non-negative quantity like 8Gi")
         return value
     match = _QUANTITY.fullmatch(value) if isinstance(value, str) else None
     if not match:
-        raise ValueError(f"expected a quantity like 8Gi, got {value!r}")
+        raise ValueError("expected a quantity like 8Gi")
     return math.ceil(Decimal(match["number"]) * _SUFFIXES[match["suffix"] or ""])  # Kubernetes rounds up too
 
 

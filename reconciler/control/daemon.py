@@ -135,7 +135,7 @@ class Daemon:
         key = ResourceKey("Workload", name)
         if self.metrics:
             self.metrics.triggered(key)
-        self.queue.add(key)
+        self.queue.add(key, first=True)  # a restart is not kept waiting behind a pass's backlog
 
     def resync_now(self) -> None:
         """Something every resource may depend on came back (the container engine): a full pass, now."""

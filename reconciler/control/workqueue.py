@@ -27,16 +27,18 @@ class WorkQueue(Generic[Key]):
         self._queued: set[Key] = set()
         self._processing: set[Key] = set()
         self._dirty: set[Key] = set()
+        self._urgent: set[Key] = set()  # dirty keys to queue first when done
         self._delayed: list[tuple[float, int, Key]] = []
         self._order = itertools.count()
         self._condition = threading.Condition()
         self._closed = False
 
-    def add(self, key: Key) -> None:
+    def add(self, key: Key, first: bool = False) -> None:
+        """`first`: ahead of every key waiting (a process exit is not served after a resync's whole backlog)."""
         with self._condition:
             if self._closed:
                 return
-            self._enqueue(key)
+            self._enqueue(key, first)
 
     def add_after(self, key: Key, delay: float) -> None:
         if delay <= 0:
@@ -68,7 +70,8 @@ class WorkQueue(Generic[Key]):
             self._processing.discard(key)
             if key in self._dirty:
                 self._dirty.discard(key)
-                self._enqueue(key)
+                self._enqueue(key, key in self._urgent)
+            self._urgent.discard(key)
 
     def shut_down(self) -> None:
         with self._condition:
@@ -85,11 +88,19 @@ class WorkQueue(Generic[Key]):
             _, _, key = heapq.heappop(self._delayed)
             self._enqueue(key)
 
-    def _enqueue(self, key: Key) -> None:
+    def _enqueue(self, key: Key, first: bool = False) -> None:
         """Queue a key once; one being processed is only marked, to be queued again when done. Lock held."""
         if key in self._processing:
             self._dirty.add(key)
+            if first:
+                self._urgent.add(key)
         elif key not in self._queued:
             self._queued.add(key)
-            self._ready.append(key)
+            if first:
+                self._ready.appendleft(key)
+            else:
+                self._ready.append(key)
             self._condition.notify()
+        elif first:
+            self._ready.remove(key)
+            self._ready.appendleft(key)

@@ -66,8 +66,8 @@ def check_trust(
 def loader_problems(env: Mapping[str, str], rules: NativePolicy, source: str) -> list[str]:
     """Why each variable of the spec's env that would make the program load other code may not be set."""
     allowed = {(entry.name, entry.value) for entry in rules.loader_environment}
-    return [f"env {name}={value!r} would make the program load code the gate did not judge; allow exactly this "
-            f"value in spec.native.loaderEnvironment of {source} if it is yours"
+    return [f"env {name} would make the program load code the gate did not judge; allow exactly its value (not "
+            f"repeated here: env values may be keys) in spec.native.loaderEnvironment of {source} if it is yours"
             for name, value in sorted(env.items())
             if loads_code(name) and (name, value) not in allowed]
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from reconciler.api.container import addresses_overlap
 from reconciler.api.kinds import Policy, Workload, spec_hash
 from reconciler.api.meta import Resource, ResourceKey
+from reconciler.load.budget import DESCRIBED_PER_FILE, DESCRIBED_PER_PASS, PASS_BYTES, PASS_FILES, ParseBudget
+from reconciler.load.spec_file import SpecRefused, read_spec_file
 from reconciler.load.validate import LoadError, validate_document
 from reconciler.load.yaml_source import MAX_FILE_BYTES, YamlProblem, parse_documents
 
@@ -66,6 +68,7 @@ def build_desired(contents: dict[str, bytes | LoadError], display_root: str = ""
     """
     errors: dict[str, list[LoadError]] = defaultdict(list)
     found: dict[ResourceKey, list[DesiredEntry]] = defaultdict(list)
+    budget, described_in_pass = ParseBudget(), 0
     for file, message in _shared_outputs(contents).items():
         errors[file].append(LoadError(_shown(display_root, file), message))
     for file in sorted(contents):
@@ -76,14 +79,19 @@ def build_desired(contents: dict[str, bytes | LoadError], display_root: str = ""
         if file in errors:
             continue
         try:
-            documents = parse_documents(content)
+            documents = parse_documents(content, budget)
         except YamlProblem as problem:
             errors[file].append(LoadError(_shown(display_root, file), problem.message, problem.position))
             continue
+        described_in_file = 0
         for document in documents:
-            result = validate_document(_shown(display_root, file), document)
+            allowance = max(0, min(DESCRIBED_PER_FILE - described_in_file, DESCRIBED_PER_PASS - described_in_pass))
+            result = validate_document(_shown(display_root, file), document, allowance)
             if isinstance(result, list):
                 errors[file].extend(result)
+                spelled_out = min(len(result), allowance)  # the error that counts the rest is not one
+                described_in_file += spelled_out
+                described_in_pass += spelled_out
             else:
                 found[result.key].append(DesiredEntry(result, file, spec_hash(result)))
 
@@ -168,8 +176,10 @@ def _error_order(error: LoadError) -> tuple[int, int]:
 
 
 def read_folder(root: Path) -> dict[str, bytes | LoadError]:
-    """Read every spec file under `root` (relative names); an unreadable file becomes its error."""
+    """Read every spec file under `root` (relative names); an unreadable or refused file becomes its error."""
     contents: dict[str, bytes | LoadError] = {}
+    real_root = os.path.realpath(root)
+    read = 0
 
     def unreadable(error: OSError) -> None:
         folder = str(Path(error.filename).relative_to(root)) + "/"
@@ -182,14 +192,26 @@ def read_folder(root: Path) -> dict[str, bytes | LoadError]:
                 continue
             path = Path(directory) / name
             relative = str(path.relative_to(root))
+            over = _over_pass_limits(len(contents), read)
+            if over:
+                contents[relative] = LoadError(str(path), over)
+                continue
             try:
-                with path.open("rb") as handle:
-                    data = handle.read(MAX_FILE_BYTES + 1)
+                contents[relative] = data = read_spec_file(path, real_root, MAX_FILE_BYTES + 1)
+                read += len(data)
+            except SpecRefused as refused:
+                contents[relative] = LoadError(str(path), str(refused))
             except OSError as error:
                 contents[relative] = LoadError(str(path), f"cannot read file: {error.strerror}")
-                continue
-            contents[relative] = data
     return contents
+
+
+def _over_pass_limits(files: int, read: int) -> str | None:
+    if files >= PASS_FILES:
+        return f"not read: the folder holds more than {PASS_FILES} spec files, the limit per pass"
+    if read >= PASS_BYTES:
+        return f"not read: the spec files read before it hold {PASS_BYTES} bytes in all, the limit per pass"
+    return None
 
 
 def load_desired(root: Path) -> DesiredState:

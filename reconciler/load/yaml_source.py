@@ -15,8 +15,9 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from reconciler.load.budget import OverBudget, ParseBudget, Tally, count_written, document_tally
+
 MAX_FILE_BYTES = 1024 * 1024
-MAX_NODES = 50_000
 MAX_DEPTH = 64
 
 FieldPath = tuple[str | int, ...]
@@ -65,14 +66,18 @@ def _compose(text: str) -> list[yaml.Node]:
     except (yaml.YAMLError, RecursionError):  # the pure loader's messages and positions are the documented ones
         return list(yaml.compose_all(text, Loader=yaml.SafeLoader))
 
-def parse_documents(data: bytes) -> list[SourceDocument]:
-    """Every non-empty YAML document in `data`; raises YamlProblem for anything unreadable."""
+def parse_documents(data: bytes, budget: ParseBudget | None = None) -> list[SourceDocument]:
+    """Every non-empty YAML document in `data`; raises YamlProblem for anything unreadable or over its budget
+    (`budget`: the pass's, shared by the files of one snapshot; by default this file's alone)."""
     if len(data) > MAX_FILE_BYTES:
         raise YamlProblem(f"file is larger than the limit of {MAX_FILE_BYTES} bytes (1 MiB)")
     text = _decode(data)
     if not text.strip():
         raise YamlProblem("file is empty: expected at least one YAML document")
+    lines = _Lines(text)
+    scopes = (budget or ParseBudget()).file()
     try:
+        count_written(text, scopes, _FAST_LOADER)
         nodes = _compose(text)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
@@ -81,8 +86,13 @@ def parse_documents(data: bytes) -> list[SourceDocument]:
         raise YamlProblem(f"invalid YAML: {error}") from None
     except RecursionError:
         raise YamlProblem("invalid YAML: nested too deeply") from None
-    lines = _Lines(text)
-    documents = [_Builder(lines).document(node) for node in nodes if node is not None and not _is_null(node)]
+    except OverBudget as over:
+        raise YamlProblem(over.message, lines.at(over.mark)) from None
+    builder = _Builder(lines, scopes)
+    try:
+        documents = [builder.document(node) for node in nodes if node is not None and not _is_null(node)]
+    except OverBudget as over:
+        raise YamlProblem(over.message, lines.at(over.mark)) from None
     if not documents:
         raise YamlProblem("file holds no YAML document with content")
     return documents
@@ -121,21 +131,22 @@ def _is_null(node: Node) -> bool:
 
 
 class _Builder:
-    def __init__(self, lines: _Lines) -> None:
+    def __init__(self, lines: _Lines, scopes: tuple[Tally, Tally]) -> None:
         self._constructor = SafeConstructor()
-        self._nodes = 0
+        self._scopes = scopes
+        self._tallies: tuple[Tally, ...] = scopes
         self._at = lines.at
 
     def document(self, root: Node) -> SourceDocument:
+        self._tallies = (document_tally(), *self._scopes)
         document = SourceDocument(data=None, start=self._at(root.start_mark) or Position(1, 1))
         document.data = self._value(root, (), document.positions, active=set())
         return document
 
     def _value(self, node: Node, path: FieldPath, positions: dict[FieldPath, Position], active: set[int]) -> Any:
-        self._nodes += 1
+        for tally in self._tallies:
+            tally.add("expanded", node.start_mark)
         where = self._at(node.start_mark)
-        if self._nodes > MAX_NODES:
-            raise YamlProblem(f"document expands to more than {MAX_NODES} values (an alias bomb?)", where)
         if len(path) > MAX_DEPTH:
             raise YamlProblem(f"nested deeper than {MAX_DEPTH} levels", where)
         if id(node) in active:
@@ -176,9 +187,8 @@ class _Builder:
         try:
             return self._constructor.construct_object(node, deep=True)
         except (ValueError, KeyError, yaml.YAMLError):
-            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
-            shown = node.value if len(node.value) <= 40 else node.value[:40] + "..."
-            raise YamlProblem(f"{shown!r} is not a valid {tag} value", self._at(node.start_mark)) from None
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")  # the value is not shown: it may be a key
+            raise YamlProblem(f"not a valid {tag} value", self._at(node.start_mark)) from None
 
     def _check_tag(self, node: Node, expected: str | None) -> None:
         if node.tag not in _ALLOWED_TAGS or (expected and node.tag != expected):
