@@ -140,3 +140,19 @@ def _seconds(stamps: list[str]) -> list[float]:
     from datetime import datetime
 
     return [datetime.fromisoformat(stamp).timestamp() for stamp in stamps]
+
+
+def test_a_workload_that_died_while_the_daemon_was_down_leaves_no_false_evidence(workspace: Workspace) -> None:
+    workspace.write("web.yaml", workload_yaml("web"))
+    workspace.start_daemon("--resync", "3600")
+    pid = wait_for(lambda: running_pid(workspace, "web.yaml", "web"), what="web to start")
+    workspace.stop_daemon(signal.SIGTERM)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    before = len(workspace.evidence("web.yaml"))
+
+    workspace.start_daemon("--resync", "3600")  # adopting notices the exit at once, before the first pass loads
+    wait_for(lambda: running_pid(workspace, "web.yaml", "web", other_than=pid), what="web restarted")
+    written = [line for line in workspace.evidence("web.yaml")[before:] if line["event"] != "rollout"]  # died soaking
+    assert [(line["event"], line.get("action")) for line in written] == [("decision", "create"), ("action", "create")], \
+        "nothing may be written from a view the desired state is not loaded into yet (a hold, a placement flip)"

@@ -49,6 +49,7 @@ from reconciler.control.host import HostWatch
 from reconciler.observe import clock
 from reconciler.observe.host import boot_id
 from reconciler.control.models import ModelStore, ModelView
+from reconciler.control.result import Result
 from reconciler.observe.processes import ProcessObservation
 from reconciler.record.approvals import ApprovalStore
 from reconciler.record.recorder import Recorder, sibling
@@ -266,15 +267,17 @@ class Reconciler:
 
     # -- the whole reconcile ----------------------------------------------------------------
 
-    def reconcile(self, key: ResourceKey) -> float | None:
-        """Converge one resource; returns seconds until it wants another look (back-off), or None. A pass that
-        rolled a generation back is followed at once by the pass that restores the known-good version."""
+    def reconcile(self, key: ResourceKey) -> Result:
+        """Converge one resource; says when it wants another look (raises if it failed). A pass that rolled a
+        generation back is followed at once by the pass that restores the known-good version."""
+        if not self._seeded:  # no evidence may be written from a partial view
+            raise RuntimeError(f"{key}: reconciled before the desired state and this host's facts were first loaded")
         while True:
             look, rolled_back = self._admitted(key)
             if not rolled_back:
                 return look
 
-    def _admitted(self, key: ResourceKey) -> tuple[float | None, bool]:
+    def _admitted(self, key: ResourceKey) -> tuple[Result, bool]:
         entry = self.desired.resources.get(key)
         with self._lock:
             record = self.records.get(key)
@@ -287,14 +290,14 @@ class Reconciler:
         with self._admission_lock if admitted else nullcontext():  # judged and started as one step: no GPU given
             return self._reconcile(key)                            # twice, no memory committed twice
 
-    def _reconcile(self, key: ResourceKey) -> tuple[float | None, bool]:
+    def _reconcile(self, key: ResourceKey) -> tuple[Result, bool]:
         started, now = time.monotonic(), clock.now()
         planned = self.plan(key, now, probe=True)
         action = planned.action
         if action.verb is Verb.delete:
             kept = self._delete(planned, now)
             self._measure(planned, None, None, started)
-            return ENGINE_RETRY_SECONDS if kept else None, False
+            return Result.after(ENGINE_RETRY_SECONDS) if kept else Result.until_event(), False
         digest = self._record_decision(planned, now)
         planned = self._fetch_model(planned)
         failure, after = self._drive(planned, now)
@@ -307,7 +310,7 @@ class Reconciler:
         concluded = conclude(planned.record, planned.inputs.desired, outcome, now, self._log_file(key))
         self._measure(planned, failure, concluded[1] if concluded else None, started)
         if concluded is None:
-            return None, False
+            return Result.until_event(), False
         record, status = concluded
         if planned.executed:
             done = clock.now()
@@ -327,8 +330,7 @@ class Reconciler:
         self.recorder.flush({record.source} | ({planned.record.source} if planned.record else set()))
         if key.kind == "Workload":
             self.drivers.trim_log(key.name, _maybe_container(planned.inputs.desired, planned.record))
-        look = self._next_look(planned, record, status, after, now)
-        return min((seconds for seconds in (look, rollout_look) if seconds is not None), default=None), rolled_back
+        return Result.soonest(self._next_look(planned, record, status, after, now), rollout_look), rolled_back
 
     def _next_look(self, planned: Planned, record: ResourceRecord, status: ResourceStatus,
                    after: ProcessObservation | None, now: datetime) -> float | None:
@@ -337,8 +339,10 @@ class Reconciler:
             return next_probe_in(check, record.health, running.pid, running.started_at, now)
         if planned.model is not None and planned.model.problem is not None:
             return self.models.next_look(planned.model)
+        # Only a back-off still ahead is worth a look: one already past was this pass's to act on, and a start
+        # it did not make (refused by the gate, awaiting an answer, placed elsewhere) waits for an input to change.
         retry_at = record.next_retry_at if status.pid is None else None
-        return max(0.0, (retry_at - now).total_seconds()) if retry_at else None
+        return (retry_at - now).total_seconds() if retry_at is not None and retry_at > now else None
 
     def _pins(self, planned: Planned, after: ProcessObservation | None) -> Pins:
         """What the version proven on this pass runs: its executable's digest, its image ID, its model's digest."""

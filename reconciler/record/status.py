@@ -147,6 +147,8 @@ def _assess(record: ResourceRecord, outcome: PassOutcome, now: datetime) -> _Ass
         return _Assessment(False, action.blocked.reason, action.blocked.message, "Blocked")
     if observed is not None and observed.state is ProcessState.exited and observed.exit is not None:
         stopped = record.last_failure if record.last_failure and record.last_failure.pid == observed.exit.pid else None
+        if stopped is not None and stopped.reason == POLICY_DENIED:  # refused, not failed: no update failure either
+            return _Assessment(False, "PolicyDenied", stopped.message, "Denied")
         if stopped is not None:  # we stopped it for failing its checks
             return _Assessment(False, stopped.reason, action.cause, "BackOff" if record.next_retry_at else "Failed")
         return _exited(observed.exit, action)
