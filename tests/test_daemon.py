@@ -7,8 +7,9 @@ import signal
 import time
 
 import psutil
+import yaml
 
-from tests.conftest import Workspace, wait_for, workload_yaml
+from tests.conftest import POLICY_YAML, Workspace, wait_for, workload_yaml
 
 CRASH = "import sys; print('crashing', flush=True); sys.exit(3)"
 
@@ -156,3 +157,25 @@ def test_a_workload_that_died_while_the_daemon_was_down_leaves_no_false_evidence
     written = [line for line in workspace.evidence("web.yaml")[before:] if line["event"] != "rollout"]  # died soaking
     assert [(line["event"], line.get("action")) for line in written] == [("decision", "create"), ("action", "create")], \
         "nothing may be written from a view the desired state is not loaded into yet (a hold, a placement flip)"
+
+
+def test_a_status_file_edited_by_hand_is_made_true_again_by_the_next_pass(workspace: Workspace) -> None:
+    policy = yaml.safe_load(POLICY_YAML)
+    policy["spec"]["approvals"] = {"required": ["NativeExecutable"]}
+    workspace.write("policy.yaml", yaml.safe_dump(policy))
+    workspace.write("web.yaml", workload_yaml("web"))
+    workspace.start_daemon("--resync", "1")
+    wait_for(lambda: (workspace.resource_status("web.yaml", "web") or {}).get("phase") == "PendingApproval",
+             what="the pending approval")
+    status_file = workspace.desired / "web.status.yaml"
+    forged = yaml.safe_load(status_file.read_text())
+    forged["resources"][0] |= {"phase": "Running", "pid": 1}
+    for condition in forged["resources"][0]["conditions"]:
+        condition |= {"status": "True", "reason": "Approved"}
+    status_file.write_text(yaml.safe_dump(forged))
+
+    wait_for(lambda: (workspace.resource_status("web.yaml", "web") or {}).get("phase") == "PendingApproval",
+             timeout=5, what="the forged status file rewritten by a resync")
+    assert "pid" not in workspace.resource_status("web.yaml", "web")
+    assert workspace.condition("web.yaml", "web", "PolicyApproved")["status"] == "False"
+    assert not workspace.owned_processes("web"), "a status file is never read back: nothing started"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import defaultdict
 from pathlib import Path
@@ -31,7 +32,7 @@ class Recorder:
         self.root = root
         self._statuses: dict[str, dict[ResourceKey, ResourceStatus]] = defaultdict(dict)
         self._file_errors: dict[str, list[str]] = {}
-        self._written: dict[str, dict[str, Any]] = {}  # what each status file holds, as data
+        self._written: dict[str, tuple[dict[str, Any], _Identity]] = {}  # what each status file holds, as data
         self._logs: dict[str, EvidenceLog] = {}
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()  # computing a status file and writing it is one step
@@ -77,12 +78,8 @@ class Recorder:
 
     def host_profile(self, body: dict[str, Any]) -> None:
         """Publish the host profile (the caller observes it at most every 30 s); unchanged content is not rewritten."""
-        target = self.root / HOST_PROFILE_FILE
         with self._flush_lock:
-            if self._written.get(HOST_PROFILE_FILE) == body and target.exists():
-                return
-            write_atomic(target, STATUS_HEADER + yaml.dump(body, Dumper=_Dumper, sort_keys=False, allow_unicode=True))
-            self._written[HOST_PROFILE_FILE] = body
+            self._write(HOST_PROFILE_FILE, self.root / HOST_PROFILE_FILE, body)
 
     def flush(self, spec_files: set[str]) -> None:
         """Rewrite the status file of each given spec file whose content changed; drop those owning nothing."""
@@ -107,8 +104,26 @@ class Recorder:
             "errors": errors,
             "resources": [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in statuses],
         }
-        if self._written.get(spec_file) == body and target.exists():
-            return  # compared as data: serialising every status of a file on every reconcile was most of an idle daemon's CPU
-        text = STATUS_HEADER + yaml.dump(body, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
-        write_atomic(target, text)
-        self._written[spec_file] = body
+        self._write(spec_file, target, body)
+
+    def _write(self, name: str, target: Path, body: dict[str, Any]) -> None:
+        """Write `body` unless the file holds it already: compared as data (serialising every status of a file on
+        every reconcile was most of an idle daemon's CPU), and the file observed, not trusted to be as written: a
+        hand edit, a removal or a restore is undone on the next pass. Flush lock held."""
+        if self._written.get(name) == (body, _identity(target)):
+            return
+        write_atomic(target, STATUS_HEADER + yaml.dump(body, Dumper=_Dumper, sort_keys=False, allow_unicode=True))
+        self._written[name] = (body, _identity(target))
+
+
+_Identity = tuple[int, int, int, int] | None
+
+
+def _identity(path: Path) -> _Identity:
+    """Which bytes a file holds, as far as a stat tells: any write or replacement changes its inode, size or
+    change time (which, unlike the modification time, no user can set back)."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
