@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def apply(path: Path, state_dir: Path | None, wait: bool, timeout: float, min_re
         deadline = time.monotonic() + timeout
         while True:
             _pass(reconciler)
-            pending, failed = _readiness(reconciler, min_ready_seconds)
+            pending, failed = _readiness(reconciler, min_ready_seconds, deadline - time.monotonic() if wait else 0.0)
             if not wait:
                 break
             if not pending:  # judged from what runs now, which may have moved on since the pass: recorded too
@@ -119,15 +120,19 @@ def _pass(reconciler: Reconciler) -> None:
         list(pool.map(reconciler.reconcile, [key for key in keys if key.kind == "Workload"]))
 
 
-def _readiness(reconciler: Reconciler, min_ready_seconds: float) -> tuple[list[str], list[str]]:
-    """Workloads still settling, and those that failed, by the phase their status shows now."""
+def _readiness(reconciler: Reconciler, min_ready_seconds: float, patience: float) -> tuple[list[str], list[str]]:
+    """Workloads still settling, and those that failed, by the phase their status shows now. A back-off that
+    ends within `patience` seconds is settling: its next start is waited for."""
     pending, failed = [], []
     now = clock.now()
+    waited_out = now + timedelta(seconds=patience)
     for key in reconciler.desired.resources:
         if key.kind != "Workload":
             continue
         status = reconciler.status(key)
         if status is None:
+            pending.append(str(key))
+        elif status.phase == "BackOff" and status.next_retry_time is not None and status.next_retry_time <= waited_out:
             pending.append(str(key))
         elif status.phase in FAILED_PHASES:
             failed.append(f"{key}: {status.phase}: {status.message}")

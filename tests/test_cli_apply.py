@@ -8,7 +8,7 @@ import signal
 
 import psutil
 
-from tests.conftest import PYTHON, SLEEPER, Workspace, wait_for, workload_yaml
+from tests.conftest import POLICY_YAML, PYTHON, SLEEPER, Workspace, wait_for, workload_yaml
 
 
 def test_validate_names_file_line_field_and_expectation(workspace: Workspace) -> None:
@@ -272,3 +272,29 @@ def test_describe_and_logs_tell_a_crash_story(workspace: Workspace) -> None:
     assert "decision create" in described and "action   create   done" in described
     missing = workspace.cli("logs", "job", "--previous")
     assert missing.returncode == 1 and "no log of a previous run" in missing.stderr
+
+
+def test_apply_wait_waits_out_a_back_off_shorter_than_its_timeout(workspace: Workspace) -> None:
+    workspace.write("web.yaml", workload_yaml("web", restart={"backoff": {"initialSeconds": 2}}))
+    assert workspace.cli("apply", "--wait").returncode == 0
+    pid = workspace.pid("web.yaml", "web")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(pid))
+
+    waited = workspace.cli("apply", "--wait", "--timeout", "30")
+    assert waited.returncode == 0, waited.stderr
+    restarted = workspace.pid("web.yaml", "web")
+    assert restarted and restarted != pid and psutil.pid_exists(restarted)
+
+    os.kill(restarted, signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(restarted))
+    short = workspace.cli("apply", "--wait", "--timeout", "1")  # the back-off (4 s now) outlasts the wait
+    assert short.returncode == 1 and "BackOff" in short.stderr, short.stderr
+
+
+def test_apply_wait_says_a_pending_approval_once_not_on_every_poll(workspace: Workspace) -> None:
+    workspace.write("policy.yaml", POLICY_YAML.replace("spec:\n", "spec:\n  approvals: {required: [NativeExecutable]}\n"))
+    workspace.write("web.yaml", workload_yaml("web"))
+    waited = workspace.cli("apply", "--wait", "--timeout", "2")
+    assert waited.returncode == 1 and "timed out" in waited.stderr
+    assert waited.stderr.count("needs-approval, not done") == 1, waited.stderr
