@@ -301,10 +301,11 @@ class Reconciler:
         digest = self._record_decision(planned, now)
         planned = self._fetch_model(planned)
         failure, after = self._drive(planned, now)
-        if action.changes_something:
+        if action.changes_something:  # a refusal seen again (apply --wait's polls, each resync) is news once
             outcome_text = f"failed: {failure.message}" if failure else ("done" if planned.executed else "not done")
-            log.info("%s: %s (%s) -> %s, %s", key, action.verb.value, action.cause,
-                     planned.verdict.decision.value if planned.verdict else "-", outcome_text, **about(key))
+            log.log(logging.DEBUG if _on_record(planned, digest) else logging.INFO, "%s: %s (%s) -> %s, %s", key,
+                    action.verb.value, action.cause, planned.verdict.decision.value if planned.verdict else "-",
+                    outcome_text, **about(key))
         outcome = PassOutcome(action, planned.verdict, planned.executed, failure, planned.inputs.process, after,
                               planned.model, planned.rendered, planned.placement)
         concluded = conclude(planned.record, planned.inputs.desired, outcome, now, self._log_file(key))
@@ -397,8 +398,8 @@ class Reconciler:
             return None
         digest = decision_digest(action, planned.verdict)
         record = planned.record
-        if not planned.executed and record is not None and digest == record.last_decision:
-            return digest  # the same refusal or hold, seen again by a resync: already on record
+        if _on_record(planned, digest):
+            return digest
         source = planned.inputs.desired.file if planned.inputs.desired else (record.source if record else None)
         if source is not None:
             line = decision_record(action, planned.verdict, record, now, self.host.digest)
@@ -485,6 +486,11 @@ def _maybe_container(entry: DesiredEntry | None, record: ResourceRecord | None) 
     if record is not None and record.kind == "Workload":
         runtimes.add(record.resource.get("spec", {}).get("runtime", Runtime.native.value))
     return not runtimes or Runtime.container.value in runtimes
+
+
+def _on_record(planned: Planned, digest: str | None) -> bool:
+    """Whether this plan's decision is the same refusal or hold already on record (seen again by a resync)."""
+    return digest is not None and not planned.executed and planned.record is not None and digest == planned.record.last_decision
 
 
 def _needs_admission(spec: WorkloadSpec) -> bool:
