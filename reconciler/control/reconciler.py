@@ -18,7 +18,7 @@ from typing import Any, Callable, TextIO
 
 from reconciler.api.kinds import Model, Runtime, Workload, WorkloadSpec
 from reconciler.api.meta import ResourceKey
-from reconciler.api.status import FailureInfo, ResourceStatus
+from reconciler.api.status import FailureInfo, Placement, ResourceStatus
 from reconciler.control.logfmt import about
 from reconciler.control.metrics import Metrics
 from reconciler.control.evidence import decision_digest, decision_record, outcome_record
@@ -367,8 +367,14 @@ class Reconciler:
         workload, desired = entry.resource, planned.snapshot or self.desired
         model = model_facts(workload, self.workloads.model_view(desired, workload))
         consent = self.approvals.get(workload.name, hosted=True)
+        placement, verdict, process = planned.placement, planned.verdict, planned.inputs.process
+        if placement.placement is Placement.local and verdict is not None and verdict.decision is Decision.deny \
+                and (process is None or process.running_pid is None):  # as its status says: it may not run here
+            reasons = "; ".join(str(reason) for reason in verdict.reasons)
+            placement = replace(placement, placement=Placement.unavailable, reason="PolicyDenied",
+                                message=f"the policy does not allow it to run here: {reasons}")
         return workload_decision_record(
-            workload, planned.placement, planned.secret, self.holds.policy_in_force(desired), self.host.profile, model,
+            workload, placement, planned.secret, self.holds.policy_in_force(desired), self.host.profile, model,
             channel=self.channel, state_dir=self.store.directory.parent,
             evidence_file=self.root / sibling(entry.file, ".evidence.jsonl"), log_file=self._log_file(planned.action.key),
             endpoint=planned.rendered.endpoint,
