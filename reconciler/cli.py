@@ -19,7 +19,7 @@ from reconciler.api.kinds import KINDS
 from reconciler.api.schemas import stale_schemas, write_schemas
 from reconciler.cli_common import (EXIT_CHANGES, EXIT_ERROR, EXIT_IN_SYNC, default_state_dir, key_of, located, locked,
                                    open_reconciler, output_option, path_argument, print_load_errors, readable_folder,
-                                   state_option)
+                                   state_option, watch_notes)
 from reconciler.control import logfmt
 from reconciler.control.daemon import Daemon
 from reconciler.control.gitops import GITOPS, request_sync
@@ -249,7 +249,10 @@ def status(path: Path, state_dir: Path | None, output: str, git_url: str | None,
         _, _, followed = cli_git.followed(git_url, branch, git_path, state_dir)
         for line in cli_git.summary(followed):
             click.echo(line, err=output != "table")
-    reconciler = open_reconciler(*located(path, state_dir, git_url, branch, git_path), readonly=True)
+    root, state_dir = located(path, state_dir, git_url, branch, git_path)
+    reconciler = open_reconciler(root, state_dir, readonly=True)
+    for line in watch_notes(reconciler, state_dir):
+        click.echo(line, err=output != "table")
     now = clock.now()
     statuses = [status for key in reconciler.keys() if (status := reconciler.status(key)) is not None]
     rows = status_rows(statuses, reconciler.records, now)
@@ -286,7 +289,8 @@ def describe(name: str, path: Path, state_dir: Path | None, git_url: str | None,
     log_lines = inspect.tail(Path(status.log_file), 20) if status.log_file else []
     resource = entry.resource if entry else KINDS[record.kind].model_validate(record.resource) if record else None
     spec = inspect.spec_summary(resource) if resource is not None else None
-    click.echo(inspect.describe(status, source, reconciler.root, log_lines, spec))
+    click.echo("\n".join([*watch_notes(reconciler, state_dir), "", inspect.describe(status, source, reconciler.root,
+                                                                                  log_lines, spec)]))
 
 
 @main.command()

@@ -208,7 +208,8 @@ def test_down_stops_everything_including_stubborn_groups(workspace: Workspace) -
 def test_status_table_lists_every_resource(workspace: Workspace) -> None:
     workspace.write("web.yaml", workload_yaml("web"))
     workspace.cli("apply", "--wait")
-    table = workspace.cli("status").stdout.splitlines()
+    notes, *table = workspace.cli("status").stdout.splitlines()
+    assert notes.startswith("No daemon watches this folder")
     assert table[0].split() == ["NAME", "KIND", "RUNTIME", "READY", "PLACEMENT", "ENDPOINT", "RESTARTS", "AGE", "MESSAGE"]
     web = next(line for line in table if line.startswith("web "))
     assert web.split()[1:5] == ["Workload", "native", "True", "local"]

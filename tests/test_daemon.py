@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import time
 
 import psutil
 import yaml
 
-from tests.conftest import POLICY_YAML, Workspace, wait_for, workload_yaml
+from tests.conftest import POLICY_YAML, PYTHON, Workspace, wait_for, workload_yaml
 
 CRASH = "import sys; print('crashing', flush=True); sys.exit(3)"
 
@@ -179,3 +181,24 @@ def test_a_status_file_edited_by_hand_is_made_true_again_by_the_next_pass(worksp
     assert "pid" not in workspace.resource_status("web.yaml", "web")
     assert workspace.condition("web.yaml", "web", "PolicyApproved")["status"] == "False"
     assert not workspace.owned_processes("web"), "a status file is never read back: nothing started"
+
+
+def test_status_and_describe_say_first_whether_a_daemon_keeps_them_true(workspace: Workspace) -> None:
+    workspace.write("web.yaml", workload_yaml("web"))
+    assert workspace.cli("apply", "--wait").returncode == 0
+    assert workspace.cli("status").stdout.startswith("No daemon watches this folder: what follows is as last recorded")
+    assert workspace.cli("describe", "web").stdout.startswith("No daemon watches this folder")
+    elsewhere = workspace.state.parent / "another-state"
+    read_elsewhere = [PYTHON, "-m", "reconciler", "status", str(workspace.desired), "--state-dir", str(elsewhere)]
+    alone = subprocess.run(read_elsewhere, capture_output=True, text=True).stdout
+    assert f"Warning: state directory {elsewhere} holds no records of this folder" in alone, alone
+
+    daemon = workspace.start_daemon("--resync", "3600")
+    wait_for(lambda: workspace.cli("status").stdout.startswith(f"Daemon: pid {daemon.pid} keeps this up to date, since "),
+             what="status to name the daemon")
+    assert workspace.cli("describe", "web").stdout.startswith(f"Daemon: pid {daemon.pid}")
+    listed = workspace.cli("status", "-o", "json")
+    assert listed.stderr.startswith(f"Daemon: pid {daemon.pid}") and json.loads(listed.stdout), "json stays json"
+    misread = subprocess.run(read_elsewhere, capture_output=True, text=True).stdout
+    assert misread.startswith(f"Warning: this reads state directory {elsewhere}, but the daemon watching this folder "
+                              f"(pid {daemon.pid}) keeps its records in {workspace.state}"), misread

@@ -9,11 +9,44 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
+import psutil
+
 FOLDER_LOCK = ".reconciler.lock"
+STATE_LOCK = "lock"
+_HOLDER = re.compile(r"pid (\d+) \('reconciler (\w+)', state (.+)\)")
+
+
+@dataclass(frozen=True)
+class Holder:
+    pid: int
+    command: str  # run, apply, down, forget
+    state_dir: Path
+    since: datetime  # when it took the lock
+
+
+def holder(lock_file: Path) -> Holder | None:
+    """Who holds a lock now, read without taking it (a look must never make a concurrent `apply` find it busy):
+    the process its holder wrote in, while that process lives and is older than what it wrote."""
+    try:
+        written, stat = lock_file.read_text(), lock_file.stat()
+    except OSError:
+        return None
+    found = _HOLDER.fullmatch(written.strip())
+    if found is None:
+        return None
+    try:
+        alive = psutil.Process(int(found[1])).create_time() <= stat.st_mtime + 1.0  # else a later process got the pid
+    except psutil.Error:
+        return None
+    since = datetime.fromtimestamp(stat.st_mtime, timezone.utc)
+    return Holder(int(found[1]), found[2], Path(found[3]), since) if alive else None
 
 
 class Busy(Exception):
@@ -24,7 +57,7 @@ class Busy(Exception):
 def exclusive(desired_root: Path, state_dir: Path, command: str) -> Iterator[None]:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with ExitStack() as stack:
-        for path in (state_dir / "lock", desired_root / FOLDER_LOCK):
+        for path in (state_dir / STATE_LOCK, desired_root / FOLDER_LOCK):
             stack.enter_context(_flock(path, f"pid {os.getpid()} ('reconciler {command}', state {state_dir})"))
         yield
 
