@@ -299,3 +299,19 @@ def test_apply_wait_says_a_pending_approval_once_not_on_every_poll(workspace: Wo
     waited = workspace.cli("apply", "--wait", "--timeout", "2")
     assert waited.returncode == 1 and "timed out" in waited.stderr
     assert waited.stderr.count("needs-approval, not done") == 1, waited.stderr
+
+
+def test_a_status_file_reads_at_a_glance_and_the_decision_record_has_its_own_file(workspace: Workspace) -> None:
+    workspace.write("web.yaml", workload_yaml("web"))
+    assert workspace.cli("apply", "--wait").returncode == 0
+    status_text = (workspace.desired / "web.status.yaml").read_text()
+    assert "decisionRecord" not in status_text and len(status_text.splitlines()) < 60, status_text
+    decided = workspace.decision_record("web.yaml", "web")
+    assert decided and decided["placement"]["placement"] == "local"
+    assert "Decision record (constraint -> trade-off):" in workspace.cli("describe", "web").stdout
+    assert workspace.cli("validate").returncode == 0, "a decisions file is no spec"
+
+    (workspace.desired / "web.yaml").rename(workspace.desired / "renamed.yaml")  # while no reconciler runs
+    workspace.cli("apply", "--wait")
+    assert not (workspace.desired / "web.decisions.yaml").exists() and not (workspace.desired / "web.status.yaml").exists()
+    assert workspace.decision_record("renamed.yaml", "web")

@@ -162,7 +162,7 @@ def test_hosted_fallback_needs_an_allowed_provider_a_key_and_consent(workspace: 
     workspace.cli("apply", env=env)
     status = workspace.resource_status("chat.yaml", "chat")
     assert status["placement"] == "unavailable" and status["phase"] == "PendingApproval"
-    assert "needs 1 NVIDIA GPU" in status["decisionRecord"]["placement"]["message"]
+    assert "needs 1 NVIDIA GPU" in workspace.decision_record("chat.yaml", "chat")["placement"]["message"]
 
     spec_hash = plan_row(workspace, "Workload/chat")["specHash"]
     assert workspace.cli("approve", "chat", "--spec-hash", spec_hash).returncode == 0  # a local start's approval...
@@ -173,7 +173,7 @@ def test_hosted_fallback_needs_an_allowed_provider_a_key_and_consent(workspace: 
     status = workspace.resource_status("chat.yaml", "chat")
     assert (status["placement"], status["phase"], status["endpoints"]) == ("hosted", "Hosted", ["https://api.acme.example/v1"])
     assert not workspace.owned_processes("chat"), "nothing runs locally for a hosted placement"
-    questions = status["decisionRecord"]["questions"]
+    questions = workspace.decision_record("chat.yaml", "chat")["questions"]
     assert "prompts, completions" in questions["remoteFallbackConsent"]["tradeOff"]
     assert "ACME_KEY" in questions["localSecretStorage"]["constraint"]
 
@@ -312,5 +312,5 @@ def test_a_denied_workloads_status_and_decision_record_agree_on_its_placement(wo
     workspace.cli("apply")
     shown = workspace.resource_status("web.yaml", "web")
     assert shown["phase"] == "Denied" and shown["placement"] == "unavailable"
-    placement = shown["decisionRecord"]["placement"]
+    placement = workspace.decision_record("web.yaml", "web")["placement"]
     assert placement["placement"] == "unavailable" and "the policy does not allow it to run here" in placement["message"]

@@ -14,7 +14,7 @@ from reconciler.api.meta import Resource, ResourceKey
 from reconciler.load.validate import LoadError, validate_document
 from reconciler.load.yaml_source import MAX_FILE_BYTES, YamlProblem, parse_documents
 
-GENERATED_SUFFIXES = (".status.yaml", ".evidence.jsonl")
+GENERATED_SUFFIXES = (".status.yaml", ".decisions.yaml", ".evidence.jsonl")
 SPEC_SUFFIXES = (".yaml", ".yml")
 
 

@@ -1,4 +1,6 @@
-"""Writes what happened beside each spec: `X.status.yaml` (replaced atomically) and `X.evidence.jsonl`."""
+"""Writes what happened beside each spec: `X.status.yaml` and `X.decisions.yaml` (replaced atomically) and
+`X.evidence.jsonl`. The decision records live in their own file: they were most of each status file, which a
+person should read at a glance."""
 
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ from reconciler.load.desired import SPEC_SUFFIXES, output_stem
 from reconciler.record.evidence import EvidenceLog
 
 STATUS_HEADER = "# Written by the reconciler after each pass. Edits are overwritten and never read back.\n"
+DECISIONS_HEADER = ("# Written by the reconciler: why each workload runs where and how it does (its Runtime Decision "
+                    "Record).\n" + STATUS_HEADER)
+STATUS, DECISIONS = ".status.yaml", ".decisions.yaml"
 HOST_PROFILE_FILE = "host-profile.status.yaml"  # what this host offers, beside the specs that ask for it
 
 
@@ -67,19 +72,22 @@ class Recorder:
             return changed
 
     def sweep_orphans(self) -> None:
-        """Remove status files whose spec is gone and that report nothing we own (a rename while we were down)."""
+        """Remove status and decision files whose spec is gone and that report nothing we own (a rename while we
+        were down)."""
         with self._lock:
-            reported = {sibling(file, ".status.yaml") for file, statuses in self._statuses.items() if statuses}
-        for status_file in self.root.rglob("*.status.yaml"):
-            relative = str(status_file.relative_to(self.root))
-            stem = relative.removesuffix(".status.yaml")
-            if relative != HOST_PROFILE_FILE and relative not in reported and not any((self.root / f"{stem}{ext}").exists() for ext in SPEC_SUFFIXES):
-                status_file.unlink(missing_ok=True)
+            reported = {file for file, statuses in self._statuses.items() if statuses}
+        for suffix in (STATUS, DECISIONS):
+            for written in self.root.rglob(f"*{suffix}"):
+                relative = str(written.relative_to(self.root))
+                stem = relative.removesuffix(suffix)
+                if relative != HOST_PROFILE_FILE and not {f"{stem}{ext}" for ext in SPEC_SUFFIXES} & reported \
+                        and not any((self.root / f"{stem}{ext}").exists() for ext in SPEC_SUFFIXES):
+                    written.unlink(missing_ok=True)
 
     def host_profile(self, body: dict[str, Any]) -> None:
         """Publish the host profile (the caller observes it at most every 30 s); unchanged content is not rewritten."""
         with self._flush_lock:
-            self._write(HOST_PROFILE_FILE, self.root / HOST_PROFILE_FILE, body)
+            self._write(HOST_PROFILE_FILE, body, STATUS_HEADER)
 
     def flush(self, spec_files: set[str]) -> None:
         """Rewrite the status file of each given spec file whose content changed; drop those owning nothing."""
@@ -91,28 +99,39 @@ class Recorder:
         with self._lock:
             statuses = sorted(self._statuses.get(spec_file, {}).values(), key=lambda s: (s.kind, s.name))
             errors = self._file_errors.get(spec_file, [])
-        target = self.root / sibling(spec_file, ".status.yaml")
+        revision = {"revision": self.revision} if self.revision else {}
+        decided = [{"kind": s.kind, "name": s.name, "decisionRecord": s.decision_record} for s in statuses if s.decision_record]
+        if decided:
+            self._write(sibling(spec_file, DECISIONS), {"apiVersion": API_VERSION, "kind": "DecisionRecords",
+                                                        "source": spec_file, **revision, "resources": decided},
+                        DECISIONS_HEADER)
+        else:
+            self._remove(sibling(spec_file, DECISIONS))
         if not statuses and not errors:
-            target.unlink(missing_ok=True)  # nothing of this file is owned any more
-            self._written.pop(spec_file, None)
+            self._remove(sibling(spec_file, STATUS))  # nothing of this file is owned any more
             return
-        body = {
+        self._write(sibling(spec_file, STATUS), {
             "apiVersion": API_VERSION,
             "kind": "StatusReport",
             "source": spec_file,
-            **({"revision": self.revision} if self.revision else {}),
+            **revision,
             "errors": errors,
-            "resources": [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in statuses],
-        }
-        self._write(spec_file, target, body)
+            "resources": [s.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"decision_record"})
+                          for s in statuses],
+        }, STATUS_HEADER)
 
-    def _write(self, name: str, target: Path, body: dict[str, Any]) -> None:
+    def _remove(self, name: str) -> None:
+        (self.root / name).unlink(missing_ok=True)
+        self._written.pop(name, None)
+
+    def _write(self, name: str, body: dict[str, Any], header: str) -> None:
         """Write `body` unless the file holds it already: compared as data (serialising every status of a file on
         every reconcile was most of an idle daemon's CPU), and the file observed, not trusted to be as written: a
         hand edit, a removal or a restore is undone on the next pass. Flush lock held."""
+        target = self.root / name
         if self._written.get(name) == (body, _identity(target)):
             return
-        write_atomic(target, STATUS_HEADER + yaml.dump(body, Dumper=_Dumper, sort_keys=False, allow_unicode=True))
+        write_atomic(target, header + yaml.dump(body, Dumper=_Dumper, sort_keys=False, allow_unicode=True))
         self._written[name] = (body, _identity(target))
 
 
