@@ -202,3 +202,15 @@ def test_status_and_describe_say_first_whether_a_daemon_keeps_them_true(workspac
     misread = subprocess.run(read_elsewhere, capture_output=True, text=True).stdout
     assert misread.startswith(f"Warning: this reads state directory {elsewhere}, but the daemon watching this folder "
                               f"(pid {daemon.pid}) keeps its records in {workspace.state}"), misread
+
+
+def test_a_hold_seen_by_every_resync_during_a_back_off_is_evidence_once(workspace: Workspace) -> None:
+    crashing = workload_yaml("web", CRASH, restart={"backoff": {"initialSeconds": 8, "maxSeconds": 8}})
+    workspace.write("web.yaml", crashing)
+    workspace.start_daemon("--resync", "1")
+    wait_for(lambda: (workspace.resource_status("web.yaml", "web") or {}).get("phase") == "BackOff", what="the back-off")
+    workspace.write("web.yaml", crashing.replace("restart:", "restartt:"))  # rejected: the version on record is held
+    time.sleep(5)  # five resyncs, all within the 8 s back-off
+    holds = [line["cause"] for line in workspace.evidence("web.yaml") if line.get("action") == "hold"]
+    assert len(holds) == 1, holds
+    assert "next start at " in workspace.resource_status("web.yaml", "web")["message"]
