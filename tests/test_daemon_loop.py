@@ -111,15 +111,20 @@ def quiet_for(workspace: Workspace, text: str, seconds: float = 3.0) -> int:
     return passes_logged(workspace, text) - before
 
 
-def test_a_crashed_workload_whose_restart_the_policy_refuses_is_not_reconciled_in_a_loop(workspace: Workspace) -> None:
+@pytest.mark.parametrize("refused", ["Denied", "PendingApproval"])
+def test_a_crashed_workload_whose_restart_the_policy_refuses_is_not_reconciled_in_a_loop(workspace: Workspace,
+                                                                                         refused: str) -> None:
     crash = "import sys; print('crashing', flush=True); sys.exit(3)"
     workspace.write("app.yaml", workload_yaml("app", crash, restart={"policy": "Always", "backoff": {"initialSeconds": 2}}))
     workspace.start_daemon("--resync", "3600")
     wait_for(lambda: status(workspace).get("phase") == "BackOff", timeout=10, what="the crash's back-off")
-    workspace.write("policy.yaml", policy(trusted=False))
-    wait_for(lambda: status(workspace).get("phase") == "Denied", timeout=10, what="the refused restart")
+    tightened = policy(trusted=False) if refused == "Denied" else \
+        policy(trusted=True, approvals={"required": ["NativeExecutable"]})
+    workspace.write("policy.yaml", tightened)
+    wait_for(lambda: status(workspace).get("phase") == refused, timeout=10, what="the refused restart")
     assert quiet_for(workspace, "Workload/app: create") < 3, "a refused start is a stable state until an input changes"
-    assert status(workspace).get("nextRetryTime") is None
+    if refused == "Denied":
+        assert status(workspace).get("nextRetryTime") is None
 
     workspace.write("policy.yaml", policy(trusted=True))  # an input changed: it is judged (and started) again
     wait_for(lambda: status(workspace).get("restartCount", 0) >= 1, timeout=10, what="the restart once allowed")
