@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -93,9 +93,11 @@ def apply(path: Path, state_dir: Path | None, wait: bool, timeout: float, min_re
                                  terminal=sys.stderr if sys.stderr.isatty() else None)
         reconciler.adopt()
         deadline = time.monotonic() + timeout
+        backoffs: dict[str, datetime] = {}  # the back-off each workload is waited out of: once
         while True:
             _pass(reconciler)
-            pending, failed = _readiness(reconciler, min_ready_seconds, deadline - time.monotonic() if wait else 0.0)
+            pending, failed = _readiness(reconciler, min_ready_seconds, deadline - time.monotonic() if wait else 0.0,
+                                         backoffs)
             if not wait:
                 break
             if not pending:  # judged from what runs now, which may have moved on since the pass: recorded too
@@ -120,9 +122,12 @@ def _pass(reconciler: Reconciler) -> None:
         list(pool.map(reconciler.reconcile, [key for key in keys if key.kind == "Workload"]))
 
 
-def _readiness(reconciler: Reconciler, min_ready_seconds: float, patience: float) -> tuple[list[str], list[str]]:
-    """Workloads still settling, and those that failed, by the phase their status shows now. A back-off that
-    ends within `patience` seconds is settling: its next start is waited for."""
+def _readiness(reconciler: Reconciler, min_ready_seconds: float, patience: float,
+               backoffs: dict[str, datetime]) -> tuple[list[str], list[str]]:
+    """Workloads still settling, and those that failed, by the phase their status shows now. A workload's first
+    back-off that ends within `patience` seconds is settling (a killed server is restarted); a back-off after
+    that restart failed too is reported (a missing executable fails at once, not after a minute of retries).
+    `backoffs`: the back-off each workload was first seen in, kept across calls."""
     pending, failed = [], []
     now = clock.now()
     waited_out = now + timedelta(seconds=patience)
@@ -132,7 +137,8 @@ def _readiness(reconciler: Reconciler, min_ready_seconds: float, patience: float
         status = reconciler.status(key)
         if status is None:
             pending.append(str(key))
-        elif status.phase == "BackOff" and status.next_retry_time is not None and status.next_retry_time <= waited_out:
+        elif status.phase == "BackOff" and status.next_retry_time is not None and status.next_retry_time <= waited_out \
+                and backoffs.setdefault(str(key), status.next_retry_time) == status.next_retry_time:
             pending.append(str(key))
         elif status.phase in FAILED_PHASES:
             failed.append(f"{key}: {status.phase}: {status.message}")

@@ -293,6 +293,14 @@ def test_apply_wait_waits_out_a_back_off_shorter_than_its_timeout(workspace: Wor
     assert short.returncode == 1 and "BackOff" in short.stderr, short.stderr
 
 
+def test_apply_wait_reports_a_start_that_fails_again_after_its_back_off(workspace: Workspace) -> None:
+    crash = "import sys; sys.exit(3)"
+    workspace.write("web.yaml", workload_yaml("web", crash, restart={"backoff": {"initialSeconds": 0.5}}))
+    crashed = workspace.cli("apply", "--wait", "--timeout", "60")
+    assert crashed.returncode == 1 and "Workload/web: BackOff" in crashed.stderr, crashed.stderr
+    assert workspace.actions("web.yaml").count("create") == 2, "one restart waited for, not a minute of them"
+
+
 def test_apply_wait_says_a_pending_approval_once_not_on_every_poll(workspace: Workspace) -> None:
     workspace.write("policy.yaml", POLICY_YAML.replace("spec:\n", "spec:\n  approvals: {required: [NativeExecutable]}\n"))
     workspace.write("web.yaml", workload_yaml("web"))
