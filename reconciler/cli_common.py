@@ -54,14 +54,16 @@ def open_reconciler(path: Path, state_dir: Path | None, **options: object) -> Re
 def watch_notes(reconciler: Reconciler, state_dir: Path) -> list[str]:
     """What `status` and `describe` say first: whether a daemon keeps this state true, and whether this state
     directory is the one that holds the folder's records."""
-    daemon = holder(state_dir / STATE_LOCK)
+    try:
+        daemon, elsewhere = holder(state_dir / STATE_LOCK), holder(reconciler.root / FOLDER_LOCK)
+    except OSError as error:
+        return [f"Cannot tell whether a daemon keeps this up to date: {error}"]
     if daemon is not None and daemon.command == "run":
         notes = [f"Daemon: pid {daemon.pid} keeps this up to date, since {daemon.since:%Y-%m-%d %H:%M:%S %Z}"]
+    elif elsewhere is not None and elsewhere.command == "run" and elsewhere.state_dir.resolve() != state_dir.resolve():
+        return [f"Warning: this reads state directory {state_dir}, but the daemon watching this folder (pid "
+                f"{elsewhere.pid}) keeps its records in {elsewhere.state_dir}: add --state-dir {elsewhere.state_dir}"]
     else:
-        elsewhere = holder(reconciler.root / FOLDER_LOCK)
-        if elsewhere is not None and elsewhere.command == "run" and elsewhere.state_dir.resolve() != state_dir.resolve():
-            return [f"Warning: this reads state directory {state_dir}, but the daemon watching this folder (pid "
-                    f"{elsewhere.pid}) keeps its records in {elsewhere.state_dir}: add --state-dir {elsewhere.state_dir}"]
         notes = ["No daemon watches this folder: what follows is as last recorded; no restart, retry or back-off "
                  "happens until `reconciler run` (or `apply`)"]
     if not reconciler.records and reconciler.desired.resources:

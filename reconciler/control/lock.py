@@ -33,18 +33,21 @@ class Holder:
 
 def holder(lock_file: Path) -> Holder | None:
     """Who holds a lock now, read without taking it (a look must never make a concurrent `apply` find it busy):
-    the process its holder wrote in, while that process lives and is older than what it wrote."""
+    the process its holder wrote in, while that process lives and is older than what it wrote. Raises OSError
+    when that cannot be told (a lock file another account keeps to itself)."""
     try:
         written, stat = lock_file.read_text(), lock_file.stat()
-    except OSError:
+    except FileNotFoundError:
         return None
     found = _HOLDER.fullmatch(written.strip())
     if found is None:
         return None
     try:
         alive = psutil.Process(int(found[1])).create_time() <= stat.st_mtime + 1.0  # else a later process got the pid
-    except psutil.Error:
+    except psutil.NoSuchProcess:
         return None
+    except psutil.AccessDenied:
+        alive = True  # another account's process: its age cannot be read, but it lives
     since = datetime.fromtimestamp(stat.st_mtime, timezone.utc)
     return Holder(int(found[1]), found[2], Path(found[3]), since) if alive else None
 
