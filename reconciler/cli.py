@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from reconciler.api.kinds import KINDS
 from reconciler.api.schemas import stale_schemas, write_schemas
 from reconciler.cli_common import (EXIT_CHANGES, EXIT_ERROR, EXIT_IN_SYNC, default_state_dir, key_of, located, locked,
                                    open_reconciler, output_option, path_argument, print_load_errors, readable_folder,
-                                   state_option)
+                                   state_option, watch_notes)
 from reconciler.control import logfmt
 from reconciler.control.daemon import Daemon
 from reconciler.control.gitops import GITOPS, request_sync
@@ -92,9 +93,11 @@ def apply(path: Path, state_dir: Path | None, wait: bool, timeout: float, min_re
                                  terminal=sys.stderr if sys.stderr.isatty() else None)
         reconciler.adopt()
         deadline = time.monotonic() + timeout
+        backoffs: dict[str, datetime] = {}  # the back-off each workload is waited out of: once
         while True:
             _pass(reconciler)
-            pending, failed = _readiness(reconciler, min_ready_seconds)
+            pending, failed = _readiness(reconciler, min_ready_seconds, deadline - time.monotonic() if wait else 0.0,
+                                         backoffs)
             if not wait:
                 break
             if not pending:  # judged from what runs now, which may have moved on since the pass: recorded too
@@ -119,15 +122,23 @@ def _pass(reconciler: Reconciler) -> None:
         list(pool.map(reconciler.reconcile, [key for key in keys if key.kind == "Workload"]))
 
 
-def _readiness(reconciler: Reconciler, min_ready_seconds: float) -> tuple[list[str], list[str]]:
-    """Workloads still settling, and those that failed, by the phase their status shows now."""
+def _readiness(reconciler: Reconciler, min_ready_seconds: float, patience: float,
+               backoffs: dict[str, datetime]) -> tuple[list[str], list[str]]:
+    """Workloads still settling, and those that failed, by the phase their status shows now. A workload's first
+    back-off that ends within `patience` seconds is settling (a killed server is restarted); a back-off after
+    that restart failed too is reported (a missing executable fails at once, not after a minute of retries).
+    `backoffs`: the back-off each workload was first seen in, kept across calls."""
     pending, failed = [], []
     now = clock.now()
+    waited_out = now + timedelta(seconds=patience)
     for key in reconciler.desired.resources:
         if key.kind != "Workload":
             continue
         status = reconciler.status(key)
         if status is None:
+            pending.append(str(key))
+        elif status.phase == "BackOff" and status.next_retry_time is not None and status.next_retry_time <= waited_out \
+                and backoffs.setdefault(str(key), status.next_retry_time) == status.next_retry_time:
             pending.append(str(key))
         elif status.phase in FAILED_PHASES:
             failed.append(f"{key}: {status.phase}: {status.message}")
@@ -247,7 +258,10 @@ def status(path: Path, state_dir: Path | None, output: str, git_url: str | None,
         _, _, followed = cli_git.followed(git_url, branch, git_path, state_dir)
         for line in cli_git.summary(followed):
             click.echo(line, err=output != "table")
-    reconciler = open_reconciler(*located(path, state_dir, git_url, branch, git_path), readonly=True, offline=True)
+    root, state_dir = located(path, state_dir, git_url, branch, git_path)
+    reconciler = open_reconciler(root, state_dir, readonly=True, offline=True)
+    for line in watch_notes(reconciler, state_dir):
+        click.echo(line, err=output != "table")
     now = clock.now()
     statuses = [status for key in reconciler.keys() if (status := reconciler.status(key)) is not None]
     rows = status_rows(statuses, reconciler.records, now)
@@ -284,7 +298,8 @@ def describe(name: str, path: Path, state_dir: Path | None, git_url: str | None,
     log_lines = inspect.tail(Path(status.log_file), 20) if status.log_file else []
     resource = entry.resource if entry else KINDS[record.kind].model_validate(record.resource) if record else None
     spec = inspect.spec_summary(resource) if resource is not None else None
-    click.echo(inspect.describe(status, source, reconciler.root, log_lines, spec))
+    click.echo("\n".join([*watch_notes(reconciler, state_dir), "", inspect.describe(status, source, reconciler.root,
+                                                                                  log_lines, spec)]))
 
 
 @main.command()

@@ -14,7 +14,7 @@ import click
 
 from reconciler import cli_git
 from reconciler.api.meta import ResourceKey
-from reconciler.control.lock import Busy, exclusive
+from reconciler.control.lock import FOLDER_LOCK, STATE_LOCK, Busy, exclusive, holder
 from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
 
 EXIT_IN_SYNC, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -49,6 +49,26 @@ def open_reconciler(path: Path, state_dir: Path | None, **options: object) -> Re
     except DesiredStateUnreadable as error:
         raise click.ClickException(str(error)) from None
     return reconciler
+
+
+def watch_notes(reconciler: Reconciler, state_dir: Path) -> list[str]:
+    """What `status` and `describe` say first: whether a daemon keeps this state true, and whether this state
+    directory is the one that holds the folder's records."""
+    try:
+        daemon, elsewhere = holder(state_dir / STATE_LOCK), holder(reconciler.root / FOLDER_LOCK)
+    except OSError as error:
+        return [f"Cannot tell whether a daemon keeps this up to date: {error}"]
+    if daemon is not None and daemon.command == "run":
+        notes = [f"Daemon: pid {daemon.pid} keeps this up to date, since {daemon.since:%Y-%m-%d %H:%M:%S %Z}"]
+    elif elsewhere is not None and elsewhere.command == "run" and elsewhere.state_dir.resolve() != state_dir.resolve():
+        return [f"Warning: this reads state directory {state_dir}, but the daemon watching this folder (pid "
+                f"{elsewhere.pid}) keeps its records in {elsewhere.state_dir}: add --state-dir {elsewhere.state_dir}"]
+    else:
+        notes = ["No daemon watches this folder: what follows is as last recorded; no restart, retry or back-off "
+                 "happens until `reconciler run` (or `apply`)"]
+    if not reconciler.records and reconciler.desired.resources:
+        notes.append(f"Warning: state directory {state_dir} holds no records of this folder (another --state-dir?)")
+    return notes
 
 
 def print_load_errors(reconciler: Reconciler) -> bool:

@@ -90,6 +90,11 @@ class Workspace:
         report = self.status(spec_file) or {}
         return next((r for r in report.get("resources", []) if r["name"] == name), None)
 
+    def decision_record(self, spec_file: str, name: str) -> dict[str, Any] | None:
+        path = self.desired / (spec_file.rsplit(".", 1)[0] + ".decisions.yaml")
+        report = yaml.safe_load(path.read_text()) if path.exists() else {}
+        return next((r["decisionRecord"] for r in report.get("resources", []) if r["name"] == name), None)
+
     def condition(self, spec_file: str, name: str, type_: str = "Ready") -> dict[str, Any] | None:
         status = self.resource_status(spec_file, name) or {}
         return next((c for c in status.get("conditions", []) if c["type"] == type_), None)

@@ -8,7 +8,7 @@ import signal
 
 import psutil
 
-from tests.conftest import PYTHON, SLEEPER, Workspace, wait_for, workload_yaml
+from tests.conftest import POLICY_YAML, PYTHON, SLEEPER, Workspace, wait_for, workload_yaml
 
 
 def test_validate_names_file_line_field_and_expectation(workspace: Workspace) -> None:
@@ -208,7 +208,8 @@ def test_down_stops_everything_including_stubborn_groups(workspace: Workspace) -
 def test_status_table_lists_every_resource(workspace: Workspace) -> None:
     workspace.write("web.yaml", workload_yaml("web"))
     workspace.cli("apply", "--wait")
-    table = workspace.cli("status").stdout.splitlines()
+    notes, *table = workspace.cli("status").stdout.splitlines()
+    assert notes.startswith("No daemon watches this folder")
     assert table[0].split() == ["NAME", "KIND", "RUNTIME", "READY", "PLACEMENT", "ENDPOINT", "RESTARTS", "AGE", "MESSAGE"]
     web = next(line for line in table if line.startswith("web "))
     assert web.split()[1:5] == ["Workload", "native", "True", "local"]
@@ -272,3 +273,53 @@ def test_describe_and_logs_tell_a_crash_story(workspace: Workspace) -> None:
     assert "decision create" in described and "action   create   done" in described
     missing = workspace.cli("logs", "job", "--previous")
     assert missing.returncode == 1 and "no log of a previous run" in missing.stderr
+
+
+def test_apply_wait_waits_out_a_back_off_shorter_than_its_timeout(workspace: Workspace) -> None:
+    workspace.write("web.yaml", workload_yaml("web", restart={"backoff": {"initialSeconds": 2}}))
+    assert workspace.cli("apply", "--wait").returncode == 0
+    pid = workspace.pid("web.yaml", "web")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(pid))
+
+    waited = workspace.cli("apply", "--wait", "--timeout", "30")
+    assert waited.returncode == 0, waited.stderr
+    restarted = workspace.pid("web.yaml", "web")
+    assert restarted and restarted != pid and psutil.pid_exists(restarted)
+
+    os.kill(restarted, signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(restarted))
+    short = workspace.cli("apply", "--wait", "--timeout", "1")  # the back-off (4 s now) outlasts the wait
+    assert short.returncode == 1 and "BackOff" in short.stderr, short.stderr
+
+
+def test_apply_wait_reports_a_start_that_fails_again_after_its_back_off(workspace: Workspace) -> None:
+    crash = "import sys; sys.exit(3)"
+    workspace.write("web.yaml", workload_yaml("web", crash, restart={"backoff": {"initialSeconds": 0.5}}))
+    crashed = workspace.cli("apply", "--wait", "--timeout", "60")
+    assert crashed.returncode == 1 and "Workload/web: BackOff" in crashed.stderr, crashed.stderr
+    assert workspace.actions("web.yaml").count("create") == 2, "one restart waited for, not a minute of them"
+
+
+def test_apply_wait_says_a_pending_approval_once_not_on_every_poll(workspace: Workspace) -> None:
+    workspace.write("policy.yaml", POLICY_YAML.replace("spec:\n", "spec:\n  approvals: {required: [NativeExecutable]}\n"))
+    workspace.write("web.yaml", workload_yaml("web"))
+    waited = workspace.cli("apply", "--wait", "--timeout", "2")
+    assert waited.returncode == 1 and "timed out" in waited.stderr
+    assert waited.stderr.count("needs-approval, not done") == 1, waited.stderr
+
+
+def test_a_status_file_reads_at_a_glance_and_the_decision_record_has_its_own_file(workspace: Workspace) -> None:
+    workspace.write("web.yaml", workload_yaml("web"))
+    assert workspace.cli("apply", "--wait").returncode == 0
+    status_text = (workspace.desired / "web.status.yaml").read_text()
+    assert "decisionRecord" not in status_text and len(status_text.splitlines()) < 60, status_text
+    decided = workspace.decision_record("web.yaml", "web")
+    assert decided and decided["placement"]["placement"] == "local"
+    assert "Decision record (constraint -> trade-off):" in workspace.cli("describe", "web").stdout
+    assert workspace.cli("validate").returncode == 0, "a decisions file is no spec"
+
+    (workspace.desired / "web.yaml").rename(workspace.desired / "renamed.yaml")  # while no reconciler runs
+    workspace.cli("apply", "--wait")
+    assert not (workspace.desired / "web.decisions.yaml").exists() and not (workspace.desired / "web.status.yaml").exists()
+    assert workspace.decision_record("renamed.yaml", "web")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import time
 
 import psutil
+import yaml
 
-from tests.conftest import Workspace, wait_for, workload_yaml
+from tests.conftest import POLICY_YAML, PYTHON, Workspace, wait_for, workload_yaml
 
 CRASH = "import sys; print('crashing', flush=True); sys.exit(3)"
 
@@ -140,3 +143,74 @@ def _seconds(stamps: list[str]) -> list[float]:
     from datetime import datetime
 
     return [datetime.fromisoformat(stamp).timestamp() for stamp in stamps]
+
+
+def test_a_workload_that_died_while_the_daemon_was_down_leaves_no_false_evidence(workspace: Workspace) -> None:
+    workspace.write("web.yaml", workload_yaml("web"))
+    workspace.start_daemon("--resync", "3600")
+    pid = wait_for(lambda: running_pid(workspace, "web.yaml", "web"), what="web to start")
+    workspace.stop_daemon(signal.SIGTERM)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    before = len(workspace.evidence("web.yaml"))
+
+    workspace.start_daemon("--resync", "3600")  # adopting notices the exit at once, before the first pass loads
+    wait_for(lambda: running_pid(workspace, "web.yaml", "web", other_than=pid), what="web restarted")
+    written = [line for line in workspace.evidence("web.yaml")[before:] if line["event"] != "rollout"]  # died soaking
+    assert [(line["event"], line.get("action")) for line in written] == [("decision", "create"), ("action", "create")], \
+        "nothing may be written from a view the desired state is not loaded into yet (a hold, a placement flip)"
+
+
+def test_a_status_file_edited_by_hand_is_made_true_again_by_the_next_pass(workspace: Workspace) -> None:
+    policy = yaml.safe_load(POLICY_YAML)
+    policy["spec"]["approvals"] = {"required": ["NativeExecutable"]}
+    workspace.write("policy.yaml", yaml.safe_dump(policy))
+    workspace.write("web.yaml", workload_yaml("web"))
+    workspace.start_daemon("--resync", "1")
+    wait_for(lambda: (workspace.resource_status("web.yaml", "web") or {}).get("phase") == "PendingApproval",
+             what="the pending approval")
+    status_file = workspace.desired / "web.status.yaml"
+    forged = yaml.safe_load(status_file.read_text())
+    forged["resources"][0] |= {"phase": "Running", "pid": 1}
+    for condition in forged["resources"][0]["conditions"]:
+        condition |= {"status": "True", "reason": "Approved"}
+    status_file.write_text(yaml.safe_dump(forged))
+
+    wait_for(lambda: (workspace.resource_status("web.yaml", "web") or {}).get("phase") == "PendingApproval",
+             timeout=5, what="the forged status file rewritten by a resync")
+    assert "pid" not in workspace.resource_status("web.yaml", "web")
+    assert workspace.condition("web.yaml", "web", "PolicyApproved")["status"] == "False"
+    assert not workspace.owned_processes("web"), "a status file is never read back: nothing started"
+
+
+def test_status_and_describe_say_first_whether_a_daemon_keeps_them_true(workspace: Workspace) -> None:
+    workspace.write("web.yaml", workload_yaml("web"))
+    assert workspace.cli("apply", "--wait").returncode == 0
+    assert workspace.cli("status").stdout.startswith("No daemon watches this folder: what follows is as last recorded")
+    assert workspace.cli("describe", "web").stdout.startswith("No daemon watches this folder")
+    elsewhere = workspace.state.parent / "another-state"
+    read_elsewhere = [PYTHON, "-m", "reconciler", "status", str(workspace.desired), "--state-dir", str(elsewhere)]
+    alone = subprocess.run(read_elsewhere, capture_output=True, text=True).stdout
+    assert f"Warning: state directory {elsewhere} holds no records of this folder" in alone, alone
+
+    daemon = workspace.start_daemon("--resync", "3600")
+    wait_for(lambda: workspace.cli("status").stdout.startswith(f"Daemon: pid {daemon.pid} keeps this up to date, since "),
+             what="status to name the daemon")
+    assert workspace.cli("describe", "web").stdout.startswith(f"Daemon: pid {daemon.pid}")
+    listed = workspace.cli("status", "-o", "json")
+    assert listed.stderr.startswith(f"Daemon: pid {daemon.pid}") and json.loads(listed.stdout), "json stays json"
+    misread = subprocess.run(read_elsewhere, capture_output=True, text=True).stdout
+    assert misread.startswith(f"Warning: this reads state directory {elsewhere}, but the daemon watching this folder "
+                              f"(pid {daemon.pid}) keeps its records in {workspace.state}"), misread
+
+
+def test_a_hold_seen_by_every_resync_during_a_back_off_is_evidence_once(workspace: Workspace) -> None:
+    crashing = workload_yaml("web", CRASH, restart={"backoff": {"initialSeconds": 8, "maxSeconds": 8}})
+    workspace.write("web.yaml", crashing)
+    workspace.start_daemon("--resync", "1")
+    wait_for(lambda: (workspace.resource_status("web.yaml", "web") or {}).get("phase") == "BackOff", what="the back-off")
+    workspace.write("web.yaml", crashing.replace("restart:", "restartt:"))  # rejected: the version on record is held
+    time.sleep(5)  # five resyncs, all within the 8 s back-off
+    holds = [line["cause"] for line in workspace.evidence("web.yaml") if line.get("action") == "hold"]
+    assert len(holds) == 1, holds
+    assert "next start at " in workspace.resource_status("web.yaml", "web")["message"]

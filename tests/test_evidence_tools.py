@@ -145,7 +145,8 @@ def test_export_writes_a_reproducible_bundle_without_logs_approvals_or_secrets(w
     found = members(first)
     manifest = json.loads(found.pop("MANIFEST.json"))
     assert sorted(found) == ["desired/host-profile.status.yaml", "desired/policy.evidence.jsonl", "desired/policy.status.yaml",
-                             "desired/policy.yaml", "desired/web.evidence.jsonl", "desired/web.status.yaml", "desired/web.yaml"]
+                             "desired/policy.yaml", "desired/web.decisions.yaml", "desired/web.evidence.jsonl",
+                             "desired/web.status.yaml", "desired/web.yaml"]
     assert {entry["path"]: entry["sha256"] for entry in manifest["files"]} == \
         {name: hashlib.sha256(data).hexdigest() for name, data in found.items()}
     everything = b"".join(found.values())
@@ -157,7 +158,7 @@ def test_export_writes_a_reproducible_bundle_without_logs_approvals_or_secrets(w
     assert web["spec"]["env"] == {"API_KEY": "<redacted>", "db_Password": "<redacted>", "MODE": "plain-value"}
     redacted = next(entry for entry in manifest["files"] if entry["path"] == "desired/web.yaml")["redacted"]
     assert redacted == ["Workload/web: spec.env.API_KEY", "Workload/web: spec.env.db_Password"]
-    for name in ("policy.yaml", "web.evidence.jsonl", "web.status.yaml"):
+    for name in ("policy.yaml", "web.evidence.jsonl", "web.status.yaml", "web.decisions.yaml"):
         assert found[f"desired/{name}"] == (workspace.desired / name).read_bytes()
 
     revision = manifest["revision"]  # what the reconciler writes beside the specs does not make the tree dirty

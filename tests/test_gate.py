@@ -164,3 +164,18 @@ def test_a_bare_name_is_not_trusted_when_the_spec_chooses_its_path() -> None:
     launch = render_launch(sneaky.spec, ("python3",), (), "/w", "/tmp/evil/python3")
     verdict = decide(Action(WEB, Verb.create, "not running", 1, launch), policy, Facts(("/tmp/evil/python3",)))
     assert verdict.decision is Decision.deny and "/tmp/evil/python3" in str(verdict.reasons[0])
+
+
+def test_a_rendered_engine_is_advised_its_engine_rule_not_its_interpreter() -> None:
+    from reconciler.diff.engines import engine_command
+    from reconciler.observe.host import EngineFacts
+
+    spec = Workload.model_validate({"metadata": {"name": "chat"}, "spec": {"engine": "llama.cpp", "model": "m", "port": 8080}}).spec
+    command = engine_command(spec, "/m.gguf", EngineFacts(llama_cpp_python=FOUND))  # python3 -m llama_cpp.server
+    launch = render_launch(spec, command.command, command.args, "/w", FOUND)
+    action = Action(WEB, Verb.create, "not running", 1, launch)
+    (reason,) = decide(action, None, Facts((FOUND, REAL))).reasons
+    assert reason.message.endswith("write a Policy with spec.native.trustedEngines: [llama.cpp]"), reason.message
+    assert "trustedExecutables" not in reason.message, "trusting python3 would admit every spec that runs it"
+    (reason,) = decide(action, policy("node"), Facts((FOUND, REAL))).reasons
+    assert reason.message.endswith("add llama.cpp to spec.native.trustedEngines of Policy/workstation"), reason.message

@@ -88,8 +88,9 @@ def test_no_variant_fits_means_nothing_is_downloaded(workspace: Workspace, serve
     status = model_status(workspace)
     assert (status["phase"], status["conditions"][-1]["reason"]) == ("Unavailable", "NoVariantFits")
     chat = workspace.resource_status("model.yaml", "chat")
-    assert chat["placement"] == "unavailable" and chat["decisionRecord"]["placement"]["reason"] == "NoFallback"
-    footprint = chat["decisionRecord"]["questions"]["modelFootprint"]
+    decided = workspace.decision_record("model.yaml", "chat")
+    assert chat["placement"] == "unavailable" and decided["placement"]["reason"] == "NoFallback"
+    footprint = decided["questions"]["modelFootprint"]
     assert "; no variant fits this host, so none is downloaded: " in footprint["tradeOff"], footprint
     assert "no variant fits this host, so none is downloaded" in status["message"]
     assert not [seen for seen in server.gets("huge.gguf") if seen.range is None]

@@ -219,7 +219,7 @@ def test_failed_exit_waits_out_the_back_off() -> None:
     retry_at = NOW + timedelta(seconds=4)
     action = plan_workload(web, remembered(web, next_retry_at=retry_at, consecutive_failures=3), exited(web))
     assert action.verb is Verb.none
-    assert action.cause == "back-off: process exited with code 1; next start in 4.0s"
+    assert action.cause == "back-off: process exited with code 1; next start at 12:00:04 UTC"
     assert action.retry_at == retry_at
     assert action.launch is None
 
@@ -343,7 +343,7 @@ def test_failed_start_waits_out_the_back_off_naming_the_failure() -> None:
     assert (action.verb, action.launch, action.retry_at) == (Verb.none, None, retry_at)
     assert action.cause.startswith("back-off: ")
     assert "executable not found: /opt/missing" in action.cause
-    assert action.cause == "back-off: executable not found: /opt/missing; next start in 3.0s"
+    assert action.cause == "back-off: executable not found: /opt/missing; next start at 12:00:03 UTC"
 
 
 def test_failed_start_is_retried_after_the_back_off() -> None:

@@ -162,7 +162,7 @@ def test_hosted_fallback_needs_an_allowed_provider_a_key_and_consent(workspace: 
     workspace.cli("apply", env=env)
     status = workspace.resource_status("chat.yaml", "chat")
     assert status["placement"] == "unavailable" and status["phase"] == "PendingApproval"
-    assert "needs 1 NVIDIA GPU" in status["decisionRecord"]["placement"]["message"]
+    assert "needs 1 NVIDIA GPU" in workspace.decision_record("chat.yaml", "chat")["placement"]["message"]
 
     spec_hash = plan_row(workspace, "Workload/chat")["specHash"]
     assert workspace.cli("approve", "chat", "--spec-hash", spec_hash).returncode == 0  # a local start's approval...
@@ -173,7 +173,7 @@ def test_hosted_fallback_needs_an_allowed_provider_a_key_and_consent(workspace: 
     status = workspace.resource_status("chat.yaml", "chat")
     assert (status["placement"], status["phase"], status["endpoints"]) == ("hosted", "Hosted", ["https://api.acme.example/v1"])
     assert not workspace.owned_processes("chat"), "nothing runs locally for a hosted placement"
-    questions = status["decisionRecord"]["questions"]
+    questions = workspace.decision_record("chat.yaml", "chat")["questions"]
     assert "prompts, completions" in questions["remoteFallbackConsent"]["tradeOff"]
     assert "ACME_KEY" in questions["localSecretStorage"]["constraint"]
 
@@ -283,3 +283,34 @@ def test_state_written_by_the_previous_version_still_reads(workspace: Workspace)
     result = workspace.cli("apply")
     assert result.returncode == 0, result.stderr
     assert workspace.pid("web.yaml", "web") == pid and psutil.pid_exists(pid)
+
+
+def test_while_an_update_waits_ready_and_endpoints_describe_the_version_that_serves(workspace: Workspace) -> None:
+    from tests.test_engines import free_port
+    from tests.test_staged_update import SERVER
+
+    first, moved = free_port(), free_port()
+    workspace.write("policy.yaml", policy_yaml(approvals={"required": ["NativeExecutable"]}))
+    workspace.write("web.yaml", workload_yaml("web", SERVER, (str(first),), port=first, health={"http": {"path": "/"}}))
+    assert workspace.cli("approve", "web", "--spec-hash", plan_row(workspace, "Workload/web")["specHash"]).returncode == 0
+    assert workspace.cli("apply", "--wait").returncode == 0
+    serving = workspace.pid("web.yaml", "web")
+
+    workspace.write("web.yaml", workload_yaml("web", SERVER, (str(moved),), port=moved, health={"http": {"path": "/"}}))
+    workspace.cli("apply")
+    shown = workspace.resource_status("web.yaml", "web")
+    assert shown["pid"] == serving and shown["phase"] == "PendingApproval"
+    assert shown["endpoints"] == [f"http://127.0.0.1:{first}"], "where the approved version serves, not the edit"
+    ready = workspace.condition("web.yaml", "web")
+    assert ready["status"] == "True" and "the update waits for approval" in ready["message"], ready
+    assert workspace.condition("web.yaml", "web", "PolicyApproved")["reason"] == "PendingApproval"
+
+
+def test_a_denied_workloads_status_and_decision_record_agree_on_its_placement(workspace: Workspace) -> None:
+    workspace.write("policy.yaml", policy_yaml(native={"trustedExecutables": []}))
+    workspace.write("web.yaml", workload_yaml("web"))
+    workspace.cli("apply")
+    shown = workspace.resource_status("web.yaml", "web")
+    assert shown["phase"] == "Denied" and shown["placement"] == "unavailable"
+    placement = workspace.decision_record("web.yaml", "web")["placement"]
+    assert placement["placement"] == "unavailable" and "the policy does not allow it to run here" in placement["message"]

@@ -10,7 +10,7 @@ import yaml
 
 from reconciler.api.status import ResourceStatus
 from reconciler.record import recorder as recorder_module
-from reconciler.record.recorder import STATUS_HEADER, Recorder
+from reconciler.record.recorder import STATUS, STATUS_HEADER, Recorder, sibling
 
 
 def status(name: str, message: str = "", kind: str = "Workload") -> ResourceStatus:
@@ -18,7 +18,7 @@ def status(name: str, message: str = "", kind: str = "Workload") -> ResourceStat
 
 
 def one_dump(recorder: Recorder, spec_file: str) -> str:
-    body = recorder._written[spec_file]
+    body = recorder._written[sibling(spec_file, STATUS)][0]
     return STATUS_HEADER + yaml.dump(body, Dumper=recorder_module._Dumper, sort_keys=False, allow_unicode=True)
 
 
@@ -54,6 +54,6 @@ def test_a_flush_dumps_only_the_resources_that_changed(tmp_path: Path, monkeypat
     monkeypatch.setattr(recorder_module.yaml, "dump", lambda value, **options: dumped.append(value) or real_dump(value, **options))
     recorder.set_status("many.yaml", status("w7", "restarted"))
     recorder.flush({"many.yaml"})
-    w7 = next(resource for resource in recorder._written["many.yaml"]["resources"] if resource["name"] == "w7")
+    w7 = next(resource for resource in recorder._written["many.status.yaml"][0]["resources"] if resource["name"] == "w7")
     assert dumped == [[w7]]  # not the 99 others, nor the unchanged head
     assert (tmp_path / "many.status.yaml").read_text() == one_dump(recorder, "many.yaml")

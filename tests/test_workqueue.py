@@ -1,4 +1,4 @@
-"""The work queue: dedupe, one worker per key, delayed adds in due order, shut down.
+"""The work queue: dedupe, one worker per key, delayed adds in due order, shut down, its rate limiters.
 
 Real threads and short real waits only; every wait is on a condition with a timeout.
 """
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from reconciler.control.workqueue import ShutDown, WorkQueue
+from reconciler.control.workqueue import FailureBackoff, ShutDown, TokenBuckets, WorkQueue
 
 SETTLE = 0.1  # how long "nothing happens" is watched for
 PATIENCE = 2.0  # upper bound for something that must happen
@@ -244,3 +244,61 @@ def test_many_workers_never_share_a_key(queue: WorkQueue[str]) -> None:
         thread.join(PATIENCE)
     assert len(handled) >= 150
     assert overlaps == []
+
+
+# -- rate limiters ------------------------------------------------------------------------------------------------
+
+def test_a_token_bucket_allows_its_burst_then_its_rate_per_key() -> None:
+    buckets: TokenBuckets[str] = TokenBuckets(rate=2.0, burst=3)
+    assert [buckets.take("a", 10.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert buckets.take("a", 10.0) == 0.5  # the next token, in half a second
+    assert buckets.take("a", 10.25) == 0.25  # waiting took nothing
+    assert buckets.take("a", 10.5) == 0.0
+    assert buckets.take("b", 10.5) == 0.0, "each key has its own bucket"
+    assert [buckets.take("a", 100.0) for _ in range(4)] == [0.0, 0.0, 0.0, 0.5], "refilled up to the burst, no more"
+
+
+def test_failures_back_off_exponentially_up_to_a_cap_and_are_forgotten() -> None:
+    backoff: FailureBackoff[str] = FailureBackoff(initial=0.5, most=3.0)
+    assert [backoff.failed("a") for _ in range(5)] == [(1, 0.5), (2, 1.0), (3, 2.0), (4, 3.0), (5, 3.0)]
+    assert backoff.failed("b") == (1, 0.5)
+    backoff.forget("a")
+    assert backoff.failed("a") == (1, 0.5)
+
+
+def test_a_key_is_handed_out_no_faster_than_its_pace_however_often_it_is_added() -> None:
+    queue: WorkQueue[str] = WorkQueue(pace=TokenBuckets(rate=20.0, burst=2))
+    handed, started = 0, time.monotonic()
+    try:
+        while time.monotonic() - started < 0.5:
+            queue.add("a")
+            queue.add("a")
+            queue.done(queue.get())
+            handed += 1
+    finally:
+        queue.shut_down()
+    assert handed <= 2 + 20 * 0.6, handed
+
+
+def test_a_paced_key_does_not_hold_up_another() -> None:
+    queue: WorkQueue[str] = WorkQueue(pace=TokenBuckets(rate=0.1, burst=1))
+    queue.add("a")
+    queue.done(queue.get())
+    queue.add("a")  # no token for ten seconds
+    queue.add("b")
+    assert Getter(queue).got() == "b"
+    assert len(queue) == 1  # "a" waits for its token, queued once however often it is added
+    queue.add("a")
+    assert len(queue) == 1
+    queue.shut_down()
+
+
+def test_a_failed_key_waits_for_its_back_off_until_forgotten(queue: WorkQueue[str]) -> None:
+    started = time.monotonic()
+    assert queue.add_failed("a") == (1, 0.5)
+    assert queue.add_failed("b", most=0.05) == (1, 0.05)
+    assert queue.get() == "b"
+    assert queue.get() == "a" and time.monotonic() - started >= 0.5
+    assert queue.add_failed("a") == (2, 1.0)
+    queue.forget("a")
+    assert queue.add_failed("a") == (1, 0.5)

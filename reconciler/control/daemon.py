@@ -24,7 +24,7 @@ from reconciler.control import systemd
 from reconciler.control.gitops import SYNC_REQUEST, GitFollower, Prepared
 from reconciler.control.logfmt import about
 from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
-from reconciler.control.workqueue import ShutDown, WorkQueue
+from reconciler.control.workqueue import ShutDown, TokenBuckets, WorkQueue
 from reconciler.load.desired import is_spec_file
 
 SPEC_CHANGE = "spec change"
@@ -32,7 +32,7 @@ log = logging.getLogger("reconciler")
 
 QUIET_SECONDS = 0.03  # after a save completes: lets a burst of saves coalesce into one pass
 UNCLOSED_WRITE_SECONDS = 60.0  # a file modified but never closed (a stalled writer, a missed event) is read after this
-ERROR_BACKOFF = (0.5, 60.0)  # per-key retry of a reconcile that raised: initial, max seconds
+PASSES_PER_SECOND, PASS_BURST = 5.0, 10  # the most one key is reconciled, whatever asks for it (a safety net)
 STORAGE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})  # its records cannot be written
 STORAGE_RETRY_SECONDS = 5.0  # room returns without an event to wake the daemon: look again this often
 MODEL_REHASH_SECONDS = 24 * 3600.0  # each cached model is hashed in full at least this often (and before each start)
@@ -116,11 +116,10 @@ class Daemon:
         self.metrics = reconciler.metrics
         self.resync_seconds = resync_seconds
         self.model_rehash_seconds = model_rehash_seconds
-        self.queue: WorkQueue[ResourceKey] = WorkQueue()
+        self.queue: WorkQueue[ResourceKey] = WorkQueue(TokenBuckets(PASSES_PER_SECOND, PASS_BURST))
         self.stopping = threading.Event()
         self._wake = threading.Event()
         self._events = _SpecEvents(self._wake)
-        self._failures: dict[ResourceKey, int] = {}
         self._resync_requested = threading.Event()
         self._workers = [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True) for n in range(workers)]
         self._rehasher = threading.Thread(target=self._rehash_models, name="model-rehash", daemon=True)
@@ -156,9 +155,7 @@ class Daemon:
         approvals.mkdir(parents=True, exist_ok=True, mode=0o700)
         observer.schedule(_ApprovalEvents(lambda name: self.queue.add(ResourceKey("Workload", name))), str(approvals))
         observer.start()
-        self.reconciler.adopt()
-        for worker in self._workers:
-            worker.start()
+        self.reconciler.adopt()  # exits it notices are queued; the workers start once the first pass has loaded
         self._rehasher.start()
         if self.follower is not None:
             threading.Thread(target=self._follow, name="git-follower", daemon=True).start()
@@ -192,7 +189,8 @@ class Daemon:
             self.queue.shut_down()
             observer.join(timeout=5)
             for worker in self._workers:
-                worker.join(timeout=30)
+                if worker.ident is not None:
+                    worker.join(timeout=30)
             log.info("stopped; workloads keep running and are re-adopted on the next start")
 
     def _pass(self, why: str, writing: frozenset[str]) -> None:
@@ -220,7 +218,16 @@ class Daemon:
             if self.metrics and why == SPEC_CHANGE:
                 self.metrics.triggered(key)
             self.queue.add(key)
+        self.start_workers()
         systemd.status(f"{len(keys)} resources; last pass ({why}) at {time.strftime('%H:%M:%S')}")
+
+    def start_workers(self) -> None:
+        """Called once a pass has loaded the desired state, and no sooner: a reconcile before it (an exit noticed
+        while adopting) judged what runs against an empty desired state without engine facts, and wrote that
+        false hold into the evidence."""
+        for worker in self._workers:
+            if worker.ident is None:
+                worker.start()
 
     def _follow(self) -> None:
         """Fetching and validating a revision takes network and disk time: done here, off the loop, which puts
@@ -294,23 +301,21 @@ class Daemon:
                     self._gate.wait()
                 self._in_flight += 1
             try:
-                requeue = self.reconciler.reconcile(key)
-                self._failures.pop(key, None)
-                if requeue is not None:
-                    self.queue.add_after(key, requeue)
+                result = self.reconciler.reconcile(key)
+                self.queue.forget(key)
+                if result.requeue_after is not None:
+                    self.queue.add_after(key, result.requeue_after)
             except Exception as error:
                 if self.metrics:
                     self.metrics.failed(key)
-                failures = self._failures[key] = self._failures.get(key, 0) + 1
-                delay = min(ERROR_BACKOFF[1], ERROR_BACKOFF[0] * 2 ** (failures - 1))
                 if isinstance(error, OSError) and error.errno in STORAGE_ERRORS:
                     # nothing is acted on before its decision is written: it waits, as it ran, for room
-                    delay = min(delay, STORAGE_RETRY_SECONDS)
+                    _, delay = self.queue.add_failed(key, most=STORAGE_RETRY_SECONDS)
                     log.error("%s: cannot write its records (%s); nothing is changed for it until they can be "
                               "written; retrying in %.1fs", key, error, delay, **about(key))
                 else:
+                    failures, delay = self.queue.add_failed(key)
                     log.exception("%s: reconcile failed (attempt %d); retrying in %.1fs", key, failures, delay, **about(key))
-                self.queue.add_after(key, delay)
             finally:
                 with self._gate:
                     self._in_flight -= 1

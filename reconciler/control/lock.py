@@ -11,13 +11,50 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
-from reconciler.record.atomic import UnsafeFile, open_regular
+import psutil
+
+from reconciler.record.atomic import UnsafeFile, open_regular, read_regular
 
 FOLDER_LOCK = ".reconciler.lock"
+STATE_LOCK = "lock"
+_HOLDER = re.compile(r"pid (\d+) \('reconciler (\w+)', state (.+)\)")
+
+
+@dataclass(frozen=True)
+class Holder:
+    pid: int
+    command: str  # run, apply, down, forget
+    state_dir: Path
+    since: datetime  # when it took the lock
+
+
+def holder(lock_file: Path) -> Holder | None:
+    """Who holds a lock now, read without taking it (a look must never make a concurrent `apply` find it busy):
+    the process its holder wrote in, while that process lives and is older than what it wrote. Raises OSError
+    when that cannot be told (a lock file another account keeps to itself)."""
+    try:
+        # read without following a link and never blocking on a FIFO planted as the lock
+        written, stat = read_regular(lock_file).decode(errors="replace"), lock_file.lstat()
+    except FileNotFoundError:
+        return None
+    found = _HOLDER.fullmatch(written.strip())
+    if found is None:
+        return None
+    try:
+        alive = psutil.Process(int(found[1])).create_time() <= stat.st_mtime + 1.0  # else a later process got the pid
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.AccessDenied:
+        alive = True  # another account's process: its age cannot be read, but it lives
+    since = datetime.fromtimestamp(stat.st_mtime, timezone.utc)
+    return Holder(int(found[1]), found[2], Path(found[3]), since) if alive else None
 
 
 class Busy(Exception):
@@ -28,7 +65,7 @@ class Busy(Exception):
 def exclusive(desired_root: Path, state_dir: Path, command: str) -> Iterator[None]:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with ExitStack() as stack:
-        for path in (state_dir / "lock", desired_root / FOLDER_LOCK):
+        for path in (state_dir / STATE_LOCK, desired_root / FOLDER_LOCK):
             stack.enter_context(_flock(path, f"pid {os.getpid()} ('reconciler {command}', state {state_dir})"))
         yield
 

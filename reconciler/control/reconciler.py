@@ -18,7 +18,7 @@ from typing import Any, Callable, TextIO
 
 from reconciler.api.kinds import Model, Runtime, Workload, WorkloadSpec
 from reconciler.api.meta import ResourceKey
-from reconciler.api.status import FailureInfo, ResourceStatus
+from reconciler.api.status import FailureInfo, Placement, ResourceStatus
 from reconciler.control.logfmt import about
 from reconciler.control.metrics import Metrics
 from reconciler.control.evidence import decision_digest, decision_record, outcome_record
@@ -49,6 +49,7 @@ from reconciler.control.host import HostWatch
 from reconciler.observe import clock
 from reconciler.observe.host import boot_id
 from reconciler.control.models import ModelStore, ModelView
+from reconciler.control.result import Result
 from reconciler.observe.processes import ProcessObservation
 from reconciler.record.approvals import ApprovalStore
 from reconciler.record.evidence import HOST_EVIDENCE_FILE
@@ -268,15 +269,17 @@ class Reconciler:
 
     # -- the whole reconcile ----------------------------------------------------------------
 
-    def reconcile(self, key: ResourceKey) -> float | None:
-        """Converge one resource; returns seconds until it wants another look (back-off), or None. A pass that
-        rolled a generation back is followed at once by the pass that restores the known-good version."""
+    def reconcile(self, key: ResourceKey) -> Result:
+        """Converge one resource; says when it wants another look (raises if it failed). A pass that rolled a
+        generation back is followed at once by the pass that restores the known-good version."""
+        if not self._seeded:  # no evidence may be written from a partial view
+            raise RuntimeError(f"{key}: reconciled before the desired state and this host's facts were first loaded")
         while True:
             look, rolled_back = self._admitted(key)
             if not rolled_back:
                 return look
 
-    def _admitted(self, key: ResourceKey) -> tuple[float | None, bool]:
+    def _admitted(self, key: ResourceKey) -> tuple[Result, bool]:
         entry = self.desired.resources.get(key)
         with self._lock:
             record = self.records.get(key)
@@ -289,27 +292,28 @@ class Reconciler:
         with self._admission_lock if admitted else nullcontext():  # judged and started as one step: no GPU given
             return self._reconcile(key)                            # twice, no memory committed twice
 
-    def _reconcile(self, key: ResourceKey) -> tuple[float | None, bool]:
+    def _reconcile(self, key: ResourceKey) -> tuple[Result, bool]:
         started, now = time.monotonic(), clock.now()
         planned = self.plan(key, now, probe=True)
         action = planned.action
         if action.verb is Verb.delete:
             kept = self._delete(planned, now)
             self._measure(planned, None, None, started)
-            return ENGINE_RETRY_SECONDS if kept else None, False
+            return Result.after(ENGINE_RETRY_SECONDS) if kept else Result.until_event(), False
         digest = self._record_decision(planned, now)
         planned = self._fetch_model(planned)
         failure, after = self._drive(planned, now)
-        if action.changes_something:
+        if action.changes_something:  # a refusal seen again (apply --wait's polls, each resync) is news once
             outcome_text = f"failed: {failure.message}" if failure else ("done" if planned.executed else "not done")
-            log.info("%s: %s (%s) -> %s, %s", key, action.verb.value, action.cause,
-                     planned.verdict.decision.value if planned.verdict else "-", outcome_text, **about(key))
+            log.log(logging.DEBUG if _on_record(planned, digest) else logging.INFO, "%s: %s (%s) -> %s, %s", key,
+                    action.verb.value, action.cause, planned.verdict.decision.value if planned.verdict else "-",
+                    outcome_text, **about(key))
         outcome = PassOutcome(action, planned.verdict, planned.executed, failure, planned.inputs.process, after,
                               planned.model, planned.rendered, planned.placement)
         concluded = conclude(planned.record, planned.inputs.desired, outcome, now, self._log_file(key))
         self._measure(planned, failure, concluded[1] if concluded else None, started)
         if concluded is None:
-            return None, False
+            return Result.until_event(), False
         record, status = concluded
         if planned.executed:
             done = clock.now()
@@ -329,8 +333,7 @@ class Reconciler:
         self.recorder.flush({record.source} | ({planned.record.source} if planned.record else set()))
         if key.kind == "Workload":
             self.drivers.trim_log(key.name, _maybe_container(planned.inputs.desired, planned.record))
-        look = self._next_look(planned, record, status, after, now)
-        return min((seconds for seconds in (look, rollout_look) if seconds is not None), default=None), rolled_back
+        return Result.soonest(self._next_look(planned, record, status, after, now), rollout_look), rolled_back
 
     def _next_look(self, planned: Planned, record: ResourceRecord, status: ResourceStatus,
                    after: ProcessObservation | None, now: datetime) -> float | None:
@@ -339,8 +342,10 @@ class Reconciler:
             return next_probe_in(check, record.health, running.pid, running.started_at, now)
         if planned.model is not None and planned.model.problem is not None:
             return self.models.next_look(planned.model)
+        # Only a back-off still ahead is worth a look: one already past was this pass's to act on, and a start
+        # it did not make (refused by the gate, awaiting an answer, placed elsewhere) waits for an input to change.
         retry_at = record.next_retry_at if status.pid is None else None
-        return max(0.0, (retry_at - now).total_seconds()) if retry_at else None
+        return (retry_at - now).total_seconds() if retry_at is not None and retry_at > now else None
 
     def _pins(self, planned: Planned, after: ProcessObservation | None) -> Pins:
         """What the version proven on this pass runs: its executable's digest, its image ID, its model's digest."""
@@ -364,8 +369,14 @@ class Reconciler:
         workload, desired = entry.resource, planned.snapshot or self.desired
         model = model_facts(workload, self.workloads.model_view(desired, workload))
         consent = self.approvals.get(workload.name, hosted=True)
+        placement, verdict, process = planned.placement, planned.verdict, planned.inputs.process
+        if placement.placement is Placement.local and verdict is not None and verdict.decision is Decision.deny \
+                and (process is None or process.running_pid is None):  # as its status says: it may not run here
+            reasons = "; ".join(str(reason) for reason in verdict.reasons)
+            placement = replace(placement, placement=Placement.unavailable, reason="PolicyDenied",
+                                message=f"the policy does not allow it to run here: {reasons}")
         return workload_decision_record(
-            workload, planned.placement, planned.secret, self.holds.policy_in_force(desired), self.host.profile, model,
+            workload, placement, planned.secret, self.holds.policy_in_force(desired), self.host.profile, model,
             channel=self.channel, state_dir=self.store.directory.parent,
             evidence_file=self.root / sibling(entry.file, ".evidence.jsonl"), log_file=self._log_file(planned.action.key),
             endpoint=planned.rendered.endpoint,
@@ -395,8 +406,8 @@ class Reconciler:
             return None
         digest = decision_digest(action, planned.verdict)
         record = planned.record
-        if not planned.executed and record is not None and digest == record.last_decision:
-            return digest  # the same refusal or hold, seen again by a resync: already on record
+        if _on_record(planned, digest):
+            return digest
         source = planned.inputs.desired.file if planned.inputs.desired else (record.source if record else None)
         if source is not None:
             line = decision_record(action, planned.verdict, record, now, self.host.digest)
@@ -483,6 +494,11 @@ def _maybe_container(entry: DesiredEntry | None, record: ResourceRecord | None) 
     if record is not None and record.kind == "Workload":
         runtimes.add(record.resource.get("spec", {}).get("runtime", Runtime.native.value))
     return not runtimes or Runtime.container.value in runtimes
+
+
+def _on_record(planned: Planned, digest: str | None) -> bool:
+    """Whether this plan's decision is the same refusal or hold already on record (seen again by a resync)."""
+    return digest is not None and not planned.executed and planned.record is not None and digest == planned.record.last_decision
 
 
 def _needs_admission(spec: WorkloadSpec) -> bool:

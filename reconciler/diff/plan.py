@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 
 from pydantic import ValidationError
@@ -128,7 +128,7 @@ def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: dat
     if observed.state is ProcessState.absent or running is None:
         if waiting and record is not None:
             failure = record.last_failure.message if record.last_failure else "a failed start"
-            return Action(key, Verb.none, f"back-off: {failure}; next start in {waiting:.1f}s", generation, retry_at=record.next_retry_at)
+            return Action(key, Verb.none, f"back-off: {failure}; {_next_start(record)}", generation, retry_at=record.next_retry_at)
         return Action(key, Verb.create, _why_absent(observed), generation, launch)
     changed = launch.changed_fields(running.launch)
     if observed.state is ProcessState.running:
@@ -153,8 +153,15 @@ def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: dat
     if stopped_as_failed(record, exit_info) and record is not None and record.last_failure is not None:
         ended = f"stopped by the reconciler: {record.last_failure.message}"
     if waiting and record is not None:
-        return Action(key, Verb.none, f"back-off: {ended}; next start in {waiting:.1f}s", generation, retry_at=record.next_retry_at)
+        return Action(key, Verb.none, f"back-off: {ended}; {_next_start(record)}", generation, retry_at=record.next_retry_at)
     return Action(key, Verb.create, ended, generation, launch)
+
+
+def _next_start(record: ResourceRecord) -> str:
+    """When, as a time: a countdown made each pass's cause (and so its decision) new, and a hold seen by every
+    resync during a back-off wrote a fresh evidence line each time; in a status file it went stale at once."""
+    assert record.next_retry_at is not None
+    return f"next start at {record.next_retry_at.astimezone(timezone.utc):%H:%M:%S} UTC"
 
 
 def _why_absent(observed: ProcessObservation) -> str:

@@ -20,12 +20,13 @@ def native_trust(
     resolved); `digests` their SHA-256 where a pin asks for it. A trusted engine covers the server the
     reconciler renders, not a binary the spec names."""
     engine = launch.engine
-    if engine != "process" and not launch.executable_from_spec and engine in {e.value for e in rules.trusted_engines}:
+    rendered = engine != "process" and not launch.executable_from_spec
+    if rendered and engine in {e.value for e in rules.trusted_engines}:
         return "native.trustedEngines", f"engine {engine} is trusted by {source}", True
     names = (launch.command[0], *executables)
     trusted, message = _trusted(names, (*as_written(launch), *executables), executables, rules, digests, source)
     if trusted is None:
-        return TRUST_RULE, untrusted(names, "native executable", source, has_policy), False
+        return TRUST_RULE, untrusted(names, "native executable", source, has_policy, engine if rendered else None), False
     return TRUST_RULE, message, trusted
 
 
@@ -82,7 +83,13 @@ def shown(names: tuple[str, ...]) -> str:
     return repr(written) + (f" ({' -> '.join(found)})" if found else "")
 
 
-def untrusted(names: tuple[str, ...], what: str, source: str, has_policy: bool) -> str:
-    hint = (f"add it to spec.native.trustedExecutables of {source}" if has_policy
-            else "write a Policy that lists it in spec.native.trustedExecutables")
+def untrusted(names: tuple[str, ...], what: str, source: str, has_policy: bool, engine: str | None = None) -> str:
+    """The advice is the narrowest rule that admits it: a server the reconciler renders is admitted by trusting its
+    engine, which covers that server alone, not by trusting its interpreter (python3) for every spec."""
+    if engine is not None:
+        hint = (f"add {engine} to spec.native.trustedEngines of {source}" if has_policy
+                else f"write a Policy with spec.native.trustedEngines: [{engine}]")
+    else:
+        hint = (f"add it to spec.native.trustedExecutables of {source}" if has_policy
+                else "write a Policy that lists it in spec.native.trustedExecutables")
     return f"{what} {shown(names)} is not trusted by {source}: {hint}"

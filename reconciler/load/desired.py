@@ -16,7 +16,7 @@ from reconciler.load.spec_file import SpecRefused, read_spec_file
 from reconciler.load.validate import LoadError, validate_document
 from reconciler.load.yaml_source import MAX_FILE_BYTES, YamlProblem, parse_documents
 
-GENERATED_SUFFIXES = (".status.yaml", ".evidence.jsonl")
+GENERATED_SUFFIXES = (".status.yaml", ".decisions.yaml", ".evidence.jsonl")
 SPEC_SUFFIXES = (".yaml", ".yml")
 
 

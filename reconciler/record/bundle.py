@@ -28,7 +28,7 @@ from reconciler.load.desired import read_folder
 from reconciler.load.yaml_source import MAX_FILE_BYTES
 from reconciler.record.atomic import UnsafeFile, read_regular, write_atomic
 from reconciler.record.evidence import HOST_EVIDENCE_FILE, chain_files, chain_of
-from reconciler.record.recorder import HOST_PROFILE_FILE, sibling
+from reconciler.record.recorder import DECISIONS, HOST_PROFILE_FILE, STATUS, sibling
 from reconciler.record.verify import all_chains
 
 FORMAT = "localaistack.dev/evidence-bundle/v1"
@@ -122,7 +122,8 @@ def _members(root: Path, state_dir: Path) -> tuple[list[tuple[str, bytes, dict[s
                 continue
             members.append((f"desired/{relative}", data, {"redacted": replaced} if replaced else {}))
     # evidence outlives its spec (that is what forget is for), a status file does not (the reconciler sweeps it)
-    statuses = [root / name for name in [HOST_PROFILE_FILE, *(sibling(spec, ".status.yaml") for spec in specs)]]
+    statuses = [root / name for name in [HOST_PROFILE_FILE, *(sibling(spec, suffix) for spec in specs
+                                                              for suffix in (STATUS, DECISIONS))]]
     chains = [file for chain in all_chains(root, state_dir) for file in chain_files(chain)]
     for path in [*(status for status in statuses if os.path.lexists(status)), *chains]:
         place = f"state/{path.name}" if path.parent == state_dir else f"desired/{path.relative_to(root)}"
@@ -186,5 +187,6 @@ def _porcelain_paths(status: str) -> list[str]:
 
 
 def _generated(name: str) -> bool:
-    """What the reconciler writes into the folder: status files, evidence chains with their rotations, its lock."""
-    return name.endswith(".status.yaml") or name == FOLDER_LOCK or chain_of(Path(name)) is not None
+    """What the reconciler writes into the folder: status and decision files, evidence chains with their rotations,
+    its lock."""
+    return name.endswith((STATUS, DECISIONS)) or name == FOLDER_LOCK or chain_of(Path(name)) is not None

@@ -38,7 +38,7 @@ from reconciler.record.atomic import write_atomic
 from reconciler.record.evidence import (
     HOST_EVIDENCE_FILE, EvidenceLog, read_records, rewrite_chain, split_replaced, verify_chain,
 )
-from reconciler.record.recorder import STATUS_HEADER
+from reconciler.record.recorder import DECISIONS, DECISIONS_HEADER, STATUS, STATUS_HEADER
 from reconciler.record.store import StateStore
 from reconciler.record.verify import find_chains, verify_report
 
@@ -174,7 +174,7 @@ def _plan_older_revisions(plan: ForgetPlan, root: Path, state_dir: Path) -> None
             continue  # a dot-name is a tree being built; the one in force was planned above
         for chain in find_chains(tree):
             _plan_chain(plan, chain, copy=True)
-        for status in sorted(tree.rglob("*.status.yaml")):
+        for status in sorted(path for suffix in (STATUS, DECISIONS) for path in tree.rglob(f"*{suffix}")):
             report, entries = _status_report(status)
             if any(_is_about(entry, plan.key) for entry in entries):
                 others = report.get("errors") or not all(_is_about(entry, plan.key) for entry in entries)
@@ -203,7 +203,8 @@ def _is_about(entry: object, key: ResourceKey) -> bool:
 def _trim_status(status: Path, key: ResourceKey) -> None:
     report, entries = _status_report(status)
     kept = [entry for entry in entries if not _is_about(entry, key)]
-    write_atomic(status, STATUS_HEADER + yaml.safe_dump({**report, "resources": kept}, sort_keys=False, allow_unicode=True))
+    header = DECISIONS_HEADER if status.name.endswith(DECISIONS) else STATUS_HEADER
+    write_atomic(status, header + yaml.safe_dump({**report, "resources": kept}, sort_keys=False, allow_unicode=True))
 
 
 def _carry_out(plan: ForgetPlan, state_dir: Path, who: str) -> None:

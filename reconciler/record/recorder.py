@@ -1,4 +1,6 @@
-"""Writes what happened beside each spec: `X.status.yaml` (replaced atomically) and `X.evidence.jsonl`.
+"""Writes what happened beside each spec: `X.status.yaml` and `X.decisions.yaml` (replaced atomically) and
+`X.evidence.jsonl`. The decision records live in their own file: they were most of each status file, which a
+person should read at a glance.
 
 The folder is someone else's: a name there planted as a link or a special file is refused (never written through,
 never removed), and so is a folder removed with its specs. Evidence meant for such a file goes to the state
@@ -26,6 +28,9 @@ from reconciler.record.evidence import EVIDENCE_SUFFIX, EvidenceLog
 log = logging.getLogger("reconciler")
 
 STATUS_HEADER = "# Written by the reconciler after each pass. Edits are overwritten and never read back.\n"
+DECISIONS_HEADER = ("# Written by the reconciler: why each workload runs where and how it does (its Runtime Decision "
+                    "Record).\n" + STATUS_HEADER)
+STATUS, DECISIONS = ".status.yaml", ".decisions.yaml"
 HOST_PROFILE_FILE = "host-profile.status.yaml"  # what this host offers, beside the specs that ask for it
 
 
@@ -45,7 +50,7 @@ class Recorder:
         self._host_lock = threading.Lock()
         self._statuses: dict[str, dict[ResourceKey, ResourceStatus]] = defaultdict(dict)
         self._file_errors: dict[str, list[str]] = {}
-        self._written: dict[str, dict[str, Any]] = {}  # what each status file holds, as data
+        self._written: dict[str, tuple[dict[str, Any], _Identity]] = {}  # what each file holds, as data
         self._texts: dict[str, dict[Any, tuple[Any, str]]] = {}  # each file's parts as last dumped: data -> text
         self._logs: dict[str, EvidenceLog] = {}
         self._lock = threading.Lock()
@@ -110,31 +115,25 @@ class Recorder:
             return changed
 
     def sweep_orphans(self) -> None:
-        """Remove status files whose spec is gone and that report nothing we own (a rename while we were down)."""
+        """Remove status and decision files whose spec is gone and that report nothing we own (a rename while we
+        were down)."""
         with self._lock:
-            reported = {sibling(file, ".status.yaml") for file, statuses in self._statuses.items() if statuses}
-        for status_file in self.root.rglob("*.status.yaml"):
-            relative = str(status_file.relative_to(self.root))
-            stem = relative.removesuffix(".status.yaml")
-            if relative != HOST_PROFILE_FILE and relative not in reported and not any((self.root / f"{stem}{ext}").exists() for ext in SPEC_SUFFIXES):
-                try:
-                    remove_regular(status_file, root=self.root)
-                except (UnsafeFile, FileNotFoundError):
-                    continue  # not ours to remove (a link, a FIFO), or its folder went meanwhile
+            reported = {file for file, statuses in self._statuses.items() if statuses}
+        for suffix in (STATUS, DECISIONS):
+            for written in self.root.rglob(f"*{suffix}"):
+                relative = str(written.relative_to(self.root))
+                stem = relative.removesuffix(suffix)
+                if relative != HOST_PROFILE_FILE and not {f"{stem}{ext}" for ext in SPEC_SUFFIXES} & reported \
+                        and not any((self.root / f"{stem}{ext}").exists() for ext in SPEC_SUFFIXES):
+                    try:
+                        remove_regular(written, root=self.root)
+                    except (UnsafeFile, FileNotFoundError):
+                        continue  # not ours to remove (a link, a FIFO), or its folder went meanwhile
 
     def host_profile(self, body: dict[str, Any]) -> None:
         """Publish the host profile (the caller observes it at most every 30 s); unchanged content is not rewritten."""
-        target = self.root / HOST_PROFILE_FILE
         with self._flush_lock:
-            if self._written.get(HOST_PROFILE_FILE) == body and target.exists():
-                return
-            try:
-                write_atomic(target, STATUS_HEADER + yaml.dump(body, Dumper=_Dumper, sort_keys=False, allow_unicode=True),
-                             root=self.root)
-            except UnsafeFile as unsafe:
-                self._refusal(HOST_PROFILE_FILE, HOST_PROFILE_FILE, unsafe)
-                return
-            self._written[HOST_PROFILE_FILE] = body
+            self._write(HOST_PROFILE_FILE, HOST_PROFILE_FILE, body, STATUS_HEADER)
 
     def flush(self, spec_files: set[str]) -> None:
         """Rewrite the status file of each given spec file whose content changed; drop those owning nothing."""
@@ -148,42 +147,62 @@ class Recorder:
             errors = self._file_errors.get(spec_file, [])
             evidence = sibling(spec_file, EVIDENCE_SUFFIX)  # the status file says why its evidence is elsewhere
             refused = [reason for (file, output), reason in self._refused.items() if (file, output) == (spec_file, evidence)]
-        target = self.root / sibling(spec_file, ".status.yaml")
+        revision = {"revision": self.revision} if self.revision else {}
+        decided = [{"kind": s.kind, "name": s.name, "decisionRecord": s.decision_record} for s in statuses if s.decision_record]
+        if decided:
+            self._write(spec_file, sibling(spec_file, DECISIONS), {
+                "apiVersion": API_VERSION, "kind": "DecisionRecords", "source": spec_file, **revision,
+                "resources": decided}, DECISIONS_HEADER)
+        else:
+            self._remove(spec_file, sibling(spec_file, DECISIONS))
         if not statuses and not errors:
-            try:
-                remove_regular(target, root=self.root)  # nothing of this file is owned any more
-            except UnsafeFile as unsafe:
-                self._refusal(spec_file, str(target.relative_to(self.root)), unsafe)
-            self._written.pop(spec_file, None)
-            self._texts.pop(spec_file, None)
+            self._remove(spec_file, sibling(spec_file, STATUS))  # nothing of this file is owned any more
             return
         errors = [*errors, *(reason for reason in refused if reason not in errors)]
-        body = {
+        self._write(spec_file, sibling(spec_file, STATUS), {
             "apiVersion": API_VERSION,
             "kind": "StatusReport",
             "source": spec_file,
-            **({"revision": self.revision} if self.revision else {}),
+            **revision,
             "errors": errors,
-            "resources": [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in statuses],
-        }
-        if self._written.get(spec_file) == body and target.exists():
-            return  # compared as data: serialising every status of a file on every reconcile was most of an idle daemon's CPU
-        text = STATUS_HEADER + self._status_text(spec_file, body)
+            "resources": [s.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"decision_record"})
+                          for s in statuses],
+        }, STATUS_HEADER)
+
+    def _remove(self, spec_file: str, name: str) -> None:
         try:
-            write_atomic(target, text, root=self.root)
+            remove_regular(self.root / name, root=self.root)
+        except UnsafeFile as unsafe:
+            self._refusal(spec_file, name, unsafe)
+        except FileNotFoundError:
+            pass  # its folder was removed with it
+        self._written.pop(name, None)
+        self._texts.pop(name, None)
+
+    def _write(self, spec_file: str, name: str, body: dict[str, Any], header: str) -> None:
+        """Write `body` unless the file holds it already: compared as data (serialising every status of a file on
+        every reconcile was most of an idle daemon's CPU), and the file observed, not trusted to be as written: a
+        hand edit, a removal or a restore is undone on the next pass. Flush lock held."""
+        target = self.root / name
+        if self._written.get(name) == (body, _identity(target)):
+            return
+        try:
+            write_atomic(target, header + self._text(name, body), root=self.root)
         except FileNotFoundError:
             return  # its folder was removed: the resources it held are being removed
         except UnsafeFile as unsafe:
-            self._refusal(spec_file, str(target.relative_to(self.root)), unsafe)
+            self._refusal(spec_file, name, unsafe)
             return
-        self._refusal(spec_file, str(target.relative_to(self.root)), None)
-        self._written[spec_file] = body
+        self._refusal(spec_file, name, None)
+        self._written[name] = (body, _identity(target))
 
-    def _status_text(self, spec_file: str, body: dict[str, Any]) -> str:
+    def _text(self, name: str, body: dict[str, Any]) -> str:
         """The YAML of `body`, as one dump of it would write it, from parts dumped again only when they changed:
         each reconcile rewrites its file, and dumping every resource of the file each time made a pass quadratic
         in a file's resources (2,000 of them: 1.7 s per reconcile, a killed workload elsewhere down for minutes)."""
-        before, after = self._texts.get(spec_file, {}), {}
+        if "resources" not in body:
+            return yaml.dump(body, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+        before, after = self._texts.get(name, {}), {}
 
         def dumped(part: Any, value: Any) -> str:
             known = before.get(part)
@@ -193,5 +212,19 @@ class Recorder:
 
         head = dumped("head", {field: value for field, value in body.items() if field != "resources"})
         resources = "".join(dumped((resource["kind"], resource["name"]), [resource]) for resource in body["resources"])
-        self._texts[spec_file] = after
+        self._texts[name] = after
         return head + ("resources:\n" + resources if resources else "resources: []\n")
+
+
+_Identity = tuple[int, int, int, int] | None
+
+
+def _identity(path: Path) -> _Identity:
+    """Which bytes a file holds, as far as a stat tells: any write or replacement changes its inode, size or
+    change time (which, unlike the modification time, no user can set back). The name itself, never a link's
+    target."""
+    try:
+        stat = path.lstat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns

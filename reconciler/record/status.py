@@ -102,6 +102,7 @@ def _count_start(record: ResourceRecord, desired: DesiredEntry | None, outcome: 
     restarted = outcome.before is not None and outcome.before.state is ProcessState.exited
     return record.model_copy(update={
         "restart_count": record.restart_count + int(restarted), "next_retry_at": None, "last_failure": None,
+        "endpoint": outcome.rendered.endpoint,
     })
 
 
@@ -136,18 +137,29 @@ def _assess(record: ResourceRecord, outcome: PassOutcome, now: datetime) -> _Ass
     decided = outcome.placement
     if decided is not None and decided.placement is Placement.hosted:
         return _Assessment(True, decided.reason, decided.message, "Hosted")
-    if outcome.verdict is not None and outcome.verdict.decision is Decision.needs_approval:
-        return _Assessment(False, "PendingApproval", "; ".join(str(r) for r in outcome.verdict.reasons), "PendingApproval")
+    serving = observed.record.pid if observed is not None and observed.state is ProcessState.running \
+        and observed.record is not None else None
     if outcome.verdict is not None and not outcome.verdict.approved:
-        return _Assessment(False, "PolicyDenied", "; ".join(str(r) for r in outcome.verdict.reasons), "Denied")
+        pending = outcome.verdict.decision is Decision.needs_approval
+        reasons = "; ".join(str(r) for r in outcome.verdict.reasons)
+        if serving is not None:  # the version before keeps serving: Ready is about it, PolicyApproved about the update
+            kept = _running(record, outcome, serving)
+            waits = "the update waits for approval" if pending else "the update is denied"
+            return _Assessment(kept.ready, kept.reason, f"{kept.message}; {waits}: {reasons}",
+                               "PendingApproval" if pending else "Denied")
+        if pending:
+            return _Assessment(False, "PendingApproval", reasons, "PendingApproval")
+        return _Assessment(False, "PolicyDenied", reasons, "Denied")
     if decided is not None and decided.provider is not None and decided.placement is Placement.unavailable:
         return _Assessment(False, decided.reason, decided.message, "Blocked")  # the fallback was weighed: say why not
-    if observed is not None and observed.state is ProcessState.running and observed.record is not None:
-        return _running(record, outcome, observed.record.pid)
+    if serving is not None:
+        return _running(record, outcome, serving)
     if action.blocked is not None:
         return _Assessment(False, action.blocked.reason, action.blocked.message, "Blocked")
     if observed is not None and observed.state is ProcessState.exited and observed.exit is not None:
         stopped = record.last_failure if record.last_failure and record.last_failure.pid == observed.exit.pid else None
+        if stopped is not None and stopped.reason == POLICY_DENIED:  # refused, not failed: no update failure either
+            return _Assessment(False, "PolicyDenied", stopped.message, "Denied")
         if stopped is not None:  # we stopped it for failing its checks
             return _Assessment(False, stopped.reason, action.cause, "BackOff" if record.next_retry_at else "Failed")
         return _exited(observed.exit, action)
@@ -188,7 +200,7 @@ def _render(record: ResourceRecord, outcome: PassOutcome, assessment: _Assessmen
     if outcome.placement is not None and outcome.placement.placement is not Placement.local:
         placement = outcome.placement.placement
     elif record.kind == "Workload":
-        cannot_run = assessment.phase in ("Denied", "Blocked") or (pid is None and (outcome.failure or record.last_failure))
+        cannot_run = pid is None and (assessment.phase in ("Denied", "Blocked") or outcome.failure or record.last_failure)
         placement = Placement.unavailable if cannot_run else Placement.local
     # RolledBack only while the known-good version may run: one waiting for approval or refused says so instead
     rolled_back = action.hold is not None and action.hold.reason == ROLLED_BACK \
@@ -196,7 +208,7 @@ def _render(record: ResourceRecord, outcome: PassOutcome, assessment: _Assessmen
     phase = "Orphaned" if action.orphaned else ROLLED_BACK if rolled_back else assessment.phase
     running = observed.record if pid and observed else None
     image = running.launch if running and isinstance(running.launch, ContainerLaunch) else None
-    endpoint = outcome.rendered.endpoint
+    endpoint = (record.endpoint or outcome.rendered.endpoint) if pid else outcome.rendered.endpoint
     if placement is Placement.hosted and outcome.placement is not None:
         endpoint = outcome.placement.endpoint
     return ResourceStatus(

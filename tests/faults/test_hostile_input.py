@@ -193,7 +193,7 @@ def test_hostile_documents_are_refused_with_reasons_and_touch_nothing_that_runs(
     assert str(shell_args) in argv_log.read_text(), "arguments reached the program changed"
     assert not [marker for marker in markers if marker.exists()], "a shell or a hijacked program ran"
     assert workspace.pid("steady.yaml", "steady") == steady and workspace._daemon.poll() is None
-    said = "".join(path.read_text() for path in workspace.desired.glob("*.status.yaml"))
+    said = "".join(path.read_text() for suffix in ("status", "decisions") for path in workspace.desired.glob(f"*.{suffix}.yaml"))
     leaked = [line for line in said.splitlines() if any(sign in line for sign in ("root:x:", "b'root", "72 6f 6f 74"))]
     assert not leaked, f"bytes of /etc/passwd or /etc/shadow reached a status file: {leaked}"
     wait_for(lambda: (workspace.resource_status("allowed.yaml", "allowed") or {}).get("phase") == "Available", 30,
