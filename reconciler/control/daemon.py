@@ -20,6 +20,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from reconciler.api.meta import ResourceKey
+from reconciler.api.status import Listen
 from reconciler.control import systemd
 from reconciler.control.gitops import SYNC_REQUEST, GitFollower, Prepared
 from reconciler.control.logfmt import about
@@ -36,6 +37,7 @@ ERROR_BACKOFF = (0.5, 60.0)  # per-key retry of a reconcile that raised: initial
 STORAGE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})  # its records cannot be written
 STORAGE_RETRY_SECONDS = 5.0  # room returns without an event to wake the daemon: look again this often
 MODEL_REHASH_SECONDS = 24 * 3600.0  # each cached model is hashed in full at least this often (and before each start)
+LISTEN_WATCH_SECONDS = 3.0  # a workload that starts listening somewhere new gets a pass within this, not at the resync
 
 
 class _SpecEvents(FileSystemEventHandler):
@@ -124,6 +126,7 @@ class Daemon:
         self._resync_requested = threading.Event()
         self._workers = [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True) for n in range(workers)]
         self._rehasher = threading.Thread(target=self._rehash_models, name="model-rehash", daemon=True)
+        self._listen_watch = threading.Thread(target=self._watch_listening, name="listen-watch", daemon=True)
         self.follower, self.git_interval = follower, git_interval
         self._fetch_now = threading.Event()
         self._prepared: Prepared | None = None  # a revision the follower validated, for the loop to put in force
@@ -160,6 +163,7 @@ class Daemon:
         for worker in self._workers:
             worker.start()
         self._rehasher.start()
+        self._listen_watch.start()
         if self.follower is not None:
             threading.Thread(target=self._follow, name="git-follower", daemon=True).start()
         log.info("watching %s (resync every %ss)", self.reconciler.root, self.resync_seconds)
@@ -282,6 +286,23 @@ class Daemon:
                     self.resync_now()
             except OSError:
                 log.exception("re-hashing cached models failed; the next round tries again")
+
+    def _watch_listening(self) -> None:
+        """A workload whose sockets changed is passed at once: a listen the policy does not allow is judged (and in
+        enforce mode stopped) within seconds. The watch only says when; the pass observes and decides again."""
+        seen: dict[str, tuple[Listen, ...]] = {}
+        while not self.stopping.wait(LISTEN_WATCH_SECONDS):
+            try:
+                now = self.reconciler.workloads.listening_now()
+            except Exception:  # noqa: BLE001 - a failed look must not end the watch; the resync still passes all
+                log.exception("reading what the workloads listen on failed; the next look tries again")
+                continue
+            for name in sorted(name for name, listening in now.items() if seen.get(name) != listening):
+                key = ResourceKey("Workload", name)
+                if self.metrics:
+                    self.metrics.triggered(key)
+                self.queue.add(key)
+            seen = now
 
     def _work(self) -> None:
         while True:
