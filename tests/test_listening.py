@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import textwrap
 from pathlib import Path
@@ -27,11 +26,6 @@ from tests.test_engines import free_port
 
 TCP_ANY = Listen(address="0.0.0.0", port=8000, protocol="tcp")
 TCP_LOOPBACK = Listen(address="127.0.0.1", port=8000, protocol="tcp")
-
-
-def policy(**network: object) -> Policy:
-    return Policy.model_validate({"apiVersion": "localaistack.dev/v1alpha1", "kind": "Policy", "metadata": {"name": "p"},
-                                  "spec": {"network": network}})
 
 
 # -- judging (pure) -------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import psutil
 
 from reconciler.drive.process import NAME_VARIABLE
-from tests.conftest import PYTHON, Workspace, wait_for, workload_yaml
+from tests.conftest import Workspace, wait_for, workload_yaml
 from tests.faults.conftest import Ledger, runs
 from tests.test_engines import free_port
 from tests.test_listening import http_server
