@@ -18,7 +18,7 @@ from reconciler.api.meta import ResourceKey
 from reconciler.api.policy import NetworkPolicy, Policy
 from reconciler.api.status import Listen, ObservedExposure
 from reconciler.diff.plan import Action, Verb
-from reconciler.gate.network import OBSERVED_RULE, judge_listens
+from reconciler.gate.network import MOST_SHOWN, OBSERVED_RULE, judge_listens
 from reconciler.gate.verdict import Decision, Facts, decide
 from reconciler.observe.listening import ListenObserver
 from tests.conftest import PYTHON, POLICY_YAML, Workspace, wait_for, workload_yaml
@@ -33,9 +33,9 @@ TCP_LOOPBACK = Listen(address="127.0.0.1", port=8000, protocol="tcp")
 
 def test_an_observed_wildcard_listen_is_refused_with_its_address_and_port() -> None:
     found = judge_listens(42, (TCP_ANY,), ("127.0.0.1", 8000), NetworkPolicy(), "Policy/p", True)
-    assert len(found.refused) == 1
-    assert found.refused[0].startswith("0.0.0.0:8000/tcp: pid 42 listens on 0.0.0.0 (every interface), beyond this host")
-    assert "add {address: '0.0.0.0', ports: [8000]} to spec.network.exposed" in found.refused[0]
+    assert len(found.reasons) == 1
+    assert found.reasons[0].startswith("0.0.0.0:8000/tcp: pid 42 listens on 0.0.0.0 (every interface), beyond this host")
+    assert "add {address: '0.0.0.0', ports: [8000]} to spec.network.exposed" in found.reasons[0]
     assert found.undeclared == (TCP_ANY,)
 
 
@@ -47,7 +47,7 @@ def test_a_listen_as_declared_on_loopback_is_allowed() -> None:
 def test_a_system_port_on_loopback_needs_the_policy_too() -> None:
     low = Listen(address="::1", port=79, protocol="udp")
     found = judge_listens(42, (low,), None, NetworkPolicy(), "Policy/p", True)
-    assert found.refused and found.refused[0].startswith("[::1]:79/udp: pid 42 listens on port 79, below 1024")
+    assert found.reasons and found.reasons[0].startswith("[::1]:79/udp: pid 42 listens on port 79, below 1024")
     assert judge_listens(42, (low,), None, NetworkPolicy(privileged_ports=[79]), "Policy/p", True).refused == ()
 
 
@@ -55,6 +55,13 @@ def test_an_exposure_the_policy_lists_is_allowed_but_shown_when_elsewhere_than_d
     rules = NetworkPolicy.model_validate({"exposed": [{"address": "0.0.0.0", "ports": [8000]}]})
     found = judge_listens(42, (TCP_ANY, TCP_LOOPBACK), ("127.0.0.1", 8000), rules, "Policy/p", True)
     assert found.refused == () and found.undeclared == (TCP_ANY,)
+
+
+def test_a_process_opening_thousands_of_sockets_is_named_by_a_bounded_few() -> None:
+    flood = tuple(Listen(address="0.0.0.0", port=port, protocol="udp") for port in range(20000, 22000))
+    found = judge_listens(42, flood, None, NetworkPolicy(), "Policy/p", True)
+    assert len(found.refused) == 2000 and found.reasons[-1] == "and 1992 more" and len(found.reasons) == MOST_SHOWN + 1
+    assert found.refused_listens == flood[:MOST_SHOWN]  # enough to refuse the same launch again
 
 
 def launch(*args: str) -> LaunchSpec:

@@ -8,7 +8,7 @@ from typing import Any
 from reconciler.api.launch import ContainerLaunch
 from reconciler.api.status import FailureInfo
 from reconciler.diff.plan import Action, Verb
-from reconciler.gate.network import ListenFindings
+from reconciler.gate.network import ListenFindings, at_most
 from reconciler.gate.verdict import EXPOSURE_OBSERVED, Verdict
 from reconciler.observe.processes import ProcessObservation
 from reconciler.record.store import ResourceRecord
@@ -59,7 +59,7 @@ def exposure_record(action: Action, generation: int, listens: ListenFindings, no
     stopped = action.failure_reason == EXPOSURE_OBSERVED
     return {
         "time": now.isoformat(), "resource": str(action.key), "generation": generation, "event": "exposure-observed",
-        "pid": listens.pid, "listening": [str(listen) for listen in listens.listening], "reasons": list(listens.refused),
+        "pid": listens.pid, "listening": at_most(listens.listening), "reasons": listens.reasons,
         "result": "stopped" if stopped else "recorded (audit mode)" if not listens.enforced else "recorded",
     }
 

@@ -98,7 +98,7 @@ class Judge:
             cause = f"stopped: {source} no longer allows what runs: " + "; ".join(str(reason) for reason in reasons)
             failure, rule = POLICY_DENIED, "policy.tightened"
         elif listens is not None and listens.refused and listens.enforced:
-            cause = f"stopped: seen listening where {source} does not allow: " + "; ".join(listens.refused)
+            cause = f"stopped: seen listening where {source} does not allow: " + "; ".join(listens.reasons)
             failure, rule = EXPOSURE_OBSERVED, network.OBSERVED_RULE
         else:
             return action, verdict

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from reconciler.api.container import is_loopback
@@ -49,22 +50,40 @@ def exposure_problem(address: str, port: int | None, rules: NetworkPolicy, sourc
             f"add {{address: {canonical!r}, ports: [{port}]}} to spec.network.exposed to expose it")
 
 
+MOST_SHOWN = 8  # a process may open thousands of sockets: messages, status and evidence name this many
+
+
+def at_most(texts: Iterable[object]) -> list[str]:
+    """The first MOST_SHOWN of them, then how many more there are."""
+    shown = [str(text) for text in texts]
+    return shown[:MOST_SHOWN] + ([f"and {len(shown) - MOST_SHOWN} more"] if len(shown) > MOST_SHOWN else [])
+
+
 @dataclass(frozen=True)
 class ListenFindings:
     """What the gate makes of the sockets a running workload was observed listening on."""
 
     pid: int
     listening: tuple[Listen, ...]
-    refused: tuple[str, ...] = ()  # why the policy does not allow some of them: each names the socket
+    refused: tuple[tuple[Listen, str], ...] = ()  # what the policy does not allow, and why
     undeclared: tuple[Listen, ...] = ()  # allowed, but not where spec.host/port say it listens
     enforced: bool = True  # the policy stops a workload for them (enforce mode) or only records them (audit)
+
+    @property
+    def reasons(self) -> list[str]:
+        return at_most(f"{listen}: {message}" for listen, message in self.refused)
+
+    @property
+    def refused_listens(self) -> tuple[Listen, ...]:
+        """Enough of what was refused to refuse the same launch again (a socket may break two rules)."""
+        return tuple(dict.fromkeys(listen for listen, _ in self.refused))[:MOST_SHOWN]
 
 
 def judge_listens(pid: int, listening: tuple[Listen, ...], declared: tuple[str, int] | None, rules: NetworkPolicy,
                   source: str, enforced: bool, verb: str = "listens") -> ListenFindings:
     """Each observed socket judged by the same rules as a declared host/port; `declared`: where it was rendered to
     listen (None: nowhere)."""
-    refused = tuple(f"{listen}: {message}" for listen in listening
+    refused = tuple((listen, message) for listen in listening
                     for _, message in listen_problems(listen.address, listen.port, rules, source, f"pid {pid}", verb))
     as_declared = declared and (_canonical(declared[0]), declared[1])
     undeclared = tuple(listen for listen in listening if (_canonical(listen.address), listen.port) != as_declared)
@@ -73,7 +92,7 @@ def judge_listens(pid: int, listening: tuple[Listen, ...], declared: tuple[str, 
 
 def observed_problems(exposure: ObservedExposure, rules: NetworkPolicy, source: str) -> list[str]:
     """Why the policy in force refuses what an earlier run of a launch was seen listening on, if it does."""
-    return list(judge_listens(exposure.pid, exposure.listening, None, rules, source, True, "was seen listening").refused)
+    return judge_listens(exposure.pid, exposure.listening, None, rules, source, True, "was seen listening").reasons
 
 
 def _canonical(address: str) -> str:

@@ -11,7 +11,7 @@ from reconciler.api.status import ExitInfo, FailureInfo, ObservedExposure, Place
 from reconciler.diff.plan import Action, schedule_retry
 from reconciler.diff.rollout import ROLLED_BACK
 from reconciler.gate.placement import PlacementDecision
-from reconciler.gate.network import ListenFindings
+from reconciler.gate.network import ListenFindings, at_most
 from reconciler.gate.verdict import EXPOSURE_OBSERVED, POLICY_DENIED, Decision, Verdict, refused_only_for_listening
 from reconciler.load.desired import DesiredEntry
 from reconciler.diff.engines import Rendered
@@ -169,17 +169,18 @@ def _note_listening(record: ResourceRecord, outcome: PassOutcome, listens: Liste
     if listens.refused:
         stopped = outcome.action.failure_reason == EXPOSURE_OBSERVED
         done = "stopped" if stopped else "recorded, not stopped (audit mode)" if not listens.enforced else "not allowed"
-        condition = (False, EXPOSURE_OBSERVED, f"{done}: {'; '.join(listens.refused)}")
+        condition = (False, EXPOSURE_OBSERVED, f"{done}: {'; '.join(listens.reasons)}")
     elif listens.undeclared:
-        condition = (False, "ListenUndeclared", f"pid {listens.pid} listens on {', '.join(map(str, listens.undeclared))}"
+        condition = (False, "ListenUndeclared", f"pid {listens.pid} listens on {', '.join(at_most(listens.undeclared))}"
                                                 ", which spec.host/port do not declare")
     else:
-        seen = ", ".join(map(str, listens.listening)) or "nothing"
+        seen = ", ".join(at_most(listens.listening)) or "nothing"
         condition = (True, "AsDeclared" if listens.listening else "NotListening", f"pid {listens.pid} listens on {seen}")
     update: dict[str, object] = {"conditions": set_condition(record.conditions, LISTENING, *condition, now)}
     before = outcome.before.record if outcome.before is not None else None
     if listens.refused and before is not None and before.pid == listens.pid:
-        update["exposure"] = ObservedExposure(pid=listens.pid, launch_digest=before.launch.digest, listening=listens.listening)
+        update["exposure"] = ObservedExposure(pid=listens.pid, launch_digest=before.launch.digest,
+                                              listening=listens.refused_listens)
     return record.model_copy(update=update)
 
 
@@ -246,8 +247,7 @@ def _render(record: ResourceRecord, outcome: PassOutcome, assessment: _Assessmen
         command=list(running.launch.argv) if running and running.launch.argv else None,
         gpus=list(running.launch.gpus) if running else None,
         health=record.health.message if running and record.health and record.health.pid == pid else None,
-        listening=[str(listen) for listen in outcome.listens.listening] if pid and outcome.listens
-        and outcome.listens.pid == pid else None,
+        listening=at_most(outcome.listens.listening) if pid and outcome.listens and outcome.listens.pid == pid else None,
         enforcement=running.enforcement or None if running else None,
         container_id=running.container_id if running else None,
         image=image.image if image else None,
