@@ -27,6 +27,7 @@ from reconciler.control.logfmt import about
 from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
 from reconciler.control.workqueue import ShutDown, WorkQueue
 from reconciler.load.desired import is_spec_file
+from reconciler.observe.listening import SNAPSHOT_SECONDS
 
 SPEC_CHANGE = "spec change"
 log = logging.getLogger("reconciler")
@@ -37,7 +38,7 @@ ERROR_BACKOFF = (0.5, 60.0)  # per-key retry of a reconcile that raised: initial
 STORAGE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})  # its records cannot be written
 STORAGE_RETRY_SECONDS = 5.0  # room returns without an event to wake the daemon: look again this often
 MODEL_REHASH_SECONDS = 24 * 3600.0  # each cached model is hashed in full at least this often (and before each start)
-LISTEN_WATCH_SECONDS = 3.0  # a workload that starts listening somewhere new gets a pass within this, not at the resync
+LISTEN_WATCH_SECONDS = SNAPSHOT_SECONDS  # a workload listening somewhere new gets a pass within this, not at the resync
 
 
 class _SpecEvents(FileSystemEventHandler):

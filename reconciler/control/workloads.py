@@ -116,7 +116,10 @@ class WorkloadRenderer:
     def listening_now(self) -> dict[str, tuple[Listen, ...]]:
         """What each running native workload listens on now: the daemon looks often, and passes one that changed."""
         native = self.driver.native
-        seen = {name: self.listening(native.observe(name)) for name in native.owned_names()}
+        processes = {name: native.observe(name) for name in native.owned_names()}
+        if any(process.running_pid for process in processes.values()):
+            self._listens.read_afresh()  # the passes it triggers reuse this read
+        seen = {name: self.listening(process) for name, process in processes.items()}
         return {name: observed.listening for name, observed in seen.items() if observed is not None}
 
     def probe_if_due(

@@ -2,7 +2,8 @@
 
 One read of the host's socket table and process parents serves every workload looked at within
 SNAPSHOT_SECONDS of it. Reading the table once costs about as much as reading one process's sockets
-(psutil parses the kernel's tables either way), so a pass with many workloads stays one read.
+(psutil parses the kernel's tables either way), so a pass with many workloads stays one read, and a
+daemon busy with passes reads about once per SNAPSHOT_SECONDS (its listen watch reads afresh at that rhythm).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import ipaddress
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ import psutil
 
 from reconciler.api.status import Listen
 
-SNAPSHOT_SECONDS = 1.0  # a snapshot serves the workloads of one pass; a later look reads the host again
+SNAPSHOT_SECONDS = 3.0  # how long one read serves the passes that follow it
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,13 @@ class _Snapshot:
 
 
 class ListenObserver:
-    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._monotonic = monotonic
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
+
+    def read_afresh(self) -> None:
+        with self._lock:
+            self._snapshot = _read(time.monotonic())
 
     def of(self, pid: int, markers: Mapping[str, str]) -> ObservedListens:
         """What the tree led by `pid` listens on; `markers`: environment entries that mark its escaped children."""
@@ -73,7 +77,7 @@ class ListenObserver:
         return ObservedListens(pid, tuple(sorted(found, key=lambda listen: (listen.port, listen.protocol, listen.address))))
 
     def _fresh(self) -> _Snapshot:
-        now = self._monotonic()
+        now = time.monotonic()
         if self._snapshot is None or now - self._snapshot.taken_at >= SNAPSHOT_SECONDS:
             self._snapshot = _read(now)
         return self._snapshot
