@@ -13,7 +13,7 @@ from reconciler.drive.process import NAME_VARIABLE
 from tests.conftest import Workspace, wait_for, workload_yaml
 from tests.faults.conftest import Ledger, runs
 from tests.test_engines import free_port
-from tests.test_listening import http_server
+from tests.test_listening import http_server, ipv6_works
 
 BIND_LATER_IN_A_CHILD = textwrap.dedent("""\
     import socket, subprocess, sys, time
@@ -45,7 +45,7 @@ def slips(round_: int) -> list[Slip]:
     named = {kind: f"{kind}-{round_}" for kind in ("args-v4", "args-v6", "late-child", "escaped-child")}
     return [
         Slip(named["args-v4"], http_server(named["args-v4"], "0.0.0.0", v4), f"0.0.0.0:{v4}/tcp"),
-        Slip(named["args-v6"], http_server(named["args-v6"], "::", v6), f"[::]:{v6}/tcp"),
+        *([Slip(named["args-v6"], http_server(named["args-v6"], "::", v6), f"[::]:{v6}/tcp")] if ipv6_works() else []),
         Slip(named["late-child"], workload_yaml(named["late-child"], BIND_LATER_IN_A_CHILD), "/udp: pid"),
         Slip(named["escaped-child"], workload_yaml(named["escaped-child"], BIND_FROM_AN_ESCAPED_CHILD), "/tcp: pid"),
     ]
