@@ -42,6 +42,7 @@ def describe(status: ResourceStatus, source: str, root: Path, log_lines: list[st
         ("Generation", f"{status.generation} (observed {status.observed_generation})"),
         ("Phase", status.phase), ("Placement", status.placement.value if status.placement else None),
         ("Message", status.message), ("Endpoints", ", ".join(status.endpoints) or None),
+        ("Listening", (", ".join(status.listening) or "nothing") if status.listening is not None else None),
         ("Command", " ".join(status.command) if status.command else None), ("Pid", status.pid),
         ("Container", status.container_id[:12] if status.container_id else None),
         ("Image", f"{status.image} ({status.image_id})" if status.image else None),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -87,6 +87,28 @@ class RolloutStatus(Report):
     rollback: str = Field("Manual", description="Auto restores the known-good version when an update fails.")
 
 
+class Listen(Report):
+    """A socket a process was seen listening on: a TCP listener, or a UDP socket bound without a peer."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    address: str
+    port: int
+    protocol: Literal["tcp", "udp"]
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}/{self.protocol}"
+
+
+class ObservedExposure(Report):
+    """A run seen listening where the policy did not allow it: the same launch is judged by it before it starts again."""
+
+    pid: int
+    launch_digest: str
+    listening: tuple[Listen, ...]
+
+
 class ResourceStatus(Report):
     kind: str
     name: str
@@ -107,6 +129,8 @@ class ResourceStatus(Report):
     command: list[str] | None = None
     gpus: list[int] | None = None
     health: str | None = None
+    listening: list[str] | None = Field(
+        None, description="The sockets a native workload's processes listen on, as observed on the host this pass.")
     enforcement: dict[str, str] | None = None
     container_id: str | None = None
     image: str | None = Field(None, description="A container's image reference, as the spec wrote it.")

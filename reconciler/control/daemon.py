@@ -20,12 +20,14 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from reconciler.api.meta import ResourceKey
+from reconciler.api.status import Listen
 from reconciler.control import systemd
 from reconciler.control.gitops import SYNC_REQUEST, GitFollower, Prepared
 from reconciler.control.logfmt import about
 from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
 from reconciler.control.workqueue import ShutDown, TokenBuckets, WorkQueue
 from reconciler.load.desired import is_spec_file
+from reconciler.observe.listening import SNAPSHOT_SECONDS
 
 SPEC_CHANGE = "spec change"
 log = logging.getLogger("reconciler")
@@ -36,6 +38,7 @@ PASSES_PER_SECOND, PASS_BURST = 5.0, 10  # the most one key is reconciled, whate
 STORAGE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})  # its records cannot be written
 STORAGE_RETRY_SECONDS = 5.0  # room returns without an event to wake the daemon: look again this often
 MODEL_REHASH_SECONDS = 24 * 3600.0  # each cached model is hashed in full at least this often (and before each start)
+LISTEN_WATCH_SECONDS = SNAPSHOT_SECONDS  # a workload listening somewhere new gets a pass within this, not at the resync
 
 
 class _SpecEvents(FileSystemEventHandler):
@@ -123,6 +126,7 @@ class Daemon:
         self._resync_requested = threading.Event()
         self._workers = [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True) for n in range(workers)]
         self._rehasher = threading.Thread(target=self._rehash_models, name="model-rehash", daemon=True)
+        self._listen_watch = threading.Thread(target=self._watch_listening, name="listen-watch", daemon=True)
         self.follower, self.git_interval = follower, git_interval
         self._fetch_now = threading.Event()
         self._prepared: Prepared | None = None  # a revision the follower validated, for the loop to put in force
@@ -157,6 +161,7 @@ class Daemon:
         observer.start()
         self.reconciler.adopt()  # exits it notices are queued; the workers start once the first pass has loaded
         self._rehasher.start()
+        self._listen_watch.start()
         if self.follower is not None:
             threading.Thread(target=self._follow, name="git-follower", daemon=True).start()
         log.info("watching %s (resync every %ss)", self.reconciler.root, self.resync_seconds)
@@ -289,6 +294,23 @@ class Daemon:
                     self.resync_now()
             except OSError:
                 log.exception("re-hashing cached models failed; the next round tries again")
+
+    def _watch_listening(self) -> None:
+        """A workload whose sockets changed is passed at once: a listen the policy does not allow is judged (and in
+        enforce mode stopped) within seconds. The watch only says when; the pass observes and decides again."""
+        seen: dict[str, tuple[Listen, ...]] = {}
+        while not self.stopping.wait(LISTEN_WATCH_SECONDS):
+            try:
+                now = self.reconciler.workloads.listening_now()
+            except Exception:  # noqa: BLE001 - a failed look must not end the watch; the resync still passes all
+                log.exception("reading what the workloads listen on failed; the next look tries again")
+                continue
+            for name in sorted(name for name, listening in now.items() if seen.get(name) != listening):
+                key = ResourceKey("Workload", name)
+                if self.metrics:
+                    self.metrics.triggered(key)
+                self.queue.add(key)
+            seen = now
 
     def _work(self) -> None:
         while True:

@@ -8,7 +8,8 @@ from typing import Any
 from reconciler.api.launch import ContainerLaunch
 from reconciler.api.status import FailureInfo
 from reconciler.diff.plan import Action, Verb
-from reconciler.gate.verdict import Verdict
+from reconciler.gate.network import ListenFindings, at_most
+from reconciler.gate.verdict import EXPOSURE_OBSERVED, Verdict
 from reconciler.observe.processes import ProcessObservation
 from reconciler.record.store import ResourceRecord
 
@@ -51,6 +52,16 @@ def decision_record(
         else:
             line["executable"] = launch.executable
     return line
+
+
+def exposure_record(action: Action, generation: int, listens: ListenFindings, now: datetime) -> dict[str, Any]:
+    """A run seen listening where the policy does not allow: where, why not, and whether it was stopped."""
+    stopped = action.failure_reason == EXPOSURE_OBSERVED
+    return {
+        "time": now.isoformat(), "resource": str(action.key), "generation": generation, "event": "exposure-observed",
+        "pid": listens.pid, "listening": at_most(listens.listening), "reasons": listens.reasons,
+        "result": "stopped" if stopped else "recorded (audit mode)" if not listens.enforced else "recorded",
+    }
 
 
 def outcome_record(

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, replace
 
 from reconciler.api.approval import Approval
+from reconciler.api.launch import LaunchSpec
 from reconciler.api.kinds import Workload
 from reconciler.api.policy import Policy
 from reconciler.api.status import Placement
@@ -19,8 +20,9 @@ from reconciler.control.workloads import WorkloadRenderer
 from reconciler.diff.engines import Rendered
 from reconciler.diff.plan import Action, Inputs, Verb
 from reconciler.gate.placement import PlacementDecision
-from reconciler.gate.verdict import (DEFAULT_POLICY, POLICY_DENIED, Decision, Facts, Reason, Verdict, decide,
-                                     running_denial)
+from reconciler.gate import network
+from reconciler.gate.verdict import (DEFAULT_POLICY, EXPOSURE_OBSERVED, POLICY_DENIED, Decision, Facts, Reason, Verdict,
+                                     decide, listen_findings, running_denial)
 from reconciler.load.desired import DesiredState
 from reconciler.observe.host import file_sha256
 from reconciler.observe.processes import ProcessState
@@ -34,6 +36,7 @@ class Judged:
     verdict: Verdict | None
     placement: PlacementDecision | None = None
     secret: SecretFacts | None = None
+    listens: network.ListenFindings | None = None  # what the running process was seen listening on, judged
 
 
 class Judge:
@@ -60,38 +63,47 @@ class Judge:
         verdict = None
         if action.changes_something:
             starts = action.verb in (Verb.create, Verb.recreate) and workload is not None and entry is not None
-            verdict = decide(action, policy, self._facts(desired, rendered, workload, entry.spec_hash, approval, policy)
-                             if starts else Facts())
+            verdict = decide(action, policy, self._facts(desired, rendered, workload, entry.spec_hash, approval, policy,
+                                                         record) if starts else Facts())
         elif placement is not None and entry is not None:
             verdict = consent_verdict(placement, self.approvals.get(entry.resource.name, hosted=True), entry.spec_hash)
         keeps_running = action.verb in (Verb.none, Verb.update) or (
             action.verb is Verb.recreate and verdict is not None and not verdict.approved)  # the old one stays
+        running = process.record if process is not None and process.running_pid is not None else None
+        listens = listen_findings(inputs.listening.pid, inputs.listening.listening, running.launch, policy) \
+            if inputs.listening is not None and running is not None and isinstance(running.launch, LaunchSpec) else None
         if tighten and keeps_running and process is not None and record is not None:
-            action, verdict = self._tightened(action, verdict, policy, process, record)
-        return Judged(action, verdict, placement, secret)
+            action, verdict = self._tightened(action, verdict, policy, process, record, listens)
+        return Judged(action, verdict, placement, secret, listens)
 
     def _facts(self, desired: DesiredState, rendered: Rendered, workload: Workload, spec_hash: str,
-               approval: Approval | None, policy: Policy | None) -> Facts:
+               approval: Approval | None, policy: Policy | None, record: ResourceRecord | None) -> Facts:
         launch = rendered.launch
         executables = _as_found(launch.executable if launch else None)
         checks = self.workloads.check_executables(rendered, workload)
         return Facts(executables, checks, _pinned_digests(policy, executables, checks),
-                     spec_hash, approval, self.workloads.memory_use(desired, workload))
+                     spec_hash, approval, self.workloads.memory_use(desired, workload), record.exposure if record else None)
 
-    def _tightened(self, action: Action, verdict: Verdict | None, policy: Policy | None,
-                   process, record: ResourceRecord) -> tuple[Action, Verdict | None]:
-        """A running workload that the policy in force refuses now (it was tightened) is stopped, with the reason."""
+    def _tightened(self, action: Action, verdict: Verdict | None, policy: Policy | None, process, record: ResourceRecord,
+                   listens: network.ListenFindings | None) -> tuple[Action, Verdict | None]:
+        """A running workload that the policy in force refuses now (it was tightened), or that was seen listening
+        where it does not allow (enforce mode), is stopped, with the reason."""
         running = process.record
         if process.state is not ProcessState.running or running is None or action.verb is Verb.stop or action.orphaned:
             return action, verdict  # an orphan is out of the desired state on purpose: what governs it left with it
         executables = _as_found(running.launch.executable)
         reasons = running_denial(running.launch, policy, Facts(executables, digests=_pinned_digests(policy, executables)))
-        if not reasons:
-            return action, verdict
         source = f"Policy/{policy.name}" if policy else "the default policy"
-        cause = f"stopped: {source} no longer allows what runs: " + "; ".join(str(reason) for reason in reasons)
-        stop = replace(Action(action.key, Verb.stop, cause, action.generation or record.generation), failure_reason=POLICY_DENIED)
-        return stop, Verdict(Decision.approve, (Reason("policy.tightened", cause),))
+        if reasons:
+            cause = f"stopped: {source} no longer allows what runs: " + "; ".join(str(reason) for reason in reasons)
+            failure, rule = POLICY_DENIED, "policy.tightened"
+        elif listens is not None and listens.refused and listens.enforced:
+            cause = f"stopped: seen listening where {source} does not allow: " + "; ".join(listens.reasons)
+            failure, rule = EXPOSURE_OBSERVED, network.OBSERVED_RULE
+        else:
+            return action, verdict
+        stop = replace(Action(action.key, Verb.stop, cause, action.generation or record.generation), failure_reason=failure)
+        return stop, Verdict(Decision.approve, (Reason(rule, cause),))
 
 
 def _as_found(executable: str | None) -> tuple[str, ...]:

@@ -21,7 +21,7 @@ from reconciler.api.meta import ResourceKey
 from reconciler.api.status import FailureInfo, Placement, ResourceStatus
 from reconciler.control.logfmt import about
 from reconciler.control.metrics import Metrics
-from reconciler.control.evidence import decision_digest, decision_record, outcome_record
+from reconciler.control.evidence import decision_digest, decision_record, exposure_record, outcome_record
 from reconciler.diff.plan import (
     Action, Inputs, Verb, is_orphan_kept, next_generation, note_observations, plan_resource,
 )
@@ -39,6 +39,7 @@ from reconciler.control.pins import pins_of
 from reconciler.api.rollout import Pins
 from reconciler.control.placement import SecretFacts, consented, model_facts, workload_decision_record
 from reconciler.record.decision_record import record_digest
+from reconciler.gate.network import ListenFindings
 from reconciler.gate.placement import PlacementDecision
 from reconciler.gate.verdict import DEFAULT_POLICY, Decision, Verdict
 from reconciler.load.desired import DesiredEntry, DesiredState, load_desired
@@ -81,6 +82,7 @@ class Planned:
     secret: SecretFacts | None = None
     asked: DesiredEntry | None = None  # the desired state's version, from the plan's snapshot (even when held)
     snapshot: DesiredState | None = None  # the desired state the plan was made from
+    listens: ListenFindings | None = None  # what the running process was seen listening on, judged
 
     @property
     def record(self) -> ResourceRecord | None:
@@ -217,10 +219,11 @@ class Reconciler:
             hold = self.holds.prune_block(desired, record.source)
         if hold is not None:
             entry = last_valid(record)  # keeps running as it was: restarted after a crash, never changed
-        process = model = None
+        process = model = listening = None
         rendered = Rendered()
         if key.kind == "Workload":
             process = self.drivers.observe(key.name, _maybe_container(entry, record))
+            listening = self.workloads.listening(process)
             if entry is not None:
                 assert isinstance(entry.resource, Workload)
                 policy = self.holds.policy_in_force(desired)
@@ -236,12 +239,12 @@ class Reconciler:
             model = self.models.view(desired, entry.resource, entry.file)
         inputs = Inputs(
             key=key, desired=entry, record=record, process=process, launch=rendered.launch, hold=hold,
-            blocked=rendered.blocked, check=rendered.check, health=record.health if record else None,
+            blocked=rendered.blocked, check=rendered.check, health=record.health if record else None, listening=listening,
         )
         judged = self.judge.judge(desired, self.holds.policy_in_force(desired), inputs, plan_resource(inputs, now), rendered,
                                   tighten=self.holds.policy_settled(desired))
         return Planned(judged.action, judged.verdict, inputs, model, rendered, judged.placement, judged.secret,
-                       desired.resources.get(key), desired)
+                       desired.resources.get(key), desired, judged.listens)
 
     def _remembered(self, key: ResourceKey) -> ResourceRecord | None:
         with self._lock:
@@ -259,7 +262,7 @@ class Reconciler:
 
     def _describe(self, planned: Planned, now: datetime) -> tuple[ResourceRecord, ResourceStatus] | None:
         outcome = PassOutcome(planned.action, planned.verdict, False, None, planned.inputs.process,
-                              planned.inputs.process, planned.model, planned.rendered, planned.placement)
+                              planned.inputs.process, planned.model, planned.rendered, planned.placement, planned.listens)
         concluded = conclude(planned.record, planned.inputs.desired, outcome, now, self._log_file(planned.action.key))
         if concluded is None:
             return None
@@ -309,7 +312,7 @@ class Reconciler:
                     action.verb.value, action.cause, planned.verdict.decision.value if planned.verdict else "-",
                     outcome_text, **about(key))
         outcome = PassOutcome(action, planned.verdict, planned.executed, failure, planned.inputs.process, after,
-                              planned.model, planned.rendered, planned.placement)
+                              planned.model, planned.rendered, planned.placement, planned.listens)
         concluded = conclude(planned.record, planned.inputs.desired, outcome, now, self._log_file(key))
         self._measure(planned, failure, concluded[1] if concluded else None, started)
         if concluded is None:
@@ -320,6 +323,8 @@ class Reconciler:
             self.recorder.evidence(record.source, outcome_record(planned.action, record.generation, failure, after, done))
         if digest is not None:
             record = record.model_copy(update={"last_decision": digest})
+        if planned.listens is not None and record.exposure != (planned.record.exposure if planned.record else None):
+            self.recorder.evidence(record.source, exposure_record(action, record.generation, planned.listens, now))
         decided = self._decision_record(planned)
         if decided is not None:
             status = status.model_copy(update={"decision_record": decided})

@@ -32,7 +32,9 @@ from reconciler.observe.gpus import GpuInventory, read_inventory
 from reconciler.control.models import ModelStore, ModelView
 from reconciler.control.pins import pinned_executable, pinned_image, pinned_model
 from reconciler.api.rollout import Pins
+from reconciler.api.status import Listen
 from reconciler.observe.host import EngineFacts, engine_facts, find_executable
+from reconciler.observe.listening import ListenObserver, ObservedListens
 from reconciler.observe.probes import probe
 from reconciler.observe.processes import ProcessObservation, ProcessState
 from reconciler.record.store import ResourceRecord
@@ -52,6 +54,7 @@ class WorkloadRenderer:
         self._engine_problem: str | None = None
         self._engine_checked = False
         self._images: dict[str, ImageFacts] = {}  # present images seen this pass (an absent one is asked again)
+        self._listens = ListenObserver()
 
     def observe_host(self) -> None:
         """Once per pass: which engines are installed, which GPUs exist; the container engine when first needed."""
@@ -103,6 +106,22 @@ class WorkloadRenderer:
         launch = render_launch(spec, command.command, command.args, working_dir, executable, gpus,
                                presence.identity if presence else None, command.executable_from_spec, command.env)
         return Rendered(launch, None, check, endpoint, presence)
+
+    def listening(self, process: ProcessObservation) -> ObservedListens | None:
+        """What a running native workload's processes listen on (a container's are judged by its published ports)."""
+        running = process.record
+        if process.running_pid is None or running is None or not isinstance(running.launch, LaunchSpec):
+            return None
+        return self._listens.of(running.pid, self.driver.native.markers(running))
+
+    def listening_now(self) -> dict[str, tuple[Listen, ...]]:
+        """What each running native workload listens on now: the daemon looks often, and passes one that changed."""
+        native = self.driver.native
+        processes = {name: native.observe(name) for name in native.owned_names()}
+        if any(process.running_pid for process in processes.values()):
+            self._listens.read_afresh()  # the passes it triggers reuse this read
+        seen = {name: self.listening(process) for name, process in processes.items()}
+        return {name: observed.listening for name, observed in seen.items() if observed is not None}
 
     def probe_if_due(
         self, record: ResourceRecord, rendered: Rendered, workload: Workload, process: ProcessObservation, now: datetime

@@ -17,6 +17,7 @@ from reconciler.diff.engines import Blocked
 from reconciler.api.launch import EXECUTABLE_FIELD as _EXECUTABLE
 from reconciler.api.launch import ContainerLaunch, LaunchSpec
 from reconciler.load.desired import DesiredEntry
+from reconciler.observe.listening import ObservedListens
 from reconciler.observe.processes import ProcessObservation, ProcessState
 from reconciler.record.store import ResourceRecord
 
@@ -71,6 +72,7 @@ class Inputs:
     blocked: Blocked | None = None  # what stops it from starting here (then `launch` is None)
     check: HealthCheck | None = None
     health: HealthState | None = None  # probe results so far, for the running process
+    listening: ObservedListens | None = None  # what the running native process tree listens on
 
 
 def next_generation(record: ResourceRecord | None, desired: DesiredEntry) -> int:

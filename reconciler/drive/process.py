@@ -87,6 +87,10 @@ class ProcessDriver:
                 record = self._note_exit(record)
             return ProcessObservation(ProcessState.exited if record.exit else ProcessState.running, record)
 
+    def markers(self, record: ProcessRecord) -> dict[str, str]:
+        """What every process of this launch carries in its environment, even one that left its process group."""
+        return {OWNER_VARIABLE: self._owner, NONCE_VARIABLE: record.nonce}
+
     def adopt(self) -> list[int]:
         """After a (re)start: stop spawns a crash left unrecorded, and watch every recorded process."""
         interrupted = self._interrupted_starts()
@@ -182,8 +186,7 @@ class ProcessDriver:
         if record is None:
             return None
         leader_alive = record.exit is None and self._alive(record)
-        markers = {OWNER_VARIABLE: self._owner, NONCE_VARIABLE: record.nonce}
-        terminate_group(record.pid, grace_seconds, self._children.get(name), markers, leader_alive)
+        terminate_group(record.pid, grace_seconds, self._children.get(name), self.markers(record), leader_alive)
         with self._lock:
             if self._watcher:
                 self._watcher.unwatch(name)

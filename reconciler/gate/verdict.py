@@ -9,12 +9,14 @@ from enum import Enum
 from reconciler.api.approval import Answer, Approval
 from reconciler.api.launch import ContainerLaunch, LaunchSpec
 from reconciler.api.policy import Policy, PolicyMode, PolicySpec
+from reconciler.api.status import Listen, ObservedExposure
 from reconciler.diff.plan import Action, Verb
 from reconciler.gate import approvals, native, network, resources
 from reconciler.gate.containers import container_problems
 from reconciler.gate.resources import MemoryUse
 
 POLICY_DENIED = "PolicyDenied"  # the failure reason of a workload stopped because a tightened policy refuses it
+EXPOSURE_OBSERVED = "ExposureObserved"  # ... because it was seen listening where the policy does not allow
 DEFAULT_POLICY = PolicySpec()  # trusts no native executable and allows no image: nothing runs until a Policy says so
 
 
@@ -54,6 +56,7 @@ class Facts:
     spec_hash: str | None = None
     approval: Approval | None = None  # the person's latest answer about this workload
     memory: MemoryUse | None = None
+    exposure: ObservedExposure | None = None  # an earlier run seen listening where the policy did not allow then
 
 
 NO_FACTS = Facts()
@@ -65,6 +68,10 @@ def decide(action: Action, policy: Policy | None, facts: Facts = NO_FACTS) -> Ve
         return Verdict(Decision.approve, (Reason("no-side-effects", "records or removes only: nothing is started"),))
     spec, source = governing(policy)
     granted, problems, engine_trusted = _judge(action.launch, spec, source, policy is not None, facts)
+    exposure = facts.exposure
+    if exposure is not None and isinstance(action.launch, LaunchSpec) and exposure.launch_digest == action.launch.digest:
+        problems += [Reason(network.OBSERVED_RULE, f"this launch's last run: {message}")
+                     for message in network.observed_problems(exposure, spec.network, source)]
     if facts.memory is not None:
         overcommit = resources.memory_problem(facts.memory, spec.resources, source)
         if overcommit:
@@ -96,6 +103,20 @@ def running_denial(launch: LaunchSpec | ContainerLaunch, policy: Policy | None, 
     if spec.mode is PolicyMode.audit:
         return ()
     return tuple(_judge(launch, spec, source, policy is not None, facts)[1])
+
+
+def listen_findings(pid: int, listening: tuple[Listen, ...], launch: LaunchSpec,
+                    policy: Policy | None) -> network.ListenFindings:
+    """What a running native workload was seen listening on, judged by the policy in force; in enforce mode a
+    socket it refuses stops the workload, as a declared one would have kept it from starting."""
+    spec, source = governing(policy)
+    return network.judge_listens(pid, listening, launch.listen, spec.network, source, spec.mode is PolicyMode.enforce)
+
+
+def refused_only_for_listening(verdict: Verdict) -> bool:
+    """A start refused only because the same launch was seen listening where it may not: an observed exposure."""
+    return not verdict.approved and bool(verdict.reasons) and \
+        all(reason.rule == network.OBSERVED_RULE for reason in verdict.reasons)
 
 
 def governing(policy: Policy | None) -> tuple[PolicySpec, str]:

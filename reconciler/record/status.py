@@ -7,11 +7,12 @@ from datetime import datetime
 
 from reconciler.api.kinds import RestartPolicy, Workload
 from reconciler.api.launch import ContainerLaunch
-from reconciler.api.status import ExitInfo, FailureInfo, Placement, ResourceStatus
+from reconciler.api.status import ExitInfo, FailureInfo, ObservedExposure, Placement, ResourceStatus
 from reconciler.diff.plan import Action, schedule_retry
 from reconciler.diff.rollout import ROLLED_BACK
 from reconciler.gate.placement import PlacementDecision
-from reconciler.gate.verdict import POLICY_DENIED, Decision, Verdict
+from reconciler.gate.network import ListenFindings, at_most
+from reconciler.gate.verdict import EXPOSURE_OBSERVED, POLICY_DENIED, Decision, Verdict, refused_only_for_listening
 from reconciler.load.desired import DesiredEntry
 from reconciler.diff.engines import Rendered
 from reconciler.diff.footprint import ModelView
@@ -21,6 +22,8 @@ from reconciler.record.conditions import set_condition
 from reconciler.record.store import ResourceRecord
 
 ENGINE_UNAVAILABLE = "EngineUnavailable"
+REFUSED_WHILE_RUNNING = frozenset({POLICY_DENIED, EXPOSURE_OBSERVED})
+LISTENING = "Listening"  # the condition on what a native workload was seen listening on
 
 # How `apply --wait` reads a workload's phase.
 FAILED_PHASES = frozenset({"Failed", "BackOff", "Denied", "Exited", "Blocked", ROLLED_BACK})
@@ -40,6 +43,7 @@ class PassOutcome:
     model: ModelView | None = None
     rendered: Rendered = Rendered()
     placement: PlacementDecision | None = None
+    listens: ListenFindings | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ def conclude(
         conditions = _policy_condition(conditions, outcome.verdict, now)
     conditions = set_condition(conditions, "Ready", assessment.ready, assessment.reason, assessment.message, now)
     record = record.model_copy(update={"conditions": conditions})
+    if outcome.listens is not None:
+        record = _note_listening(record, outcome, outcome.listens, now)
     return record, _render(record, outcome, assessment, log_file)
 
 
@@ -88,8 +94,8 @@ def _count_start(record: ResourceRecord, desired: DesiredEntry | None, outcome: 
         before = outcome.before.record
         failure = FailureInfo(reason=action.failure_reason, message=action.cause, at=now, pid=before.pid)
         record = record.model_copy(update={"last_failure": failure, "next_retry_at": None})
-        if desired.resource.spec.restart.policy is RestartPolicy.never or action.failure_reason == POLICY_DENIED:
-            return record  # a refused workload waits for the policy, not for a back-off
+        if desired.resource.spec.restart.policy is RestartPolicy.never or action.failure_reason in REFUSED_WHILE_RUNNING:
+            return record  # a refused workload waits for the policy (or a new spec), not for a back-off
         return schedule_retry(record, now, (now - before.started_at).total_seconds(), desired.resource)
     if not outcome.executed or action.launch is None:
         return record
@@ -139,6 +145,8 @@ def _assess(record: ResourceRecord, outcome: PassOutcome, now: datetime) -> _Ass
         return _Assessment(True, decided.reason, decided.message, "Hosted")
     serving = observed.record.pid if observed is not None and observed.state is ProcessState.running \
         and observed.record is not None else None
+    if outcome.verdict is not None and refused_only_for_listening(outcome.verdict):
+        return _Assessment(False, EXPOSURE_OBSERVED, "; ".join(str(r) for r in outcome.verdict.reasons), "Denied")
     if outcome.verdict is not None and not outcome.verdict.approved:
         pending = outcome.verdict.decision is Decision.needs_approval
         reasons = "; ".join(str(r) for r in outcome.verdict.reasons)
@@ -166,6 +174,27 @@ def _assess(record: ResourceRecord, outcome: PassOutcome, now: datetime) -> _Ass
     if action.retry_at is not None and record.last_failure is not None:
         return _Assessment(False, record.last_failure.reason, action.cause, "BackOff")
     return _Assessment(False, "NotRunning", action.cause, "Pending")
+
+
+def _note_listening(record: ResourceRecord, outcome: PassOutcome, listens: ListenFindings, now: datetime) -> ResourceRecord:
+    """The Listening condition; a run seen listening where the policy does not allow is remembered with its launch,
+    so the gate judges that launch by it before starting it again."""
+    if listens.refused:
+        stopped = outcome.action.failure_reason == EXPOSURE_OBSERVED
+        done = "stopped" if stopped else "recorded, not stopped (audit mode)" if not listens.enforced else "not allowed"
+        condition = (False, EXPOSURE_OBSERVED, f"{done}: {'; '.join(listens.reasons)}")
+    elif listens.undeclared:
+        condition = (False, "ListenUndeclared", f"pid {listens.pid} listens on {', '.join(at_most(listens.undeclared))}"
+                                                ", which spec.host/port do not declare")
+    else:
+        seen = ", ".join(at_most(listens.listening)) or "nothing"
+        condition = (True, "AsDeclared" if listens.listening else "NotListening", f"pid {listens.pid} listens on {seen}")
+    update: dict[str, object] = {"conditions": set_condition(record.conditions, LISTENING, *condition, now)}
+    before = outcome.before.record if outcome.before is not None else None
+    if listens.refused and before is not None and before.pid == listens.pid:
+        update["exposure"] = ObservedExposure(pid=listens.pid, launch_digest=before.launch.digest,
+                                              listening=listens.refused_listens)
+    return record.model_copy(update=update)
 
 
 def _running(record: ResourceRecord, outcome: PassOutcome, pid: int) -> _Assessment:
@@ -231,6 +260,7 @@ def _render(record: ResourceRecord, outcome: PassOutcome, assessment: _Assessmen
         command=list(running.launch.argv) if running and running.launch.argv else None,
         gpus=list(running.launch.gpus) if running else None,
         health=record.health.message if running and record.health and record.health.pid == pid else None,
+        listening=at_most(outcome.listens.listening) if pid and outcome.listens and outcome.listens.pid == pid else None,
         enforcement=running.enforcement or None if running else None,
         container_id=running.container_id if running else None,
         image=image.image if image else None,

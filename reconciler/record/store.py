@@ -14,7 +14,7 @@ from pydantic.alias_generators import to_camel
 
 from reconciler.api.meta import ResourceKey
 from reconciler.api.rollout import KnownGood, RolledBack, RolloutClock
-from reconciler.api.status import Condition, ExitInfo, FailureInfo, HealthState
+from reconciler.api.status import Condition, ExitInfo, FailureInfo, HealthState, ObservedExposure
 from reconciler.record.atomic import write_atomic
 
 
@@ -42,6 +42,7 @@ class ResourceRecord(BaseModel):
     known_good: KnownGood | None = None  # what a rollback restores
     rollout: RolloutClock | None = None  # the generation being proven
     rolled_back: RolledBack | None = None  # the generation not retried until the spec changes
+    exposure: ObservedExposure | None = None  # the last run seen listening where the policy did not allow
 
     @property
     def key(self) -> ResourceKey:

@@ -1,0 +1,231 @@
+"""Observe, don't trust: what a native workload really listens on is read from the host each pass, shown in its
+status and judged by the same rules as a declared host/port; a listen the policy does not allow stops it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from reconciler.api.launch import LaunchSpec
+from reconciler.api.meta import ResourceKey
+from reconciler.api.policy import NetworkPolicy, Policy
+from reconciler.api.status import Listen, ObservedExposure
+from reconciler.diff.plan import Action, Verb
+from reconciler.gate.network import MOST_SHOWN, OBSERVED_RULE, judge_listens
+from reconciler.gate.verdict import Decision, Facts, decide
+from reconciler.observe.listening import ListenObserver
+from tests.conftest import PYTHON, POLICY_YAML, Workspace, wait_for, workload_yaml
+from tests.test_engines import free_port
+
+TCP_ANY = Listen(address="0.0.0.0", port=8000, protocol="tcp")
+TCP_LOOPBACK = Listen(address="127.0.0.1", port=8000, protocol="tcp")
+
+
+# -- judging (pure) -------------------------------------------------------------------------
+
+
+def test_an_observed_wildcard_listen_is_refused_with_its_address_and_port() -> None:
+    found = judge_listens(42, (TCP_ANY,), ("127.0.0.1", 8000), NetworkPolicy(), "Policy/p", True)
+    assert len(found.reasons) == 1
+    assert found.reasons[0].startswith("0.0.0.0:8000/tcp: pid 42 listens on 0.0.0.0 (every interface), beyond this host")
+    assert "add {address: '0.0.0.0', ports: [8000]} to spec.network.exposed" in found.reasons[0]
+    assert found.undeclared == (TCP_ANY,)
+
+
+def test_a_listen_as_declared_on_loopback_is_allowed() -> None:
+    found = judge_listens(42, (TCP_LOOPBACK,), ("127.0.0.1", 8000), NetworkPolicy(), "Policy/p", True)
+    assert (found.refused, found.undeclared) == ((), ())
+
+
+def test_a_system_port_on_loopback_needs_the_policy_too() -> None:
+    low = Listen(address="::1", port=79, protocol="udp")
+    found = judge_listens(42, (low,), None, NetworkPolicy(), "Policy/p", True)
+    assert found.reasons and found.reasons[0].startswith("[::1]:79/udp: pid 42 listens on port 79, below 1024")
+    assert judge_listens(42, (low,), None, NetworkPolicy(privileged_ports=[79]), "Policy/p", True).refused == ()
+
+
+def test_an_exposure_the_policy_lists_is_allowed_but_shown_when_elsewhere_than_declared() -> None:
+    rules = NetworkPolicy.model_validate({"exposed": [{"address": "0.0.0.0", "ports": [8000]}]})
+    found = judge_listens(42, (TCP_ANY, TCP_LOOPBACK), ("127.0.0.1", 8000), rules, "Policy/p", True)
+    assert found.refused == () and found.undeclared == (TCP_ANY,)
+
+
+def test_a_process_opening_thousands_of_sockets_is_named_by_a_bounded_few() -> None:
+    flood = tuple(Listen(address="0.0.0.0", port=port, protocol="udp") for port in range(20000, 22000))
+    found = judge_listens(42, flood, None, NetworkPolicy(), "Policy/p", True)
+    assert len(found.refused) == 2000 and found.reasons[-1] == "and 1992 more" and len(found.reasons) == MOST_SHOWN + 1
+    assert found.refused_listens == flood[:MOST_SHOWN]  # enough to refuse the same launch again
+
+
+def launch(*args: str) -> LaunchSpec:
+    return LaunchSpec(command=(PYTHON,), args=args, executable=PYTHON, env={}, working_dir="/", memory_limit=None,
+                      listen=("127.0.0.1", 8000))
+
+
+def test_a_launch_seen_exposing_is_not_started_again_until_the_policy_allows_it_or_the_spec_changes() -> None:
+    seen = launch("-m", "http.server")
+    exposure = ObservedExposure(pid=42, launch_digest=seen.digest, listening=(TCP_ANY,))
+    start = Action(ResourceKey("Workload", "web"), Verb.create, "not running", 1, seen)
+    facts = Facts(executables=(PYTHON,), exposure=exposure)
+    trusting = {"native": {"trustedExecutables": [{"executable": PYTHON}]}}
+
+    def with_rules(**spec: object) -> Policy:
+        return Policy.model_validate({"apiVersion": "localaistack.dev/v1alpha1", "kind": "Policy",
+                                      "metadata": {"name": "p"}, "spec": trusting | spec})
+
+    refused = decide(start, with_rules(), facts)
+    assert refused.decision is Decision.deny and [reason.rule for reason in refused.reasons] == [OBSERVED_RULE]
+    assert "this launch's last run: 0.0.0.0:8000/tcp: pid 42 was seen listening on 0.0.0.0" in str(refused.reasons[0])
+    assert decide(start, with_rules(network={"exposed": [{"address": "0.0.0.0"}]}), facts).approved
+    edited = Action(start.key, Verb.create, "spec changed", 2, launch("-m", "http.server", "--bind", "127.0.0.1"))
+    assert decide(edited, with_rules(), facts).approved
+    audited = decide(start, with_rules(mode="audit"), facts)
+    assert audited.approved and [reason.rule for reason in audited.audited] == [OBSERVED_RULE]
+
+
+# -- observing (the host) -------------------------------------------------------------------
+
+LISTENER = textwrap.dedent("""\
+    import os, socket, sys, time
+    family, address = (socket.AF_INET6, "::") if sys.argv[1] == "v6" else (socket.AF_INET, "0.0.0.0")
+    sockets = [socket.create_server((address, 0), family=family), socket.socket(family, socket.SOCK_DGRAM)]
+    sockets[1].bind((address, 0))
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.connect(("127.0.0.1", 9))  # a UDP socket with a peer takes nothing from others: not a listen
+    print(os.getpid(), sockets[0].getsockname()[1], sockets[1].getsockname()[1], flush=True)
+    time.sleep(600)
+    """)
+
+
+def ipv6_works() -> bool:
+    """Whether this host can bind IPv6 (CI containers may have it off)."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def listener(shell_line: str, **options: object) -> tuple[subprocess.Popen[str], int, int, int]:
+    """A shell running LISTENER as `shell_line` says; its pid and its TCP and UDP ports."""
+    shell = subprocess.Popen(["/bin/sh", "-c", shell_line.format(listener=f"{PYTHON} -c '{LISTENER}'")],
+                             stdout=subprocess.PIPE, text=True, **options)  # type: ignore[call-overload]
+    pid, tcp, udp = map(int, shell.stdout.readline().split())  # type: ignore[union-attr]
+    return shell, pid, tcp, udp
+
+
+def test_the_sockets_of_a_whole_process_tree_are_seen_with_their_protocols() -> None:
+    family, wildcard = ("v6", "[::]") if ipv6_works() else ("v4", "0.0.0.0")
+    shell, pid, tcp, udp = listener(f"{{listener}} {family}; true")  # the listener is the shell's child, not the shell
+    try:
+        seen = ListenObserver().of(shell.pid, {})
+        assert seen.pid == shell.pid
+        assert [str(listen) for listen in seen.listening] == [f"{wildcard}:{port}/{protocol}" for port, protocol in
+                                                               sorted([(tcp, "tcp"), (udp, "udp")])]
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        shell.wait()
+
+
+def test_a_child_that_left_the_tree_is_found_by_the_launch_markers() -> None:
+    env = dict(os.environ, MARK="launch-1")
+    shell, pid, tcp, _ = listener("setsid {listener} v4 &", env=env)  # reparented: no longer below the shell
+    try:
+        shell.wait()
+        observer = ListenObserver()
+        assert f"0.0.0.0:{tcp}/tcp" not in map(str, observer.of(shell.pid, {"MARK": "launch-2"}).listening)
+        assert f"0.0.0.0:{tcp}/tcp" in map(str, observer.of(shell.pid, {"MARK": "launch-1"}).listening)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+
+# -- the real daemon ------------------------------------------------------------------------
+
+
+def http_server(name: str, bind: str, port: int, **spec: object) -> str:
+    """`python3 -m http.server`, binding where its own args say, while its spec declares loopback."""
+    return yaml.safe_dump({"apiVersion": "localaistack.dev/v1alpha1", "kind": "Workload", "metadata": {"name": name},
+                           "spec": {"command": [PYTHON, "-m", "http.server"], "args": ["--bind", bind, str(port)],
+                                    "host": "127.0.0.1", "port": port, **spec}}, sort_keys=False)
+
+
+def listening_condition(workspace: Workspace, reason: str) -> dict[str, Any] | None:
+    found = workspace.condition("web.yaml", "web", "Listening")
+    return found if found and found["reason"] == reason else None
+
+
+def test_a_server_seen_listening_beyond_loopback_is_stopped_and_stays_stopped(workspace: Workspace) -> None:
+    port = free_port()
+    workspace.write("web.yaml", http_server("web", "0.0.0.0", port))
+    workspace.start_daemon("--resync", "600")  # the listen watch catches it, not a resync
+    stopped = wait_for(lambda: listening_condition(workspace, "ExposureObserved"), 30, what="the exposed server stopped")
+    assert stopped["message"].startswith(f"stopped: 0.0.0.0:{port}/tcp: pid ")
+    assert workspace.condition("web.yaml", "web")["reason"] == "ExposureObserved"
+    wait_for(lambda: not workspace.owned_processes("web"), 15, what="the server's processes gone")
+    stop = [line for line in workspace.evidence("web.yaml") if line["event"] == "decision" and line["action"] == "stop"]
+    assert stop[0]["cause"].startswith(f"stopped: seen listening where Policy/test-host does not allow: 0.0.0.0:{port}/tcp")
+    observed = [line for line in workspace.evidence("web.yaml") if line["event"] == "exposure-observed"]
+    assert [(line["listening"], line["result"]) for line in observed] == [([f"0.0.0.0:{port}/tcp"], "stopped")]
+    assert f"0.0.0.0:{port}/tcp: pid {observed[0]['pid']} listens on 0.0.0.0 (every interface)" in observed[0]["reasons"][0]
+
+    workspace.write("other.yaml", workload_yaml("other"))  # a pass over everything: the same launch is not started again
+    denied = wait_for(lambda: (status := workspace.resource_status("web.yaml", "web")) and status["phase"] == "Denied"
+                      and status, 30, what="the restart refused")
+    assert workspace.condition("web.yaml", "web")["reason"] == "ExposureObserved"
+    assert f"this launch's last run: 0.0.0.0:{port}/tcp: pid {observed[0]['pid']} was seen listening" in denied["message"]
+    assert not workspace.owned_processes("web") and workspace.actions("web.yaml") == ["create", "stop"]
+
+    workspace.write("policy.yaml", POLICY_YAML + f"  network:\n    exposed: [{{address: 0.0.0.0, ports: [{port}]}}]\n")
+    wait_for(lambda: listening_condition(workspace, "ListenUndeclared"), 30, what="started again once exposure is allowed")
+    status = workspace.resource_status("web.yaml", "web")
+    assert status["listening"] == [f"0.0.0.0:{port}/tcp"] and status["phase"] == "Running"
+
+
+def test_a_compliant_server_shows_its_sockets_and_keeps_running(workspace: Workspace) -> None:
+    port = free_port()
+    workspace.write("web.yaml", http_server("web", "127.0.0.1", port))
+    workspace.start_daemon("--resync", "1")
+    wait_for(lambda: listening_condition(workspace, "AsDeclared"), 30, what="the server seen listening as declared")
+    status = workspace.resource_status("web.yaml", "web")
+    assert status["listening"] == [f"127.0.0.1:{port}/tcp"] and status["phase"] == "Running"
+    wait_for(lambda: workspace.daemon_log.read_text().count("pass: resync") >= 3, 30, what="more passes")
+    assert workspace.pid("web.yaml", "web") == status["pid"] and workspace.actions("web.yaml") == ["create"]
+
+
+def test_audit_mode_records_an_observed_exposure_and_leaves_it_running(workspace: Workspace) -> None:
+    port = free_port()
+    workspace.write("policy.yaml", POLICY_YAML.replace("spec:\n", "spec:\n  mode: audit\n"))
+    workspace.write("web.yaml", http_server("web", "0.0.0.0", port))
+    workspace.start_daemon("--resync", "1")
+    seen = wait_for(lambda: listening_condition(workspace, "ExposureObserved"), 30, what="the exposure recorded")
+    assert "recorded, not stopped (audit mode)" in seen["message"] and f"0.0.0.0:{port}/tcp" in seen["message"]
+    observed = [line for line in workspace.evidence("web.yaml") if line["event"] == "exposure-observed"]
+    assert [line["result"] for line in observed] == ["recorded (audit mode)"]
+    assert workspace.resource_status("web.yaml", "web")["phase"] == "Running" and workspace.actions("web.yaml") == ["create"]
+
+
+def test_a_llama_cpp_server_whose_args_slip_a_wildcard_bind_is_caught(workspace: Workspace, tmp_path: Path) -> None:
+    """`--hos` is argparse's prefix of --host: the engine's server reads it, whatever a guard on args knows of it."""
+    pytest.importorskip("llama_cpp")
+    from tests.tiny_gguf import write_tiny_llama
+
+    model, port = tmp_path / "tiny.gguf", free_port()
+    write_tiny_llama(model)
+    args = ["--model", str(model), "--n_ctx", "128", "--host", "127.0.0.1", "--port", str(port), "--hos", "0.0.0.0"]
+    workspace.write("web.yaml", yaml.safe_dump({
+        "apiVersion": "localaistack.dev/v1alpha1", "kind": "Workload", "metadata": {"name": "web"},
+        "spec": {"command": [PYTHON, "-m", "llama_cpp.server"], "args": args, "host": "127.0.0.1", "port": port}}))
+    workspace.start_daemon("--resync", "600")
+    stopped = wait_for(lambda: listening_condition(workspace, "ExposureObserved"), 90,
+                       what="the llama.cpp server stopped for its wildcard bind")
+    assert stopped["message"].startswith(f"stopped: 0.0.0.0:{port}/tcp: pid ")
+    assert workspace.condition("web.yaml", "web")["reason"] == "ExposureObserved"
