@@ -65,16 +65,16 @@ def blocked(result: EngineCommand | Blocked) -> Blocked:
 class TestLlamaServer:
     FACTS = EngineFacts(llama_server=LLAMA_SERVER, llama_cpp_python=PYTHON)
 
-    def test_minimal_renders_model_host_port_only(self) -> None:
+    def test_minimal_renders_model_host_port_and_the_model_name_clients_see(self) -> None:
         command = rendered(engine_command(llama(), MODEL, self.FACTS))
         assert command.command == (LLAMA_SERVER,)
-        assert command.args == ("--model", MODEL, "--host", "127.0.0.1", "--port", "8080")
+        assert command.args == ("--model", MODEL, "--host", "127.0.0.1", "--port", "8080", "--alias", "tiny")
 
     def test_every_option_set_renders_its_flag_then_spec_args(self) -> None:
         options = {"contextSize": 4096, "gpuLayers": 0, "threads": 8, "parallel": 4, "chatFormat": "chatml"}
         command = rendered(engine_command(llama(llamaCpp=options, args=["--verbose", "--no-mmap"]), MODEL, self.FACTS))
         assert command.args == (
-            "--model", MODEL, "--host", "127.0.0.1", "--port", "8080",
+            "--model", MODEL, "--host", "127.0.0.1", "--port", "8080", "--alias", "tiny",
             "--ctx-size", "4096", "--n-gpu-layers", "0", "--threads", "8", "--parallel", "4",
             "--chat-template", "chatml",
             "--verbose", "--no-mmap",
@@ -82,7 +82,8 @@ class TestLlamaServer:
 
     def test_only_the_options_that_are_set(self) -> None:
         command = rendered(engine_command(llama(llamaCpp={"threads": 2}), MODEL, self.FACTS))
-        assert command.args == ("--model", MODEL, "--host", "127.0.0.1", "--port", "8080", "--threads", "2")
+        assert command.args == ("--model", MODEL, "--host", "127.0.0.1", "--port", "8080", "--alias", "tiny",
+                                "--threads", "2")
 
     def test_default_health_check_is_http_health(self) -> None:
         check = engine_check(llama(), self.FACTS)
@@ -123,18 +124,20 @@ class TestLlamaCppPython:
         command = rendered(engine_command(llama(llamaCpp=options, args=["--verbose", "true"]), MODEL, self.FACTS))
         assert command.command == (PYTHON, "-m", "llama_cpp.server")
         assert command.args == (
-            "--model", MODEL, "--host", "127.0.0.1", "--port", "8080",
+            "--model", MODEL, "--host", "127.0.0.1", "--port", "8080", "--model_alias", "tiny",
             "--n_ctx", "2048", "--n_gpu_layers", "10", "--n_threads", "4", "--chat_format", "llama-2",
             "--verbose", "true",
         )
 
     def test_minimal_has_no_option_flags(self) -> None:
         command = rendered(engine_command(llama(), MODEL, self.FACTS))
-        assert command.args == ("--model", MODEL, "--host", "127.0.0.1", "--port", "8080")
+        assert command.args == ("--model", MODEL, "--host", "127.0.0.1", "--port", "8080", "--model_alias", "tiny")
 
-    def test_default_health_check_is_v1_models(self) -> None:
+    def test_default_health_check_is_its_port_not_a_route_that_interrupts_generation(self) -> None:
+        """GET /v1/models took the model's lock: each probe ended a running stream with [DONE] (seen through the
+        gateway: a 1900-token stream cut at ~500 tokens with a 0.5 s period)."""
         check = engine_check(llama(), self.FACTS)
-        assert check is not None and check.http is not None and check.http.path == "/v1/models"
+        assert check is not None and check.tcp is not None and check.http is None
 
     def test_spec_health_replaces_default(self) -> None:
         check = engine_check(llama(health={"http": {"path": "/ready"}}), self.FACTS)
@@ -161,7 +164,8 @@ class TestVllm:
     def test_minimal(self) -> None:
         command = rendered(engine_command(vllm(), "/models/qwen", self.FACTS))
         assert command.command == (VLLM,)
-        assert command.args == ("serve", "/models/qwen", "--host", "127.0.0.1", "--port", "8000")
+        assert command.args == ("serve", "/models/qwen", "--host", "127.0.0.1", "--port", "8000",
+                                "--served-model-name", "tiny")
         assert engine_endpoint(vllm()) == "http://127.0.0.1:8000/v1"
 
     def test_every_option_then_spec_args(self) -> None:
@@ -170,7 +174,7 @@ class TestVllm:
         command = rendered(engine_command(
             vllm(vllm=options, args=["--enforce-eager"], resources={"gpus": {"count": 2}}), "/models/qwen", self.FACTS))
         assert command.args == (
-            "serve", "/models/qwen", "--host", "127.0.0.1", "--port", "8000",
+            "serve", "/models/qwen", "--host", "127.0.0.1", "--port", "8000", "--served-model-name", "tiny",
             "--gpu-memory-utilization", "0.85", "--max-model-len", "8192", "--dtype", "half",
             "--quantization", "awq", "--tensor-parallel-size", "2",
             "--enforce-eager",
@@ -178,7 +182,7 @@ class TestVllm:
 
     def test_only_set_options(self) -> None:
         command = rendered(engine_command(vllm(vllm={"dtype": "bfloat16"}), "/m", self.FACTS))
-        assert command.args[6:] == ("--dtype", "bfloat16")
+        assert command.args[8:] == ("--dtype", "bfloat16")
 
     def test_default_health_check_is_http_health(self) -> None:
         check = engine_check(vllm(), self.FACTS)

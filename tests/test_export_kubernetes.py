@@ -307,7 +307,8 @@ def test_vllm_runs_vllm_serve() -> None:
     assert_valid(manifests)
     container = container_of(manifests, "qwen")
     assert container["command"] == ["vllm"]
-    assert container["args"] == ["serve", "/models/qwen", "--host", "0.0.0.0", "--port", "8000", "--dtype", "bfloat16"]
+    assert container["args"] == ["serve", "/models/qwen", "--host", "0.0.0.0", "--port", "8000",
+                                 "--served-model-name", "w", "--dtype", "bfloat16"]
     assert container["resources"] == {"limits": {"memory": "40Gi", "nvidia.com/gpu": "1"}, "requests": {"memory": "40Gi"}}
     assert "vllm/vllm-openai" in note_of(manifests, "qwen")
 
