@@ -167,6 +167,12 @@ Executable = Annotated[str, Field(min_length=1)]
 # files that replace the command line, and the variables llama-cpp-python's server and llama-server read.
 _BIND_FLAGS = frozenset({"--host", "--port", "--config", "--config_file", "--config-file"})
 _BIND_VARIABLES = frozenset({"HOST", "PORT", "CONFIG_FILE", "LLAMA_ARG_HOST", "LLAMA_ARG_PORT"})
+_GATEWAY_FLAGS = frozenset({"--routes"})  # the file it routes by: the reconciler's, from the statuses
+
+
+def _names_flag(name: str, flags: frozenset[str]) -> bool:
+    """`name` is one of `flags` or a prefix of one: argparse (llama-cpp-python, vLLM) takes `--hos` for `--host`."""
+    return name.startswith("--") and len(name) > 2 and any(flag.startswith(name) for flag in flags)
 
 
 class WorkloadSpec(Spec):
@@ -266,10 +272,11 @@ class WorkloadSpec(Spec):
             return self
         if self.command is not None:
             raise ValueError(f"engine {self.engine.value!r} renders its own command: put extra flags in spec.args")
-        bind = next((arg for arg in self.args if arg.split("=", 1)[0] in _BIND_FLAGS), None)
+        reserved = _BIND_FLAGS | (_GATEWAY_FLAGS if self.engine is Engine.gateway else frozenset())
+        bind = next((arg for arg in self.args if _names_flag(arg.split("=", 1)[0], reserved)), None)
         if bind is not None:  # it would move the server past what the gate judged
             raise ValueError(f"spec.args may not set {bind.split('=', 1)[0]}: where an engine listens is spec.host and "
-                             "spec.port, which the policy judges")
+                             "spec.port, which the policy judges; a gateway's routes are the reconciler's")
         variable = next((name for name in self.env if name.upper() in _BIND_VARIABLES), None)
         if variable is not None:
             raise ValueError(f"spec.env may not set {variable}: where an engine listens is spec.host and spec.port, "

@@ -165,7 +165,7 @@ def make_app(routes_file: Path, wait_seconds: float) -> web.Application:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="reconciler-gateway", description=__doc__)
+    parser = argparse.ArgumentParser(prog="reconciler-gateway", description=__doc__, allow_abbrev=False)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--routes", type=Path, required=True, help="the routes file the reconciler writes")
