@@ -89,7 +89,8 @@ def status_table(rows: list[dict[str, Any]]) -> str:
 
 def routes_table(routes: RouteTable) -> str:
     """What the gateway does with a request for each model: its backends, or the reason it answers with."""
-    return table(["MODEL", "ROUTE"], [[name, routes.describe(name)] for name in routes.models])
+    names = [*routes.models, *routes.aliases, *routes.ambiguous]
+    return table(["MODEL", "ROUTE"], [[name, routes.describe(name)] for name in names])
 
 
 def dump(data: Any, output: str) -> str:

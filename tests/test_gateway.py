@@ -54,7 +54,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     space.write("policy.yaml", POLICY)
     write_tiny_llama(space.desired / "models" / "tiny.gguf")
     chat_port, gateway_port = free_port(), free_port()
-    space.write("chat.yaml", document("Model", "tiny", {"source": "models/tiny.gguf"}) + "---\n"
+    space.write("chat.yaml", document("Model", "tiny", {"source": "models/tiny.gguf", "aliases": ["gpt-4o-mini"]}) + "---\n"
                 + llama_server("chat", "tiny", chat_port))
     space.write("gateway.yaml", document("Workload", "gateway", {
         "engine": "gateway", "port": gateway_port, "args": ["--wait-seconds", "1"],
@@ -87,12 +87,14 @@ def completion(model: str, **fields: Any) -> dict[str, Any]:
 
 def test_a_completion_goes_to_the_models_server_and_the_id_is_the_models_name(stack: Stack) -> None:
     status, _, listed = call(f"{stack.gateway}/v1/models")
-    assert status == 200 and [(m["id"], m["state"]) for m in listed["data"]] == [("tiny", "Ready")]
+    assert status == 200 and [(m["id"], m["state"], m.get("aliasOf")) for m in listed["data"]] == [
+        ("tiny", "Ready", None), ("gpt-4o-mini", "Ready", "tiny")]
     _, _, direct = call(f"{stack.chat}/models")
     assert [m["id"] for m in direct["data"]] == ["tiny"], "the engine serves the Model's name, not the file's path"
-    status, _, answer = call(f"{stack.gateway}/v1/completions", completion("tiny"))
-    assert status == 200, answer
-    assert answer["model"] == "tiny" and answer["usage"]["completion_tokens"] > 0
+    for asked in ("tiny", "gpt-4o-mini"):
+        status, _, answer = call(f"{stack.gateway}/v1/completions", completion(asked))
+        assert status == 200, answer
+        assert answer["model"] == "tiny" and answer["usage"]["completion_tokens"] > 0
 
 
 def test_a_stream_passes_through_event_by_event(stack: Stack) -> None:
@@ -142,7 +144,7 @@ def test_an_unknown_model_is_404_and_lists_what_exists(stack: Stack) -> None:
     for name in ("gpt-4o", "../../etc/passwd", "tiny/../tiny", "x" * 5000):
         status, _, answer = call(f"{stack.gateway}/v1/chat/completions", {"model": name, "messages": []})
         assert status == 404 and answer["error"]["code"] == "ModelNotFound", answer
-        assert "(models: tiny)" in answer["error"]["message"] and len(answer["error"]["message"]) < 300
+        assert "(models: tiny, gpt-4o-mini)" in answer["error"]["message"] and len(answer["error"]["message"]) < 300
 
 
 def test_bad_requests_get_clear_errors(stack: Stack) -> None:
@@ -206,7 +208,9 @@ def test_routes_follow_the_status_files_without_a_restart(stack: Stack) -> None:
 
     shown = stack.space.cli("status").stdout
     routes = shown[shown.index("Gateway routes:"):]
-    assert f"tiny   Workload/chat {stack.chat}" in routes and "ghost  Unavailable: Workload/ghost-server: ModelMissing" in routes
+    rows = {line.split()[0]: " ".join(line.split()[1:]) for line in routes.splitlines()[2:] if line.strip()}
+    assert rows["tiny"] == f"Workload/chat {stack.chat}" and rows["gpt-4o-mini"] == "alias of Model/tiny"
+    assert rows["ghost"].startswith("Unavailable: Workload/ghost-server: ModelMissing")
     assert stack.running("gateway.yaml", "gateway")["pid"] == gateway_pid, "picked up without a restart"
 
 

@@ -97,3 +97,20 @@ def test_plan_warns_of_loopback_in_a_bridge_containers_env() -> None:
     assert "ui.yaml: Workload/bridged: spec.env.API names 127.0.0.1" in warnings[0]
     assert "network 'bridge' is the container itself" in warnings[0]
     assert "spec.env.OTHER names localhost" in warnings[1]
+
+
+def test_aliases_name_one_model_and_never_shadow_a_name() -> None:
+    desired = build_desired({"models.yaml": "---\n".join([
+        doc("Model", "tiny", {"source": "tiny.gguf", "aliases": ["gpt-4o-mini", "shared", "big"]}),
+        doc("Model", "big", {"source": "big.gguf", "aliases": ["Qwen/Qwen2.5-7B:q4", "shared"]}),
+    ]).encode()})
+    assert not desired.errors, desired.errors
+    routes = routes_of(desired, {})
+    assert routes.aliases == {"gpt-4o-mini": "tiny", "Qwen/Qwen2.5-7B:q4": "big"}, "'big' is a Model's own name"
+    assert routes.ambiguous == {"shared": ("big", "tiny")}
+    assert routes.describe("shared") == "AmbiguousModel: an alias of Model/big, Model/tiny"
+
+
+def test_an_alias_is_a_name_not_a_path() -> None:
+    desired = build_desired({"m.yaml": doc("Model", "m", {"source": "m.gguf", "aliases": ["a/../../etc", "m", "m"]}).encode()})
+    assert [error.field for error in desired.errors["m.yaml"]] == ["spec.aliases[0]"], desired.errors

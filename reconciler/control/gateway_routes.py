@@ -21,7 +21,8 @@ log = logging.getLogger("reconciler")
 
 def routes_of(desired: DesiredState, status_of: dict[ResourceKey, ResourceStatus]) -> RouteTable:
     """Every Model of the desired state, and each Workload's model, with the workloads' statuses. Pure."""
-    models = [key.name for key, entry in desired.resources.items() if isinstance(entry.resource, Model)]
+    models = {key.name: entry.resource.spec.aliases for key, entry in desired.resources.items()
+              if isinstance(entry.resource, Model)}
     serving = [Serving(key.name, entry.resource.spec.model, status_of.get(key))
                for key, entry in desired.resources.items()
                if isinstance(entry.resource, Workload) and entry.resource.spec.model]

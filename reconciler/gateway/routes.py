@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -42,8 +42,14 @@ class Route(_Shape):
 class RouteTable(_Shape):
     version: int = ROUTES_VERSION
     models: dict[str, Route] = Field(default_factory=dict)
+    aliases: dict[str, str] = Field(default_factory=dict)  # alias -> the Model it names
+    ambiguous: dict[str, tuple[str, ...]] = Field(default_factory=dict)  # alias -> the Models that all declare it
 
     def describe(self, model: str) -> str:
+        if model in self.ambiguous:
+            return f"AmbiguousModel: an alias of {', '.join(f'Model/{name}' for name in self.ambiguous[model])}"
+        if model in self.aliases:
+            return f"alias of Model/{self.aliases[model]}"
         route = self.models[model]
         if route.backends:
             return ", ".join(f"Workload/{backend.workload} {backend.url}" for backend in route.backends)
@@ -60,14 +66,21 @@ class Serving:
     status: ResourceStatus | None
 
 
-def route_table(models: Iterable[str], serving: Iterable[Serving]) -> RouteTable:
-    """`models`: the Models the desired state declares; a workload may name one that is not there (its status
-    says ModelNotFound), which is routed too, so a client hears that reason rather than 'unknown model'."""
+def route_table(models: Mapping[str, Sequence[str]], serving: Iterable[Serving]) -> RouteTable:
+    """`models`: the Models the desired state declares, with their aliases; a workload may name one that is not
+    there (its status says ModelNotFound), which is routed too, so a client hears that reason, not 'unknown model'."""
     by_model: dict[str, list[Serving]] = {name: [] for name in models}
     for entry in serving:
         by_model.setdefault(entry.model, []).append(entry)
+    declared: dict[str, list[str]] = {}
+    for name, aliases in models.items():
+        for alias in aliases:
+            if alias not in by_model:  # a Model's own name always means that Model
+                declared.setdefault(alias, []).append(name)
     return RouteTable(models={name: _route(sorted(entries, key=lambda e: e.workload))
-                              for name, entries in sorted(by_model.items())})
+                              for name, entries in sorted(by_model.items())},
+                      aliases={alias: names[0] for alias, names in sorted(declared.items()) if len(names) == 1},
+                      ambiguous={alias: tuple(sorted(names)) for alias, names in sorted(declared.items()) if len(names) > 1})
 
 
 def _route(entries: list[Serving]) -> Route:

@@ -51,10 +51,12 @@ async def health(request: web.Request) -> web.Response:
 
 async def list_models(request: web.Request) -> web.Response:
     table = request.app[ROUTES_KEY].current()
+    named = [(name, name) for name in table.models] + list(table.aliases.items())
     return web.json_response({"object": "list", "data": [
-        {"id": name, "object": "model", "owned_by": "reconciler", "state": route.state.value,
-         **({"reason": route.reason} if not route.backends else {})}
-        for name, route in table.models.items()]})
+        {"id": asked, "object": "model", "owned_by": "reconciler", "state": table.models[name].state.value,
+         **({"reason": table.models[name].reason} if not table.models[name].backends else {}),
+         **({"aliasOf": name} if asked != name else {})}
+        for asked, name in named if name in table.models]})
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
@@ -76,22 +78,29 @@ async def forward(request: web.Request) -> web.StreamResponse:
     chosen = await _backend(request.app, model)
     if isinstance(chosen, web.Response):
         return chosen
-    return await _relay(request, chosen, tail, body)
+    backend, name = chosen
+    if name != model:  # asked by an alias: the engine serves the Model's name only
+        body = json.dumps({**payload, "model": name}).encode()
+    return await _relay(request, backend, tail, body)
 
 
-async def _backend(app: web.Application, model: str) -> Backend | web.Response:
-    """A Ready backend of `model`; one that is starting is waited for, up to the gateway's bound."""
+async def _backend(app: web.Application, model: str) -> tuple[Backend, str] | web.Response:
+    """A Ready backend of `model` and the Model's name; one that is starting is waited for, up to the bound."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + app[WAIT_KEY]
     shown = model[:_SHOWN]
     while True:
         table = app[ROUTES_KEY].current()
-        route = table.models.get(model)
+        if model in table.ambiguous:
+            declaring = ", ".join(f"Model/{name}" for name in table.ambiguous[model])
+            return error(400, f"model {shown!r} is an alias of {declaring}: ask for one by name", "AmbiguousModel")
+        name = table.aliases.get(model, model)
+        route = table.models.get(name)
         if route is None:
-            known = ", ".join(table.models) or "none"
+            known = ", ".join([*table.models, *table.aliases]) or "none"
             return error(404, f"model {shown!r} is not served here (models: {known})", "ModelNotFound")
         if route.backends:
-            return app[BALANCER_KEY].pick(route.backends)
+            return app[BALANCER_KEY].pick(route.backends), name
         about = f"model {shown!r}: Workload/{route.workload}: " if route.workload else f"model {shown!r}: "
         if route.state is RouteState.unavailable:
             return error(503, f"{about}{route.reason}: {route.message}", route.reason, "model_unavailable")
