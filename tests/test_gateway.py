@@ -57,7 +57,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     space.write("chat.yaml", document("Model", "tiny", {"source": "models/tiny.gguf", "aliases": ["gpt-4o-mini"]}) + "---\n"
                 + llama_server("chat", "tiny", chat_port))
     space.write("gateway.yaml", document("Workload", "gateway", {
-        "engine": "gateway", "port": gateway_port, "args": ["--wait-seconds", "1"],
+        "engine": "gateway", "port": gateway_port, "args": ["--wait-seconds", "3", "--max-requests", "150"],
         "health": {"http": {"path": "/health"}, "periodSeconds": 0.2}}))
     space.start_daemon()
     try:
@@ -205,6 +205,8 @@ def test_routes_follow_the_status_files_without_a_restart(stack: Stack) -> None:
     status, headers, body = call(f"{stack.gateway}/v1/completions", completion("slow"))
     assert status == 503 and body["error"]["code"] == "Starting" and headers["Retry-After"] == "5", body
     assert "still starting" in body["error"]["message"]
+    codes = asyncio.run(_many(f"{stack.gateway}/v1/completions", completion("slow"), 300))
+    assert codes.count((503, "Starting")) == 150 and codes.count((503, "GatewayBusy")) == 150, codes
 
     shown = stack.space.cli("status").stdout
     routes = shown[shown.index("Gateway routes:"):]
@@ -212,6 +214,18 @@ def test_routes_follow_the_status_files_without_a_restart(stack: Stack) -> None:
     assert rows["tiny"] == f"Workload/chat {stack.chat}" and rows["gpt-4o-mini"] == "alias of Model/tiny"
     assert rows["ghost"].startswith("Unavailable: Workload/ghost-server: ModelMissing")
     assert stack.running("gateway.yaml", "gateway")["pid"] == gateway_pid, "picked up without a restart"
+
+
+async def _many(url: str, body: dict[str, Any], count: int) -> list[tuple[int, str]]:
+    """(status, error code) of `count` requests sent at once."""
+    import aiohttp
+
+    async def one(session: Any) -> tuple[int, str]:
+        async with session.post(url, json=body) as answer:
+            return answer.status, (await answer.json())["error"]["code"]
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        return list(await asyncio.gather(*(one(session) for _ in range(count))))
 
 
 def test_an_engine_dying_mid_stream_ends_it_with_an_error_event(stack: Stack) -> None:

@@ -9,6 +9,8 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ ROUTES_KEY = web.AppKey("routes", RoutesFile)
 SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
 BALANCER_KEY = web.AppKey("balancer", Balancer)
 WAIT_KEY = web.AppKey("wait", float)
+IN_FLIGHT_KEY: web.AppKey["InFlight"] = web.AppKey("in_flight")
 
 
 def error(status: int, message: str, code: str, kind: str = "invalid_request_error", **headers: str) -> web.Response:
@@ -59,7 +62,35 @@ async def list_models(request: web.Request) -> web.Response:
         for asked, name in named if name in table.models]})
 
 
+class InFlight:
+    """Requests being served (read, waited for, relayed); past the cap one is refused at once, which with the body
+    limit bounds what the gateway holds."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.count = cap, 0
+
+    @contextmanager
+    def admit(self) -> Iterator[bool]:
+        if self.count >= self.cap:
+            yield False
+            return
+        self.count += 1
+        try:
+            yield True
+        finally:
+            self.count -= 1
+
+
 async def forward(request: web.Request) -> web.StreamResponse:
+    in_flight = request.app[IN_FLIGHT_KEY]
+    with in_flight.admit() as admitted:
+        if not admitted:
+            return error(503, f"{in_flight.cap} requests are in flight here: try again shortly", "GatewayBusy",
+                         "server_busy", **{"Retry-After": "1"})
+        return await _forward(request)
+
+
+async def _forward(request: web.Request) -> web.StreamResponse:
     tail = request.match_info["tail"]
     if not _SAFE_TAIL.fullmatch(tail) or ".." in tail.split("/"):
         return error(404, f"no such path: {request.raw_path[:_SHOWN]!r}", "NotFound")
@@ -155,9 +186,10 @@ async def openai_errors(request: web.Request, handler: Any) -> web.StreamRespons
         return error(refused.status, f"{request.method} {request.path[:_SHOWN]}: {refused.reason}", refused.reason.replace(" ", ""))
 
 
-def make_app(routes_file: Path, wait_seconds: float) -> web.Application:
+def make_app(routes_file: Path, wait_seconds: float, max_requests: int) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[openai_errors])
     app[ROUTES_KEY] = RoutesFile(routes_file)
+    app[IN_FLIGHT_KEY] = InFlight(max_requests)
     app[BALANCER_KEY] = Balancer()
     app[WAIT_KEY] = wait_seconds
 
@@ -178,9 +210,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--routes", type=Path, required=True, help="the routes file the reconciler writes")
-    parser.add_argument("--wait-seconds", type=float, default=30.0,
+    parser.add_argument("--wait-seconds", type=_bounded(float, 0, 600), default=30.0,
                         help="how long a request for a model still starting waits before a 503 with Retry-After")
+    parser.add_argument("--max-requests", type=_bounded(int, 1, 4096), default=256,
+                        help="requests served at once (waiting, streaming); more are refused with 503 GatewayBusy")
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    web.run_app(make_app(options.routes, options.wait_seconds), host=options.host, port=options.port,
+    web.run_app(make_app(options.routes, options.wait_seconds, options.max_requests), host=options.host, port=options.port,
                 handler_cancellation=True, access_log=None, print=lambda text: log.info("%s", text.strip()))
+
+
+def _bounded(kind: type, low: float, high: float) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is not within {low}..{high}")
+        return value
+    return parse
