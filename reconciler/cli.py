@@ -22,9 +22,11 @@ from reconciler.cli_common import (EXIT_CHANGES, EXIT_ERROR, EXIT_IN_SYNC, defau
                                    state_option, watch_notes)
 from reconciler.control import logfmt
 from reconciler.control.daemon import Daemon
+from reconciler.control.gateway_routes import gateway_routes
 from reconciler.control.gitops import GITOPS, request_sync
 from reconciler.control.metrics import Metrics, loopback_address
 from reconciler.control.reconciler import Reconciler
+from reconciler.diff.loopback import loopback_env_warnings
 from reconciler.drive.containers import ContainerDriver
 from reconciler.drive.process import owner_id
 from reconciler.load.desired import load_desired
@@ -32,7 +34,7 @@ from reconciler.observe import clock
 from reconciler.observe.docker_engine import DockerEngine
 from reconciler.observe.host_profile import observe_host_profile
 from reconciler.record.status import FAILED_PHASES, SUCCEEDED_PHASES
-from reconciler.render import dump, plan_rows, plan_table, status_rows, status_table
+from reconciler.render import dump, plan_rows, plan_table, routes_table, status_rows, status_table
 from reconciler.render_host import host_table
 
 APPLY_WORKERS = 4  # container starts wait on the engine: several at once, as Compose does
@@ -72,6 +74,8 @@ def plan(path: Path, state_dir: Path | None, output: str, allow_empty: bool) -> 
     now = clock.now()
     rows = plan_rows([reconciler.plan(key, now) for key in reconciler.keys()])
     click.echo(dump(rows, "json") if output == "json" else plan_table(rows))
+    for warning in loopback_env_warnings(reconciler.desired):
+        click.echo(f"warning: {warning}", err=True)
     if print_load_errors(reconciler):
         sys.exit(EXIT_ERROR)
     sys.exit(EXIT_CHANGES if any(row["action"] != "none" for row in rows) else EXIT_IN_SYNC)
@@ -266,6 +270,9 @@ def status(path: Path, state_dir: Path | None, output: str, git_url: str | None,
     statuses = [status for key in reconciler.keys() if (status := reconciler.status(key)) is not None]
     rows = status_rows(statuses, reconciler.records, now)
     click.echo(status_table(rows) if output == "table" else dump(rows, output))
+    routes = gateway_routes(reconciler.desired, statuses)
+    if output == "table" and routes is not None:
+        click.echo(f"\nGateway routes:\n{routes_table(routes)}")
     print_load_errors(reconciler)
 
 

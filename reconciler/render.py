@@ -11,6 +11,7 @@ import yaml
 from reconciler.api.meta import ResourceKey
 from reconciler.api.status import ResourceStatus
 from reconciler.control.reconciler import Planned
+from reconciler.gateway.routes import RouteTable
 from reconciler.record.store import ResourceRecord
 
 
@@ -84,6 +85,12 @@ def status_table(rows: list[dict[str, Any]]) -> str:
             str(status.get("restartCount", 0)), row["age"], f"{status.get('phase', '')}: {status.get('message', '')}".strip(": "),
         ])
     return table(["NAME", "KIND", "RUNTIME", "READY", "PLACEMENT", "ENDPOINT", "RESTARTS", "AGE", "MESSAGE"], body)
+
+
+def routes_table(routes: RouteTable) -> str:
+    """What the gateway does with a request for each model: its backends, or the reason it answers with."""
+    names = [*routes.models, *routes.aliases, *routes.ambiguous]
+    return table(["MODEL", "ROUTE"], [[name, routes.describe(name)] for name in names])
 
 
 def dump(data: Any, output: str) -> str:

@@ -26,7 +26,8 @@ def test_validate_passes_on_the_shipped_examples() -> None:
     import subprocess
 
     root = Path(__file__).resolve().parent.parent
-    for folder in (root / "desired-state", root / "examples" / "ai-engines", root / "examples" / "containers"):
+    for folder in (root / "desired-state", root / "examples" / "ai-engines", root / "examples" / "containers",
+                   root / "examples" / "gateway"):
         result = subprocess.run([PYTHON, "-m", "reconciler", "validate", str(folder)], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "are valid" in result.stdout

@@ -65,7 +65,7 @@ def blocked(result: EngineCommand | Blocked) -> Blocked:
 class TestLlamaServer:
     FACTS = EngineFacts(llama_server=LLAMA_SERVER, llama_cpp_python=PYTHON)
 
-    def test_minimal_renders_model_host_port_only(self) -> None:
+    def test_minimal_renders_model_host_port_and_the_model_name_clients_see(self) -> None:
         command = rendered(engine_command(llama(), MODEL, self.FACTS))
         assert command.command == (LLAMA_SERVER,)
         assert command.args == ("--model", MODEL, "--host", "127.0.0.1", "--port", "8080", "--alias", "tiny", "--no-webui")

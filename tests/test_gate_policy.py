@@ -755,3 +755,17 @@ def test_an_engine_bind_cannot_be_moved_through_the_environment(variable: str) -
 def test_an_engine_bind_cannot_be_moved_through_a_config_file(flag: str) -> None:
     with pytest.raises(ValueError, match="spec.args may not set --config"):
         native(**LLAMA, args=[flag])
+
+
+@pytest.mark.parametrize("args", [["--hos", "0.0.0.0"], ["--po=9"], ["--conf", "/tmp/x.yaml"]])
+def test_an_engine_bind_cannot_be_moved_by_an_abbreviated_flag(args: list[str]) -> None:
+    """Python engines parse flags with argparse, which takes any unambiguous prefix: `--hos 0.0.0.0` bound
+    llama-cpp-python's server on every interface past the gate."""
+    with pytest.raises(ValueError, match="spec.args may not set"):
+        native(**LLAMA, args=args)
+
+
+@pytest.mark.parametrize("args", [["--routes", "/etc/shadow"], ["--rou=/etc/shadow"], ["--ho", "0.0.0.0"]])
+def test_the_gateway_reads_only_the_routes_the_reconciler_writes(args: list[str]) -> None:
+    with pytest.raises(ValueError, match="spec.args may not set"):
+        workload(engine="gateway", port=8000, args=args)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 from enum import Enum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from reconciler.api.meta import Resource, Spec
 from reconciler.api.policy import ContainerPolicy, Policy, PolicySpec
@@ -54,6 +54,15 @@ class OnUnreachable(str, Enum):
     next_variant = "NextVariant"  # go on to the next variant while it cannot be reached
 
 
+def _no_dot_dot(alias: str) -> str:
+    if ".." in alias:
+        raise ValueError(f"an alias is a name, not a path: {alias!r} has '..'")
+    return alias
+
+
+ModelAlias = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"), AfterValidator(_no_dot_dot)]
+
+
 class ModelSpec(Spec):
     source: str | None = Field(None, min_length=1, description="A local path (absolute, or relative to the spec "
                                                                 "file), or a file:// or https:// URL (needs sha256).")
@@ -65,6 +74,10 @@ class ModelSpec(Spec):
     on_unreachable: OnUnreachable = Field(
         OnUnreachable.wait, description="A variant whose size cannot be judged because its source cannot be reached: "
                                         "Wait for it (the default), or take the NextVariant that fits meanwhile.")
+    aliases: list[ModelAlias] = Field(
+        default_factory=list, max_length=32,
+        description="Other names a client may ask the gateway for it by (e.g. gpt-4o-mini); a Model's own name always "
+                    "means that Model, and an alias two Models declare means neither.")
 
     @model_validator(mode="after")
     def _one_way_to_name_the_bytes(self) -> "ModelSpec":
@@ -73,6 +86,8 @@ class ModelSpec(Spec):
         names = [variant.name for variant in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be unique: {names}")
+        if len(set(self.aliases)) != len(self.aliases):
+            raise ValueError(f"aliases must be unique: {self.aliases}")
         if self.source is not None:
             ModelVariant(name="default", source=self.source, sha256=self.sha256, size=self.size)  # same rules
         return self

@@ -48,7 +48,7 @@ class LaunchSpec(_Launch):
     """A native process's launch."""
 
     field_names: ClassVar[dict[str, str]] = _FIELD_NAMES
-    engine: Literal["process", "llama.cpp", "vllm"] = "process"
+    engine: Literal["process", "llama.cpp", "vllm", "gateway"] = "process"
     command: tuple[str, ...]
     args: tuple[str, ...]
     executable: str | None  # the file that will run: found with the child's PATH and working dir

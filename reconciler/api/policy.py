@@ -50,7 +50,7 @@ class NativePolicy(Spec):
     )
     trusted_engines: list[Engine] = Field(
         default_factory=list,
-        description="AI engines (llama.cpp, vllm) whose servers may run; the reconciler renders their command lines.",
+        description="AI engines (llama.cpp, vllm, gateway) whose servers may run; the reconciler renders their command lines.",
     )
 
     @field_validator("trusted_engines")

@@ -26,6 +26,7 @@ class Engine(str, Enum):
     process = "process"
     llama_cpp = "llama.cpp"
     vllm = "vllm"
+    gateway = "gateway"  # the reconciler's own OpenAI-compatible router in front of the engines (reconciler/gateway)
 
 
 class RestartPolicy(str, Enum):
@@ -286,7 +287,7 @@ class WorkloadSpec(Spec):
         bind = guarded_reading(self.engine.value, self.args, "listen")
         if bind is not None:  # it would move the server past what the gate judged
             raise ValueError(f"spec.args may not set {described(bind)}: where an engine listens is spec.host and "
-                             "spec.port, which the policy judges")
+                             "spec.port, which the policy judges; a gateway's routes are the reconciler's")
         secret = guarded_reading(self.engine.value, self.args, "secrets")
         if secret is not None:  # the command line is recorded in plan, status and evidence
             raise ValueError(f"spec.args may not carry an API key ({described(secret)}): the command line is recorded "
@@ -296,6 +297,14 @@ class WorkloadSpec(Spec):
         if variable is not None:
             raise ValueError(f"spec.env may not set {variable}: where an engine listens is spec.host and spec.port, "
                              "which the policy judges")
+        if self.engine is Engine.gateway:
+            given = next((field for field in ("model", "llama_cpp", "vllm") if getattr(self, field) is not None), None)
+            if given is not None:
+                raise ValueError(f"spec.{to_camel(given)} does not apply to engine 'gateway': it serves every Model "
+                                 "through the workloads that serve them")
+            if self.port is None:
+                raise ValueError("engine 'gateway' needs spec.port")
+            return self
         if self.model is None or self.port is None:
             raise ValueError(f"engine {self.engine.value!r} needs spec.model and spec.port")
         other = "vllm" if self.engine is Engine.llama_cpp else "llama_cpp"

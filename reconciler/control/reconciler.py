@@ -21,6 +21,8 @@ from reconciler.api.meta import ResourceKey
 from reconciler.api.status import FailureInfo, Placement, ResourceStatus
 from reconciler.control.logfmt import about
 from reconciler.control.metrics import Metrics
+from reconciler.control.gateway_routes import RoutesPublisher
+from reconciler.gateway.routes_file import routes_path
 from reconciler.control.evidence import decision_digest, decision_record, exposure_record, outcome_record
 from reconciler.diff.plan import (
     Action, Inputs, Verb, is_orphan_kept, next_generation, note_observations, plan_resource,
@@ -123,7 +125,9 @@ class Reconciler:
         )
         self.models = ModelStore(self.root, state_dir, background=on_model_fetched is not None, on_fetched=on_model_fetched,
                                  terminal=terminal, network=not offline, record=not readonly)
-        self.workloads = WorkloadRenderer(self.root, self.drivers, engine, self._remembered, self.models)
+        self.routes = RoutesPublisher(routes_path(state_dir))
+        self.workloads = WorkloadRenderer(self.root, self.drivers, engine, self._remembered, self.models,
+                                          str(self.routes.path))
         self.judge = Judge(self.workloads, self.approvals)
         self.recorder = Recorder(self.root, state_dir / HOST_EVIDENCE_FILE)
         self.host = HostWatch(state_dir, engine, None if readonly else self.recorder)
@@ -162,6 +166,7 @@ class Reconciler:
         changed = {file for file in spec_files
                    if self.recorder.set_file_errors(file, [str(error) for error in self.desired.errors.get(file, [])])}
         self.recorder.flush(changed)
+        self._publish_routes()
         return self.desired
 
     def revision_changed(self) -> None:
@@ -193,6 +198,7 @@ class Reconciler:
                 self.recorder.set_status(described[0].source, described[1])
         self.recorder.sweep_orphans()
         self._seeded = True
+        self._publish_routes()
 
     def keys(self) -> list[ResourceKey]:
         with self._lock:
@@ -336,6 +342,7 @@ class Reconciler:
         self._remember(record)
         self.recorder.set_status(record.source, status)
         self.recorder.flush({record.source} | ({planned.record.source} if planned.record else set()))
+        self._publish_routes()
         if key.kind == "Workload":
             self.drivers.trim_log(key.name, _maybe_container(planned.inputs.desired, planned.record))
         return Result.soonest(self._next_look(planned, record, status, after, now), rollout_look), rolled_back
@@ -478,7 +485,13 @@ class Reconciler:
         self.recorder.forget(key)
         if record is not None:
             self.recorder.flush({record.source})
+        self._publish_routes()
         return None
+
+    def _publish_routes(self) -> None:
+        """The gateway's routes follow every status written (a read-only reconciler writes nothing)."""
+        if not self.readonly:
+            self.routes.publish(lambda: (self.desired, self.recorder.statuses()))
 
     def _remember(self, record: ResourceRecord) -> None:
         with self._lock:

@@ -42,8 +42,11 @@ from reconciler.record.store import ResourceRecord
 
 class WorkloadRenderer:
     def __init__(self, root: Path, driver: Drivers, engine: DockerEngine,
-                 remembered: Callable[[ResourceKey], ResourceRecord | None], models: ModelStore) -> None:
+                 remembered: Callable[[ResourceKey], ResourceRecord | None], models: ModelStore,
+                 routes_file: str) -> None:
+        """`routes_file`: where the reconciler publishes the routes an engine gateway reads."""
         self.root = root
+        self.routes_file = routes_file
         self.models = models
         self.remembered = remembered
         self.driver = driver
@@ -94,7 +97,7 @@ class WorkloadRenderer:
         if refused is not None:
             return blocked(refused)
         command = engine_command(spec, str(presence.path) if presence else None, self.facts,
-                                 granted_share(request, self.inventory, gpus))
+                                 granted_share(request, self.inventory, gpus), self.routes_file)
         if isinstance(command, Blocked):
             return blocked(command)
         default_dir = Path(self.driver.default_working_dir(workload.name))

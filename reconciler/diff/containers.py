@@ -26,10 +26,14 @@ def render_container(
         env=dict(spec.env), working_dir=spec.working_dir, user=security.user,
         ports=tuple(PublishedPort(host_ip=port.host_ip, host_port=port.published_port, container_port=port.container_port,
                                   protocol=port.protocol) for port in spec.ports),
-        volumes=volumes, network=spec.network or ("bridge" if spec.ports else "none"),
+        volumes=volumes, network=container_network(spec),
         capabilities=tuple(security.capabilities), read_only_root_filesystem=security.read_only_root_filesystem,
         pids_limit=security.pids_limit, memory_limit=spec.resources.memory, cpus=spec.resources.cpus, gpus=gpus,
     )
+
+
+def container_network(spec: WorkloadSpec) -> str:
+    return spec.network or ("bridge" if spec.ports else "none")
 
 
 def check_address(check: HealthCheck, spec: WorkloadSpec) -> tuple[str, int] | None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from reconciler.api.chat_formats import server_chat_format
 from reconciler.api.workload import Engine, HealthCheck, HttpCheck, LlamaCppOptions, TcpCheck, VllmOptions, WorkloadSpec
@@ -18,6 +20,8 @@ SAFE_PYTHON = ("-P", "-s")
 # vllm is a console script: its shebang picks the interpreter, so flags cannot be given; its workers are spawned
 # with `python -c`, which puts the working directory first. These are the same two switches, inherited by them all.
 SAFE_PYTHON_ENV = (("PYTHONSAFEPATH", "1"), ("PYTHONNOUSERSITE", "1"))
+# Run by path, so the gateway is the code of the reconciler that writes its routes, wherever that is installed.
+GATEWAY_PROGRAM = str(Path(__file__).resolve().parent.parent / "gateway" / "__main__.py")
 
 
 @dataclass(frozen=True)
@@ -76,13 +80,19 @@ def engine_endpoint(spec: WorkloadSpec) -> str | None:
 
 def engine_command(
     spec: WorkloadSpec, model_path: str | None, facts: EngineFacts, gpu_share: float | None = None,
+    routes_file: str | None = None,
 ) -> EngineCommand | Blocked:
-    """`gpu_share`: the fraction of each assigned GPU this workload was granted, when it shares them."""
+    """`gpu_share`: the fraction of each assigned GPU this workload was granted, when it shares them; `routes_file`:
+    where the reconciler publishes the gateway's routes (engine gateway only)."""
     if spec.engine is Engine.process:
         assert spec.command is not None
         return EngineCommand(tuple(spec.command), tuple(spec.args))
-    assert model_path is not None and spec.port is not None and spec.model is not None
+    assert spec.port is not None
     listen = ["--host", spec.host, "--port", str(spec.port)]
+    if spec.engine is Engine.gateway:
+        assert routes_file is not None
+        return EngineCommand((sys.executable, "-P", GATEWAY_PROGRAM), (*listen, "--routes", routes_file, *spec.args))
+    assert model_path is not None and spec.model is not None
     if spec.engine is Engine.vllm:
         return _vllm(spec, model_path, facts, listen, gpu_share)
     return _llama_cpp(spec, model_path, facts, ["--model", model_path, *listen])

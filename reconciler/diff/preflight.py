@@ -12,7 +12,7 @@ GGUF_MAGIC = b"GGUF"
 
 
 def preflight(spec: WorkloadSpec, model: Model | None, presence: ModelPresence | None) -> Blocked | None:
-    if spec.engine is Engine.process:
+    if spec.engine in (Engine.process, Engine.gateway):
         return None
     if model is None or presence is None:
         return Blocked("ModelNotFound", f"Model/{spec.model} is not in the desired state: add it, or fix spec.model")

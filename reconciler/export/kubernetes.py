@@ -208,6 +208,10 @@ def _native_runtime(name: str, spec: WorkloadSpec, models: dict[str, Model], not
         if spec.port is not None:
             notes.append(f"the process must listen on the pod's address (0.0.0.0), not on loopback, for the Service "
                          f"and probes to reach port {spec.port}: check spec.args")
+    elif spec.engine is Engine.gateway:
+        notes.append("engine gateway routes to this host's workloads by the reconciler's routes file: on a cluster each "
+                     f"model's Service is its endpoint; drop this workload or replace image {PLACEHOLDER_IMAGE}")
+        command, args = None, list(spec.args)
     else:
         gpu = bool(spec.resources.gpus.wanted or (spec.llama_cpp and spec.llama_cpp.gpu_layers))
         image = ENGINE_IMAGES[spec.engine] + ("-cuda" if spec.engine is Engine.llama_cpp and gpu else "")

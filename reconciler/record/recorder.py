@@ -102,6 +102,11 @@ class Recorder:
                     statuses.pop(key, None)
             self._statuses[spec_file][key] = status
 
+    def statuses(self) -> dict[ResourceKey, ResourceStatus]:
+        """Every resource's status as last set: what the status files show."""
+        with self._lock:
+            return {key: status for statuses in self._statuses.values() for key, status in statuses.items()}
+
     def forget(self, key: ResourceKey) -> None:
         with self._lock:
             for statuses in self._statuses.values():

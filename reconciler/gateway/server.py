@@ -1,0 +1,229 @@
+"""The gateway's HTTP server: OpenAI-compatible paths forwarded to a Model's Ready workloads, or an error that says
+why not (the serving workload's reason). Streams pass through chunk by chunk; a client that goes away cancels its
+handler (aiohttp's handler cancellation), which closes the upstream connection, and the engine stops generating."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from reconciler.gateway.routes import Backend, RouteState
+from reconciler.gateway.routes_file import RoutesFile
+from reconciler.gateway.upstream import FORWARDED_HEADERS, Balancer, client_session
+
+log = logging.getLogger("reconciler.gateway")
+
+MAX_BODY_BYTES = 8 * 1024 * 1024  # a long chat history fits; a runaway upload is refused before it is held
+RETRY_AFTER_SECONDS = 5
+_SAFE_TAIL = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*")  # no '..', no encoded tricks, no empty segment
+_SHOWN = 80  # a model name quoted back is cut here: the error is for a human, not an echo chamber
+_SSE = "text/event-stream"
+
+ROUTES_KEY = web.AppKey("routes", RoutesFile)
+SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
+BALANCER_KEY = web.AppKey("balancer", Balancer)
+WAIT_KEY = web.AppKey("wait", float)
+IN_FLIGHT_KEY: web.AppKey["InFlight"] = web.AppKey("in_flight")
+
+
+def error(status: int, message: str, code: str, kind: str = "invalid_request_error", **headers: str) -> web.Response:
+    """An OpenAI-style error body; `code` is the reason a client can act on (the status's CamelCase reason)."""
+    body = {"error": {"message": message, "type": kind, "code": code, "param": None}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _sse_error(message: str, code: str) -> bytes:
+    return f"event: error\ndata: {json.dumps({'error': {'message': message, 'type': 'upstream_error', 'code': code}})}\n\n".encode()
+
+
+async def health(request: web.Request) -> web.Response:
+    routes = request.app[ROUTES_KEY]
+    routes.current()
+    return web.json_response({"status": "ok", "routes": routes.problem or "read"})
+
+
+async def list_models(request: web.Request) -> web.Response:
+    table = request.app[ROUTES_KEY].current()
+    named = [(name, name) for name in table.models] + list(table.aliases.items())
+    return web.json_response({"object": "list", "data": [
+        {"id": asked, "object": "model", "owned_by": "reconciler", "state": table.models[name].state.value,
+         **({"reason": table.models[name].reason} if not table.models[name].backends else {}),
+         **({"aliasOf": name} if asked != name else {})}
+        for asked, name in named if name in table.models]})
+
+
+class InFlight:
+    """Requests being served (read, waited for, relayed); past the cap one is refused at once, which with the body
+    limit bounds what the gateway holds."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.count = cap, 0
+
+    @contextmanager
+    def admit(self) -> Iterator[bool]:
+        if self.count >= self.cap:
+            yield False
+            return
+        self.count += 1
+        try:
+            yield True
+        finally:
+            self.count -= 1
+
+
+async def forward(request: web.Request) -> web.StreamResponse:
+    in_flight = request.app[IN_FLIGHT_KEY]
+    with in_flight.admit() as admitted:
+        if not admitted:
+            return error(503, f"{in_flight.cap} requests are in flight here: try again shortly", "GatewayBusy",
+                         "server_busy", **{"Retry-After": "1"})
+        return await _forward(request)
+
+
+async def _forward(request: web.Request) -> web.StreamResponse:
+    tail = request.match_info["tail"]
+    if not _SAFE_TAIL.fullmatch(tail) or ".." in tail.split("/"):
+        return error(404, f"no such path: {request.raw_path[:_SHOWN]!r}", "NotFound")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return error(413, f"the request body is over {MAX_BODY_BYTES} bytes", "RequestTooLarge")
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as problem:
+        return error(400, f"the request body is not JSON: {problem}", "InvalidJSON")
+    model = payload.get("model") if isinstance(payload, dict) else None
+    if not isinstance(model, str) or not model:
+        return error(400, "the request names no model: set \"model\" to a Model's name (GET /v1/models lists them)",
+                     "ModelRequired")
+    chosen = await _backend(request.app, model)
+    if isinstance(chosen, web.Response):
+        return chosen
+    backend, name = chosen
+    if name != model:  # asked by an alias: the engine serves the Model's name only
+        body = json.dumps({**payload, "model": name}).encode()
+    return await _relay(request, backend, tail, body)
+
+
+async def _backend(app: web.Application, model: str) -> tuple[Backend, str] | web.Response:
+    """A Ready backend of `model` and the Model's name; one that is starting is waited for, up to the bound."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + app[WAIT_KEY]
+    shown = model[:_SHOWN]
+    while True:
+        table = app[ROUTES_KEY].current()
+        if model in table.ambiguous:
+            declaring = ", ".join(f"Model/{name}" for name in table.ambiguous[model])
+            return error(400, f"model {shown!r} is an alias of {declaring}: ask for one by name", "AmbiguousModel")
+        name = table.aliases.get(model, model)
+        route = table.models.get(name)
+        if route is None:
+            known = ", ".join([*table.models, *table.aliases]) or "none"
+            return error(404, f"model {shown!r} is not served here (models: {known})", "ModelNotFound")
+        if route.backends:
+            return app[BALANCER_KEY].pick(route.backends), name
+        about = f"model {shown!r}: Workload/{route.workload}: " if route.workload else f"model {shown!r}: "
+        if route.state is RouteState.unavailable:
+            return error(503, f"{about}{route.reason}: {route.message}", route.reason, "model_unavailable")
+        if loop.time() >= deadline:
+            return error(503, f"{about}still starting ({route.reason}: {route.message})", route.reason,
+                         "model_starting", **{"Retry-After": str(RETRY_AFTER_SECONDS)})
+        await asyncio.sleep(0.2)
+
+
+async def _relay(request: web.Request, backend: Backend, tail: str, body: bytes) -> web.StreamResponse:
+    headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
+    headers["Content-Type"] = "application/json"
+    with request.app[BALANCER_KEY].holding(backend):
+        try:
+            upstream = await request.app[SESSION_KEY].post(f"{backend.url}/{tail}", data=body, headers=headers)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as problem:
+            return error(502, f"Workload/{backend.workload} at {backend.url}: {problem or type(problem).__name__}",
+                         "UpstreamUnreachable", "upstream_error")
+        try:
+            content_type = upstream.headers.get("Content-Type", "application/json")
+            if not content_type.startswith(_SSE):
+                return web.Response(status=upstream.status, body=await upstream.read(),
+                                    headers={"Content-Type": content_type})
+            return await _stream(request, upstream, backend)
+        finally:
+            upstream.close()  # a stream cut short closes the connection: the engine sees the client gone
+
+
+async def _stream(request: web.Request, upstream: aiohttp.ClientResponse, backend: Backend) -> web.StreamResponse:
+    response = web.StreamResponse(status=upstream.status, headers={
+        "Content-Type": upstream.headers["Content-Type"], "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    try:
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as problem:
+        message = f"Workload/{backend.workload} ended the stream early: {problem or type(problem).__name__}"
+        log.warning("%s", message)
+        await response.write(_sse_error(message, "UpstreamFailed"))
+    await response.write_eof()
+    return response
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own refusals (no such path, wrong method) in the same shape as the gateway's."""
+    try:
+        return await handler(request)
+    except web.HTTPException as refused:
+        if refused.status < 400:
+            raise
+        return error(refused.status, f"{request.method} {request.path[:_SHOWN]}: {refused.reason}", refused.reason.replace(" ", ""))
+
+
+def make_app(routes_file: Path, wait_seconds: float, max_requests: int) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[openai_errors])
+    app[ROUTES_KEY] = RoutesFile(routes_file)
+    app[IN_FLIGHT_KEY] = InFlight(max_requests)
+    app[BALANCER_KEY] = Balancer()
+    app[WAIT_KEY] = wait_seconds
+
+    async def session(app: web.Application) -> Any:
+        app[SESSION_KEY] = client_session()
+        yield
+        await app[SESSION_KEY].close()
+
+    app.cleanup_ctx.append(session)
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_post("/v1/{tail:.+}", forward)  # chat/completions, completions, embeddings and the rest alike
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="reconciler-gateway", description=__doc__, allow_abbrev=False)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--routes", type=Path, required=True, help="the routes file the reconciler writes")
+    parser.add_argument("--wait-seconds", type=_bounded(float, 0, 600), default=30.0,
+                        help="how long a request for a model still starting waits before a 503 with Retry-After")
+    parser.add_argument("--max-requests", type=_bounded(int, 1, 4096), default=256,
+                        help="requests served at once (waiting, streaming); more are refused with 503 GatewayBusy")
+    options = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    web.run_app(make_app(options.routes, options.wait_seconds, options.max_requests), host=options.host, port=options.port,
+                handler_cancellation=True, access_log=None, print=lambda text: log.info("%s", text.strip()))
+
+
+def _bounded(kind: type, low: float, high: float) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is not within {low}..{high}")
+        return value
+    return parse

@@ -1,0 +1,240 @@
+"""The gateway end to end: the real daemon renders it, the real llama.cpp server (llama-cpp-python) on the tiny GGUF
+serves behind it; routes follow the status files without a restart; streams pass through and are cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.conftest import Workspace, wait_for
+from tests.test_engines import document, free_port
+from tests.tiny_gguf import write_tiny_llama
+
+POLICY = document("Policy", "test-host", {"native": {"trustedEngines": ["llama.cpp", "gateway"]}})
+# A tcp check: llama-cpp-python's default check, GET /v1/models, takes the model's lock, and its server ends a running
+# generation for any request that waits on that lock (--interrupt_requests, on by default) as if its client had left.
+TCP_CHECK = {"tcp": {}, "periodSeconds": 0.5}
+
+
+@dataclass
+class Stack:
+    space: Workspace
+    gateway: str  # http://127.0.0.1:PORT
+    chat: str  # the llama.cpp server's own /v1 base
+
+    def running(self, spec_file: str, name: str) -> dict[str, Any]:
+        return wait_for(lambda: (s := self.space.resource_status(spec_file, name)) and s["phase"] == "Running" and s,
+                        timeout=90, what=f"{name} to be Running")
+
+
+def llama_server(name: str, model: str, port: int, **health: Any) -> str:
+    return document("Workload", name, {"engine": "llama.cpp", "model": model, "port": port,
+                                       "llamaCpp": {"contextSize": 2048},
+                                       "health": {**TCP_CHECK, **health}})
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    pytest.importorskip("llama_cpp")
+    space = Workspace(tmp_path_factory.mktemp("gateway"))
+    space.write("policy.yaml", POLICY)
+    write_tiny_llama(space.desired / "models" / "tiny.gguf")
+    chat_port, gateway_port = free_port(), free_port()
+    space.write("chat.yaml", document("Model", "tiny", {"source": "models/tiny.gguf", "aliases": ["gpt-4o-mini"]}) + "---\n"
+                + llama_server("chat", "tiny", chat_port))
+    space.write("gateway.yaml", document("Workload", "gateway", {
+        "engine": "gateway", "port": gateway_port, "args": ["--wait-seconds", "3", "--max-requests", "150"],
+        "health": {"http": {"path": "/health"}, "periodSeconds": 0.2}}))
+    space.start_daemon()
+    try:
+        built = Stack(space, f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{chat_port}/v1")
+        built.running("gateway.yaml", "gateway")
+        built.running("chat.yaml", "chat")
+        yield built
+    finally:
+        space.cleanup()
+
+
+def call(url: str, body: Any = None, method: str | None = None, headers: dict[str, str] | None = None
+         ) -> tuple[int, Any, dict[str, Any]]:
+    """(status, headers, JSON body) of a request; an HTTP error is an answer like any other."""
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json", **(headers or {})}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, answer.headers, json.load(answer)
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.headers, json.load(refused)
+
+
+def completion(model: str, **fields: Any) -> dict[str, Any]:
+    return {"model": model, "prompt": "the", "max_tokens": 4, **fields}
+
+
+def test_a_completion_goes_to_the_models_server_and_the_id_is_the_models_name(stack: Stack) -> None:
+    status, _, listed = call(f"{stack.gateway}/v1/models")
+    assert status == 200 and [(m["id"], m["state"], m.get("aliasOf")) for m in listed["data"]] == [
+        ("tiny", "Ready", None), ("gpt-4o-mini", "Ready", "tiny")]
+    _, _, direct = call(f"{stack.chat}/models")
+    assert [m["id"] for m in direct["data"]] == ["tiny"], "the engine serves the Model's name, not the file's path"
+    for asked in ("tiny", "gpt-4o-mini"):
+        status, _, answer = call(f"{stack.gateway}/v1/completions", completion(asked))
+        assert status == 200, answer
+        assert answer["model"] == "tiny" and answer["usage"]["completion_tokens"] > 0
+
+
+def test_a_stream_passes_through_event_by_event(stack: Stack) -> None:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": True}
+    request = urllib.request.Request(f"{stack.gateway}/v1/chat/completions", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        assert answer.headers["Content-Type"].startswith("text/event-stream")
+        assert answer.headers["X-Accel-Buffering"] == "no"
+        events = [line for line in answer.read().decode().splitlines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(event[6:]) for event in events[:-1]]
+    assert len(chunks) >= 3 and all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
+
+
+def _open_stream(gateway: str, max_tokens: int) -> tuple[socket.socket, bytes]:
+    """A streaming completion on a raw socket, read up to its first event."""
+    host, port = gateway.removeprefix("http://").split(":")
+    client = socket.create_connection((host, int(port)), timeout=30)
+    body = json.dumps(completion("tiny", max_tokens=max_tokens, stream=True)).encode()
+    client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    received = b""
+    while b"data: " not in received:
+        chunk = client.recv(65536)
+        assert chunk, f"the stream ended before its first event: {received!r}"
+        received += chunk
+    return client, received
+
+
+def test_a_client_that_goes_away_stops_the_generation(stack: Stack) -> None:
+    """llama-cpp-python holds its model's lock for a whole generation and prints its token count when one ends: a
+    request sent after the client left is served once the lock is free, and no 1900-token generation ended before."""
+    log = Path(stack.running("chat.yaml", "chat")["logFile"])
+    start = log.stat().st_size
+    client, _ = _open_stream(stack.gateway, max_tokens=1900)  # seconds of generation if nobody stops it
+    client.close()
+    status, _, answer = call(f"{stack.chat}/completions", completion("tiny"))
+    assert status == 200 and answer["usage"]["completion_tokens"] > 0
+    with log.open("rb") as written:
+        written.seek(start)
+        runs = [int(n) for n in re.findall(r"\beval time =.*/\s*(\d+) runs", written.read().decode(errors="replace"))]
+    assert runs and max(runs) < 100, f"generations that ran to their end meanwhile: {runs} tokens"
+
+
+def test_an_unknown_model_is_404_and_lists_what_exists(stack: Stack) -> None:
+    for name in ("gpt-4o", "../../etc/passwd", "tiny/../tiny", "x" * 5000):
+        status, _, answer = call(f"{stack.gateway}/v1/chat/completions", {"model": name, "messages": []})
+        assert status == 404 and answer["error"]["code"] == "ModelNotFound", answer
+        assert "(models: tiny, gpt-4o-mini)" in answer["error"]["message"] and len(answer["error"]["message"]) < 300
+
+
+def test_bad_requests_get_clear_errors(stack: Stack) -> None:
+    status, _, answer = call(f"{stack.gateway}/v1/completions", b"{not json")
+    assert (status, answer["error"]["code"]) == (400, "InvalidJSON")
+    status, _, answer = call(f"{stack.gateway}/v1/completions", {"prompt": "no model"})
+    assert (status, answer["error"]["code"]) == (400, "ModelRequired")
+    status, _, answer = call(f"{stack.gateway}/v1/completions", [1, 2])
+    assert (status, answer["error"]["code"]) == (400, "ModelRequired")
+    status, _, answer = call(f"{stack.gateway}/v1/chat/completions", method="GET")
+    assert status == 405 and answer["error"]["type"] == "invalid_request_error"
+    for path in ("/v1/%2e%2e/health", "/v1/a/../../health", "/v1/a//b"):
+        connection = http.client.HTTPConnection(stack.gateway.removeprefix("http://"), timeout=30)
+        connection.request("POST", path, json.dumps(completion("tiny")), {"Content-Type": "application/json"})
+        reply = connection.getresponse()
+        assert reply.status == 404, (path, reply.status)
+        assert json.load(reply)["error"]["code"] in ("NotFound", "ModelNotFound")
+    huge = json.dumps(completion("tiny", prompt="word " * 2_000_000)).encode()  # ~10 MB
+    status, _, answer = call(f"{stack.gateway}/v1/completions", huge)
+    assert (status, answer["error"]["code"]) == (413, "RequestTooLarge")
+    assert call(f"{stack.gateway}/v1/completions", completion("tiny"))[0] == 200, "still serving"
+
+
+def test_a_hundred_concurrent_streams_all_complete_in_bounded_memory(stack: Stack) -> None:
+    aiohttp = pytest.importorskip("aiohttp")
+    gateway = psutil.Process(stack.running("gateway.yaml", "gateway")["pid"])
+    before = gateway.memory_info().rss
+
+    async def one(session: Any) -> list[str]:
+        async with session.post(f"{stack.gateway}/v1/completions", json=completion("tiny", stream=True)) as answer:
+            assert answer.status == 200
+            return [line for line in (await answer.text()).splitlines() if line.startswith("data: ")]
+
+    async def all_of_them() -> list[list[str]]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+            return await asyncio.gather(*(one(session) for _ in range(100)))
+
+    streams = asyncio.run(all_of_them())
+    assert all(events[-1] == "data: [DONE]" and len(events) >= 2 for events in streams)
+    assert gateway.memory_info().rss - before < 64 * 2**20
+
+
+def test_routes_follow_the_status_files_without_a_restart(stack: Stack) -> None:
+    gateway_pid = stack.running("gateway.yaml", "gateway")["pid"]
+    stack.space.write("ghost.yaml", document("Model", "ghost", {"source": "models/ghost.gguf"}) + "---\n"
+                      + llama_server("ghost-server", "ghost", free_port()))
+    answer = wait_for(lambda: (a := call(f"{stack.gateway}/v1/completions", completion("ghost")))[0] != 404 and a,
+                      timeout=30, what="the new model in the gateway's routes")
+    status, _, body = answer
+    reason = stack.space.condition("ghost.yaml", "ghost-server")
+    assert status == 503 and body["error"]["code"] == "ModelMissing" == reason["reason"], body
+    assert "Workload/ghost-server" in body["error"]["message"] and "ghost.gguf" in body["error"]["message"]
+
+    stack.space.write("slow.yaml", document("Model", "slow", {"source": "models/tiny.gguf"}) + "---\n"
+                      + llama_server("slow-server", "slow", free_port(), initialDelaySeconds=600))
+    wait_for(lambda: (s := stack.space.resource_status("slow.yaml", "slow-server")) and s["phase"] == "Starting",
+             timeout=60, what="slow-server to be starting")
+    status, headers, body = call(f"{stack.gateway}/v1/completions", completion("slow"))
+    assert status == 503 and body["error"]["code"] == "Starting" and headers["Retry-After"] == "5", body
+    assert "still starting" in body["error"]["message"]
+    codes = asyncio.run(_many(f"{stack.gateway}/v1/completions", completion("slow"), 300))
+    assert codes.count((503, "Starting")) == 150 and codes.count((503, "GatewayBusy")) == 150, codes
+
+    shown = stack.space.cli("status").stdout
+    routes = shown[shown.index("Gateway routes:"):]
+    rows = {line.split()[0]: " ".join(line.split()[1:]) for line in routes.splitlines()[2:] if line.strip()}
+    assert rows["tiny"] == f"Workload/chat {stack.chat}" and rows["gpt-4o-mini"] == "alias of Model/tiny"
+    assert rows["ghost"].startswith("Unavailable: Workload/ghost-server: ModelMissing")
+    assert stack.running("gateway.yaml", "gateway")["pid"] == gateway_pid, "picked up without a restart"
+
+
+async def _many(url: str, body: dict[str, Any], count: int) -> list[tuple[int, str]]:
+    """(status, error code) of `count` requests sent at once."""
+    import aiohttp
+
+    async def one(session: Any) -> tuple[int, str]:
+        async with session.post(url, json=body) as answer:
+            return answer.status, (await answer.json())["error"]["code"]
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        return list(await asyncio.gather(*(one(session) for _ in range(count))))
+
+
+def test_an_engine_dying_mid_stream_ends_it_with_an_error_event(stack: Stack) -> None:
+    chat = stack.running("chat.yaml", "chat")
+    client, received = _open_stream(stack.gateway, max_tokens=1900)
+    os.kill(chat["pid"], signal.SIGKILL)
+    while chunk := client.recv(65536):
+        received += chunk
+    client.close()
+    text = received.decode(errors="replace")
+    assert "event: error" in text and "UpstreamFailed" in text and "Workload/chat" in text, text[-500:]
+    assert "[DONE]" not in text

@@ -1,0 +1,116 @@
+"""The gateway's routes as computed from statuses, and `plan`'s warning for a container told to use loopback. Pure."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import yaml
+
+from reconciler.api.meta import ResourceKey
+from reconciler.api.status import Placement, ResourceStatus
+from reconciler.control.gateway_routes import gateway_routes, routes_of
+from reconciler.diff.loopback import loopback_env_warnings
+from reconciler.gateway.routes import RouteState
+from reconciler.load.desired import build_desired
+from reconciler.record.conditions import set_condition
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def doc(kind: str, name: str, spec: dict) -> str:
+    return yaml.safe_dump({"apiVersion": "localaistack.dev/v1alpha1", "kind": kind, "metadata": {"name": name},
+                           "spec": spec})
+
+
+def llama(name: str, model: str, port: int) -> str:
+    return doc("Workload", name, {"engine": "llama.cpp", "model": model, "port": port})
+
+
+def status(name: str, phase: str, ready: bool, reason: str, placement: Placement | None = Placement.local,
+           port: int = 8080, message: str = "") -> ResourceStatus:
+    return ResourceStatus(kind="Workload", name=name, generation=1, phase=phase, placement=placement,
+                          endpoints=[f"http://127.0.0.1:{port}/v1"],
+                          conditions=set_condition([], "Ready", ready, reason, message, T0))
+
+
+DESIRED = build_desired({
+    "models.yaml": "---\n".join(doc("Model", name, {"source": f"{name}.gguf"}) for name in ("tiny", "big", "idle", "cold")).encode(),
+    "servers.yaml": "---\n".join([llama("a", "tiny", 8081), llama("b", "tiny", 8082), llama("big", "big", 8083),
+                                  llama("cold", "cold", 8084), llama("typo", "tinny", 8085)]).encode(),
+    "gateway.yaml": doc("Workload", "gateway", {"engine": "gateway", "port": 8000}).encode(),
+})
+
+
+def test_each_model_routes_to_its_ready_local_workloads_or_says_why_not() -> None:
+    statuses = [
+        status("a", "Running", True, "Healthy", port=8081), status("b", "Running", True, "Healthy", port=8082),
+        status("big", "Blocked", False, "NoCompatibleGPU", Placement.unavailable, message="needs 1 NVIDIA GPU"),
+        status("cold", "Starting", False, "Starting", port=8084, message="waiting for the first health check"),
+        status("typo", "Blocked", False, "ModelNotFound", Placement.unavailable),
+        status("gateway", "Running", True, "Healthy", port=8000),
+    ]
+    routes = gateway_routes(DESIRED, statuses)
+    assert routes is not None
+    assert [(b.workload, b.url) for b in routes.models["tiny"].backends] == [
+        ("a", "http://127.0.0.1:8081/v1"), ("b", "http://127.0.0.1:8082/v1")]
+    big = routes.models["big"]
+    assert (big.state, big.reason, big.message, big.workload) == (
+        RouteState.unavailable, "NoCompatibleGPU", "needs 1 NVIDIA GPU", "big")
+    assert routes.models["cold"].state is RouteState.starting
+    assert (routes.models["idle"].state, routes.models["idle"].reason) == (RouteState.unavailable, "NoWorkload")
+    assert routes.models["tinny"].reason == "ModelNotFound", "a workload's own model name is routed to its reason"
+    assert "gateway" not in routes.models
+
+
+def test_a_ready_workload_placed_elsewhere_is_no_backend() -> None:
+    """Ready but hosted: this gateway has no hosted route yet, so it refuses rather than call a provider."""
+    hosted = status("big", "Hosted", True, "HostedFallback", Placement.hosted, message="consented")
+    route = routes_of(DESIRED, {ResourceKey("Workload", "big"): hosted}).models["big"]
+    assert (route.state, route.reason) == (RouteState.unavailable, "HostedFallback")
+    assert "no hosted route yet" in route.message
+
+
+def test_a_workload_not_reconciled_yet_is_starting() -> None:
+    assert routes_of(DESIRED, {}).models["tiny"].state is RouteState.starting
+
+
+def test_no_gateway_no_routes_shown() -> None:
+    without = build_desired({"models.yaml": doc("Model", "tiny", {"source": "tiny.gguf"}).encode()})
+    assert gateway_routes(without, []) is None
+
+
+def container(name: str, env: dict[str, str], **spec: object) -> str:
+    return doc("Workload", name, {"runtime": "container", "image": "busybox:1.36", "env": env, **spec})
+
+
+def test_plan_warns_of_loopback_in_a_bridge_containers_env() -> None:
+    desired = build_desired({"ui.yaml": "---\n".join([
+        container("bridged", {"API": "http://127.0.0.1:8080/v1", "OTHER": "http://localhost/x"},
+                  ports=[{"containerPort": 80, "hostPort": 3000}]),
+        container("on-host", {"API": "http://127.0.0.1:8080/v1"}, network="host"),
+        container("named", {"API": "http://host.docker.internal:8080/v1", "NOT": "my-localhost-name.example"},
+                  network="bridge"),
+    ]).encode()})
+    assert not desired.errors, desired.errors
+    warnings = loopback_env_warnings(desired)
+    assert len(warnings) == 2, warnings
+    assert "ui.yaml: Workload/bridged: spec.env.API names 127.0.0.1" in warnings[0]
+    assert "network 'bridge' is the container itself" in warnings[0]
+    assert "spec.env.OTHER names localhost" in warnings[1]
+
+
+def test_aliases_name_one_model_and_never_shadow_a_name() -> None:
+    desired = build_desired({"models.yaml": "---\n".join([
+        doc("Model", "tiny", {"source": "tiny.gguf", "aliases": ["gpt-4o-mini", "shared", "big"]}),
+        doc("Model", "big", {"source": "big.gguf", "aliases": ["Qwen/Qwen2.5-7B:q4", "shared"]}),
+    ]).encode()})
+    assert not desired.errors, desired.errors
+    routes = routes_of(desired, {})
+    assert routes.aliases == {"gpt-4o-mini": "tiny", "Qwen/Qwen2.5-7B:q4": "big"}, "'big' is a Model's own name"
+    assert routes.ambiguous == {"shared": ("big", "tiny")}
+    assert routes.describe("shared") == "AmbiguousModel: an alias of Model/big, Model/tiny"
+
+
+def test_an_alias_is_a_name_not_a_path() -> None:
+    desired = build_desired({"m.yaml": doc("Model", "m", {"source": "m.gguf", "aliases": ["a/../../etc", "m", "m"]}).encode()})
+    assert [error.field for error in desired.errors["m.yaml"]] == ["spec.aliases[0]"], desired.errors
