@@ -226,13 +226,14 @@ def test_forget_verify_and_export_take_git_and_forget_reaches_the_older_revision
         records = [json.loads(line) for line in chain.read_text().splitlines()]
         assert not [r for r in records if r.get("resource") == "Workload/gone"], chain
         assert verify_chain(chain).ok, chain
-    for status in [path for path in copies if path.name.endswith(".status.yaml")]:
+    for status in [path for path in copies if path.name.endswith((".status.yaml", ".decisions.yaml"))]:
         assert "gone" not in {r["name"] for r in (yaml.safe_load(status.read_text()) or {}).get("resources", [])}, status
     assert {r["name"] for r in yaml.safe_load((older / "pair.status.yaml").read_text())["resources"]} == {"kept"}
     [record] = [json.loads(line) for line in (daemon.state / "host.evidence.jsonl").read_text().splitlines()]
     assert str(older.resolve() / "pair.status.yaml") in record["statusRewritten"]
     assert str(older.resolve() / "pair.evidence.jsonl") in [chain["path"] for chain in record["rewritten"]]
-    assert record["counts"]["copiesInOlderRevisions"] == 2 and record["notRemoved"] == []
+    assert str(older.resolve() / "pair.decisions.yaml") in record["statusRewritten"]  # its decision record too
+    assert record["counts"]["copiesInOlderRevisions"] == 3 and record["notRemoved"] == []
 
     verified = daemon.cli("verify", *git)
     assert verified.returncode == 0 and f"{daemon.root / 'pair.evidence.jsonl'}: OK" in verified.stdout, verified.stdout

@@ -68,7 +68,9 @@ def test_the_gate_judges_the_file_the_child_would_run(workspace: Workspace, tmp_
 
 
 def test_an_invalid_policy_keeps_the_last_valid_one_in_force(workspace: Workspace) -> None:
-    workspace.write("web.yaml", workload_yaml("web", restart={"backoff": {"initialSeconds": 0.05}}))
+    # A back-off longer than one `apply` takes on a loaded machine: with 0.05 s that apply could already restart it,
+    # and plan then never shows the start it judges (seen failing under load)
+    workspace.write("web.yaml", workload_yaml("web", restart={"backoff": {"initialSeconds": 2}}))
     workspace.cli("apply", "--wait")
     pid = workspace.pid("web.yaml", "web")
     workspace.write("policy.yaml", workspace.desired.joinpath("policy.yaml").read_text() + "typo: [\n")

@@ -8,8 +8,8 @@ The rules come from the parsers themselves:
   --config_file replaces the whole command line with a file.
 - vLLM (vllm/utils/argparse_utils.py, FlexibleArgumentParser): argparse with abbreviations too; "_" becomes "-"
   up to the first "."; `--flag.key value` sets a key inside an option; --config FILE reads options from YAML.
-- the gateway (reconciler/gateway/server.py): argparse without abbreviations; --flag=value is accepted, and its
-  routes file is the reconciler's to write.
+- the gateway (reconciler/gateway/server.py): argparse; it takes no abbreviations, but they are judged as if it
+  did (a later change of its parser must not open a hole); its routes file is the reconciler's to write.
 A prefix is refused even where it is ambiguous (argparse then exits): refusing more than the engine would
 accept never lets an argument through that the engine reads as a guarded option.
 """
@@ -47,7 +47,7 @@ LLAMA_CPP_PYTHON = ArgumentRules("llama-cpp-python", abbreviations=True, undersc
                                  listen=("--host", "--port", "--config_file"), secrets=("--api_key",))
 VLLM = ArgumentRules("vllm", abbreviations=True, underscores_are_dashes=True, nested_keys=True,
                      listen=("--host", "--port", "--uds", "--config"), secrets=("--api-key",))
-GATEWAY = ArgumentRules("gateway", abbreviations=False, underscores_are_dashes=False, nested_keys=False,
+GATEWAY = ArgumentRules("gateway", abbreviations=True, underscores_are_dashes=False, nested_keys=False,
                         listen=("--host", "--port", "--routes"), secrets=())
 
 # Which llama.cpp server runs is a fact of the host, not of the spec: its args must be safe for both.
