@@ -18,7 +18,7 @@ from reconciler.api.status import Placement, ResourceStatus, RolloutState, Rollo
 from reconciler.api.workload import RollbackMode
 from reconciler.diff.plan import Hold
 from reconciler.diff.rollout import ROLLED_BACK, Assessment, Observed, assess, standing
-from reconciler.inspect import tail
+from reconciler.drive.logs import tail
 from reconciler.load.desired import DesiredEntry
 from reconciler.record.approvals import ApprovalStore
 from reconciler.record.store import ResourceRecord

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from reconciler import cli_git
+from reconciler.cli import git as cli_git
 from reconciler.api.meta import ResourceKey
 from reconciler.control.lock import FOLDER_LOCK, STATE_LOCK, Busy, exclusive, holder
 from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 
-from reconciler import cli_git
+from reconciler.cli import git as cli_git
 from reconciler.api.meta import ResourceKey
 from reconciler.api.schemas import crds
-from reconciler.cli_common import (EXIT_ERROR, EXIT_IN_SYNC, key_of, located, path_argument, readable_folder, state_option,
+from reconciler.cli.common import (EXIT_ERROR, EXIT_IN_SYNC, key_of, located, path_argument, readable_folder, state_option,
                                    who)
 from reconciler.export.kubernetes import kubernetes_manifests, render_yaml
 from reconciler.load.desired import load_desired
