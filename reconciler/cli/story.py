@@ -9,7 +9,7 @@ from reconciler.api.kinds import Workload
 from reconciler.api.meta import Resource
 from reconciler.api.quantity import format_bytes
 from reconciler.api.status import ResourceStatus, RolloutStatus
-from reconciler.record.atomic import read_regular
+from reconciler.base.atomic import read_regular
 from reconciler.record.recorder import sibling
 
 EVENTS_SHOWN = 10

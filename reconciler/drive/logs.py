@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from reconciler.record.atomic import open_regular, regular_size, rename_regular
+from reconciler.base.atomic import open_regular, regular_size, rename_regular
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 
