@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.record.atomic import (
+from reconciler.base.atomic import (
     UnsafeFile, open_regular, read_regular, remove_regular, rename_regular, write_atomic,
 )
 

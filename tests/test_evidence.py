@@ -11,8 +11,8 @@ from typing import BinaryIO, Self
 
 import pytest
 
+from reconciler.base.atomic import UnsafeFile
 from reconciler.record import evidence
-from reconciler.record.atomic import UnsafeFile
 from reconciler.record.evidence import GENESIS, EvidenceLog, verify_chain
 
 

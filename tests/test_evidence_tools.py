@@ -16,10 +16,10 @@ import yaml
 
 from reconciler.api.approval import Answer, Approval
 from reconciler.api.meta import ResourceKey
+from reconciler.control.bundle import write_bundle
+from reconciler.control.forget import Refused, forget
 from reconciler.record.approvals import ApprovalStore
-from reconciler.record.bundle import write_bundle
 from reconciler.record.evidence import RECHAINED, EvidenceLog, chain_files, verify_chain
-from reconciler.record.forget import Refused, forget
 from tests.conftest import PYTHON, Workspace, wait_for, workload_yaml
 
 LOG_MARK = "print('log-' + 'mark', flush=True)\nimport time\nwhile True: time.sleep(1)"  # the log says log-mark

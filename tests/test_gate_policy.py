@@ -15,11 +15,12 @@ from reconciler.api.kinds import Policy, Workload, spec_hash
 from reconciler.api.launch import BindMount, ContainerLaunch, LaunchSpec, render_launch
 from reconciler.api.meta import API_VERSION, ResourceKey
 from reconciler.api.policy import ApprovalKind, ExposedAddress, NativePolicy, PolicySpec, ResourcePolicy, TrustedExecutable
+from reconciler.base.sizes import GIB
 from reconciler.diff.containers import render_container
 from reconciler.diff.engines import EngineCommand, engine_command
 from reconciler.diff.plan import Action, Verb
 from reconciler.gate.approvals import kinds_of
-from reconciler.gate.resources import GIB, MemoryUse, memory_problem
+from reconciler.gate.resources import MemoryUse, memory_problem
 from reconciler.gate.verdict import NO_FACTS, Decision, Facts, Reason, Verdict, decide, running_denial
 from reconciler.observe.docker_engine import ImageFacts
 from reconciler.observe.host import EngineFacts

@@ -23,11 +23,12 @@ from reconciler.api.container import CAPABILITIES
 from reconciler.api.kinds import Policy, Workload, spec_hash
 from reconciler.api.launch import BindMount, ContainerLaunch, LaunchSpec, render_launch
 from reconciler.api.meta import API_VERSION, ResourceKey
+from reconciler.base.sizes import GIB
 from reconciler.diff.containers import render_container
 from reconciler.diff.engines import Blocked, EngineCommand, engine_command
 from reconciler.diff.plan import Action, Verb
 from reconciler.gate.containers import image_matches
-from reconciler.gate.resources import GIB, MemoryUse
+from reconciler.gate.resources import MemoryUse
 from reconciler.gate.verdict import Decision, Facts, Verdict, decide
 from reconciler.observe.docker_engine import ImageFacts
 from reconciler.observe.host import EngineFacts

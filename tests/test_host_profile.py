@@ -19,7 +19,7 @@ from reconciler.api.host import HostProfile
 from reconciler.observe.docker_engine import DockerEngine
 from reconciler.observe.gpus import FAKE_GPUS_VARIABLE, read_inventory
 from reconciler.observe.host_profile import CPUINFO, observe_cpu, observe_host_profile, observe_os, parse_cpuinfo
-from reconciler.render_host import host_table
+from reconciler.cli.host_table import host_table
 
 GiB = 2**30
 NO_ENGINE = "unix:///nonexistent.sock"

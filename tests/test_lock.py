@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.control.lock import STATE_LOCK, exclusive, holder
+from reconciler.base.lock import STATE_LOCK, exclusive, holder
 
 
 def test_the_holder_is_named_while_it_lives_and_forgotten_once_it_is_gone(tmp_path: Path) -> None:

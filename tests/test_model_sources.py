@@ -207,7 +207,7 @@ def test_the_source_judge_refuses_non_public_addresses_and_hosts_not_listed() ->
 
 
 def test_redaction_hides_userinfo_and_query_values_wherever_a_url_is_quoted() -> None:
-    from reconciler.redact import redact, scrub
+    from reconciler.base.redact import redact, scrub
 
     assert redact("no GGUF header (http://alice:s3cret@h:1/m.gguf?token=t0k&x=1)") == \
         "no GGUF header (http://***@h:1/m.gguf?token=***&x=***)"

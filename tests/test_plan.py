@@ -9,16 +9,16 @@ from typing import Any
 import pytest
 
 from reconciler.api.kinds import Model, Policy, Workload, spec_hash
+from reconciler.api.launch import LaunchSpec, render_launch, working_dir_for
 from reconciler.api.meta import API_VERSION, PRUNE_ANNOTATION, Resource, ResourceKey
+from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.status import ExitInfo, FailureInfo
 from reconciler.diff.engines import Blocked
 from reconciler.diff.plan import (
     Action, Hold, Inputs, Verb, next_generation, note_observations, plan_resource, restarts, schedule_retry,
 )
-from reconciler.api.launch import LaunchSpec, render_launch, working_dir_for
 from reconciler.load.desired import DesiredEntry
 from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
-from reconciler.record.store import ResourceRecord
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 SPEC_DIR = PurePosixPath("/srv/desired-state")

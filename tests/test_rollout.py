@@ -9,6 +9,7 @@ import pytest
 
 from reconciler.api.approval import Answer, Approval
 from reconciler.api.kinds import Workload
+from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.rollout import Instant, KnownGood, RolledBack, RolloutClock
 from reconciler.api.status import ResourceStatus, RolloutState
 from reconciler.api.workload import UpdateStrategy
@@ -16,7 +17,6 @@ from reconciler.control.rollout import Rollouts
 from reconciler.diff.rollout import PROGRESS_DEADLINE_EXCEEDED, UNHEALTHY_WHILE_SOAKING, Observed, assess, standing
 from reconciler.load.desired import DesiredEntry
 from reconciler.record.approvals import ApprovalStore
-from reconciler.record.store import ResourceRecord
 
 UPDATE = UpdateStrategy(progress_deadline_seconds=60, soak_seconds=30)
 GOOD = KnownGood(generation=1, spec_hash="h1", source="app.yaml", resource={}, proven_at=datetime(2026, 1, 1, tzinfo=timezone.utc))

@@ -6,12 +6,12 @@ from datetime import datetime
 from typing import Any
 
 from reconciler.api.launch import ContainerLaunch
+from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.status import FailureInfo
 from reconciler.diff.plan import Action, Verb
 from reconciler.gate.network import ListenFindings, at_most
 from reconciler.gate.verdict import EXPOSURE_OBSERVED, Verdict
 from reconciler.observe.processes import ProcessObservation
-from reconciler.record.store import ResourceRecord
 
 
 def _action_name(action: Action) -> str:

@@ -8,13 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reconciler.api.kinds import Model, Workload
-from reconciler.api.workload import Engine
 from reconciler.api.meta import ResourceKey
 from reconciler.api.status import ResourceStatus
+from reconciler.api.workload import Engine
+from reconciler.base.atomic import UnsafeFile
 from reconciler.gateway.routes import RouteTable, Serving, route_table
 from reconciler.gateway.routes_file import write_routes
 from reconciler.load.desired import DesiredState
-from reconciler.record.atomic import UnsafeFile
 
 log = logging.getLogger("reconciler")
 

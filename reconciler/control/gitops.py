@@ -28,10 +28,10 @@ import psutil
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
-from reconciler.control.lock import FOLDER_LOCK
+from reconciler.base.atomic import fsync_dir, write_atomic
+from reconciler.base.lock import FOLDER_LOCK
 from reconciler.load.desired import GENERATED_SUFFIXES, build_desired, read_folder
 from reconciler.observe import git
-from reconciler.record.atomic import fsync_dir, write_atomic
 
 GITOPS = "gitops"
 KEEP_REVISIONS = 3  # the one in force, the one before it (rollback, files of running processes), one more

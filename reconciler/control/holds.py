@@ -12,9 +12,9 @@ from pydantic import ValidationError
 
 from reconciler.api.kinds import KINDS, Policy, spec_hash
 from reconciler.api.meta import ResourceKey
+from reconciler.api.resource_record import ResourceRecord
 from reconciler.diff.plan import Hold
 from reconciler.load.desired import DesiredEntry, DesiredState
-from reconciler.record.store import ResourceRecord
 
 log = logging.getLogger("reconciler")
 

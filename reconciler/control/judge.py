@@ -11,23 +11,23 @@ import os
 from dataclasses import dataclass, replace
 
 from reconciler.api.approval import Approval
-from reconciler.api.launch import LaunchSpec
 from reconciler.api.kinds import Workload
+from reconciler.api.launch import LaunchSpec
 from reconciler.api.policy import Policy
+from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.status import Placement
 from reconciler.control.placement import SecretFacts, consent_verdict, local_blocker, place
 from reconciler.control.workloads import WorkloadRenderer
 from reconciler.diff.engines import Rendered
 from reconciler.diff.plan import Action, Inputs, Verb
-from reconciler.gate.placement import PlacementDecision
 from reconciler.gate import network
+from reconciler.gate.placement import PlacementDecision
 from reconciler.gate.verdict import (DEFAULT_POLICY, EXPOSURE_OBSERVED, POLICY_DENIED, Decision, Facts, Reason, Verdict,
                                      decide, listen_findings, running_denial)
 from reconciler.load.desired import DesiredState
 from reconciler.observe.host import file_sha256
 from reconciler.observe.processes import ProcessState
 from reconciler.record.approvals import ApprovalStore
-from reconciler.record.store import ResourceRecord
 
 
 @dataclass(frozen=True)

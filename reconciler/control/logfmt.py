@@ -7,7 +7,7 @@ import logging
 import sys
 from datetime import datetime, timezone
 
-from reconciler.redact import RedactingFilter
+from reconciler.base.redact import RedactingFilter
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 

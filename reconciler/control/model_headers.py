@@ -20,12 +20,12 @@ from pathlib import Path
 import requests
 
 from reconciler.api.kinds import ModelVariant
+from reconciler.base.atomic import write_atomic
+from reconciler.base.redact import redact, scrub
 from reconciler.diff.engines import Blocked
 from reconciler.drive.artifacts import SourceRefused, request_error
 from reconciler.observe.gguf_facts import GgufFacts, GgufMalformed, GgufUnreadable
 from reconciler.observe.host import open_regular
-from reconciler.record.atomic import write_atomic
-from reconciler.redact import redact, scrub
 
 log = logging.getLogger("reconciler")
 

@@ -21,6 +21,8 @@ import requests
 from reconciler.api.host import HostProfile
 from reconciler.api.kinds import Model, ModelFormat, ModelVariant, OnUnreachable, Workload, WorkloadSpec
 from reconciler.api.policy import ModelPolicy, ResourcePolicy
+from reconciler.base.atomic import write_atomic
+from reconciler.base.redact import redact
 from reconciler.control.model_headers import Headers, backoff_delay
 from reconciler.diff.engines import Blocked
 from reconciler.diff.footprint import (Capacity, ModelView, Needs, Selection, VariantOption, host_capacity,
@@ -30,8 +32,6 @@ from reconciler.drive.pinned import pinned_session
 from reconciler.gate.sources import source_refusal
 from reconciler.load.desired import DesiredState
 from reconciler.observe.host import ModelPresence, file_sha256, observe_model, special_file
-from reconciler.record.atomic import write_atomic
-from reconciler.redact import redact
 
 log = logging.getLogger("reconciler")
 

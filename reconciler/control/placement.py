@@ -18,10 +18,11 @@ from reconciler.api.host import HostProfile, host_summary
 from reconciler.api.kinds import Workload
 from reconciler.api.policy import Policy, PolicySpec
 from reconciler.api.status import Placement
+from reconciler.base.sizes import gib
 from reconciler.diff.engines import Blocked, Rendered
 from reconciler.diff.footprint import ModelView
+from reconciler.diff.resources import budget
 from reconciler.gate.placement import PlacementDecision, decide_placement
-from reconciler.gate.resources import budget, gib
 from reconciler.gate.verdict import Decision, Reason, Verdict, governing
 from reconciler.record.decision_record import DecisionInputs, ModelFacts, runtime_decision_record
 

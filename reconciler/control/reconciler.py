@@ -18,47 +18,48 @@ from typing import Any, Callable, TextIO
 
 from reconciler.api.kinds import Model, Runtime, Workload, WorkloadSpec
 from reconciler.api.meta import ResourceKey
+from reconciler.api.resource_record import ResourceRecord
+from reconciler.api.rollout import Pins
 from reconciler.api.status import FailureInfo, Placement, ResourceStatus
+from reconciler.control.evidence import decision_digest, decision_record, exposure_record, outcome_record
+from reconciler.control.gateway_routes import RoutesPublisher
+from reconciler.control.gitops import local_revision
+from reconciler.control.holds import Holds, last_valid
+from reconciler.control.host import HostWatch
+from reconciler.control.judge import Judge
 from reconciler.control.logfmt import about
 from reconciler.control.metrics import Metrics
-from reconciler.control.gateway_routes import RoutesPublisher
-from reconciler.gateway.routes_file import routes_path
-from reconciler.control.evidence import decision_digest, decision_record, exposure_record, outcome_record
-from reconciler.diff.plan import (
-    Action, Inputs, Verb, is_orphan_kept, next_generation, note_observations, plan_resource,
-)
+from reconciler.control.models import ModelStore, ModelView
+from reconciler.control.pins import pins_of
+from reconciler.control.placement import SecretFacts, consented, model_facts, workload_decision_record
+from reconciler.control.result import Result
+from reconciler.control.rollout import Rollouts
 from reconciler.control.workloads import WorkloadRenderer
 from reconciler.diff.engines import Rendered
 from reconciler.diff.health import next_probe_in
+from reconciler.diff.plan import (
+    Action, Inputs, Verb, is_orphan_kept, next_generation, note_observations, plan_resource,
+)
 from reconciler.drive.containers import ContainerDriver
 from reconciler.drive.dispatch import Drivers
 from reconciler.drive.process import ProcessDriver, owner_id
 from reconciler.drive.protocol import StartFailed
-from reconciler.control.judge import Judge
-from reconciler.control.rollout import Rollouts
-from reconciler.control.holds import Holds, last_valid
-from reconciler.control.pins import pins_of
-from reconciler.api.rollout import Pins
-from reconciler.control.placement import SecretFacts, consented, model_facts, workload_decision_record
-from reconciler.record.decision_record import record_digest
 from reconciler.gate.network import ListenFindings
 from reconciler.gate.placement import PlacementDecision
 from reconciler.gate.verdict import DEFAULT_POLICY, Decision, Verdict
+from reconciler.gateway.routes_file import routes_path
 from reconciler.load.desired import DesiredEntry, DesiredState, load_desired
-from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable
-from reconciler.control.gitops import local_revision
-from reconciler.observe.git import GitError
-from reconciler.control.host import HostWatch
 from reconciler.observe import clock
+from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable
+from reconciler.observe.git import GitError
 from reconciler.observe.host import boot_id
-from reconciler.control.models import ModelStore, ModelView
-from reconciler.control.result import Result
 from reconciler.observe.processes import ProcessObservation
 from reconciler.record.approvals import ApprovalStore
+from reconciler.record.decision_record import record_digest
 from reconciler.record.evidence import HOST_EVIDENCE_FILE
 from reconciler.record.recorder import Recorder, sibling
 from reconciler.record.status import PassOutcome, conclude
-from reconciler.record.store import ResourceRecord, StateStore
+from reconciler.record.store import StateStore
 
 log = logging.getLogger("reconciler")
 

@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.api.kinds import Workload
+from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.rollout import Instant, KnownGood, Pins, RolledBack
 from reconciler.api.status import Placement, ResourceStatus, RolloutState, RolloutStatus
 from reconciler.api.workload import RollbackMode
 from reconciler.diff.plan import Hold
 from reconciler.diff.rollout import ROLLED_BACK, Assessment, Observed, assess, standing
-from reconciler.inspect import tail
+from reconciler.drive.logs import tail
 from reconciler.load.desired import DesiredEntry
 from reconciler.record.approvals import ApprovalStore
-from reconciler.record.store import ResourceRecord
 
 log = logging.getLogger("reconciler")
 

@@ -14,30 +14,30 @@ from pathlib import Path
 
 from reconciler.api.kinds import KINDS, Model, Runtime, Workload, WorkloadSpec
 from reconciler.api.launch import BindMount, ContainerLaunch
+from reconciler.api.launch import LaunchSpec, render_launch, working_dir_for
 from reconciler.api.meta import ResourceKey
+from reconciler.api.resource_record import ResourceRecord
+from reconciler.api.rollout import Pins
+from reconciler.api.status import Listen
+from reconciler.control.models import ModelStore, ModelView
+from reconciler.control.pins import pinned_executable, pinned_image, pinned_model
 from reconciler.diff.containers import check_address, container_endpoint, render_container
+from reconciler.diff.engines import Blocked, Rendered, engine_check, engine_command, engine_endpoint
 from reconciler.diff.gpus import assign_gpus, granted_share
 from reconciler.diff.health import note_probe, probe_due
 from reconciler.diff.preflight import preflight
 from reconciler.diff.resources import memory_commitment
-from reconciler.gate.resources import MemoryUse
-from reconciler.diff.engines import Blocked, Rendered, engine_check, engine_command, engine_endpoint
-from reconciler.api.launch import LaunchSpec, render_launch, working_dir_for
 from reconciler.drive.dispatch import Drivers
 from reconciler.drive.process import PASSED_THROUGH, child_path
+from reconciler.gate.resources import MemoryUse
 from reconciler.load.desired import DesiredState
-from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable, ImageFacts
 from reconciler.observe import clock
+from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable, ImageFacts
 from reconciler.observe.gpus import GpuInventory, read_inventory
-from reconciler.control.models import ModelStore, ModelView
-from reconciler.control.pins import pinned_executable, pinned_image, pinned_model
-from reconciler.api.rollout import Pins
-from reconciler.api.status import Listen
 from reconciler.observe.host import EngineFacts, engine_facts, find_executable
 from reconciler.observe.listening import ListenObserver, ObservedListens
 from reconciler.observe.probes import probe
 from reconciler.observe.processes import ProcessObservation, ProcessState
-from reconciler.record.store import ResourceRecord
 
 
 class WorkloadRenderer:

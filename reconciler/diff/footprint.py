@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from reconciler.api.host import HostProfile
 from reconciler.api.policy import ResourcePolicy
-from reconciler.gate.resources import budget
+from reconciler.diff.resources import budget
 
 if TYPE_CHECKING:
     from reconciler.api.kinds import ModelVariant

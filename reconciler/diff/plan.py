@@ -9,17 +9,17 @@ from enum import Enum
 from pydantic import ValidationError
 
 from reconciler.api.kinds import KINDS, RestartPolicy, Workload, asked_spec
+from reconciler.api.launch import ContainerLaunch, LaunchSpec
+from reconciler.api.launch import EXECUTABLE_FIELD as _EXECUTABLE
 from reconciler.api.meta import PRUNE_ANNOTATION, ResourceKey
+from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.status import ExitInfo, HealthState
 from reconciler.api.workload import HealthCheck
-from reconciler.diff.health import unhealthy_cause
 from reconciler.diff.engines import Blocked
-from reconciler.api.launch import EXECUTABLE_FIELD as _EXECUTABLE
-from reconciler.api.launch import ContainerLaunch, LaunchSpec
+from reconciler.diff.health import unhealthy_cause
 from reconciler.load.desired import DesiredEntry
 from reconciler.observe.listening import ObservedListens
 from reconciler.observe.processes import ProcessObservation, ProcessState
-from reconciler.record.store import ResourceRecord
 
 
 class Verb(str, Enum):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from reconciler.api.policy import ResourcePolicy
 from reconciler.api.workload import Engine, Runtime, WorkloadSpec
-from reconciler.gate.resources import gib
+from reconciler.base.sizes import gib
 
 
 def memory_commitment(spec: WorkloadSpec, model_bytes: int | None) -> tuple[int, str]:
@@ -15,3 +16,8 @@ def memory_commitment(spec: WorkloadSpec, model_bytes: int | None) -> tuple[int,
     if on_cpu and model_bytes:
         return model_bytes, f"model weights {gib(model_bytes)} (llama.cpp on the CPU, no memory limit)"
     return 0, "no memory limit or model footprint"
+
+
+def budget(total: int, rules: ResourcePolicy) -> int:
+    """The bytes of RAM workloads may commit: the host's, less the policy's reserve."""
+    return int(total * (1 - rules.memory_reserve))

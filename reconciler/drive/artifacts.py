@@ -26,9 +26,9 @@ from urllib.request import url2pathname
 
 import requests
 
+from reconciler.base.atomic import fsync_dir, write_atomic
+from reconciler.base.redact import redact, scrub
 from reconciler.observe.host import NotRegularFile, open_regular
-from reconciler.record.atomic import fsync_dir, write_atomic
-from reconciler.redact import redact, scrub
 
 CHUNK = 1 << 20
 # urllib3 drops a read's bytes when the connection ends inside it: small network reads lose little to a cut

@@ -25,6 +25,7 @@ from docker.models.containers import Container
 
 from reconciler.api.launch import ContainerLaunch
 from reconciler.api.status import ExitInfo
+from reconciler.base.atomic import write_atomic
 from reconciler.drive.container_config import GENERATION_LABEL, create_args, enforcement, launch_of
 from reconciler.drive.logs import LogStore
 from reconciler.drive.ports import port_free
@@ -33,7 +34,6 @@ from reconciler.observe import clock
 from reconciler.observe.docker_engine import OWNER_LABEL, WORKLOAD_LABEL, DockerEngine, EngineUnavailable
 from reconciler.observe.probes import ProbeResult
 from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
-from reconciler.record.atomic import write_atomic
 
 LOG_TAIL_LINES = 5000
 _RUNNING = {"running", "paused", "restarting"}

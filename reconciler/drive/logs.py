@@ -1,11 +1,14 @@
-"""Bounded per-workload log files: the current run and the previous one, each capped in size."""
+"""Bounded per-workload log files: the current run and the previous one, each capped in size; read back by their end
+or followed as they grow."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from reconciler.record.atomic import open_regular, regular_size, rename_regular
+from reconciler.base.atomic import open_regular, regular_size, rename_regular
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 
@@ -42,3 +45,37 @@ class LogStore:
             handle.seek(0)
             handle.truncate()
             handle.write(b"[... earlier output trimmed by the reconciler ...]\n" + tail)
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    """The last `lines` lines, reading only the end of a big file."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 256 * 1024))
+            data = handle.read()
+    except FileNotFoundError:
+        return []
+    return data.decode("utf-8", "replace").splitlines()[-lines:] if lines else data.decode("utf-8", "replace").splitlines()
+
+
+def follow(path: Path, poll_seconds: float = 0.2) -> Iterator[str]:
+    """New output as it is written; survives the log being trimmed (truncated) or replaced by a new run."""
+    handle = path.open("rb")
+    handle.seek(0, os.SEEK_END)
+    identity = os.fstat(handle.fileno()).st_ino
+    while True:
+        chunk = handle.read()
+        if chunk:
+            yield chunk.decode("utf-8", "replace")
+            continue
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            stat = None
+        if stat is not None and (stat.st_ino != identity or stat.st_size < handle.tell()):
+            handle.close()
+            handle = path.open("rb")  # a new run's log, or trimmed: read it from its start
+            identity = os.fstat(handle.fileno()).st_ino
+            continue
+        time.sleep(poll_seconds)

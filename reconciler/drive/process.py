@@ -18,17 +18,17 @@ from pathlib import Path
 
 import psutil
 
+from reconciler.api.launch import LaunchSpec
 from reconciler.api.status import ExitInfo
+from reconciler.base.atomic import write_atomic
 from reconciler.drive.cgroups import Cgroups
 from reconciler.drive.exits import ExitWatcher
 from reconciler.drive.groups import start_ticks, terminate_group
-from reconciler.api.launch import LaunchSpec
 from reconciler.drive.logs import LogStore
 from reconciler.drive.ports import port_free
 from reconciler.drive.protocol import StartFailed
-from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
 from reconciler.observe import clock
-from reconciler.record.atomic import write_atomic
+from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
 
 OWNER_VARIABLE = "LOCALAISTACK_RECONCILER_OWNER"
 NAME_VARIABLE = "LOCALAISTACK_WORKLOAD"

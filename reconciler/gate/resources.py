@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reconciler.api.policy import ResourcePolicy
+from reconciler.base.sizes import gib
+from reconciler.diff.resources import budget
 
 RULE = "resources.memory"
-GIB = 1024 ** 3
 
 
 @dataclass(frozen=True)
@@ -16,14 +17,6 @@ class MemoryUse:
     what: str  # how that was counted, for the reason ("memory limit 4.0 GiB")
     committed: int  # bytes the other workloads running now commit
     total: int  # the host's RAM
-
-
-def gib(count: int) -> str:
-    return f"{count / GIB:.1f} GiB"
-
-
-def budget(total: int, rules: ResourcePolicy) -> int:
-    return int(total * (1 - rules.memory_reserve))
 
 
 def memory_problem(use: MemoryUse, rules: ResourcePolicy, source: str) -> str | None:

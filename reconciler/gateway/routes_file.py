@@ -9,8 +9,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from reconciler.base.atomic import write_atomic
 from reconciler.gateway.routes import RouteTable
-from reconciler.record.atomic import write_atomic
 
 log = logging.getLogger("reconciler.gateway")
 

@@ -19,8 +19,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from reconciler.base.atomic import write_atomic
 from reconciler.observe.host import boot_id
-from reconciler.record.atomic import write_atomic
 
 ANCHOR_FILE = "clock.json"
 STEP_RESOLUTION = 0.01  # a step of the system clock smaller than this is not followed: it is reading noise

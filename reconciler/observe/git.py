@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.record.atomic import fsync_dir
-from reconciler.redact import redact
+from reconciler.base.atomic import fsync_dir
+from reconciler.base.redact import redact
 
 GIT_TIMEOUT = 60.0
 FETCH_TIMEOUT = 300.0  # a first fetch of a large history over a slow link

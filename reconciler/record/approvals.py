@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from reconciler.api.approval import Approval
-from reconciler.record.atomic import write_atomic
+from reconciler.base.atomic import write_atomic
 
 log = logging.getLogger("reconciler")
 

@@ -14,9 +14,9 @@ from typing import Any
 
 from reconciler.api.fallback import Fallback, HostedPolicy
 from reconciler.api.status import Placement
+from reconciler.base.sizes import gib
 from reconciler.gate.placement import PlacementDecision, fallback_refusals
 
-GIB = 1024 ** 3
 _LOOSE_MODE = 0o077  # any permission for group or others
 
 Question = dict[str, str]
@@ -117,7 +117,7 @@ def _needs(inputs: DecisionInputs) -> str:
     where = f"{inputs.runtime}, engine {inputs.engine}"
     if inputs.gpus_wanted == 0:
         return f"needs no GPU ({where})"
-    each = f" with at least {_gib(inputs.gpu_min_memory_bytes)} each" if inputs.gpu_min_memory_bytes else ""
+    each = f" with at least {gib(inputs.gpu_min_memory_bytes)} each" if inputs.gpu_min_memory_bytes else ""
     return f"needs {inputs.gpus_wanted} NVIDIA GPU{'s' if inputs.gpus_wanted > 1 else ''}{each} ({where})"
 
 
@@ -127,23 +127,23 @@ def _model_footprint(inputs: DecisionInputs) -> Question:
         return _answer(f"{model}; hosted as {hosted.model} at {hosted.provider}",
                        "while hosted it uses no memory, GPU or disk here beyond the client",
                        "the hosted model is the provider's, not the local weights: its answers may differ")
-    memory = f"memory limit {_gib(limit)}" if limit is not None else "no memory limit"
-    shared = f"; workloads together may commit {_gib(budget)}" if budget is not None else ""
+    memory = f"memory limit {gib(limit)}" if limit is not None else "no memory limit"
+    shared = f"; workloads together may commit {gib(budget)}" if budget is not None else ""
     facts = inputs.model
     model_bytes = facts.bytes if facts else None
     estimated = f"; estimated footprint {facts.estimate}" if facts and facts.estimate else ""
     constraint = f"{model}{estimated}; {memory}{shared}"
     chosen = f"; {facts.selection}" if facts and facts.selection else ""
     committed = limit if limit is not None else model_bytes
-    over = (f"; committing {_gib(committed)} exceeds that, so it starts only where the policy allows overcommit"
+    over = (f"; committing {gib(committed)} exceeds that, so it starts only where the policy allows overcommit"
             if budget is not None and committed is not None and committed > budget else "")
     if limit is None:
-        counted = f"its model's size ({_gib(committed)})" if committed is not None else "nothing"
+        counted = f"its model's size ({gib(committed)})" if committed is not None else "nothing"
         return _answer(constraint, f"it is counted as {counted} against the memory budget; its context cache comes on "
                                    f"top{over}",
                        f"nothing caps it: a larger context can push the host into swap or the OOM killer{chosen}")
     if model_bytes is not None and model_bytes > limit:
-        return _answer(constraint, f"the model file alone ({_gib(model_bytes)}) exceeds the limit: loading it "
+        return _answer(constraint, f"the model file alone ({gib(model_bytes)}) exceeds the limit: loading it "
                                    f"will likely be killed for memory{over}",
                        f"the limit protects other workloads at the cost of this one not fitting: raise it{chosen}")
     return _answer(constraint, f"the model and its context cache fit in the limit{over}",
@@ -155,7 +155,7 @@ def _model(inputs: DecisionInputs) -> str:
     if facts is None:
         return f"no Model (engine {inputs.engine} runs what the spec names)"
     where = f" at {facts.path}" if facts.path else ""
-    size = f", {_gib(facts.bytes)} on disk" if facts.bytes is not None else ", size unknown"
+    size = f", {gib(facts.bytes)} on disk" if facts.bytes is not None else ", size unknown"
     return f"Model/{facts.name}{where}{size}"
 
 
@@ -268,7 +268,3 @@ def _hosted(inputs: DecisionInputs) -> Fallback | None:
 
 def _sent(fallback: Fallback) -> str:
     return ", ".join(item.value for item in fallback.context)
-
-
-def _gib(count: int) -> str:
-    return f"{count / GIB:.1f} GiB"

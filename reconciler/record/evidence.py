@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from reconciler.record.atomic import (
+from reconciler.base.atomic import (
     UnsafeFile, fsync_dir, open_regular, regular_size, remove_regular, rename_regular, write_atomic,
 )
 

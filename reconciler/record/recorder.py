@@ -20,9 +20,9 @@ import yaml
 
 from reconciler.api.meta import API_VERSION, ResourceKey
 from reconciler.api.status import ResourceStatus
-from reconciler.observe import clock
-from reconciler.record.atomic import UnsafeFile, remove_regular, write_atomic
+from reconciler.base.atomic import UnsafeFile, remove_regular, write_atomic
 from reconciler.load.desired import SPEC_SUFFIXES, output_stem
+from reconciler.observe import clock
 from reconciler.record.evidence import EVIDENCE_SUFFIX, EvidenceLog
 
 log = logging.getLogger("reconciler")

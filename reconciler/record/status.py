@@ -7,19 +7,19 @@ from datetime import datetime
 
 from reconciler.api.kinds import RestartPolicy, Workload
 from reconciler.api.launch import ContainerLaunch
+from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.status import ExitInfo, FailureInfo, ObservedExposure, Placement, ResourceStatus
-from reconciler.diff.plan import Action, schedule_retry
-from reconciler.diff.rollout import ROLLED_BACK
-from reconciler.gate.placement import PlacementDecision
-from reconciler.gate.network import ListenFindings, at_most
-from reconciler.gate.verdict import EXPOSURE_OBSERVED, POLICY_DENIED, Decision, Verdict, refused_only_for_listening
-from reconciler.load.desired import DesiredEntry
+from reconciler.base.redact import redact
 from reconciler.diff.engines import Rendered
 from reconciler.diff.footprint import ModelView
-from reconciler.redact import redact
+from reconciler.diff.plan import Action, schedule_retry
+from reconciler.diff.rollout import ROLLED_BACK
+from reconciler.gate.network import ListenFindings, at_most
+from reconciler.gate.placement import PlacementDecision
+from reconciler.gate.verdict import EXPOSURE_OBSERVED, POLICY_DENIED, Decision, Verdict, refused_only_for_listening
+from reconciler.load.desired import DesiredEntry
 from reconciler.observe.processes import ProcessObservation, ProcessState
 from reconciler.record.conditions import set_condition
-from reconciler.record.store import ResourceRecord
 
 ENGINE_UNAVAILABLE = "EngineUnavailable"
 REFUSED_WHILE_RUNNING = frozenset({POLICY_DENIED, EXPOSURE_OBSERVED})

@@ -1,18 +1,15 @@
-"""`reconciler describe` and `reconciler logs`: one resource's story, read from what the reconciler keeps."""
+"""`reconciler describe`: one resource's story, read from what the reconciler keeps."""
 
 from __future__ import annotations
 
 import json
-import os
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from reconciler.api.kinds import Workload
 from reconciler.api.meta import Resource
 from reconciler.api.quantity import format_bytes
 from reconciler.api.status import ResourceStatus, RolloutStatus
-from reconciler.record.atomic import read_regular
+from reconciler.base.atomic import read_regular
 from reconciler.record.recorder import sibling
 
 EVENTS_SHOWN = 10
@@ -88,37 +85,3 @@ def _events(root: Path, evidence: str, resource: str) -> list[dict]:
     except (OSError, ValueError):
         return []
     return [record for record in records if record.get("resource") == resource][-EVENTS_SHOWN:]
-
-
-def tail(path: Path, lines: int) -> list[str]:
-    """The last `lines` lines, reading only the end of a big file."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 256 * 1024))
-            data = handle.read()
-    except FileNotFoundError:
-        return []
-    return data.decode("utf-8", "replace").splitlines()[-lines:] if lines else data.decode("utf-8", "replace").splitlines()
-
-
-def follow(path: Path, poll_seconds: float = 0.2) -> Iterator[str]:
-    """New output as it is written; survives the log being trimmed (truncated) or replaced by a new run."""
-    handle = path.open("rb")
-    handle.seek(0, os.SEEK_END)
-    identity = os.fstat(handle.fileno()).st_ino
-    while True:
-        chunk = handle.read()
-        if chunk:
-            yield chunk.decode("utf-8", "replace")
-            continue
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            stat = None
-        if stat is not None and (stat.st_ino != identity or stat.st_size < handle.tell()):
-            handle.close()
-            handle = path.open("rb")  # a new run's log, or trimmed: read it from its start
-            identity = os.fstat(handle.fileno()).st_ino
-            continue
-        time.sleep(poll_seconds)

@@ -9,10 +9,10 @@ from typing import Any
 import yaml
 
 from reconciler.api.meta import ResourceKey
+from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.status import ResourceStatus
 from reconciler.control.reconciler import Planned
 from reconciler.gateway.routes import RouteTable
-from reconciler.record.store import ResourceRecord
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

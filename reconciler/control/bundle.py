@@ -22,11 +22,11 @@ from typing import Any
 
 import yaml
 
+from reconciler.base.atomic import UnsafeFile, read_regular, write_atomic
+from reconciler.base.lock import FOLDER_LOCK
 from reconciler.control.gitops import applied_revision
-from reconciler.control.lock import FOLDER_LOCK
 from reconciler.load.desired import read_folder
 from reconciler.load.yaml_source import MAX_FILE_BYTES
-from reconciler.record.atomic import UnsafeFile, read_regular, write_atomic
 from reconciler.record.evidence import HOST_EVIDENCE_FILE, chain_files, chain_of
 from reconciler.record.recorder import DECISIONS, HOST_PROFILE_FILE, STATUS, sibling
 from reconciler.record.verify import all_chains

@@ -27,14 +27,14 @@ from pathlib import Path
 import yaml
 
 from reconciler.api.meta import DNS_1123_LABEL, ResourceKey
+from reconciler.base.atomic import write_atomic
+from reconciler.base.lock import Busy, exclusive
 from reconciler.control.gitops import GITOPS
-from reconciler.control.lock import Busy, exclusive
 from reconciler.drive.cgroups import Cgroups
 from reconciler.drive.process import ProcessDriver
 from reconciler.load.desired import load_desired
 from reconciler.observe.processes import ProcessState
 from reconciler.record.approvals import ApprovalStore
-from reconciler.record.atomic import write_atomic
 from reconciler.record.evidence import (
     HOST_EVIDENCE_FILE, EvidenceLog, read_records, rewrite_chain, split_replaced, verify_chain,
 )

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import click
 
-from reconciler import cli_git
 from reconciler.api.meta import ResourceKey
-from reconciler.control.lock import FOLDER_LOCK, STATE_LOCK, Busy, exclusive, holder
+from reconciler.base.lock import FOLDER_LOCK, STATE_LOCK, Busy, exclusive, holder
+from reconciler.cli import git as cli_git
 from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
 
 EXIT_IN_SYNC, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from reconciler.cli_common import default_state_dir, path_argument, state_option
+from reconciler.cli.common import default_state_dir, path_argument, state_option
 
 from reconciler.api.kinds import Model
 from reconciler.api.launch import LaunchSpec

@@ -11,11 +11,11 @@ from typing import Any
 
 import click
 
-from reconciler import cli_git
+from reconciler.cli import git as cli_git
 from reconciler.api.approval import Answer, Approval
 from reconciler.api.kinds import Workload
 from reconciler.api.meta import ResourceKey
-from reconciler.cli_common import key_of, located, path_argument, readable_folder, state_option, who
+from reconciler.cli.common import key_of, located, path_argument, readable_folder, state_option, who
 from reconciler.load.desired import DesiredEntry, load_desired
 from reconciler.record.approvals import ApprovalStore
 from reconciler.record.store import StateStore

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from reconciler.api.host import ContainerEngineProfile, CpuProfile, DiskProfile, GpusProfile, HostProfile, MemoryProfile, OsProfile
+from reconciler.base.sizes import gib
 
-GIB = 1024**3
 UNKNOWN = "unknown"
 
 Rows = list[tuple[str, str]]
@@ -26,7 +26,7 @@ def host_table(profile: HostProfile) -> str:
 
 
 def _gib(amount: int | None) -> str:
-    return UNKNOWN if amount is None else f"{amount / GIB:.1f} GiB"
+    return UNKNOWN if amount is None else gib(amount)
 
 
 def _cpu(cpu: CpuProfile) -> Rows:

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import click
 
-from reconciler import cli_git
 from reconciler.api.meta import ResourceKey
 from reconciler.api.schemas import crds
-from reconciler.cli_common import (EXIT_ERROR, EXIT_IN_SYNC, key_of, located, path_argument, readable_folder, state_option,
+from reconciler.cli import git as cli_git
+from reconciler.cli.common import (EXIT_ERROR, EXIT_IN_SYNC, key_of, located, path_argument, readable_folder, state_option,
                                    who)
+from reconciler.control.bundle import write_bundle
+from reconciler.control.forget import FORGETTABLE_KINDS, Refused, forget as forget_resource
 from reconciler.export.kubernetes import kubernetes_manifests, render_yaml
 from reconciler.load.desired import load_desired
-from reconciler.record.bundle import write_bundle
 from reconciler.record.evidence import verify_chain
-from reconciler.record.forget import FORGETTABLE_KINDS, Refused, forget as forget_resource
 from reconciler.record.verify import all_chains, verify_report
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from reconciler.record.atomic import UnsafeFile, open_regular, read_regular
+from reconciler.base.atomic import UnsafeFile, open_regular, read_regular
 
 FOLDER_LOCK = ".reconciler.lock"
 STATE_LOCK = "lock"
