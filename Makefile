@@ -59,5 +59,13 @@ bench: $(VENV)/.installed-bench
 schemas: $(VENV)/.installed
 	$(BIN)/reconciler schemas
 
+# The documentation site (mkdocs.yml: strict, a broken link is an error) on http://127.0.0.1:8000, rebuilt on each save.
+$(VENV)/.installed-docs: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.installed-docs
+	$(BIN)/mkdocs serve
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -145,6 +145,15 @@ def nested_models(annotation: Any, suffix: str = "") -> list[tuple[type[BaseMode
     return [found for arg in args for found in nested_models(arg, suffix)]
 
 
+def test_the_site_builds_in_strict_mode(tmp_path: Path) -> None:
+    """mkdocs.yml is strict: a broken link or anchor, or a page left out of the navigation, fails the build."""
+    pytest.importorskip("mkdocs")
+    built = subprocess.run([PYTHON, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
+    assert (tmp_path / "site" / "reference" / "kinds" / "index.html").is_file()
+
+
 def test_schemas_command_checks_and_writes_the_reference(tmp_path: Path) -> None:
     crds, docs = tmp_path / "crds", tmp_path / "reference"
     command = [PYTHON, "-m", "reconciler", "schemas", "--out", str(crds), "--docs", str(docs)]
