@@ -121,6 +121,14 @@ def test_kinds_reference_names_every_field_of_every_kind() -> None:
     assert missing == []
 
 
+def test_every_field_in_the_reference_is_described() -> None:
+    """A field without a description (Field(description=...) or its type's docstring) is a row a newcomer cannot
+    use; `kind` says itself in the allowed column."""
+    rows = [line for line in render_reference()[REFERENCE_FILE].splitlines() if line.startswith("| `")]
+    bare = [row.split(" | ")[0].strip("| `") for row in rows if row.endswith(" |  |") and not row.startswith("| `kind`")]
+    assert bare == [], f"fields without a description: {bare}"
+
+
 def field_paths(model: type[BaseModel], prefix: str = "", seen: tuple[type, ...] = ()) -> list[str]:
     """Every field's dotted path, walked from the pydantic classes themselves (not from the JSON Schema the
     reference is rendered from)."""
