@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run apply plan status down test faults bench schemas clean
+.PHONY: run apply plan status down test faults bench schemas docs clean
 
 $(BIN)/pip:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,10 @@ status: $(VENV)/.installed
 down: $(VENV)/.installed
 	$(BIN)/reconciler down desired-state
 
+# The Debian packages the suite runs for real (docker.io, busybox-static, git, openssh-client, faketime) are
+# installed when missing: as root, else through sudo (.ci/debian-packages).
 test: $(VENV)/.installed-test
+	.ci/debian-packages
 	$(BIN)/pytest
 
 # The fault suite at full counts (50 daemon kills, a 60 s freeze, 500 specs, 10,000 fuzzed documents per
@@ -55,6 +58,14 @@ bench: $(VENV)/.installed-bench
 
 schemas: $(VENV)/.installed
 	$(BIN)/reconciler schemas
+
+# The documentation site (mkdocs.yml: strict, a broken link is an error) on http://127.0.0.1:8000, rebuilt on each save.
+$(VENV)/.installed-docs: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.installed-docs
+	$(BIN)/mkdocs serve
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -66,7 +66,7 @@ def run(scenario: Scenario, log: Callable[[str], None] = print) -> Result:
 
 
 def write(results: list[Result], directory: Path) -> str:
-    """results.json (every sample) and results.md (the README's table); returns the table."""
+    """results.json (every sample) and results.md (docs/performance.md's table); returns the table."""
     rows = [{**asdict(result), **result.summary} for result in results]
     (directory / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = ["| scenario | reconciler median / p99 | peer | peer median / p99 | ratio | target |", "|---|---|---|---|---|---|"]

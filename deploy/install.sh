@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install (or upgrade) the reconciler as the systemd service localaistack-reconciler
-# (README, "Running it as a service"). Idempotent: run it again after `git pull` to upgrade; the env
+# (docs/guides/service.md). Idempotent: run it again after `git pull` to upgrade; the env
 # file and the desired-state folder are never overwritten, and a running service is restarted, which
 # leaves its workloads running (KillMode=process).
 #
@@ -67,13 +67,14 @@ cp -r -- "$repo/pyproject.toml" "$repo/README.md" "$repo/reconciler" "$build/"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall $pip_args "$build"
 "$venv/bin/reconciler" --help >/dev/null || die "the installed reconciler does not run"
 
-# 3. The unit (ours: replaced on every install; local changes belong in drop-ins), the README it
+# 3. The unit (ours: replaced on every install; local changes belong in drop-ins), the README and docs it
 #    points to, and the shipped env file beside the venv for comparison.
 install -d -m 0755 -- "$unit_dir" "$root$prefix"
 sed "s#$DEFAULT_PREFIX/#$prefix/#g" "$repo/deploy/reconciler.service" >"$unit_dir/$UNIT.tmp"
 chmod 0644 -- "$unit_dir/$UNIT.tmp"
 mv -f -- "$unit_dir/$UNIT.tmp" "$unit_dir/$UNIT"
 install -m 0644 -- "$repo/README.md" "$root$prefix/README.md"
+rm -rf -- "$root$prefix/docs" && cp -r -- "$repo/docs" "$root$prefix/docs" && chmod -R u=rwX,go=rX -- "$root$prefix/docs"
 install -m 0644 -- "$repo/deploy/reconciler.env" "$root$prefix/reconciler.env"
 
 # 4. The env file (the user's once installed) and the default desired-state folder.

@@ -72,6 +72,7 @@ if [ "$systemd_runs" = yes ]; then
 fi
 rm -rf -- "$venv"
 rm -f -- "$root$prefix/README.md" "$root$prefix/reconciler.env"
+rm -rf -- "$root$prefix/docs"
 rmdir -- "$root$prefix" 2>/dev/null || true  # only when nothing else was put there
 
 # 3. --purge: the configuration and the reconciler's memory, never the user's specs.

@@ -315,7 +315,8 @@ def test_install_into_a_root_then_uninstall_keeps_the_configuration(tmp_path: Pa
     assert one(read_unit(unit_file.read_text()), "ExecStart").startswith(f"{prefix}/venv/bin/reconciler run ")  # type: ignore[union-attr]
     assert (etc / "env").read_text() == (DEPLOY / "reconciler.env").read_text()
     assert (etc / "desired-state").is_dir() and not any((etc / "desired-state").iterdir())
-    assert (root / prefix.lstrip("/") / "README.md").is_file(), "the unit's Documentation="
+    for page in ("README.md", "docs/guides/service.md"):
+        assert (root / prefix.lstrip("/") / page).is_file(), "the unit's Documentation="
     # the venv runs the installed copy, not this checkout
     where = subprocess.run([str(venv / "bin/python"), "-c", "import reconciler.control.systemd as m; print(m.__file__)"],
                            capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip()

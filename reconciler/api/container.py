@@ -41,10 +41,10 @@ class PullPolicy(str, Enum):
 class PortMapping(Spec):
     """A container port published on the host: on loopback unless hostIP says (and the policy allows) otherwise."""
 
-    container_port: Port
+    container_port: Port = Field(description="The port inside the container.")
     host_port: Port | None = Field(None, description="Default: the container port.")
     host_ip: str = Field(LOOPBACK, alias="hostIP", description="The host address it is published on.")
-    protocol: Literal["tcp", "udp"] = "tcp"
+    protocol: Literal["tcp", "udp"] = Field("tcp", description="tcp, or udp.")
 
     @field_validator("host_ip")
     @classmethod
@@ -68,7 +68,8 @@ class ContainerSecurity(Spec):
     capabilities: list[str] = Field(
         default_factory=list, description="Capabilities added back after all are dropped (e.g. NET_BIND_SERVICE)."
     )
-    read_only_root_filesystem: bool = True
+    read_only_root_filesystem: bool = Field(
+        True, description="A tmpfs /tmp is always there; false needs the Policy's containers.writableRootFilesystem.")
     user: str | None = Field(
         None, pattern=r"^[0-9]+(:[0-9]+)?$",
         description="uid[:gid], numeric: a name could be root under another name in the image's /etc/passwd, and a "

@@ -104,7 +104,7 @@ class Fallback(Spec):
 class HostedProvider(Spec):
     """One provider workloads may fall back to, where, through which URLs, with what, and on whose say-so."""
 
-    name: str = Field(pattern=DNS_1123_LABEL, max_length=63)
+    name: str = Field(pattern=DNS_1123_LABEL, max_length=63, description="What a Workload's fallback.provider names.")
     regions: list[str] = Field(min_length=1, description="Regions allowed ('*': any).")
     base_urls: list[str] = Field(
         default_factory=list, description="Allowed base URL prefixes, whole path segments; empty: any https:// URL.",
@@ -139,7 +139,7 @@ class HostedProvider(Spec):
 class HostedPolicy(Spec):
     """Which hosted providers workloads may fall back to. Default: none, so nothing leaves this host."""
 
-    providers: list[HostedProvider] = Field(default_factory=list)
+    providers: list[HostedProvider] = Field(default_factory=list, description="None by default: no hosted fallback.")
 
     @field_validator("providers")
     @classmethod

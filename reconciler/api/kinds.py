@@ -18,6 +18,8 @@ __all__ = ["ContainerPolicy", "Engine", "Policy", "PolicySpec", "RestartPolicy",
 
 
 class ModelFormat(str, Enum):
+    """gguf: its footprint is read from the file's header; safetensors: a variant needs a declared size."""
+
     gguf = "gguf"
     safetensors = "safetensors"
 
@@ -26,13 +28,16 @@ _REMOTE = ("https://", "http://", "file://")
 
 
 class VariantNeeds(Spec):
+    """What this host must have for the variant to be chosen."""
+
     engine: Engine | None = Field(None, description="The engine that can serve it (e.g. vllm for awq).")
     gpu_memory: ByteQuantity | None = Field(None, description="Memory each assigned GPU must have.")
     cpu_flags: list[str] = Field(default_factory=list, description="CPU flags it needs (e.g. avx512f).")
 
 
 class ModelVariant(Spec):
-    name: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      description="Named in the status message, plan and evidence.")
     source: str = Field(min_length=1, description="A local path, file:// or https:// URL.")
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="Required for a URL: what is verified.")
     size: ByteQuantity | None = Field(None, description="Bytes on disk, when no GGUF header says so.")
@@ -64,10 +69,14 @@ ModelAlias = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$
 
 
 class ModelSpec(Spec):
+    """A model file: a local path, or file:// and https:// sources pinned by sha256, optionally as variants fitted
+    to this host before anything is fetched."""
+
     source: str | None = Field(None, min_length=1, description="A local path (absolute, or relative to the spec "
                                                                 "file), or a file:// or https:// URL (needs sha256).")
     format: ModelFormat = ModelFormat.gguf
-    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="Required for a URL: only these bytes "
+                               "are accepted; a local file's digest is checked whenever the file changes.")
     size: ByteQuantity | None = None
     variants: list[ModelVariant] = Field(
         default_factory=list, description="Alternatives in order of preference: the first that fits this host is used.")

@@ -23,20 +23,24 @@ class Spec(BaseModel):
 
 
 class ObjectMeta(Spec):
+    """Kubernetes-style metadata; `name` is unique per kind."""
+
     name: str = Field(
         min_length=1,
         max_length=63,
         pattern=DNS_1123_LABEL,
         description="A DNS-1123 label: lower-case letters, digits and '-', starting and ending alphanumeric.",
     )
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict, description="Kubernetes-style labels, kept with the resource.")
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description="localaistack.dev/prune: disabled keeps a workload running after its spec is removed.")
 
 
 class Resource(Spec):
     """One desired object. Subclasses pin `kind` and type `spec`."""
 
-    api_version: str = Field(API_VERSION, pattern=f"^{GROUP}/{VERSION}$")
+    api_version: str = Field(API_VERSION, pattern=f"^{GROUP}/{VERSION}$", description="The API group and version.")
     kind: str
     metadata: ObjectMeta
 

@@ -22,6 +22,8 @@ def absolute_paths(roots: list[str], what: str) -> list[str]:
 
 
 class PolicyMode(str, Enum):
+    """enforce: refuse what the rules do not allow; audit: apply every change, record what enforce would refuse."""
+
     enforce = "enforce"
     audit = "audit"  # apply every change, record what enforce would have refused: for trying a policy out
 
@@ -42,7 +44,10 @@ class LoaderVariable(Spec):
 
 
 class NativePolicy(Spec):
-    trusted_executables: list[TrustedExecutable] = Field(default_factory=list)
+    """What native workloads may run. Default: nothing is trusted."""
+
+    trusted_executables: list[TrustedExecutable] = Field(
+        default_factory=list, description="Programs a native workload's command[0] may be, by name or path.")
     loader_environment: list[LoaderVariable] = Field(
         default_factory=list,
         description="Variables a spec's env may set that make a trusted program load other code (the dynamic "
@@ -75,6 +80,8 @@ class ExposedAddress(Spec):
 
 
 class NetworkPolicy(Spec):
+    """Where servers may listen. Default: loopback only."""
+
     exposed: list[ExposedAddress] = Field(
         default_factory=list,
         description="Where servers (engine binds, published container ports) may listen beyond loopback.",
@@ -105,7 +112,7 @@ class ContainerPolicy(Spec):
     host_network: bool = Field(False, description="Whether a container may share the host's network namespace.")
     writable_volumes: bool = Field(False, description="Whether a volume may be mounted writable (readOnly: false).")
     capabilities: list[str] = Field(default_factory=list, description="Capabilities a spec may add back.")
-    writable_root_filesystem: bool = False
+    writable_root_filesystem: bool = Field(False, description="Whether a container's root filesystem may be writable.")
     root: bool = Field(False, description="Whether a spec may run a container as root.")
     volume_roots: list[str] = Field(
         default_factory=list, description="Host folders (absolute) under which volume sources may lie."
@@ -123,6 +130,8 @@ class ContainerPolicy(Spec):
 
 
 class ResourcePolicy(Spec):
+    """Memory and GPUs: how much the workloads together may commit."""
+
     memory_reserve: float = Field(
         0.1, ge=0, lt=1,
         description="Share of host RAM kept for the system: workloads' memory limits and model footprints "
@@ -142,6 +151,8 @@ class ApprovalKind(str, Enum):
 
 
 class ApprovalPolicy(Spec):
+    """Which starts wait for a person's answer. Default: none."""
+
     required: list[ApprovalKind] = Field(
         default_factory=list,
         description="Changes that wait for `reconciler approve NAME` (each approval covers one exact spec).",
@@ -149,6 +160,8 @@ class ApprovalPolicy(Spec):
 
 
 class ModelPolicy(Spec):
+    """Where model files may be read from and fetched from."""
+
     roots: list[str] = Field(
         default_factory=list,
         description="Host folders (absolute) local model files may be read from, besides the desired-state folder; "
@@ -188,6 +201,9 @@ class ModelPolicy(Spec):
 
 
 class PolicySpec(Spec):
+    """The rules every start and restart passes, and what runs is judged against on every pass. At most one Policy
+    per host; without one the built-in default applies (nothing native trusted, no image, loopback only)."""
+
     mode: PolicyMode = PolicyMode.enforce
     native: NativePolicy = Field(default_factory=NativePolicy)
     network: NetworkPolicy = Field(default_factory=NetworkPolicy)

@@ -1,4 +1,5 @@
-"""JSON Schemas (for editors) and CustomResourceDefinitions (for Kubernetes), generated from the pydantic models."""
+"""JSON Schemas (for editors) and CustomResourceDefinitions (for Kubernetes), generated from the pydantic models;
+and how any generated folder (these, docs/reference) is kept up to date and checked for staleness."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import yaml
 
 from reconciler.api.kinds import KINDS
 from reconciler.api.meta import API_VERSION, GROUP, VERSION, Resource
+from reconciler.base.atomic import write_atomic
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 CRD_HEADER = "# Generated from the pydantic models by 'reconciler schemas'; do not edit.\n"
-_GENERATED_GLOBS = ("*.schema.json", f"{GROUP}_*.yaml")
+SCHEMA_GLOBS = ("*.schema.json", f"{GROUP}_*.yaml")
 
 Schema = dict[str, Any]
 
@@ -128,32 +130,38 @@ def render_schemas() -> dict[str, str]:
     return files
 
 
-def _generated_files(directory: Path) -> dict[str, Path]:
-    return {path.name: path for pattern in _GENERATED_GLOBS for path in directory.glob(pattern)}
+def _generated_files(directory: Path, globs: tuple[str, ...]) -> dict[str, Path]:
+    return {path.name: path for pattern in globs for path in directory.glob(pattern)}
 
 
-def write_schemas(directory: Path) -> list[Path]:
+def write_generated(directory: Path, rendered: dict[str, str], globs: tuple[str, ...]) -> list[Path]:
     """Bring `directory` up to date: write changed files, delete stale generated ones; returns what was written."""
-    rendered = render_schemas()
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for name, text in rendered.items():
         path = directory / name
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            path.write_text(text, encoding="utf-8")
+            write_atomic(path, text)
             written.append(path)
-    for name, path in _generated_files(directory).items():
+    for name, path in _generated_files(directory, globs).items():
         if name not in rendered:
             path.unlink()
     return written
 
 
-def stale_schemas(directory: Path) -> list[str]:
-    """Names of generated files that are missing, differ from render_schemas(), or are no longer rendered."""
-    rendered = render_schemas()
-    on_disk = _generated_files(directory)
+def stale_generated(directory: Path, rendered: dict[str, str], globs: tuple[str, ...]) -> list[str]:
+    """Names of generated files that are missing, differ from `rendered`, or are no longer rendered."""
+    on_disk = _generated_files(directory, globs)
     return sorted(
         name
         for name in rendered.keys() | on_disk.keys()
         if name not in rendered or name not in on_disk or on_disk[name].read_text(encoding="utf-8") != rendered[name]
     )
+
+
+def write_schemas(directory: Path) -> list[Path]:
+    return write_generated(directory, render_schemas(), SCHEMA_GLOBS)
+
+
+def stale_schemas(directory: Path) -> list[str]:
+    return stale_generated(directory, render_schemas(), SCHEMA_GLOBS)

@@ -18,11 +18,16 @@ from reconciler.api.quantity import ByteQuantity
 
 
 class Runtime(str, Enum):
+    """native: a process on this host; container: an image run through the Docker Engine API."""
+
     native = "native"
     container = "container"
 
 
 class Engine(str, Enum):
+    """process: an arbitrary command; llama.cpp, vllm: servers rendered from the spec for a Model; gateway: the
+    reconciler's OpenAI-compatible endpoint for every Model."""
+
     process = "process"
     llama_cpp = "llama.cpp"
     vllm = "vllm"
@@ -30,14 +35,19 @@ class Engine(str, Enum):
 
 
 class RestartPolicy(str, Enum):
+    """When an exited process is started again: Always; OnFailure (after a known failure; an unknown exit code is
+    not one); Never."""
+
     always = "Always"
     on_failure = "OnFailure"
     never = "Never"
 
 
 class Backoff(Spec):
-    initial_seconds: float = Field(1.0, gt=0, le=3600)
-    max_seconds: float = Field(300.0, gt=0, le=86400)
+    """Exponential back-off between restarts: initialSeconds * 2^(n-1), capped at maxSeconds."""
+
+    initial_seconds: float = Field(1.0, gt=0, le=3600, description="The wait before the first restart.")
+    max_seconds: float = Field(300.0, gt=0, le=86400, description="The longest wait.")
     reset_after_seconds: float = Field(
         600.0, gt=0, description="A process that ran this long before exiting starts its back-off afresh."
     )
@@ -50,6 +60,8 @@ class Backoff(Spec):
 
 
 class Restart(Spec):
+    """Whether and when an exited process is started again; a failed start backs off the same way."""
+
     policy: RestartPolicy = RestartPolicy.always
     backoff: Backoff = Field(default_factory=Backoff)
 
@@ -78,7 +90,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 class GpuRequest(Spec):
     """GPU access is explicit: none unless asked for, by count or by index."""
 
-    count: int = Field(0, ge=0, le=64)
+    count: int = Field(0, ge=0, le=64, description="How many GPUs; assigned exclusively unless shared.")
     indices: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="Exactly these GPUs (NVML indices).")
     min_memory: ByteQuantity | None = Field(None, description="Each assigned GPU must have at least this much memory.")
     shareable: bool = Field(
@@ -102,6 +114,8 @@ class GpuRequest(Spec):
 
 
 class Resources(Spec):
+    """Limits for the whole process tree, and GPUs."""
+
     memory: ByteQuantity | None = Field(
         None, description="Memory limit for the workload's processes (a cgroup where possible, else RLIMIT_DATA; a container: its engine cgroup)."
     )
@@ -110,27 +124,37 @@ class Resources(Spec):
 
 
 class HttpCheck(Spec):
-    path: str = Field("/health", pattern=r"^/")
+    """Healthy when GET path answers expectStatus."""
+
+    path: str = Field("/health", pattern=r"^/", description="The path requested.")
     port: Port | None = Field(None, description="Default: spec.port.")
-    expect_status: int = Field(200, ge=100, le=599)
+    expect_status: int = Field(200, ge=100, le=599, description="The status a healthy answer has.")
 
 
 class TcpCheck(Spec):
+    """Healthy when a TCP connection to the port opens."""
+
     port: Port | None = Field(None, description="Default: spec.port.")
 
 
 class ExecCheck(Spec):
+    """Healthy when the command exits 0 (run inside the container for a container workload)."""
+
     command: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, description="Exit 0 means healthy; no shell.")
 
 
 class HealthCheck(Spec):
+    """Exactly one of http, tcp or exec. A workload with a check is Ready only while its last check passed."""
+
     http: HttpCheck | None = None
     tcp: TcpCheck | None = None
     exec: ExecCheck | None = None
-    initial_delay_seconds: float = Field(0.0, ge=0)
-    period_seconds: float = Field(5.0, gt=0, le=3600)
-    timeout_seconds: float = Field(2.0, gt=0, le=600)
-    failure_threshold: int = Field(3, ge=1, le=100)
+    initial_delay_seconds: float = Field(0.0, ge=0, description="No check before this many seconds after a start.")
+    period_seconds: float = Field(5.0, gt=0, le=3600, description="Seconds between checks.")
+    timeout_seconds: float = Field(2.0, gt=0, le=600, description="A check that takes longer fails.")
+    failure_threshold: int = Field(
+        3, ge=1, le=100,
+        description="Failures in a row, once healthy, that stop the process (its restart policy decides what next).")
     startup_seconds: float = Field(
         300.0, gt=0, description="How long a start may take to pass its first check (model loads are slow)."
     )
@@ -144,6 +168,8 @@ class HealthCheck(Spec):
 
 
 class LlamaCppOptions(Spec):
+    """Options of engine llama.cpp, rendered as llama-server's or llama-cpp-python's flags."""
+
     context_size: int | None = Field(None, ge=16, description="--ctx-size")
     gpu_layers: int | None = Field(None, ge=0, description="--n-gpu-layers")
     threads: int | None = Field(None, ge=1, description="--threads and --threads-batch")
@@ -167,11 +193,13 @@ _OPTION_VALUE = r"^[^-]"
 
 
 class VllmOptions(Spec):
+    """Options of engine vllm, rendered as its flags."""
+
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="Default: the share of the GPU that resources.gpus.minMemory is, when shared.")
-    max_model_len: int | None = Field(None, ge=16)
-    dtype: str | None = Field(None, pattern=_OPTION_VALUE)
-    quantization: str | None = Field(None, pattern=_OPTION_VALUE)
+    max_model_len: int | None = Field(None, ge=16, description="--max-model-len")
+    dtype: str | None = Field(None, pattern=_OPTION_VALUE, description="--dtype")
+    quantization: str | None = Field(None, pattern=_OPTION_VALUE, description="--quantization")
     tensor_parallel_size: int | None = Field(None, ge=1, description="Default: the number of GPUs assigned.")
     tokenizer: str | None = Field(
         None, pattern=_OPTION_VALUE, description="The base model's tokenizer (a folder or Hugging Face id): required for GGUF.")
@@ -188,24 +216,32 @@ _BIND_VARIABLES = frozenset({"HOST", "PORT", "CONFIG_FILE", "LLAMA_ARG_HOST", "L
 
 
 class WorkloadSpec(Spec):
+    """Something that runs, natively (a process, llama.cpp, vLLM, the gateway) or in a container."""
+
     runtime: Runtime = Runtime.native
     engine: Engine = Engine.process
     command: list[Executable] | None = Field(
         None, min_length=1, description="engine process: executable and first arguments; never run through a shell."
     )
     args: list[str] = Field(default_factory=list, description="Extra arguments, appended to what the engine renders.")
-    env: dict[EnvName, str] = Field(default_factory=dict)
-    working_dir: str | None = None
+    env: dict[EnvName, str] = Field(
+        default_factory=dict,
+        description="The process's environment; a variable that makes a program load other code (LD_*, PYTHONPATH, "
+                    "...) needs the Policy's native.loaderEnvironment.")
+    working_dir: str | None = Field(
+        None, description="Relative to the spec file's folder; default: a private folder in the state directory.")
     model: str | None = Field(None, description="The Model resource an AI engine serves.")
     host: str = Field("127.0.0.1", min_length=1, description="Bind address of an AI engine (loopback by default).")
-    port: Port | None = None
+    port: Port | None = Field(
+        None, description="The port it serves on: an engine's port, the default for health checks; unique per address.")
     llama_cpp: LlamaCppOptions | None = None
     vllm: VllmOptions | None = None
     health: HealthCheck | None = None
     resources: Resources = Field(default_factory=Resources)
     restart: Restart = Field(default_factory=Restart)
     update: UpdateStrategy = Field(default_factory=UpdateStrategy)
-    termination_grace_period_seconds: float = Field(10.0, ge=0, le=3600)
+    termination_grace_period_seconds: float = Field(
+        10.0, ge=0, le=3600, description="SIGTERM to the process group, then SIGKILL after this many seconds.")
     image: str | None = Field(None, description="runtime container: the image, best pinned as name@sha256:<digest>.")
     image_pull_policy: PullPolicy = Field(
         PullPolicy.if_not_present, description="IfNotPresent pulls a missing image (if the policy allows pulls)."

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from reconciler.api.schemas import stale_schemas, write_schemas
+from reconciler.api.reference import REFERENCE_FILE, render_reference
+from reconciler.api.schemas import SCHEMA_GLOBS, render_schemas, stale_generated, write_generated
 from reconciler.cli.common import (EXIT_CHANGES, EXIT_ERROR, EXIT_IN_SYNC, default_state_dir, locked, open_reconciler,
                                    path_argument, print_load_errors, readable_folder, state_option)
 from reconciler.cli.tables import dump, plan_rows, plan_table
@@ -152,13 +153,19 @@ def down(path: Path, state_dir: Path | None) -> None:
 
 @click.command()
 @click.option("--out", type=click.Path(path_type=Path), default="crds", show_default=True)
+@click.option("--docs", type=click.Path(path_type=Path), default=Path("docs/reference"), show_default=True,
+              help="Where the generated kinds reference (kinds.md) goes.")
 @click.option("--check", is_flag=True, help="Only report files that are stale; exit 1 if any.")
-def schemas(out: Path, check: bool) -> None:
-    """Regenerate the JSON Schemas and CRDs in crds/ from the pydantic models."""
+def schemas(out: Path, docs: Path, check: bool) -> None:
+    """Regenerate the JSON Schemas and CRDs in crds/ and the kinds reference in docs/reference/ from the pydantic
+    models."""
+    generated = ((out, render_schemas(), SCHEMA_GLOBS), (docs, render_reference(), (REFERENCE_FILE,)))
     if check:
-        stale = stale_schemas(out)
-        for name in stale:
-            click.echo(f"stale: {out / name}")
+        stale = [folder / name for folder, rendered, globs in generated
+                 for name in stale_generated(folder, rendered, globs)]
+        for path in stale:
+            click.echo(f"stale: {path}")
         sys.exit(EXIT_ERROR if stale else EXIT_IN_SYNC)
-    for written in write_schemas(out):
-        click.echo(f"wrote {written}")
+    for folder, rendered, globs in generated:
+        for written in write_generated(folder, rendered, globs):
+            click.echo(f"wrote {written}")

@@ -1,6 +1,6 @@
 """Prometheus metrics of the daemon: off unless `run --metrics-address` is given, and then on loopback only.
 
-The names are documented in the README; counters carry prometheus_client's `_total` suffix.
+The names are documented in docs/guides/metrics-and-logs.md; counters carry prometheus_client's `_total` suffix.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Which environment variables make a program load or run code other than the file the gate trusted, as the loaders'
-own documentation describes them (cited per group; the README's policy-gate section lists the sources). Pure data.
+own documentation describes them (cited per group; docs/concepts/gate.md lists the sources). Pure data.
 
 Trusted programs are not limited to names the Policy lists: a trusted python3 app takes its own settings through
 env (DATABASE_URL, MODEL_DIR, ...), so an allow-list would make every Policy list names wholesale and stop

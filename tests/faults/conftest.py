@@ -1,6 +1,6 @@
 """The fault suite's ledger: each fault test says how many times it injected its fault, how many runs ended as
 expected, and what it checked; the table is printed at the end of the session and, with RECONCILER_FAULTS_REPORT,
-written as Markdown (the README's reliability section shows the latest one).
+written as Markdown (docs/reliability.md shows the latest one).
 
 RECONCILER_FAULTS=long runs the full counts (`make faults`); the default is a shorter run inside `make test`."""
 
