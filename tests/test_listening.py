@@ -190,6 +190,21 @@ def test_a_server_seen_listening_beyond_loopback_is_stopped_and_stays_stopped(wo
     assert status["listening"] == [f"0.0.0.0:{port}/tcp"] and status["phase"] == "Running"
 
 
+def test_going_back_to_a_launch_seen_exposing_is_refused_while_the_fixed_one_keeps_serving(workspace: Workspace) -> None:
+    port = free_port()
+    workspace.write("web.yaml", http_server("web", "0.0.0.0", port))
+    workspace.start_daemon("--resync", "1")
+    wait_for(lambda: listening_condition(workspace, "ExposureObserved"), 30, what="the exposed server stopped")
+    workspace.write("web.yaml", http_server("web", "127.0.0.1", port))
+    wait_for(lambda: listening_condition(workspace, "AsDeclared"), 30, what="the fixed server running")
+    serving = workspace.pid("web.yaml", "web")
+    workspace.write("web.yaml", http_server("web", "0.0.0.0", port))  # back to the launch seen exposing
+    ready = wait_for(lambda: (found := workspace.condition("web.yaml", "web")) and "the update is denied" in found["message"]
+                     and found, 30, what="the update refused")
+    assert ready["status"] == "True" and ready["reason"] != "ExposureObserved", ready  # Ready is about what serves
+    assert "was seen listening" in ready["message"] and workspace.pid("web.yaml", "web") == serving
+
+
 def test_a_compliant_server_shows_its_sockets_and_keeps_running(workspace: Workspace) -> None:
     port = free_port()
     workspace.write("web.yaml", http_server("web", "127.0.0.1", port))

@@ -145,7 +145,7 @@ def _assess(record: ResourceRecord, outcome: PassOutcome, now: datetime) -> _Ass
         return _Assessment(True, decided.reason, decided.message, "Hosted")
     serving = observed.record.pid if observed is not None and observed.state is ProcessState.running \
         and observed.record is not None else None
-    if outcome.verdict is not None and refused_only_for_listening(outcome.verdict):
+    if serving is None and outcome.verdict is not None and refused_only_for_listening(outcome.verdict):
         return _Assessment(False, EXPOSURE_OBSERVED, "; ".join(str(r) for r in outcome.verdict.reasons), "Denied")
     if outcome.verdict is not None and not outcome.verdict.approved:
         pending = outcome.verdict.decision is Decision.needs_approval
@@ -166,8 +166,8 @@ def _assess(record: ResourceRecord, outcome: PassOutcome, now: datetime) -> _Ass
         return _Assessment(False, action.blocked.reason, action.blocked.message, "Blocked")
     if observed is not None and observed.state is ProcessState.exited and observed.exit is not None:
         stopped = record.last_failure if record.last_failure and record.last_failure.pid == observed.exit.pid else None
-        if stopped is not None and stopped.reason == POLICY_DENIED:  # refused, not failed: no update failure either
-            return _Assessment(False, "PolicyDenied", stopped.message, "Denied")
+        if stopped is not None and stopped.reason in REFUSED_WHILE_RUNNING:  # refused, not failed: no update failure
+            return _Assessment(False, stopped.reason, stopped.message, "Denied")
         if stopped is not None:  # we stopped it for failing its checks
             return _Assessment(False, stopped.reason, action.cause, "BackOff" if record.next_retry_at else "Failed")
         return _exited(observed.exit, action)
