@@ -22,8 +22,9 @@ def preflight(spec: WorkloadSpec, model: Model | None, presence: ModelPresence |
         return Blocked("ModelMissing", f"Model/{model.name}: {presence.path}: no such file or folder: "
                                        f"put the model there, or fix the Model's spec.source")
     if spec.engine is Engine.llama_cpp and (model.spec.format is not ModelFormat.gguf or presence.magic != GGUF_MAGIC):
-        return Blocked("InvalidModel", f"Model/{model.name}: {presence.path} is not a GGUF file (it starts with "
-                                       f"{presence.magic!r}): llama.cpp reads GGUF; convert it, or serve it with engine vllm")
+        return Blocked("InvalidModel", f"Model/{model.name}: {presence.path} is not a GGUF file (no GGUF magic at its start; "
+                                       "its bytes are not quoted: it may be any file): llama.cpp reads GGUF; convert "
+                                       "it, or serve it with engine vllm")
     if spec.engine is Engine.vllm and model.spec.format is ModelFormat.gguf and not (spec.vllm and spec.vllm.tokenizer):
         return Blocked("TokenizerRequired", f"Model/{model.name} is GGUF: vLLM needs the base model's tokenizer (set "
                                             "vllm.tokenizer to its folder or Hugging Face id; converting GGUF's own is "

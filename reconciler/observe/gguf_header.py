@@ -77,7 +77,8 @@ def parse_gguf_header(data: bytes, *, max_bytes: int = MAX_HEADER) -> GgufFacts:
     GgufUnreadable when it is newer than this reader; never another exception."""
     start = bytes(data[:len(_MAGIC)])
     if start != _MAGIC[:len(start)]:
-        raise GgufMalformed(f"not a GGUF file: it starts with {_show(data[:8])}")
+        # its bytes are never quoted: a status file is world-readable, and the file may be any file (/etc/shadow)
+        raise GgufMalformed("not a GGUF file: no GGUF magic at its start")
     cursor = _Cursor(memoryview(data), "<", max_bytes)
     cursor.skip(len(_MAGIC))
     version = cursor.number("I")
@@ -305,7 +306,3 @@ def _quoted(text: str) -> str:
     """A name from the file, fit for a status line: short, its control characters escaped."""
     return repr(text if len(text) <= 40 else text[:40] + "…")
 
-
-def _show(start: bytes) -> str:
-    printable = "".join(chr(byte) if 32 <= byte < 127 else "." for byte in start)
-    return f"{start.hex(' ')} ({printable!r})"
