@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from reconciler.diff.gpus import assign_gpus
 from reconciler.diff.health import next_probe_in, note_probe, probe_due, unhealthy_cause
 from reconciler.diff.preflight import preflight
 from reconciler.drive.cgroups import Cgroups
-from reconciler.diff.engines import Blocked, EngineCommand, engine_check, engine_command, engine_endpoint
+from reconciler.diff.engines import (GATEWAY_PROGRAM, Blocked, EngineCommand, engine_check, engine_command,
+                                     engine_endpoint)
 from reconciler.observe.host import EngineFacts
 from reconciler.api.launch import render_launch
 from reconciler.observe.gpus import Gpu, GpuInventory
@@ -201,6 +203,15 @@ class TestVllm:
 
     def test_ipv6_endpoint(self) -> None:
         assert engine_endpoint(vllm(host="fe80::1")) == "http://[fe80::1]:8000/v1"
+
+
+class TestGateway:
+    def test_runs_the_reconcilers_own_server_with_a_safe_import_path_and_its_routes_file(self) -> None:
+        """-P -s as for llama-cpp-python: a module planted in workingDir, or in the user site-packages of a HOME,
+        is never imported in place of the gateway's own code."""
+        command = rendered(engine_command(spec(engine="gateway", port=8090), None, EngineFacts(), None, "/state/routes.json"))
+        assert command.command == (sys.executable, "-P", "-s", GATEWAY_PROGRAM)
+        assert command.args == ("--host", "127.0.0.1", "--port", "8090", "--routes", "/state/routes.json")
 
 
 class TestProcessEngine:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from reconciler.base.atomic import UnsafeFile, open_regular, read_regular
+from reconciler.base.atomic import UnsafeFile, open_regular
 
 FOLDER_LOCK = ".reconciler.lock"
 STATE_LOCK = "lock"
@@ -40,10 +40,15 @@ def holder(lock_file: Path) -> Holder | None:
     the process its holder wrote in, while that process lives and is older than what it wrote. Raises OSError
     when that cannot be told (a lock file another account keeps to itself)."""
     try:
-        # read without following a link and never blocking on a FIFO planted as the lock
-        written, stat = read_regular(lock_file).decode(errors="replace"), lock_file.lstat()
+        # without following a link, never blocking on a FIFO, and only as much as a holder writes (the folder's
+        # writer may plant a huge file there)
+        fd = open_regular(lock_file, os.O_RDONLY)
     except FileNotFoundError:
         return None
+    try:
+        written, stat = os.read(fd, 4096).decode(errors="replace"), os.fstat(fd)
+    finally:
+        os.close(fd)
     found = _HOLDER.fullmatch(written.strip())
     if found is None:
         return None

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from reconciler.api.meta import DNS_1123_LABEL, ResourceKey
-from reconciler.base.atomic import write_atomic
+from reconciler.base.atomic import read_regular, write_atomic
 from reconciler.base.lock import Busy, exclusive
 from reconciler.control.gitops import GITOPS
 from reconciler.drive.cgroups import Cgroups
@@ -189,7 +189,7 @@ def _status_report(status: Path) -> tuple[dict[str, object], list[object]]:
     """A status file and its `resources`; one that cannot be read or parsed is taken as reporting everything (it
     is a copy the daemon never reads again; one that cannot be removed either is listed as such)."""
     try:
-        report = yaml.safe_load(status.read_bytes()) or {}
+        report = yaml.safe_load(read_regular(status)) or {}  # a link committed to the branch is not followed
     except (OSError, yaml.YAMLError):
         return {}, [None]
     entries = report.get("resources", []) if isinstance(report, dict) else None

@@ -91,7 +91,7 @@ def engine_command(
     listen = ["--host", spec.host, "--port", str(spec.port)]
     if spec.engine is Engine.gateway:
         assert routes_file is not None
-        return EngineCommand((sys.executable, "-P", GATEWAY_PROGRAM), (*listen, "--routes", routes_file, *spec.args))
+        return EngineCommand((sys.executable, *SAFE_PYTHON, GATEWAY_PROGRAM), (*listen, "--routes", routes_file, *spec.args))
     assert model_path is not None and spec.model is not None
     if spec.engine is Engine.vllm:
         return _vllm(spec, model_path, facts, listen, gpu_share)

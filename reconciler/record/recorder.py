@@ -150,8 +150,9 @@ class Recorder:
         with self._lock:
             statuses = sorted(self._statuses.get(spec_file, {}).values(), key=lambda s: (s.kind, s.name))
             errors = self._file_errors.get(spec_file, [])
-            evidence = sibling(spec_file, EVIDENCE_SUFFIX)  # the status file says why its evidence is elsewhere
-            refused = [reason for (file, output), reason in self._refused.items() if (file, output) == (spec_file, evidence)]
+            # the status file says why its evidence or decision records are not where they belong
+            elsewhere = {sibling(spec_file, EVIDENCE_SUFFIX), sibling(spec_file, DECISIONS)}
+            refused = [reason for (file, output), reason in self._refused.items() if file == spec_file and output in elsewhere]
         revision = {"revision": self.revision} if self.revision else {}
         decided = [{"kind": s.kind, "name": s.name, "decisionRecord": s.decision_record} for s in statuses if s.decision_record]
         if decided:
@@ -181,6 +182,8 @@ class Recorder:
             self._refusal(spec_file, name, unsafe)
         except FileNotFoundError:
             pass  # its folder was removed with it
+        else:
+            self._refusal(spec_file, name, None)
         self._written.pop(name, None)
         self._texts.pop(name, None)
 
