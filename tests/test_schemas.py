@@ -13,9 +13,17 @@ import yaml
 
 from reconciler.api.kinds import KINDS, Workload
 from reconciler.api.meta import GROUP, VERSION
-from reconciler.api.schemas import render_schemas, stale_schemas, write_schemas
+from reconciler.api.schemas import SCHEMA_GLOBS, render_schemas, stale_generated, write_generated
 
 CRDS = Path(__file__).resolve().parent.parent / "crds"
+
+
+def write_schemas(directory: Path) -> list[Path]:
+    return write_generated(directory, render_schemas(), SCHEMA_GLOBS)
+
+
+def stale_schemas(directory: Path) -> list[str]:
+    return stale_generated(directory, render_schemas(), SCHEMA_GLOBS)
 
 
 def workload(**spec: Any) -> dict[str, Any]:

@@ -158,10 +158,3 @@ def stale_generated(directory: Path, rendered: dict[str, str], globs: tuple[str,
         if name not in rendered or name not in on_disk or on_disk[name].read_text(encoding="utf-8") != rendered[name]
     )
 
-
-def write_schemas(directory: Path) -> list[Path]:
-    return write_generated(directory, render_schemas(), SCHEMA_GLOBS)
-
-
-def stale_schemas(directory: Path) -> list[str]:
-    return stale_generated(directory, render_schemas(), SCHEMA_GLOBS)

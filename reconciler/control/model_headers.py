@@ -29,7 +29,6 @@ from reconciler.observe.host import open_regular
 
 log = logging.getLogger("reconciler")
 
-MALFORMED = "malformed: "
 BACKOFF = (5.0, 600.0)  # the fetches' back-off: 5 s, doubling to 10 min
 
 
@@ -90,12 +89,10 @@ class Headers:
             return known
         if local is None and not self.network:
             return self._recalled(key)
-        facts, unjudged, why = _read(variant, local, self.session)
+        facts, unjudged, malformed, why = _read(variant, local, self.session)
         read = HeaderRead(facts, unjudged, version=version)
-        if facts is None and local is not None and why.startswith(MALFORMED):
-            # Only a local or verified file condemns the variant: bytes previewed over HTTP are the server's word
-            read = HeaderRead(None, version=version, invalid=f"{redact(variant.source)} is not a GGUF model: "
-                                                            f"{why.removeprefix(MALFORMED)}")
+        if malformed:  # only a local or verified file condemns the variant: bytes over HTTP are the server's word
+            read = HeaderRead(None, version=version, invalid=f"{redact(variant.source)} is not a GGUF model: {why}")
             log.warning("%s; variant %s is not used", read.invalid, variant.name)
         elif facts is None:
             attempts = known.attempts + 1 if known else 1
@@ -155,8 +152,9 @@ def _version(local: Path | None) -> tuple[int, int] | None:
 
 
 def _read(variant: ModelVariant, local: Path | None,
-          session: Callable[[], requests.Session]) -> tuple[GgufFacts | None, Blocked | None, str]:
-    """The facts; else why the source could not be judged (None: it answered, with no GGUF header), and a line."""
+          session: Callable[[], requests.Session]) -> tuple[GgufFacts | None, Blocked | None, bool, str]:
+    """The facts; else why the source could not be judged (None: it answered, with no GGUF header), whether the
+    local file is malformed, and a line."""
     # Imported here: the parser brings gguf and numpy, which `status` and the other short commands never need.
     from reconciler.observe.gguf_header import fetch_gguf_facts, read_gguf_facts
 
@@ -164,22 +162,21 @@ def _read(variant: ModelVariant, local: Path | None,
         try:
             with open_regular(local) as file:
                 opened = f"/proc/self/fd/{file.fileno()}"  # the file checked, not whatever the name holds later
-                return read_gguf_facts(Path(opened)), None, ""
+                return read_gguf_facts(Path(opened)), None, False, ""
         except GgufUnreadable as error:
-            prefix = MALFORMED if isinstance(error, GgufMalformed) else ""
-            return None, None, prefix + error.reason.replace(opened, str(local))
+            return None, None, isinstance(error, GgufMalformed), error.reason.replace(opened, str(local))
         except OSError as error:
-            return None, None, str(error)
+            return None, None, False, str(error)
     url = variant.source
     http = _Watched(session())
     try:
-        return fetch_gguf_facts(url, session=http), None, ""
+        return fetch_gguf_facts(url, session=http), None, False, ""
     except SourceRefused as refused:
-        return None, Blocked("SourceRefused", f"{redact(url)}: {refused.why}"), "refused by the Policy"
+        return None, Blocked("SourceRefused", f"{redact(url)}: {refused.why}"), False, "refused by the Policy"
     except GgufUnreadable:
         if http.failure is None:  # it answered: no bytes of the answer are repeated, it may be an internal service
-            return None, None, "no GGUF header in what the source sent"
+            return None, None, False, "no GGUF header in what the source sent"
         detail = scrub(http.failure, url)
-        return None, Blocked("SourceUnreachable", f"cannot read the GGUF header of {redact(url)}: {detail}"), detail
+        return None, Blocked("SourceUnreachable", f"cannot read the GGUF header of {redact(url)}: {detail}"), False, detail
     finally:
         http.close()
