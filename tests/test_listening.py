@@ -21,7 +21,7 @@ from reconciler.api.status import Listen, ObservedExposure
 from reconciler.diff.plan import Action, Verb
 from reconciler.gate.network import MOST_SHOWN, OBSERVED_RULE, judge_listens
 from reconciler.gate.verdict import Decision, Facts, decide
-from reconciler.observe.listening import ListenObserver
+from reconciler.observe.listening import ListenObserver, listening_table
 from tests.conftest import PYTHON, POLICY_YAML, Workspace, wait_for, workload_yaml
 from tests.test_engines import free_port
 
@@ -103,6 +103,30 @@ LISTENER = textwrap.dedent("""\
     print(os.getpid(), sockets[0].getsockname()[1], sockets[1].getsockname()[1], flush=True)
     time.sleep(600)
     """)
+
+
+def test_the_socket_table_changes_when_a_process_starts_or_stops_listening_and_not_for_a_connection() -> None:
+    """What lets the daemon's listen watch skip the costly socket-to-process mapping while nothing changed."""
+    def listed(table: str, port: int) -> bool:  # /proc/net's local address of a 127.0.0.1 socket
+        return any(entry[:2] == (table, f"0100007F:{port:04X}") for entry in listening_table())
+
+    def port(sock: socket.socket) -> int:
+        return sock.getsockname()[1]
+
+    server = socket.create_server(("127.0.0.1", 0))
+    assert listed("tcp", port(server))
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    connected = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    connected.connect(("127.0.0.1", 9))  # a UDP socket with a peer takes nothing from others: not a listen
+    assert not listed("tcp", port(client)) and not listed("udp", port(connected))  # a connection is no listen
+    peerless = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peerless.bind(("127.0.0.1", 0))
+    assert listed("udp", port(peerless))
+    ports = port(server), port(peerless)
+    for each in (client, accepted, connected, peerless, server):
+        each.close()
+    assert not listed("tcp", ports[0]) and not listed("udp", ports[1])
 
 
 def ipv6_works() -> bool:

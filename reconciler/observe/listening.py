@@ -21,6 +21,8 @@ import psutil
 from reconciler.api.status import Listen
 
 SNAPSHOT_SECONDS = 3.0  # how long one read serves the passes that follow it
+_SOCKET_TABLES = ("tcp", "tcp6", "udp", "udp6")
+_TCP_LISTEN = "0A"  # the kernel's state code for a listening TCP socket (include/net/tcp_states.h)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,26 @@ class ListenObserver:
         if self._snapshot is None or now - self._snapshot.taken_at >= SNAPSHOT_SECONDS:
             self._snapshot = _read(now)
         return self._snapshot
+
+
+def listening_table() -> frozenset[tuple[str, str, str]]:
+    """The host's listening sockets as the kernel lists them (/proc/net: table, local address, inode), without
+    mapping them to processes: cheap to read, and it changes whenever any process starts or stops listening.
+    The daemon's listen watch maps sockets to workloads (a scan of every process's descriptors, ~20 ms) only when
+    this changed: an idle daemon with 100 workloads spent 5 % of a core doing that every 3 s."""
+    found = set()
+    for table in _SOCKET_TABLES:
+        try:
+            with open(f"/proc/net/{table}", encoding="ascii") as lines:
+                next(lines, None)  # the column names
+                for line in lines:
+                    fields = line.split()
+                    local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+                    if state == _TCP_LISTEN if table.startswith("tcp") else set(remote.split(":")[0]) == {"0"}:
+                        found.add((table, local, inode))
+        except OSError:
+            return frozenset({("unreadable", table, "")})  # never equal to a readable table: the full read decides
+    return frozenset(found)
 
 
 def _read(now: float) -> _Snapshot:
