@@ -27,7 +27,7 @@ from reconciler.control.logfmt import about
 from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
 from reconciler.control.workqueue import ShutDown, TokenBuckets, WorkQueue
 from reconciler.load.desired import is_spec_file
-from reconciler.observe.listening import SNAPSHOT_SECONDS, listening_table
+from reconciler.observe.listening import SNAPSHOT_SECONDS
 
 SPEC_CHANGE = "spec change"
 log = logging.getLogger("reconciler")
@@ -299,17 +299,17 @@ class Daemon:
         """A workload whose sockets changed is passed at once: a listen the policy does not allow is judged (and in
         enforce mode stopped) within seconds. The watch only says when; the pass observes and decides again."""
         seen: dict[str, tuple[Listen, ...]] = {}
-        table: frozenset[tuple[str, str, str]] | None = None
+        version: object = None
         while not self.stopping.wait(LISTEN_WATCH_SECONDS):
-            current = listening_table()
-            if current == table:
-                continue  # nothing on the host started or stopped listening: no workload's sockets changed
             try:
+                current = self.reconciler.workloads.listening_version()
+                if current == version:
+                    continue  # no socket opened or closed on the host, no workload started or ended: nothing changed
                 now = self.reconciler.workloads.listening_now()
             except Exception:  # noqa: BLE001 - a failed look must not end the watch; the resync still passes all
                 log.exception("reading what the workloads listen on failed; the next look tries again")
                 continue
-            table = current
+            version = current
             for name in sorted(name for name, listening in now.items() if seen.get(name) != listening):
                 key = ResourceKey("Workload", name)
                 if self.metrics:

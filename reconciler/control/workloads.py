@@ -35,7 +35,7 @@ from reconciler.observe import clock
 from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable, ImageFacts
 from reconciler.observe.gpus import GpuInventory, read_inventory
 from reconciler.observe.host import EngineFacts, engine_facts, find_executable
-from reconciler.observe.listening import ListenObserver, ObservedListens
+from reconciler.observe.listening import ListenObserver, ObservedListens, listening_table
 from reconciler.observe.probes import probe
 from reconciler.observe.processes import ProcessObservation, ProcessState
 
@@ -116,6 +116,11 @@ class WorkloadRenderer:
         if process.running_pid is None or running is None or not isinstance(running.launch, LaunchSpec):
             return None
         return self._listens.of(running.pid, self.driver.native.markers(running))
+
+    def listening_version(self) -> tuple[frozenset[tuple[str, str, str]], frozenset[tuple[str, int]]]:
+        """Cheap to read, and different whenever what `listening_now` finds may be: the host's listening sockets and
+        the native workloads' process records (a start whose socket opened before its record was written)."""
+        return listening_table(), self.driver.native.records_version()
 
     def listening_now(self) -> dict[str, tuple[Listen, ...]]:
         """What each running native workload listens on now: the daemon looks often, and passes one that changed."""

@@ -78,6 +78,16 @@ class ProcessDriver:
     def owned_names(self) -> list[str]:
         return sorted(path.stem for path in self._records.glob("*.json")) if self._records.is_dir() else []
 
+    def records_version(self) -> frozenset[tuple[str, int]]:
+        """Each process record's name and modification time: changes with every start, exit and adoption noted."""
+        found = set()
+        for path in self._records.glob("*.json") if self._records.is_dir() else ():
+            try:
+                found.add((path.stem, path.stat().st_mtime_ns))
+            except FileNotFoundError:
+                continue
+        return frozenset(found)
+
     def observe(self, name: str) -> ProcessObservation:
         with self._lock:
             record = self._read(name)
