@@ -202,8 +202,9 @@ def test_a_server_seen_listening_beyond_loopback_is_stopped_and_stays_stopped(wo
     assert f"0.0.0.0:{port}/tcp: pid {observed[0]['pid']} listens on 0.0.0.0 (every interface)" in observed[0]["reasons"][0]
 
     workspace.write("other.yaml", workload_yaml("other"))  # a pass over everything: the same launch is not started again
+    # the stop itself already reads Denied (refused, not failed): wait for the refusal of the next start
     denied = wait_for(lambda: (status := workspace.resource_status("web.yaml", "web")) and status["phase"] == "Denied"
-                      and status, 30, what="the restart refused")
+                      and "this launch's last run" in status["message"] and status, 30, what="the restart refused")
     assert workspace.condition("web.yaml", "web")["reason"] == "ExposureObserved"
     assert f"this launch's last run: 0.0.0.0:{port}/tcp: pid {observed[0]['pid']} was seen listening" in denied["message"]
     assert not workspace.owned_processes("web") and workspace.actions("web.yaml") == ["create", "stop"]
