@@ -51,6 +51,7 @@ from reconciler.gateway.routes_file import routes_path
 from reconciler.load.desired import DesiredEntry, DesiredState, load_desired
 from reconciler.observe import clock
 from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable
+from reconciler.observe.engine_builds import EngineBuilds
 from reconciler.observe.git import GitError
 from reconciler.observe.host import boot_id
 from reconciler.observe.processes import ProcessObservation
@@ -128,7 +129,7 @@ class Reconciler:
                                  terminal=terminal, network=not offline, record=not readonly)
         self.routes = RoutesPublisher(routes_path(state_dir))
         self.workloads = WorkloadRenderer(self.root, self.drivers, engine, self._remembered, self.models,
-                                          str(self.routes.path))
+                                          str(self.routes.path), EngineBuilds(state_dir, record=not readonly))
         self.judge = Judge(self.workloads, self.approvals)
         self.recorder = Recorder(self.root, state_dir / HOST_EVIDENCE_FILE)
         self.host = HostWatch(state_dir, engine, None if readonly else self.recorder)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from reconciler.api.kinds import KINDS, Model, Runtime, Workload, WorkloadSpec
+from reconciler.api.kinds import KINDS, Engine, Model, Runtime, Workload, WorkloadSpec
 from reconciler.api.launch import BindMount, ContainerLaunch
 from reconciler.api.launch import LaunchSpec, render_launch, working_dir_for
 from reconciler.api.meta import ResourceKey
@@ -22,17 +22,19 @@ from reconciler.api.status import Listen
 from reconciler.control.models import ModelStore, ModelView
 from reconciler.control.pins import pinned_executable, pinned_image, pinned_model
 from reconciler.diff.containers import check_address, container_endpoint, render_container
-from reconciler.diff.engines import Blocked, Rendered, engine_check, engine_command, engine_endpoint
+from reconciler.diff.engines import Blocked, EngineCommand, Rendered, engine_check, engine_command, engine_endpoint
 from reconciler.diff.gpus import assign_gpus, granted_share
 from reconciler.diff.health import note_probe, probe_due
 from reconciler.diff.preflight import preflight
 from reconciler.diff.resources import memory_commitment
 from reconciler.drive.dispatch import Drivers
 from reconciler.drive.process import PASSED_THROUGH, child_path
+from reconciler.gate.acceleration import acceleration_asked, acceleration_refusal
 from reconciler.gate.resources import MemoryUse
 from reconciler.load.desired import DesiredState
 from reconciler.observe import clock
 from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable, ImageFacts
+from reconciler.observe.engine_builds import LLAMA_CPP_PYTHON, LLAMA_SERVER, EngineBuild, EngineBuilds
 from reconciler.observe.gpus import GpuInventory, read_inventory
 from reconciler.observe.host import EngineFacts, engine_facts, find_executable
 from reconciler.observe.listening import ListenObserver, ObservedListens, listening_table
@@ -43,9 +45,11 @@ from reconciler.observe.processes import ProcessObservation, ProcessState
 class WorkloadRenderer:
     def __init__(self, root: Path, driver: Drivers, engine: DockerEngine,
                  remembered: Callable[[ResourceKey], ResourceRecord | None], models: ModelStore,
-                 routes_file: str) -> None:
-        """`routes_file`: where the reconciler publishes the routes an engine gateway reads."""
+                 routes_file: str, builds: EngineBuilds) -> None:
+        """`routes_file`: where the reconciler publishes the routes an engine gateway reads; `builds`: what the
+        host's llama.cpp builds can do, asked once per build."""
         self.root = root
+        self.builds = builds
         self.routes_file = routes_file
         self.models = models
         self.remembered = remembered
@@ -100,6 +104,9 @@ class WorkloadRenderer:
                                  granted_share(request, self.inventory, gpus), self.routes_file)
         if isinstance(command, Blocked):
             return blocked(command)
+        refusal = acceleration_refusal(spec, gpus, self._build(spec, gpus, command))
+        if refusal is not None:  # never started on the CPU in its place
+            return blocked(refusal)
         default_dir = Path(self.driver.default_working_dir(workload.name))
         working_dir = working_dir_for(spec, (self.root / file).parent, default_dir)
         executable = find_executable(command.command[0], child_path(spec.env), working_dir)
@@ -109,6 +116,13 @@ class WorkloadRenderer:
         launch = render_launch(spec, command.command, command.args, working_dir, executable, gpus,
                                presence.identity if presence else None, command.executable_from_spec, command.env)
         return Rendered(launch, None, check, endpoint, presence)
+
+    def _build(self, spec: WorkloadSpec, gpus: tuple[int, ...], command: EngineCommand) -> EngineBuild | None:
+        """The host's llama.cpp build this start would run, asked what it can do when the workload wants a GPU."""
+        if spec.engine is not Engine.llama_cpp or command.executable_from_spec or acceleration_asked(spec, gpus) is None:
+            return None
+        kind = LLAMA_SERVER if command.command[0] == self.facts.llama_server else LLAMA_CPP_PYTHON
+        return self.builds.of(kind, command.command[0], self.inventory)
 
     def listening(self, process: ProcessObservation) -> ObservedListens | None:
         """What a running native workload's processes listen on (a container's are judged by its published ports)."""
