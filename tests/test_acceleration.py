@@ -134,3 +134,13 @@ def test_the_cpu_build_without_a_gpu_request_runs_as_before(workspace: Workspace
     ready = wait_for(lambda: (s := workspace.resource_status("chat.yaml", "chat")) and s["phase"] == "Running" and s,
                      timeout=60, what="the CPU server to run")
     assert ready["gpus"] == [] and "acceleration" not in ready
+
+
+def test_reconciler_host_shows_what_the_llama_cpp_build_can_do(workspace: Workspace, tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    shown = workspace.cli("host", env=engine_env(None, tmp_path))
+    assert shown.returncode == 0, shown.stderr
+    row = next(line for line in shown.stdout.splitlines() if line.strip().startswith("llama-cpp-python:"))
+    assert "CPU only (backends: CPU)" in row and f"{sys.executable}, sha256:" in row
+    dumped = json.loads(workspace.cli("host", "-o", "json", env=engine_env(None, tmp_path)).stdout)
+    assert [(b["engine"], b["gpuOffload"]) for b in dumped["engineBuilds"]] == [("llama-cpp-python", False)]

@@ -128,11 +128,12 @@ class Reconciler:
         self.models = ModelStore(self.root, state_dir, background=on_model_fetched is not None, on_fetched=on_model_fetched,
                                  terminal=terminal, network=not offline, record=not readonly)
         self.routes = RoutesPublisher(routes_path(state_dir))
+        builds = EngineBuilds(state_dir, record=not readonly)
         self.workloads = WorkloadRenderer(self.root, self.drivers, engine, self._remembered, self.models,
-                                          str(self.routes.path), EngineBuilds(state_dir, record=not readonly))
+                                          str(self.routes.path), builds)
         self.judge = Judge(self.workloads, self.approvals)
         self.recorder = Recorder(self.root, state_dir / HOST_EVIDENCE_FILE)
-        self.host = HostWatch(state_dir, engine, None if readonly else self.recorder)
+        self.host = HostWatch(state_dir, engine, None if readonly else self.recorder, builds)
         self.holds = Holds(self._all_records, allow_empty)
         self.metrics = metrics
         self.readonly = readonly
