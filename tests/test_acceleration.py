@@ -12,14 +12,18 @@ import pytest
 
 from reconciler.api.meta import API_VERSION
 from reconciler.api.workload import Workload, WorkloadSpec
+from reconciler.diff.acceleration import AssignedGpu, assess_acceleration
 from reconciler.gate.acceleration import ACCELERATION_UNAVAILABLE, acceleration_asked, acceleration_refusal, gpu_layers_asked
 from reconciler.observe.engine_builds import (CACHE_FILE, LLAMA_CPP_PYTHON, LLAMA_SERVER, EngineBuild, EngineBuilds,
                                               parse_device_list)
+from reconciler.observe.engine_log import EngineLoad, parse_engine_log
+from reconciler.observe.gpu_processes import read_gpu_processes
 from reconciler.observe.gpus import GpuInventory
 from tests.conftest import Workspace, wait_for
 from tests.test_engines import ENGINES_POLICY, document, engine_env, free_port
 from tests.tiny_gguf import write_tiny_llama
 
+PROGRAMS = Path(__file__).parent / "programs"
 FIXTURES = Path(__file__).parent / "fixtures" / "acceleration"
 CPU_BUILD = EngineBuild(LLAMA_CPP_PYTHON, "/venv/bin/python", "ab" * 32, False, ("CPU",), ("CPU: AMD EPYC (24105 MiB)",))
 CUDA_BUILD = EngineBuild(LLAMA_SERVER, "/opt/llama/llama-server", "cd" * 32, True, ("CUDA",), ("CUDA0: NVIDIA H100",))
@@ -101,6 +105,81 @@ class TestBuildProbe:
         assert again.backends == ("PLANTED",)
 
 
+class TestEngineLog:
+    def test_the_cpu_build_here_puts_every_layer_on_the_cpu(self) -> None:
+        # captured on this host: llama-cpp-python 0.3.36 (the `llama` extra), --n_gpu_layers 8, a generated model
+        load = parse_engine_log((FIXTURES / "llama-cpp-python-cpu-build.log").read_text())
+        assert load.loaded and load.gpu_devices == () and load.layers == {"CPU": 3}
+        assert load.layers_on_gpu == (0, 3) and set(load.buffers) == {"CPU_Mapped"}
+
+    def test_a_published_cuda_load_over_two_gpus(self) -> None:
+        load = parse_engine_log((FIXTURES / "llama-cuda-two-gpus.log").read_text())
+        assert load.offloaded == load.layers_on_gpu == (81, 81) and load.gpu_devices == ("CUDA0", "CUDA2")
+        assert load.buffers["CUDA0"] == int(24277.75 * 2**20) and "CUDA_Host" not in load.gpu_devices
+
+    def test_vllm_platform_lines(self) -> None:
+        cuda, none = (FIXTURES / "vllm-platforms.log").read_text().splitlines()[2:]
+        assert parse_engine_log(cuda).platform == "cuda" and parse_engine_log(none).platform == "unspecified"
+
+    def test_a_start_still_loading_has_said_nothing(self) -> None:
+        head = (FIXTURES / "llama-cpp-python-cpu-build.log").read_text().split("load_tensors:")[0]
+        assert not parse_engine_log(head).loaded
+
+
+class TestStandInNvml:
+    def test_per_process_memory_through_the_nvml_calls(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        listed = [{**FAKE_GPU[0], "processes": [{"pid": 10, "usedMemory": 5}, {"pid": 11, "usedMemory": None}]},
+                  {"index": 1, "name": "Fake L4", "uuid": "GPU-fake-1", "memoryTotal": 2**30, "processes": [{"pid": 99, "usedMemory": 7}]}]
+        (tmp_path / "gpus.json").write_text(json.dumps(listed))
+        monkeypatch.setenv("RECONCILER_FAKE_GPUS", str(tmp_path / "gpus.json"))
+        processes = read_gpu_processes()
+        assert processes.held_by({10, 11}) == {"GPU-fake-0": 5} and processes.held_by({12}) == {}
+
+    def test_a_gpu_that_may_not_list_processes_leaves_the_use_unknown(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        (tmp_path / "gpus.json").write_text(json.dumps(FAKE_GPU))
+        monkeypatch.setenv("RECONCILER_FAKE_GPUS", str(tmp_path / "gpus.json"))
+        processes = read_gpu_processes()
+        assert processes.held_by({1}) is None and "Not Supported" in (processes.reason or "")
+
+
+H100 = AssignedGpu(0, "GPU-a")
+CUDA_LOAD = EngineLoad({"CUDA0": 4 * 2**30, "CPU_Mapped": 2**28}, (33, 33))
+
+
+class TestAssessment:
+    def test_on_the_assigned_gpu_with_the_estimate_beside_what_it_holds(self) -> None:
+        seen = assess_acceleration("GPU 0 assigned", [H100], CUDA_LOAD, {"GPU-a": 5 * 2**30}, "99", 4 * 2**30)
+        assert (seen.ok, seen.reason) == (True, "OnAssignedGPUs")
+        assert seen.report["gpuMemoryUsed"] == 5 * 2**30 and seen.report["estimateError"] == "+25%"
+        assert seen.message == "33/33 layers on GPU 0 (GPU-a), 5.0 GiB held by its processes (estimated 4.0 GiB, +25%)"
+
+    def test_the_engine_claims_cuda_but_nvml_lists_nothing(self) -> None:
+        seen = assess_acceleration("GPU 0 assigned", [H100], CUDA_LOAD, {}, None, None)
+        assert seen.off_the_gpu and "NVML lists no GPU memory held by its processes" in seen.message
+
+    def test_without_nvml_lists_the_log_decides(self) -> None:
+        assert assess_acceleration("x", [H100], CUDA_LOAD, None, None, None).ok is True
+        cpu = EngineLoad({"CPU_Mapped": 2**28}, None, {"CPU": 3})
+        assert assess_acceleration("x", [H100], cpu, None, None, None).off_the_gpu
+
+    def test_another_gpu_than_assigned_is_a_mismatch(self) -> None:
+        seen = assess_acceleration("x", [H100], CUDA_LOAD, {"GPU-a": 1, "GPU-b": 2}, None, None)
+        assert (seen.ok, seen.reason, seen.off_the_gpu) == (False, "GPUMismatch", False)
+        assert "holds memory on GPU GPU-b, which it was not assigned" in seen.message
+
+    def test_fewer_layers_than_asked(self) -> None:
+        partial = EngineLoad({"CUDA0": 2**30}, (20, 33))
+        seen = assess_acceleration("x", [H100], partial, {"GPU-a": 2**30}, "99", None)
+        assert seen.reason == "FewerLayersOffloaded" and "only 20 of the 33 layers asked" in seen.message
+        assert assess_acceleration("x", [H100], partial, {"GPU-a": 2**30}, "20", None).ok is True
+        assert assess_acceleration("x", [H100], partial, {"GPU-a": 2**30}, "auto", None).ok is True
+
+    def test_vllm_on_no_platform_and_a_load_not_yet_reported(self) -> None:
+        assert assess_acceleration("x", [H100], EngineLoad(platform="unspecified"), None, None, None).off_the_gpu
+        assert assess_acceleration("x", [H100], EngineLoad(platform="cuda"), None, None, None).ok is True
+        assert assess_acceleration("x", [H100], EngineLoad(), {}, None, None).ok is None
+
+
 def _chat(workspace: Workspace, llama_options: dict[str, Any], gpus: int) -> int:
     write_tiny_llama(workspace.desired / "models" / "tiny.gguf")
     port = free_port()
@@ -144,3 +223,58 @@ def test_reconciler_host_shows_what_the_llama_cpp_build_can_do(workspace: Worksp
     assert "CPU only (backends: CPU)" in row and f"{sys.executable}, sha256:" in row
     dumped = json.loads(workspace.cli("host", "-o", "json", env=engine_env(None, tmp_path)).stdout)
     assert [(b["engine"], b["gpuOffload"]) for b in dumped["engineBuilds"]] == [("llama-cpp-python", False)]
+
+
+def _write_inventory(path: Path, processes: list[dict[str, int]] | None) -> None:
+    """The stand-in NVML's GPU, listing `processes` (None: it may not list them, as NVML in some containers)."""
+    gpu = {**FAKE_GPU[0], **({"processes": processes} if processes is not None else {})}
+    path.write_text(json.dumps([gpu]))
+
+
+def test_a_cuda_build_on_its_gpu_is_confirmed_with_its_memory_and_the_estimate(workspace: Workspace, tmp_path: Path) -> None:
+    port = _chat(workspace, {"gpuLayers": 99}, gpus=1)
+    env = engine_env(FAKE_GPU, tmp_path)
+    env["PATH"] = f"{PROGRAMS / 'cuda'}:{env['PATH']}"  # the stand-in CUDA llama-server, asked --list-devices first
+    inventory = Path(env["RECONCILER_FAKE_GPUS"])
+    _write_inventory(inventory, [])
+    workspace.start_daemon(env=env)
+    running = wait_for(lambda: (s := workspace.resource_status("chat.yaml", "chat")) and s.get("pid") and s, timeout=30,
+                       what="the stand-in CUDA server to start")
+    assert running["command"][0] == str(PROGRAMS / "cuda" / "llama-server") and running["gpus"] == [0]
+    # NVML lists no memory of its processes: the engine's word alone does not make it Ready
+    degraded = wait_for(lambda: (c := workspace.condition("chat.yaml", "chat")) and c["reason"] == "NotOnGPU" and c,
+                        timeout=30, what="NotOnGPU while NVML lists nothing")
+    assert degraded["status"] == "False" and "NVML lists no GPU memory held by its processes" in degraded["message"]
+    _write_inventory(inventory, [{"pid": running["pid"], "usedMemory": 25 * 2**30}, {"pid": 1, "usedMemory": 2**30}])
+    ready = wait_for(lambda: (s := workspace.resource_status("chat.yaml", "chat")) and s["phase"] == "Running" and s,
+                     timeout=30, what="Ready once NVML lists its memory on the assigned GPU")
+    shown = ready["acceleration"]
+    assert shown["devices"] == shown["assigned"] == ["GPU-fake-0"]
+    assert (shown["layersOffloaded"], shown["layersTotal"], shown["gpuMemoryUsed"]) == (81, 81, 25 * 2**30)
+    assert shown["estimate"] > 0 and shown["estimateError"].endswith("%")  # the tiny model's estimate beside 25 GiB
+    accelerated = workspace.condition("chat.yaml", "chat", "Accelerated")
+    assert (accelerated["status"], accelerated["reason"]) == ("True", "OnAssignedGPUs")
+    assert "81/81 layers on GPU 0 (GPU-fake-0), 25.0 GiB held by its processes" in accelerated["message"]
+    assert ready["endpoints"] == [f"http://127.0.0.1:{port}/v1"]
+
+
+def test_a_server_the_spec_names_that_runs_on_the_cpu_is_not_ready(workspace: Workspace, tmp_path: Path) -> None:
+    """The real CPU-only llama-cpp-python behind a llama-server command line: not asked before the start (the spec
+    names it, so it runs only once the gate trusts it), then caught by its own log and NVML's empty list."""
+    pytest.importorskip("llama_cpp")
+    shim = tmp_path / "llama-server"
+    shim.write_text(f"#!{sys.executable}\n" + (PROGRAMS / "llama-server-shim.py").read_text())
+    shim.chmod(0o755)
+    _chat(workspace, {"gpuLayers": 8, "executable": str(shim)}, gpus=1)
+    workspace.write("policy.yaml", ENGINES_POLICY + f"      - executable: {shim}\n")
+    env = engine_env(FAKE_GPU, tmp_path)
+    _write_inventory(Path(env["RECONCILER_FAKE_GPUS"]), [])
+    workspace.start_daemon(env=env)
+    ready = wait_for(lambda: (c := workspace.condition("chat.yaml", "chat")) and c["reason"] == "NotOnGPU" and c,
+                     timeout=60, what="the CPU build to be caught after its start")
+    assert ready["status"] == "False"
+    assert "GPU 0 assigned and 8 GPU layers asked, but it runs on the CPU" in ready["message"]
+    assert "model buffers on CPU_Mapped" in ready["message"]
+    status = workspace.resource_status("chat.yaml", "chat")
+    assert status["phase"] == "Degraded" and status["endpoints"] == []
+    assert status["acceleration"]["layersOffloaded"] == 0 and status["acceleration"]["gpuMemoryUsed"] == 0
