@@ -256,6 +256,10 @@ def test_a_cuda_build_on_its_gpu_is_confirmed_with_its_memory_and_the_estimate(w
     assert (accelerated["status"], accelerated["reason"]) == ("True", "OnAssignedGPUs")
     assert "81/81 layers on GPU 0 (GPU-fake-0), 25.0 GiB held by its processes" in accelerated["message"]
     assert ready["endpoints"] == [f"http://127.0.0.1:{port}/v1"]
+    placed = [(line["result"], line.get("acceleration", {}).get("gpuMemoryUsed")) for line in workspace.evidence("chat.yaml")
+              if line["event"] == "acceleration"]
+    assert placed[-2:] == [("NotOnGPU", 0), ("OnAssignedGPUs", 25 * 2**30)]  # each change once, the estimate beside it
+    assert [line for line in workspace.evidence("chat.yaml") if line["event"] == "acceleration"][-1]["acceleration"]["estimate"] > 0
 
 
 def test_a_server_the_spec_names_that_runs_on_the_cpu_is_not_ready(workspace: Workspace, tmp_path: Path) -> None:

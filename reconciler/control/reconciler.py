@@ -21,7 +21,8 @@ from reconciler.api.meta import ResourceKey
 from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.rollout import Pins
 from reconciler.api.status import FailureInfo, Placement, ResourceStatus
-from reconciler.control.evidence import decision_digest, decision_record, exposure_record, outcome_record
+from reconciler.control.evidence import (acceleration_record, decision_digest, decision_record, exposure_record,
+                                         outcome_record)
 from reconciler.control.gateway_routes import RoutesPublisher
 from reconciler.control.gitops import local_revision
 from reconciler.control.holds import Holds, last_valid
@@ -334,6 +335,8 @@ class Reconciler:
             record = record.model_copy(update={"last_decision": digest})
         if planned.listens is not None and record.exposure != (planned.record.exposure if planned.record else None):
             self.recorder.evidence(record.source, exposure_record(action, record.generation, planned.listens, now))
+        if (placed := acceleration_record(planned.record, record, status, now)) is not None:
+            self.recorder.evidence(record.source, placed)
         decided = self._decision_record(planned)
         if decided is not None:
             status = status.model_copy(update={"decision_record": decided})
