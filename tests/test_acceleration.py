@@ -91,6 +91,16 @@ class TestBuildProbe:
     def test_a_cpu_build_lists_no_device(self) -> None:
         assert parse_device_list("Available devices:\n") == (False, (), ())
 
+    def test_a_build_that_cannot_answer_is_asked_again_later_not_on_every_pass(self, tmp_path: Path) -> None:
+        server = tmp_path / "llama-server"
+        server.write_text(f"#!/bin/sh\necho asked >> {tmp_path / 'asked'}\necho 'error: invalid argument: --list-devices' >&2\nexit 1\n")
+        server.chmod(0o755)
+        builds = EngineBuilds(tmp_path)
+        first = builds.of(LLAMA_SERVER, str(server), GpuInventory(reason="none"))
+        assert first.gpu_offload is None and first.problem == "the probe exited with code 1: error: invalid argument: --list-devices"
+        assert builds.of(LLAMA_SERVER, str(server), GpuInventory(reason="none")) == first
+        assert (tmp_path / "asked").read_text() == "asked\n" and not (tmp_path / CACHE_FILE).exists()
+
     def test_this_hosts_llama_cpp_python_is_asked_once_and_remembered(self, tmp_path: Path) -> None:
         pytest.importorskip("llama_cpp")
         build = EngineBuilds(tmp_path).of(LLAMA_CPP_PYTHON, sys.executable, GpuInventory(reason="none"))

@@ -14,6 +14,8 @@ import json
 import os
 import re
 import subprocess
+import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from reconciler.observe.host import file_sha256
 LLAMA_CPP_PYTHON, LLAMA_SERVER = "llama-cpp-python", "llama-server"
 PROBE_SECONDS = 60.0  # a CUDA build initialises every GPU it sees: seconds, more on a cold driver
 CACHE_FILE = "engine-builds.json"
+RETRY_SECONDS = 300.0  # a build that could not be asked is asked again after this
 CACHE_ENTRIES = 32  # builds come and go with upgrades: the oldest answers are dropped beyond this
 
 # Run with -P -s from /: nothing in a working directory or a user site-packages is imported. ggml's device
@@ -92,13 +95,22 @@ class EngineBuilds:
         """`record` False: answers are read from the cache file but new ones kept in memory (a read-only command)."""
         self._file = state_dir / CACHE_FILE
         self._record = record
+        self._lock = threading.Lock()
+        self._failed: dict[str, tuple[EngineBuild, float]] = {}  # key -> (the failed answer, when)
         self._known: dict[str, dict[str, object]] = self._read()
 
     def of(self, kind: str, executable: str, inventory: GpuInventory) -> EngineBuild:
+        with self._lock:  # passes run in several workers: one build is asked once
+            return self._of(kind, executable, inventory)
+
+    def _of(self, kind: str, executable: str, inventory: GpuInventory) -> EngineBuild:
         digest = build_digest(kind, executable)
         if digest is None:
             return EngineBuild(kind, executable, "unreadable", None, problem=f"{executable} cannot be read")
         key = f"{kind}|{executable}|{digest}|{_gpu_key(inventory)}"
+        failed = self._failed.get(key)
+        if failed is not None and time.monotonic() - failed[1] < RETRY_SECONDS:
+            return failed[0]
         known = self._known.get(key)
         if known is not None:
             try:
@@ -106,7 +118,9 @@ class EngineBuilds:
             except (TypeError, KeyError):
                 pass  # a cache entry from another version of this code: asked again
         build = probe(kind, executable, digest)
-        if build.gpu_offload is not None:  # a failed probe (a timeout on a busy host) is asked again next time
+        if build.gpu_offload is None:  # a timeout on a busy host may pass: asked again later, never on every pass
+            self._failed[key] = (build, time.monotonic())
+        else:
             self._known = dict(list({**self._known, key: asdict(build)}.items())[-CACHE_ENTRIES:])
             if self._record:
                 write_atomic(self._file, json.dumps(self._known, indent=1), 0o600)
