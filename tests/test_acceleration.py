@@ -11,6 +11,9 @@ from typing import Any
 import pytest
 
 from reconciler.api.meta import API_VERSION
+from reconciler.api.policy import PolicySpec
+from reconciler.control.placement import local_blocker
+from reconciler.diff.engines import Rendered
 from reconciler.api.workload import Workload, WorkloadSpec
 from reconciler.diff.acceleration import AssignedGpu, assess_acceleration
 from reconciler.gate.acceleration import ACCELERATION_UNAVAILABLE, acceleration_asked, acceleration_refusal, gpu_layers_asked
@@ -78,6 +81,11 @@ class TestRefusal:
         assert acceleration_refusal(llama(llamaCpp={"gpuLayers": 0}), (), CPU_BUILD) is None
         assert acceleration_refusal(llama(llamaCpp={"gpuLayers": 99}), (0,), CUDA_BUILD) is None
         assert acceleration_refusal(llama(), (0,), None) is None  # a spec-named server: confirmed after its start
+
+
+def test_a_build_that_cannot_offload_is_this_hosts_incapacity_which_a_fallback_may_serve() -> None:
+    blocked = acceleration_refusal(llama(llamaCpp={"gpuLayers": 8}), (0,), CPU_BUILD)
+    assert blocked is not None and local_blocker(Rendered(blocked=blocked), (0, ""), 0, PolicySpec()) is blocked
 
 
 class TestBuildProbe:
