@@ -300,3 +300,4 @@ def test_a_server_the_spec_names_that_runs_on_the_cpu_is_not_ready(workspace: Wo
     status = workspace.resource_status("chat.yaml", "chat")
     assert status["phase"] == "Degraded" and status["endpoints"] == []
     assert status["acceleration"]["layersOffloaded"] == 0 and status["acceleration"]["gpuMemoryUsed"] == 0
+    assert status["acceleration"]["layersByDevice"] == {"CPU": 3}  # llama-cpp-python logs each layer's device

@@ -55,7 +55,7 @@ def assess_acceleration(
         "assigned": [gpu.uuid for gpu in assigned], "devices": sorted(used),
         "layersOffloaded": layers[0] if layers else None, "layersTotal": layers[1] if layers else None,
         "gpuMemoryUsed": sum(held.values()) if held is not None else None,
-        "modelBuffers": {device: size for device, size in sorted(load.buffers.items())} or None,
+        "modelBuffers": dict(sorted(load.buffers.items())) or None, "layersByDevice": dict(sorted(load.layers.items())) or None,
         "platform": load.platform, "estimate": estimate,
         "observedBy": "nvml+log" if held is not None else "log",
     }
