@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.base.sizes import gib
-from reconciler.observe.engine_log import EngineLoad, is_gpu_device
+from reconciler.observe.engine_log import EngineLoad
 
 ON_ASSIGNED_GPUS, NOT_ON_GPU, GPU_MISMATCH, FEWER_LAYERS, UNCONFIRMED = (
     "OnAssignedGPUs", "NotOnGPU", "GPUMismatch", "FewerLayersOffloaded", "AccelerationUnconfirmed")
