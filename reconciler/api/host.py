@@ -23,6 +23,7 @@ _CAPABILITY = {
         "devices": {"__all__": {"name", "uuid", "memory_total", "compute_capability"}},
         "driver_version": True, "cuda_version": True, "source": True, "reason": True,
     },
+    "engine_builds": {"__all__": {"engine", "digest", "gpu_offload", "backends"}},
 }
 
 
@@ -85,6 +86,18 @@ class GpusProfile(Report):
         return sum(gpu.memory_free for gpu in self.devices)
 
 
+class EngineBuildProfile(Report):
+    """A llama.cpp build on this host, as it answered when asked what it can do."""
+
+    engine: str = Field(description="llama-server (on PATH) or llama-cpp-python (in the reconciler's Python).")
+    executable: str
+    digest: str = Field(description="sha256 over the executable and the ggml/llama libraries it loads.")
+    gpu_offload: bool | None = Field(description="Whether it can put layers on a GPU here; None when it could not be asked.")
+    backends: list[str] = Field(default_factory=list)
+    devices: list[str] = Field(default_factory=list)
+    problem: str | None = None  # why it could not be asked
+
+
 class HostProfile(Report):
     cpu: CpuProfile
     memory: MemoryProfile
@@ -92,6 +105,7 @@ class HostProfile(Report):
     os: OsProfile
     container_engine: ContainerEngineProfile
     gpus: GpusProfile
+    engine_builds: list[EngineBuildProfile] = Field(default_factory=list)
 
     def capability_digest(self) -> str:
         """Changes when the host gains or loses capability (a GPU, a driver, memory), not when usage moves."""

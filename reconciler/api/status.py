@@ -137,6 +137,9 @@ class ResourceStatus(Report):
     image_id: str | None = Field(None, description="The image it runs (the engine's content digest of it).")
     artifact: dict[str, Any] | None = Field(
         None, description="A Model's chosen variant: source, sha256, where it is, download progress, footprint estimate.")
+    acceleration: dict[str, Any] | None = Field(
+        None, description="Where an engine given a GPU put its model: GPUs used (UUIDs), layers offloaded of the total, "
+                          "GPU memory its processes hold, the footprint estimate beside it.")
     decision_record: dict[str, Any] | None = Field(
         None, description="The Runtime Decision Record: why it runs where it runs, and what that trades off.")
     rollout: RolloutStatus | None = Field(

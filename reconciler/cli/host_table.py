@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from reconciler.api.host import ContainerEngineProfile, CpuProfile, DiskProfile, GpusProfile, HostProfile, MemoryProfile, OsProfile
+from reconciler.api.host import (ContainerEngineProfile, CpuProfile, DiskProfile, EngineBuildProfile, GpusProfile, HostProfile,
+                                 MemoryProfile, OsProfile)
 from reconciler.base.sizes import gib
 
 UNKNOWN = "unknown"
@@ -14,6 +15,7 @@ def host_table(profile: HostProfile) -> str:
     sections = {
         "CPU": _cpu(profile.cpu), "Memory": _memory(profile.memory), "Disk": _disk(profile.disk), "OS": _os(profile.os),
         "Container engine": _engine(profile.container_engine), "GPUs": _gpus(profile.gpus),
+        "Engine builds": _builds(profile.engine_builds),
     }
     # One width for every section, so all values start in the same column.
     width = max(len(key) for rows in sections.values() for key, _ in rows) + len(":")
@@ -66,6 +68,20 @@ def _gpus(gpus: GpusProfile) -> Rows:
     rows += [(f"GPU {gpu.index}", f"{gpu.name}, {_gib(gpu.memory_total)} ({_gib(gpu.memory_free)} free), "
                                   f"compute {gpu.compute_capability or UNKNOWN}, {gpu.uuid}") for gpu in gpus.devices]
     return rows + [("Total", f"{_gib(gpus.memory_total)} ({_gib(gpus.memory_free)} free)")]
+
+
+def _builds(builds: list[EngineBuildProfile]) -> Rows:
+    if not builds:
+        return [("llama.cpp", "none found (no llama-server on PATH, no llama-cpp-python)")]
+    return [(build.engine, f"{_offload(build)}; {build.executable}, sha256:{build.digest[:12]}") for build in builds]
+
+
+def _offload(build: EngineBuildProfile) -> str:
+    if build.gpu_offload is None:
+        return f"GPU offload unknown: {build.problem}"
+    if build.gpu_offload:
+        return f"GPU offload ({', '.join(device for device in build.devices if not device.startswith('CPU'))})"
+    return f"CPU only (backends: {', '.join(build.backends) or 'none'})"
 
 
 def _or_unknown(value: int | None) -> str:

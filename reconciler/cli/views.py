@@ -20,6 +20,7 @@ from reconciler.drive.logs import follow, tail
 from reconciler.drive.process import owner_id
 from reconciler.observe import clock
 from reconciler.observe.docker_engine import DockerEngine
+from reconciler.observe.engine_builds import EngineBuilds
 from reconciler.observe.host_profile import observe_host_profile
 
 
@@ -53,8 +54,10 @@ def status(path: Path, state_dir: Path | None, output: str, git_url: str | None,
 @state_option
 @output_option
 def host(path: Path, state_dir: Path | None, output: str) -> None:
-    """What this host offers to run models: CPU and its flags, memory, disk, OS, container engine, GPUs."""
-    profile = observe_host_profile(state_dir or default_state_dir(path), DockerEngine(timeout=3))
+    """What this host offers to run models: CPU and its flags, memory, disk, OS, container engine, GPUs, and
+    whether its llama.cpp builds can offload to them."""
+    state_dir = state_dir or default_state_dir(path)
+    profile = observe_host_profile(state_dir, DockerEngine(timeout=3), EngineBuilds(state_dir, record=False))
     click.echo(host_table(profile) if output == "table" else dump(profile.model_dump(mode="json", by_alias=True), output))
 
 

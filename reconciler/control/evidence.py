@@ -7,11 +7,13 @@ from typing import Any
 
 from reconciler.api.launch import ContainerLaunch
 from reconciler.api.resource_record import ResourceRecord
-from reconciler.api.status import FailureInfo
+from reconciler.api.status import FailureInfo, ResourceStatus
 from reconciler.diff.plan import Action, Verb
 from reconciler.gate.network import ListenFindings, at_most
 from reconciler.gate.verdict import EXPOSURE_OBSERVED, Verdict
 from reconciler.observe.processes import ProcessObservation
+from reconciler.record.conditions import condition
+from reconciler.record.status import ACCELERATED
 
 
 def _action_name(action: Action) -> str:
@@ -61,6 +63,22 @@ def exposure_record(action: Action, generation: int, listens: ListenFindings, no
         "time": now.isoformat(), "resource": str(action.key), "generation": generation, "event": "exposure-observed",
         "pid": listens.pid, "listening": at_most(listens.listening), "reasons": listens.reasons,
         "result": "stopped" if stopped else "recorded (audit mode)" if not listens.enforced else "recorded",
+    }
+
+
+def acceleration_record(before: ResourceRecord | None, after: ResourceRecord, status: ResourceStatus,
+                        now: datetime) -> dict[str, Any] | None:
+    """Where a run that asked for a GPU put its model, once each time that changes (loaded, off the GPU, ...):
+    the estimate beside what its processes hold, so estimates can be trusted or corrected."""
+    seen = condition(after.conditions, ACCELERATED)
+    if seen is None or status.acceleration is None:
+        return None
+    earlier = condition(before.conditions, ACCELERATED) if before is not None else None
+    if earlier is not None and (earlier.status, earlier.reason) == (seen.status, seen.reason):
+        return None  # the memory held moves a little while it serves: not news
+    return {
+        "time": now.isoformat(), "resource": str(after.key), "generation": after.generation, "event": "acceleration",
+        "pid": status.pid, "result": seen.reason, "message": seen.message, "acceleration": status.acceleration,
     }
 
 

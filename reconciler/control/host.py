@@ -9,6 +9,7 @@ from pathlib import Path
 
 from reconciler.api.host import HostProfile, host_profile_document
 from reconciler.observe.docker_engine import DockerEngine
+from reconciler.observe.engine_builds import EngineBuilds
 from reconciler.observe.host_profile import observe_host_profile
 from reconciler.record.recorder import Recorder
 
@@ -16,17 +17,19 @@ PROFILE_SECONDS = 30.0  # how stale the profile may get: free memory and disk mo
 
 
 class HostWatch:
-    def __init__(self, cache_dir: Path, engine: DockerEngine, recorder: Recorder | None) -> None:
-        """`recorder`: where to publish it (None: a read-only command, which writes nothing)."""
+    def __init__(self, cache_dir: Path, engine: DockerEngine, recorder: Recorder | None, builds: EngineBuilds) -> None:
+        """`recorder`: where to publish it (None: a read-only command, which writes nothing); `builds`: what the
+        host's llama.cpp builds answered."""
         self.cache_dir = cache_dir
         self.engine = engine
+        self.builds = builds
         self.recorder = recorder
         self.profile: HostProfile | None = None
         self._observed_at: float | None = None
 
     def refresh(self) -> HostProfile:
         if self.profile is None or self._observed_at is None or time.monotonic() - self._observed_at >= PROFILE_SECONDS:
-            self.profile, self._observed_at = observe_host_profile(self.cache_dir, self.engine), time.monotonic()
+            self.profile, self._observed_at = observe_host_profile(self.cache_dir, self.engine, self.builds), time.monotonic()
             if self.recorder is not None:
                 self.recorder.host_profile(host_profile_document(self.profile, platform.node() or "localhost",
                                                                  datetime.now(timezone.utc)))

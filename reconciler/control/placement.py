@@ -30,6 +30,7 @@ from reconciler.record.decision_record import DecisionInputs, ModelFacts, runtim
 # file is waited for, or fetched, locally: never a reason to send data elsewhere).
 CAPABILITY_BLOCKS = frozenset({
     "NoCompatibleGPU", "InsufficientGPUMemory", "EngineNotInstalled", "InsufficientMemory", "NoVariantFits",
+    "AccelerationUnavailable",
 })
 
 

@@ -21,7 +21,8 @@ from reconciler.api.meta import ResourceKey
 from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.rollout import Pins
 from reconciler.api.status import FailureInfo, Placement, ResourceStatus
-from reconciler.control.evidence import decision_digest, decision_record, exposure_record, outcome_record
+from reconciler.control.evidence import (acceleration_record, decision_digest, decision_record, exposure_record,
+                                         outcome_record)
 from reconciler.control.gateway_routes import RoutesPublisher
 from reconciler.control.gitops import local_revision
 from reconciler.control.holds import Holds, last_valid
@@ -51,6 +52,7 @@ from reconciler.gateway.routes_file import routes_path
 from reconciler.load.desired import DesiredEntry, DesiredState, load_desired
 from reconciler.observe import clock
 from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable
+from reconciler.observe.engine_builds import EngineBuilds
 from reconciler.observe.git import GitError
 from reconciler.observe.host import boot_id
 from reconciler.observe.processes import ProcessObservation
@@ -127,11 +129,12 @@ class Reconciler:
         self.models = ModelStore(self.root, state_dir, background=on_model_fetched is not None, on_fetched=on_model_fetched,
                                  terminal=terminal, network=not offline, record=not readonly)
         self.routes = RoutesPublisher(routes_path(state_dir))
+        builds = EngineBuilds(state_dir, record=not readonly)
         self.workloads = WorkloadRenderer(self.root, self.drivers, engine, self._remembered, self.models,
-                                          str(self.routes.path))
+                                          str(self.routes.path), builds)
         self.judge = Judge(self.workloads, self.approvals)
         self.recorder = Recorder(self.root, state_dir / HOST_EVIDENCE_FILE)
-        self.host = HostWatch(state_dir, engine, None if readonly else self.recorder)
+        self.host = HostWatch(state_dir, engine, None if readonly else self.recorder, builds)
         self.holds = Holds(self._all_records, allow_empty)
         self.metrics = metrics
         self.readonly = readonly
@@ -332,6 +335,8 @@ class Reconciler:
             record = record.model_copy(update={"last_decision": digest})
         if planned.listens is not None and record.exposure != (planned.record.exposure if planned.record else None):
             self.recorder.evidence(record.source, exposure_record(action, record.generation, planned.listens, now))
+        if (placed := acceleration_record(planned.record, record, status, now)) is not None:
+            self.recorder.evidence(record.source, placed)
         decided = self._decision_record(planned)
         if decided is not None:
             status = status.model_copy(update={"decision_record": decided})

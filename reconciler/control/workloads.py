@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from reconciler.api.kinds import KINDS, Model, Runtime, Workload, WorkloadSpec
+from reconciler.api.kinds import KINDS, Engine, Model, Runtime, Workload, WorkloadSpec
 from reconciler.api.launch import BindMount, ContainerLaunch
 from reconciler.api.launch import LaunchSpec, render_launch, working_dir_for
 from reconciler.api.meta import ResourceKey
@@ -22,17 +22,25 @@ from reconciler.api.status import Listen
 from reconciler.control.models import ModelStore, ModelView
 from reconciler.control.pins import pinned_executable, pinned_image, pinned_model
 from reconciler.diff.containers import check_address, container_endpoint, render_container
-from reconciler.diff.engines import Blocked, Rendered, engine_check, engine_command, engine_endpoint
+from reconciler.diff.engines import Blocked, EngineCommand, Rendered, engine_check, engine_command, engine_endpoint
+from reconciler.diff.footprint import estimate
 from reconciler.diff.gpus import assign_gpus, granted_share
 from reconciler.diff.health import note_probe, probe_due
 from reconciler.diff.preflight import preflight
 from reconciler.diff.resources import memory_commitment
 from reconciler.drive.dispatch import Drivers
 from reconciler.drive.process import PASSED_THROUGH, child_path
+from reconciler.diff.acceleration import Acceleration, AssignedGpu, assess_acceleration
+from reconciler.gate.acceleration import acceleration_asked, acceleration_refusal, gpu_layers_asked
 from reconciler.gate.resources import MemoryUse
 from reconciler.load.desired import DesiredState
 from reconciler.observe import clock
 from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable, ImageFacts
+from reconciler.observe.engine_builds import LLAMA_CPP_PYTHON, LLAMA_SERVER, EngineBuild, EngineBuilds
+from reconciler.observe.engine_log import EngineLoad, read_engine_load
+from reconciler.observe.gguf_facts import GgufUnreadable
+from reconciler.observe.gguf_header import read_gguf_facts
+from reconciler.observe.gpu_processes import process_tree, read_gpu_processes
 from reconciler.observe.gpus import GpuInventory, read_inventory
 from reconciler.observe.host import EngineFacts, engine_facts, find_executable
 from reconciler.observe.listening import ListenObserver, ObservedListens, listening_table
@@ -43,9 +51,11 @@ from reconciler.observe.processes import ProcessObservation, ProcessState
 class WorkloadRenderer:
     def __init__(self, root: Path, driver: Drivers, engine: DockerEngine,
                  remembered: Callable[[ResourceKey], ResourceRecord | None], models: ModelStore,
-                 routes_file: str) -> None:
-        """`routes_file`: where the reconciler publishes the routes an engine gateway reads."""
+                 routes_file: str, builds: EngineBuilds) -> None:
+        """`routes_file`: where the reconciler publishes the routes an engine gateway reads; `builds`: what the
+        host's llama.cpp builds can do, asked once per build."""
         self.root = root
+        self.builds = builds
         self.routes_file = routes_file
         self.models = models
         self.remembered = remembered
@@ -58,6 +68,7 @@ class WorkloadRenderer:
         self._engine_checked = False
         self._images: dict[str, ImageFacts] = {}  # present images seen this pass (an absent one is asked again)
         self._listens = ListenObserver()
+        self._loads: dict[str, tuple[int, EngineLoad, int | None]] = {}  # workload -> (pid, finished load, estimate)
 
     def observe_host(self) -> None:
         """Once per pass: which engines are installed, which GPUs exist; the container engine when first needed."""
@@ -76,9 +87,10 @@ class WorkloadRenderer:
         container = spec.runtime is Runtime.container
         check = engine_check(spec, self.facts)  # kept even when a start is blocked
         endpoint = container_endpoint(spec) if container else engine_endpoint(spec)
+        accelerated = None if container else self._acceleration(desired, workload, process)
 
         def blocked(why: Blocked) -> Rendered:
-            return Rendered(blocked=why, check=check, endpoint=endpoint)
+            return Rendered(blocked=why, check=check, endpoint=endpoint, acceleration=accelerated)
 
         current = process.record.launch.gpus if process.record else ()
         request = spec.resources.gpus if gpu_sharing else spec.resources.gpus.model_copy(update={"shareable": False})
@@ -100,6 +112,9 @@ class WorkloadRenderer:
                                  granted_share(request, self.inventory, gpus), self.routes_file)
         if isinstance(command, Blocked):
             return blocked(command)
+        refusal = acceleration_refusal(spec, gpus, self._build(spec, gpus, command))
+        if refusal is not None:  # never started on the CPU in its place
+            return blocked(refusal)
         default_dir = Path(self.driver.default_working_dir(workload.name))
         working_dir = working_dir_for(spec, (self.root / file).parent, default_dir)
         executable = find_executable(command.command[0], child_path(spec.env), working_dir)
@@ -108,7 +123,50 @@ class WorkloadRenderer:
             return blocked(changed)
         launch = render_launch(spec, command.command, command.args, working_dir, executable, gpus,
                                presence.identity if presence else None, command.executable_from_spec, command.env)
-        return Rendered(launch, None, check, endpoint, presence)
+        return Rendered(launch, None, check, endpoint, presence, accelerated)
+
+    def _acceleration(self, desired: DesiredState, workload: Workload, process: ProcessObservation) -> Acceleration | None:
+        """Where a running engine that asked for a GPU put its model: its log's word, checked against NVML's list
+        of the processes holding GPU memory."""
+        running = process.record
+        if process.running_pid is None or running is None or not isinstance(running.launch, LaunchSpec):
+            return None
+        spec = workload.spec
+        asked = acceleration_asked(spec, running.launch.gpus)
+        if asked is None:
+            return None
+        pid, load, footprint = self._loads.get(workload.name, (None, None, None))
+        if pid != running.pid or load is None:  # a finished load is read once per run; one still loading each pass
+            load, footprint = read_engine_load(self.driver.log_path(workload.name)), self._gpu_estimate(desired, workload)
+            if load.loaded:
+                self._loads[workload.name] = (running.pid, load, footprint)
+        uuids = {gpu.index: gpu.uuid for gpu in self.inventory.gpus}
+        assigned = [AssignedGpu(index, uuids.get(index, f"GPU {index}")) for index in running.launch.gpus]
+        return assess_acceleration(asked, assigned, load, read_gpu_processes().held_by(process_tree(running.pid)),
+                                   gpu_layers_asked(spec), footprint)
+
+    def _gpu_estimate(self, desired: DesiredState, workload: Workload) -> int | None:
+        """The footprint estimated for the model on a GPU: the chosen variant's, else one from its GGUF header."""
+        view = self.model_view(desired, workload)
+        if view is not None and view.selection is not None and view.selection.estimate is not None:
+            return view.selection.estimate.total
+        presence = view.presence if view is not None else None
+        if presence is None or not presence.present or presence.magic != b"GGUF":
+            return None
+        try:
+            facts = read_gguf_facts(presence.path)
+        except GgufUnreadable:
+            return None
+        options = workload.spec.llama_cpp
+        footprint = estimate(presence.size, facts, options.context_size if options else None, device="GPU")
+        return footprint.total if footprint else None
+
+    def _build(self, spec: WorkloadSpec, gpus: tuple[int, ...], command: EngineCommand) -> EngineBuild | None:
+        """The host's llama.cpp build this start would run, asked what it can do when the workload wants a GPU."""
+        if spec.engine is not Engine.llama_cpp or command.executable_from_spec or acceleration_asked(spec, gpus) is None:
+            return None
+        kind = LLAMA_SERVER if command.command[0] == self.facts.llama_server else LLAMA_CPP_PYTHON
+        return self.builds.of(kind, command.command[0], self.inventory)
 
     def listening(self, process: ProcessObservation) -> ObservedListens | None:
         """What a running native workload's processes listen on (a container's are judged by its published ports)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from reconciler.api.chat_formats import server_chat_format
 from reconciler.api.workload import Engine, HealthCheck, HttpCheck, LlamaCppOptions, TcpCheck, VllmOptions, WorkloadSpec
 from reconciler.api.launch import LaunchSpec
+from reconciler.diff.acceleration import Acceleration
 from reconciler.observe.host import EngineFacts, ModelPresence
 
 LLAMA_CPP_PYTHON_MODULE = "llama_cpp.server"
@@ -49,6 +50,7 @@ class Rendered:
     check: HealthCheck | None = None
     endpoint: str | None = None
     model: ModelPresence | None = None  # the model file the launch serves: hashed again before a start
+    acceleration: Acceleration | None = None  # where the running engine put the model, when it asked for a GPU
 
 
 # vLLM loads big models for many minutes (weights, then CUDA graphs) before /health answers.

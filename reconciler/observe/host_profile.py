@@ -10,19 +10,24 @@ from pathlib import Path
 import docker.errors
 import psutil
 
-from reconciler.api.host import (ContainerEngineProfile, CpuProfile, DiskProfile, GpuProfile, GpusProfile, HostProfile,
-                                 MemoryProfile, OsProfile)
+from reconciler.api.host import (ContainerEngineProfile, CpuProfile, DiskProfile, EngineBuildProfile, GpuProfile, GpusProfile,
+                                 HostProfile, MemoryProfile, OsProfile)
 from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable
-from reconciler.observe.gpus import read_inventory
+from reconciler.observe.engine_builds import LLAMA_CPP_PYTHON, LLAMA_SERVER, EngineBuilds
+from reconciler.observe.gpus import GpuInventory, read_inventory
+from reconciler.observe.host import engine_facts
 
 CPUINFO = Path("/proc/cpuinfo")
 _INFERENCE_FLAGS = frozenset({"avx", "avx2", "avx_vnni", "fma", "f16c", "neon", "asimd", "sve"})
 _INFERENCE_PREFIXES = ("avx512", "amx")
 
 
-def observe_host_profile(cache_dir: Path, engine: DockerEngine | None) -> HostProfile:
+def observe_host_profile(cache_dir: Path, engine: DockerEngine | None, builds: EngineBuilds | None = None) -> HostProfile:
+    """`builds`: where the llama.cpp builds' answers are kept; None: they are not asked."""
+    inventory = read_inventory()
     return HostProfile(cpu=observe_cpu(), memory=observe_memory(), disk=observe_disk(cache_dir), os=observe_os(),
-                       container_engine=observe_engine(engine), gpus=observe_gpus())
+                       container_engine=observe_engine(engine), gpus=observe_gpus(inventory),
+                       engine_builds=observe_engine_builds(builds, inventory) if builds is not None else [])
 
 
 def parse_cpuinfo(text: str) -> tuple[str | None, list[str]]:
@@ -86,12 +91,22 @@ def observe_engine(engine: DockerEngine | None) -> ContainerEngineProfile:
     return ContainerEngineProfile(reachable=True, version=version, address=engine.address)
 
 
-def observe_gpus() -> GpusProfile:
-    inventory = read_inventory()
+def observe_gpus(inventory: GpuInventory) -> GpusProfile:
     devices = [GpuProfile(index=gpu.index, name=gpu.name, uuid=gpu.uuid, memory_total=gpu.memory_total,
                           memory_free=gpu.memory_free, compute_capability=gpu.compute_capability) for gpu in inventory.gpus]
     return GpusProfile(devices=devices, driver_version=inventory.driver, cuda_version=inventory.cuda,
                        source=inventory.source, reason=inventory.reason)
+
+
+def observe_engine_builds(builds: EngineBuilds, inventory: GpuInventory) -> list[EngineBuildProfile]:
+    """What the host's own llama.cpp servers can do: the builds a llama.cpp workload runs unless it names another."""
+    facts = engine_facts()
+    found = [(kind, path) for kind, path in ((LLAMA_SERVER, facts.llama_server), (LLAMA_CPP_PYTHON, facts.llama_cpp_python))
+             if path is not None]
+    return [EngineBuildProfile(engine=build.kind, executable=build.executable, digest=build.digest,
+                               gpu_offload=build.gpu_offload, backends=list(build.backends), devices=list(build.devices),
+                               problem=build.problem)
+            for build in (builds.of(kind, path, inventory) for kind, path in found)]
 
 
 def _nearest_existing(path: Path) -> Path:

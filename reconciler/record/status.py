@@ -8,8 +8,9 @@ from datetime import datetime
 from reconciler.api.kinds import RestartPolicy, Workload
 from reconciler.api.launch import ContainerLaunch
 from reconciler.api.resource_record import ResourceRecord
-from reconciler.api.status import ExitInfo, FailureInfo, ObservedExposure, Placement, ResourceStatus
+from reconciler.api.status import ConditionStatus, ExitInfo, FailureInfo, ObservedExposure, Placement, ResourceStatus
 from reconciler.base.redact import redact
+from reconciler.diff.acceleration import Acceleration
 from reconciler.diff.engines import Rendered
 from reconciler.diff.footprint import ModelView
 from reconciler.diff.plan import Action, schedule_retry
@@ -24,9 +25,11 @@ from reconciler.record.conditions import set_condition
 ENGINE_UNAVAILABLE = "EngineUnavailable"
 REFUSED_WHILE_RUNNING = frozenset({POLICY_DENIED, EXPOSURE_OBSERVED})
 LISTENING = "Listening"  # the condition on what a native workload was seen listening on
+ACCELERATED = "Accelerated"  # the condition on whether an engine given a GPU really uses it
+DEGRADED = "Degraded"  # runs, but not as asked: on the CPU instead of its GPU
 
 # How `apply --wait` reads a workload's phase.
-FAILED_PHASES = frozenset({"Failed", "BackOff", "Denied", "Exited", "Blocked", ROLLED_BACK})
+FAILED_PHASES = frozenset({"Failed", "BackOff", "Denied", "Exited", "Blocked", ROLLED_BACK, DEGRADED})
 SUCCEEDED_PHASES = frozenset({"Succeeded"})
 
 
@@ -81,6 +84,10 @@ def conclude(
     if outcome.verdict is not None:
         conditions = _policy_condition(conditions, outcome.verdict, now)
     conditions = set_condition(conditions, "Ready", assessment.ready, assessment.reason, assessment.message, now)
+    accelerated = _serving_acceleration(outcome)
+    if accelerated is not None:
+        status = ConditionStatus.unknown if accelerated.ok is None else accelerated.ok
+        conditions = set_condition(conditions, ACCELERATED, status, accelerated.reason, accelerated.message, now)
     record = record.model_copy(update={"conditions": conditions})
     if outcome.listens is not None:
         record = _note_listening(record, outcome, outcome.listens, now)
@@ -197,8 +204,17 @@ def _note_listening(record: ResourceRecord, outcome: PassOutcome, listens: Liste
     return record.model_copy(update=update)
 
 
+def _serving_acceleration(outcome: PassOutcome) -> Acceleration | None:
+    """Where the running engine put its model, while it runs."""
+    running = outcome.after is not None and outcome.after.running_pid is not None
+    return outcome.rendered.acceleration if running else None
+
+
 def _running(record: ResourceRecord, outcome: PassOutcome, pid: int) -> _Assessment:
     later = f"; {outcome.action.blocked.message}" if outcome.action.blocked else ""
+    accelerated = _serving_acceleration(outcome)
+    if accelerated is not None and accelerated.off_the_gpu:  # serving, but not as asked: no client is sent to it
+        return _Assessment(False, accelerated.reason, f"pid {pid}: {accelerated.message}{later}", DEGRADED)
     if outcome.rendered.check is None:
         return _Assessment(True, "Running", f"pid {pid}{later}", "Running")
     health = record.health if record.health is not None and record.health.pid == pid else None
@@ -266,6 +282,7 @@ def _render(record: ResourceRecord, outcome: PassOutcome, assessment: _Assessmen
         image=image.image if image else None,
         image_id=image.image_id if image else None,
         artifact=_artifact(outcome.model) if record.kind == "Model" and outcome.model else None,
+        acceleration=accelerated.report if pid and (accelerated := _serving_acceleration(outcome)) else None,
     )
 
 
