@@ -42,7 +42,7 @@ def status(path: Path, state_dir: Path | None, output: str, git_url: str | None,
     statuses = [status for key in reconciler.keys() if (status := reconciler.status(key)) is not None]
     rows = status_rows(statuses, reconciler.records, now)
     click.echo(status_table(rows) if output == "table" else dump(rows, output))
-    routes = gateway_routes(reconciler.desired, statuses)
+    routes = gateway_routes(reconciler.desired, statuses, reconciler.root, reconciler.records)
     if output == "table" and routes is not None:
         click.echo(f"\nGateway routes:\n{routes_table(routes)}")
     print_load_errors(reconciler)
