@@ -170,10 +170,16 @@ def test_a_consented_hosted_route_injects_the_key_sends_only_allowed_classes_and
         assert verify_chain(space.desired / "remote.evidence.jsonl").ok, "the daemon and the gateway keep one chain"
 
         shown = space.cli("status", "-o", "json").stdout + space.cli("describe", "remote").stdout
-        for where, text in [("shown", shown), *_every_file(space.desired, space.state)]:
+        logs = [("the daemon's log", space.daemon_log.read_text())]
+        for where, text in [("shown", shown), *logs, *_every_file(space.desired, space.state)]:
             assert KEY not in text, f"the key is in {where}"
             assert SECRET_PROMPT not in text, f"content is in {where}"
 
+        assert space.cli("deny", "remote", "--hosted", "--spec-hash", spec_hash).returncode == 0  # consent withdrawn
+        status, _, answer = wait_for(lambda: (a := chat(gateway))[0] != 200 and a, timeout=60, what="the refusal")
+        assert status == 503 and answer["error"]["code"] == "PolicyDenied", answer
+        assert space.cli("approve", "remote", "--hosted", "--spec-hash", spec_hash).returncode == 0
+        wait_for(lambda: chat(gateway)[0] == 200, timeout=60, what="the hosted route again")
         space.write("remote.yaml", remote(provider, key_file, model="acme-larger"))  # a new spec
         status, _, answer = wait_for(lambda: (a := chat(gateway))[0] != 200 and a, timeout=60,
                                      what="consent to end with the spec it was given for")
