@@ -19,6 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
+import yaml
 
 from tests.conftest import Workspace, wait_for
 from tests.test_engines import document, free_port
@@ -185,6 +186,34 @@ def test_a_hundred_concurrent_streams_all_complete_in_bounded_memory(stack: Stac
     streams = asyncio.run(all_of_them())
     assert all(events[-1] == "data: [DONE]" and len(events) >= 2 for events in streams)
     assert gateway.memory_info().rss - before < 64 * 2**20
+
+
+def test_routes_show_in_status_output_and_describe_and_the_gateway_counts_per_model_and_route(stack: Stack) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert call(f"{stack.gateway}/v1/completions", completion("gpt-4o-mini"))[0] == 200
+    assert call(f"{stack.gateway}/v1/completions", completion("made-up-model-name"))[0] == 404
+    for output in ("json", "yaml"):
+        rows = yaml.safe_load(stack.space.cli("status", "-o", output).stdout)
+        route = next(row for row in rows if (row["kind"], row["name"]) == ("Model", "tiny"))["gatewayRoute"]
+        assert (route["state"], route["backends"], route["aliases"]) == (
+            "Ready", [{"workload": "chat", "url": stack.chat}], ["gpt-4o-mini"]), route
+        assert route["summary"] == f"Workload/chat {stack.chat}"
+    described = stack.space.cli("describe", "model/tiny").stdout
+    assert "Served by    Workload/chat\n" in described, described
+    assert f"{stack.gateway}/v1: any client on this host, as model 'tiny', 'gpt-4o-mini'" in described, described
+    assert f"Route        Workload/chat {stack.chat}" in described
+
+    with urllib.request.urlopen(f"{stack.gateway}/metrics", timeout=30) as answer:
+        samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                   for family in text_string_to_metric_families(answer.read().decode()) for sample in family.samples}
+    chat = (("model", "tiny"), ("route", "Workload/chat"))
+    assert samples[("gateway_requests_total", (("code", "200"), *chat))] >= 2
+    assert samples[("gateway_errors_total", (("model", "unknown"), ("reason", "ModelNotFound"), ("route", "none")))] >= 1
+    assert samples[("gateway_bytes_total", (("direction", "in"), *chat))] > 0
+    assert samples[("gateway_time_to_first_byte_seconds_count", chat)] >= 2
+    assert samples[("gateway_request_duration_seconds_count", chat)] >= 2
+    assert not any("made-up" in str(labels) for _, labels in samples), "a client's name never becomes a label"
 
 
 def test_routes_follow_the_status_files_without_a_restart(stack: Stack) -> None:

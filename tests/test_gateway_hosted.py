@@ -170,6 +170,7 @@ def test_a_consented_hosted_route_injects_the_key_sends_only_allowed_classes_and
         assert verify_chain(space.desired / "remote.evidence.jsonl").ok, "the daemon and the gateway keep one chain"
 
         shown = space.cli("status", "-o", "json").stdout + space.cli("describe", "remote").stdout
+        assert "chat/completions to acme (eu): prompts, completions;" in shown, "describe shows hosted requests as events"
         logs = [("the daemon's log", space.daemon_log.read_text())]
         for where, text in [("shown", shown), *logs, *_every_file(space.desired, space.state)]:
             assert KEY not in text, f"the key is in {where}"

@@ -37,6 +37,20 @@ def routes_of(desired: DesiredState, status_of: Mapping[ResourceKey, ResourceSta
     return route_table(models, serving)
 
 
+def served_models(desired: DesiredState) -> dict[str, str]:
+    """Workload name -> the model it serves."""
+    return {key.name: entry.resource.spec.model for key, entry in desired.resources.items()
+            if isinstance(entry.resource, Workload) and entry.resource.spec.model}
+
+
+def gateway_endpoints(desired: DesiredState, statuses: list[ResourceStatus]) -> list[str]:
+    """Where the declared gateways serve now."""
+    gateways = {key for key, entry in desired.resources.items()
+                if isinstance(entry.resource, Workload) and entry.resource.spec.engine is Engine.gateway}
+    return [endpoint for status in statuses if ResourceKey(status.kind, status.name) in gateways
+            for endpoint in status.endpoints]
+
+
 def judged_specs(records: Mapping[ResourceKey, ResourceRecord]) -> dict[ResourceKey, str]:
     return {key: record.spec_hash for key, record in records.items()}
 

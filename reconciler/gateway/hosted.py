@@ -27,12 +27,11 @@ from reconciler.gateway.classes import UNCLASSIFIED, classes_sent, refused_class
 from reconciler.gateway.metrics import Exchange
 from reconciler.gateway.relay import CODE, error, relay
 from reconciler.gateway.routes import HostedRoute
-from reconciler.record.evidence import EvidenceLog
+from reconciler.record.evidence import HOSTED_REQUEST, EvidenceLog
 
 log = logging.getLogger("reconciler.gateway")
 
 MAX_KEY_BYTES = 4096
-EVENT = "hosted-request"
 CLIENT_GONE = 499  # the status recorded when the client left before its answer ended (nginx's convention)
 
 
@@ -70,7 +69,7 @@ class HostedEvidence:
     def record(self, route: HostedRoute, exchange: Exchange, path: str, status: int, outcome: str) -> None:
         if route.evidence_file is None:
             return
-        line = {"time": datetime.now(timezone.utc).isoformat(), "event": EVENT, "resource": f"Workload/{route.workload}",
+        line = {"time": datetime.now(timezone.utc).isoformat(), "event": HOSTED_REQUEST, "resource": f"Workload/{route.workload}",
                 "model": exchange.model, "provider": route.provider, "region": route.region,
                 "providerModel": route.model, "path": path, "classes": list(exchange.classes),
                 "bytesOut": exchange.bytes_out, "bytesIn": exchange.bytes_in, "status": status, "outcome": outcome}

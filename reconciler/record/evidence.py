@@ -232,6 +232,7 @@ def _encode(record: Mapping[str, Any]) -> str:
 
 EVIDENCE_SUFFIX = ".evidence.jsonl"
 HOST_EVIDENCE_FILE = "host.evidence.jsonl"  # in the state directory: what was done to the evidence itself
+HOSTED_REQUEST = "hosted-request"  # the gateway's line for each request of a workload placed at a provider
 RECHAINED = "rechained"  # the event of the first line of a chain rewritten without some of its records
 
 
