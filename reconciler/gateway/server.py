@@ -36,6 +36,7 @@ ROUTES_KEY = web.AppKey("routes", RoutesFile)
 SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
 BALANCER_KEY = web.AppKey("balancer", Balancer)
 WAIT_KEY = web.AppKey("wait", float)
+BODY_SECONDS_KEY = web.AppKey("body_seconds", float)
 IN_FLIGHT_KEY: web.AppKey["InFlight"] = web.AppKey("in_flight")
 METRICS_KEY = web.AppKey("metrics", GatewayMetrics)
 EVIDENCE_KEY = web.AppKey("evidence", HostedEvidence)
@@ -106,9 +107,11 @@ async def _forward(request: web.Request, exchange: Exchange) -> web.StreamRespon
     if not _SAFE_TAIL.fullmatch(tail) or ".." in tail.split("/"):
         return error(404, f"no such path: {request.raw_path[:_SHOWN]!r}", "NotFound")
     try:
-        body = await request.read()
+        body = await asyncio.wait_for(request.read(), request.app[BODY_SECONDS_KEY])
     except web.HTTPRequestEntityTooLarge:
         return error(413, f"the request body is over {MAX_BODY_BYTES} bytes", "RequestTooLarge")
+    except asyncio.TimeoutError:  # a client that trickles its body would hold one of the --max-requests places
+        return error(408, f"the request body did not arrive within {request.app[BODY_SECONDS_KEY]:g} s", "RequestTimeout")
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as problem:
@@ -174,12 +177,13 @@ async def openai_errors(request: web.Request, handler: Any) -> web.StreamRespons
         return error(refused.status, f"{request.method} {request.path[:_SHOWN]}: {refused.reason}", refused.reason.replace(" ", ""))
 
 
-def make_app(routes_file: Path, wait_seconds: float, max_requests: int) -> web.Application:
+def make_app(routes_file: Path, wait_seconds: float, max_requests: int, body_seconds: float) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[openai_errors])
     app[ROUTES_KEY] = RoutesFile(routes_file)
     app[IN_FLIGHT_KEY] = InFlight(max_requests)
     app[BALANCER_KEY] = Balancer()
     app[WAIT_KEY] = wait_seconds
+    app[BODY_SECONDS_KEY] = body_seconds
     app[METRICS_KEY] = GatewayMetrics()
     app[EVIDENCE_KEY] = HostedEvidence()
 
@@ -201,13 +205,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--routes", type=Path, required=True, help="the routes file the reconciler writes")
+    parser.add_argument("--body-seconds", type=_bounded(float, 0.1, 600), default=30.0,
+                        help="how long a request's body may take to arrive before a 408")
     parser.add_argument("--wait-seconds", type=_bounded(float, 0, 600), default=30.0,
                         help="how long a request for a model still starting waits before a 503 with Retry-After")
     parser.add_argument("--max-requests", type=_bounded(int, 1, 4096), default=256,
                         help="requests served at once (waiting, streaming); more are refused with 503 GatewayBusy")
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    web.run_app(make_app(options.routes, options.wait_seconds, options.max_requests), host=options.host, port=options.port,
+    web.run_app(make_app(options.routes, options.wait_seconds, options.max_requests, options.body_seconds),
+                host=options.host, port=options.port,
                 handler_cancellation=True, access_log=None, print=lambda text: log.info("%s", text.strip()))
 
 
