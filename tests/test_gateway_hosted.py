@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ class Provider:
         self.seen.append((request.path, request.headers.get("Authorization"), body))
         if request.headers.get("Authorization") != f"Bearer {KEY}":
             return web.json_response({"error": {"message": "bad key"}}, status=401)
+        if body.get("messages", [{}])[-1].get("content") == "redirect me":
+            return web.Response(status=307, headers={"Location": f"http://127.0.0.1:{self.port}/v1/elsewhere"})
         if body.get("stream"):
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
@@ -159,14 +162,22 @@ def test_a_consented_hosted_route_injects_the_key_sends_only_allowed_classes_and
         assert status == 403 and "tool-results" in answer["error"]["message"], answer
         assert len(provider.seen) == sent, "a refused class never reaches the provider"
 
-        lines = wait_for(lambda: len(h := hosted_lines(space)) >= 4 and h, timeout=10, what="the hosted evidence")
+        redirected = urllib.request.Request(f"{gateway}/v1/chat/completions", json.dumps(
+            {"model": "big", "messages": [{"role": "user", "content": "redirect me"}]}).encode(),
+            {"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as answered:  # urllib itself follows only GET and HEAD redirects
+            urllib.request.urlopen(redirected, timeout=30)
+        assert answered.value.code == 307
+        assert [seen[0] for seen in provider.seen].count("/v1/elsewhere") == 0, "a redirect is never followed"
+
+        lines = wait_for(lambda: len(h := hosted_lines(space)) >= 5 and h, timeout=10, what="the hosted evidence")
         sent_line = next(line for line in lines if line["status"] == 200)
         assert {key: sent_line[key] for key in ("resource", "model", "provider", "region", "path", "classes")} == {
             "resource": "Workload/remote", "model": "big", "provider": "acme", "region": "eu",
             "path": "chat/completions", "classes": ["prompts", "completions"]}
         assert sent_line["bytesOut"] > len(SECRET_PROMPT) and sent_line["bytesIn"] > 0 and sent_line["time"]
-        assert [(line["status"], line["outcome"]) for line in lines[-2:]] == [(403, "ContextNotAllowed")] * 2
-        assert lines[-2]["classes"] == ["embeddings"] and lines[-1]["classes"] == ["prompts", "completions", "tool-results"]
+        assert [(line["status"], line["outcome"]) for line in lines[-3:]] == [(403, "ContextNotAllowed")] * 2 + [(307, "Sent")]
+        assert lines[-3]["classes"] == ["embeddings"] and lines[-2]["classes"] == ["prompts", "completions", "tool-results"]
         assert verify_chain(space.desired / "remote.evidence.jsonl").ok, "the daemon and the gateway keep one chain"
 
         shown = space.cli("status", "-o", "json").stdout + space.cli("describe", "remote").stdout

@@ -36,7 +36,8 @@ async def relay(request: web.Request, session: aiohttp.ClientSession, url: str, 
     """POST `body` to `url` and pass the answer back; `who` names the upstream in errors (never a header's value)."""
     exchange.bytes_out = len(body)
     try:
-        upstream = await session.post(url, data=body, headers=headers)
+        # A redirect is answered, not followed: it would send the body (to a provider, the key) where no route says
+        upstream = await session.post(url, data=body, headers=headers, allow_redirects=False)
     except (aiohttp.ClientError, asyncio.TimeoutError) as problem:
         return error(502, f"{who}: {problem or type(problem).__name__}", "UpstreamUnreachable", "upstream_error")
     try:
