@@ -180,7 +180,11 @@ def test_a_consented_hosted_route_injects_the_key_sends_only_allowed_classes_and
         assert lines[-3]["classes"] == ["embeddings"] and lines[-2]["classes"] == ["prompts", "completions", "tool-results"]
         assert verify_chain(space.desired / "remote.evidence.jsonl").ok, "the daemon and the gateway keep one chain"
 
-        shown = space.cli("status", "-o", "json").stdout + space.cli("describe", "remote").stdout
+        listed = space.cli("status", "-o", "json").stdout
+        shown = listed + space.cli("describe", "remote").stdout
+        route = next(row for row in json.loads(listed) if row["name"] == "big")["gatewayRoute"]
+        assert route["state"] == "Hosted" and route["hosted"]["apiKey"] == {"file": str(key_file)}, route
+        assert route["summary"].startswith(f"Hosted: Workload/remote at acme (eu) http://127.0.0.1:{provider.port}/v1")
         assert "chat/completions to acme (eu): prompts, completions;" in shown, "describe shows hosted requests as events"
         logs = [("the daemon's log", space.daemon_log.read_text())]
         for where, text in [("shown", shown), *logs, *_every_file(space.desired, space.state)]:
