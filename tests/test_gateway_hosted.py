@@ -5,6 +5,7 @@ sent; what a request would send is checked against the fallback's context classe
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import threading
@@ -54,6 +55,7 @@ class Provider:
 
     port: int = field(default_factory=free_port)
     seen: list[tuple[str, str | None, dict[str, Any]]] = field(default_factory=list)  # (path, Authorization, body)
+    release: threading.Event = field(default_factory=threading.Event)  # a held stream goes on once this is set
 
     async def answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -69,6 +71,8 @@ class Provider:
                 chunk = {"object": "chat.completion.chunk", "model": body["model"],
                          "choices": [{"index": 0, "delta": {"content": word}}]}
                 await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                while body["messages"][-1]["content"] == "hold the stream" and not self.release.is_set():
+                    await asyncio.sleep(0.05)
             await response.write(b"data: [DONE]\n\n")
             return response
         return web.json_response({"object": "chat.completion", "model": body["model"],
@@ -191,9 +195,19 @@ def test_a_consented_hosted_route_injects_the_key_sends_only_allowed_classes_and
             assert KEY not in text, f"the key is in {where}"
             assert SECRET_PROMPT not in text, f"content is in {where}"
 
+        held = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=60)
+        held.request("POST", "/v1/chat/completions", json.dumps({"model": "big", "stream": True, "messages": [
+            {"role": "user", "content": "hold the stream"}]}), {"Content-Type": "application/json"})
+        stream = held.getresponse()
+        received = stream.read1(65536)
+        assert b"data: " in received, received
         assert space.cli("deny", "remote", "--hosted", "--spec-hash", spec_hash).returncode == 0  # consent withdrawn
         status, _, answer = wait_for(lambda: (a := chat(gateway))[0] != 200 and a, timeout=60, what="the refusal")
         assert status == 503 and answer["error"]["code"] == "PolicyDenied", answer
+        provider.release.set()
+        received += stream.read()
+        assert received.endswith(b"data: [DONE]\n\n") and b"event: error" not in received, "a running stream is not moved"
+        held.close()
         assert space.cli("approve", "remote", "--hosted", "--spec-hash", spec_hash).returncode == 0
         wait_for(lambda: chat(gateway)[0] == 200, timeout=60, what="the hosted route again")
         space.write("remote.yaml", remote(provider, key_file, model="acme-larger"))  # a new spec
