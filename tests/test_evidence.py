@@ -408,3 +408,18 @@ def test_verify_names_a_chain_file_that_is_a_link(tmp_path: Path) -> None:
     result = verify_chain(tmp_path / "w.evidence.jsonl")
 
     assert not result.ok and result.broken_file == tmp_path / "w.evidence.jsonl" and "symbolic link" in str(result.reason)
+
+
+def test_two_processes_appending_to_one_chain_keep_it_one_chain(log_path: Path) -> None:
+    """The gateway records hosted requests in a workload's log while the daemon records its passes there: without a
+    lock across processes each writer chained to the line it last wrote itself, and the chain forked."""
+    import subprocess
+    import sys
+
+    writer = ("import sys\nfrom pathlib import Path\nfrom reconciler.record.evidence import EvidenceLog\n"
+              "log = EvidenceLog(Path(sys.argv[1]), max_bytes=8192, keep=100)\n"
+              "for n in range(150):\n    log.append({'writer': sys.argv[2], 'n': n})\n")
+    writers = [subprocess.Popen([sys.executable, "-c", writer, str(log_path), name]) for name in ("daemon", "gateway")]
+    assert [process.wait(timeout=120) for process in writers] == [0, 0]
+
+    assert verify_chain(log_path) == evidence.VerifyResult(ok=True, records=300)

@@ -19,6 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
+import yaml
 
 from tests.conftest import Workspace, wait_for
 from tests.test_engines import document, free_port
@@ -57,7 +58,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     space.write("chat.yaml", document("Model", "tiny", {"source": "models/tiny.gguf", "aliases": ["gpt-4o-mini"]}) + "---\n"
                 + llama_server("chat", "tiny", chat_port))
     space.write("gateway.yaml", document("Workload", "gateway", {
-        "engine": "gateway", "port": gateway_port, "args": ["--wait-seconds", "3", "--max-requests", "150"],
+        "engine": "gateway", "port": gateway_port, "args": ["--wait-seconds", "3", "--max-requests", "150", "--body-seconds", "2"],
         "health": {"http": {"path": "/health"}, "periodSeconds": 0.2}}))
     space.start_daemon()
     try:
@@ -168,6 +169,21 @@ def test_bad_requests_get_clear_errors(stack: Stack) -> None:
     assert call(f"{stack.gateway}/v1/completions", completion("tiny"))[0] == 200, "still serving"
 
 
+def test_a_client_that_trickles_its_body_is_cut_off_and_others_are_served_meanwhile(stack: Stack) -> None:
+    """Without a bound on the body's arrival such a client held one of the --max-requests places for as long as it
+    liked, and as many of them as places shut every other client out."""
+    host, port = stack.gateway.removeprefix("http://").split(":")
+    slow = socket.create_connection((host, int(port)), timeout=30)
+    slow.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000\r\n\r\n{\"model\": ")
+    assert call(f"{stack.gateway}/v1/completions", completion("tiny"))[0] == 200, "served while the slow one waits"
+    answer = b""
+    while chunk := slow.recv(65536):  # the gateway answers after --body-seconds and closes
+        answer += chunk
+    slow.close()
+    assert answer.startswith(b"HTTP/1.1 408") and b"RequestTimeout" in answer, answer[:300]
+
+
 def test_a_hundred_concurrent_streams_all_complete_in_bounded_memory(stack: Stack) -> None:
     aiohttp = pytest.importorskip("aiohttp")
     gateway = psutil.Process(stack.running("gateway.yaml", "gateway")["pid"])
@@ -187,6 +203,34 @@ def test_a_hundred_concurrent_streams_all_complete_in_bounded_memory(stack: Stac
     assert gateway.memory_info().rss - before < 64 * 2**20
 
 
+def test_routes_show_in_status_output_and_describe_and_the_gateway_counts_per_model_and_route(stack: Stack) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert call(f"{stack.gateway}/v1/completions", completion("gpt-4o-mini"))[0] == 200
+    assert call(f"{stack.gateway}/v1/completions", completion("made-up-model-name"))[0] == 404
+    for output in ("json", "yaml"):
+        rows = yaml.safe_load(stack.space.cli("status", "-o", output).stdout)
+        route = next(row for row in rows if (row["kind"], row["name"]) == ("Model", "tiny"))["gatewayRoute"]
+        assert (route["state"], route["backends"], route["aliases"]) == (
+            "Ready", [{"workload": "chat", "url": stack.chat}], ["gpt-4o-mini"]), route
+        assert route["summary"] == f"Workload/chat {stack.chat}"
+    described = stack.space.cli("describe", "model/tiny").stdout
+    assert "Served by    Workload/chat\n" in described, described
+    assert f"{stack.gateway}/v1: any client on this host, as model 'tiny', 'gpt-4o-mini'" in described, described
+    assert f"Route        Workload/chat {stack.chat}" in described
+
+    with urllib.request.urlopen(f"{stack.gateway}/metrics", timeout=30) as answer:
+        samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                   for family in text_string_to_metric_families(answer.read().decode()) for sample in family.samples}
+    chat = (("model", "tiny"), ("route", "Workload/chat"))
+    assert samples[("gateway_requests_total", (("code", "200"), *chat))] >= 2
+    assert samples[("gateway_errors_total", (("model", "unknown"), ("reason", "ModelNotFound"), ("route", "none")))] >= 1
+    assert samples[("gateway_bytes_total", (("direction", "in"), *chat))] > 0
+    assert samples[("gateway_time_to_first_byte_seconds_count", chat)] >= 2
+    assert samples[("gateway_request_duration_seconds_count", chat)] >= 2
+    assert not any("made-up" in str(labels) for _, labels in samples), "a client's name never becomes a label"
+
+
 def test_routes_follow_the_status_files_without_a_restart(stack: Stack) -> None:
     gateway_pid = stack.running("gateway.yaml", "gateway")["pid"]
     stack.space.write("ghost.yaml", document("Model", "ghost", {"source": "models/ghost.gguf"}) + "---\n"
@@ -194,7 +238,8 @@ def test_routes_follow_the_status_files_without_a_restart(stack: Stack) -> None:
     answer = wait_for(lambda: (a := call(f"{stack.gateway}/v1/completions", completion("ghost")))[0] != 404 and a,
                       timeout=30, what="the new model in the gateway's routes")
     status, _, body = answer
-    reason = stack.space.condition("ghost.yaml", "ghost-server")
+    # the routes follow the daemon's statuses as it holds them, which may be a moment ahead of the status file
+    reason = wait_for(lambda: stack.space.condition("ghost.yaml", "ghost-server"), timeout=10, what="ghost's status file")
     assert status == 503 and body["error"]["code"] == "ModelMissing" == reason["reason"], body
     assert "Workload/ghost-server" in body["error"]["message"] and "ghost.gguf" in body["error"]["message"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import yaml
 
@@ -49,7 +50,7 @@ def test_each_model_routes_to_its_ready_local_workloads_or_says_why_not() -> Non
         status("typo", "Blocked", False, "ModelNotFound", Placement.unavailable),
         status("gateway", "Running", True, "Healthy", port=8000),
     ]
-    routes = gateway_routes(DESIRED, statuses)
+    routes = gateway_routes(DESIRED, statuses, Path("/desired"), {})
     assert routes is not None
     assert [(b.workload, b.url) for b in routes.models["tiny"].backends] == [
         ("a", "http://127.0.0.1:8081/v1"), ("b", "http://127.0.0.1:8082/v1")]
@@ -62,12 +63,44 @@ def test_each_model_routes_to_its_ready_local_workloads_or_says_why_not() -> Non
     assert "gateway" not in routes.models
 
 
-def test_a_ready_workload_placed_elsewhere_is_no_backend() -> None:
-    """Ready but hosted: this gateway has no hosted route yet, so it refuses rather than call a provider."""
-    hosted = status("big", "Hosted", True, "HostedFallback", Placement.hosted, message="consented")
-    route = routes_of(DESIRED, {ResourceKey("Workload", "big"): hosted}).models["big"]
-    assert (route.state, route.reason) == (RouteState.unavailable, "HostedFallback")
-    assert "no hosted route yet" in route.message
+FALLBACK = {"provider": "acme", "baseUrl": "https://api.acme.example/v1", "model": "acme-large", "region": "eu",
+            "context": ["prompts", "completions"], "apiKey": {"file": "/etc/keys/acme"}}
+HOSTED = build_desired({
+    "remote.yaml": "---\n".join([doc("Model", "big", {"source": "big.gguf"}), doc("Workload", "remote", {
+        "engine": "llama.cpp", "model": "big", "port": 8090, "fallback": FALLBACK})]).encode()})
+
+
+def hosted_status(ready: bool = True, reason: str = "HostedFallback",
+                  placement: Placement = Placement.hosted) -> dict[ResourceKey, ResourceStatus]:
+    status = ResourceStatus(kind="Workload", name="remote", generation=1, phase="Hosted", placement=placement,
+                            endpoints=[FALLBACK["baseUrl"]], conditions=set_condition([], "Ready", ready, reason, "", T0))
+    return {ResourceKey("Workload", "remote"): status}
+
+
+def test_a_workload_hosted_with_consent_routes_to_its_provider_with_the_keys_reference_only(tmp_path) -> None:
+    route = routes_of(HOSTED, hosted_status(), tmp_path).models["big"]
+    assert route.state is RouteState.hosted and not route.backends and route.hosted is not None
+    hosted = route.hosted
+    assert (hosted.workload, hosted.provider, hosted.base_url, hosted.model, hosted.region) == (
+        "remote", "acme", "https://api.acme.example/v1", "acme-large", "eu")
+    assert [item.value for item in hosted.context] == ["prompts", "completions"]
+    assert hosted.api_key.describe() == "file /etc/keys/acme"
+    assert (hosted.evidence_file, hosted.evidence_root) == (str(tmp_path / "remote.evidence.jsonl"), str(tmp_path))
+
+
+def test_hosted_without_consent_or_judged_for_another_spec_is_no_route() -> None:
+    """A status judged before the fallback was edited is not consent to send under the new spec: wait for the pass."""
+    waiting = hosted_status(ready=False, reason="ConsentRequired", placement=Placement.unavailable)
+    route = routes_of(HOSTED, waiting).models["big"]
+    assert (route.state, route.reason, route.hosted) == (RouteState.unavailable, "ConsentRequired", None)
+    key = ResourceKey("Workload", "remote")
+    edited = routes_of(HOSTED, hosted_status(), judged={key: "the hash of the spec consented to"}).models["big"]
+    assert (edited.state, edited.reason, edited.hosted) == (RouteState.starting, "Pending", None)
+    assert "judged again" in edited.message
+    current = routes_of(HOSTED, hosted_status(), judged={key: HOSTED.resources[key].spec_hash}).models["big"]
+    assert current.state is RouteState.hosted
+    without_fallback = status("big", "Hosted", True, "HostedFallback", Placement.hosted)
+    assert routes_of(DESIRED, {ResourceKey("Workload", "big"): without_fallback}).models["big"].hosted is None
 
 
 def test_a_workload_not_reconciled_yet_is_starting() -> None:
@@ -76,7 +109,7 @@ def test_a_workload_not_reconciled_yet_is_starting() -> None:
 
 def test_no_gateway_no_routes_shown() -> None:
     without = build_desired({"models.yaml": doc("Model", "tiny", {"source": "tiny.gguf"}).encode()})
-    assert gateway_routes(without, []) is None
+    assert gateway_routes(without, [], Path("/desired"), {}) is None
 
 
 def container(name: str, env: dict[str, str], **spec: object) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from reconciler.api.kinds import KINDS
 from reconciler.api.meta import ResourceKey
 from reconciler.base.lock import FOLDER_LOCK, STATE_LOCK, Busy, exclusive, holder
 from reconciler.cli import git as cli_git
@@ -79,9 +80,9 @@ def print_load_errors(reconciler: Reconciler) -> bool:
 
 
 def key_of(name: str) -> ResourceKey:
-    """NAME is a Workload's; KIND/NAME names any kind."""
+    """NAME is a Workload's; KIND/NAME names any kind (model/tiny as Model/tiny)."""
     kind, _, plain = name.rpartition("/")
-    return ResourceKey(kind or "Workload", plain)
+    return ResourceKey(next((known for known in KINDS if known.lower() == kind.lower()), kind or "Workload"), plain)
 
 
 def who() -> str:

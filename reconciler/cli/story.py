@@ -10,6 +10,8 @@ from reconciler.api.meta import Resource
 from reconciler.api.quantity import format_bytes
 from reconciler.api.status import ResourceStatus, RolloutStatus
 from reconciler.base.atomic import read_regular
+from reconciler.gateway.routes import RouteTable
+from reconciler.record.evidence import HOSTED_REQUEST
 from reconciler.record.recorder import sibling
 
 EVENTS_SHOWN = 10
@@ -64,6 +66,11 @@ def describe(status: ResourceStatus, source: str, root: Path, log_lines: list[st
             placement = event.get("record", {}).get("placement", {})
             lines.append(f"  {event['time'][:19]}  record   placement {placement.get('placement', '-')}: {placement.get('message', '')}")
             continue
+        if event["event"] == HOSTED_REQUEST:
+            lines.append(f"  {event['time'][:19]}  hosted   {event.get('status', '-'):<8} {event.get('outcome', '-'):<8} "
+                         f"{event.get('path')} to {event.get('provider')} ({event.get('region')}): "
+                         f"{', '.join(event.get('classes', []))}; {event.get('bytesOut')} B out, {event.get('bytesIn')} B in")
+            continue
         verdict = event.get("decision") or event.get("result") or event.get("outcome") or "-"
         cause = event.get("cause") or event.get("message", "")
         lines.append(f"  {event['time'][:19]}  {event['event']:<8} {event.get('action', '-'):<8} {verdict:<8} {cause}"
@@ -71,6 +78,19 @@ def describe(status: ResourceStatus, source: str, root: Path, log_lines: list[st
     if log_lines and status.phase not in ("Running",):
         lines += ["", "Last log lines:"] + [f"  {line}" for line in log_lines]
     return "\n".join(lines)
+
+
+def model_access(model: str, served: dict[str, str], routes: RouteTable | None, gateways: list[str]) -> list[str]:
+    """`describe Model/NAME`: who may use it: the workloads that serve it, and what the gateway does with a request
+    for it (every client on this host may ask the gateway: it listens on loopback only)."""
+    serving = ", ".join(f"Workload/{name}" for name, named in sorted(served.items()) if named == model)
+    lines = ["", "Who may use it:", f"  Served by    {serving or 'no Workload: add one whose spec.model names it'}"]
+    if routes is None or model not in routes.models:
+        return [*lines, "  Gateway      none declared: a client calls a serving workload's endpoint itself"]
+    aliases = sorted(alias for alias, named in routes.aliases.items() if named == model)
+    asked = ", ".join(repr(name) for name in [model, *aliases])
+    return [*lines, f"  Gateway      {', '.join(gateways) or 'not serving now'}: any client on this host, as model {asked}",
+            f"  Route        {routes.describe(model)}"]
 
 
 def _rollout(rollout: RolloutStatus) -> str:

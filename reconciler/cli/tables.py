@@ -93,6 +93,21 @@ def routes_table(routes: RouteTable) -> str:
     return table(["MODEL", "ROUTE"], [[name, routes.describe(name)] for name in names])
 
 
+def with_routes(rows: list[dict[str, Any]], routes: RouteTable, served: dict[str, str]) -> list[dict[str, Any]]:
+    """-o json/yaml: each Model's row carries `gatewayRoute`, what the gateway does with a request for it; a
+    Workload serving a model no Model declares (`served`: workload -> model) carries that model's."""
+    declared = {row["name"] for row in rows if row["kind"] == "Model"}
+    aliases: dict[str, list[str]] = {}
+    for alias, name in routes.aliases.items():
+        aliases.setdefault(name, []).append(alias)
+    for row in rows:
+        model = row["name"] if row["kind"] == "Model" else served.get(row["name"]) if row["kind"] == "Workload" else None
+        if model in routes.models and (row["kind"] == "Model" or model not in declared):
+            row["gatewayRoute"] = {"model": model, "aliases": aliases.get(model, []), "summary": routes.describe(model),
+                                   **routes.models[model].model_dump(mode="json", by_alias=True, exclude_defaults=True)}
+    return rows
+
+
 def dump(data: Any, output: str) -> str:
     if output == "json":
         return json.dumps(data, indent=2, default=str)

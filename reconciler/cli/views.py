@@ -13,8 +13,9 @@ from reconciler.cli import story
 from reconciler.cli.common import default_state_dir, key_of, located, open_reconciler, output_option, path_argument, \
     print_load_errors, state_option, watch_notes
 from reconciler.cli.host_table import host_table
-from reconciler.cli.tables import dump, routes_table, status_rows, status_table
-from reconciler.control.gateway_routes import gateway_routes
+from reconciler.cli.tables import dump, routes_table, status_rows, status_table, with_routes
+from reconciler.control.gateway_routes import gateway_endpoints, gateway_routes, served_models
+from reconciler.control.reconciler import Reconciler
 from reconciler.drive.containers import ContainerDriver
 from reconciler.drive.logs import follow, tail
 from reconciler.drive.process import owner_id
@@ -42,10 +43,13 @@ def status(path: Path, state_dir: Path | None, output: str, git_url: str | None,
     now = clock.now()
     statuses = [status for key in reconciler.keys() if (status := reconciler.status(key)) is not None]
     rows = status_rows(statuses, reconciler.records, now)
-    click.echo(status_table(rows) if output == "table" else dump(rows, output))
-    routes = gateway_routes(reconciler.desired, statuses)
-    if output == "table" and routes is not None:
-        click.echo(f"\nGateway routes:\n{routes_table(routes)}")
+    routes = gateway_routes(reconciler.desired, statuses, reconciler.root, reconciler.records)
+    if output != "table":
+        click.echo(dump(with_routes(rows, routes, served_models(reconciler.desired)) if routes else rows, output))
+    else:
+        click.echo(status_table(rows))
+        if routes is not None:
+            click.echo(f"\nGateway routes:\n{routes_table(routes)}")
     print_load_errors(reconciler)
 
 
@@ -80,8 +84,15 @@ def describe(name: str, path: Path, state_dir: Path | None, git_url: str | None,
     log_lines = tail(Path(status.log_file), 20) if status.log_file else []
     resource = entry.resource if entry else KINDS[record.kind].model_validate(record.resource) if record else None
     spec = story.spec_summary(resource) if resource is not None else None
+    access = _model_access(reconciler, key.name) if key.kind == "Model" else []
     click.echo("\n".join([*watch_notes(reconciler, state_dir), "", story.describe(status, source, reconciler.root,
-                                                                                  log_lines, spec)]))
+                                                                                  log_lines, spec), *access]))
+
+
+def _model_access(reconciler: Reconciler, model: str) -> list[str]:
+    statuses = [status for key in reconciler.keys() if (status := reconciler.status(key)) is not None]
+    routes = gateway_routes(reconciler.desired, statuses, reconciler.root, reconciler.records)
+    return story.model_access(model, served_models(reconciler.desired), routes, gateway_endpoints(reconciler.desired, statuses))
 
 
 @click.command()

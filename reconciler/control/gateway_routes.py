@@ -4,50 +4,81 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from reconciler.api.kinds import Model, Workload
 from reconciler.api.meta import ResourceKey
+from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.status import ResourceStatus
 from reconciler.api.workload import Engine
 from reconciler.base.atomic import UnsafeFile
 from reconciler.gateway.routes import RouteTable, Serving, route_table
 from reconciler.gateway.routes_file import write_routes
 from reconciler.load.desired import DesiredState
+from reconciler.record.evidence import EVIDENCE_SUFFIX
+from reconciler.record.recorder import sibling
 
 log = logging.getLogger("reconciler")
 
 
-def routes_of(desired: DesiredState, status_of: dict[ResourceKey, ResourceStatus]) -> RouteTable:
-    """Every Model of the desired state, and each Workload's model, with the workloads' statuses. Pure."""
+def routes_of(desired: DesiredState, status_of: Mapping[ResourceKey, ResourceStatus], root: Path | None = None,
+              judged: Mapping[ResourceKey, str] | None = None) -> RouteTable:
+    """Every Model of the desired state, and each Workload's model, with the workloads' statuses. `root`: the
+    desired-state folder, where a hosted workload's evidence log lies; `judged`: the spec hash each status was
+    judged for (None: the current ones). Pure."""
     models = {key.name: entry.resource.spec.aliases for key, entry in desired.resources.items()
               if isinstance(entry.resource, Model)}
-    serving = [Serving(key.name, entry.resource.spec.model, status_of.get(key))
+    serving = [Serving(key.name, entry.resource.spec.model, status_of.get(key), entry.resource.spec.fallback,
+                       str(root / sibling(entry.file, EVIDENCE_SUFFIX)) if root else None, str(root) if root else None,
+                       judged is None or judged.get(key) == entry.spec_hash)
                for key, entry in desired.resources.items()
                if isinstance(entry.resource, Workload) and entry.resource.spec.model]
     return route_table(models, serving)
 
 
-def gateway_routes(desired: DesiredState, statuses: list[ResourceStatus]) -> RouteTable | None:
+def served_models(desired: DesiredState) -> dict[str, str]:
+    """Workload name -> the model it serves."""
+    return {key.name: entry.resource.spec.model for key, entry in desired.resources.items()
+            if isinstance(entry.resource, Workload) and entry.resource.spec.model}
+
+
+def gateway_endpoints(desired: DesiredState, statuses: list[ResourceStatus]) -> list[str]:
+    """Where the declared gateways serve now."""
+    gateways = {key for key, entry in desired.resources.items()
+                if isinstance(entry.resource, Workload) and entry.resource.spec.engine is Engine.gateway}
+    return [endpoint for status in statuses if ResourceKey(status.kind, status.name) in gateways
+            for endpoint in status.endpoints]
+
+
+def judged_specs(records: Mapping[ResourceKey, ResourceRecord]) -> dict[ResourceKey, str]:
+    return {key: record.spec_hash for key, record in records.items()}
+
+
+def gateway_routes(desired: DesiredState, statuses: list[ResourceStatus], root: Path,
+                   records: Mapping[ResourceKey, ResourceRecord]) -> RouteTable | None:
     """The routes to show beside `statuses` (as `reconciler status` judges them now); None: no gateway is declared."""
     if not any(isinstance(entry.resource, Workload) and entry.resource.spec.engine is Engine.gateway
                for entry in desired.resources.values()):
         return None
-    return routes_of(desired, {ResourceKey(status.kind, status.name): status for status in statuses})
+    return routes_of(desired, {ResourceKey(status.kind, status.name): status for status in statuses}, root,
+                     judged_specs(records))
 
 
 class RoutesPublisher:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, root: Path) -> None:
         self.path = path
+        self.root = root
         self._written: RouteTable | None = None
         self._lock = threading.Lock()  # workers finish passes concurrently: compare and write as one step
 
-    def publish(self, now: Callable[[], tuple[DesiredState, dict[ResourceKey, ResourceStatus]]]) -> None:
-        """`now`: the desired state and statuses, read under this lock so that a pass that finished earlier never
-        writes its older view over a later one's."""
+    def publish(self, now: Callable[[], tuple[DesiredState, dict[ResourceKey, ResourceStatus], dict[ResourceKey, str]]]
+                ) -> None:
+        """`now`: the desired state, statuses and the spec hashes they were judged for, read under this lock so
+        that a pass that finished earlier never writes its older view over a later one's."""
         with self._lock:
-            table = routes_of(*now())
+            desired, statuses, judged = now()
+            table = routes_of(desired, statuses, self.root, judged)
             if table == self._written and self.path.exists():
                 return
             try:

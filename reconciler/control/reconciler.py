@@ -23,7 +23,7 @@ from reconciler.api.rollout import Pins
 from reconciler.api.status import FailureInfo, Placement, ResourceStatus
 from reconciler.control.evidence import (acceleration_record, decision_digest, decision_record, exposure_record,
                                          outcome_record)
-from reconciler.control.gateway_routes import RoutesPublisher
+from reconciler.control.gateway_routes import RoutesPublisher, judged_specs
 from reconciler.control.gitops import local_revision
 from reconciler.control.holds import Holds, last_valid
 from reconciler.control.host import HostWatch
@@ -128,7 +128,7 @@ class Reconciler:
         )
         self.models = ModelStore(self.root, state_dir, background=on_model_fetched is not None, on_fetched=on_model_fetched,
                                  terminal=terminal, network=not offline, record=not readonly)
-        self.routes = RoutesPublisher(routes_path(state_dir))
+        self.routes = RoutesPublisher(routes_path(state_dir), self.root)
         builds = EngineBuilds(state_dir, record=not readonly)
         self.workloads = WorkloadRenderer(self.root, self.drivers, engine, self._remembered, self.models,
                                           str(self.routes.path), builds)
@@ -497,7 +497,7 @@ class Reconciler:
     def _publish_routes(self) -> None:
         """The gateway's routes follow every status written (a read-only reconciler writes nothing)."""
         if not self.readonly:
-            self.routes.publish(lambda: (self.desired, self.recorder.statuses()))
+            self.routes.publish(lambda: (self.desired, self.recorder.statuses(), judged_specs(dict(self.records))))
 
     def _remember(self, record: ResourceRecord) -> None:
         with self._lock:

@@ -9,6 +9,7 @@ from enum import Enum
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from reconciler.api.fallback import Context, Fallback, SecretRef
 from reconciler.api.status import ConditionStatus, Placement, ResourceStatus
 
 ROUTES_VERSION = 1
@@ -18,6 +19,7 @@ _ON_ITS_WAY = frozenset({"Starting", "Pending", "Progressing"})
 
 class RouteState(str, Enum):
     ready = "Ready"  # at least one backend
+    hosted = "Hosted"  # none here: the serving workload's placement is hosted, with consent
     starting = "Starting"  # none yet, one is on its way: wait a bounded time
     unavailable = "Unavailable"  # none, and none is coming by itself: the reason says why
 
@@ -31,9 +33,24 @@ class Backend(_Shape):
     url: str  # the engine's OpenAI base, e.g. http://127.0.0.1:8080/v1
 
 
+class HostedRoute(_Shape):
+    """Where a hosted workload's requests go, and what may be sent: the key by reference only, read per request."""
+
+    workload: str
+    provider: str
+    base_url: str
+    model: str  # the provider's name for it
+    region: str
+    context: tuple[Context, ...]
+    api_key: SecretRef
+    evidence_file: str | None = None  # the workload's evidence log, where each hosted request is recorded
+    evidence_root: str | None = None  # the folder that log lies in (the desired state), reached without links
+
+
 class Route(_Shape):
     state: RouteState
     backends: tuple[Backend, ...] = ()
+    hosted: HostedRoute | None = None
     reason: str = ""  # the serving workload's Ready reason (CamelCase), when there is no backend
     message: str = ""
     workload: str | None = None  # the workload the reason is about
@@ -53,6 +70,10 @@ class RouteTable(_Shape):
         route = self.models[model]
         if route.backends:
             return ", ".join(f"Workload/{backend.workload} {backend.url}" for backend in route.backends)
+        if route.hosted:
+            hosted = route.hosted
+            return (f"Hosted: Workload/{hosted.workload} at {hosted.provider} ({hosted.region}) {hosted.base_url}, "
+                    f"model {hosted.model}, sends {', '.join(item.value for item in hosted.context)}")
         about = f"Workload/{route.workload}: " if route.workload else ""
         return f"{route.state.value}: {about}{route.reason}: {route.message}"
 
@@ -64,6 +85,10 @@ class Serving:
     workload: str
     model: str
     status: ResourceStatus | None
+    fallback: Fallback | None = None
+    evidence_file: str | None = None
+    evidence_root: str | None = None
+    current: bool = True  # the status was judged for the spec the desired state holds now
 
 
 def route_table(models: Mapping[str, Sequence[str]], serving: Iterable[Serving]) -> RouteTable:
@@ -90,16 +115,42 @@ def _route(entries: list[Serving]) -> Route:
     if not entries:
         return Route(state=RouteState.unavailable, reason="NoWorkload",
                      message="no Workload serves this Model: add one whose spec.model names it")
-    coming = next((e for e in entries if e.status is None or e.status.phase in _ON_ITS_WAY), None)
+    coming = next((e for e in entries if e.status is None or e.status.phase in _ON_ITS_WAY or _rejudged(e)), None)
     if coming is not None:
-        reason, message = _ready_reason(coming.status) if coming.status else ("Pending", "not reconciled yet")
+        if coming.status is None:
+            reason, message = "Pending", "not reconciled yet"
+        elif _rejudged(coming):
+            reason, message = "Pending", "its spec changed: where it runs is judged again on the next pass"
+        else:
+            reason, message = _ready_reason(coming.status)
         return Route(state=RouteState.starting, reason=reason, message=message, workload=coming.workload)
+    hosted = next((e for e in entries if _hosted_now(e)), None)
+    if hosted is not None:
+        return Route(state=RouteState.hosted, hosted=_hosted_route(hosted))
     first = entries[0]
     assert first.status is not None
     reason, message = _ready_reason(first.status)
-    if first.status.placement is Placement.hosted:
-        message += "; placement is hosted: this gateway has no hosted route yet, so it does not forward there"
     return Route(state=RouteState.unavailable, reason=reason, message=message, workload=first.workload)
+
+
+def _hosted_now(entry: Serving) -> bool:
+    """Its status, judged for the spec the desired state holds now, says hosted and Ready."""
+    status = entry.status
+    return (entry.current and status is not None and entry.fallback is not None
+            and status.placement is Placement.hosted and _ready_condition(status) is True)
+
+
+def _rejudged(entry: Serving) -> bool:
+    """Hosted by a status judged for an earlier spec: consent covers one exact spec, so nothing is sent meanwhile."""
+    return not entry.current and entry.status is not None and entry.status.placement is Placement.hosted
+
+
+def _hosted_route(entry: Serving) -> HostedRoute:
+    fallback = entry.fallback
+    assert fallback is not None
+    return HostedRoute(workload=entry.workload, provider=fallback.provider, base_url=fallback.base_url,
+                       model=fallback.model, region=fallback.region, context=tuple(fallback.context),
+                       api_key=fallback.api_key, evidence_file=entry.evidence_file, evidence_root=entry.evidence_root)
 
 
 def _ready_here(status: ResourceStatus | None) -> bool:

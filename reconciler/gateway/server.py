@@ -12,12 +12,16 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from reconciler.gateway.routes import Backend, RouteState
+from reconciler.gateway.hosted import CLIENT_GONE, HostedEvidence, forward_hosted
+from reconciler.gateway.metrics import Exchange, GatewayMetrics
+from reconciler.gateway.relay import CODE, error, relay
+from reconciler.gateway.routes import Backend, HostedRoute, RouteState
 from reconciler.gateway.routes_file import RoutesFile
 from reconciler.gateway.upstream import FORWARDED_HEADERS, Balancer, client_session
 
@@ -27,23 +31,15 @@ MAX_BODY_BYTES = 8 * 1024 * 1024  # a long chat history fits; a runaway upload i
 RETRY_AFTER_SECONDS = 5
 _SAFE_TAIL = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*")  # no '..', no encoded tricks, no empty segment
 _SHOWN = 80  # a model name quoted back is cut here: the error is for a human, not an echo chamber
-_SSE = "text/event-stream"
 
 ROUTES_KEY = web.AppKey("routes", RoutesFile)
 SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
 BALANCER_KEY = web.AppKey("balancer", Balancer)
 WAIT_KEY = web.AppKey("wait", float)
+BODY_SECONDS_KEY = web.AppKey("body_seconds", float)
 IN_FLIGHT_KEY: web.AppKey["InFlight"] = web.AppKey("in_flight")
-
-
-def error(status: int, message: str, code: str, kind: str = "invalid_request_error", **headers: str) -> web.Response:
-    """An OpenAI-style error body; `code` is the reason a client can act on (the status's CamelCase reason)."""
-    body = {"error": {"message": message, "type": kind, "code": code, "param": None}}
-    return web.json_response(body, status=status, headers=headers)
-
-
-def _sse_error(message: str, code: str) -> bytes:
-    return f"event: error\ndata: {json.dumps({'error': {'message': message, 'type': 'upstream_error', 'code': code}})}\n\n".encode()
+METRICS_KEY = web.AppKey("metrics", GatewayMetrics)
+EVIDENCE_KEY = web.AppKey("evidence", HostedEvidence)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -57,7 +53,7 @@ async def list_models(request: web.Request) -> web.Response:
     named = [(name, name) for name in table.models] + list(table.aliases.items())
     return web.json_response({"object": "list", "data": [
         {"id": asked, "object": "model", "owned_by": "reconciler", "state": table.models[name].state.value,
-         **({"reason": table.models[name].reason} if not table.models[name].backends else {}),
+         **({"reason": table.models[name].reason} if table.models[name].reason else {}),
          **({"aliasOf": name} if asked != name else {})}
         for asked, name in named if name in table.models]})
 
@@ -82,22 +78,40 @@ class InFlight:
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
+    exchange = Exchange(monotonic())
+    status, reason = CLIENT_GONE, "ClientGone"
+    try:
+        response = await _admitted(request, exchange)
+        status, reason = response.status, response.get(CODE)
+        return response
+    finally:
+        request.app[METRICS_KEY].observe(exchange, status, reason, monotonic())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    text, content_type = request.app[METRICS_KEY].exposition()
+    return web.Response(body=text, headers={"Content-Type": content_type})
+
+
+async def _admitted(request: web.Request, exchange: Exchange) -> web.StreamResponse:
     in_flight = request.app[IN_FLIGHT_KEY]
     with in_flight.admit() as admitted:
         if not admitted:
             return error(503, f"{in_flight.cap} requests are in flight here: try again shortly", "GatewayBusy",
                          "server_busy", **{"Retry-After": "1"})
-        return await _forward(request)
+        return await _forward(request, exchange)
 
 
-async def _forward(request: web.Request) -> web.StreamResponse:
+async def _forward(request: web.Request, exchange: Exchange) -> web.StreamResponse:
     tail = request.match_info["tail"]
     if not _SAFE_TAIL.fullmatch(tail) or ".." in tail.split("/"):
         return error(404, f"no such path: {request.raw_path[:_SHOWN]!r}", "NotFound")
     try:
-        body = await request.read()
+        body = await asyncio.wait_for(request.read(), request.app[BODY_SECONDS_KEY])
     except web.HTTPRequestEntityTooLarge:
         return error(413, f"the request body is over {MAX_BODY_BYTES} bytes", "RequestTooLarge")
+    except asyncio.TimeoutError:  # a client that trickles its body would hold one of the --max-requests places
+        return error(408, f"the request body did not arrive within {request.app[BODY_SECONDS_KEY]:g} s", "RequestTimeout")
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as problem:
@@ -109,14 +123,23 @@ async def _forward(request: web.Request) -> web.StreamResponse:
     chosen = await _backend(request.app, model)
     if isinstance(chosen, web.Response):
         return chosen
-    backend, name = chosen
-    if name != model:  # asked by an alias: the engine serves the Model's name only
-        body = json.dumps({**payload, "model": name}).encode()
-    return await _relay(request, backend, tail, body)
+    target, exchange.model = chosen
+    if isinstance(target, HostedRoute):
+        return await forward_hosted(request, request.app[SESSION_KEY], request.app[EVIDENCE_KEY], target, tail,
+                                    payload, exchange)
+    if exchange.model != model:  # asked by an alias: the engine serves the Model's name only
+        body = json.dumps({**payload, "model": exchange.model}).encode()
+    exchange.route = f"Workload/{target.workload}"
+    headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
+    headers["Content-Type"] = "application/json"
+    with request.app[BALANCER_KEY].holding(target):
+        return await relay(request, request.app[SESSION_KEY], f"{target.url}/{tail}", headers, body,
+                           f"Workload/{target.workload} at {target.url}", exchange)
 
 
-async def _backend(app: web.Application, model: str) -> tuple[Backend, str] | web.Response:
-    """A Ready backend of `model` and the Model's name; one that is starting is waited for, up to the bound."""
+async def _backend(app: web.Application, model: str) -> tuple[Backend | HostedRoute, str] | web.Response:
+    """A Ready backend of `model` (or its hosted route) and the Model's name; one that is starting is waited for,
+    up to the bound."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + app[WAIT_KEY]
     shown = model[:_SHOWN]
@@ -132,6 +155,8 @@ async def _backend(app: web.Application, model: str) -> tuple[Backend, str] | we
             return error(404, f"model {shown!r} is not served here (models: {known})", "ModelNotFound")
         if route.backends:
             return app[BALANCER_KEY].pick(route.backends), name
+        if route.hosted:
+            return route.hosted, name
         about = f"model {shown!r}: Workload/{route.workload}: " if route.workload else f"model {shown!r}: "
         if route.state is RouteState.unavailable:
             return error(503, f"{about}{route.reason}: {route.message}", route.reason, "model_unavailable")
@@ -139,40 +164,6 @@ async def _backend(app: web.Application, model: str) -> tuple[Backend, str] | we
             return error(503, f"{about}still starting ({route.reason}: {route.message})", route.reason,
                          "model_starting", **{"Retry-After": str(RETRY_AFTER_SECONDS)})
         await asyncio.sleep(0.2)
-
-
-async def _relay(request: web.Request, backend: Backend, tail: str, body: bytes) -> web.StreamResponse:
-    headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
-    headers["Content-Type"] = "application/json"
-    with request.app[BALANCER_KEY].holding(backend):
-        try:
-            upstream = await request.app[SESSION_KEY].post(f"{backend.url}/{tail}", data=body, headers=headers)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as problem:
-            return error(502, f"Workload/{backend.workload} at {backend.url}: {problem or type(problem).__name__}",
-                         "UpstreamUnreachable", "upstream_error")
-        try:
-            content_type = upstream.headers.get("Content-Type", "application/json")
-            if not content_type.startswith(_SSE):
-                return web.Response(status=upstream.status, body=await upstream.read(),
-                                    headers={"Content-Type": content_type})
-            return await _stream(request, upstream, backend)
-        finally:
-            upstream.close()  # a stream cut short closes the connection: the engine sees the client gone
-
-
-async def _stream(request: web.Request, upstream: aiohttp.ClientResponse, backend: Backend) -> web.StreamResponse:
-    response = web.StreamResponse(status=upstream.status, headers={
-        "Content-Type": upstream.headers["Content-Type"], "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    await response.prepare(request)
-    try:
-        async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as problem:
-        message = f"Workload/{backend.workload} ended the stream early: {problem or type(problem).__name__}"
-        log.warning("%s", message)
-        await response.write(_sse_error(message, "UpstreamFailed"))
-    await response.write_eof()
-    return response
 
 
 @web.middleware
@@ -186,12 +177,15 @@ async def openai_errors(request: web.Request, handler: Any) -> web.StreamRespons
         return error(refused.status, f"{request.method} {request.path[:_SHOWN]}: {refused.reason}", refused.reason.replace(" ", ""))
 
 
-def make_app(routes_file: Path, wait_seconds: float, max_requests: int) -> web.Application:
+def make_app(routes_file: Path, wait_seconds: float, max_requests: int, body_seconds: float) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[openai_errors])
     app[ROUTES_KEY] = RoutesFile(routes_file)
     app[IN_FLIGHT_KEY] = InFlight(max_requests)
     app[BALANCER_KEY] = Balancer()
     app[WAIT_KEY] = wait_seconds
+    app[BODY_SECONDS_KEY] = body_seconds
+    app[METRICS_KEY] = GatewayMetrics()
+    app[EVIDENCE_KEY] = HostedEvidence()
 
     async def session(app: web.Application) -> Any:
         app[SESSION_KEY] = client_session()
@@ -201,6 +195,7 @@ def make_app(routes_file: Path, wait_seconds: float, max_requests: int) -> web.A
     app.cleanup_ctx.append(session)
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/{tail:.+}", forward)  # chat/completions, completions, embeddings and the rest alike
     return app
 
@@ -210,13 +205,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--routes", type=Path, required=True, help="the routes file the reconciler writes")
+    parser.add_argument("--body-seconds", type=_bounded(float, 0.1, 600), default=30.0,
+                        help="how long a request's body may take to arrive before a 408")
     parser.add_argument("--wait-seconds", type=_bounded(float, 0, 600), default=30.0,
                         help="how long a request for a model still starting waits before a 503 with Retry-After")
     parser.add_argument("--max-requests", type=_bounded(int, 1, 4096), default=256,
                         help="requests served at once (waiting, streaming); more are refused with 503 GatewayBusy")
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    web.run_app(make_app(options.routes, options.wait_seconds, options.max_requests), host=options.host, port=options.port,
+    web.run_app(make_app(options.routes, options.wait_seconds, options.max_requests, options.body_seconds),
+                host=options.host, port=options.port,
                 handler_cancellation=True, access_log=None, print=lambda text: log.info("%s", text.strip()))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import errno
+import fcntl
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -40,7 +41,9 @@ class VerifyResult:
 
 
 class EvidenceLog:
-    """One writer per path: the last line's hash is cached, so a second writer would fork the chain.
+    """Appends to one chain. Another process may append to the same chain (the gateway records hosted requests in
+    its workload's log): each append holds an flock(2) on the live file and re-reads the tail unless the file is
+    exactly as this writer left it, so the chain never forks.
 
     ``root``: the folder the log lies in is someone else's (the desired state): every file of the chain is reached
     from there without following links, and one that is a link or a special file is refused (``UnsafeFile``).
@@ -54,7 +57,7 @@ class EvidenceLog:
         self.max_bytes = max_bytes
         self.keep = keep
         self._lock = threading.Lock()
-        self._last_hash: str | None = None
+        self._left: tuple[tuple[int, int, int], str] | None = None  # (the live file's identity, its last line's hash)
 
     def append(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """Durably append ``record`` and return it as written, with ``prev`` (and ``repaired``) added."""
@@ -62,21 +65,50 @@ class EvidenceLog:
         if clash:
             raise ValueError(f"evidence record must not set {sorted(clash)}: the log owns them")
         with self._lock:
-            if self._last_hash is None:
-                prev, valid_end, torn = self._recover()
-            else:
-                prev, valid_end, torn = self._last_hash, 0, 0
-            written = dict(record)
-            if torn:
-                written["repaired"] = torn
-            written["prev"] = prev
-            line = (_encode(written) + "\n").encode("utf-8")
-            # Until this line is known to be on disk, the next append must re-read the tail
-            # (a short write leaves a torn line there that it will repair and report).
-            self._last_hash = None
-            self._write(line, valid_end if torn else None)
-            self._last_hash = _hash(line[:-1])
-            return written
+            while True:
+                fd, created = self._open()
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    if not self._is_live(fd):  # rotated away by another writer while this one waited
+                        continue
+                    written = self._append_locked(fd, record)
+                    if written is None:  # rotated: the fresh live file is opened, locked and read again
+                        continue
+                finally:
+                    os.close(fd)
+                if created:
+                    fsync_dir(self.path.parent, root=self.root)  # the new name must be as durable as the line in it
+                return written
+
+    def _append_locked(self, fd: int, record: Mapping[str, Any]) -> dict[str, Any] | None:
+        size = os.fstat(fd).st_size
+        left, self._left = self._left, None  # until the line is known to be on disk, the next append re-reads
+        if left is not None and left[0] == _identity(fd):
+            prev, valid_end, torn = left[1], size, 0
+        else:
+            prev, valid_end, torn = self._recover()
+        written = dict(record)
+        if torn:
+            written["repaired"] = torn
+        written["prev"] = prev
+        line = (_encode(written) + "\n").encode("utf-8")
+        if torn:
+            os.ftruncate(fd, valid_end)
+        if valid_end and valid_end + len(line) > self.max_bytes:
+            self._rotate()
+            return None
+        # One write with O_APPEND: the line lands whole at the end or (disk full) short.
+        if os.write(fd, line) != len(line):  # the kernel writes short only when it runs out of room
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+        os.fsync(fd)
+        self._left = (_identity(fd), _hash(line[:-1]))
+        return written
+
+    def _is_live(self, fd: int) -> bool:
+        try:
+            return os.lstat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
 
     def _recover(self) -> tuple[str, int, int]:
         """Return (hash of the last complete line, where that line ends, torn bytes after it)."""
@@ -86,28 +118,6 @@ class EvidenceLog:
             rotated, _, _ = _tail(_rotated(self.path, 1), self.root)
             return (GENESIS if rotated is None else _hash(rotated)), valid_end, torn
         return _hash(last), valid_end, torn
-
-    def _write(self, line: bytes, cut_at: int | None) -> None:
-        """Append ``line`` after cutting a torn tail off at ``cut_at``; rotate first when the line would not fit."""
-        fd, created = self._open()
-        try:
-            if cut_at is not None:
-                os.ftruncate(fd, cut_at)
-            size = os.fstat(fd).st_size
-            if size and size + len(line) > self.max_bytes:
-                os.close(fd)
-                fd = -1
-                self._rotate()
-                fd, created = self._open()
-            # One write with O_APPEND: the line lands whole at the end or (disk full) short.
-            if os.write(fd, line) != len(line):  # the kernel writes short only when it runs out of room
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
-            os.fsync(fd)
-        finally:
-            if fd != -1:
-                os.close(fd)
-        if created:
-            fsync_dir(self.path.parent, root=self.root)  # the new name must be as durable as the line in it
 
     def _open(self) -> tuple[int, bool]:
         """(an appending descriptor on the live file, whether this created it)."""
@@ -204,6 +214,11 @@ def _rotated(path: Path, n: int) -> Path:
     return path.with_name(f"{path.name}.{n}")
 
 
+def _identity(fd: int) -> tuple[int, int, int]:
+    facts = os.fstat(fd)
+    return facts.st_ino, facts.st_size, facts.st_mtime_ns
+
+
 def _hash(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
 
@@ -217,6 +232,7 @@ def _encode(record: Mapping[str, Any]) -> str:
 
 EVIDENCE_SUFFIX = ".evidence.jsonl"
 HOST_EVIDENCE_FILE = "host.evidence.jsonl"  # in the state directory: what was done to the evidence itself
+HOSTED_REQUEST = "hosted-request"  # the gateway's line for each request of a workload placed at a provider
 RECHAINED = "rechained"  # the event of the first line of a chain rewritten without some of its records
 
 

@@ -1,0 +1,70 @@
+"""Sending a request on and its answer back: whole, or as server-sent events chunk by chunk, counting what passed
+(for the metrics, and a hosted request's evidence), and the OpenAI-style error body every refusal uses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+
+import aiohttp
+from aiohttp import web
+
+from reconciler.gateway.metrics import Exchange
+
+log = logging.getLogger("reconciler.gateway")
+
+CODE = "code"  # a response's reason code, kept on it for the metrics
+_SSE = "text/event-stream"
+
+
+def error(status: int, message: str, code: str, kind: str = "invalid_request_error", **headers: str) -> web.Response:
+    """An OpenAI-style error body; `code` is the reason a client can act on (the status's CamelCase reason)."""
+    body = {"error": {"message": message, "type": kind, "code": code, "param": None}}
+    response = web.json_response(body, status=status, headers=headers)
+    response[CODE] = code
+    return response
+
+
+def _sse_error(message: str, code: str) -> bytes:
+    return f"event: error\ndata: {json.dumps({'error': {'message': message, 'type': 'upstream_error', 'code': code}})}\n\n".encode()
+
+
+async def relay(request: web.Request, session: aiohttp.ClientSession, url: str, headers: Mapping[str, str],
+                body: bytes, who: str, exchange: Exchange) -> web.StreamResponse:
+    """POST `body` to `url` and pass the answer back; `who` names the upstream in errors (never a header's value)."""
+    exchange.bytes_out = len(body)
+    try:
+        # A redirect is answered, not followed: it would send the body (to a provider, the key) where no route says
+        upstream = await session.post(url, data=body, headers=headers, allow_redirects=False)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as problem:
+        return error(502, f"{who}: {problem or type(problem).__name__}", "UpstreamUnreachable", "upstream_error")
+    try:
+        exchange.status = upstream.status
+        content_type = upstream.headers.get("Content-Type", "application/json")
+        if not content_type.startswith(_SSE):
+            answer = await upstream.read()
+            exchange.received(len(answer))
+            return web.Response(status=upstream.status, body=answer, headers={"Content-Type": content_type})
+        return await _stream(request, upstream, who, exchange)
+    finally:
+        upstream.close()  # a stream cut short closes the connection: the engine sees the client gone
+
+
+async def _stream(request: web.Request, upstream: aiohttp.ClientResponse, who: str, exchange: Exchange
+                  ) -> web.StreamResponse:
+    response = web.StreamResponse(status=upstream.status, headers={
+        "Content-Type": upstream.headers["Content-Type"], "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    try:
+        async for chunk in upstream.content.iter_any():
+            exchange.received(len(chunk))
+            await response.write(chunk)
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as problem:
+        message = f"{who} ended the stream early: {problem or type(problem).__name__}"
+        log.warning("%s", message)
+        response[CODE] = "UpstreamFailed"
+        await response.write(_sse_error(message, "UpstreamFailed"))
+    await response.write_eof()
+    return response
