@@ -215,6 +215,18 @@ Executable = Annotated[str, Field(min_length=1)]
 _BIND_VARIABLES = frozenset({"HOST", "PORT", "CONFIG_FILE", "LLAMA_ARG_HOST", "LLAMA_ARG_PORT"})
 
 
+class Use(Spec):
+    """A workload this one calls: it is started only once that one is Ready, and is told where to reach it."""
+
+    workload: str = Field(min_length=1, description="The Workload used (a container may use only a gateway).")
+    env: EnvName = Field(description="The variable given the endpoint's URL, as this workload reaches it (e.g. "
+                                     "OPENAI_API_BASE_URL): http://127.0.0.1:PORT natively, "
+                                     "http://host.docker.internal:PORT from a container.")
+    path: str = Field("", pattern=r"^(/[A-Za-z0-9._~/-]*)?$", description="Appended to the URL, e.g. /v1.")
+    models: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, min_length=1, description="Of a gateway: the Models (or aliases) a container may ask for; default: all.")
+
+
 class WorkloadSpec(Spec):
     """Something that runs, natively (a process, llama.cpp, vLLM, the gateway) or in a container."""
 
@@ -256,6 +268,9 @@ class WorkloadSpec(Spec):
     fallback: Fallback | None = Field(
         None, description="A hosted provider to use while this host cannot run it, if the Policy allows and a person consents.",
     )
+    uses: list[Use] = Field(
+        default_factory=list, description="Workloads this one calls: it starts after they are Ready, with their "
+                                          "endpoints in its environment.")
 
     @model_validator(mode="after")
     def _no_nul(self) -> "WorkloadSpec":
@@ -264,6 +279,14 @@ class WorkloadSpec(Spec):
                  *(self.health.exec.command if self.health and self.health.exec else ())]
         if any("\0" in text for text in texts):
             raise ValueError("a command, argument, environment value or working directory contains a NUL character")
+        return self
+
+    @model_validator(mode="after")
+    def _uses_name_their_own_variables(self) -> "WorkloadSpec":
+        names = [use.env for use in self.uses]
+        clash = next((name for name in names if name in self.env or names.count(name) > 1), None)
+        if clash is not None:
+            raise ValueError(f"env {clash} is set twice (spec.env or another of spec.uses): a use gives it its value")
         return self
 
     @field_validator("image")

@@ -37,6 +37,7 @@ from reconciler.control.rollout import Rollouts
 from reconciler.control.workloads import WorkloadRenderer
 from reconciler.diff.engines import Rendered
 from reconciler.diff.health import next_probe_in
+from reconciler.diff.uses import WAITING_FOR_DEPENDENCIES
 from reconciler.diff.plan import (
     Action, Inputs, Verb, is_orphan_kept, next_generation, note_observations, plan_resource,
 )
@@ -65,6 +66,7 @@ log = logging.getLogger("reconciler")
 
 
 ENGINE_RETRY_SECONDS = 15.0
+DEPENDENCY_LOOK_SECONDS = 1.0  # how soon a workload waiting for the ones it uses looks again
 REVISION_SECONDS = 30.0  # a commit that changes no spec shows in status within this (a spec change at once)
 
 
@@ -131,6 +133,7 @@ class Reconciler:
                                           str(self.routes.path))
         self.judge = Judge(self.workloads, self.approvals)
         self.recorder = Recorder(self.root, state_dir / HOST_EVIDENCE_FILE)
+        self.workloads.statuses = self.recorder.statuses  # a start waits for the workloads it uses to be Ready
         self.host = HostWatch(state_dir, engine, None if readonly else self.recorder)
         self.holds = Holds(self._all_records, allow_empty)
         self.metrics = metrics
@@ -355,6 +358,8 @@ class Reconciler:
             return next_probe_in(check, record.health, running.pid, running.started_at, now)
         if planned.model is not None and planned.model.problem is not None:
             return self.models.next_look(planned.model)
+        if planned.action.blocked is not None and planned.action.blocked.reason == WAITING_FOR_DEPENDENCIES:
+            return DEPENDENCY_LOOK_SECONDS  # their Ready is another resource's pass: looked at, not waited on
         # Only a back-off still ahead is worth a look: one already past was this pass's to act on, and a start
         # it did not make (refused by the gate, awaiting an answer, placed elsewhere) waits for an input to change.
         retry_at = record.next_retry_at if status.pid is None else None

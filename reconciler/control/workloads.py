@@ -12,13 +12,13 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from reconciler.api.kinds import KINDS, Model, Runtime, Workload, WorkloadSpec
+from reconciler.api.kinds import KINDS, Engine, Model, Runtime, Workload, WorkloadSpec
 from reconciler.api.launch import BindMount, ContainerLaunch
 from reconciler.api.launch import LaunchSpec, render_launch, working_dir_for
 from reconciler.api.meta import ResourceKey
 from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.rollout import Pins
-from reconciler.api.status import Listen
+from reconciler.api.status import Listen, ResourceStatus
 from reconciler.control.models import ModelStore, ModelView
 from reconciler.control.pins import pinned_executable, pinned_image, pinned_model
 from reconciler.diff.containers import check_address, container_endpoint, render_container
@@ -27,6 +27,7 @@ from reconciler.diff.gpus import assign_gpus, granted_share
 from reconciler.diff.health import note_probe, probe_due
 from reconciler.diff.preflight import preflight
 from reconciler.diff.resources import memory_commitment
+from reconciler.diff.uses import container_users, use_endpoints, waiting_for
 from reconciler.drive.dispatch import Drivers
 from reconciler.drive.process import PASSED_THROUGH, child_path
 from reconciler.gate.resources import MemoryUse
@@ -58,6 +59,8 @@ class WorkloadRenderer:
         self._engine_checked = False
         self._images: dict[str, ImageFacts] = {}  # present images seen this pass (an absent one is asked again)
         self._listens = ListenObserver()
+        self._bridge: str | None | bool = False  # the host's address on the container bridge, read once a pass
+        self.statuses: Callable[[], dict[ResourceKey, ResourceStatus]] = dict  # as the status files show them
 
     def observe_host(self) -> None:
         """Once per pass: which engines are installed, which GPUs exist; the container engine when first needed."""
@@ -65,6 +68,7 @@ class WorkloadRenderer:
         self.inventory = read_inventory()
         self._engine_checked = False
         self._images = {}
+        self._bridge = False
 
     def render(
         self, desired: DesiredState, remembered: Callable[[ResourceKey], ResourceRecord | None], workload: Workload,
@@ -86,8 +90,11 @@ class WorkloadRenderer:
         gpus = assign_gpus(request, self.inventory, taken, current, shared)  # device capability first
         if isinstance(gpus, Blocked):
             return blocked(gpus)
+        uses_env = self._uses(desired, spec, process)
+        if isinstance(uses_env, Blocked):
+            return blocked(uses_env)
         if container:
-            launch = self._render_container(workload, file, gpus, pins)
+            launch = self._render_container(workload, file, gpus, pins, uses_env)
             return blocked(launch) if isinstance(launch, Blocked) else Rendered(launch, None, check, endpoint)
         model, view = self._model(desired, remembered, spec.model) if spec.model else (None, None)
         if pins is not None:
@@ -96,8 +103,9 @@ class WorkloadRenderer:
         refused = view.problem if view and view.problem else preflight(spec, model, presence)
         if refused is not None:
             return blocked(refused)
+        bridge = self._bridge_for(workload.name, desired) if spec.engine is Engine.gateway else None
         command = engine_command(spec, str(presence.path) if presence else None, self.facts,
-                                 granted_share(request, self.inventory, gpus), self.routes_file)
+                                 granted_share(request, self.inventory, gpus), self.routes_file, bridge)
         if isinstance(command, Blocked):
             return blocked(command)
         default_dir = Path(self.driver.default_working_dir(workload.name))
@@ -107,8 +115,33 @@ class WorkloadRenderer:
         if changed is not None:
             return blocked(changed)
         launch = render_launch(spec, command.command, command.args, working_dir, executable, gpus,
-                               presence.identity if presence else None, command.executable_from_spec, command.env)
+                               presence.identity if presence else None, command.executable_from_spec,
+                               (*command.env, *uses_env.items()), bridge)
         return Rendered(launch, None, check, endpoint, presence)
+
+    def _uses(self, desired: DesiredState, spec: WorkloadSpec, process: ProcessObservation) -> dict[str, str] | Blocked:
+        """The endpoints its uses give it; a start waits until every used workload is Ready (one that runs keeps
+        running when they are not: its readiness, not its life, depends on them)."""
+        if not spec.uses:
+            return {}
+        used = {use.workload: entry.resource.spec for use in spec.uses
+                if (entry := desired.resources.get(ResourceKey("Workload", use.workload)))
+                and isinstance(entry.resource, Workload)}
+        endpoints = use_endpoints(spec, used)
+        if isinstance(endpoints, Blocked) or process.running_pid is not None:
+            return endpoints
+        statuses = self.statuses()
+        return waiting_for(spec, {name: statuses.get(ResourceKey("Workload", name)) for name in used}) or endpoints
+
+    def _bridge_for(self, gateway: str, desired: DesiredState) -> str | None:
+        """Where a gateway also listens: the host's address on the bridge, once a container declares it uses it."""
+        workloads = {key.name: entry.resource.spec for key, entry in desired.resources.items()
+                     if isinstance(entry.resource, Workload)}
+        if not container_users(gateway, workloads):
+            return None
+        if self._bridge is False:
+            self._bridge = self.engine.bridge_address()
+        return self._bridge or None
 
     def listening(self, process: ProcessObservation) -> ObservedListens | None:
         """What a running native workload's processes listen on (a container's are judged by its published ports)."""
@@ -187,7 +220,7 @@ class WorkloadRenderer:
         return self._model(desired, self.remembered, workload.spec.model)[1] if workload.spec.model else None
 
     def _render_container(self, workload: Workload, file: str, gpus: tuple[int, ...],
-                          pins: Pins | None) -> ContainerLaunch | Blocked:
+                          pins: Pins | None, uses_env: dict[str, str]) -> ContainerLaunch | Blocked:
         spec = workload.spec
         assert spec.image is not None
         if not self._engine_checked:
@@ -206,7 +239,7 @@ class WorkloadRenderer:
         spec_dir = (self.root / file).parent
         volumes = tuple(BindMount(source=os.path.realpath(spec_dir / volume.source), target=volume.target,
                                   read_only=volume.read_only) for volume in spec.volumes)
-        return render_container(spec, image, volumes, gpus)
+        return render_container(spec, image, volumes, gpus, uses_env)
 
     def _model(
         self, desired: DesiredState, remembered: Callable[[ResourceKey], ResourceRecord | None], name: str

@@ -263,6 +263,7 @@ def _render(record: ResourceRecord, outcome: PassOutcome, assessment: _Assessmen
         listening=at_most(outcome.listens.listening) if pid and outcome.listens and outcome.listens.pid == pid else None,
         enforcement=running.enforcement or None if running else None,
         container_id=running.container_id if running else None,
+        addresses=list(running.addresses) or None if running else None,
         image=image.image if image else None,
         image_id=image.image_id if image else None,
         artifact=_artifact(outcome.model) if record.kind == "Model" and outcome.model else None,
