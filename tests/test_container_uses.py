@@ -4,10 +4,13 @@ gateway, busybox containers on the real (private) engine calling http://host.doc
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import Workspace, wait_for
 from tests.docker_engine import TEST_IMAGE, EngineUnderTest
@@ -106,3 +109,44 @@ def test_without_the_policy_the_gateway_does_not_listen_on_the_bridge(
     assert refused["reason"] == "PolicyDenied" and "spec.network.localContainers: true" in refused["message"], refused
     waiting = space.condition("caller.yaml", "caller")
     assert waiting["reason"] == "WaitingForDependencies" and "Workload/gateway (PolicyDenied" in waiting["message"]
+
+
+def test_the_shipped_webui_talks_to_chat_through_the_gateway(workspace: Workspace, docker_engine: EngineUnderTest) -> None:
+    """desired-state/ as shipped (policy, chat, gateway, webui), with what this machine lacks stood in for: the tiny
+    GGUF as the chat model, the busybox image as Open WebUI (allowed by the policy beside it), free ports, no volume."""
+    pytest.importorskip("llama_cpp")
+    from tests.tiny_gguf import write_tiny_llama
+
+    shipped = Path(__file__).resolve().parent.parent / "desired-state"
+    chat_port, gateway_port, webui_port = free_port(), free_port(), free_port()
+    for name in ("policy.yaml", "chat.yaml", "gateway.yaml", "webui.yaml"):
+        documents = list(yaml.safe_load_all((shipped / name).read_text()))
+        for document_ in documents:
+            spec = document_["spec"]
+            if document_["kind"] == "Policy":
+                spec["containers"]["images"].append("reconciler-test/*")
+            elif document_["metadata"]["name"] == "chat":
+                spec["port"] = chat_port
+            elif document_["metadata"]["name"] == "gateway":
+                spec["port"] = gateway_port
+            elif document_["metadata"]["name"] == "webui":
+                spec |= {"image": TEST_IMAGE, "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
+                         "ports": [{"containerPort": 8080, "hostPort": webui_port}]}
+                spec.pop("volumes")
+        workspace.write(name, yaml.safe_dump_all(documents, sort_keys=False))
+    write_tiny_llama(workspace.desired / "models" / "chat.gguf")
+    workspace.start_daemon()
+    running(workspace, "chat.yaml", "chat")
+    asking = wait_for(lambda: (c := workspace.condition("webui.yaml", "webui")) and c["reason"] == "PendingApproval" and c,
+                      timeout=60, what="the web UI's approval request (the shipped policy asks for Privilege)")
+    spec_hash = re.search(r"--spec-hash (\w+)", asking["message"]).group(1)
+    assert workspace.cli("approve", "webui", "--spec-hash", spec_hash).returncode == 0
+    running(workspace, "webui.yaml", "webui")
+    env = dict(line.split("=", 1) for line in the_container(docker_engine, workspace, "webui").attrs["Config"]["Env"])
+    base = env["OPENAI_API_BASE_URL"]
+    assert base == f"http://host.docker.internal:{gateway_port}/v1"
+    wait_for(lambda: json.loads((workspace.state / "gateway" / "routes.json").read_text())["clients"],
+             timeout=30, what="the web UI's address in the gateway's routes")
+    asked = {"model": "chat-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    answer = json.loads(wget(docker_engine, workspace, "webui", f"{base}/chat/completions", asked))
+    assert answer["model"] == "chat-model" and answer["choices"][0]["message"]["role"] == "assistant", answer
