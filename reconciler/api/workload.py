@@ -248,7 +248,13 @@ class WorkloadSpec(Spec):
         None, description="The port it serves on: an engine's port, the default for health checks; unique per address.")
     llama_cpp: LlamaCppOptions | None = None
     vllm: VllmOptions | None = None
-    health: HealthCheck | None = None
+    health: HealthCheck | None = Field(
+        None, description="Liveness and readiness together: Ready while it passes; failing it stops the process (its "
+                           "restart policy decides what next), and an update is judged by it.")
+    readiness: HealthCheck | None = Field(
+        None, description="Readiness only (e.g. a check that calls a backend): while it fails the workload is not Ready "
+                          "(reason NotReady) and gets no traffic, but is not restarted, and an update is not judged "
+                          "failed for it. Its failureThreshold and startupSeconds do not apply.")
     resources: Resources = Field(default_factory=Resources)
     restart: Restart = Field(default_factory=Restart)
     update: UpdateStrategy = Field(default_factory=UpdateStrategy)
@@ -276,7 +282,7 @@ class WorkloadSpec(Spec):
     def _no_nul(self) -> "WorkloadSpec":
         """A NUL cannot reach a program (argv and environ are C strings): refused here, not by the exec at start."""
         texts = [*(self.command or ()), *self.args, *self.env.values(), self.working_dir or "",
-                 *(self.health.exec.command if self.health and self.health.exec else ())]
+                 *(check.exec.command for check in (self.health, self.readiness) if check and check.exec)]
         if any("\0" in text for text in texts):
             raise ValueError("a command, argument, environment value or working directory contains a NUL character")
         return self
@@ -379,18 +385,21 @@ class WorkloadSpec(Spec):
 
     @model_validator(mode="after")
     def _checks_know_their_port(self) -> "WorkloadSpec":
-        check = self.health
-        probe = (check.http or check.tcp) if check else None
-        if probe is None:
-            return self
-        if self.runtime is Runtime.container:
-            published = {port.container_port for port in self.ports if port.protocol == "tcp"}
-            port = probe.port or self.default_port
-            if port not in published:
-                raise ValueError(f"an http or tcp health check of a container probes a published tcp port; "
-                                 f"{port or 'no port'} is not in spec.ports (or use an exec check)")
-        elif probe.port is None and self.port is None:
-            raise ValueError("an http or tcp health check needs a port: set spec.port or the check's own port")
+        if self.runtime is Runtime.native and self.readiness and self.readiness.exec:
+            raise ValueError("spec.readiness of a native workload is an http or tcp check (an exec one would run a "
+                             "program on the host that the policy does not judge): use spec.health for exec")
+        for check in (self.health, self.readiness):
+            probe = (check.http or check.tcp) if check else None
+            if probe is None:
+                continue
+            if self.runtime is Runtime.container:
+                published = {port.container_port for port in self.ports if port.protocol == "tcp"}
+                port = probe.port or self.default_port
+                if port not in published:
+                    raise ValueError(f"an http or tcp health check of a container probes a published tcp port; "
+                                     f"{port or 'no port'} is not in spec.ports (or use an exec check)")
+            elif probe.port is None and self.port is None:
+                raise ValueError("an http or tcp health check needs a port: set spec.port or the check's own port")
         return self
 
     def _set(self, name: str) -> bool:

@@ -36,7 +36,7 @@ from reconciler.control.result import Result
 from reconciler.control.rollout import Rollouts
 from reconciler.control.workloads import WorkloadRenderer
 from reconciler.diff.engines import Rendered
-from reconciler.diff.health import next_probe_in
+from reconciler.diff.health import next_probes_in
 from reconciler.diff.uses import WAITING_FOR_DEPENDENCIES
 from reconciler.diff.plan import (
     Action, Inputs, Verb, is_orphan_kept, next_generation, note_observations, plan_resource,
@@ -353,9 +353,11 @@ class Reconciler:
 
     def _next_look(self, planned: Planned, record: ResourceRecord, status: ResourceStatus,
                    after: ProcessObservation | None, now: datetime) -> float | None:
-        check, running = planned.rendered.check, after.record if after and after.running_pid else None
-        if running is not None and check is not None:
-            return next_probe_in(check, record.health, running.pid, running.started_at, now)
+        running = after.record if after and after.running_pid else None
+        probes = [(check, state) for check, state in ((planned.rendered.check, record.health),
+                                                      (planned.rendered.readiness, record.readiness)) if check]
+        if running is not None and probes:
+            return next_probes_in(probes, running.pid, running.started_at, now)
         if planned.model is not None and planned.model.problem is not None:
             return self.models.next_look(planned.model)
         if planned.action.blocked is not None and planned.action.blocked.reason == WAITING_FOR_DEPENDENCIES:

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from reconciler.api.kinds import KINDS, Engine, Model, Runtime, Workload, WorkloadSpec
+from reconciler.api.workload import HealthCheck
 from reconciler.api.launch import BindMount, ContainerLaunch
 from reconciler.api.launch import LaunchSpec, render_launch, working_dir_for
 from reconciler.api.meta import ResourceKey
@@ -37,8 +38,8 @@ from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable, Im
 from reconciler.observe.gpus import GpuInventory, read_inventory
 from reconciler.observe.host import EngineFacts, engine_facts, find_executable
 from reconciler.observe.listening import ListenObserver, ObservedListens, listening_table
-from reconciler.observe.probes import probe
-from reconciler.observe.processes import ProcessObservation, ProcessState
+from reconciler.observe.probes import ProbeResult, probe
+from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
 
 
 class WorkloadRenderer:
@@ -82,7 +83,7 @@ class WorkloadRenderer:
         endpoint = container_endpoint(spec) if container else engine_endpoint(spec)
 
         def blocked(why: Blocked) -> Rendered:
-            return Rendered(blocked=why, check=check, endpoint=endpoint)
+            return Rendered(blocked=why, check=check, endpoint=endpoint, readiness=spec.readiness)
 
         current = process.record.launch.gpus if process.record else ()
         request = spec.resources.gpus if gpu_sharing else spec.resources.gpus.model_copy(update={"shareable": False})
@@ -95,7 +96,8 @@ class WorkloadRenderer:
             return blocked(uses_env)
         if container:
             launch = self._render_container(workload, file, gpus, pins, uses_env)
-            return blocked(launch) if isinstance(launch, Blocked) else Rendered(launch, None, check, endpoint)
+            return blocked(launch) if isinstance(launch, Blocked) else Rendered(launch, None, check, endpoint,
+                                                                                   readiness=spec.readiness)
         model, view = self._model(desired, remembered, spec.model) if spec.model else (None, None)
         if pins is not None:
             view = pinned_model(pins, view, self.models.cache)
@@ -117,7 +119,7 @@ class WorkloadRenderer:
         launch = render_launch(spec, command.command, command.args, working_dir, executable, gpus,
                                presence.identity if presence else None, command.executable_from_spec,
                                (*command.env, *uses_env.items()), bridge)
-        return Rendered(launch, None, check, endpoint, presence)
+        return Rendered(launch, None, check, endpoint, presence, spec.readiness)
 
     def _uses(self, desired: DesiredState, spec: WorkloadSpec, process: ProcessObservation) -> dict[str, str] | Blocked:
         """The endpoints its uses give it; a start waits until every used workload is Ready (one that runs keeps
@@ -167,22 +169,28 @@ class WorkloadRenderer:
     def probe_if_due(
         self, record: ResourceRecord, rendered: Rendered, workload: Workload, process: ProcessObservation, now: datetime
     ) -> ResourceRecord:
-        running, check = process.record, rendered.check
-        if check is None or running is None or process.running_pid is None:
+        """Run the health check and the readiness check that are due; their results go on the record."""
+        running = process.record
+        if running is None or process.running_pid is None:
             return record
-        if not probe_due(check, record.health, running.pid, running.started_at, now):
-            return record
+        update = {}
+        for field, check in (("health", rendered.check), ("readiness", rendered.readiness)):
+            state = getattr(record, field)
+            if check is not None and probe_due(check, state, running.pid, running.started_at, now):
+                result = self._probe(check, workload, running)
+                ended = clock.now()  # the next period counts from the end of a slow probe, not its start
+                update[field] = note_probe(state, running.pid, result.ok, result.message, ended)
+        return record.model_copy(update=update) if update else record
+
+    def _probe(self, check: HealthCheck, workload: Workload, running: ProcessRecord) -> ProbeResult:
         spec = workload.spec
         if isinstance(running.launch, ContainerLaunch):
             address = check_address(check, spec)
-            result = (probe(check, *address) if address else
-                      self.driver.containers.exec_check(workload.name, check.exec.command, check.timeout_seconds))
-        else:
-            env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ} | spec.env
-            port = (check.http or check.tcp).port if (check.http or check.tcp) else None
-            result = probe(check, spec.host, port or spec.port, env, running.launch.working_dir)
-        ended = clock.now()  # the next period counts from the end of a slow probe, not its start
-        return record.model_copy(update={"health": note_probe(record.health, running.pid, result.ok, result.message, ended)})
+            return (probe(check, *address) if address else
+                    self.driver.containers.exec_check(workload.name, check.exec.command, check.timeout_seconds))
+        env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ} | spec.env
+        port = (check.http or check.tcp).port if (check.http or check.tcp) else None
+        return probe(check, spec.host, port or spec.port, env, running.launch.working_dir)
 
     def check_executables(self, rendered: Rendered, workload: Workload) -> tuple[str, ...]:
         """What an exec health check would run, for the gate: as written, as found, as resolved."""

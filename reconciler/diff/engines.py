@@ -49,6 +49,7 @@ class Rendered:
     check: HealthCheck | None = None
     endpoint: str | None = None
     model: ModelPresence | None = None  # the model file the launch serves: hashed again before a start
+    readiness: HealthCheck | None = None  # spec.readiness: decides Ready, never a restart
 
 
 # vLLM loads big models for many minutes (weights, then CUDA graphs) before /health answers.

@@ -11,6 +11,7 @@ from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.status import ExitInfo, FailureInfo, ObservedExposure, Placement, ResourceStatus
 from reconciler.base.redact import redact
 from reconciler.diff.engines import Rendered
+from reconciler.diff.health import NOT_READY
 from reconciler.diff.footprint import ModelView
 from reconciler.diff.plan import Action, schedule_retry
 from reconciler.diff.rollout import ROLLED_BACK
@@ -199,15 +200,26 @@ def _note_listening(record: ResourceRecord, outcome: PassOutcome, listens: Liste
 
 def _running(record: ResourceRecord, outcome: PassOutcome, pid: int) -> _Assessment:
     later = f"; {outcome.action.blocked.message}" if outcome.action.blocked else ""
-    if outcome.rendered.check is None:
-        return _Assessment(True, "Running", f"pid {pid}{later}", "Running")
     health = record.health if record.health is not None and record.health.pid == pid else None
-    if health is not None and health.ready:
-        return _Assessment(True, "Healthy", f"pid {pid}: {health.message}{later}", "Running")
+    if outcome.rendered.check is None or health is not None and health.ready:
+        live = f"pid {pid}: {health.message}" if outcome.rendered.check and health else f"pid {pid}"
+        return _ready(record, outcome, pid, "Healthy" if outcome.rendered.check else "Running", live + later)
     if health is not None and health.ever_ready:
         return _Assessment(False, "Unhealthy", f"pid {pid}: {health.message}{later}", "Unhealthy")
     waiting = health.message if health else "waiting for the first health check"
     return _Assessment(False, "Starting", f"pid {pid}: {waiting}{later}", "Starting")
+
+
+def _ready(record: ResourceRecord, outcome: PassOutcome, pid: int, reason: str, message: str) -> _Assessment:
+    """A live process is Ready unless its readiness check (spec.readiness) has not passed: then it is NotReady, still
+    Running (it is not restarted for it)."""
+    if outcome.rendered.readiness is None:
+        return _Assessment(True, reason, message, "Running")
+    readiness = record.readiness if record.readiness is not None and record.readiness.pid == pid else None
+    if readiness is not None and readiness.ready:
+        return _Assessment(True, reason, f"{message}; ready: {readiness.message}", "Running")
+    why = readiness.message if readiness else "waiting for the first readiness check"
+    return _Assessment(False, NOT_READY, f"{message}; not ready: {why}", "Running")
 
 
 def _exited(exit_info: ExitInfo, action: Action) -> _Assessment:
