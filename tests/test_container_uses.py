@@ -109,6 +109,8 @@ def test_without_the_policy_the_gateway_does_not_listen_on_the_bridge(
     assert refused["reason"] == "PolicyDenied" and "spec.network.localContainers: true" in refused["message"], refused
     waiting = space.condition("caller.yaml", "caller")
     assert waiting["reason"] == "WaitingForDependencies" and "Workload/gateway (PolicyDenied" in waiting["message"]
+    shown = space.cli("status", "-o", "json").stdout
+    assert "Workload/gateway (PolicyDenied" in shown, "a read-only status judges what the caller waits for, too"
 
 
 def test_the_shipped_webui_talks_to_chat_through_the_gateway(workspace: Workspace, docker_engine: EngineUnderTest) -> None:

@@ -133,7 +133,7 @@ class Reconciler:
                                           str(self.routes.path))
         self.judge = Judge(self.workloads, self.approvals)
         self.recorder = Recorder(self.root, state_dir / HOST_EVIDENCE_FILE)
-        self.workloads.statuses = self.recorder.statuses  # a start waits for the workloads it uses to be Ready
+        self.workloads.statuses = self._statuses_of  # a start waits for the workloads it uses to be Ready
         self.host = HostWatch(state_dir, engine, None if readonly else self.recorder)
         self.holds = Holds(self._all_records, allow_empty)
         self.metrics = metrics
@@ -255,6 +255,13 @@ class Reconciler:
                                   tighten=self.holds.policy_settled(desired))
         return Planned(judged.action, judged.verdict, inputs, model, rendered, judged.placement, judged.secret,
                        desired.resources.get(key), desired, judged.listens)
+
+    def _statuses_of(self, names: list[str]) -> dict[str, ResourceStatus | None]:
+        """Workloads' statuses as the daemon wrote them; a read-only reconciler (status, plan) writes none, and judges
+        them now instead."""
+        keys = [ResourceKey("Workload", name) for name in names]
+        written = {} if self.readonly else self.recorder.statuses()
+        return {key.name: self.status(key) if self.readonly else written.get(key) for key in keys}
 
     def _remembered(self, key: ResourceKey) -> ResourceRecord | None:
         with self._lock:

@@ -28,7 +28,7 @@ from reconciler.diff.gpus import assign_gpus, granted_share
 from reconciler.diff.health import note_probe, probe_due
 from reconciler.diff.preflight import preflight
 from reconciler.diff.resources import memory_commitment
-from reconciler.diff.uses import container_users, use_endpoints, waiting_for
+from reconciler.diff.uses import container_users, use_cycle, use_endpoints, waiting_for
 from reconciler.drive.dispatch import Drivers
 from reconciler.drive.process import PASSED_THROUGH, child_path
 from reconciler.gate.resources import MemoryUse
@@ -61,7 +61,8 @@ class WorkloadRenderer:
         self._images: dict[str, ImageFacts] = {}  # present images seen this pass (an absent one is asked again)
         self._listens = ListenObserver()
         self._bridge: str | None | bool = False  # the host's address on the container bridge, read once a pass
-        self.statuses: Callable[[], dict[ResourceKey, ResourceStatus]] = dict  # as the status files show them
+        # the statuses of the named workloads, as the status files show them
+        self.statuses: Callable[[list[str]], dict[str, ResourceStatus | None]] = lambda names: {}
 
     def observe_host(self) -> None:
         """Once per pass: which engines are installed, which GPUs exist; the container engine when first needed."""
@@ -91,7 +92,7 @@ class WorkloadRenderer:
         gpus = assign_gpus(request, self.inventory, taken, current, shared)  # device capability first
         if isinstance(gpus, Blocked):
             return blocked(gpus)
-        uses_env = self._uses(desired, spec, process)
+        uses_env = self._uses(desired, workload, process)
         if isinstance(uses_env, Blocked):
             return blocked(uses_env)
         if container:
@@ -121,25 +122,22 @@ class WorkloadRenderer:
                                (*command.env, *uses_env.items()), bridge)
         return Rendered(launch, None, check, endpoint, presence, spec.readiness)
 
-    def _uses(self, desired: DesiredState, spec: WorkloadSpec, process: ProcessObservation) -> dict[str, str] | Blocked:
+    def _uses(self, desired: DesiredState, workload: Workload, process: ProcessObservation) -> dict[str, str] | Blocked:
         """The endpoints its uses give it; a start waits until every used workload is Ready (one that runs keeps
         running when they are not: its readiness, not its life, depends on them)."""
+        spec = workload.spec
         if not spec.uses:
             return {}
-        used = {use.workload: entry.resource.spec for use in spec.uses
-                if (entry := desired.resources.get(ResourceKey("Workload", use.workload)))
-                and isinstance(entry.resource, Workload)}
-        endpoints = use_endpoints(spec, used)
+        workloads = _workloads(desired)
+        used = {use.workload: workloads[use.workload] for use in spec.uses if use.workload in workloads}
+        endpoints = use_cycle(workload.name, workloads) or use_endpoints(spec, used)
         if isinstance(endpoints, Blocked) or process.running_pid is not None:
             return endpoints
-        statuses = self.statuses()
-        return waiting_for(spec, {name: statuses.get(ResourceKey("Workload", name)) for name in used}) or endpoints
+        return waiting_for(spec, self.statuses(sorted(used))) or endpoints
 
     def _bridge_for(self, gateway: str, desired: DesiredState) -> str | None:
         """Where a gateway also listens: the host's address on the bridge, once a container declares it uses it."""
-        workloads = {key.name: entry.resource.spec for key, entry in desired.resources.items()
-                     if isinstance(entry.resource, Workload)}
-        if not container_users(gateway, workloads):
+        if not container_users(gateway, _workloads(desired)):
             return None
         if self._bridge is False:
             self._bridge = self.engine.bridge_address()
@@ -287,3 +285,7 @@ class WorkloadRenderer:
                 else:
                     taken[gpu] = f"Workload/{other}"
         return taken, shared
+
+
+def _workloads(desired: DesiredState) -> dict[str, WorkloadSpec]:
+    return {key.name: entry.resource.spec for key, entry in desired.resources.items() if isinstance(entry.resource, Workload)}

@@ -53,6 +53,28 @@ def use_endpoints(spec: WorkloadSpec, used: Mapping[str, WorkloadSpec]) -> dict[
     return env
 
 
+def use_cycle(name: str, workloads: Mapping[str, WorkloadSpec]) -> Blocked | None:
+    """Workloads that wait for each other would never start: a cycle through `name` is refused, named."""
+    visited: set[str] = set()
+
+    def back_to_name(path: list[str]) -> list[str] | None:
+        for use in workloads[path[-1]].uses if path[-1] in workloads else ():
+            if use.workload == name:
+                return [*path, name]
+            if use.workload not in visited:
+                visited.add(use.workload)
+                found = back_to_name([*path, use.workload])
+                if found:
+                    return found
+        return None
+
+    cycle = back_to_name([name])
+    if cycle is None:
+        return None
+    return Blocked("InvalidUse", f"spec.uses makes a cycle ({' -> '.join(cycle)}): each would wait for the next "
+                                 "to be Ready, and none would start")
+
+
 def container_users(gateway: str, workloads: Mapping[str, WorkloadSpec]) -> list[str]:
     """The container workloads that declare a use of `gateway`: it listens on the bridge for them."""
     return sorted(name for name, spec in workloads.items()
