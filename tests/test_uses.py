@@ -72,6 +72,9 @@ def test_a_use_may_not_set_a_variable_twice() -> None:
         native(env={"BASE": "x"}, uses=[{"workload": "gateway", "env": "BASE"}])
     with pytest.raises(ValidationError, match="env BASE is set twice"):
         native(uses=[{"workload": "gateway", "env": "BASE"}, {"workload": "chat", "env": "BASE"}])
+    for reserved in ("HOST", "port", "NVIDIA_VISIBLE_DEVICES"):
+        with pytest.raises(ValidationError, match=f"spec.uses may not set env {reserved}"):
+            native(uses=[{"workload": "gateway", "env": reserved}])
 
 
 def test_a_container_client_is_admitted_per_gateway_and_per_model() -> None:

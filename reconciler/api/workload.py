@@ -293,6 +293,9 @@ class WorkloadSpec(Spec):
         clash = next((name for name in names if name in self.env or names.count(name) > 1), None)
         if clash is not None:
             raise ValueError(f"env {clash} is set twice (spec.env or another of spec.uses): a use gives it its value")
+        reserved = next((name for name in names if name.upper() in _BIND_VARIABLES or _gpu_variable(name)), None)
+        if reserved is not None:  # a URL there would move a server or hand out GPUs past the gate's rules
+            raise ValueError(f"spec.uses may not set env {reserved}: name a variable the program reads an endpoint from")
         return self
 
     @field_validator("image")
@@ -304,7 +307,7 @@ class WorkloadSpec(Spec):
     @classmethod
     def _gpus_only_through_resources(cls, env: dict[str, str]) -> dict[str, str]:
         for name in env:
-            if name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER") or name.startswith("NVIDIA_"):
+            if _gpu_variable(name):
                 raise ValueError(f"GPU access is explicit: request GPUs with spec.resources.gpus, not {name}")
         return env
 
@@ -419,6 +422,10 @@ class WorkloadSpec(Spec):
         if self.runtime is Runtime.container:
             return self.ports[0].container_port if self.ports else None
         return self.port
+
+
+def _gpu_variable(name: str) -> bool:
+    return name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER") or name.startswith("NVIDIA_")
 
 
 _CONTAINER_ONLY = ("image", "image_pull_policy", "ports", "volumes", "network", "security")

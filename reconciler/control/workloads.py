@@ -119,7 +119,7 @@ class WorkloadRenderer:
             return blocked(changed)
         launch = render_launch(spec, command.command, command.args, working_dir, executable, gpus,
                                presence.identity if presence else None, command.executable_from_spec,
-                               (*command.env, *uses_env.items()), bridge)
+                               (*uses_env.items(), *command.env), bridge)
         return Rendered(launch, None, check, endpoint, presence, spec.readiness)
 
     def _uses(self, desired: DesiredState, workload: Workload, process: ProcessObservation) -> dict[str, str] | Blocked:
