@@ -84,3 +84,17 @@ def test_a_container_client_is_admitted_per_gateway_and_per_model() -> None:
     assert "may use only chat" in client.refusal(8080, "other", {})
     assert client.refusal(9090, "other", {}) is None
     assert "does not declare it uses this gateway" in client.refusal(7070, None, {})
+
+
+def test_the_kubernetes_export_keeps_readiness_apart_and_names_what_uses_it_cannot_export() -> None:
+    from reconciler.api.kinds import Workload
+    from reconciler.export.kubernetes import workload_manifests
+
+    ui = Workload.model_validate({"metadata": {"name": "ui"}, "spec": {
+        "command": ["ui"], "port": 3000, "health": {"http": {"path": "/health"}},
+        "readiness": {"http": {"path": "/ready"}}, "uses": [{"workload": "gateway", "env": "BASE"}]}})
+    manifests = workload_manifests(ui, {}, None)
+    container = manifests[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert "spec.uses[0] (gateway) is not exported: set BASE to its Service's URL" in str(manifests)

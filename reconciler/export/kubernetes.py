@@ -115,6 +115,10 @@ def workload_manifests(
                                      for volume, target, read_only in volumes]
     if check is not None:
         container.update(_probes(check, spec, notes))
+    if spec.readiness is not None:  # it decides readiness alone, as on the host
+        container["readinessProbe"] = _probes(spec.readiness, spec, notes)["readinessProbe"]
+    notes += [f"spec.uses[{index}] ({use.workload}) is not exported: set {use.env} to its Service's URL"
+              for index, use in enumerate(spec.uses)]
     container["securityContext"] = _security(spec)
     _restart_notes(spec, notes)
     _loopback_env_notes(spec, listeners or {}, notes)
