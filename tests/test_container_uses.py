@@ -4,7 +4,9 @@ gateway, busybox containers on the real (private) engine calling http://host.doc
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,14 @@ def test_a_container_that_declared_the_use_reaches_the_gateway_and_others_get_40
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10) as answer:
         assert answer.status == 200, "loopback clients are served as before"
+
+    space.stop_daemon()  # a daemon that cannot reach the engine keeps the gateway (and its streams) as it runs
+    space.start_daemon(env={**os.environ, "DOCKER_HOST": f"unix://{space.state}/no-engine.sock"})
+    wait_for(lambda: "EngineUnavailable" in (space.desired / "caller.status.yaml").read_text()
+             or "cannot be observed" in (space.desired / "caller.status.yaml").read_text(),
+             timeout=30, what="the daemon to find the engine away")
+    time.sleep(2)  # passes of the gateway meanwhile
+    assert running(space, "gateway.yaml", "gateway")["pid"] == gateway["pid"], "restarted while the engine was away"
 
 
 def test_without_the_policy_the_gateway_does_not_listen_on_the_bridge(

@@ -106,7 +106,7 @@ class WorkloadRenderer:
         refused = view.problem if view and view.problem else preflight(spec, model, presence)
         if refused is not None:
             return blocked(refused)
-        bridge = self._bridge_for(workload.name, desired) if spec.engine is Engine.gateway else None
+        bridge = self._bridge_for(workload.name, desired, process) if spec.engine is Engine.gateway else None
         command = engine_command(spec, str(presence.path) if presence else None, self.facts,
                                  granted_share(request, self.inventory, gpus), self.routes_file, bridge)
         if isinstance(command, Blocked):
@@ -135,13 +135,17 @@ class WorkloadRenderer:
             return endpoints
         return waiting_for(spec, self.statuses(sorted(used))) or endpoints
 
-    def _bridge_for(self, gateway: str, desired: DesiredState) -> str | None:
-        """Where a gateway also listens: the host's address on the bridge, once a container declares it uses it."""
+    def _bridge_for(self, gateway: str, desired: DesiredState, process: ProcessObservation) -> str | None:
+        """Where a gateway also listens: the host's address on the bridge, once a container declares it uses it.
+        While the engine does not answer, a running gateway keeps the address it has: an engine restart must not
+        restart the gateway (and cut its streams)."""
         if not container_users(gateway, _workloads(desired)):
             return None
         if self._bridge is False:
             self._bridge = self.engine.bridge_address()
-        return self._bridge or None
+        running = process.record.launch if process.record and process.running_pid else None
+        kept = running.container_listen if isinstance(running, LaunchSpec) else None
+        return self._bridge or kept
 
     def listening(self, process: ProcessObservation) -> ObservedListens | None:
         """What a running native workload's processes listen on (a container's are judged by its published ports)."""
