@@ -228,14 +228,19 @@ async def _many(url: str, body: dict[str, Any], count: int) -> list[tuple[int, s
         return list(await asyncio.gather(*(one(session) for _ in range(count))))
 
 
-def test_an_engine_dying_mid_stream_ends_it_with_an_error_event(stack: Stack) -> None:
+def _chat_killed_mid_stream(stack: Stack) -> str:
+    """What a client of a long stream receives when the chat server is killed after its first event."""
     chat = stack.running("chat.yaml", "chat")
     client, received = _open_stream(stack.gateway, max_tokens=1900)
     os.kill(chat["pid"], signal.SIGKILL)
     while chunk := client.recv(65536):
         received += chunk
     client.close()
-    text = received.decode(errors="replace")
+    return received.decode(errors="replace")
+
+
+def test_an_engine_dying_mid_stream_ends_it_with_an_error_event(stack: Stack) -> None:
+    text = _chat_killed_mid_stream(stack)
     assert "event: error" in text and "UpstreamFailed" in text and "Workload/chat" in text, text[-500:]
     assert "[DONE]" not in text
 
@@ -249,14 +254,8 @@ def test_a_stream_cut_mid_way_is_never_retried_on_another_backend(stack: Stack) 
         twin_log = Path(stack.running("twin.yaml", "twin")["logFile"])
         wait_for(lambda: "Workload/twin" in stack.space.cli("status").stdout.split("Gateway routes:")[-1],
                  timeout=30, what="twin in the gateway's routes")
-        chat = stack.running("chat.yaml", "chat")
         start = twin_log.stat().st_size
-        client, received = _open_stream(stack.gateway, max_tokens=1900)
-        os.kill(chat["pid"], signal.SIGKILL)
-        while chunk := client.recv(65536):
-            received += chunk
-        client.close()
-        text = received.decode(errors="replace")
+        text = _chat_killed_mid_stream(stack)
         assert "event: error" in text and "Workload/chat" in text and "[DONE]" not in text, text[-500:]
         with twin_log.open("rb") as written:
             written.seek(start)
