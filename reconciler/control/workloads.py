@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from reconciler.api.kinds import KINDS, Engine, Model, Runtime, Workload, WorkloadSpec
-from reconciler.api.workload import HealthCheck
+from reconciler.api.checks import HealthCheck
 from reconciler.api.launch import BindMount, ContainerLaunch
 from reconciler.api.launch import LaunchSpec, render_launch, working_dir_for
 from reconciler.api.meta import ResourceKey

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from reconciler.api.container import PullPolicy
 from reconciler.api.launch import BindMount, ContainerLaunch, PublishedPort
-from reconciler.api.workload import HealthCheck, WorkloadSpec
+from reconciler.api.checks import HealthCheck
+from reconciler.api.workload import WorkloadSpec
 from reconciler.diff.engines import Blocked
 from reconciler.diff.uses import HOST_FROM_CONTAINERS, HOST_GATEWAY
 from reconciler.observe.docker_engine import ImageFacts

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.api.chat_formats import server_chat_format
-from reconciler.api.workload import Engine, HealthCheck, HttpCheck, LlamaCppOptions, TcpCheck, VllmOptions, WorkloadSpec
+from reconciler.api.checks import HealthCheck, HttpCheck, TcpCheck
+from reconciler.api.workload import Engine, LlamaCppOptions, VllmOptions, WorkloadSpec
 from reconciler.api.launch import LaunchSpec
 from reconciler.observe.host import EngineFacts, ModelPresence
 

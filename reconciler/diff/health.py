@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from reconciler.api.status import HealthState
-from reconciler.api.workload import HealthCheck
+from reconciler.api.checks import HealthCheck
 
 
 STARTUP_PERIOD_SECONDS = 1.0  # until the first success: a server that is up should not wait a whole period

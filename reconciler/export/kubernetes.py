@@ -20,7 +20,8 @@ from reconciler.api.container import NOBODY
 from reconciler.api.kinds import Model, Workload
 from reconciler.api.meta import API_VERSION, GROUP, Resource
 from reconciler.api.quantity import format_bytes
-from reconciler.api.workload import Backoff, Engine, HealthCheck, RestartPolicy, RollbackMode, Runtime, WorkloadSpec
+from reconciler.api.checks import HealthCheck
+from reconciler.api.workload import Backoff, Engine, RestartPolicy, RollbackMode, Runtime, WorkloadSpec
 from reconciler.diff.engines import Blocked, engine_check, engine_command
 from reconciler.diff.health import STARTUP_PERIOD_SECONDS
 from reconciler.load.desired import DesiredState
