@@ -56,6 +56,9 @@ def test_a_start_waits_for_every_used_workload_to_be_ready_and_names_why() -> No
     assert waiting.message == ("starts once it is Ready: Workload/chat (ModelMissing: why); "
                                "Workload/ghost (not in the desired state)")
     assert waiting_for(spec.model_copy(update={"uses": spec.uses[:1]}), {"gateway": status("gateway", True)}) is None
+    running = waiting_for(spec, {"gateway": None, "chat": None}, running=True)
+    assert running is not None and running.message == "starts once it is Ready: Workload/ghost (not in the desired state)", \
+        "one that runs waits only for a used workload that is gone: a new start would lose its endpoint"
 
 
 def test_workloads_that_use_each_other_are_refused_as_a_cycle() -> None:

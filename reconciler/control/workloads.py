@@ -131,9 +131,11 @@ class WorkloadRenderer:
         workloads = _workloads(desired)
         used = {use.workload: workloads[use.workload] for use in spec.uses if use.workload in workloads}
         endpoints = use_cycle(workload.name, workloads) or use_endpoints(spec, used)
-        if isinstance(endpoints, Blocked) or process.running_pid is not None:
+        if isinstance(endpoints, Blocked):
             return endpoints
-        return waiting_for(spec, self.statuses(sorted(used))) or endpoints
+        running = process.running_pid is not None
+        statuses = dict.fromkeys(used) if running else self.statuses(sorted(used))
+        return waiting_for(spec, statuses, running) or endpoints
 
     def _bridge_for(self, gateway: str, desired: DesiredState, process: ProcessObservation) -> str | None:
         """Where a gateway also listens: the host's address on the bridge, once a container declares it uses it.

@@ -15,10 +15,15 @@ HOST_FROM_CONTAINERS = "host.docker.internal"
 HOST_GATEWAY = "host-gateway"
 
 
-def waiting_for(spec: WorkloadSpec, statuses: Mapping[str, ResourceStatus | None]) -> Blocked | None:
-    """Why `spec` may not start yet: a used workload that is not Ready (its status as the files show it)."""
+def waiting_for(spec: WorkloadSpec, statuses: Mapping[str, ResourceStatus | None], running: bool = False
+                ) -> Blocked | None:
+    """Why `spec` may not start yet: a used workload that is not Ready (its status as the files show it; `statuses`
+    holds the declared ones). One that runs waits only for a used workload gone from the desired state: started
+    without that endpoint it would lose it, while one that is merely not Ready is its readiness's business."""
     waits = []
     for use in spec.uses:
+        if running and use.workload in statuses:
+            continue
         status = statuses.get(use.workload)
         ready = next((c for c in status.conditions if c.type == "Ready"), None) if status else None
         if ready is None or ready.status is not ConditionStatus.true:
