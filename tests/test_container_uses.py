@@ -90,6 +90,8 @@ def test_a_container_that_declared_the_use_reaches_the_gateway_and_others_get_40
 
     wait_for(lambda: len(json.loads((space.state / "gateway" / "routes.json").read_text())["clients"]) == 2,
              timeout=30, what="the limited container's address in the gateway's routes")
+    listed = json.loads(wget(docker_engine, space, "limited", f"http://host.docker.internal:{port}/v1/models"))
+    assert [model["id"] for model in listed["data"]] == ["tiny"], "a container is listed the models it may use"
     asked = {"prompt": "hi", "max_tokens": 1}
     assert "503" in wget(docker_engine, space, "limited", f"http://host.docker.internal:{port}/v1/completions",
                          {"model": "tiny", **asked}), "its model passes admission (and has no workload)"

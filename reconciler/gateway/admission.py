@@ -16,7 +16,8 @@ from reconciler.gateway.routes import RouteTable
 def admit_containers(container_host: str, routes: Callable[[], RouteTable],
                      refuse: Callable[[str], web.Response]) -> Any:
     """A middleware that judges each request that came in on `container_host` before anything else is read or
-    waited for; a container limited to some models is judged again by the model its body names."""
+    waited for; a container limited to some models is judged again by the model its body names, and is listed
+    only those models."""
 
     @web.middleware
     async def admit(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -31,7 +32,15 @@ def admit_containers(container_host: str, routes: Callable[[], RouteTable],
         limited = client.gateways.get(local[1], ()) is not None
         model = _model(await request.read()) if limited and request.method == "POST" else None
         refused = client.refusal(local[1], model, table.aliases)
-        return refuse(refused) if refused else await handler(request)
+        if refused:
+            return refuse(refused)
+        answer = await handler(request)
+        allowed = client.gateways.get(local[1])
+        if allowed is None or request.path != "/v1/models" or not isinstance(answer, web.Response) or answer.status != 200:
+            return answer
+        listed = json.loads(answer.body)  # its list shows what it may ask for, not what it would be refused
+        listed["data"] = [model for model in listed["data"] if model["id"] in allowed or model.get("aliasOf") in allowed]
+        return web.json_response(listed)
 
     return admit
 
