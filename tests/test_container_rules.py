@@ -13,7 +13,8 @@ from reconciler.api.container import (
 from reconciler.api.kinds import ContainerPolicy, Policy
 from reconciler.api.launch import BindMount, ContainerLaunch, PublishedPort, render_launch
 from reconciler.api.meta import API_VERSION, ResourceKey
-from reconciler.api.workload import HealthCheck, WorkloadSpec
+from reconciler.api.checks import HealthCheck
+from reconciler.api.workload import WorkloadSpec
 from reconciler.diff.containers import check_address, container_endpoint, render_container
 from reconciler.diff.engines import Blocked
 from reconciler.diff.plan import Action, Verb

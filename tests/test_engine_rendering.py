@@ -16,7 +16,8 @@ from pydantic import ValidationError
 from reconciler.api.kinds import Model
 from reconciler.api.meta import API_VERSION
 from reconciler.api.status import HealthState
-from reconciler.api.workload import GpuRequest, HealthCheck, Workload, WorkloadSpec
+from reconciler.api.checks import HealthCheck
+from reconciler.api.workload import GpuRequest, Workload, WorkloadSpec
 from reconciler.diff.gpus import assign_gpus
 from reconciler.diff.health import next_probe_in, note_probe, probe_due, unhealthy_cause
 from reconciler.diff.preflight import preflight

@@ -273,13 +273,41 @@ async def _many(url: str, body: dict[str, Any], count: int) -> list[tuple[int, s
         return list(await asyncio.gather(*(one(session) for _ in range(count))))
 
 
-def test_an_engine_dying_mid_stream_ends_it_with_an_error_event(stack: Stack) -> None:
+def _chat_killed_mid_stream(stack: Stack) -> str:
+    """What a client of a long stream receives when the chat server is killed after its first event."""
     chat = stack.running("chat.yaml", "chat")
     client, received = _open_stream(stack.gateway, max_tokens=1900)
     os.kill(chat["pid"], signal.SIGKILL)
     while chunk := client.recv(65536):
         received += chunk
     client.close()
-    text = received.decode(errors="replace")
+    return received.decode(errors="replace")
+
+
+def test_an_engine_dying_mid_stream_ends_it_with_an_error_event(stack: Stack) -> None:
+    text = _chat_killed_mid_stream(stack)
     assert "event: error" in text and "UpstreamFailed" in text and "Workload/chat" in text, text[-500:]
     assert "[DONE]" not in text
+
+
+def test_a_stream_cut_mid_way_is_never_retried_on_another_backend(stack: Stack) -> None:
+    """Two Ready servers of the Model: the stream goes to `chat` (the least busy, then by name); when it dies after the
+    first byte the client gets the error event, and `twin` never sees the request."""
+    twin_port = free_port()
+    stack.space.write("twin.yaml", llama_server("twin", "tiny", twin_port))
+    try:
+        twin_log = Path(stack.running("twin.yaml", "twin")["logFile"])
+        wait_for(lambda: "Workload/twin" in stack.space.cli("status").stdout.split("Gateway routes:")[-1],
+                 timeout=30, what="twin in the gateway's routes")
+        start = twin_log.stat().st_size
+        text = _chat_killed_mid_stream(stack)
+        assert "event: error" in text and "Workload/chat" in text and "[DONE]" not in text, text[-500:]
+        with twin_log.open("rb") as written:
+            written.seek(start)
+            assert b"eval time" not in written.read(), "the request was retried on twin"
+        assert call(f"http://127.0.0.1:{twin_port}/v1/completions", completion("tiny"))[0] == 200
+        with twin_log.open("rb") as written:
+            written.seek(start)
+            assert b"eval time" in written.read(), "twin's log shows a generation it served (the check above can fail)"
+    finally:
+        (stack.space.desired / "twin.yaml").unlink()

@@ -129,6 +129,7 @@ def test_plan_warns_of_loopback_in_a_bridge_containers_env() -> None:
     assert len(warnings) == 2, warnings
     assert "ui.yaml: Workload/bridged: spec.env.API names 127.0.0.1" in warnings[0]
     assert "network 'bridge' is the container itself" in warnings[0]
+    assert "declare spec.uses: [{workload: GATEWAY, env: API, path: /v1}]" in warnings[0], "the warning names the fix"
     assert "spec.env.OTHER names localhost" in warnings[1]
 
 

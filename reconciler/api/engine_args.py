@@ -48,7 +48,7 @@ LLAMA_CPP_PYTHON = ArgumentRules("llama-cpp-python", abbreviations=True, undersc
 VLLM = ArgumentRules("vllm", abbreviations=True, underscores_are_dashes=True, nested_keys=True,
                      listen=("--host", "--port", "--uds", "--config"), secrets=("--api-key",))
 GATEWAY = ArgumentRules("gateway", abbreviations=True, underscores_are_dashes=False, nested_keys=False,
-                        listen=("--host", "--port", "--routes"), secrets=())
+                        listen=("--host", "--port", "--container-host", "--routes"), secrets=())
 
 # Which llama.cpp server runs is a fact of the host, not of the spec: its args must be safe for both.
 RULES_BY_ENGINE = {"llama.cpp": (LLAMA_SERVER, LLAMA_CPP_PYTHON), "vllm": (VLLM,), "gateway": (GATEWAY,)}

@@ -92,6 +92,10 @@ class NetworkPolicy(Spec):
                     "http), and a workload there can pose as one of its services. None by default.",
     )
 
+    local_containers: bool = Field(
+        False, description="A gateway may also listen on the host's address on the container bridge, for the containers "
+                           "that declare they use it (spec.uses): reachable from local containers, not from the network.")
+
     def allows(self, address: str, port: int | None) -> bool:
         return any(rule.allows(address, port) for rule in self.exposed)
 

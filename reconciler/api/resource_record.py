@@ -32,6 +32,7 @@ class ResourceRecord(BaseModel):
     next_retry_at: datetime | None = None
     last_failure: FailureInfo | None = None
     health: HealthState | None = None
+    readiness: HealthState | None = None  # spec.readiness's results: Ready, never restarts
     endpoint: str | None = None  # where the process last started serves (an update waiting for approval may move it)
     last_decision: str | None = None  # so a refusal repeated by every resync is recorded once
     decision_record_digest: str | None = None  # the Runtime Decision Record last put in evidence

@@ -133,6 +133,8 @@ class ResourceStatus(Report):
         None, description="The sockets a native workload's processes listen on, as observed on the host this pass.")
     enforcement: dict[str, str] | None = None
     container_id: str | None = None
+    addresses: list[str] | None = Field(
+        None, description="A running container's addresses on its networks: a gateway it uses admits it by them.")
     image: str | None = Field(None, description="A container's image reference, as the spec wrote it.")
     image_id: str | None = Field(None, description="The image it runs (the engine's content digest of it).")
     artifact: dict[str, Any] | None = Field(

@@ -11,6 +11,7 @@ from pydantic.alias_generators import to_camel
 
 from reconciler.api.container import ContainerSecurity, addresses_overlap, PortMapping, PullPolicy, VolumeMount, valid_image_reference
 from reconciler.api.chat_formats import unknown_chat_format
+from reconciler.api.checks import HealthCheck, Port
 from reconciler.api.engine_args import described, guarded_reading
 from reconciler.api.fallback import Fallback
 from reconciler.api.meta import Resource, Spec
@@ -84,9 +85,6 @@ class UpdateStrategy(Spec):
                     "changes again). Manual: it stays failed; `reconciler rollback NAME` restores on demand.")
 
 
-Port = Annotated[int, Field(ge=1, le=65535)]
-
-
 class GpuRequest(Spec):
     """GPU access is explicit: none unless asked for, by count or by index."""
 
@@ -121,50 +119,6 @@ class Resources(Spec):
     )
     cpus: float | None = Field(None, gt=0, le=1024, description="CPU time, in CPUs (cgroup quota, else affinity).")
     gpus: GpuRequest = Field(default_factory=GpuRequest)
-
-
-class HttpCheck(Spec):
-    """Healthy when GET path answers expectStatus."""
-
-    path: str = Field("/health", pattern=r"^/", description="The path requested.")
-    port: Port | None = Field(None, description="Default: spec.port.")
-    expect_status: int = Field(200, ge=100, le=599, description="The status a healthy answer has.")
-
-
-class TcpCheck(Spec):
-    """Healthy when a TCP connection to the port opens."""
-
-    port: Port | None = Field(None, description="Default: spec.port.")
-
-
-class ExecCheck(Spec):
-    """Healthy when the command exits 0 (run inside the container for a container workload)."""
-
-    command: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, description="Exit 0 means healthy; no shell.")
-
-
-class HealthCheck(Spec):
-    """Exactly one of http, tcp or exec. A workload with a check is Ready only while its last check passed."""
-
-    http: HttpCheck | None = None
-    tcp: TcpCheck | None = None
-    exec: ExecCheck | None = None
-    initial_delay_seconds: float = Field(0.0, ge=0, description="No check before this many seconds after a start.")
-    period_seconds: float = Field(5.0, gt=0, le=3600, description="Seconds between checks.")
-    timeout_seconds: float = Field(2.0, gt=0, le=600, description="A check that takes longer fails.")
-    failure_threshold: int = Field(
-        3, ge=1, le=100,
-        description="Failures in a row, once healthy, that stop the process (its restart policy decides what next).")
-    startup_seconds: float = Field(
-        300.0, gt=0, description="How long a start may take to pass its first check (model loads are slow)."
-    )
-
-    @model_validator(mode="after")
-    def _exactly_one_kind(self) -> "HealthCheck":
-        kinds = [name for name in ("http", "tcp", "exec") if getattr(self, name) is not None]
-        if len(kinds) != 1:
-            raise ValueError(f"give exactly one of http, tcp, exec (got {', '.join(kinds) or 'none'})")
-        return self
 
 
 class LlamaCppOptions(Spec):
@@ -215,6 +169,18 @@ Executable = Annotated[str, Field(min_length=1)]
 _BIND_VARIABLES = frozenset({"HOST", "PORT", "CONFIG_FILE", "LLAMA_ARG_HOST", "LLAMA_ARG_PORT"})
 
 
+class Use(Spec):
+    """A workload this one calls: it is started only once that one is Ready, and is told where to reach it."""
+
+    workload: str = Field(min_length=1, description="The Workload used (a container may use only a gateway).")
+    env: EnvName = Field(description="The variable given the endpoint's URL, as this workload reaches it (e.g. "
+                                     "OPENAI_API_BASE_URL): http://127.0.0.1:PORT natively, "
+                                     "http://host.docker.internal:PORT from a container.")
+    path: str = Field("", pattern=r"^(/[A-Za-z0-9._~/-]*)?$", description="Appended to the URL, e.g. /v1.")
+    models: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, min_length=1, description="Of a gateway: the Models (or aliases) a container may ask for; default: all.")
+
+
 class WorkloadSpec(Spec):
     """Something that runs, natively (a process, llama.cpp, vLLM, the gateway) or in a container."""
 
@@ -236,7 +202,13 @@ class WorkloadSpec(Spec):
         None, description="The port it serves on: an engine's port, the default for health checks; unique per address.")
     llama_cpp: LlamaCppOptions | None = None
     vllm: VllmOptions | None = None
-    health: HealthCheck | None = None
+    health: HealthCheck | None = Field(
+        None, description="Liveness and readiness together: Ready while it passes; failing it stops the process (its "
+                           "restart policy decides what next), and an update is judged by it.")
+    readiness: HealthCheck | None = Field(
+        None, description="Readiness only (e.g. a check that calls a backend): while it fails the workload is not Ready "
+                          "(reason NotReady) and gets no traffic, but is not restarted, and an update is not judged "
+                          "failed for it. Its failureThreshold and startupSeconds do not apply.")
     resources: Resources = Field(default_factory=Resources)
     restart: Restart = Field(default_factory=Restart)
     update: UpdateStrategy = Field(default_factory=UpdateStrategy)
@@ -256,14 +228,28 @@ class WorkloadSpec(Spec):
     fallback: Fallback | None = Field(
         None, description="A hosted provider to use while this host cannot run it, if the Policy allows and a person consents.",
     )
+    uses: list[Use] = Field(
+        default_factory=list, description="Workloads this one calls: it starts after they are Ready, with their "
+                                          "endpoints in its environment.")
 
     @model_validator(mode="after")
     def _no_nul(self) -> "WorkloadSpec":
         """A NUL cannot reach a program (argv and environ are C strings): refused here, not by the exec at start."""
         texts = [*(self.command or ()), *self.args, *self.env.values(), self.working_dir or "",
-                 *(self.health.exec.command if self.health and self.health.exec else ())]
+                 *(check.exec.command for check in (self.health, self.readiness) if check and check.exec)]
         if any("\0" in text for text in texts):
             raise ValueError("a command, argument, environment value or working directory contains a NUL character")
+        return self
+
+    @model_validator(mode="after")
+    def _uses_name_their_own_variables(self) -> "WorkloadSpec":
+        names = [use.env for use in self.uses]
+        clash = next((name for name in names if name in self.env or names.count(name) > 1), None)
+        if clash is not None:
+            raise ValueError(f"env {clash} is set twice (spec.env or another of spec.uses): a use gives it its value")
+        reserved = next((name for name in names if name.upper() in _BIND_VARIABLES or _gpu_variable(name)), None)
+        if reserved is not None:  # a URL there would move a server or hand out GPUs past the gate's rules
+            raise ValueError(f"spec.uses may not set env {reserved}: name a variable the program reads an endpoint from")
         return self
 
     @field_validator("image")
@@ -275,7 +261,7 @@ class WorkloadSpec(Spec):
     @classmethod
     def _gpus_only_through_resources(cls, env: dict[str, str]) -> dict[str, str]:
         for name in env:
-            if name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER") or name.startswith("NVIDIA_"):
+            if _gpu_variable(name):
                 raise ValueError(f"GPU access is explicit: request GPUs with spec.resources.gpus, not {name}")
         return env
 
@@ -356,18 +342,21 @@ class WorkloadSpec(Spec):
 
     @model_validator(mode="after")
     def _checks_know_their_port(self) -> "WorkloadSpec":
-        check = self.health
-        probe = (check.http or check.tcp) if check else None
-        if probe is None:
-            return self
-        if self.runtime is Runtime.container:
-            published = {port.container_port for port in self.ports if port.protocol == "tcp"}
-            port = probe.port or self.default_port
-            if port not in published:
-                raise ValueError(f"an http or tcp health check of a container probes a published tcp port; "
-                                 f"{port or 'no port'} is not in spec.ports (or use an exec check)")
-        elif probe.port is None and self.port is None:
-            raise ValueError("an http or tcp health check needs a port: set spec.port or the check's own port")
+        if self.runtime is Runtime.native and self.readiness and self.readiness.exec:
+            raise ValueError("spec.readiness of a native workload is an http or tcp check (an exec one would run a "
+                             "program on the host that the policy does not judge): use spec.health for exec")
+        for check in (self.health, self.readiness):
+            probe = (check.http or check.tcp) if check else None
+            if probe is None:
+                continue
+            if self.runtime is Runtime.container:
+                published = {port.container_port for port in self.ports if port.protocol == "tcp"}
+                port = probe.port or self.default_port
+                if port not in published:
+                    raise ValueError(f"an http or tcp health check of a container probes a published tcp port; "
+                                     f"{port or 'no port'} is not in spec.ports (or use an exec check)")
+            elif probe.port is None and self.port is None:
+                raise ValueError("an http or tcp health check needs a port: set spec.port or the check's own port")
         return self
 
     def _set(self, name: str) -> bool:
@@ -387,6 +376,10 @@ class WorkloadSpec(Spec):
         if self.runtime is Runtime.container:
             return self.ports[0].container_port if self.ports else None
         return self.port
+
+
+def _gpu_variable(name: str) -> bool:
+    return name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER") or name.startswith("NVIDIA_")
 
 
 _CONTAINER_ONLY = ("image", "image_pull_policy", "ports", "volumes", "network", "security")

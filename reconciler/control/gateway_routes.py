@@ -11,9 +11,9 @@ from reconciler.api.kinds import Model, Workload
 from reconciler.api.meta import ResourceKey
 from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.status import ResourceStatus
-from reconciler.api.workload import Engine
+from reconciler.api.workload import Engine, Runtime
 from reconciler.base.atomic import UnsafeFile
-from reconciler.gateway.routes import RouteTable, Serving, route_table
+from reconciler.gateway.routes import ContainerClient, RouteTable, Serving, route_table
 from reconciler.gateway.routes_file import write_routes
 from reconciler.load.desired import DesiredState
 from reconciler.record.evidence import EVIDENCE_SUFFIX
@@ -34,7 +34,29 @@ def routes_of(desired: DesiredState, status_of: Mapping[ResourceKey, ResourceSta
                        judged is None or judged.get(key) == entry.spec_hash)
                for key, entry in desired.resources.items()
                if isinstance(entry.resource, Workload) and entry.resource.spec.model]
-    return route_table(models, serving)
+    return route_table(models, serving).model_copy(update={"clients": container_clients(desired, status_of)})
+
+
+def container_clients(desired: DesiredState, status_of: dict[ResourceKey, ResourceStatus]) -> dict[str, ContainerClient]:
+    """Each running container that uses a gateway, by the addresses its status shows: whom a gateway admits on the
+    bridge, and to which models. Pure."""
+    workloads = {key: entry.resource.spec for key, entry in desired.resources.items() if isinstance(entry.resource, Workload)}
+    ports = {key.name: spec.port for key, spec in workloads.items() if spec.engine is Engine.gateway and spec.port}
+    clients: dict[str, ContainerClient] = {}
+    for key, spec in workloads.items():
+        status = status_of.get(key)
+        if spec.runtime is not Runtime.container or status is None or not status.addresses:
+            continue
+        gateways: dict[int, tuple[str, ...] | None] = {}
+        for use in spec.uses:
+            port = ports.get(use.workload)
+            if port is None:
+                continue
+            everything = use.models is None or (port in gateways and gateways[port] is None)
+            gateways[port] = None if everything else tuple(sorted({*(gateways.get(port) or ()), *(use.models or ())}))
+        clients |= {address: ContainerClient(workload=key.name, gateways=gateways)
+                    for address in status.addresses} if gateways else {}
+    return clients
 
 
 def served_models(desired: DesiredState) -> dict[str, str]:

@@ -37,7 +37,8 @@ from reconciler.control.result import Result
 from reconciler.control.rollout import Rollouts
 from reconciler.control.workloads import WorkloadRenderer
 from reconciler.diff.engines import Rendered
-from reconciler.diff.health import next_probe_in
+from reconciler.diff.health import next_probes_in
+from reconciler.diff.uses import WAITING_FOR_DEPENDENCIES
 from reconciler.diff.plan import (
     Action, Inputs, Verb, is_orphan_kept, next_generation, note_observations, plan_resource,
 )
@@ -67,6 +68,7 @@ log = logging.getLogger("reconciler")
 
 
 ENGINE_RETRY_SECONDS = 15.0
+DEPENDENCY_LOOK_SECONDS = 1.0  # how soon a workload waiting for the ones it uses looks again
 REVISION_SECONDS = 30.0  # a commit that changes no spec shows in status within this (a spec change at once)
 
 
@@ -134,6 +136,7 @@ class Reconciler:
                                           str(self.routes.path), builds)
         self.judge = Judge(self.workloads, self.approvals)
         self.recorder = Recorder(self.root, state_dir / HOST_EVIDENCE_FILE)
+        self.workloads.statuses = self._statuses_of  # a start waits for the workloads it uses to be Ready
         self.host = HostWatch(state_dir, engine, None if readonly else self.recorder, builds)
         self.holds = Holds(self._all_records, allow_empty)
         self.metrics = metrics
@@ -256,6 +259,13 @@ class Reconciler:
         return Planned(judged.action, judged.verdict, inputs, model, rendered, judged.placement, judged.secret,
                        desired.resources.get(key), desired, judged.listens)
 
+    def _statuses_of(self, names: list[str]) -> dict[str, ResourceStatus | None]:
+        """Workloads' statuses as the daemon wrote them; a read-only reconciler (status, plan) writes none, and judges
+        them now instead."""
+        keys = [ResourceKey("Workload", name) for name in names]
+        written = {} if self.readonly else self.recorder.statuses()
+        return {key.name: self.status(key) if self.readonly else written.get(key) for key in keys}
+
     def _remembered(self, key: ResourceKey) -> ResourceRecord | None:
         with self._lock:
             return self.records.get(key)
@@ -355,11 +365,15 @@ class Reconciler:
 
     def _next_look(self, planned: Planned, record: ResourceRecord, status: ResourceStatus,
                    after: ProcessObservation | None, now: datetime) -> float | None:
-        check, running = planned.rendered.check, after.record if after and after.running_pid else None
-        if running is not None and check is not None:
-            return next_probe_in(check, record.health, running.pid, running.started_at, now)
+        running = after.record if after and after.running_pid else None
+        probes = [(check, state) for check, state in ((planned.rendered.check, record.health),
+                                                      (planned.rendered.readiness, record.readiness)) if check]
+        if running is not None and probes:
+            return next_probes_in(probes, running.pid, running.started_at, now)
         if planned.model is not None and planned.model.problem is not None:
             return self.models.next_look(planned.model)
+        if planned.action.blocked is not None and planned.action.blocked.reason == WAITING_FOR_DEPENDENCIES:
+            return DEPENDENCY_LOOK_SECONDS  # their Ready is another resource's pass: looked at, not waited on
         # Only a back-off still ahead is worth a look: one already past was this pass's to act on, and a start
         # it did not make (refused by the gate, awaiting an answer, placed elsewhere) waits for an input to change.
         retry_at = record.next_retry_at if status.pid is None else None

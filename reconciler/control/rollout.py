@@ -17,6 +17,7 @@ from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.rollout import Instant, KnownGood, Pins, RolledBack
 from reconciler.api.status import Placement, ResourceStatus, RolloutState, RolloutStatus
 from reconciler.api.workload import RollbackMode
+from reconciler.diff.health import NOT_READY
 from reconciler.diff.plan import Hold
 from reconciler.diff.rollout import ROLLED_BACK, Assessment, Observed, assess, standing
 from reconciler.drive.logs import tail
@@ -89,7 +90,9 @@ class Rollouts:
             # Not started (an approval awaited, a missing capability, a refusal, a model still downloading: the
             # version before keeps running meanwhile) or not run here: its deadline starts once it can start.
             return record.model_copy(update={"rollout": None}), status, None
-        serving = status.pid is not None and any(c.type == "Ready" and c.status.value == "True" for c in status.conditions)
+        # live counts: a readiness check that fails (its backend is down) is not this version's failure
+        serving = status.pid is not None and any(c.type == "Ready" and (c.status.value == "True" or c.reason == NOT_READY)
+                                                 for c in status.conditions)
         ready = serving or status.phase == "Succeeded"  # a run-to-completion workload proves itself by completing
         observed = Observed(record.generation, desired.spec_hash, ready, status.message)
         outcome = assess(record.rollout, record.known_good, observed, update,

@@ -13,12 +13,13 @@ from datetime import datetime
 from pathlib import Path
 
 from reconciler.api.kinds import KINDS, Engine, Model, Runtime, Workload, WorkloadSpec
+from reconciler.api.checks import HealthCheck
 from reconciler.api.launch import BindMount, ContainerLaunch
 from reconciler.api.launch import LaunchSpec, render_launch, working_dir_for
 from reconciler.api.meta import ResourceKey
 from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.rollout import Pins
-from reconciler.api.status import Listen
+from reconciler.api.status import Listen, ResourceStatus
 from reconciler.control.models import ModelStore, ModelView
 from reconciler.control.pins import pinned_executable, pinned_image, pinned_model
 from reconciler.diff.containers import check_address, container_endpoint, render_container
@@ -28,6 +29,7 @@ from reconciler.diff.gpus import assign_gpus, granted_share
 from reconciler.diff.health import note_probe, probe_due
 from reconciler.diff.preflight import preflight
 from reconciler.diff.resources import memory_commitment
+from reconciler.diff.uses import container_users, use_cycle, use_endpoints, waiting_for
 from reconciler.drive.dispatch import Drivers
 from reconciler.drive.process import PASSED_THROUGH, child_path
 from reconciler.diff.acceleration import Acceleration, AssignedGpu, assess_acceleration
@@ -44,8 +46,8 @@ from reconciler.observe.gpu_processes import process_tree, read_gpu_processes
 from reconciler.observe.gpus import GpuInventory, read_inventory
 from reconciler.observe.host import EngineFacts, engine_facts, find_executable
 from reconciler.observe.listening import ListenObserver, ObservedListens, listening_table
-from reconciler.observe.probes import probe
-from reconciler.observe.processes import ProcessObservation, ProcessState
+from reconciler.observe.probes import ProbeResult, probe
+from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
 
 
 class WorkloadRenderer:
@@ -69,6 +71,9 @@ class WorkloadRenderer:
         self._images: dict[str, ImageFacts] = {}  # present images seen this pass (an absent one is asked again)
         self._listens = ListenObserver()
         self._loads: dict[str, tuple[int, EngineLoad, int | None]] = {}  # workload -> (pid, finished load, estimate)
+        self._bridge: str | None | bool = False  # the host's address on the container bridge, read once a pass
+        # the statuses of the named workloads, as the status files show them
+        self.statuses: Callable[[list[str]], dict[str, ResourceStatus | None]] = lambda names: {}
 
     def observe_host(self) -> None:
         """Once per pass: which engines are installed, which GPUs exist; the container engine when first needed."""
@@ -76,6 +81,7 @@ class WorkloadRenderer:
         self.inventory = read_inventory()
         self._engine_checked = False
         self._images = {}
+        self._bridge = False
 
     def render(
         self, desired: DesiredState, remembered: Callable[[ResourceKey], ResourceRecord | None], workload: Workload,
@@ -90,7 +96,8 @@ class WorkloadRenderer:
         accelerated = None if container else self._acceleration(desired, workload, process)
 
         def blocked(why: Blocked) -> Rendered:
-            return Rendered(blocked=why, check=check, endpoint=endpoint, acceleration=accelerated)
+            return Rendered(blocked=why, check=check, endpoint=endpoint, acceleration=accelerated,
+                            readiness=spec.readiness)
 
         current = process.record.launch.gpus if process.record else ()
         request = spec.resources.gpus if gpu_sharing else spec.resources.gpus.model_copy(update={"shareable": False})
@@ -98,9 +105,13 @@ class WorkloadRenderer:
         gpus = assign_gpus(request, self.inventory, taken, current, shared)  # device capability first
         if isinstance(gpus, Blocked):
             return blocked(gpus)
+        uses_env = self._uses(desired, workload, process)
+        if isinstance(uses_env, Blocked):
+            return blocked(uses_env)
         if container:
-            launch = self._render_container(workload, file, gpus, pins)
-            return blocked(launch) if isinstance(launch, Blocked) else Rendered(launch, None, check, endpoint)
+            launch = self._render_container(workload, file, gpus, pins, uses_env)
+            return blocked(launch) if isinstance(launch, Blocked) else Rendered(launch, None, check, endpoint,
+                                                                                   readiness=spec.readiness)
         model, view = self._model(desired, remembered, spec.model) if spec.model else (None, None)
         if pins is not None:
             view = pinned_model(pins, view, self.models.cache)
@@ -108,8 +119,9 @@ class WorkloadRenderer:
         refused = view.problem if view and view.problem else preflight(spec, model, presence)
         if refused is not None:
             return blocked(refused)
+        bridge = self._bridge_for(workload.name, desired, process) if spec.engine is Engine.gateway else None
         command = engine_command(spec, str(presence.path) if presence else None, self.facts,
-                                 granted_share(request, self.inventory, gpus), self.routes_file)
+                                 granted_share(request, self.inventory, gpus), self.routes_file, bridge)
         if isinstance(command, Blocked):
             return blocked(command)
         refusal = acceleration_refusal(spec, gpus, self._build(spec, gpus, command))
@@ -122,8 +134,9 @@ class WorkloadRenderer:
         if changed is not None:
             return blocked(changed)
         launch = render_launch(spec, command.command, command.args, working_dir, executable, gpus,
-                               presence.identity if presence else None, command.executable_from_spec, command.env)
-        return Rendered(launch, None, check, endpoint, presence, accelerated)
+                               presence.identity if presence else None, command.executable_from_spec,
+                               (*uses_env.items(), *command.env), bridge)
+        return Rendered(launch, None, check, endpoint, presence, accelerated, spec.readiness)
 
     def _acceleration(self, desired: DesiredState, workload: Workload, process: ProcessObservation) -> Acceleration | None:
         """Where a running engine that asked for a GPU put its model: its log's word, checked against NVML's list
@@ -168,6 +181,33 @@ class WorkloadRenderer:
         kind = LLAMA_SERVER if command.command[0] == self.facts.llama_server else LLAMA_CPP_PYTHON
         return self.builds.of(kind, command.command[0], self.inventory)
 
+    def _uses(self, desired: DesiredState, workload: Workload, process: ProcessObservation) -> dict[str, str] | Blocked:
+        """The endpoints its uses give it; a start waits until every used workload is Ready (one that runs keeps
+        running when they are not: its readiness, not its life, depends on them)."""
+        spec = workload.spec
+        if not spec.uses:
+            return {}
+        workloads = _workloads(desired)
+        used = {use.workload: workloads[use.workload] for use in spec.uses if use.workload in workloads}
+        endpoints = use_cycle(workload.name, workloads) or use_endpoints(spec, used)
+        if isinstance(endpoints, Blocked):
+            return endpoints
+        running = process.running_pid is not None
+        statuses = dict.fromkeys(used) if running else self.statuses(sorted(used))
+        return waiting_for(spec, statuses, running) or endpoints
+
+    def _bridge_for(self, gateway: str, desired: DesiredState, process: ProcessObservation) -> str | None:
+        """Where a gateway also listens: the host's address on the bridge, once a container declares it uses it.
+        While the engine does not answer, a running gateway keeps the address it has: an engine restart must not
+        restart the gateway (and cut its streams)."""
+        if not container_users(gateway, _workloads(desired)):
+            return None
+        if self._bridge is False:
+            self._bridge = self.engine.bridge_address()
+        running = process.record.launch if process.record and process.running_pid else None
+        kept = running.container_listen if isinstance(running, LaunchSpec) else None
+        return self._bridge or kept
+
     def listening(self, process: ProcessObservation) -> ObservedListens | None:
         """What a running native workload's processes listen on (a container's are judged by its published ports)."""
         running = process.record
@@ -192,22 +232,28 @@ class WorkloadRenderer:
     def probe_if_due(
         self, record: ResourceRecord, rendered: Rendered, workload: Workload, process: ProcessObservation, now: datetime
     ) -> ResourceRecord:
-        running, check = process.record, rendered.check
-        if check is None or running is None or process.running_pid is None:
+        """Run the health check and the readiness check that are due; their results go on the record."""
+        running = process.record
+        if running is None or process.running_pid is None:
             return record
-        if not probe_due(check, record.health, running.pid, running.started_at, now):
-            return record
+        update = {}
+        for field, check in (("health", rendered.check), ("readiness", rendered.readiness)):
+            state = getattr(record, field)
+            if check is not None and probe_due(check, state, running.pid, running.started_at, now):
+                result = self._probe(check, workload, running)
+                ended = clock.now()  # the next period counts from the end of a slow probe, not its start
+                update[field] = note_probe(state, running.pid, result.ok, result.message, ended)
+        return record.model_copy(update=update) if update else record
+
+    def _probe(self, check: HealthCheck, workload: Workload, running: ProcessRecord) -> ProbeResult:
         spec = workload.spec
         if isinstance(running.launch, ContainerLaunch):
             address = check_address(check, spec)
-            result = (probe(check, *address) if address else
-                      self.driver.containers.exec_check(workload.name, check.exec.command, check.timeout_seconds))
-        else:
-            env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ} | spec.env
-            port = (check.http or check.tcp).port if (check.http or check.tcp) else None
-            result = probe(check, spec.host, port or spec.port, env, running.launch.working_dir)
-        ended = clock.now()  # the next period counts from the end of a slow probe, not its start
-        return record.model_copy(update={"health": note_probe(record.health, running.pid, result.ok, result.message, ended)})
+            return (probe(check, *address) if address else
+                    self.driver.containers.exec_check(workload.name, check.exec.command, check.timeout_seconds))
+        env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ} | spec.env
+        port = (check.http or check.tcp).port if (check.http or check.tcp) else None
+        return probe(check, spec.host, port or spec.port, env, running.launch.working_dir)
 
     def check_executables(self, rendered: Rendered, workload: Workload) -> tuple[str, ...]:
         """What an exec health check would run, for the gate: as written, as found, as resolved."""
@@ -245,7 +291,7 @@ class WorkloadRenderer:
         return self._model(desired, self.remembered, workload.spec.model)[1] if workload.spec.model else None
 
     def _render_container(self, workload: Workload, file: str, gpus: tuple[int, ...],
-                          pins: Pins | None) -> ContainerLaunch | Blocked:
+                          pins: Pins | None, uses_env: dict[str, str]) -> ContainerLaunch | Blocked:
         spec = workload.spec
         assert spec.image is not None
         if not self._engine_checked:
@@ -264,7 +310,7 @@ class WorkloadRenderer:
         spec_dir = (self.root / file).parent
         volumes = tuple(BindMount(source=os.path.realpath(spec_dir / volume.source), target=volume.target,
                                   read_only=volume.read_only) for volume in spec.volumes)
-        return render_container(spec, image, volumes, gpus)
+        return render_container(spec, image, volumes, gpus, uses_env)
 
     def _model(
         self, desired: DesiredState, remembered: Callable[[ResourceKey], ResourceRecord | None], name: str
@@ -304,3 +350,7 @@ class WorkloadRenderer:
                 else:
                     taken[gpu] = f"Workload/{other}"
         return taken, shared
+
+
+def _workloads(desired: DesiredState) -> dict[str, WorkloadSpec]:
+    return {key.name: entry.resource.spec for key, entry in desired.resources.items() if isinstance(entry.resource, Workload)}

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from reconciler.api.container import PullPolicy
 from reconciler.api.launch import BindMount, ContainerLaunch, PublishedPort
-from reconciler.api.workload import HealthCheck, WorkloadSpec
+from reconciler.api.checks import HealthCheck
+from reconciler.api.workload import WorkloadSpec
 from reconciler.diff.engines import Blocked
+from reconciler.diff.uses import HOST_FROM_CONTAINERS, HOST_GATEWAY
 from reconciler.observe.docker_engine import ImageFacts
 
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
 def render_container(
-    spec: WorkloadSpec, image: ImageFacts | None, volumes: tuple[BindMount, ...], gpus: tuple[int, ...]
+    spec: WorkloadSpec, image: ImageFacts | None, volumes: tuple[BindMount, ...], gpus: tuple[int, ...],
+    uses_env: dict[str, str] | None = None,
 ) -> ContainerLaunch | Blocked:
-    """`image`: what the reference names here now (None: absent); `volumes`: sources resolved on the host."""
+    """`image`: what the reference names here now (None: absent); `volumes`: sources resolved on the host;
+    `uses_env`: the endpoints of the workloads it uses, reached through the host's address on its bridge."""
     assert spec.image is not None
     if image is None and spec.image_pull_policy is PullPolicy.never:
         return Blocked("ImageNotPresent", f"image {spec.image} is not on this host and imagePullPolicy is Never: "
@@ -23,12 +27,13 @@ def render_container(
     return ContainerLaunch(
         image=spec.image, image_id=image.id if image else None, image_user=image.user if image else None,
         command=tuple(spec.command) if spec.command else None, args=tuple(spec.args) if spec.args else None,
-        env=dict(spec.env), working_dir=spec.working_dir, user=security.user,
+        env=dict(spec.env) | (uses_env or {}), working_dir=spec.working_dir, user=security.user,
         ports=tuple(PublishedPort(host_ip=port.host_ip, host_port=port.published_port, container_port=port.container_port,
                                   protocol=port.protocol) for port in spec.ports),
         volumes=volumes, network=container_network(spec),
         capabilities=tuple(security.capabilities), read_only_root_filesystem=security.read_only_root_filesystem,
         pids_limit=security.pids_limit, memory_limit=spec.resources.memory, cpus=spec.resources.cpus, gpus=gpus,
+        extra_hosts=((HOST_FROM_CONTAINERS, HOST_GATEWAY),) if uses_env else (),
     )
 
 

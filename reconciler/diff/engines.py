@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.api.chat_formats import server_chat_format
-from reconciler.api.workload import Engine, HealthCheck, HttpCheck, LlamaCppOptions, TcpCheck, VllmOptions, WorkloadSpec
+from reconciler.api.checks import HealthCheck, HttpCheck, TcpCheck
+from reconciler.api.workload import Engine, LlamaCppOptions, VllmOptions, WorkloadSpec
 from reconciler.api.launch import LaunchSpec
 from reconciler.diff.acceleration import Acceleration
 from reconciler.observe.host import EngineFacts, ModelPresence
@@ -51,6 +52,7 @@ class Rendered:
     endpoint: str | None = None
     model: ModelPresence | None = None  # the model file the launch serves: hashed again before a start
     acceleration: Acceleration | None = None  # where the running engine put the model, when it asked for a GPU
+    readiness: HealthCheck | None = None  # spec.readiness: decides Ready, never a restart
 
 
 # vLLM loads big models for many minutes (weights, then CUDA graphs) before /health answers.
@@ -75,17 +77,24 @@ def engine_endpoint(spec: WorkloadSpec) -> str | None:
     """Where a client on this host reaches the server (a wildcard bind is reached on loopback)."""
     if spec.port is None:
         return None
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(spec.host, spec.host)
-    base = f"http://{f'[{host}]' if ':' in host else host}:{spec.port}"
+    base = f"http://{reachable_host(spec.host)}:{spec.port}"
     return base if spec.engine is Engine.process else f"{base}/v1"
+
+
+def reachable_host(host: str) -> str:
+    """Where a client on this host reaches a server bound to `host` (a wildcard is reached on loopback), as a URL
+    writes it."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host
 
 
 def engine_command(
     spec: WorkloadSpec, model_path: str | None, facts: EngineFacts, gpu_share: float | None = None,
-    routes_file: str | None = None,
+    routes_file: str | None = None, container_host: str | None = None,
 ) -> EngineCommand | Blocked:
     """`gpu_share`: the fraction of each assigned GPU this workload was granted, when it shares them; `routes_file`:
-    where the reconciler publishes the gateway's routes (engine gateway only)."""
+    where the reconciler publishes the gateway's routes, `container_host`: the host's address on the container bridge,
+    where it also listens for the containers that use it (engine gateway only)."""
     if spec.engine is Engine.process:
         assert spec.command is not None
         return EngineCommand(tuple(spec.command), tuple(spec.args))
@@ -93,7 +102,9 @@ def engine_command(
     listen = ["--host", spec.host, "--port", str(spec.port)]
     if spec.engine is Engine.gateway:
         assert routes_file is not None
-        return EngineCommand((sys.executable, *SAFE_PYTHON, GATEWAY_PROGRAM), (*listen, "--routes", routes_file, *spec.args))
+        bridge = ("--container-host", container_host) if container_host else ()
+        return EngineCommand((sys.executable, *SAFE_PYTHON, GATEWAY_PROGRAM),
+                             (*listen, *bridge, "--routes", routes_file, *spec.args))
     assert model_path is not None and spec.model is not None
     if spec.engine is Engine.vllm:
         return _vllm(spec, model_path, facts, listen, gpu_share)

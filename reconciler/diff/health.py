@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from reconciler.api.status import HealthState
-from reconciler.api.workload import HealthCheck
+from reconciler.api.checks import HealthCheck
 
 
 STARTUP_PERIOD_SECONDS = 1.0  # until the first success: a server that is up should not wait a whole period
+NOT_READY = "NotReady"  # Ready's reason while it lives but its readiness check fails: not a failure of its own
 
 
 def probe_due(check: HealthCheck, state: HealthState | None, pid: int, started_at: datetime, now: datetime) -> bool:
@@ -24,6 +25,12 @@ def next_probe_in(check: HealthCheck, state: HealthState | None, pid: int, start
     if state is not None and state.pid == pid and state.last_probe_at is not None:  # else: a new process
         due = max(due, state.last_probe_at + timedelta(seconds=_period(check, state)))
     return max(0.0, (due - now).total_seconds())
+
+
+def next_probes_in(probes: list[tuple[HealthCheck, HealthState | None]], pid: int, started_at: datetime,
+                   now: datetime) -> float | None:
+    """Seconds until the soonest of these checks is due (None: no check)."""
+    return min((next_probe_in(check, state, pid, started_at, now) for check, state in probes), default=None)
 
 
 def _period(check: HealthCheck, state: HealthState) -> float:

@@ -25,5 +25,6 @@ def loopback_env_warnings(desired: DesiredState) -> list[str]:
             found = _LOOPBACK.search(value)
             if found:
                 warnings.append(f"{entry.file}: {key}: spec.env.{name} names {found.group(1)}, which on network "
-                                f"{network!r} is the container itself, not this host's servers")
+                                f"{network!r} is the container itself, not this host's servers: declare "
+                                f"spec.uses: [{{workload: GATEWAY, env: {name}, path: /v1}}] to be given the gateway")
     return warnings

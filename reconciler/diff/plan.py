@@ -14,7 +14,7 @@ from reconciler.api.launch import EXECUTABLE_FIELD as _EXECUTABLE
 from reconciler.api.meta import PRUNE_ANNOTATION, ResourceKey
 from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.status import ExitInfo, HealthState
-from reconciler.api.workload import HealthCheck
+from reconciler.api.checks import HealthCheck
 from reconciler.diff.engines import Blocked
 from reconciler.diff.health import unhealthy_cause
 from reconciler.load.desired import DesiredEntry

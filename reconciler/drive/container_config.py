@@ -43,6 +43,7 @@ def create_args(name: str, container_name: str, owner: str, launch: ContainerLau
         "cap_drop": ["ALL"], "cap_add": list(launch.capabilities) or None, "security_opt": ["no-new-privileges"],
         "privileged": False, "read_only": launch.read_only_root_filesystem,
         "tmpfs": {"/tmp": tmpfs_options(launch.effective_user)}, "network_mode": launch.network, "init": True,
+        "extra_hosts": dict(launch.extra_hosts) or None,
         "ports": dict(bindings),
         "mounts": [Mount(volume.target, volume.source, type="bind", read_only=volume.read_only)
                    for volume in launch.volumes],

@@ -235,7 +235,7 @@ class ContainerDriver:
         record = ProcessRecord(
             name=name, pid=pid, start_ticks=0, nonce=container.id[:16], launch=launch,
             generation=int(container.labels.get(GENERATION_LABEL, "1")), started_at=started_at,
-            enforcement=enforcement(launch), container_id=container.id,
+            enforcement=enforcement(launch), container_id=container.id, addresses=_addresses(container),
         )
         if state.get("Status") in _RUNNING:
             if not self._readonly and self._started_pid(name, container.id) != pid:
@@ -353,3 +353,9 @@ def _timestamp(text: str | None, never: datetime) -> datetime:
         return never
     trimmed = re.sub(r"(\.\d{6})\d+", r"\1", text).replace("Z", "+00:00")
     return clock.from_system(datetime.fromisoformat(trimmed))
+
+
+def _addresses(container: Container) -> tuple[str, ...]:
+    networks = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
+    return tuple(sorted({address for network in networks.values() if isinstance(network, dict)
+                         for address in (network.get("IPAddress"), network.get("GlobalIPv6Address")) if address}))

@@ -20,7 +20,8 @@ from reconciler.api.container import NOBODY
 from reconciler.api.kinds import Model, Workload
 from reconciler.api.meta import API_VERSION, GROUP, Resource
 from reconciler.api.quantity import format_bytes
-from reconciler.api.workload import Backoff, Engine, HealthCheck, RestartPolicy, RollbackMode, Runtime, WorkloadSpec
+from reconciler.api.checks import HealthCheck
+from reconciler.api.workload import Backoff, Engine, RestartPolicy, RollbackMode, Runtime, WorkloadSpec
 from reconciler.diff.engines import Blocked, engine_check, engine_command
 from reconciler.diff.health import STARTUP_PERIOD_SECONDS
 from reconciler.load.desired import DesiredState
@@ -115,6 +116,10 @@ def workload_manifests(
                                      for volume, target, read_only in volumes]
     if check is not None:
         container.update(_probes(check, spec, notes))
+    if spec.readiness is not None:  # it decides readiness alone, as on the host
+        container["readinessProbe"] = _probes(spec.readiness, spec, notes)["readinessProbe"]
+    notes += [f"spec.uses[{index}] ({use.workload}) is not exported: set {use.env} to its Service's URL"
+              for index, use in enumerate(spec.uses)]
     container["securityContext"] = _security(spec)
     _restart_notes(spec, notes)
     _loopback_env_notes(spec, listeners or {}, notes)

@@ -11,6 +11,7 @@ from reconciler.api.policy import NetworkPolicy
 from reconciler.api.status import Listen, ObservedExposure
 
 RULE = "network.exposed"
+LOCAL_CONTAINERS_RULE = "network.localContainers"
 PRIVILEGED_RULE = "network.privilegedPorts"
 OBSERVED_RULE = "network.observed"  # a socket seen open, judged by the two rules above
 FIRST_UNPRIVILEGED_PORT = 1024
@@ -50,6 +51,15 @@ def exposure_problem(address: str, port: int | None, rules: NetworkPolicy, sourc
             f"add {{address: {canonical!r}, ports: [{port}]}} to spec.network.exposed to expose it")
 
 
+def local_containers_problem(address: str, rules: NetworkPolicy, source: str) -> str | None:
+    """Why a gateway may not also listen on the container bridge's host address, if it may not."""
+    if rules.local_containers:
+        return None
+    return (f"the gateway would also listen on {address}, the host's address on the container bridge, for the "
+            f"containers that use it: reachable from local containers, not from the network; {source} does not allow "
+            "it: set spec.network.localContainers: true")
+
+
 MOST_SHOWN = 8  # a process may open thousands of sockets: messages, status and evidence name this many
 
 
@@ -80,13 +90,16 @@ class ListenFindings:
 
 
 def judge_listens(pid: int, listening: tuple[Listen, ...], declared: tuple[str, int] | None, rules: NetworkPolicy,
-                  source: str, enforced: bool, verb: str = "listens") -> ListenFindings:
+                  source: str, enforced: bool, verb: str = "listens", container_host: str | None = None) -> ListenFindings:
     """Each observed socket judged by the same rules as a declared host/port; `declared`: where it was rendered to
-    listen (None: nowhere)."""
-    refused = tuple((listen, message) for listen in listening
+    listen (None: nowhere); `container_host`: a gateway's second address, on the container bridge, at the same port
+    (judged by network.localContainers, not as an exposure)."""
+    on_bridge = (_canonical(container_host), declared[1]) if container_host and declared and rules.local_containers else None
+    judged = [listen for listen in listening if (_canonical(listen.address), listen.port) != on_bridge]
+    refused = tuple((listen, message) for listen in judged
                     for _, message in listen_problems(listen.address, listen.port, rules, source, f"pid {pid}", verb))
     as_declared = declared and (_canonical(declared[0]), declared[1])
-    undeclared = tuple(listen for listen in listening if (_canonical(listen.address), listen.port) != as_declared)
+    undeclared = tuple(listen for listen in judged if (_canonical(listen.address), listen.port) != as_declared)
     return ListenFindings(pid, listening, refused, undeclared, enforced)
 
 

@@ -110,7 +110,8 @@ def listen_findings(pid: int, listening: tuple[Listen, ...], launch: LaunchSpec,
     """What a running native workload was seen listening on, judged by the policy in force; in enforce mode a
     socket it refuses stops the workload, as a declared one would have kept it from starting."""
     spec, source = governing(policy)
-    return network.judge_listens(pid, listening, launch.listen, spec.network, source, spec.mode is PolicyMode.enforce)
+    return network.judge_listens(pid, listening, launch.listen, spec.network, source, spec.mode is PolicyMode.enforce,
+                                 container_host=launch.container_listen)
 
 
 def refused_only_for_listening(verdict: Verdict) -> bool:
@@ -140,4 +141,7 @@ def _judge(
     if launch.listen is not None:
         problems += [Reason(rule, message) for rule, message in
                      network.listen_problems(*launch.listen, spec.network, source, "the server")]
+    bridge = launch.container_listen and network.local_containers_problem(launch.container_listen, spec.network, source)
+    if bridge:
+        problems.append(Reason(network.LOCAL_CONTAINERS_RULE, bridge))
     return granted, problems, rule == "native.trustedEngines"

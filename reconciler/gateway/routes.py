@@ -56,11 +56,28 @@ class Route(_Shape):
     workload: str | None = None  # the workload the reason is about
 
 
+class ContainerClient(_Shape):
+    """A running container that declared it uses a gateway: admitted on the bridge side by its address."""
+
+    workload: str
+    gateways: dict[int, tuple[str, ...] | None]  # the port of each gateway it uses -> the Models it may ask (None: all)
+
+    def refusal(self, port: int, model: str | None, aliases: Mapping[str, str]) -> str | None:
+        """Why it may not ask the gateway on `port` for `model` (None: any request there), if it may not."""
+        if port not in self.gateways:
+            return f"Workload/{self.workload} does not declare it uses this gateway (spec.uses)"
+        allowed = self.gateways[port]
+        if model is None or allowed is None or model in allowed or aliases.get(model) in allowed:
+            return None
+        return f"Workload/{self.workload} may use only {', '.join(allowed)} here (spec.uses[].models)"
+
+
 class RouteTable(_Shape):
     version: int = ROUTES_VERSION
     models: dict[str, Route] = Field(default_factory=dict)
     aliases: dict[str, str] = Field(default_factory=dict)  # alias -> the Model it names
     ambiguous: dict[str, tuple[str, ...]] = Field(default_factory=dict)  # alias -> the Models that all declare it
+    clients: dict[str, ContainerClient] = Field(default_factory=dict)  # a container's address -> what it may use
 
     def describe(self, model: str) -> str:
         if model in self.ambiguous:

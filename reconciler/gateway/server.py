@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from reconciler.gateway.admission import admit_containers
 from reconciler.gateway.hosted import CLIENT_GONE, HostedEvidence, forward_hosted
 from reconciler.gateway.metrics import Exchange, GatewayMetrics
 from reconciler.gateway.relay import CODE, error, relay
@@ -177,9 +178,13 @@ async def openai_errors(request: web.Request, handler: Any) -> web.StreamRespons
         return error(refused.status, f"{request.method} {request.path[:_SHOWN]}: {refused.reason}", refused.reason.replace(" ", ""))
 
 
-def make_app(routes_file: Path, wait_seconds: float, max_requests: int, body_seconds: float) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[openai_errors])
-    app[ROUTES_KEY] = RoutesFile(routes_file)
+def make_app(routes_file: Path, wait_seconds: float, max_requests: int, body_seconds: float,
+             container_host: str | None = None) -> web.Application:
+    routes = RoutesFile(routes_file)
+    containers = [admit_containers(container_host, routes.current, lambda why: error(
+        403, why, "ContainerNotAllowed", "permission_error"))] if container_host else []
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[openai_errors, *containers])
+    app[ROUTES_KEY] = routes
     app[IN_FLIGHT_KEY] = InFlight(max_requests)
     app[BALANCER_KEY] = Balancer()
     app[WAIT_KEY] = wait_seconds
@@ -204,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="reconciler-gateway", description=__doc__, allow_abbrev=False)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--container-host", help="the host's address on the container bridge, where it also listens "
+                                                 "for the containers the routes file admits")
     parser.add_argument("--routes", type=Path, required=True, help="the routes file the reconciler writes")
     parser.add_argument("--body-seconds", type=_bounded(float, 0.1, 600), default=30.0,
                         help="how long a request's body may take to arrive before a 408")
@@ -213,8 +220,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="requests served at once (waiting, streaming); more are refused with 503 GatewayBusy")
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    web.run_app(make_app(options.routes, options.wait_seconds, options.max_requests, options.body_seconds),
-                host=options.host, port=options.port,
+    hosts = [options.host, *([options.container_host] if options.container_host else [])]
+    web.run_app(make_app(options.routes, options.wait_seconds, options.max_requests, options.body_seconds,
+                         options.container_host),
+                host=hosts, port=options.port,
                 handler_cancellation=True, access_log=None, print=lambda text: log.info("%s", text.strip()))
 
 

@@ -87,6 +87,17 @@ class DockerEngine:
         config = image.attrs.get("Config") or {}
         return ImageFacts(image.id, config.get("User") or None)
 
+    def bridge_address(self) -> str | None:
+        """The host's IPv4 address on the default bridge: what host-gateway means inside a container. None: the
+        engine has no such network (or does not answer)."""
+        try:
+            with self.reach() as client:
+                network = client.networks.get("bridge")
+        except (EngineUnavailable, docker.errors.APIError):
+            return None
+        configs = (network.attrs.get("IPAM") or {}).get("Config") or []
+        return next((c["Gateway"] for c in configs if isinstance(c, dict) and c.get("Gateway") and ":" not in c["Gateway"]), None)
+
     def owned_workloads(self, owner: str) -> set[str]:
         """The workloads this owner has a container for: one list call, no per-container inspect."""
         with self.reach() as client:

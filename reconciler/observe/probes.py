@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from reconciler.api.workload import HealthCheck
+from reconciler.api.checks import HealthCheck
 
 
 @dataclass(frozen=True)

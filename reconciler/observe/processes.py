@@ -33,6 +33,7 @@ class ProcessRecord(BaseModel):
     cgroups: dict[str, str] = {}  # controller -> the cgroup made for this run
     exit: ExitInfo | None = None
     container_id: str | None = None
+    addresses: tuple[str, ...] = ()  # a container's on its networks: how a gateway tells its requests apart
 
 
 class ProcessState(str, Enum):

@@ -12,6 +12,7 @@ from reconciler.api.status import ConditionStatus, ExitInfo, FailureInfo, Observ
 from reconciler.base.redact import redact
 from reconciler.diff.acceleration import Acceleration
 from reconciler.diff.engines import Rendered
+from reconciler.diff.health import NOT_READY
 from reconciler.diff.footprint import ModelView
 from reconciler.diff.plan import Action, schedule_retry
 from reconciler.diff.rollout import ROLLED_BACK
@@ -215,15 +216,26 @@ def _running(record: ResourceRecord, outcome: PassOutcome, pid: int) -> _Assessm
     accelerated = _serving_acceleration(outcome)
     if accelerated is not None and accelerated.off_the_gpu:  # serving, but not as asked: no client is sent to it
         return _Assessment(False, accelerated.reason, f"pid {pid}: {accelerated.message}{later}", DEGRADED)
-    if outcome.rendered.check is None:
-        return _Assessment(True, "Running", f"pid {pid}{later}", "Running")
     health = record.health if record.health is not None and record.health.pid == pid else None
-    if health is not None and health.ready:
-        return _Assessment(True, "Healthy", f"pid {pid}: {health.message}{later}", "Running")
+    if outcome.rendered.check is None or health is not None and health.ready:
+        live = f"pid {pid}: {health.message}" if outcome.rendered.check and health else f"pid {pid}"
+        return _ready(record, outcome, pid, "Healthy" if outcome.rendered.check else "Running", live + later)
     if health is not None and health.ever_ready:
         return _Assessment(False, "Unhealthy", f"pid {pid}: {health.message}{later}", "Unhealthy")
     waiting = health.message if health else "waiting for the first health check"
     return _Assessment(False, "Starting", f"pid {pid}: {waiting}{later}", "Starting")
+
+
+def _ready(record: ResourceRecord, outcome: PassOutcome, pid: int, reason: str, message: str) -> _Assessment:
+    """A live process is Ready unless its readiness check (spec.readiness) has not passed: then it is NotReady, still
+    Running (it is not restarted for it)."""
+    if outcome.rendered.readiness is None:
+        return _Assessment(True, reason, message, "Running")
+    readiness = record.readiness if record.readiness is not None and record.readiness.pid == pid else None
+    if readiness is not None and readiness.ready:
+        return _Assessment(True, reason, f"{message}; ready: {readiness.message}", "Running")
+    why = readiness.message if readiness else "waiting for the first readiness check"
+    return _Assessment(False, NOT_READY, f"{message}; not ready: {why}", "Running")
 
 
 def _exited(exit_info: ExitInfo, action: Action) -> _Assessment:
@@ -279,6 +291,7 @@ def _render(record: ResourceRecord, outcome: PassOutcome, assessment: _Assessmen
         listening=at_most(outcome.listens.listening) if pid and outcome.listens and outcome.listens.pid == pid else None,
         enforcement=running.enforcement or None if running else None,
         container_id=running.container_id if running else None,
+        addresses=list(running.addresses) or None if running else None,
         image=image.image if image else None,
         image_id=image.image_id if image else None,
         artifact=_artifact(outcome.model) if record.kind == "Model" and outcome.model else None,
