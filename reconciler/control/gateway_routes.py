@@ -12,7 +12,8 @@ from reconciler.api.meta import ResourceKey
 from reconciler.api.status import ResourceStatus
 from reconciler.api.workload import Engine
 from reconciler.base.atomic import UnsafeFile
-from reconciler.gateway.routes import RouteTable, Serving, route_table
+from reconciler.diff.engines import startup_budget
+from reconciler.gateway.routes import OnDemand, RouteTable, Serving, route_table
 from reconciler.gateway.routes_file import write_routes
 from reconciler.load.desired import DesiredState
 
@@ -23,10 +24,18 @@ def routes_of(desired: DesiredState, status_of: dict[ResourceKey, ResourceStatus
     """Every Model of the desired state, and each Workload's model, with the workloads' statuses. Pure."""
     models = {key.name: entry.resource.spec.aliases for key, entry in desired.resources.items()
               if isinstance(entry.resource, Model)}
-    serving = [Serving(key.name, entry.resource.spec.model, status_of.get(key))
+    serving = [Serving(key.name, entry.resource.spec.model, status_of.get(key), on_demand_route(entry.resource))
                for key, entry in desired.resources.items()
                if isinstance(entry.resource, Workload) and entry.resource.spec.model]
     return route_table(models, serving)
+
+
+def on_demand_route(workload: Workload) -> OnDemand | None:
+    spec = workload.spec
+    if not spec.activation.on_demand:
+        return None
+    return OnDemand(workload=workload.name, concurrency=spec.activation.concurrency,
+                    queue_depth=spec.activation.queue_depth, startup_seconds=startup_budget(spec))
 
 
 def gateway_routes(desired: DesiredState, statuses: list[ResourceStatus]) -> RouteTable | None:

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from reconciler.gateway.demand import DemandBook, OnDemandRequests, QueueFull, demand_dir
 from reconciler.gateway.routes import Backend, RouteState
 from reconciler.gateway.routes_file import RoutesFile
 from reconciler.gateway.upstream import FORWARDED_HEADERS, Balancer, client_session
@@ -34,6 +35,7 @@ SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
 BALANCER_KEY = web.AppKey("balancer", Balancer)
 WAIT_KEY = web.AppKey("wait", float)
 IN_FLIGHT_KEY: web.AppKey["InFlight"] = web.AppKey("in_flight")
+ON_DEMAND_KEY = web.AppKey("on_demand", OnDemandRequests)
 
 
 def error(status: int, message: str, code: str, kind: str = "invalid_request_error", **headers: str) -> web.Response:
@@ -106,7 +108,24 @@ async def _forward(request: web.Request) -> web.StreamResponse:
     if not isinstance(model, str) or not model:
         return error(400, "the request names no model: set \"model\" to a Model's name (GET /v1/models lists them)",
                      "ModelRequired")
-    chosen = await _backend(request.app, model)
+    table = request.app[ROUTES_KEY].current()
+    route = table.models.get(table.aliases.get(model, model)) if model not in table.ambiguous else None
+    if route is None or route.on_demand is None:
+        return await _route_and_relay(request, model, payload, tail, body, request.app[WAIT_KEY])
+    on_demand = route.on_demand
+    try:
+        async with request.app[ON_DEMAND_KEY].serving(on_demand.workload, model, on_demand.concurrency,
+                                                      on_demand.queue_depth):
+            wait = min(request.app[WAIT_KEY], on_demand.startup_seconds)
+            return await _route_and_relay(request, model, payload, tail, body, wait)
+    except QueueFull as full:
+        return error(429, f"model {model[:_SHOWN]!r}: Workload/{on_demand.workload}: {full}: try again shortly",
+                     "QueueFull", "rate_limit_exceeded", **{"Retry-After": "1"})
+
+
+async def _route_and_relay(request: web.Request, model: str, payload: dict[str, Any], tail: str, body: bytes,
+                           wait: float) -> web.StreamResponse:
+    chosen = await _backend(request.app, model, wait)
     if isinstance(chosen, web.Response):
         return chosen
     backend, name = chosen
@@ -115,10 +134,11 @@ async def _forward(request: web.Request) -> web.StreamResponse:
     return await _relay(request, backend, tail, body)
 
 
-async def _backend(app: web.Application, model: str) -> tuple[Backend, str] | web.Response:
-    """A Ready backend of `model` and the Model's name; one that is starting is waited for, up to the bound."""
+async def _backend(app: web.Application, model: str, wait: float) -> tuple[Backend, str] | web.Response:
+    """A Ready backend of `model` and the Model's name; one that is starting (or idle, on demand) is waited for, up
+    to the bound."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + app[WAIT_KEY]
+    deadline = loop.time() + wait
     shown = model[:_SHOWN]
     while True:
         table = app[ROUTES_KEY].current()
@@ -192,11 +212,14 @@ def make_app(routes_file: Path, wait_seconds: float, max_requests: int) -> web.A
     app[IN_FLIGHT_KEY] = InFlight(max_requests)
     app[BALANCER_KEY] = Balancer()
     app[WAIT_KEY] = wait_seconds
+    app[ON_DEMAND_KEY] = OnDemandRequests(DemandBook(demand_dir(routes_file.parent.parent)))
 
     async def session(app: web.Application) -> Any:
         app[SESSION_KEY] = client_session()
+        app[ON_DEMAND_KEY].book.adopt()
         yield
         await app[SESSION_KEY].close()
+        app[ON_DEMAND_KEY].book.close()
 
     app.cleanup_ctx.append(session)
     app.router.add_get("/health", health)
