@@ -171,3 +171,26 @@ def test_a_daemon_killed_mid_activation_converges_with_one_process(space: Worksp
     assert [(status, answer.get("model")) for status, answer in answers] == [(200, "alpha")] * 4, answers
     assert len(space.owned_processes("alpha-server")) == 1
     assert starts(space, "alpha-server") == 1
+
+
+def test_a_gateway_killed_with_requests_waiting_leaves_no_request_counted_and_no_second_process(
+        space: Workspace, tmp_path: Path) -> None:
+    gateway, _ = build(space, {"alpha": 600}, tmp_path)
+    wait_for(lambda: phase(space, "alpha-server") == "Idle", timeout=30, what="alpha-server Idle")
+    killed = space.pid("gateway.yaml", "gateway")
+    record = space.state / "gateway" / "demand" / "alpha-server.json"
+    with ThreadPoolExecutor(3) as pool:
+        waiting = [pool.submit(ask, gateway, "alpha") for _ in range(3)]
+        wait_for(lambda: record.exists() and json.loads(record.read_text())["inFlight"] == 3, timeout=30,
+                 what="three requests counted")
+        psutil.Process(killed).kill()
+        for future in waiting:
+            with pytest.raises(OSError):  # the connection ends: the client knows its request was not answered
+                future.result(timeout=60)
+    wait_for(lambda: (pid := space.pid("gateway.yaml", "gateway")) and pid != killed
+             and phase(space, "gateway") == "Running", timeout=60, what="the gateway restarted")
+    wait_for(lambda: json.loads(record.read_text())["inFlight"] == 0, timeout=10,
+             what="the restarted gateway to take the record over with nothing in flight")
+    status, answer = ask(gateway, "alpha")
+    assert (status, answer.get("model")) == (200, "alpha")
+    assert len(space.owned_processes("alpha-server")) == 1 and starts(space, "alpha-server") == 1
