@@ -170,7 +170,8 @@ def test_a_daemon_killed_mid_activation_converges_with_one_process(space: Worksp
         answers = [future.result(timeout=150) for future in asked]
     assert [(status, answer.get("model")) for status, answer in answers] == [(200, "alpha")] * 4, answers
     assert len(space.owned_processes("alpha-server")) == 1
-    assert starts(space, "alpha-server") == 1
+    assert starts(space, "alpha-server") == 1, [(line["event"], line.get("action"), line.get("cause"))
+                                                for line in space.evidence("alpha.yaml")]
 
 
 def test_a_gateway_killed_with_requests_waiting_leaves_no_request_counted_and_no_second_process(

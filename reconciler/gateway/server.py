@@ -111,34 +111,41 @@ async def _forward(request: web.Request) -> web.StreamResponse:
     table = request.app[ROUTES_KEY].current()
     route = table.models.get(table.aliases.get(model, model)) if model not in table.ambiguous else None
     if route is None or route.on_demand is None:
-        return await _route_and_relay(request, model, payload, tail, body, request.app[WAIT_KEY])
+        return await _route_and_relay(request, model, payload, tail, body, request.app[WAIT_KEY], on_demand=False)
     on_demand = route.on_demand
     try:
         async with request.app[ON_DEMAND_KEY].serving(on_demand.workload, model, on_demand.concurrency,
                                                       on_demand.queue_depth):
             wait = min(request.app[WAIT_KEY], on_demand.startup_seconds)
-            return await _route_and_relay(request, model, payload, tail, body, wait)
+            return await _route_and_relay(request, model, payload, tail, body, wait, on_demand=True)
     except QueueFull as full:
         return error(429, f"model {model[:_SHOWN]!r}: Workload/{on_demand.workload}: {full}: try again shortly",
                      "QueueFull", "rate_limit_exceeded", **{"Retry-After": "1"})
 
 
 async def _route_and_relay(request: web.Request, model: str, payload: dict[str, Any], tail: str, body: bytes,
-                           wait: float) -> web.StreamResponse:
-    chosen = await _backend(request.app, model, wait)
-    if isinstance(chosen, web.Response):
-        return chosen
-    backend, name = chosen
-    if name != model:  # asked by an alias: the engine serves the Model's name only
-        body = json.dumps({**payload, "model": name}).encode()
-    return await _relay(request, backend, tail, body)
-
-
-async def _backend(app: web.Application, model: str, wait: float) -> tuple[Backend, str] | web.Response:
-    """A Ready backend of `model` and the Model's name; one that is starting (or idle, on demand) is waited for, up
-    to the bound."""
+                           wait: float, on_demand: bool) -> web.StreamResponse:
+    """`on_demand`: a backend that refuses the connection is being stopped (idle, or evicted for another model) while
+    the routes still show it: the request waits for the next start instead, within the same bound."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
+    while True:
+        chosen = await _backend(request.app, model, deadline)
+        if isinstance(chosen, web.Response):
+            return chosen
+        backend, name = chosen
+        # asked by an alias: the engine serves the Model's name only
+        sent = body if name == model else json.dumps({**payload, "model": name}).encode()
+        try:
+            return await _relay(request, backend, tail, sent, retry_refused=on_demand and loop.time() < deadline)
+        except aiohttp.ClientConnectorError:
+            await asyncio.sleep(0.2)
+
+
+async def _backend(app: web.Application, model: str, deadline: float) -> tuple[Backend, str] | web.Response:
+    """A Ready backend of `model` and the Model's name; one that is starting (or idle, on demand) is waited for, up
+    to the deadline."""
+    loop = asyncio.get_running_loop()
     shown = model[:_SHOWN]
     while True:
         table = app[ROUTES_KEY].current()
@@ -161,13 +168,17 @@ async def _backend(app: web.Application, model: str, wait: float) -> tuple[Backe
         await asyncio.sleep(0.2)
 
 
-async def _relay(request: web.Request, backend: Backend, tail: str, body: bytes) -> web.StreamResponse:
+async def _relay(request: web.Request, backend: Backend, tail: str, body: bytes,
+                 retry_refused: bool = False) -> web.StreamResponse:
+    """`retry_refused`: a refused connection (nothing was sent) is raised for the caller to try again."""
     headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
     headers["Content-Type"] = "application/json"
     with request.app[BALANCER_KEY].holding(backend):
         try:
             upstream = await request.app[SESSION_KEY].post(f"{backend.url}/{tail}", data=body, headers=headers)
         except (aiohttp.ClientError, asyncio.TimeoutError) as problem:
+            if retry_refused and isinstance(problem, aiohttp.ClientConnectorError):
+                raise
             return error(502, f"Workload/{backend.workload} at {backend.url}: {problem or type(problem).__name__}",
                          "UpstreamUnreachable", "upstream_error")
         try:
