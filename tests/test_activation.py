@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,6 +14,7 @@ from reconciler.api.kinds import Workload
 from reconciler.api.launch import render_launch
 from reconciler.api.meta import API_VERSION, ResourceKey
 from reconciler.diff.activation import next_idle_look
+from reconciler.diff.engines import Blocked
 from reconciler.diff.eviction import Resident, Room, plan_room
 from reconciler.diff.plan import Inputs, Verb, plan_resource
 from reconciler.gateway.demand import Lane, QueueFull
@@ -58,6 +60,15 @@ def test_never_asked_it_stays_idle_and_says_what_starts_it() -> None:
     action = plan(on_demand(), ProcessObservation(ProcessState.absent), None)
     assert (action.verb, action.idle) == (Verb.none, True)
     assert "starts when a request for Model/tiny reaches the gateway" in action.cause
+
+
+def test_what_no_request_could_fix_is_shown_instead_of_idle_but_a_gpu_another_holds_is_not() -> None:
+    missing = Inputs(KEY, entry(on_demand(), "chat.yaml"), None, ProcessObservation(ProcessState.absent),
+                     blocked=Blocked("ModelMissing", "models/tiny.gguf: no such file"))
+    action = plan_resource(missing, NOW)
+    assert (action.verb, action.idle, action.blocked.reason) == (Verb.none, False, "ModelMissing")
+    held = replace(missing, blocked=Blocked("GPUInUse", "GPU 0 is assigned to Workload/other"))
+    assert plan_resource(held, NOW).idle
 
 
 def test_a_request_in_flight_starts_it() -> None:

@@ -195,3 +195,13 @@ def test_a_gateway_killed_with_requests_waiting_leaves_no_request_counted_and_no
     status, answer = ask(gateway, "alpha")
     assert (status, answer.get("model")) == (200, "alpha")
     assert len(space.owned_processes("alpha-server")) == 1 and starts(space, "alpha-server") == 1
+
+
+def test_apply_wait_takes_an_idle_on_demand_workload_as_settled(space: Workspace) -> None:
+    space.write("policy.yaml", POLICY)
+    write_tiny_llama(space.desired / "models" / "alpha.gguf", name="alpha")
+    space.write("alpha.yaml", document("Model", "alpha", {"source": "models/alpha.gguf"}) + "---\n"
+                + on_demand_server("alpha-server", "alpha", 600, gpus=0))
+    done = space.cli("apply", "--wait", "--timeout", "20")
+    assert done.returncode == 0, done.stderr
+    assert phase(space, "alpha-server") == "Idle" and space.owned_processes("alpha-server") == []

@@ -10,7 +10,12 @@ from datetime import datetime
 
 from reconciler.api.activation import Demand
 from reconciler.api.kinds import Workload
+from reconciler.diff.engines import Blocked
 from reconciler.observe.processes import ProcessObservation, ProcessState
+
+# What others hold now: an idle on-demand workload blocked only by these is still Idle (a start makes room or waits).
+HELD_ELSEWHERE = frozenset({"GPUInUse", "InsufficientGPUs"})
+
 
 @dataclass(frozen=True)
 class OnDemandStep:
@@ -33,10 +38,11 @@ def idle_for(demand: Demand | None, started_at: datetime | None, now: datetime) 
 
 
 def on_demand_step(workload: Workload, demand: Demand | None, observed: ProcessObservation, room: str | None,
-                   now: datetime) -> OnDemandStep | None:
+                   blocked: Blocked | None, now: datetime) -> OnDemandStep | None:
     """Activation's decision for an on-demand workload (stay idle, wait for room, stop when idle); None: plan it
     like any workload (start it for the request waiting, restart, recreate, probe). `room`: why a start for a
-    waiting request must wait for memory or GPUs that busy on-demand workloads hold."""
+    waiting request must wait for memory or GPUs that busy on-demand workloads hold. `blocked`: what keeps it from
+    starting here; unless others hold it, it says so (a missing model is not Idle: no request could start it)."""
     activation = workload.spec.activation
     if not activation.on_demand or observed.state is ProcessState.unknown:
         return None
@@ -46,6 +52,8 @@ def on_demand_step(workload: Workload, demand: Demand | None, observed: ProcessO
         if in_flight(demand) or idle < activation.idle_seconds:
             return None
         return OnDemandStep(True, f"idle for {idle:.0f} s (idleSeconds {activation.idle_seconds:g}), no request in flight")
+    if blocked is not None and blocked.reason not in HELD_ELSEWHERE:
+        return None
     if not in_flight(demand):
         ended = f"{observed.exit.describe()}; " if observed.exit is not None else ""
         return OnDemandStep(False, f"on demand: {ended}starts when a request for Model/{workload.spec.model} "

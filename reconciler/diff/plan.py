@@ -122,7 +122,7 @@ def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: dat
         problem = observed.problem or "its state cannot be observed"
         cause = f"left as it is: {problem}" if record is not None else problem
         return Action(key, Verb.none, cause, generation, blocked=Blocked("EngineUnavailable", problem))
-    step = on_demand_step(workload, inputs.demand, observed, inputs.room, now)
+    step = on_demand_step(workload, inputs.demand, observed, inputs.room, blocked, now)
     if step is not None:
         return Action(key, Verb.stop if step.stop else Verb.none, step.cause, generation, idle=True)
     ended = observed.exit if observed.state is ProcessState.exited else None

@@ -28,7 +28,7 @@ LISTENING = "Listening"  # the condition on what a native workload was seen list
 
 # How `apply --wait` reads a workload's phase.
 FAILED_PHASES = frozenset({"Failed", "BackOff", "Denied", "Exited", "Blocked", ROLLED_BACK})
-SUCCEEDED_PHASES = frozenset({"Succeeded"})
+SUCCEEDED_PHASES = frozenset({"Succeeded", IDLE_PHASE})  # Idle: an on-demand workload waits for a request
 
 
 @dataclass(frozen=True)
