@@ -205,3 +205,19 @@ def test_apply_wait_takes_an_idle_on_demand_workload_as_settled(space: Workspace
     done = space.cli("apply", "--wait", "--timeout", "20")
     assert done.returncode == 0, done.stderr
     assert phase(space, "alpha-server") == "Idle" and space.owned_processes("alpha-server") == []
+
+
+def test_a_daemon_killed_mid_eviction_converges_with_one_process_each(space: Workspace, tmp_path: Path) -> None:
+    gateway, env = build(space, {"alpha": 600, "beta": 600}, tmp_path)
+    wait_for(lambda: phase(space, "alpha-server") == phase(space, "beta-server") == "Idle", timeout=30, what="both Idle")
+    assert ask(gateway, "alpha")[0] == 200
+    with ThreadPoolExecutor(1) as pool:
+        asked = pool.submit(ask, gateway, "beta")
+        wait_for(lambda: not servers(space)["alpha-server"], timeout=60, what="alpha evicted")
+        space.stop_daemon(signal.SIGKILL)
+        space.start_daemon(env=env)
+        status, answer = asked.result(timeout=150)
+    assert (status, answer.get("model")) == (200, "beta")
+    wait_for(lambda: phase(space, "alpha-server") == "Idle", timeout=30, what="alpha-server Idle")
+    assert servers(space)["beta-server"] == 1 and not servers(space)["alpha-server"]
+    assert starts(space, "alpha-server") == 1 and starts(space, "beta-server") == 1
