@@ -15,7 +15,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import psutil
-from pydantic import ValidationError
 from watchdog.events import FileClosedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler
 
 from reconciler.api.activation import Demand
@@ -26,11 +25,11 @@ from reconciler.base.atomic import UnsafeFile, read_regular
 from reconciler.control.workloads import WorkloadRenderer
 from reconciler.diff.activation import in_flight, next_idle_look
 from reconciler.diff.engines import Blocked
-from reconciler.diff.eviction import Resident, Room, plan_room
+from reconciler.diff.eviction import Resident, plan_room
 from reconciler.diff.gpus import assign_gpus
 from reconciler.drive.dispatch import Drivers
 from reconciler.gate.resources import memory_problem
-from reconciler.gate.verdict import DEFAULT_POLICY
+from reconciler.gate.verdict import governing
 from reconciler.gateway.demand import demand_dir, demand_file
 from reconciler.load.desired import DesiredEntry, DesiredState
 from reconciler.observe import clock
@@ -67,23 +66,23 @@ class Activation:
         path = demand_file(self._state_dir, workload.name)
         try:
             raw = read_regular(path, root=self._state_dir)
-            demand = Demand.model_validate_json(raw[:MAX_DEMAND_BYTES + 1]) if len(raw) <= MAX_DEMAND_BYTES else None
+            if len(raw) > MAX_DEMAND_BYTES:
+                raise ValueError(f"over {MAX_DEMAND_BYTES} bytes")
+            demand = Demand.model_validate_json(raw)
         except FileNotFoundError:
             return None
-        except (OSError, UnsafeFile, ValidationError) as problem:
+        except (OSError, UnsafeFile, ValueError) as problem:  # pydantic's ValidationError is a ValueError
             log.warning("%s: unreadable, taken as no request: %s", path, problem)
             return None
-        if demand is None:
-            log.warning("%s: over %d bytes, taken as no request", path, MAX_DEMAND_BYTES)
-        elif demand.in_flight and (demand.gateway_pid is None or not psutil.pid_exists(demand.gateway_pid)):
-            demand = demand.model_copy(update={"in_flight": 0})
+        if demand.in_flight and (demand.gateway_pid is None or not psutil.pid_exists(demand.gateway_pid)):
+            return demand.model_copy(update={"in_flight": 0})
         return demand
 
     def room_wait(self, name: str) -> str | None:
         with self._lock:
             return self._waits.get(name)
 
-    def make_room(self, desired: DesiredState, key: ResourceKey, policy: Policy | None) -> Room | None:
+    def make_room(self, desired: DesiredState, key: ResourceKey, policy: Policy | None) -> None:
         """Before an on-demand workload's start for a waiting request (under the admission lock, so no other start
         is judged meanwhile): stop the least recently used idle on-demand workloads it needs the room of."""
         entry = desired.resources.get(key)
@@ -91,11 +90,11 @@ class Activation:
         with self._lock:
             self._waits.pop(key.name, None)
         if workload is None or not workload.spec.activation.on_demand:
-            return None
+            return
         demand = self.demand(workload)
         if not in_flight(demand) or self.drivers.observe(key.name, False).state not in (ProcessState.exited,
                                                                                         ProcessState.absent):
-            return None
+            return
         residents = self._residents(desired, workload.name)
         room = plan_room(list(residents.values()), self._fits(desired, workload, policy, residents))
         if room.wait is not None:
@@ -103,7 +102,6 @@ class Activation:
                 self._waits[key.name] = room.wait
         for name in room.evict:
             self._evict(desired, name, workload, demand)
-        return room
 
     def _residents(self, desired: DesiredState, starting: str) -> dict[str, Resident]:
         residents = {}
@@ -119,8 +117,8 @@ class Activation:
     def _fits(self, desired: DesiredState, workload: Workload, policy: Policy | None,
               residents: dict[str, Resident]) -> Callable[[frozenset[str]], str | None]:
         """Why the start would not fit with `stopped` stopped: the renderer's GPU assignment and the gate's memory rule."""
-        rules = (policy.spec if policy else DEFAULT_POLICY).resources
-        source = f"Policy/{policy.name}" if policy else "the default policy"
+        governing_spec, source = governing(policy)
+        rules = governing_spec.resources
         request = workload.spec.resources.gpus
         request = request if rules.gpu_sharing else request.model_copy(update={"shareable": False})
         taken, shared = self.renderer.gpus_held(workload.name, desired, self.renderer.remembered, rules.gpu_sharing) \

@@ -12,7 +12,7 @@ import logging
 import os
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime, timezone
@@ -123,7 +123,7 @@ class DemandBook:
             await asyncio.shield(self._change(workload, lambda d: d.model_copy(update={
                 "in_flight": max(0, d.in_flight - 1), "last_finished_at": _now()})))
 
-    async def _change(self, workload: str, change) -> None:  # type: ignore[no-untyped-def]
+    async def _change(self, workload: str, change: Callable[[Demand], Demand]) -> None:
         record = change(self._records.get(workload) or Demand())
         self._records[workload] = record
         await asyncio.get_running_loop().run_in_executor(self._writer, self._write, workload, record)
