@@ -56,6 +56,11 @@ def phase(space: Workspace, name: str) -> str | None:
     return (space.resource_status(f"{name.removesuffix('-server')}.yaml", name) or {}).get("phase")
 
 
+def story(space: Workspace, name: str) -> list[tuple[str, str, str]]:
+    """The evidence of one workload, for a failure's message."""
+    return [(line["event"], line.get("action", ""), line.get("cause", "")) for line in space.evidence(f"{name}.yaml")]
+
+
 def starts(space: Workspace, name: str) -> int:
     return sum(1 for line in space.evidence(f"{name.removesuffix('-server')}.yaml") if line["event"] == "action"
                and line["resource"] == f"Workload/{name}" and line["action"] in ("create", "recreate"))
@@ -98,7 +103,7 @@ def test_an_on_demand_model_is_idle_until_asked_then_one_start_serves_every_wait
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda _: ask(gateway, "alpha"), range(8)))
     assert [(status, answer.get("model")) for status, answer in answers] == [(200, "alpha")] * 8, answers
-    assert starts(space, "alpha-server") == 1, "eight waiting requests joined one start"
+    assert starts(space, "alpha-server") == 1, ("eight waiting requests joined one start", story(space, "alpha"))
     assert len(space.owned_processes("alpha-server")) == 1
 
 
@@ -150,13 +155,13 @@ def test_an_idle_model_is_stopped_after_idle_seconds_and_a_restarted_daemon_keep
     space.stop_daemon(signal.SIGKILL)
     space.start_daemon(env=env)
     wait_for(lambda: phase(space, "alpha-server") == "Idle", timeout=30, what="alpha-server stopped when idle")
-    assert time.monotonic() - finished >= 3.5, "the idle clock runs from the last request, not from the restart"
+    assert time.monotonic() - finished >= 3.5, ("the idle clock runs from the last request", story(space, "alpha"))
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     stops = [line for line in space.evidence("alpha.yaml") if line.get("action") == "stop" and line["event"] == "decision"]
-    assert len(stops) == 1 and "idle for" in stops[0]["cause"], stops
-    assert starts(space, "alpha-server") == 1, "re-adopted, not started twice"
+    assert len(stops) == 1 and "idle for" in stops[0]["cause"], story(space, "alpha")
+    assert starts(space, "alpha-server") == 1, ("re-adopted, not started twice", story(space, "alpha"))
     assert ask(gateway, "alpha")[0] == 200, "a request after the idle stop starts it again"
-    assert starts(space, "alpha-server") == 2
+    assert starts(space, "alpha-server") == 2, story(space, "alpha")
 
 
 def test_a_daemon_killed_mid_activation_converges_with_one_process(space: Workspace, tmp_path: Path) -> None:
@@ -170,8 +175,7 @@ def test_a_daemon_killed_mid_activation_converges_with_one_process(space: Worksp
         answers = [future.result(timeout=150) for future in asked]
     assert [(status, answer.get("model")) for status, answer in answers] == [(200, "alpha")] * 4, answers
     assert len(space.owned_processes("alpha-server")) == 1
-    assert starts(space, "alpha-server") == 1, [(line["event"], line.get("action"), line.get("cause"))
-                                                for line in space.evidence("alpha.yaml")]
+    assert starts(space, "alpha-server") == 1, story(space, "alpha")
 
 
 def test_a_gateway_killed_with_requests_waiting_leaves_no_request_counted_and_no_second_process(
