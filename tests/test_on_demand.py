@@ -34,16 +34,17 @@ def on_demand_server(name: str, model: str, idle_seconds: float, gpus: int = 1) 
     return document("Workload", name, spec)
 
 
-def build(space: Workspace, models: dict[str, float], tmp_path: Path) -> tuple[str, dict[str, str]]:
+def build(space: Workspace, models: dict[str, float], tmp_path: Path, wait: float = 120,
+          policy: str = POLICY) -> tuple[str, dict[str, str]]:
     """A gateway and one on-demand server per Model (name -> idleSeconds), all wanting the one GPU; the daemon runs."""
-    space.write("policy.yaml", POLICY)
+    space.write("policy.yaml", policy)
     for name, idle in models.items():
         write_tiny_llama(space.desired / "models" / f"{name}.gguf", name=name)
         space.write(f"{name}.yaml", document("Model", name, {"source": f"models/{name}.gguf"}) + "---\n"
                     + on_demand_server(f"{name}-server", name, idle))
     port = free_port()
     space.write("gateway.yaml", document("Workload", "gateway", {
-        "engine": "gateway", "port": port, "args": ["--wait-seconds", "120"],
+        "engine": "gateway", "port": port, "args": ["--wait-seconds", str(wait)],
         "health": {"http": {"path": "/health"}, "periodSeconds": 0.2}}))
     env = engine_env(ONE_GPU, tmp_path)
     space.start_daemon(env=env)
@@ -225,3 +226,24 @@ def test_a_daemon_killed_mid_eviction_converges_with_one_process_each(space: Wor
     wait_for(lambda: phase(space, "alpha-server") == "Idle", timeout=30, what="alpha-server Idle")
     assert servers(space)["beta-server"] == 1 and not servers(space)["alpha-server"]
     assert starts(space, "alpha-server") == 1 and starts(space, "beta-server") == 1
+
+
+def test_a_request_that_outwaits_the_bound_gets_503_with_retry_after_and_the_start_goes_on(
+        space: Workspace, tmp_path: Path) -> None:
+    gateway, _ = build(space, {"alpha": 600}, tmp_path, wait=0.2)
+    wait_for(lambda: phase(space, "alpha-server") == "Idle", timeout=30, what="alpha-server Idle")
+    status, headers, answer = call(f"{gateway}/v1/completions", completion("alpha"))
+    assert (status, headers["Retry-After"]) == (503, "5"), answer
+    assert "still starting" in answer["error"]["message"]
+    wait_for(lambda: ask(gateway, "alpha")[0] == 200, timeout=60, what="a later request answered")
+    assert starts(space, "alpha-server") == 1, story(space, "alpha")
+
+
+def test_a_start_the_policy_refuses_answers_503_with_the_gates_reason(space: Workspace, tmp_path: Path) -> None:
+    untrusted = document("Policy", "test-host", {"native": {"trustedEngines": ["gateway"]}})
+    gateway, _ = build(space, {"alpha": 600}, tmp_path, policy=untrusted)
+    wait_for(lambda: phase(space, "alpha-server") == "Idle", timeout=30, what="alpha-server Idle")
+    status, answer = ask(gateway, "alpha")
+    assert (status, answer["error"]["code"]) == (503, "PolicyDenied"), answer
+    assert "llama.cpp" in answer["error"]["message"]
+    assert space.owned_processes("alpha-server") == []
