@@ -73,8 +73,7 @@ class OnDemand:
 
     def up(self) -> None:
         models = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-on-demand-models-{os.getpid()}"
-        for name in MODELS:
-            write_tiny_llama(models / f"{name}.gguf", name=name)
+        _write_models(models)
         gpus = models / "gpus.json"
         gpus.write_text(json.dumps([{"index": 0, "name": "Fake L4", "memoryTotal": 24 * 2**30}]))
         self._fake_gpus = os.environ.get("RECONCILER_FAKE_GPUS")
@@ -121,12 +120,24 @@ class OnDemand:
         return time.perf_counter() - started
 
 
-def _by_hand(model: Path, name: str) -> tuple[subprocess.Popen[bytes], str]:
+def _by_hand(models: Path, name: str) -> subprocess.Popen[bytes]:
+    """The same server as the workload's, started by hand on `models`/NAME.gguf; returned once it answers."""
     port = _port()
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", name,
-                               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "256"],
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(models / f"{name}.gguf"),
+                               "--model_alias", name, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "256"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    return server, f"http://127.0.0.1:{port}/v1"
+    try:
+        wait_for(lambda: _answered(f"http://127.0.0.1:{port}/v1", name), 120, f"{name} by hand", 0.02)
+    except BaseException:
+        _stop(server)
+        raise
+    return server
+
+
+def _write_models(folder: Path) -> None:
+    for name in MODELS:
+        if not (folder / f"{name}.gguf").exists():
+            write_tiny_llama(folder / f"{name}.gguf", name=name)
 
 
 def _answered(base: str, name: str) -> bool:
@@ -150,14 +161,12 @@ def scenarios(quick: bool = False) -> list[Scenario]:
         return cold.timed("alpha")
 
     def cold_by_hand() -> float:
-        write_tiny_llama(models / "alpha.gguf", name="alpha")
+        _write_models(models)
         started = time.perf_counter()
-        server, base = _by_hand(models / "alpha.gguf", "alpha")
-        try:
-            wait_for(lambda: _answered(base, "alpha"), 120, "the server by hand", 0.02)
-            return time.perf_counter() - started
-        finally:
-            _stop(server)
+        server = _by_hand(models, "alpha")
+        elapsed = time.perf_counter() - started
+        _stop(server)
+        return elapsed
 
     def lost_in_swaps() -> float:
         """Requests not answered by their model during `swaps` swaps, three concurrent requests each."""
@@ -167,18 +176,14 @@ def scenarios(quick: bool = False) -> list[Scenario]:
         return float(swap.lost - before)
 
     def swap_by_hand() -> float:
-        for name in MODELS:
-            write_tiny_llama(models / f"{name}.gguf", name=name)
-        first, base = _by_hand(models / "alpha.gguf", "alpha")
-        wait_for(lambda: _answered(base, "alpha"), 120, "alpha by hand", 0.02)
+        _write_models(models)
+        first = _by_hand(models, "alpha")
         started = time.perf_counter()
         _stop(first)
-        second, base = _by_hand(models / "beta.gguf", "beta")
-        try:
-            wait_for(lambda: _answered(base, "beta"), 120, "beta by hand", 0.02)
-            return time.perf_counter() - started
-        finally:
-            _stop(second)
+        second = _by_hand(models, "beta")
+        elapsed = time.perf_counter() - started
+        _stop(second)
+        return elapsed
 
     repetitions, swaps = (5, 10) if quick else (20, 100)
     return [
