@@ -161,7 +161,8 @@ def test_an_idle_model_is_stopped_after_idle_seconds_and_a_restarted_daemon_keep
     stops = [line for line in space.evidence("alpha.yaml") if line.get("action") == "stop" and line["event"] == "decision"]
     assert len(stops) == 1 and "idle for" in stops[0]["cause"], story(space, "alpha")
     assert starts(space, "alpha-server") == 1, ("re-adopted, not started twice", story(space, "alpha"))
-    assert ask(gateway, "alpha")[0] == 200, "a request after the idle stop starts it again"
+    status, answer = ask(gateway, "alpha")
+    assert status == 200, ("a request after the idle stop starts it again", answer, story(space, "alpha"))
     assert starts(space, "alpha-server") == 2, story(space, "alpha")
 
 
