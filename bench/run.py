@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import containers, gateway, native
+from bench import containers, gateway, native, on_demand
 from bench.harness import run, write
 
 HERE = Path(__file__).resolve().parent
@@ -18,7 +18,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and shorter idle windows")
     options = parser.parse_args()
     results = []
-    for module in (native, containers, gateway):
+    for module in (native, containers, gateway, on_demand):
         for scenario in module.scenarios(quick=options.quick):
             if options.only and options.only not in scenario.name:
                 continue

@@ -320,6 +320,15 @@ def test_vllm_runs_vllm_serve() -> None:
     assert "vllm/vllm-openai" in note_of(manifests, "qwen")
 
 
+def test_an_on_demand_workload_is_exported_always_on_with_a_note() -> None:
+    text = LLAMA.replace("  args: [--verbose]\n", "  args: [--verbose]\n  activation: {mode: OnDemand, idleSeconds: 60}\n")
+    assert "OnDemand" in text
+    manifests = kubernetes_manifests(desired(text), [])
+    assert_valid(manifests)
+    assert by_kind(manifests, "Deployment", "chat")["spec"]["replicas"] == 1
+    assert "activation OnDemand is not exported" in note_of(manifests, "chat")
+
+
 def test_native_process_needs_an_image_and_says_so() -> None:
     spec = ("  command: [python3, -m, http.server]\n  args: [--bind, 0.0.0.0, '8099']\n  port: 8099\n"
             "  host: 0.0.0.0\n  workingDir: ./www\n  env: {PYTHONUNBUFFERED: '1'}\n"

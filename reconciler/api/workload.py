@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from reconciler.api.activation import Activation
 from reconciler.api.container import ContainerSecurity, addresses_overlap, PortMapping, PullPolicy, VolumeMount, valid_image_reference
 from reconciler.api.chat_formats import unknown_chat_format
 from reconciler.api.checks import HealthCheck, Port
@@ -225,6 +226,8 @@ class WorkloadSpec(Spec):
         description="runtime container: a Docker network. Default: 'bridge' if ports are published, else 'none'.",
     )
     security: ContainerSecurity = Field(default_factory=ContainerSecurity)
+    activation: Activation = Field(
+        default_factory=Activation, description="Always running, or OnDemand: started by the gateway's requests.")
     fallback: Fallback | None = Field(
         None, description="A hosted provider to use while this host cannot run it, if the Policy allows and a person consents.",
     )
@@ -291,6 +294,15 @@ class WorkloadSpec(Spec):
                      if (other_port, other_proto) == (port, proto) and addresses_overlap(ip, other_ip)]
             if clash:
                 raise ValueError(f"spec.ports publishes {proto} port {port} twice ({ip}:{port} and {clash[0]})")
+        return self
+
+    @model_validator(mode="after")
+    def _on_demand_is_reached_through_its_model(self) -> "WorkloadSpec":
+        """Only a request for a Model through the gateway starts an on-demand workload: one that serves none would
+        never start."""
+        if self.activation.on_demand and (self.engine not in (Engine.llama_cpp, Engine.vllm) or not self.model):
+            raise ValueError("activation OnDemand is for engines llama.cpp and vllm serving a spec.model: the gateway "
+                             "starts it when a request names that Model")
         return self
 
     @model_validator(mode="after")

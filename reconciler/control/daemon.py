@@ -22,6 +22,7 @@ from watchdog.observers import Observer
 from reconciler.api.meta import ResourceKey
 from reconciler.api.status import Listen
 from reconciler.control import systemd
+from reconciler.control.activation import DemandEvents, on_demand_keys
 from reconciler.control.gitops import SYNC_REQUEST, GitFollower, Prepared
 from reconciler.control.logfmt import about
 from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
@@ -158,6 +159,9 @@ class Daemon:
         approvals = self.reconciler.approvals.directory
         approvals.mkdir(parents=True, exist_ok=True, mode=0o700)
         observer.schedule(_ApprovalEvents(lambda name: self.queue.add(ResourceKey("Workload", name))), str(approvals))
+        demand = self.reconciler.activation.directory
+        demand.mkdir(parents=True, exist_ok=True, mode=0o700)
+        observer.schedule(DemandEvents(lambda: on_demand_keys(self.reconciler.desired), self.queue.add), str(demand))
         observer.start()
         self.reconciler.adopt()  # exits it notices are queued; the workers start once the first pass has loaded
         self._rehasher.start()

@@ -13,7 +13,8 @@ from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.status import ResourceStatus
 from reconciler.api.workload import Engine, Runtime
 from reconciler.base.atomic import UnsafeFile
-from reconciler.gateway.routes import ContainerClient, RouteTable, Serving, route_table
+from reconciler.diff.engines import startup_budget
+from reconciler.gateway.routes import ContainerClient, OnDemand, RouteTable, Serving, route_table
 from reconciler.gateway.routes_file import write_routes
 from reconciler.load.desired import DesiredState
 from reconciler.record.evidence import EVIDENCE_SUFFIX
@@ -31,10 +32,18 @@ def routes_of(desired: DesiredState, status_of: Mapping[ResourceKey, ResourceSta
               if isinstance(entry.resource, Model)}
     serving = [Serving(key.name, entry.resource.spec.model, status_of.get(key), entry.resource.spec.fallback,
                        str(root / sibling(entry.file, EVIDENCE_SUFFIX)) if root else None, str(root) if root else None,
-                       judged is None or judged.get(key) == entry.spec_hash)
+                       judged is None or judged.get(key) == entry.spec_hash, on_demand_route(entry.resource))
                for key, entry in desired.resources.items()
                if isinstance(entry.resource, Workload) and entry.resource.spec.model]
     return route_table(models, serving).model_copy(update={"clients": container_clients(desired, status_of)})
+
+
+def on_demand_route(workload: Workload) -> OnDemand | None:
+    spec = workload.spec
+    if not spec.activation.on_demand:
+        return None
+    return OnDemand(workload=workload.name, concurrency=spec.activation.concurrency,
+                    queue_depth=spec.activation.queue_depth, startup_seconds=startup_budget(spec))
 
 
 def container_clients(desired: DesiredState, status_of: dict[ResourceKey, ResourceStatus]) -> dict[str, ContainerClient]:

@@ -21,6 +21,7 @@ from reconciler.api.meta import ResourceKey
 from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.rollout import Pins
 from reconciler.api.status import FailureInfo, Placement, ResourceStatus
+from reconciler.control.activation import Activation
 from reconciler.control.evidence import (acceleration_record, decision_digest, decision_record, exposure_record,
                                          outcome_record)
 from reconciler.control.gateway_routes import RoutesPublisher, judged_specs
@@ -137,6 +138,7 @@ class Reconciler:
         self.judge = Judge(self.workloads, self.approvals)
         self.recorder = Recorder(self.root, state_dir / HOST_EVIDENCE_FILE)
         self.workloads.statuses = self._statuses_of  # a start waits for the workloads it uses to be Ready
+        self.activation = Activation(state_dir, self.workloads, self.drivers, self.recorder)
         self.host = HostWatch(state_dir, engine, None if readonly else self.recorder, builds)
         self.holds = Holds(self._all_records, allow_empty)
         self.metrics = metrics
@@ -232,7 +234,7 @@ class Reconciler:
             hold = self.holds.prune_block(desired, record.source)
         if hold is not None:
             entry = last_valid(record)  # keeps running as it was: restarted after a crash, never changed
-        process = model = listening = None
+        process = model = listening = demand = None
         rendered = Rendered()
         if key.kind == "Workload":
             process = self.drivers.observe(key.name, _maybe_container(entry, record))
@@ -242,10 +244,12 @@ class Reconciler:
                 policy = self.holds.policy_in_force(desired)
                 sharing = policy is not None and policy.spec.resources.gpu_sharing
                 pins = Rollouts.restoring(record) if hold is not None else None
+                demand = self.activation.demand(entry.resource)
                 rendered = self.workloads.render(desired, self._remembered, entry.resource, entry.file, process,
                                                  sharing, pins)
                 if record is not None:
-                    record = note_observations(record, next_generation(record, entry), process.exit, entry.resource)
+                    record = note_observations(record, next_generation(record, entry), process.exit, entry.resource,
+                                               demand)
                     if probe:
                         record = self.workloads.probe_if_due(record, rendered, entry.resource, process, now)
         elif entry is not None and isinstance(entry.resource, Model):
@@ -253,6 +257,7 @@ class Reconciler:
         inputs = Inputs(
             key=key, desired=entry, record=record, process=process, launch=rendered.launch, hold=hold,
             blocked=rendered.blocked, check=rendered.check, health=record.health if record else None, listening=listening,
+            demand=demand, room=self.activation.room_wait(key.name) if demand else None,
         )
         judged = self.judge.judge(desired, self.holds.policy_in_force(desired), inputs, plan_resource(inputs, now), rendered,
                                   tighten=self.holds.policy_settled(desired))
@@ -312,8 +317,11 @@ class Reconciler:
         on_record = last_valid(record) if key.kind == "Workload" and differs else None
         admitted = any(isinstance(version.resource, Workload) and _needs_admission(version.resource.spec)
                        for version in (entry, on_record) if version is not None)
-        with self._admission_lock if admitted else nullcontext():  # judged and started as one step: no GPU given
-            return self._reconcile(key)                            # twice, no memory committed twice
+        # judged and started as one step: no GPU given twice, no memory committed twice; an on-demand start first
+        # stops the idle on-demand workloads it needs the room of
+        with self._admission_lock if admitted else nullcontext():
+            self.activation.make_room(self.desired, key, self.holds.policy_in_force(self.desired))
+            return self._reconcile(key)
 
     def _reconcile(self, key: ResourceKey) -> tuple[Result, bool]:
         started, now = time.monotonic(), clock.now()
@@ -361,7 +369,8 @@ class Reconciler:
         self._publish_routes()
         if key.kind == "Workload":
             self.drivers.trim_log(key.name, _maybe_container(planned.inputs.desired, planned.record))
-        return Result.soonest(self._next_look(planned, record, status, after, now), rollout_look), rolled_back
+        idle_look = self.activation.next_look(planned.inputs.desired, after)
+        return Result.soonest(self._next_look(planned, record, status, after, now), rollout_look, idle_look), rolled_back
 
     def _next_look(self, planned: Planned, record: ResourceRecord, status: ResourceStatus,
                    after: ProcessObservation | None, now: datetime) -> float | None:

@@ -101,7 +101,7 @@ class WorkloadRenderer:
 
         current = process.record.launch.gpus if process.record else ()
         request = spec.resources.gpus if gpu_sharing else spec.resources.gpus.model_copy(update={"shareable": False})
-        taken, shared = self._gpus_held(workload.name, desired, remembered, gpu_sharing) if request.wanted else ({}, {})
+        taken, shared = self.gpus_held(workload.name, desired, remembered, gpu_sharing) if request.wanted else ({}, {})
         gpus = assign_gpus(request, self.inventory, taken, current, shared)  # device capability first
         if isinstance(gpus, Blocked):
             return blocked(gpus)
@@ -326,7 +326,7 @@ class WorkloadRenderer:
         assert isinstance(model, Model)
         return model, self.models.view(desired, model, file)
 
-    def _gpus_held(
+    def gpus_held(
         self, name: str, desired: DesiredState, remembered: Callable[[ResourceKey], ResourceRecord | None], sharing: bool
     ) -> tuple[dict[int, str], dict[int, tuple[tuple[str, int], ...]]]:
         """GPUs of every other workload's run (running, or ended and waiting out its back-off to start again):

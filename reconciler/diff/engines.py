@@ -73,6 +73,14 @@ def engine_check(spec: WorkloadSpec, facts: EngineFacts) -> HealthCheck | None:
     return HealthCheck(http=HttpCheck(path="/health"))
 
 
+def startup_budget(spec: WorkloadSpec) -> float:
+    """How long a start may take to pass its first check, without the host's facts (for the gateway's wait): the
+    spec's check, else the engine's default, whichever engine serves it."""
+    if spec.health is not None:
+        return spec.health.startup_seconds
+    return VLLM_STARTUP_SECONDS if spec.engine is Engine.vllm else HealthCheck.model_fields["startup_seconds"].default
+
+
 def engine_endpoint(spec: WorkloadSpec) -> str | None:
     """Where a client on this host reaches the server (a wildcard bind is reached on loopback)."""
     if spec.port is None:

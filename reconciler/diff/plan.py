@@ -8,6 +8,7 @@ from enum import Enum
 
 from pydantic import ValidationError
 
+from reconciler.api.activation import Demand
 from reconciler.api.kinds import KINDS, RestartPolicy, Workload, asked_spec
 from reconciler.api.launch import ContainerLaunch, LaunchSpec
 from reconciler.api.launch import EXECUTABLE_FIELD as _EXECUTABLE
@@ -15,6 +16,7 @@ from reconciler.api.meta import PRUNE_ANNOTATION, ResourceKey
 from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.status import ExitInfo, HealthState
 from reconciler.api.checks import HealthCheck
+from reconciler.diff.activation import on_demand_step, restarts_on_exit
 from reconciler.diff.engines import Blocked
 from reconciler.diff.health import unhealthy_cause
 from reconciler.load.desired import DesiredEntry
@@ -51,6 +53,7 @@ class Action:
     orphaned: bool = False  # gone from the desired state but kept running on purpose
     blocked: Blocked | None = None  # it cannot start on this host, and why
     failure_reason: str | None = None  # a stop for a failed health check: Unhealthy or StartupTimeout
+    idle: bool = False  # an on-demand workload that activation leaves (or stops) not running
 
     @property
     def changes_something(self) -> bool:
@@ -73,6 +76,8 @@ class Inputs:
     check: HealthCheck | None = None
     health: HealthState | None = None  # probe results so far, for the running process
     listening: ObservedListens | None = None  # what the running native process tree listens on
+    demand: Demand | None = None  # an on-demand workload: the requests the gateway has for it
+    room: str | None = None  # an on-demand start waits: why (memory or GPUs that busy on-demand workloads hold)
 
 
 def next_generation(record: ResourceRecord | None, desired: DesiredEntry) -> int:
@@ -117,6 +122,9 @@ def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: dat
         problem = observed.problem or "its state cannot be observed"
         cause = f"left as it is: {problem}" if record is not None else problem
         return Action(key, Verb.none, cause, generation, blocked=Blocked("EngineUnavailable", problem))
+    step = on_demand_step(workload, inputs.demand, observed, inputs.room, blocked, now)
+    if step is not None:
+        return Action(key, Verb.stop if step.stop else Verb.none, step.cause, generation, idle=True)
     ended = observed.exit if observed.state is ProcessState.exited else None
     if blocked is not None and ended is not None and record is not None and generation == record.generation \
             and not restarts(workload, ended, stopped_as_failed(record, ended)):
@@ -233,9 +241,10 @@ def _changed_paths(before: object, after: object, prefix: str) -> list[str]:
 
 
 def note_observations(
-    record: ResourceRecord, generation: int, exit_info: ExitInfo | None, workload: Workload
+    record: ResourceRecord, generation: int, exit_info: ExitInfo | None, workload: Workload, demand: Demand | None = None
 ) -> ResourceRecord:
-    """Bring a record up to what was observed: a new generation starts its back-off afresh; a new exit is counted once."""
+    """Bring a record up to what was observed: a new generation starts its back-off afresh; a new exit is counted once.
+    `demand`: an on-demand workload's requests (one that ended with none waiting is idle, not failed)."""
     if generation != record.generation:
         record = record.model_copy(update={"consecutive_failures": 0, "next_retry_at": None, "last_failure": None})
     if exit_info is None:
@@ -246,7 +255,7 @@ def note_observations(
     record = record.model_copy(update={"last_exit": exit_info})
     if stopped_as_failed(record, exit_info):
         return record  # we stopped it for failing its checks: its retry was scheduled then
-    if not restarts(workload, exit_info):
+    if not restarts(workload, exit_info) or not restarts_on_exit(workload, demand):
         return record.model_copy(update={"next_retry_at": None})
     return schedule_retry(record, exit_info.finished_at, exit_info.ran_seconds, workload)
 

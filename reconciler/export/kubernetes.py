@@ -384,6 +384,9 @@ def _restart_notes(spec: WorkloadSpec, notes: list[str]) -> None:
         notes.append(f"restart policy {policy.value}: a Deployment always restarts its pod; a Job is the analogue (not generated)")
     if spec.restart.backoff != Backoff.model_validate({}):
         notes.append("spec.restart.backoff is not exported: the kubelet's own back-off (10s doubling to 5m) applies")
+    if spec.activation.on_demand:
+        notes.append("activation OnDemand is not exported: the Deployment runs one replica always (scale to zero needs "
+                     "an autoscaler such as KEDA's HTTP add-on)")
 
 
 def _whole(seconds: float, field: str, notes: list[str], minimum: int = 1) -> int:

@@ -32,13 +32,16 @@ def _sse_error(message: str, code: str) -> bytes:
 
 
 async def relay(request: web.Request, session: aiohttp.ClientSession, url: str, headers: Mapping[str, str],
-                body: bytes, who: str, exchange: Exchange) -> web.StreamResponse:
-    """POST `body` to `url` and pass the answer back; `who` names the upstream in errors (never a header's value)."""
+                body: bytes, who: str, exchange: Exchange, retry_refused: bool = False) -> web.StreamResponse:
+    """POST `body` to `url` and pass the answer back; `who` names the upstream in errors (never a header's value).
+    `retry_refused`: a refused connection (nothing was sent) is raised for the caller to try again."""
     exchange.bytes_out = len(body)
     try:
         # A redirect is answered, not followed: it would send the body (to a provider, the key) where no route says
         upstream = await session.post(url, data=body, headers=headers, allow_redirects=False)
     except (aiohttp.ClientError, asyncio.TimeoutError) as problem:
+        if retry_refused and isinstance(problem, aiohttp.ClientConnectorError):
+            raise
         return error(502, f"{who}: {problem or type(problem).__name__}", "UpstreamUnreachable", "upstream_error")
     try:
         exchange.status = upstream.status

@@ -9,6 +9,7 @@ from enum import Enum
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from reconciler.api.activation import IDLE_PHASE
 from reconciler.api.fallback import Context, Fallback, SecretRef
 from reconciler.api.status import ConditionStatus, Placement, ResourceStatus
 
@@ -22,6 +23,7 @@ class RouteState(str, Enum):
     hosted = "Hosted"  # none here: the serving workload's placement is hosted, with consent
     starting = "Starting"  # none yet, one is on its way: wait a bounded time
     unavailable = "Unavailable"  # none, and none is coming by itself: the reason says why
+    idle = "Idle"  # none: an on-demand workload that a request starts (the request waits for it, bounded)
 
 
 class _Shape(BaseModel):
@@ -47,6 +49,15 @@ class HostedRoute(_Shape):
     evidence_root: str | None = None  # the folder that log lies in (the desired state), reached without links
 
 
+class OnDemand(_Shape):
+    """The on-demand workload that serves a Model: the gateway records each request for it (gateway/demand.py)."""
+
+    workload: str
+    concurrency: int
+    queue_depth: int
+    startup_seconds: float  # a request waits at most this long for it to start (and the gateway's own limit)
+
+
 class Route(_Shape):
     state: RouteState
     backends: tuple[Backend, ...] = ()
@@ -54,6 +65,7 @@ class Route(_Shape):
     reason: str = ""  # the serving workload's Ready reason (CamelCase), when there is no backend
     message: str = ""
     workload: str | None = None  # the workload the reason is about
+    on_demand: OnDemand | None = None
 
 
 class ContainerClient(_Shape):
@@ -106,6 +118,7 @@ class Serving:
     evidence_file: str | None = None
     evidence_root: str | None = None
     current: bool = True  # the status was judged for the spec the desired state holds now
+    on_demand: OnDemand | None = None
 
 
 def route_table(models: Mapping[str, Sequence[str]], serving: Iterable[Serving]) -> RouteTable:
@@ -126,12 +139,21 @@ def route_table(models: Mapping[str, Sequence[str]], serving: Iterable[Serving])
 
 
 def _route(entries: list[Serving]) -> Route:
+    route = _serving(entries)
+    on_demand = next((entry.on_demand for entry in entries if entry.on_demand is not None), None)
+    return route.model_copy(update={"on_demand": on_demand}) if on_demand is not None else route
+
+
+def _serving(entries: list[Serving]) -> Route:
     backends = tuple(Backend(workload=e.workload, url=e.status.endpoints[0]) for e in entries if _ready_here(e.status))
     if backends:
         return Route(state=RouteState.ready, backends=backends)
     if not entries:
         return Route(state=RouteState.unavailable, reason="NoWorkload",
                      message="no Workload serves this Model: add one whose spec.model names it")
+    idle = next((e for e in entries if e.status is not None and e.status.phase == IDLE_PHASE), None)
+    if idle is not None and idle.status is not None:
+        return Route(state=RouteState.idle, reason=IDLE_PHASE, message=idle.status.message, workload=idle.workload)
     coming = next((e for e in entries if e.status is None or e.status.phase in _ON_ITS_WAY or _rejudged(e)), None)
     if coming is not None:
         if coming.status is None:

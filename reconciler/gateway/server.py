@@ -19,6 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from reconciler.gateway.admission import admit_containers
+from reconciler.gateway.demand import DemandBook, OnDemandRequests, QueueFull, demand_dir
 from reconciler.gateway.hosted import CLIENT_GONE, HostedEvidence, forward_hosted
 from reconciler.gateway.metrics import Exchange, GatewayMetrics
 from reconciler.gateway.relay import CODE, error, relay
@@ -41,6 +42,7 @@ BODY_SECONDS_KEY = web.AppKey("body_seconds", float)
 IN_FLIGHT_KEY: web.AppKey["InFlight"] = web.AppKey("in_flight")
 METRICS_KEY = web.AppKey("metrics", GatewayMetrics)
 EVIDENCE_KEY = web.AppKey("evidence", HostedEvidence)
+ON_DEMAND_KEY = web.AppKey("on_demand", OnDemandRequests)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -121,28 +123,54 @@ async def _forward(request: web.Request, exchange: Exchange) -> web.StreamRespon
     if not isinstance(model, str) or not model:
         return error(400, "the request names no model: set \"model\" to a Model's name (GET /v1/models lists them)",
                      "ModelRequired")
-    chosen = await _backend(request.app, model)
-    if isinstance(chosen, web.Response):
-        return chosen
-    target, exchange.model = chosen
-    if isinstance(target, HostedRoute):
-        return await forward_hosted(request, request.app[SESSION_KEY], request.app[EVIDENCE_KEY], target, tail,
-                                    payload, exchange)
-    if exchange.model != model:  # asked by an alias: the engine serves the Model's name only
-        body = json.dumps({**payload, "model": exchange.model}).encode()
-    exchange.route = f"Workload/{target.workload}"
-    headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
-    headers["Content-Type"] = "application/json"
-    with request.app[BALANCER_KEY].holding(target):
-        return await relay(request, request.app[SESSION_KEY], f"{target.url}/{tail}", headers, body,
-                           f"Workload/{target.workload} at {target.url}", exchange)
+    table = request.app[ROUTES_KEY].current()
+    route = table.models.get(table.aliases.get(model, model)) if model not in table.ambiguous else None
+    if route is None or route.on_demand is None:
+        return await _route_and_relay(request, model, payload, tail, body, request.app[WAIT_KEY], exchange, False)
+    on_demand = route.on_demand
+    try:
+        async with request.app[ON_DEMAND_KEY].serving(on_demand.workload, model, on_demand.concurrency,
+                                                      on_demand.queue_depth):
+            wait = min(request.app[WAIT_KEY], on_demand.startup_seconds)
+            return await _route_and_relay(request, model, payload, tail, body, wait, exchange, True)
+    except QueueFull as full:
+        return error(429, f"model {model[:_SHOWN]!r}: Workload/{on_demand.workload}: {full}: try again shortly",
+                     "QueueFull", "rate_limit_exceeded", **{"Retry-After": "1"})
 
 
-async def _backend(app: web.Application, model: str) -> tuple[Backend | HostedRoute, str] | web.Response:
-    """A Ready backend of `model` (or its hosted route) and the Model's name; one that is starting is waited for,
-    up to the bound."""
+async def _route_and_relay(request: web.Request, model: str, payload: dict[str, Any], tail: str, body: bytes,
+                           wait: float, exchange: Exchange, on_demand: bool) -> web.StreamResponse:
+    """`on_demand`: a backend that refuses the connection is being stopped (idle, or evicted for another model) while
+    the routes still show it: the request waits for the next start instead, within the same bound."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + app[WAIT_KEY]
+    deadline = loop.time() + wait
+    while True:
+        chosen = await _backend(request.app, model, deadline)
+        if isinstance(chosen, web.Response):
+            return chosen
+        target, exchange.model = chosen
+        if isinstance(target, HostedRoute):
+            return await forward_hosted(request, request.app[SESSION_KEY], request.app[EVIDENCE_KEY], target, tail,
+                                        payload, exchange)
+        # asked by an alias: the engine serves the Model's name only
+        sent = body if exchange.model == model else json.dumps({**payload, "model": exchange.model}).encode()
+        exchange.route = f"Workload/{target.workload}"
+        headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
+        headers["Content-Type"] = "application/json"
+        try:
+            with request.app[BALANCER_KEY].holding(target):
+                return await relay(request, request.app[SESSION_KEY], f"{target.url}/{tail}", headers, sent,
+                                   f"Workload/{target.workload} at {target.url}", exchange,
+                                   retry_refused=on_demand and loop.time() < deadline)
+        except aiohttp.ClientConnectorError:
+            await asyncio.sleep(0.2)
+
+
+async def _backend(app: web.Application, model: str, deadline: float
+                   ) -> tuple[Backend | HostedRoute, str] | web.Response:
+    """A Ready backend of `model` (or its hosted route) and the Model's name; one that is starting (or idle, on
+    demand) is waited for, up to the deadline."""
+    loop = asyncio.get_running_loop()
     shown = model[:_SHOWN]
     while True:
         table = app[ROUTES_KEY].current()
@@ -191,11 +219,14 @@ def make_app(routes_file: Path, wait_seconds: float, max_requests: int, body_sec
     app[BODY_SECONDS_KEY] = body_seconds
     app[METRICS_KEY] = GatewayMetrics()
     app[EVIDENCE_KEY] = HostedEvidence()
+    app[ON_DEMAND_KEY] = OnDemandRequests(DemandBook(demand_dir(routes_file.parent.parent)))
 
     async def session(app: web.Application) -> Any:
         app[SESSION_KEY] = client_session()
+        app[ON_DEMAND_KEY].book.adopt()
         yield
         await app[SESSION_KEY].close()
+        app[ON_DEMAND_KEY].book.close()
 
     app.cleanup_ctx.append(session)
     app.router.add_get("/health", health)

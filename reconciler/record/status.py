@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from reconciler.api.activation import IDLE_PHASE
 from reconciler.api.kinds import RestartPolicy, Workload
 from reconciler.api.launch import ContainerLaunch
 from reconciler.api.resource_record import ResourceRecord
@@ -31,7 +32,7 @@ DEGRADED = "Degraded"  # runs, but not as asked: on the CPU instead of its GPU
 
 # How `apply --wait` reads a workload's phase.
 FAILED_PHASES = frozenset({"Failed", "BackOff", "Denied", "Exited", "Blocked", ROLLED_BACK, DEGRADED})
-SUCCEEDED_PHASES = frozenset({"Succeeded"})
+SUCCEEDED_PHASES = frozenset({"Succeeded", IDLE_PHASE})  # Idle: an on-demand workload waits for a request
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,8 @@ def _assess(record: ResourceRecord, outcome: PassOutcome, now: datetime) -> _Ass
         return _Assessment(False, decided.reason, decided.message, "Blocked")  # the fallback was weighed: say why not
     if serving is not None:
         return _running(record, outcome, serving)
+    if action.idle:  # on demand, not running: not a failure, and a request starts it
+        return _Assessment(False, IDLE_PHASE, action.cause, IDLE_PHASE)
     if action.blocked is not None:
         return _Assessment(False, action.blocked.reason, action.blocked.message, "Blocked")
     if observed is not None and observed.state is ProcessState.exited and observed.exit is not None:
@@ -257,7 +260,8 @@ def _render(record: ResourceRecord, outcome: PassOutcome, assessment: _Assessmen
     if outcome.placement is not None and outcome.placement.placement is not Placement.local:
         placement = outcome.placement.placement
     elif record.kind == "Workload":
-        cannot_run = pid is None and (assessment.phase in ("Denied", "Blocked") or outcome.failure or record.last_failure)
+        cannot_run = pid is None and assessment.phase != IDLE_PHASE and (
+            assessment.phase in ("Denied", "Blocked") or outcome.failure or record.last_failure)
         placement = Placement.unavailable if cannot_run else Placement.local
     # RolledBack only while the known-good version may run: one waiting for approval or refused says so instead
     rolled_back = action.hold is not None and action.hold.reason == ROLLED_BACK \
