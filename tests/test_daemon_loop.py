@@ -46,11 +46,11 @@ def drive(then: Callable[[WorkQueue[ResourceKey], ResourceKey], Result]) -> int:
     """Passes the daemon's workers make over WATCHED seconds, its key added once."""
     stand_in = StandIn(then)
     daemon = Daemon(stand_in, workers=2)  # type: ignore[arg-type]
-    stand_in.queue = daemon.queue
+    stand_in.queue = daemon.loop.queue
     daemon.start_workers()
-    daemon.queue.add(KEY)
+    daemon.loop.add(KEY)
     time.sleep(WATCHED)
-    daemon.queue.shut_down()
+    daemon.loop.stop()
     return stand_in.passes
 
 

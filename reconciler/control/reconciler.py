@@ -38,7 +38,7 @@ from reconciler.control.workloads import WorkloadRenderer
 from reconciler.diff.engines import Rendered
 from reconciler.diff.health import next_probe_in
 from reconciler.diff.plan import (
-    Action, Inputs, Verb, is_orphan_kept, next_generation, note_observations, plan_resource,
+    Action, Inputs, Verb, is_orphan_kept, next_generation, note_observations, plan_resource, prerequisites,
 )
 from reconciler.drive.containers import ContainerDriver
 from reconciler.drive.dispatch import Drivers
@@ -206,6 +206,12 @@ class Reconciler:
             owned = set(self.records)
         processes = {ResourceKey("Workload", name) for name in self.drivers.owned_names()}
         return sorted(set(self.desired.resources) | set(self.desired.rejected) | owned | processes)
+
+    def prerequisites(self, keys: list[ResourceKey]) -> dict[ResourceKey, frozenset[ResourceKey]]:
+        """The plan's edges between `keys`: which each is reconciled after within one round."""
+        with self._lock:
+            records = dict(self.records)
+        return prerequisites(keys, self.desired, records)
 
     def adopt(self) -> list[int]:
         stopped = self.drivers.adopt()

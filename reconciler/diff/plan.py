@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from enum import Enum
@@ -17,7 +18,7 @@ from reconciler.api.status import ExitInfo, HealthState
 from reconciler.api.workload import HealthCheck
 from reconciler.diff.engines import Blocked
 from reconciler.diff.health import unhealthy_cause
-from reconciler.load.desired import DesiredEntry
+from reconciler.load.desired import DesiredEntry, DesiredState
 from reconciler.observe.listening import ObservedListens
 from reconciler.observe.processes import ProcessObservation, ProcessState
 
@@ -79,6 +80,27 @@ def next_generation(record: ResourceRecord | None, desired: DesiredEntry) -> int
     if record is None:
         return 1
     return record.generation if record.spec_hash == desired.spec_hash else record.generation + 1
+
+
+def prerequisites(keys: Iterable[ResourceKey], desired: DesiredState,
+                  records: Mapping[ResourceKey, ResourceRecord]) -> dict[ResourceKey, frozenset[ResourceKey]]:
+    """The plan's edges: the keys each key is reconciled after, within one round. A Workload comes after the
+    Model it serves (made present and verified first, so it starts on it in the same pass) and after the Policy
+    (whose new version, or removal, judges it). Its model is the desired version's, else the one on record."""
+    keys = set(keys)
+    policies = {key for key in keys if key.kind == "Policy"}
+    edges = {}
+    for key in keys:
+        if key.kind != "Workload":
+            continue
+        entry, record = desired.resources.get(key), records.get(key)
+        if entry is not None and isinstance(entry.resource, Workload):
+            model = entry.resource.spec.model
+        else:
+            model = record.resource.get("spec", {}).get("model") if record is not None else None
+        served = {ResourceKey("Model", model)} & keys if isinstance(model, str) else set()
+        edges[key] = frozenset(policies | served)
+    return edges
 
 
 def plan_resource(inputs: Inputs, now: datetime) -> Action:
