@@ -43,14 +43,15 @@ def validate(path: Path) -> None:
 @click.command()
 @path_argument
 @state_option
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table")
 @click.option("--allow-empty", is_flag=True, help="Plan pruning even when the desired state is empty.")
 def plan(path: Path, state_dir: Path | None, output: str, allow_empty: bool) -> None:
-    """Show every action a pass would take, with its cause. Exit 0 in sync, 2 changes pending, 1 error."""
+    """Show every action a pass would take, with its cause, its operations and the resources it comes after. Exit
+    0 in sync, 2 changes pending, 1 error."""
     reconciler = open_reconciler(path, state_dir, readonly=True, allow_empty=allow_empty)
-    now = clock.now()
-    rows = plan_rows([reconciler.plan(key, now) for key in reconciler.keys()])
-    click.echo(dump(rows, "json") if output == "json" else plan_table(rows))
+    now, keys = clock.now(), reconciler.keys()
+    rows = plan_rows([reconciler.plan(key, now) for key in keys], reconciler.prerequisites(keys))
+    click.echo(plan_table(rows) if output == "table" else dump(rows, output))
     for warning in loopback_env_warnings(reconciler.desired):
         click.echo(f"warning: {warning}", err=True)
     if print_load_errors(reconciler):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from reconciler.api.kinds import Model, Runtime, Workload, WorkloadSpec
+from reconciler.api.launch import ContainerLaunch
 from reconciler.api.meta import ResourceKey
 from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.rollout import Pins
@@ -38,7 +39,7 @@ from reconciler.control.workloads import WorkloadRenderer
 from reconciler.diff.engines import Rendered
 from reconciler.diff.health import next_probe_in
 from reconciler.diff.plan import (
-    Action, Inputs, Verb, is_orphan_kept, next_generation, note_observations, plan_resource, prerequisites,
+    Action, Inputs, OpKind, Operation, Verb, is_orphan_kept, next_generation, note_observations, plan_resource, prerequisites,
 )
 from reconciler.drive.containers import ContainerDriver
 from reconciler.drive.dispatch import Drivers
@@ -318,7 +319,7 @@ class Reconciler:
             return Result.after(ENGINE_RETRY_SECONDS) if kept else Result.until_event(), False
         digest = self._record_decision(planned, now)
         planned = self._fetch_model(planned)
-        failure, after = self._drive(planned, now)
+        failure, after, ran = self._drive(planned, now)
         if action.changes_something:  # a refusal seen again (apply --wait's polls, each resync) is news once
             outcome_text = f"failed: {failure.message}" if failure else ("done" if planned.executed else "not done")
             log.log(logging.DEBUG if _on_record(planned, digest) else logging.INFO, "%s: %s (%s) -> %s, %s", key,
@@ -333,7 +334,8 @@ class Reconciler:
         record, status = concluded
         if planned.executed:
             done = clock.now()
-            self.recorder.evidence(record.source, outcome_record(planned.action, record.generation, failure, after, done))
+            self.recorder.evidence(record.source, outcome_record(planned.action, record.generation, failure, after, done,
+                                                                 ran=ran))
         if digest is not None:
             record = record.model_copy(update={"last_decision": digest})
         if planned.listens is not None and record.exposure != (planned.record.exposure if planned.record else None):
@@ -435,30 +437,38 @@ class Reconciler:
             self.recorder.evidence(source, line)
         return digest
 
-    def _drive(self, planned: Planned, now: datetime) -> tuple[FailureInfo | None, ProcessObservation | None]:
+    def _drive(self, planned: Planned, now: datetime) -> tuple[FailureInfo | None, ProcessObservation | None, list[Operation]]:
+        """Execute the approved action's operations in order, each by one driver call: what failed, what is
+        observed after, and the operations that ran."""
         action, inputs = planned.action, planned.inputs
         if not planned.executed or action.key.kind != "Workload":
-            return None, inputs.process
+            return None, inputs.process, []
         assert inputs.desired is not None and isinstance(inputs.desired.resource, Workload)
         grace = inputs.desired.resource.spec.termination_grace_period_seconds
         containers = _maybe_container(inputs.desired, planned.record)
+        operations, launch, after, ran = action.operations, action.launch, inputs.process, []
+        presence = planned.rendered.model
+        if any(op.kind is OpKind.start for op in operations) and presence is not None and presence.present:
+            changed = self.models.verify_before_start(presence)
+            if changed is not None:  # never started on unverified bytes (and what runs is not stopped for it)
+                return FailureInfo(reason="InvalidArtifact", message=changed, at=now), inputs.process, ran
         try:
-            if action.verb is Verb.stop:  # kept on record as exited: its restart policy and back-off take over
-                self.drivers.stop(action.key.name, grace, forget=False)
-                return None, self.drivers.observe(action.key.name, containers)
-            if action.launch is None:
-                return None, inputs.process
-            presence = planned.rendered.model
-            changed = self.models.verify_before_start(presence) if presence is not None and presence.present else None
-            if changed is not None:  # never started on unverified bytes
-                return FailureInfo(reason="InvalidArtifact", message=changed, at=now), inputs.process
-            if inputs.process is not None and inputs.process.record is not None:
-                self.drivers.stop(action.key.name, grace)
-            return None, self.drivers.start(action.key.name, action.launch, action.generation or 1)
+            for op in operations:
+                if op.kind is OpKind.stop:  # kept on record as exited: its restart policy and back-off take over
+                    self.drivers.stop(action.key.name, grace, forget=not op.keep)
+                    after = self.drivers.observe(action.key.name, containers) if op.keep else after
+                elif op.kind is OpKind.pull:
+                    assert isinstance(launch, ContainerLaunch)
+                    launch = self.drivers.pull(launch)
+                elif op.kind is OpKind.start:
+                    assert launch is not None
+                    after = self.drivers.start(action.key.name, launch, action.generation or 1)
+                ran.append(op)
         except StartFailed as failed:
-            return FailureInfo(reason=failed.reason, message=failed.message, at=now), self.drivers.observe(action.key.name, containers)
+            return FailureInfo(reason=failed.reason, message=failed.message, at=now), self.drivers.observe(action.key.name, containers), ran
         except EngineUnavailable as unavailable:
-            return FailureInfo(reason="EngineUnavailable", message=unavailable.message, at=now), inputs.process
+            return FailureInfo(reason="EngineUnavailable", message=unavailable.message, at=now), inputs.process, ran
+        return None, after, ran
 
     def remove(self, key: ResourceKey, cause: str) -> str | None:
         """Stop and forget a resource whatever the desired state says (`reconciler down`); why not, if it could not."""
@@ -485,7 +495,8 @@ class Reconciler:
                     return str(problem)  # kept on record until its container is really gone
         if record is not None:
             self.recorder.evidence(record.source, outcome_record(planned.action, record.generation, None, None,
-                                                                 clock.now(), stopped_pid=ended.pid if ended else None))
+                                                                 clock.now(), stopped_pid=ended.pid if ended else None,
+                                                                 ran=planned.action.operations))
             self.store.delete(key)
         with self._lock:
             self.records.pop(key, None)

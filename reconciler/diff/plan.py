@@ -32,6 +32,25 @@ class Verb(str, Enum):
     none = "none"
 
 
+class OpKind(str, Enum):
+    pull = "pull"  # a container image not on this host is fetched by the engine
+    stop = "stop"  # what runs ends; a stop before a start also clears what an ended run left
+    start = "start"
+    remove = "remove"  # stopped and forgotten: the resource is deleted
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One step a driver executes, and why: an action is the operations it takes, in order."""
+
+    kind: OpKind
+    cause: str
+    keep: bool = False  # a stop that leaves the ended run on record (its restart policy and back-off take over)
+
+    def describe(self) -> dict[str, str]:
+        return {"op": self.kind.value, "cause": self.cause}
+
+
 @dataclass(frozen=True)
 class Hold:
     """Why a resource is left exactly as it runs: the reason is a condition reason (CamelCase)."""
@@ -52,10 +71,29 @@ class Action:
     orphaned: bool = False  # gone from the desired state but kept running on purpose
     blocked: Blocked | None = None  # it cannot start on this host, and why
     failure_reason: str | None = None  # a stop for a failed health check: Unhealthy or StartupTimeout
+    replaces: bool = False  # a start ends (or clears what is left of) the run observed first
 
     @property
     def changes_something(self) -> bool:
         return self.verb is not Verb.none
+
+    @property
+    def operations(self) -> tuple[Operation, ...]:
+        """What the drivers do for this action, each step with its cause (a hold or a refusal does none)."""
+        if self.verb is Verb.delete:
+            return (Operation(OpKind.remove, self.cause),) if self.key.kind == "Workload" else ()
+        if self.verb is Verb.stop:
+            return (Operation(OpKind.stop, self.cause, keep=True),)
+        if self.verb not in (Verb.create, Verb.recreate) or self.launch is None:
+            return ()
+        steps = []
+        if self.replaces:
+            steps.append(Operation(OpKind.stop, "replaced by the new start" if self.verb is Verb.recreate
+                                   else "what the ended run left is cleared before the new start"))
+        if isinstance(self.launch, ContainerLaunch) and self.launch.pull:
+            steps.append(Operation(OpKind.pull, f"image {self.launch.image} is not on this host"))
+        steps.append(Operation(OpKind.start, self.cause))
+        return tuple(steps)
 
 
 @dataclass(frozen=True)
@@ -153,13 +191,14 @@ def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: dat
         if waiting and record is not None:
             failure = record.last_failure.message if record.last_failure else "a failed start"
             return Action(key, Verb.none, f"back-off: {failure}; {_next_start(record)}", generation, retry_at=record.next_retry_at)
-        return Action(key, Verb.create, _why_absent(observed), generation, launch)
+        return Action(key, Verb.create, _why_absent(observed), generation, launch, replaces=running is not None)
     changed = launch.changed_fields(running.launch)
     if observed.state is ProcessState.running:
         if changed == [_EXECUTABLE] and launch.executable is None:
             return Action(key, Verb.none, f"running; {launch.command[0]} is not found now, so the running process is kept", generation)
         if changed:
-            return Action(key, Verb.recreate, _why_relaunch(record, inputs.desired, changed), generation, launch)
+            return Action(key, Verb.recreate, _why_relaunch(record, inputs.desired, changed), generation, launch,
+                          replaces=True)
         if inputs.check is not None:
             unhealthy = unhealthy_cause(inputs.check, inputs.health, running.pid, running.started_at, now)
             if unhealthy is not None:
@@ -170,7 +209,8 @@ def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: dat
     exit_info = observed.exit
     assert exit_info is not None
     if changed:
-        return Action(key, Verb.create, f"{_why_relaunch(record, inputs.desired, changed)}; the old process had ended", generation, launch)
+        return Action(key, Verb.create, f"{_why_relaunch(record, inputs.desired, changed)}; the old process had ended",
+                      generation, launch, replaces=True)
     if not restarts(workload, exit_info, stopped_as_failed(record, exit_info)):
         return Action(key, Verb.none, f"{exit_info.describe()}; restart policy {workload.spec.restart.policy.value} does not restart it", generation)
     ended = exit_info.describe()
@@ -178,7 +218,7 @@ def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: dat
         ended = f"stopped by the reconciler: {record.last_failure.message}"
     if waiting and record is not None:
         return Action(key, Verb.none, f"back-off: {ended}; {_next_start(record)}", generation, retry_at=record.next_retry_at)
-    return Action(key, Verb.create, ended, generation, launch)
+    return Action(key, Verb.create, ended, generation, launch, replaces=True)
 
 
 def _next_start(record: ResourceRecord) -> str:
