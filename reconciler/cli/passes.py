@@ -98,9 +98,10 @@ def _settle(reconciler: Reconciler, loop: Loop[ResourceKey], wait: bool, timeout
     _round(reconciler, loop)
     resync_at = time.monotonic() + APPLY_RESYNC_SECONDS
     while True:
-        seen = loop.finished  # a reconcile that ends while this judges is waited for no longer
-        pending, failed, recheck = _readiness(reconciler, min_ready_seconds,
-                                              deadline - time.monotonic() if wait else 0.0, backoffs)
+        with loop.paused():  # judged between reconciles: one in flight (a stop, then a start) is no state to judge
+            seen = loop.finished
+            pending, failed, recheck = _readiness(reconciler, min_ready_seconds,
+                                                  deadline - time.monotonic() if wait else 0.0, backoffs)
         if not wait:
             return failed
         if not pending:  # judged from what runs now, which may have moved on since the pass: recorded too
