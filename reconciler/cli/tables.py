@@ -11,7 +11,7 @@ import yaml
 from reconciler.api.meta import ResourceKey
 from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.status import ResourceStatus
-from reconciler.control.reconciler import Planned
+from reconciler.control.planning import Planned
 from reconciler.gateway.routes import RouteTable
 
 
