@@ -114,9 +114,7 @@ def record_runtime_decision_change(parts: Parts, record: ResourceRecord, documen
 def describe(parts: Parts, planned: Planned, desired: DesiredState,
              now: datetime) -> tuple[ResourceRecord, ResourceStatus] | None:
     """The remembered record judged against what this plan observed, nothing done: a status, a seed."""
-    outcome = PassOutcome(planned.action, planned.verdict, False, None, planned.inputs.process,
-                          planned.inputs.process, planned.model, planned.rendered, planned.placement, planned.listens)
-    concluded = conclude(planned.record, planned.inputs.desired, outcome, now, parts.log_file(planned.action.key))
+    concluded = conclude_pass(parts, planned, None, now)
     if concluded is None:
         return None
     document = runtime_decision_record(parts, planned, desired)
@@ -124,11 +122,14 @@ def describe(parts: Parts, planned: Planned, desired: DesiredState,
     return concluded[0], concluded[1].model_copy(update={"decision_record": document, "rollout": rollout})
 
 
-def conclude_pass(parts: Parts, planned: Planned, executed: Executed,
+def conclude_pass(parts: Parts, planned: Planned, executed: Executed | None,
                   now: datetime) -> tuple[ResourceRecord, ResourceStatus] | None:
-    """The record and status this pass leads to (None: nothing is kept, e.g. a resource never recorded)."""
-    outcome = PassOutcome(planned.action, planned.verdict, planned.executed, executed.failure, planned.inputs.process,
-                          executed.after, planned.model, planned.rendered, planned.placement, planned.listens)
+    """The record and status this pass leads to (None: nothing is kept, e.g. a resource never recorded);
+    `executed` None: nothing was done, what was observed stands."""
+    before = planned.inputs.process
+    failure, after = (executed.failure, executed.after) if executed is not None else (None, before)
+    outcome = PassOutcome(planned.action, planned.verdict, executed is not None and planned.executed, failure, before,
+                          after, planned.model, planned.rendered, planned.placement, planned.listens)
     return conclude(planned.record, planned.inputs.desired, outcome, now, parts.log_file(planned.action.key))
 
 
