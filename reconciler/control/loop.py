@@ -31,6 +31,9 @@ STORAGE_RETRY_SECONDS = 5.0  # room returns without an event to wake the loop: l
 
 
 class Loop(Generic[Key]):
+    """Workers over one paced work queue: `add` asks for a key, `run_round` reconciles a set once in order,
+    `paused` holds every worker, `stop` ends them."""
+
     def __init__(self, reconcile: Callable[[Key], Result], workers: int,
                  on_failure: Callable[[Key], None] | None = None) -> None:
         """`reconcile`: converges one key, returns when it wants another look, raises when it failed.
