@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from reconciler.api.meta import ResourceKey
-from reconciler.control.daemon import PASS_BURST, PASSES_PER_SECOND, Daemon
+from reconciler.control.daemon import Daemon
+from reconciler.control.loop import PASS_BURST, PASSES_PER_SECOND
 from reconciler.control.result import Result
 from reconciler.control.workqueue import WorkQueue
 from tests.conftest import PYTHON, Workspace, wait_for, workload_yaml

@@ -23,7 +23,7 @@ from reconciler.api.status import Listen
 from reconciler.control import systemd
 from reconciler.control.gitops import SYNC_REQUEST, GitFollower, Prepared
 from reconciler.control.logfmt import about
-from reconciler.control.loop import PASS_BURST, PASSES_PER_SECOND, Loop
+from reconciler.control.loop import Loop
 from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
 from reconciler.load.desired import is_spec_file
 from reconciler.observe.listening import SNAPSHOT_SECONDS
