@@ -7,6 +7,7 @@ import os
 import signal
 
 import psutil
+import yaml
 
 from tests.conftest import POLICY_YAML, PYTHON, SLEEPER, Workspace, wait_for, workload_yaml
 
@@ -65,7 +66,14 @@ def test_create_edit_delete_lifecycle(workspace: Workspace) -> None:
     plan = json.loads(workspace.cli("plan", "-o", "json").stdout)
     web = next(row for row in plan if row["resource"] == "Workload/web")
     assert (web["action"], web["cause"]) == ("recreate", "spec.args changed")
+    recreate = [{"op": "stop", "cause": "replaced by the new start"}, {"op": "start", "cause": "spec.args changed"}]
+    assert web["operations"] == recreate
+    as_yaml = yaml.safe_load(workspace.cli("plan", "-o", "yaml").stdout)
+    assert next(row for row in as_yaml if row["resource"] == "Workload/web")["operations"] == recreate
+    assert "[operations: stop (replaced by the new start); start]" in workspace.cli("plan").stdout
     assert workspace.cli("apply", "--wait").returncode == 0
+    outcome = [line for line in workspace.evidence("web.yaml") if line["event"] == "action"][-1]
+    assert (outcome["action"], outcome["result"], outcome["operations"]) == ("recreate", "done", recreate)
     second = workspace.pid("web.yaml", "web")
     assert second != first
     assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE

@@ -432,6 +432,8 @@ def test_image_that_cannot_be_pulled_backs_off_with_the_engines_message(
     assert condition["reason"] == "ImagePullFailed" and "registry.invalid/nothing:1" in condition["message"], condition
     assert status["phase"] == "BackOff" and status["nextRetryTime"] is not None
     assert ours(docker_engine, space) == []
+    failed = [line for line in space.evidence("far.yaml") if line["event"] == "action"][-1]
+    assert failed["failedOperation"] == {"op": "pull", "cause": "image registry.invalid/nothing:1 is not on this host"}
 
 
 def test_pulling_needs_the_policy(space: Workspace, docker_engine: EngineUnderTest) -> None:

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from reconciler.api.meta import ResourceKey
-from reconciler.control.daemon import PASS_BURST, PASSES_PER_SECOND, Daemon
+from reconciler.control.daemon import Daemon
+from reconciler.control.loop import PASS_BURST, PASSES_PER_SECOND
 from reconciler.control.result import Result
 from reconciler.control.workqueue import WorkQueue
 from tests.conftest import PYTHON, Workspace, wait_for, workload_yaml
@@ -46,11 +47,11 @@ def drive(then: Callable[[WorkQueue[ResourceKey], ResourceKey], Result]) -> int:
     """Passes the daemon's workers make over WATCHED seconds, its key added once."""
     stand_in = StandIn(then)
     daemon = Daemon(stand_in, workers=2)  # type: ignore[arg-type]
-    stand_in.queue = daemon.queue
+    stand_in.queue = daemon.loop.queue
     daemon.start_workers()
-    daemon.queue.add(KEY)
+    daemon.loop.add(KEY)
     time.sleep(WATCHED)
-    daemon.queue.shut_down()
+    daemon.loop.stop()
     return stand_in.passes
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +14,8 @@ from reconciler.api.schemas import SCHEMA_GLOBS, render_schemas, stale_generated
 from reconciler.cli.common import (EXIT_CHANGES, EXIT_ERROR, EXIT_IN_SYNC, default_state_dir, locked, open_reconciler,
                                    path_argument, print_load_errors, readable_folder, state_option)
 from reconciler.cli.tables import dump, plan_rows, plan_table
+from reconciler.api.meta import ResourceKey
+from reconciler.control.loop import Loop
 from reconciler.control.reconciler import Reconciler
 from reconciler.diff.loopback import loopback_env_warnings
 from reconciler.load.desired import load_desired
@@ -23,6 +23,7 @@ from reconciler.observe import clock
 from reconciler.record.status import FAILED_PHASES, SUCCEEDED_PHASES
 
 APPLY_WORKERS = 4  # container starts wait on the engine: several at once, as Compose does
+APPLY_RESYNC_SECONDS = 1.0  # --wait passes every key again this often: catches what no exit or due time reported
 
 
 @click.command()
@@ -42,14 +43,15 @@ def validate(path: Path) -> None:
 @click.command()
 @path_argument
 @state_option
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table")
 @click.option("--allow-empty", is_flag=True, help="Plan pruning even when the desired state is empty.")
 def plan(path: Path, state_dir: Path | None, output: str, allow_empty: bool) -> None:
-    """Show every action a pass would take, with its cause. Exit 0 in sync, 2 changes pending, 1 error."""
+    """Show every action a pass would take, with its cause, its operations and the resources it comes after. Exit
+    0 in sync, 2 changes pending, 1 error."""
     reconciler = open_reconciler(path, state_dir, readonly=True, allow_empty=allow_empty)
-    now = clock.now()
-    rows = plan_rows([reconciler.plan(key, now) for key in reconciler.keys()])
-    click.echo(dump(rows, "json") if output == "json" else plan_table(rows))
+    now, keys = clock.now(), reconciler.keys()
+    rows = plan_rows([reconciler.plan(key, now) for key in keys], reconciler.prerequisites(keys))
+    click.echo(plan_table(rows) if output == "table" else dump(rows, output))
     for warning in loopback_env_warnings(reconciler.desired):
         click.echo(f"warning: {warning}", err=True)
     if print_load_errors(reconciler):
@@ -66,49 +68,69 @@ def plan(path: Path, state_dir: Path | None, output: str, allow_empty: bool) -> 
 @click.option("--allow-empty", is_flag=True, help="Prune everything even when the desired state is empty.")
 def apply(path: Path, state_dir: Path | None, wait: bool, timeout: float, min_ready_seconds: float, allow_empty: bool) -> None:
     """Run one reconcile pass (or, with --wait, until workloads are Ready or failed)."""
-    exited = threading.Event()
     state_dir = state_dir or default_state_dir(path)
     with locked(path, state_dir, "apply"):
-        reconciler = open_reconciler(path, state_dir, allow_empty=allow_empty, on_exit=lambda name: exited.set(),
-                                 terminal=sys.stderr if sys.stderr.isatty() else None)
+        loop: Loop[ResourceKey] = Loop(lambda key: reconciler.reconcile(key), APPLY_WORKERS)
+        reconciler = open_reconciler(path, state_dir, allow_empty=allow_empty,
+                                     on_exit=lambda name: loop.add(ResourceKey("Workload", name), first=True),
+                                     terminal=sys.stderr if sys.stderr.isatty() else None)
         reconciler.adopt()
-        deadline = time.monotonic() + timeout
-        backoffs: dict[str, datetime] = {}  # the back-off each workload is waited out of: once
-        while True:
-            _pass(reconciler)
-            pending, failed = _readiness(reconciler, min_ready_seconds, deadline - time.monotonic() if wait else 0.0,
-                                         backoffs)
-            if not wait:
-                break
-            if not pending:  # judged from what runs now, which may have moved on since the pass: recorded too
-                _pass(reconciler)
-                break
-            if time.monotonic() >= deadline:
-                click.echo(f"timed out after {timeout}s waiting for: {', '.join(pending)}", err=True)
-                sys.exit(EXIT_ERROR)
-            exited.wait(0.1)
-            exited.clear()
+        loop.start()
+        try:
+            failed = _settle(reconciler, loop, wait, timeout, min_ready_seconds)
+        finally:
+            loop.stop()
     load_errors = print_load_errors(reconciler)
     for line in failed:
         click.echo(line, err=True)
-    sys.exit(EXIT_ERROR if (wait and failed) or load_errors else EXIT_IN_SYNC)
+    for key, error in loop.failures.items():
+        click.echo(f"{key}: reconcile failed: {type(error).__name__}: {error}", err=True)
+    sys.exit(EXIT_ERROR if (wait and failed) or load_errors or loop.failures else EXIT_IN_SYNC)
 
 
-def _pass(reconciler: Reconciler) -> None:
+def _settle(reconciler: Reconciler, loop: Loop[ResourceKey], wait: bool, timeout: float,
+            min_ready_seconds: float) -> list[str]:
+    """One round of the loop over every key; with `wait`, the loop runs on (exits, back-offs and probes requeue
+    their keys; a resync passes all) until no workload is settling, and a last round records what runs then.
+    Returns the workloads that failed."""
+    deadline = time.monotonic() + timeout
+    backoffs: dict[str, datetime] = {}  # the back-off each workload is waited out of: once
+    _round(reconciler, loop)
+    resync_at = time.monotonic() + APPLY_RESYNC_SECONDS
+    while True:
+        with loop.paused():  # judged between reconciles: one in flight (a stop, then a start) is no state to judge
+            seen = loop.finished
+            pending, failed, recheck = _readiness(reconciler, min_ready_seconds,
+                                                  deadline - time.monotonic() if wait else 0.0, backoffs)
+        if not wait:
+            return failed
+        if not pending:  # judged from what runs now, which may have moved on since the pass: recorded too
+            _round(reconciler, loop)
+            return failed
+        now = time.monotonic()
+        if now >= deadline:
+            click.echo(f"timed out after {timeout}s waiting for: {', '.join(pending)}", err=True)
+            sys.exit(EXIT_ERROR)
+        if now >= resync_at:
+            for key in reconciler.keys():
+                loop.add(key)
+            resync_at = now + APPLY_RESYNC_SECONDS
+        loop.wait_for_progress(seen, max(0.0, min(deadline, resync_at, now + recheck) - now))
+
+
+def _round(reconciler: Reconciler, loop: Loop[ResourceKey]) -> None:
     keys = reconciler.keys()
-    with ThreadPoolExecutor(APPLY_WORKERS) as pool:  # as the daemon's workers: never one key twice at once
-        # models first: a workload starts in this pass on the model fetched in it
-        list(pool.map(reconciler.reconcile, [key for key in keys if key.kind != "Workload"]))
-        list(pool.map(reconciler.reconcile, [key for key in keys if key.kind == "Workload"]))
+    loop.run_round(keys, reconciler.prerequisites(keys))
 
 
 def _readiness(reconciler: Reconciler, min_ready_seconds: float, patience: float,
-               backoffs: dict[str, datetime]) -> tuple[list[str], list[str]]:
-    """Workloads still settling, and those that failed, by the phase their status shows now. A workload's first
-    back-off that ends within `patience` seconds is settling (a killed server is restarted); a back-off after
-    that restart failed too is reported (a missing executable fails at once, not after a minute of retries).
-    `backoffs`: the back-off each workload was first seen in, kept across calls."""
-    pending, failed = [], []
+               backoffs: dict[str, datetime]) -> tuple[list[str], list[str], float]:
+    """Workloads still settling, and those that failed, by the phase their status shows now, and the seconds
+    until a running one has run `min_ready_seconds` (inf: none). A workload's first back-off that ends within
+    `patience` seconds is settling (a killed server is restarted); a back-off after that restart failed too is
+    reported (a missing executable fails at once, not after a minute of retries). `backoffs`: the back-off each
+    workload was first seen in, kept across calls."""
+    pending, failed, recheck = [], [], float("inf")
     now = clock.now()
     waited_out = now + timedelta(seconds=patience)
     for key in reconciler.desired.resources:
@@ -123,11 +145,13 @@ def _readiness(reconciler: Reconciler, min_ready_seconds: float, patience: float
         elif status.phase in FAILED_PHASES:
             failed.append(f"{key}: {status.phase}: {status.message}")
         elif status.phase == "Running":
-            if status.started_at is None or (now - status.started_at).total_seconds() < min_ready_seconds:
+            ran = (now - status.started_at).total_seconds() if status.started_at is not None else 0.0
+            if ran < min_ready_seconds:
                 pending.append(str(key))
+                recheck = min(recheck, min_ready_seconds - ran)
         elif status.phase not in SUCCEEDED_PHASES:
             pending.append(str(key))
-    return pending, failed
+    return pending, failed, recheck
 
 
 @click.command()

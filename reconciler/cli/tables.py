@@ -11,7 +11,7 @@ import yaml
 from reconciler.api.meta import ResourceKey
 from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.status import ResourceStatus
-from reconciler.control.reconciler import Planned
+from reconciler.control.planning import Planned
 from reconciler.gateway.routes import RouteTable
 
 
@@ -21,7 +21,8 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
 
 
-def plan_rows(plans: list[Planned]) -> list[dict[str, Any]]:
+def plan_rows(plans: list[Planned], edges: dict[ResourceKey, frozenset[ResourceKey]]) -> list[dict[str, Any]]:
+    """`edges`: the keys each is reconciled after within one pass."""
     rows = []
     for planned in plans:
         action, verdict = planned.action, planned.verdict
@@ -38,6 +39,8 @@ def plan_rows(plans: list[Planned]) -> list[dict[str, Any]]:
             "placementMessage": planned.placement.message if planned.placement else None,
             "modelSelection": planned.model.selection.message if planned.model and planned.model.selection else None,
             "command": list(action.launch.argv) if action.launch and action.changes_something else None,
+            "operations": [op.describe() for op in action.operations],
+            "after": sorted(str(key) for key in edges.get(action.key, ())),
         })
     return rows
 
@@ -54,6 +57,11 @@ def plan_table(rows: list[dict[str, Any]]) -> str:
             cause += " [" + "; ".join(row["reasons"]) + "]"
         if row["auditedDenials"]:
             cause += " [audit: enforce would refuse: " + "; ".join(row["auditedDenials"]) + "]"
+        if len(row["operations"]) > 1 or row["operations"] and row["operations"][0]["cause"] != row["cause"]:
+            cause += " [operations: " + "; ".join(op["op"] if op["cause"] == row["cause"] else f"{op['op']} ({op['cause']})"
+                                                  for op in row["operations"]) + "]"
+        if row["after"] and row["action"] != "none":
+            cause += f" [after {', '.join(row['after'])}]"
         if row["command"]:
             cause += f"  $ {' '.join(row['command'])}"
         body.append([row["resource"], row["action"], row["decision"] or "-", cause])

@@ -6,7 +6,6 @@ until its writer closes it or renames it into place, so a half-written file is n
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections.abc import Callable
 import threading
@@ -25,8 +24,8 @@ from reconciler.control import systemd
 from reconciler.control.activation import DemandEvents, on_demand_keys
 from reconciler.control.gitops import SYNC_REQUEST, GitFollower, Prepared
 from reconciler.control.logfmt import about
+from reconciler.control.loop import Loop
 from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
-from reconciler.control.workqueue import ShutDown, TokenBuckets, WorkQueue
 from reconciler.load.desired import is_spec_file
 from reconciler.observe.listening import SNAPSHOT_SECONDS
 
@@ -35,9 +34,6 @@ log = logging.getLogger("reconciler")
 
 QUIET_SECONDS = 0.03  # after a save completes: lets a burst of saves coalesce into one pass
 UNCLOSED_WRITE_SECONDS = 60.0  # a file modified but never closed (a stalled writer, a missed event) is read after this
-PASSES_PER_SECOND, PASS_BURST = 5.0, 10  # the most one key is reconciled, whatever asks for it (a safety net)
-STORAGE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})  # its records cannot be written
-STORAGE_RETRY_SECONDS = 5.0  # room returns without an event to wake the daemon: look again this often
 MODEL_REHASH_SECONDS = 24 * 3600.0  # each cached model is hashed in full at least this often (and before each start)
 LISTEN_WATCH_SECONDS = SNAPSHOT_SECONDS  # a workload listening somewhere new gets a pass within this, not at the resync
 
@@ -120,26 +116,23 @@ class Daemon:
         self.metrics = reconciler.metrics
         self.resync_seconds = resync_seconds
         self.model_rehash_seconds = model_rehash_seconds
-        self.queue: WorkQueue[ResourceKey] = WorkQueue(TokenBuckets(PASSES_PER_SECOND, PASS_BURST))
+        self.loop: Loop[ResourceKey] = Loop(reconciler.reconcile, workers, on_failure=self.metrics.failed if self.metrics else None)
         self.stopping = threading.Event()
         self._wake = threading.Event()
         self._events = _SpecEvents(self._wake)
         self._resync_requested = threading.Event()
-        self._workers = [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True) for n in range(workers)]
         self._rehasher = threading.Thread(target=self._rehash_models, name="model-rehash", daemon=True)
         self._listen_watch = threading.Thread(target=self._watch_listening, name="listen-watch", daemon=True)
         self.follower, self.git_interval = follower, git_interval
         self._fetch_now = threading.Event()
         self._prepared: Prepared | None = None  # a revision the follower validated, for the loop to put in force
         self._switched = threading.Event()
-        self._gate = threading.Condition()  # a switch waits for reconciles in flight and holds new ones back
-        self._paused, self._in_flight = False, 0
 
     def process_exited(self, name: str) -> None:
         key = ResourceKey("Workload", name)
         if self.metrics:
             self.metrics.triggered(key)
-        self.queue.add(key, first=True)  # a restart is not kept waiting behind a pass's backlog
+        self.loop.add(key, first=True)  # a restart is not kept waiting behind a pass's backlog
 
     def resync_now(self) -> None:
         """Something every resource may depend on came back (the container engine): a full pass, now."""
@@ -158,10 +151,10 @@ class Daemon:
             observer.schedule(_SyncRequests(self._fetch_now), str(self.follower.home))
         approvals = self.reconciler.approvals.directory
         approvals.mkdir(parents=True, exist_ok=True, mode=0o700)
-        observer.schedule(_ApprovalEvents(lambda name: self.queue.add(ResourceKey("Workload", name))), str(approvals))
-        demand = self.reconciler.activation.directory
+        observer.schedule(_ApprovalEvents(lambda name: self.loop.add(ResourceKey("Workload", name))), str(approvals))
+        demand = self.reconciler.parts.activation.directory
         demand.mkdir(parents=True, exist_ok=True, mode=0o700)
-        observer.schedule(DemandEvents(lambda: on_demand_keys(self.reconciler.desired), self.queue.add), str(demand))
+        observer.schedule(DemandEvents(lambda: on_demand_keys(self.reconciler.desired), self.loop.add), str(demand))
         observer.start()
         self.reconciler.adopt()  # exits it notices are queued; the workers start once the first pass has loaded
         self._rehasher.start()
@@ -195,11 +188,8 @@ class Daemon:
             systemd.stopping()
             watchdog.ping(time.monotonic())  # the joins below take up to a minute: begin them with a full interval
             observer.stop()
-            self.queue.shut_down()
+            self.loop.stop()
             observer.join(timeout=5)
-            for worker in self._workers:
-                if worker.ident is not None:
-                    worker.join(timeout=30)
             log.info("stopped; workloads keep running and are re-adopted on the next start")
 
     def _pass(self, why: str, writing: frozenset[str]) -> None:
@@ -226,7 +216,7 @@ class Daemon:
         for key in keys:
             if self.metrics and why == SPEC_CHANGE:
                 self.metrics.triggered(key)
-            self.queue.add(key)
+            self.loop.add(key)
         self.start_workers()
         systemd.status(f"{len(keys)} resources; last pass ({why}) at {time.strftime('%H:%M:%S')}")
 
@@ -234,9 +224,7 @@ class Daemon:
         """Called once a pass has loaded the desired state, and no sooner: a reconcile before it (an exit noticed
         while adopting) judged what runs against an empty desired state without engine facts, and wrote that
         false hold into the evidence."""
-        for worker in self._workers:
-            if worker.ident is None:
-                worker.start()
+        self.loop.start()
 
     def _follow(self) -> None:
         """Fetching and validating a revision takes network and disk time: done here, off the loop, which puts
@@ -269,24 +257,17 @@ class Daemon:
         it wrote to the old tree after its outputs were carried over would be lost. The new snapshot is taken
         before they resume, so none reconciles the old one under the new revision's name."""
         assert self.follower is not None
-        with self._gate:
-            self._paused = True
-            while self._in_flight:  # a slow stop can take its whole grace period: keep the watchdog fed
-                self._gate.wait(timeout=5.0)
-                watchdog.ping_if_due(time.monotonic())
-        try:
-            self.follower.switch(prepared)
-            log.info("revision %s in force%s", prepared.revision,
-                     f" (history rewritten: {prepared.rewritten_from} is no longer on the branch)"
-                     if prepared.rewritten_from else "")
-            self._pass("new revision", frozenset())
+        try:  # a slow stop in flight can take its whole grace period: keep the watchdog fed meanwhile
+            with self.loop.paused(lambda: watchdog.ping_if_due(time.monotonic())):
+                self.follower.switch(prepared)
+                log.info("revision %s in force%s", prepared.revision,
+                         f" (history rewritten: {prepared.rewritten_from} is no longer on the branch)"
+                         if prepared.rewritten_from else "")
+                self._pass("new revision", frozenset())
         except OSError:
             log.exception("putting %s in force failed; the revision before it stays", prepared.revision)
         finally:
             self._prepared = None
-            with self._gate:
-                self._paused = False
-                self._gate.notify_all()
             self._switched.set()
 
     def _rehash_models(self) -> None:
@@ -318,37 +299,5 @@ class Daemon:
                 key = ResourceKey("Workload", name)
                 if self.metrics:
                     self.metrics.triggered(key)
-                self.queue.add(key)
+                self.loop.add(key)
             seen = now
-
-    def _work(self) -> None:
-        while True:
-            try:
-                key = self.queue.get()
-            except ShutDown:
-                return
-            with self._gate:
-                while self._paused:
-                    self._gate.wait()
-                self._in_flight += 1
-            try:
-                result = self.reconciler.reconcile(key)
-                self.queue.forget(key)
-                if result.requeue_after is not None:
-                    self.queue.add_after(key, result.requeue_after)
-            except Exception as error:
-                if self.metrics:
-                    self.metrics.failed(key)
-                if isinstance(error, OSError) and error.errno in STORAGE_ERRORS:
-                    # nothing is acted on before its decision is written: it waits, as it ran, for room
-                    _, delay = self.queue.add_failed(key, most=STORAGE_RETRY_SECONDS)
-                    log.error("%s: cannot write its records (%s); nothing is changed for it until they can be "
-                              "written; retrying in %.1fs", key, error, delay, **about(key))
-                else:
-                    failures, delay = self.queue.add_failed(key)
-                    log.exception("%s: reconcile failed (attempt %d); retrying in %.1fs", key, failures, delay, **about(key))
-            finally:
-                with self._gate:
-                    self._in_flight -= 1
-                    self._gate.notify_all()
-                self.queue.done(key)

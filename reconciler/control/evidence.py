@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from reconciler.api.launch import ContainerLaunch
 from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.status import FailureInfo, ResourceStatus
-from reconciler.diff.plan import Action, Verb
+from reconciler.diff.plan import Action, Operation, Verb
 from reconciler.gate.network import ListenFindings, at_most
 from reconciler.gate.verdict import EXPOSURE_OBSERVED, Verdict
 from reconciler.observe.processes import ProcessObservation
@@ -42,6 +43,8 @@ def decision_record(
         "decision": verdict.decision.value if verdict else None,
         "reasons": [str(reason) for reason in verdict.reasons] if verdict else [],
     }
+    if action.operations:
+        line["operations"] = [op.describe() for op in action.operations]  # what the drivers are to do, in order
     if host is not None:
         line["hostProfile"] = host
     if verdict is not None and verdict.audited:
@@ -84,8 +87,9 @@ def acceleration_record(before: ResourceRecord | None, after: ResourceRecord, st
 
 def outcome_record(
     action: Action, generation: int, failure: FailureInfo | None, after: ProcessObservation | None, now: datetime,
-    stopped_pid: int | None = None,
+    stopped_pid: int | None = None, ran: Sequence[Operation] = (),
 ) -> dict[str, Any]:
+    """`ran`: the operations that were done, in order; when it failed, the next one is the one that failed."""
     line: dict[str, Any] = {
         "time": now.isoformat(),
         "resource": str(action.key),
@@ -94,8 +98,12 @@ def outcome_record(
         "action": action.verb.value,
         "result": "failed" if failure else "done",
     }
+    if ran:
+        line["operations"] = [op.describe() for op in ran]
     if failure is not None:
         line["failure"] = {"reason": failure.reason, "message": failure.message}
+        if len(ran) < len(action.operations):
+            line["failedOperation"] = action.operations[len(ran)].describe()
     elif after is not None and after.running_pid is not None:
         line["pid"] = after.running_pid
         if after.record is not None and after.record.container_id:

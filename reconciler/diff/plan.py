@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from enum import Enum
@@ -19,7 +20,7 @@ from reconciler.api.checks import HealthCheck
 from reconciler.diff.activation import on_demand_step, restarts_on_exit
 from reconciler.diff.engines import Blocked
 from reconciler.diff.health import unhealthy_cause
-from reconciler.load.desired import DesiredEntry
+from reconciler.load.desired import DesiredEntry, DesiredState
 from reconciler.observe.listening import ObservedListens
 from reconciler.observe.processes import ProcessObservation, ProcessState
 
@@ -31,6 +32,25 @@ class Verb(str, Enum):
     stop = "stop"  # ends an unhealthy process; its restart policy and back-off decide the next start
     delete = "delete"
     none = "none"
+
+
+class OpKind(str, Enum):
+    pull = "pull"  # a container image not on this host is fetched by the engine
+    stop = "stop"  # what runs ends; a stop before a start also clears what an ended run left
+    start = "start"
+    remove = "remove"  # stopped and forgotten: the resource is deleted
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One step a driver executes, and why: an action is the operations it takes, in order."""
+
+    kind: OpKind
+    cause: str
+    keep: bool = False  # a stop that leaves the ended run on record (its restart policy and back-off take over)
+
+    def describe(self) -> dict[str, str]:
+        return {"op": self.kind.value, "cause": self.cause}
 
 
 @dataclass(frozen=True)
@@ -54,10 +74,29 @@ class Action:
     blocked: Blocked | None = None  # it cannot start on this host, and why
     failure_reason: str | None = None  # a stop for a failed health check: Unhealthy or StartupTimeout
     idle: bool = False  # an on-demand workload that activation leaves (or stops) not running
+    replaces: bool = False  # a start ends (or clears what is left of) the run observed first
 
     @property
     def changes_something(self) -> bool:
         return self.verb is not Verb.none
+
+    @property
+    def operations(self) -> tuple[Operation, ...]:
+        """What the drivers do for this action, each step with its cause (a hold or a refusal does none)."""
+        if self.verb is Verb.delete:
+            return (Operation(OpKind.remove, self.cause),) if self.key.kind == "Workload" else ()
+        if self.verb is Verb.stop:
+            return (Operation(OpKind.stop, self.cause, keep=True),)
+        if self.verb not in (Verb.create, Verb.recreate) or self.launch is None:
+            return ()
+        steps = []
+        if self.replaces:
+            steps.append(Operation(OpKind.stop, "replaced by the new start" if self.verb is Verb.recreate
+                                   else "what the ended run left is cleared before the new start"))
+        if isinstance(self.launch, ContainerLaunch) and self.launch.pull:
+            steps.append(Operation(OpKind.pull, f"image {self.launch.image} is not on this host"))
+        steps.append(Operation(OpKind.start, self.cause))
+        return tuple(steps)
 
 
 @dataclass(frozen=True)
@@ -84,6 +123,27 @@ def next_generation(record: ResourceRecord | None, desired: DesiredEntry) -> int
     if record is None:
         return 1
     return record.generation if record.spec_hash == desired.spec_hash else record.generation + 1
+
+
+def prerequisites(keys: Iterable[ResourceKey], desired: DesiredState,
+                  records: Mapping[ResourceKey, ResourceRecord]) -> dict[ResourceKey, frozenset[ResourceKey]]:
+    """The plan's edges: the keys each key is reconciled after, within one round. A Workload comes after the
+    Model it serves (made present and verified first, so it starts on it in the same pass) and after the Policy
+    (whose new version, or removal, judges it). Its model is the desired version's, else the one on record."""
+    keys = set(keys)
+    policies = {key for key in keys if key.kind == "Policy"}
+    edges = {}
+    for key in keys:
+        if key.kind != "Workload":
+            continue
+        entry, record = desired.resources.get(key), records.get(key)
+        if entry is not None and isinstance(entry.resource, Workload):
+            model = entry.resource.spec.model
+        else:
+            model = record.resource.get("spec", {}).get("model") if record is not None else None
+        served = {ResourceKey("Model", model)} & keys if isinstance(model, str) else set()
+        edges[key] = frozenset(policies | served)
+    return edges
 
 
 def plan_resource(inputs: Inputs, now: datetime) -> Action:
@@ -139,13 +199,14 @@ def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: dat
         if waiting and record is not None:
             failure = record.last_failure.message if record.last_failure else "a failed start"
             return Action(key, Verb.none, f"back-off: {failure}; {_next_start(record)}", generation, retry_at=record.next_retry_at)
-        return Action(key, Verb.create, _why_absent(observed), generation, launch)
+        return Action(key, Verb.create, _why_absent(observed), generation, launch, replaces=running is not None)
     changed = launch.changed_fields(running.launch)
     if observed.state is ProcessState.running:
         if changed == [_EXECUTABLE] and launch.executable is None:
             return Action(key, Verb.none, f"running; {launch.command[0]} is not found now, so the running process is kept", generation)
         if changed:
-            return Action(key, Verb.recreate, _why_relaunch(record, inputs.desired, changed), generation, launch)
+            return Action(key, Verb.recreate, _why_relaunch(record, inputs.desired, changed), generation, launch,
+                          replaces=True)
         if inputs.check is not None:
             unhealthy = unhealthy_cause(inputs.check, inputs.health, running.pid, running.started_at, now)
             if unhealthy is not None:
@@ -156,7 +217,8 @@ def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: dat
     exit_info = observed.exit
     assert exit_info is not None
     if changed:
-        return Action(key, Verb.create, f"{_why_relaunch(record, inputs.desired, changed)}; the old process had ended", generation, launch)
+        return Action(key, Verb.create, f"{_why_relaunch(record, inputs.desired, changed)}; the old process had ended",
+                      generation, launch, replaces=True)
     if not restarts(workload, exit_info, stopped_as_failed(record, exit_info)):
         return Action(key, Verb.none, f"{exit_info.describe()}; restart policy {workload.spec.restart.policy.value} does not restart it", generation)
     ended = exit_info.describe()
@@ -164,7 +226,7 @@ def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: dat
         ended = f"stopped by the reconciler: {record.last_failure.message}"
     if waiting and record is not None:
         return Action(key, Verb.none, f"back-off: {ended}; {_next_start(record)}", generation, retry_at=record.next_retry_at)
-    return Action(key, Verb.create, ended, generation, launch)
+    return Action(key, Verb.create, ended, generation, launch, replaces=True)
 
 
 def _next_start(record: ResourceRecord) -> str:

@@ -167,7 +167,6 @@ class ContainerDriver:
             with self.engine.reach() as client:
                 self._remove_all(name)
                 self._check_host(launch)
-                launch = self._ensure_image(client, launch)
                 self.logs.rotate(name)
                 self._remember_start(name, None)  # before the engine makes anything, as a native start's intent
                 try:
@@ -189,6 +188,27 @@ class ContainerDriver:
             raise _failed(error, "ContainerCreateFailed") from None
         self._remember_start(name, container)
         return self._observation(name, [container])
+
+    def pull(self, launch: ContainerLaunch) -> ContainerLaunch:
+        """Fetch the launch's image; returns the launch naming the image now here (its ID, its USER)."""
+        if not launch.pull:
+            return launch
+        try:
+            with self.engine.reach() as client:
+                try:  # streamed, with no read timeout: a big image takes long; an error arrives inside the stream
+                    for progress in client.api.pull(launch.image, stream=True, decode=True):
+                        if "error" in progress:
+                            raise StartFailed("ImagePullFailed", f"pulling {launch.image}: {progress['error']}")
+                except docker.errors.APIError as error:
+                    raise StartFailed("ImagePullFailed", f"pulling {launch.image}: {error.explanation or error}") from None
+            image = self.engine.image(launch.image)
+        except EngineUnavailable as error:
+            raise StartFailed("EngineUnavailable", error.message) from None
+        except docker.errors.APIError as error:
+            raise _failed(error, "ImagePullFailed") from None
+        if image is None:
+            raise StartFailed("ImagePullFailed", f"pulling {launch.image} finished but the engine does not have it")
+        return launch.model_copy(update={"image_id": image.id, "image_user": image.user})
 
     def stop(self, name: str, grace_seconds: float, forget: bool = True) -> ExitInfo | None:
         """Stop the workload's container (TERM, grace, KILL); `forget` removes it, else it stays as exited.
@@ -256,20 +276,6 @@ class ContainerDriver:
             if not Path(volume.source).exists():
                 raise StartFailed("VolumeSourceNotFound", f"volume source {volume.source} does not exist: create it "
                                                           "or fix spec.volumes")
-
-    def _ensure_image(self, client, launch: ContainerLaunch) -> ContainerLaunch:
-        if not launch.pull:
-            return launch
-        try:  # streamed, with no read timeout: a big image takes long; an error arrives inside the stream
-            for progress in client.api.pull(launch.image, stream=True, decode=True):
-                if "error" in progress:
-                    raise StartFailed("ImagePullFailed", f"pulling {launch.image}: {progress['error']}")
-        except docker.errors.APIError as error:
-            raise StartFailed("ImagePullFailed", f"pulling {launch.image}: {error.explanation or error}") from None
-        image = self.engine.image(launch.image)
-        if image is None:
-            raise StartFailed("ImagePullFailed", f"pulling {launch.image} finished but the engine does not have it")
-        return launch.model_copy(update={"image_id": image.id, "image_user": image.user})
 
     def _remove_all(self, name: str) -> None:
         for container in self.engine.owned(self._owner, name):

@@ -35,6 +35,9 @@ class Drivers:
             return self.containers.start(name, launch, generation)
         return self.native.start(name, launch, generation)
 
+    def pull(self, launch: ContainerLaunch) -> ContainerLaunch:
+        return self.containers.pull(launch)
+
     def stop(self, name: str, grace_seconds: float, forget: bool = True) -> ExitInfo | None:
         native = self.native.stop(name, grace_seconds, forget)
         if native is not None:

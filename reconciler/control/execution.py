@@ -1,0 +1,79 @@
+"""Execute an approved plan: a Model is fetched, a Workload's operations run in order, one driver call each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from reconciler.api.kinds import Model, Workload
+from reconciler.api.launch import ContainerLaunch
+from reconciler.api.rollout import Pins
+from reconciler.api.status import FailureInfo
+from reconciler.control.assembly import Parts
+from reconciler.control.pins import pins_of
+from reconciler.control.planning import Planned, maybe_container
+from reconciler.diff.plan import OpKind, Operation
+from reconciler.drive.protocol import StartFailed
+from reconciler.load.desired import DesiredState
+from reconciler.observe.docker_engine import EngineUnavailable
+from reconciler.observe.processes import ProcessObservation
+
+
+@dataclass(frozen=True)
+class Executed:
+    """What executing a plan did: the failure (if any), what runs after, and the operations that ran."""
+
+    failure: FailureInfo | None
+    after: ProcessObservation | None
+    ran: list[Operation] = field(default_factory=list)
+
+
+def fetch_model(parts: Parts, planned: Planned, desired: DesiredState) -> Planned:
+    """A Model whose chosen variant is not on this host yet is fetched (the daemon: in the background)."""
+    entry = planned.inputs.desired
+    if planned.model is None or entry is None or planned.action.hold is not None or not isinstance(entry.resource, Model):
+        return planned
+    parts.models.ensure(planned.model)
+    return replace(planned, model=parts.models.view(desired, entry.resource, entry.file))
+
+
+def execute(parts: Parts, planned: Planned, now: datetime) -> Executed:
+    """Run the approved action's operations in order, each by one driver call."""
+    action, inputs = planned.action, planned.inputs
+    if not planned.executed or action.key.kind != "Workload":
+        return Executed(None, inputs.process)
+    assert inputs.desired is not None and isinstance(inputs.desired.resource, Workload)
+    name, drivers = action.key.name, parts.drivers
+    grace = inputs.desired.resource.spec.termination_grace_period_seconds
+    containers = maybe_container(inputs.desired, planned.record)
+    operations, launch, after, ran = action.operations, action.launch, inputs.process, []
+    presence = planned.rendered.model
+    if any(op.kind is OpKind.start for op in operations) and presence is not None and presence.present:
+        changed = parts.models.verify_before_start(presence)
+        if changed is not None:  # never started on unverified bytes (and what runs is not stopped for it)
+            return Executed(FailureInfo(reason="InvalidArtifact", message=changed, at=now), inputs.process)
+    try:
+        for op in operations:
+            if op.kind is OpKind.stop:  # `keep`: on record as exited, its restart policy and back-off take over
+                drivers.stop(name, grace, forget=not op.keep)
+                after = drivers.observe(name, containers) if op.keep else after
+            elif op.kind is OpKind.pull:
+                assert isinstance(launch, ContainerLaunch)
+                launch = drivers.pull(launch)
+            elif op.kind is OpKind.start:
+                assert launch is not None
+                after = drivers.start(name, launch, action.generation or 1)
+            ran.append(op)
+    except StartFailed as failed:
+        return Executed(FailureInfo(reason=failed.reason, message=failed.message, at=now),
+                        drivers.observe(name, containers), ran)
+    except EngineUnavailable as unavailable:
+        return Executed(FailureInfo(reason="EngineUnavailable", message=unavailable.message, at=now), inputs.process, ran)
+    return Executed(None, after, ran)
+
+
+def proven_pins(parts: Parts, planned: Planned, desired: DesiredState, after: ProcessObservation | None) -> Pins:
+    """What the version proven on this pass runs: its executable's digest, its image ID, its model's digest."""
+    entry, snapshot = planned.inputs.desired, planned.snapshot or desired
+    view = parts.workloads.model_view(snapshot, entry.resource) if entry and isinstance(entry.resource, Workload) else None
+    return pins_of(after.record.launch if after and after.record else None, view)
