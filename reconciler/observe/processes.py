@@ -31,6 +31,7 @@ class ProcessRecord(BaseModel):
     started_at: datetime
     enforcement: dict[str, str] = {}  # resource -> how its limit is enforced, in words
     cgroups: dict[str, str] = {}  # controller -> the cgroup made for this run
+    user: str | None = None  # whom it runs as, in words (None: recorded by a version that did not say)
     exit: ExitInfo | None = None
     container_id: str | None = None
 
