@@ -63,8 +63,18 @@ POLICY_YAML = textwrap.dedent(f"""\
     """)
 
 
+def searchable_by_all(path: Path) -> None:
+    """Every folder from / down to `path` searchable (not listable) by every user, as on a host where a root reconciler
+    starts workloads as users of their own: they must reach the interpreter and the files they are given."""
+    for folder in [*reversed(path.parents), path]:
+        mode = folder.stat().st_mode
+        if os.geteuid() == 0 and not mode & 0o001:
+            folder.chmod((mode & 0o7777) | 0o011)
+
+
 class Workspace:
     def __init__(self, root: Path) -> None:
+        searchable_by_all(root)  # its workloads run as users of their own
         self.desired = root / "desired"
         self.state = root / "state"
         self.desired.mkdir()
@@ -158,15 +168,6 @@ class Workspace:
         self.cli("down")
         for process in self.owned_processes():
             process.kill()
-
-
-def searchable_by_all(path: Path) -> None:
-    """Every folder from / down to `path` searchable (not listable) by every user, as on a host where a root reconciler
-    starts workloads as users of their own: they must reach the interpreter and the files they are given."""
-    for folder in [*reversed(path.parents), path]:
-        mode = folder.stat().st_mode
-        if os.geteuid() == 0 and not mode & 0o001:
-            folder.chmod((mode & 0o7777) | 0o011)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -59,7 +59,7 @@ def test_a_workload_and_its_children_run_as_its_dynamic_user_with_no_privilege(d
         assert fields["NoNewPrivs"] == "1"
     assert f"home={driver.default_working_dir('web')} user=localaistack-web" in log_of(driver, "web", "home=")
     assert started.record.user == f"dynamic user localaistack-web (uid {uid}, gid {uid})"
-    assert "no capabilities (bounding set empty), no-new-privileges" in started.record.enforcement["privileges"]
+    assert started.record.enforcement["privileges"] == "no capabilities (bounding set empty), no-new-privileges"
     folder = Path(driver.default_working_dir("web")).stat()
     assert (folder.st_uid, folder.st_mode & 0o777) == (uid, 0o700)
 
@@ -163,8 +163,8 @@ def test_root_and_named_users_need_the_policy(workspace: Workspace) -> None:
     named = workspace.resource_status("named.yaml", "as-nobody")
     assert psutil.Process(named["pid"]).uids().real == nobody.pw_uid
     assert named["user"].startswith(f"user nobody (uid {nobody.pw_uid}")
-    assert "runs as root (the Policy's native.runAsRoot allows it)" in \
-        workspace.resource_status("root.yaml", "as-root")["enforcement"]["privileges"]
+    assert workspace.resource_status("root.yaml", "as-root")["enforcement"]["privileges"] == \
+        "root, as native.runAsRoot allows: the reconciler's capabilities"
 
 
 def test_the_decision_record_says_whom_it_runs_as(workspace: Workspace) -> None:
@@ -214,5 +214,15 @@ def test_a_reconciler_that_is_not_root_runs_workloads_as_itself(tmp_path: Path) 
     assert ran.returncode == 0, ran.stderr
     uid, user, privileges = ran.stdout.strip().split("|")
     assert int(uid) == nobody.pw_uid and user == "nobody (the reconciler's own)"
-    assert privileges == "runs as the reconciler's own user nobody (the reconciler is not root): no user switch"
+    assert privileges == "no user switch: the reconciler is not root"
     assert not (state / "users.json").exists()
+
+
+def test_an_exec_health_check_runs_as_the_workloads_user(workspace: Workspace) -> None:
+    """A check is a program the spec names: it must not run with more privilege than the workload it checks."""
+    same_user = f"import os, sys; sys.exit(0 if os.getuid() == os.stat('{{}}').st_uid != 0 else 1)"
+    workspace.write("web.yaml", workload_yaml("web", health={"exec": {"command": [PYTHON, "-c", same_user.format(".")]},
+                                                             "periodSeconds": 0.2}))
+    workspace.cli("apply", "--wait")
+    ready = workspace.condition("web.yaml", "web")
+    assert ready["status"] == "True", ready

@@ -145,9 +145,10 @@ class WorkloadRenderer:
             result = (probe(check, *address) if address else
                       self.driver.containers.exec_check(workload.name, check.exec.command, check.timeout_seconds))
         else:
-            env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ} | spec.env
+            user_env, as_workload = self.driver.native.as_workload(running)
+            env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ} | user_env | spec.env
             port = (check.http or check.tcp).port if (check.http or check.tcp) else None
-            result = probe(check, spec.host, port or spec.port, env, running.launch.working_dir)
+            result = probe(check, spec.host, port or spec.port, env, running.launch.working_dir, as_workload)
         ended = clock.now()  # the next period counts from the end of a slow probe, not its start
         return record.model_copy(update={"health": note_probe(record.health, running.pid, result.ok, result.message, ended)})
 

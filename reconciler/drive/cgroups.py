@@ -83,8 +83,7 @@ class Cgroups:
     def _unified(self, name: str, placement: Placement) -> Path | None:
         tree = self.tree
         if tree is None:
-            placement.enforced["pids"] = "none: no cgroup v2 hierarchy here (cgroup v1 has no pids limit of ours)"
-            return None
+            return None  # cgroup v1: no pids ceiling of ours, as none was asked for
         if tree.problem is not None:
             placement.enforced["pids"] = f"none: {tree.problem}"
             return None

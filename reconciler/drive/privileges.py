@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reconciler.drive.cgroups import Placement
-from reconciler.drive.users import Identity
+from reconciler.observe.processes import RunAs
 
 _PR_CAPBSET_DROP = 24
 _PR_SET_NO_NEW_PRIVS = 38
@@ -45,7 +45,7 @@ def _check(result: int, what: str) -> None:
         raise OSError(error, f"{what}: {os.strerror(error)}")
 
 
-def child_setup(identity: Identity | None, placement: Placement) -> Callable[[], None]:
+def child_setup(identity: RunAs | None, placement: Placement) -> Callable[[], None]:
     """The preexec function: join the placement's cgroups and per-process limits, then, for an identity other than
     root, drop every capability (bounding set too), switch groups and user, and set no-new-privileges."""
     last_capability = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
@@ -73,16 +73,16 @@ def child_setup(identity: Identity | None, placement: Placement) -> Callable[[],
     return setup
 
 
-def describe_privileges(identity: Identity | None, own_user: str) -> str:
-    """For the status's enforcement: who the process runs as and what it may do."""
+def describe_privileges(identity: RunAs | None) -> str:
+    """For the status's enforcement, beside its `user`: what the process may do."""
     if identity is None:
-        return f"runs as the reconciler's own user {own_user} (the reconciler is not root): no user switch"
+        return "no user switch: the reconciler is not root"
     if identity.uid == 0:
-        return "runs as root (the Policy's native.runAsRoot allows it): every capability the reconciler has"
-    return f"{identity.describe()}, no capabilities (bounding set empty), no-new-privileges"
+        return "root, as native.runAsRoot allows: the reconciler's capabilities"
+    return "no capabilities (bounding set empty), no-new-privileges"
 
 
-def hand_over(working_dir: Path, state_dir: Path, identity: Identity) -> None:
+def hand_over(working_dir: Path, state_dir: Path, identity: RunAs) -> None:
     """Make the default working folder the workload's own (mode 0700), and the folders above it in the state directory
     passable but not listable (0711), so the workload reaches its folder and the cached models it is given, and
     nothing else there: records, logs and answers stay in folders of mode 0700."""

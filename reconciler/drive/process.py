@@ -21,7 +21,7 @@ import psutil
 from reconciler.api.launch import LaunchSpec
 from reconciler.api.status import ExitInfo
 from reconciler.base.atomic import write_atomic
-from reconciler.drive.cgroups import UNIFIED, Cgroups
+from reconciler.drive.cgroups import UNIFIED, Cgroups, Placement
 from reconciler.drive.exits import ExitWatcher
 from reconciler.drive.groups import start_ticks, terminate_group
 from reconciler.drive.logs import LogStore
@@ -99,6 +99,15 @@ class ProcessDriver:
             if record.exit is None and not self._alive(record):
                 record = self._note_exit(record)
             return ProcessObservation(ProcessState.exited if record.exit else ProcessState.running, record)
+
+    @staticmethod
+    def as_workload(record: ProcessRecord) -> tuple[dict[str, str], Callable[[], None] | None]:
+        """What a program run for a workload (its exec health check) needs to run as the workload's user does: the
+        environment's user variables, and the preexec function that switches to it (None: as the reconciler)."""
+        identity = record.run_as
+        if identity is None:
+            return {}, None
+        return {"HOME": identity.home, "USER": identity.name, "LOGNAME": identity.name}, child_setup(identity, Placement())
 
     def markers(self, record: ProcessRecord) -> dict[str, str]:
         """What every process of this launch carries in its environment, even one that left its process group."""
@@ -192,11 +201,12 @@ class ProcessDriver:
                 os.close(log)
                 placement.close()
             try:
-                enforcement = {**placement.enforced, "privileges": describe_privileges(identity, own_user())}
+                enforcement = {**placement.enforced, "privileges": describe_privileges(identity)}
                 record = ProcessRecord(
                     name=name, pid=child.pid, start_ticks=start_ticks(child.pid), nonce=nonce, launch=launch,
                     generation=generation, started_at=clock.now(), enforcement=enforcement,
                     cgroups=placement.cgroups, user=identity.describe() if identity else f"{own_user()} (the reconciler's own)",
+                    run_as=identity,
                 )
                 self._write(record)
             except (OSError, psutil.Error) as error:

@@ -15,10 +15,10 @@ import pwd
 import stat
 from contextlib import contextmanager
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.base.atomic import read_regular, write_atomic
+from reconciler.observe.processes import RunAs
 
 DYNAMIC_UIDS = range(61184, 65520)  # systemd's DynamicUser= range: no distribution assigns it to accounts
 USERS_FILE = "users.json"
@@ -30,21 +30,6 @@ _NVIDIA_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools")
 
 class UserUnavailable(Exception):
     """The requested user cannot be switched to here (the message says why)."""
-
-
-@dataclass(frozen=True)
-class Identity:
-    uid: int
-    gid: int
-    name: str
-    home: str
-    groups: tuple[int, ...]
-    dynamic: bool
-
-    def describe(self) -> str:
-        kind = "dynamic user" if self.dynamic else "user"
-        groups = f", groups {','.join(map(str, self.groups))}" if self.groups else ""
-        return f"{kind} {self.name} (uid {self.uid}, gid {self.gid}{groups})"
 
 
 def reconciler_is_root() -> bool:
@@ -109,7 +94,7 @@ class DynamicUsers:
 
 
 def resolve_identity(name: str, requested: str | None, gpus: tuple[int, ...], users: DynamicUsers,
-                     working_dir: str) -> Identity | None:
+                     working_dir: str) -> RunAs | None:
     """Whom to run workload `name` as: None when the reconciler is not root (it runs workloads as itself).
     `requested`: the spec's user (the gate allowed it); None: a dynamic user."""
     if not reconciler_is_root():
@@ -121,7 +106,7 @@ def resolve_identity(name: str, requested: str | None, gpus: tuple[int, ...], us
     extra = device_groups(gpus, DEVICES)
     if requested is None:
         uid = users.allocate(name)
-        return Identity(uid, uid, f"{DYNAMIC_PREFIX}{name}"[:32], working_dir, extra, dynamic=True)
+        return RunAs(uid=uid, gid=uid, name=f"{DYNAMIC_PREFIX}{name}"[:32], home=working_dir, groups=extra, dynamic=True)
     try:
         account = pwd.getpwnam(requested)
     except KeyError:
@@ -130,7 +115,7 @@ def resolve_identity(name: str, requested: str | None, gpus: tuple[int, ...], us
         raise UserUnavailable(f"user {requested!r} has uid 0: it is root by another name; name it root in spec.user "
                               "(which the Policy's native.runAsRoot must allow)")
     groups = tuple(sorted({*os.getgrouplist(requested, account.pw_gid), *extra}))
-    return Identity(account.pw_uid, account.pw_gid, requested, account.pw_dir, groups, dynamic=False)
+    return RunAs(uid=account.pw_uid, gid=account.pw_gid, name=requested, home=account.pw_dir, groups=groups)
 
 
 def device_groups(gpus: tuple[int, ...], devices: Path) -> tuple[int, ...]:
