@@ -152,7 +152,7 @@ class ResourcePolicy(Spec):
 class ApprovalKind(str, Enum):
     native_executable = "NativeExecutable"  # a program trusted by name or path (not an engine the reconciler renders)
     exposure = "Exposure"  # listening beyond loopback
-    privilege = "Privilege"  # a container relaxed from least privilege
+    privilege = "Privilege"  # a container relaxed from least privilege, a native workload as root
     any_change = "AnyChange"
 
 
