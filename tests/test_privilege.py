@@ -15,6 +15,7 @@ import pytest
 from reconciler.api.launch import LaunchSpec
 from reconciler.drive.artifacts import ArtifactCache
 from reconciler.drive.process import ProcessDriver
+from reconciler.drive.protocol import StartFailed
 from reconciler.drive.users import DYNAMIC_UIDS, DynamicUsers, device_groups
 from reconciler.record.evidence import HOST_EVIDENCE_FILE
 from tests.conftest import PYTHON, Workspace, wait_for, workload_yaml
@@ -104,6 +105,22 @@ def test_a_restart_keeps_the_uid_and_each_workload_has_its_own(driver: ProcessDr
     wait_for(lambda: (Path(driver.default_working_dir("web")) / f"kept-{uid}").exists(), what="a file of the second run")
     other = driver.start("other", shell("other", driver, "sleep 60"), 1).record.pid
     assert psutil.Process(other).uids().real not in (uid, 0)
+
+
+def test_a_program_its_user_cannot_reach_is_refused_saying_so(driver: ProcessDriver, tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    program = private / "serve"
+    program.write_text("#!/bin/sh\nsleep 60\n")
+    program.chmod(0o755)
+    launch = LaunchSpec(command=(str(program),), args=(), executable=str(program), env={},
+                        working_dir=driver.default_working_dir("web"), memory_limit=None)
+    with pytest.raises(StartFailed) as refused:
+        driver.start("web", launch, 1)
+    assert refused.value.reason == "PermissionDenied"
+    assert refused.value.message.startswith(f"{program}: Permission denied (as dynamic user localaistack-web (uid ")
+    assert "search permission on every folder above it" in refused.value.message
+    assert not driver.observe("web").record, "nothing half-made is left"
 
 
 def test_the_device_nodes_of_its_gpus_give_it_their_groups(tmp_path: Path) -> None:

@@ -10,10 +10,12 @@ believes in but that is not enforced is worse than none.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 DAEMON_LEAF = "daemon"
 CONTROLLERS = ("memory", "cpu", "pids")
+EMPTY_WAIT_SECONDS = 5.0  # for the kernel to reap what cgroup.kill ended
 
 
 class UnifiedTree:
@@ -78,6 +80,9 @@ class UnifiedTree:
         cgroup = self.parent / name
         if cgroup.exists():
             kill(cgroup)  # a straggler of the last run would keep it from being removed
+            deadline = time.monotonic() + EMPTY_WAIT_SECONDS
+            while populated(cgroup) and time.monotonic() < deadline:
+                time.sleep(0.01)
             cgroup.rmdir()
         cgroup.mkdir()
         return cgroup

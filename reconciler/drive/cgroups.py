@@ -70,12 +70,12 @@ class Cgroups:
         for resource_name, limit in (("memory", memory_limit), ("cpu", cpus)):
             if limit is None:
                 continue
-            if unified is not None and resource_name in self.tree.enabled:  # type: ignore[union-attr]
-                placement.enforced[resource_name] = _limit_v2(unified, resource_name, limit)
-                placement.cgroups[resource_name] = str(unified)
-                continue
             try:
-                placement.enforced[resource_name] = self._v1_or_fallback(name, resource_name, limit, placement)
+                if unified is not None and resource_name in self.tree.enabled:  # type: ignore[union-attr]
+                    placement.enforced[resource_name] = _limit_v2(unified, resource_name, limit)
+                    placement.cgroups[resource_name] = str(unified)
+                else:
+                    placement.enforced[resource_name] = self._v1_or_fallback(name, resource_name, limit, placement)
             except OSError as error:
                 placement.enforced[resource_name] = f"none: {error}"
         return placement

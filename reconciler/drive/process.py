@@ -194,7 +194,9 @@ class ProcessDriver:
                 )
             except OSError as error:
                 reason = "PermissionDenied" if isinstance(error, PermissionError) else "StartFailed"
-                raise StartFailed(reason, f"{launch.executable}: {error.strerror}") from None
+                who = (f" (as {identity.describe()}, who needs search permission on every folder above it and execute "
+                       "permission on it)" if reason == "PermissionDenied" and identity is not None else "")
+                raise StartFailed(reason, f"{launch.executable}: {error.strerror}{who}") from None
             except (ValueError, subprocess.SubprocessError) as error:  # an embedded NUL; a failed privilege drop
                 raise StartFailed("StartFailed", f"{launch.executable}: {error}") from None
             finally:
