@@ -93,6 +93,25 @@ def test_stop_ends_the_whole_tree_even_what_left_the_group_and_shed_the_markers(
     assert not populated(cgroup)
 
 
+def test_under_systemd_without_a_subgroup_no_controller_is_enabled_and_that_is_said(
+        delegated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """systemd restarts the daemon into the unit's own cgroup, which fails once that cgroup hands controllers down
+    while workloads run beneath it: without DelegateSubgroup= the tree is used, the controllers are not."""
+    monkeypatch.setenv("INVOCATION_ID", "0" * 32)  # what systemd sets for every process it starts
+    driver = ProcessDriver(tmp_path / "state")
+    try:
+        launch = shell(driver, "web", "sleep 60").model_copy(update={"memory_limit": 2**27})
+        record = driver.start("web", launch, 1).record
+        assert Path(record.cgroups[UNIFIED]).parent.parent == delegated, "still placed in a cgroup of its own"
+        why = (f"cgroup v2: systemd started the daemon in {delegated} itself, so enabling controllers there would make "
+               "the next restart fail while workloads run; add DelegateSubgroup=daemon to the unit (systemd 254+)")
+        assert record.enforcement["pids"] == f"none: {why}"
+        assert record.enforcement["memory"] == f"rlimit RLIMIT_DATA on the main process only ({why})"
+        assert (delegated / "cgroup.subtree_control").read_text().split() == []
+    finally:
+        driver.stop("web", grace_seconds=0.0)
+
+
 def test_without_delegation_the_reason_is_said(delegated: Path) -> None:
     """A reconciler whose cgroup it may not write (not root, no Delegate=yes) says so for every limit."""
     nobody = pwd.getpwnam("nobody")

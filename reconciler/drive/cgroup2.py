@@ -26,6 +26,7 @@ class UnifiedTree:
         self.base: Path | None = None
         self.problem: str | None = None
         self.enabled: frozenset[str] = frozenset()  # controllers the workloads' parent hands to each workload
+        self.controllers_withheld: str | None = None  # why no controller is enabled, though they are offered
         self._prepared = False
         self._parent_name = f"localaistack-{owner}"
         path = own_path()
@@ -39,6 +40,12 @@ class UnifiedTree:
                             "under the unit, which has Delegate=yes, or as root")
             return
         self.base = base
+        if os.environ.get("INVOCATION_ID") and path.rstrip("/").rsplit("/", 1)[-1] != DAEMON_LEAF:
+            # systemd starts a restarted daemon in the unit's cgroup, which it cannot do once that cgroup hands
+            # controllers down while workloads run in its children (systemd issue 24064): not without a subgroup
+            self.controllers_withheld = (
+                f"cgroup v2: systemd started the daemon in {base} itself, so enabling controllers there would make the "
+                "next restart fail while workloads run; add DelegateSubgroup=daemon to the unit (systemd 254+)")
 
     @property
     def parent(self) -> Path | None:
@@ -66,7 +73,7 @@ class UnifiedTree:
             except ProcessLookupError:
                 continue  # ended meanwhile
         self.parent.mkdir(exist_ok=True)
-        wanted = [name for name in CONTROLLERS if name in self.available()]
+        wanted = [name for name in CONTROLLERS if name in self.available() and self.controllers_withheld is None]
         for cgroup in (self.base, self.parent):
             for name in wanted:
                 (cgroup / "cgroup.subtree_control").write_text(f"+{name}")

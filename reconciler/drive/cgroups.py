@@ -55,8 +55,8 @@ class Cgroups:
             base, why = _v1_base(root, controller)
             if base is not None:
                 self._bases[controller] = base / self._prefix
-            elif self.tree is not None and self.tree.problem is not None:
-                self.unavailable[controller] = self.tree.problem
+            elif self.tree is not None and (self.tree.problem or self.tree.controllers_withheld) is not None:
+                self.unavailable[controller] = self.tree.problem or self.tree.controllers_withheld  # type: ignore[assignment]
             elif self.tree is not None and controller not in offered:
                 self.unavailable[controller] = (f"cgroup v2 under {self.tree.base} offers no {controller} controller (the "
                                                 f"kernel binds it to cgroup v1, or it is disabled), and {why}")
@@ -100,7 +100,7 @@ class Cgroups:
             (cgroup / "pids.max").write_text(str(PIDS_MAX))
             placement.enforced["pids"] = f"cgroup v2 pids.max {PIDS_MAX}"
         else:
-            placement.enforced["pids"] = f"none: the cgroup v2 pids controller is not available under {tree.base}"
+            placement.enforced["pids"] = f"none: {tree.controllers_withheld or f'the cgroup v2 pids controller is not available under {tree.base}'}"
         return cgroup
 
     def _v1_or_fallback(self, name: str, resource_name: str, limit: float, placement: Placement) -> str:
