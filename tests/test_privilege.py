@@ -243,3 +243,14 @@ def test_an_exec_health_check_runs_as_the_workloads_user(workspace: Workspace) -
     workspace.cli("apply", "--wait")
     ready = workspace.condition("web.yaml", "web")
     assert ready["status"] == "True", ready
+
+
+def test_an_unreadable_uid_table_refuses_the_start_and_guesses_nothing(driver: ProcessDriver) -> None:
+    """A uid guessed afresh could be one a running workload still holds."""
+    users = driver.work_root.parent / "users.json"
+    users.parent.mkdir(parents=True)
+    users.write_text('{"other": 61184, "web": ')
+    with pytest.raises(StartFailed) as refused:
+        driver.start("web", shell("web", driver, "sleep 60"), 1)
+    assert refused.value.reason == "UserUnavailable" and f"{users} cannot be read" in refused.value.message
+    assert users.read_text() == '{"other": 61184, "web": ', "left as found, for whoever restores it"

@@ -32,7 +32,7 @@ from reconciler.base.lock import Busy, exclusive
 from reconciler.control.gitops import GITOPS
 from reconciler.drive.cgroups import Cgroups
 from reconciler.drive.process import ProcessDriver
-from reconciler.drive.users import DynamicUsers
+from reconciler.drive.users import DynamicUsers, UserUnavailable
 from reconciler.load.desired import load_desired
 from reconciler.observe.processes import ProcessState
 from reconciler.record.approvals import ApprovalStore
@@ -137,7 +137,10 @@ def _plan_workload(plan: ForgetPlan, state_dir: Path) -> None:
                       "to stop it first")
     if observed.record is not None:
         plan.cgroups = observed.record.cgroups
-    plan.uid = DynamicUsers(state_dir).allocated().get(name)
+    try:
+        plan.uid = DynamicUsers(state_dir).allocated().get(name)
+    except UserUnavailable as unreadable:
+        raise Refused(f"{key}: {unreadable}") from None
     # a name has no dot, so "<name>." starts this workload's files only: both its logs, and every answer kept for it
     # (approval, hosted consent, and any kind added later, such as a rollback request)
     named = [file for folder in (state_dir / "logs", ApprovalStore(state_dir).directory)

@@ -53,9 +53,12 @@ class DynamicUsers:
     def allocated(self) -> dict[str, int]:
         try:
             table = json.loads(read_regular(self.path))
+            return {str(name): int(uid) for name, uid in table.items()}
         except FileNotFoundError:
             return {}
-        return {str(name): int(uid) for name, uid in table.items()}
+        except (OSError, ValueError, AttributeError, TypeError) as error:  # never guess: a guess may reuse a live uid
+            raise UserUnavailable(f"{self.path} cannot be read ({error}): it says which uid each workload has; restore "
+                                  "it, or remove it once no workload started by this reconciler runs") from None
 
     def allocate(self, name: str) -> int:
         with self._locked():
