@@ -50,6 +50,7 @@ class Cgroups:
         self._bases: dict[str, Path] = {}
         self.unavailable: dict[str, str] = {}
         self.tree = cgroup2.UnifiedTree(root, owner) if cgroup2.is_unified(root) else None
+        self._unified_problem: str | None = None  # why this start's cgroup v2 could not be made
         offered = self.tree.available() if self.tree else frozenset()
         for controller in ("memory", "cpu"):
             base, why = _v1_base(root, controller)
@@ -66,6 +67,7 @@ class Cgroups:
     def place(self, name: str, memory_limit: int | None, cpus: float | None) -> Placement:
         """Make this run's cgroups and open what the child joins; say per resource what will enforce its limit."""
         placement = Placement()
+        self._unified_problem = None
         unified = self._unified(name, placement)
         for resource_name, limit in (("memory", memory_limit), ("cpu", cpus)):
             if limit is None:
@@ -91,7 +93,8 @@ class Cgroups:
             cgroup = tree.fresh(name)
             placement.procs.append(os.open(cgroup / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
         except OSError as error:
-            placement.enforced["pids"] = f"none: cgroup v2 under {tree.base}: {error.strerror}"
+            self._unified_problem = f"cgroup v2 under {tree.base}: {error.strerror}"
+            placement.enforced["pids"] = f"none: {self._unified_problem}"
             return None
         placement.cgroups[UNIFIED] = str(cgroup)
         kill = "stopped as a whole with cgroup.kill" if (cgroup / "cgroup.kill").exists() else "stopped member by member"
@@ -147,7 +150,7 @@ class Cgroups:
     def _place_v1(self, controller: str, name: str, settings: dict[str, str], placement: Placement) -> tuple[Path | None, str]:
         """A fresh cgroup with `settings` (a name ending in '?' only where the kernel has it), opened for the child."""
         if controller not in self._bases:
-            return None, self.unavailable[controller]
+            return None, self._unified_problem or self.unavailable[controller]
         cgroup = self._bases[controller] / name
         try:
             if cgroup.exists():  # a new cgroup per start, so counters such as oom_kill describe this run only
