@@ -237,8 +237,9 @@ def test_a_reconciler_that_is_not_root_runs_workloads_as_itself(tmp_path: Path) 
 
 def test_an_exec_health_check_runs_as_the_workloads_user(workspace: Workspace) -> None:
     """A check is a program the spec names: it must not run with more privilege than the workload it checks."""
-    same_user = f"import os, sys; sys.exit(0 if os.getuid() == os.stat('{{}}').st_uid != 0 else 1)"
-    workspace.write("web.yaml", workload_yaml("web", health={"exec": {"command": [PYTHON, "-c", same_user.format(".")]},
+    # healthy only when it runs as the owner of its working folder (the workload's user), and that is not root
+    same_user = "import os, sys; sys.exit(0 if os.getuid() == os.stat('.').st_uid != 0 else 1)"
+    workspace.write("web.yaml", workload_yaml("web", health={"exec": {"command": [PYTHON, "-c", same_user]},
                                                              "periodSeconds": 0.2}))
     workspace.cli("apply", "--wait")
     ready = workspace.condition("web.yaml", "web")
