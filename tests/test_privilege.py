@@ -41,6 +41,7 @@ def log_of(driver: ProcessDriver, name: str, expected: str) -> str:
 
 @pytest.fixture
 def driver(tmp_path: Path):
+    (tmp_path / "state").mkdir(mode=0o700)  # as the reconciler makes it when it takes its lock
     driver = ProcessDriver(tmp_path / "state")
     yield driver
     for name in driver.owned_names():
@@ -67,6 +68,7 @@ def test_a_workload_and_its_children_run_as_its_dynamic_user_with_no_privilege(d
 
 def test_it_cannot_write_the_model_cache_or_another_workloads_folder_nor_read_the_state(driver: ProcessDriver) -> None:
     state = driver.work_root.parent
+    assert state.stat().st_mode & 0o777 == 0o700
     cache = ArtifactCache(state / "models")
     cache.prepare()
     partial = cache.partial_path("ab" * 32)
@@ -94,6 +96,21 @@ def test_it_cannot_write_the_model_cache_or_another_workloads_folder_nor_read_th
                        "list-other": "no", "list-state": "no", "read-records": "no", "read-logs": "no",
                        "read-users": "no", "write-own": "yes"}
     assert model.read_bytes() == b"GGUF model bytes"
+
+
+def test_a_state_directory_shared_with_others_keeps_its_mode(tmp_path: Path) -> None:
+    """Only the search bits a workload needs are ever added: a state directory given as a sticky, shared folder
+    (or any folder of the user's) is not narrowed, nor stripped of its sticky bit."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    driver = ProcessDriver(shared)
+    try:
+        driver.start("web", shell("web", driver, "sleep 60"), 1)
+        assert shared.stat().st_mode & 0o7777 == 0o1777
+        assert driver.work_root.stat().st_mode & 0o7777 == 0o711
+    finally:
+        driver.stop("web", grace_seconds=0.0)
 
 
 def test_a_restart_keeps_the_uid_and_each_workload_has_its_own(driver: ProcessDriver) -> None:
@@ -249,7 +266,6 @@ def test_an_exec_health_check_runs_as_the_workloads_user(workspace: Workspace) -
 def test_an_unreadable_uid_table_refuses_the_start_and_guesses_nothing(driver: ProcessDriver) -> None:
     """A uid guessed afresh could be one a running workload still holds."""
     users = driver.work_root.parent / "users.json"
-    users.parent.mkdir(parents=True)
     users.write_text('{"other": 61184, "web": ')
     with pytest.raises(StartFailed) as refused:
         driver.start("web", shell("web", driver, "sleep 60"), 1)

@@ -88,9 +88,11 @@ def hand_over(working_dir: Path, state_dir: Path, identity: RunAs) -> None:
     nothing else there: records, logs and answers stay in folders of mode 0700."""
     if identity.uid == 0:
         return
-    for folder in (state_dir, working_dir.parent):
-        if folder.stat().st_mode & 0o7777 != 0o711:
-            folder.chmod(0o711)
+    mode = state_dir.stat().st_mode & 0o7777
+    if mode & 0o011 != 0o011:  # only ever opened further: a state directory given as /tmp must keep its bits
+        state_dir.chmod(mode | 0o011)
+    if working_dir.parent.stat().st_mode & 0o7777 != 0o711:  # work/ is the reconciler's own
+        working_dir.parent.chmod(0o711)
     info = working_dir.lstat()
     if info.st_uid != identity.uid:  # first start as this user (or one made by an earlier version, as root)
         for folder, subfolders, files in os.walk(working_dir):
