@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -61,8 +63,18 @@ POLICY_YAML = textwrap.dedent(f"""\
     """)
 
 
+def searchable_by_all(path: Path) -> None:
+    """Every folder from / down to `path` searchable (not listable) by every user, as on a host where a root reconciler
+    starts workloads as users of their own: they must reach the interpreter and the files they are given."""
+    for folder in [*reversed(path.parents), path]:
+        mode = folder.stat().st_mode
+        if os.geteuid() == 0 and not mode & 0o001:
+            folder.chmod((mode & 0o7777) | 0o011)
+
+
 class Workspace:
     def __init__(self, root: Path) -> None:
+        searchable_by_all(root)  # its workloads run as users of their own
         self.desired = root / "desired"
         self.state = root / "state"
         self.desired.mkdir()
@@ -156,6 +168,33 @@ class Workspace:
         self.cli("down")
         for process in self.owned_processes():
             process.kill()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def interpreter_reachable() -> None:
+    """pyenv's Python lives under /root (mode 0700 here): a workload's user could not even run it."""
+    searchable_by_all(Path(os.path.realpath(PYTHON)).parent)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest keeps tmp_path under /tmp/pytest-of-root, which every session started as root resets to 0700: a workload
+    running as a user of its own could not reach what a test gives it there. This session's folder is its own."""
+    if os.geteuid() == 0 and not config.option.basetemp and not hasattr(config, "workerinput"):
+        config.option.basetemp = str(Path(tempfile.mkdtemp(prefix="reconciler-tests-")) / "tmp")
+        Path(config.option.basetemp).parent.chmod(0o711)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    folder = Path(session.config.option.basetemp or "/nonexistent").parent
+    if exitstatus == 0 and folder.name.startswith("reconciler-tests-"):
+        shutil.rmtree(folder, ignore_errors=True)  # a failed session's is kept to look into
+
+
+@pytest.fixture(autouse=True)
+def tmp_path_reachable(request: pytest.FixtureRequest) -> None:
+    """pytest makes tmp_path 0700: a workload's user could not reach what a test gives it there."""
+    if "tmp_path" in request.fixturenames:
+        searchable_by_all(request.getfixturevalue("tmp_path"))
 
 
 @pytest.fixture

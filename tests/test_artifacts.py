@@ -47,7 +47,9 @@ def test_download_lands_verified_and_a_second_fetch_needs_no_network(
 
     assert path == cache.root / "sha256" / DIGEST and sha256_of(path) == DIGEST
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
-    assert stat.S_IMODE(cache.root.stat().st_mode) == 0o700
+    # workloads run as users of their own: they pass through to a model they are given, never list or add
+    assert [stat.S_IMODE(folder.stat().st_mode) for folder in (cache.root, path.parent)] == [0o711, 0o711]
+    assert stat.S_IMODE((cache.root / "partial").stat().st_mode) == 0o700
     assert no_partials(cache)
     server.stop()
     assert fetch(url, DIGEST, cache, size=SIZE, margin=0) == path

@@ -246,6 +246,7 @@ def test_the_unit_is_sandboxed_without_closing_what_the_daemon_needs(unit: dict[
         "Delegate": "yes",  # ... beneath its own cgroup, which systemd must then leave alone
         "PrivateTmp": "no",  # systemd deletes a private /tmp on stop, under workloads that outlive it
         "StateDirectory": "localaistack-reconciler",
+        "StateDirectoryMode": "0711",  # workloads, users of their own, pass through to their folders and models
     }.items():
         assert one(unit, key) == value, f"{key}={one(unit, key)}, want {value}"
     # Any of these closes /dev/nvidia* (NVML, GPU workloads) or breaks JIT-compiling workloads.

@@ -347,6 +347,13 @@ def test_native_process_needs_an_image_and_says_so() -> None:
         assert words in note, words
 
 
+def test_a_native_workloads_host_user_is_said_not_to_carry_over() -> None:
+    manifests = kubernetes_manifests(desired(workload("hello", "  command: [python3]\n  user: llama\n")), [])
+    assert_valid(manifests)
+    assert container_of(manifests, "hello")["securityContext"]["runAsUser"] == 65534
+    assert "uid 65534, not as the host's user llama" in note_of(manifests, "hello")
+
+
 def test_host_network_and_relative_volume_without_a_root() -> None:
     spec = ("  runtime: container\n  image: example/app:1\n  network: host\n"
             "  volumes: [{source: data, target: /data}]\n  security: {user: '10:10'}\n")

@@ -199,6 +199,10 @@ KIND_CASES: dict[str, tuple[Any, dict[str, Any], Facts, set[ApprovalKind]]] = {
     "trusted process on a LAN address": (lambda: native(host="192.168.1.5", port=8080),
                                          TRUSTS_PYTHON | {"network": {"exposed": [{"address": "192.168.1.5"}]}},
                                          PYTHON, {K.any_change, K.native_executable, K.exposure}),
+    "trusted process as root": (lambda: native(user="root"), {"native": {"trustedExecutables": [
+        {"executable": "python3"}], "runAsRoot": True}}, PYTHON, {K.any_change, K.native_executable, K.privilege}),
+    "trusted process as a listed user": (lambda: native(user="llama"), {"native": {"trustedExecutables": [
+        {"executable": "python3"}], "users": ["llama"]}}, PYTHON, {K.any_change, K.native_executable}),
     "least-privilege container on loopback": (lambda: container(ports=[{"containerPort": 8080}]), BOXES, NO_FACTS,
                                               {K.any_change}),
     "container with a read-only volume": (lambda: container(volumes=[{"source": "site", "target": "/srv"}]), BOXES,
@@ -770,3 +774,33 @@ def test_an_engine_bind_cannot_be_moved_by_an_abbreviated_flag(args: list[str]) 
 def test_the_gateway_reads_only_the_routes_the_reconciler_writes(args: list[str]) -> None:
     with pytest.raises(ValueError, match="spec.args may not set"):
         workload(engine="gateway", port=8000, args=args)
+
+
+USER_CASES = {  # spec.user, the policy's native rules beyond trusting python3 -> the refusal's rule and words, if any
+    "dynamic by default": (None, {}, None),
+    "root refused by default": ("root", {}, ("native.runAsRoot", "spec.user root would run it with every privilege "
+                                             "of the reconciler, and Policy/workstation does not allow root")),
+    "root listed as a user is still refused": ("root", {"users": ["root"]}, ("native.runAsRoot", "does not allow root")),
+    "root allowed": ("root", {"runAsRoot": True}, None),
+    "runAsRoot does not admit other users": ("llama", {"runAsRoot": True},
+                                              ("native.users", "user 'llama' is not in spec.native.users")),
+    "a listed user": ("llama", {"users": ["llama"]}, None),
+}
+
+
+@pytest.mark.parametrize("case", USER_CASES, ids=list(USER_CASES))
+def test_whom_a_native_workload_runs_as_is_the_policys_to_allow(case: str) -> None:
+    user, rules, refusal = USER_CASES[case]
+    launch = native(**({"user": user} if user else {}))
+    verdict = judge(launch, policy(native={"trustedExecutables": [{"executable": "python3"}], **rules}), PYTHON)
+    if refusal is None:
+        assert verdict.approved, verdict.reasons
+        return
+    rule, words = refusal
+    assert not verdict.approved and [reason.rule for reason in verdict.reasons] == [rule]
+    assert words in verdict.reasons[0].message
+
+
+def test_a_container_names_its_user_in_its_security_not_spec_user() -> None:
+    with pytest.raises(ValidationError, match="spec.user is for runtime 'native'.*spec.security.user"):
+        workload(runtime="container", image="busybox:1", user="llama")

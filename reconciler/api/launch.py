@@ -19,7 +19,7 @@ _FIELD_NAMES = {
     "memory_limit": "spec.resources.memory", "cpus": "spec.resources.cpus", "executable": EXECUTABLE_FIELD,
     "gpus": "the GPUs assigned",
     "engine": "spec.engine", "listen": "spec.host/port", "model": "the model (its Model or file)",
-    "executable_from_spec": "the executable command[0] resolves to",
+    "executable_from_spec": "the executable command[0] resolves to", "user": "spec.user",
     "container_listen": "the containers that use it (spec.uses)",
 }
 _ADDED_LATER = ("container_listen", "extra_hosts")
@@ -67,6 +67,7 @@ class LaunchSpec(_Launch):
     model: str | None = None  # the served model file's identity: a changed file means a restart
     executable_from_spec: bool = False  # named by the spec (llamaCpp/vllm.executable), not chosen by the engine
     container_listen: str | None = None  # a gateway's second address: the host's on the container bridge
+    user: str | None = None  # the spec's; None: a dynamic user of its own (as itself where the reconciler is not root)
 
     @property
     def argv(self) -> tuple[str, ...]:
@@ -161,5 +162,5 @@ def render_launch(
         engine=spec.engine.value, command=command, args=args, executable=executable, env=dict(spec.env) | dict(engine_env),
         working_dir=working_dir, memory_limit=spec.resources.memory, cpus=spec.resources.cpus, gpus=gpus,
         listen=(spec.host, spec.port) if spec.port else None, model=model, executable_from_spec=executable_from_spec,
-        container_listen=container_listen,
+        container_listen=container_listen, user=spec.user,
     )

@@ -58,6 +58,12 @@ class NativePolicy(Spec):
         description="AI engines (llama.cpp, vllm, gateway) whose servers may run; the reconciler renders their command lines.",
     )
 
+    run_as_root: bool = Field(
+        False, description="Whether a spec may run as root (spec.user: root) when the reconciler is root. Otherwise a "
+                           "native workload runs as a dynamic user of its own, or a user listed in users.")
+    users: list[str] = Field(
+        default_factory=list, description="Host users a spec may name in spec.user (root needs runAsRoot instead).")
+
     @field_validator("trusted_engines")
     @classmethod
     def _not_process(cls, engines: list[Engine]) -> list[Engine]:
@@ -150,7 +156,7 @@ class ResourcePolicy(Spec):
 class ApprovalKind(str, Enum):
     native_executable = "NativeExecutable"  # a program trusted by name or path (not an engine the reconciler renders)
     exposure = "Exposure"  # listening beyond loopback
-    privilege = "Privilege"  # a container relaxed from least privilege
+    privilege = "Privilege"  # a container relaxed from least privilege, a native workload as root
     any_change = "AnyChange"
 
 

@@ -131,7 +131,9 @@ class ResourceStatus(Report):
     health: str | None = None
     listening: list[str] | None = Field(
         None, description="The sockets a native workload's processes listen on, as observed on the host this pass.")
-    enforcement: dict[str, str] | None = None
+    enforcement: dict[str, str] | None = Field(
+        None, description="How each limit and the privileges of what runs are enforced on this host, in words.")
+    user: str | None = Field(None, description="Whom a native workload's process runs as (observed at its start).")
     container_id: str | None = None
     addresses: list[str] | None = Field(
         None, description="A running container's addresses on its networks: a gateway it uses admits it by them.")

@@ -197,6 +197,10 @@ class WorkloadSpec(Spec):
                     "...) needs the Policy's native.loaderEnvironment.")
     working_dir: str | None = Field(
         None, description="Relative to the spec file's folder; default: a private folder in the state directory.")
+    user: str | None = Field(
+        None, pattern=r"^[a-z_][a-z0-9_-]*$", max_length=32,
+        description="runtime native, reconciler running as root: the host user it runs as (the Policy's native.users "
+                    "must list it; root needs native.runAsRoot). Default: a dynamic user of its own.")
     model: str | None = Field(None, description="The Model resource an AI engine serves.")
     host: str = Field("127.0.0.1", min_length=1, description="Bind address of an AI engine (loopback by default).")
     port: Port | None = Field(
@@ -280,9 +284,10 @@ class WorkloadSpec(Spec):
         if self.engine is not Engine.process:
             raise ValueError(f"engine {self.engine.value!r} runs natively: use runtime 'native' (or engine 'process' "
                              "with the engine's image)")
-        given = [name for name in ("model", "host", "port") if self._set(name)]
+        given = [name for name in ("model", "host", "port", "user") if self._set(name)]
         if given:
-            hint = " (publish container ports with spec.ports)" if given[0] in ("host", "port") else ""
+            hint = {"host": " (publish container ports with spec.ports)", "port": " (publish container ports with "
+                    "spec.ports)", "user": " (a container's user is spec.security.user)"}.get(given[0], "")
             raise ValueError(f"spec.{given[0]} is for runtime 'native', not 'container'{hint}")
         if self.working_dir is not None and not self.working_dir.startswith("/"):
             raise ValueError("spec.workingDir of a container is a path inside it: it must be absolute")

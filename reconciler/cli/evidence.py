@@ -103,6 +103,8 @@ def forget(name: str, path: Path, state_dir: Path | None, kind: str | None, dry_
         click.echo(f"{verb}rewrite {status} without its status")
     for removed in plan.deleted:
         click.echo(f"{verb}delete {removed}")
+    if plan.uid is not None:
+        click.echo(f"{verb}release its dynamic user's uid {plan.uid}")
     for kept, why in plan.failed.items():
         click.echo(f"could not remove {kept}: {why}", err=True)
     if not dry_run:

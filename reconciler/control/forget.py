@@ -32,6 +32,7 @@ from reconciler.base.lock import Busy, exclusive
 from reconciler.control.gitops import GITOPS
 from reconciler.drive.cgroups import Cgroups
 from reconciler.drive.process import ProcessDriver
+from reconciler.drive.users import DynamicUsers, UserUnavailable
 from reconciler.load.desired import load_desired
 from reconciler.observe.processes import ProcessState
 from reconciler.record.approvals import ApprovalStore
@@ -58,12 +59,13 @@ class ForgetPlan:
     copies: int = 0  # of those files, how many are in older GitOps revisions
     records: int = 0  # the resource's evidence records, in all (copies not counted)
     cgroups: dict[str, str] = field(default_factory=dict)  # of an ended run whose record goes
+    uid: int | None = None  # its dynamic user's, released for another workload
     lock_reason: str | None = None  # why a running reconciler must be away, when it must
     failed: dict[Path, str] = field(default_factory=dict)  # what could not be removed, and why
 
     @property
     def empty(self) -> bool:
-        return not self.deleted and not self.rewritten and not self.trimmed
+        return not self.deleted and not self.rewritten and not self.trimmed and self.uid is None
 
 
 def plan_forget(key: ResourceKey, root: Path, state_dir: Path) -> ForgetPlan:
@@ -135,6 +137,10 @@ def _plan_workload(plan: ForgetPlan, state_dir: Path) -> None:
                       "to stop it first")
     if observed.record is not None:
         plan.cgroups = observed.record.cgroups
+    try:
+        plan.uid = DynamicUsers(state_dir).allocated().get(name)
+    except UserUnavailable as unreadable:
+        raise Refused(f"{key}: {unreadable}") from None
     # a name has no dot, so "<name>." starts this workload's files only: both its logs, and every answer kept for it
     # (approval, hosted consent, and any kind added later, such as a rollback request)
     named = [file for folder in (state_dir / "logs", ApprovalStore(state_dir).directory)
@@ -221,6 +227,7 @@ def _carry_out(plan: ForgetPlan, state_dir: Path, who: str) -> None:
             continue
         rewritten.append({"path": str(chain), "removedRecords": count, "replacedChainEnd": old_end, "newChainEnd": new_end})
     Cgroups.release(plan.cgroups)
+    released = DynamicUsers(state_dir).release(plan.key.name) if plan.uid is not None else None
     for status in plan.trimmed:
         try:
             _trim_status(status, plan.key)
@@ -240,6 +247,7 @@ def _carry_out(plan: ForgetPlan, state_dir: Path, who: str) -> None:
         "time": now, "event": "forget", "resource": key, "by": who, "deleted": deleted, "rewritten": rewritten,
         "statusRewritten": [str(path) for path in plan.trimmed if path not in plan.failed],
         "notRemoved": [{"path": str(path), "why": why} for path, why in plan.failed.items()],
+        **({"releasedUid": released} if released is not None else {}),
         "counts": {"evidenceRecords": plan.records, "filesDeleted": len(deleted), "chainsRewritten": len(rewritten),
                    "copiesInOlderRevisions": plan.copies},
     })

@@ -15,13 +15,14 @@ from typing import Any
 from reconciler.api.approval import Answer, Approval
 from reconciler.api.fallback import SecretRef
 from reconciler.api.host import HostProfile, host_summary
-from reconciler.api.kinds import Workload
+from reconciler.api.kinds import Runtime, Workload, WorkloadSpec
 from reconciler.api.policy import Policy, PolicySpec
 from reconciler.api.status import Placement
 from reconciler.base.sizes import gib
 from reconciler.diff.engines import Blocked, Rendered
 from reconciler.diff.footprint import ModelView
 from reconciler.diff.resources import budget
+from reconciler.drive.users import DYNAMIC_UIDS, own_user, reconciler_is_root
 from reconciler.gate.placement import PlacementDecision, decide_placement
 from reconciler.gate.verdict import Decision, Reason, Verdict, governing
 from reconciler.record.decision_record import DecisionInputs, ModelFacts, runtime_decision_record
@@ -111,8 +112,20 @@ def workload_decision_record(
         memory_budget_bytes=budget(total, rules.resources) if total else None,
         fallback=spec.fallback, hosted=rules.hosted, policy_source=source,
         consent_approved=consented, secret_resolves=secret.resolves if secret else None,
-        secret_file_mode=secret.file_mode if secret else None,
+        secret_file_mode=secret.file_mode if secret else None, runs_as=runs_as(spec),
     ))
+
+
+def runs_as(spec: WorkloadSpec) -> str | None:
+    """Whom the driver will run a native workload as (a container's user is in its enforcement)."""
+    if spec.runtime is not Runtime.native:
+        return None
+    if not reconciler_is_root():
+        return f"as the reconciler's own user {own_user()} (the reconciler is not root)"
+    if spec.user is None:
+        return (f"as a dynamic user of its own (a uid of {DYNAMIC_UIDS.start}-{DYNAMIC_UIDS.stop - 1} kept for it), "
+                "with no capabilities")
+    return "as root (the Policy allows it)" if spec.user == "root" else f"as user {spec.user} (the Policy allows it)"
 
 
 def model_facts(workload: Workload, view: ModelView | None) -> ModelFacts | None:

@@ -251,9 +251,10 @@ class WorkloadRenderer:
             address = check_address(check, spec)
             return (probe(check, *address) if address else
                     self.driver.containers.exec_check(workload.name, check.exec.command, check.timeout_seconds))
-        env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ} | spec.env
+        user_env, as_workload = self.driver.native.as_workload(running)
+        env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ} | user_env | spec.env
         port = (check.http or check.tcp).port if (check.http or check.tcp) else None
-        return probe(check, spec.host, port or spec.port, env, running.launch.working_dir)
+        return probe(check, spec.host, port or spec.port, env, running.launch.working_dir, as_workload)
 
     def check_executables(self, rendered: Rendered, workload: Workload) -> tuple[str, ...]:
         """What an exec health check would run, for the gate: as written, as found, as resolved."""

@@ -163,12 +163,16 @@ class ArtifactCache:
             return 0
 
     def prepare(self) -> None:
-        for directory in (self.root, self.root / "sha256", self.root / "partial"):
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Verified models are readable by workloads running as other users, never writable: the folders to them are
+        passable (not listable), the files read-only to others; a download in progress stays the reconciler's."""
+        for directory, mode in ((self.root, 0o711), (self.root / "sha256", 0o711), (self.root / "partial", 0o700)):
+            directory.mkdir(mode=mode, parents=True, exist_ok=True)
+            directory.chmod(mode)
 
     def install(self, sha256: str, partial: Path) -> Path:
         """Move a verified partial into place; the name appears only once the bytes are durable."""
         path = self.path(sha256)
+        partial.chmod(0o644)
         os.replace(partial, path)
         fsync_dir(path.parent)
         self._record(path, path.stat())

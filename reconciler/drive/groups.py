@@ -6,8 +6,11 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import psutil
+
+from reconciler.drive import cgroup2
 
 KILL_WAIT_SECONDS = 5.0
 
@@ -21,31 +24,38 @@ def start_ticks(pid: int) -> int:
 
 def terminate_group(
     pid: int, grace_seconds: float, child: subprocess.Popen[bytes] | None = None,
-    markers: dict[str, str] | None = None, leader_alive: bool = True,
+    markers: dict[str, str] | None = None, leader_alive: bool = True, cgroup: Path | None = None,
 ) -> None:
     """TERM everything the launch led by `pid` made, wait out the grace period, KILL what is left.
 
-    That is the leader's group and descendants, and any process whose environment carries all of
-    `markers` (children that left the group with setsid). With the leader gone its pid may be
-    reused, so group members must then carry the markers too.
+    That is the leader's group and descendants, every process in its cgroup v2 (`cgroup`: nothing leaves it),
+    and any process whose environment carries all of `markers` (children that left the group with setsid).
+    With the leader gone its pid may be reused, so group members must then carry the markers too.
     """
-    members = _members(pid, markers, leader_alive)
+    members = _members(pid, markers, leader_alive, cgroup)
     _signal(members, signal.SIGTERM)
     alive = _wait_gone(members, grace_seconds, child)
-    stragglers = {process.pid: process for process in [*alive, *_members(pid, markers, leader_alive)] if _running(process)}
-    if stragglers:
+    stragglers = {process.pid: process for process in [*alive, *_members(pid, markers, leader_alive, cgroup)]
+                  if _running(process)}
+    if stragglers and not (cgroup is not None and cgroup2.kill(cgroup)):  # else the kernel kills the tree at once
         _signal(list(stragglers.values()), signal.SIGKILL)
+    if stragglers:
         _wait_gone(list(stragglers.values()), KILL_WAIT_SECONDS, child)
     if child is not None:
         child.poll()
 
 
-def _members(pid: int, markers: dict[str, str] | None, leader_alive: bool) -> list[psutil.Process]:
+def _members(pid: int, markers: dict[str, str] | None, leader_alive: bool, cgroup: Path | None) -> list[psutil.Process]:
     found: dict[int, psutil.Process] = {}
+    for member in cgroup2.members(cgroup) if cgroup is not None else ():
+        try:
+            found[member] = psutil.Process(member)
+        except psutil.Error:
+            continue
     if leader_alive:
         try:
             leader = psutil.Process(pid)
-            found = {process.pid: process for process in [leader, *leader.children(recursive=True)]}
+            found |= {process.pid: process for process in [leader, *leader.children(recursive=True)]}
         except psutil.Error:
             pass
     for process in psutil.process_iter():

@@ -21,12 +21,14 @@ import psutil
 from reconciler.api.launch import LaunchSpec
 from reconciler.api.status import ExitInfo
 from reconciler.base.atomic import write_atomic
-from reconciler.drive.cgroups import Cgroups
+from reconciler.drive.cgroups import UNIFIED, Cgroups, Placement
 from reconciler.drive.exits import ExitWatcher
 from reconciler.drive.groups import start_ticks, terminate_group
 from reconciler.drive.logs import LogStore
 from reconciler.drive.ports import port_free
+from reconciler.drive.privileges import child_setup, describe_privileges, hand_over
 from reconciler.drive.protocol import StartFailed
+from reconciler.drive.users import DynamicUsers, UserUnavailable, own_user, resolve_identity
 from reconciler.observe import clock
 from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
 
@@ -60,6 +62,7 @@ class ProcessDriver:
         self._lock = threading.RLock()
         self._watcher: ExitWatcher | None = None
         self._cgroups = Cgroups(self._owner)
+        self._users = DynamicUsers(state_dir)
 
     # -- observe ----------------------------------------------------------------------------
 
@@ -96,6 +99,15 @@ class ProcessDriver:
             if record.exit is None and not self._alive(record):
                 record = self._note_exit(record)
             return ProcessObservation(ProcessState.exited if record.exit else ProcessState.running, record)
+
+    @staticmethod
+    def as_workload(record: ProcessRecord) -> tuple[dict[str, str], Callable[[], None] | None]:
+        """What a program run for a workload (its exec health check) needs to run as the workload's user does: the
+        environment's user variables, and the preexec function that switches to it (None: as the reconciler)."""
+        identity = record.run_as
+        if identity is None:
+            return {}, None
+        return {"HOME": identity.home, "USER": identity.name, "LOGNAME": identity.name}, child_setup(identity, Placement())
 
     def markers(self, record: ProcessRecord) -> dict[str, str]:
         """What every process of this launch carries in its environment, even one that left its process group."""
@@ -140,13 +152,26 @@ class ProcessDriver:
         if launch.executable is None:
             raise StartFailed("ExecutableNotFound", f"{launch.command[0]}: not found (PATH={child_path(launch.env)})")
         working_dir = Path(launch.working_dir)
+        try:
+            identity = resolve_identity(name, launch.user, launch.gpus, self._users, str(working_dir))
+        except UserUnavailable as error:
+            raise StartFailed("UserUnavailable", str(error)) from None
+        except OSError as error:
+            raise StartFailed("StateWriteFailed", f"cannot record its user in the state directory: {error.strerror}") from None
         if working_dir.is_relative_to(self.work_root):
             working_dir.mkdir(parents=True, exist_ok=True)  # the default: a private folder of ours
+            try:
+                if identity is not None:
+                    hand_over(working_dir, self.work_root.parent, identity)
+            except OSError as error:
+                raise StartFailed("StateWriteFailed", f"cannot hand {working_dir} to its user: {error.strerror}") from None
         elif not working_dir.is_dir():
             raise StartFailed("WorkingDirNotFound", f"{working_dir}: no such directory: create it, or fix spec.workingDir")
         self.stop(name, grace_seconds=5.0)  # a finished run may have left group members behind
         nonce = secrets.token_hex(8)
         env = {key: os.environ[key] for key in PASSED_THROUGH if key in os.environ}
+        if identity is not None:
+            env |= {"HOME": identity.home, "USER": identity.name, "LOGNAME": identity.name}
         env |= launch.env | {OWNER_VARIABLE: self._owner, NAME_VARIABLE: name, NONCE_VARIABLE: nonce}
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, launch.gpus))  # exactly its GPUs: none unless requested
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # so CUDA numbers GPUs as NVML does, and index N is NVML's N
@@ -160,24 +185,30 @@ class ProcessDriver:
                 log = self.logs.open_for_new_run(name)
             except OSError as error:
                 raise StartFailed("StateWriteFailed", f"cannot write the state directory: {error.strerror}") from None
+            placement = self._cgroups.place(name, launch.memory_limit, launch.cpus)
             try:
                 child = subprocess.Popen(
                     launch.argv, executable=launch.executable, stdin=subprocess.DEVNULL, stdout=log,
                     stderr=subprocess.STDOUT, cwd=launch.working_dir, env=env, start_new_session=True, close_fds=True,
+                    preexec_fn=child_setup(identity, placement),
                 )
             except OSError as error:
                 reason = "PermissionDenied" if isinstance(error, PermissionError) else "StartFailed"
-                raise StartFailed(reason, f"{launch.executable}: {error.strerror}") from None
-            except ValueError as error:  # e.g. an embedded NUL, should one ever get past validation
+                who = (f" (as {identity.describe()}, who needs search permission on every folder above it and execute "
+                       "permission on it)" if reason == "PermissionDenied" and identity is not None else "")
+                raise StartFailed(reason, f"{launch.executable}: {error.strerror}{who}") from None
+            except (ValueError, subprocess.SubprocessError) as error:  # an embedded NUL; a failed privilege drop
                 raise StartFailed("StartFailed", f"{launch.executable}: {error}") from None
             finally:
                 os.close(log)
+                placement.close()
             try:
-                enforcement, cgroups = self._cgroups.apply(name, child.pid, launch.memory_limit, launch.cpus)
+                enforcement = {**placement.enforced, "privileges": describe_privileges(identity)}
                 record = ProcessRecord(
                     name=name, pid=child.pid, start_ticks=start_ticks(child.pid), nonce=nonce, launch=launch,
                     generation=generation, started_at=clock.now(), enforcement=enforcement,
-                    cgroups=cgroups,
+                    cgroups=placement.cgroups, user=identity.describe() if identity else f"{own_user()} (the reconciler's own)",
+                    run_as=identity,
                 )
                 self._write(record)
             except (OSError, psutil.Error) as error:
@@ -196,7 +227,9 @@ class ProcessDriver:
         if record is None:
             return None
         leader_alive = record.exit is None and self._alive(record)
-        terminate_group(record.pid, grace_seconds, self._children.get(name), self.markers(record), leader_alive)
+        tree = record.cgroups.get(UNIFIED)
+        terminate_group(record.pid, grace_seconds, self._children.get(name), self.markers(record), leader_alive,
+                        Path(tree) if tree else None)
         with self._lock:
             if self._watcher:
                 self._watcher.unwatch(name)

@@ -249,8 +249,9 @@ def _native_runtime(name: str, spec: WorkloadSpec, models: dict[str, Model], not
         notes.append(f"spec.workingDir {spec.working_dir!r} is relative to the spec file's folder on the host: "
                      "not exported; set a workingDir inside the image")
     _env(container, spec)
-    notes.append("a native workload runs here under the container least-privilege defaults (uid 65534, read-only "
-                 "root filesystem, no capabilities): the image must work that way")
+    as_user = f", not as the host's user {spec.user}" if spec.user else ""
+    notes.append(f"a native workload runs here under the container least-privilege defaults (uid 65534{as_user}, "
+                 "read-only root filesystem, no capabilities): the image must work that way")
     service: list[Manifest] = []
     if spec.port is not None:
         container["ports"] = [{"containerPort": spec.port, "protocol": "TCP"}]

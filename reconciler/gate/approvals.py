@@ -25,6 +25,8 @@ def kinds_of(launch: LaunchSpec | ContainerLaunch, engine_trusted: bool) -> set[
         kinds.add(ApprovalKind.native_executable)
     if launch.listen is not None and not is_loopback(launch.listen[0]):
         kinds.add(ApprovalKind.exposure)
+    if launch.user == "root":
+        kinds.add(ApprovalKind.privilege)
     return kinds
 
 

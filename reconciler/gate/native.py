@@ -10,6 +10,8 @@ from reconciler.gate.loader_env import loads_code
 
 TRUST_RULE = "native.trustedExecutables"
 LOADER_RULE = "native.loaderEnvironment"
+ROOT_RULE = "native.runAsRoot"
+USERS_RULE = "native.users"
 
 
 def native_trust(
@@ -71,6 +73,19 @@ def loader_problems(env: Mapping[str, str], rules: NativePolicy, source: str) ->
             f"repeated here: env values may be keys) in spec.native.loaderEnvironment of {source} if it is yours"
             for name, value in sorted(env.items())
             if loads_code(name) and (name, value) not in allowed]
+
+
+def user_problems(user: str | None, rules: NativePolicy, source: str) -> list[tuple[str, str]]:
+    """(rule, why) for a spec.user the policy does not allow; none for a dynamic user (the default)."""
+    if user is None:
+        return []
+    if user == "root":
+        return [] if rules.run_as_root else [(ROOT_RULE, (
+            f"spec.user root would run it with every privilege of the reconciler, and {source} does not allow root: "
+            "remove spec.user (a dynamic user of its own), or set spec.native.runAsRoot: true there if it must"))]
+    return [] if user in rules.users else [(USERS_RULE, (
+        f"user {user!r} is not in spec.native.users of {source}: add it there, or remove spec.user "
+        "(a dynamic user of its own)"))]
 
 
 def as_written(launch: LaunchSpec) -> tuple[str, ...]:

@@ -135,6 +135,7 @@ def _judge(
     rule, message, trusted = native.native_trust(launch, spec.native, source, has_policy, facts.executables, facts.digests)
     granted, problems = ([Reason(rule, message)], []) if trusted else ([], [Reason(rule, message)])
     problems += [Reason(native.LOADER_RULE, message) for message in native.loader_problems(launch.env, spec.native, source)]
+    problems += [Reason(rule, message) for rule, message in native.user_problems(launch.user, spec.native, source)]
     check = native.check_trust(facts.check_executables, spec.native, source, has_policy, facts.digests)
     if check:
         problems.append(Reason(native.TRUST_RULE, check))

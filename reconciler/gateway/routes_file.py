@@ -22,7 +22,8 @@ def routes_path(state_dir: Path) -> Path:
 
 
 def write_routes(path: Path, table: RouteTable) -> None:
-    path.parent.mkdir(mode=0o700, exist_ok=True)
+    path.parent.mkdir(mode=0o711, exist_ok=True)  # the gateway, running as a user of its own, reads the file
+    path.parent.chmod(0o711)
     write_atomic(path, table.model_dump_json(by_alias=True, indent=1) + "\n", root=path.parent.parent)
 
 

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from reconciler.api.checks import HealthCheck
@@ -19,10 +20,11 @@ class ProbeResult:
 
 
 def probe(
-    check: HealthCheck, host: str, port: int | None, env: dict[str, str] | None = None, cwd: str | None = None
+    check: HealthCheck, host: str, port: int | None, env: dict[str, str] | None = None, cwd: str | None = None,
+    as_workload: Callable[[], None] | None = None,
 ) -> ProbeResult:
-    """`port`: where an http/tcp check connects. `env` and `cwd` are the workload's: an exec check runs as the
-    workload would, not as the reconciler."""
+    """`port`: where an http/tcp check connects. `env`, `cwd` and `as_workload` (the preexec function that switches
+    to its user) are the workload's: an exec check runs as the workload would, not as the reconciler."""
     target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
     if check.http is not None:
         url = f"http://{f'[{target}]' if ':' in target else target}:{port}{check.http.path}"
@@ -35,10 +37,11 @@ def probe(
             return ProbeResult(False, f"tcp {target}:{port}: {error.strerror or error}")
     assert check.exec is not None
     try:
-        done = subprocess.run(check.exec.command, capture_output=True, timeout=check.timeout_seconds, env=env, cwd=cwd)
+        done = subprocess.run(check.exec.command, capture_output=True, timeout=check.timeout_seconds, env=env, cwd=cwd,
+                              preexec_fn=as_workload)
     except subprocess.TimeoutExpired:
         return ProbeResult(False, f"{check.exec.command[0]}: no answer within {check.timeout_seconds}s")
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, subprocess.SubprocessError) as error:
         return ProbeResult(False, f"{check.exec.command[0]}: {getattr(error, 'strerror', None) or error}")
     tail = (done.stdout + done.stderr).decode("utf-8", "replace").strip()[-200:]
     return ProbeResult(done.returncode == 0, f"{check.exec.command[0]} exited {done.returncode}" + (f": {tail}" if tail else ""))

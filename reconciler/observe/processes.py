@@ -13,6 +13,24 @@ from reconciler.api.status import ExitInfo
 from reconciler.api.launch import AnyLaunch
 
 
+class RunAs(BaseModel):
+    """Whom a native workload's processes run as (a user other than the reconciler's, which is root)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    uid: int
+    gid: int
+    name: str
+    home: str
+    groups: tuple[int, ...] = ()
+    dynamic: bool = False
+
+    def describe(self) -> str:
+        kind = "dynamic user" if self.dynamic else "user"
+        groups = f", groups {','.join(map(str, self.groups))}" if self.groups else ""
+        return f"{kind} {self.name} (uid {self.uid}, gid {self.gid}{groups})"
+
+
 class ProcessRecord(BaseModel):
     """Proof of ownership: pid + kernel start ticks (immune to clock steps) + the launch nonce.
 
@@ -31,6 +49,8 @@ class ProcessRecord(BaseModel):
     started_at: datetime
     enforcement: dict[str, str] = {}  # resource -> how its limit is enforced, in words
     cgroups: dict[str, str] = {}  # controller -> the cgroup made for this run
+    user: str | None = None  # whom it runs as, in words (None: recorded by a version that did not say)
+    run_as: RunAs | None = None  # None: as the reconciler itself
     exit: ExitInfo | None = None
     container_id: str | None = None
     addresses: tuple[str, ...] = ()  # a container's on its networks: how a gateway tells its requests apart

@@ -59,6 +59,7 @@ class DecisionInputs:
     consent_approved: bool = False
     secret_resolves: bool | None = None
     secret_file_mode: int | None = None  # permission bits of a file reference, when it exists
+    runs_as: str | None = None  # whom a native workload runs as, e.g. "as a dynamic user of its own (...)"
 
 
 def runtime_decision_record(inputs: DecisionInputs) -> dict[str, Any]:
@@ -213,13 +214,15 @@ def _remote_fallback_consent(inputs: DecisionInputs) -> Question:
 
 def _local_secret_storage(inputs: DecisionInputs) -> Question:
     fallback = inputs.fallback
+    isolation = (f"; it runs {inputs.runs_as}, so it reads no secret of the reconciler's or another workload's"
+                 if inputs.runs_as else "")
     if fallback is None:
         return _answer("no API key: this workload calls no hosted provider",
-                       "the reconciler keeps no secret for it", "none")
+                       f"the reconciler keeps no secret for it{isolation}", "none")
     key = fallback.api_key
     state = {True: "resolves", False: "missing or empty", None: "not checked"}[inputs.secret_resolves]
     assumption = ("the reconciler never reads, copies or logs the value: it only checks that the reference resolves; "
-                  "status, evidence and plans show the reference alone")
+                  f"status, evidence and plans show the reference alone{isolation}")
     if key.file is not None:
         mode = inputs.secret_file_mode
         shown = f", mode {mode:04o}" if mode is not None else ""
@@ -240,7 +243,7 @@ def _locations(inputs: DecisionInputs) -> dict[str, str]:
         data = f"{_sent(hosted)} go to {hosted.provider} ({hosted.region}); {model} stays on this host, unused"
     elif decision.placement is Placement.local:
         execution = f"this host ({inputs.runtime}, engine {inputs.engine})" + \
-            (f", reached at {inputs.endpoint}" if inputs.endpoint else "")
+            (f", {inputs.runs_as}" if inputs.runs_as else "") + (f", reached at {inputs.endpoint}" if inputs.endpoint else "")
         data = f"this host: {model}; prompts and completions do not leave it"
     else:
         execution = f"nowhere: {decision.reason}"

@@ -294,6 +294,7 @@ def _render(record: ResourceRecord, outcome: PassOutcome, assessment: _Assessmen
         health=record.health.message if running and record.health and record.health.pid == pid else None,
         listening=at_most(outcome.listens.listening) if pid and outcome.listens and outcome.listens.pid == pid else None,
         enforcement=running.enforcement or None if running else None,
+        user=running.user if running else None,
         container_id=running.container_id if running else None,
         addresses=list(running.addresses) or None if running else None,
         image=image.image if image else None,

@@ -184,6 +184,14 @@ def stand_in_server(folder: Path) -> Path:
     return path
 
 
+def starts_file(folder: Path) -> Path:
+    """Where the stand-in reports its starts: a folder its user (one of its own, under a root reconciler) may write."""
+    reports = folder / "reports"
+    reports.mkdir()
+    reports.chmod(0o1777)
+    return reports / "starts.jsonl"
+
+
 def padded_model(folder: Path, size: int) -> bytes:
     """A real GGUF (its header is read to fit it) followed by zeros up to `size` bytes: long enough to take time."""
     tiny = write_tiny_llama(folder / "tiny.gguf").read_bytes()
@@ -209,7 +217,7 @@ def test_a_download_cut_by_sigkills_resumes_verifies_and_starts_the_workload_onc
     # long enough that every kill lands inside the download, and a couple of seconds are left for the last start
     trickle = Trickle(server)
     data = padded_model(tmp_path, int(RATE * (sum(kills_after) + 0.2 * rounds + 2.5)))
-    served = Served(workspace, data, server.add("tiny.gguf", data), tmp_path / "starts.jsonl")
+    served = Served(workspace, data, server.add("tiny.gguf", data), starts_file(tmp_path))
     served.write(stand_in_server(tmp_path))
     partial = ArtifactCache(workspace.state / "models").partial_path(served.digest)
     resumed_from, asked_from = [], []
@@ -311,7 +319,7 @@ def fault_row(workspace: Workspace, server: ArtifactServer, tmp_path: Path, row:
     leaves the workload running)."""
     Trickle(server)  # the fetch again takes about a second: long enough to be seen
     data = padded_model(tmp_path, 0)
-    served = Served(workspace, data, server.add("tiny.gguf", data), tmp_path / "starts.jsonl")
+    served = Served(workspace, data, server.add("tiny.gguf", data), starts_file(tmp_path))
     served.write(stand_in_server(tmp_path))
     failures: list[str] = []
     flags, daemon = None, None
