@@ -8,19 +8,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from reconciler.api.reference import REFERENCE_FILE, render_reference
-from reconciler.api.schemas import SCHEMA_GLOBS, render_schemas, stale_generated, write_generated
 from reconciler.cli.common import (EXIT_CHANGES, EXIT_ERROR, EXIT_IN_SYNC, default_state_dir, locked, open_reconciler,
                                    path_argument, print_load_errors, readable_folder, state_option)
 from reconciler.cli.tables import dump, plan_rows, plan_table
-from reconciler.control.reconciler import Reconciler
-from reconciler.diff.loopback import loopback_env_warnings
-from reconciler.load.desired import load_desired
-from reconciler.observe import clock
-from reconciler.record.status import FAILED_PHASES, SUCCEEDED_PHASES
+
+if TYPE_CHECKING:
+    from reconciler.control.reconciler import Reconciler
 
 APPLY_WORKERS = 4  # container starts wait on the engine: several at once, as Compose does
 
@@ -29,6 +26,8 @@ APPLY_WORKERS = 4  # container starts wait on the engine: several at once, as Co
 @path_argument
 def validate(path: Path) -> None:
     """Check every spec file; errors name file:line:column, field and what was expected."""
+    from reconciler.load.desired import load_desired
+
     readable_folder(path)
     desired = load_desired(path)
     for errors in desired.errors.values():
@@ -46,6 +45,9 @@ def validate(path: Path) -> None:
 @click.option("--allow-empty", is_flag=True, help="Plan pruning even when the desired state is empty.")
 def plan(path: Path, state_dir: Path | None, output: str, allow_empty: bool) -> None:
     """Show every action a pass would take, with its cause. Exit 0 in sync, 2 changes pending, 1 error."""
+    from reconciler.diff.loopback import loopback_env_warnings
+    from reconciler.observe import clock
+
     reconciler = open_reconciler(path, state_dir, readonly=True, allow_empty=allow_empty)
     now = clock.now()
     rows = plan_rows([reconciler.plan(key, now) for key in reconciler.keys()])
@@ -108,6 +110,9 @@ def _readiness(reconciler: Reconciler, min_ready_seconds: float, patience: float
     back-off that ends within `patience` seconds is settling (a killed server is restarted); a back-off after
     that restart failed too is reported (a missing executable fails at once, not after a minute of retries).
     `backoffs`: the back-off each workload was first seen in, kept across calls."""
+    from reconciler.observe import clock
+    from reconciler.record.status import FAILED_PHASES, SUCCEEDED_PHASES
+
     pending, failed = [], []
     now = clock.now()
     waited_out = now + timedelta(seconds=patience)
@@ -135,6 +140,8 @@ def _readiness(reconciler: Reconciler, min_ready_seconds: float, patience: float
 @state_option
 def down(path: Path, state_dir: Path | None) -> None:
     """Stop and remove everything this desired-state folder owns."""
+    from reconciler.control.reconciler import Reconciler
+
     state_dir = state_dir or default_state_dir(path)
     with locked(path, state_dir, "down"):
         reconciler = Reconciler(path, state_dir)
@@ -159,6 +166,9 @@ def down(path: Path, state_dir: Path | None) -> None:
 def schemas(out: Path, docs: Path, check: bool) -> None:
     """Regenerate the JSON Schemas and CRDs in crds/ and the kinds reference in docs/reference/ from the pydantic
     models."""
+    from reconciler.api.reference import REFERENCE_FILE, render_reference
+    from reconciler.api.schemas import SCHEMA_GLOBS, render_schemas, stale_generated, write_generated
+
     generated = ((out, render_schemas(), SCHEMA_GLOBS), (docs, render_reference(), (REFERENCE_FILE,)))
     if check:
         stale = [folder / name for folder, rendered, globs in generated
