@@ -166,6 +166,24 @@ def test_a_no_op_apply_lists_once_per_pass_and_inspects_each_container_once(
     assert [c.status for c in ours(docker_engine, space)] == ["running"] * len(names)
 
 
+def test_starts_with_memory_limits_overlap_when_all_of_them_fit(space: Workspace, docker_engine: EngineUnderTest) -> None:
+    """Memory is committed one start at a time only when it could run out: 6 x 32 MiB cannot, so `apply`'s workers
+    start them side by side, as Compose does (one at a time, every create was followed by its own start)."""
+    names = [f"mem-{index}" for index in range(6)]
+    for name in names:
+        space.write(f"{name}.yaml", container_yaml(name, command=HTTPD, resources={"memory": "32Mi"},
+                                                   ports=[{"containerPort": 8080, "hostPort": free_port()}]))
+    since = datetime.now(timezone.utc)
+    assert space.cli("apply").returncode == 0
+    time.sleep(1.1)  # the engine's event times have one-second resolution in filters
+    events = docker_engine.client().events(since=since, until=datetime.now(timezone.utc), decode=True, filters={
+        "label": [f"{OWNER_LABEL}={owner_id(space.state)}"], "event": ["create", "start"]})
+    order = [event["Action"] for event in events]
+    assert sorted(order) == ["create"] * len(names) + ["start"] * len(names), order
+    assert "create,create" in ",".join(order), order
+    assert [c.status for c in ours(docker_engine, space)] == ["running"] * len(names)
+
+
 def test_an_exit_behind_its_back_is_seen_by_the_next_look_of_a_running_daemon(
     space: Workspace, docker_engine: EngineUnderTest
 ) -> None:

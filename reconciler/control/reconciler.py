@@ -253,6 +253,11 @@ class Reconciler:
         return Planned(judged.action, judged.verdict, inputs, model, rendered, judged.placement, judged.secret,
                        desired.resources.get(key), desired, judged.listens)
 
+    def _memory_always_fits(self) -> bool:
+        policy = self.holds.policy_in_force(self.desired)
+        return self.workloads.memory_always_fits(self.desired, self._all_records(),
+                                                 (policy.spec if policy else DEFAULT_POLICY).resources)
+
     def _remembered(self, key: ResourceKey) -> ResourceRecord | None:
         with self._lock:
             return self.records.get(key)
@@ -297,8 +302,9 @@ class Reconciler:
         # Validated only when it differs from the desired one: this runs on every reconcile.
         differs = record is not None and (entry is None or record.spec_hash != entry.spec_hash)
         on_record = last_valid(record) if key.kind == "Workload" and differs else None
-        admitted = any(isinstance(version.resource, Workload) and _needs_admission(version.resource.spec)
-                       for version in (entry, on_record) if version is not None)
+        versions = [version.resource.spec for version in (entry, on_record)
+                    if version is not None and isinstance(version.resource, Workload)]
+        admitted = any(_needs_admission(spec, self._memory_always_fits) for spec in versions)
         with self._admission_lock if admitted else nullcontext():  # judged and started as one step: no GPU given
             return self._reconcile(key)                            # twice, no memory committed twice
 
@@ -520,5 +526,7 @@ def _on_record(planned: Planned, digest: str | None) -> bool:
     return digest is not None and not planned.executed and planned.record is not None and digest == planned.record.last_decision
 
 
-def _needs_admission(spec: WorkloadSpec) -> bool:
-    return bool(spec.resources.gpus.wanted or spec.resources.memory or spec.model)
+def _needs_admission(spec: WorkloadSpec, memory_always_fits: Callable[[], bool]) -> bool:
+    """Whether judging and starting it must not overlap another's: GPUs and models are placed one at a time, and
+    a memory limit is committed one at a time unless every workload's fits at once (then starts overlap)."""
+    return bool(spec.resources.gpus.wanted or spec.model or (spec.resources.memory and not memory_always_fits()))
