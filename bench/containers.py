@@ -260,7 +260,8 @@ def noop_daemon_pass() -> float:
     os.environ["DOCKER_HOST"] = _bench.proxy.address
     reconciler = _daemon.get("reconciler")
     if reconciler is None:
-        reconciler = _daemon["reconciler"] = Reconciler(_bench.desired, _bench.state)
+        # with an exit callback, as the daemon's: its driver then hears the engine's events
+        reconciler = _daemon["reconciler"] = Reconciler(_bench.desired, _bench.state, on_exit=lambda name: None)
     assert isinstance(reconciler, Reconciler)
     _bench.proxy.reset()
     began = time.perf_counter()
@@ -297,6 +298,33 @@ def changed_peer() -> float:
     return seconds
 
 
+# -- 8: commands that answer at once ----------------------------------------------------------------------------
+
+def _command(*arguments: str) -> Callable[[], float]:
+    """Timed: one `reconciler ARGUMENTS` process; FOLDER and STATE stand for the converged 20's."""
+    def once() -> float:
+        places = {"FOLDER": str(_bench.desired), "STATE": str(_bench.state)}
+        return _timed([sys.executable, "-m", "reconciler", *(places.get(argument, argument) for argument in arguments)])
+    return once
+
+
+def docker_ps() -> float:
+    """Timed: `docker ps` listing the same engine's 40 running containers: the command a user compares with."""
+    return _timed(["docker", "ps"])
+
+
+def _quick_commands(repetitions: int) -> list[Scenario]:
+    commands = {"--help": ("--help",), "status": ("status", "FOLDER", "--state-dir", "STATE"),
+                "describe": ("describe", "svc-00", "FOLDER", "--state-dir", "STATE"),
+                "logs": ("logs", "svc-00", "FOLDER", "--state-dir", "STATE", "--tail", "5"),
+                f"validate ({SERVICES} specs)": ("validate", "FOLDER")}
+    rows = [Scenario(f"`reconciler {label}`", "s", _command(*arguments), docker_ps, "docker ps", "<= 0.15 s",
+                     repetitions, setup=_both_up, calls=_calls) for label, arguments in commands.items()]
+    floor = Scenario("`python -c pass` (the interpreter's floor)", "s", lambda: _timed([sys.executable, "-c", "pass"]),
+                     docker_ps, "docker ps", "-", repetitions, setup=_both_up, calls=_calls)
+    return [*rows, floor]
+
+
 def _calls() -> dict[str, int]:
     return _bench.calls
 
@@ -326,6 +354,7 @@ def scenarios(quick: bool = False) -> list[Scenario]:
                  "ratio <= 0.2", repetitions, setup=_both_up, reference=missing, calls=_calls),
         Scenario(f"no-op pass of the running daemon over the same {SERVICES} (in process)", "s", noop_daemon_pass,
                  peer(noop_peer), name, "ratio <= 0.2", repetitions, setup=_both_up, reference=missing, calls=_calls),
+        *_quick_commands(repetitions),
         Scenario(f"one of {SERVICES} containers changed -> converged", "s", changed_ours, peer(changed_peer), name,
                  "ratio <= 0.5", repetitions, setup=_both_up, teardown=_shutdown, reference=missing, calls=_calls),
     ]

@@ -310,8 +310,9 @@ class _Idle:
     settled. Each window measures the manager's own process, not its children: user + system CPU time over the
     window / the window, and RSS at its end. The window is a multiple of the daemon's default 30 s resync period, so
     each holds the same number of resync passes (what an idle daemon does); a shorter one may hold none and read 0 %.
-    The RSS and wake-up rows reuse the CPU row's windows when that row ran first. Wake-ups are the voluntary context
-    switches of all the manager's threads, per minute: a count, steadier than CPU time on a shared machine."""
+    Windows begin once every workload is proven (its soak over), as an idle daemon's are. The RSS and wake-up rows
+    reuse the CPU row's windows when that row ran first. Wake-ups are the voluntary context switches of all the
+    manager's threads, per minute: a count, steadier than CPU time on a shared machine."""
 
     def __init__(self, seconds: float) -> None:
         ours, theirs = [_marker() for _ in range(100)], [_marker() for _ in range(100)]
@@ -333,6 +334,11 @@ class _Idle:
         except BaseException:
             self.down()
             raise
+        # idle means proven: while the workloads soak (30 s by default) each pass rewrites their status files
+        daemon = self.managers["ours"]
+        assert isinstance(daemon, Daemon)
+        wait_for(lambda: not any("state: Soaking" in status.read_text() for status in daemon.desired.glob("*.status.yaml")),
+                 180, "the 100 workloads proven", 0.5)
         time.sleep(3.0)  # the start-up's status writes and log trims settle
 
     def window(self, which: str) -> tuple[float, float, float]:

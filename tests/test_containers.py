@@ -141,7 +141,7 @@ def test_a_pass_with_nothing_to_do_makes_no_engine_writes(space: Workspace, dock
     assert space.actions("web.yaml").count("create") == 1
 
 
-def test_a_no_op_apply_lists_once_per_pass_and_inspects_each_container_once(
+def test_a_no_op_apply_and_a_status_list_once_and_inspect_each_container_once(
     space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
 ) -> None:
     if not docker_engine.address.startswith("unix://"):
@@ -164,6 +164,16 @@ def test_a_no_op_apply_lists_once_per_pass_and_inspects_each_container_once(
     assert calls.get("GET /containers/json", 0) <= 4, calls
     assert [endpoint for endpoint in calls if not endpoint.startswith("GET ")] == [], calls
     assert [c.status for c in ours(docker_engine, space)] == ["running"] * len(names)
+    proxy = CountingProxy(tmp_path / "status.sock", docker_engine.address.removeprefix("unix://"))
+    proxy.start()
+    try:
+        shown = space.cli("status", env={**os.environ, "DOCKER_HOST": proxy.address})
+    finally:
+        proxy.close()
+    assert shown.returncode == 0 and shown.stdout.count("Running") == len(names), shown.stdout + shown.stderr
+    # status reads one moment: one listing, one inspection per container, however many times it looks at each
+    assert proxy.counts.get("GET /containers/{}/json") == len(names), proxy.counts
+    assert proxy.counts.get("GET /containers/json", 0) <= 2, proxy.counts
 
 
 def test_starts_with_memory_limits_overlap_when_all_of_them_fit(space: Workspace, docker_engine: EngineUnderTest) -> None:

@@ -54,7 +54,8 @@ class ContainerDriver:
         readonly: bool = False, on_engine_back: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
-        self._seen = OwnedContainers(engine, owner)  # one listing per pass, inspections reused while no event says otherwise
+        # one listing per pass, inspections reused while no event says otherwise (a read-only one: all its life)
+        self._seen = OwnedContainers(engine, owner, one_shot=readonly)
         self.logs = LogStore(state_dir / "logs")
         self._owner = owner
         # the id and main pid of the container each workload last started: the engine forgets the pid once it

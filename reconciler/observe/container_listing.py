@@ -5,7 +5,8 @@ containers are then inspected once and that inspection is reused, but only while
 subscribed (`subscribed()`) and tells of nothing about that workload since (`changed()`): any create, start,
 die or destroy of a container carrying the owner's label arrives there. An inspection is also dropped when the
 next listing shows its container in another state, and everything is dropped when the stream is lost. Without a
-subscription (`status`, `plan`, an engine that went away) every look asks the engine afresh, as before.
+subscription (an engine that went away) every look asks the engine afresh. A one-shot reader (`status`, `plan`,
+`describe`: nothing acts, nothing subscribes) keeps what it saw first: one listing and one inspection each.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from reconciler.observe.docker_engine import DockerEngine
 
 
 class OwnedContainers:
-    def __init__(self, engine: DockerEngine, owner: str) -> None:
+    def __init__(self, engine: DockerEngine, owner: str, one_shot: bool = False) -> None:
         self.engine = engine
         self.owner = owner
         self._lock = threading.Lock()
-        self._subscribed = False
+        self._reusable = one_shot  # subscribed, or a one-shot reader (it reports one moment): what was seen is reused
         self._listing: dict[str, list[tuple[str, str]]] | None = None  # workload -> (id, state) of its containers
         self._inspected: dict[str, Container] = {}  # id -> inspection, reused while nothing was said about it
         self._changed: set[str] = set()  # workloads an event or an act touched since the listing
@@ -37,7 +38,7 @@ class OwnedContainers:
         for container in listed:
             listing.setdefault(container.workload, []).append((container.id, container.state))
         with self._lock:
-            if self._subscribed and epoch == self._epoch:
+            if self._reusable and epoch == self._epoch:
                 states = {container.id: container.state for container in listed}
                 self._inspected = {id_: inspected for id_, inspected in self._inspected.items()
                                    if states.get(id_) == inspected.status}
@@ -47,13 +48,13 @@ class OwnedContainers:
     def of(self, name: str) -> list[Container]:
         """Every container of the workload, inspected: reused when nothing can have changed, else asked afresh."""
         with self._lock:
-            unlisted = self._subscribed and self._listing is None
+            unlisted = self._reusable and self._listing is None
         if unlisted:  # subscribed since the last listing: one listing now serves this look and the pass's next ones
             self.names()
         with self._lock:
             epoch = self._epoch
             known = None
-            if self._subscribed and self._listing is not None and name not in self._changed:
+            if self._reusable and self._listing is not None and name not in self._changed:
                 known = [(id_, self._inspected.get(id_)) for id_, _ in self._listing.get(name, [])]
         if known is not None:
             containers = [inspected or self.engine.inspect(id_) for id_, inspected in known]
@@ -66,7 +67,7 @@ class OwnedContainers:
 
     def _keep(self, epoch: int, name: str, containers: list[Container]) -> None:
         with self._lock:
-            if not self._subscribed or self._listing is None or epoch != self._epoch:
+            if not self._reusable or self._listing is None or epoch != self._epoch:
                 return
             self._listing[name] = [(container.id, container.status) for container in containers]
             self._inspected.update({container.id: container for container in containers})
@@ -84,5 +85,5 @@ class OwnedContainers:
         """The event stream was just subscribed (True) or lost (False): what was seen before is not reused."""
         with self._lock:
             self._epoch += 1
-            self._subscribed = live
+            self._reusable = live
             self._listing, self._inspected, self._changed = None, {}, set()
