@@ -19,7 +19,9 @@ from reconciler.cli.tables import dump, plan_rows, plan_table
 if TYPE_CHECKING:
     from reconciler.control.reconciler import Reconciler
 
-APPLY_WORKERS = 4  # container starts wait on the engine: several at once, as Compose does
+# container starts wait on the engine: many at once, as Compose's (up to 64) do. A cold converge of 20 containers
+# took 7.6-8.6 s with 4, 7.0-7.8 s with 8 and 5.4-8.3 s with 20 (one run, alternating, one engine)
+APPLY_WORKERS = 20
 
 
 @click.command()
