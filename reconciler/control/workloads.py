@@ -20,6 +20,7 @@ from reconciler.api.meta import ResourceKey
 from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.rollout import Pins
 from reconciler.api.status import Listen
+from reconciler.control.holds import last_valid
 from reconciler.control.models import ModelStore, ModelView
 from reconciler.control.pins import pinned_executable, pinned_image, pinned_model
 from reconciler.diff.containers import check_address, container_endpoint, render_container
@@ -187,7 +188,7 @@ class WorkloadRenderer:
             return self._fits[1]
         largest: dict[str, int] = {}
         versions = [entry.resource for entry in desired.resources.values() if isinstance(entry.resource, Workload)]
-        versions += [KINDS["Workload"].model_validate(record.resource) for record in records if record.kind == "Workload"]
+        versions += [entry.resource for record in records if record.kind == "Workload" and (entry := last_valid(record))]
         for workload in versions:
             assert isinstance(workload, Workload)
             largest[workload.name] = max(largest.get(workload.name, 0), self.commitment(desired, workload)[0])
