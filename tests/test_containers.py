@@ -141,6 +141,16 @@ def test_a_pass_with_nothing_to_do_makes_no_engine_writes(space: Workspace, dock
     assert space.actions("web.yaml").count("create") == 1
 
 
+def counted(space: Workspace, engine: EngineUnderTest, socket_path: Path, *args: str) -> tuple[Any, dict[str, int]]:
+    """`reconciler ARGS` with the engine reached through a counting proxy: its result and its engine calls."""
+    proxy = CountingProxy(socket_path, engine.address.removeprefix("unix://"))
+    proxy.start()
+    try:
+        return space.cli(*args, env={**os.environ, "DOCKER_HOST": proxy.address}), dict(proxy.counts)
+    finally:
+        proxy.close()
+
+
 def test_a_no_op_apply_and_a_status_list_once_and_inspect_each_container_once(
     space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
 ) -> None:
@@ -150,30 +160,19 @@ def test_a_no_op_apply_and_a_status_list_once_and_inspect_each_container_once(
     for name in names:
         space.write(f"{name}.yaml", container_yaml(name, command=HTTPD, ports=[{"containerPort": 8080, "hostPort": free_port()}]))
     assert space.cli("apply", "--wait", "--timeout", "60").returncode == 0
-    proxy = CountingProxy(tmp_path / "engine.sock", docker_engine.address.removeprefix("unix://"))
-    proxy.start()
-    try:
-        again = space.cli("apply", env={**os.environ, "DOCKER_HOST": proxy.address})
-    finally:
-        proxy.close()
+    again, calls = counted(space, docker_engine, tmp_path / "apply.sock", "apply")
     assert again.returncode == 0, again.stderr
-    calls = dict(proxy.counts)
     # it looked at each workload three times (its seed, its reconcile, its readiness): the engine was asked once
     assert calls.get("GET /containers/{}/json") == len(names), calls
     # listings: the seed's keys (before the event subscription), its first look after it, adopting, the pass's keys
     assert calls.get("GET /containers/json", 0) <= 4, calls
     assert [endpoint for endpoint in calls if not endpoint.startswith("GET ")] == [], calls
     assert [c.status for c in ours(docker_engine, space)] == ["running"] * len(names)
-    proxy = CountingProxy(tmp_path / "status.sock", docker_engine.address.removeprefix("unix://"))
-    proxy.start()
-    try:
-        shown = space.cli("status", env={**os.environ, "DOCKER_HOST": proxy.address})
-    finally:
-        proxy.close()
+    shown, calls = counted(space, docker_engine, tmp_path / "status.sock", "status")
     assert shown.returncode == 0 and shown.stdout.count("Running") == len(names), shown.stdout + shown.stderr
     # status reads one moment: one listing, one inspection per container, however many times it looks at each
-    assert proxy.counts.get("GET /containers/{}/json") == len(names), proxy.counts
-    assert proxy.counts.get("GET /containers/json", 0) <= 2, proxy.counts
+    assert calls.get("GET /containers/{}/json") == len(names), calls
+    assert calls.get("GET /containers/json", 0) <= 2, calls
 
 
 def test_starts_with_memory_limits_overlap_when_all_of_them_fit(space: Workspace, docker_engine: EngineUnderTest) -> None:
