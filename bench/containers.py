@@ -12,6 +12,8 @@ pids limit, init, bounded logs) and writes status and evidence files on each pas
 
 What is timed, per repetition, is the wall time of one CLI process (interpreter start-up included, for
 both tools) until it exits 0; preparing files, `down`, and the check that 20 containers run are not.
+Both tools reach the engine through a counting proxy (tests/engine_proxy.py): the API calls of each timed run, by
+endpoint, go into results.json and their total into the table.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 import docker
 import yaml
 
+from tests.engine_proxy import CountingProxy
 from bench.harness import Scenario
 from tests.docker_engine import TEST_IMAGE, PrivateEngine, import_image
 
@@ -49,6 +52,8 @@ class _Bench:
     """The shared engine and work folders; started by the first scenario's setup, stopped at the end."""
 
     engine: PrivateEngine | None = None
+    proxy: CountingProxy | None = None  # what both tools are pointed at
+    calls: dict[str, int] = field(default_factory=dict)  # the engine calls of the last timed run
     work: Path | None = None
     ports: list[int] = field(default_factory=list)  # SERVICES for ours, then SERVICES for the peer
     variant: dict[str, str] = field(default_factory=lambda: {"ours": "a", "peer": "a"})
@@ -83,6 +88,8 @@ def _start() -> None:
     _bench.work = Path(tempfile.mkdtemp(prefix="lais-bench-containers-"))
     _bench.engine.start()
     import_image(_bench.engine.address, TEST_IMAGE)
+    _bench.proxy = CountingProxy(_bench.work / "proxy.sock", _bench.engine.address.removeprefix("unix://"))
+    _bench.proxy.start()
     _bench.ports = _free_ports(2 * SERVICES)
     _write_ours()
     _write_peer()
@@ -91,6 +98,9 @@ def _start() -> None:
 def _shutdown() -> None:
     """Remove every container, stop and destroy the engine, delete the work folder; safe to call twice."""
     engine, _bench.engine = _bench.engine, None
+    if _bench.proxy is not None:
+        _bench.proxy.close()
+        _bench.proxy = None
     if engine is not None:
         try:
             client = docker.DockerClient(base_url=engine.address, version="auto", timeout=30)
@@ -144,24 +154,29 @@ def _write_peer() -> None:
     _bench.compose_file.write_text(yaml.safe_dump({"version": "2.4", "services": services}, sort_keys=False))
 
 
-def _timed(command: list[str]) -> float:
-    """Seconds `command` took to exit 0, with DOCKER_HOST set to the private engine."""
-    assert _bench.engine is not None
-    environment = {**os.environ, "DOCKER_HOST": _bench.engine.address}
+def _timed(command: list[str], counted: bool = True) -> float:
+    """Seconds `command` took to exit 0, with DOCKER_HOST set to the private engine (through the counting proxy)."""
+    assert _bench.proxy is not None
+    environment = {**os.environ, "DOCKER_HOST": _bench.proxy.address}
+    _bench.proxy.reset()
     began = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
     elapsed = time.perf_counter() - began
+    calls = dict(_bench.proxy.reset())
+    if counted:  # the run a scenario measures, not its untimed setup or clean-up
+        _bench.calls = calls
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     return elapsed
 
 
-def _ours(verb: str) -> float:
-    return _timed([sys.executable, "-m", "reconciler", verb, str(_bench.desired), "--state-dir", str(_bench.state)])
+def _ours(verb: str, counted: bool = True) -> float:
+    return _timed([sys.executable, "-m", "reconciler", verb, str(_bench.desired), "--state-dir", str(_bench.state)],
+                  counted)
 
 
-def _peer(*arguments: str) -> float:
-    return _timed(["docker-compose", "-p", PEER_PROJECT, "-f", str(_bench.compose_file), *arguments])
+def _peer(*arguments: str, counted: bool = True) -> float:
+    return _timed(["docker-compose", "-p", PEER_PROJECT, "-f", str(_bench.compose_file), *arguments], counted)
 
 
 def _running(label: str) -> None:
@@ -180,7 +195,7 @@ def _ours_label() -> str:
 
 def _ours_down() -> None:
     if _bench.state.exists():
-        _ours("down")
+        _ours("down", counted=False)
         shutil.rmtree(_bench.state)  # cold means no state directory either
 
 
@@ -188,14 +203,14 @@ def _both_down() -> None:
     _start()
     _ours_down()
     if shutil.which("docker-compose"):
-        _peer("down")
+        _peer("down", counted=False)
 
 
 def _both_up() -> None:
     _start()
-    _ours("apply")
+    _ours("apply", counted=False)
     if shutil.which("docker-compose"):
-        _peer("up", "-d")
+        _peer("up", "-d", counted=False)
 
 
 # -- 5: cold converge -----------------------------------------------------------------------------------------
@@ -213,7 +228,7 @@ def cold_peer() -> float:
     """Timed: `docker-compose up -d` from no containers of its project. Then, untimed, `docker-compose down`."""
     seconds = _peer("up", "-d")
     _running(f"{COMPOSE_LABEL}={PEER_PROJECT}")
-    _peer("down")
+    _peer("down", counted=False)
     return seconds
 
 
@@ -241,17 +256,20 @@ def noop_daemon_pass() -> float:
     and a reconcile of every resource, in process (no interpreter start-up: a daemon has already paid it)."""
     from reconciler.control.reconciler import Reconciler
 
-    assert _bench.engine is not None
-    os.environ["DOCKER_HOST"] = _bench.engine.address
+    assert _bench.proxy is not None
+    os.environ["DOCKER_HOST"] = _bench.proxy.address
     reconciler = _daemon.get("reconciler")
     if reconciler is None:
-        reconciler = _daemon["reconciler"] = Reconciler(_bench.desired, _bench.state)
+        # with an exit callback, as the daemon's: its driver then hears the engine's events
+        reconciler = _daemon["reconciler"] = Reconciler(_bench.desired, _bench.state, on_exit=lambda name: None)
     assert isinstance(reconciler, Reconciler)
+    _bench.proxy.reset()
     began = time.perf_counter()
     reconciler.refresh()
     for key in reconciler.keys():
         reconciler.reconcile(key)
     elapsed = time.perf_counter() - began
+    _bench.calls = dict(_bench.proxy.reset())
     _running(_ours_label())
     return elapsed
 
@@ -280,6 +298,37 @@ def changed_peer() -> float:
     return seconds
 
 
+# -- 8: commands that answer at once ----------------------------------------------------------------------------
+
+def _command(*arguments: str) -> Callable[[], float]:
+    """Timed: one `reconciler ARGUMENTS` process; FOLDER and STATE stand for the converged 20's."""
+    def once() -> float:
+        places = {"FOLDER": str(_bench.desired), "STATE": str(_bench.state)}
+        return _timed([sys.executable, "-m", "reconciler", *(places.get(argument, argument) for argument in arguments)])
+    return once
+
+
+def docker_ps() -> float:
+    """Timed: `docker ps` listing the same engine's 40 running containers: the command a user compares with."""
+    return _timed(["docker", "ps"])
+
+
+def _quick_commands(repetitions: int) -> list[Scenario]:
+    commands = {"--help": ("--help",), "status": ("status", "FOLDER", "--state-dir", "STATE"),
+                "describe": ("describe", "svc-00", "FOLDER", "--state-dir", "STATE"),
+                "logs": ("logs", "svc-00", "FOLDER", "--state-dir", "STATE", "--tail", "5"),
+                f"validate ({SERVICES} specs)": ("validate", "FOLDER")}
+    rows = [Scenario(f"`reconciler {label}`", "s", _command(*arguments), docker_ps, "docker ps", "<= 0.15 s",
+                     repetitions, setup=_both_up, calls=_calls) for label, arguments in commands.items()]
+    floor = Scenario("`python -c pass` (the interpreter's floor)", "s", lambda: _timed([sys.executable, "-c", "pass"]),
+                     docker_ps, "docker ps", "-", repetitions, setup=_both_up, calls=_calls)
+    return [*rows, floor]
+
+
+def _calls() -> dict[str, int]:
+    return _bench.calls
+
+
 def _compose_version() -> str | None:
     if shutil.which("docker-compose") is None:
         return None
@@ -300,11 +349,12 @@ def scenarios(quick: bool = False) -> list[Scenario]:
 
     return [
         Scenario(f"cold converge of {SERVICES} container services", "s", cold_ours, peer(cold_peer), name,
-                 "ratio <= 1.0", repetitions, setup=_both_down, reference=missing),
+                 "ratio <= 1.0", repetitions, setup=_both_down, reference=missing, calls=_calls),
         Scenario(f"no-op converge of the same {SERVICES} containers", "s", noop_ours, peer(noop_peer), name,
-                 "ratio <= 0.2", repetitions, setup=_both_up, reference=missing),
+                 "ratio <= 0.2", repetitions, setup=_both_up, reference=missing, calls=_calls),
         Scenario(f"no-op pass of the running daemon over the same {SERVICES} (in process)", "s", noop_daemon_pass,
-                 peer(noop_peer), name, "ratio <= 0.2", repetitions, setup=_both_up, reference=missing),
+                 peer(noop_peer), name, "ratio <= 0.2", repetitions, setup=_both_up, reference=missing, calls=_calls),
+        *_quick_commands(repetitions),
         Scenario(f"one of {SERVICES} containers changed -> converged", "s", changed_ours, peer(changed_peer), name,
-                 "ratio <= 0.5", repetitions, setup=_both_up, teardown=_shutdown, reference=missing),
+                 "ratio <= 0.5", repetitions, setup=_both_up, teardown=_shutdown, reference=missing, calls=_calls),
     ]

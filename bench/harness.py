@@ -26,6 +26,7 @@ class Scenario:
     setup: Callable[[], None] | None = None  # once, before the first repetition
     teardown: Callable[[], None] | None = None  # once, after the last
     reference: str = ""  # numbers the peer is known for, when it is not run here
+    calls: Callable[[], dict[str, int]] | None = None  # the engine API calls of the run just measured, by endpoint
 
 
 @dataclass
@@ -37,6 +38,8 @@ class Result:
     reference: str
     ours: list[float] = field(default_factory=list)
     peer: list[float] = field(default_factory=list)
+    ours_calls: list[dict[str, int]] = field(default_factory=list)  # per repetition, by endpoint
+    peer_calls: list[dict[str, int]] = field(default_factory=list)
 
     @property
     def summary(self) -> dict[str, float | None]:
@@ -45,6 +48,8 @@ class Result:
             "ours_median": ours_median, "ours_p99": _p99(self.ours),
             "peer_median": peer_median, "peer_p99": _p99(self.peer),
             "ratio": ours_median / peer_median if ours_median is not None and peer_median else None,
+            "ours_calls_median": _median([sum(calls.values()) for calls in self.ours_calls]),
+            "peer_calls_median": _median([sum(calls.values()) for calls in self.peer_calls]),
         }
 
 
@@ -55,10 +60,16 @@ def run(scenario: Scenario, log: Callable[[str], None] = print) -> Result:
     try:
         for repetition in range(scenario.repetitions):  # alternate, so drift on the machine hits both alike
             result.ours.append(scenario.ours())
+            if scenario.calls:
+                result.ours_calls.append(scenario.calls())
             if scenario.peer is not None:
                 result.peer.append(scenario.peer())
+                if scenario.calls:
+                    result.peer_calls.append(scenario.calls())
             log(f"  {scenario.name} #{repetition + 1}: ours {result.ours[-1]:.4g}"
-                + (f", {scenario.peer_name} {result.peer[-1]:.4g}" if scenario.peer else "") + f" {scenario.unit}")
+                + (f", {scenario.peer_name} {result.peer[-1]:.4g}" if scenario.peer else "") + f" {scenario.unit}"
+                + "".join(f"; {who} {sum(calls[-1].values())} engine calls {dict(sorted(calls[-1].items()))}"
+                          for who, calls in (("ours", result.ours_calls), ("peer", result.peer_calls)) if calls))
     finally:
         if scenario.teardown:
             scenario.teardown()
@@ -69,13 +80,15 @@ def write(results: list[Result], directory: Path) -> str:
     """results.json (every sample) and results.md (docs/performance.md's table); returns the table."""
     rows = [{**asdict(result), **result.summary} for result in results]
     (directory / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    lines = ["| scenario | reconciler median / p99 | peer | peer median / p99 | ratio | target |", "|---|---|---|---|---|---|"]
+    lines = ["| scenario | reconciler median / p99 | peer | peer median / p99 | ratio | engine calls (ours / peer) | target |",
+             "|---|---|---|---|---|---|---|"]
     for result in results:
         summary = result.summary
         peer = f"{_fmt(summary['peer_median'])} / {_fmt(summary['peer_p99'])} {result.unit}" if result.peer else result.reference or "-"
         ratio = f"{summary['ratio']:.2f}" if summary["ratio"] is not None else "-"
+        calls = f"{_fmt(summary['ours_calls_median'])} / {_fmt(summary['peer_calls_median'])}" if result.ours_calls else "-"
         lines.append(f"| {result.name} | {_fmt(summary['ours_median'])} / {_fmt(summary['ours_p99'])} {result.unit} | "
-                     f"{result.peer_name or '-'} | {peer} | {ratio} | {result.target} |")
+                     f"{result.peer_name or '-'} | {peer} | {ratio} | {calls} | {result.target} |")
     table = "\n".join(lines) + "\n"
     (directory / "results.md").write_text(table)
     return table

@@ -22,6 +22,7 @@ from reconciler.observe.docker_engine import OWNER_LABEL, WORKLOAD_LABEL
 from reconciler.observe.host import boot_id
 from tests.conftest import PYTHON, Workspace, wait_for, workload_yaml
 from tests.docker_engine import TEST_IMAGE, EngineUnderTest, import_image
+from tests.engine_proxy import CountingProxy
 
 pytestmark = pytest.mark.usefixtures("docker_engine")
 HTTPD = ["httpd", "-f", "-p", "8080", "-h", "/www"]
@@ -138,6 +139,72 @@ def test_a_pass_with_nothing_to_do_makes_no_engine_writes(space: Workspace, dock
     assert events == []
     assert the_container(docker_engine, space, "web").id == first
     assert space.actions("web.yaml").count("create") == 1
+
+
+def counted(space: Workspace, engine: EngineUnderTest, socket_path: Path, *args: str) -> tuple[Any, dict[str, int]]:
+    """`reconciler ARGS` with the engine reached through a counting proxy: its result and its engine calls."""
+    proxy = CountingProxy(socket_path, engine.address.removeprefix("unix://"))
+    proxy.start()
+    try:
+        return space.cli(*args, env={**os.environ, "DOCKER_HOST": proxy.address}), dict(proxy.counts)
+    finally:
+        proxy.close()
+
+
+def test_a_no_op_apply_and_a_status_list_once_and_inspect_each_container_once(
+    space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
+) -> None:
+    if not docker_engine.address.startswith("unix://"):
+        pytest.skip("the counting proxy stands on a unix socket")
+    names = ("one", "two", "three")
+    for name in names:
+        space.write(f"{name}.yaml", container_yaml(name, command=HTTPD, ports=[{"containerPort": 8080, "hostPort": free_port()}]))
+    assert space.cli("apply", "--wait", "--timeout", "60").returncode == 0
+    again, calls = counted(space, docker_engine, tmp_path / "apply.sock", "apply")
+    assert again.returncode == 0, again.stderr
+    # it looked at each workload three times (its seed, its reconcile, its readiness): the engine was asked once
+    assert calls.get("GET /containers/{}/json") == len(names), calls
+    # listings: the seed's keys (before the event subscription), its first look after it, adopting, the pass's keys
+    assert calls.get("GET /containers/json", 0) <= 4, calls
+    assert [endpoint for endpoint in calls if not endpoint.startswith("GET ")] == [], calls
+    assert [c.status for c in ours(docker_engine, space)] == ["running"] * len(names)
+    shown, calls = counted(space, docker_engine, tmp_path / "status.sock", "status")
+    assert shown.returncode == 0 and shown.stdout.count("Running") == len(names), shown.stdout + shown.stderr
+    # status reads one moment: one listing, one inspection per container, however many times it looks at each
+    assert calls.get("GET /containers/{}/json") == len(names), calls
+    assert calls.get("GET /containers/json", 0) <= 2, calls
+
+
+def test_starts_with_memory_limits_overlap_when_all_of_them_fit(space: Workspace, docker_engine: EngineUnderTest) -> None:
+    """Memory is committed one start at a time only when it could run out: 6 x 32 MiB cannot, so `apply`'s workers
+    start them side by side, as Compose does (one at a time, every create was followed by its own start)."""
+    names = [f"mem-{index}" for index in range(6)]
+    for name in names:
+        space.write(f"{name}.yaml", container_yaml(name, command=HTTPD, resources={"memory": "32Mi"},
+                                                   ports=[{"containerPort": 8080, "hostPort": free_port()}]))
+    since = datetime.now(timezone.utc)
+    assert space.cli("apply").returncode == 0
+    time.sleep(1.1)  # the engine's event times have one-second resolution in filters
+    events = docker_engine.client().events(since=since, until=datetime.now(timezone.utc), decode=True, filters={
+        "label": [f"{OWNER_LABEL}={owner_id(space.state)}"], "event": ["create", "start"]})
+    order = [event["Action"] for event in events]
+    assert sorted(order) == ["create"] * len(names) + ["start"] * len(names), order
+    assert "create,create" in ",".join(order), order
+    assert [c.status for c in ours(docker_engine, space)] == ["running"] * len(names)
+
+
+def test_an_exit_behind_its_back_is_seen_by_the_next_look_of_a_running_daemon(
+    space: Workspace, docker_engine: EngineUnderTest
+) -> None:
+    """What a pass saw is reused only until the engine's events say otherwise: a container killed between two
+    passes is seen at once, not at the next listing."""
+    space.write("web.yaml", web("web", free_port(), restart={"backoff": {"initialSeconds": 30}}))
+    space.start_daemon("--resync", "3600")
+    wait_for(lambda: (space.resource_status("web.yaml", "web") or {}).get("phase") == "Running", 60, what="Running")
+    the_container(docker_engine, space, "web").kill()
+    status = wait_for(lambda: (s := space.resource_status("web.yaml", "web")) and s["phase"] == "BackOff" and s,
+                      30, what="the exit seen")
+    assert status["lastExit"]["code"] == 137, status
 
 
 def test_spec_change_recreates_with_a_new_config_hash_and_says_why(space: Workspace, docker_engine: EngineUnderTest) -> None:

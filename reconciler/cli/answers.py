@@ -7,18 +7,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from reconciler.cli import git as cli_git
-from reconciler.api.approval import Answer, Approval
-from reconciler.api.kinds import Workload
-from reconciler.api.meta import ResourceKey
 from reconciler.cli.common import key_of, located, path_argument, readable_folder, state_option, who
-from reconciler.load.desired import DesiredEntry, load_desired
-from reconciler.record.approvals import ApprovalStore
-from reconciler.record.store import StateStore
+
+if TYPE_CHECKING:
+    from reconciler.api.approval import Answer
+    from reconciler.api.meta import ResourceKey
+    from reconciler.load.desired import DesiredEntry
 
 ACTED_ON = "a running daemon acts on it now, otherwise the next `reconciler apply` does"
 
@@ -39,6 +38,8 @@ def _answer_command(spec_hash: click.Option) -> Callable[[Callable[..., Any]], c
 def approve(name: str, path: Path, state_dir: Path | None, spec_hash: str, hosted: bool, git_url: str | None,
             branch: str, git_path: str) -> None:
     """Approve a workload's change that waits for a person: its exact current spec, nothing later."""
+    from reconciler.api.approval import Answer
+
     _answer(name, *located(path, state_dir, git_url, branch, git_path), spec_hash, Answer.approve, hosted)
 
 
@@ -47,6 +48,8 @@ def approve(name: str, path: Path, state_dir: Path | None, spec_hash: str, hoste
 def deny(name: str, path: Path, state_dir: Path | None, spec_hash: str | None, hosted: bool, git_url: str | None,
          branch: str, git_path: str) -> None:
     """Refuse a workload's change: its exact current spec stays refused until the spec changes."""
+    from reconciler.api.approval import Answer
+
     _answer(name, *located(path, state_dir, git_url, branch, git_path), spec_hash, Answer.deny, hosted)
 
 
@@ -58,6 +61,10 @@ def deny(name: str, path: Path, state_dir: Path | None, spec_hash: str | None, h
 def rollback(name: str, path: Path, state_dir: Path | None, git_url: str | None, branch: str, git_path: str) -> None:
     """Restore a workload's known-good version (the last that stayed healthy through its soak) instead of its
     current spec; that spec is not tried again until it changes."""
+    from reconciler.api.approval import Answer, Approval
+    from reconciler.record.approvals import ApprovalStore
+    from reconciler.record.store import StateStore
+
     path, state_dir = located(path, state_dir, git_url, branch, git_path)
     key, entry = _desired_workload(name, path)
     record = StateStore(state_dir).load_all().get(key)
@@ -76,6 +83,9 @@ def rollback(name: str, path: Path, state_dir: Path | None, git_url: str | None,
 
 
 def _answer(name: str, path: Path, state_dir: Path, spec_hash: str | None, answer: Answer, hosted: bool) -> None:
+    from reconciler.api.approval import Approval
+    from reconciler.record.approvals import ApprovalStore
+
     key, entry = _desired_workload(name, path)
     if spec_hash is not None and (len(spec_hash) < 8 or not entry.spec_hash.startswith(spec_hash)):
         raise click.ClickException(f"{key}: its spec is now {entry.spec_hash[:12]}, not {spec_hash}: it changed since "
@@ -88,6 +98,9 @@ def _answer(name: str, path: Path, state_dir: Path, spec_hash: str | None, answe
 
 
 def _desired_workload(name: str, path: Path) -> tuple[ResourceKey, DesiredEntry]:
+    from reconciler.api.kinds import Workload
+    from reconciler.load.desired import load_desired
+
     readable_folder(path)
     desired = load_desired(path)
     key = key_of(name)

@@ -1,5 +1,8 @@
 """What the command line's modules share: where the desired state and the state directory are (a folder, or
-the branch a daemon follows with --git), the options that say so, exit codes, who is asking."""
+the branch a daemon follows with --git), the options that say so, exit codes, who is asking.
+
+The command line's modules import at their top only what declaring a command needs: `--help` lists every command,
+and each command imports the pipeline it runs (the models, the engine client, the watchers) when it runs."""
 
 from __future__ import annotations
 
@@ -9,14 +12,15 @@ import pwd
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from reconciler.api.kinds import KINDS
-from reconciler.api.meta import ResourceKey
-from reconciler.base.lock import FOLDER_LOCK, STATE_LOCK, Busy, exclusive, holder
 from reconciler.cli import git as cli_git
-from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
+
+if TYPE_CHECKING:
+    from reconciler.api.meta import ResourceKey
+    from reconciler.control.reconciler import Reconciler
 
 EXIT_IN_SYNC, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -44,6 +48,8 @@ def located(path: Path, state_dir: Path | None, git_url: str | None, branch: str
 
 
 def open_reconciler(path: Path, state_dir: Path | None, **options: object) -> Reconciler:
+    from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
+
     reconciler = Reconciler(path, state_dir or default_state_dir(path), **options)  # type: ignore[arg-type]
     try:
         reconciler.refresh()
@@ -55,6 +61,8 @@ def open_reconciler(path: Path, state_dir: Path | None, **options: object) -> Re
 def watch_notes(reconciler: Reconciler, state_dir: Path) -> list[str]:
     """What `status` and `describe` say first: whether a daemon keeps this state true, and whether this state
     directory is the one that holds the folder's records."""
+    from reconciler.base.lock import FOLDER_LOCK, STATE_LOCK, holder
+
     try:
         daemon, elsewhere = holder(state_dir / STATE_LOCK), holder(reconciler.root / FOLDER_LOCK)
     except OSError as error:
@@ -81,6 +89,9 @@ def print_load_errors(reconciler: Reconciler) -> bool:
 
 def key_of(name: str) -> ResourceKey:
     """NAME is a Workload's; KIND/NAME names any kind (model/tiny as Model/tiny)."""
+    from reconciler.api.kinds import KINDS
+    from reconciler.api.meta import ResourceKey
+
     kind, _, plain = name.rpartition("/")
     return ResourceKey(next((known for known in KINDS if known.lower() == kind.lower()), kind or "Workload"), plain)
 
@@ -98,6 +109,8 @@ def readable_folder(path: Path) -> None:
 
 @contextmanager
 def locked(path: Path, state_dir: Path, command: str) -> Iterator[None]:
+    from reconciler.base.lock import Busy, exclusive
+
     readable_folder(path)
     try:
         with exclusive(path, state_dir, command):

@@ -9,10 +9,6 @@ import click
 
 from reconciler.cli import git as cli_git
 from reconciler.cli.common import default_state_dir, locked, path_argument, state_option
-from reconciler.control.daemon import Daemon
-from reconciler.control.gitops import GITOPS, request_sync
-from reconciler.control.metrics import Metrics, loopback_address
-from reconciler.control.reconciler import Reconciler
 
 
 @click.command()
@@ -34,6 +30,11 @@ def run(path: Path, state_dir: Path | None, resync: float, allow_empty: bool, me
         allowed_signers: Path | None) -> None:
     """The daemon: watch PATH (or follow --git) and converge on every change, exit and resync. SIGTERM leaves
     workloads running."""
+    from reconciler.control.daemon import Daemon
+    from reconciler.control.gitops import GITOPS
+    from reconciler.control.metrics import Metrics, loopback_address
+    from reconciler.control.reconciler import Reconciler
+
     if git_url is not None:
         git_interval = cli_git.seconds(interval)
         state_dir = state_dir or cli_git.git_state_dir(git_url, branch, git_path)
@@ -82,6 +83,8 @@ def run(path: Path, state_dir: Path | None, resync: float, allow_empty: bool, me
 @cli_git.git_options
 def sync(state_dir: Path | None, git_url: str | None, branch: str, git_path: str) -> None:
     """Make the daemon following --git fetch now, instead of at its next interval."""
+    from reconciler.control.gitops import GITOPS, request_sync
+
     if git_url is None and state_dir is None:
         raise click.UsageError("say which daemon: --git URL [--branch] [--path], or --state-dir")
     home = (state_dir or cli_git.git_state_dir(git_url or "", branch, git_path)) / GITOPS

@@ -8,17 +8,9 @@ from pathlib import Path
 
 import click
 
-from reconciler.api.meta import ResourceKey
-from reconciler.api.schemas import crds
 from reconciler.cli import git as cli_git
 from reconciler.cli.common import (EXIT_ERROR, EXIT_IN_SYNC, key_of, located, path_argument, readable_folder, state_option,
                                    who)
-from reconciler.control.bundle import write_bundle
-from reconciler.control.forget import FORGETTABLE_KINDS, Refused, forget as forget_resource
-from reconciler.export.kubernetes import kubernetes_manifests, render_yaml
-from reconciler.load.desired import load_desired
-from reconciler.record.evidence import verify_chain
-from reconciler.record.verify import all_chains, verify_report
 
 
 @click.command()
@@ -35,6 +27,11 @@ def export(path: Path, state_dir: Path | None, to_kubernetes: bool, namespace: s
     """The desired state for a cluster (--kubernetes): CRDs, the resources, and a Deployment (+ Service) per
     Workload, on stdout; what Kubernetes cannot express is said in each Deployment's localaistack.dev/export-note
     annotation. Or, with -o FILE.tar.gz, the folder and its evidence as one reproducible file (mode 0600)."""
+    from reconciler.api.schemas import crds
+    from reconciler.control.bundle import write_bundle
+    from reconciler.export.kubernetes import kubernetes_manifests, render_yaml
+    from reconciler.load.desired import load_desired
+
     if to_kubernetes == (bundle is not None):
         raise click.UsageError("say what to export: --kubernetes (to stdout) or -o FILE.tar.gz (an evidence bundle)")
     path, state = located(path, state_dir, git_url, branch, git_path)
@@ -62,6 +59,9 @@ def export(path: Path, state_dir: Path | None, to_kubernetes: bool, namespace: s
 def verify(path: Path, state_dir: Path | None, git_url: str | None, branch: str, git_path: str) -> None:
     """Check every evidence chain under PATH (rotated files included) and the host log in the state directory:
     one line each. Exit 0 when all are intact, 1 when any is broken."""
+    from reconciler.record.evidence import verify_chain
+    from reconciler.record.verify import all_chains, verify_report
+
     path, state = located(path, state_dir, git_url, branch, git_path)
     readable_folder(path)
     chains = all_chains(path, state)
@@ -77,13 +77,16 @@ def verify(path: Path, state_dir: Path | None, git_url: str | None, branch: str,
 @click.argument("name")
 @path_argument
 @state_option
-@click.option("--kind", type=click.Choice(FORGETTABLE_KINDS), help="The kind of NAME [default: Workload, or KIND/NAME's].")
+@click.option("--kind", help="The kind of NAME [default: Workload, or KIND/NAME's]; forget says which kinds it takes.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @cli_git.git_options
 def forget(name: str, path: Path, state_dir: Path | None, kind: str | None, dry_run: bool, git_url: str | None,
            branch: str, git_path: str) -> None:
     """Delete a removed resource's evidence, logs, approvals and state, and record that in the host evidence log.
     Refused while PATH still declares it or anything of it still runs."""
+    from reconciler.api.meta import ResourceKey
+    from reconciler.control.forget import Refused, forget as forget_resource
+
     path, state = located(path, state_dir, git_url, branch, git_path)
     readable_folder(path)
     key = key_of(name) if "/" in name else ResourceKey(kind or "Workload", name)

@@ -8,12 +8,12 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from reconciler.control.gitops import GITOPS, STATUS_FILE, FollowerStatus, GitFollower
-from reconciler.observe import git
+if TYPE_CHECKING:
+    from reconciler.control.gitops import FollowerStatus, GitFollower
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -46,6 +46,8 @@ def state_home() -> Path:
 
 def git_state_dir(url: str, branch: str, path: str) -> Path:
     """One state directory per followed branch and folder, as a folder gets its own."""
+    from reconciler.observe import git
+
     base = state_home()
     digest = hashlib.sha256(f"{url}\n{branch}\n{path}".encode()).hexdigest()[:12]
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", git.redact(url).rstrip("/").rsplit("/", 1)[-1].removesuffix(".git"))
@@ -54,6 +56,8 @@ def git_state_dir(url: str, branch: str, path: str) -> Path:
 
 def follower(url: str, branch: str, path: str, state_dir: Path | None,
              allowed_signers: Path | None = None) -> GitFollower:
+    from reconciler.control.gitops import GitFollower
+
     try:
         return GitFollower(state_dir or git_state_dir(url, branch, path), url, branch, path, allowed_signers)
     except ValueError as error:  # a path that would leave the repository, a branch name git refuses
@@ -63,6 +67,9 @@ def follower(url: str, branch: str, path: str, state_dir: Path | None,
 def followed(url: str, branch: str, path: str, state_dir: Path | None) -> tuple[Path, Path, FollowerStatus]:
     """(desired root, state dir, follower status) of a daemon following a branch, read without touching them:
     the daemon owns them."""
+    from reconciler.control.gitops import GITOPS, STATUS_FILE, FollowerStatus
+    from reconciler.observe import git
+
     state_dir = state_dir or git_state_dir(url, branch, path)
     home = state_dir / GITOPS
     try:

@@ -4,22 +4,24 @@ workloads, the known-good versions a rollback would restore), and removing what 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from reconciler.cli.common import default_state_dir, path_argument, state_option
 
-from reconciler.api.kinds import Model
-from reconciler.api.launch import LaunchSpec
-from reconciler.api.quantity import format_bytes
-from reconciler.drive.artifacts import ArtifactCache
-from reconciler.drive.process import ProcessDriver
-from reconciler.load.desired import load_desired
-from reconciler.record.store import StateStore
+if TYPE_CHECKING:
+    from reconciler.drive.artifacts import ArtifactCache
 
 
 def _users(path: Path, state_dir: Path, cache: ArtifactCache) -> dict[str, list[str]]:
     """sha256 -> who needs it: a Model (variant) of the desired state, a process serving it, a known-good version."""
+    from reconciler.api.kinds import Model
+    from reconciler.api.launch import LaunchSpec
+    from reconciler.drive.process import ProcessDriver
+    from reconciler.load.desired import load_desired
+    from reconciler.record.store import StateStore
+
     users: dict[str, list[str]] = {}
     for entry in load_desired(path).resources.values():
         if isinstance(entry.resource, Model):
@@ -43,6 +45,9 @@ def _users(path: Path, state_dir: Path, cache: ArtifactCache) -> dict[str, list[
 
 
 def list_cache(path: Path, state_dir: Path) -> None:
+    from reconciler.api.quantity import format_bytes
+    from reconciler.drive.artifacts import ArtifactCache
+
     cache = ArtifactCache(state_dir / "models")
     users = _users(path, state_dir, cache)
     entries = cache.entries()
@@ -54,6 +59,9 @@ def list_cache(path: Path, state_dir: Path) -> None:
 
 
 def collect_garbage(path: Path, state_dir: Path, remove: bool) -> None:
+    from reconciler.api.quantity import format_bytes
+    from reconciler.drive.artifacts import ArtifactCache
+
     cache = ArtifactCache(state_dir / "models")
     users = _users(path, state_dir, cache)
     unreferenced = [entry for entry in cache.entries() if entry.sha256 not in users]

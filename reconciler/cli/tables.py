@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from reconciler.api.meta import ResourceKey
-from reconciler.api.resource_record import ResourceRecord
-from reconciler.api.status import ResourceStatus
-from reconciler.control.planning import Planned
-from reconciler.gateway.routes import RouteTable
+if TYPE_CHECKING:
+    from reconciler.api.meta import ResourceKey
+    from reconciler.api.resource_record import ResourceRecord
+    from reconciler.api.status import ResourceStatus
+    from reconciler.control.planning import Planned
+    from reconciler.gateway.routes import RouteTable
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
@@ -69,6 +68,8 @@ def plan_table(rows: list[dict[str, Any]]) -> str:
 
 
 def status_rows(statuses: list[ResourceStatus], records: dict[ResourceKey, ResourceRecord], now: datetime) -> list[dict[str, Any]]:
+    from reconciler.api.meta import ResourceKey
+
     rows = []
     for status in statuses:
         record = records.get(ResourceKey(status.kind, status.name))
@@ -119,6 +120,8 @@ def with_routes(rows: list[dict[str, Any]], routes: RouteTable, served: dict[str
 def dump(data: Any, output: str) -> str:
     if output == "json":
         return json.dumps(data, indent=2, default=str)
+    import yaml
+
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip()
 
 

@@ -4,25 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from reconciler.api.kinds import KINDS
 from reconciler.cli import git as cli_git
-from reconciler.cli import story
 from reconciler.cli.common import default_state_dir, key_of, located, open_reconciler, output_option, path_argument, \
     print_load_errors, state_option, watch_notes
-from reconciler.cli.host_table import host_table
-from reconciler.cli.tables import dump, routes_table, status_rows, status_table, with_routes
-from reconciler.control.gateway_routes import gateway_endpoints, gateway_routes, served_models
-from reconciler.control.reconciler import Reconciler
-from reconciler.drive.containers import ContainerDriver
+from reconciler.cli.tables import dump
 from reconciler.drive.logs import follow, tail
-from reconciler.drive.process import owner_id
-from reconciler.observe import clock
-from reconciler.observe.docker_engine import DockerEngine
-from reconciler.observe.engine_builds import EngineBuilds
-from reconciler.observe.host_profile import observe_host_profile
+
+if TYPE_CHECKING:
+    from reconciler.control.reconciler import Reconciler
 
 
 @click.command()
@@ -32,6 +25,10 @@ from reconciler.observe.host_profile import observe_host_profile
 @cli_git.git_options
 def status(path: Path, state_dir: Path | None, output: str, git_url: str | None, branch: str, git_path: str) -> None:
     """What runs, where, and why not: one line per resource (with --git, first the revisions in force and tried)."""
+    from reconciler.cli.tables import routes_table, status_rows, status_table, with_routes
+    from reconciler.control.gateway_routes import gateway_routes, served_models
+    from reconciler.observe import clock
+
     if git_url is not None:
         _, _, followed = cli_git.followed(git_url, branch, git_path, state_dir)
         for line in cli_git.summary(followed):
@@ -60,6 +57,11 @@ def status(path: Path, state_dir: Path | None, output: str, git_url: str | None,
 def host(path: Path, state_dir: Path | None, output: str) -> None:
     """What this host offers to run models: CPU and its flags, memory, disk, OS, container engine, GPUs, and
     whether its llama.cpp builds can offload to them."""
+    from reconciler.cli.host_table import host_table
+    from reconciler.observe.docker_engine import DockerEngine
+    from reconciler.observe.engine_builds import EngineBuilds
+    from reconciler.observe.host_profile import observe_host_profile
+
     state_dir = state_dir or default_state_dir(path)
     profile = observe_host_profile(state_dir, DockerEngine(timeout=3), EngineBuilds(state_dir, record=False))
     click.echo(host_table(profile) if output == "table" else dump(profile.model_dump(mode="json", by_alias=True), output))
@@ -72,6 +74,9 @@ def host(path: Path, state_dir: Path | None, output: str) -> None:
 @cli_git.git_options
 def describe(name: str, path: Path, state_dir: Path | None, git_url: str | None, branch: str, git_path: str) -> None:
     """One resource in full: spec as run, conditions with times, limits, health, rollout, its last evidence as events."""
+    from reconciler.api.kinds import KINDS
+    from reconciler.cli import story
+
     path, state_dir = located(path, state_dir, git_url, branch, git_path)
     reconciler = open_reconciler(path, state_dir, readonly=True, offline=True)
     key = key_of(name)
@@ -90,6 +95,9 @@ def describe(name: str, path: Path, state_dir: Path | None, git_url: str | None,
 
 
 def _model_access(reconciler: Reconciler, model: str) -> list[str]:
+    from reconciler.cli import story
+    from reconciler.control.gateway_routes import gateway_endpoints, gateway_routes, served_models
+
     statuses = [status for key in reconciler.keys() if (status := reconciler.status(key)) is not None]
     routes = gateway_routes(reconciler.desired, statuses, reconciler.root, reconciler.records)
     return story.model_access(model, served_models(reconciler.desired), routes, gateway_endpoints(reconciler.desired, statuses))
@@ -133,5 +141,9 @@ def logs(name: str, path: Path, state_dir: Path | None, previous: bool, follow_:
 def _container_log(state_dir: Path, name: str, lines: int, follow: bool) -> Iterator[bytes] | None:
     if (state_dir / "processes" / f"{name}.json").exists():
         return None  # a native workload: its log store file is the live log
+    from reconciler.drive.containers import ContainerDriver
+    from reconciler.drive.process import owner_id
+    from reconciler.observe.docker_engine import DockerEngine
+
     driver = ContainerDriver(state_dir, owner_id(state_dir), DockerEngine(), readonly=True)
     return driver.live_log(name, lines, follow)

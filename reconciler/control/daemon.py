@@ -41,6 +41,9 @@ LISTEN_WATCH_SECONDS = SNAPSHOT_SECONDS  # a workload listening somewhere new ge
 class _SpecEvents(FileSystemEventHandler):
     """Tracks which spec files are mid-write and when the folder last settled."""
 
+    # the kernel delivers only these: the opens and reads of every pass would wake the watcher's threads otherwise
+    EVENTS = [FileModifiedEvent, FileCreatedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent]
+
     def __init__(self, wake: threading.Event) -> None:
         self._wake = wake
         self._lock = threading.Lock()
@@ -82,12 +85,14 @@ class _SpecEvents(FileSystemEventHandler):
 class _ApprovalEvents(FileSystemEventHandler):
     """A person answered (`reconciler approve/deny`): that workload is judged again at once."""
 
+    EVENTS = [FileMovedEvent, FileClosedEvent, FileDeletedEvent]  # what changes an answer; each pass reads them all
+
     def __init__(self, answered: Callable[[str], None]) -> None:
         self._answered = answered
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         # only what changes an answer: reading one (the daemon does, each pass) must not wake the daemon again
-        if event.is_directory or not isinstance(event, (FileMovedEvent, FileClosedEvent, FileDeletedEvent)):
+        if event.is_directory or not isinstance(event, tuple(self.EVENTS)):
             return
         path = Path(str(event.dest_path if isinstance(event, FileMovedEvent) else event.src_path))
         if path.suffix == ".json" and not path.name.startswith("."):
@@ -146,15 +151,17 @@ class Daemon:
     def run(self) -> None:
         observer = Observer()
         if self.follower is None:
-            observer.schedule(self._events, str(self.reconciler.root), recursive=True)
+            observer.schedule(self._events, str(self.reconciler.root), recursive=True, event_filter=_SpecEvents.EVENTS)
         else:
             observer.schedule(_SyncRequests(self._fetch_now), str(self.follower.home))
         approvals = self.reconciler.approvals.directory
         approvals.mkdir(parents=True, exist_ok=True, mode=0o700)
-        observer.schedule(_ApprovalEvents(lambda name: self.loop.add(ResourceKey("Workload", name))), str(approvals))
+        observer.schedule(_ApprovalEvents(lambda name: self.loop.add(ResourceKey("Workload", name))), str(approvals),
+                          event_filter=_ApprovalEvents.EVENTS)
         demand = self.reconciler.parts.activation.directory
         demand.mkdir(parents=True, exist_ok=True, mode=0o700)
-        observer.schedule(DemandEvents(lambda: on_demand_keys(self.reconciler.desired), self.loop.add), str(demand))
+        observer.schedule(DemandEvents(lambda: on_demand_keys(self.reconciler.desired), self.loop.add), str(demand),
+                          event_filter=DemandEvents.EVENTS)
         observer.start()
         self.reconciler.adopt()  # exits it notices are queued; the workers start once the first pass has loaded
         self._rehasher.start()

@@ -207,8 +207,14 @@ class Reconciler:
         # Validated only when it differs from the desired one: this runs on every reconcile.
         differs = record is not None and (entry is None or record.spec_hash != entry.spec_hash)
         on_record = last_valid(record) if key.kind == "Workload" and differs else None
-        return any(isinstance(version.resource, Workload) and _commits_resources(version.resource.spec)
+        return any(isinstance(version.resource, Workload) and _needs_admission(version.resource.spec,
+                                                                               self._memory_always_fits)
                    for version in (entry, on_record) if version is not None)
+
+    def _memory_always_fits(self) -> bool:
+        policy = self.parts.holds.policy_in_force(self.desired)
+        return self.workloads.memory_always_fits(self.desired, self.parts.remembered.all(),
+                                                 (policy.spec if policy else DEFAULT_POLICY).resources)
 
     def _reconcile(self, key: ResourceKey) -> tuple[Result, bool]:
         parts, started, now, desired = self.parts, time.monotonic(), clock.now(), self.desired
@@ -263,5 +269,7 @@ class Reconciler:
                                                judged_specs(self.parts.remembered.snapshot())))
 
 
-def _commits_resources(spec: WorkloadSpec) -> bool:
-    return bool(spec.resources.gpus.wanted or spec.resources.memory or spec.model)
+def _needs_admission(spec: WorkloadSpec, memory_always_fits: Callable[[], bool]) -> bool:
+    """Whether judging and starting it must not overlap another's: GPUs and models are placed one at a time, and
+    a memory limit is committed one at a time unless every workload's fits at once (then starts overlap)."""
+    return bool(spec.resources.gpus.wanted or spec.model or (spec.resources.memory and not memory_always_fits()))

@@ -14,12 +14,14 @@ from pathlib import Path
 
 from reconciler.api.kinds import KINDS, Engine, Model, Runtime, Workload, WorkloadSpec
 from reconciler.api.checks import HealthCheck
+from reconciler.api.policy import ResourcePolicy
 from reconciler.api.launch import BindMount, ContainerLaunch
 from reconciler.api.launch import LaunchSpec, render_launch, working_dir_for
 from reconciler.api.meta import ResourceKey
 from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.rollout import Pins
 from reconciler.api.status import Listen, ResourceStatus
+from reconciler.control.holds import last_valid
 from reconciler.control.models import ModelStore, ModelView
 from reconciler.control.pins import pinned_executable, pinned_image, pinned_model
 from reconciler.diff.containers import check_address, container_endpoint, render_container
@@ -34,7 +36,7 @@ from reconciler.drive.dispatch import Drivers
 from reconciler.drive.process import PASSED_THROUGH, child_path
 from reconciler.diff.acceleration import Acceleration, AssignedGpu, assess_acceleration
 from reconciler.gate.acceleration import acceleration_asked, acceleration_refusal, gpu_layers_asked
-from reconciler.gate.resources import MemoryUse
+from reconciler.gate.resources import MemoryUse, fits_all_at_once
 from reconciler.load.desired import DesiredState
 from reconciler.observe import clock
 from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable, ImageFacts
@@ -74,6 +76,7 @@ class WorkloadRenderer:
         self._bridge: str | None | bool = False  # the host's address on the container bridge, read once a pass
         # the statuses of the named workloads, as the status files show them
         self.statuses: Callable[[list[str]], dict[str, ResourceStatus | None]] = lambda names: {}
+        self._fits: tuple[DesiredState, bool] | None = None  # fits_all_at_once, for the snapshot it was judged on
 
     def observe_host(self) -> None:
         """Once per pass: which engines are installed, which GPUs exist; the container engine when first needed."""
@@ -282,6 +285,21 @@ class WorkloadRenderer:
             if self.driver.observe(other, resource.spec.runtime is Runtime.container).state is ProcessState.running:
                 committed += self.commitment(desired, resource)[0]
         return MemoryUse(wanted, what, committed, self.memory_total)
+
+    def memory_always_fits(self, desired: DesiredState, records: list[ResourceRecord], rules: ResourcePolicy) -> bool:
+        """Whether every workload of the snapshot and on record (its larger version, when the one on record may run
+        instead) could run at once within the memory that may be committed. Judged once per snapshot."""
+        if self._fits is not None and self._fits[0] is desired:
+            return self._fits[1]
+        largest: dict[str, int] = {}
+        versions = [entry.resource for entry in desired.resources.values() if isinstance(entry.resource, Workload)]
+        versions += [entry.resource for record in records if record.kind == "Workload" and (entry := last_valid(record))]
+        for workload in versions:
+            assert isinstance(workload, Workload)
+            largest[workload.name] = max(largest.get(workload.name, 0), self.commitment(desired, workload)[0])
+        fits = fits_all_at_once(largest.values(), self.memory_total, rules)
+        self._fits = (desired, fits)
+        return fits
 
     def commitment(self, desired: DesiredState, workload: Workload) -> tuple[int, str]:
         view = self.model_view(desired, workload)

@@ -31,6 +31,7 @@ from reconciler.drive.logs import LogStore
 from reconciler.drive.ports import port_free
 from reconciler.drive.protocol import StartFailed
 from reconciler.observe import clock
+from reconciler.observe.container_listing import OwnedContainers
 from reconciler.observe.docker_engine import OWNER_LABEL, WORKLOAD_LABEL, DockerEngine, EngineUnavailable
 from reconciler.observe.probes import ProbeResult
 from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
@@ -53,6 +54,8 @@ class ContainerDriver:
         readonly: bool = False, on_engine_back: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
+        # one listing per pass, inspections reused while no event says otherwise (a read-only one: all its life)
+        self._seen = OwnedContainers(engine, owner, one_shot=readonly)
         self.logs = LogStore(state_dir / "logs")
         self._owner = owner
         # the id and main pid of the container each workload last started: the engine forgets the pid once it
@@ -62,6 +65,7 @@ class ContainerDriver:
         self._on_engine_back = on_engine_back
         self._readonly = readonly
         self._watching = False
+        self._first_subscription = threading.Event()  # the event watcher's first try ended, subscribed or not
         self._probing: set[str] = set()
         self._probing_lock = threading.Lock()
 
@@ -72,14 +76,14 @@ class ContainerDriver:
 
     def owned_names(self) -> list[str]:
         try:
-            return sorted(self.engine.owned_workloads(self._owner))
+            return self._seen.names()
         except (EngineUnavailable, docker.errors.APIError):
             return []
 
     def observe(self, name: str) -> ProcessObservation:
         self._watch()
         try:
-            return self._observation(name, self.engine.owned(self._owner, name))
+            return self._observation(name, self._seen.of(name))
         except EngineUnavailable as error:
             return ProcessObservation(ProcessState.unknown, problem=error.message)
         except docker.errors.APIError as error:
@@ -96,6 +100,9 @@ class ContainerDriver:
         if self._on_exit is not None and not self._readonly and not self._watching:
             self._watching = True
             threading.Thread(target=self._watch_events, name="container-events", daemon=True).start()
+            # subscribed before the first look, as an informer lists after it watches: no exit falls between them,
+            # and the pass that follows can reuse what its listing showed
+            self._first_subscription.wait(self.engine.timeout)
 
     def default_working_dir(self, name: str) -> str:
         return "/"
@@ -107,7 +114,7 @@ class ContainerDriver:
         """Copy an ended container's output into the bounded log store, where it outlives the container (a running
         one's is read live from the engine by `reconciler logs`, and copied when it is stopped or replaced)."""
         try:
-            for container in self.engine.owned(self._owner, name):
+            for container in self._seen.of(name):
                 if container.status not in _RUNNING:
                     self._save_log(name, container)
         except (EngineUnavailable, docker.errors.APIError):
@@ -164,6 +171,12 @@ class ContainerDriver:
 
     def start(self, name: str, launch: ContainerLaunch, generation: int) -> ProcessObservation:  # type: ignore[override]
         try:
+            return self._start(name, launch, generation)
+        finally:
+            self._seen.changed(name)
+
+    def _start(self, name: str, launch: ContainerLaunch, generation: int) -> ProcessObservation:
+        try:
             with self.engine.reach() as client:
                 self._remove_all(name)
                 self._check_host(launch)
@@ -213,6 +226,12 @@ class ContainerDriver:
     def stop(self, name: str, grace_seconds: float, forget: bool = True) -> ExitInfo | None:
         """Stop the workload's container (TERM, grace, KILL); `forget` removes it, else it stays as exited.
         Raises EngineUnavailable, or StartFailed when the engine refuses: the caller tries again later."""
+        try:
+            return self._stop(name, grace_seconds, forget)
+        finally:
+            self._seen.changed(name)
+
+    def _stop(self, name: str, grace_seconds: float, forget: bool) -> ExitInfo | None:
         observed = None
         if not self._last_started(name) and self.engine.unavailable() is not None:
             return None  # an intent precedes every create: without one, there is no container of ours to stop
@@ -321,15 +340,19 @@ class ContainerDriver:
         return started.get("pid", 0) if started.get("id") == container_id else 0
 
     def _watch_events(self) -> None:
-        """Exits and removals of our containers wake their workloads; so does the engine coming back."""
+        """Exits and removals of our containers wake their workloads; so does the engine coming back. Every event
+        about a container of ours (created and started ones too) makes the next look at its workload a fresh one."""
         assert self._on_exit is not None
         lost = False
         while True:
             try:
                 with self.engine.reach() as client:
                     events = client.events(decode=True, filters={
-                        "type": "container", "label": [f"{OWNER_LABEL}={self._owner}"], "event": ["die", "destroy"],
+                        "type": "container", "label": [f"{OWNER_LABEL}={self._owner}"],
+                        "event": ["create", "start", "die", "destroy"],
                     })
+                    self._seen.subscribed(True)
+                    self._first_subscription.set()
                     if lost:
                         log.info("%s answers again", self.engine.address)
                         if self._on_engine_back:
@@ -338,11 +361,15 @@ class ContainerDriver:
                     for event in events:
                         name = (event.get("Actor") or {}).get("Attributes", {}).get(WORKLOAD_LABEL)
                         if name:
+                            self._seen.changed(name)
+                        if name and event.get("Action") in ("die", "destroy"):
                             self._on_exit(name)
             except Exception as error:  # noqa: BLE001 - the engine went away: wait for it, never die
                 if not lost:
                     log.warning("container events: %s", error)
                 lost = True
+            self._seen.subscribed(False)  # the stream ended or broke: nothing seen is reused until it is back
+            self._first_subscription.set()
             time.sleep(2.0)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from reconciler.api.policy import ResourcePolicy
@@ -17,6 +18,12 @@ class MemoryUse:
     what: str  # how that was counted, for the reason ("memory limit 4.0 GiB")
     committed: int  # bytes the other workloads running now commit
     total: int  # the host's RAM
+
+
+def fits_all_at_once(commitments: Iterable[int], total: int, rules: ResourcePolicy) -> bool:
+    """Whether the workloads could all run at once without overcommitting: then no order of their starts can be
+    refused for memory, and two admissions need not wait for each other."""
+    return rules.overcommit or sum(commitments) <= budget(total, rules)
 
 
 def memory_problem(use: MemoryUse, rules: ResourcePolicy, source: str) -> str | None:

@@ -39,6 +39,15 @@ class ImageFacts:
     user: str | None
 
 
+@dataclass(frozen=True)
+class Listed:
+    """One container as a listing shows it, without an inspection: whose it is and its state ("running", "exited")."""
+
+    id: str
+    workload: str
+    state: str
+
+
 class DockerEngine:
     def __init__(self, address: str | None = None, timeout: float = 10.0) -> None:
         self.address = address or engine_address()
@@ -98,11 +107,21 @@ class DockerEngine:
         configs = (network.attrs.get("IPAM") or {}).get("Config") or []
         return next((c["Gateway"] for c in configs if isinstance(c, dict) and c.get("Gateway") and ":" not in c["Gateway"]), None)
 
-    def owned_workloads(self, owner: str) -> set[str]:
-        """The workloads this owner has a container for: one list call, no per-container inspect."""
+    def listed(self, owner: str) -> list[Listed]:
+        """Every container of this owner's that names its workload: one list call, no per-container inspect."""
         with self.reach() as client:
             containers = client.containers.list(all=True, filters={"label": [f"{OWNER_LABEL}={owner}"]}, sparse=True)
-        return {(container.attrs.get("Labels") or {}).get(WORKLOAD_LABEL, "") for container in containers} - {""}
+        found = [Listed(container.id, (container.attrs.get("Labels") or {}).get(WORKLOAD_LABEL, ""),
+                        str(container.attrs.get("State", ""))) for container in containers]
+        return [listed for listed in found if listed.workload]
+
+    def inspect(self, container_id: str) -> Container | None:
+        """One container in full; None if it is gone."""
+        with self.reach() as client:
+            try:
+                return client.containers.get(container_id)
+            except docker.errors.NotFound:
+                return None
 
     def owned(self, owner: str, name: str | None = None) -> list[Container]:
         """Every container labelled as this owner's (one workload's, if named), running or not."""

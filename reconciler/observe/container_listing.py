@@ -1,0 +1,89 @@
+"""One owner's containers as the engine showed them, so a pass asks the engine once, not once per look.
+
+Each `names()` (once per pass: the reconciler's key list) takes one listing, without inspections. A workload's
+containers are then inspected once and that inspection is reused, but only while the engine's event stream is
+subscribed (`subscribed()`) and tells of nothing about that workload since (`changed()`): any create, start,
+die or destroy of a container carrying the owner's label arrives there. An inspection is also dropped when the
+next listing shows its container in another state, and everything is dropped when the stream is lost. Without a
+subscription (an engine that went away) every look asks the engine afresh. A one-shot reader (`status`, `plan`,
+`describe`: nothing acts, nothing subscribes) keeps what it saw first: one listing and one inspection each.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from docker.models.containers import Container
+
+from reconciler.observe.docker_engine import DockerEngine
+
+
+class OwnedContainers:
+    def __init__(self, engine: DockerEngine, owner: str, one_shot: bool = False) -> None:
+        self.engine = engine
+        self.owner = owner
+        self._lock = threading.Lock()
+        self._reusable = one_shot  # subscribed, or a one-shot reader (it reports one moment): what was seen is reused
+        self._listing: dict[str, list[tuple[str, str]]] | None = None  # workload -> (id, state) of its containers
+        self._inspected: dict[str, Container] = {}  # id -> inspection, reused while nothing was said about it
+        self._changed: set[str] = set()  # workloads an event or an act touched since the listing
+        self._epoch = 0  # counts events and acts: a look that overlapped one is not kept
+
+    def names(self) -> list[str]:
+        """The workloads this owner has containers for, from a new listing (raises EngineUnavailable, APIError)."""
+        with self._lock:
+            epoch = self._epoch
+        listed = self.engine.listed(self.owner)
+        listing: dict[str, list[tuple[str, str]]] = {}
+        for container in listed:
+            listing.setdefault(container.workload, []).append((container.id, container.state))
+        with self._lock:
+            if self._reusable and epoch == self._epoch:
+                states = {container.id: container.state for container in listed}
+                self._inspected = {id_: inspected for id_, inspected in self._inspected.items()
+                                   if states.get(id_) == inspected.status}
+                self._listing, self._changed = listing, set()
+        return sorted(listing)
+
+    def of(self, name: str) -> list[Container]:
+        """Every container of the workload, inspected: reused when nothing can have changed, else asked afresh."""
+        with self._lock:
+            unlisted = self._reusable and self._listing is None
+        if unlisted:  # subscribed since the last listing: one listing now serves this look and the pass's next ones
+            self.names()
+        with self._lock:
+            epoch = self._epoch
+            known = None
+            if self._reusable and self._listing is not None and name not in self._changed:
+                known = [(id_, self._inspected.get(id_)) for id_, _ in self._listing.get(name, [])]
+        if known is not None:
+            containers = [inspected or self.engine.inspect(id_) for id_, inspected in known]
+            if all(container is not None for container in containers):
+                self._keep(epoch, name, containers)  # type: ignore[arg-type]
+                return containers  # type: ignore[return-value]
+        containers = self.engine.owned(self.owner, name)  # one vanished since the listing, or no listing to trust
+        self._keep(epoch, name, containers)
+        return containers
+
+    def _keep(self, epoch: int, name: str, containers: list[Container]) -> None:
+        with self._lock:
+            if not self._reusable or self._listing is None or epoch != self._epoch:
+                return
+            self._listing[name] = [(container.id, container.status) for container in containers]
+            self._inspected.update({container.id: container for container in containers})
+            self._changed.discard(name)
+
+    def changed(self, name: str) -> None:
+        """An event or an act about `name`: its next look asks the engine."""
+        with self._lock:
+            self._epoch += 1
+            self._changed.add(name)
+            for id_, _ in (self._listing or {}).get(name, []):
+                self._inspected.pop(id_, None)
+
+    def subscribed(self, live: bool) -> None:
+        """The event stream was just subscribed (True) or lost (False): what was seen before is not reused."""
+        with self._lock:
+            self._epoch += 1
+            self._reusable = live
+            self._listing, self._inspected, self._changed = None, {}, set()

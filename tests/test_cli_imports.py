@@ -1,0 +1,51 @@
+"""Commands that answer at once import only what they use: `--help` lists every command without the models, the
+engine client or the watchers, and `status` leaves the daemon's machinery (watchers, gateway, metrics) alone.
+Checked on the module list of a real `python -X importtime -m reconciler ...` process, not on timings."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HEAVY = ("pydantic", "docker", "watchdog", "aiohttp", "pynvml", "psutil", "yaml", "requests")
+DAEMON_ONLY = ("watchdog", "aiohttp", "prometheus_client", "reconciler.control.daemon", "reconciler.gateway.server")
+COMMANDS = ("validate", "plan", "apply", "down", "schemas", "run", "sync", "status", "host", "describe", "logs",
+            "approve", "deny", "rollback", "export", "verify", "forget", "models")
+
+
+def imported(*arguments: str, cwd: Path) -> set[str]:
+    """Every module a `reconciler ARGUMENTS` process imported (its -X importtime lines on stderr)."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "reconciler", *arguments], cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode in (0, 1, 2), done.stderr[-2000:]
+    return {match.group(1) for match in re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", done.stderr, re.M)}
+
+
+def top_level(modules: set[str]) -> set[str]:
+    return {module.split(".")[0] for module in modules}
+
+
+def test_help_imports_no_heavy_library(tmp_path: Path) -> None:
+    modules = imported("--help", cwd=tmp_path)
+    assert "click" in modules  # the listing itself ran
+    assert top_level(modules) & set(HEAVY) == set()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_command_help_imports_no_heavy_library(command: str, tmp_path: Path) -> None:
+    assert top_level(imported(command, "--help", cwd=tmp_path)) & set(HEAVY) == set()
+
+
+def test_status_imports_none_of_the_daemon(tmp_path: Path) -> None:
+    folder = tmp_path / "desired"
+    folder.mkdir()
+    (folder / "hello.yaml").write_text(
+        "apiVersion: localaistack.dev/v1alpha1\nkind: Workload\nmetadata: {name: hello}\n"
+        "spec: {runtime: native, command: [sleep, '60']}\n")
+    modules = imported("status", str(folder), "--state-dir", str(tmp_path / "state"), cwd=tmp_path)
+    assert "reconciler.control.reconciler" in modules  # status really read the folder and the state
+    assert {module for module in DAEMON_ONLY if module in modules or module in top_level(modules)} == set()
