@@ -15,7 +15,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import psutil
-from watchdog.events import FileClosedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler
 
 from reconciler.api.activation import Demand
 from reconciler.api.kinds import Workload
@@ -164,20 +163,3 @@ class Activation:
                 or after.running_pid is None:
             return None
         return next_idle_look(entry.resource, self.demand(entry.resource), after.record.started_at, clock.now())
-
-class DemandEvents(FileSystemEventHandler):
-    """The gateway wrote a demand record: every on-demand workload is passed (a start waiting for room needs a look
-    when another's last request ends, not only the one whose record changed)."""
-
-    EVENTS = [FileMovedEvent, FileClosedEvent]  # a record written (renamed into place); the daemon's reads are not
-
-    def __init__(self, keys: Callable[[], list[ResourceKey]], add: Callable[[ResourceKey], None]) -> None:
-        self._keys, self._add = keys, add
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.is_directory or not isinstance(event, tuple(self.EVENTS)):
-            return
-        path = Path(str(event.dest_path if isinstance(event, FileMovedEvent) else event.src_path))
-        if path.suffix == ".json" and not path.name.startswith("."):
-            for key in self._keys():
-                self._add(key)

@@ -21,7 +21,7 @@ from watchdog.observers import Observer
 from reconciler.api.meta import ResourceKey
 from reconciler.api.status import Listen
 from reconciler.control import systemd
-from reconciler.control.activation import DemandEvents, on_demand_keys
+from reconciler.control.activation import on_demand_keys
 from reconciler.control.gitops import SYNC_REQUEST, GitFollower, Prepared
 from reconciler.control.logfmt import about
 from reconciler.control.loop import Loop
@@ -109,6 +109,24 @@ class _SyncRequests(FileSystemEventHandler):
         path = event.dest_path if isinstance(event, FileMovedEvent) else event.src_path
         if not event.is_directory and Path(str(path)).name == SYNC_REQUEST:
             self._wake.set()
+
+
+class DemandEvents(FileSystemEventHandler):
+    """The gateway wrote a demand record: every on-demand workload is passed (a start waiting for room needs a look
+    when another's last request ends, not only the one whose record changed)."""
+
+    EVENTS = [FileMovedEvent, FileClosedEvent]  # a record written (renamed into place); the daemon's reads are not
+
+    def __init__(self, keys: Callable[[], list[ResourceKey]], add: Callable[[ResourceKey], None]) -> None:
+        self._keys, self._add = keys, add
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory or not isinstance(event, tuple(self.EVENTS)):
+            return
+        path = Path(str(event.dest_path if isinstance(event, FileMovedEvent) else event.src_path))
+        if path.suffix == ".json" and not path.name.startswith("."):
+            for key in self._keys():
+                self._add(key)
 
 
 class Daemon:
