@@ -127,7 +127,8 @@ def test_nothing_is_stopped_when_it_fits() -> None:
 
 def test_the_least_recently_used_idle_one_goes_first() -> None:
     residents = [Resident("new", 0, ago(5)), Resident("old", 0, ago(500)), Resident("mid", 0, ago(50))]
-    assert plan_room(residents, lambda stopped: None if stopped else "GPU 0 is held").evict == ("old",)
+    assert plan_room(residents, lambda stopped: None if stopped else "GPU 0 is held") == Room(("old",),
+                                                                                             shortage="GPU 0 is held")
 
 
 def test_only_the_ones_it_needs_are_stopped() -> None:
