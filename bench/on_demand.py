@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,16 +25,11 @@ import yaml
 
 from bench.harness import Scenario
 from bench.native import API, Daemon, _documents, wait_for
+from tests.ports import stable_port
 from tests.tiny_gguf import write_tiny_llama
 
 MODELS = ("alpha", "beta")
 MEMORY_SHARE = 0.6  # of the host's RAM, per server: one fits the default budget (90 %), two do not
-
-
-def _port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _complete(base: str, model: str, timeout: float = 120.0) -> int:
@@ -52,7 +46,7 @@ class OnDemand:
     """The daemon with a gateway and two on-demand servers that cannot both be resident in RAM."""
 
     def __init__(self, idle_seconds: float) -> None:
-        self.idle_seconds, self.gateway_port = idle_seconds, _port()
+        self.idle_seconds, self.gateway_port = idle_seconds, stable_port()
         self.daemon: Daemon | None = None
         self.lost = self.asked = 0
         self.resident = ""
@@ -68,7 +62,7 @@ class OnDemand:
             files[f"{name}.yaml"] = _documents(
                 {"apiVersion": API, "kind": "Model", "metadata": {"name": name}, "spec": {"source": str(models / f"{name}.gguf")}},
                 {"apiVersion": API, "kind": "Workload", "metadata": {"name": f"{name}-server"}, "spec": {
-                    "engine": "llama.cpp", "model": name, "port": _port(), "llamaCpp": {"contextSize": 256},
+                    "engine": "llama.cpp", "model": name, "port": stable_port(), "llamaCpp": {"contextSize": 256},
                     "resources": {"memory": int(psutil.virtual_memory().total * MEMORY_SHARE)}, "health": {"tcp": {}, "periodSeconds": 0.1},
                     "activation": {"mode": "OnDemand", "idleSeconds": self.idle_seconds}}})
         return files
@@ -116,7 +110,7 @@ class OnDemand:
 
 def _by_hand(models: Path, name: str) -> subprocess.Popen[bytes]:
     """The same server as the workload's, started by hand on `models`/NAME.gguf; returned once it answers."""
-    port = _port()
+    port = stable_port()
     server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(models / f"{name}.gguf"),
                                "--model_alias", name, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "256"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

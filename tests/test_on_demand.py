@@ -21,7 +21,8 @@ import pytest
 
 from reconciler.drive.process import NAME_VARIABLE
 from tests.conftest import Workspace, wait_for
-from tests.test_engines import document, engine_env, free_port
+from tests.ports import stable_port
+from tests.test_engines import document, engine_env
 from tests.test_gateway import POLICY, TCP_CHECK, call, completion
 from tests.tiny_gguf import write_tiny_llama
 
@@ -32,7 +33,7 @@ MEMORY_SHARE = 0.6
 
 def on_demand_server(name: str, model: str, idle_seconds: float) -> str:
     memory = int(psutil.virtual_memory().total * MEMORY_SHARE)
-    spec: dict[str, Any] = {"engine": "llama.cpp", "model": model, "port": free_port(), "llamaCpp": {"contextSize": 256},
+    spec: dict[str, Any] = {"engine": "llama.cpp", "model": model, "port": stable_port(), "llamaCpp": {"contextSize": 256},
                             "health": {**TCP_CHECK, "periodSeconds": 0.2}, "resources": {"memory": memory},
                             "activation": {"mode": "OnDemand", "idleSeconds": idle_seconds}}
     return document("Workload", name, spec)
@@ -46,7 +47,7 @@ def build(space: Workspace, models: dict[str, float], tmp_path: Path, wait: floa
         write_tiny_llama(space.desired / "models" / f"{name}.gguf", name=name)
         space.write(f"{name}.yaml", document("Model", name, {"source": f"models/{name}.gguf"}) + "---\n"
                     + on_demand_server(f"{name}-server", name, idle))
-    port = free_port()
+    port = stable_port()
     space.write("gateway.yaml", document("Workload", "gateway", {
         "engine": "gateway", "port": port, "args": ["--wait-seconds", str(wait)],
         "health": {"http": {"path": "/health"}, "periodSeconds": 0.2}}))
