@@ -177,7 +177,10 @@ def test_a_daemon_killed_mid_activation_converges_with_one_process(space: Worksp
     wait_for(lambda: phase(space, "alpha-server") == "Idle", timeout=30, what="alpha-server Idle")
     with ThreadPoolExecutor(4) as pool:
         asked = [pool.submit(ask, gateway, "alpha") for _ in range(4)]
-        wait_for(lambda: space.owned_processes("alpha-server"), timeout=30, what="the start to begin")
+        # Killed once the start is recorded, while the server loads. Killed between the spawn and the start's evidence
+        # line, the restarted daemon adopts the process and no line ever says it was started.
+        wait_for(lambda: starts(space, "alpha-server"), timeout=30, what="the start to be recorded")
+        assert not any(future.done() for future in asked), "killed while the requests still wait for the start"
         space.stop_daemon(signal.SIGKILL)
         space.start_daemon(env=env)
         answers = [future.result(timeout=150) for future in asked]
