@@ -178,7 +178,7 @@ def scenarios(quick: bool = False) -> list[Scenario]:
         Scenario("on demand: idle model, request -> answered (cold start through the gateway)", "s", cold_ours,
                  cold_by_hand, "llama-cpp-python server started by hand, polled", "ratio <= 1.5", repetitions,
                  cold.up, cold.down),
-        Scenario("on demand: request for the other model -> answered (evict one, start the other, one GPU)", "s",
+        Scenario("on demand: request for the other model -> answered (evict one, start the other, room for one in RAM)", "s",
                  swap.swap, swap_by_hand, "stop one server, start the other by hand, polled", "ratio <= 1.5",
                  repetitions, swap.up, swap.down),
         Scenario(f"on demand: requests lost during {swaps} swaps (3 concurrent requests each)", "requests",
