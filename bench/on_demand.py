@@ -5,13 +5,13 @@ and llama-swap are not installable here without network).
 Both sides run llama-cpp-python's server on the tests' tiny GGUF models (load time is mostly interpreter start-up
 and the server's imports) and count a start as done when the first completion is answered. Ours goes through the
 gateway: the request's demand record, the daemon's pass, the gate, the spawn, the health check, the routes file,
-and for a swap the eviction of the other model (one fake GPU that both ask for)."""
+and for a swap the eviction of the other model (each commits a memory limit of 60 % of the host's RAM, so only one
+fits the policy's budget: the llama-cpp-python here is a CPU build, on which a GPU request is refused)."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,19 +20,16 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import yaml
 
 from bench.harness import Scenario
 from bench.native import API, Daemon, _documents, wait_for
+from tests.ports import stable_port
 from tests.tiny_gguf import write_tiny_llama
 
 MODELS = ("alpha", "beta")
-
-
-def _port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+MEMORY_SHARE = 0.6  # of the host's RAM, per server: one fits the default budget (90 %), two do not
 
 
 def _complete(base: str, model: str, timeout: float = 120.0) -> int:
@@ -46,12 +43,11 @@ def _complete(base: str, model: str, timeout: float = 120.0) -> int:
 
 
 class OnDemand:
-    """The daemon with a gateway and two on-demand servers on one fake GPU."""
+    """The daemon with a gateway and two on-demand servers that cannot both be resident in RAM."""
 
     def __init__(self, idle_seconds: float) -> None:
-        self.idle_seconds, self.gateway_port = idle_seconds, _port()
+        self.idle_seconds, self.gateway_port = idle_seconds, stable_port()
         self.daemon: Daemon | None = None
-        self._fake_gpus: str | None = None
         self.lost = self.asked = 0
         self.resident = ""
 
@@ -66,18 +62,14 @@ class OnDemand:
             files[f"{name}.yaml"] = _documents(
                 {"apiVersion": API, "kind": "Model", "metadata": {"name": name}, "spec": {"source": str(models / f"{name}.gguf")}},
                 {"apiVersion": API, "kind": "Workload", "metadata": {"name": f"{name}-server"}, "spec": {
-                    "engine": "llama.cpp", "model": name, "port": _port(), "llamaCpp": {"contextSize": 256},
-                    "resources": {"gpus": {"count": 1}}, "health": {"tcp": {}, "periodSeconds": 0.1},
+                    "engine": "llama.cpp", "model": name, "port": stable_port(), "llamaCpp": {"contextSize": 256},
+                    "resources": {"memory": int(psutil.virtual_memory().total * MEMORY_SHARE)}, "health": {"tcp": {}, "periodSeconds": 0.1},
                     "activation": {"mode": "OnDemand", "idleSeconds": self.idle_seconds}}})
         return files
 
     def up(self) -> None:
         models = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-on-demand-models-{os.getpid()}"
         _write_models(models)
-        gpus = models / "gpus.json"
-        gpus.write_text(json.dumps([{"index": 0, "name": "Fake L4", "memoryTotal": 24 * 2**30}]))
-        self._fake_gpus = os.environ.get("RECONCILER_FAKE_GPUS")
-        os.environ["RECONCILER_FAKE_GPUS"] = str(gpus)
         self.daemon = Daemon(self.files(models))
         try:  # the harness tears down only after a setup that returned
             self.daemon.start()
@@ -95,10 +87,6 @@ class OnDemand:
     def down(self) -> None:
         if self.daemon is not None:
             self.daemon.stop()
-        if self._fake_gpus is None:
-            os.environ.pop("RECONCILER_FAKE_GPUS", None)
-        else:
-            os.environ["RECONCILER_FAKE_GPUS"] = self._fake_gpus
 
     @property
     def base(self) -> str:
@@ -122,7 +110,7 @@ class OnDemand:
 
 def _by_hand(models: Path, name: str) -> subprocess.Popen[bytes]:
     """The same server as the workload's, started by hand on `models`/NAME.gguf; returned once it answers."""
-    port = _port()
+    port = stable_port()
     server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(models / f"{name}.gguf"),
                                "--model_alias", name, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "256"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -190,7 +178,7 @@ def scenarios(quick: bool = False) -> list[Scenario]:
         Scenario("on demand: idle model, request -> answered (cold start through the gateway)", "s", cold_ours,
                  cold_by_hand, "llama-cpp-python server started by hand, polled", "ratio <= 1.5", repetitions,
                  cold.up, cold.down),
-        Scenario("on demand: request for the other model -> answered (evict one, start the other, one GPU)", "s",
+        Scenario("on demand: request for the other model -> answered (evict one, start the other, room for one in RAM)", "s",
                  swap.swap, swap_by_hand, "stop one server, start the other by hand, polled", "ratio <= 1.5",
                  repetitions, swap.up, swap.down),
         Scenario(f"on demand: requests lost during {swaps} swaps (3 concurrent requests each)", "requests",

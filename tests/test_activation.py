@@ -16,7 +16,7 @@ from reconciler.api.meta import API_VERSION, ResourceKey
 from reconciler.diff.activation import next_idle_look
 from reconciler.diff.engines import Blocked
 from reconciler.diff.eviction import Resident, Room, plan_room
-from reconciler.diff.plan import Inputs, Verb, plan_resource
+from reconciler.diff.plan import Inputs, Verb, note_observations, plan_resource
 from reconciler.gateway.demand import Lane, QueueFull
 from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
 from tests.test_plan import NOW, SPEC_DIR, ended, entry, note, remembered
@@ -113,6 +113,18 @@ def test_an_idle_stops_exit_is_not_a_failure_and_does_not_restart_it() -> None:
     assert (action.verb, action.idle) == (Verb.none, True)
 
 
+def test_the_exit_of_its_own_idle_stop_or_eviction_is_no_failure_even_if_a_request_arrived_before_it_was_noted() -> None:
+    """The exit is noted by the first pass after it, which may come after a new request: that request must start it
+    at once, not find it backing off (the gateway would answer 503 BackOff)."""
+    workload = on_demand()
+    waiting = Demand(in_flight=1, requested_at=ago(0))
+    stopped = ended(code=None, signal=15, ran_seconds=900).model_copy(update={"stopped_by_reconciler": True})
+    record = note_observations(remembered(workload), 1, stopped, workload, waiting)
+    assert record.next_retry_at is None and record.consecutive_failures == 0
+    crashed = note_observations(remembered(workload), 1, ended(code=None, signal=15, ran_seconds=900), workload, waiting)
+    assert crashed.next_retry_at is not None, "a crash while a request waits is still a failure"
+
+
 # -- the eviction plan ---------------------------------------------------------------------------------------------
 
 
@@ -127,7 +139,8 @@ def test_nothing_is_stopped_when_it_fits() -> None:
 
 def test_the_least_recently_used_idle_one_goes_first() -> None:
     residents = [Resident("new", 0, ago(5)), Resident("old", 0, ago(500)), Resident("mid", 0, ago(50))]
-    assert plan_room(residents, lambda stopped: None if stopped else "GPU 0 is held").evict == ("old",)
+    assert plan_room(residents, lambda stopped: None if stopped else "GPU 0 is held") == Room(("old",),
+                                                                                             shortage="GPU 0 is held")
 
 
 def test_only_the_ones_it_needs_are_stopped() -> None:

@@ -41,6 +41,8 @@ class ExitInfo(Report):
     finished_at: datetime
     ran_seconds: float
     oom_killed: bool = False
+    stopped_by_reconciler: bool = Field(
+        False, description="The reconciler stopped it (an idle stop, an eviction, a replacement): not a crash.")
 
     def describe(self) -> str:
         if self.oom_killed:

@@ -100,7 +100,7 @@ class Activation:
             with self._lock:
                 self._waits[key.name] = room.wait
         for name in room.evict:
-            self._evict(desired, name, workload, demand)
+            self._evict(desired, name, workload, demand, room.shortage or "")
 
     def _residents(self, desired: DesiredState, starting: str) -> dict[str, Resident]:
         residents = {}
@@ -140,7 +140,7 @@ class Activation:
             return None
         return fits
 
-    def _evict(self, desired: DesiredState, name: str, starting: Workload, demand: Demand | None) -> None:
+    def _evict(self, desired: DesiredState, name: str, starting: Workload, demand: Demand | None, shortage: str) -> None:
         key = ResourceKey("Workload", name)
         entry = desired.resources[key]
         assert isinstance(entry.resource, Workload)
@@ -152,7 +152,7 @@ class Activation:
         ended = self.drivers.stop(name, entry.resource.spec.termination_grace_period_seconds, forget=False)
         line = {"time": clock.now().isoformat(), "resource": str(key), "event": "evicted", "cause": cause,
                 "for": f"Workload/{starting.name}", "request": demand.request if demand else "",
-                "model": demand.model if demand else ""}
+                "model": demand.model if demand else "", "shortage": shortage}
         if ended is not None:
             line["stoppedPid"] = ended.pid
         self.recorder.evidence(entry.file, line)

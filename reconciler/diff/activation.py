@@ -10,6 +10,7 @@ from datetime import datetime
 
 from reconciler.api.activation import Demand
 from reconciler.api.kinds import Workload
+from reconciler.api.status import ExitInfo
 from reconciler.diff.engines import Blocked
 from reconciler.observe.processes import ProcessObservation, ProcessState
 
@@ -70,6 +71,7 @@ def next_idle_look(workload: Workload, demand: Demand | None, started_at: dateti
     return max(0.0, workload.spec.activation.idle_seconds - idle_for(demand, started_at, now))
 
 
-def restarts_on_exit(workload: Workload, demand: Demand | None) -> bool:
-    """An on-demand workload that ended with no request waiting is idle, not failed: no back-off, no restart."""
-    return not workload.spec.activation.on_demand or in_flight(demand) > 0
+def restarts_on_exit(workload: Workload, demand: Demand | None, exit_info: ExitInfo) -> bool:
+    """An on-demand workload that ended with no request waiting is idle, not failed: no back-off, no restart. Nor is
+    one the reconciler stopped (idle, evicted), though a request may have arrived before its exit was noted."""
+    return not workload.spec.activation.on_demand or in_flight(demand) > 0 and not exit_info.stopped_by_reconciler

@@ -24,9 +24,11 @@ class Resident:
 @dataclass(frozen=True)
 class Room:
     """Exactly one of: nothing to stop (fits), stop these (evict, least recently used first), wait for busy ones to
-    finish (wait: why), or it cannot fit even with every on-demand workload stopped (refuse: why; nothing stops)."""
+    finish (wait: why), or it cannot fit even with every on-demand workload stopped (refuse: why; nothing stops).
+    With evict, `shortage` says why the start did not fit before: the GPU or the memory it needs their room for."""
 
     evict: tuple[str, ...] = ()
+    shortage: str | None = None
     wait: str | None = None
     refuse: str | None = None
 
@@ -41,7 +43,7 @@ def plan_room(residents: Sequence[Resident], fits: Callable[[frozenset[str]], st
     for resident in idle:
         stopped.append(resident.name)
         if fits(frozenset(stopped)) is None:
-            return Room(evict=_fewest(stopped, fits))
+            return Room(evict=_fewest(stopped, fits), shortage=problem)
     busy = sorted(resident.name for resident in residents if resident.in_flight)
     if busy and fits(frozenset(resident.name for resident in residents)) is None:
         serving = ", ".join(f"Workload/{name}" for name in busy)

@@ -317,7 +317,7 @@ def note_observations(
     record = record.model_copy(update={"last_exit": exit_info})
     if stopped_as_failed(record, exit_info):
         return record  # we stopped it for failing its checks: its retry was scheduled then
-    if not restarts(workload, exit_info) or not restarts_on_exit(workload, demand):
+    if not restarts(workload, exit_info) or not restarts_on_exit(workload, demand, exit_info):
         return record.model_copy(update={"next_retry_at": None})
     return schedule_retry(record, exit_info.finished_at, exit_info.ran_seconds, workload)
 

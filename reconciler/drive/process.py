@@ -233,7 +233,12 @@ class ProcessDriver:
         with self._lock:
             if self._watcher:
                 self._watcher.unwatch(name)
-            ended = self._note_exit(record) if record.exit is None else record
+            ended = self._read(name) or record  # the exit watcher may have noted the exit our signal caused
+            if ended.exit is None:
+                ended = self._note_exit(ended, stopped_by_reconciler=leader_alive)
+            elif leader_alive and ended.pid == record.pid and not ended.exit.stopped_by_reconciler:
+                ended = ended.model_copy(update={"exit": ended.exit.model_copy(update={"stopped_by_reconciler": True})})
+                self._write(ended)
             self._children.pop(name, None)
             if forget:
                 (self._records / f"{name}.json").unlink(missing_ok=True)
@@ -257,7 +262,7 @@ class ProcessDriver:
         if self._on_exit:
             self._on_exit(name)
 
-    def _note_exit(self, record: ProcessRecord) -> ProcessRecord:
+    def _note_exit(self, record: ProcessRecord, stopped_by_reconciler: bool = False) -> ProcessRecord:
         child = self._children.get(record.name)
         code: int | None = None
         signal_number: int | None = None
@@ -271,6 +276,7 @@ class ProcessDriver:
             # only a leader SIGKILLed while its cgroup saw an OOM kill: a child's OOM must not hide the real exit
             oom_killed=(signal_number == 9 or code is None and signal_number is None)
             and self._cgroups.oom_killed(record.cgroups.get("memory")),
+            stopped_by_reconciler=stopped_by_reconciler,
         )})
         if not self._readonly:
             self._write(record)
