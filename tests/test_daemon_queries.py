@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ import pytest
 from reconciler.base.private_socket import socket_path
 from reconciler.cli.common import default_state_dir
 from tests.conftest import PYTHON, Workspace, wait_for, workload_yaml
+from tests.test_cli_imports import HEAVY, imported, top_level
 
 NOBODY = 65534
 PLANTED = {"exit": 0, "stdout": "PLANTED ANSWER\n", "stderr": ""}
@@ -181,3 +181,14 @@ def test_the_daemon_does_not_serve_from_a_folder_others_can_enter(workspace: Wor
     wait_for(lambda: "not answering commands" in workspace.daemon_log.read_text(), what="the daemon's refusal")
     assert not socket_path(workspace.state).exists()
     assert workspace.cli("status").returncode == 0
+
+
+
+def test_status_answered_by_the_daemon_imports_no_models(running: Workspace) -> None:
+    """The daemon has the models and the pipeline loaded: a command it answers imports neither."""
+    for command in (("status", str(running.desired), "--state-dir", str(running.state)),
+                    ("describe", "hello", str(running.desired), "--state-dir", str(running.state))):
+        modules = imported(*command, cwd=running.desired.parent)
+        assert "reconciler.base.private_socket" in modules  # it asked
+        assert top_level(modules) & set(HEAVY) == set(), command
+        assert "reconciler.control.reconciler" not in modules, command  # nor computed the answer itself
