@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.base.private_socket import socket_path
+from reconciler.base.private_socket import owner_only_folder, socket_path
 from reconciler.cli.common import default_state_dir
 from tests.conftest import PYTHON, Workspace, wait_for, workload_yaml
 from tests.test_cli_imports import HEAVY, imported, top_level
@@ -192,3 +193,41 @@ def test_status_answered_by_the_daemon_imports_no_models(running: Workspace) -> 
         assert "reconciler.base.private_socket" in modules  # it asked
         assert top_level(modules) & set(HEAVY) == set(), command
         assert "reconciler.control.reconciler" not in modules, command  # nor computed the answer itself
+
+
+def raw_request(state: Path, payload: bytes) -> bytes:
+    """The daemon's reply to PAYLOAD; empty when it hung up without one."""
+    with owner_only_folder(state) as folder, socket.socket(socket.AF_UNIX) as connection:
+        connection.settimeout(30)
+        connection.connect(f"{folder}/daemon.sock")
+        try:
+            connection.sendall(payload)
+            connection.shutdown(socket.SHUT_WR)
+            return b"".join(iter(lambda: connection.recv(65536), b""))
+        except ConnectionError:  # it closed with the request unread (too long)
+            return b""
+
+
+def test_hostile_requests_are_refused_and_the_daemon_keeps_answering(running: Workspace) -> None:
+    pid = running.pid("hello.yaml", "hello")
+    here = {"cwd": str(running.desired.parent), "params": {"path": str(running.desired), "state_dir": str(running.state)}}
+    assert raw_request(running.state, b"not json\n") == b""
+    assert raw_request(running.state, b"[" * 50_000 + b"\n") == b""  # nested past the parser's recursion limit
+    assert raw_request(running.state, b"x" * 200_000) == b""  # longer than a request may be
+    for command in ("apply", "down", "forget"):  # not read-only: never run for a client
+        assert "declined" in json.loads(raw_request(running.state, json.dumps({**here, "command": command}).encode()))
+    elsewhere = {**here, "params": {"path": str(running.desired.parent), "state_dir": str(running.state)}}
+    assert "declined" in json.loads(raw_request(running.state, json.dumps({**elsewhere, "command": "status"}).encode()))
+    with owner_only_folder(running.state) as folder:
+        stalled = [socket.socket(socket.AF_UNIX) for _ in range(6)]  # connect, never send: more than may run at once
+        for connection in stalled:
+            connection.connect(f"{folder}/daemon.sock")
+    try:
+        assert running.cli("status").returncode == 0  # answered, by the daemon or (all its slots held) computed
+    finally:
+        for connection in stalled:
+            connection.close()
+    before = answered(running)
+    wait_for(lambda: running.cli("status").returncode == 0 and answered(running) > before, timeout=30,
+             what="the daemon answering again")
+    assert running.pid("hello.yaml", "hello") == pid and running._daemon is not None and running._daemon.poll() is None

@@ -25,6 +25,7 @@ from reconciler.base.private_socket import (MAX_REQUEST_BYTES, QUERY_SOCKET, Unt
 log = logging.getLogger("reconciler")
 
 REQUEST_SECONDS = 2.0  # for a request to arrive in full: a client that connects and stalls holds no thread longer
+REPLY_SECONDS = 10.0  # for a client to take the answer: one that stops reading gives its slot back
 MAX_CONCURRENT = 4  # answers computed at once; more are declined (the command then computes its own)
 
 Answer = Callable[[dict[str, Any]], int]  # runs one request, printing as the command does; returns its exit code
@@ -110,9 +111,9 @@ class QueryServer:
                 request = json.loads(_read_request(connection))
                 if not isinstance(request, dict):
                     raise ValueError("a request is a JSON object")
-                connection.settimeout(None)
+                connection.settimeout(REPLY_SECONDS)
                 connection.sendall(json.dumps(self._answered(request)).encode())
-        except (OSError, ValueError, Untrusted) as error:
+        except (OSError, ValueError, RecursionError, Untrusted) as error:  # RecursionError: JSON nested too deep
             log.warning("query refused: %s", error)
         finally:
             self._slots.release()
