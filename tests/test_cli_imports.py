@@ -49,3 +49,8 @@ def test_status_imports_none_of_the_daemon(tmp_path: Path) -> None:
     modules = imported("status", str(folder), "--state-dir", str(tmp_path / "state"), cwd=tmp_path)
     assert "reconciler.control.reconciler" in modules  # status really read the folder and the state
     assert {module for module in DAEMON_ONLY if module in modules or module in top_level(modules)} == set()
+    # gguf loads numpy (0.1 s): only a GGUF model's header read needs it
+    assert top_level(modules) & {"gguf", "numpy"} == set()
+    assert top_level(imported("plan", str(folder), "--state-dir", str(tmp_path / "state"), cwd=tmp_path)) & \
+        {"gguf", "numpy"} == set()
+

@@ -30,9 +30,11 @@ def run(path: Path, state_dir: Path | None, resync: float, allow_empty: bool, me
         allowed_signers: Path | None) -> None:
     """The daemon: watch PATH (or follow --git) and converge on every change, exit and resync. SIGTERM leaves
     workloads running."""
+    from reconciler.cli.query_answers import answer_for
     from reconciler.control.daemon import Daemon
     from reconciler.control.gitops import GITOPS
     from reconciler.control.metrics import Metrics, loopback_address
+    from reconciler.control.query_server import QueryServer
     from reconciler.control.reconciler import Reconciler
 
     if git_url is not None:
@@ -75,7 +77,12 @@ def run(path: Path, state_dir: Path | None, resync: float, allow_empty: bool, me
         daemon_box.append(daemon)
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, lambda *_: daemon.stop())
-        daemon.run()
+        queries = QueryServer(state_dir, answer_for(path, state_dir))
+        queries.start()
+        try:
+            daemon.run()
+        finally:
+            queries.stop()
 
 
 @click.command()

@@ -12,6 +12,7 @@ import click
 
 from reconciler.cli.common import (EXIT_CHANGES, EXIT_ERROR, EXIT_IN_SYNC, default_state_dir, locked, open_reconciler,
                                    path_argument, print_load_errors, readable_folder, state_option)
+from reconciler.cli.query_client import answer_from_daemon
 from reconciler.cli.tables import dump, plan_rows, plan_table
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ APPLY_RESYNC_SECONDS = 1.0  # --wait passes every key again this often: catches 
 @path_argument
 def validate(path: Path) -> None:
     """Check every spec file; errors name file:line:column, field and what was expected."""
+    answer_from_daemon(path, default_state_dir(path))
     from reconciler.load.desired import load_desired
 
     readable_folder(path)

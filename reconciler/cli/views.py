@@ -11,6 +11,7 @@ import click
 from reconciler.cli import git as cli_git
 from reconciler.cli.common import default_state_dir, key_of, located, open_reconciler, output_option, path_argument, \
     print_load_errors, state_option, watch_notes
+from reconciler.cli.query_client import answer_from_daemon
 from reconciler.cli.tables import dump
 from reconciler.drive.logs import follow, tail
 
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 @cli_git.git_options
 def status(path: Path, state_dir: Path | None, output: str, git_url: str | None, branch: str, git_path: str) -> None:
     """What runs, where, and why not: one line per resource (with --git, first the revisions in force and tried)."""
+    if git_url is None:
+        answer_from_daemon(path, state_dir or default_state_dir(path))
     from reconciler.cli.tables import routes_table, status_rows, status_table, with_routes
     from reconciler.control.gateway_routes import gateway_routes, served_models
     from reconciler.observe import clock
@@ -74,6 +77,8 @@ def host(path: Path, state_dir: Path | None, output: str) -> None:
 @cli_git.git_options
 def describe(name: str, path: Path, state_dir: Path | None, git_url: str | None, branch: str, git_path: str) -> None:
     """One resource in full: spec as run, conditions with times, limits, health, rollout, its last evidence as events."""
+    if git_url is None:
+        answer_from_daemon(path, state_dir or default_state_dir(path))
     from reconciler.api.kinds import KINDS
     from reconciler.cli import story
 
@@ -115,6 +120,8 @@ def logs(name: str, path: Path, state_dir: Path | None, previous: bool, follow_:
          branch: str, git_path: str) -> None:
     """A workload's output: a running container's live from its engine, else from the bounded log store (kept
     after a crash)."""
+    if git_url is None and not follow_:
+        answer_from_daemon(path, state_dir or default_state_dir(path))
     _, state_dir = located(path, state_dir, git_url, branch, git_path)
     live = None if previous else _container_log(state_dir, key_of(name).name, lines, follow_)
     if live is not None:

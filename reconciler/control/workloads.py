@@ -43,7 +43,6 @@ from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable, Im
 from reconciler.observe.engine_builds import LLAMA_CPP_PYTHON, LLAMA_SERVER, EngineBuild, EngineBuilds
 from reconciler.observe.engine_log import EngineLoad, read_engine_load
 from reconciler.observe.gguf_facts import GgufUnreadable
-from reconciler.observe.gguf_header import read_gguf_facts
 from reconciler.observe.gpu_processes import process_tree, read_gpu_processes
 from reconciler.observe.gpus import GpuInventory, read_inventory
 from reconciler.observe.host import EngineFacts, engine_facts, find_executable
@@ -169,6 +168,8 @@ class WorkloadRenderer:
         presence = view.presence if view is not None else None
         if presence is None or not presence.present or presence.magic != b"GGUF":
             return None
+        from reconciler.observe.gguf_header import read_gguf_facts  # gguf loads numpy: 0.1 s of every command
+
         try:
             facts = read_gguf_facts(presence.path)
         except GgufUnreadable:
