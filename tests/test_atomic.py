@@ -200,3 +200,32 @@ def test_appending_refuses_a_hard_link_to_a_file_elsewhere(tmp_path: Path, victi
     with pytest.raises(UnsafeFile, match="a hard link \\(2 names\\), not a file of its own"):
         open_regular(tmp_path / "desired" / "web.evidence.jsonl", os.O_WRONLY | os.O_APPEND, root=tmp_path / "desired")
     assert victim.read_bytes().endswith(b"no newline")
+
+
+def test_every_safe_open_names_a_file_that_is_not_regular_the_same_way(tmp_path: Path) -> None:
+    """State writes, model reads and spec reads keep their own policies on links, but a FIFO or a socket where a
+    file was expected is called the same in each of their refusals."""
+    import socket
+
+    from reconciler.base.file_types import file_type
+    from reconciler.load.spec_file import SpecRefused, read_spec_file
+    from reconciler.observe.host import NotRegularFile
+    from reconciler.observe.host import open_regular as open_model
+
+    os.mkfifo(tmp_path / "pipe")
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(tmp_path / "sock"))
+    try:
+        for name, expected in (("pipe", "a FIFO"), ("sock", "a socket")):
+            path = tmp_path / name
+            assert file_type(os.lstat(path).st_mode) == expected
+            with pytest.raises(UnsafeFile) as state_write:
+                write_atomic(path, "x")
+            with pytest.raises(SpecRefused) as spec_read:
+                read_spec_file(path, str(tmp_path), 100)
+            assert f"{path} is {expected}, not a regular file" in str(state_write.value)
+            assert f"it is {expected}, not a regular file" in str(spec_read.value)
+        with pytest.raises(NotRegularFile, match="pipe is a FIFO, not a regular file"):
+            open_model(tmp_path / "pipe")  # a socket is refused by its open itself (ENXIO), before any fstat
+    finally:
+        listening.close()

@@ -337,3 +337,34 @@ def test_what_forget_cannot_remove_is_listed_and_the_rest_still_goes(tmp_path: P
     [record] = [json.loads(line) for line in (state / "host.evidence.jsonl").read_text().splitlines()]
     assert record["notRemoved"] == [{"path": str(chain), "why": "Operation not permitted"}]
     assert record["deleted"] == [str(status)] and record["counts"]["copiesInOlderRevisions"] == 2
+
+
+def test_a_line_appended_while_forget_rewrites_the_chain_is_kept(tmp_path: Path) -> None:
+    """The gateway appends hosted-request lines to a workload's chain from its own process while `forget` rewrites
+    that chain: each rewrite holds the chain's lock as an append does, so no appended line lands in the file being
+    replaced, and the chain verifies after every rewrite."""
+    folder, state, stop = tmp_path / "desired", tmp_path / "state", tmp_path / "stop"
+    folder.mkdir()
+    path = folder / "chat.evidence.jsonl"
+    log = EvidenceLog(path)
+    forgotten = [f"old-{n}" for n in range(15)]
+    for name in forgotten:
+        log.append({"event": "action", "resource": f"Workload/{name}"})
+    appender = ("import sys\nfrom pathlib import Path\nfrom reconciler.record.evidence import EvidenceLog\n"
+                "log, stop, n = EvidenceLog(Path(sys.argv[1])), Path(sys.argv[2]), 0\n"
+                "while not stop.exists():\n"
+                "    log.append({'event': 'hosted-request', 'resource': 'Workload/chat', 'n': n})\n    n += 1\n"
+                "print(n)\n")
+    gateway = subprocess.Popen([PYTHON, "-c", appender, str(path), str(stop)], stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: '"n":' in path.read_text(), timeout=30, what="the appender's first line")
+        for name in forgotten:
+            assert forget(ResourceKey("Workload", name), folder, state, "tester").rewritten == {path: 1}
+            assert verify_chain(path).ok
+    finally:
+        stop.touch()
+        appended = int(gateway.communicate(timeout=60)[0])
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["n"] for r in records if r["event"] == "hosted-request"] == list(range(appended))
+    assert not [r for r in records if r.get("resource", "").startswith("Workload/old-")]
+    assert verify_chain(path).ok

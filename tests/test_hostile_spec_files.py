@@ -65,8 +65,8 @@ def test_a_fifo_or_socket_named_like_a_spec_never_blocks_validate(workspace: Wor
         except subprocess.TimeoutExpired:  # what a blocking open() does: waits for a writer that never comes
             raise AssertionError("validate blocked on a FIFO") from None
         assert validated.returncode == 1
-        assert "pipe.yaml: refused, not opened: it is a FIFO (named pipe), not a regular file" in validated.stdout
-        assert "to-pipe.yaml: refused, not opened: it is a FIFO (named pipe), not a regular file" in validated.stdout
+        assert "pipe.yaml: refused, not opened: it is a FIFO, not a regular file" in validated.stdout
+        assert "to-pipe.yaml: refused, not opened: it is a FIFO, not a regular file" in validated.stdout
         assert "sock.yaml: refused, not opened: it is a socket, not a regular file" in validated.stdout
     finally:
         listener.close()

@@ -141,6 +141,8 @@ def test_the_daemon_fetches_in_the_background_and_shows_it(workspace: Workspace,
     status = wait_for(lambda: (s := model_status(workspace)) and s["phase"] == "Available" and s, timeout=20,
                       what="the fetched model")
     assert status["artifact"]["sha256"] == digest and (workspace.state / "models" / "sha256" / digest).exists()
+    (fetched,) = [line for line in workspace.evidence("model.yaml") if line["event"] == "action"]
+    assert (fetched["result"], [op["op"] for op in fetched["operations"]]) == ("started", ["fetch"])
 
 
 def test_bytes_changed_in_place_are_found_by_the_scheduled_rehash(workspace: Workspace, server: ArtifactServer,
@@ -253,3 +255,33 @@ def test_a_good_variant_is_chosen_past_crafted_ones(workspace: Workspace) -> Non
     planned = workspace.cli("plan")
     assert "Traceback" not in planned.stderr and "chose good" in planned.stdout, planned
     assert "rejected deep: models/deep.gguf is not a GGUF model: arrays are nested" in planned.stdout
+
+
+def test_a_model_s_fetch_is_an_operation_in_the_plan_and_the_evidence(workspace: Workspace, tiny: bytes) -> None:
+    """A file:// source is fetched into the cache like a URL: the plan shows the fetch with its cause (which variant,
+    from where, why absent), the evidence shows it decided and done, and a wrong digest shows it failed."""
+    weights = workspace.desired / "weights"
+    weights.mkdir()
+    (weights / "tiny.gguf").write_bytes(tiny)
+    digest, source = hashlib.sha256(tiny).hexdigest(), f"file://{weights / 'tiny.gguf'}"
+    workspace.write("model.yaml", document("Model", "tiny", {"source": source, "sha256": digest}))
+    fetch = {"op": "fetch", "cause": f"variant default from {source}: not in the cache"}
+    planned = workspace.cli("plan", "-o", "json")
+    (row,) = [row for row in json.loads(planned.stdout) if row["resource"] == "Model/tiny"]
+    assert (planned.returncode, row["action"], row["operations"]) == (2, "create", [fetch]), planned.stdout
+    assert f"[operations: fetch (variant default from {source}: not in the cache)]" in workspace.cli("plan").stdout
+
+    assert workspace.cli("apply").returncode == 0
+    decided, done = [line for line in workspace.evidence("model.yaml") if line["resource"] == "Model/tiny"]
+    assert (decided["event"], decided["operations"]) == ("decision", [fetch])
+    assert (done["event"], done["result"], done["operations"]) == ("action", "done", [fetch])
+    assert (workspace.state / "models" / "sha256" / digest).read_bytes() == tiny
+    assert workspace.cli("plan").returncode == 0, "a fetched model is in sync: nothing more to fetch"
+
+    (workspace.state / "models" / "sha256" / digest).unlink()
+    (weights / "tiny.gguf").write_bytes(tiny[:-1] + b"!")  # the source now has other bytes: the fetch fails
+    assert workspace.cli("apply").returncode == 0
+    decided, failed = [line for line in workspace.evidence("model.yaml") if line["resource"] == "Model/tiny"][2:]
+    assert (decided["action"], decided["cause"]) == ("create", fetch["cause"])
+    assert (failed["result"], failed["failedOperation"], failed["failure"]["reason"]) == ("failed", fetch, "InvalidArtifact")
+    assert "operations" not in failed, "nothing was done"

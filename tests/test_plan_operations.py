@@ -6,10 +6,14 @@ Pure: the plan is computed from constructed inputs, with no processes or engine.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
+from reconciler.api.kinds import ModelVariant
 from reconciler.api.launch import ContainerLaunch
 from reconciler.api.meta import ResourceKey
-from reconciler.diff.plan import OpKind, Verb, prerequisites
+from reconciler.diff.footprint import ModelView
+from reconciler.diff.plan import Action, Hold, Inputs, OpKind, Verb, plan_resource, prerequisites
+from reconciler.observe.host import ModelPresence
 from reconciler.load.desired import DesiredState
 from tests.test_plan import (
     ABSENT, NOW, WEB, ended, entry, exited, model, plan_removal, plan_workload, policy, remembered, running, workload,
@@ -78,3 +82,39 @@ def test_a_removed_workload_comes_after_the_model_its_record_served() -> None:
     edges = prerequisites(keys, DesiredState(files=(), resources={}), {ResourceKey("Workload", "chat"): record})
     assert edges == {ResourceKey("Workload", "chat"): {ResourceKey("Model", "tiny")}}
     assert WEB not in edges
+
+
+def fetching(absent: str | None) -> ModelView:
+    """A Model whose one variant is remote: `absent`, why its bytes are to be fetched now (None: they are here)."""
+    variant = ModelVariant(name="default", source="https://user:secret@example.org/tiny.gguf", sha256="c" * 64)
+    return ModelView(ModelPresence(Path("/state/models/sha256/" + "c" * 64), None if absent else 7), variant,
+                     absent=absent)
+
+
+def plan_model(view: ModelView, record: object = None) -> Action:
+    remote = model()  # the diff reads the view of its variant, not its source
+    key = ResourceKey("Model", "tiny")
+    return plan_resource(Inputs(key, entry(remote), record, model=view), NOW)  # type: ignore[arg-type]
+
+
+def test_a_model_whose_chosen_variant_is_absent_is_one_fetch_saying_which_from_where_and_why() -> None:
+    action = plan_model(fetching("not in the cache"))
+    assert (action.verb, action.cause) == (Verb.create, "new resource")
+    assert operations(action) == [("fetch", "variant default from https://***@example.org/tiny.gguf: not in the cache")]
+
+
+def test_a_model_on_record_whose_bytes_were_lost_is_fetched_again_and_a_present_one_is_not() -> None:
+    remote = model()  # the diff reads the view of its variant, not its source
+    lost = plan_model(fetching("the cached file is gone"), remembered(remote))
+    assert lost.verb is Verb.create and operations(lost) == [("fetch", lost.cause)]
+    assert lost.cause.endswith(": the cached file is gone")
+    present = plan_model(fetching(None), remembered(remote))
+    assert (present.verb, present.operations) == (Verb.none, ())
+
+
+def test_a_held_model_fetches_nothing() -> None:
+    remote = model()  # the diff reads the view of its variant, not its source
+    key = ResourceKey("Model", "tiny")
+    inputs = Inputs(key, entry(remote), remembered(remote), model=fetching("not in the cache"),
+                    hold=Hold("InvalidSpec", "the new version is not valid"))
+    assert plan_resource(inputs, NOW).operations == ()

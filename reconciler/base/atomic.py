@@ -23,6 +23,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from reconciler.base.file_types import file_type
+
 _NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # what opening a planted name answers: a link (ELOOP), a folder (EISDIR), a FIFO without a reader (ENXIO)
 _PLANTED = {errno.ELOOP: "a symbolic link", errno.EISDIR: "a folder", errno.ENXIO: "a FIFO or socket"}
@@ -82,7 +84,7 @@ def open_regular(path: Path, flags: int, mode: int = 0o644, *, root: Path | None
         try:
             found = os.fstat(fd)
             if not stat.S_ISREG(found.st_mode):
-                raise UnsafeFile(path, _describe(found.st_mode))
+                raise UnsafeFile(path, file_type(found.st_mode))
             if flags & (os.O_WRONLY | os.O_RDWR) and found.st_nlink > 1:  # another name for a file elsewhere
                 raise UnsafeFile(path, f"a hard link ({found.st_nlink} names)", "a file of its own")
         except BaseException:
@@ -168,7 +170,7 @@ def _require_regular_or_absent(directory: int, path: Path) -> int | None:
     except FileNotFoundError:
         return None
     if not stat.S_ISREG(found.st_mode):
-        raise UnsafeFile(path, _describe(found.st_mode))
+        raise UnsafeFile(path, file_type(found.st_mode))
     return found.st_size
 
 
@@ -181,11 +183,3 @@ def _create_exclusive(directory: int, name: str) -> tuple[str, int]:
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, f"no free temp name beside {name}")
-
-
-def _describe(mode: int) -> str:
-    for test, what in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
-        if test(mode):
-            return what
-    return "not a regular file"

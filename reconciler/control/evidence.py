@@ -87,16 +87,17 @@ def acceleration_record(before: ResourceRecord | None, after: ResourceRecord, st
 
 def outcome_record(
     action: Action, generation: int, failure: FailureInfo | None, after: ProcessObservation | None, now: datetime,
-    stopped_pid: int | None = None, ran: Sequence[Operation] = (),
+    stopped_pid: int | None = None, ran: Sequence[Operation] = (), under_way: bool = False,
 ) -> dict[str, Any]:
-    """`ran`: the operations that were done, in order; when it failed, the next one is the one that failed."""
+    """`ran`: the operations that were done, in order; when it failed, the next one is the one that failed.
+    `under_way`: the last of them goes on in the background (its end shows in the status, not here)."""
     line: dict[str, Any] = {
         "time": now.isoformat(),
         "resource": str(action.key),
         "generation": generation,
         "event": "action",
         "action": action.verb.value,
-        "result": "failed" if failure else "done",
+        "result": "failed" if failure else "started" if under_way else "done",
     }
     if ran:
         line["operations"] = [op.describe() for op in ran]

@@ -10,6 +10,7 @@ from reconciler.api.launch import ContainerLaunch
 from reconciler.api.rollout import Pins
 from reconciler.api.status import FailureInfo
 from reconciler.control.assembly import Parts
+from reconciler.control.models import DOWNLOADING
 from reconciler.control.pins import pins_of
 from reconciler.control.planning import Planned, maybe_container
 from reconciler.diff.plan import OpKind, Operation
@@ -26,15 +27,23 @@ class Executed:
     failure: FailureInfo | None
     after: ProcessObservation | None
     ran: list[Operation] = field(default_factory=list)
+    under_way: bool = False  # the last operation goes on in the background (the daemon's fetch)
 
 
-def fetch_model(parts: Parts, planned: Planned, desired: DesiredState) -> Planned:
-    """A Model whose chosen variant is not on this host yet is fetched (the daemon: in the background)."""
-    entry = planned.inputs.desired
-    if planned.model is None or entry is None or planned.action.hold is not None or not isinstance(entry.resource, Model):
-        return planned
-    parts.models.ensure(planned.model)
-    return replace(planned, model=parts.models.view(desired, entry.resource, entry.file))
+def fetch_model(parts: Parts, planned: Planned, desired: DesiredState, now: datetime) -> tuple[Planned, Executed | None]:
+    """A Model's fetch operation, when the approved plan has one (the daemon's runs in the background; `apply`
+    waits for it). Returns the plan with the Model as it is after, and what was done (None: no fetch)."""
+    entry, fetches = planned.inputs.desired, [op for op in planned.action.operations if op.kind is OpKind.fetch]
+    if not planned.executed or not fetches or planned.model is None or entry is None \
+            or not isinstance(entry.resource, Model):
+        return planned, None
+    problem = parts.models.ensure(planned.model)
+    planned = replace(planned, model=parts.models.view(desired, entry.resource, entry.file))
+    if problem is None:
+        return planned, Executed(None, None, fetches)
+    if problem.reason == DOWNLOADING:
+        return planned, Executed(None, None, fetches, under_way=True)
+    return planned, Executed(FailureInfo(reason=problem.reason, message=problem.message, at=now), None)
 
 
 def execute(parts: Parts, planned: Planned, now: datetime) -> Executed:

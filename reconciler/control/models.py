@@ -220,7 +220,7 @@ class ModelStore:
             why = Blocked(why.reason, f"{damaged}: {why.message}")
         elif damaged is not None:  # not "put the model there": the Model's next pass fetches it
             why = Blocked("ModelMissing", damaged)
-        return ModelView(presence, variant, selection, why, progress)
+        return ModelView(presence, variant, selection, why, progress, None if fetching else _absent(failure, damaged))
 
     def _failure_file(self, digest: str) -> Path:
         return self.observed / f"fetch-{normalize_digest(digest)}.json"
@@ -348,6 +348,15 @@ def _context(uses: list[WorkloadSpec]) -> int | None:
     sizes = [spec.llama_cpp.context_size for spec in uses if spec.llama_cpp and spec.llama_cpp.context_size]
     sizes += [spec.vllm.max_model_len for spec in uses if spec.vllm and spec.vllm.max_model_len]
     return max(sizes, default=None)
+
+
+def _absent(failure: _Failure | None, damaged: str | None) -> str | None:
+    """Why a remote variant not in the cache is fetched now; None while a failed fetch waits out its back-off."""
+    if failure is not None and time.monotonic() < failure.retry_at:
+        return None
+    if failure is not None:
+        return f"the last fetch failed ({failure.why.reason}), its back-off is over"
+    return damaged or "not in the cache"
 
 
 def _downloading(variant: ModelVariant, progress: tuple[int, int | None] | None) -> str:

@@ -83,7 +83,7 @@ def plan(parts: Parts, desired: DesiredState, key: ResourceKey, now: datetime, p
     inputs = Inputs(
         key=key, desired=entry, record=record, process=process, launch=rendered.launch, hold=hold,
         blocked=rendered.blocked, check=rendered.check, health=record.health if record else None, listening=listening,
-        demand=demand, room=parts.activation.room_wait(key.name) if demand else None,
+        demand=demand, room=parts.activation.room_wait(key.name) if demand else None, model=model,
     )
     judged = parts.judge.judge(desired, holds.policy_in_force(desired), inputs, plan_resource(inputs, now), rendered,
                                tighten=holds.policy_settled(desired))

@@ -225,8 +225,8 @@ class Reconciler:
             measure(parts, planned, None, None, started)
             return Result.after(ENGINE_RETRY_SECONDS) if kept else Result.until_event(), False
         digest = record_decision_before_acting(parts, planned, now)
-        planned = fetch_model(parts, planned, self.desired)
-        executed = execute(parts, planned, now)
+        planned, fetched = fetch_model(parts, planned, self.desired, now)
+        executed = fetched or execute(parts, planned, now)
         log_decision(planned, digest, executed)
         concluded = conclude_pass(parts, planned, executed, now)
         measure(parts, planned, executed.failure, concluded[1] if concluded else None, started)

@@ -140,7 +140,8 @@ def record_outcome(parts: Parts, planned: Planned, executed: Executed, concluded
     action, (record, status) = planned.action, concluded
     if planned.executed:
         parts.recorder.evidence(record.source, outcome_record(action, record.generation, executed.failure, executed.after,
-                                                              clock.now(), ran=executed.ran))
+                                                              clock.now(), ran=executed.ran,
+                                                              under_way=executed.under_way))
     if digest is not None:
         record = record.model_copy(update={"last_decision": digest})
     if planned.listens is not None and record.exposure != (planned.record.exposure if planned.record else None):

@@ -225,6 +225,9 @@ class ModelView:
     selection: Selection | None = None  # None when there was nothing to choose: one local file
     problem: Blocked | None = None  # NoVariantFits, Downloading, or why the fetch or the check failed
     progress: tuple[int, int | None] | None = None
+    # Why the chosen variant's bytes must be fetched now (not in the cache, lost, an earlier fetch failed and its
+    # back-off is over); None when they are there, cannot be fetched, or a fetch runs or waits out its back-off.
+    absent: str | None = None
 
     @property
     def ready(self) -> bool:

@@ -17,8 +17,10 @@ from reconciler.api.meta import PRUNE_ANNOTATION, ResourceKey
 from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.status import ExitInfo, HealthState
 from reconciler.api.checks import HealthCheck
+from reconciler.base.redact import redact
 from reconciler.diff.activation import on_demand_step, restarts_on_exit
 from reconciler.diff.engines import Blocked
+from reconciler.diff.footprint import ModelView
 from reconciler.diff.health import unhealthy_cause
 from reconciler.load.desired import DesiredEntry, DesiredState
 from reconciler.observe.listening import ObservedListens
@@ -35,6 +37,7 @@ class Verb(str, Enum):
 
 
 class OpKind(str, Enum):
+    fetch = "fetch"  # a Model's chosen variant is not on this host: its bytes are fetched into the cache, verified
     pull = "pull"  # a container image not on this host is fetched by the engine
     stop = "stop"  # what runs ends; a stop before a start also clears what an ended run left
     start = "start"
@@ -75,6 +78,7 @@ class Action:
     failure_reason: str | None = None  # a stop for a failed health check: Unhealthy or StartupTimeout
     idle: bool = False  # an on-demand workload that activation leaves (or stops) not running
     replaces: bool = False  # a start ends (or clears what is left of) the run observed first
+    fetch: str | None = None  # a Model's chosen variant is fetched: which, from where, why it is absent
 
     @property
     def changes_something(self) -> bool:
@@ -87,6 +91,8 @@ class Action:
             return (Operation(OpKind.remove, self.cause),) if self.key.kind == "Workload" else ()
         if self.verb is Verb.stop:
             return (Operation(OpKind.stop, self.cause, keep=True),)
+        if self.fetch is not None:
+            return (Operation(OpKind.fetch, self.fetch),)
         if self.verb not in (Verb.create, Verb.recreate) or self.launch is None:
             return ()
         steps = []
@@ -117,6 +123,7 @@ class Inputs:
     listening: ObservedListens | None = None  # what the running native process tree listens on
     demand: Demand | None = None  # an on-demand workload: the requests the gateway has for it
     room: str | None = None  # an on-demand start waits: why (memory or GPUs that busy on-demand workloads hold)
+    model: ModelView | None = None  # a Model: the variant this host uses, and whether its bytes are here
 
 
 def next_generation(record: ResourceRecord | None, desired: DesiredEntry) -> int:
@@ -165,12 +172,22 @@ def _plan(inputs: Inputs, now: datetime) -> Action:
         return _plan_removal(inputs)
     generation = next_generation(record, desired)
     if not isinstance(desired.resource, Workload):
+        fetch = _fetch_cause(inputs.model) if inputs.hold is None else None
         if record is None:
-            return Action(key, Verb.create, "new resource", generation)
+            return Action(key, Verb.create, "new resource", generation, fetch=fetch)
         if generation != record.generation:
-            return Action(key, Verb.update, _spec_change(record, desired), generation)
+            return Action(key, Verb.update, _spec_change(record, desired), generation, fetch=fetch)
+        if fetch is not None:  # made present again, as a workload that ended is started again
+            return Action(key, Verb.create, fetch, generation, fetch=fetch)
         return Action(key, Verb.none, "up to date", generation)
     return _plan_workload(inputs, desired.resource, generation, now)
+
+
+def _fetch_cause(view: ModelView | None) -> str | None:
+    """Which variant is fetched, from where, and why it is absent; None when nothing is to be fetched now."""
+    if view is None or view.absent is None or view.variant is None:
+        return None
+    return f"variant {view.variant.name} from {redact(view.variant.source)}: {view.absent}"
 
 
 def _plan_workload(inputs: Inputs, workload: Workload, generation: int, now: datetime) -> Action:

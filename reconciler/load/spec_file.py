@@ -13,12 +13,11 @@ import os
 import stat
 from pathlib import Path
 
+from reconciler.base.file_types import file_type
+
 # O_NONBLOCK: a file swapped for a FIFO after it was judged must not block the open; on a regular file it changes
 # nothing. O_NOFOLLOW: the resolved path has no link left in its last part, and a link put there since is refused.
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
-
-_FILE_TYPES = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-               (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
 
 
 class SpecRefused(Exception):
@@ -36,7 +35,7 @@ def read_spec_file(path: Path, real_root: str, limit: int) -> bytes:
                           "(a spec file must lie inside the folder)")
     judged = os.stat(real, follow_symlinks=False)
     if not stat.S_ISREG(judged.st_mode):
-        raise SpecRefused(f"refused, not opened: it is {_file_type(judged.st_mode)}, not a regular file")
+        raise SpecRefused(f"refused, not opened: it is {file_type(judged.st_mode)}, not a regular file")
     descriptor = os.open(real, _READ_FLAGS)
     try:
         # observed, not trusted: what was opened must be the file judged above, still inside the folder
@@ -53,7 +52,3 @@ def read_spec_file(path: Path, real_root: str, limit: int) -> bytes:
 
 def _inside(path: str, real_root: str) -> bool:
     return os.path.commonpath([path, real_root]) == real_root
-
-
-def _file_type(mode: int) -> str:
-    return next((name for test, name in _FILE_TYPES if test(mode)), "a file of an unknown type")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from reconciler.base.file_types import file_type
+
 
 @dataclass(frozen=True)
 class EngineFacts:
@@ -79,13 +81,7 @@ def special_file(path: str | Path) -> str | None:
 
 
 def _not_regular(path: str | Path, mode: int) -> str:
-    return f"{path} is {_kind(mode)}, not a regular file: only regular files are read"
-
-
-def _kind(mode: int) -> str:
-    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
-    return next((name for test, name in kinds if test(mode)), "a special file")
+    return f"{path} is {file_type(mode)}, not a regular file: only regular files are read"
 
 
 def observe_model(path: Path) -> ModelPresence:

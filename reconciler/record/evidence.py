@@ -15,7 +15,8 @@ import errno
 import fcntl
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -66,16 +67,10 @@ class EvidenceLog:
             raise ValueError(f"evidence record must not set {sorted(clash)}: the log owns them")
         with self._lock:
             while True:
-                fd, created = self._open()
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                    if not self._is_live(fd):  # rotated away by another writer while this one waited
-                        continue
+                with _live_locked(self.path, self.root) as (fd, created):
                     written = self._append_locked(fd, record)
-                    if written is None:  # rotated: the fresh live file is opened, locked and read again
-                        continue
-                finally:
-                    os.close(fd)
+                if written is None:  # rotated: the fresh live file is opened, locked and read again
+                    continue
                 if created:
                     fsync_dir(self.path.parent, root=self.root)  # the new name must be as durable as the line in it
                 return written
@@ -104,12 +99,6 @@ class EvidenceLog:
         self._left = (_identity(fd), _hash(line[:-1]))
         return written
 
-    def _is_live(self, fd: int) -> bool:
-        try:
-            return os.lstat(self.path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            return False
-
     def _recover(self) -> tuple[str, int, int]:
         """Return (hash of the last complete line, where that line ends, torn bytes after it)."""
         last, valid_end, torn = _tail(self.path, self.root)
@@ -119,16 +108,35 @@ class EvidenceLog:
             return (GENESIS if rotated is None else _hash(rotated)), valid_end, torn
         return _hash(last), valid_end, torn
 
-    def _open(self) -> tuple[int, bool]:
-        """(an appending descriptor on the live file, whether this created it)."""
-        created = regular_size(self.path, root=self.root) is None
-        return open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644, root=self.root), created
-
     def _rotate(self) -> None:
         for n in range(self.keep, 0, -1):
             source = self.path if n == 1 else _rotated(self.path, n - 1)
             if regular_size(source, root=self.root) is not None:
                 rename_regular(source, _rotated(self.path, n), root=self.root)
+
+
+@contextmanager
+def _live_locked(path: Path, root: Path | None) -> Iterator[tuple[int, bool]]:
+    """(an appending descriptor on the chain's live file, whether this created it), held under flock(2): every
+    writer of the chain, appending or rewriting it, in any process, holds it. A file rotated or replaced while this
+    waited for the lock is let go and the live one locked instead."""
+    while True:
+        created = regular_size(path, root=root) is None
+        fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644, root=root)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _is_live(path, fd):
+                yield fd, created
+                return
+        finally:
+            os.close(fd)
+
+
+def _is_live(path: Path, fd: int) -> bool:
+    try:
+        return os.lstat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def verify_chain(path: Path) -> VerifyResult:
@@ -280,23 +288,25 @@ def rewrite_chain(path: Path, keep: Callable[[dict[str, Any]], bool], head: Mapp
     head's ``prev`` is the hash of the line before it on disk while the old rotated files still exist (GENESIS when
     there are none), so the chain verifies at every step: new file renamed into place, then old files removed,
     oldest first so that any left by a crash stay a contiguous run that ``split_replaced`` recognises.
-    The caller must keep every other writer away (an ``EvidenceLog`` caches its last hash).
+    It holds the chain's lock from the first read to the last removal, as an append does: a line another process
+    (the gateway) appends meanwhile lands after it, in the new chain, never in the file being replaced.
     """
-    replaced, current = split_replaced(path)
-    old_files = [*replaced, *current]
-    old_end = _last_hash(old_files)
-    rotated = [file for file in old_files if file != path]
-    prev = _last_hash(rotated[-1:])
-    lines = []
-    for record in [{**head, "event": RECHAINED, "replacedChainEnd": old_end},
-                   *(r for r in read_records(current) if r is not None and keep(r))]:
-        line = _encode({**record, "prev": prev})
-        lines.append(line + "\n")
-        prev = _hash(line.encode("utf-8"))
-    write_atomic(path, "".join(lines))
-    for file in rotated:
-        remove_regular(file)
-    fsync_dir(path.parent)
+    with _live_locked(path, None):
+        replaced, current = split_replaced(path)
+        old_files = [*replaced, *current]
+        old_end = _last_hash(old_files)
+        rotated = [file for file in old_files if file != path]
+        prev = _last_hash(rotated[-1:])
+        lines = []
+        for record in [{**head, "event": RECHAINED, "replacedChainEnd": old_end},
+                       *(r for r in read_records(current) if r is not None and keep(r))]:
+            line = _encode({**record, "prev": prev})
+            lines.append(line + "\n")
+            prev = _hash(line.encode("utf-8"))
+        write_atomic(path, "".join(lines))
+        for file in rotated:
+            remove_regular(file)
+        fsync_dir(path.parent)
     return old_end, prev
 
 

@@ -81,7 +81,7 @@ def test_links_out_special_files_and_secret_values_are_refused_and_never_repeate
         workspace.write("token.yaml", workload_yaml("token").replace("spec:\n", f"spec:\n  env:\n    HF_TOKEN: {TOKEN}\n"))
         workspace.write("later.yaml", workload_yaml("later"))
         expected = {"link.yaml": "refused, not opened: it is a symbolic link to a file outside the desired-state folder",
-                    "pipe.yaml": "refused, not opened: it is a FIFO (named pipe), not a regular file",
+                    "pipe.yaml": "refused, not opened: it is a FIFO, not a regular file",
                     "sock.yaml": "refused, not opened: it is a socket, not a regular file",
                     "token.yaml": "spec.env.HF_TOKEN: expected a valid string, got a number"}
         for file, reason in expected.items():
