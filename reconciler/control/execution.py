@@ -61,6 +61,9 @@ def execute(parts: Parts, planned: Planned, now: datetime) -> Executed:
         changed = parts.models.verify_before_start(presence)
         if changed is not None:  # never started on unverified bytes (and what runs is not stopped for it)
             return Executed(FailureInfo(reason="InvalidArtifact", message=changed, at=now), inputs.process)
+    kinds = [op.kind for op in operations]
+    if OpKind.stop in kinds and OpKind.start in kinds[kinds.index(OpKind.stop):]:
+        drivers.check_room()  # a replacement the state cannot record is not begun: what runs is not stopped for it
     try:
         for op in operations:
             if op.kind is OpKind.stop:  # `keep`: on record as exited, its restart policy and back-off take over

@@ -35,6 +35,10 @@ class Drivers:
             return self.containers.start(name, launch, generation)
         return self.native.start(name, launch, generation)
 
+    def check_room(self) -> None:
+        """Raise OSError unless the state directory takes a new run's records (one store for both drivers)."""
+        self.native.check_room()
+
     def pull(self, launch: ContainerLaunch) -> ContainerLaunch:
         return self.containers.pull(launch)
 

@@ -148,6 +148,16 @@ class ProcessDriver:
 
     # -- act --------------------------------------------------------------------------------
 
+    def check_room(self) -> None:
+        """Raise OSError (ENOSPC, EROFS, ...) unless the state directory takes a new run's records: a page is
+        written and removed, since a file system with a page left in a file's slack still takes short appends."""
+        self._records.mkdir(parents=True, exist_ok=True, mode=0o700)
+        probe = self._records / f".room-{secrets.token_hex(4)}"
+        try:
+            write_atomic(probe, b"\0" * 4096, mode=0o600)
+        finally:
+            probe.unlink(missing_ok=True)
+
     def start(self, name: str, launch: LaunchSpec, generation: int) -> ProcessObservation:
         if launch.executable is None:
             raise StartFailed("ExecutableNotFound", f"{launch.command[0]}: not found (PATH={child_path(launch.env)})")
