@@ -216,7 +216,7 @@ def test_routes_show_in_status_output_and_describe_and_the_gateway_counts_per_mo
         assert route["summary"] == f"Workload/chat {stack.chat}"
     described = stack.space.cli("describe", "model/tiny").stdout
     assert "Served by    Workload/chat\n" in described, described
-    assert f"{stack.gateway}/v1: any client on this host, as model 'tiny', 'gpt-4o-mini'" in described, described
+    assert f"{stack.gateway}/v1: any process on this host, as model 'tiny', 'gpt-4o-mini'" in described, described
     assert f"Route        Workload/chat {stack.chat}" in described
 
     with urllib.request.urlopen(f"{stack.gateway}/metrics", timeout=30) as answer:

@@ -271,3 +271,45 @@ def test_an_unreadable_uid_table_refuses_the_start_and_guesses_nothing(driver: P
         driver.start("web", shell("web", driver, "sleep 60"), 1)
     assert refused.value.reason == "UserUnavailable" and f"{users} cannot be read" in refused.value.message
     assert users.read_text() == '{"other": 61184, "web": ', "left as found, for whoever restores it"
+
+
+def test_a_state_directory_its_user_cannot_reach_refuses_the_start_naming_the_folder(tmp_path: Path) -> None:
+    """Root's state under a home folder of mode 0700 (as ~/.local/state under /root): the workload's user could not
+    reach its working folder, so the start is refused naming the folder that blocks it, and nothing runs."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "state").mkdir(mode=0o700)
+    driver = ProcessDriver(home / "state")
+    with pytest.raises(StartFailed) as refused:
+        driver.start("web", shell("web", driver, "sleep 60"), 1)
+    assert refused.value.reason == "PermissionDenied"
+    assert refused.value.message.startswith(f"{home} (mode 0700) is not searchable by dynamic user localaistack-web")
+    assert f"cannot reach its working folder {driver.default_working_dir('web')}" in refused.value.message
+    assert "--state-dir" in refused.value.message
+    assert not driver.observe("web").record, "nothing was started"
+    home.chmod(0o711)  # the fix the message names
+    assert driver.start("web", shell("web", driver, "sleep 60"), 1).record.pid
+    driver.stop("web", grace_seconds=0.0)
+
+
+def test_a_working_folder_its_user_cannot_reach_refuses_the_start(driver: ProcessDriver, tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    (private / "site").mkdir(parents=True)
+    private.chmod(0o700)
+    launch = shell("web", driver, "sleep 60").model_copy(update={"working_dir": str(private / "site")})
+    with pytest.raises(StartFailed) as refused:
+        driver.start("web", launch, 1)
+    assert refused.value.message.startswith(f"{private} (mode 0700) is not searchable")
+    assert refused.value.message.endswith("or choose another spec.workingDir")
+
+
+def test_roots_default_state_directory_is_where_the_service_keeps_its_own(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not under root's home (mode 0700), which no workload's user could pass."""
+    from reconciler.cli.common import default_state_dir
+
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_state_dir(tmp_path / "desired").parent == Path("/var/lib/localaistack-reconciler")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "chosen"))
+    assert default_state_dir(tmp_path / "desired").parent == tmp_path / "chosen" / "localaistack-reconciler"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import signal
 
-from tests.conftest import Workspace, wait_for, workload_yaml
+from tests.conftest import PYTHON, Workspace, wait_for, workload_yaml
 from tests.test_containers import free_port
 
 # An HTTP server on argv[1]: /health answers for itself; /ready asks the backend on argv[2] first (a UI's check).
@@ -62,3 +62,21 @@ def test_a_ui_whose_backend_is_down_is_not_ready_and_not_restarted_and_its_updat
     wait_for(lambda: workspace.condition("ui.yaml", "ui")["reason"] == "NotReady", timeout=10, what="v2 not ready")
     assert workspace.pid("ui.yaml", "ui") == v2_pid and workspace.resource_status("ui.yaml", "ui")["restartCount"] == 0
     assert not workspace.resource_status("ui.yaml", "ui").get("endpoints"), "no traffic while not Ready"
+
+
+def test_an_exec_check_sees_the_address_uses_gives_the_process(workspace: Workspace) -> None:
+    """The check runs as the workload would, with what its launch was given: a check that reads $BACKEND (set by
+    `uses`, not in spec.env) passes: the workload is Ready and never restarted for it."""
+    backend_port = free_port()
+    workspace.write("backend.yaml", workload_yaml("backend", BACKEND, (str(backend_port),), port=backend_port,
+                                                  health={"tcp": {}, **FAST}))
+    sees_backend = {"exec": {"command": [PYTHON, "-c", "import os, sys; sys.exit(0 if os.environ.get('BACKEND') "
+                                                          "and os.environ.get('MINE') == 'kept' else 3)"]}, **FAST}
+    workspace.write("ui.yaml", workload_yaml("ui", "import time; time.sleep(3600)", uses=[{"workload": "backend",
+                                             "env": "BACKEND"}], env={"MINE": "kept"}, health=sees_backend))
+    workspace.start_daemon()
+    ready = wait_for(lambda: (c := workspace.condition("ui.yaml", "ui")) and (c["status"] == "True" or "exited 3" in
+                                                                               c["message"]) and c,
+                     timeout=30, what="ui Ready, or its check failed")
+    assert ready["status"] == "True", ready
+    assert workspace.resource_status("ui.yaml", "ui")["restartCount"] == 0

@@ -27,7 +27,7 @@ EXIT_IN_SYNC, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 path_argument = click.argument("path", type=click.Path(path_type=Path), default="desired-state")
 state_option = click.option(
     "--state-dir", type=click.Path(path_type=Path), envvar="RECONCILER_STATE_DIR",
-    help="Where the reconciler keeps process records and logs [default: ~/.local/state/localaistack-reconciler/<folder>].",
+    help="Where the reconciler keeps process records and logs [default: ~/.local/state/localaistack-reconciler/<folder>; for root /var/lib/localaistack-reconciler/<folder>].",
 )
 output_option = click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table")
 

@@ -40,7 +40,14 @@ def seconds(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+SYSTEM_STATE_HOME = Path("/var/lib/localaistack-reconciler")  # the service's (deploy/reconciler.service)
+
+
 def state_home() -> Path:
+    """Root's state goes where the service keeps its own: under /root (mode 0700) the workloads, which run as users
+    of their own, could not reach their working folders."""
+    if not os.environ.get("XDG_STATE_HOME") and os.geteuid() == 0:
+        return SYSTEM_STATE_HOME
     return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "localaistack-reconciler"
 
 

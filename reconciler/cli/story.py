@@ -9,6 +9,7 @@ from reconciler.api.kinds import Workload
 from reconciler.api.meta import Resource
 from reconciler.api.quantity import format_bytes
 from reconciler.api.status import ResourceStatus, RolloutStatus
+from reconciler.api.workload import Runtime
 from reconciler.base.atomic import read_regular
 from reconciler.gateway.routes import RouteTable
 from reconciler.record.evidence import HOSTED_REQUEST
@@ -80,17 +81,21 @@ def describe(status: ResourceStatus, source: str, root: Path, log_lines: list[st
     return "\n".join(lines)
 
 
-def model_access(model: str, served: dict[str, str], routes: RouteTable | None, gateways: list[str]) -> list[str]:
-    """`describe Model/NAME`: who may use it: the workloads that serve it, and what the gateway does with a request
-    for it (every client on this host may ask the gateway: it listens on loopback only)."""
+def model_access(model: str, served: dict[str, str], routes: RouteTable | None, gateways: list[str],
+                 users: list[tuple[str, Runtime, tuple[str, ...] | None]]) -> list[str]:
+    """`describe Model/NAME`: who may use it: the workloads that serve it, what the gateway does with a request for
+    it, and the workloads that declare they use a gateway for it (the only containers the gateway admits)."""
     serving = ", ".join(f"Workload/{name}" for name, named in sorted(served.items()) if named == model)
     lines = ["", "Who may use it:", f"  Served by    {serving or 'no Workload: add one whose spec.model names it'}"]
     if routes is None or model not in routes.models:
         return [*lines, "  Gateway      none declared: a client calls a serving workload's endpoint itself"]
     aliases = sorted(alias for alias, named in routes.aliases.items() if named == model)
     asked = ", ".join(repr(name) for name in [model, *aliases])
-    return [*lines, f"  Gateway      {', '.join(gateways) or 'not serving now'}: any client on this host, as model {asked}",
-            f"  Route        {routes.describe(model)}"]
+    using = ", ".join(f"Workload/{name} ({runtime.value}; {'any model' if named is None else 'models ' + ', '.join(named)})"
+                      for name, runtime, named in users if named is None or {model, *aliases} & set(named))
+    return [*lines, f"  Gateway      {', '.join(gateways) or 'not serving now'}: any process on this host, as model "
+                    f"{asked}; a container only if it declares it in spec.uses", f"  Route        {routes.describe(model)}",
+            f"  Used by      {using or 'no Workload declares it (spec.uses of a gateway)'}"]
 
 
 def _rollout(rollout: RolloutStatus) -> str:

@@ -101,11 +101,12 @@ def describe(name: str, path: Path, state_dir: Path | None, git_url: str | None,
 
 def _model_access(reconciler: Reconciler, model: str) -> list[str]:
     from reconciler.cli import story
-    from reconciler.control.gateway_routes import gateway_endpoints, gateway_routes, served_models
+    from reconciler.control.gateway_routes import gateway_endpoints, gateway_routes, gateway_users, served_models
 
     statuses = [status for key in reconciler.keys() if (status := reconciler.status(key)) is not None]
     routes = gateway_routes(reconciler.desired, statuses, reconciler.root, reconciler.records)
-    return story.model_access(model, served_models(reconciler.desired), routes, gateway_endpoints(reconciler.desired, statuses))
+    return story.model_access(model, served_models(reconciler.desired), routes, gateway_endpoints(reconciler.desired, statuses),
+                              gateway_users(reconciler.desired))
 
 
 @click.command()

@@ -74,6 +74,15 @@ def served_models(desired: DesiredState) -> dict[str, str]:
             if isinstance(entry.resource, Workload) and entry.resource.spec.model}
 
 
+def gateway_users(desired: DesiredState) -> list[tuple[str, Runtime, tuple[str, ...] | None]]:
+    """Each workload that declares it uses a gateway: (name, runtime, the Models or aliases it names; None: all)."""
+    gateways = {key.name for key, entry in desired.resources.items()
+                if isinstance(entry.resource, Workload) and entry.resource.spec.engine is Engine.gateway}
+    return [(key.name, entry.resource.spec.runtime, None if use.models is None else tuple(use.models))
+            for key, entry in sorted(desired.resources.items()) if isinstance(entry.resource, Workload)
+            for use in entry.resource.spec.uses if use.workload in gateways]
+
+
 def gateway_endpoints(desired: DesiredState, statuses: list[ResourceStatus]) -> list[str]:
     """Where the declared gateways serve now."""
     gateways = {key for key, entry in desired.resources.items()

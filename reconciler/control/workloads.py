@@ -256,7 +256,8 @@ class WorkloadRenderer:
             return (probe(check, *address) if address else
                     self.driver.containers.exec_check(workload.name, check.exec.command, check.timeout_seconds))
         user_env, as_workload = self.driver.native.as_workload(running)
-        env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ} | user_env | spec.env
+        # what the process was given (spec.env, and the addresses `uses` injects), not what the spec says now
+        env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ} | user_env | running.launch.env
         port = (check.http or check.tcp).port if (check.http or check.tcp) else None
         return probe(check, spec.host, port or spec.port, env, running.launch.working_dir, as_workload)
 

@@ -82,6 +82,24 @@ def describe_privileges(identity: RunAs | None) -> str:
     return "no capabilities (bounding set empty), no-new-privileges"
 
 
+def first_unsearchable(folder: Path, identity: RunAs) -> Path | None:
+    """The first folder from / down to `folder` that `identity` may not pass through, by its mode bits: root's
+    chdir into the folder succeeds before the user switch, so the workload would start in a folder it cannot use
+    (and a shim that changes directory fails at once). Access-control lists are not consulted: a folder they
+    would open must have its mode bits opened."""
+    for step in [*reversed(folder.parents), folder]:
+        info = step.stat()
+        if info.st_uid == identity.uid:
+            allowed = info.st_mode & stat.S_IXUSR
+        elif info.st_gid == identity.gid or info.st_gid in identity.groups:
+            allowed = info.st_mode & stat.S_IXGRP
+        else:
+            allowed = info.st_mode & stat.S_IXOTH
+        if not allowed:
+            return step
+    return None
+
+
 def hand_over(working_dir: Path, state_dir: Path, identity: RunAs) -> None:
     """Make the default working folder the workload's own (mode 0700), and the folders above it in the state directory
     passable but not listable (0711), so the workload reaches its folder and the cached models it is given, and

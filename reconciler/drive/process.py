@@ -26,11 +26,11 @@ from reconciler.drive.exits import ExitWatcher
 from reconciler.drive.groups import start_ticks, terminate_group
 from reconciler.drive.logs import LogStore
 from reconciler.drive.ports import port_free
-from reconciler.drive.privileges import child_setup, describe_privileges, hand_over
+from reconciler.drive.privileges import child_setup, describe_privileges, first_unsearchable, hand_over
 from reconciler.drive.protocol import StartFailed
 from reconciler.drive.users import DynamicUsers, UserUnavailable, own_user, resolve_identity
 from reconciler.observe import clock
-from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
+from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState, RunAs
 
 OWNER_VARIABLE = "LOCALAISTACK_RECONCILER_OWNER"
 NAME_VARIABLE = "LOCALAISTACK_WORKLOAD"
@@ -46,6 +46,20 @@ def owner_id(state_dir: Path) -> str:
 def child_path(launch_env: dict[str, str]) -> str:
     """The PATH a child will search: its own if the spec sets one, else the reconciler's."""
     return launch_env.get("PATH", os.environ.get("PATH", os.defpath))
+
+
+def _check_reachable(working_dir: Path, state_dir: Path, identity: RunAs) -> None:
+    """Refuse a start whose user could not pass the folders above its working folder or the state directory (the
+    models it is given, the gateway's routes): it would fail in ways that name no folder, over and over."""
+    for what, folder in (("its working folder", working_dir), ("the state directory", state_dir)):
+        blocking = first_unsearchable(folder, identity)
+        if blocking is not None:
+            fix = ("open it to others (chmod o+x), or choose a --state-dir outside it (root's default is "
+                   "/var/lib/localaistack-reconciler)" if folder == state_dir or working_dir.is_relative_to(state_dir)
+                   else "open it to others (chmod o+x), or choose another spec.workingDir")
+            raise StartFailed("PermissionDenied", f"{blocking} (mode {blocking.stat().st_mode & 0o7777:04o}) is not "
+                                                  f"searchable by {identity.describe()}, so it cannot reach {what} "
+                                                  f"{folder}: {fix}")
 
 
 class ProcessDriver:
@@ -177,6 +191,8 @@ class ProcessDriver:
                 raise StartFailed("StateWriteFailed", f"cannot hand {working_dir} to its user: {error.strerror}") from None
         elif not working_dir.is_dir():
             raise StartFailed("WorkingDirNotFound", f"{working_dir}: no such directory: create it, or fix spec.workingDir")
+        if identity is not None and identity.uid != 0:  # root passes any folder
+            _check_reachable(working_dir, self.work_root.parent, identity)
         self.stop(name, grace_seconds=5.0)  # a finished run may have left group members behind
         nonce = secrets.token_hex(8)
         env = {key: os.environ[key] for key in PASSED_THROUGH if key in os.environ}

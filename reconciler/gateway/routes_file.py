@@ -43,12 +43,21 @@ class RoutesFile:
         except FileNotFoundError:
             self._seen, self.table, self.problem = None, RouteTable(), f"{self.path}: not written yet"
             return self.table
+        except OSError as error:  # a folder above it this user may not pass: the routes' problem, not the request's
+            self._seen = None
+            self._unreadable(error)
+            return self.table
         identity = (facts.st_ino, facts.st_size, facts.st_mtime_ns)
         if identity != self._seen:
             self._seen = identity
             try:
                 self.table, self.problem = RouteTable.model_validate_json(self.path.read_bytes()), None
             except (OSError, ValidationError) as error:
-                self.problem = f"{self.path}: unreadable, serving the routes read before: {error}"
-                log.error("%s", self.problem)
+                self._unreadable(error)
         return self.table
+
+    def _unreadable(self, error: Exception) -> None:
+        problem = f"{self.path}: unreadable, serving the routes read before: {error}"
+        if problem != self.problem:  # once, not on every request
+            log.error("%s", problem)
+        self.problem = problem
