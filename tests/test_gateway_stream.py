@@ -39,6 +39,7 @@ class ScriptedEngine:
 
     port: int
     writes: list[tuple[bytes, threading.Event | None]] = field(default_factory=list)
+    requests: list[bytes] = field(default_factory=list)  # as they came, head and body
 
     def serve(self, listener: socket.socket) -> None:
         while True:
@@ -49,11 +50,19 @@ class ScriptedEngine:
             with connection:
                 received = b""
                 while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < _length(received):
-                    received += connection.recv(65536)
-                for piece, gate in self.writes:
-                    if gate is not None:
-                        gate.wait(30)
-                    connection.sendall(piece)
+                    chunk = connection.recv(65536)
+                    if not chunk:
+                        break
+                    received += chunk
+                else:
+                    self.requests.append(received)
+                    self._answer(connection)
+
+    def _answer(self, connection: socket.socket) -> None:
+        for piece, gate in self.writes:
+            if gate is not None:
+                gate.wait(30)
+            connection.sendall(piece)
 
 
 def _length(request: bytes) -> int:
@@ -63,13 +72,23 @@ def _length(request: bytes) -> int:
 
 @pytest.fixture
 def engine_and_gateway(tmp_path: Path) -> Iterator[tuple[ScriptedEngine, int]]:
+    yield from _engine_and_gateway(tmp_path, "127.0.0.1")
+
+
+@pytest.fixture
+def engine_by_name_and_gateway(tmp_path: Path) -> Iterator[tuple[ScriptedEngine, int]]:
+    """The engine's URL names a host, as a hosted provider's does (aiohttp keeps no cookies of a bare address)."""
+    yield from _engine_and_gateway(tmp_path, "localhost")
+
+
+def _engine_and_gateway(tmp_path: Path, host: str) -> Iterator[tuple[ScriptedEngine, int]]:
     listener = socket.create_server(("127.0.0.1", 0))
     engine = ScriptedEngine(listener.getsockname()[1])
     threading.Thread(target=engine.serve, args=(listener,), daemon=True).start()
     routes = tmp_path / "state" / "gateway" / "routes.json"
     routes.parent.parent.mkdir()
     write_routes(routes, RouteTable(models={"tiny": Route(state=RouteState.ready, backends=(
-        Backend(workload="engine", url=f"http://127.0.0.1:{engine.port}/v1"),))}))
+        Backend(workload="engine", url=f"http://{host}:{engine.port}/v1"),))}))
     port = free_port()
     gateway = subprocess.Popen([sys.executable, "-P", str(GATEWAY), "--port", str(port), "--routes", str(routes)])
     try:
@@ -140,3 +159,15 @@ def test_the_headers_wait_for_the_first_event_and_no_event_waits_for_the_next(en
         assert received.startswith(b"HTTP/1.1 200 OK") and segments == 1, (segments, received)
         the_rest.set()
         _read_until(client, event("[DONE]") + END, received)
+
+
+def test_what_one_answer_sets_is_not_sent_with_the_next_request(engine_by_name_and_gateway) -> None:
+    """The gateway's client keeps no cookies: one client's answer (a provider's session cookie, say) never rides
+    along with another client's request."""
+    engine, port = engine_by_name_and_gateway
+    engine.writes = [(HEADERS.replace(b"\r\n\r\n", b"\r\nSet-Cookie: session=first-client; Path=/\r\n\r\n")
+                      + event("[DONE]") + END, None)]
+    for _ in range(2):
+        with _ask(port) as client:
+            _read_until(client, event("[DONE]") + END)
+    assert len(engine.requests) == 2 and b"first-client" not in engine.requests[1], engine.requests[1]
