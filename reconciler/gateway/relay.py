@@ -55,19 +55,32 @@ async def relay(request: web.Request, session: aiohttp.ClientSession, url: str, 
         upstream.close()  # a stream cut short closes the connection: the engine sees the client gone
 
 
+class _EventStream(web.StreamResponse):
+    """Its headers leave with its first write (as a whole web.Response's do), not alone at prepare()."""
+
+    _send_headers_immediately = False  # aiohttp's switch for that (its Response sets it); older versions ignore it
+
+
 async def _stream(request: web.Request, upstream: aiohttp.ClientResponse, who: str, exchange: Exchange
                   ) -> web.StreamResponse:
-    response = web.StreamResponse(status=upstream.status, headers={
+    """Whatever has come from the engine is written at once, never held for more; the headers go with the first
+    event, and the last events with the stream's end. Each write wakes the client (and, on loopback, costs about a
+    context switch): the headers alone would cost one more before the first token."""
+    response = _EventStream(status=upstream.status, headers={
         "Content-Type": upstream.headers["Content-Type"], "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     await response.prepare(request)
     try:
-        async for chunk in upstream.content.iter_any():
-            exchange.received(len(chunk))
+        while True:
+            chunk = await upstream.content.readany()  # what has come, at once; b"" only at the end
+            if chunk:
+                exchange.received(len(chunk))
+            if upstream.content.at_eof():
+                await response.write_eof(chunk)
+                return response
             await response.write(chunk)
     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as problem:
         message = f"{who} ended the stream early: {problem or type(problem).__name__}"
         log.warning("%s", message)
         response[CODE] = "UpstreamFailed"
-        await response.write(_sse_error(message, "UpstreamFailed"))
-    await response.write_eof()
-    return response
+        await response.write_eof(_sse_error(message, "UpstreamFailed"))
+        return response

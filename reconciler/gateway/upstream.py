@@ -39,4 +39,7 @@ class Balancer:
 
 
 def client_session() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(timeout=UPSTREAM_TIMEOUT, connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS))
+    """No cookie jar: the session serves every client, and what one answer sets (a provider's session cookie) is no
+    other client's to send."""
+    return aiohttp.ClientSession(timeout=UPSTREAM_TIMEOUT, connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
+                                 cookie_jar=aiohttp.DummyCookieJar())
