@@ -242,6 +242,8 @@ def test_routes_follow_the_status_files_without_a_restart(stack: Stack) -> None:
     reason = wait_for(lambda: stack.space.condition("ghost.yaml", "ghost-server"), timeout=10, what="ghost's status file")
     assert status == 503 and body["error"]["code"] == "ModelMissing" == reason["reason"], body
     assert "Workload/ghost-server" in body["error"]["message"] and "ghost.gguf" in body["error"]["message"]
+    with urllib.request.urlopen(f"{stack.gateway}/metrics", timeout=30) as metrics:  # counted by the Model it named
+        assert 'gateway_errors_total{model="ghost",reason="ModelMissing",route="none"}' in metrics.read().decode()
 
     stack.space.write("slow.yaml", document("Model", "slow", {"source": "models/tiny.gguf"}) + "---\n"
                       + llama_server("slow-server", "slow", free_port(), initialDelaySeconds=600))

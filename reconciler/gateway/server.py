@@ -127,6 +127,8 @@ async def _forward(request: web.Request, exchange: Exchange) -> web.StreamRespon
                      "ModelRequired")
     table = request.app[ROUTES_KEY].current()
     route = table.models.get(table.aliases.get(model, model)) if model not in table.ambiguous else None
+    if route is not None:  # a refusal before a backend is chosen (queue full, still starting) counts by its Model
+        exchange.model = table.aliases.get(model, model)
     if route is None or route.on_demand is None:
         return await _route_and_relay(request, model, payload, tail, body, request.app[WAIT_KEY], exchange, False)
     on_demand = route.on_demand
