@@ -1,0 +1,98 @@
+"""The gateway run by a root daemon as a user of its own: what it must write (demand records, hosted-request lines)
+goes into folders handed to that user, which the daemon reads as anyone else's; and a hosted key it cannot read is
+a refusal the status shows, not a Ready route whose every request fails."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from reconciler.api.meta import ResourceKey
+from reconciler.control.forget import plan_forget
+from reconciler.control.hosted_folding import hosted_line
+from reconciler.gate.key_access import PathOwner, key_unreadable, stops_reader
+from reconciler.gateway.demand import demand_file
+from reconciler.gateway.spool import spool_files
+from reconciler.observe.processes import RunAs
+from tests.conftest import Workspace, wait_for
+from tests.test_engines import document, engine_env, free_port
+from tests.test_gateway import POLICY, TCP_CHECK, call, completion
+from tests.tiny_gguf import write_tiny_llama
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="a user of its own needs a root daemon")
+GATEWAY = RunAs(uid=61184, gid=61184, name="localaistack-gateway", home="/", dynamic=True)
+
+
+def gateway_uid(space: Workspace) -> int:
+    return json.loads((space.state / "users.json").read_text())["gateway"]
+
+
+@as_root
+def test_a_request_starts_an_on_demand_model_through_a_gateway_running_as_its_own_user(tmp_path: Path) -> None:
+    space = Workspace(tmp_path)
+    space.write("policy.yaml", POLICY)
+    write_tiny_llama(space.desired / "models" / "alpha.gguf", name="alpha")
+    space.write("alpha.yaml", document("Model", "alpha", {"source": "models/alpha.gguf"}) + "---\n" + document(
+        "Workload", "alpha-server", {"engine": "llama.cpp", "model": "alpha", "port": free_port(),
+                                     "llamaCpp": {"contextSize": 256}, "health": {**TCP_CHECK, "periodSeconds": 0.2},
+                                     "activation": {"mode": "OnDemand", "idleSeconds": 60}}))
+    port = free_port()
+    space.write("gateway.yaml", document("Workload", "gateway", {
+        "engine": "gateway", "port": port, "args": ["--wait-seconds", "60"],
+        "health": {"http": {"path": "/health"}, "periodSeconds": 0.2}}))
+    try:
+        space.start_daemon(env=engine_env(None, tmp_path))
+        gateway = wait_for(lambda: (s := space.resource_status("gateway.yaml", "gateway")) and s["phase"] == "Running"
+                           and s, timeout=60, what="the gateway")
+        assert gateway["user"].startswith("dynamic user localaistack-gateway"), gateway["user"]
+        wait_for(lambda: (s := space.resource_status("alpha.yaml", "alpha-server")) and s["phase"] == "Idle",
+                 timeout=60, what="alpha-server to be idle")
+        demand = space.state / "gateway" / "demand"
+        folder = demand.stat()
+        assert (folder.st_uid, folder.st_mode & 0o777) == (gateway_uid(space), 0o700), "the gateway's own folder"
+        status, _, answer = call(f"http://127.0.0.1:{port}/v1/completions", completion("alpha"))
+        log = space.state / "logs" / "gateway.log"
+        assert status == 200, (answer, log.read_text()[-2000:] if log.exists() else "no gateway log")
+        assert (demand / "alpha-server.json").stat().st_uid == gateway_uid(space)
+    finally:
+        space.cleanup()
+
+
+def test_forget_removes_the_gateways_demand_record_and_hosted_spool(tmp_path: Path) -> None:
+    """A namesake declared later must not inherit the forgotten one's idle clock or its requests' lines."""
+    root, state = tmp_path / "desired", tmp_path / "state"
+    root.mkdir()
+    left = [demand_file(state, "alpha-server"), *spool_files(state, "alpha-server")]
+    for path in [*left, demand_file(state, "other")]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}\n")
+    plan = plan_forget(ResourceKey("Workload", "alpha-server"), root, state)
+    assert set(left) <= set(plan.deleted) and demand_file(state, "other") not in plan.deleted
+
+
+def test_the_key_is_readable_only_where_every_folder_lets_the_gateway_through() -> None:
+    key = "/etc/keys/acme"
+    way = [PathOwner("/", 0, 0, 0o40755), PathOwner("/etc", 0, 0, 0o40755), PathOwner("/etc/keys", 0, 0, 0o40711)]
+    assert stops_reader([*way, PathOwner(key, 61184, 0, 0o100400)], GATEWAY) is None, "its owner may read it"
+    assert stops_reader([*way, PathOwner(key, 0, 61184, 0o100440)], GATEWAY) is None, "so may its group"
+    root_only = PathOwner(key, 0, 0, 0o100600)
+    assert stops_reader([*way, root_only], GATEWAY) == root_only
+    assert stops_reader([*way, root_only], GATEWAY.model_copy(update={"uid": 0})) is None, "root reads anything"
+    closed = PathOwner("/etc/keys", 0, 0, 0o40700)
+    assert stops_reader([*way[:2], closed, PathOwner(key, 61184, 0, 0o100400)], GATEWAY) == closed
+    why = key_unreadable(key, [*way, root_only], [GATEWAY])
+    assert why is not None and "uid 61184" in why and f"chown 61184 {key} && chmod 0400 {key}" in why
+    assert "spec.user" in why and "cannot read it (owner uid 0, gid 0, mode 0600)" in why
+
+
+def test_only_a_hosted_request_line_of_its_workload_is_folded() -> None:
+    line = {"id": "a1", "event": "hosted-request", "resource": "Workload/remote", "status": 200}
+    assert hosted_line(json.dumps(line).encode(), "remote") == line
+    assert hosted_line(json.dumps(line | {"hash": "forged", "note": "x"}).encode(), "remote") == line, "own fields only"
+    assert hosted_line(json.dumps(line).encode(), "other") is None, "another workload's chain is not its to write"
+    assert hosted_line(json.dumps(line | {"event": "action"}).encode(), "remote") is None
+    assert hosted_line(json.dumps({**line, "id": ""}).encode(), "remote") is None
+    assert hosted_line(b"not json", "remote") is None
