@@ -12,11 +12,13 @@ import pytest
 
 from reconciler.api.meta import ResourceKey
 from reconciler.control.forget import plan_forget
-from reconciler.control.hosted_folding import hosted_line
+from reconciler.control.hosted_folding import HostedFolding, hosted_line
 from reconciler.gate.key_access import PathOwner, key_unreadable, stops_reader
 from reconciler.gateway.demand import demand_file
-from reconciler.gateway.spool import spool_files
+from reconciler.gateway.spool import append_spooled, spool_files
 from reconciler.observe.processes import RunAs
+from reconciler.record.evidence import read_records, verify_chain
+from reconciler.record.recorder import Recorder
 from tests.conftest import Workspace, wait_for
 from tests.test_engines import document, engine_env, free_port
 from tests.test_gateway import POLICY, TCP_CHECK, call, completion
@@ -96,3 +98,23 @@ def test_only_a_hosted_request_line_of_its_workload_is_folded() -> None:
     assert hosted_line(json.dumps(line | {"event": "action"}).encode(), "remote") is None
     assert hosted_line(json.dumps({**line, "id": ""}).encode(), "remote") is None
     assert hosted_line(b"not json", "remote") is None
+
+
+def test_a_fold_cut_short_adds_no_line_twice_and_lines_spooled_meanwhile_wait_for_the_next(tmp_path: Path) -> None:
+    root, state = tmp_path / "desired", tmp_path / "state"
+    root.mkdir()
+    recorder = Recorder(root, state / "host.evidence.jsonl")
+    folding = HostedFolding(state, recorder, lambda name: "remote.yaml" if name == "remote" else None)
+    live, aside = spool_files(state, "remote")
+    live.parent.mkdir(parents=True)
+    lines = [{"id": f"r{n}", "event": "hosted-request", "resource": "Workload/remote", "status": 200} for n in range(4)]
+    recorder.evidence("remote.yaml", lines[0])  # folded before a crash that left the aside spool in place
+    aside.write_text("".join(json.dumps(line) + "\n" for line in lines[:2]))
+    for line in lines[2:]:
+        append_spooled(live.parent, "remote", line)
+    append_spooled(live.parent, "other", lines[0])  # not declared: its spool waits
+    folding.fold_all()
+    chain = root / "remote.evidence.jsonl"
+    assert [record["id"] for record in read_records([chain]) if record] == ["r0", "r1", "r2", "r3"]
+    assert verify_chain(chain).ok and not live.exists() and not aside.exists()
+    assert spool_files(state, "other")[0].exists()
