@@ -5,6 +5,7 @@ a refusal the status shows, not a Ready route whose every request fails."""
 from __future__ import annotations
 
 import json
+import fcntl
 import os
 from pathlib import Path
 
@@ -118,3 +119,23 @@ def test_a_fold_cut_short_adds_no_line_twice_and_lines_spooled_meanwhile_wait_fo
     assert [record["id"] for record in read_records([chain]) if record] == ["r0", "r1", "r2", "r3"]
     assert verify_chain(chain).ok and not live.exists() and not aside.exists()
     assert spool_files(state, "other")[0].exists()
+
+
+def test_a_spool_the_gateway_holds_locked_is_left_for_later_and_the_daemon_goes_on(tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    root, state = tmp_path / "desired", tmp_path / "state"
+    root.mkdir()
+    monkeypatch.setattr("reconciler.control.hosted_folding.LOCK_WAIT_SECONDS", 0.2)
+    folding = HostedFolding(state, Recorder(root, state / "host.evidence.jsonl"), lambda name: "remote.yaml")
+    live, aside = spool_files(state, "remote")
+    live.parent.mkdir(parents=True)
+    append_spooled(live.parent, "remote", {"id": "r0", "event": "hosted-request", "resource": "Workload/remote"})
+    held = os.open(live, os.O_RDONLY)  # a lock of its own open file: the fold's open conflicts with it
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        folding.fold("remote")
+        assert aside.exists() and not (root / "remote.evidence.jsonl").exists(), "nothing folded while it is held"
+    finally:
+        os.close(held)
+    folding.fold("remote")
+    assert not aside.exists() and [r["id"] for r in read_records([root / "remote.evidence.jsonl"]) if r] == ["r0"]

@@ -9,11 +9,13 @@ be from anyone: a regular file reached without links, bounded, only the fields a
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ log = logging.getLogger("reconciler")
 
 MAX_SPOOL_BYTES = 4 * 1_048_576  # thousands of requests between two folds; more is not read (and said)
 MAX_LINE_BYTES = 4096
+LOCK_WAIT_SECONDS = 5.0  # an append takes microseconds: a lock held longer is the gateway's fault, not a reason to hang
 HOSTED_FIELDS = frozenset({"id", "time", "event", "resource", "model", "provider", "region", "providerModel", "path",
                            "classes", "bytesOut", "bytesIn", "status", "outcome"})
 
@@ -66,7 +69,7 @@ class HostedFolding:
     def _fold_aside(self, workload: str, spec_file: str, aside: Path, cut_short: bool) -> None:
         fd = open_regular(aside, os.O_RDONLY, root=self._state_dir)
         with os.fdopen(fd, "rb") as file:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # a line being appended as it was renamed is whole before it is read
+            _lock_within(fd, LOCK_WAIT_SECONDS, aside)  # a line being appended as it was renamed is whole first
             held = file.read(MAX_SPOOL_BYTES + 1)
         if len(held) > MAX_SPOOL_BYTES:
             log.error("%s: over %d bytes; the lines past that are not in Workload/%s's evidence", aside,
@@ -84,6 +87,18 @@ class HostedFolding:
         records = read_records(chain_files(self.recorder.root / sibling(spec_file, EVIDENCE_SUFFIX)))
         return {record["id"] for record in records
                 if record is not None and record.get("event") == HOSTED_REQUEST and isinstance(record.get("id"), str)}
+
+
+def _lock_within(fd: int, seconds: float, path: Path) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(errno.EWOULDBLOCK, f"held locked over {seconds:g} s; folded later", str(path)) from None
+            time.sleep(0.01)
 
 
 def hosted_line(raw: bytes, workload: str) -> dict[str, Any] | None:
