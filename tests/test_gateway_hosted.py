@@ -144,6 +144,8 @@ def test_a_consented_hosted_route_injects_the_key_sends_only_allowed_classes_and
         refused = wait_for(lambda: (c := space.condition("remote.yaml", "remote")) and c["reason"] == "SecretUnreadable"
                            and c, timeout=60, what="a key only root reads to be refused")
         assert f"the gateway runs as uid {uid}" in refused["message"] and f"chown {uid} {key_file}" in refused["message"]
+        assert f"the gateway runs as uid {uid}" in json.dumps(space.decision_record("remote.yaml", "remote")), \
+            "the decision record says why hosting is refused, as the status does"
         status, _, answer = chat(gateway)
         assert (status, answer["error"]["code"]) == (503, "SecretUnreadable"), answer
         assert provider.seen == [], "nothing is sent while the gateway cannot read the key"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class SecretFacts:
     resolves: bool
     file_mode: int | None = None
     way: tuple[PathOwner, ...] = ()  # the key file's folders from / down, then the file: who may pass each
+    unreadable: str | None = None  # why a running gateway cannot read the key file
 
 
 def secret_facts(reference: SecretRef) -> SecretFacts:
@@ -89,14 +90,13 @@ def place(
     """`gateways`: whom the running gateways run as, who must read the key."""
     fallback = workload.spec.fallback
     secret = secret_facts(fallback.api_key) if fallback is not None else None
-    unreadable = None
     if fallback is not None and fallback.api_key.file is not None and secret is not None and secret.resolves:
-        unreadable = key_unreadable(fallback.api_key.file, secret.way, gateways)
+        secret = replace(secret, unreadable=key_unreadable(fallback.api_key.file, secret.way, gateways))
     rules, source = governing(policy)
     decision = decide_placement(
         fallback, blocker, rules.hosted, workload=workload.name,
         consent_approved=consented(approval, spec_hash), secret_resolves=secret.resolves if secret else None,
-        policy_source=source, secret_unreadable=unreadable,
+        policy_source=source, secret_unreadable=secret.unreadable if secret else None,
     )
     return decision, secret
 
@@ -134,7 +134,8 @@ def workload_decision_record(
         memory_budget_bytes=budget(total, rules.resources) if total else None,
         fallback=spec.fallback, hosted=rules.hosted, policy_source=source,
         consent_approved=consented, secret_resolves=secret.resolves if secret else None,
-        secret_file_mode=secret.file_mode if secret else None, runs_as=runs_as(spec),
+        secret_file_mode=secret.file_mode if secret else None, secret_unreadable=secret.unreadable if secret else None,
+        runs_as=runs_as(spec),
     ))
 
 

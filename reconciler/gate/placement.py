@@ -103,7 +103,7 @@ def decide_placement(
 
 def fallback_refusals(
     fallback: Fallback, hosted: HostedPolicy, *, secret_resolves: bool | None, policy_source: str,
-    secret_unreadable: str | None = None,
+    secret_unreadable: str | None,
 ) -> tuple[Refusal, ...]:
     """Everything that forbids hosting this fallback, consent aside; empty when it may be hosted."""
     provider = hosted.provider(fallback.provider)
