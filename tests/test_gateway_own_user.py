@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import fcntl
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from reconciler.gateway.spool import append_spooled, spool_files
 from reconciler.observe.processes import RunAs
 from reconciler.record.evidence import read_records, verify_chain
 from reconciler.record.recorder import Recorder
-from tests.conftest import Workspace, wait_for
+from tests.conftest import PYTHON, Workspace, wait_for
 from tests.test_engines import document, engine_env, free_port
 from tests.test_gateway import POLICY, TCP_CHECK, call, completion
 from tests.tiny_gguf import write_tiny_llama
@@ -139,3 +140,17 @@ def test_a_spool_the_gateway_holds_locked_is_left_for_later_and_the_daemon_goes_
         os.close(held)
     folding.fold("remote")
     assert not aside.exists() and [r["id"] for r in read_records([root / "remote.evidence.jsonl"]) if r] == ["r0"]
+
+
+@as_root
+def test_the_gateway_names_the_uid_that_cannot_read_the_key(tmp_path: Path) -> None:
+    """Between the gateway's first start and the pass that judges the key for its user, a request says why."""
+    key = tmp_path / "key"
+    key.write_text("sk-only-root-reads-this\n")
+    key.chmod(0o600)
+    code = ("from reconciler.api.fallback import SecretRef\nfrom reconciler.gateway.hosted import KeyUnavailable, read_key\n"
+            f"try:\n    read_key(SecretRef(file={str(key)!r}))\nexcept KeyUnavailable as problem:\n    print(problem)")
+    shown = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60, preexec_fn=lambda: os.setuid(61999),
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert f"apiKey file {key}: Permission denied for uid 61999" in shown.stdout, shown.stderr
+    assert "sk-only" not in shown.stdout + shown.stderr

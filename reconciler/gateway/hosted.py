@@ -48,6 +48,9 @@ def read_key(reference: SecretRef) -> str:
                              "hold the reconciler's environment; reference a file instead (apiKey.file, mode 0600)")
     try:
         fd = os.open(reference.file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except PermissionError as problem:
+        raise KeyUnavailable(f"apiKey file {reference.file}: {problem.strerror} for uid {os.geteuid()}, whom the gateway "
+                             "runs as: make it readable by that uid") from None
     except OSError as problem:
         raise KeyUnavailable(f"apiKey file {reference.file}: {problem.strerror}") from None
     with os.fdopen(fd, "rb") as file:
