@@ -22,6 +22,7 @@ from aiohttp import web
 
 from reconciler.gateway.classes import UNCLASSIFIED, classes_sent, refused_classes
 from reconciler.api.fallback import Context
+from reconciler.gateway.spool import append_spooled
 from reconciler.record.evidence import verify_chain
 from tests.conftest import Workspace, wait_for
 from tests.test_engines import document, free_port
@@ -167,6 +168,8 @@ def test_a_consented_hosted_route_injects_the_key_sends_only_allowed_classes_and
         assert (path, authorization, body["model"]) == ("/v1/chat/completions", f"Bearer {KEY}", "acme-large")
         assert body["messages"][0]["content"] == SECRET_PROMPT
 
+        forged = {"id": "forged", "event": "hosted-request", "resource": "Workload/gateway", "status": 200}
+        append_spooled(space.state / "gateway" / "hosted", "gateway", forged)  # as the gateway's user could
         streamed = urllib.request.Request(f"{gateway}/v1/chat/completions", json.dumps(
             {"model": "big", "messages": [{"role": "user", "content": "hi"}], "stream": True}).encode(),
             {"Content-Type": "application/json"})
@@ -199,6 +202,7 @@ def test_a_consented_hosted_route_injects_the_key_sends_only_allowed_classes_and
         assert [(line["status"], line["outcome"]) for line in lines[-3:]] == [(403, "ContextNotAllowed")] * 2 + [(307, "Sent")]
         assert lines[-3]["classes"] == ["embeddings"] and lines[-2]["classes"] == ["prompts", "completions", "tool-results"]
         assert verify_chain(space.desired / "remote.evidence.jsonl").ok, "the daemon and the gateway keep one chain"
+        assert "forged" not in {line.get("id") for line in space.evidence("gateway.yaml")}, "a chain of no hosted workload"
 
         listed = space.cli("status", "-o", "json").stdout
         shown = listed + space.cli("describe", "remote").stdout

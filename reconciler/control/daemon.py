@@ -18,6 +18,7 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
+from reconciler.api.kinds import Workload
 from reconciler.api.meta import ResourceKey
 from reconciler.api.status import Listen
 from reconciler.control import systemd
@@ -151,11 +152,13 @@ class Daemon:
         self._fetch_now = threading.Event()
         self._prepared: Prepared | None = None  # a revision the follower validated, for the loop to put in force
         self._switched = threading.Event()
-        self.hosted = HostedFolding(reconciler.parts.state_dir, reconciler.parts.recorder, self._spec_file_of)
+        self.hosted = HostedFolding(reconciler.parts.state_dir, reconciler.parts.recorder, self._hosted_spec_file)
 
-    def _spec_file_of(self, workload: str) -> str | None:
+    def _hosted_spec_file(self, workload: str) -> str | None:
+        """Where a workload that may be hosted is declared: no other chain takes the gateway's lines."""
         entry = self.reconciler.desired.resources.get(ResourceKey("Workload", workload))
-        return entry.file if entry is not None else None
+        hostable = entry is not None and isinstance(entry.resource, Workload) and entry.resource.spec.fallback is not None
+        return entry.file if entry is not None and hostable else None
 
     def process_exited(self, name: str) -> None:
         key = ResourceKey("Workload", name)

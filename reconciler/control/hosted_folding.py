@@ -38,7 +38,7 @@ HOSTED_FIELDS = frozenset({"id", "time", "event", "resource", "model", "provider
 
 class HostedFolding:
     def __init__(self, state_dir: Path, recorder: Recorder, spec_file_of: Callable[[str], str | None]) -> None:
-        """`spec_file_of`: the file that declares a Workload now (None: not declared; its spool waits)."""
+        """`spec_file_of`: the file that declares a Workload that may be hosted (None: none such; its spool waits)."""
         self.directory = hosted_dir(state_dir)
         self._state_dir = state_dir
         self.recorder = recorder
