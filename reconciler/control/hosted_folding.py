@@ -43,7 +43,7 @@ class HostedFolding:
         self._state_dir = state_dir
         self.recorder = recorder
         self._spec_file_of = spec_file_of
-        self._lock = threading.Lock()  # the watch and the start both fold
+        self._lock = threading.Lock()  # the watch thread and each pass both fold
 
     def fold_all(self) -> None:
         names = {path.name.removesuffix(SPOOL_SUFFIX).removeprefix(".").removesuffix(FOLDING_SUFFIX)
