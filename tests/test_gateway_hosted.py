@@ -1,12 +1,14 @@
 """The gateway's hosted route end to end: the real daemon renders the gateway, a workload this host cannot run is
 hosted (with consent) at a loopback stand-in of a provider that asserts the injected key and records what it was
-sent; what a request would send is checked against the fallback's context classes; each hosted request is evidence."""
+sent; what a request would send is checked against the fallback's context classes; each hosted request is evidence.
+The root daemon runs the gateway as a user of its own: a key only root reads is refused, one it reads is used."""
 
 from __future__ import annotations
 
 import asyncio
 import http.client
 import json
+import os
 import threading
 import urllib.error
 import urllib.request
@@ -20,6 +22,7 @@ from aiohttp import web
 
 from reconciler.gateway.classes import UNCLASSIFIED, classes_sent, refused_classes
 from reconciler.api.fallback import Context
+from reconciler.gateway.spool import append_spooled
 from reconciler.record.evidence import verify_chain
 from tests.conftest import Workspace, wait_for
 from tests.test_engines import document, free_port
@@ -125,7 +128,8 @@ def test_a_consented_hosted_route_injects_the_key_sends_only_allowed_classes_and
         "hosted": {"providers": [{"name": "acme", "regions": ["eu"], "baseUrls": [f"http://127.0.0.1:{provider.port}"]}]}}))
     write_tiny_llama(space.desired / "models" / "tiny.gguf")
     space.write("big.yaml", document("Model", "big", {"source": "models/tiny.gguf"}))
-    space.write("remote.yaml", remote(provider, key_file))
+    remote_spec = remote(provider, key_file)
+    space.write("remote.yaml", remote_spec)
     space.write("gateway.yaml", document("Workload", "gateway", {
         "engine": "gateway", "port": gateway_port, "args": ["--wait-seconds", "1"],
         "health": {"http": {"path": "/health"}, "periodSeconds": 0.2}}))
@@ -136,6 +140,20 @@ def test_a_consented_hosted_route_injects_the_key_sends_only_allowed_classes_and
     try:
         wait_for(lambda: (s := space.resource_status("gateway.yaml", "gateway")) and s["phase"] == "Running",
                  timeout=60, what="the gateway to run")
+        uid = json.loads((space.state / "users.json").read_text())["gateway"]
+        space.write("remote.yaml", remote_spec)  # judged again now that the gateway runs: a pass before the resync
+        refused = wait_for(lambda: (c := space.condition("remote.yaml", "remote")) and c["reason"] == "SecretUnreadable"
+                           and c, timeout=60, what="a key only root reads to be refused")
+        assert f"the gateway runs as uid {uid}" in refused["message"] and f"chown {uid} {key_file}" in refused["message"]
+        assert f"the gateway runs as uid {uid}" in json.dumps(space.decision_record("remote.yaml", "remote")), \
+            "the decision record says why hosting is refused, as the status does"
+        status, _, answer = chat(gateway)
+        assert (status, answer["error"]["code"]) == (503, "SecretUnreadable"), answer
+        assert provider.seen == [], "nothing is sent while the gateway cannot read the key"
+
+        os.chown(key_file, uid, -1)  # as the refusal says
+        key_file.chmod(0o400)
+        space.write("remote.yaml", remote_spec)
         wait_for(lambda: (s := space.resource_status("remote.yaml", "remote")) and s["phase"] == "PendingApproval",
                  timeout=60, what="remote to wait for consent")
         status, _, answer = chat(gateway)
@@ -150,6 +168,8 @@ def test_a_consented_hosted_route_injects_the_key_sends_only_allowed_classes_and
         assert (path, authorization, body["model"]) == ("/v1/chat/completions", f"Bearer {KEY}", "acme-large")
         assert body["messages"][0]["content"] == SECRET_PROMPT
 
+        forged = {"id": "forged", "event": "hosted-request", "resource": "Workload/gateway", "status": 200}
+        append_spooled(space.state / "gateway" / "hosted", "gateway", forged)  # as the gateway's user could
         streamed = urllib.request.Request(f"{gateway}/v1/chat/completions", json.dumps(
             {"model": "big", "messages": [{"role": "user", "content": "hi"}], "stream": True}).encode(),
             {"Content-Type": "application/json"})
@@ -182,6 +202,7 @@ def test_a_consented_hosted_route_injects_the_key_sends_only_allowed_classes_and
         assert [(line["status"], line["outcome"]) for line in lines[-3:]] == [(403, "ContextNotAllowed")] * 2 + [(307, "Sent")]
         assert lines[-3]["classes"] == ["embeddings"] and lines[-2]["classes"] == ["prompts", "completions", "tool-results"]
         assert verify_chain(space.desired / "remote.evidence.jsonl").ok, "the daemon and the gateway keep one chain"
+        assert "forged" not in {line.get("id") for line in space.evidence("gateway.yaml")}, "a chain of no hosted workload"
 
         listed = space.cli("status", "-o", "json").stdout
         shown = listed + space.cli("describe", "remote").stdout

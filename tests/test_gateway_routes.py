@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
 
 import yaml
 
@@ -50,7 +49,7 @@ def test_each_model_routes_to_its_ready_local_workloads_or_says_why_not() -> Non
         status("typo", "Blocked", False, "ModelNotFound", Placement.unavailable),
         status("gateway", "Running", True, "Healthy", port=8000),
     ]
-    routes = gateway_routes(DESIRED, statuses, Path("/desired"), {})
+    routes = gateway_routes(DESIRED, statuses, {})
     assert routes is not None
     assert [(b.workload, b.url) for b in routes.models["tiny"].backends] == [
         ("a", "http://127.0.0.1:8081/v1"), ("b", "http://127.0.0.1:8082/v1")]
@@ -77,15 +76,14 @@ def hosted_status(ready: bool = True, reason: str = "HostedFallback",
     return {ResourceKey("Workload", "remote"): status}
 
 
-def test_a_workload_hosted_with_consent_routes_to_its_provider_with_the_keys_reference_only(tmp_path) -> None:
-    route = routes_of(HOSTED, hosted_status(), tmp_path).models["big"]
+def test_a_workload_hosted_with_consent_routes_to_its_provider_with_the_keys_reference_only() -> None:
+    route = routes_of(HOSTED, hosted_status()).models["big"]
     assert route.state is RouteState.hosted and not route.backends and route.hosted is not None
     hosted = route.hosted
     assert (hosted.workload, hosted.provider, hosted.base_url, hosted.model, hosted.region) == (
         "remote", "acme", "https://api.acme.example/v1", "acme-large", "eu")
     assert [item.value for item in hosted.context] == ["prompts", "completions"]
     assert hosted.api_key.describe() == "file /etc/keys/acme"
-    assert (hosted.evidence_file, hosted.evidence_root) == (str(tmp_path / "remote.evidence.jsonl"), str(tmp_path))
 
 
 def test_hosted_without_consent_or_judged_for_another_spec_is_no_route() -> None:
@@ -109,7 +107,7 @@ def test_a_workload_not_reconciled_yet_is_starting() -> None:
 
 def test_no_gateway_no_routes_shown() -> None:
     without = build_desired({"models.yaml": doc("Model", "tiny", {"source": "tiny.gguf"}).encode()})
-    assert gateway_routes(without, [], Path("/desired"), {}) is None
+    assert gateway_routes(without, [], {}) is None
 
 
 def container(name: str, env: dict[str, str], **spec: object) -> str:

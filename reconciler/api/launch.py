@@ -20,9 +20,9 @@ _FIELD_NAMES = {
     "gpus": "the GPUs assigned",
     "engine": "spec.engine", "listen": "spec.host/port", "model": "the model (its Model or file)",
     "executable_from_spec": "the executable command[0] resolves to", "user": "spec.user",
-    "container_listen": "the containers that use it (spec.uses)",
+    "container_listen": "the containers that use it (spec.uses)", "own_folders": "the state folders it writes",
 }
-_ADDED_LATER = ("container_listen", "extra_hosts")
+_ADDED_LATER = ("container_listen", "extra_hosts", "own_folders")
 
 
 class _Launch(BaseModel):
@@ -68,6 +68,7 @@ class LaunchSpec(_Launch):
     executable_from_spec: bool = False  # named by the spec (llamaCpp/vllm.executable), not chosen by the engine
     container_listen: str | None = None  # a gateway's second address: the host's on the container bridge
     user: str | None = None  # the spec's; None: a dynamic user of its own (as itself where the reconciler is not root)
+    own_folders: tuple[str, ...] = ()  # folders of the state directory handed to its user (a gateway's spools)
 
     @property
     def argv(self) -> tuple[str, ...]:
@@ -156,11 +157,11 @@ def working_dir_for(spec: WorkloadSpec, spec_dir: PurePath, default_dir: PurePat
 def render_launch(
     spec: WorkloadSpec, command: tuple[str, ...], args: tuple[str, ...], working_dir: str, executable: str | None,
     gpus: tuple[int, ...] = (), model: str | None = None, executable_from_spec: bool = False,
-    engine_env: tuple[tuple[str, str], ...] = (), container_listen: str | None = None,
+    engine_env: tuple[tuple[str, str], ...] = (), container_listen: str | None = None, own_folders: tuple[str, ...] = (),
 ) -> LaunchSpec:
     return LaunchSpec(
         engine=spec.engine.value, command=command, args=args, executable=executable, env=dict(spec.env) | dict(engine_env),
         working_dir=working_dir, memory_limit=spec.resources.memory, cpus=spec.resources.cpus, gpus=gpus,
         listen=(spec.host, spec.port) if spec.port else None, model=model, executable_from_spec=executable_from_spec,
-        container_listen=container_listen, user=spec.user,
+        container_listen=container_listen, user=spec.user, own_folders=own_folders,
     )

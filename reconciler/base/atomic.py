@@ -99,6 +99,15 @@ def read_regular(path: Path, *, root: Path | None = None) -> bytes:
         return file.read()
 
 
+def read_bounded(path: Path, limit: int, *, root: Path | None = None) -> bytes:
+    """As read_regular, for a file someone else writes: ValueError past ``limit`` bytes, with no more than that read."""
+    with os.fdopen(open_regular(path, os.O_RDONLY, root=root), "rb") as file:
+        held = file.read(limit + 1)
+    if len(held) > limit:
+        raise ValueError(f"{path}: over {limit} bytes")
+    return held
+
+
 def regular_size(path: Path, *, root: Path | None = None) -> int | None:
     """``path``'s size, None when it (or its folder) is not there; a link or a special file is refused."""
     try:

@@ -43,7 +43,7 @@ def status(path: Path, state_dir: Path | None, output: str, git_url: str | None,
     now = clock.now()
     statuses = [status for key in reconciler.keys() if (status := reconciler.status(key)) is not None]
     rows = status_rows(statuses, reconciler.records, now)
-    routes = gateway_routes(reconciler.desired, statuses, reconciler.root, reconciler.records)
+    routes = gateway_routes(reconciler.desired, statuses, reconciler.records)
     if output != "table":
         click.echo(dump(with_routes(rows, routes, served_models(reconciler.desired)) if routes else rows, output))
     else:
@@ -104,7 +104,7 @@ def _model_access(reconciler: Reconciler, model: str) -> list[str]:
     from reconciler.control.gateway_routes import gateway_endpoints, gateway_routes, gateway_users, served_models
 
     statuses = [status for key in reconciler.keys() if (status := reconciler.status(key)) is not None]
-    routes = gateway_routes(reconciler.desired, statuses, reconciler.root, reconciler.records)
+    routes = gateway_routes(reconciler.desired, statuses, reconciler.records)
     return story.model_access(model, served_models(reconciler.desired), routes, gateway_endpoints(reconciler.desired, statuses),
                               gateway_users(reconciler.desired))
 

@@ -20,7 +20,7 @@ from reconciler.api.activation import Demand
 from reconciler.api.kinds import Workload
 from reconciler.api.meta import ResourceKey
 from reconciler.api.policy import Policy
-from reconciler.base.atomic import UnsafeFile, read_regular
+from reconciler.base.atomic import UnsafeFile, read_bounded
 from reconciler.control.workloads import WorkloadRenderer
 from reconciler.diff.activation import in_flight, next_idle_look
 from reconciler.diff.engines import Blocked
@@ -64,9 +64,7 @@ class Activation:
             return None
         path = demand_file(self._state_dir, workload.name)
         try:
-            raw = read_regular(path, root=self._state_dir)
-            if len(raw) > MAX_DEMAND_BYTES:
-                raise ValueError(f"over {MAX_DEMAND_BYTES} bytes")
+            raw = read_bounded(path, MAX_DEMAND_BYTES, root=self._state_dir)  # the gateway's user owns the folder
             demand = Demand.model_validate_json(raw)
         except FileNotFoundError:
             return None

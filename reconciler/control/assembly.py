@@ -81,7 +81,7 @@ def assemble(
     )
     models = ModelStore(absolute, state_dir, background=on_model_fetched is not None, on_fetched=on_model_fetched,
                         terminal=terminal, network=not offline, record=not readonly)
-    routes = RoutesPublisher(routes_path(state_dir), absolute)
+    routes = RoutesPublisher(routes_path(state_dir))
     builds = EngineBuilds(state_dir, record=not readonly)  # what each llama.cpp build here can offload to
     workloads = WorkloadRenderer(absolute, drivers, engine, remembered.get, models, str(routes.path), builds)
     recorder = Recorder(absolute, state_dir / HOST_EVIDENCE_FILE)

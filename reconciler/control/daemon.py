@@ -18,11 +18,13 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
+from reconciler.api.kinds import Workload
 from reconciler.api.meta import ResourceKey
 from reconciler.api.status import Listen
 from reconciler.control import systemd
 from reconciler.control.activation import on_demand_keys
 from reconciler.control.gitops import SYNC_REQUEST, GitFollower, Prepared
+from reconciler.control.hosted_folding import HostedFolding, SpoolEvents
 from reconciler.control.logfmt import about
 from reconciler.control.loop import Loop
 from reconciler.control.reconciler import DesiredStateUnreadable, Reconciler
@@ -150,6 +152,13 @@ class Daemon:
         self._fetch_now = threading.Event()
         self._prepared: Prepared | None = None  # a revision the follower validated, for the loop to put in force
         self._switched = threading.Event()
+        self.hosted = HostedFolding(reconciler.parts.state_dir, reconciler.parts.recorder, self._hosted_spec_file)
+
+    def _hosted_spec_file(self, workload: str) -> str | None:
+        """Where a workload that may be hosted is declared: no other chain takes the gateway's lines."""
+        entry = self.reconciler.desired.resources.get(ResourceKey("Workload", workload))
+        hostable = entry is not None and isinstance(entry.resource, Workload) and entry.resource.spec.fallback is not None
+        return entry.file if entry is not None and hostable else None
 
     def process_exited(self, name: str) -> None:
         key = ResourceKey("Workload", name)
@@ -180,6 +189,8 @@ class Daemon:
         demand.mkdir(parents=True, exist_ok=True, mode=0o700)
         observer.schedule(DemandEvents(lambda: on_demand_keys(self.reconciler.desired), self.loop.add), str(demand),
                           event_filter=DemandEvents.EVENTS)
+        self.hosted.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        observer.schedule(SpoolEvents(self.hosted), str(self.hosted.directory), event_filter=SpoolEvents.EVENTS)
         observer.start()
         self.reconciler.adopt()  # exits it notices are queued; the workers start once the first pass has loaded
         self._rehasher.start()
@@ -231,6 +242,7 @@ class Daemon:
         for file, errors in desired.errors.items():
             for error in errors if file not in writing else ():  # a file mid-save is held, not wrong
                 log.warning("%s", error, **(about(error.key) if error.key else {}))
+        self.hosted.fold_all()  # what a missed event or a fold cut short left
         try:
             keys = self.reconciler.keys()
         except Exception:  # noqa: BLE001 - a driver failing to list must not end the loop

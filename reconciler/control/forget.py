@@ -33,6 +33,8 @@ from reconciler.control.gitops import GITOPS
 from reconciler.drive.cgroups import Cgroups
 from reconciler.drive.process import ProcessDriver
 from reconciler.drive.users import DynamicUsers, UserUnavailable
+from reconciler.gateway.demand import demand_file
+from reconciler.gateway.spool import spool_files
 from reconciler.load.desired import load_desired
 from reconciler.observe.processes import ProcessState
 from reconciler.record.approvals import ApprovalStore
@@ -145,7 +147,9 @@ def _plan_workload(plan: ForgetPlan, state_dir: Path) -> None:
     # (approval, hosted consent, and any kind added later, such as a rollback request)
     named = [file for folder in (state_dir / "logs", ApprovalStore(state_dir).directory)
              for file in sorted(folder.glob(f"{name}.*"))]
-    candidates = [processes / f"{name}.json", *named, Path(driver.default_working_dir(name))]
+    # the gateway's: a namesake declared later must not inherit its idle clock, nor its requests' lines
+    gateway = [demand_file(state_dir, name), *spool_files(state_dir, name)]
+    candidates = [processes / f"{name}.json", *named, *gateway, Path(driver.default_working_dir(name))]
     plan.deleted += [path for path in candidates if path.exists() or path.is_symlink()]
 
 

@@ -17,21 +17,17 @@ from reconciler.diff.engines import startup_budget
 from reconciler.gateway.routes import ContainerClient, OnDemand, RouteTable, Serving, route_table
 from reconciler.gateway.routes_file import write_routes
 from reconciler.load.desired import DesiredState
-from reconciler.record.evidence import EVIDENCE_SUFFIX
-from reconciler.record.recorder import sibling
 
 log = logging.getLogger("reconciler")
 
 
-def routes_of(desired: DesiredState, status_of: Mapping[ResourceKey, ResourceStatus], root: Path | None = None,
+def routes_of(desired: DesiredState, status_of: Mapping[ResourceKey, ResourceStatus],
               judged: Mapping[ResourceKey, str] | None = None) -> RouteTable:
-    """Every Model of the desired state, and each Workload's model, with the workloads' statuses. `root`: the
-    desired-state folder, where a hosted workload's evidence log lies; `judged`: the spec hash each status was
-    judged for (None: the current ones). Pure."""
+    """Every Model of the desired state, and each Workload's model, with the workloads' statuses. `judged`: the
+    spec hash each status was judged for (None: the current ones). Pure."""
     models = {key.name: entry.resource.spec.aliases for key, entry in desired.resources.items()
               if isinstance(entry.resource, Model)}
     serving = [Serving(key.name, entry.resource.spec.model, status_of.get(key), entry.resource.spec.fallback,
-                       str(root / sibling(entry.file, EVIDENCE_SUFFIX)) if root else None, str(root) if root else None,
                        judged is None or judged.get(key) == entry.spec_hash, on_demand_route(entry.resource))
                for key, entry in desired.resources.items()
                if isinstance(entry.resource, Workload) and entry.resource.spec.model]
@@ -95,20 +91,19 @@ def judged_specs(records: Mapping[ResourceKey, ResourceRecord]) -> dict[Resource
     return {key: record.spec_hash for key, record in records.items()}
 
 
-def gateway_routes(desired: DesiredState, statuses: list[ResourceStatus], root: Path,
+def gateway_routes(desired: DesiredState, statuses: list[ResourceStatus],
                    records: Mapping[ResourceKey, ResourceRecord]) -> RouteTable | None:
     """The routes to show beside `statuses` (as `reconciler status` judges them now); None: no gateway is declared."""
     if not any(isinstance(entry.resource, Workload) and entry.resource.spec.engine is Engine.gateway
                for entry in desired.resources.values()):
         return None
-    return routes_of(desired, {ResourceKey(status.kind, status.name): status for status in statuses}, root,
+    return routes_of(desired, {ResourceKey(status.kind, status.name): status for status in statuses},
                      judged_specs(records))
 
 
 class RoutesPublisher:
-    def __init__(self, path: Path, root: Path) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.root = root
         self._written: RouteTable | None = None
         self._lock = threading.Lock()  # workers finish passes concurrently: compare and write as one step
 
@@ -118,7 +113,7 @@ class RoutesPublisher:
         that a pass that finished earlier never writes its older view over a later one's."""
         with self._lock:
             desired, statuses, judged = now()
-            table = routes_of(desired, statuses, self.root, judged)
+            table = routes_of(desired, statuses, judged)
             if table == self._written and self.path.exists():
                 return
             try:

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, replace
 
 from reconciler.api.approval import Approval
-from reconciler.api.kinds import Workload
+from reconciler.api.kinds import Engine, Workload
 from reconciler.api.launch import LaunchSpec
 from reconciler.api.policy import Policy
 from reconciler.api.resource_record import ResourceRecord
@@ -24,9 +24,10 @@ from reconciler.gate import network
 from reconciler.gate.placement import PlacementDecision
 from reconciler.gate.verdict import (DEFAULT_POLICY, EXPOSURE_OBSERVED, POLICY_DENIED, Decision, Facts, Reason, Verdict,
                                      decide, listen_findings, running_denial)
+from reconciler.drive.users import own_user
 from reconciler.load.desired import DesiredState
 from reconciler.observe.host import file_sha256
-from reconciler.observe.processes import ProcessState
+from reconciler.observe.processes import ProcessState, RunAs
 from reconciler.record.approvals import ApprovalStore
 
 
@@ -57,7 +58,8 @@ class Judge:
                 rendered, self.workloads.commitment(desired, workload), self.workloads.memory_total,
                 policy.spec if policy else DEFAULT_POLICY)
             consent = self.approvals.get(workload.name, hosted=True)
-            placement, secret = place(workload, entry.spec_hash, blocker, policy, consent)
+            placement, secret = place(workload, entry.spec_hash, blocker, policy, consent, self._gateway_users(desired)
+                                      if workload.spec.fallback is not None else ())
             if placement.placement is not Placement.local and action.verb in (Verb.create, Verb.recreate):
                 action = Action(action.key, Verb.none, placement.message, action.generation, blocked=blocker)
         verdict = None
@@ -75,6 +77,16 @@ class Judge:
         if tighten and keeps_running and process is not None and record is not None:
             action, verdict = self._tightened(action, verdict, policy, process, record, listens)
         return Judged(action, verdict, placement, secret, listens)
+
+    def _gateway_users(self, desired: DesiredState) -> tuple[RunAs, ...]:
+        """Whom the running gateways run as: each sends the hosted keys, so each must read them."""
+        users = []
+        for key, entry in desired.resources.items():
+            if isinstance(entry.resource, Workload) and entry.resource.spec.engine is Engine.gateway:
+                observed = self.workloads.driver.observe(key.name, False)
+                if observed.running_pid is not None and observed.record is not None:
+                    users.append(observed.record.run_as or _reconciler_itself())
+        return tuple(users)
 
     def _facts(self, desired: DesiredState, rendered: Rendered, workload: Workload, spec_hash: str,
                approval: Approval | None, policy: Policy | None, record: ResourceRecord | None) -> Facts:
@@ -118,3 +130,8 @@ def _pinned_digests(policy: Policy | None, *programs: tuple[str, ...]) -> dict[s
         return {}
     resolved = {names[-1] for names in programs if names and names[-1].startswith("/")}
     return {path: digest for path in resolved if (digest := file_sha256(path))}
+
+
+def _reconciler_itself() -> RunAs:
+    """A workload started with no user switch (the reconciler is not root) runs as the reconciler."""
+    return RunAs(uid=os.geteuid(), gid=os.getegid(), name=own_user(), home="", groups=tuple(os.getgroups()))

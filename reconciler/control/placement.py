@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,10 @@ from reconciler.diff.engines import Blocked, Rendered
 from reconciler.diff.footprint import ModelView
 from reconciler.diff.resources import budget
 from reconciler.drive.users import DYNAMIC_UIDS, own_user, reconciler_is_root
+from reconciler.gate.key_access import PathOwner, key_unreadable
 from reconciler.gate.placement import PlacementDecision, decide_placement
 from reconciler.gate.verdict import Decision, Reason, Verdict, governing
+from reconciler.observe.processes import RunAs
 from reconciler.record.decision_record import DecisionInputs, ModelFacts, runtime_decision_record
 
 # What no waiting fixes: this host lacks the device, the engine or the memory (a busy GPU or a missing model
@@ -39,6 +41,8 @@ CAPABILITY_BLOCKS = frozenset({
 class SecretFacts:
     resolves: bool
     file_mode: int | None = None
+    way: tuple[PathOwner, ...] = ()  # the key file's folders from / down, then the file: who may pass each
+    unreadable: str | None = None  # why a running gateway cannot read the key file
 
 
 def secret_facts(reference: SecretRef) -> SecretFacts:
@@ -50,7 +54,21 @@ def secret_facts(reference: SecretRef) -> SecretFacts:
         found = os.stat(reference.file)
     except OSError:
         return SecretFacts(False)
-    return SecretFacts(stat.S_ISREG(found.st_mode) and found.st_size > 0, stat.S_IMODE(found.st_mode))
+    return SecretFacts(stat.S_ISREG(found.st_mode) and found.st_size > 0, stat.S_IMODE(found.st_mode),
+                       _way(reference.file))
+
+
+def _way(file: str) -> tuple[PathOwner, ...]:
+    """The owners and modes the gateway's open of `file` passes (links resolved, as its open resolves them)."""
+    real = Path(os.path.realpath(file))
+    way = []
+    for path in (*reversed(real.parents), real):
+        try:
+            found = os.stat(path)
+        except OSError:
+            return ()
+        way.append(PathOwner(str(path), found.st_uid, found.st_gid, found.st_mode))
+    return tuple(way)
 
 
 def local_blocker(rendered: Rendered, commitment: tuple[int, str], memory_total: int, rules: PolicySpec) -> Blocked | None:
@@ -66,15 +84,19 @@ def local_blocker(rendered: Rendered, commitment: tuple[int, str], memory_total:
 
 
 def place(
-    workload: Workload, spec_hash: str, blocker: Blocked | None, policy: Policy | None, approval: Approval | None
+    workload: Workload, spec_hash: str, blocker: Blocked | None, policy: Policy | None, approval: Approval | None,
+    gateways: tuple[RunAs, ...] = (),
 ) -> tuple[PlacementDecision, SecretFacts | None]:
+    """`gateways`: whom the running gateways run as, who must read the key."""
     fallback = workload.spec.fallback
     secret = secret_facts(fallback.api_key) if fallback is not None else None
+    if fallback is not None and fallback.api_key.file is not None and secret is not None and secret.resolves:
+        secret = replace(secret, unreadable=key_unreadable(fallback.api_key.file, secret.way, gateways))
     rules, source = governing(policy)
     decision = decide_placement(
         fallback, blocker, rules.hosted, workload=workload.name,
         consent_approved=consented(approval, spec_hash), secret_resolves=secret.resolves if secret else None,
-        policy_source=source,
+        policy_source=source, secret_unreadable=secret.unreadable if secret else None,
     )
     return decision, secret
 
@@ -112,7 +134,8 @@ def workload_decision_record(
         memory_budget_bytes=budget(total, rules.resources) if total else None,
         fallback=spec.fallback, hosted=rules.hosted, policy_source=source,
         consent_approved=consented, secret_resolves=secret.resolves if secret else None,
-        secret_file_mode=secret.file_mode if secret else None, runs_as=runs_as(spec),
+        secret_file_mode=secret.file_mode if secret else None, secret_unreadable=secret.unreadable if secret else None,
+        runs_as=runs_as(spec),
     ))
 
 

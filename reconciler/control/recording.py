@@ -156,8 +156,10 @@ def record_outcome(parts: Parts, planned: Planned, executed: Executed, concluded
     record, status, rollout_look = parts.rollouts.after_pass(
         planned.asked, record, status, action.hold, waiting, now, lambda: proven_pins(parts, planned, desired, executed.after))
     rolled_back = record.rolled_back is not None and (planned.record is None or planned.record.rolled_back != record.rolled_back)
-    parts.remembered.remember(record)
+    # the status first: a route published between the two (another worker's pass) must never pair a new spec's hash
+    # with a status judged for the old one, which would send to a provider under a spec nobody consented to
     parts.recorder.set_status(record.source, status)
+    parts.remembered.remember(record)
     parts.recorder.flush({record.source} | ({planned.record.source} if planned.record else set()))
     if action.key.kind == "Workload":
         parts.drivers.trim_log(action.key.name, maybe_container(planned.inputs.desired, planned.record))

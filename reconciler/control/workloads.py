@@ -37,6 +37,7 @@ from reconciler.drive.process import PASSED_THROUGH, child_path
 from reconciler.diff.acceleration import Acceleration, AssignedGpu, assess_acceleration
 from reconciler.gate.acceleration import acceleration_asked, acceleration_refusal, gpu_layers_asked
 from reconciler.gate.resources import MemoryUse, fits_all_at_once
+from reconciler.gateway.spool import gateway_folders
 from reconciler.load.desired import DesiredState
 from reconciler.observe import clock
 from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable, ImageFacts
@@ -137,8 +138,13 @@ class WorkloadRenderer:
             return blocked(changed)
         launch = render_launch(spec, command.command, command.args, working_dir, executable, gpus,
                                presence.identity if presence else None, command.executable_from_spec,
-                               (*uses_env.items(), *command.env), bridge)
+                               (*uses_env.items(), *command.env), bridge, self._own_folders(spec))
         return Rendered(launch, None, check, endpoint, presence, accelerated, spec.readiness)
+
+    def _own_folders(self, spec: WorkloadSpec) -> tuple[str, ...]:
+        if spec.engine is not Engine.gateway:
+            return ()
+        return tuple(map(str, gateway_folders(Path(self.routes_file).parent.parent)))
 
     def _acceleration(self, desired: DesiredState, workload: Workload, process: ProcessObservation) -> Acceleration | None:
         """Where a running engine that asked for a GPU put its model: its log's word, checked against NVML's list

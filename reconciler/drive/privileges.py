@@ -121,3 +121,18 @@ def hand_over(working_dir: Path, state_dir: Path, identity: RunAs) -> None:
                     os.lchown(path, identity.uid, identity.gid)
         os.lchown(working_dir, identity.uid, identity.gid)
     working_dir.chmod(0o700)
+
+
+def hand_folder(folder: Path, identity: RunAs | None) -> None:
+    """Make a folder of the state directory the workload writes to tell the daemon something (a gateway's demand
+    records and hosted spool) its user's own, mode 0700, with the files an earlier run as another user left there."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if identity is None or identity.uid == 0:
+        return
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and info.st_uid != identity.uid:
+                os.lchown(entry.path, identity.uid, identity.gid)
+    os.lchown(folder, identity.uid, identity.gid)
+    folder.chmod(0o700)

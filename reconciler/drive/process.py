@@ -26,7 +26,7 @@ from reconciler.drive.exits import ExitWatcher
 from reconciler.drive.groups import start_ticks, terminate_group
 from reconciler.drive.logs import LogStore
 from reconciler.drive.ports import port_free
-from reconciler.drive.privileges import child_setup, describe_privileges, first_unsearchable, hand_over
+from reconciler.drive.privileges import child_setup, describe_privileges, first_unsearchable, hand_folder, hand_over
 from reconciler.drive.protocol import StartFailed
 from reconciler.drive.users import DynamicUsers, UserUnavailable, own_user, resolve_identity
 from reconciler.observe import clock
@@ -193,6 +193,11 @@ class ProcessDriver:
             raise StartFailed("WorkingDirNotFound", f"{working_dir}: no such directory: create it, or fix spec.workingDir")
         if identity is not None and identity.uid != 0:  # root passes any folder
             _check_reachable(working_dir, self.work_root.parent, identity)
+        for folder in map(Path, launch.own_folders):
+            try:
+                hand_folder(folder, identity)
+            except OSError as error:
+                raise StartFailed("StateWriteFailed", f"cannot hand {folder} to its user: {error.strerror}") from None
         self.stop(name, grace_seconds=5.0)  # a finished run may have left group members behind
         nonce = secrets.token_hex(8)
         env = {key: os.environ[key] for key in PASSED_THROUGH if key in os.environ}

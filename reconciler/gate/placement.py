@@ -52,12 +52,14 @@ def decide_placement(
     consent_approved: bool,
     secret_resolves: bool | None,
     policy_source: str,
+    secret_unreadable: str | None = None,
 ) -> PlacementDecision:
     """Local when `local_blocker` is None (this host can run it), whatever fallback is declared.
 
     `secret_resolves`: whether the fallback's apiKey reference resolves (file exists and is non-empty, or the
     variable is set and non-empty); None when it was not checked, which counts as not resolving.
-    `consent_approved`: a person approved this workload's exact spec.
+    `consent_approved`: a person approved this workload's exact spec. `secret_unreadable`: why the gateway, which
+    sends the key, cannot read its file (gate/key_access.py).
     """
     if local_blocker is None:
         used = f"; hosted fallback to {fallback.provider} stays unused" if fallback else ""
@@ -70,7 +72,8 @@ def decide_placement(
             f"local: {local_blocker.message}. No hosted fallback is declared (spec.fallback): it stays unavailable",
             (cannot, Reason(FALLBACK, "no hosted fallback is declared (spec.fallback)")), local_blocker)
     target = f"provider {fallback.provider} (region {fallback.region})"
-    refusals = fallback_refusals(fallback, hosted, secret_resolves=secret_resolves, policy_source=policy_source)
+    refusals = fallback_refusals(fallback, hosted, secret_resolves=secret_resolves, policy_source=policy_source,
+                                 secret_unreadable=secret_unreadable)
     if refusals:
         why = "; ".join(refusal.message for refusal in refusals)
         return PlacementDecision(
@@ -99,7 +102,8 @@ def decide_placement(
 
 
 def fallback_refusals(
-    fallback: Fallback, hosted: HostedPolicy, *, secret_resolves: bool | None, policy_source: str
+    fallback: Fallback, hosted: HostedPolicy, *, secret_resolves: bool | None, policy_source: str,
+    secret_unreadable: str | None,
 ) -> tuple[Refusal, ...]:
     """Everything that forbids hosting this fallback, consent aside; empty when it may be hosted."""
     provider = hosted.provider(fallback.provider)
@@ -108,6 +112,8 @@ def fallback_refusals(
         state = "was not checked" if secret_resolves is None else "does not resolve (missing or empty)"
         refusals.append(Refusal("SecretMissing", API_KEY, f"apiKey ({fallback.api_key.describe()}) {state}: "
                                 f"{_missing(fallback)}"))
+    elif secret_unreadable is not None:
+        refusals.append(Refusal("SecretUnreadable", API_KEY, f"apiKey ({fallback.api_key.describe()}): {secret_unreadable}"))
     return tuple(refusals)
 
 

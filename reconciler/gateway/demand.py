@@ -102,7 +102,7 @@ class DemandBook:
         now = _now()
         for path in names:
             try:
-                before = Demand.model_validate_json(read_regular(path, root=self.directory.parent.parent))
+                before = Demand.model_validate_json(read_regular(path, root=self.directory))
             except (OSError, UnsafeFile, ValidationError) as problem:
                 log.warning("%s: not taken over: %s", path, problem)
                 continue
@@ -129,10 +129,9 @@ class DemandBook:
         await asyncio.get_running_loop().run_in_executor(self._writer, self._write, workload, record)
 
     def _write(self, workload: str, record: Demand) -> None:
-        try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:  # from the folder itself, the daemon hands it to this user: the state directory above is not listable
             write_atomic(self.directory / f"{workload}.json", record.model_dump_json(by_alias=True) + "\n", 0o600,
-                         root=self.directory.parent.parent)
+                         root=self.directory)
         except OSError as problem:  # the request is still served; the daemon sees the next write
             log.error("the demand record of Workload/%s is not written: %s", workload, problem)
 

@@ -2,8 +2,8 @@
 
 Per request, only what its workload's `fallback.context` allows may leave (classes_sent decides what a request
 sends); the key is read from its reference at that moment and put in the Authorization header, never anywhere
-else; and each request, sent or refused, is a line of the workload's evidence: time, model, provider, region,
-classes, bytes each way, status. Never content, never the key.
+else; and each request, sent or refused, is a line of the workload's evidence (spooled for the daemon to fold in):
+time, model, provider, region, classes, bytes each way, status. Never content, never the key.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import json
 import logging
 import os
 import stat
-import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from reconciler.gateway.classes import UNCLASSIFIED, classes_sent, refused_class
 from reconciler.gateway.metrics import Exchange
 from reconciler.gateway.relay import CODE, error, relay
 from reconciler.gateway.routes import HostedRoute
-from reconciler.record.evidence import HOSTED_REQUEST, EvidenceLog
+from reconciler.gateway.spool import append_spooled
+from reconciler.record.evidence import HOSTED_REQUEST
 
 log = logging.getLogger("reconciler.gateway")
 
@@ -46,6 +48,9 @@ def read_key(reference: SecretRef) -> str:
                              "hold the reconciler's environment; reference a file instead (apiKey.file, mode 0600)")
     try:
         fd = os.open(reference.file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except PermissionError as problem:
+        raise KeyUnavailable(f"apiKey file {reference.file}: {problem.strerror} for uid {os.geteuid()}, whom the gateway "
+                             "runs as: make it readable by that uid") from None
     except OSError as problem:
         raise KeyUnavailable(f"apiKey file {reference.file}: {problem.strerror}") from None
     with os.fdopen(fd, "rb") as file:
@@ -60,33 +65,25 @@ def read_key(reference: SecretRef) -> str:
 
 
 class HostedEvidence:
-    """Appends hosted requests to their workloads' evidence logs, off the event loop (each line is fsynced)."""
+    """Spools hosted requests for the daemon to fold into their workloads' evidence (gateway/spool.py), off the
+    event loop, in the order they ended. Each line has an id of its own: a fold done again adds none twice."""
 
-    def __init__(self) -> None:
-        self._logs: dict[tuple[str, str | None], EvidenceLog] = {}
-        self._lock = threading.Lock()
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hosted-evidence")  # one: lines in order
 
     def record(self, route: HostedRoute, exchange: Exchange, path: str, status: int, outcome: str) -> None:
-        if route.evidence_file is None:
-            return
-        line = {"time": datetime.now(timezone.utc).isoformat(), "event": HOSTED_REQUEST, "resource": f"Workload/{route.workload}",
-                "model": exchange.model, "provider": route.provider, "region": route.region,
-                "providerModel": route.model, "path": path, "classes": list(exchange.classes),
+        line = {"id": uuid.uuid4().hex, "time": datetime.now(timezone.utc).isoformat(), "event": HOSTED_REQUEST,
+                "resource": f"Workload/{route.workload}", "model": exchange.model, "provider": route.provider,
+                "region": route.region, "providerModel": route.model, "path": path, "classes": list(exchange.classes),
                 "bytesOut": exchange.bytes_out, "bytesIn": exchange.bytes_in, "status": status, "outcome": outcome}
-        asyncio.get_running_loop().run_in_executor(None, self._append, route, line)
+        asyncio.get_running_loop().run_in_executor(self._writer, self._append, route.workload, line)
 
-    def _append(self, route: HostedRoute, line: dict[str, Any]) -> None:
-        assert route.evidence_file is not None
-        with self._lock:
-            chain = self._logs.get((route.evidence_file, route.evidence_root))
-            if chain is None:
-                root = Path(route.evidence_root) if route.evidence_root else None
-                chain = self._logs[(route.evidence_file, route.evidence_root)] = EvidenceLog(Path(route.evidence_file),
-                                                                                               root=root)
+    def _append(self, workload: str, line: dict[str, Any]) -> None:
         try:
-            chain.append(line)
+            append_spooled(self.directory, workload, line)
         except (UnsafeFile, OSError) as problem:
-            log.error("a hosted request of Workload/%s is not in its evidence: %s", route.workload, problem)
+            log.error("a hosted request of Workload/%s is not in its evidence: %s", workload, problem)
 
 
 async def forward_hosted(request: web.Request, session: aiohttp.ClientSession, evidence: HostedEvidence,

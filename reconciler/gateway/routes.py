@@ -45,8 +45,6 @@ class HostedRoute(_Shape):
     region: str
     context: tuple[Context, ...]
     api_key: SecretRef
-    evidence_file: str | None = None  # the workload's evidence log, where each hosted request is recorded
-    evidence_root: str | None = None  # the folder that log lies in (the desired state), reached without links
 
 
 class OnDemand(_Shape):
@@ -115,8 +113,6 @@ class Serving:
     model: str
     status: ResourceStatus | None
     fallback: Fallback | None = None
-    evidence_file: str | None = None
-    evidence_root: str | None = None
     current: bool = True  # the status was judged for the spec the desired state holds now
     on_demand: OnDemand | None = None
 
@@ -189,7 +185,7 @@ def _hosted_route(entry: Serving) -> HostedRoute:
     assert fallback is not None
     return HostedRoute(workload=entry.workload, provider=fallback.provider, base_url=fallback.base_url,
                        model=fallback.model, region=fallback.region, context=tuple(fallback.context),
-                       api_key=fallback.api_key, evidence_file=entry.evidence_file, evidence_root=entry.evidence_root)
+                       api_key=fallback.api_key)
 
 
 def _ready_here(status: ResourceStatus | None) -> bool:

@@ -26,6 +26,7 @@ from reconciler.gateway.metrics import Exchange, GatewayMetrics
 from reconciler.gateway.relay import CODE, error, relay
 from reconciler.gateway.routes import Backend, HostedRoute, RouteState
 from reconciler.gateway.routes_file import RoutesFile
+from reconciler.gateway.spool import hosted_dir
 from reconciler.gateway.upstream import FORWARDED_HEADERS, Balancer, client_session
 
 log = logging.getLogger("reconciler.gateway")
@@ -222,7 +223,7 @@ def make_app(routes_file: Path, wait_seconds: float, max_requests: int, body_sec
     app[WAIT_KEY] = wait_seconds
     app[BODY_SECONDS_KEY] = body_seconds
     app[METRICS_KEY] = GatewayMetrics()
-    app[EVIDENCE_KEY] = HostedEvidence()
+    app[EVIDENCE_KEY] = HostedEvidence(hosted_dir(routes_file.parent.parent))
     app[ON_DEMAND_KEY] = OnDemandRequests(DemandBook(demand_dir(routes_file.parent.parent)))
 
     async def session(app: web.Application) -> Any:

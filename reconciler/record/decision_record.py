@@ -59,6 +59,7 @@ class DecisionInputs:
     consent_approved: bool = False
     secret_resolves: bool | None = None
     secret_file_mode: int | None = None  # permission bits of a file reference, when it exists
+    secret_unreadable: str | None = None  # why the gateway, which sends the key, cannot read its file
     runs_as: str | None = None  # whom a native workload runs as, e.g. "as a dynamic user of its own (...)"
 
 
@@ -195,7 +196,7 @@ def _remote_fallback_consent(inputs: DecisionInputs) -> Question:
     sends = _sent(fallback)
     target = f"{fallback.provider} ({fallback.region}) at {fallback.base_url}, model {fallback.model}"
     refusals = fallback_refusals(fallback, inputs.hosted, secret_resolves=inputs.secret_resolves,
-                                 policy_source=inputs.policy_source)
+                                 policy_source=inputs.policy_source, secret_unreadable=inputs.secret_unreadable)
     provider = inputs.hosted.provider(fallback.provider)
     if refusals:
         standing = "refused: " + "; ".join(refusal.message for refusal in refusals)

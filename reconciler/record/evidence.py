@@ -42,9 +42,9 @@ class VerifyResult:
 
 
 class EvidenceLog:
-    """Appends to one chain. Another process may append to the same chain (the gateway records hosted requests in
-    its workload's log): each append holds an flock(2) on the live file and re-reads the tail unless the file is
-    exactly as this writer left it, so the chain never forks.
+    """Appends to one chain. Another process may append to the same chain (`reconciler forget` appends to the
+    host log while the daemon does): each append holds an flock(2) on the live file and re-reads the tail unless
+    the file is exactly as this writer left it, so the chain never forks.
 
     ``root``: the folder the log lies in is someone else's (the desired state): every file of the chain is reached
     from there without following links, and one that is a link or a special file is refused (``UnsafeFile``).
