@@ -86,9 +86,11 @@ def test_export_kubernetes_of_the_shipped_desired_state() -> None:
     assert done.returncode == 0, done.stderr
     documents = list(yaml.safe_load_all(done.stdout))
     kinds = [document["kind"] for document in documents]
-    assert kinds.count("CustomResourceDefinition") == 3 and kinds.count("Deployment") == 4
+    assert kinds.count("CustomResourceDefinition") == 3 and kinds.count("Deployment") == 5  # gateway, chat, qwen, hello, webui
     webui = next(d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"] == "webui")
     assert webui["metadata"]["namespace"] == "ai"
+    assert "spec.uses[0] (gateway) is not exported: set OPENAI_API_BASE_URL" in webui["metadata"]["annotations"][
+        "localaistack.dev/export-note"]
     assert webui["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/open-webui/open-webui:main"
 
 

@@ -7,9 +7,10 @@ until its writer closes it or renames it into place, so a half-written file is n
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 import threading
 import time
+from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 
 from watchdog.events import (
@@ -152,7 +153,13 @@ class Daemon:
         self._fetch_now = threading.Event()
         self._prepared: Prepared | None = None  # a revision the follower validated, for the loop to put in force
         self._switched = threading.Event()
-        self.hosted = HostedFolding(reconciler.parts.state_dir, reconciler.parts.recorder, self._hosted_spec_file)
+
+    @cached_property
+    def hosted(self) -> HostedFolding:
+        """The hosted-request lines the unprivileged gateway spools, folded into their workloads' chains (built on
+        first use: the loop alone, as tests drive it, needs no collaborators)."""
+        parts = self.reconciler.parts
+        return HostedFolding(parts.state_dir, parts.recorder, self._hosted_spec_file)
 
     def _hosted_spec_file(self, workload: str) -> str | None:
         """Where a workload that may be hosted is declared: no other chain takes the gateway's lines."""

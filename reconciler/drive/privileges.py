@@ -106,9 +106,7 @@ def hand_over(working_dir: Path, state_dir: Path, identity: RunAs) -> None:
     nothing else there: records, logs and answers stay in folders of mode 0700."""
     if identity.uid == 0:
         return
-    mode = state_dir.stat().st_mode & 0o7777
-    if mode & 0o011 != 0o011:  # only ever opened further: a state directory given as /tmp must keep its bits
-        state_dir.chmod(mode | 0o011)
+    make_passable(state_dir)
     if working_dir.parent.stat().st_mode & 0o7777 != 0o711:  # work/ is the reconciler's own
         working_dir.parent.chmod(0o711)
     info = working_dir.lstat()
@@ -121,6 +119,14 @@ def hand_over(working_dir: Path, state_dir: Path, identity: RunAs) -> None:
                     os.lchown(path, identity.uid, identity.gid)
         os.lchown(working_dir, identity.uid, identity.gid)
     working_dir.chmod(0o700)
+
+
+def make_passable(state_dir: Path) -> None:
+    """Give the state directory the search bit (0700 becomes 0711), so a workload's user passes it to what it is
+    given there (its folder, cached models, the gateway's routes) without listing it."""
+    mode = state_dir.stat().st_mode & 0o7777
+    if mode & 0o011 != 0o011:  # only ever opened further: a state directory given as /tmp must keep its bits
+        state_dir.chmod(mode | 0o011)
 
 
 def hand_folder(folder: Path, identity: RunAs | None) -> None:

@@ -26,7 +26,8 @@ from reconciler.drive.exits import ExitWatcher
 from reconciler.drive.groups import start_ticks, terminate_group
 from reconciler.drive.logs import LogStore
 from reconciler.drive.ports import port_free
-from reconciler.drive.privileges import child_setup, describe_privileges, first_unsearchable, hand_folder, hand_over
+from reconciler.drive.privileges import (child_setup, describe_privileges, first_unsearchable, hand_folder, hand_over,
+                                         make_passable)
 from reconciler.drive.protocol import StartFailed
 from reconciler.drive.users import DynamicUsers, UserUnavailable, own_user, resolve_identity
 from reconciler.observe import clock
@@ -192,6 +193,10 @@ class ProcessDriver:
         elif not working_dir.is_dir():
             raise StartFailed("WorkingDirNotFound", f"{working_dir}: no such directory: create it, or fix spec.workingDir")
         if identity is not None and identity.uid != 0:  # root passes any folder
+            try:
+                make_passable(self.work_root.parent)
+            except OSError as error:
+                raise StartFailed("StateWriteFailed", f"cannot open the state directory to its user: {error.strerror}") from None
             _check_reachable(working_dir, self.work_root.parent, identity)
         for folder in map(Path, launch.own_folders):
             try:
