@@ -393,6 +393,9 @@ def test_down_while_the_engine_is_away_says_what_still_runs(space: Workspace, do
     away = space.cli("down", env={**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"})
     assert away.returncode == 1 and "Workload/talk: not removed" in away.stdout, away.stdout + away.stderr
     assert len(ours(docker_engine, space, "talk")) == 1
+    refused = space.evidence("talk.yaml")[-2:]  # the removal's decision has its outcome: never one a crash cut short
+    assert [(line["event"], line["action"]) for line in refused] == [("decision", "delete"), ("action", "delete")], refused
+    assert refused[1]["result"] == "failed" and refused[1]["failure"]["reason"] == "EngineUnavailable", refused
     assert space.cli("down").returncode == 0
     assert ours(docker_engine, space, "talk") == []
 
