@@ -21,7 +21,6 @@ import psutil
 from reconciler.api.launch import LaunchSpec
 from reconciler.api.status import ExitInfo
 from reconciler.base.atomic import write_atomic
-from reconciler.base.crash_points import crash_point
 from reconciler.drive.cgroups import UNIFIED, Cgroups, Placement
 from reconciler.drive.exits import ExitWatcher
 from reconciler.drive.groups import start_ticks, terminate_group
@@ -253,7 +252,6 @@ class ProcessDriver:
                 raise StartFailed("StateWriteFailed", f"started pid {child.pid} but could not record it, so stopped it: {error}") from None
             (self._records / f"{name}.intent").unlink(missing_ok=True)
             self._children[name] = child
-        crash_point("process-recorded")  # started and recorded; its outcome is not yet in the evidence
         self._exit_watcher().watch(name, child.pid)
         return ProcessObservation(ProcessState.running, record)
 

@@ -1,8 +1,8 @@
 """The daemon SIGKILLed between carrying out an action and appending its outcome line: the restart adopts what runs
 (or finds it gone) and says so in the evidence, so the chain never ends on a decision nobody can tell was carried out.
 
-A start is cut short at the driver's crash point right after the process is recorded (base/crash_points.py); a stop
-is held by a workload that takes its SIGTERM slowly, and the daemon is killed while it waits."""
+A start (a process, a container) is cut short at the crash point right after its driver has started and recorded it
+(base/crash_points.py); a stop is held by a workload that takes its SIGTERM slowly, and the daemon is killed while it waits."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ import psutil
 
 from reconciler.base.crash_points import CRASH_VARIABLE
 from tests.conftest import SLEEPER, Workspace, wait_for, workload_yaml
+from tests.docker_engine import EngineUnderTest
 from tests.faults.conftest import Ledger
+from tests.test_containers import container_yaml, policy_yaml, the_container
 
 
 def takes_its_stop_slowly(stopping: Path) -> str:
@@ -39,7 +41,7 @@ def test_a_start_whose_outcome_a_crash_cut_short_is_adopted_and_says_so(workspac
                      "the restart adopts the same pid and appends its outcome naming the decision; the chain verifies")
     row.runs += 1
     workspace.write("held.yaml", workload_yaml("held", SLEEPER))
-    daemon = workspace.start_daemon(env={**os.environ, CRASH_VARIABLE: "process-recorded"})
+    daemon = workspace.start_daemon(env={**os.environ, CRASH_VARIABLE: "started"})
     assert daemon.wait(timeout=60) == -signal.SIGKILL
     workspace.stop_daemon()
     assert [line["event"] for line in workspace.evidence("held.yaml")] == ["decision"]  # what a crash there leaves
@@ -59,6 +61,30 @@ def test_a_start_whose_outcome_a_crash_cut_short_is_adopted_and_says_so(workspac
     assert "Recovered:" in described.stdout and "adopted" in described.stdout, described.stdout
     verified = workspace.cli("verify", str(workspace.desired), "--state-dir", str(workspace.state))
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    row.passed += 1
+
+
+def test_a_container_start_whose_outcome_a_crash_cut_short_is_adopted_and_says_so(
+    workspace: Workspace, docker_engine: EngineUnderTest, ledger: Ledger
+) -> None:
+    row = ledger.row("daemon SIGKILLed after a container start, before its outcome line",
+                     "the restart adopts the same container and appends its outcome naming the decision")
+    row.runs += 1
+    workspace.write("policy.yaml", policy_yaml())
+    workspace.write("boxed.yaml", container_yaml("boxed", command=["sleep", "600"]))
+    daemon = workspace.start_daemon(env={**os.environ, CRASH_VARIABLE: "started"})
+    assert daemon.wait(timeout=90) == -signal.SIGKILL
+    workspace.stop_daemon()
+    assert [line["event"] for line in workspace.evidence("boxed.yaml")] == ["decision"]
+    started = the_container(docker_engine, workspace, "boxed").id
+
+    workspace.start_daemon()
+    ended = wait_for(lambda: closing(workspace, "boxed.yaml"), 60, what="the cut-short start's outcome")
+    assert (ended["action"], ended["result"], ended["containerId"]) == ("create", "adopted", started), ended
+    status = wait_for(lambda: (s := workspace.resource_status("boxed.yaml", "boxed")) and s.get("recovered") and s, 30,
+                      what="the status showing it")
+    assert status["containerId"] == started and status["recovered"]["containerId"] == started, status
+    assert the_container(docker_engine, workspace, "boxed").id == started and workspace.actions("boxed.yaml") == ["create"]
     row.passed += 1
 
 
