@@ -57,6 +57,8 @@ def test_a_start_whose_outcome_a_crash_cut_short_is_adopted_and_says_so(workspac
                       what="the status showing it")
     assert status["pid"] == pid and status["recovered"]["result"] == "adopted", status
     assert psutil.pid_exists(pid) and workspace.actions("held.yaml") == ["create"], "adopted, never started twice"
+    listed = workspace.cli("status")
+    assert "create adopted after a crash cut its record short" in listed.stdout, listed.stdout
     described = workspace.cli("describe", "held")
     assert "Recovered:" in described.stdout and "adopted" in described.stdout, described.stdout
     verified = workspace.cli("verify", str(workspace.desired), "--state-dir", str(workspace.state))
