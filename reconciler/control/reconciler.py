@@ -143,9 +143,9 @@ class Reconciler:
     def _seed(self) -> None:
         """Give the status writer every known resource before the first flush, so no status file is partial; first,
         the outcome of any action a crash cut short (control/recovery.py)."""
-        now = clock.now()
-        close_cut_short(self.parts, self.desired, self.keys(), now)
-        for key in self.keys():
+        now, keys = clock.now(), self.keys()
+        close_cut_short(self.parts, self.desired, keys, now)
+        for key in keys:
             described = describe(self.parts, self.plan(key, now), self.desired, now)
             if described:
                 self.parts.recorder.set_status(described[0].source, described[1])
