@@ -153,4 +153,6 @@ def cut_short_outcome(decision: dict[str, Any], decision_hash: str, observed: Pr
                             "event": "action", "action": note.action,
                             "result": result, "cause": cause, "closes": decision_hash}
     line |= note.model_dump(mode="json", by_alias=True, include={"pid", "container_id", "started_at"}, exclude_none=True)
+    if started_by_it and run is not None:
+        line["pid"] = run.pid  # the run the start made, even one that has ended since
     return line, note
