@@ -332,7 +332,10 @@ class ContainerDriver:
         """An exit after the reconciler asked for it (an idle or unhealthy stop), not a crash before the ask."""
         started = self._last_started(name)
         asked = started.get("stopAt") if started.get("id") == container_id else None
-        return isinstance(asked, str) and finished >= datetime.fromisoformat(asked)
+        try:
+            return isinstance(asked, str) and finished >= datetime.fromisoformat(asked)
+        except (TypeError, ValueError):  # a damaged record proves nothing: the exit stays one it did not cause
+            return False
 
     def _forget_start(self, name: str) -> None:
         if not self._readonly:
