@@ -275,6 +275,27 @@ def test_an_unhealthy_container_is_stopped_and_restarted_with_back_off(
     assert the_container(docker_engine, space, "flaky").id != first
 
 
+def test_an_exit_the_reconciler_caused_is_told_from_one_behind_its_back(
+    space: Workspace, docker_engine: EngineUnderTest
+) -> None:
+    """The engine records an exit, never who asked for it: the stop the reconciler makes (here: unhealthy; an idle
+    stop alike) is on record as its own, as a native one is, and a stop by someone else stays a stop it did not make."""
+    unhealthy_soon = ["sh", "-c", "touch /tmp/ok; sleep 2; rm /tmp/ok; exec sleep 600"]
+    space.write("flaky.yaml", container_yaml(
+        "flaky", command=unhealthy_soon, restart={"policy": "Never"},
+        health={"exec": {"command": ["test", "-f", "/tmp/ok"]}, "periodSeconds": 0.5, "failureThreshold": 2}))
+    space.write("web.yaml", web("web", free_port(), restart={"policy": "Never"}))
+    space.start_daemon()
+    wait_for(lambda: (space.resource_status("web.yaml", "web") or {}).get("phase") == "Running", 60, what="Running")
+    the_container(docker_engine, space, "web").stop(timeout=1)
+    stopped = wait_for(lambda: (space.resource_status("flaky.yaml", "flaky") or {}).get("lastExit"), 60,
+                       what="the unhealthy stop")
+    behind = wait_for(lambda: (space.resource_status("web.yaml", "web") or {}).get("lastExit"), 60,
+                      what="the stop behind its back")
+    assert stopped.get("stoppedByReconciler") is True, stopped
+    assert not behind.get("stoppedByReconciler"), behind
+
+
 def test_daemon_killed_and_restarted_adopts_the_same_container(space: Workspace, docker_engine: EngineUnderTest) -> None:
     space.write("web.yaml", web("web", free_port()))
     space.start_daemon()
@@ -372,6 +393,9 @@ def test_down_while_the_engine_is_away_says_what_still_runs(space: Workspace, do
     away = space.cli("down", env={**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"})
     assert away.returncode == 1 and "Workload/talk: not removed" in away.stdout, away.stdout + away.stderr
     assert len(ours(docker_engine, space, "talk")) == 1
+    refused = space.evidence("talk.yaml")[-2:]  # the removal's decision has its outcome: never one a crash cut short
+    assert [(line["event"], line["action"]) for line in refused] == [("decision", "delete"), ("action", "delete")], refused
+    assert refused[1]["result"] == "failed" and refused[1]["failure"]["reason"] == "EngineUnavailable", refused
     assert space.cli("down").returncode == 0
     assert ours(docker_engine, space, "talk") == []
 

@@ -423,3 +423,26 @@ def test_two_processes_appending_to_one_chain_keep_it_one_chain(log_path: Path) 
     assert [process.wait(timeout=120) for process in writers] == [0, 0]
 
     assert verify_chain(log_path) == evidence.VerifyResult(ok=True, records=300)
+
+
+def test_the_last_line_about_a_resource_is_found_across_windows_and_a_rotation_but_not_in_a_torn_tail(
+    log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a restart reads to find a decision left without its outcome: the newest whole line about the resource,
+    with its hash as the next line's prev would carry it."""
+    monkeypatch.setattr(evidence, "_TAIL_WINDOW", 64)  # lines longer than a window, windows holding several lines
+    log = EvidenceLog(log_path, max_bytes=600)
+    for n in range(12):
+        log.append({"resource": "Workload/a" if n == 2 else "Workload/b", "n": n, "pad": "x" * (n * 7)})
+    assert log_path.with_name(log_path.name + ".1").exists(), "line 2 now lies in a rotated file"
+    about_a = lambda record: record.get("resource") == "Workload/a"  # noqa: E731
+    found, digest = evidence.last_record_about(log_path, about_a)
+    assert found["n"] == 2
+    rotated = [raw for file in evidence.chain_files(log_path) for raw in lines(file)]
+    assert digest == sha(next(raw for raw in rotated if b'"n":2,' in raw))
+    with log_path.open("ab") as torn:  # a crash mid-append: not a record
+        torn.write(b'{"resource":"Workload/a","n":99')
+    assert evidence.last_record_about(log_path, about_a)[0]["n"] == 2
+    monkeypatch.setattr(evidence, "_LOOK_BACK", 400)  # a bounded look: an old line is not looked for forever
+    assert evidence.last_record_about(log_path, about_a) is None
+    assert evidence.last_record_about(log_path, lambda record: record.get("n") == 11)[0]["n"] == 11

@@ -12,7 +12,7 @@ from reconciler.api.kinds import Workload
 from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.rollout import Instant, KnownGood, RolledBack, RolloutClock
 from reconciler.api.status import ResourceStatus, RolloutState
-from reconciler.api.workload import UpdateStrategy
+from reconciler.api.lifecycle import UpdateStrategy
 from reconciler.control.rollout import Rollouts
 from reconciler.diff.rollout import PROGRESS_DEADLINE_EXCEEDED, UNHEALTHY_WHILE_SOAKING, Observed, assess, standing
 from reconciler.load.desired import DesiredEntry

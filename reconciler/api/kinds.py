@@ -12,7 +12,8 @@ from pydantic import AfterValidator, Field, model_validator
 from reconciler.api.meta import Resource, Spec
 from reconciler.api.policy import ContainerPolicy, Policy, PolicySpec
 from reconciler.api.quantity import ByteQuantity
-from reconciler.api.workload import Engine, RestartPolicy, Runtime, Workload, WorkloadSpec
+from reconciler.api.lifecycle import RestartPolicy
+from reconciler.api.workload import Engine, Runtime, Workload, WorkloadSpec
 
 __all__ = ["ContainerPolicy", "Engine", "Policy", "PolicySpec", "RestartPolicy", "Runtime", "Workload", "WorkloadSpec"]
 

@@ -11,7 +11,7 @@ from pydantic.alias_generators import to_camel
 
 from reconciler.api.meta import ResourceKey
 from reconciler.api.rollout import KnownGood, RolledBack, RolloutClock
-from reconciler.api.status import Condition, ExitInfo, FailureInfo, HealthState, ObservedExposure
+from reconciler.api.status import Condition, ExitInfo, FailureInfo, HealthState, ObservedExposure, Recovered
 
 
 class ResourceRecord(BaseModel):
@@ -40,6 +40,7 @@ class ResourceRecord(BaseModel):
     rollout: RolloutClock | None = None  # the generation being proven
     rolled_back: RolledBack | None = None  # the generation not retried until the spec changes
     exposure: ObservedExposure | None = None  # the last run seen listening where the policy did not allow
+    recovered: Recovered | None = None  # an action a crash cut short, as the restart found it (while still so)
 
     @property
     def key(self) -> ResourceKey:

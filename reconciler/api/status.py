@@ -103,6 +103,19 @@ class Listen(Report):
         return f"{host}:{self.port}/{self.protocol}"
 
 
+class Recovered(Report):
+    """What a restart found of an action whose outcome a crash kept out of the evidence (its decision was the last
+    line): the run it adopted, or that nothing of it runs. Shown while that stays true."""
+
+    action: str
+    result: str = Field(description="adopted, exited, stopped, not started, or not done (what ran before still runs).")
+    cause: str
+    at: datetime
+    pid: int | None = None
+    container_id: str | None = None
+    started_at: datetime | None = None
+
+
 class ObservedExposure(Report):
     """A run seen listening where the policy did not allow it: the same launch is judged by it before it starts again."""
 
@@ -150,6 +163,8 @@ class ResourceStatus(Report):
         None, description="The Runtime Decision Record: why it runs where it runs, and what that trades off.")
     rollout: RolloutStatus | None = Field(
         None, description="A Workload's update: being proven, proven, failed or rolled back, and its known-good version.")
+    recovered: Recovered | None = Field(
+        None, description="An action a crash cut short before its outcome was recorded, and what the restart found.")
 
 
 class HealthState(Report):

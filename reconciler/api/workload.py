@@ -1,4 +1,8 @@
-"""The Workload kind: something that runs, natively (a process, llama.cpp, vLLM) or in a container."""
+"""The Workload kind: something that runs, natively (a process, llama.cpp, vLLM) or in a container.
+
+Its parts live beside it: how it restarts and is updated (`lifecycle`), its engines' options (`engine_options`),
+container fields (`container`), checks (`checks`).
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,11 @@ from pydantic.alias_generators import to_camel
 
 from reconciler.api.activation import Activation
 from reconciler.api.container import ContainerSecurity, addresses_overlap, PortMapping, PullPolicy, VolumeMount, valid_image_reference
-from reconciler.api.chat_formats import unknown_chat_format
 from reconciler.api.checks import HealthCheck, Port
 from reconciler.api.engine_args import described, guarded_reading
+from reconciler.api.engine_options import LlamaCppOptions, VllmOptions
 from reconciler.api.fallback import Fallback
+from reconciler.api.lifecycle import Restart, UpdateStrategy
 from reconciler.api.meta import Resource, Spec
 from reconciler.api.quantity import ByteQuantity
 
@@ -34,56 +39,6 @@ class Engine(str, Enum):
     llama_cpp = "llama.cpp"
     vllm = "vllm"
     gateway = "gateway"  # the reconciler's own OpenAI-compatible router in front of the engines (reconciler/gateway)
-
-
-class RestartPolicy(str, Enum):
-    """When an exited process is started again: Always; OnFailure (after a known failure; an unknown exit code is
-    not one); Never."""
-
-    always = "Always"
-    on_failure = "OnFailure"
-    never = "Never"
-
-
-class Backoff(Spec):
-    """Exponential back-off between restarts: initialSeconds * 2^(n-1), capped at maxSeconds."""
-
-    initial_seconds: float = Field(1.0, gt=0, le=3600, description="The wait before the first restart.")
-    max_seconds: float = Field(300.0, gt=0, le=86400, description="The longest wait.")
-    reset_after_seconds: float = Field(
-        600.0, gt=0, description="A process that ran this long before exiting starts its back-off afresh."
-    )
-
-    @model_validator(mode="after")
-    def _max_not_below_initial(self) -> "Backoff":
-        if self.max_seconds < self.initial_seconds:
-            raise ValueError("maxSeconds must not be below initialSeconds")
-        return self
-
-
-class Restart(Spec):
-    """Whether and when an exited process is started again; a failed start backs off the same way."""
-
-    policy: RestartPolicy = RestartPolicy.always
-    backoff: Backoff = Field(default_factory=Backoff)
-
-
-class RollbackMode(str, Enum):
-    auto = "Auto"
-    manual = "Manual"
-
-
-class UpdateStrategy(Spec):
-    """How a changed spec is proven before it becomes the known-good version a rollback restores."""
-
-    progress_deadline_seconds: float = Field(
-        600.0, gt=0, le=86400, description="A new generation must become Ready within this many seconds.")
-    soak_seconds: float = Field(
-        30.0, ge=0, le=86400, description="...and then stay Ready this long to become the known-good version.")
-    rollback: RollbackMode = Field(
-        RollbackMode.manual,
-        description="Auto: a failed update is replaced by the known-good version (and not retried until the spec "
-                    "changes again). Manual: it stays failed; `reconciler rollback NAME` restores on demand.")
 
 
 class GpuRequest(Spec):
@@ -120,45 +75,6 @@ class Resources(Spec):
     )
     cpus: float | None = Field(None, gt=0, le=1024, description="CPU time, in CPUs (cgroup quota, else affinity).")
     gpus: GpuRequest = Field(default_factory=GpuRequest)
-
-
-class LlamaCppOptions(Spec):
-    """Options of engine llama.cpp, rendered as llama-server's or llama-cpp-python's flags."""
-
-    context_size: int | None = Field(None, ge=16, description="--ctx-size")
-    gpu_layers: int | None = Field(None, ge=0, description="--n-gpu-layers")
-    threads: int | None = Field(None, ge=1, description="--threads and --threads-batch")
-    parallel: int | None = Field(None, ge=1, description="--parallel (llama-server only)")
-    chat_format: str | None = Field(
-        None, min_length=1, description="One vocabulary, mapped to --chat-template / --chat_format (llama.cpp's names).")
-    web_ui: bool = Field(False, alias="webUI", description="Keep llama-server's web UI (off by default: --no-webui).")
-    executable: str | None = Field(None, min_length=1, description="A llama-server to use instead of PATH's.")
-
-    @field_validator("chat_format")
-    @classmethod
-    def _known_chat_format(cls, name: str | None) -> str | None:
-        problem = None if name is None else unknown_chat_format(name)
-        if problem is not None:
-            raise ValueError(problem)
-        return name
-
-
-# A rendered flag's value: one starting with "-" would be read by the engine's parser as an option of its own.
-_OPTION_VALUE = r"^[^-]"
-
-
-class VllmOptions(Spec):
-    """Options of engine vllm, rendered as its flags."""
-
-    gpu_memory_utilization: float | None = Field(
-        None, gt=0, le=1, description="Default: the share of the GPU that resources.gpus.minMemory is, when shared.")
-    max_model_len: int | None = Field(None, ge=16, description="--max-model-len")
-    dtype: str | None = Field(None, pattern=_OPTION_VALUE, description="--dtype")
-    quantization: str | None = Field(None, pattern=_OPTION_VALUE, description="--quantization")
-    tensor_parallel_size: int | None = Field(None, ge=1, description="Default: the number of GPUs assigned.")
-    tokenizer: str | None = Field(
-        None, pattern=_OPTION_VALUE, description="The base model's tokenizer (a folder or Hugging Face id): required for GGUF.")
-    executable: str | None = Field(None, min_length=1, description="A vllm to use instead of PATH's.")
 
 
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]

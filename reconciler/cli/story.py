@@ -49,6 +49,8 @@ def describe(status: ResourceStatus, source: str, root: Path, log_lines: list[st
         ("GPUs", status.gpus), ("Limits", "; ".join(f"{k}: {v}" for k, v in (status.enforcement or {}).items()) or None),
         ("Health", status.health), ("Restarts", status.restart_count),
         ("Last exit", status.last_exit.describe() if status.last_exit else None),
+        ("Recovered", f"{status.recovered.action} {status.recovered.result} at {status.recovered.at:%Y-%m-%d %H:%M:%S}: "
+                      f"{status.recovered.cause}" if status.recovered else None),
         ("Next start", status.next_retry_time.isoformat() if status.next_retry_time else None),
         ("Rollout", _rollout(status.rollout) if status.rollout else None),
         ("Log", status.log_file),

@@ -89,9 +89,11 @@ def status_table(rows: list[dict[str, Any]]) -> str:
         status = row["status"]
         ready = next((c["status"] for c in status.get("conditions", []) if c["type"] == "Ready"), "Unknown")
         endpoints = status.get("endpoints") or ["-"]
+        recovered = status.get("recovered")
+        after_crash = f" ({recovered['action']} {recovered['result']} after a crash cut its record short)" if recovered else ""
         body.append([
             row["name"], row["kind"], row["runtime"], ready, status.get("placement", "-"), ", ".join(endpoints),
-            str(status.get("restartCount", 0)), row["age"], f"{status.get('phase', '')}: {status.get('message', '')}".strip(": "),
+            str(status.get("restartCount", 0)), row["age"], f"{status.get('phase', '')}: {status.get('message', '')}".strip(": ") + after_crash,
         ])
     return table(["NAME", "KIND", "RUNTIME", "READY", "PLACEMENT", "ENDPOINT", "RESTARTS", "AGE", "MESSAGE"], body)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from reconciler.api.launch import ContainerLaunch
 from reconciler.api.resource_record import ResourceRecord
-from reconciler.api.status import FailureInfo, ResourceStatus
+from reconciler.api.status import FailureInfo, Recovered, ResourceStatus
 from reconciler.diff.plan import Action, Operation, Verb
 from reconciler.gate.network import ListenFindings, at_most
 from reconciler.gate.verdict import EXPOSURE_OBSERVED, Verdict
@@ -112,3 +112,47 @@ def outcome_record(
     if stopped_pid is not None:
         line["stoppedPid"] = stopped_pid
     return line
+
+
+def acted_on(line: dict[str, Any]) -> bool:
+    """Whether an evidence line is a decision the drivers were to carry out (an outcome line always follows one)."""
+    operations = line.get("operations")
+    approved = line.get("decision") == "approve" or line.get("decision") is None and line.get("action") == "delete"
+    return line.get("event") == "decision" and approved and isinstance(operations, list) and bool(operations) \
+        and line.get("action") not in ("hold", "orphan")
+
+
+def cut_short_outcome(decision: dict[str, Any], decision_hash: str, observed: ProcessObservation,
+                      now: datetime) -> tuple[dict[str, Any], Recovered]:
+    """The outcome line of an action a crash kept from its own (`decision`: its last line), from what runs now; and
+    the note its status carries while that stays so. `closes` names the decision line by its hash."""
+    operations = [op.get("op") for op in decision["operations"] if isinstance(op, dict)]
+    run = observed.record
+    try:
+        decided = datetime.fromisoformat(str(decision.get("time")))
+        started_by_it = "start" in operations and run is not None and run.started_at >= decided
+    except (TypeError, ValueError):
+        started_by_it = False
+    running = observed.running_pid
+    if running is not None:
+        result, found = ("adopted", f"pid {running} runs as it started it, and is adopted") if started_by_it \
+            else ("not done", f"what ran before still runs (pid {running}); the next pass decides again")
+    elif started_by_it and run is not None and run.exit is not None:
+        result, found = "exited", f"pid {run.pid} started and has since ended: {run.exit.describe()}"
+    elif "start" in operations:
+        result, found = "not started", "nothing it would have started runs"
+    else:
+        result, found = "stopped", "nothing of it runs now"
+    what = "start" if "start" in operations else "stop"
+    cause = f"the {what}'s record was cut short by a crash (no outcome followed its decision); on restart: {found}"
+    note = Recovered(action=str(decision.get("action"))[:32], result=result, cause=cause, at=now, pid=running,
+                     container_id=run.container_id if running is not None and run else None,
+                     started_at=run.started_at if started_by_it and run else None)
+    line: dict[str, Any] = {"time": now.isoformat(), "resource": decision.get("resource"),
+                            "generation": generation if isinstance(generation := decision.get("generation"), int) else None,
+                            "event": "action", "action": note.action,
+                            "result": result, "cause": cause, "closes": decision_hash}
+    line |= note.model_dump(mode="json", by_alias=True, include={"pid", "container_id", "started_at"}, exclude_none=True)
+    if started_by_it and run is not None:
+        line["pid"] = run.pid  # the run the start made, even one that has ended since
+    return line, note

@@ -9,6 +9,7 @@ from reconciler.api.kinds import Model, Workload
 from reconciler.api.launch import ContainerLaunch
 from reconciler.api.rollout import Pins
 from reconciler.api.status import FailureInfo
+from reconciler.base.crash_points import crash_point
 from reconciler.control.assembly import Parts
 from reconciler.control.models import DOWNLOADING
 from reconciler.control.pins import pins_of
@@ -75,6 +76,7 @@ def execute(parts: Parts, planned: Planned, now: datetime) -> Executed:
             elif op.kind is OpKind.start:
                 assert launch is not None
                 after = drivers.start(name, launch, action.generation or 1)
+                crash_point("started")  # started and recorded by its driver; its outcome line is not yet written
             ran.append(op)
     except StartFailed as failed:
         return Executed(FailureInfo(reason=failed.reason, message=failed.message, at=now),

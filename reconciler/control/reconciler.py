@@ -28,6 +28,7 @@ from reconciler.control.planning import Planned, plan
 from reconciler.control.recording import (
     Recorded, conclude_pass, describe, log_decision, measure, record_decision_before_acting, record_outcome,
 )
+from reconciler.control.recovery import close_cut_short
 from reconciler.control.removal import remove_resource
 from reconciler.control.result import Result
 from reconciler.control.gateway_routes import judged_specs
@@ -140,9 +141,11 @@ class Reconciler:
         self.models.rules = rules.models
 
     def _seed(self) -> None:
-        """Give the status writer every known resource before the first flush, so no status file is partial."""
-        now = clock.now()
-        for key in self.keys():
+        """Give the status writer every known resource before the first flush, so no status file is partial; first,
+        the outcome of any action a crash cut short (control/recovery.py)."""
+        now, keys = clock.now(), self.keys()
+        close_cut_short(self.parts, self.desired, keys, now)
+        for key in keys:
             described = describe(self.parts, self.plan(key, now), self.desired, now)
             if described:
                 self.parts.recorder.set_status(described[0].source, described[1])

@@ -6,6 +6,7 @@ import logging
 from datetime import datetime
 
 from reconciler.api.kinds import Runtime, Workload
+from reconciler.api.status import FailureInfo
 from reconciler.control.assembly import Parts
 from reconciler.control.evidence import decision_record, outcome_record
 from reconciler.control.logfmt import about
@@ -32,6 +33,11 @@ def remove_resource(parts: Parts, planned: Planned, now: datetime) -> str | None
         except (EngineUnavailable, StartFailed) as problem:
             if workload is None or workload.spec.runtime is Runtime.container:
                 log.warning("%s: cannot remove its container yet: %s", key, problem, **about(key))
+                if record is not None:  # the decision's outcome: a decision with none reads as cut short by a crash
+                    reason = problem.reason if isinstance(problem, StartFailed) else "EngineUnavailable"
+                    failure = FailureInfo(reason=reason, message=problem.message, at=clock.now())
+                    parts.recorder.evidence(record.source, outcome_record(planned.action, record.generation, failure,
+                                                                          None, failure.at))
                 return str(problem)  # kept on record until its container is really gone
     if record is not None:
         parts.recorder.evidence(record.source, outcome_record(planned.action, record.generation, None, None, clock.now(),

@@ -16,7 +16,7 @@ from reconciler.api.kinds import Workload
 from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.rollout import Instant, KnownGood, Pins, RolledBack
 from reconciler.api.status import Placement, ResourceStatus, RolloutState, RolloutStatus
-from reconciler.api.workload import RollbackMode
+from reconciler.api.lifecycle import RollbackMode
 from reconciler.diff.health import NOT_READY
 from reconciler.diff.plan import Hold
 from reconciler.diff.rollout import ROLLED_BACK, Assessment, Observed, assess, standing

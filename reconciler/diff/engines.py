@@ -8,7 +8,8 @@ from pathlib import Path
 
 from reconciler.api.chat_formats import server_chat_format
 from reconciler.api.checks import HealthCheck, HttpCheck, TcpCheck
-from reconciler.api.workload import Engine, LlamaCppOptions, VllmOptions, WorkloadSpec
+from reconciler.api.engine_options import LlamaCppOptions, VllmOptions
+from reconciler.api.workload import Engine, WorkloadSpec
 from reconciler.api.launch import LaunchSpec
 from reconciler.diff.acceleration import Acceleration
 from reconciler.observe.host import EngineFacts, ModelPresence

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from reconciler.api.rollout import Instant, KnownGood, RolledBack, RolloutClock
 from reconciler.api.status import RolloutState
-from reconciler.api.workload import UpdateStrategy
+from reconciler.api.lifecycle import UpdateStrategy
 
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 UNHEALTHY_WHILE_SOAKING = "UnhealthyWhileSoaking"

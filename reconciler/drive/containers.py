@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import threading
 import time
@@ -27,6 +26,7 @@ from reconciler.api.launch import ContainerLaunch
 from reconciler.api.status import ExitInfo
 from reconciler.base.atomic import write_atomic
 from reconciler.drive.container_config import GENERATION_LABEL, create_args, enforcement, launch_of
+from reconciler.drive.engine_answers import addresses_of, engine_time, failure_of
 from reconciler.drive.logs import LogStore
 from reconciler.drive.ports import port_free
 from reconciler.drive.protocol import StartFailed
@@ -38,12 +38,6 @@ from reconciler.observe.processes import ProcessObservation, ProcessRecord, Proc
 
 LOG_TAIL_LINES = 5000
 _RUNNING = {"running", "paused", "restarting"}
-_REASONS = (  # what the engine says -> a condition reason
-    (re.compile(r"port is already allocated|bind: address already in use", re.I), "PortInUse"),
-    (re.compile(r"could not select device driver", re.I), "GPURuntimeUnavailable"),
-    (re.compile(r"bind source path does not exist", re.I), "VolumeSourceNotFound"),
-    (re.compile(r"Conflict\. The container name", re.I), "NameConflict"),
-)
 
 log = logging.getLogger("reconciler")
 
@@ -193,12 +187,12 @@ class ContainerDriver:
                     self._save_log(name, container)
                     container.remove(force=True)  # nothing half-made is left behind
                     self._forget_start(name)
-                    raise _failed(error, "ContainerStartFailed") from None
+                    raise failure_of(error, "ContainerStartFailed") from None
                 container.reload()
         except EngineUnavailable as error:
             raise StartFailed("EngineUnavailable", error.message) from None
         except docker.errors.APIError as error:
-            raise _failed(error, "ContainerCreateFailed") from None
+            raise failure_of(error, "ContainerCreateFailed") from None
         self._remember_start(name, container)
         return self._observation(name, [container])
 
@@ -218,7 +212,7 @@ class ContainerDriver:
         except EngineUnavailable as error:
             raise StartFailed("EngineUnavailable", error.message) from None
         except docker.errors.APIError as error:
-            raise _failed(error, "ImagePullFailed") from None
+            raise failure_of(error, "ImagePullFailed") from None
         if image is None:
             raise StartFailed("ImagePullFailed", f"pulling {launch.image} finished but the engine does not have it")
         return launch.model_copy(update={"image_id": image.id, "image_user": image.user})
@@ -239,6 +233,8 @@ class ContainerDriver:
             for container in self.engine.owned(self._owner, name):
                 try:
                     if container.status in _RUNNING:
+                        if not forget:  # its exit stays on record, to be told from a crash
+                            self._note_stop_requested(name, container.id)
                         container.stop(timeout=math.ceil(grace_seconds))
                     container.reload()
                     observed = self._observation(name, [container])
@@ -269,21 +265,22 @@ class ContainerDriver:
         # Docker's zero time (never started, or ended with no finish recorded, as a start cut by an engine restart
         # leaves it) falls back to the time before it, never to "now": an exit seen anew on every pass would
         # push its restart's back-off out forever.
-        created = _timestamp(container.attrs.get("Created"), clock.now())
-        started_at = _timestamp(state.get("StartedAt"), created)
+        created = engine_time(container.attrs.get("Created"), clock.now())
+        started_at = engine_time(state.get("StartedAt"), created)
         record = ProcessRecord(
             name=name, pid=pid, start_ticks=0, nonce=container.id[:16], launch=launch,
             generation=int(container.labels.get(GENERATION_LABEL, "1")), started_at=started_at,
-            enforcement=enforcement(launch), container_id=container.id, addresses=_addresses(container),
+            enforcement=enforcement(launch), container_id=container.id, addresses=addresses_of(container),
         )
         if state.get("Status") in _RUNNING:
             if not self._readonly and self._started_pid(name, container.id) != pid:
                 self._remember_start(name, container)
             return ProcessObservation(ProcessState.running, record)
-        finished = _timestamp(state.get("FinishedAt"), started_at)
+        finished = engine_time(state.get("FinishedAt"), started_at)
         exit_info = ExitInfo(pid=pid, code=state.get("ExitCode"), finished_at=finished,
                              ran_seconds=max(0.0, (finished - started_at).total_seconds()),
-                             oom_killed=bool(state.get("OOMKilled")))
+                             oom_killed=bool(state.get("OOMKilled")),
+                             stopped_by_reconciler=self._stopped_by_us(name, container.id, finished))
         return ProcessObservation(ProcessState.exited, record.model_copy(update={"exit": exit_info}))
 
     def _check_host(self, launch: ContainerLaunch) -> None:
@@ -324,6 +321,21 @@ class ContainerDriver:
         self._started.mkdir(parents=True, exist_ok=True, mode=0o700)
         record = {"id": container.id if container else None, "pid": pid}
         write_atomic(self._started / f"{name}.json", json.dumps(record), mode=0o600)
+
+    def _note_stop_requested(self, name: str, container_id: str) -> None:
+        """Before the stop call, kept across a crash: the engine records an exit, never who asked for it."""
+        started = self._last_started(name)
+        if started.get("id") == container_id:
+            write_atomic(self._started / f"{name}.json", json.dumps({**started, "stopAt": clock.now().isoformat()}), mode=0o600)
+
+    def _stopped_by_us(self, name: str, container_id: str, finished: datetime) -> bool:
+        """An exit after the reconciler asked for it (an idle or unhealthy stop), not a crash before the ask."""
+        started = self._last_started(name)
+        asked = started.get("stopAt") if started.get("id") == container_id else None
+        try:
+            return isinstance(asked, str) and finished >= datetime.fromisoformat(asked)
+        except (TypeError, ValueError):  # a damaged record proves nothing: the exit stays one it did not cause
+            return False
 
     def _forget_start(self, name: str) -> None:
         if not self._readonly:
@@ -371,24 +383,3 @@ class ContainerDriver:
             self._seen.subscribed(False)  # the stream ended or broke: nothing seen is reused until it is back
             self._first_subscription.set()
             time.sleep(2.0)
-
-
-def _failed(error: docker.errors.APIError, fallback: str) -> StartFailed:
-    message = str(error.explanation or error)
-    reason = next((reason for pattern, reason in _REASONS if pattern.search(message)), fallback)
-    return StartFailed(reason, message)
-
-
-def _timestamp(text: str | None, never: datetime) -> datetime:
-    """Docker's RFC 3339 with nanoseconds, taken from the system clock, on the reconciler's clock; `never` for its
-    zero time ('0001-01-01...')."""
-    if not text or text.startswith("0001-"):
-        return never
-    trimmed = re.sub(r"(\.\d{6})\d+", r"\1", text).replace("Z", "+00:00")
-    return clock.from_system(datetime.fromisoformat(trimmed))
-
-
-def _addresses(container: Container) -> tuple[str, ...]:
-    networks = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
-    return tuple(sorted({address for network in networks.values() if isinstance(network, dict)
-                         for address in (network.get("IPAddress"), network.get("GlobalIPv6Address")) if address}))

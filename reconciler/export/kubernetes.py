@@ -9,7 +9,6 @@ silently: `kubectl apply` must not quietly run something other than what the rec
 from __future__ import annotations
 
 import copy
-import math
 import posixpath
 import re
 from typing import Any
@@ -19,15 +18,12 @@ import yaml
 from reconciler.api.container import NOBODY
 from reconciler.api.kinds import Model, Workload
 from reconciler.api.meta import API_VERSION, GROUP, Resource
-from reconciler.api.quantity import format_bytes
-from reconciler.api.checks import HealthCheck
-from reconciler.api.workload import Backoff, Engine, RestartPolicy, RollbackMode, Runtime, WorkloadSpec
+from reconciler.api.workload import Engine, Runtime, WorkloadSpec
 from reconciler.diff.engines import Blocked, engine_check, engine_command
-from reconciler.diff.health import STARTUP_PERIOD_SECONDS
+from reconciler.export.pod_fields import (Manifest, deployment_rollout, pod_probes, pod_resources, restart_notes,
+                                         security_context, whole_seconds)
 from reconciler.load.desired import DesiredState
 from reconciler.observe.host import EngineFacts
-
-Manifest = dict[str, Any]
 
 EXPORT_NOTE = f"{GROUP}/export-note"
 MANAGED_BY = "localaistack-reconciler"
@@ -107,7 +103,7 @@ def workload_manifests(
     else:
         container, volumes, service_ports = _native_runtime(name, spec, models, notes)
         check = engine_check(spec, _IMAGE_FACTS)  # an engine without a check gets its default, as on the host
-    if resources := _resources(spec, notes):
+    if resources := pod_resources(spec, notes):
         container["resources"] = resources
     if not any(volume.target == "/tmp" for volume in spec.volumes):  # the reconciler always gives a tmpfs /tmp
         volumes.insert(0, ({"name": "tmp", "emptyDir": {"medium": "Memory"}}, "/tmp", False))
@@ -115,26 +111,26 @@ def workload_manifests(
         container["volumeMounts"] = [{"name": volume["name"], "mountPath": target, "readOnly": read_only}
                                      for volume, target, read_only in volumes]
     if check is not None:
-        container.update(_probes(check, spec, notes))
+        container.update(pod_probes(check, spec, notes))
     if spec.readiness is not None:  # it decides readiness alone, as on the host
-        container["readinessProbe"] = _probes(spec.readiness, spec, notes)["readinessProbe"]
+        container["readinessProbe"] = pod_probes(spec.readiness, spec, notes)["readinessProbe"]
     notes += [f"spec.uses[{index}] ({use.workload}) is not exported: set {use.env} to its Service's URL"
               for index, use in enumerate(spec.uses)]
-    container["securityContext"] = _security(spec)
-    _restart_notes(spec, notes)
+    container["securityContext"] = security_context(spec)
+    restart_notes(spec, notes)
     _loopback_env_notes(spec, listeners or {}, notes)
     pod: Manifest = {
         "automountServiceAccountToken": False,  # it never had API access on the host
         "enableServiceLinks": False,  # its environment is exactly spec.env, as on the host
         "restartPolicy": "Always",
-        "terminationGracePeriodSeconds": _whole(spec.termination_grace_period_seconds, "spec.terminationGracePeriodSeconds", notes, 0),
+        "terminationGracePeriodSeconds": whole_seconds(spec.termination_grace_period_seconds, "spec.terminationGracePeriodSeconds", notes, 0),
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
         "volumes": [volume for volume, _, _ in volumes],
     }
     if spec.runtime is Runtime.container and spec.network == "host":
         pod["hostNetwork"] = True
-    deployment_spec: Manifest = {"replicas": 1, "selector": {"matchLabels": dict(labels)}, **_rollout(spec, notes)}
+    deployment_spec: Manifest = {"replicas": 1, "selector": {"matchLabels": dict(labels)}, **deployment_rollout(spec, notes)}
     if spec.resources.gpus.wanted or spec.listens:  # one holder of its GPUs and ports at a time, as on the host
         deployment_spec["strategy"] = {"type": "Recreate"}
     deployment_spec["template"] = {"metadata": {"labels": {**workload.metadata.labels, **labels}}, "spec": pod}
@@ -260,21 +256,6 @@ def _native_runtime(name: str, spec: WorkloadSpec, models: dict[str, Model], not
     return container, [], service
 
 
-def _rollout(spec: WorkloadSpec, notes: list[str]) -> Manifest:
-    """A staged update as a Deployment proves one: Ready within its deadline, then available after the soak."""
-    update = spec.update
-    if update.rollback is RollbackMode.auto:
-        notes.append("update.rollback Auto has no Deployment analogue: a failed rollout stops at "
-                     "ProgressDeadlineExceeded; `kubectl rollout undo` restores the version before")
-    deadline = _whole(update.progress_deadline_seconds, "spec.update.progressDeadlineSeconds", notes, 1)
-    soak = _whole(update.soak_seconds, "spec.update.soakSeconds", notes, 0)
-    if deadline <= soak:  # Kubernetes refuses it; here the deadline is for Ready, the soak comes after
-        notes.append(f"progressDeadlineSeconds becomes {soak + deadline} (the deadline plus the soak): a Deployment "
-                     "counts it to the end of minReadySeconds and must have it larger")
-        deadline += soak
-    return {"progressDeadlineSeconds": deadline, "minReadySeconds": soak}
-
-
 def _model_path(spec: WorkloadSpec, models: dict[str, Model], notes: list[str]) -> str:
     """Where the served model is expected in the pod; nothing puts it there, so the note says how."""
     assert spec.model is not None
@@ -313,89 +294,6 @@ def _loopback_env_notes(spec: WorkloadSpec, listeners: dict[int, str], notes: li
         hint = (f"Workload {owner} serves that port on the host: in the cluster use its Service, {owner}:{match[1]}"
                 if owner else "in a pod that is the pod itself: use the Service name of what it should reach")
         notes.append(f"env {variable} names {match[0]}: {hint} (the value is exported as written)")
-
-
-def _resources(spec: WorkloadSpec, notes: list[str]) -> Manifest:
-    """Memory is a hard limit on the host, so requests = limits; CPUs are a quota (a limit); GPUs are counted."""
-    wanted, limits, requests = spec.resources, {}, {}
-    if wanted.memory is not None:
-        requests["memory"] = limits["memory"] = format_bytes(wanted.memory)
-    if wanted.cpus is not None:
-        limits["cpu"] = f"{math.ceil(round(wanted.cpus * 1000, 6))}m"
-    gpus = wanted.gpus
-    if gpus.wanted:
-        limits["nvidia.com/gpu"] = str(gpus.wanted)
-    if gpus.indices is not None:
-        notes.append(f"GPU indices {gpus.indices} cannot be pinned: the device plugin assigns {gpus.wanted} GPU(s)")
-    if gpus.min_memory is not None:
-        notes.append(f"gpus.minMemory {format_bytes(gpus.min_memory)} is not enforced: no nodeSelector is inferred "
-                     "(e.g. GPU feature discovery's nvidia.com/gpu.memory label); add one")
-    return {key: value for key, value in (("limits", limits), ("requests", requests)) if value}
-
-
-def _probes(check: HealthCheck, spec: WorkloadSpec, notes: list[str]) -> Manifest:
-    """startupProbe: until the first success, probed every STARTUP_PERIOD_SECONDS for startupSeconds, as the
-    reconciler does; readinessProbe: not ready after one failure (its `ready`); livenessProbe: failureThreshold."""
-    handler: Manifest
-    probe = check.http or check.tcp
-    port = (probe.port if probe else None) or spec.default_port
-    if check.http is not None:
-        handler = {"httpGet": {"path": check.http.path, "port": port}}
-        if check.http.expect_status != 200:
-            notes.append(f"health.http.expectStatus {check.http.expect_status} is not expressible: Kubernetes counts "
-                         "any status from 200 to 399 as healthy")
-    elif check.tcp is not None:
-        handler = {"tcpSocket": {"port": port}}
-    else:
-        assert check.exec is not None
-        handler = {"exec": {"command": list(check.exec.command)}}
-        if spec.runtime is Runtime.native:
-            notes.append("the exec health check ran on the host; in the pod it runs inside the container")
-    period = _whole(check.period_seconds, "health.periodSeconds", notes)
-    timeout = _whole(check.timeout_seconds, "health.timeoutSeconds", notes)
-    startup_period = math.ceil(min(check.period_seconds, STARTUP_PERIOD_SECONDS))
-    startup: Manifest = {**copy.deepcopy(handler), "periodSeconds": startup_period, "timeoutSeconds": timeout,
-                         "failureThreshold": max(1, math.ceil(check.startup_seconds / startup_period))}
-    if check.initial_delay_seconds:
-        startup["initialDelaySeconds"] = _whole(check.initial_delay_seconds, "health.initialDelaySeconds", notes, 0)
-    return {"startupProbe": startup,
-            "readinessProbe": {**copy.deepcopy(handler), "periodSeconds": period, "timeoutSeconds": timeout, "failureThreshold": 1},
-            "livenessProbe": {**copy.deepcopy(handler), "periodSeconds": period, "timeoutSeconds": timeout,
-                              "failureThreshold": check.failure_threshold}}
-
-
-def _security(spec: WorkloadSpec) -> Manifest:
-    """The reconciler's container defaults: no privilege gain, all capabilities dropped, read-only root, not root."""
-    security = spec.security
-    uid, _, gid = (security.user or NOBODY).partition(":")
-    capabilities: Manifest = {"drop": ["ALL"]}
-    if security.capabilities:
-        capabilities["add"] = list(security.capabilities)
-    context: Manifest = {"allowPrivilegeEscalation": False, "capabilities": capabilities, "privileged": False,
-                         "readOnlyRootFilesystem": security.read_only_root_filesystem,
-                         "runAsNonRoot": int(uid) != 0, "runAsUser": int(uid)}
-    if gid:
-        context["runAsGroup"] = int(gid)
-    return context
-
-
-def _restart_notes(spec: WorkloadSpec, notes: list[str]) -> None:
-    policy = spec.restart.policy
-    if policy is not RestartPolicy.always:
-        notes.append(f"restart policy {policy.value}: a Deployment always restarts its pod; a Job is the analogue (not generated)")
-    if spec.restart.backoff != Backoff.model_validate({}):
-        notes.append("spec.restart.backoff is not exported: the kubelet's own back-off (10s doubling to 5m) applies")
-    if spec.activation.on_demand:
-        notes.append("activation OnDemand is not exported: the Deployment runs one replica always (scale to zero needs "
-                     "an autoscaler such as KEDA's HTTP add-on)")
-
-
-def _whole(seconds: float, field: str, notes: list[str], minimum: int = 1) -> int:
-    """Kubernetes takes whole seconds: round up (never probe sooner or give up earlier), and say so."""
-    whole = max(minimum, math.ceil(seconds))
-    if whole != seconds:
-        notes.append(f"{field} {seconds:g} becomes {whole} (Kubernetes takes whole seconds)")
-    return whole
 
 
 def _metadata(name: str, namespace: str | None, labels: dict[str, str], annotations: dict[str, str]) -> Manifest:

@@ -28,6 +28,7 @@ from reconciler.base.atomic import (
 GENESIS = "0" * 64
 _RESERVED = frozenset({"prev", "repaired"})
 _TAIL_WINDOW = 64 * 1024
+_LOOK_BACK = 2 * 1_048_576  # two files at the default rotation size
 
 
 @dataclass(frozen=True)
@@ -308,6 +309,45 @@ def rewrite_chain(path: Path, keep: Callable[[dict[str, Any]], bool], head: Mapp
             remove_regular(file)
         fsync_dir(path.parent)
     return old_end, prev
+
+
+def last_record_about(path: Path, matches: Callable[[dict[str, Any]], bool],
+                      root: Path | None = None) -> tuple[dict[str, Any], str] | None:
+    """The newest complete line of ``path``'s chain that ``matches``, and its hash; None if there is none within the
+    last _LOOK_BACK bytes (the folder is someone else's: a file grown past rotation costs no more to look at)."""
+    budget = _LOOK_BACK
+    for file in reversed(chain_files(path)):
+        try:
+            with _reader(file, root) as handle:
+                for raw in _lines_backwards(handle, budget):
+                    budget -= len(raw) + 1
+                    record = _parse(raw)
+                    if record is not None and matches(record):
+                        return record, _hash(raw)
+        except (FileNotFoundError, UnsafeFile):
+            continue
+        if budget <= 0:
+            break
+    return None
+
+
+def _lines_backwards(handle: BinaryIO, budget: int) -> Iterator[bytes]:
+    """The complete lines of a file, newest first, read in windows from its end, within ``budget`` bytes (a torn
+    last line is no record, and is not among them)."""
+    pos = handle.seek(0, os.SEEK_END)
+    stop, head, torn = max(0, pos - budget), b"", True
+    while pos > stop:
+        step = min(_TAIL_WINDOW, pos - stop)
+        pos -= step
+        handle.seek(pos)
+        lines = (handle.read(step) + head).split(b"\n")
+        head = lines.pop(0)  # may begin before this window
+        if torn and lines:
+            lines.pop()  # after the file's last newline: nothing, or a torn line
+            torn = False
+        yield from reversed(lines)
+    if pos == 0 and head and not torn:
+        yield head
 
 
 def _first_record(path: Path) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from reconciler.api.status import ResourceStatus
 from reconciler.base.atomic import UnsafeFile, remove_regular, write_atomic
 from reconciler.load.desired import SPEC_SUFFIXES, output_stem
 from reconciler.observe import clock
-from reconciler.record.evidence import EVIDENCE_SUFFIX, EvidenceLog
+from reconciler.record.evidence import EVIDENCE_SUFFIX, EvidenceLog, last_record_about
 
 log = logging.getLogger("reconciler")
 
@@ -71,6 +72,10 @@ class Recorder:
             return self._host_append({**line, "specFile": spec_file, "diverted": reason})
         self._refusal(spec_file, sibling(spec_file, EVIDENCE_SUFFIX), None)
         return written
+
+    def last_evidence(self, spec_file: str, matches: Callable[[dict[str, Any]], bool]) -> tuple[dict[str, Any], str] | None:
+        """The newest line of `spec_file`'s evidence that `matches`, and its hash (what a line naming it carries)."""
+        return last_record_about(self.root / sibling(spec_file, EVIDENCE_SUFFIX), matches, root=self.root)
 
     def _refusal(self, spec_file: str, output: str, problem: OSError | None) -> str | None:
         """Note why `output` (of `spec_file`) is not written, None: it is again; each new reason is said once."""

@@ -77,6 +77,9 @@ def conclude(
             "resource": desired.resource.model_dump(mode="json", by_alias=True), "observed_generation": action.generation,
         })
     record = _count_start(record, desired, outcome, now)
+    running = outcome.after.running_pid if outcome.after is not None else None
+    if record.recovered is not None and record.recovered.pid != running:  # what the restart found is no longer so
+        record = record.model_copy(update={"recovered": None})
     assessment = _assess(record, outcome, now)
     conditions = record.conditions
     if action.hold is not None:
@@ -301,6 +304,7 @@ def _render(record: ResourceRecord, outcome: PassOutcome, assessment: _Assessmen
         image_id=image.image_id if image else None,
         artifact=_artifact(outcome.model) if record.kind == "Model" and outcome.model else None,
         acceleration=accelerated.report if pid and (accelerated := _serving_acceleration(outcome)) else None,
+        recovered=record.recovered,
     )
 
 

@@ -13,6 +13,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from reconciler.drive.process import NAME_VARIABLE
 from tests.conftest import Workspace, wait_for, workload_yaml
 from tests.faults.conftest import Ledger
@@ -26,7 +28,13 @@ def host_evidence(workspace: Workspace) -> list[dict[str, Any]]:
 
 
 def running(workspace: Workspace) -> dict[str, int]:
-    return {process.environ().get(NAME_VARIABLE, ""): process.pid for process in workspace.owned_processes()}
+    found = {}
+    for process in workspace.owned_processes():
+        try:
+            found[process.environ().get(NAME_VARIABLE, "")] = process.pid
+        except psutil.NoSuchProcess:
+            continue  # ended since it was listed: one being stopped
+    return found
 
 
 def test_links_and_fifos_planted_where_the_reconciler_writes_are_refused(workspace: Workspace, ledger: Ledger,

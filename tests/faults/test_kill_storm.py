@@ -1,16 +1,19 @@
 """The daemon SIGKILLed at random points while it converges (starts, recreates, status and evidence writes):
 after every kill no workload runs twice, every status file is whole, and after the last restart everything has
-converged with no orphan process and every evidence chain intact."""
+converged with no orphan process and every evidence chain intact, with an outcome after every decision carried out."""
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import time
 from collections import Counter
+from pathlib import Path
 
 import yaml
 
+from reconciler.control.evidence import acted_on
 from reconciler.drive.process import NAME_VARIABLE
 from reconciler.record.evidence import verify_chain
 from tests.conftest import SLEEPER, Workspace, wait_for, workload_yaml
@@ -54,6 +57,21 @@ def converged(workspace: Workspace, version: int) -> bool:
     return True
 
 
+def decisions_without_outcome(chain: Path) -> list[str]:
+    """Decisions acted on that no outcome line followed before the next decision about the same resource: a kill
+    between the two leaves one, and the restart must close it (control/recovery.py)."""
+    open_decisions: dict[str, str] = {}
+    for line in map(json.loads, chain.read_text().splitlines()):
+        if line.get("event") == "action":
+            open_decisions.pop(line["resource"], None)
+        elif line.get("event") == "decision":
+            if line["resource"] in open_decisions:
+                return [open_decisions[line["resource"]]]
+            if acted_on(line):
+                open_decisions[line["resource"]] = f"{chain.name}: {line['resource']} {line['action']} at {line['time']}"
+    return list(open_decisions.values())
+
+
 def test_random_sigkills_of_the_daemon_leave_no_orphan_no_duplicate_and_whole_files(workspace: Workspace,
                                                                                    ledger: Ledger) -> None:
     row = ledger.row("daemon SIGKILLed at random points of a converge", "at most one process per workload after each "
@@ -83,4 +101,6 @@ def test_random_sigkills_of_the_daemon_leave_no_orphan_no_duplicate_and_whole_fi
     chains = sorted(workspace.desired.glob("*.evidence.jsonl"))
     assert chains and all(verify_chain(chain).ok for chain in chains), [str(verify_chain(c)) for c in chains]
     assert workspace.cli("verify", str(workspace.desired), "--state-dir", str(workspace.state)).returncode == 0
+    unanswered = [decision for chain in chains for decision in decisions_without_outcome(chain)]
+    assert not unanswered, f"decisions carried out with no outcome line after them: {unanswered}"
     ledger.row("daemon SIGKILLed at random points of a converge", f"{rounds} kills, converged after the last")

@@ -1,0 +1,44 @@
+"""After a restart, the outcome of an action a crash cut short: its decision is the workload's last evidence line
+(written before acting), its outcome line never came (the kill fell between the driver's call and that line).
+The driver adopts what runs either way; without this, the chain would not say whether the action happened."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from reconciler.api.meta import ResourceKey
+from reconciler.control.assembly import Parts
+from reconciler.control.evidence import acted_on, cut_short_outcome
+from reconciler.control.logfmt import about
+from reconciler.control.planning import maybe_container, plan
+from reconciler.control.recording import describe
+from reconciler.load.desired import DesiredState
+from reconciler.observe.processes import ProcessState
+
+log = logging.getLogger("reconciler")
+
+
+def close_cut_short(parts: Parts, desired: DesiredState, keys: list[ResourceKey], now: datetime) -> None:
+    """For each workload whose last decision or outcome line is a decision acted on: its outcome as observed now,
+    in the evidence (naming the decision line by hash) and on its record, which its status shows while it holds."""
+    for key in keys:
+        entry, record = desired.resources.get(key), parts.remembered.get(key)
+        source = entry.file if entry is not None else record.source if record is not None else None
+        if key.kind != "Workload" or source is None:
+            continue
+        last = parts.recorder.last_evidence(
+            source, lambda line: line.get("resource") == str(key) and line.get("event") in ("decision", "action"))
+        if last is None or not acted_on(last[0]):
+            continue
+        observed = parts.drivers.observe(key.name, maybe_container(entry, record))
+        if observed.state is ProcessState.unknown:
+            continue  # the engine is away: what happened is not known yet, and the next start looks again
+        line, note = cut_short_outcome(*last, observed, now)
+        parts.recorder.evidence(source, line)
+        log.warning("%s: %s: %s", key, line["result"], note.cause, **about(key))
+        if record is None:  # a first start cut short: the record it would have left, as this host is seen now
+            described = describe(parts, plan(parts, desired, key, now), desired, now)
+            record = described[0] if described else None
+        if record is not None:
+            parts.remembered.remember(record.model_copy(update={"recovered": note}))

@@ -1,0 +1,119 @@
+"""The daemon SIGKILLed between carrying out an action and appending its outcome line: the restart adopts what runs
+(or finds it gone) and says so in the evidence, so the chain never ends on a decision nobody can tell was carried out.
+
+A start (a process, a container) is cut short at the crash point right after its driver has started and recorded it
+(base/crash_points.py); a stop is held by a workload that takes its SIGTERM slowly, and the daemon is killed while it waits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+from pathlib import Path
+
+import psutil
+
+from reconciler.base.crash_points import CRASH_VARIABLE
+from tests.conftest import SLEEPER, Workspace, wait_for, workload_yaml
+from tests.docker_engine import EngineUnderTest
+from tests.faults.conftest import Ledger
+from tests.test_containers import container_yaml, policy_yaml, the_container
+
+
+def takes_its_stop_slowly(stopping: Path) -> str:
+    """Says it got its SIGTERM, then ends only once the daemon that sent it is dead."""
+    return (f"import os, signal, sys, time\ndef ending(*_):\n    open({str(stopping)!r}, 'w').close()\n"
+            "    parent = os.getppid()\n    while os.getppid() == parent:\n        time.sleep(0.05)\n    sys.exit(0)\n"
+            "signal.signal(signal.SIGTERM, ending)\ntime.sleep(600)\n")
+
+
+def raw_lines(workspace: Workspace, spec_file: str) -> list[str]:
+    return (workspace.desired / spec_file.replace(".yaml", ".evidence.jsonl")).read_text().splitlines()
+
+
+def closing(workspace: Workspace, spec_file: str) -> dict | None:
+    return next((line for line in workspace.evidence(spec_file) if "closes" in line), None)
+
+
+def test_a_start_whose_outcome_a_crash_cut_short_is_adopted_and_says_so(workspace: Workspace, ledger: Ledger) -> None:
+    row = ledger.row("daemon SIGKILLed after a start, before its outcome line",
+                     "the restart adopts the same pid and appends its outcome naming the decision; the chain verifies")
+    row.runs += 1
+    workspace.write("held.yaml", workload_yaml("held", SLEEPER))
+    daemon = workspace.start_daemon(env={**os.environ, CRASH_VARIABLE: "started"})
+    assert daemon.wait(timeout=60) == -signal.SIGKILL
+    workspace.stop_daemon()
+    assert [line["event"] for line in workspace.evidence("held.yaml")] == ["decision"]  # what a crash there leaves
+    pid = json.loads((workspace.state / "processes" / "held.json").read_text())["pid"]
+
+    workspace.start_daemon()
+    ended = wait_for(lambda: closing(workspace, "held.yaml"), 30, what="the cut-short start's outcome")
+    decision_line = raw_lines(workspace, "held.yaml")[workspace.evidence("held.yaml").index(ended) - 1]
+    assert ended["closes"] == hashlib.sha256(decision_line.encode()).hexdigest()
+    assert (ended["event"], ended["action"], ended["result"], ended["pid"]) == ("action", "create", "adopted", pid), ended
+    assert "cut short by a crash" in ended["cause"] and ended["startedAt"], ended
+    status = wait_for(lambda: (s := workspace.resource_status("held.yaml", "held")) and s.get("recovered") and s, 30,
+                      what="the status showing it")
+    assert status["pid"] == pid and status["recovered"]["result"] == "adopted", status
+    assert psutil.pid_exists(pid) and workspace.actions("held.yaml") == ["create"], "adopted, never started twice"
+    listed = workspace.cli("status")
+    assert "create adopted after a crash cut its record short" in listed.stdout, listed.stdout
+    described = workspace.cli("describe", "held")
+    assert "Recovered:" in described.stdout and "adopted" in described.stdout, described.stdout
+    verified = workspace.cli("verify", str(workspace.desired), "--state-dir", str(workspace.state))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    row.passed += 1
+
+
+def test_a_container_start_whose_outcome_a_crash_cut_short_is_adopted_and_says_so(
+    workspace: Workspace, docker_engine: EngineUnderTest, ledger: Ledger
+) -> None:
+    row = ledger.row("daemon SIGKILLed after a container start, before its outcome line",
+                     "the restart adopts the same container and appends its outcome naming the decision")
+    row.runs += 1
+    workspace.write("policy.yaml", policy_yaml())
+    workspace.write("boxed.yaml", container_yaml("boxed", command=["sleep", "600"]))
+    daemon = workspace.start_daemon(env={**os.environ, CRASH_VARIABLE: "started"})
+    assert daemon.wait(timeout=90) == -signal.SIGKILL
+    workspace.stop_daemon()
+    assert [line["event"] for line in workspace.evidence("boxed.yaml")] == ["decision"]
+    started = the_container(docker_engine, workspace, "boxed").id
+
+    workspace.start_daemon()
+    ended = wait_for(lambda: closing(workspace, "boxed.yaml"), 60, what="the cut-short start's outcome")
+    assert (ended["action"], ended["result"], ended["containerId"]) == ("create", "adopted", started), ended
+    status = wait_for(lambda: (s := workspace.resource_status("boxed.yaml", "boxed")) and s.get("recovered") and s, 30,
+                      what="the status showing it")
+    assert status["containerId"] == started and status["recovered"]["containerId"] == started, status
+    assert the_container(docker_engine, workspace, "boxed").id == started and workspace.actions("boxed.yaml") == ["create"]
+    row.passed += 1
+
+
+def test_a_stop_whose_outcome_a_crash_cut_short_is_recorded_as_done(workspace: Workspace, ledger: Ledger) -> None:
+    row = ledger.row("daemon SIGKILLed during a stop, before its outcome line",
+                     "the restart finds the process gone and appends the stop's outcome naming the decision")
+    row.runs += 1
+    stopping = workspace.daemon_log.parent / "signals" / "stopping"
+    stopping.parent.mkdir(mode=0o777)
+    stopping.parent.chmod(0o777)  # the workload may run as a user of its own (a root daemon's default)
+    workspace.write("slow.yaml", workload_yaml("slow", takes_its_stop_slowly(stopping),
+                                               terminationGracePeriodSeconds=60))
+    workspace.start_daemon()
+    pid = wait_for(lambda: workspace.pid("slow.yaml", "slow"), 30, what="Running")
+    (workspace.desired / "slow.yaml").unlink()  # deleted: the daemon stops it
+    wait_for(stopping.exists, 30, what="the stop under way")
+    workspace.stop_daemon(signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(pid), 30, what="the workload ending its stop")
+    assert workspace.evidence("slow.yaml")[-1]["event"] == "decision"
+
+    workspace.start_daemon()
+    ended = wait_for(lambda: closing(workspace, "slow.yaml"), 30, what="the cut-short stop's outcome")
+    decision_line = raw_lines(workspace, "slow.yaml")[workspace.evidence("slow.yaml").index(ended) - 1]
+    assert json.loads(decision_line)["action"] == "delete"
+    assert ended["closes"] == hashlib.sha256(decision_line.encode()).hexdigest()
+    assert (ended["action"], ended["result"]) == ("delete", "stopped") and "pid" not in ended, ended
+    assert "stop's record was cut short by a crash" in ended["cause"], ended
+    verified = workspace.cli("verify", str(workspace.desired), "--state-dir", str(workspace.state))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    row.passed += 1
