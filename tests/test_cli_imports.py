@@ -54,3 +54,16 @@ def test_status_imports_none_of_the_daemon(tmp_path: Path) -> None:
     assert top_level(imported("plan", str(folder), "--state-dir", str(tmp_path / "state"), cwd=tmp_path)) & \
         {"gguf", "numpy"} == set()
 
+
+
+
+@pytest.mark.parametrize("command,module", [("status", "views"), ("logs", "views"), ("validate", "passes"),
+                                            ("approve", "answers")])
+def test_a_command_imports_no_other_commands_module(command: str, module: str, tmp_path: Path) -> None:
+    """What a command asks of a running daemon costs click and its own module: not the other commands'."""
+    listing = ("import sys\nfrom reconciler.cli import main\n"
+               f"try:\n    main([{command!r}, '--help'])\nexcept SystemExit:\n    print(' '.join(sorted(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", listing], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    modules = set(done.stdout.splitlines()[-1].split()) if done.returncode == 0 else set()  # after the help text
+    others = {f"reconciler.cli.{other}" for other in ("passes", "daemon", "views", "answers", "evidence", "models")}
+    assert modules & others == {f"reconciler.cli.{module}"}, done.stderr[-2000:]
