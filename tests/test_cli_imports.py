@@ -19,10 +19,16 @@ COMMANDS = ("validate", "plan", "apply", "down", "schemas", "run", "sync", "stat
 
 def imported(*arguments: str, cwd: Path) -> set[str]:
     """Every module a `reconciler ARGUMENTS` process imported (its -X importtime lines on stderr)."""
+    return run_imported(*arguments, cwd=cwd)[1]
+
+
+def run_imported(*arguments: str, cwd: Path) -> tuple[str, set[str]]:
+    """What a `reconciler ARGUMENTS` process printed, and every module it imported."""
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "reconciler", *arguments], cwd=cwd,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode in (0, 1, 2), done.stderr[-2000:]
-    return {match.group(1) for match in re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", done.stderr, re.M)}
+    return done.stdout, {match.group(1)
+                         for match in re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", done.stderr, re.M)}
 
 
 def top_level(modules: set[str]) -> set[str]:
@@ -67,3 +73,16 @@ def test_a_command_imports_no_other_commands_module(command: str, module: str, t
     modules = set(done.stdout.splitlines()[-1].split()) if done.returncode == 0 else set()  # after the help text
     others = {f"reconciler.cli.{other}" for other in ("passes", "daemon", "views", "answers", "evidence", "models")}
     assert modules & others == {f"reconciler.cli.{module}"}, done.stderr[-2000:]
+
+
+def test_logs_of_a_native_workload_imports_no_heavy_library(tmp_path: Path) -> None:
+    """A native workload's log is a file of the log store: printing it needs no models and no engine client."""
+    state = tmp_path / "state"
+    (state / "processes").mkdir(parents=True)
+    (state / "logs").mkdir()
+    (state / "processes" / "hello.json").write_text("{}")
+    (state / "logs" / "hello.log").write_text("first\nlast\n")
+    printed, modules = run_imported("logs", "workload/hello", str(tmp_path), "--state-dir", str(state), "--tail", "1",
+                                    cwd=tmp_path)
+    assert printed == "last\n"
+    assert top_level(modules) & set(HEAVY) == set()
