@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 HEAVY = ("pydantic", "docker", "watchdog", "aiohttp", "pynvml", "psutil", "yaml", "requests")
-DAEMON_ONLY = ("watchdog", "aiohttp", "prometheus_client", "reconciler.control.daemon", "reconciler.gateway.server")
+DAEMON_ONLY = ("watchdog", "aiohttp", "asyncio", "prometheus_client", "reconciler.control.daemon", "reconciler.gateway.server")
 COMMANDS = ("validate", "plan", "apply", "down", "schemas", "run", "sync", "status", "host", "describe", "logs",
             "approve", "deny", "rollback", "export", "verify", "forget", "models")
 
