@@ -4,6 +4,7 @@ Checked on the module list of a real `python -X importtime -m reconciler ...` pr
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -86,3 +87,19 @@ def test_logs_of_a_native_workload_imports_no_heavy_library(tmp_path: Path) -> N
                                     cwd=tmp_path)
     assert printed == "last\n"
     assert top_level(modules) & set(HEAVY) == set()
+
+
+@pytest.mark.parametrize("command,collects", [("validate", False), ("status", False), ("apply", True)])
+def test_commands_that_read_and_exit_leave_the_garbage_collector_off(command: str, collects: bool,
+                                                                     tmp_path: Path) -> None:
+    """Its passes over what the imports create free nothing in a command that prints and exits; one that changes
+    things, or runs on, keeps it."""
+    folder = tmp_path / "desired"
+    folder.mkdir()
+    telling = ("import atexit, gc, sys\nfrom reconciler.cli import main\n"
+               "atexit.register(lambda: print('collector', gc.isenabled(), file=sys.stderr))\n"
+               f"main([{command!r}, {str(folder)!r}] + ([] if {command!r} == 'validate' else "
+               f"['--state-dir', {str(tmp_path / 'state')!r}]), prog_name='reconciler')")
+    done = subprocess.run([sys.executable, "-c", telling], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "RECONCILER_ASK_DAEMON": "0"})
+    assert f"collector {collects}" in done.stderr.splitlines(), done.stderr[-2000:]

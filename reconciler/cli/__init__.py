@@ -6,6 +6,7 @@ that asks a running daemon for its answer pays for click and its own module only
 
 from __future__ import annotations
 
+import gc
 import importlib
 
 import click
@@ -19,6 +20,10 @@ COMMAND_MODULES = {
     **dict.fromkeys(("export", "verify", "forget"), "evidence"),
     "models": "models",
 }
+# Commands that read, print and exit. The cyclic garbage collector's passes over the objects their imports create
+# (the models' schemas, ~150 passes) free next to nothing and cost 30 ms of a 0.45 s status; reference counting
+# still frees what they drop. Commands that change things or run on (apply --wait, run) keep the collector.
+READ_AND_EXIT = frozenset({"validate", "plan", "schemas", "status", "host", "describe", "logs"})
 
 
 class CommandsOnDemand(click.Group):
@@ -41,5 +46,8 @@ class CommandsOnDemand(click.Group):
 def main(log_level: str, log_format: str) -> None:
     """Keep what runs on this workstation equal to the desired state in PATH."""
     from reconciler.control import logfmt
+
+    if click.get_current_context().invoked_subcommand in READ_AND_EXIT:
+        gc.disable()
 
     logfmt.configure(log_level, log_format)
