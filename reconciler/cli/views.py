@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -121,6 +122,8 @@ def logs(name: str, path: Path, state_dir: Path | None, previous: bool, follow_:
          branch: str, git_path: str) -> None:
     """A workload's output: a running container's live from its engine, else from the bounded log store (kept
     after a crash)."""
+    if follow_:
+        gc.enable()  # it runs on: see ONE_SHOT in reconciler/cli/__init__.py
     if git_url is None and not follow_:
         answer_from_daemon(path, state_dir or default_state_dir(path))
     _, state_dir = located(path, state_dir, git_url, branch, git_path)
