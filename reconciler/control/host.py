@@ -10,6 +10,7 @@ from pathlib import Path
 from reconciler.api.host import HostProfile, host_profile_document
 from reconciler.observe.docker_engine import DockerEngine
 from reconciler.observe.engine_builds import EngineBuilds
+from reconciler.observe.gpus import GpuInventory
 from reconciler.observe.host_profile import observe_host_profile
 from reconciler.record.recorder import Recorder
 
@@ -31,11 +32,12 @@ class HostWatch:
         self.profile: HostProfile | None = None
         self._observed_at: float | None = None
 
-    def refresh(self) -> HostProfile:
+    def refresh(self, inventory: GpuInventory) -> HostProfile:
+        """`inventory`: the GPUs as the pass just read them (NVML's start-up is the slow part of asking it)."""
         if self.profile is None or self._observed_at is None or time.monotonic() - self._observed_at >= PROFILE_SECONDS:
             published = self.recorder is not None
             self.profile = observe_host_profile(self.cache_dir, self.engine if published else None,
-                                                self.builds if published else None)
+                                                self.builds if published else None, inventory)
             self._observed_at = time.monotonic()
             if self.recorder is not None:
                 self.recorder.host_profile(host_profile_document(self.profile, platform.node() or "localhost",
