@@ -14,7 +14,6 @@ from reconciler.cli.common import default_state_dir, key_of, located, name_of, o
     print_load_errors, state_option, watch_notes
 from reconciler.cli.query_client import answer_from_daemon
 from reconciler.cli.tables import dump
-from reconciler.drive.logs import follow, tail
 
 if TYPE_CHECKING:
     from reconciler.control.reconciler import Reconciler
@@ -82,6 +81,7 @@ def describe(name: str, path: Path, state_dir: Path | None, git_url: str | None,
         answer_from_daemon(path, state_dir or default_state_dir(path))
     from reconciler.api.kinds import KINDS
     from reconciler.cli import story
+    from reconciler.drive.logs import tail
 
     path, state_dir = located(path, state_dir, git_url, branch, git_path)
     reconciler = open_reconciler(path, state_dir, readonly=True, offline=True)
@@ -126,6 +126,8 @@ def logs(name: str, path: Path, state_dir: Path | None, previous: bool, follow_:
         gc.enable()  # it runs on: see ONE_SHOT in reconciler/cli/__init__.py
     if git_url is None and not follow_:
         answer_from_daemon(path, state_dir or default_state_dir(path))
+    from reconciler.drive.logs import follow, tail
+
     _, state_dir = located(path, state_dir, git_url, branch, git_path)
     live = None if previous else _container_log(state_dir, name_of(name), lines, follow_)
     if live is not None:
