@@ -41,18 +41,20 @@ class _Snapshot:
     # read on demand, once per snapshot: the parents of the few processes that listen, not of every process (a
     # read of every process's parent cost 26 ms of each status on a host with 400 processes)
     parents: dict[int, int | None] = field(default_factory=dict)
+    lineages: dict[int, frozenset[int]] = field(default_factory=dict)  # pid -> itself and its ancestors
     environments: dict[int, Mapping[str, str]] = field(default_factory=dict)
 
     def in_tree(self, pid: int, leader: int) -> bool:
         """Whether `pid` is `leader` or one of its descendants."""
-        ancestor: int | None = pid
-        seen = set()  # parents read at different moments can loop where a pid was reused between the reads
-        while ancestor is not None and ancestor > 0 and ancestor not in seen:
-            if ancestor == leader:
-                return True
-            seen.add(ancestor)
-            ancestor = self._parent(ancestor)
-        return False
+        if pid not in self.lineages:
+            chain: list[int] = []
+            ancestor: int | None = pid
+            # parents read at different moments can loop where a pid was reused between the reads
+            while ancestor is not None and ancestor > 0 and ancestor not in chain:
+                chain.append(ancestor)
+                ancestor = self._parent(ancestor)
+            self.lineages[pid] = frozenset(chain)
+        return leader in self.lineages[pid]
 
     def _parent(self, pid: int) -> int | None:
         if pid not in self.parents:
