@@ -58,6 +58,7 @@ def test_status_imports_none_of_the_daemon(tmp_path: Path) -> None:
     assert {module for module in DAEMON_ONLY if module in modules or module in top_level(modules)} == set()
     # gguf loads numpy (0.1 s): only a GGUF model's header read needs it
     assert top_level(modules) & {"gguf", "numpy"} == set()
+    assert "reconciler.control.gitops" not in modules  # the revision in force is only written, never read here
     assert top_level(imported("plan", str(folder), "--state-dir", str(tmp_path / "state"), cwd=tmp_path)) & \
         {"gguf", "numpy"} == set()
 
