@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.base.atomic import open_regular
+
 DEMAND_FOLDER = "gateway/demand"  # under the state directory, beside the routes file
 HOSTED_FOLDER = "gateway/hosted"  # under the state directory, beside the demand records
 SPOOL_SUFFIX = ".jsonl"
