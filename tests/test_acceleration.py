@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from reconciler.api.meta import API_VERSION
 from reconciler.api.policy import PolicySpec
@@ -22,7 +23,8 @@ from reconciler.observe.engine_builds import (CACHE_FILE, LLAMA_CPP_PYTHON, LLAM
 from reconciler.observe.engine_log import EngineLoad, parse_engine_log
 from reconciler.observe.gpu_processes import read_gpu_processes
 from reconciler.observe.gpus import GpuInventory
-from tests.conftest import Workspace, wait_for
+from reconciler.record.recorder import HOST_PROFILE_FILE
+from tests.conftest import POLICY_YAML, Workspace, wait_for, workload_yaml
 from tests.test_engines import ENGINES_POLICY, document, engine_env, free_port
 from tests.tiny_gguf import write_tiny_llama
 
@@ -301,3 +303,25 @@ def test_a_server_the_spec_names_that_runs_on_the_cpu_is_not_ready(workspace: Wo
     assert status["phase"] == "Degraded" and status["endpoints"] == []
     assert status["acceleration"]["layersOffloaded"] == 0 and status["acceleration"]["gpuMemoryUsed"] == 0
     assert status["acceleration"]["layersByDevice"] == {"CPU": 3}  # llama-cpp-python logs each layer's device
+
+
+def test_read_only_commands_ask_no_build_that_no_workload_is_judged_by(workspace: Workspace, tmp_path: Path) -> None:
+    """status, plan and describe read the host to judge what the specs ask: a build no spec runs on a GPU is not
+    run (0.15 s of every command); the daemon or apply still asks it once for the published host profile."""
+    asked, programs = tmp_path / "asked", tmp_path / "bin"
+    programs.mkdir()
+    server = programs / "llama-server"
+    server.write_text(f"#!/bin/sh\necho \"$@\" >> {asked}\necho 'Available devices:'\n")
+    server.chmod(0o755)
+    env = engine_env(None, tmp_path)
+    env["PATH"] = f"{programs}:{env['PATH']}"
+    workspace.write("policy.yaml", POLICY_YAML)
+    workspace.write("hello.yaml", workload_yaml("hello"))
+    for command in (("status",), ("plan",), ("describe", "hello")):
+        done = workspace.cli(*command, env=env)
+        assert done.returncode in (0, 2), done.stderr
+        assert not asked.exists(), f"`reconciler {command[0]}` ran {server}: {asked.read_text()}"
+    assert workspace.cli("apply", env=env).returncode == 0
+    assert asked.read_text() == "--list-devices\n"
+    profile = yaml.safe_load((workspace.desired / HOST_PROFILE_FILE).read_text())
+    assert LLAMA_SERVER in [build["engine"] for build in profile["status"]["engineBuilds"]]

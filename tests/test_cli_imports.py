@@ -4,6 +4,7 @@ Checked on the module list of a real `python -X importtime -m reconciler ...` pr
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -12,17 +13,23 @@ from pathlib import Path
 import pytest
 
 HEAVY = ("pydantic", "docker", "watchdog", "aiohttp", "pynvml", "psutil", "yaml", "requests")
-DAEMON_ONLY = ("watchdog", "aiohttp", "prometheus_client", "reconciler.control.daemon", "reconciler.gateway.server")
+DAEMON_ONLY = ("watchdog", "aiohttp", "asyncio", "prometheus_client", "reconciler.control.daemon", "reconciler.gateway.server")
 COMMANDS = ("validate", "plan", "apply", "down", "schemas", "run", "sync", "status", "host", "describe", "logs",
             "approve", "deny", "rollback", "export", "verify", "forget", "models")
 
 
 def imported(*arguments: str, cwd: Path) -> set[str]:
     """Every module a `reconciler ARGUMENTS` process imported (its -X importtime lines on stderr)."""
+    return run_imported(*arguments, cwd=cwd)[1]
+
+
+def run_imported(*arguments: str, cwd: Path) -> tuple[str, set[str]]:
+    """What a `reconciler ARGUMENTS` process printed, and every module it imported."""
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "reconciler", *arguments], cwd=cwd,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode in (0, 1, 2), done.stderr[-2000:]
-    return {match.group(1) for match in re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", done.stderr, re.M)}
+    return done.stdout, {match.group(1)
+                         for match in re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", done.stderr, re.M)}
 
 
 def top_level(modules: set[str]) -> set[str]:
@@ -51,6 +58,49 @@ def test_status_imports_none_of_the_daemon(tmp_path: Path) -> None:
     assert {module for module in DAEMON_ONLY if module in modules or module in top_level(modules)} == set()
     # gguf loads numpy (0.1 s): only a GGUF model's header read needs it
     assert top_level(modules) & {"gguf", "numpy"} == set()
+    assert "reconciler.control.gitops" not in modules  # the revision in force is only written, never read here
     assert top_level(imported("plan", str(folder), "--state-dir", str(tmp_path / "state"), cwd=tmp_path)) & \
         {"gguf", "numpy"} == set()
 
+
+
+
+@pytest.mark.parametrize("command,module", [("status", "views"), ("logs", "views"), ("validate", "passes"),
+                                            ("approve", "answers")])
+def test_a_command_imports_no_other_commands_module(command: str, module: str, tmp_path: Path) -> None:
+    """What a command asks of a running daemon costs click and its own module: not the other commands'."""
+    listing = ("import sys\nfrom reconciler.cli import main\n"
+               f"try:\n    main([{command!r}, '--help'])\nexcept SystemExit:\n    print(' '.join(sorted(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", listing], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    modules = set(done.stdout.splitlines()[-1].split()) if done.returncode == 0 else set()  # after the help text
+    others = {f"reconciler.cli.{other}" for other in ("passes", "daemon", "views", "answers", "evidence", "models")}
+    assert modules & others == {f"reconciler.cli.{module}"}, done.stderr[-2000:]
+
+
+def test_logs_of_a_native_workload_imports_no_heavy_library(tmp_path: Path) -> None:
+    """A native workload's log is a file of the log store: printing it needs no models and no engine client."""
+    state = tmp_path / "state"
+    (state / "processes").mkdir(parents=True)
+    (state / "logs").mkdir()
+    (state / "processes" / "hello.json").write_text("{}")
+    (state / "logs" / "hello.log").write_text("first\nlast\n")
+    printed, modules = run_imported("logs", "workload/hello", str(tmp_path), "--state-dir", str(state), "--tail", "1",
+                                    cwd=tmp_path)
+    assert printed == "last\n"
+    assert top_level(modules) & set(HEAVY) == set()
+
+
+@pytest.mark.parametrize("command,collects", [(["validate"], False), (["status"], False), (["apply"], False),
+                                              (["apply", "--wait", "--timeout", "1"], True), (["down"], True)])
+def test_one_shot_commands_leave_the_garbage_collector_off(command: list[str], collects: bool, tmp_path: Path) -> None:
+    """Its passes over what the imports create free next to nothing in a command that does one bounded piece of work
+    and exits; one that runs on keeps it."""
+    folder = tmp_path / "desired"
+    folder.mkdir()
+    telling = ("import atexit, gc, sys\nfrom reconciler.cli import main\n"
+               "atexit.register(lambda: print('collector', gc.isenabled(), file=sys.stderr))\n"
+               f"main({[*command, str(folder)]!r} + ([] if {command[0]!r} == 'validate' else "
+               f"['--state-dir', {str(tmp_path / 'state')!r}]), prog_name='reconciler')")
+    done = subprocess.run([sys.executable, "-c", telling], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "RECONCILER_ASK_DAEMON": "0"})
+    assert f"collector {collects}" in done.stderr.splitlines(), done.stderr[-2000:]

@@ -193,6 +193,7 @@ def test_status_answered_by_the_daemon_imports_no_models(running: Workspace) -> 
         assert "reconciler.base.private_socket" in modules  # it asked
         assert top_level(modules) & set(HEAVY) == set(), command
         assert "reconciler.control.reconciler" not in modules, command  # nor computed the answer itself
+        assert "reconciler.drive.logs" not in modules, command  # what only a computed answer reads
 
 
 def raw_request(state: Path, payload: bytes) -> bytes:

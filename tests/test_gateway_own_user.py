@@ -16,8 +16,7 @@ from reconciler.api.meta import ResourceKey
 from reconciler.control.forget import plan_forget
 from reconciler.control.hosted_folding import HostedFolding, hosted_line
 from reconciler.gate.key_access import PathOwner, key_unreadable, stops_reader
-from reconciler.gateway.demand import demand_file
-from reconciler.gateway.spool import append_spooled, spool_files
+from reconciler.gateway.spool import append_spooled, demand_file, spool_files
 from reconciler.observe.processes import RunAs
 from reconciler.record.evidence import read_records, verify_chain
 from reconciler.record.recorder import Recorder

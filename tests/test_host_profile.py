@@ -301,3 +301,23 @@ class TestHostTable:
         rows = [line for line in host_table(observe(tmp_path)).splitlines() if line.startswith("  ")]
         columns = {len(line) - len(line.split(":", 1)[1].lstrip()) for line in rows}
         assert len(rows) > 10 and len(columns) == 1
+
+
+def test_a_read_of_the_desired_state_asks_nvml_for_the_gpus_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NVML's start-up is the slow part of asking it (it wakes every GPU's driver): the renderer and the host profile
+    of one refresh share one answer."""
+    from reconciler.control import workloads
+    from reconciler.control.reconciler import Reconciler
+    from reconciler.observe import host_profile
+
+    asked = []
+
+    def counted() -> Any:
+        asked.append(1)
+        return read_inventory()
+
+    monkeypatch.setattr(workloads, "read_inventory", counted)
+    monkeypatch.setattr(host_profile, "read_inventory", counted)
+    (tmp_path / "desired").mkdir()
+    Reconciler(tmp_path / "desired", tmp_path / "state", readonly=True).refresh()
+    assert len(asked) == 1

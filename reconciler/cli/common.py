@@ -92,8 +92,13 @@ def key_of(name: str) -> ResourceKey:
     from reconciler.api.kinds import KINDS
     from reconciler.api.meta import ResourceKey
 
-    kind, _, plain = name.rpartition("/")
-    return ResourceKey(next((known for known in KINDS if known.lower() == kind.lower()), kind or "Workload"), plain)
+    kind = name.rpartition("/")[0]
+    return ResourceKey(next((known for known in KINDS if known.lower() == kind.lower()), kind or "Workload"), name_of(name))
+
+
+def name_of(name: str) -> str:
+    """The NAME of NAME or KIND/NAME, without the models that tell the kinds apart (what `logs` needs)."""
+    return name.rpartition("/")[2]
 
 
 def who() -> str:

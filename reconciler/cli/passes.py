@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from datetime import datetime, timedelta
@@ -74,6 +75,8 @@ def plan(path: Path, state_dir: Path | None, output: str, allow_empty: bool) -> 
 @click.option("--allow-empty", is_flag=True, help="Prune everything even when the desired state is empty.")
 def apply(path: Path, state_dir: Path | None, wait: bool, timeout: float, min_ready_seconds: float, allow_empty: bool) -> None:
     """Run one reconcile pass (or, with --wait, until workloads are Ready or failed)."""
+    if wait:
+        gc.enable()  # it runs on: see ONE_SHOT in reconciler/cli/__init__.py
     from reconciler.api.meta import ResourceKey
     from reconciler.control.loop import Loop
 

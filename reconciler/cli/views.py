@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -9,11 +10,10 @@ from typing import TYPE_CHECKING
 import click
 
 from reconciler.cli import git as cli_git
-from reconciler.cli.common import default_state_dir, key_of, located, open_reconciler, output_option, path_argument, \
+from reconciler.cli.common import default_state_dir, key_of, located, name_of, open_reconciler, output_option, path_argument, \
     print_load_errors, state_option, watch_notes
 from reconciler.cli.query_client import answer_from_daemon
 from reconciler.cli.tables import dump
-from reconciler.drive.logs import follow, tail
 
 if TYPE_CHECKING:
     from reconciler.control.reconciler import Reconciler
@@ -81,6 +81,7 @@ def describe(name: str, path: Path, state_dir: Path | None, git_url: str | None,
         answer_from_daemon(path, state_dir or default_state_dir(path))
     from reconciler.api.kinds import KINDS
     from reconciler.cli import story
+    from reconciler.drive.logs import tail
 
     path, state_dir = located(path, state_dir, git_url, branch, git_path)
     reconciler = open_reconciler(path, state_dir, readonly=True, offline=True)
@@ -121,10 +122,14 @@ def logs(name: str, path: Path, state_dir: Path | None, previous: bool, follow_:
          branch: str, git_path: str) -> None:
     """A workload's output: a running container's live from its engine, else from the bounded log store (kept
     after a crash)."""
+    if follow_:
+        gc.enable()  # it runs on: see ONE_SHOT in reconciler/cli/__init__.py
     if git_url is None and not follow_:
         answer_from_daemon(path, state_dir or default_state_dir(path))
+    from reconciler.drive.logs import follow, tail
+
     _, state_dir = located(path, state_dir, git_url, branch, git_path)
-    live = None if previous else _container_log(state_dir, key_of(name).name, lines, follow_)
+    live = None if previous else _container_log(state_dir, name_of(name), lines, follow_)
     if live is not None:
         try:
             for chunk in live:
@@ -133,7 +138,7 @@ def logs(name: str, path: Path, state_dir: Path | None, previous: bool, follow_:
             pass
         return
     log_dir = state_dir / "logs"
-    log_file = log_dir / (f"{key_of(name).name}.previous.log" if previous else f"{key_of(name).name}.log")
+    log_file = log_dir / (f"{name_of(name)}.previous.log" if previous else f"{name_of(name)}.log")
     if not log_file.exists():
         raise click.ClickException(f"{log_file}: no log{' of a previous run' if previous else ''} for {name}")
     for line in tail(log_file, lines):

@@ -29,7 +29,7 @@ from reconciler.diff.gpus import assign_gpus
 from reconciler.drive.dispatch import Drivers
 from reconciler.gate.resources import memory_problem
 from reconciler.gate.verdict import governing
-from reconciler.gateway.demand import demand_dir, demand_file
+from reconciler.gateway.spool import demand_dir, demand_file
 from reconciler.load.desired import DesiredEntry, DesiredState
 from reconciler.observe import clock
 from reconciler.observe.processes import ProcessObservation, ProcessState

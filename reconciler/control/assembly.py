@@ -11,7 +11,6 @@ from typing import TextIO
 from reconciler.api.meta import ResourceKey
 from reconciler.control.activation import Activation
 from reconciler.control.gateway_routes import RoutesPublisher
-from reconciler.control.gitops import local_revision
 from reconciler.control.holds import Holds
 from reconciler.control.host import HostWatch
 from reconciler.control.judge import Judge
@@ -92,6 +91,12 @@ def assemble(
         host=HostWatch(state_dir, engine, None if readonly else recorder, builds),
         holds=Holds(remembered.all, allow_empty),
         rollouts=Rollouts(approvals, recorder.evidence, drivers.log_path, boot_id()), metrics=metrics,
-        readonly=readonly, revision=revision or (lambda: local_revision(absolute)),
+        readonly=readonly, revision=revision or (lambda: _local_revision(absolute)),
         channel=channel or f"folder {absolute}",
     )
+
+
+def _local_revision(root: Path) -> str | None:
+    from reconciler.control.gitops import local_revision  # GitOps' machinery: a read-only command never asks
+
+    return local_revision(root)

@@ -33,8 +33,7 @@ from reconciler.control.gitops import GITOPS
 from reconciler.drive.cgroups import Cgroups
 from reconciler.drive.process import ProcessDriver
 from reconciler.drive.users import DynamicUsers, UserUnavailable
-from reconciler.gateway.demand import demand_file
-from reconciler.gateway.spool import spool_files
+from reconciler.gateway.spool import demand_file, spool_files
 from reconciler.load.desired import load_desired
 from reconciler.observe.processes import ProcessState
 from reconciler.record.approvals import ApprovalStore

@@ -10,6 +10,7 @@ from pathlib import Path
 from reconciler.api.host import HostProfile, host_profile_document
 from reconciler.observe.docker_engine import DockerEngine
 from reconciler.observe.engine_builds import EngineBuilds
+from reconciler.observe.gpus import GpuInventory
 from reconciler.observe.host_profile import observe_host_profile
 from reconciler.record.recorder import Recorder
 
@@ -19,7 +20,11 @@ PROFILE_SECONDS = 30.0  # how stale the profile may get: free memory and disk mo
 class HostWatch:
     def __init__(self, cache_dir: Path, engine: DockerEngine, recorder: Recorder | None, builds: EngineBuilds) -> None:
         """`recorder`: where to publish it (None: a read-only command, which writes nothing); `builds`: what the
-        host's llama.cpp builds answered."""
+        host's llama.cpp builds answered.
+
+        A profile nobody publishes is only read to judge specs (memory, CPU flags, GPUs): it leaves out the container
+        engine's version and the host's llama.cpp builds, which only the published profile and the evidence show.
+        A build a spec is judged by is asked where it is judged (`WorkloadRenderer`), from the same cache."""
         self.cache_dir = cache_dir
         self.engine = engine
         self.builds = builds
@@ -27,9 +32,13 @@ class HostWatch:
         self.profile: HostProfile | None = None
         self._observed_at: float | None = None
 
-    def refresh(self) -> HostProfile:
+    def refresh(self, inventory: GpuInventory) -> HostProfile:
+        """`inventory`: the GPUs as the pass just read them (NVML's start-up is the slow part of asking it)."""
         if self.profile is None or self._observed_at is None or time.monotonic() - self._observed_at >= PROFILE_SECONDS:
-            self.profile, self._observed_at = observe_host_profile(self.cache_dir, self.engine, self.builds), time.monotonic()
+            published = self.recorder is not None
+            self.profile = observe_host_profile(self.cache_dir, self.engine if published else None,
+                                                self.builds if published else None, inventory)
+            self._observed_at = time.monotonic()
             if self.recorder is not None:
                 self.recorder.host_profile(host_profile_document(self.profile, platform.node() or "localhost",
                                                                  datetime.now(timezone.utc)))

@@ -103,7 +103,7 @@ class Reconciler:
         previous = self.desired
         self.desired, parts.holds.writing = load_desired(parts.shown_root), writing
         parts.workloads.observe_host()
-        parts.workloads.memory_total = parts.host.refresh().memory.total
+        parts.workloads.memory_total = parts.host.refresh(parts.workloads.inventory).memory.total
         self._model_capacity()
         if parts.readonly:
             return self.desired

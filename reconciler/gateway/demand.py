@@ -25,17 +25,6 @@ from reconciler.base.atomic import UnsafeFile, read_regular, write_atomic
 
 log = logging.getLogger("reconciler.gateway")
 
-DEMAND_FOLDER = "gateway/demand"  # under the state directory, beside the routes file
-
-
-def demand_dir(state_dir: Path) -> Path:
-    return state_dir / DEMAND_FOLDER
-
-
-def demand_file(state_dir: Path, workload: str) -> Path:
-    return demand_dir(state_dir) / f"{workload}.json"
-
-
 class QueueFull(Exception):
     pass
 

@@ -20,13 +20,13 @@ import uvloop
 from aiohttp import web
 
 from reconciler.gateway.admission import admit_containers
-from reconciler.gateway.demand import DemandBook, OnDemandRequests, QueueFull, demand_dir
+from reconciler.gateway.demand import DemandBook, OnDemandRequests, QueueFull
 from reconciler.gateway.hosted import CLIENT_GONE, HostedEvidence, forward_hosted
 from reconciler.gateway.metrics import Exchange, GatewayMetrics
 from reconciler.gateway.relay import CODE, error, relay
 from reconciler.gateway.routes import Backend, HostedRoute, RouteState
 from reconciler.gateway.routes_file import RoutesFile
-from reconciler.gateway.spool import hosted_dir
+from reconciler.gateway.spool import demand_dir, hosted_dir
 from reconciler.gateway.upstream import FORWARDED_HEADERS, Balancer, client_session
 
 log = logging.getLogger("reconciler.gateway")

@@ -2,8 +2,9 @@
 
 The gateway runs as a user of its own (drive/privileges.py): it can write neither the daemon's records nor the
 evidence chains in the desired state. What it tells the daemon goes into folders the daemon hands to that user when
-it starts the gateway (mode 0700): the demand records (gateway/demand.py), and per hosted workload hosted/NAME.jsonl,
-one JSON line per hosted request, each with an id. The daemon folds those lines into the workload's evidence chain
+it starts the gateway (mode 0700): the demand records (written by gateway/demand.py; where they are is said here,
+so the daemon's readers import no asyncio), and per hosted workload hosted/NAME.jsonl, one JSON line per hosted
+request, each with an id. The daemon folds those lines into the workload's evidence chain
 (control/hosted_folding.py), which is where `describe` and `verify` read them.
 """
 
@@ -16,11 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.base.atomic import open_regular
-from reconciler.gateway.demand import demand_dir
 
+DEMAND_FOLDER = "gateway/demand"  # under the state directory, beside the routes file
 HOSTED_FOLDER = "gateway/hosted"  # under the state directory, beside the demand records
 SPOOL_SUFFIX = ".jsonl"
 FOLDING_SUFFIX = ".folding"  # a spool the daemon renamed aside to fold it (hidden: .NAME.folding)
+
+
+def demand_dir(state_dir: Path) -> Path:
+    return state_dir / DEMAND_FOLDER
+
+
+def demand_file(state_dir: Path, workload: str) -> Path:
+    return demand_dir(state_dir) / f"{workload}.json"
 
 
 def hosted_dir(state_dir: Path) -> Path:

@@ -1,7 +1,7 @@
 """Where each native workload really listens: its process tree's sockets, read from the host, never from its spec.
 
-One read of the host's socket table and process parents serves every workload looked at within
-SNAPSHOT_SECONDS of it. Reading the table once costs about as much as reading one process's sockets
+One read of the host's socket table (and of the parents of the processes that listen) serves every workload looked
+at within SNAPSHOT_SECONDS of it. Reading the table once costs about as much as reading one process's sockets
 (psutil parses the kernel's tables either way), so a pass with many workloads stays one read, and a
 daemon busy with passes reads about once per SNAPSHOT_SECONDS (its listen watch reads afresh at that rhythm).
 """
@@ -37,18 +37,32 @@ class ObservedListens:
 @dataclass
 class _Snapshot:
     listening: Mapping[int, frozenset[Listen]]  # pid -> its listening sockets
-    children: Mapping[int, list[int]]  # pid -> its child pids
     taken_at: float
-    environments: dict[int, Mapping[str, str]] = field(default_factory=dict)  # read on demand, once per snapshot
+    # read on demand, once per snapshot: the parents of the few processes that listen, not of every process (a
+    # read of every process's parent cost 26 ms of each status on a host with 400 processes)
+    parents: dict[int, int | None] = field(default_factory=dict)
+    lineages: dict[int, frozenset[int]] = field(default_factory=dict)  # pid -> itself and its ancestors
+    environments: dict[int, Mapping[str, str]] = field(default_factory=dict)
 
-    def descendants(self, leader: int) -> set[int]:
-        found, frontier = {leader}, [leader]
-        while frontier:
-            for child in self.children.get(frontier.pop(), ()):
-                if child not in found:
-                    found.add(child)
-                    frontier.append(child)
-        return found
+    def in_tree(self, pid: int, leader: int) -> bool:
+        """Whether `pid` is `leader` or one of its descendants."""
+        if pid not in self.lineages:
+            chain: list[int] = []
+            ancestor: int | None = pid
+            # parents read at different moments can loop where a pid was reused between the reads
+            while ancestor is not None and ancestor > 0 and ancestor not in chain:
+                chain.append(ancestor)
+                ancestor = self._parent(ancestor)
+            self.lineages[pid] = frozenset(chain)
+        return leader in self.lineages[pid]
+
+    def _parent(self, pid: int) -> int | None:
+        if pid not in self.parents:
+            try:
+                self.parents[pid] = psutil.Process(pid).ppid()
+            except (psutil.Error, OSError):
+                self.parents[pid] = None
+        return self.parents[pid]
 
     def carries(self, pid: int, markers: Mapping[str, str]) -> bool:
         if pid not in self.environments:
@@ -73,9 +87,8 @@ class ListenObserver:
         """What the tree led by `pid` listens on; `markers`: environment entries that mark its escaped children."""
         with self._lock:
             snapshot = self._fresh()
-            tree = snapshot.descendants(pid)
             found = {listen for member, listens in snapshot.listening.items()
-                     if member in tree or snapshot.carries(member, markers) for listen in listens}
+                     if snapshot.in_tree(member, pid) or snapshot.carries(member, markers) for listen in listens}
         return ObservedListens(pid, tuple(sorted(found, key=lambda listen: (listen.port, listen.protocol, listen.address))))
 
     def _fresh(self) -> _Snapshot:
@@ -111,10 +124,7 @@ def _read(now: float) -> _Snapshot:
         listen = _as_listen(connection)
         if listen is not None and connection.pid is not None:
             listening.setdefault(connection.pid, set()).add(listen)
-    children: dict[int, list[int]] = {}
-    for process in psutil.process_iter(["ppid"]):
-        children.setdefault(process.info["ppid"], []).append(process.pid)
-    return _Snapshot({pid: frozenset(listens) for pid, listens in listening.items()}, children, now)
+    return _Snapshot({pid: frozenset(listens) for pid, listens in listening.items()}, now)
 
 
 def _as_listen(connection: Any) -> Listen | None:  # one of psutil.net_connections()
