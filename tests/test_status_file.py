@@ -57,3 +57,20 @@ def test_a_flush_dumps_only_the_resources_that_changed(tmp_path: Path, monkeypat
     w7 = next(resource for resource in recorder._written["many.status.yaml"][0]["resources"] if resource["name"] == "w7")
     assert dumped == [[w7]]  # not the 99 others, nor the unchanged head
     assert (tmp_path / "many.status.yaml").read_text() == one_dump(recorder, "many.yaml")
+
+
+def test_a_flush_turns_into_data_only_the_statuses_set_since_the_last(tmp_path: Path, monkeypatch) -> None:
+    recorder = Recorder(tmp_path, tmp_path / "state" / "host.evidence.jsonl")
+    for n in range(10):
+        recorder.set_status("ten.yaml", status(f"w{n}"))
+    recorder.flush({"ten.yaml"})
+    seen: list[str] = []
+    real_dump = ResourceStatus.model_dump
+    monkeypatch.setattr(ResourceStatus, "model_dump", lambda self, **options: seen.append(self.name) or real_dump(self, **options))
+    recorder.set_status("ten.yaml", status("w3", "restarted"))  # each reconcile sets its own and flushes the file
+    recorder.flush({"ten.yaml"})
+    assert seen == ["w3"]
+    assert yaml.safe_load((tmp_path / "ten.status.yaml").read_text())["resources"][3]["message"] == "restarted"
+    recorder.set_status("ten.yaml", status("w3", "restarted"))  # an equal status, a new one: data again, same file
+    recorder.flush({"ten.yaml"})
+    assert seen == ["w3", "w3"] and (tmp_path / "ten.status.yaml").read_text() == one_dump(recorder, "ten.yaml")
