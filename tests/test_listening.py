@@ -18,6 +18,7 @@ from reconciler.api.launch import LaunchSpec
 from reconciler.api.meta import ResourceKey
 from reconciler.api.policy import NetworkPolicy, Policy
 from reconciler.api.status import Listen, ObservedExposure
+from reconciler.control.reconciler import Reconciler
 from reconciler.diff.plan import Action, Verb
 from reconciler.gate.network import MOST_SHOWN, OBSERVED_RULE, judge_listens
 from reconciler.gate.verdict import Decision, Facts, decide
@@ -127,6 +128,45 @@ def test_the_socket_table_changes_when_a_process_starts_or_stops_listening_and_n
     for each in (client, accepted, connected, peerless, server):
         each.close()
     assert not listed("tcp", ports[0]) and not listed("udp", ports[1])
+
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="opening a socket as another user needs root")
+
+
+@ROOT_ONLY
+def test_the_socket_table_of_some_users_leaves_out_the_others_sockets() -> None:
+    def listed(port: int, owners: frozenset[int] | None) -> bool:
+        return any(entry[:2] == ("tcp", f"00000000:{port:04X}") for entry in listening_table(owners))
+
+    shell, pid, tcp, _ = listener("exec {listener} v4", user=65534)
+    try:
+        assert listed(tcp, None) and listed(tcp, frozenset({65534, 12345}))
+        assert not listed(tcp, frozenset({os.geteuid()}))
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        shell.wait()
+
+
+@ROOT_ONLY
+def test_the_listen_watch_looks_again_for_a_workloads_user_not_for_anothers(workspace: Workspace) -> None:
+    """Another user's sockets changing (a browser's, a test suite's) made the idle daemon map every process's sockets
+    every 3 s; a workload's own user opening one still does (it runs as a user of its own: no other can be it)."""
+    workspace.write("app.yaml", workload_yaml("app"))
+    reconciler = Reconciler(workspace.desired, workspace.state, on_exit=lambda name: None)
+    reconciler.refresh()
+    for key in reconciler.keys():
+        reconciler.reconcile(key)
+    record = reconciler.workloads.driver.native.observe("app").record
+    assert record is not None and record.run_as is not None and record.run_as.uid not in (0, 65534)
+    before = reconciler.workloads.listening_version()
+    for user, changes in ((65534, False), (record.run_as.uid, True)):
+        shell, pid, _, _ = listener("exec {listener} v4", user=user)
+        try:
+            assert (reconciler.workloads.listening_version() != before) is changes
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            shell.wait()
+    reconciler.remove(ResourceKey("Workload", "app"), "test over")
 
 
 def ipv6_works() -> bool:

@@ -85,11 +85,13 @@ class ListenObserver:
         return self._snapshot
 
 
-def listening_table() -> frozenset[tuple[str, str, str]]:
+def listening_table(owners: frozenset[int] | None = None) -> frozenset[tuple[str, str, str]]:
     """The host's listening sockets as the kernel lists them (/proc/net: table, local address, inode), without
     mapping them to processes: cheap to read, and it changes whenever any process starts or stops listening.
     The daemon's listen watch maps sockets to workloads (a scan of every process's descriptors, ~20 ms) only when
-    this changed: an idle daemon with 100 workloads spent 5 % of a core doing that every 3 s."""
+    this changed: an idle daemon with 100 workloads spent 5 % of a core doing that every 3 s. `owners`: only the
+    sockets these users created (the kernel lists each socket's creator), None: everyone's."""
+    wanted = None if owners is None else {str(uid) for uid in owners}
     found = set()
     for table in _SOCKET_TABLES:
         try:
@@ -97,7 +99,9 @@ def listening_table() -> frozenset[tuple[str, str, str]]:
                 next(lines, None)  # the column names
                 for line in lines:
                     fields = line.split()
-                    local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+                    local, remote, state, uid, inode = fields[1], fields[2], fields[3], fields[7], fields[9]
+                    if wanted is not None and uid not in wanted:
+                        continue
                     if state == _TCP_LISTEN if table.startswith("tcp") else set(remote.split(":")[0]) == {"0"}:
                         found.add((table, local, inode))
         except OSError:
