@@ -74,3 +74,21 @@ def test_a_flush_turns_into_data_only_the_statuses_set_since_the_last(tmp_path: 
     recorder.set_status("ten.yaml", status("w3", "restarted"))  # an equal status, a new one: data again, same file
     recorder.flush({"ten.yaml"})
     assert seen == ["w3", "w3"] and (tmp_path / "ten.status.yaml").read_text() == one_dump(recorder, "ten.yaml")
+
+
+def test_a_new_recorder_leaves_a_file_that_already_holds_what_it_would_write(tmp_path: Path) -> None:
+    """A restarted daemon's first pass, and every `apply`, rewrote and synced each status file unchanged."""
+    def flushed() -> Path:
+        recorder = Recorder(tmp_path, tmp_path / "state" / "host.evidence.jsonl")  # a new process's
+        for n in range(3):
+            recorder.set_status("apps.yaml", status(f"w{n}"))
+        recorder.flush({"apps.yaml"})
+        return tmp_path / "apps.status.yaml"
+    target = flushed()
+    written = target.read_text()
+    inode = target.stat().st_ino
+    assert flushed().stat().st_ino == inode  # read, found the same: not replaced
+    target.chmod(0o600)  # the same bytes, not the same file: replaced
+    assert flushed().stat().st_mode & 0o777 == 0o644 and target.stat().st_ino != inode
+    target.write_text(written.replace("name: w1", "name: w9"))  # an edit of the same size: undone
+    assert flushed().read_text() == written

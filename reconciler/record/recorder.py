@@ -20,7 +20,7 @@ import yaml
 
 from reconciler.api.meta import API_VERSION, ResourceKey
 from reconciler.api.status import ResourceStatus
-from reconciler.base.atomic import UnsafeFile, remove_regular, write_atomic
+from reconciler.base.atomic import UnsafeFile, already_holds, remove_regular, write_atomic
 from reconciler.load.desired import SPEC_SUFFIXES, output_stem
 from reconciler.observe import clock
 from reconciler.record.evidence import EVIDENCE_SUFFIX, EvidenceLog
@@ -207,8 +207,15 @@ class Recorder:
         target = self.root / name
         if self._written.get(name) == (body, _identity(target)):
             return
+        text = header + self._text(name, body)
+        # not written by this process yet (the first pass after a start, each `apply`): read before writing, since
+        # rewriting and syncing every status file unchanged was most of a first pass
+        if name not in self._written and already_holds(target, text, root=self.root):
+            self._refusal(spec_file, name, None)
+            self._written[name] = (body, _identity(target))
+            return
         try:
-            write_atomic(target, header + self._text(name, body), root=self.root)
+            write_atomic(target, text, root=self.root)
         except FileNotFoundError:
             return  # its folder was removed: the resources it held are being removed
         except UnsafeFile as unsafe:
