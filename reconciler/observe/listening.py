@@ -19,10 +19,10 @@ from typing import Any
 import psutil
 
 from reconciler.api.status import Listen
+from reconciler.observe.socket_diag import tcp_listeners
 
 SNAPSHOT_SECONDS = 3.0  # how long one read serves the passes that follow it
-_SOCKET_TABLES = ("tcp", "tcp6", "udp", "udp6")
-_TCP_LISTEN = "0A"  # the kernel's state code for a listening TCP socket (include/net/tcp_states.h)
+_UDP_TABLES = ("udp", "udp6")
 
 
 @dataclass(frozen=True)
@@ -86,27 +86,28 @@ class ListenObserver:
 
 
 def listening_table(owners: frozenset[int] | None = None) -> frozenset[tuple[str, str, str]]:
-    """The host's listening sockets as the kernel lists them (/proc/net: table, local address, inode), without
-    mapping them to processes: cheap to read, and it changes whenever any process starts or stops listening.
-    The daemon's listen watch maps sockets to workloads (a scan of every process's descriptors, ~20 ms) only when
-    this changed: an idle daemon with 100 workloads spent 5 % of a core doing that every 3 s. `owners`: only the
-    sockets these users created (the kernel lists each socket's creator), None: everyone's."""
-    wanted = None if owners is None else {str(uid) for uid in owners}
-    found = set()
-    for table in _SOCKET_TABLES:
+    """The host's listening sockets as the kernel lists them (table, local address, inode, as /proc/net names
+    them), without mapping them to processes: cheap to read, and it changes whenever any process starts or stops
+    listening. The daemon's listen watch maps sockets to workloads (a scan of every process's descriptors, ~20 ms)
+    only when this changed: an idle daemon with 100 workloads spent 5 % of a core doing that every 3 s. `owners`:
+    only the sockets these users created (the kernel lists each socket's creator), None: everyone's. TCP listeners
+    come from sock_diag (socket_diag.py says why), the UDP tables from /proc/net."""
+    try:
+        listeners = [(table, local, str(uid), str(inode)) for table, local, uid, inode in tcp_listeners()]
+    except OSError:
+        return frozenset({("unreadable", "tcp", "")})  # never equal to a readable table: the full read decides
+    for table in _UDP_TABLES:
         try:
             with open(f"/proc/net/{table}", encoding="ascii") as lines:
                 next(lines, None)  # the column names
                 for line in lines:
                     fields = line.split()
-                    local, remote, state, uid, inode = fields[1], fields[2], fields[3], fields[7], fields[9]
-                    if wanted is not None and uid not in wanted:
-                        continue
-                    if state == _TCP_LISTEN if table.startswith("tcp") else set(remote.split(":")[0]) == {"0"}:
-                        found.add((table, local, inode))
+                    if set(fields[2].split(":")[0]) == {"0"}:  # no peer: it takes datagrams from anyone
+                        listeners.append((table, fields[1], fields[7], fields[9]))
         except OSError:
-            return frozenset({("unreadable", table, "")})  # never equal to a readable table: the full read decides
-    return frozenset(found)
+            return frozenset({("unreadable", table, "")})
+    wanted = None if owners is None else {str(uid) for uid in owners}
+    return frozenset((table, local, inode) for table, local, uid, inode in listeners if wanted is None or uid in wanted)
 
 
 def _read(now: float) -> _Snapshot:
