@@ -3,6 +3,7 @@ status and judged by the same rules as a declared host/port; a listen the policy
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -23,7 +24,7 @@ from reconciler.diff.plan import Action, Verb
 from reconciler.gate.network import MOST_SHOWN, OBSERVED_RULE, judge_listens
 from reconciler.gate.verdict import Decision, Facts, decide
 from reconciler.observe.listening import ListenObserver, listening_table
-from reconciler.observe.socket_diag import tcp_listeners
+from reconciler.observe.socket_diag import listeners
 from tests.conftest import PYTHON, POLICY_YAML, Workspace, wait_for, workload_yaml
 from tests.test_engines import free_port
 
@@ -133,18 +134,23 @@ def test_the_socket_table_changes_when_a_process_starts_or_stops_listening_and_n
 
 def test_the_kernels_listeners_are_what_proc_net_lists() -> None:
     """sock_diag walks only the listeners; /proc/net/tcp walks every connection slot too (3.5 ms a table here)."""
-    servers = [socket.create_server(("127.0.0.1", 0))] + ([socket.create_server(
-        ("::1", 0), family=socket.AF_INET6)] if ipv6_works() else [])
+    v6 = ipv6_works()
+    servers = [socket.create_server(("127.0.0.1", 0))] + ([socket.create_server(("::1", 0), family=socket.AF_INET6)]
+                                                          if v6 else [])
+    datagrams = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    datagrams.bind(("127.0.0.1", 0))
     try:
-        proc = {(table, fields[1], int(fields[7]), int(fields[9])) for table in ("tcp", "tcp6")
+        proc = {(table, fields[1], int(fields[7]), int(fields[9])) for table in ("tcp", "tcp6", "udp", "udp6")
                 for fields in (line.split() for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:])
-                if fields[3] == "0A"}
-        ours = {(table, local, uid, inode) for table, local, uid, inode in tcp_listeners()
-                if local.endswith(tuple(f":{server.getsockname()[1]:04X}" for server in servers))}
-        assert len(ours) == len(servers) and ours <= proc and {entry[2] for entry in ours} == {os.geteuid()}
+                if fields[3] == "0A" or (table.startswith("udp") and set(fields[2].split(":")[0]) == {"0"})}
+        ports = {each.getsockname()[1] for each in (*servers, datagrams)}
+        ours = [each for each in listeners() if each.port in ports]
+        assert {(each.table, each.local, each.uid, each.inode) for each in ours} <= proc
+        assert sorted((each.table, str(ipaddress.ip_address(each.address)), each.uid) for each in ours) == sorted(
+            [("tcp", "127.0.0.1", os.geteuid()), ("udp", "127.0.0.1", os.geteuid())] + v6 * [("tcp6", "::1", os.geteuid())])
     finally:
-        for server in servers:
-            server.close()
+        for each in (*servers, datagrams):
+            each.close()
 
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="opening a socket as another user needs root")
@@ -184,6 +190,22 @@ def test_the_listen_watch_looks_again_for_a_workloads_user_not_for_anothers(work
             os.kill(pid, signal.SIGKILL)
             shell.wait()
     reconciler.remove(ResourceKey("Workload", "app"), "test over")
+
+
+@ROOT_ONLY
+def test_a_full_read_maps_the_sockets_of_the_workloads_users_processes_alone_even_a_non_dumpable_ones() -> None:
+    """The others cannot be theirs. Each process is judged by its credentials (/proc/PID/status), not by the owner
+    of its /proc entries, which a process that makes itself non-dumpable hands to root."""
+    undumpable = "import ctypes\nctypes.CDLL(None).prctl(4, 0, 0, 0, 0)\n" + LISTENER  # PR_SET_DUMPABLE: 0
+    shell, pid, tcp, _ = listener(f"exec {PYTHON} -c '{undumpable}' v4", user=65534)
+    try:
+        assert os.stat(f"/proc/{pid}/fd").st_uid == 0
+        seen = {str(listen) for listen in ListenObserver(lambda: frozenset({65534})).of(pid, {}).listening}
+        assert f"0.0.0.0:{tcp}/tcp" in seen
+        assert not ListenObserver(lambda: frozenset({12345})).of(pid, {}).listening  # not a workload's user
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        shell.wait()
 
 
 def ipv6_works() -> bool:
