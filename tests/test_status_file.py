@@ -44,11 +44,17 @@ def test_a_status_file_is_one_dump_of_its_content_through_every_change(tmp_path:
     assert report["revision"] == recorder.revision and report["errors"] == []
 
 
-def test_a_flush_dumps_only_the_resources_that_changed(tmp_path: Path, monkeypatch) -> None:
+def flushed_recorder(tmp_path: Path, spec_file: str, count: int) -> Recorder:
+    """A recorder that has written `count` statuses of one spec file."""
     recorder = Recorder(tmp_path, tmp_path / "state" / "host.evidence.jsonl")
-    for n in range(100):
-        recorder.set_status("many.yaml", status(f"w{n}"))
-    recorder.flush({"many.yaml"})
+    for n in range(count):
+        recorder.set_status(spec_file, status(f"w{n}"))
+    recorder.flush({spec_file})
+    return recorder
+
+
+def test_a_flush_dumps_only_the_resources_that_changed(tmp_path: Path, monkeypatch) -> None:
+    recorder = flushed_recorder(tmp_path, "many.yaml", 100)
     dumped: list[object] = []
     real_dump = yaml.dump
     monkeypatch.setattr(recorder_module.yaml, "dump", lambda value, **options: dumped.append(value) or real_dump(value, **options))
@@ -60,10 +66,7 @@ def test_a_flush_dumps_only_the_resources_that_changed(tmp_path: Path, monkeypat
 
 
 def test_a_flush_turns_into_data_only_the_statuses_set_since_the_last(tmp_path: Path, monkeypatch) -> None:
-    recorder = Recorder(tmp_path, tmp_path / "state" / "host.evidence.jsonl")
-    for n in range(10):
-        recorder.set_status("ten.yaml", status(f"w{n}"))
-    recorder.flush({"ten.yaml"})
+    recorder = flushed_recorder(tmp_path, "ten.yaml", 10)
     seen: list[str] = []
     real_dump = ResourceStatus.model_dump
     monkeypatch.setattr(ResourceStatus, "model_dump", lambda self, **options: seen.append(self.name) or real_dump(self, **options))
@@ -79,10 +82,7 @@ def test_a_flush_turns_into_data_only_the_statuses_set_since_the_last(tmp_path: 
 def test_a_new_recorder_leaves_a_file_that_already_holds_what_it_would_write(tmp_path: Path) -> None:
     """A restarted daemon's first pass, and every `apply`, rewrote and synced each status file unchanged."""
     def flushed() -> Path:
-        recorder = Recorder(tmp_path, tmp_path / "state" / "host.evidence.jsonl")  # a new process's
-        for n in range(3):
-            recorder.set_status("apps.yaml", status(f"w{n}"))
-        recorder.flush({"apps.yaml"})
+        flushed_recorder(tmp_path, "apps.yaml", 3)  # a new process's
         return tmp_path / "apps.status.yaml"
     target = flushed()
     written = target.read_text()
