@@ -93,6 +93,7 @@ class Daemon:
 
     def start(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-native-"))
+        self.tmp.chmod(0o755)  # as root, each workload runs as a user of its own, who must reach its state folder
         self.desired.mkdir()
         for name, text in self.files.items():
             (self.desired / name).write_text(text)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
+import pytest
 import yaml
 
 from reconciler.api.meta import ResourceKey
 from reconciler.api.status import Placement, ResourceStatus
-from reconciler.control.gateway_routes import gateway_routes, routes_of
+import reconciler.control.gateway_routes as gateway_routes_module
+from reconciler.control.gateway_routes import RoutesPublisher, gateway_routes, routes_of
 from reconciler.diff.loopback import loopback_env_warnings
-from reconciler.gateway.routes import RouteState
-from reconciler.load.desired import build_desired
+from reconciler.gateway.routes import RouteState, RouteTable
+from reconciler.load.desired import DesiredState, build_desired
 from reconciler.record.conditions import set_condition
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -146,3 +149,28 @@ def test_aliases_name_one_model_and_never_shadow_a_name() -> None:
 def test_an_alias_is_a_name_not_a_path() -> None:
     desired = build_desired({"m.yaml": doc("Model", "m", {"source": "m.gguf", "aliases": ["a/../../etc", "m", "m"]}).encode()})
     assert [error.field for error in desired.errors["m.yaml"]] == ["spec.aliases[0]"], desired.errors
+
+
+def test_the_routes_are_made_again_only_when_a_routed_workloads_status_or_the_desired_state_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[int] = []
+    monkeypatch.setattr(gateway_routes_module, "routes_of", lambda *given: made.append(1) or routes_of(*given))
+    desired = build_desired({"servers.yaml": "---\n".join([llama("a", "tiny", 8081), doc(
+        "Workload", "plain", {"command": ["sleep", "1"]})]).encode(), "models.yaml": doc("Model", "tiny", {"source": "tiny.gguf"}).encode()})
+    publisher, path = RoutesPublisher(tmp_path / "gateway" / "routes.json"), tmp_path / "gateway" / "routes.json"
+    statuses = {ResourceKey("Workload", "a"): status("a", "Starting", False, "Starting", port=8081)}
+
+    def publish(desired: DesiredState = desired) -> RouteState:
+        publisher.publish(lambda: (desired, dict(statuses), {}))
+        return RouteTable.model_validate_json(path.read_text()).models["tiny"].state
+    assert publish() is RouteState.starting
+    for restarts in range(5):  # every reconcile of a workload that serves no model publishes: nothing to make again
+        statuses[ResourceKey("Workload", "plain")] = status("plain", "Running", True, "Running").model_copy(
+            update={"restart_count": restarts})
+        assert publish() is RouteState.starting
+    assert len(made) == 1
+    statuses[ResourceKey("Workload", "a")] = status("a", "Running", True, "Healthy", port=8081)
+    assert publish() is RouteState.ready and len(made) == 2
+    path.unlink()  # removed behind the daemon's back: written again
+    assert publish() is RouteState.ready and len(made) == 3
+    assert publish(build_desired({"models.yaml": doc("Model", "tiny", {"source": "tiny.gguf"}).encode()})) is RouteState.unavailable

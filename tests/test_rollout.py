@@ -47,6 +47,18 @@ def test_a_new_generation_progresses_until_ready_then_soaks_then_is_proven() -> 
     assert proven.proven and proven.state is RolloutState.proven and proven.clock is None
 
 
+def test_a_rollouts_message_does_not_count_seconds() -> None:
+    """Its status file is rewritten (and synced) whenever its content changes: a message counting the seconds of the
+    soak rewrote the file of every soaking workload on every pass."""
+    first = assess(None, GOOD, seen(False), UPDATE, at(0))
+    waiting = assess(first.clock, GOOD, seen(False), UPDATE, at(7))
+    assert waiting.message == first.message == "waiting for Ready (at most 60s): GET http://127.0.0.1:8099/: 200"
+    soaking = assess(waiting.clock, GOOD, seen(True), UPDATE, at(10))
+    later = assess(soaking.clock, GOOD, seen(True), UPDATE, at(21))
+    assert later.message == soaking.message == "Ready; proven once Ready for 30s in a row"
+    assert later.look_again == pytest.approx(19)
+
+
 def test_never_ready_within_the_deadline_fails_once_and_stays_failed() -> None:
     clock = assess(None, GOOD, seen(False), UPDATE, at(0)).clock
     failed = assess(clock, GOOD, seen(False, message="GET /health: connection refused"), UPDATE, at(60))

@@ -44,11 +44,17 @@ def test_a_status_file_is_one_dump_of_its_content_through_every_change(tmp_path:
     assert report["revision"] == recorder.revision and report["errors"] == []
 
 
-def test_a_flush_dumps_only_the_resources_that_changed(tmp_path: Path, monkeypatch) -> None:
+def flushed_recorder(tmp_path: Path, spec_file: str, count: int) -> Recorder:
+    """A recorder that has written `count` statuses of one spec file."""
     recorder = Recorder(tmp_path, tmp_path / "state" / "host.evidence.jsonl")
-    for n in range(100):
-        recorder.set_status("many.yaml", status(f"w{n}"))
-    recorder.flush({"many.yaml"})
+    for n in range(count):
+        recorder.set_status(spec_file, status(f"w{n}"))
+    recorder.flush({spec_file})
+    return recorder
+
+
+def test_a_flush_dumps_only_the_resources_that_changed(tmp_path: Path, monkeypatch) -> None:
+    recorder = flushed_recorder(tmp_path, "many.yaml", 100)
     dumped: list[object] = []
     real_dump = yaml.dump
     monkeypatch.setattr(recorder_module.yaml, "dump", lambda value, **options: dumped.append(value) or real_dump(value, **options))
@@ -57,3 +63,32 @@ def test_a_flush_dumps_only_the_resources_that_changed(tmp_path: Path, monkeypat
     w7 = next(resource for resource in recorder._written["many.status.yaml"][0]["resources"] if resource["name"] == "w7")
     assert dumped == [[w7]]  # not the 99 others, nor the unchanged head
     assert (tmp_path / "many.status.yaml").read_text() == one_dump(recorder, "many.yaml")
+
+
+def test_a_flush_turns_into_data_only_the_statuses_set_since_the_last(tmp_path: Path, monkeypatch) -> None:
+    recorder = flushed_recorder(tmp_path, "ten.yaml", 10)
+    seen: list[str] = []
+    real_dump = ResourceStatus.model_dump
+    monkeypatch.setattr(ResourceStatus, "model_dump", lambda self, **options: seen.append(self.name) or real_dump(self, **options))
+    recorder.set_status("ten.yaml", status("w3", "restarted"))  # each reconcile sets its own and flushes the file
+    recorder.flush({"ten.yaml"})
+    assert seen == ["w3"]
+    assert yaml.safe_load((tmp_path / "ten.status.yaml").read_text())["resources"][3]["message"] == "restarted"
+    recorder.set_status("ten.yaml", status("w3", "restarted"))  # an equal status, a new one: data again, same file
+    recorder.flush({"ten.yaml"})
+    assert seen == ["w3", "w3"] and (tmp_path / "ten.status.yaml").read_text() == one_dump(recorder, "ten.yaml")
+
+
+def test_a_new_recorder_leaves_a_file_that_already_holds_what_it_would_write(tmp_path: Path) -> None:
+    """A restarted daemon's first pass, and every `apply`, rewrote and synced each status file unchanged."""
+    def flushed() -> Path:
+        flushed_recorder(tmp_path, "apps.yaml", 3)  # a new process's
+        return tmp_path / "apps.status.yaml"
+    target = flushed()
+    written = target.read_text()
+    inode = target.stat().st_ino
+    assert flushed().stat().st_ino == inode  # read, found the same: not replaced
+    target.chmod(0o600)  # the same bytes, not the same file: replaced
+    assert flushed().stat().st_mode & 0o777 == 0o644 and target.stat().st_ino != inode
+    target.write_text(written.replace("name: w1", "name: w9"))  # an edit of the same size: undone
+    assert flushed().read_text() == written

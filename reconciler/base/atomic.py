@@ -72,6 +72,20 @@ def write_atomic(path: Path, data: bytes | str, mode: int = 0o644, *, root: Path
         os.fsync(directory)
 
 
+def already_holds(path: Path, data: bytes | str, mode: int = 0o644, *, root: Path | None = None) -> bool:
+    """Whether ``path`` is a regular file of this user's, with ``mode`` and exactly ``data``: what ``write_atomic``
+    would leave there (replacing it would change nothing but its inode). False for anything else, links included."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        with os.fdopen(open_regular(path, os.O_RDONLY, root=root), "rb") as file:
+            found = os.fstat(file.fileno())
+            if (found.st_uid, stat.S_IMODE(found.st_mode), found.st_size) != (os.geteuid(), mode, len(payload)):
+                return False
+            return file.read(len(payload) + 1) == payload
+    except OSError:
+        return False
+
+
 def open_regular(path: Path, flags: int, mode: int = 0o644, *, root: Path | None = None) -> int:
     """A descriptor on ``path`` (``flags`` as for os.open), which is a regular file and was reached without links."""
     with _directory(path.parent, root) as directory:

@@ -101,24 +101,40 @@ def gateway_routes(desired: DesiredState, statuses: list[ResourceStatus],
                      judged_specs(records))
 
 
+def routed_keys(desired: DesiredState) -> tuple[ResourceKey, ...]:
+    """The workloads whose status and judged spec `routes_of` reads: those serving a model, and containers that use
+    something (a gateway admits them by address). Pure."""
+    return tuple(key for key, entry in desired.resources.items() if isinstance(entry.resource, Workload)
+                 and (entry.resource.spec.model or (entry.resource.spec.runtime is Runtime.container
+                                                    and entry.resource.spec.uses)))
+
+
 class RoutesPublisher:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._written: RouteTable | None = None
+        self._inputs: tuple[object, ...] | None = None  # what the table written was made from
+        self._routed: tuple[DesiredState | None, tuple[ResourceKey, ...]] = (None, ())
         self._lock = threading.Lock()  # workers finish passes concurrently: compare and write as one step
 
     def publish(self, now: Callable[[], tuple[DesiredState, dict[ResourceKey, ResourceStatus], dict[ResourceKey, str]]]
                 ) -> None:
         """`now`: the desired state, statuses and the spec hashes they were judged for, read under this lock so
-        that a pass that finished earlier never writes its older view over a later one's."""
+        that a pass that finished earlier never writes its older view over a later one's. Every reconcile publishes:
+        the table is made again only when what it is made from changed (making it reads every resource, and a pass
+        of N reconciles made it N times)."""
         with self._lock:
             desired, statuses, judged = now()
+            if self._routed[0] is not desired:
+                self._routed = (desired, routed_keys(desired))
+            inputs = (desired, *((statuses.get(key), judged.get(key)) for key in self._routed[1]))
+            if inputs == self._inputs and self.path.exists():
+                return
             table = routes_of(desired, statuses, judged)
-            if table == self._written and self.path.exists():
-                return
-            try:
-                write_routes(self.path, table)
-            except (UnsafeFile, OSError) as problem:
-                log.error("the gateway's routes are not updated: %s", problem)
-                return
-            self._written = table
+            if table != self._written or not self.path.exists():
+                try:
+                    write_routes(self.path, table)
+                except (UnsafeFile, OSError) as problem:
+                    log.error("the gateway's routes are not updated: %s", problem)
+                    return
+            self._written, self._inputs = table, inputs

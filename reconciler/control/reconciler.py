@@ -36,7 +36,7 @@ from reconciler.diff.health import next_probes_in
 from reconciler.diff.uses import WAITING_FOR_DEPENDENCIES
 from reconciler.diff.plan import Action, Inputs, Verb, prerequisites
 from reconciler.gate.verdict import DEFAULT_POLICY
-from reconciler.load.desired import DesiredState, load_desired
+from reconciler.load.desired import DesiredState, LoadedFiles, load_desired
 from reconciler.observe import clock
 from reconciler.observe.git import GitError
 
@@ -83,6 +83,7 @@ class Reconciler:
         self.root, self.approvals, self.models, self.workloads = parts.root, parts.approvals, parts.models, parts.workloads
         self.metrics = metrics
         self.desired = DesiredState(files=(), resources={})
+        self._loaded = LoadedFiles()  # what the files' bytes gave at the last refresh
         self._seeded = False
         self._admission_lock = threading.Lock()
         self._revision_seen_at: float | None = None
@@ -101,7 +102,7 @@ class Reconciler:
         if not parts.root.is_dir():
             raise DesiredStateUnreadable(f"{parts.shown_root}: not a readable folder")
         previous = self.desired
-        self.desired, parts.holds.writing = load_desired(parts.shown_root), writing
+        self.desired, parts.holds.writing = load_desired(parts.shown_root, self._loaded), writing
         parts.workloads.observe_host()
         parts.workloads.memory_total = parts.host.refresh(parts.workloads.inventory).memory.total
         self._model_capacity()

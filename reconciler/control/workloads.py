@@ -71,7 +71,8 @@ class WorkloadRenderer:
         self._engine_problem: str | None = None
         self._engine_checked = False
         self._images: dict[str, ImageFacts] = {}  # present images seen this pass (an absent one is asked again)
-        self._listens = ListenObserver()
+        self._listens = ListenObserver(lambda: self._listening_users()[1])
+        self._listeners: tuple[frozenset[tuple[str, int]], frozenset[int] | None] | None = None  # records -> users
         self._loads: dict[str, tuple[int, EngineLoad, int | None]] = {}  # workload -> (pid, finished load, estimate)
         self._bridge: str | None | bool = False  # the host's address on the container bridge, read once a pass
         # the statuses of the named workloads, as the status files show them
@@ -226,9 +227,20 @@ class WorkloadRenderer:
         return self._listens.of(running.pid, self.driver.native.markers(running))
 
     def listening_version(self) -> tuple[frozenset[tuple[str, str, str]], frozenset[tuple[str, int]]]:
-        """Cheap to read, and different whenever what `listening_now` finds may be: the host's listening sockets and
-        the native workloads' process records (a start whose socket opened before its record was written)."""
-        return listening_table(), self.driver.native.records_version()
+        """Cheap to read, and different whenever what `listening_now` finds may be: the listening sockets of the users
+        the native workloads run as, and their process records (a start whose socket opened before its record was
+        written)."""
+        records, users = self._listening_users()
+        # another user's sockets changing (a busy desktop's, every few seconds) is no reason to map them all
+        return listening_table(users), records
+
+    def _listening_users(self) -> tuple[frozenset[tuple[str, int]], frozenset[int] | None]:
+        """The native workloads' process records, and the users whose processes may be theirs (None: anyone's)."""
+        native = self.driver.native
+        records, known = native.records_version(), self._listeners
+        if known is None or known[0] != records:  # who may listen changes only with a record
+            known = self._listeners = (records, native.listening_users())
+        return known
 
     def listening_now(self) -> dict[str, tuple[Listen, ...]]:
         """What each running native workload listens on now: the daemon looks often, and passes one that changed."""

@@ -55,7 +55,9 @@ def assess(clock: RolloutClock | None, known_good: KnownGood | None, observed: O
         if soaked >= update.soak_seconds:
             return Assessment(RolloutState.proven, f"Ready and healthy for {update.soak_seconds:g}s: the known-good "
                               "version now", None, proven=True)
-        return Assessment(RolloutState.soaking, f"Ready for {soaked:.0f}s of the {update.soak_seconds:g}s soak",
+        # no count of seconds in a message: each would rewrite the status file on every pass (Ready's condition
+        # says since when it is Ready)
+        return Assessment(RolloutState.soaking, f"Ready; proven once Ready for {update.soak_seconds:g}s in a row",
                           clock.model_copy(update={"ready_since": since}), look_again=update.soak_seconds - soaked)
     if clock.ready_since is not None:
         return _failed(clock, UNHEALTHY_WHILE_SOAKING, f"lost Ready while soaking: {observed.message}")
@@ -63,8 +65,8 @@ def assess(clock: RolloutClock | None, known_good: KnownGood | None, observed: O
     if waited >= update.progress_deadline_seconds:
         return _failed(clock, PROGRESS_DEADLINE_EXCEEDED,
                        f"not Ready within {update.progress_deadline_seconds:g}s: {observed.message}")
-    return Assessment(RolloutState.progressing, f"waiting {update.progress_deadline_seconds - waited:.0f}s more for "
-                      f"Ready: {observed.message}", clock, look_again=update.progress_deadline_seconds - waited)
+    return Assessment(RolloutState.progressing, f"waiting for Ready (at most {update.progress_deadline_seconds:g}s): "
+                      f"{observed.message}", clock, look_again=update.progress_deadline_seconds - waited)
 
 
 def _failed(clock: RolloutClock, reason: str, message: str) -> Assessment:

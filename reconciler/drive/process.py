@@ -106,6 +106,17 @@ class ProcessDriver:
                 continue
         return frozenset(found)
 
+    def listening_users(self) -> frozenset[int] | None:
+        """Whose sockets can be its running processes': the users they run as (a user of its own has no capabilities
+        and no-new-privileges: it creates sockets as itself alone). None, anyone's, when one runs as root, who may
+        become any user. A reconciler that is not root cannot map another user's sockets to processes anyway."""
+        users = set()
+        for name in self.owned_names():
+            record = self.observe(name).record
+            if record is not None and record.exit is None:
+                users.add(record.run_as.uid if record.run_as is not None else os.geteuid())
+        return None if 0 in users else frozenset(users)
+
     def observe(self, name: str) -> ProcessObservation:
         with self._lock:
             record = self._read(name)

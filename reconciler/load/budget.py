@@ -74,6 +74,19 @@ class ParseBudget:
         """The tallies a new file is counted in: its own, and the pass's."""
         return Tally(FILE, "the file", "the limit per file; split it"), self.whole
 
+    def spent(self) -> Counter[str]:
+        """What the pass has counted so far (a copy)."""
+        return Counter(self.whole.counts)
+
+    def charge(self, counts: Counter[str]) -> bool:
+        """Charge a file parsed before, whose own counts are known; False, charging nothing, when they would pass the
+        pass's limit (the file is then parsed again, so the error says where it was passed)."""
+        whole = self.whole
+        if any(whole.counts[what] + spent > getattr(whole.limits, what) for what, spent in counts.items()):
+            return False
+        whole.counts.update(counts)
+        return True
+
 
 def document_tally() -> Tally:
     return Tally(DOCUMENT, "a document", "the limit per document")

@@ -1,28 +1,26 @@
 """Where each native workload really listens: its process tree's sockets, read from the host, never from its spec.
 
-One read of the host's socket table (and of the parents of the processes that listen) serves every workload looked
-at within SNAPSHOT_SECONDS of it. Reading the table once costs about as much as reading one process's sockets
-(psutil parses the kernel's tables either way), so a pass with many workloads stays one read, and a
+One read of the host's listening sockets and of the processes that may hold them (their descriptors and parents)
+serves every workload looked at within SNAPSHOT_SECONDS of it, so a pass with many workloads stays one read, and a
 daemon busy with passes reads about once per SNAPSHOT_SECONDS (its listen watch reads afresh at that rhythm).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
-import socket
+import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import psutil
 
 from reconciler.api.status import Listen
+from reconciler.observe.socket_diag import Listener, listeners
 
 SNAPSHOT_SECONDS = 3.0  # how long one read serves the passes that follow it
-_SOCKET_TABLES = ("tcp", "tcp6", "udp", "udp6")
-_TCP_LISTEN = "0A"  # the kernel's state code for a listening TCP socket (include/net/tcp_states.h)
 
 
 @dataclass(frozen=True)
@@ -37,32 +35,18 @@ class ObservedListens:
 @dataclass
 class _Snapshot:
     listening: Mapping[int, frozenset[Listen]]  # pid -> its listening sockets
+    children: Mapping[int, list[int]]  # pid -> its child pids
     taken_at: float
-    # read on demand, once per snapshot: the parents of the few processes that listen, not of every process (a
-    # read of every process's parent cost 26 ms of each status on a host with 400 processes)
-    parents: dict[int, int | None] = field(default_factory=dict)
-    lineages: dict[int, frozenset[int]] = field(default_factory=dict)  # pid -> itself and its ancestors
-    environments: dict[int, Mapping[str, str]] = field(default_factory=dict)
+    environments: dict[int, Mapping[str, str]] = field(default_factory=dict)  # read on demand, once per snapshot
 
-    def in_tree(self, pid: int, leader: int) -> bool:
-        """Whether `pid` is `leader` or one of its descendants."""
-        if pid not in self.lineages:
-            chain: list[int] = []
-            ancestor: int | None = pid
-            # parents read at different moments can loop where a pid was reused between the reads
-            while ancestor is not None and ancestor > 0 and ancestor not in chain:
-                chain.append(ancestor)
-                ancestor = self._parent(ancestor)
-            self.lineages[pid] = frozenset(chain)
-        return leader in self.lineages[pid]
-
-    def _parent(self, pid: int) -> int | None:
-        if pid not in self.parents:
-            try:
-                self.parents[pid] = psutil.Process(pid).ppid()
-            except (psutil.Error, OSError):
-                self.parents[pid] = None
-        return self.parents[pid]
+    def descendants(self, leader: int) -> set[int]:
+        found, frontier = {leader}, [leader]
+        while frontier:
+            for child in self.children.get(frontier.pop(), ()):
+                if child not in found:
+                    found.add(child)
+                    frontier.append(child)
+        return found
 
     def carries(self, pid: int, markers: Mapping[str, str]) -> bool:
         if pid not in self.environments:
@@ -75,68 +59,82 @@ class _Snapshot:
 
 
 class ListenObserver:
-    def __init__(self) -> None:
+    def __init__(self, owners: Callable[[], frozenset[int] | None] = lambda: None) -> None:
+        """`owners`: the users whose processes may be a workload's (None: anyone's), asked at each read."""
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
+        self._owners = owners
 
     def read_afresh(self) -> None:
         with self._lock:
-            self._snapshot = _read(time.monotonic())
+            self._snapshot = _read(time.monotonic(), self._owners())
 
     def of(self, pid: int, markers: Mapping[str, str]) -> ObservedListens:
         """What the tree led by `pid` listens on; `markers`: environment entries that mark its escaped children."""
         with self._lock:
             snapshot = self._fresh()
+            tree = snapshot.descendants(pid)
             found = {listen for member, listens in snapshot.listening.items()
-                     if snapshot.in_tree(member, pid) or snapshot.carries(member, markers) for listen in listens}
+                     if member in tree or snapshot.carries(member, markers) for listen in listens}
         return ObservedListens(pid, tuple(sorted(found, key=lambda listen: (listen.port, listen.protocol, listen.address))))
 
     def _fresh(self) -> _Snapshot:
         now = time.monotonic()
         if self._snapshot is None or now - self._snapshot.taken_at >= SNAPSHOT_SECONDS:
-            self._snapshot = _read(now)
+            self._snapshot = _read(now, self._owners())
         return self._snapshot
 
 
-def listening_table() -> frozenset[tuple[str, str, str]]:
-    """The host's listening sockets as the kernel lists them (/proc/net: table, local address, inode), without
-    mapping them to processes: cheap to read, and it changes whenever any process starts or stops listening.
-    The daemon's listen watch maps sockets to workloads (a scan of every process's descriptors, ~20 ms) only when
-    this changed: an idle daemon with 100 workloads spent 5 % of a core doing that every 3 s."""
-    found = set()
-    for table in _SOCKET_TABLES:
+def listening_table(owners: frozenset[int] | None = None) -> frozenset[tuple[str, str, int]]:
+    """The host's listening sockets as the kernel lists them (table, local address, inode), without mapping them to
+    processes: cheap to read, and it changes whenever any process starts or stops listening. The daemon's listen
+    watch maps sockets to workloads only when this changed: an idle daemon with 100 workloads spent 5 % of a core
+    doing that every 3 s. `owners`: only the sockets these users created (the kernel lists each socket's creator),
+    None: everyone's."""
+    try:
+        found = listeners()
+    except OSError:
+        return frozenset({("unreadable", "", 0)})  # never equal to a readable table: the full read decides
+    return frozenset((each.table, each.local, each.inode) for each in found if owners is None or each.uid in owners)
+
+
+def _read(now: float, owners: frozenset[int] | None) -> _Snapshot:
+    """Which process holds each listening socket, and each process's parent: of the processes of `owners` alone
+    when given (a workload's user has no capabilities and no-new-privileges: its processes stay its own), judged by
+    the credentials in /proc/PID/status (a process can make its /proc folder root's, not its user id)."""
+    sockets = {each.inode: _as_listen(each) for each in listeners()}  # any creator's: one may be handed to a workload
+    listening: dict[int, frozenset[Listen]] = {}
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
         try:
-            with open(f"/proc/net/{table}", encoding="ascii") as lines:
-                next(lines, None)  # the column names
-                for line in lines:
-                    fields = line.split()
-                    local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
-                    if state == _TCP_LISTEN if table.startswith("tcp") else set(remote.split(":")[0]) == {"0"}:
-                        found.add((table, local, inode))
-        except OSError:
-            return frozenset({("unreadable", table, "")})  # never equal to a readable table: the full read decides
-    return frozenset(found)
+            with open(f"/proc/{entry.name}/status", encoding="utf-8", errors="replace") as status:
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+            if owners is not None and not owners & set(map(int, fields["Uid"].split())):  # real, effective, saved, fs
+                continue
+            held = {sockets[inode] for inode in _socket_inodes(entry.name) if inode in sockets}
+        except (OSError, KeyError, ValueError):
+            continue  # it ended meanwhile, or it is not ours to read
+        pid = int(entry.name)
+        children.setdefault(int(fields["PPid"]), []).append(pid)
+        if held:
+            listening[pid] = frozenset(held)
+    return _Snapshot(listening, children, now)
 
 
-def _read(now: float) -> _Snapshot:
-    listening: dict[int, set[Listen]] = {}
-    for connection in psutil.net_connections(kind="inet"):
-        listen = _as_listen(connection)
-        if listen is not None and connection.pid is not None:
-            listening.setdefault(connection.pid, set()).add(listen)
-    return _Snapshot({pid: frozenset(listens) for pid, listens in listening.items()}, now)
+def _socket_inodes(pid: str) -> set[int]:
+    found = set()
+    for descriptor in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(f"/proc/{pid}/fd/{descriptor}")
+            if target.startswith("socket:["):
+                found.add(int(target[8:-1]))
+    return found
 
 
-def _as_listen(connection: Any) -> Listen | None:  # one of psutil.net_connections()
-    """A TCP listener, or a UDP socket bound with no peer (it takes datagrams from anyone); None for the rest."""
-    if connection.type == socket.SOCK_STREAM and connection.status != psutil.CONN_LISTEN:
-        return None
-    if connection.type == socket.SOCK_DGRAM and connection.raddr:
-        return None
-    if not connection.laddr:
-        return None
-    address = ipaddress.ip_address(connection.laddr.ip.split("%", 1)[0])
+def _as_listen(listener: Listener) -> Listen:
+    address = ipaddress.ip_address(listener.address)
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped  # an IPv6 socket bound to ::ffff:a.b.c.d takes only what reaches a.b.c.d
-    protocol = "tcp" if connection.type == socket.SOCK_STREAM else "udp"
-    return Listen(address=str(address), port=connection.laddr.port, protocol=protocol)
+    return Listen(address=str(address), port=listener.port, protocol="udp" if listener.table.startswith("udp") else "tcp")

@@ -21,7 +21,7 @@ import yaml
 
 from reconciler.api.meta import API_VERSION, ResourceKey
 from reconciler.api.status import ResourceStatus
-from reconciler.base.atomic import UnsafeFile, remove_regular, write_atomic
+from reconciler.base.atomic import UnsafeFile, already_holds, remove_regular, write_atomic
 from reconciler.load.desired import SPEC_SUFFIXES, output_stem
 from reconciler.observe import clock
 from reconciler.record.evidence import EVIDENCE_SUFFIX, EvidenceLog, last_record_about
@@ -53,6 +53,7 @@ class Recorder:
         self._file_errors: dict[str, list[str]] = {}
         self._written: dict[str, tuple[dict[str, Any], _Identity]] = {}  # what each file holds, as data
         self._texts: dict[str, dict[Any, tuple[Any, str]]] = {}  # each file's parts as last dumped: data -> text
+        self._dumps: dict[str, dict[tuple[str, str], tuple[ResourceStatus, dict[str, Any]]]] = {}  # status -> data
         self._logs: dict[str, EvidenceLog] = {}
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()  # computing a status file and writing it is one step
@@ -167,6 +168,7 @@ class Recorder:
         else:
             self._remove(spec_file, sibling(spec_file, DECISIONS))
         if not statuses and not errors:
+            self._dumps.pop(spec_file, None)
             self._remove(spec_file, sibling(spec_file, STATUS))  # nothing of this file is owned any more
             return
         errors = [*errors, *(reason for reason in refused if reason not in errors)]
@@ -176,9 +178,20 @@ class Recorder:
             "source": spec_file,
             **revision,
             "errors": errors,
-            "resources": [s.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"decision_record"})
-                          for s in statuses],
+            "resources": self._dumped(spec_file, statuses),
         }, STATUS_HEADER)
+
+    def _dumped(self, spec_file: str, statuses: list[ResourceStatus]) -> list[dict[str, Any]]:
+        """Each status as its file shows it, dumped again only when it is a new one: each reconcile sets a new status
+        for its own resource and flushes its whole file, and dumping every status of the file again was a fifth of
+        an idle pass. A status set is never changed afterwards (each pass makes its own). Flush lock held."""
+        before, after = self._dumps.get(spec_file, {}), {}
+        for status in statuses:
+            known = before.get((status.kind, status.name))
+            after[(status.kind, status.name)] = known if known is not None and known[0] is status else (
+                status, status.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"decision_record"}))
+        self._dumps[spec_file] = after
+        return [dumped for _, dumped in after.values()]
 
     def _remove(self, spec_file: str, name: str) -> None:
         try:
@@ -199,8 +212,15 @@ class Recorder:
         target = self.root / name
         if self._written.get(name) == (body, _identity(target)):
             return
+        text = header + self._text(name, body)
+        # not written by this process yet (the first pass after a start, each `apply`): read before writing, since
+        # rewriting and syncing every status file unchanged was most of a first pass
+        if name not in self._written and already_holds(target, text, root=self.root):
+            self._refusal(spec_file, name, None)
+            self._written[name] = (body, _identity(target))
+            return
         try:
-            write_atomic(target, header + self._text(name, body), root=self.root)
+            write_atomic(target, text, root=self.root)
         except FileNotFoundError:
             return  # its folder was removed: the resources it held are being removed
         except UnsafeFile as unsafe:
