@@ -57,3 +57,28 @@ def test_a_flush_dumps_only_the_resources_that_changed(tmp_path: Path, monkeypat
     w7 = next(resource for resource in recorder._written["many.status.yaml"][0]["resources"] if resource["name"] == "w7")
     assert dumped == [[w7]]  # not the 99 others, nor the unchanged head
     assert (tmp_path / "many.status.yaml").read_text() == one_dump(recorder, "many.yaml")
+
+
+def test_a_file_that_already_holds_what_a_new_recorder_would_write_is_left_as_it_is(tmp_path: Path) -> None:
+    """A one-shot `apply` starts with no memory of what it wrote: a status file already saying the same is not
+    replaced (no sync per file of a pass that changes nothing), while one that differs, in its bytes or its
+    permissions, is replaced."""
+    target = tmp_path / "apps.status.yaml"
+    first = Recorder(tmp_path, tmp_path / "state" / "host.evidence.jsonl")
+    first.set_status("apps.yaml", status("a", "running"))
+    first.flush({"apps.yaml"})
+    written = target.stat()
+
+    def next_process(message: str) -> None:
+        recorder = Recorder(tmp_path, tmp_path / "state" / "host.evidence.jsonl")
+        recorder.set_status("apps.yaml", status("a", message))
+        recorder.flush({"apps.yaml"})
+
+    next_process("running")
+    assert target.stat().st_ino == written.st_ino and target.stat().st_mtime_ns == written.st_mtime_ns
+    target.chmod(0o600)
+    next_process("running")
+    assert target.stat().st_ino != written.st_ino and target.stat().st_mode & 0o777 == 0o644
+    replaced = target.stat().st_ino
+    next_process("restarted")
+    assert target.stat().st_ino != replaced and "restarted" in target.read_text()

@@ -72,6 +72,21 @@ def write_atomic(path: Path, data: bytes | str, mode: int = 0o644, *, root: Path
         os.fsync(directory)
 
 
+def holds(path: Path, data: bytes | str, mode: int = 0o644, *, root: Path | None = None) -> bool:
+    """Whether ``path`` is a regular file holding exactly ``data`` with permissions ``mode``: replacing it with
+    them would change nothing (and cost a sync). A link, a special file or an unreadable one: False, so the
+    write that follows refuses it as it would have."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        with os.fdopen(open_regular(path, os.O_RDONLY, root=root), "rb") as file:
+            found = os.fstat(file.fileno())
+            if found.st_size != len(payload) or stat.S_IMODE(found.st_mode) != mode:
+                return False
+            return file.read(len(payload) + 1) == payload
+    except OSError:
+        return False
+
+
 def open_regular(path: Path, flags: int, mode: int = 0o644, *, root: Path | None = None) -> int:
     """A descriptor on ``path`` (``flags`` as for os.open), which is a regular file and was reached without links."""
     with _directory(path.parent, root) as directory:

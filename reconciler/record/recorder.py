@@ -20,7 +20,7 @@ import yaml
 
 from reconciler.api.meta import API_VERSION, ResourceKey
 from reconciler.api.status import ResourceStatus
-from reconciler.base.atomic import UnsafeFile, remove_regular, write_atomic
+from reconciler.base.atomic import UnsafeFile, holds, remove_regular, write_atomic
 from reconciler.load.desired import SPEC_SUFFIXES, output_stem
 from reconciler.observe import clock
 from reconciler.record.evidence import EVIDENCE_SUFFIX, EvidenceLog
@@ -194,8 +194,10 @@ class Recorder:
         target = self.root / name
         if self._written.get(name) == (body, _identity(target)):
             return
+        text = header + self._text(name, body)
         try:
-            write_atomic(target, header + self._text(name, body), root=self.root)
+            if not holds(target, text, root=self.root):  # as a one-shot `apply` finds most files it would write
+                write_atomic(target, text, root=self.root)
         except FileNotFoundError:
             return  # its folder was removed: the resources it held are being removed
         except UnsafeFile as unsafe:
