@@ -175,6 +175,27 @@ def test_a_no_op_apply_and_a_status_list_once_and_inspect_each_container_once(
     assert calls.get("GET /containers/json", 0) <= 2, calls
 
 
+def test_a_cold_apply_lists_once_per_look_of_the_pass_not_once_per_workload(
+    space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
+) -> None:
+    """The events a start causes itself, and the memory each start commits beside the others, send no more looks to
+    the engine: with N workloads it listed about 4N times and inspected each new container three times."""
+    if not docker_engine.address.startswith("unix://"):
+        pytest.skip("the counting proxy stands on a unix socket")
+    names = [f"cold-{index}" for index in range(5)]
+    for name in names:
+        space.write(f"{name}.yaml", container_yaml(name, command=HTTPD, resources={"memory": "32Mi"},
+                                                   ports=[{"containerPort": 8080, "hostPort": free_port()}]))
+    done, calls = counted(space, docker_engine, tmp_path / "apply.sock", "apply")
+    assert done.returncode == 0, done.stderr
+    assert calls.get("POST /containers/create") == calls.get("POST /containers/{}/start") == len(names), calls
+    assert calls.get("GET /containers/json", 0) <= 4, calls  # the seed's keys, the first look, adopting, the round's
+    assert calls.get("GET /containers/{}/json", 0) <= 2 * len(names), calls  # the engine SDK's after create, the start's
+    statuses = {name: space.resource_status(f"{name}.yaml", name) for name in names}
+    assert {name: status["phase"] for name, status in statuses.items()} == dict.fromkeys(names, "Running"), statuses
+    assert sorted(status["containerId"] for status in statuses.values()) == sorted(c.id for c in ours(docker_engine, space))
+
+
 def test_starts_with_memory_limits_overlap_when_all_of_them_fit(space: Workspace, docker_engine: EngineUnderTest) -> None:
     """Memory is committed one start at a time only when it could run out: 6 x 32 MiB cannot, so `apply`'s workers
     start them side by side, as Compose does (one at a time, every create was followed by its own start)."""

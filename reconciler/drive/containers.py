@@ -80,6 +80,13 @@ class ContainerDriver:
         except (EngineUnavailable, docker.errors.APIError):
             return []
 
+    def seen_names(self) -> list[str]:
+        """As owned_names, from the pass's listing and what happened since, without a new listing per look."""
+        try:
+            return self._seen.seen_names()
+        except (EngineUnavailable, docker.errors.APIError):
+            return []
+
     def observe(self, name: str) -> ProcessObservation:
         self._watch()
         try:
@@ -172,8 +179,9 @@ class ContainerDriver:
     def start(self, name: str, launch: ContainerLaunch, generation: int) -> ProcessObservation:  # type: ignore[override]
         try:
             return self._start(name, launch, generation)
-        finally:
+        except BaseException:
             self._seen.changed(name)
+            raise
 
     def _start(self, name: str, launch: ContainerLaunch, generation: int) -> ProcessObservation:
         try:
@@ -187,6 +195,9 @@ class ContainerDriver:
                 except docker.errors.APIError:
                     self._forget_start(name)  # refused: nothing was made
                     raise
+                # what the start leaves is inspected at its end, and that inspection serves the looks that follow
+                # (the pass's status, the other workloads' memory): the events of this start are not news then
+                mark = self._seen.expect(container.id, "create", "start", name=name)
                 try:
                     container.start()
                 except docker.errors.APIError as error:
@@ -200,6 +211,7 @@ class ContainerDriver:
         except docker.errors.APIError as error:
             raise _failed(error, "ContainerCreateFailed") from None
         self._remember_start(name, container)
+        self._seen.acted(name, [container], mark)
         return self._observation(name, [container])
 
     def pull(self, launch: ContainerLaunch) -> ContainerLaunch:
@@ -297,7 +309,9 @@ class ContainerDriver:
                                                           "or fix spec.volumes")
 
     def _remove_all(self, name: str) -> None:
-        for container in self.engine.owned(self._owner, name):
+        """Every container of the workload, as the pass saw it (or afresh, when an event or an act since says so)."""
+        for container in self._seen.of(name):
+            self._seen.expect(container.id, "die", "destroy")
             try:
                 if container.status in _RUNNING:  # one whose labels we cannot read: still stopped gracefully
                     container.stop(timeout=10)
@@ -359,10 +373,10 @@ class ContainerDriver:
                             self._on_engine_back()
                     lost = False
                     for event in events:
-                        name = (event.get("Actor") or {}).get("Attributes", {}).get(WORKLOAD_LABEL)
-                        if name:
-                            self._seen.changed(name)
-                        if name and event.get("Action") in ("die", "destroy"):
+                        actor, action = event.get("Actor") or {}, event.get("Action", "")
+                        name = actor.get("Attributes", {}).get(WORKLOAD_LABEL)
+                        news = bool(name) and self._seen.event(name, actor.get("ID", ""), action)
+                        if news and action in ("die", "destroy"):
                             self._on_exit(name)
             except Exception as error:  # noqa: BLE001 - the engine went away: wait for it, never die
                 if not lost:
