@@ -247,6 +247,30 @@ def test_spec_change_recreates_with_a_new_config_hash_and_says_why(space: Worksp
     assert done[-1]["containerId"] == after.id
 
 
+def test_a_recreate_stops_and_starts_once_and_its_own_exit_wakes_nothing(
+    space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
+) -> None:
+    """The old container's exit and removal are the recreate's own doing: they do not queue the workload for another
+    reconcile, which listed and inspected it again (the new container was already seen by its start)."""
+    if not docker_engine.address.startswith("unix://"):
+        pytest.skip("the counting proxy stands on a unix socket")
+    port = free_port()
+    space.write("web.yaml", container_yaml("web", command=HTTPD, ports=[{"containerPort": 8080, "hostPort": port}]))
+    assert space.cli("apply").returncode == 0
+    space.write("web.yaml", container_yaml("web", command=HTTPD, env={"GREETING": "hi"},
+                                           ports=[{"containerPort": 8080, "hostPort": port}]))
+    done, calls = counted(space, docker_engine, tmp_path / "apply.sock", "apply")
+    assert done.returncode == 0, done.stderr
+    writes = {endpoint: count for endpoint, count in calls.items() if not endpoint.startswith("GET ")}
+    assert writes == {"POST /containers/{}/stop": 1, "DELETE /containers/{}": 1, "POST /containers/create": 1,
+                      "POST /containers/{}/start": 1}, calls
+    # listings: the seed's keys, its first look after subscribing, adopting, the round's keys; inspections: the
+    # old one (seen by the pass), after its stop, the engine SDK's when reading its log and after the create, the
+    # start's
+    assert calls.get("GET /containers/json", 0) <= 4 and calls.get("GET /containers/{}/json", 0) <= 5, calls
+    assert "GREETING=hi" in the_container(docker_engine, space, "web").attrs["Config"]["Env"]
+
+
 # -- drift, adoption, the engine going away ------------------------------------------------------------------------
 
 

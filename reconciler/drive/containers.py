@@ -240,15 +240,20 @@ class ContainerDriver:
         Raises EngineUnavailable, or StartFailed when the engine refuses: the caller tries again later."""
         try:
             return self._stop(name, grace_seconds, forget)
-        finally:
+        except BaseException:
             self._seen.changed(name)
+            raise
 
     def _stop(self, name: str, grace_seconds: float, forget: bool) -> ExitInfo | None:
         observed = None
         if not self._last_started(name) and self.engine.unavailable() is not None:
+            self._seen.changed(name)
             return None  # an intent precedes every create: without one, there is no container of ours to stop
+        mark = self._seen.mark(name)
         with self.engine.reach():
-            for container in self.engine.owned(self._owner, name):
+            for container in self._seen.of(name):  # as this pass saw them, or afresh if anything happened since
+                # the exit this stop causes is no news to wake the workload with: the pass that stops it looks after
+                self._seen.expect(container.id, "die", *(("destroy",) if forget else ()))
                 try:
                     if container.status in _RUNNING:
                         container.stop(timeout=math.ceil(grace_seconds))
@@ -263,6 +268,9 @@ class ContainerDriver:
                     raise StartFailed("ContainerStopFailed", f"{container.name}: {error.explanation or error}") from None
         if forget:
             self._forget_start(name)
+            self._seen.acted(name, [], mark)  # all removed: the start that may follow need not look again
+        else:
+            self._seen.changed(name)
         return observed.exit if observed else None
 
     # -- internals --------------------------------------------------------------------------

@@ -94,9 +94,13 @@ class OwnedContainers:
             self._expected.update((container_id, event) for event in events)
             return self._subscriptions, self._touched.get(name, 0)
 
+    def mark(self, name: str) -> tuple[int, int]:
+        """As `expect` returns: taken before an act whose events are all expected before they can happen."""
+        return self.expect("", name=name)
+
     def acted(self, name: str, containers: list[Container], mark: tuple[int, int]) -> None:
         """`containers`, inspected after our own act, are all the workload has (as a start leaves it: it removed
-        the others first); kept for the looks that follow unless an event or a lost stream came after `mark`."""
+        the others first; none, after a stop that removed them); kept for the looks that follow unless an event or a lost stream came after `mark`."""
         with self._lock:
             self._epoch += 1  # a listing that overlapped the act is not kept
             if not self._reusable or self._listing is None or (self._subscriptions, self._touched.get(name, 0)) != mark:
