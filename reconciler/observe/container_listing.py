@@ -113,13 +113,13 @@ class OwnedContainers:
     def event(self, name: str, container_id: str, action: str) -> bool:
         """The engine says `action` happened to a container of `name`: news (True), unless our own act caused it."""
         with self._lock:
-            if (container_id, action) in self._expected:
-                self._expected.discard((container_id, action))
-                return False
-            if action == "destroy":  # no later event of it will come
+            expected = (container_id, action) in self._expected
+            self._expected.discard((container_id, action))
+            if action == "destroy":  # no later event of it will come (a stop expects a die that may not)
                 self._expected = {pair for pair in self._expected if pair[0] != container_id}
-        self.changed(name)
-        return True
+        if not expected:
+            self.changed(name)
+        return not expected
 
     def changed(self, name: str) -> None:
         """An event or an act about `name`: its next look asks the engine."""
