@@ -250,8 +250,9 @@ def test_spec_change_recreates_with_a_new_config_hash_and_says_why(space: Worksp
 def test_a_recreate_stops_and_starts_once_and_its_own_exit_wakes_nothing(
     space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
 ) -> None:
-    """The old container's exit and removal are the recreate's own doing: they do not queue the workload for another
-    reconcile, which listed and inspected it again (the new container was already seen by its start)."""
+    """The old container is stopped and removed before the new one is created (docs/guides/containers.md says why).
+    Its exit and removal are the recreate's own doing: they do not queue the workload for another reconcile, which
+    listed and inspected it again (the new container was already seen by its start)."""
     if not docker_engine.address.startswith("unix://"):
         pytest.skip("the counting proxy stands on a unix socket")
     port = free_port()
@@ -259,8 +260,15 @@ def test_a_recreate_stops_and_starts_once_and_its_own_exit_wakes_nothing(
     assert space.cli("apply").returncode == 0
     space.write("web.yaml", container_yaml("web", command=HTTPD, env={"GREETING": "hi"},
                                            ports=[{"containerPort": 8080, "hostPort": port}]))
+    time.sleep(1.1)  # the engine's event times have one-second resolution in filters: none of the first apply's
+    since = datetime.now(timezone.utc)
     done, calls = counted(space, docker_engine, tmp_path / "apply.sock", "apply")
     assert done.returncode == 0, done.stderr
+    time.sleep(1.1)
+    events = docker_engine.client().events(since=since, until=datetime.now(timezone.utc), decode=True, filters={
+        "label": [f"{OWNER_LABEL}={owner_id(space.state)}"], "event": ["create", "start", "die", "destroy"]})
+    # the old one goes first (the new one publishes the same port), and one name per workload stays true
+    assert [event["Action"] for event in events] == ["die", "destroy", "create", "start"]
     writes = {endpoint: count for endpoint, count in calls.items() if not endpoint.startswith("GET ")}
     assert writes == {"POST /containers/{}/stop": 1, "DELETE /containers/{}": 1, "POST /containers/create": 1,
                       "POST /containers/{}/start": 1}, calls
