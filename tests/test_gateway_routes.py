@@ -1,8 +1,10 @@
-"""The gateway's routes as computed from statuses, and `plan`'s warning for a container told to use loopback. Pure."""
+"""The gateway's routes as computed from statuses (pure), how the routes file is rewritten (real files), and `plan`'s
+warning for a container told to use loopback."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import yaml
 
@@ -10,7 +12,8 @@ from reconciler.api.meta import ResourceKey
 from reconciler.api.status import Placement, ResourceStatus
 from reconciler.control.gateway_routes import gateway_routes, routes_of
 from reconciler.diff.loopback import loopback_env_warnings
-from reconciler.gateway.routes import RouteState
+from reconciler.gateway.routes import Route, RouteState, RouteTable
+from reconciler.gateway.routes_file import RoutesFile, routes_path, write_routes
 from reconciler.load.desired import build_desired
 from reconciler.record.conditions import set_condition
 
@@ -146,3 +149,19 @@ def test_aliases_name_one_model_and_never_shadow_a_name() -> None:
 def test_an_alias_is_a_name_not_a_path() -> None:
     desired = build_desired({"m.yaml": doc("Model", "m", {"source": "m.gguf", "aliases": ["a/../../etc", "m", "m"]}).encode()})
     assert [error.field for error in desired.errors["m.yaml"]] == ["spec.aliases[0]"], desired.errors
+
+
+def test_routes_already_written_are_not_replaced_so_the_gateway_does_not_read_them_again(tmp_path: Path) -> None:
+    """A one-shot `apply` publishes the routes afresh: the same table leaves the file (its identity, which the
+    gateway watches) as it was; another table replaces it."""
+    path = routes_path(tmp_path)
+    table = RouteTable(models={"tiny": Route(state=RouteState.starting, reason="Starting", message="not yet")})
+    write_routes(path, table)
+    reader = RoutesFile(path)
+    assert reader.current() == table
+    written = path.stat()
+    write_routes(path, table)
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+    moved = RouteTable(models={"tiny": Route(state=RouteState.starting, reason="Starting", message="soon")})
+    write_routes(path, moved)
+    assert path.stat().st_ino != written.st_ino and reader.current() == moved
