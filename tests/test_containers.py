@@ -175,6 +175,27 @@ def test_a_no_op_apply_and_a_status_list_once_and_inspect_each_container_once(
     assert calls.get("GET /containers/json", 0) <= 2, calls
 
 
+def test_a_cold_apply_lists_once_per_look_of_the_pass_not_once_per_workload(
+    space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
+) -> None:
+    """The events a start causes itself, and the memory each start commits beside the others, send no more looks to
+    the engine: with N workloads it listed about 4N times and inspected each new container three times."""
+    if not docker_engine.address.startswith("unix://"):
+        pytest.skip("the counting proxy stands on a unix socket")
+    names = [f"cold-{index}" for index in range(5)]
+    for name in names:
+        space.write(f"{name}.yaml", container_yaml(name, command=HTTPD, resources={"memory": "32Mi"},
+                                                   ports=[{"containerPort": 8080, "hostPort": free_port()}]))
+    done, calls = counted(space, docker_engine, tmp_path / "apply.sock", "apply")
+    assert done.returncode == 0, done.stderr
+    assert calls.get("POST /containers/create") == calls.get("POST /containers/{}/start") == len(names), calls
+    assert calls.get("GET /containers/json", 0) <= 4, calls  # the seed's keys, the first look, adopting, the round's
+    assert calls.get("GET /containers/{}/json", 0) <= 2 * len(names), calls  # the engine SDK's after create, the start's
+    statuses = {name: space.resource_status(f"{name}.yaml", name) for name in names}
+    assert {name: status["phase"] for name, status in statuses.items()} == dict.fromkeys(names, "Running"), statuses
+    assert sorted(status["containerId"] for status in statuses.values()) == sorted(c.id for c in ours(docker_engine, space))
+
+
 def test_starts_with_memory_limits_overlap_when_all_of_them_fit(space: Workspace, docker_engine: EngineUnderTest) -> None:
     """Memory is committed one start at a time only when it could run out: 6 x 32 MiB cannot, so `apply`'s workers
     start them side by side, as Compose does (one at a time, every create was followed by its own start)."""
@@ -224,6 +245,38 @@ def test_spec_change_recreates_with_a_new_config_hash_and_says_why(space: Worksp
     assert recreate[0]["image"] == TEST_IMAGE and recreate[0]["imageId"] == after.image.id
     done = [event for event in space.evidence("web.yaml") if event.get("event") == "action" and event["action"] == "recreate"]
     assert done[-1]["containerId"] == after.id
+
+
+def test_a_recreate_stops_and_starts_once_and_its_own_exit_wakes_nothing(
+    space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
+) -> None:
+    """The old container is stopped and removed before the new one is created (docs/guides/containers.md says why).
+    Its exit and removal are the recreate's own doing: they do not queue the workload for another reconcile, which
+    listed and inspected it again (the new container was already seen by its start)."""
+    if not docker_engine.address.startswith("unix://"):
+        pytest.skip("the counting proxy stands on a unix socket")
+    port = free_port()
+    space.write("web.yaml", container_yaml("web", command=HTTPD, ports=[{"containerPort": 8080, "hostPort": port}]))
+    assert space.cli("apply").returncode == 0
+    space.write("web.yaml", container_yaml("web", command=HTTPD, env={"GREETING": "hi"},
+                                           ports=[{"containerPort": 8080, "hostPort": port}]))
+    time.sleep(1.1)  # the engine's event times have one-second resolution in filters: none of the first apply's
+    since = datetime.now(timezone.utc)
+    done, calls = counted(space, docker_engine, tmp_path / "apply.sock", "apply")
+    assert done.returncode == 0, done.stderr
+    time.sleep(1.1)
+    events = docker_engine.client().events(since=since, until=datetime.now(timezone.utc), decode=True, filters={
+        "label": [f"{OWNER_LABEL}={owner_id(space.state)}"], "event": ["create", "start", "die", "destroy"]})
+    # the old one goes first (the new one publishes the same port), and one name per workload stays true
+    assert [event["Action"] for event in events] == ["die", "destroy", "create", "start"]
+    writes = {endpoint: count for endpoint, count in calls.items() if not endpoint.startswith("GET ")}
+    assert writes == {"POST /containers/{}/stop": 1, "DELETE /containers/{}": 1, "POST /containers/create": 1,
+                      "POST /containers/{}/start": 1}, calls
+    # listings: the seed's keys, its first look after subscribing, adopting, the round's keys; inspections: the
+    # old one (seen by the pass), after its stop, the engine SDK's when reading its log and after the create, the
+    # start's
+    assert calls.get("GET /containers/json", 0) <= 4 and calls.get("GET /containers/{}/json", 0) <= 5, calls
+    assert "GREETING=hi" in the_container(docker_engine, space, "web").attrs["Config"]["Env"]
 
 
 # -- drift, adoption, the engine going away ------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The gateway's routes as computed from statuses, and `plan`'s warning for a container told to use loopback. Pure."""
+"""The gateway's routes as computed from statuses (pure), how the routes file is rewritten (real files), and `plan`'s
+warning for a container told to use loopback."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from reconciler.api.status import Placement, ResourceStatus
 import reconciler.control.gateway_routes as gateway_routes_module
 from reconciler.control.gateway_routes import RoutesPublisher, gateway_routes, routes_of
 from reconciler.diff.loopback import loopback_env_warnings
-from reconciler.gateway.routes import RouteState, RouteTable
+from reconciler.gateway.routes import Route, RouteState, RouteTable
+from reconciler.gateway.routes_file import RoutesFile, routes_path, write_routes
 from reconciler.load.desired import DesiredState, build_desired
 from reconciler.record.conditions import set_condition
 
@@ -174,3 +176,19 @@ def test_the_routes_are_made_again_only_when_a_routed_workloads_status_or_the_de
     path.unlink()  # removed behind the daemon's back: written again
     assert publish() is RouteState.ready and len(made) == 3
     assert publish(build_desired({"models.yaml": doc("Model", "tiny", {"source": "tiny.gguf"}).encode()})) is RouteState.unavailable
+
+
+def test_routes_already_written_are_not_replaced_so_the_gateway_does_not_read_them_again(tmp_path: Path) -> None:
+    """A one-shot `apply` publishes the routes afresh: the same table leaves the file (its identity, which the
+    gateway watches) as it was; another table replaces it."""
+    path = routes_path(tmp_path)
+    table = RouteTable(models={"tiny": Route(state=RouteState.starting, reason="Starting", message="not yet")})
+    write_routes(path, table)
+    reader = RoutesFile(path)
+    assert reader.current() == table
+    written = path.stat()
+    write_routes(path, table)
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+    moved = RouteTable(models={"tiny": Route(state=RouteState.starting, reason="Starting", message="soon")})
+    write_routes(path, moved)
+    assert path.stat().st_ino != written.st_ino and reader.current() == moved

@@ -296,7 +296,7 @@ class WorkloadRenderer:
         if not wanted:
             return None
         committed = 0
-        for other in self.driver.owned_names():
+        for other in self.driver.seen_names():
             key = ResourceKey("Workload", other)
             entry, record = desired.resources.get(key), remembered(key)
             resource = entry.resource if entry else KINDS["Workload"].model_validate(record.resource) if record else None
@@ -372,7 +372,7 @@ class WorkloadRenderer:
         held exclusively, or shared with the memory each sharer declared."""
         taken: dict[int, str] = {}
         shared: dict[int, tuple[tuple[str, int], ...]] = {}
-        for other in self.driver.owned_names():
+        for other in self.driver.seen_names():
             observed = self.driver.observe(other) if other != name else None
             if observed is None or observed.record is None:
                 continue

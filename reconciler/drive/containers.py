@@ -74,6 +74,13 @@ class ContainerDriver:
         except (EngineUnavailable, docker.errors.APIError):
             return []
 
+    def seen_names(self) -> list[str]:
+        """As owned_names, from the pass's listing and what happened since, without a new listing per look."""
+        try:
+            return self._seen.seen_names()
+        except (EngineUnavailable, docker.errors.APIError):
+            return []
+
     def observe(self, name: str) -> ProcessObservation:
         self._watch()
         try:
@@ -166,8 +173,9 @@ class ContainerDriver:
     def start(self, name: str, launch: ContainerLaunch, generation: int) -> ProcessObservation:  # type: ignore[override]
         try:
             return self._start(name, launch, generation)
-        finally:
+        except BaseException:
             self._seen.changed(name)
+            raise
 
     def _start(self, name: str, launch: ContainerLaunch, generation: int) -> ProcessObservation:
         try:
@@ -181,6 +189,9 @@ class ContainerDriver:
                 except docker.errors.APIError:
                     self._forget_start(name)  # refused: nothing was made
                     raise
+                # what the start leaves is inspected at its end, and that inspection serves the looks that follow
+                # (the pass's status, the other workloads' memory): the events of this start are not news then
+                mark = self._seen.expect(container.id, "create", "start", name=name)
                 try:
                     container.start()
                 except docker.errors.APIError as error:
@@ -194,6 +205,7 @@ class ContainerDriver:
         except docker.errors.APIError as error:
             raise failure_of(error, "ContainerCreateFailed") from None
         self._remember_start(name, container)
+        self._seen.acted(name, [container], mark)
         return self._observation(name, [container])
 
     def pull(self, launch: ContainerLaunch) -> ContainerLaunch:
@@ -222,15 +234,20 @@ class ContainerDriver:
         Raises EngineUnavailable, or StartFailed when the engine refuses: the caller tries again later."""
         try:
             return self._stop(name, grace_seconds, forget)
-        finally:
+        except BaseException:
             self._seen.changed(name)
+            raise
 
     def _stop(self, name: str, grace_seconds: float, forget: bool) -> ExitInfo | None:
         observed = None
         if not self._last_started(name) and self.engine.unavailable() is not None:
+            self._seen.changed(name)
             return None  # an intent precedes every create: without one, there is no container of ours to stop
+        mark = self._seen.mark(name)
         with self.engine.reach():
-            for container in self.engine.owned(self._owner, name):
+            for container in self._seen.of(name):  # as this pass saw them, or afresh if anything happened since
+                # the exit this stop causes is no news to wake the workload with: the pass that stops it looks after
+                self._seen.expect(container.id, "die", *(("destroy",) if forget else ()))
                 try:
                     if container.status in _RUNNING:
                         if not forget:  # its exit stays on record, to be told from a crash
@@ -247,6 +264,9 @@ class ContainerDriver:
                     raise StartFailed("ContainerStopFailed", f"{container.name}: {error.explanation or error}") from None
         if forget:
             self._forget_start(name)
+            self._seen.acted(name, [], mark)  # all removed: the start that may follow need not look again
+        else:
+            self._seen.changed(name)
         return observed.exit if observed else None
 
     # -- internals --------------------------------------------------------------------------
@@ -294,7 +314,9 @@ class ContainerDriver:
                                                           "or fix spec.volumes")
 
     def _remove_all(self, name: str) -> None:
-        for container in self.engine.owned(self._owner, name):
+        """Every container of the workload, as the pass saw it (or afresh, when an event or an act since says so)."""
+        for container in self._seen.of(name):
+            self._seen.expect(container.id, "die", "destroy")
             try:
                 if container.status in _RUNNING:  # one whose labels we cannot read: still stopped gracefully
                     container.stop(timeout=10)
@@ -371,10 +393,10 @@ class ContainerDriver:
                             self._on_engine_back()
                     lost = False
                     for event in events:
-                        name = (event.get("Actor") or {}).get("Attributes", {}).get(WORKLOAD_LABEL)
-                        if name:
-                            self._seen.changed(name)
-                        if name and event.get("Action") in ("die", "destroy"):
+                        actor, action = event.get("Actor") or {}, event.get("Action", "")
+                        name = actor.get("Attributes", {}).get(WORKLOAD_LABEL)
+                        news = bool(name) and self._seen.event(name, actor.get("ID", ""), action)
+                        if news and action in ("die", "destroy"):
                             self._on_exit(name)
             except Exception as error:  # noqa: BLE001 - the engine went away: wait for it, never die
                 if not lost:

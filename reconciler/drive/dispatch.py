@@ -22,6 +22,10 @@ class Drivers:
     def owned_names(self) -> list[str]:
         return sorted({*self.native.owned_names(), *self.containers.owned_names()})
 
+    def seen_names(self) -> list[str]:
+        """As owned_names, with the containers as this pass saw them (no listing per look)."""
+        return sorted({*self.native.owned_names(), *self.containers.seen_names()})
+
     def adopt(self) -> list[int]:
         return self.native.adopt() + self.containers.adopt()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from reconciler.base.atomic import write_atomic
+from reconciler.base.atomic import already_holds, write_atomic
 from reconciler.gateway.routes import RouteTable
 
 log = logging.getLogger("reconciler.gateway")
@@ -24,7 +24,9 @@ def routes_path(state_dir: Path) -> Path:
 def write_routes(path: Path, table: RouteTable) -> None:
     path.parent.mkdir(mode=0o711, exist_ok=True)  # the gateway, running as a user of its own, reads the file
     path.parent.chmod(0o711)
-    write_atomic(path, table.model_dump_json(by_alias=True, indent=1) + "\n", root=path.parent.parent)
+    text = table.model_dump_json(by_alias=True, indent=1) + "\n"
+    if not already_holds(path, text, root=path.parent.parent):  # replaced, the gateway would read it again for nothing
+        write_atomic(path, text, root=path.parent.parent)
 
 
 class RoutesFile:
