@@ -44,7 +44,8 @@ def test_a_readonly_command_writes_no_anchor(tmp_path: Path) -> None:
 
 def test_a_system_time_moves_onto_this_clock_the_same_on_every_call() -> None:
     """Docker's timestamps are converted on every pass: a conversion that varied with when it ran (the two clocks
-    are read one after the other) made one exit a new exit on each pass, and its back-off doubled each time."""
+    are read one after the other) rewrote the status for nothing (and, when exits were told by it, made one exit a
+    new exit on each pass, its back-off doubled each time)."""
     moment = clock.now()
     converted = set()
     for _ in range(200):

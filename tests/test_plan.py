@@ -514,12 +514,24 @@ def test_the_same_exit_is_counted_once() -> None:
 @pytest.mark.parametrize(
     "later", [ended(pid=100, finished_at=NOW), ended(pid=101)], ids=["reused-pid", "same-time-other-pid"]
 )
-def test_an_exit_is_matched_by_pid_and_finish_time(later: ExitInfo) -> None:
+def test_an_exit_recorded_before_runs_were_named_is_matched_by_pid_and_finish_time(later: ExitInfo) -> None:
     web = workload()
     once = note(remembered(web), ended(pid=100), web)
     twice = note(once, later, web)
     assert twice.consecutive_failures == 2
     assert twice.last_exit == later
+
+
+def test_an_exit_is_told_by_its_run_not_by_a_finish_time_converted_between_clocks() -> None:
+    """The engine's FinishedAt on the reconciler's clock moves with the offset between the clocks (a slewed system
+    clock): the same run's exit seen again is not counted again; another run's, at the same time, is."""
+    web = workload()
+    run = "container 5e1f started 2026-12-05T21:00:00.1Z finished 2026-12-05T21:00:01.2Z"
+    once = note(remembered(web), ended(pid=100).model_copy(update={"run": run}), web)
+    slewed = ended(pid=100, finished_at=NOW - timedelta(seconds=1, milliseconds=20)).model_copy(update={"run": run})
+    assert note(once, slewed, web) == once
+    another = note(once, ended(pid=100).model_copy(update={"run": run.replace("5e1f", "77ab")}), web)
+    assert another.consecutive_failures == 2
 
 
 def test_an_exit_the_policy_does_not_restart_is_recorded_without_a_retry() -> None:

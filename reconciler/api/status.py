@@ -39,6 +39,8 @@ class ExitInfo(Report):
     code: int | None = Field(None, description="None when the process was not our child and its code is lost.")
     signal: int | None = None
     finished_at: datetime
+    run: str = Field("", description="Which run ended, in the runtime's own words (a container's id and its engine's "
+                     "start and finish times; a pid and its kernel start time): the same exit looked at again.")
     ran_seconds: float
     oom_killed: bool = False
     stopped_by_reconciler: bool = Field(
@@ -52,6 +54,11 @@ class ExitInfo(Report):
         if self.code is None:
             return "process exited (exit code unknown: it ended while no reconciler was its parent)"
         return f"process exited with code {self.code}"
+
+    def same_exit(self, other: ExitInfo) -> bool:
+        if self.run and other.run:
+            return self.run == other.run
+        return (self.pid, self.finished_at) == (other.pid, other.finished_at)  # one recorded before runs were named
 
     @property
     def failed(self) -> bool | None:

@@ -329,7 +329,7 @@ def note_observations(
     if exit_info is None:
         return record
     seen = record.last_exit
-    if seen is not None and (seen.pid, seen.finished_at) == (exit_info.pid, exit_info.finished_at):
+    if seen is not None and seen.same_exit(exit_info):
         return record
     record = record.model_copy(update={"last_exit": exit_info})
     if stopped_as_failed(record, exit_info):

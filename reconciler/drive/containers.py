@@ -26,7 +26,7 @@ from reconciler.api.launch import ContainerLaunch
 from reconciler.api.status import ExitInfo
 from reconciler.base.atomic import write_atomic
 from reconciler.drive.container_config import GENERATION_LABEL, create_args, enforcement, launch_of
-from reconciler.drive.engine_answers import addresses_of, engine_time, failure_of
+from reconciler.drive.engine_answers import addresses_of, engine_time, failure_of, system_time
 from reconciler.drive.logs import LogStore
 from reconciler.drive.ports import port_free
 from reconciler.drive.protocol import StartFailed
@@ -296,11 +296,15 @@ class ContainerDriver:
             if not self._readonly and self._started_pid(name, container.id) != pid:
                 self._remember_start(name, container)
             return ProcessObservation(ProcessState.running, record)
-        finished = engine_time(state.get("FinishedAt"), started_at)
-        exit_info = ExitInfo(pid=pid, code=state.get("ExitCode"), finished_at=finished,
-                             ran_seconds=max(0.0, (finished - started_at).total_seconds()),
-                             oom_killed=bool(state.get("OOMKilled")),
-                             stopped_by_reconciler=self._stopped_by_us(name, container.id, finished))
+        # The engine's own words tell this exit from another, and its own clock how long the run took: moved onto
+        # the reconciler's clock as they are read, they would change whenever the system clock is slewed or stepped.
+        began, ended = state.get("StartedAt"), state.get("FinishedAt")
+        start_time, finish_time = system_time(began), system_time(ended)
+        ran = (finish_time - start_time).total_seconds() if start_time and finish_time else 0.0
+        exit_info = ExitInfo(pid=pid, code=state.get("ExitCode"), finished_at=engine_time(ended, started_at),
+                             run=f"container {container.id} started {began} finished {ended}",
+                             ran_seconds=max(0.0, ran), oom_killed=bool(state.get("OOMKilled")),
+                             stopped_by_reconciler=self._stopped_by_us(name, container.id, finish_time))
         return ProcessObservation(ProcessState.exited, record.model_copy(update={"exit": exit_info}))
 
     def _check_host(self, launch: ContainerLaunch) -> None:
@@ -348,14 +352,16 @@ class ContainerDriver:
         """Before the stop call, kept across a crash: the engine records an exit, never who asked for it."""
         started = self._last_started(name)
         if started.get("id") == container_id:
-            write_atomic(self._started / f"{name}.json", json.dumps({**started, "stopAt": clock.now().isoformat()}), mode=0o600)
+            stop_at = clock.system_now().isoformat()  # on the engine's clock, to compare with its FinishedAt as it is
+            write_atomic(self._started / f"{name}.json", json.dumps({**started, "stopAt": stop_at}), mode=0o600)
 
-    def _stopped_by_us(self, name: str, container_id: str, finished: datetime) -> bool:
-        """An exit after the reconciler asked for it (an idle or unhealthy stop), not a crash before the ask."""
+    def _stopped_by_us(self, name: str, container_id: str, finished: datetime | None) -> bool:
+        """An exit after the reconciler asked for it (an idle or unhealthy stop), not a crash before the ask; both
+        times the system clock's: converted as they are read, an exit a few ms after its stop could seem before it."""
         started = self._last_started(name)
         asked = started.get("stopAt") if started.get("id") == container_id else None
         try:
-            return isinstance(asked, str) and finished >= datetime.fromisoformat(asked)
+            return isinstance(asked, str) and finished is not None and finished >= datetime.fromisoformat(asked)
         except (TypeError, ValueError):  # a damaged record proves nothing: the exit stays one it did not cause
             return False
 

@@ -27,12 +27,17 @@ def failure_of(error: docker.errors.APIError, fallback: str) -> StartFailed:
 
 
 def engine_time(text: str | None, never: datetime) -> datetime:
-    """Docker's RFC 3339 with nanoseconds, taken from the system clock, on the reconciler's clock; `never` for its
-    zero time ('0001-01-01...')."""
+    """Docker's time on the reconciler's clock; `never` for its zero time."""
+    moment = system_time(text)
+    return never if moment is None else clock.from_system(moment)
+
+
+def system_time(text: str | None) -> datetime | None:
+    """Docker's RFC 3339 with nanoseconds as the system clock gave it (None for its zero time, '0001-01-01...'):
+    to compare with another system-clock time, which moving both onto the reconciler's clock would only blur."""
     if not text or text.startswith("0001-"):
-        return never
-    trimmed = re.sub(r"(\.\d{6})\d+", r"\1", text).replace("Z", "+00:00")
-    return clock.from_system(datetime.fromisoformat(trimmed))
+        return None
+    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", text).replace("Z", "+00:00"))
 
 
 def addresses_of(container: Container) -> tuple[str, ...]:

@@ -42,9 +42,10 @@ def step() -> float:
     """Seconds the system clock is ahead of this clock (negative: behind): how far it was stepped since the anchor.
 
     Whole milliseconds, and the same until it moves by STEP_RESOLUTION: the two clocks are read one after the
-    other, and that noise (microseconds, far more when the thread is preempted between the reads) made one Docker
-    timestamp a different time on each pass, so one container exit was counted again on every pass and its
-    restart's back-off doubled each time, to the maximum.
+    other, and that noise (microseconds, far more when the thread is preempted between the reads) would make one
+    Docker timestamp a different time on each look, rewriting the status file for nothing. It still moves while
+    the system clock is slewed (NTP: up to 0.5 ms a second), so a converted time identifies nothing: an exit is
+    told from another by the runtime's own words (ExitInfo.run).
     """
     global _step
     measured = _measured_step()
@@ -60,6 +61,11 @@ def _measured_step() -> float:
         before, wall, after = _since_boot(), time.time(), _since_boot()
         readings.append((after - before, wall - (_anchor + (before + after) / 2)))
     return min(readings)[1]
+
+
+def system_now() -> datetime:
+    """The system clock itself, as other programs here (the Docker engine) read it: to compare with their times."""
+    return datetime.now(timezone.utc)
 
 
 def from_system(moment: datetime) -> datetime:
