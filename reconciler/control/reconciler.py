@@ -26,7 +26,8 @@ from reconciler.control.holds import last_valid
 from reconciler.control.metrics import Metrics
 from reconciler.control.planning import Planned, plan
 from reconciler.control.recording import (
-    Recorded, conclude_pass, describe, log_decision, measure, record_decision_before_acting, record_outcome,
+    Recorded, conclude_pass, describe, log_decision, measure, record_decision_before_acting, record_failed_acting,
+    record_outcome,
 )
 from reconciler.control.recovery import close_cut_short
 from reconciler.control.removal import remove_resource
@@ -34,7 +35,7 @@ from reconciler.control.result import Result
 from reconciler.control.gateway_routes import judged_specs
 from reconciler.diff.health import next_probes_in
 from reconciler.diff.uses import WAITING_FOR_DEPENDENCIES
-from reconciler.diff.plan import Action, Inputs, Verb, prerequisites
+from reconciler.diff.plan import Action, Inputs, Operation, Verb, prerequisites
 from reconciler.gate.verdict import DEFAULT_POLICY
 from reconciler.load.desired import DesiredState, LoadedFiles, load_desired
 from reconciler.observe import clock
@@ -229,8 +230,13 @@ class Reconciler:
             measure(parts, planned, None, None, started)
             return Result.after(ENGINE_RETRY_SECONDS) if kept else Result.until_event(), False
         digest = record_decision_before_acting(parts, planned, now)
-        planned, fetched = fetch_model(parts, planned, self.desired, now)
-        executed = fetched or execute(parts, planned, now)
+        ran: list[Operation] = []
+        try:
+            planned, fetched = fetch_model(parts, planned, self.desired, now)
+            executed = fetched or execute(parts, planned, now, ran)
+        except Exception as error:
+            record_failed_acting(parts, planned, ran, error)
+            raise
         log_decision(planned, digest, executed)
         concluded = conclude_pass(parts, planned, executed, now)
         measure(parts, planned, executed.failure, concluded[1] if concluded else None, started)

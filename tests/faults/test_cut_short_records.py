@@ -6,6 +6,7 @@ A start (a process, a container) is cut short at the crash point right after its
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -13,11 +14,13 @@ import signal
 from pathlib import Path
 
 import psutil
+import pytest
 
 from reconciler.base.crash_points import CRASH_VARIABLE
 from tests.conftest import SLEEPER, Workspace, wait_for, workload_yaml
 from tests.docker_engine import EngineUnderTest
 from tests.faults.conftest import Ledger
+from tests.faults.test_disk_full import fill, small_disk  # noqa: F401 (a fixture)
 from tests.test_containers import container_yaml, policy_yaml, the_container
 
 
@@ -116,4 +119,42 @@ def test_a_stop_whose_outcome_a_crash_cut_short_is_recorded_as_done(workspace: W
     assert "stop's record was cut short by a crash" in ended["cause"], ended
     verified = workspace.cli("verify", str(workspace.desired), "--state-dir", str(workspace.state))
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    row.passed += 1
+
+
+def test_a_pass_that_fails_after_its_decision_writes_the_failure_not_a_crash_later(
+    workspace: Workspace, small_disk: Path, ledger: Ledger
+) -> None:
+    """A replacement refused for want of room in the state directory (drivers.check_room) is a failed action with an
+    outcome line at once; the next start finds no decision left open, so it never calls it a crash."""
+    row = ledger.row("the state directory full when a replacement begins",
+                     "the failure follows its decision as its outcome; a restart closes nothing")
+    row.runs += 1
+    from reconciler.api.meta import ResourceKey
+    from reconciler.control.reconciler import Reconciler
+
+    key = ResourceKey("Workload", "kept")
+    workspace.write("kept.yaml", workload_yaml("kept", SLEEPER, ("v1",)))
+    reconciler = Reconciler(workspace.desired, small_disk)
+    reconciler.refresh()
+    reconciler.adopt()
+    reconciler.reconcile(key)
+    first = workspace.pid("kept.yaml", "kept")
+    workspace.write("kept.yaml", workload_yaml("kept", SLEEPER, ("v2",)))  # a replacement: a stop, then a start
+    reconciler.refresh()
+    filler = fill(small_disk)
+    with pytest.raises(OSError) as full:
+        reconciler.reconcile(key)
+    assert full.value.errno == errno.ENOSPC
+    decision, outcome = workspace.evidence("kept.yaml")[-2:]
+    assert (decision["event"], decision["action"]) == ("decision", "recreate"), decision
+    assert (outcome["event"], outcome["action"], outcome["result"]) == ("action", "recreate", "failed"), outcome
+    assert outcome["failure"]["reason"] == "StorageUnavailable" and outcome["failedOperation"]["op"] == "stop", outcome
+    assert psutil.pid_exists(first), "what ran is not stopped for a replacement the state cannot record"
+
+    filler.unlink()
+    restarted = Reconciler(workspace.desired, small_disk)
+    restarted.refresh()
+    restarted.adopt()
+    assert closing(workspace, "kept.yaml") is None, workspace.evidence("kept.yaml")[-1]
     row.passed += 1
