@@ -28,7 +28,8 @@ def close_cut_short(parts: Parts, desired: DesiredState, keys: list[ResourceKey]
         if key.kind != "Workload" or source is None:
             continue
         last = parts.recorder.last_evidence(
-            source, lambda line: line.get("resource") == str(key) and line.get("event") in ("decision", "action"))
+            source, lambda line: line.get("resource") == str(key) and line.get("event") in ("decision", "action"),
+            mentions=f'"resource":"{key}"'.encode())  # as the log writes it: compact, keys sorted
         if last is None or not acted_on(last[0]):
             continue
         observed = parts.drivers.observe(key.name, maybe_container(entry, record))
