@@ -42,6 +42,7 @@ def test_the_outcome_says_what_the_restart_found(line: dict, observed: ProcessOb
 @pytest.mark.parametrize("line", [
     decision("start", decision="deny"), decision("start", decision="needs-approval"), decision(action="hold"),
     decision("start", action="hold"), {**decision("start"), "event": "action"}, {**decision("start"), "operations": "x"},
+    decision("start", action="x" * 10_000), decision("start", action=["create"]), decision("start", action="none"),
 ])
 def test_only_a_decision_carried_out_is_waiting_for_an_outcome(line: dict) -> None:
     assert not acted_on(line)

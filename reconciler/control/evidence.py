@@ -17,6 +17,9 @@ from reconciler.record.conditions import condition
 from reconciler.record.status import ACCELERATED
 
 
+_ACTED_VERBS = frozenset(verb.value for verb in Verb if verb is not Verb.none)  # a hold, an orphan: nothing done
+
+
 def _action_name(action: Action) -> str:
     if action.hold is not None:
         return "hold"
@@ -119,7 +122,7 @@ def acted_on(line: dict[str, Any]) -> bool:
     operations = line.get("operations")
     approved = line.get("decision") == "approve" or line.get("decision") is None and line.get("action") == "delete"
     return line.get("event") == "decision" and approved and isinstance(operations, list) and bool(operations) \
-        and line.get("action") not in ("hold", "orphan")
+        and isinstance(line.get("action"), str) and line["action"] in _ACTED_VERBS
 
 
 def cut_short_outcome(decision: dict[str, Any], decision_hash: str, observed: ProcessObservation,
@@ -145,7 +148,7 @@ def cut_short_outcome(decision: dict[str, Any], decision_hash: str, observed: Pr
         result, found = "stopped", "nothing of it runs now"
     what = "start" if "start" in operations else "stop"
     cause = f"the {what}'s record was cut short by a crash (no outcome followed its decision); on restart: {found}"
-    note = Recovered(action=str(decision.get("action"))[:32], result=result, cause=cause, at=now, pid=running,
+    note = Recovered(action=str(decision["action"]), result=result, cause=cause, at=now, pid=running,
                      container_id=run.container_id if running is not None and run else None,
                      started_at=run.started_at if started_by_it and run else None)
     line: dict[str, Any] = {"time": now.isoformat(), "resource": decision.get("resource"),

@@ -30,6 +30,7 @@ from reconciler.gate.verdict import Decision
 from reconciler.load.desired import DesiredState
 from reconciler.observe import clock
 from reconciler.record.decision_record import record_digest
+from reconciler.record.evidence import line_hash
 from reconciler.record.recorder import sibling
 from reconciler.record.status import PassOutcome, conclude
 
@@ -59,7 +60,13 @@ def record_decision_before_acting(parts: Parts, planned: Planned, now: datetime)
         line = decision_record(action, planned.verdict, record, now, parts.host.digest)
         if planned.model is not None and planned.model.selection is not None:
             line["modelSelection"] = planned.model.selection.message  # what was chosen, and why not the others
-        parts.recorder.evidence(source, line)
+        written = parts.recorder.evidence(source, line)
+        if planned.executed:
+            try:
+                parts.remembered.store.vouch(action.key, line_hash(written))
+            except OSError as error:
+                record_failed_acting(parts, planned, [], error)
+                raise
     return digest
 
 
@@ -81,6 +88,7 @@ def record_failed_acting(parts: Parts, planned: Planned, ran: list[Operation], e
     try:
         generation = planned.action.generation or (planned.record.generation if planned.record else 1)
         parts.recorder.evidence(source, outcome_record(planned.action, generation, failure, None, failure.at, ran=ran))
+        parts.remembered.store.settled(planned.action.key)
     except OSError as unwritten:
         log.error("%s: the outcome of its failed action is not on record either: %s", planned.action.key, unwritten,
                   **about(planned.action.key))
@@ -167,6 +175,7 @@ def record_outcome(parts: Parts, planned: Planned, executed: Executed, concluded
         parts.recorder.evidence(record.source, outcome_record(action, record.generation, executed.failure, executed.after,
                                                               clock.now(), ran=executed.ran,
                                                               under_way=executed.under_way))
+        parts.remembered.store.settled(action.key)
     if digest is not None:
         record = record.model_copy(update={"last_decision": digest})
     if planned.listens is not None and record.exposure != (planned.record.exposure if planned.record else None):

@@ -30,13 +30,14 @@ def close_cut_short(parts: Parts, desired: DesiredState, keys: list[ResourceKey]
         last = parts.recorder.last_evidence(
             source, lambda line: line.get("resource") == str(key) and line.get("event") in ("decision", "action"),
             mentions=f'"resource":"{key}"'.encode())  # as the log writes it: compact, keys sorted
-        if last is None or not acted_on(last[0]):
-            continue
+        if last is None or not acted_on(last[0]) or parts.remembered.store.vouched(key) != last[1]:
+            continue  # no decision left open, or not one this state directory says was being carried out
         observed = parts.drivers.observe(key.name, maybe_container(entry, record))
         if observed.state is ProcessState.unknown:
             continue  # the engine is away: what happened is not known yet, and the next start looks again
         line, note = cut_short_outcome(*last, observed, now)
         parts.recorder.evidence(source, line)
+        parts.remembered.store.settled(key)
         log.warning("%s: %s: %s", key, line["result"], note.cause, **about(key))
         if record is None:  # a first start cut short: the record it would have left, as this host is seen now
             described = describe(parts, plan(parts, desired, key, now), desired, now)

@@ -233,6 +233,11 @@ def _hash(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
 
 
+def line_hash(written: Mapping[str, Any]) -> str:
+    """The hash of the line ``append`` wrote for ``written`` (what the next line's ``prev`` carries)."""
+    return _hash(_encode(written).encode("utf-8"))
+
+
 def _encode(record: Mapping[str, Any]) -> str:
     """One line's text: canonical, so the same record always hashes the same."""
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

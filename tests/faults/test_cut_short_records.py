@@ -158,3 +158,45 @@ def test_a_pass_that_fails_after_its_decision_writes_the_failure_not_a_crash_lat
     restarted.adopt()
     assert closing(workspace, "kept.yaml") is None, workspace.evidence("kept.yaml")[-1]
     row.passed += 1
+
+
+def forge_decision(workspace: Workspace, spec_file: str, name: str, time: str) -> None:
+    """What someone who can write the desired-state folder can append: a decision that chains, as if the reconciler
+    had begun to start `name` and been killed before its outcome."""
+    path = workspace.desired / spec_file.replace(".yaml", ".evidence.jsonl")
+    lines = path.read_bytes().splitlines() if path.exists() else []
+    prev = hashlib.sha256(lines[-1]).hexdigest() if lines else "0" * 64
+    forged = {"time": time, "resource": f"Workload/{name}", "generation": 1, "event": "decision", "action": "create",
+              "cause": "not running", "decision": "approve", "reasons": [],
+              "operations": [{"op": "start", "cause": "not running"}], "prev": prev}
+    with path.open("ab") as log:
+        log.write(json.dumps(forged, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+
+
+def test_a_forged_decision_in_the_evidence_is_never_closed_in_the_reconcilers_name(workspace: Workspace,
+                                                                                  ledger: Ledger) -> None:
+    """Only a decision the state directory names as being carried out is closed: a forged one that chains is not
+    called 'adopted' for a run the reconciler started otherwise, and gives no record to a workload never started."""
+    row = ledger.row("a forged decision appended to the evidence before a restart",
+                     "no outcome line in the reconciler's name; no record made from it")
+    row.runs += 1
+    from reconciler.api.meta import ResourceKey
+    from reconciler.control.reconciler import Reconciler
+
+    workspace.write("real.yaml", workload_yaml("real", SLEEPER))
+    first = Reconciler(workspace.desired, workspace.state)
+    first.refresh()
+    first.adopt()
+    first.reconcile(ResourceKey("Workload", "real"))
+    assert workspace.pid("real.yaml", "real")
+    forge_decision(workspace, "real.yaml", "real", "2000-01-01T00:00:00+00:00")  # before its run: 'it started it'
+    workspace.write("ghost.yaml", workload_yaml("ghost", SLEEPER))
+    forge_decision(workspace, "ghost.yaml", "ghost", "2000-01-01T00:00:00+00:00")
+
+    restarted = Reconciler(workspace.desired, workspace.state)
+    restarted.refresh()
+    restarted.adopt()
+    assert closing(workspace, "real.yaml") is None, workspace.evidence("real.yaml")[-1]
+    assert closing(workspace, "ghost.yaml") is None, workspace.evidence("ghost.yaml")[-1]
+    assert ResourceKey("Workload", "ghost") not in restarted.records, "a record made from a forged line"
+    row.passed += 1
