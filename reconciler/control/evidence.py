@@ -126,9 +126,10 @@ def acted_on(line: dict[str, Any]) -> bool:
 
 
 def cut_short_outcome(decision: dict[str, Any], decision_hash: str, observed: ProcessObservation,
-                      now: datetime) -> tuple[dict[str, Any], Recovered]:
+                      now: datetime, stopped_spawn: int | None = None) -> tuple[dict[str, Any], Recovered]:
     """The outcome line of an action a crash kept from its own (`decision`: its last line), from what runs now; and
-    the note its status carries while that stays so. `closes` names the decision line by its hash."""
+    the note its status carries while that stays so. `closes` names the decision line by its hash.
+    `stopped_spawn`: the pid its start spawned, never recorded, that the restart stopped."""
     operations = [op.get("op") for op in decision["operations"] if isinstance(op, dict)]
     run = observed.record
     try:
@@ -142,6 +143,8 @@ def cut_short_outcome(decision: dict[str, Any], decision_hash: str, observed: Pr
             else ("not done", f"what ran before still runs (pid {running}); the next pass decides again")
     elif started_by_it and run is not None and run.exit is not None:
         result, found = "exited", f"pid {run.pid} started and has since ended: {run.exit.describe()}"
+    elif "start" in operations and stopped_spawn is not None:
+        result, found = "not started", f"pid {stopped_spawn} it spawned was never recorded, and is stopped"
     elif "start" in operations:
         result, found = "not started", "nothing it would have started runs"
     else:
@@ -158,4 +161,6 @@ def cut_short_outcome(decision: dict[str, Any], decision_hash: str, observed: Pr
     line |= note.model_dump(mode="json", by_alias=True, include={"pid", "container_id", "started_at"}, exclude_none=True)
     if started_by_it and run is not None:
         line["pid"] = run.pid  # the run the start made, even one that has ended since
+    if stopped_spawn is not None and running is None:
+        line["stoppedPid"] = stopped_spawn
     return line, note

@@ -19,9 +19,13 @@ from reconciler.observe.processes import ProcessState
 log = logging.getLogger("reconciler")
 
 
-def close_cut_short(parts: Parts, desired: DesiredState, keys: list[ResourceKey], now: datetime) -> None:
+def close_cut_short(parts: Parts, desired: DesiredState, keys: list[ResourceKey], now: datetime,
+                    stopped_spawns: dict[str, int]) -> list[ResourceKey]:
     """For each workload whose last decision or outcome line is a decision acted on: its outcome as observed now,
-    in the evidence (naming the decision line by hash) and on its record, which its status shows while it holds."""
+    in the evidence (naming the decision line by hash) and on its record, which its status shows while it holds.
+    `stopped_spawns`: the pid adopt() stopped for a workload, spawned by its start and never recorded. Returns the
+    workloads closed."""
+    closed = []
     for key in keys:
         entry, record = desired.resources.get(key), parts.remembered.get(key)
         source = entry.file if entry is not None else record.source if record is not None else None
@@ -35,7 +39,7 @@ def close_cut_short(parts: Parts, desired: DesiredState, keys: list[ResourceKey]
         observed = parts.drivers.observe(key.name, maybe_container(entry, record))
         if observed.state is ProcessState.unknown:
             continue  # the engine is away: what happened is not known yet, and the next start looks again
-        line, note = cut_short_outcome(*last, observed, now)
+        line, note = cut_short_outcome(*last, observed, now, stopped_spawns.get(key.name))
         parts.recorder.evidence(source, line)
         parts.remembered.store.settled(key)
         log.warning("%s: %s: %s", key, line["result"], note.cause, **about(key))
@@ -44,3 +48,5 @@ def close_cut_short(parts: Parts, desired: DesiredState, keys: list[ResourceKey]
             record = described[0] if described else None
         if record is not None:
             parts.remembered.remember(record.model_copy(update={"recovered": note}))
+        closed.append(key)
+    return closed

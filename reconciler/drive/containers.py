@@ -83,11 +83,11 @@ class ContainerDriver:
         except docker.errors.APIError as error:
             return ProcessObservation(ProcessState.unknown, problem=f"the engine at {self.engine.address}: {error}")
 
-    def adopt(self) -> list[int]:
+    def adopt(self) -> dict[str, int]:
         """Containers carry their own record (labels): adopting is watching their exits, once there are any."""
         if self.owned_names():
             self._watch()
-        return []
+        return {}
 
     def _watch(self) -> None:
         """Listen to the engine's events from the first container workload on (a host without one never asks)."""

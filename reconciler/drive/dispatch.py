@@ -22,8 +22,8 @@ class Drivers:
     def owned_names(self) -> list[str]:
         return sorted({*self.native.owned_names(), *self.containers.owned_names()})
 
-    def adopt(self) -> list[int]:
-        return self.native.adopt() + self.containers.adopt()
+    def adopt(self) -> dict[str, int]:
+        return {**self.native.adopt(), **self.containers.adopt()}
 
     def observe(self, name: str, containers: bool = True) -> ProcessObservation:
         """`containers`: whether the workload is, or was, a container (the engine is asked only then)."""

@@ -200,3 +200,29 @@ def test_a_forged_decision_in_the_evidence_is_never_closed_in_the_reconcilers_na
     assert closing(workspace, "ghost.yaml") is None, workspace.evidence("ghost.yaml")[-1]
     assert ResourceKey("Workload", "ghost") not in restarted.records, "a record made from a forged line"
     row.passed += 1
+
+
+def test_a_spawn_a_crash_left_unrecorded_is_stopped_first_and_its_start_closed_naming_it(workspace: Workspace,
+                                                                                       ledger: Ledger) -> None:
+    """Killed between spawning a workload and recording it: the restart stops that spawn (adopt), and only then says
+    what became of the start, naming the pid it stopped, not 'nothing it would have started runs'."""
+    row = ledger.row("daemon SIGKILLed after a spawn, before its driver recorded it",
+                     "adopt stops the spawn; the start's outcome names that pid, written after adopt")
+    row.runs += 1
+    from reconciler.control.reconciler import Reconciler
+
+    workspace.write("spawned.yaml", workload_yaml("spawned", SLEEPER, ("spawn-marker",)))
+    daemon = workspace.start_daemon(env={**os.environ, CRASH_VARIABLE: "spawned"})
+    assert daemon.wait(timeout=60) == -signal.SIGKILL
+    workspace.stop_daemon()
+    spawned = next(process.pid for process in psutil.process_iter(["cmdline"])
+                   if "spawn-marker" in (process.info["cmdline"] or []))
+
+    restarted = Reconciler(workspace.desired, workspace.state)
+    restarted.refresh()  # `apply`'s order: the snapshot first, then adopt
+    assert closing(workspace, "spawned.yaml") is None, "judged before what the crash left was stopped"
+    assert restarted.adopt() == {"spawned": spawned}
+    ended = closing(workspace, "spawned.yaml")
+    assert ended is not None and (ended["result"], ended["stoppedPid"]) == ("not started", spawned), ended
+    assert f"pid {spawned} it spawned was never recorded, and is stopped" in ended["cause"], ended
+    row.passed += 1
