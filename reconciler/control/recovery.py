@@ -29,12 +29,15 @@ def close_cut_short(parts: Parts, desired: DesiredState, keys: list[ResourceKey]
     for key in keys:
         entry, record = desired.resources.get(key), parts.remembered.get(key)
         source = entry.file if entry is not None else record.source if record is not None else None
-        if key.kind != "Workload" or source is None:
-            continue
+        vouched = parts.remembered.store.vouched(key) if key.kind == "Workload" else None
+        if vouched is None or source is None:
+            continue  # no decision was being carried out for it: its evidence is not read
         last = parts.recorder.last_evidence(
             source, lambda line: line.get("resource") == str(key) and line.get("event") in ("decision", "action"),
             mentions=f'"resource":"{key}"'.encode())  # as the log writes it: compact, keys sorted
-        if last is None or not acted_on(last[0]) or parts.remembered.store.vouched(key) != last[1]:
+        if last is not None and vouched != last[1]:
+            parts.remembered.store.settled(key)  # a line came after it: its outcome, whose settling a crash undid
+        if last is None or not acted_on(last[0]) or vouched != last[1]:
             continue  # no decision left open, or not one this state directory says was being carried out
         observed = parts.drivers.observe(key.name, maybe_container(entry, record))
         if observed.state is ProcessState.unknown:
