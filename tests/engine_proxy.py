@@ -31,10 +31,11 @@ def endpoint(method: str, target: str) -> str:
 
 
 class CountingProxy:
-    """Listens on `path`, forwards to the engine at `upstream` (a unix socket path); `counts` per endpoint."""
+    """Listens on `path`, forwards to the engine at `upstream` (a unix socket path); `counts` per endpoint. `cut`:
+    endpoints whose requests never reach the engine: the connection is dropped, as an engine that dies would."""
 
-    def __init__(self, path: Path, upstream: str) -> None:
-        self.path, self.upstream = path, upstream
+    def __init__(self, path: Path, upstream: str, cut: frozenset[str] = frozenset()) -> None:
+        self.path, self.upstream, self.cut = path, upstream, cut
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -83,6 +84,9 @@ class CountingProxy:
                            for name, _, value in (line.partition(":") for line in lines[1:])}
                 with self._lock:
                     self.counts[endpoint(method, target)] += 1
+                if endpoint(method, target) in self.cut:
+                    _close(client, socket.SHUT_RDWR)
+                    return
                 engine.sendall(head + b"\r\n\r\n")
                 if headers.get("transfer-encoding", "").lower() == "chunked" or "upgrade" in headers:
                     engine.sendall(buffer)

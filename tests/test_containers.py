@@ -649,3 +649,35 @@ def test_a_container_update_that_never_turns_healthy_is_rolled_back_onto_the_ima
     assert len(ours(docker_engine, space, "web")) == 1
     record = json.loads((space.state / "resources" / "Workload.web.json").read_text())
     assert record["knownGood"]["pins"]["imageId"] == proven_image
+
+
+def test_a_stop_that_fails_takes_back_its_request_so_a_later_exit_is_not_the_reconcilers(
+    space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop request is on record before the stop call (a crash between them must not make it a crash); when the
+    call fails (here the engine's connection drops) and the container runs on, the request is taken back: its exit
+    later, by itself or by someone else, is no stop of the reconciler's."""
+    if not docker_engine.address.startswith("unix://"):
+        pytest.skip("the cutting proxy stands on a unix socket")
+    from reconciler.control.reconciler import Reconciler
+    from reconciler.drive.protocol import StartFailed
+    from reconciler.observe.docker_engine import EngineUnavailable
+
+    space.write("kept.yaml", container_yaml("kept", command=["sleep", "600"]))
+    assert space.cli("apply").returncode == 0
+    proxy = CountingProxy(tmp_path / "cut.sock", docker_engine.address.removeprefix("unix://"),
+                          cut=frozenset({"POST /containers/{}/stop"}))
+    proxy.start()
+    try:
+        monkeypatch.setenv("DOCKER_HOST", proxy.address)
+        drivers = Reconciler(space.desired, space.state).parts.drivers
+        with pytest.raises((EngineUnavailable, StartFailed)):
+            drivers.stop("kept", 1, forget=False)
+        assert proxy.counts["POST /containers/{}/stop"] >= 1
+        container = the_container(docker_engine, space, "kept")
+        assert container.status == "running"
+        container.kill()  # behind its back
+        ended = wait_for(lambda: (seen := drivers.observe("kept")).record and seen.record.exit, 30, what="the exit")
+        assert ended.stopped_by_reconciler is False, ended
+    finally:
+        proxy.close()

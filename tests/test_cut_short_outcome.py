@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from pydantic import ValidationError
 
+from reconciler.api.status import Recovered
 from reconciler.control.evidence import acted_on, cut_short_outcome
 from reconciler.observe.processes import ProcessObservation, ProcessState
 from tests.test_plan import NOW, ended, process, workload
@@ -42,6 +44,7 @@ def test_the_outcome_says_what_the_restart_found(line: dict, observed: ProcessOb
 @pytest.mark.parametrize("line", [
     decision("start", decision="deny"), decision("start", decision="needs-approval"), decision(action="hold"),
     decision("start", action="hold"), {**decision("start"), "event": "action"}, {**decision("start"), "operations": "x"},
+    decision("start", action="x" * 10_000), decision("start", action=["create"]), decision("start", action="none"),
 ])
 def test_only_a_decision_carried_out_is_waiting_for_an_outcome(line: dict) -> None:
     assert not acted_on(line)
@@ -51,3 +54,10 @@ def test_a_forged_generation_is_not_copied_into_the_reconcilers_line() -> None:
     written, _ = cut_short_outcome(decision("start", generation="x" * 10_000), "00" * 32,
                                    ProcessObservation(ProcessState.absent), NOW)
     assert written["generation"] is None
+
+
+@pytest.mark.parametrize("field,value", [("result", "took over"), ("action", "hold")])
+def test_a_recovered_note_holds_only_the_outcomes_and_actions_a_restart_can_find(field: str, value: str) -> None:
+    note = {"action": "create", "result": "adopted", "cause": "c", "at": NOW, field: value}
+    with pytest.raises(ValidationError):
+        Recovered.model_validate(note)

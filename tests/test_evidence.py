@@ -446,3 +446,43 @@ def test_the_last_line_about_a_resource_is_found_across_windows_and_a_rotation_b
     monkeypatch.setattr(evidence, "_LOOK_BACK", 400)  # a bounded look: an old line is not looked for forever
     assert evidence.last_record_about(log_path, about_a) is None
     assert evidence.last_record_about(log_path, lambda record: record.get("n") == 11)[0]["n"] == 11
+
+
+@pytest.mark.parametrize("unsafe", ["symlink", "fifo", "folder"])
+def test_a_live_file_that_is_no_regular_file_hides_nothing_older_as_the_newest_line(tmp_path: Path, unsafe: str) -> None:
+    """The newest evidence is unknown when the live file is a link, a FIFO or a folder: the rotated file's decision
+    is not the newest line about the resource (its outcome may be in the live file), so none is returned."""
+    log_path = tmp_path / "a.evidence.jsonl"
+    log = EvidenceLog(log_path, max_bytes=300, root=tmp_path)
+    log.append({"resource": "Workload/a", "event": "decision", "pad": "x" * 200})
+    log.append({"resource": "Workload/a", "event": "action", "pad": "y" * 200})  # rotates: the decision is in .1
+    assert log_path.with_name(log_path.name + ".1").exists()
+    moved = tmp_path / "elsewhere.jsonl"
+    log_path.rename(moved)
+    if unsafe == "symlink":
+        log_path.symlink_to(moved)
+    elif unsafe == "fifo":
+        os.mkfifo(log_path)
+    else:
+        log_path.mkdir()
+    about_a = lambda record: record.get("resource") == "Workload/a"  # noqa: E731
+    assert evidence.last_record_about(log_path, about_a, root=tmp_path) is None
+    log_path.unlink() if unsafe != "folder" else log_path.rmdir()
+    assert evidence.last_record_about(log_path, about_a, root=tmp_path)[0]["event"] == "decision"  # gone: look back
+
+
+def test_the_look_back_reads_at_most_keep_rotated_files_and_parses_only_lines_that_mention_the_resource(
+    log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run on every start for every workload: rotated files planted past `keep` are never opened, and a line about
+    another resource is skipped by its bytes, not parsed."""
+    for n in range(1, 6):
+        log_path.with_name(f"{log_path.name}.{n}").write_text(
+            json.dumps({"resource": "Workload/a" if n == 5 else "Workload/b", "n": n}, separators=(",", ":")) + "\n")
+    about_a = lambda record: record.get("resource") == "Workload/a"  # noqa: E731
+    assert evidence.last_record_about(log_path, about_a, keep=5)[0]["n"] == 5
+    assert evidence.last_record_about(log_path, about_a, keep=3) is None
+    parsed: list[bytes] = []
+    monkeypatch.setattr(evidence, "_parse", lambda raw: parsed.append(raw) or json.loads(raw))
+    assert evidence.last_record_about(log_path, about_a, mentions=b'"resource":"Workload/a"', keep=5)[0]["n"] == 5
+    assert len(parsed) == 1, parsed

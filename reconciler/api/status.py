@@ -114,8 +114,9 @@ class Recovered(Report):
     """What a restart found of an action whose outcome a crash kept out of the evidence (its decision was the last
     line): the run it adopted, or that nothing of it runs. Shown while that stays true."""
 
-    action: str
-    result: str = Field(description="adopted, exited, stopped, not started, or not done (what ran before still runs).")
+    action: Literal["create", "update", "recreate", "stop", "delete"]
+    result: Literal["adopted", "exited", "stopped", "not started", "not done"] = Field(
+        description="adopted, exited, stopped, not started, or not done (what ran before still runs).")
     cause: str
     at: datetime
     pid: int | None = None

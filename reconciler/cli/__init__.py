@@ -23,7 +23,7 @@ COMMAND_MODULES = {
 # Commands that do one bounded piece of work and exit. The cyclic garbage collector's passes over the objects their
 # imports create (the models' schemas, ~150 passes) free next to nothing and cost 30 ms CPU of a 0.45 s status and
 # 40 ms of a no-op apply over 20 containers; reference counting still frees what they drop. What runs on (the
-# daemon, apply --wait) keeps the collector.
+# daemon, logs -f) keeps the collector; apply turns it on once the reconciler is open, what came before frozen.
 ONE_SHOT = frozenset({"validate", "plan", "schemas", "status", "host", "describe", "logs", "apply"})
 
 

@@ -75,8 +75,6 @@ def plan(path: Path, state_dir: Path | None, output: str, allow_empty: bool) -> 
 @click.option("--allow-empty", is_flag=True, help="Prune everything even when the desired state is empty.")
 def apply(path: Path, state_dir: Path | None, wait: bool, timeout: float, min_ready_seconds: float, allow_empty: bool) -> None:
     """Run one reconcile pass (or, with --wait, until workloads are Ready or failed)."""
-    if wait:
-        gc.enable()  # it runs on: see ONE_SHOT in reconciler/cli/__init__.py
     from reconciler.api.meta import ResourceKey
     from reconciler.control.loop import Loop
 
@@ -86,6 +84,10 @@ def apply(path: Path, state_dir: Path | None, wait: bool, timeout: float, min_re
         reconciler = open_reconciler(path, state_dir, allow_empty=allow_empty,
                                      on_exit=lambda name: loop.add(ResourceKey("Workload", name), first=True),
                                      terminal=sys.stderr if sys.stderr.isatty() else None)
+        # opened: what the imports and the first snapshot made is kept out of the collector's passes, which run again
+        # for the rest (one pass may fetch models or pull images for long, with threads and retries)
+        gc.freeze()
+        gc.enable()
         reconciler.adopt()
         loop.start()
         try:

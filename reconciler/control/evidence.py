@@ -17,6 +17,9 @@ from reconciler.record.conditions import condition
 from reconciler.record.status import ACCELERATED
 
 
+_ACTED_VERBS = frozenset(verb.value for verb in Verb if verb is not Verb.none)  # a hold, an orphan: nothing done
+
+
 def _action_name(action: Action) -> str:
     if action.hold is not None:
         return "hold"
@@ -119,13 +122,14 @@ def acted_on(line: dict[str, Any]) -> bool:
     operations = line.get("operations")
     approved = line.get("decision") == "approve" or line.get("decision") is None and line.get("action") == "delete"
     return line.get("event") == "decision" and approved and isinstance(operations, list) and bool(operations) \
-        and line.get("action") not in ("hold", "orphan")
+        and isinstance(line.get("action"), str) and line["action"] in _ACTED_VERBS
 
 
 def cut_short_outcome(decision: dict[str, Any], decision_hash: str, observed: ProcessObservation,
-                      now: datetime) -> tuple[dict[str, Any], Recovered]:
+                      now: datetime, stopped_spawn: int | None = None) -> tuple[dict[str, Any], Recovered]:
     """The outcome line of an action a crash kept from its own (`decision`: its last line), from what runs now; and
-    the note its status carries while that stays so. `closes` names the decision line by its hash."""
+    the note its status carries while that stays so. `closes` names the decision line by its hash.
+    `stopped_spawn`: the pid its start spawned, never recorded, that the restart stopped."""
     operations = [op.get("op") for op in decision["operations"] if isinstance(op, dict)]
     run = observed.record
     try:
@@ -139,13 +143,15 @@ def cut_short_outcome(decision: dict[str, Any], decision_hash: str, observed: Pr
             else ("not done", f"what ran before still runs (pid {running}); the next pass decides again")
     elif started_by_it and run is not None and run.exit is not None:
         result, found = "exited", f"pid {run.pid} started and has since ended: {run.exit.describe()}"
+    elif "start" in operations and stopped_spawn is not None:
+        result, found = "not started", f"pid {stopped_spawn} it spawned was never recorded, and is stopped"
     elif "start" in operations:
         result, found = "not started", "nothing it would have started runs"
     else:
         result, found = "stopped", "nothing of it runs now"
     what = "start" if "start" in operations else "stop"
     cause = f"the {what}'s record was cut short by a crash (no outcome followed its decision); on restart: {found}"
-    note = Recovered(action=str(decision.get("action"))[:32], result=result, cause=cause, at=now, pid=running,
+    note = Recovered(action=str(decision["action"]), result=result, cause=cause, at=now, pid=running,
                      container_id=run.container_id if running is not None and run else None,
                      started_at=run.started_at if started_by_it and run else None)
     line: dict[str, Any] = {"time": now.isoformat(), "resource": decision.get("resource"),
@@ -155,4 +161,6 @@ def cut_short_outcome(decision: dict[str, Any], decision_hash: str, observed: Pr
     line |= note.model_dump(mode="json", by_alias=True, include={"pid", "container_id", "started_at"}, exclude_none=True)
     if started_by_it and run is not None:
         line["pid"] = run.pid  # the run the start made, even one that has ended since
+    if stopped_spawn is not None and running is None:
+        line["stoppedPid"] = stopped_spawn
     return line, note

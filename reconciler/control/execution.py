@@ -47,8 +47,9 @@ def fetch_model(parts: Parts, planned: Planned, desired: DesiredState, now: date
     return planned, Executed(FailureInfo(reason=problem.reason, message=problem.message, at=now), None)
 
 
-def execute(parts: Parts, planned: Planned, now: datetime) -> Executed:
-    """Run the approved action's operations in order, each by one driver call."""
+def execute(parts: Parts, planned: Planned, now: datetime, ran: list[Operation]) -> Executed:
+    """Run the approved action's operations in order, each by one driver call. `ran`: the caller's list the operations
+    done are added to as they end, so a pass that raises midway can still say which ran."""
     action, inputs = planned.action, planned.inputs
     if not planned.executed or action.key.kind != "Workload":
         return Executed(None, inputs.process)
@@ -56,7 +57,7 @@ def execute(parts: Parts, planned: Planned, now: datetime) -> Executed:
     name, drivers = action.key.name, parts.drivers
     grace = inputs.desired.resource.spec.termination_grace_period_seconds
     containers = maybe_container(inputs.desired, planned.record)
-    operations, launch, after, ran = action.operations, action.launch, inputs.process, []
+    operations, launch, after = action.operations, action.launch, inputs.process
     presence = planned.rendered.model
     if any(op.kind is OpKind.start for op in operations) and presence is not None and presence.present:
         changed = parts.models.verify_before_start(presence)

@@ -26,7 +26,8 @@ from reconciler.control.holds import last_valid
 from reconciler.control.metrics import Metrics
 from reconciler.control.planning import Planned, plan
 from reconciler.control.recording import (
-    Recorded, conclude_pass, describe, log_decision, measure, record_decision_before_acting, record_outcome,
+    Recorded, conclude_pass, describe, log_decision, measure, record_decision_before_acting, record_failed_acting,
+    record_outcome,
 )
 from reconciler.control.recovery import close_cut_short
 from reconciler.control.removal import remove_resource
@@ -34,7 +35,7 @@ from reconciler.control.result import Result
 from reconciler.control.gateway_routes import judged_specs
 from reconciler.diff.health import next_probes_in
 from reconciler.diff.uses import WAITING_FOR_DEPENDENCIES
-from reconciler.diff.plan import Action, Inputs, Verb, prerequisites
+from reconciler.diff.plan import Action, Inputs, Operation, Verb, prerequisites
 from reconciler.gate.verdict import DEFAULT_POLICY
 from reconciler.load.desired import DesiredState, LoadedFiles, load_desired
 from reconciler.observe import clock
@@ -85,6 +86,7 @@ class Reconciler:
         self.desired = DesiredState(files=(), resources={})
         self._loaded = LoadedFiles()  # what the files' bytes gave at the last refresh
         self._seeded = False
+        self._stopped_spawns: dict[str, int] | None = None  # what adopt() stopped, by workload (None: not yet run)
         self._admission_lock = threading.Lock()
         self._revision_seen_at: float | None = None
         parts.workloads.statuses = self._statuses_of  # a start waits for the workloads it uses to be Ready
@@ -143,9 +145,10 @@ class Reconciler:
 
     def _seed(self) -> None:
         """Give the status writer every known resource before the first flush, so no status file is partial; first,
-        the outcome of any action a crash cut short (control/recovery.py)."""
+        the outcome of any action a crash cut short (control/recovery.py), once adopt() has run (the daemon's order)."""
         now, keys = clock.now(), self.keys()
-        close_cut_short(self.parts, self.desired, keys, now)
+        if self._stopped_spawns is not None:
+            close_cut_short(self.parts, self.desired, keys, now, self._stopped_spawns)
         for key in keys:
             described = describe(self.parts, self.plan(key, now), self.desired, now)
             if described:
@@ -163,10 +166,19 @@ class Reconciler:
         """The plan's edges between `keys`: which each is reconciled after within one round."""
         return prerequisites(keys, self.desired, self.parts.remembered.snapshot())
 
-    def adopt(self) -> list[int]:
-        stopped = self.parts.drivers.adopt()
-        for pid in stopped:
-            log.warning("stopped pid %d: spawned by a start that a crash cut short, never recorded", pid)
+    def adopt(self) -> dict[str, int]:
+        """Take over what runs; stop what a crash spawned and left unrecorded. What a crash cut short is judged only
+        after that (at the first snapshot, or now if it was taken first: `apply`), so its outcome names what was
+        stopped rather than saying nothing runs."""
+        stopped = self._stopped_spawns = self.parts.drivers.adopt()
+        for name, pid in stopped.items():
+            log.warning("%s: stopped pid %d: spawned by a start that a crash cut short, never recorded", name, pid)
+        if self._seeded:
+            now = clock.now()
+            for key in close_cut_short(self.parts, self.desired, self.keys(), now, stopped):
+                described = describe(self.parts, self.plan(key, now), self.desired, now)
+                if described:
+                    self.parts.recorder.set_status(described[0].source, described[1])
         return stopped
 
     # -- observe and decide (no changes to the host) ----------------------------------------
@@ -229,8 +241,13 @@ class Reconciler:
             measure(parts, planned, None, None, started)
             return Result.after(ENGINE_RETRY_SECONDS) if kept else Result.until_event(), False
         digest = record_decision_before_acting(parts, planned, now)
-        planned, fetched = fetch_model(parts, planned, self.desired, now)
-        executed = fetched or execute(parts, planned, now)
+        ran: list[Operation] = []
+        try:
+            planned, fetched = fetch_model(parts, planned, self.desired, now)
+            executed = fetched or execute(parts, planned, now, ran)
+        except Exception as error:
+            record_failed_acting(parts, planned, ran, error)
+            raise
         log_decision(planned, digest, executed)
         concluded = conclude_pass(parts, planned, executed, now)
         measure(parts, planned, executed.failure, concluded[1] if concluded else None, started)

@@ -22,12 +22,15 @@ from reconciler.control.evidence import (acceleration_record, decision_digest, d
                                          outcome_record)
 from reconciler.control.execution import Executed, proven_pins
 from reconciler.control.logfmt import about
+from reconciler.control.loop import STORAGE_ERRORS
 from reconciler.control.placement import consented, model_facts, workload_decision_record
 from reconciler.control.planning import Planned, maybe_container
+from reconciler.diff.plan import Operation
 from reconciler.gate.verdict import Decision
 from reconciler.load.desired import DesiredState
 from reconciler.observe import clock
 from reconciler.record.decision_record import record_digest
+from reconciler.record.evidence import line_hash
 from reconciler.record.recorder import sibling
 from reconciler.record.status import PassOutcome, conclude
 
@@ -52,13 +55,43 @@ def record_decision_before_acting(parts: Parts, planned: Planned, now: datetime)
     record = planned.record
     if already_on_record(planned, digest):
         return digest
-    source = planned.inputs.desired.file if planned.inputs.desired else (record.source if record else None)
+    source = _evidence_file(planned)
     if source is not None:
         line = decision_record(action, planned.verdict, record, now, parts.host.digest)
         if planned.model is not None and planned.model.selection is not None:
             line["modelSelection"] = planned.model.selection.message  # what was chosen, and why not the others
-        parts.recorder.evidence(source, line)
+        written = parts.recorder.evidence(source, line)
+        if planned.executed:
+            try:
+                parts.remembered.store.vouch(action.key, line_hash(written))
+            except OSError as error:
+                record_failed_acting(parts, planned, [], error)
+                raise
     return digest
+
+
+def _evidence_file(planned: Planned) -> str | None:
+    record = planned.record
+    return planned.inputs.desired.file if planned.inputs.desired else (record.source if record else None)
+
+
+def record_failed_acting(parts: Parts, planned: Planned, ran: list[Operation], error: Exception) -> None:
+    """The outcome of an action whose pass raised once acting began (its state could not be written, a driver's
+    record was refused): an outcome always follows a decision acted on, and this one is a failure, not a crash.
+    If this line cannot be written either, the next start closes the decision as cut short."""
+    source = _evidence_file(planned)
+    if not planned.executed or source is None:
+        return
+    storage = isinstance(error, OSError) and error.errno in STORAGE_ERRORS
+    failure = FailureInfo(reason="StorageUnavailable" if storage else "ReconcileError",
+                          message=str(error) or type(error).__name__, at=clock.now())
+    try:
+        generation = planned.action.generation or (planned.record.generation if planned.record else 1)
+        parts.recorder.evidence(source, outcome_record(planned.action, generation, failure, None, failure.at, ran=ran))
+        parts.remembered.store.settled(planned.action.key)
+    except OSError as unwritten:
+        log.error("%s: the outcome of its failed action is not on record either: %s", planned.action.key, unwritten,
+                  **about(planned.action.key))
 
 
 def already_on_record(planned: Planned, digest: str | None) -> bool:
@@ -142,6 +175,7 @@ def record_outcome(parts: Parts, planned: Planned, executed: Executed, concluded
         parts.recorder.evidence(record.source, outcome_record(action, record.generation, executed.failure, executed.after,
                                                               clock.now(), ran=executed.ran,
                                                               under_way=executed.under_way))
+        parts.remembered.store.settled(action.key)
     if digest is not None:
         record = record.model_copy(update={"last_decision": digest})
     if planned.listens is not None and record.exposure != (planned.record.exposure if planned.record else None):

@@ -19,26 +19,37 @@ from reconciler.observe.processes import ProcessState
 log = logging.getLogger("reconciler")
 
 
-def close_cut_short(parts: Parts, desired: DesiredState, keys: list[ResourceKey], now: datetime) -> None:
+def close_cut_short(parts: Parts, desired: DesiredState, keys: list[ResourceKey], now: datetime,
+                    stopped_spawns: dict[str, int]) -> list[ResourceKey]:
     """For each workload whose last decision or outcome line is a decision acted on: its outcome as observed now,
-    in the evidence (naming the decision line by hash) and on its record, which its status shows while it holds."""
+    in the evidence (naming the decision line by hash) and on its record, which its status shows while it holds.
+    `stopped_spawns`: the pid adopt() stopped for a workload, spawned by its start and never recorded. Returns the
+    workloads closed."""
+    closed = []
     for key in keys:
         entry, record = desired.resources.get(key), parts.remembered.get(key)
         source = entry.file if entry is not None else record.source if record is not None else None
-        if key.kind != "Workload" or source is None:
-            continue
+        vouched = parts.remembered.store.vouched(key) if key.kind == "Workload" else None
+        if vouched is None or source is None:
+            continue  # no decision was being carried out for it: its evidence is not read
         last = parts.recorder.last_evidence(
-            source, lambda line: line.get("resource") == str(key) and line.get("event") in ("decision", "action"))
-        if last is None or not acted_on(last[0]):
-            continue
+            source, lambda line: line.get("resource") == str(key) and line.get("event") in ("decision", "action"),
+            mentions=f'"resource":"{key}"'.encode())  # as the log writes it: compact, keys sorted
+        if last is not None and vouched != last[1]:
+            parts.remembered.store.settled(key)  # a line came after it: its outcome, whose settling a crash undid
+        if last is None or not acted_on(last[0]) or vouched != last[1]:
+            continue  # no decision left open, or not one this state directory says was being carried out
         observed = parts.drivers.observe(key.name, maybe_container(entry, record))
         if observed.state is ProcessState.unknown:
             continue  # the engine is away: what happened is not known yet, and the next start looks again
-        line, note = cut_short_outcome(*last, observed, now)
+        line, note = cut_short_outcome(*last, observed, now, stopped_spawns.get(key.name))
         parts.recorder.evidence(source, line)
+        parts.remembered.store.settled(key)
         log.warning("%s: %s: %s", key, line["result"], note.cause, **about(key))
         if record is None:  # a first start cut short: the record it would have left, as this host is seen now
             described = describe(parts, plan(parts, desired, key, now), desired, now)
             record = described[0] if described else None
         if record is not None:
             parts.remembered.remember(record.model_copy(update={"recovered": note}))
+        closed.append(key)
+    return closed

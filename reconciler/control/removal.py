@@ -14,6 +14,7 @@ from reconciler.control.planning import Planned
 from reconciler.drive.protocol import StartFailed
 from reconciler.observe import clock
 from reconciler.observe.docker_engine import EngineUnavailable
+from reconciler.record.evidence import line_hash
 
 log = logging.getLogger("reconciler")
 
@@ -24,7 +25,8 @@ def remove_resource(parts: Parts, planned: Planned, now: datetime) -> str | None
     if record is not None or planned.inputs.process is not None and planned.inputs.process.record is not None:
         log.info("%s: delete (%s)", key, planned.action.cause, **about(key))
     if record is not None:
-        parts.recorder.evidence(record.source, decision_record(planned.action, planned.verdict, record, now))
+        written = parts.recorder.evidence(record.source, decision_record(planned.action, planned.verdict, record, now))
+        parts.remembered.store.vouch(key, line_hash(written))
     ended = None
     if key.kind == "Workload":
         workload = Workload.model_validate(record.resource) if record else None
@@ -38,12 +40,14 @@ def remove_resource(parts: Parts, planned: Planned, now: datetime) -> str | None
                     failure = FailureInfo(reason=reason, message=problem.message, at=clock.now())
                     parts.recorder.evidence(record.source, outcome_record(planned.action, record.generation, failure,
                                                                           None, failure.at))
+                    parts.remembered.store.settled(key)
                 return str(problem)  # kept on record until its container is really gone
     if record is not None:
         parts.recorder.evidence(record.source, outcome_record(planned.action, record.generation, None, None, clock.now(),
                                                               stopped_pid=ended.pid if ended else None,
                                                               ran=planned.action.operations))
         parts.remembered.store.delete(key)
+        parts.remembered.store.settled(key)
     parts.remembered.forget(key)
     parts.recorder.forget(key)
     if record is not None:

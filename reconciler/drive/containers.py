@@ -90,11 +90,11 @@ class ContainerDriver:
         except docker.errors.APIError as error:
             return ProcessObservation(ProcessState.unknown, problem=f"the engine at {self.engine.address}: {error}")
 
-    def adopt(self) -> list[int]:
+    def adopt(self) -> dict[str, int]:
         """Containers carry their own record (labels): adopting is watching their exits, once there are any."""
         if self.owned_names():
             self._watch()
-        return []
+        return {}
 
     def _watch(self) -> None:
         """Listen to the engine's events from the first container workload on (a host without one never asks)."""
@@ -252,7 +252,12 @@ class ContainerDriver:
                     if container.status in _RUNNING:
                         if not forget:  # its exit stays on record, to be told from a crash
                             self._note_stop_requested(name, container.id)
-                        container.stop(timeout=math.ceil(grace_seconds))
+                        try:
+                            container.stop(timeout=math.ceil(grace_seconds))
+                        except Exception:
+                            if not forget:  # it may run on: a later exit of its own is no stop of ours
+                                self._note_stop_requested(name, container.id, withdrawn=True)
+                            raise
                     container.reload()
                     observed = self._observation(name, [container])
                     self._save_log(name, container)
@@ -348,12 +353,15 @@ class ContainerDriver:
         record = {"id": container.id if container else None, "pid": pid}
         write_atomic(self._started / f"{name}.json", json.dumps(record), mode=0o600)
 
-    def _note_stop_requested(self, name: str, container_id: str) -> None:
-        """Before the stop call, kept across a crash: the engine records an exit, never who asked for it."""
+    def _note_stop_requested(self, name: str, container_id: str, withdrawn: bool = False) -> None:
+        """Before the stop call, kept across a crash: the engine records an exit, never who asked for it.
+        `withdrawn`: the stop call failed, the request is taken back."""
         started = self._last_started(name)
         if started.get("id") == container_id:
-            stop_at = clock.system_now().isoformat()  # on the engine's clock, to compare with its FinishedAt as it is
-            write_atomic(self._started / f"{name}.json", json.dumps({**started, "stopAt": stop_at}), mode=0o600)
+            started.pop("stopAt", None)
+            # on the engine's clock, to compare with its FinishedAt as it is
+            asked = {} if withdrawn else {"stopAt": clock.system_now().isoformat()}
+            write_atomic(self._started / f"{name}.json", json.dumps({**started, **asked}), mode=0o600)
 
     def _stopped_by_us(self, name: str, container_id: str, finished: datetime | None) -> bool:
         """An exit after the reconciler asked for it (an idle or unhealthy stop), not a crash before the ask; both

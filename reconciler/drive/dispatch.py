@@ -26,8 +26,8 @@ class Drivers:
         """As owned_names, with the containers as this pass saw them (no listing per look)."""
         return sorted({*self.native.owned_names(), *self.containers.seen_names()})
 
-    def adopt(self) -> list[int]:
-        return self.native.adopt() + self.containers.adopt()
+    def adopt(self) -> dict[str, int]:
+        return {**self.native.adopt(), **self.containers.adopt()}
 
     def observe(self, name: str, containers: bool = True) -> ProcessObservation:
         """`containers`: whether the workload is, or was, a container (the engine is asked only then)."""

@@ -12,7 +12,7 @@ from docker.models.containers import Container
 from reconciler.drive.protocol import StartFailed
 from reconciler.observe import clock
 
-REASONS = (  # what the engine says -> a condition reason
+_REASONS = (  # what the engine says -> a condition reason
     (re.compile(r"port is already allocated|bind: address already in use", re.I), "PortInUse"),
     (re.compile(r"could not select device driver", re.I), "GPURuntimeUnavailable"),
     (re.compile(r"bind source path does not exist", re.I), "VolumeSourceNotFound"),
@@ -22,7 +22,7 @@ REASONS = (  # what the engine says -> a condition reason
 
 def failure_of(error: docker.errors.APIError, fallback: str) -> StartFailed:
     message = str(error.explanation or error)
-    reason = next((reason for pattern, reason in REASONS if pattern.search(message)), fallback)
+    reason = next((reason for pattern, reason in _REASONS if pattern.search(message)), fallback)
     return StartFailed(reason, message)
 
 

@@ -21,6 +21,7 @@ import psutil
 from reconciler.api.launch import LaunchSpec
 from reconciler.api.status import ExitInfo
 from reconciler.base.atomic import write_atomic
+from reconciler.base.crash_points import crash_point
 from reconciler.drive.cgroups import UNIFIED, Cgroups, Placement
 from reconciler.drive.exits import ExitWatcher
 from reconciler.drive.groups import start_ticks, terminate_group
@@ -139,17 +140,18 @@ class ProcessDriver:
         """What every process of this launch carries in its environment, even one that left its process group."""
         return {OWNER_VARIABLE: self._owner, NONCE_VARIABLE: record.nonce}
 
-    def adopt(self) -> list[int]:
-        """After a (re)start: stop spawns a crash left unrecorded, and watch every recorded process."""
+    def adopt(self) -> dict[str, int]:
+        """After a (re)start: stop spawns a crash left unrecorded (returned: the pid stopped, by workload), and watch
+        every recorded process."""
         interrupted = self._interrupted_starts()
-        stopped = []
+        stopped = {}
         for process in psutil.process_iter() if interrupted else ():
             try:
                 env = process.environ()
                 if env.get(OWNER_VARIABLE) == self._owner and env.get(NONCE_VARIABLE) in interrupted \
                         and os.getsid(process.pid) == process.pid:
                     terminate_group(process.pid, 5.0)
-                    stopped.append(process.pid)
+                    stopped[interrupted[env[NONCE_VARIABLE]].name.removesuffix(".intent")] = process.pid
             except (psutil.Error, ProcessLookupError, PermissionError):
                 continue
         for intent in interrupted.values():
@@ -249,6 +251,7 @@ class ProcessDriver:
             finally:
                 os.close(log)
                 placement.close()
+            crash_point("spawned")  # running, its intent on record, its own record not yet written
             try:
                 enforcement = {**placement.enforced, "privileges": describe_privileges(identity)}
                 record = ProcessRecord(

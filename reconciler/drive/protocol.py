@@ -26,8 +26,8 @@ class WorkloadDriver(Protocol):
     def owned_names(self) -> list[str]:
         """Every workload this driver holds a record of, whatever the desired state says."""
 
-    def adopt(self) -> list[int]:
-        """After a (re)start: take over what is recorded; stop what a crash left unrecorded."""
+    def adopt(self) -> dict[str, int]:
+        """After a (re)start: take over what is recorded; stop what a crash left unrecorded (the pids, by workload)."""
 
     def observe(self, name: str) -> ProcessObservation: ...
 

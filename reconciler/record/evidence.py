@@ -29,6 +29,7 @@ GENESIS = "0" * 64
 _RESERVED = frozenset({"prev", "repaired"})
 _TAIL_WINDOW = 64 * 1024
 _LOOK_BACK = 2 * 1_048_576  # two files at the default rotation size
+KEEP = 3  # rotated files kept
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class EvidenceLog:
     from there without following links, and one that is a link or a special file is refused (``UnsafeFile``).
     """
 
-    def __init__(self, path: Path, max_bytes: int = 1_048_576, keep: int = 3, *, root: Path | None = None) -> None:
+    def __init__(self, path: Path, max_bytes: int = 1_048_576, keep: int = KEEP, *, root: Path | None = None) -> None:
         if max_bytes < 1 or keep < 1:
             raise ValueError("max_bytes and keep must be at least 1")
         self.path = path
@@ -232,6 +233,11 @@ def _hash(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
 
 
+def line_hash(written: Mapping[str, Any]) -> str:
+    """The hash of the line ``append`` wrote for ``written`` (what the next line's ``prev`` carries)."""
+    return _hash(_encode(written).encode("utf-8"))
+
+
 def _encode(record: Mapping[str, Any]) -> str:
     """One line's text: canonical, so the same record always hashes the same."""
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -311,21 +317,30 @@ def rewrite_chain(path: Path, keep: Callable[[dict[str, Any]], bool], head: Mapp
     return old_end, prev
 
 
-def last_record_about(path: Path, matches: Callable[[dict[str, Any]], bool],
-                      root: Path | None = None) -> tuple[dict[str, Any], str] | None:
+def last_record_about(path: Path, matches: Callable[[dict[str, Any]], bool], root: Path | None = None,
+                      mentions: bytes = b"", keep: int = KEEP) -> tuple[dict[str, Any], str] | None:
     """The newest complete line of ``path``'s chain that ``matches``, and its hash; None if there is none within the
-    last _LOOK_BACK bytes (the folder is someone else's: a file grown past rotation costs no more to look at)."""
+    last _LOOK_BACK bytes and ``keep`` rotated files (the folder is someone else's: a file grown past rotation, or
+    rotated files added, cost no more to look at), or if a file of the chain is not a regular file (a link, a FIFO,
+    a folder): what it holds may be newer than the lines behind it, so the newest line is unknown. ``mentions``:
+    bytes a line must hold to be parsed at all (a cheap filter before ``matches``)."""
     budget = _LOOK_BACK
-    for file in reversed(chain_files(path)):
+    for n in range(keep + 1):
+        file = _rotated(path, n) if n else path
         try:
-            with _reader(file, root) as handle:
-                for raw in _lines_backwards(handle, budget):
-                    budget -= len(raw) + 1
-                    record = _parse(raw)
-                    if record is not None and matches(record):
-                        return record, _hash(raw)
-        except (FileNotFoundError, UnsafeFile):
-            continue
+            handle = _reader(file, root)
+        except FileNotFoundError:
+            if n:
+                return None  # rotated files are numbered without gaps: none older
+            continue  # the live file is made by the first append after a rotation
+        except UnsafeFile:
+            return None
+        with handle:
+            for raw in _lines_backwards(handle, budget):
+                budget -= len(raw) + 1
+                record = _parse(raw) if mentions in raw else None
+                if record is not None and matches(record):
+                    return record, _hash(raw)
         if budget <= 0:
             break
     return None

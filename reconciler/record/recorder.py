@@ -74,9 +74,12 @@ class Recorder:
         self._refusal(spec_file, sibling(spec_file, EVIDENCE_SUFFIX), None)
         return written
 
-    def last_evidence(self, spec_file: str, matches: Callable[[dict[str, Any]], bool]) -> tuple[dict[str, Any], str] | None:
-        """The newest line of `spec_file`'s evidence that `matches`, and its hash (what a line naming it carries)."""
-        return last_record_about(self.root / sibling(spec_file, EVIDENCE_SUFFIX), matches, root=self.root)
+    def last_evidence(self, spec_file: str, matches: Callable[[dict[str, Any]], bool],
+                      mentions: bytes = b"") -> tuple[dict[str, Any], str] | None:
+        """The newest line of `spec_file`'s evidence that `matches` (and holds the bytes `mentions`), and its hash (what
+        a line naming it carries)."""
+        return last_record_about(self.root / sibling(spec_file, EVIDENCE_SUFFIX), matches, root=self.root,
+                                 mentions=mentions)
 
     def _refusal(self, spec_file: str, output: str, problem: OSError | None) -> str | None:
         """Note why `output` (of `spec_file`) is not written, None: it is again; each new reason is said once."""

@@ -17,6 +17,7 @@ from reconciler.base.atomic import write_atomic
 class StateStore:
     def __init__(self, state_dir: Path) -> None:
         self.directory = state_dir / "resources"
+        self.acting = state_dir / "acting"  # the decision being carried out for each resource, by its line's hash
 
     def _path(self, key: ResourceKey) -> Path:
         return self.directory / f"{key.kind}.{key.name}.json"
@@ -39,3 +40,23 @@ class StateStore:
 
     def delete(self, key: ResourceKey) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def vouch(self, key: ResourceKey, decision_hash: str) -> None:
+        """Name the decision line the drivers are about to carry out for `key`, before they begin: a restart closes
+        only a decision named here, never one someone appended to the evidence (a folder others can write)."""
+        self.acting.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(self._acting(key), decision_hash, mode=0o600)
+
+    def vouched(self, key: ResourceKey) -> str | None:
+        try:
+            return self._acting(key).read_text(encoding="ascii").strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def settled(self, key: ResourceKey) -> None:
+        """Its outcome is on record. Not synced: a crash that undoes this leaves a named decision with an outcome
+        after it, which no restart closes."""
+        self._acting(key).unlink(missing_ok=True)
+
+    def _acting(self, key: ResourceKey) -> Path:
+        return self.acting / f"{key.kind}.{key.name}"

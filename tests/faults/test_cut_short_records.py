@@ -6,6 +6,7 @@ A start (a process, a container) is cut short at the crash point right after its
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -13,11 +14,13 @@ import signal
 from pathlib import Path
 
 import psutil
+import pytest
 
 from reconciler.base.crash_points import CRASH_VARIABLE
 from tests.conftest import SLEEPER, Workspace, wait_for, workload_yaml
 from tests.docker_engine import EngineUnderTest
 from tests.faults.conftest import Ledger
+from tests.faults.test_disk_full import fill, small_disk  # noqa: F401 (a fixture)  # noqa: F401 - a fixture
 from tests.test_containers import container_yaml, policy_yaml, the_container
 
 
@@ -116,4 +119,110 @@ def test_a_stop_whose_outcome_a_crash_cut_short_is_recorded_as_done(workspace: W
     assert "stop's record was cut short by a crash" in ended["cause"], ended
     verified = workspace.cli("verify", str(workspace.desired), "--state-dir", str(workspace.state))
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    row.passed += 1
+
+
+def test_a_pass_that_fails_after_its_decision_writes_the_failure_not_a_crash_later(
+    workspace: Workspace, small_disk: Path, ledger: Ledger
+) -> None:
+    """A replacement refused for want of room in the state directory (drivers.check_room) is a failed action with an
+    outcome line at once; the next start finds no decision left open, so it never calls it a crash."""
+    row = ledger.row("the state directory full when a replacement begins",
+                     "the failure follows its decision as its outcome; a restart closes nothing")
+    row.runs += 1
+    from reconciler.api.meta import ResourceKey
+    from reconciler.control.reconciler import Reconciler
+
+    key = ResourceKey("Workload", "kept")
+    workspace.write("kept.yaml", workload_yaml("kept", SLEEPER, ("v1",)))
+    reconciler = Reconciler(workspace.desired, small_disk)
+    reconciler.refresh()
+    reconciler.adopt()
+    reconciler.reconcile(key)
+    first = workspace.pid("kept.yaml", "kept")
+    workspace.write("kept.yaml", workload_yaml("kept", SLEEPER, ("v2",)))  # a replacement: a stop, then a start
+    reconciler.refresh()
+    filler = fill(small_disk)
+    with pytest.raises(OSError) as full:
+        reconciler.reconcile(key)
+    assert full.value.errno == errno.ENOSPC
+    decision, outcome = workspace.evidence("kept.yaml")[-2:]
+    assert (decision["event"], decision["action"]) == ("decision", "recreate"), decision
+    assert (outcome["event"], outcome["action"], outcome["result"]) == ("action", "recreate", "failed"), outcome
+    assert outcome["failure"]["reason"] == "StorageUnavailable" and outcome["failedOperation"]["op"] == "stop", outcome
+    assert psutil.pid_exists(first), "what ran is not stopped for a replacement the state cannot record"
+
+    filler.unlink()
+    restarted = Reconciler(workspace.desired, small_disk)
+    restarted.refresh()
+    restarted.adopt()
+    assert closing(workspace, "kept.yaml") is None, workspace.evidence("kept.yaml")[-1]
+    row.passed += 1
+
+
+def forge_decision(workspace: Workspace, spec_file: str, name: str, time: str) -> None:
+    """What someone who can write the desired-state folder can append: a decision that chains, as if the reconciler
+    had begun to start `name` and been killed before its outcome."""
+    path = workspace.desired / spec_file.replace(".yaml", ".evidence.jsonl")
+    lines = path.read_bytes().splitlines() if path.exists() else []
+    prev = hashlib.sha256(lines[-1]).hexdigest() if lines else "0" * 64
+    forged = {"time": time, "resource": f"Workload/{name}", "generation": 1, "event": "decision", "action": "create",
+              "cause": "not running", "decision": "approve", "reasons": [],
+              "operations": [{"op": "start", "cause": "not running"}], "prev": prev}
+    with path.open("ab") as log:
+        log.write(json.dumps(forged, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+
+
+def test_a_forged_decision_in_the_evidence_is_never_closed_in_the_reconcilers_name(workspace: Workspace,
+                                                                                  ledger: Ledger) -> None:
+    """Only a decision the state directory names as being carried out is closed: a forged one that chains is not
+    called 'adopted' for a run the reconciler started otherwise, and gives no record to a workload never started."""
+    row = ledger.row("a forged decision appended to the evidence before a restart",
+                     "no outcome line in the reconciler's name; no record made from it")
+    row.runs += 1
+    from reconciler.api.meta import ResourceKey
+    from reconciler.control.reconciler import Reconciler
+
+    workspace.write("real.yaml", workload_yaml("real", SLEEPER))
+    first = Reconciler(workspace.desired, workspace.state)
+    first.refresh()
+    first.adopt()
+    first.reconcile(ResourceKey("Workload", "real"))
+    assert workspace.pid("real.yaml", "real")
+    forge_decision(workspace, "real.yaml", "real", "2000-01-01T00:00:00+00:00")  # before its run: 'it started it'
+    workspace.write("ghost.yaml", workload_yaml("ghost", SLEEPER))
+    forge_decision(workspace, "ghost.yaml", "ghost", "2000-01-01T00:00:00+00:00")
+
+    restarted = Reconciler(workspace.desired, workspace.state)
+    restarted.refresh()
+    restarted.adopt()
+    assert closing(workspace, "real.yaml") is None, workspace.evidence("real.yaml")[-1]
+    assert closing(workspace, "ghost.yaml") is None, workspace.evidence("ghost.yaml")[-1]
+    assert ResourceKey("Workload", "ghost") not in restarted.records, "a record made from a forged line"
+    row.passed += 1
+
+
+def test_a_spawn_a_crash_left_unrecorded_is_stopped_first_and_its_start_closed_naming_it(workspace: Workspace,
+                                                                                       ledger: Ledger) -> None:
+    """Killed between spawning a workload and recording it: the restart stops that spawn (adopt), and only then says
+    what became of the start, naming the pid it stopped, not 'nothing it would have started runs'."""
+    row = ledger.row("daemon SIGKILLed after a spawn, before its driver recorded it",
+                     "adopt stops the spawn; the start's outcome names that pid, written after adopt")
+    row.runs += 1
+    from reconciler.control.reconciler import Reconciler
+
+    workspace.write("spawned.yaml", workload_yaml("spawned", SLEEPER, ("spawn-marker",)))
+    daemon = workspace.start_daemon(env={**os.environ, CRASH_VARIABLE: "spawned"})
+    assert daemon.wait(timeout=60) == -signal.SIGKILL
+    workspace.stop_daemon()
+    spawned = next(process.pid for process in psutil.process_iter(["cmdline"])
+                   if "spawn-marker" in (process.info["cmdline"] or []))
+
+    restarted = Reconciler(workspace.desired, workspace.state)
+    restarted.refresh()  # `apply`'s order: the snapshot first, then adopt
+    assert closing(workspace, "spawned.yaml") is None, "judged before what the crash left was stopped"
+    assert restarted.adopt() == {"spawned": spawned}
+    ended = closing(workspace, "spawned.yaml")
+    assert ended is not None and (ended["result"], ended["stoppedPid"]) == ("not started", spawned), ended
+    assert f"pid {spawned} it spawned was never recorded, and is stopped" in ended["cause"], ended
     row.passed += 1
