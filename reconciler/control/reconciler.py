@@ -148,7 +148,7 @@ class Reconciler:
         the outcome of any action a crash cut short (control/recovery.py), once adopt() has run (the daemon's order)."""
         now, keys = clock.now(), self.keys()
         if self._stopped_spawns is not None:
-            close_cut_short(self.parts, self.desired, keys, now, self._stopped_spawns)
+            close_cut_short(self.parts, self.desired, now, self._stopped_spawns)
         for key in keys:
             described = describe(self.parts, self.plan(key, now), self.desired, now)
             if described:
@@ -175,7 +175,7 @@ class Reconciler:
             log.warning("%s: stopped pid %d: spawned by a start that a crash cut short, never recorded", name, pid)
         if self._seeded:
             now = clock.now()
-            for key in close_cut_short(self.parts, self.desired, self.keys(), now, stopped):
+            for key in close_cut_short(self.parts, self.desired, now, stopped):
                 described = describe(self.parts, self.plan(key, now), self.desired, now)
                 if described:
                     self.parts.recorder.set_status(described[0].source, described[1])

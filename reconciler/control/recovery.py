@@ -19,14 +19,14 @@ from reconciler.observe.processes import ProcessState
 log = logging.getLogger("reconciler")
 
 
-def close_cut_short(parts: Parts, desired: DesiredState, keys: list[ResourceKey], now: datetime,
-                    stopped_spawns: dict[str, int]) -> list[ResourceKey]:
-    """For each workload whose last decision or outcome line is a decision acted on: its outcome as observed now,
+def close_cut_short(parts: Parts, desired: DesiredState, now: datetime, stopped_spawns: dict[str, int]) -> list[ResourceKey]:
+    """For each workload the state directory says a decision was being carried out for (read from there, not from
+    a listing of what runs), whose last decision or outcome line is that decision: its outcome as observed now,
     in the evidence (naming the decision line by hash) and on its record, which its status shows while it holds.
     `stopped_spawns`: the pid adopt() stopped for a workload, spawned by its start and never recorded. Returns the
     workloads closed."""
     closed = []
-    for key in keys:
+    for key in parts.remembered.store.acting_on():
         entry, record = desired.resources.get(key), parts.remembered.get(key)
         source = entry.file if entry is not None else record.source if record is not None else None
         vouched = parts.remembered.store.vouched(key) if key.kind == "Workload" else None

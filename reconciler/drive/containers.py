@@ -8,7 +8,6 @@ never started is replaced by the next start.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -16,7 +15,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 
 import docker.errors
@@ -26,6 +24,7 @@ from reconciler.api.launch import ContainerLaunch
 from reconciler.api.status import ExitInfo
 from reconciler.base.atomic import write_atomic
 from reconciler.drive.container_config import GENERATION_LABEL, create_args, enforcement, launch_of
+from reconciler.drive.container_starts import ContainerStarts
 from reconciler.drive.engine_answers import addresses_of, engine_time, failure_of, system_time
 from reconciler.drive.logs import LogStore
 from reconciler.drive.ports import port_free
@@ -52,9 +51,7 @@ class ContainerDriver:
         self._seen = OwnedContainers(engine, owner, one_shot=readonly)
         self.logs = LogStore(state_dir / "logs")
         self._owner = owner
-        # the id and main pid of the container each workload last started: the engine forgets the pid once it
-        # exits, and a container we started and never removed that is missing was removed behind our back
-        self._started = state_dir / "containers"
+        self._starts = ContainerStarts(state_dir / "containers", readonly)
         self._on_exit = on_exit
         self._on_engine_back = on_engine_back
         self._readonly = readonly
@@ -183,11 +180,11 @@ class ContainerDriver:
                 self._remove_all(name)
                 self._check_host(launch)
                 self.logs.rotate(name)
-                self._remember_start(name, None)  # before the engine makes anything, as a native start's intent
+                self._starts.remember(name, None)  # before the engine makes anything, as a native start's intent
                 try:
                     container = client.containers.create(**create_args(name, self.container_name(name), self._owner, launch, generation))
                 except docker.errors.APIError:
-                    self._forget_start(name)  # refused: nothing was made
+                    self._starts.forget(name)  # refused: nothing was made
                     raise
                 # what the start leaves is inspected at its end, and that inspection serves the looks that follow
                 # (the pass's status, the other workloads' memory): the events of this start are not news then
@@ -197,14 +194,14 @@ class ContainerDriver:
                 except docker.errors.APIError as error:
                     self._save_log(name, container)
                     container.remove(force=True)  # nothing half-made is left behind
-                    self._forget_start(name)
+                    self._starts.forget(name)
                     raise failure_of(error, "ContainerStartFailed") from None
                 container.reload()
         except EngineUnavailable as error:
             raise StartFailed("EngineUnavailable", error.message) from None
         except docker.errors.APIError as error:
             raise failure_of(error, "ContainerCreateFailed") from None
-        self._remember_start(name, container)
+        self._starts.remember(name, container)
         self._seen.acted(name, [container], mark)
         return self._observation(name, [container])
 
@@ -240,7 +237,7 @@ class ContainerDriver:
 
     def _stop(self, name: str, grace_seconds: float, forget: bool) -> ExitInfo | None:
         observed = None
-        if not self._last_started(name) and self.engine.unavailable() is not None:
+        if not self._starts.last(name) and self.engine.unavailable() is not None:
             self._seen.changed(name)
             return None  # an intent precedes every create: without one, there is no container of ours to stop
         mark = self._seen.mark(name)
@@ -251,12 +248,12 @@ class ContainerDriver:
                 try:
                     if container.status in _RUNNING:
                         if not forget:  # its exit stays on record, to be told from a crash
-                            self._note_stop_requested(name, container.id)
+                            self._starts.note_stop_requested(name, container.id)
                         try:
                             container.stop(timeout=math.ceil(grace_seconds))
                         except Exception:
                             if not forget:  # it may run on: a later exit of its own is no stop of ours
-                                self._note_stop_requested(name, container.id, withdrawn=True)
+                                self._starts.note_stop_requested(name, container.id, withdrawn=True)
                             raise
                     container.reload()
                     observed = self._observation(name, [container])
@@ -268,7 +265,7 @@ class ContainerDriver:
                 except docker.errors.APIError as error:
                     raise StartFailed("ContainerStopFailed", f"{container.name}: {error.explanation or error}") from None
         if forget:
-            self._forget_start(name)
+            self._starts.forget(name)
             self._seen.acted(name, [], mark)  # all removed: the start that may follow need not look again
         else:
             self._seen.changed(name)
@@ -279,14 +276,14 @@ class ContainerDriver:
     def _observation(self, name: str, containers: list[Container]) -> ProcessObservation:
         adoptable = [(container, launch) for container in containers if (launch := launch_of(container))]
         if not adoptable:  # a start replaces whatever carries our label
-            started = self._last_started(name).get("id")
+            started = self._starts.last(name).get("id")
             gone = started and not any(container.id == started for container in containers)
             return ProcessObservation(ProcessState.absent, vanished=f"container {started[:12]}" if gone else None)
         container, launch = max(adoptable, key=lambda pair: pair[0].attrs.get("Created", ""))
         state = container.attrs.get("State") or {}
         if state.get("Status") == "created":
             return ProcessObservation(ProcessState.absent)  # a start a crash cut short
-        pid = state.get("Pid") or self._started_pid(name, container.id)
+        pid = state.get("Pid") or self._starts.pid(name, container.id)
         # Docker's zero time (never started, or ended with no finish recorded, as a start cut by an engine restart
         # leaves it) falls back to the time before it, never to "now": an exit seen anew on every pass would
         # push its restart's back-off out forever.
@@ -298,8 +295,8 @@ class ContainerDriver:
             enforcement=enforcement(launch), container_id=container.id, addresses=addresses_of(container),
         )
         if state.get("Status") in _RUNNING:
-            if not self._readonly and self._started_pid(name, container.id) != pid:
-                self._remember_start(name, container)
+            if not self._readonly and self._starts.pid(name, container.id) != pid:
+                self._starts.remember(name, container)
             return ProcessObservation(ProcessState.running, record)
         # The engine's own words tell this exit from another, and its own clock how long the run took: moved onto
         # the reconciler's clock as they are read, they would change whenever the system clock is slewed or stepped.
@@ -309,7 +306,7 @@ class ContainerDriver:
         exit_info = ExitInfo(pid=pid, code=state.get("ExitCode"), finished_at=engine_time(ended, started_at),
                              run=f"container {container.id} started {began} finished {ended}",
                              ran_seconds=max(0.0, ran), oom_killed=bool(state.get("OOMKilled")),
-                             stopped_by_reconciler=self._stopped_by_us(name, container.id, finish_time))
+                             stopped_by_reconciler=self._starts.stopped_by_us(name, container.id, finish_time))
         return ProcessObservation(ProcessState.exited, record.model_copy(update={"exit": exit_info}))
 
     def _check_host(self, launch: ContainerLaunch) -> None:
@@ -333,7 +330,7 @@ class ContainerDriver:
                 container.remove(force=True)
             except docker.errors.NotFound:
                 pass
-        self._forget_start(name)
+        self._starts.forget(name)
 
     def _save_log(self, name: str, container: Container) -> None:
         if self._readonly:
@@ -345,47 +342,6 @@ class ContainerDriver:
             return
         self.logs.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(self.logs.path(name), output[-self.logs.max_bytes:], mode=0o600)
-
-    def _remember_start(self, name: str, container: Container | None) -> None:
-        """The container a start made (None: one is about to be made), so it is never lost sight of."""
-        pid = (container.attrs.get("State") or {}).get("Pid") or 0 if container else 0
-        self._started.mkdir(parents=True, exist_ok=True, mode=0o700)
-        record = {"id": container.id if container else None, "pid": pid}
-        write_atomic(self._started / f"{name}.json", json.dumps(record), mode=0o600)
-
-    def _note_stop_requested(self, name: str, container_id: str, withdrawn: bool = False) -> None:
-        """Before the stop call, kept across a crash: the engine records an exit, never who asked for it.
-        `withdrawn`: the stop call failed, the request is taken back."""
-        started = self._last_started(name)
-        if started.get("id") == container_id:
-            started.pop("stopAt", None)
-            # on the engine's clock, to compare with its FinishedAt as it is
-            asked = {} if withdrawn else {"stopAt": clock.system_now().isoformat()}
-            write_atomic(self._started / f"{name}.json", json.dumps({**started, **asked}), mode=0o600)
-
-    def _stopped_by_us(self, name: str, container_id: str, finished: datetime | None) -> bool:
-        """An exit after the reconciler asked for it (an idle or unhealthy stop), not a crash before the ask; both
-        times the system clock's: converted as they are read, an exit a few ms after its stop could seem before it."""
-        started = self._last_started(name)
-        asked = started.get("stopAt") if started.get("id") == container_id else None
-        try:
-            return isinstance(asked, str) and finished is not None and finished >= datetime.fromisoformat(asked)
-        except (TypeError, ValueError):  # a damaged record proves nothing: the exit stays one it did not cause
-            return False
-
-    def _forget_start(self, name: str) -> None:
-        if not self._readonly:
-            (self._started / f"{name}.json").unlink(missing_ok=True)
-
-    def _last_started(self, name: str) -> dict:
-        try:
-            return json.loads((self._started / f"{name}.json").read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def _started_pid(self, name: str, container_id: str) -> int:
-        started = self._last_started(name)
-        return started.get("pid", 0) if started.get("id") == container_id else 0
 
     def _watch_events(self) -> None:
         """Exits and removals of our containers wake their workloads; so does the engine coming back. Every event

@@ -5,6 +5,7 @@ This, not the status files, is what later passes trust: status files are output 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -52,6 +53,14 @@ class StateStore:
             return self._acting(key).read_text(encoding="ascii").strip() or None
         except (OSError, UnicodeDecodeError):
             return None
+
+    def acting_on(self) -> list[ResourceKey]:
+        """The resources a decision was being carried out for when this state directory was last written."""
+        try:
+            entries = sorted(entry.name for entry in os.scandir(self.acting) if entry.is_file(follow_symlinks=False))
+        except FileNotFoundError:
+            return []
+        return [ResourceKey(kind, name) for kind, _, name in (entry.partition(".") for entry in entries) if name]
 
     def settled(self, key: ResourceKey) -> None:
         """Its outcome is on record. Not synced: a crash that undoes this leaves a named decision with an outcome

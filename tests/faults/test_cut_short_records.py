@@ -20,7 +20,7 @@ from reconciler.base.crash_points import CRASH_VARIABLE
 from tests.conftest import SLEEPER, Workspace, wait_for, workload_yaml
 from tests.docker_engine import EngineUnderTest
 from tests.faults.conftest import Ledger
-from tests.faults.test_disk_full import fill, small_disk  # noqa: F401 (a fixture)  # noqa: F401 - a fixture
+from tests.faults.test_disk_full import fill, small_disk  # noqa: F401 (a fixture)
 from tests.test_containers import container_yaml, policy_yaml, the_container
 
 
