@@ -167,6 +167,8 @@ def test_a_no_op_apply_and_a_status_list_once_and_inspect_each_container_once(
     # listings: the seed's keys (before the event subscription), its first look after it, adopting, the pass's keys
     assert calls.get("GET /containers/json", 0) <= 4, calls
     assert [endpoint for endpoint in calls if not endpoint.startswith("GET ")] == [], calls
+    # the engine SDK asks the API version on connecting; the host profile's engine release is read from that answer
+    assert calls.get("GET /version") == 1, calls
     assert [c.status for c in ours(docker_engine, space)] == ["running"] * len(names)
     shown, calls = counted(space, docker_engine, tmp_path / "status.sock", "status")
     assert shown.returncode == 0 and shown.stdout.count("Running") == len(names), shown.stdout + shown.stderr
