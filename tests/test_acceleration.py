@@ -23,6 +23,7 @@ from reconciler.observe.engine_builds import (CACHE_FILE, LLAMA_CPP_PYTHON, LLAM
 from reconciler.observe.engine_log import EngineLoad, parse_engine_log
 from reconciler.observe.gpu_processes import read_gpu_processes
 from reconciler.observe.gpus import GpuInventory
+from reconciler.control.reconciler import Reconciler
 from reconciler.record.recorder import HOST_PROFILE_FILE
 from tests.conftest import POLICY_YAML, Workspace, wait_for, workload_yaml
 from tests.test_engines import ENGINES_POLICY, document, engine_env, free_port
@@ -346,3 +347,25 @@ def test_apply_asks_the_builds_only_once_a_llama_cpp_workload_is_desired(workspa
     assert LLAMA_SERVER in [build["engine"] for build in published["engineBuilds"]]
     assert "engineBuildsUnasked" not in published or published["engineBuildsUnasked"] is None
     assert "it lists no GPU device (`llama-server --list-devices`)" in refused.stderr
+
+
+def test_a_running_reconciler_asks_the_builds_on_the_refresh_a_llama_cpp_workload_first_appears(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon's profile is kept for 30 s; a llama.cpp workload that arrives within them is not judged, nor its
+    decision cited, by a profile that asked no build."""
+    asked, env = _logging_llama_server(tmp_path)
+    monkeypatch.setenv("PATH", env["PATH"])
+    monkeypatch.setenv("RECONCILER_FAKE_GPUS", env["RECONCILER_FAKE_GPUS"])
+    workspace.write("policy.yaml", POLICY_YAML)
+    reconciler = Reconciler(workspace.desired, workspace.state)
+    reconciler.refresh()
+    unasked = reconciler.parts.host.profile
+    assert not asked.exists() and unasked is not None and unasked.engine_builds_unasked is not None
+    _chat(workspace, {"gpuLayers": 8}, gpus=1)
+    reconciler.refresh()
+    profile = reconciler.parts.host.profile
+    assert asked.read_text() == "--list-devices\n"
+    assert profile is not None and profile.engine_builds_unasked is None
+    assert LLAMA_SERVER in [build.engine for build in profile.engine_builds]
+    assert profile.capability_digest() != unasked.capability_digest()
