@@ -23,6 +23,7 @@ from reconciler.observe.engine_builds import (CACHE_FILE, LLAMA_CPP_PYTHON, LLAM
 from reconciler.observe.engine_log import EngineLoad, parse_engine_log
 from reconciler.observe.gpu_processes import read_gpu_processes
 from reconciler.observe.gpus import GpuInventory
+from reconciler.control.reconciler import Reconciler
 from reconciler.record.recorder import HOST_PROFILE_FILE
 from tests.conftest import POLICY_YAML, Workspace, wait_for, workload_yaml
 from tests.test_engines import ENGINES_POLICY, document, engine_env, free_port
@@ -305,23 +306,66 @@ def test_a_server_the_spec_names_that_runs_on_the_cpu_is_not_ready(workspace: Wo
     assert status["acceleration"]["layersByDevice"] == {"CPU": 3}  # llama-cpp-python logs each layer's device
 
 
-def test_read_only_commands_ask_no_build_that_no_workload_is_judged_by(workspace: Workspace, tmp_path: Path) -> None:
-    """status, plan and describe read the host to judge what the specs ask: a build no spec runs on a GPU is not
-    run (0.15 s of every command); the daemon or apply still asks it once for the published host profile."""
+def _logging_llama_server(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A llama-server stand-in on PATH that notes each run's arguments and lists no device: (its log, the env)."""
     asked, programs = tmp_path / "asked", tmp_path / "bin"
     programs.mkdir()
     server = programs / "llama-server"
     server.write_text(f"#!/bin/sh\necho \"$@\" >> {asked}\necho 'Available devices:'\n")
     server.chmod(0o755)
-    env = engine_env(None, tmp_path)
+    env = engine_env(FAKE_GPU, tmp_path)
     env["PATH"] = f"{programs}:{env['PATH']}"
+    return asked, env
+
+
+def test_read_only_commands_ask_no_build_that_no_workload_is_judged_by(workspace: Workspace, tmp_path: Path) -> None:
+    """status, plan and describe read the host to judge what the specs ask: a build no spec runs on a GPU is not
+    run (0.15 s of every command)."""
+    asked, env = _logging_llama_server(tmp_path)
     workspace.write("policy.yaml", POLICY_YAML)
     workspace.write("hello.yaml", workload_yaml("hello"))
     for command in (("status",), ("plan",), ("describe", "hello")):
         done = workspace.cli(*command, env=env)
         assert done.returncode in (0, 2), done.stderr
-        assert not asked.exists(), f"`reconciler {command[0]}` ran {server}: {asked.read_text()}"
+        assert not asked.exists(), f"`reconciler {command[0]}` ran {asked.parent / 'bin'}: {asked.read_text()}"
+
+
+def test_apply_asks_the_builds_only_once_a_llama_cpp_workload_is_desired(workspace: Workspace, tmp_path: Path) -> None:
+    """Asking a build runs it (0.2 s before a cold apply's first start): without a llama.cpp workload the published
+    profile says it was not asked; with one, the build is asked once, before that workload is judged by it."""
+    asked, env = _logging_llama_server(tmp_path)
+    workspace.write("policy.yaml", POLICY_YAML)
+    workspace.write("hello.yaml", workload_yaml("hello"))
     assert workspace.cli("apply", env=env).returncode == 0
+    assert not asked.exists(), f"apply without a llama.cpp workload ran llama-server: {asked.read_text()}"
+    published = yaml.safe_load((workspace.desired / HOST_PROFILE_FILE).read_text())["status"]
+    assert published["engineBuilds"] == [] and published["engineBuildsUnasked"] == "not asked: no llama.cpp workload is desired"
+    _chat(workspace, {"gpuLayers": 8}, gpus=1)  # judged by the build: it lists no device, so it is refused
+    refused = workspace.cli("apply", env=env)
+    assert asked.read_text() == "--list-devices\n", refused.stderr
+    published = yaml.safe_load((workspace.desired / HOST_PROFILE_FILE).read_text())["status"]
+    assert LLAMA_SERVER in [build["engine"] for build in published["engineBuilds"]]
+    assert "engineBuildsUnasked" not in published or published["engineBuildsUnasked"] is None
+    assert "it lists no GPU device (`llama-server --list-devices`)" in refused.stderr
+
+
+def test_a_running_reconciler_asks_the_builds_on_the_refresh_a_llama_cpp_workload_first_appears(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon's profile is kept for 30 s; a llama.cpp workload that arrives within them is not judged, nor its
+    decision cited, by a profile that asked no build."""
+    asked, env = _logging_llama_server(tmp_path)
+    monkeypatch.setenv("PATH", env["PATH"])
+    monkeypatch.setenv("RECONCILER_FAKE_GPUS", env["RECONCILER_FAKE_GPUS"])
+    workspace.write("policy.yaml", POLICY_YAML)
+    reconciler = Reconciler(workspace.desired, workspace.state)
+    reconciler.refresh()
+    unasked = reconciler.parts.host.profile
+    assert not asked.exists() and unasked is not None and unasked.engine_builds_unasked is not None
+    _chat(workspace, {"gpuLayers": 8}, gpus=1)
+    reconciler.refresh()
+    profile = reconciler.parts.host.profile
     assert asked.read_text() == "--list-devices\n"
-    profile = yaml.safe_load((workspace.desired / HOST_PROFILE_FILE).read_text())
-    assert LLAMA_SERVER in [build["engine"] for build in profile["status"]["engineBuilds"]]
+    assert profile is not None and profile.engine_builds_unasked is None
+    assert LLAMA_SERVER in [build.engine for build in profile.engine_builds]
+    assert profile.capability_digest() != unasked.capability_digest()

@@ -64,6 +64,17 @@ def test_status_imports_none_of_the_daemon(tmp_path: Path) -> None:
 
 
 
+def test_apply_imports_none_of_the_daemon_nor_gitops(tmp_path: Path) -> None:
+    """A one-shot apply reads its folder's revision with git alone: GitOps' follower and models are the daemon's."""
+    folder = tmp_path / "desired"
+    folder.mkdir()
+    (folder / "policy.yaml").write_text(
+        "apiVersion: localaistack.dev/v1alpha1\nkind: Policy\nmetadata: {name: home}\nspec: {}\n")
+    modules = imported("apply", str(folder), "--state-dir", str(tmp_path / "state"), cwd=tmp_path)
+    assert "reconciler.control.reconciler" in modules and "reconciler.observe.git" in modules  # it applied
+    assert {module for module in DAEMON_ONLY if module in modules or module in top_level(modules)} == set()
+    assert "reconciler.control.gitops" not in modules
+
 
 @pytest.mark.parametrize("command,module", [("status", "views"), ("logs", "views"), ("validate", "passes"),
                                             ("approve", "answers")])

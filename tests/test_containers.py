@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from reconciler.drive.process import owner_id
-from reconciler.observe.docker_engine import OWNER_LABEL, WORKLOAD_LABEL
+from reconciler.observe.docker_engine import OWNER_LABEL, WORKLOAD_LABEL, DockerEngine
 from tests.conftest import PYTHON, Workspace, wait_for, workload_yaml
 from tests.docker_engine import TEST_IMAGE, EngineUnderTest, import_image
 from tests.engine_proxy import CountingProxy
@@ -166,12 +166,30 @@ def test_a_no_op_apply_and_a_status_list_once_and_inspect_each_container_once(
     # listings: the seed's keys (before the event subscription), its first look after it, adopting, the pass's keys
     assert calls.get("GET /containers/json", 0) <= 4, calls
     assert [endpoint for endpoint in calls if not endpoint.startswith("GET ")] == [], calls
+    # the engine SDK asks the API version on connecting; the host profile's engine release is read from that answer
+    assert calls.get("GET /version") == 1, calls
     assert [c.status for c in ours(docker_engine, space)] == ["running"] * len(names)
     shown, calls = counted(space, docker_engine, tmp_path / "status.sock", "status")
     assert shown.returncode == 0 and shown.stdout.count("Running") == len(names), shown.stdout + shown.stderr
     # status reads one moment: one listing, one inspection per container, however many times it looks at each
     assert calls.get("GET /containers/{}/json") == len(names), calls
     assert calls.get("GET /containers/json", 0) <= 2, calls
+
+
+def test_the_engine_release_read_on_connecting_is_news_once(docker_engine: EngineUnderTest, tmp_path: Path) -> None:
+    """The connection's own GET /version answers the first question of the engine's release; a later one asks the
+    engine again (it may have been upgraded under a kept connection)."""
+    if not docker_engine.address.startswith("unix://"):
+        pytest.skip("the counting proxy stands on a unix socket")
+    proxy = CountingProxy(tmp_path / "engine.sock", docker_engine.address.removeprefix("unix://"))
+    proxy.start()
+    try:
+        engine = DockerEngine(proxy.address)
+        release = docker_engine.client().version()["Version"]
+        assert engine.version() == release and proxy.counts["GET /version"] == 1
+        assert engine.version() == release and proxy.counts["GET /version"] == 2
+    finally:
+        proxy.close()
 
 
 def test_a_cold_apply_lists_once_per_look_of_the_pass_not_once_per_workload(

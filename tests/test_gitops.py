@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from reconciler.control.gitops import (
-    FollowerStatus, GitFollower, Outcome, Prepared, clean_path, local_revision, request_sync, should_attempt,
+    FollowerStatus, GitFollower, Outcome, Prepared, clean_path, request_sync, should_attempt,
 )
 from reconciler.load.desired import load_desired
-from reconciler.observe.git import redact, revision_commit, revision_string
+from reconciler.observe.git import local_revision, redact, revision_commit, revision_string
 from reconciler.record.evidence import EvidenceLog, verify_chain
 
 POLICY = """\

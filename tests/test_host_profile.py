@@ -239,7 +239,7 @@ class TestFakeGpus:
         fake_gpus(monkeypatch, tmp_path, TWO_GPUS)
         profile = observe(tmp_path)
         dumped = profile.model_dump(mode="json", by_alias=True)
-        assert set(dumped) == {"cpu", "memory", "disk", "os", "containerEngine", "gpus", "engineBuilds"}
+        assert set(dumped) == {"cpu", "memory", "disk", "os", "containerEngine", "gpus", "engineBuilds", "engineBuildsUnasked"}
         assert set(dumped["cpu"]) == {"model", "logicalCores", "physicalCores", "architecture", "flags"}
         assert set(dumped["gpus"]) == {"devices", "driverVersion", "cudaVersion", "source", "reason"}
         assert dumped["gpus"]["devices"][0]["computeCapability"] == "9.0"

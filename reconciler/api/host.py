@@ -24,6 +24,7 @@ _CAPABILITY = {
         "driver_version": True, "cuda_version": True, "source": True, "reason": True,
     },
     "engine_builds": {"__all__": {"engine", "digest", "gpu_offload", "backends"}},
+    "engine_builds_unasked": True,
 }
 
 
@@ -106,6 +107,9 @@ class HostProfile(Report):
     container_engine: ContainerEngineProfile
     gpus: GpusProfile
     engine_builds: list[EngineBuildProfile] = Field(default_factory=list)
+    engine_builds_unasked: str | None = Field(
+        None, description="Why the llama.cpp builds were not asked (none is until a llama.cpp workload is desired); "
+                          "None when they were.")
 
     def capability_digest(self) -> str:
         """Changes when the host gains or loses capability (a GPU, a driver, memory), not when usage moves."""

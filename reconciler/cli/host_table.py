@@ -15,7 +15,8 @@ def host_table(profile: HostProfile) -> str:
     sections = {
         "CPU": _cpu(profile.cpu), "Memory": _memory(profile.memory), "Disk": _disk(profile.disk), "OS": _os(profile.os),
         "Container engine": _engine(profile.container_engine), "GPUs": _gpus(profile.gpus),
-        "Engine builds": _builds(profile.engine_builds),
+        "Engine builds": [("llama.cpp", profile.engine_builds_unasked)] if profile.engine_builds_unasked
+                         else _builds(profile.engine_builds),
     }
     # One width for every section, so all values start in the same column.
     width = max(len(key) for rows in sections.values() for key, _ in rows) + len(":")

@@ -27,6 +27,7 @@ from reconciler.observe import clock
 from reconciler.observe.docker_engine import DockerEngine
 from reconciler.observe.engine_builds import EngineBuilds
 from reconciler.observe.host import boot_id
+from reconciler.observe.git import local_revision
 from reconciler.record.approvals import ApprovalStore
 from reconciler.record.evidence import HOST_EVIDENCE_FILE
 from reconciler.record.recorder import Recorder
@@ -91,12 +92,6 @@ def assemble(
         host=HostWatch(state_dir, engine, None if readonly else recorder, builds),
         holds=Holds(remembered.all, allow_empty),
         rollouts=Rollouts(approvals, recorder.evidence, drivers.log_path, boot_id()), metrics=metrics,
-        readonly=readonly, revision=revision or (lambda: _local_revision(absolute)),
+        readonly=readonly, revision=revision or (lambda: local_revision(absolute)),
         channel=channel or f"folder {absolute}",
     )
-
-
-def _local_revision(root: Path) -> str | None:
-    from reconciler.control.gitops import local_revision  # GitOps' machinery: a read-only command never asks
-
-    return local_revision(root)

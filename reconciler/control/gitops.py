@@ -29,16 +29,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
 from reconciler.base.atomic import fsync_dir, write_atomic
-from reconciler.base.lock import FOLDER_LOCK
-from reconciler.load.desired import GENERATED_SUFFIXES, build_desired, read_folder
+from reconciler.load.desired import GENERATED_GLOBS, build_desired, read_folder
 from reconciler.observe import git
 
 GITOPS = "gitops"
 KEEP_REVISIONS = 3  # the one in force, the one before it (rollback, files of running processes), one more
 SYNC_REQUEST = "sync-request"
 STATUS_FILE = "status.json"
-# The reconciler's outputs beside the specs, rotated evidence included. Not the folder lock: a lock is its tree's own.
-GENERATED_GLOBS = tuple(f"*{suffix}" for suffix in GENERATED_SUFFIXES) + ("*.evidence.jsonl.*",)
 
 
 class Outcome(str, Enum):
@@ -137,16 +134,6 @@ def _generated_files(tree: Path) -> list[Path]:
 def request_sync(state_dir: Path) -> None:
     """Ask the follower in another process to poll now (`reconciler sync`): the file's existence is the request."""
     write_atomic(state_dir / GITOPS / SYNC_REQUEST, f"{_now().isoformat()}\n")
-
-
-def local_revision(root: Path) -> str | None:
-    """The revision of a plain desired-state folder: its repository's HEAD, `+dirty` when its specs differ."""
-    if shutil.which("git") is None:
-        return None
-    tree = git.describe_worktree(root, ignored=GENERATED_GLOBS + (FOLDER_LOCK,))
-    if tree is None or tree.commit is None:
-        return None
-    return git.revision_string(tree.branch or "HEAD", tree.commit, tree.dirty)
 
 
 def applied_revision(root: Path, state_dir: Path) -> dict[str, str | None] | None:

@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from reconciler.api.host import HostProfile, host_profile_document
+from reconciler.api.kinds import Engine, Workload
+from reconciler.load.desired import DesiredState
 from reconciler.observe.docker_engine import DockerEngine
 from reconciler.observe.engine_builds import EngineBuilds
 from reconciler.observe.gpus import GpuInventory
@@ -24,21 +26,30 @@ class HostWatch:
 
         A profile nobody publishes is only read to judge specs (memory, CPU flags, GPUs): it leaves out the container
         engine's version and the host's llama.cpp builds, which only the published profile and the evidence show.
-        A build a spec is judged by is asked where it is judged (`WorkloadRenderer`), from the same cache."""
+        A build a spec is judged by is asked where it is judged (`WorkloadRenderer`), from the same cache.
+
+        The published profile asks the builds only while a llama.cpp workload is desired: asking one runs it (a
+        Python that imports llama_cpp: 0.2 s, before a cold `apply` of containers could start any); it says so
+        instead, and is observed again as soon as a llama.cpp workload appears, before that workload is judged."""
         self.cache_dir = cache_dir
         self.engine = engine
         self.builds = builds
         self.recorder = recorder
         self.profile: HostProfile | None = None
         self._observed_at: float | None = None
+        self._builds_asked = False
 
-    def refresh(self, inventory: GpuInventory) -> HostProfile:
+    def refresh(self, inventory: GpuInventory, desired: DesiredState) -> HostProfile:
         """`inventory`: the GPUs as the pass just read them (NVML's start-up is the slow part of asking it)."""
-        if self.profile is None or self._observed_at is None or time.monotonic() - self._observed_at >= PROFILE_SECONDS:
-            published = self.recorder is not None
+        published = self.recorder is not None
+        ask_builds = published and any(isinstance(entry.resource, Workload) and entry.resource.spec.engine is Engine.llama_cpp
+                                       for entry in desired.resources.values())
+        if (self.profile is None or self._observed_at is None or ask_builds != self._builds_asked
+                or time.monotonic() - self._observed_at >= PROFILE_SECONDS):
+            unasked = "not asked: no llama.cpp workload is desired" if published else "not asked: a read-only command"
             self.profile = observe_host_profile(self.cache_dir, self.engine if published else None,
-                                                self.builds if published else None, inventory)
-            self._observed_at = time.monotonic()
+                                                self.builds if ask_builds else None, inventory, unasked)
+            self._observed_at, self._builds_asked = time.monotonic(), ask_builds
             if self.recorder is not None:
                 self.recorder.host_profile(host_profile_document(self.profile, platform.node() or "localhost",
                                                                  datetime.now(timezone.utc)))

@@ -106,7 +106,7 @@ class Reconciler:
         previous = self.desired
         self.desired, parts.holds.writing = load_desired(parts.shown_root, self._loaded), writing
         parts.workloads.observe_host()
-        parts.workloads.memory_total = parts.host.refresh(parts.workloads.inventory).memory.total
+        parts.workloads.memory_total = parts.host.refresh(parts.workloads.inventory, self.desired).memory.total
         self._model_capacity()
         if parts.readonly:
             return self.desired

@@ -17,6 +17,8 @@ from reconciler.load.validate import LoadError, validate_document
 from reconciler.load.yaml_source import MAX_FILE_BYTES, YamlProblem, parse_documents
 
 GENERATED_SUFFIXES = (".status.yaml", ".decisions.yaml", ".evidence.jsonl")
+# The reconciler's outputs beside the specs, rotated evidence included. Not the folder lock: a lock is its tree's own.
+GENERATED_GLOBS = tuple(f"*{suffix}" for suffix in GENERATED_SUFFIXES) + ("*.evidence.jsonl.*",)
 SPEC_SUFFIXES = (".yaml", ".yml")
 
 

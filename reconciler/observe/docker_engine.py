@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import docker
 import docker.errors
 import requests.exceptions
+from docker.constants import MINIMUM_DOCKER_API_VERSION
 from docker.models.containers import Container
 
 DEFAULT_ADDRESS = "unix:///var/run/docker.sock"
@@ -53,6 +54,7 @@ class DockerEngine:
         self.address = address or engine_address()
         self.timeout = timeout
         self._client: docker.DockerClient | None = None
+        self._release_on_connecting: str | None = None  # what the engine said it was when the client was made
         self._lock = threading.Lock()
 
     @contextmanager
@@ -61,7 +63,7 @@ class DockerEngine:
         try:
             with self._lock:
                 if self._client is None:
-                    self._client = docker.DockerClient(base_url=self.address, version="auto", timeout=int(self.timeout))
+                    self._client, self._release_on_connecting = self._connect()
                 client = self._client
             yield client
         except docker.errors.APIError:
@@ -70,6 +72,20 @@ class DockerEngine:
             with self._lock:
                 self._client = None
             raise EngineUnavailable(self.address, _plain(error)) from None
+
+    def _connect(self) -> tuple[docker.DockerClient, str | None]:
+        """A client speaking the engine's API version, and the engine's release from the same answer: the SDK's
+        version="auto" asks GET /version and keeps only the API version, so the release cost a second request."""
+        asking = docker.DockerClient(base_url=self.address, version=MINIMUM_DOCKER_API_VERSION, timeout=int(self.timeout))
+        try:
+            answer = asking.api.version(api_version=False)
+            api_version = answer["ApiVersion"]
+        except (docker.errors.APIError, KeyError, TypeError) as error:  # as the SDK's own "auto" says it
+            raise docker.errors.DockerException(f"Error while fetching server API version: {error}") from None
+        finally:
+            asking.close()
+        client = docker.DockerClient(base_url=self.address, version=api_version, timeout=int(self.timeout))
+        return client, answer.get("Version")
 
     def unavailable(self) -> str | None:
         """Why the engine cannot be used now, or None when it answers."""
@@ -85,7 +101,9 @@ class DockerEngine:
     def version(self) -> str | None:
         """The engine's release (e.g. "27.3.1"), None if it does not say; raises EngineUnavailable like every exchange."""
         with self.reach() as client:
-            return client.version().get("Version")
+            with self._lock:  # the connection's own answer is news once; later questions ask again
+                release, self._release_on_connecting = self._release_on_connecting, None
+            return release if release is not None else client.version().get("Version")
 
     def image(self, reference: str) -> ImageFacts | None:
         with self.reach() as client:

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.base.atomic import fsync_dir
+from reconciler.base.lock import FOLDER_LOCK
 from reconciler.base.redact import redact
+from reconciler.load.desired import GENERATED_GLOBS
 
 GIT_TIMEOUT = 60.0
 FETCH_TIMEOUT = 300.0  # a first fetch of a large history over a slow link
@@ -207,3 +209,13 @@ def revision_string(branch: str, commit: str, dirty: bool = False) -> str:
 
 def revision_commit(revision: str) -> str:
     return revision.rsplit(":", 1)[-1].removesuffix("+dirty")
+
+
+def local_revision(root: Path) -> str | None:
+    """The revision of a plain desired-state folder: its repository's HEAD, `+dirty` when its specs differ."""
+    if shutil.which("git") is None:
+        return None
+    tree = describe_worktree(root, ignored=GENERATED_GLOBS + (FOLDER_LOCK,))
+    if tree is None or tree.commit is None:
+        return None
+    return revision_string(tree.branch or "HEAD", tree.commit, tree.dirty)

@@ -23,13 +23,14 @@ _INFERENCE_PREFIXES = ("avx512", "amx")
 
 
 def observe_host_profile(cache_dir: Path, engine: DockerEngine | None, builds: EngineBuilds | None = None,
-                         inventory: GpuInventory | None = None) -> HostProfile:
-    """`builds`: where the llama.cpp builds' answers are kept; None: they are not asked. `inventory`: the GPUs as
-    just read by the caller (None: read here)."""
+                         inventory: GpuInventory | None = None, builds_unasked: str = "not asked") -> HostProfile:
+    """`builds`: where the llama.cpp builds' answers are kept; None: they are not asked, and `builds_unasked` says
+    why in the profile. `inventory`: the GPUs as just read by the caller (None: read here)."""
     inventory = read_inventory() if inventory is None else inventory
     return HostProfile(cpu=observe_cpu(), memory=observe_memory(), disk=observe_disk(cache_dir), os=observe_os(),
                        container_engine=observe_engine(engine), gpus=observe_gpus(inventory),
-                       engine_builds=observe_engine_builds(builds, inventory) if builds is not None else [])
+                       engine_builds=observe_engine_builds(builds, inventory) if builds is not None else [],
+                       engine_builds_unasked=None if builds is not None else builds_unasked)
 
 
 def parse_cpuinfo(text: str) -> tuple[str | None, list[str]]:
