@@ -133,7 +133,7 @@ def _settle(reconciler: Reconciler, loop: Loop[ResourceKey], wait: bool, timeout
 
 
 def _round(reconciler: Reconciler, loop: Loop[ResourceKey]) -> None:
-    keys = reconciler.keys()
+    keys = reconciler.keys(fresh=False)  # the seed's listing, taken just before, and the engine's events since
     loop.run_round(keys, reconciler.prerequisites(keys))
 
 
