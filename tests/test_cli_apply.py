@@ -7,6 +7,7 @@ import os
 import signal
 
 import psutil
+import pytest
 import yaml
 
 from tests.conftest import POLICY_YAML, PYTHON, SLEEPER, Workspace, wait_for, workload_yaml
@@ -332,3 +333,34 @@ def test_a_status_file_reads_at_a_glance_and_the_decision_record_has_its_own_fil
     workspace.cli("apply", "--wait")
     assert not (workspace.desired / "web.decisions.yaml").exists() and not (workspace.desired / "web.status.yaml").exists()
     assert workspace.decision_record("renamed.yaml", "web")
+
+
+def test_apply_without_wait_reports_what_its_pass_recorded_without_looking_at_each_workload_again(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing waits on a one-shot apply's judgement of readiness: the failures it prints are the statuses its pass
+    just recorded. Each workload was observed and judged a third time for it (the seed, the round, readiness)."""
+    import gc
+
+    from click.testing import CliRunner
+
+    import reconciler.control.reconciler as reconciler_module
+    from reconciler.cli import main
+
+    workspace.write("web.yaml", workload_yaml("web"))
+    workspace.write("ghost.yaml", workload_yaml("ghost").replace(PYTHON, "/nonexistent/bin/ghost"))
+    workspace.write("policy.yaml", workspace.desired.joinpath("policy.yaml").read_text()
+                    + "      - executable: /nonexistent/bin/ghost\n")
+    assert workspace.cli("apply").returncode == 0
+    planned: list[str] = []
+    plan = reconciler_module.plan
+    monkeypatch.setattr(reconciler_module, "plan", lambda parts, desired, key, *rest, **options: (
+        planned.append(str(key)), plan(parts, desired, key, *rest, **options))[1])
+    monkeypatch.setattr(gc, "freeze", lambda: None)  # what apply does to its own process, not to the test runner's
+    again = CliRunner().invoke(main, ["apply", str(workspace.desired), "--state-dir", str(workspace.state)])
+    assert again.exit_code == 0, again.output
+    assert "Workload/ghost: BackOff: " in again.stderr and "/nonexistent/bin/ghost" in again.stderr, again.stderr
+    assert "Workload/web" not in again.stderr, again.stderr
+    # the seed (every status before the first write), the round: no third look
+    assert {key: planned.count(key) for key in set(planned)} == {"Workload/web": 2, "Workload/ghost": 2,
+                                                               "Policy/test-host": 2}, planned

@@ -17,7 +17,10 @@ from reconciler.cli.query_client import answer_from_daemon
 from reconciler.cli.tables import dump, plan_rows, plan_table
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from reconciler.api.meta import ResourceKey
+    from reconciler.api.status import ResourceStatus
     from reconciler.control.loop import Loop
     from reconciler.control.reconciler import Reconciler
 
@@ -110,14 +113,15 @@ def _settle(reconciler: Reconciler, loop: Loop[ResourceKey], wait: bool, timeout
     deadline = time.monotonic() + timeout
     backoffs: dict[str, datetime] = {}  # the back-off each workload is waited out of: once
     _round(reconciler, loop)
+    if not wait:  # what its pass recorded: nothing waits on a judgement made again
+        return _readiness(reconciler, reconciler.parts.recorder.statuses(), min_ready_seconds, 0.0, backoffs)[1]
     resync_at = time.monotonic() + APPLY_RESYNC_SECONDS
     while True:
         with loop.paused():  # judged between reconciles: one in flight (a stop, then a start) is no state to judge
             seen = loop.finished
-            pending, failed, recheck = _readiness(reconciler, min_ready_seconds,
-                                                  deadline - time.monotonic() if wait else 0.0, backoffs)
-        if not wait:
-            return failed
+            statuses = {key: reconciler.status(key) for key in reconciler.desired.resources if key.kind == "Workload"}
+            pending, failed, recheck = _readiness(reconciler, statuses, min_ready_seconds,
+                                                  deadline - time.monotonic(), backoffs)
         if not pending:  # judged from what runs now, which may have moved on since the pass: recorded too
             _round(reconciler, loop)
             return failed
@@ -133,13 +137,13 @@ def _settle(reconciler: Reconciler, loop: Loop[ResourceKey], wait: bool, timeout
 
 
 def _round(reconciler: Reconciler, loop: Loop[ResourceKey]) -> None:
-    keys = reconciler.keys()
+    keys = reconciler.keys(fresh=False)  # the seed's listing, taken just before, and the engine's events since
     loop.run_round(keys, reconciler.prerequisites(keys))
 
 
-def _readiness(reconciler: Reconciler, min_ready_seconds: float, patience: float,
-               backoffs: dict[str, datetime]) -> tuple[list[str], list[str], float]:
-    """Workloads still settling, and those that failed, by the phase their status shows now, and the seconds
+def _readiness(reconciler: Reconciler, statuses: Mapping[ResourceKey, ResourceStatus | None], min_ready_seconds: float,
+               patience: float, backoffs: dict[str, datetime]) -> tuple[list[str], list[str], float]:
+    """Workloads still settling, and those that failed, by the phase their status in `statuses` shows, and the seconds
     until a running one has run `min_ready_seconds` (inf: none). A workload's first back-off that ends within
     `patience` seconds is settling (a killed server is restarted); a back-off after that restart failed too is
     reported (a missing executable fails at once, not after a minute of retries). `backoffs`: the back-off each
@@ -153,7 +157,7 @@ def _readiness(reconciler: Reconciler, min_ready_seconds: float, patience: float
     for key in reconciler.desired.resources:
         if key.kind != "Workload":
             continue
-        status = reconciler.status(key)
+        status = statuses.get(key)
         if status is None:
             pending.append(str(key))
         elif status.phase == "BackOff" and status.next_retry_time is not None and status.next_retry_time <= waited_out \

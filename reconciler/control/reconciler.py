@@ -157,9 +157,12 @@ class Reconciler:
         self._seeded = True
         self._publish_routes()
 
-    def keys(self) -> list[ResourceKey]:
+    def keys(self, fresh: bool = True) -> list[ResourceKey]:
+        """`fresh`: from a new container listing (a pass's); else from the last one and the engine's events since,
+        while they are subscribed (`apply`'s round, which follows its seed's listing at once)."""
         owned = set(self.parts.remembered.snapshot())
-        processes = {ResourceKey("Workload", name) for name in self.parts.drivers.owned_names()}
+        drivers = self.parts.drivers
+        processes = {ResourceKey("Workload", name) for name in (drivers.owned_names() if fresh else drivers.seen_names())}
         return sorted(set(self.desired.resources) | set(self.desired.rejected) | owned | processes)
 
     def prerequisites(self, keys: list[ResourceKey]) -> dict[ResourceKey, frozenset[ResourceKey]]:

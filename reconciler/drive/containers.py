@@ -88,8 +88,9 @@ class ContainerDriver:
             return ProcessObservation(ProcessState.unknown, problem=f"the engine at {self.engine.address}: {error}")
 
     def adopt(self) -> dict[str, int]:
-        """Containers carry their own record (labels): adopting is watching their exits, once there are any."""
-        if self.owned_names():
+        """Containers carry their own record (labels): adopting is watching their exits, once there are any (seen by
+        the listing a subscribed pass already took, if any)."""
+        if self.seen_names():
             self._watch()
         return {}
 

@@ -19,6 +19,7 @@ from docker.constants import MINIMUM_DOCKER_API_VERSION
 from docker.models.containers import Container
 
 DEFAULT_ADDRESS = "unix:///var/run/docker.sock"
+LOCAL_SCHEMES = ("unix://", "npipe://")
 OWNER_LABEL = "dev.localaistack.owner"
 WORKLOAD_LABEL = "dev.localaistack.workload"
 
@@ -76,7 +77,7 @@ class DockerEngine:
     def _connect(self) -> tuple[docker.DockerClient, str | None]:
         """A client speaking the engine's API version, and the engine's release from the same answer: the SDK's
         version="auto" asks GET /version and keeps only the API version, so the release cost a second request."""
-        asking = docker.DockerClient(base_url=self.address, version=MINIMUM_DOCKER_API_VERSION, timeout=int(self.timeout))
+        asking = self._client_of(MINIMUM_DOCKER_API_VERSION)
         try:
             answer = asking.api.version(api_version=False)
             api_version = answer["ApiVersion"]
@@ -84,8 +85,14 @@ class DockerEngine:
             raise docker.errors.DockerException(f"Error while fetching server API version: {error}") from None
         finally:
             asking.close()
+        return self._client_of(api_version), answer.get("Version")
+
+    def _client_of(self, api_version: str) -> docker.DockerClient:
         client = docker.DockerClient(base_url=self.address, version=api_version, timeout=int(self.timeout))
-        return client, answer.get("Version")
+        # an engine on a local socket is no web host: ~/.netrc's credentials for `localhost` went to it as a Basic
+        # Authorization header, and the proxy variables were looked up for every call (a fifth of its CPU)
+        client.api.trust_env = not self.address.startswith(LOCAL_SCHEMES)
+        return client
 
     def unavailable(self) -> str | None:
         """Why the engine cannot be used now, or None when it answers."""
