@@ -59,6 +59,9 @@ def test_status_imports_none_of_the_daemon(tmp_path: Path) -> None:
     # gguf loads numpy (0.1 s): only a GGUF model's header read needs it
     assert top_level(modules) & {"gguf", "numpy"} == set()
     assert "reconciler.control.gitops" not in modules  # the revision in force is only written, never read here
+    # an HTTP probe's client (with ssl and email), a file:// source's path and a GitOps checkout's archive are
+    # asked where they are used: status reads, it never probes, fetches or materializes
+    assert {"http.client", "urllib.request", "tarfile"} & modules == set()
     assert top_level(imported("plan", str(folder), "--state-dir", str(tmp_path / "state"), cwd=tmp_path)) & \
         {"gguf", "numpy"} == set()
 

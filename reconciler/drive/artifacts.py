@@ -21,9 +21,8 @@ from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 from typing import TYPE_CHECKING
-from urllib.request import url2pathname
 
 from reconciler.base.atomic import fsync_dir, write_atomic
 from reconciler.base.redact import redact, scrub
@@ -360,7 +359,7 @@ def _open_http(url: str, offset: int, http: requests.Session, timeout: float) ->
 
 
 def _open_file(url: str, offset: int) -> _Opened:
-    path = Path(url2pathname(urlsplit(url).path))
+    path = Path(unquote(urlsplit(url).path))  # what urllib.request's url2pathname does on POSIX, without its 7 ms import
     try:
         file = open_regular(path)
     except NotRegularFile as refused:
