@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
 from reconciler.base.atomic import fsync_dir, write_atomic
 from reconciler.base.redact import redact, scrub
