@@ -59,6 +59,9 @@ def test_status_imports_none_of_the_daemon(tmp_path: Path) -> None:
     # gguf loads numpy (0.1 s): only a GGUF model's header read needs it
     assert top_level(modules) & {"gguf", "numpy"} == set()
     assert "reconciler.control.gitops" not in modules  # the revision in force is only written, never read here
+    # an HTTP probe's client (with ssl and email), a file:// source's path and a GitOps checkout's archive are
+    # asked where they are used: status reads, it never probes, fetches or materializes
+    assert {"http.client", "urllib.request", "tarfile"} & modules == set()
     assert top_level(imported("plan", str(folder), "--state-dir", str(tmp_path / "state"), cwd=tmp_path)) & \
         {"gguf", "numpy"} == set()
 
@@ -119,3 +122,50 @@ def test_one_shot_commands_leave_the_garbage_collector_off(command: list[str], c
     assert said is not None, done.stderr[-2000:]
     enabled, frozen = said
     assert enabled == collects.split()[0] and (frozen == "0") == (collects.split()[1:] == ["0"]), said
+
+
+ENGINE_CLIENT = ("docker", "requests", "urllib3")
+
+
+@pytest.mark.parametrize("command", ["status", "plan", "apply"])
+def test_a_host_without_a_container_engine_costs_no_engine_client(command: str, tmp_path: Path) -> None:
+    """No socket where DOCKER_HOST points says the engine is not running: the SDK (and requests, urllib3 with it) is
+    not imported to be told so, and a workload that asks for a container still says why it cannot run."""
+    folder = tmp_path / "desired"
+    folder.mkdir()
+    (folder / "web.yaml").write_text(
+        "apiVersion: localaistack.dev/v1alpha1\nkind: Workload\nmetadata: {name: web}\n"
+        "spec: {runtime: container, image: 'nginx:1.27'}\n")
+    (folder / "hello.yaml").write_text(
+        "apiVersion: localaistack.dev/v1alpha1\nkind: Workload\nmetadata: {name: hello}\n"
+        "spec: {runtime: native, command: [sleep, '60']}\n")
+    absent = tmp_path / "no-engine.sock"
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "reconciler", command, str(folder), "--state-dir",
+                           str(tmp_path / "state")], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DOCKER_HOST": f"unix://{absent}", "RECONCILER_ASK_DAEMON": "0"})
+    modules = {match.group(1) for match in re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", done.stderr, re.M)}
+    assert "reconciler.drive.containers" in modules  # the container driver was there and asked
+    if command == "status":
+        assert f"Docker engine at unix://{absent} is not reachable: no socket there" in done.stdout, done.stdout
+    else:
+        assert "no socket there" in done.stdout + done.stderr, (done.stdout + done.stderr)[-2000:]
+    assert top_level(modules) & set(ENGINE_CLIENT) == set()
+
+
+def test_no_model_field_defaults_through_a_factory_with_a_c_signature() -> None:
+    """Pydantic reads each default factory's signature when a model class is made; a C type's (`list`'s) is text
+    that inspect tokenizes and parses: 6 ms of every command over the models' list fields. empty_list is Python."""
+    import importlib
+    import pkgutil
+
+    from pydantic import BaseModel
+
+    import reconciler.api
+
+    slow = set()
+    for module in pkgutil.iter_modules(reconciler.api.__path__, "reconciler.api."):
+        for value in vars(importlib.import_module(module.name)).values():
+            if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == module.name:
+                slow |= {f"{value.__name__}.{name}" for name, field in value.model_fields.items()
+                         if getattr(field.default_factory, "__text_signature__", None) is not None}
+    assert slow == set()

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from reconciler.api.meta import Spec
+from reconciler.api.meta import Spec, empty_list
 
 # Docker's reference grammar (distribution/reference), anchored: [registry[:port]/]path[:tag][@digest].
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
@@ -66,7 +66,7 @@ class ContainerSecurity(Spec):
     """Least privilege by default; each relaxation must also be allowed by the Policy's `containers` section."""
 
     capabilities: list[str] = Field(
-        default_factory=list, description="Capabilities added back after all are dropped (e.g. NET_BIND_SERVICE)."
+        default_factory=empty_list, description="Capabilities added back after all are dropped (e.g. NET_BIND_SERVICE)."
     )
     read_only_root_filesystem: bool = Field(
         True, description="A tmpfs /tmp is always there; false needs the Policy's containers.writableRootFilesystem.")

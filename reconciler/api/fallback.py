@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from reconciler.api.container import is_loopback
-from reconciler.api.meta import DNS_1123_LABEL, Spec
+from reconciler.api.meta import DNS_1123_LABEL, Spec, empty_list
 
 ANY_REGION = "*"
 INLINE_REFUSED = "apiKey must reference a secret ({file: PATH} or {env: NAME}); inline keys are refused and not shown"
@@ -107,7 +107,7 @@ class HostedProvider(Spec):
     name: str = Field(pattern=DNS_1123_LABEL, max_length=63, description="What a Workload's fallback.provider names.")
     regions: list[str] = Field(min_length=1, description="Regions allowed ('*': any).")
     base_urls: list[str] = Field(
-        default_factory=list, description="Allowed base URL prefixes, whole path segments; empty: any https:// URL.",
+        default_factory=empty_list, description="Allowed base URL prefixes, whole path segments; empty: any https:// URL.",
     )
     context: list[Context] = Field(
         default_factory=lambda: [Context.prompts, Context.completions],
@@ -139,7 +139,7 @@ class HostedProvider(Spec):
 class HostedPolicy(Spec):
     """Which hosted providers workloads may fall back to. Default: none, so nothing leaves this host."""
 
-    providers: list[HostedProvider] = Field(default_factory=list, description="None by default: no hosted fallback.")
+    providers: list[HostedProvider] = Field(default_factory=empty_list, description="None by default: no hosted fallback.")
 
     @field_validator("providers")
     @classmethod

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import Field
 
-from reconciler.api.meta import API_VERSION
+from reconciler.api.meta import API_VERSION, empty_list
 from reconciler.api.status import Report
 
 # The part of a profile that changes only when the host's capability does: no free or available amounts,
@@ -72,7 +72,7 @@ class GpuProfile(Report):
 
 
 class GpusProfile(Report):
-    devices: list[GpuProfile] = Field(default_factory=list)
+    devices: list[GpuProfile] = Field(default_factory=empty_list)
     driver_version: str | None = None
     cuda_version: str | None = None
     source: str = Field(description='"nvml", or "fake" for an inventory read from RECONCILER_FAKE_GPUS.')
@@ -94,8 +94,8 @@ class EngineBuildProfile(Report):
     executable: str
     digest: str = Field(description="sha256 over the executable and the ggml/llama libraries it loads.")
     gpu_offload: bool | None = Field(description="Whether it can put layers on a GPU here; None when it could not be asked.")
-    backends: list[str] = Field(default_factory=list)
-    devices: list[str] = Field(default_factory=list)
+    backends: list[str] = Field(default_factory=empty_list)
+    devices: list[str] = Field(default_factory=empty_list)
     problem: str | None = None  # why it could not be asked
 
 
@@ -106,7 +106,7 @@ class HostProfile(Report):
     os: OsProfile
     container_engine: ContainerEngineProfile
     gpus: GpusProfile
-    engine_builds: list[EngineBuildProfile] = Field(default_factory=list)
+    engine_builds: list[EngineBuildProfile] = Field(default_factory=empty_list)
     engine_builds_unasked: str | None = Field(
         None, description="Why the llama.cpp builds were not asked (none is until a llama.cpp workload is desired); "
                           "None when they were.")

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from reconciler.api.meta import Resource, Spec
+from reconciler.api.meta import Resource, Spec, empty_list
 from reconciler.api.policy import ContainerPolicy, Policy, PolicySpec
 from reconciler.api.quantity import ByteQuantity
 from reconciler.api.lifecycle import RestartPolicy
@@ -33,7 +33,7 @@ class VariantNeeds(Spec):
 
     engine: Engine | None = Field(None, description="The engine that can serve it (e.g. vllm for awq).")
     gpu_memory: ByteQuantity | None = Field(None, description="Memory each assigned GPU must have.")
-    cpu_flags: list[str] = Field(default_factory=list, description="CPU flags it needs (e.g. avx512f).")
+    cpu_flags: list[str] = Field(default_factory=empty_list, description="CPU flags it needs (e.g. avx512f).")
 
 
 class ModelVariant(Spec):
@@ -80,12 +80,12 @@ class ModelSpec(Spec):
                                "are accepted; a local file's digest is checked whenever the file changes.")
     size: ByteQuantity | None = None
     variants: list[ModelVariant] = Field(
-        default_factory=list, description="Alternatives in order of preference: the first that fits this host is used.")
+        default_factory=empty_list, description="Alternatives in order of preference: the first that fits this host is used.")
     on_unreachable: OnUnreachable = Field(
         OnUnreachable.wait, description="A variant whose size cannot be judged because its source cannot be reached: "
                                         "Wait for it (the default), or take the NextVariant that fits meanwhile.")
     aliases: list[ModelAlias] = Field(
-        default_factory=list, max_length=32,
+        default_factory=empty_list, max_length=32,
         description="Other names a client may ask the gateway for it by (e.g. gpt-4o-mini); a Model's own name always "
                     "means that Model, and an alias two Models declare means neither.")
 

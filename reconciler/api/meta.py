@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
@@ -11,6 +13,12 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 DNS_1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 PRUNE_ANNOTATION = f"{GROUP}/prune"
+
+
+def empty_list() -> list[Any]:
+    """A list field's default. Pydantic reads a default factory's signature to see whether it takes the validated
+    data; `list`'s is C text that inspect tokenizes and parses (6 ms over the models' 35 list fields, every start)."""
+    return []
 
 
 class Spec(BaseModel):

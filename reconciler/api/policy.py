@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from reconciler.api.container import Port, ip_address_text, known_capabilities
 from reconciler.api.fallback import HostedPolicy
-from reconciler.api.meta import Resource, Spec
+from reconciler.api.meta import Resource, Spec, empty_list
 from reconciler.api.workload import Engine
 
 
@@ -47,14 +47,14 @@ class NativePolicy(Spec):
     """What native workloads may run. Default: nothing is trusted."""
 
     trusted_executables: list[TrustedExecutable] = Field(
-        default_factory=list, description="Programs a native workload's command[0] may be, by name or path.")
+        default_factory=empty_list, description="Programs a native workload's command[0] may be, by name or path.")
     loader_environment: list[LoaderVariable] = Field(
-        default_factory=list,
+        default_factory=empty_list,
         description="Variables a spec's env may set that make a trusted program load other code (the dynamic "
                     "loader's LD_*, an interpreter's search path), each allowed with exactly this value.",
     )
     trusted_engines: list[Engine] = Field(
-        default_factory=list,
+        default_factory=empty_list,
         description="AI engines (llama.cpp, vllm, gateway) whose servers may run; the reconciler renders their command lines.",
     )
 
@@ -62,7 +62,7 @@ class NativePolicy(Spec):
         False, description="Whether a spec may run as root (spec.user: root) when the reconciler is root. Otherwise a "
                            "native workload runs as a dynamic user of its own, or a user listed in users.")
     users: list[str] = Field(
-        default_factory=list, description="Host users a spec may name in spec.user (root needs runAsRoot instead).")
+        default_factory=empty_list, description="Host users a spec may name in spec.user (root needs runAsRoot instead).")
 
     @field_validator("trusted_engines")
     @classmethod
@@ -74,7 +74,7 @@ class NativePolicy(Spec):
 
 class ExposedAddress(Spec):
     address: str = Field(description="A host address beyond loopback (0.0.0.0 and :: mean every interface).")
-    ports: list[Port] = Field(default_factory=list, description="Ports that may be exposed on it (empty: any).")
+    ports: list[Port] = Field(default_factory=empty_list, description="Ports that may be exposed on it (empty: any).")
 
     @field_validator("address")
     @classmethod
@@ -89,11 +89,11 @@ class NetworkPolicy(Spec):
     """Where servers may listen. Default: loopback only."""
 
     exposed: list[ExposedAddress] = Field(
-        default_factory=list,
+        default_factory=empty_list,
         description="Where servers (engine binds, published container ports) may listen beyond loopback.",
     )
     privileged_ports: list[Port] = Field(
-        default_factory=list,
+        default_factory=empty_list,
         description="Ports below 1024 that servers may listen on, on any address: they are the system's (ssh, dns, "
                     "http), and a workload there can pose as one of its services. None by default.",
     )
@@ -110,22 +110,22 @@ class ContainerPolicy(Spec):
     """What containers may do. The default allows no image; everything else stays at least privilege."""
 
     images: list[str] = Field(
-        default_factory=list,
+        default_factory=empty_list,
         description="Image references that may run: '*' matches within one path component, '**' across them.",
     )
     require_digest: bool = Field(False, description="Whether images must be pinned as name@sha256:<digest>.")
     pull: bool = Field(False, description="Whether a missing image may be pulled from its registry.")
     networks: list[str] = Field(
-        default_factory=list,
+        default_factory=empty_list,
         description="Networks containers may join (publishing ports needs 'bridge'); each gives outbound access.",
     )
     host_network: bool = Field(False, description="Whether a container may share the host's network namespace.")
     writable_volumes: bool = Field(False, description="Whether a volume may be mounted writable (readOnly: false).")
-    capabilities: list[str] = Field(default_factory=list, description="Capabilities a spec may add back.")
+    capabilities: list[str] = Field(default_factory=empty_list, description="Capabilities a spec may add back.")
     writable_root_filesystem: bool = Field(False, description="Whether a container's root filesystem may be writable.")
     root: bool = Field(False, description="Whether a spec may run a container as root.")
     volume_roots: list[str] = Field(
-        default_factory=list, description="Host folders (absolute) under which volume sources may lie."
+        default_factory=empty_list, description="Host folders (absolute) under which volume sources may lie."
     )
 
     @field_validator("capabilities")
@@ -164,7 +164,7 @@ class ApprovalPolicy(Spec):
     """Which starts wait for a person's answer. Default: none."""
 
     required: list[ApprovalKind] = Field(
-        default_factory=list,
+        default_factory=empty_list,
         description="Changes that wait for `reconciler approve NAME` (each approval covers one exact spec).",
     )
 
@@ -173,17 +173,17 @@ class ModelPolicy(Spec):
     """Where model files may be read from and fetched from."""
 
     roots: list[str] = Field(
-        default_factory=list,
+        default_factory=empty_list,
         description="Host folders (absolute) local model files may be read from, besides the desired-state folder; "
                     "a source that resolves elsewhere (through '..' or a symlink) is never opened.",
     )
     sources: list[str] = Field(
-        default_factory=list,
+        default_factory=empty_list,
         description="Hosts models may be fetched from over http(s), as 'host' or 'host:port'; '*' matches within one "
                     "label ('*.hf.co'). Empty: any host whose addresses are public.",
     )
     internal_networks: list[str] = Field(
-        default_factory=list,
+        default_factory=empty_list,
         description="Non-public networks (CIDR: loopback, private, link-local) a source's host may resolve to. A "
                     "host resolving to any other non-public address is never connected to.",
     )

@@ -9,6 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from reconciler.api.meta import empty_list
+
 
 class Report(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
@@ -140,7 +142,7 @@ class ResourceStatus(Report):
     phase: str
     placement: Placement | None = None
     message: str = ""
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=empty_list)
     pid: int | None = None
     restart_count: int = 0
     last_exit: ExitInfo | None = None
@@ -148,7 +150,7 @@ class ResourceStatus(Report):
     started_at: datetime | None = None
     created_at: datetime | None = None
     log_file: str | None = None
-    endpoints: list[str] = Field(default_factory=list)
+    endpoints: list[str] = Field(default_factory=empty_list)
     command: list[str] | None = None
     gpus: list[int] | None = None
     health: str | None = None

@@ -20,7 +20,7 @@ from reconciler.api.engine_args import described, guarded_reading
 from reconciler.api.engine_options import LlamaCppOptions, VllmOptions
 from reconciler.api.fallback import Fallback
 from reconciler.api.lifecycle import Restart, UpdateStrategy
-from reconciler.api.meta import Resource, Spec
+from reconciler.api.meta import Resource, Spec, empty_list
 from reconciler.api.quantity import ByteQuantity
 
 
@@ -106,7 +106,7 @@ class WorkloadSpec(Spec):
     command: list[Executable] | None = Field(
         None, min_length=1, description="engine process: executable and first arguments; never run through a shell."
     )
-    args: list[str] = Field(default_factory=list, description="Extra arguments, appended to what the engine renders.")
+    args: list[str] = Field(default_factory=empty_list, description="Extra arguments, appended to what the engine renders.")
     env: dict[EnvName, str] = Field(
         default_factory=dict,
         description="The process's environment; a variable that makes a program load other code (LD_*, PYTHONPATH, "
@@ -139,8 +139,8 @@ class WorkloadSpec(Spec):
     image_pull_policy: PullPolicy = Field(
         PullPolicy.if_not_present, description="IfNotPresent pulls a missing image (if the policy allows pulls)."
     )
-    ports: list[PortMapping] = Field(default_factory=list, description="runtime container: published ports.")
-    volumes: list[VolumeMount] = Field(default_factory=list, description="runtime container: bind mounts.")
+    ports: list[PortMapping] = Field(default_factory=empty_list, description="runtime container: published ports.")
+    volumes: list[VolumeMount] = Field(default_factory=empty_list, description="runtime container: bind mounts.")
     network: str | None = Field(
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="runtime container: a Docker network. Default: 'bridge' if ports are published, else 'none'.",
@@ -152,7 +152,7 @@ class WorkloadSpec(Spec):
         None, description="A hosted provider to use while this host cannot run it, if the Policy allows and a person consents.",
     )
     uses: list[Use] = Field(
-        default_factory=list, description="Workloads this one calls: it starts after they are Ready, with their "
+        default_factory=empty_list, description="Workloads this one calls: it starts after they are Ready, with their "
                                           "endpoints in its environment.")
 
     @model_validator(mode="after")

@@ -16,16 +16,18 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import requests
+from typing import TYPE_CHECKING
 
 from reconciler.api.kinds import ModelVariant
 from reconciler.base.atomic import write_atomic
 from reconciler.base.redact import redact, scrub
 from reconciler.diff.engines import Blocked
-from reconciler.drive.artifacts import SourceRefused, request_error
+from reconciler.drive.artifacts import SourceRefused
 from reconciler.observe.gguf_facts import GgufFacts, GgufMalformed, GgufUnreadable
 from reconciler.observe.host import open_regular
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger("reconciler")
 
@@ -44,29 +46,6 @@ class HeaderRead:
     attempts: int = 0
     version: tuple[int, int] | None = None  # the local file's size and mtime it was read from: a change is read anew
     invalid: str | None = None  # why the local or cached file is not a GGUF model: kept until the file changes
-
-
-class _Watched(requests.Session):
-    """Remembers why the source did not answer (a connection error, an HTTP error), which the header reader folds
-    into 'unreadable', so that it is not taken for a file that is not GGUF."""
-
-    def __init__(self, inner: requests.Session) -> None:
-        super().__init__()
-        self.inner, self.failure = inner, None
-
-    def request(self, *args: object, **kwargs: object) -> requests.Response:  # type: ignore[override]
-        try:
-            response = self.inner.request(*args, **kwargs)  # type: ignore[arg-type]
-        except requests.RequestException as error:
-            self.failure = request_error(error)
-            raise
-        if response.status_code not in (200, 206, 416):
-            self.failure = f"HTTP {response.status_code} {response.reason}"
-        return response
-
-    def close(self) -> None:
-        self.inner.close()
-        super().close()
 
 
 class Headers:
@@ -168,7 +147,9 @@ def _read(variant: ModelVariant, local: Path | None,
         except OSError as error:
             return None, None, False, str(error)
     url = variant.source
-    http = _Watched(session())
+    from reconciler.drive.watched_session import WatchedSession  # requests loads where a source is asked
+
+    http = WatchedSession(session())
     try:
         return fetch_gguf_facts(url, session=http), None, False, ""
     except SourceRefused as refused:

@@ -14,9 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
-
-import requests
+from typing import TYPE_CHECKING, TextIO
 
 from reconciler.api.host import HostProfile
 from reconciler.api.kinds import Model, ModelFormat, ModelVariant, OnUnreachable, Workload, WorkloadSpec
@@ -28,10 +26,12 @@ from reconciler.diff.engines import Blocked
 from reconciler.diff.footprint import (Capacity, ModelView, Needs, Selection, VariantOption, host_capacity,
                                       select_variant)
 from reconciler.drive.artifacts import ArtifactCache, ArtifactError, fetch, normalize_digest
-from reconciler.drive.pinned import pinned_session
 from reconciler.gate.sources import source_refusal
 from reconciler.load.desired import DesiredState
 from reconciler.observe.host import ModelPresence, file_sha256, observe_model, special_file
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger("reconciler")
 
@@ -281,6 +281,8 @@ class ModelStore:
 
     def _session(self) -> requests.Session:
         """Requests to model sources connect only where the Policy's spec.models allows."""
+        from reconciler.drive.pinned import pinned_session  # requests loads with the first request (sdk_errors)
+
         return pinned_session(lambda host, port, addresses: source_refusal(host, port, addresses, self.rules))
 
     def _capacity(self, uses: list[WorkloadSpec]) -> Capacity:

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from docker.models.containers import Container
-from docker.types import DeviceRequest, LogConfig, Mount
 from pydantic import ValidationError
 
 from reconciler.api.launch import ContainerLaunch
 from reconciler.observe.docker_engine import OWNER_LABEL, WORKLOAD_LABEL
+
+if TYPE_CHECKING:
+    from docker.models.containers import Container
 
 GENERATION_LABEL = "dev.localaistack.generation"
 CONFIG_HASH_LABEL = "dev.localaistack.config-hash"
@@ -24,6 +25,8 @@ LAUNCH_LABEL = "dev.localaistack.launch"
 
 def create_args(name: str, container_name: str, owner: str, launch: ContainerLaunch, generation: int) -> dict[str, Any]:
     """The engine's create arguments for a launch: least privilege always, and the labels that make it ours."""
+    from docker.types import DeviceRequest, LogConfig, Mount  # the SDK loads where a container is made (sdk_errors)
+
     bindings: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for port in launch.ports:
         bindings[f"{port.container_port}/{port.protocol}"].append((port.host_ip, port.host_port))

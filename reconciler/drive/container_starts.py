@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-
-from docker.models.containers import Container
+from typing import TYPE_CHECKING
 
 from reconciler.base.atomic import write_atomic
 from reconciler.observe import clock
+
+if TYPE_CHECKING:
+    from docker.models.containers import Container
 
 
 class ContainerStarts:

@@ -16,13 +16,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import docker.errors
-from docker.models.containers import Container
+from typing import TYPE_CHECKING
 
 from reconciler.api.launch import ContainerLaunch
 from reconciler.api.status import ExitInfo
 from reconciler.base.atomic import write_atomic
+from reconciler.base.sdk_errors import docker_errors
 from reconciler.drive.container_config import GENERATION_LABEL, create_args, enforcement, launch_of
 from reconciler.drive.container_starts import ContainerStarts
 from reconciler.drive.engine_answers import addresses_of, engine_time, failure_of, system_time
@@ -34,6 +33,9 @@ from reconciler.observe.container_listing import OwnedContainers
 from reconciler.observe.docker_engine import OWNER_LABEL, WORKLOAD_LABEL, DockerEngine, EngineUnavailable
 from reconciler.observe.probes import ProbeResult
 from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
+
+if TYPE_CHECKING:
+    from docker.models.containers import Container
 
 LOG_TAIL_LINES = 5000
 _RUNNING = {"running", "paused", "restarting"}
@@ -68,14 +70,14 @@ class ContainerDriver:
     def owned_names(self) -> list[str]:
         try:
             return self._seen.names()
-        except (EngineUnavailable, docker.errors.APIError):
+        except (EngineUnavailable, docker_errors.APIError):
             return []
 
     def seen_names(self) -> list[str]:
         """As owned_names, from the pass's listing and what happened since, without a new listing per look."""
         try:
             return self._seen.seen_names()
-        except (EngineUnavailable, docker.errors.APIError):
+        except (EngineUnavailable, docker_errors.APIError):
             return []
 
     def observe(self, name: str) -> ProcessObservation:
@@ -84,7 +86,7 @@ class ContainerDriver:
             return self._observation(name, self._seen.of(name))
         except EngineUnavailable as error:
             return ProcessObservation(ProcessState.unknown, problem=error.message)
-        except docker.errors.APIError as error:
+        except docker_errors.APIError as error:
             return ProcessObservation(ProcessState.unknown, problem=f"the engine at {self.engine.address}: {error}")
 
     def adopt(self) -> dict[str, int]:
@@ -116,7 +118,7 @@ class ContainerDriver:
             for container in self._seen.of(name):
                 if container.status not in _RUNNING:
                     self._save_log(name, container)
-        except (EngineUnavailable, docker.errors.APIError):
+        except (EngineUnavailable, docker_errors.APIError):
             return
 
     def live_log(self, name: str, tail: int, follow: bool) -> Iterator[bytes] | None:
@@ -128,7 +130,7 @@ class ContainerDriver:
             newest = max(containers, key=lambda container: container.attrs.get("Created", ""))
             with self.engine.reach():  # as the list above: an engine gone since is "none to ask", not a traceback
                 output = newest.logs(stdout=True, stderr=True, tail=tail or "all", stream=follow, follow=follow)
-        except (EngineUnavailable, docker.errors.APIError):
+        except (EngineUnavailable, docker_errors.APIError):
             return None
         return output if follow else iter([output])
 
@@ -161,7 +163,7 @@ class ContainerDriver:
                         os.kill(pid, signal.SIGKILL)  # a hung check must not pile up inside the container
                     return ProbeResult(False, f"{command[0]}: no answer within {timeout}s")
                 code = client.api.exec_inspect(exec_id).get("ExitCode")
-        except (EngineUnavailable, docker.errors.APIError, OSError) as error:
+        except (EngineUnavailable, docker_errors.APIError, OSError) as error:
             return ProbeResult(False, f"{command[0]}: {error}")
         tail = (outcome[0] if outcome else b"").decode("utf-8", "replace").strip()[-200:]
         return ProbeResult(code == 0, f"{command[0]} exited {code}" + (f": {tail}" if tail else ""))
@@ -184,7 +186,7 @@ class ContainerDriver:
                 self._starts.remember(name, None)  # before the engine makes anything, as a native start's intent
                 try:
                     container = client.containers.create(**create_args(name, self.container_name(name), self._owner, launch, generation))
-                except docker.errors.APIError:
+                except docker_errors.APIError:
                     self._starts.forget(name)  # refused: nothing was made
                     raise
                 # what the start leaves is inspected at its end, and that inspection serves the looks that follow
@@ -192,7 +194,7 @@ class ContainerDriver:
                 mark = self._seen.expect(container.id, "create", "start", name=name)
                 try:
                     container.start()
-                except docker.errors.APIError as error:
+                except docker_errors.APIError as error:
                     self._save_log(name, container)
                     container.remove(force=True)  # nothing half-made is left behind
                     self._starts.forget(name)
@@ -200,7 +202,7 @@ class ContainerDriver:
                 container.reload()
         except EngineUnavailable as error:
             raise StartFailed("EngineUnavailable", error.message) from None
-        except docker.errors.APIError as error:
+        except docker_errors.APIError as error:
             raise failure_of(error, "ContainerCreateFailed") from None
         self._starts.remember(name, container)
         self._seen.acted(name, [container], mark)
@@ -216,12 +218,12 @@ class ContainerDriver:
                     for progress in client.api.pull(launch.image, stream=True, decode=True):
                         if "error" in progress:
                             raise StartFailed("ImagePullFailed", f"pulling {launch.image}: {progress['error']}")
-                except docker.errors.APIError as error:
+                except docker_errors.APIError as error:
                     raise StartFailed("ImagePullFailed", f"pulling {launch.image}: {error.explanation or error}") from None
             image = self.engine.image(launch.image)
         except EngineUnavailable as error:
             raise StartFailed("EngineUnavailable", error.message) from None
-        except docker.errors.APIError as error:
+        except docker_errors.APIError as error:
             raise failure_of(error, "ImagePullFailed") from None
         if image is None:
             raise StartFailed("ImagePullFailed", f"pulling {launch.image} finished but the engine does not have it")
@@ -261,9 +263,9 @@ class ContainerDriver:
                     self._save_log(name, container)
                     if forget:
                         container.remove(force=True)
-                except docker.errors.NotFound:
+                except docker_errors.NotFound:
                     continue  # removed meanwhile: what was wanted
-                except docker.errors.APIError as error:
+                except docker_errors.APIError as error:
                     raise StartFailed("ContainerStopFailed", f"{container.name}: {error.explanation or error}") from None
         if forget:
             self._starts.forget(name)
@@ -329,7 +331,7 @@ class ContainerDriver:
                     container.stop(timeout=10)
                 self._save_log(name, container)
                 container.remove(force=True)
-            except docker.errors.NotFound:
+            except docker_errors.NotFound:
                 pass
         self._starts.forget(name)
 
@@ -339,7 +341,7 @@ class ContainerDriver:
         try:
             with self.engine.reach():  # an engine going away between the list and this read is no crash of the pass
                 output = container.logs(stdout=True, stderr=True, tail=LOG_TAIL_LINES)
-        except (EngineUnavailable, docker.errors.APIError):
+        except (EngineUnavailable, docker_errors.APIError):
             return
         self.logs.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(self.logs.path(name), output[-self.logs.max_bytes:], mode=0o600)

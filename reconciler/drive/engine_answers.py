@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-
-import docker.errors
-from docker.models.containers import Container
+from typing import TYPE_CHECKING
 
 from reconciler.drive.protocol import StartFailed
 from reconciler.observe import clock
+
+if TYPE_CHECKING:
+    import docker.errors
+    from docker.models.containers import Container
 
 _REASONS = (  # what the engine says -> a condition reason
     (re.compile(r"port is already allocated|bind: address already in use", re.I), "PortInUse"),

@@ -14,10 +14,12 @@ a cold `apply` of 20 containers they made every later look at each of them ask a
 from __future__ import annotations
 
 import threading
-
-from docker.models.containers import Container
+from typing import TYPE_CHECKING
 
 from reconciler.observe.docker_engine import DockerEngine
+
+if TYPE_CHECKING:
+    from docker.models.containers import Container
 
 
 class OwnedContainers:

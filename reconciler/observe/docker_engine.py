@@ -6,17 +6,19 @@ on any connection failure, so an engine that comes back is used again without a 
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import docker
-import docker.errors
-import requests.exceptions
-from docker.constants import MINIMUM_DOCKER_API_VERSION
-from docker.models.containers import Container
+from reconciler.base.sdk_errors import docker_errors, request_errors
+
+if TYPE_CHECKING:  # the SDK loads with the first client (sdk_errors says why)
+    import docker
+    from docker.models.containers import Container
 
 DEFAULT_ADDRESS = "unix:///var/run/docker.sock"
 LOCAL_SCHEMES = ("unix://", "npipe://")
@@ -67,9 +69,9 @@ class DockerEngine:
                     self._client, self._release_on_connecting = self._connect()
                 client = self._client
             yield client
-        except docker.errors.APIError:
+        except docker_errors.APIError:
             raise
-        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as error:
+        except (docker_errors.DockerException, request_errors.RequestException, OSError) as error:
             with self._lock:
                 self._client = None
             raise EngineUnavailable(self.address, _plain(error)) from None
@@ -77,17 +79,24 @@ class DockerEngine:
     def _connect(self) -> tuple[docker.DockerClient, str | None]:
         """A client speaking the engine's API version, and the engine's release from the same answer: the SDK's
         version="auto" asks GET /version and keeps only the API version, so the release cost a second request."""
+        socket = self.address.removeprefix("unix://")
+        if socket != self.address and not os.path.exists(socket):  # no engine runs here: that needs no SDK to tell
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), socket)
+        from docker.constants import MINIMUM_DOCKER_API_VERSION
+
         asking = self._client_of(MINIMUM_DOCKER_API_VERSION)
         try:
             answer = asking.api.version(api_version=False)
             api_version = answer["ApiVersion"]
-        except (docker.errors.APIError, KeyError, TypeError) as error:  # as the SDK's own "auto" says it
-            raise docker.errors.DockerException(f"Error while fetching server API version: {error}") from None
+        except (docker_errors.APIError, KeyError, TypeError) as error:  # as the SDK's own "auto" says it
+            raise docker_errors.DockerException(f"Error while fetching server API version: {error}") from None
         finally:
             asking.close()
         return self._client_of(api_version), answer.get("Version")
 
     def _client_of(self, api_version: str) -> docker.DockerClient:
+        import docker
+
         client = docker.DockerClient(base_url=self.address, version=api_version, timeout=int(self.timeout))
         # an engine on a local socket is no web host: ~/.netrc's credentials for `localhost` went to it as a Basic
         # Authorization header, and the proxy variables were looked up for every call (a fifth of its CPU)
@@ -101,7 +110,7 @@ class DockerEngine:
                 client.ping()
         except EngineUnavailable as error:
             return error.message
-        except docker.errors.APIError as error:
+        except docker_errors.APIError as error:
             return f"Docker engine at {self.address} answered with an error: {error.explanation or error}"
         return None
 
@@ -116,7 +125,7 @@ class DockerEngine:
         with self.reach() as client:
             try:
                 image = client.images.get(reference)
-            except docker.errors.ImageNotFound:
+            except docker_errors.ImageNotFound:
                 return None
         config = image.attrs.get("Config") or {}
         return ImageFacts(image.id, config.get("User") or None)
@@ -127,7 +136,7 @@ class DockerEngine:
         try:
             with self.reach() as client:
                 network = client.networks.get("bridge")
-        except (EngineUnavailable, docker.errors.APIError):
+        except (EngineUnavailable, docker_errors.APIError):
             return None
         configs = (network.attrs.get("IPAM") or {}).get("Config") or []
         return next((c["Gateway"] for c in configs if isinstance(c, dict) and c.get("Gateway") and ":" not in c["Gateway"]), None)
@@ -145,7 +154,7 @@ class DockerEngine:
         with self.reach() as client:
             try:
                 return client.containers.get(container_id)
-            except docker.errors.NotFound:
+            except docker_errors.NotFound:
                 return None
 
     def owned(self, owner: str, name: str | None = None) -> list[Container]:

@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tarfile
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -120,6 +119,8 @@ def materialize(mirror: Path, commit: str, target: Path) -> None:
     Built in a `.tmp-*` sibling and renamed, so `target` is either whole or absent. Links that point outside
     the tree raise tarfile.FilterError: a commit cannot make the reconciler read files elsewhere on the host.
     """
+    import tarfile  # only GitOps materializes: a one-shot command reads its folder's revision and nothing more
+
     work = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
         archive, tree = work / "commit.tar", work / "tree"

@@ -7,9 +7,9 @@ import platform
 import shutil
 from pathlib import Path
 
-import docker.errors
 import psutil
 
+from reconciler.base.sdk_errors import docker_errors
 from reconciler.api.host import (ContainerEngineProfile, CpuProfile, DiskProfile, EngineBuildProfile, GpuProfile, GpusProfile,
                                  HostProfile, MemoryProfile, OsProfile)
 from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable
@@ -88,7 +88,7 @@ def observe_engine(engine: DockerEngine | None) -> ContainerEngineProfile:
         version = engine.version()
     except EngineUnavailable as error:
         return ContainerEngineProfile(reachable=False, address=engine.address, reason=error.message)
-    except docker.errors.APIError as error:
+    except docker_errors.APIError as error:
         reason = f"Docker engine at {engine.address} answered with an error: {error.explanation or error}"
         return ContainerEngineProfile(reachable=False, address=engine.address, reason=reason)
     return ContainerEngineProfile(reachable=True, version=version, address=engine.address)

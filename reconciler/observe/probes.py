@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import http.client
 import socket
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,6 +45,10 @@ def probe(
 
 
 def _http(url: str, expect: int, timeout: float) -> ProbeResult:
+    import http.client  # with ssl and email: 6 ms that only a probing pass needs, not status or plan
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own loopback URL
             status = response.status
