@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -348,3 +349,75 @@ def test_a_llama_cpp_server_whose_args_slip_a_wildcard_bind_is_caught(workspace:
                        what="the llama.cpp server stopped for its wildcard bind")
     assert stopped["message"].startswith(f"stopped: 0.0.0.0:{port}/tcp: pid ")
     assert workspace.condition("web.yaml", "web")["reason"] == "ExposureObserved"
+
+
+# -- where sock_diag is refused or answers unlike itself -----------------------------------------
+
+
+class _Refused:
+    """socket.socket where netlink is refused (gVisor, seccomp, RestrictAddressFamilies=): every other family works."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def __call__(self, family: int = -1, *args: Any, **kwargs: Any) -> Any:
+        if family == socket.AF_NETLINK:
+            raise PermissionError(1, "Operation not permitted")
+        return self.real(family, *args, **kwargs)
+
+
+class _Mangled:
+    """A real sock_diag socket whose answers `mangle` rewrites on the way in, as a kernel unlike Linux's might."""
+
+    def __init__(self, real: Any, mangle: Any) -> None:
+        self.real, self.mangle = real, mangle
+
+    def __call__(self, family: int = -1, *args: Any, **kwargs: Any) -> Any:
+        made = self.real(family, *args, **kwargs)
+        if family != socket.AF_NETLINK:
+            return made
+        mangle = self.mangle
+
+        class Answering(self.real):  # type: ignore[name-defined,misc]
+            def recv(self, size: int, *flags: int) -> bytes:
+                return mangle(super().recv(size, *flags))
+
+        return Answering(family, *args, fileno=made.detach(), **kwargs)
+
+
+def found_by_all_readers(server: socket.socket) -> bool:
+    port = server.getsockname()[1]
+    in_table = any(entry[:2] == ("tcp", f"0100007F:{port:04X}") for entry in listening_table())
+    in_tree = f"127.0.0.1:{port}/tcp" in map(str, ListenObserver().of(os.getpid(), {}).listening)
+    return in_table and in_tree and any(each.port == port and each.table == "tcp" for each in listeners())
+
+
+def test_where_netlink_is_refused_the_tcp_listeners_are_read_from_proc_net(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "socket", _Refused(socket.socket))
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        assert found_by_all_readers(server)
+
+
+def test_a_sock_diag_message_longer_than_what_came_is_no_crash_but_a_read_of_proc_net(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def claim_more(data: bytes) -> bytes:  # the first message claims 64 KiB more than the answer holds
+        return (int.from_bytes(data[:4], sys.byteorder) + 65536).to_bytes(4, sys.byteorder) + data[4:] if data else data
+
+    monkeypatch.setattr(socket, "socket", _Mangled(socket.socket, claim_more))
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        assert found_by_all_readers(server)
+
+
+def test_a_dump_the_kernel_marks_interrupted_is_asked_again_then_read_from_proc_net(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = []
+
+    def interrupted(data: bytes) -> bytes:  # NLM_F_DUMP_INTR on the first message of each answer
+        answers.append(data)
+        return data[:6] + (int.from_bytes(data[6:8], sys.byteorder) | 0x10).to_bytes(2, sys.byteorder) + data[8:]
+
+    monkeypatch.setattr(socket, "socket", _Mangled(socket.socket, interrupted))
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        before = len(answers)
+        assert any(each.port == server.getsockname()[1] for each in listeners())
+        assert len(answers) - before >= 4  # two families, asked twice
