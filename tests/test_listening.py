@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 
@@ -421,3 +422,31 @@ def test_a_dump_the_kernel_marks_interrupted_is_asked_again_then_read_from_proc_
         before = len(answers)
         assert any(each.port == server.getsockname()[1] for each in listeners())
         assert len(answers) - before >= 4  # two families, asked twice
+
+
+ESCAPEE = textwrap.dedent("""\
+    import os, sys, time
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:  # reparented, out of the session and without the launch's markers in its environment
+            code = "import socket, time\\ns = socket.create_server(('0.0.0.0', int(__import__('sys').argv[1])))\\ntime.sleep(600)"
+            os.execve(sys.executable, [sys.executable, "-c", code, sys.argv[1], "escapee"], {})
+        os._exit(0)
+    time.sleep(600)
+    """)
+
+
+@ROOT_ONLY
+def test_a_dynamic_users_listener_that_escaped_tree_and_markers_is_still_the_workloads(workspace: Workspace) -> None:
+    """A dynamic user is the workload's alone: every socket it creates is the workload's, whichever process holds it
+    (a double-forked child with an empty environment, or a thread that unshared its descriptor table)."""
+    port = free_port()
+    workspace.write("web.yaml", workload_yaml("web", ESCAPEE, (str(port),), host="127.0.0.1", port=port))
+    workspace.start_daemon("--resync", "600")
+    try:
+        stopped = wait_for(lambda: listening_condition(workspace, "ExposureObserved"), 30, what="the escapee caught")
+        assert stopped["message"].startswith(f"stopped: 0.0.0.0:{port}/tcp: pid ")
+    finally:
+        for process in psutil.process_iter(["cmdline"]):
+            if process.info["cmdline"] and process.info["cmdline"][-2:] == [str(port), "escapee"]:
+                process.kill()

@@ -224,7 +224,9 @@ class WorkloadRenderer:
         running = process.record
         if process.running_pid is None or running is None or not isinstance(running.launch, LaunchSpec):
             return None
-        return self._listens.of(running.pid, self.driver.native.markers(running))
+        # a dynamic user is this workload's alone; a named user or root may be shared, so only processes map to it
+        own_user = running.run_as.uid if running.run_as is not None and running.run_as.dynamic else None
+        return self._listens.of(running.pid, self.driver.native.markers(running), own_user)
 
     def listening_version(self) -> tuple[frozenset[tuple[str, str, str]], frozenset[tuple[str, int]]]:
         """Cheap to read, and different whenever what `listening_now` finds may be: the listening sockets of the users
