@@ -699,3 +699,32 @@ def test_a_stop_that_fails_takes_back_its_request_so_a_later_exit_is_not_the_rec
         assert ended.stopped_by_reconciler is False, ended
     finally:
         proxy.close()
+
+
+def test_a_stop_that_fails_leaves_no_expectation_behind_so_a_later_crash_wakes_the_workload(
+    space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop expects the exit it causes (no news); when the stop fails and the container runs on, that expectation
+    went with it: the container's later crash was swallowed and woke nothing."""
+    if not docker_engine.address.startswith("unix://"):
+        pytest.skip("the cutting proxy stands on a unix socket")
+    from reconciler.control.reconciler import Reconciler
+    from reconciler.drive.protocol import StartFailed
+    from reconciler.observe.docker_engine import EngineUnavailable
+
+    space.write("kept.yaml", container_yaml("kept", command=["sleep", "600"]))
+    assert space.cli("apply").returncode == 0
+    proxy = CountingProxy(tmp_path / "cut.sock", docker_engine.address.removeprefix("unix://"),
+                          cut=frozenset({"POST /containers/{}/stop"}))
+    proxy.start()
+    woken: list[str] = []
+    try:
+        monkeypatch.setenv("DOCKER_HOST", proxy.address)
+        drivers = Reconciler(space.desired, space.state, on_exit=woken.append).parts.drivers
+        assert drivers.observe("kept").running_pid  # subscribed to the engine's events from here on
+        with pytest.raises((EngineUnavailable, StartFailed)):
+            drivers.stop("kept", 1, forget=False)
+        the_container(docker_engine, space, "kept").kill()  # a crash of its own, later
+        wait_for(lambda: "kept" in woken, 30, what="the crash waking the workload")
+    finally:
+        proxy.close()
