@@ -322,7 +322,8 @@ class ProcessDriver:
         now = clock.now()
         record = record.model_copy(update={"exit": ExitInfo(
             pid=record.pid, code=code, signal=signal_number, finished_at=now,
-            run=f"pid {record.pid} started at tick {record.start_ticks}",  # the kernel's, which no clock change moves
+            # the kernel's tick, which no clock change moves; pid and tick may repeat in another boot, the nonce not
+            run=f"pid {record.pid} started at tick {record.start_ticks}, launch {record.nonce}",
             ran_seconds=max(0.0, (now - record.started_at).total_seconds()),
             # only a leader SIGKILLed while its cgroup saw an OOM kill: a child's OOM must not hide the real exit
             oom_killed=(signal_number == 9 or code is None and signal_number is None)
