@@ -3,6 +3,7 @@ processes)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -71,3 +72,20 @@ def test_a_run_of_another_boot_with_the_same_pid_and_start_tick_is_another_exit(
     next_boot = first.model_copy(update={"nonce": "launched-after-the-reboot", "exit": None})
     again = ProcessDriver(tmp_path, readonly=True)._note_exit(next_boot).exit
     assert again is not None and first.exit is not None and not again.same_exit(first.exit)
+
+
+def test_a_record_replaced_within_one_timestamp_tick_is_a_new_records_version(tmp_path: Path) -> None:
+    """The listen watch maps sockets again when a record changes; a filesystem's coarse timestamps can give an
+    atomic replacement the mtime of the record it replaced, never its inode."""
+    driver = ProcessDriver(tmp_path)
+    run(driver, "import time; time.sleep(60)")
+    try:
+        path = next((tmp_path / "processes").glob("*.json"))
+        before, stat = driver.records_version(), path.stat()
+        replacement = path.with_suffix(".new")
+        replacement.write_bytes(path.read_bytes())
+        os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        os.replace(replacement, path)
+        assert driver.records_version() != before
+    finally:
+        driver.stop("job", grace_seconds=1.0, forget=True)

@@ -97,12 +97,14 @@ class ProcessDriver:
     def owned_names(self) -> list[str]:
         return sorted(path.stem for path in self._records.glob("*.json")) if self._records.is_dir() else []
 
-    def records_version(self) -> frozenset[tuple[str, int]]:
-        """Each process record's name and modification time: changes with every start, exit and adoption noted."""
+    def records_version(self) -> frozenset[tuple[str, int, int, int]]:
+        """Each process record's name, modification time, inode and size: changes with every start, exit and adoption
+        noted (each is an atomic replacement: a new inode, even where a coarse clock gives it the old mtime)."""
         found = set()
         for path in self._records.glob("*.json") if self._records.is_dir() else ():
             try:
-                found.add((path.stem, path.stat().st_mtime_ns))
+                stat = path.stat()
+                found.add((path.stem, stat.st_mtime_ns, stat.st_ino, stat.st_size))
             except FileNotFoundError:
                 continue
         return frozenset(found)
