@@ -674,38 +674,8 @@ def test_a_stop_that_fails_takes_back_its_request_so_a_later_exit_is_not_the_rec
 ) -> None:
     """The stop request is on record before the stop call (a crash between them must not make it a crash); when the
     call fails (here the engine's connection drops) and the container runs on, the request is taken back: its exit
-    later, by itself or by someone else, is no stop of the reconciler's."""
-    if not docker_engine.address.startswith("unix://"):
-        pytest.skip("the cutting proxy stands on a unix socket")
-    from reconciler.control.reconciler import Reconciler
-    from reconciler.drive.protocol import StartFailed
-    from reconciler.observe.docker_engine import EngineUnavailable
-
-    space.write("kept.yaml", container_yaml("kept", command=["sleep", "600"]))
-    assert space.cli("apply").returncode == 0
-    proxy = CountingProxy(tmp_path / "cut.sock", docker_engine.address.removeprefix("unix://"),
-                          cut=frozenset({"POST /containers/{}/stop"}))
-    proxy.start()
-    try:
-        monkeypatch.setenv("DOCKER_HOST", proxy.address)
-        drivers = Reconciler(space.desired, space.state).parts.drivers
-        with pytest.raises((EngineUnavailable, StartFailed)):
-            drivers.stop("kept", 1, forget=False)
-        assert proxy.counts["POST /containers/{}/stop"] >= 1
-        container = the_container(docker_engine, space, "kept")
-        assert container.status == "running"
-        container.kill()  # behind its back
-        ended = wait_for(lambda: (seen := drivers.observe("kept")).record and seen.record.exit, 30, what="the exit")
-        assert ended.stopped_by_reconciler is False, ended
-    finally:
-        proxy.close()
-
-
-def test_a_stop_that_fails_leaves_no_expectation_behind_so_a_later_crash_wakes_the_workload(
-    space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A stop expects the exit it causes (no news); when the stop fails and the container runs on, that expectation
-    went with it: the container's later crash was swallowed and woke nothing."""
+    later, by itself or by someone else, is no stop of the reconciler's. So is the exit the stop expected (no news):
+    that later exit wakes the workload (it was swallowed)."""
     if not docker_engine.address.startswith("unix://"):
         pytest.skip("the cutting proxy stands on a unix socket")
     from reconciler.control.reconciler import Reconciler
@@ -724,7 +694,13 @@ def test_a_stop_that_fails_leaves_no_expectation_behind_so_a_later_crash_wakes_t
         assert drivers.observe("kept").running_pid  # subscribed to the engine's events from here on
         with pytest.raises((EngineUnavailable, StartFailed)):
             drivers.stop("kept", 1, forget=False)
-        the_container(docker_engine, space, "kept").kill()  # a crash of its own, later
-        wait_for(lambda: "kept" in woken, 30, what="the crash waking the workload")
+        assert proxy.counts["POST /containers/{}/stop"] >= 1
+        container = the_container(docker_engine, space, "kept")
+        assert container.status == "running"
+        container.kill()  # behind its back
+        ended = wait_for(lambda: (seen := drivers.observe("kept")).record and seen.record.exit, 30, what="the exit")
+        assert ended.stopped_by_reconciler is False, ended
+        wait_for(lambda: "kept" in woken, 30, what="the exit waking the workload")
     finally:
         proxy.close()
+
