@@ -450,3 +450,19 @@ def test_a_dynamic_users_listener_that_escaped_tree_and_markers_is_still_the_wor
         for process in psutil.process_iter(["cmdline"]):
             if process.info["cmdline"] and process.info["cmdline"][-2:] == [str(port), "escapee"]:
                 process.kill()
+
+
+@ROOT_ONLY
+def test_a_new_run_of_a_dynamic_user_is_not_given_the_sockets_a_read_before_it_saw() -> None:
+    """A read serves 3 s; one taken before the run started still lists the sockets of its user's previous run."""
+    observer = ListenObserver(lambda: frozenset({65534}))
+    shell, pid, tcp, _ = listener("exec {listener} v4", user=65534)
+    assert f"0.0.0.0:{tcp}/tcp" in map(str, observer.of(pid, {}, own_user=65534).listening)
+    os.kill(pid, signal.SIGKILL)
+    shell.wait()
+    after = subprocess.Popen(["sleep", "30"], user=65534)
+    try:
+        assert observer.of(after.pid, {}, own_user=65534).listening == ()
+    finally:
+        after.kill()
+        after.wait()

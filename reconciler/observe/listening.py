@@ -37,6 +37,7 @@ class _Snapshot:
     listening: Mapping[int, frozenset[Listen]]  # pid -> its listening sockets
     created_by: Mapping[int, frozenset[Listen]]  # uid -> the listening sockets it created, whoever holds them now
     children: Mapping[int, list[int]]  # pid -> its child pids
+    processes: frozenset[int]  # every pid it looked at
     taken_at: float
     environments: dict[int, Mapping[str, str]] = field(default_factory=dict)  # read on demand, once per snapshot
 
@@ -77,6 +78,8 @@ class ListenObserver:
         its descriptor table)."""
         with self._lock:
             snapshot = self._fresh()
+            if pid not in snapshot.processes:  # it started since: the read shows its user's sockets of another run
+                snapshot = self._snapshot = _read(time.monotonic(), self._owners())
             tree = snapshot.descendants(pid)
             found = {listen for member, listens in snapshot.listening.items()
                      if member in tree or snapshot.carries(member, markers) for listen in listens}
@@ -129,7 +132,8 @@ def _read(now: float, owners: frozenset[int] | None) -> _Snapshot:
         children.setdefault(int(fields["PPid"]), []).append(pid)
         if held:
             listening[pid] = frozenset(held)
-    return _Snapshot(listening, {uid: frozenset(made) for uid, made in created_by.items()}, children, now)
+    processes = frozenset(pid for members in children.values() for pid in members)
+    return _Snapshot(listening, {uid: frozenset(made) for uid, made in created_by.items()}, children, processes, now)
 
 
 def _socket_inodes(pid: str) -> set[int]:
