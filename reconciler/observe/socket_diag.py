@@ -14,6 +14,7 @@ import itertools
 import socket
 import struct
 import sys
+from pathlib import Path
 from typing import NamedTuple
 
 NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20  # linux/sock_diag.h
@@ -61,7 +62,10 @@ def listeners() -> list[Listener]:
 def _proc_net(table: str) -> list[Listener]:
     """The listeners /proc/net/`table` lists: TCP sockets in the listening state (0A), UDP sockets without a peer."""
     found = []
-    with open(f"/proc/net/{table}", encoding="ascii") as lines:
+    path = Path("/proc/net", table)
+    if table.endswith("6") and not path.exists():
+        return found  # a kernel without IPv6 (ipv6.disable=1) lists no IPv6 table: there are no such sockets
+    with open(path, encoding="ascii") as lines:
         next(lines, None)  # the column names
         for fields in map(str.split, lines):
             if fields[3] == "0A" if table.startswith("tcp") else set(fields[2].split(":")[0]) == {"0"}:
