@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from reconciler.api.meta import API_VERSION
+from reconciler.api.meta import API_VERSION, ResourceKey
 from reconciler.api.policy import PolicySpec
 from reconciler.control.placement import local_blocker
 from reconciler.diff.engines import Rendered
@@ -369,3 +369,26 @@ def test_a_running_reconciler_asks_the_builds_on_the_refresh_a_llama_cpp_workloa
     assert profile is not None and profile.engine_builds_unasked is None
     assert LLAMA_SERVER in [build.engine for build in profile.engine_builds]
     assert profile.capability_digest() != unasked.capability_digest()
+
+
+def test_a_llama_cpp_workload_held_at_its_last_valid_spec_keeps_the_builds_asked(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its file now has an error: it runs on (restarted after a crash) as last reconciled, and is judged by the build
+    meanwhile, so the profile must not say that no llama.cpp workload is desired."""
+    asked, env = _logging_llama_server(tmp_path)
+    monkeypatch.setenv("PATH", env["PATH"])
+    monkeypatch.setenv("RECONCILER_FAKE_GPUS", env["RECONCILER_FAKE_GPUS"])
+    _chat(workspace, {"gpuLayers": 8}, gpus=1)
+    reconciler = Reconciler(workspace.desired, workspace.state)
+    reconciler.refresh()
+    for key in reconciler.keys():
+        reconciler.reconcile(key)
+    assert ResourceKey("Workload", "chat") in reconciler.records
+    chat = workspace.desired / "chat.yaml"
+    chat.write_text(chat.read_text().replace("contextSize: 128", "contextSize: lots"))
+    reconciler.refresh()
+    assert ResourceKey("Workload", "chat") in reconciler.desired.rejected
+    profile = reconciler.parts.host.profile
+    assert profile is not None and profile.engine_builds_unasked is None
+    assert LLAMA_SERVER in [build.engine for build in profile.engine_builds]

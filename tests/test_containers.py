@@ -674,7 +674,8 @@ def test_a_stop_that_fails_takes_back_its_request_so_a_later_exit_is_not_the_rec
 ) -> None:
     """The stop request is on record before the stop call (a crash between them must not make it a crash); when the
     call fails (here the engine's connection drops) and the container runs on, the request is taken back: its exit
-    later, by itself or by someone else, is no stop of the reconciler's."""
+    later, by itself or by someone else, is no stop of the reconciler's. So is the exit the stop expected (no news):
+    that later exit wakes the workload (it was swallowed)."""
     if not docker_engine.address.startswith("unix://"):
         pytest.skip("the cutting proxy stands on a unix socket")
     from reconciler.control.reconciler import Reconciler
@@ -686,9 +687,11 @@ def test_a_stop_that_fails_takes_back_its_request_so_a_later_exit_is_not_the_rec
     proxy = CountingProxy(tmp_path / "cut.sock", docker_engine.address.removeprefix("unix://"),
                           cut=frozenset({"POST /containers/{}/stop"}))
     proxy.start()
+    woken: list[str] = []
     try:
         monkeypatch.setenv("DOCKER_HOST", proxy.address)
-        drivers = Reconciler(space.desired, space.state).parts.drivers
+        drivers = Reconciler(space.desired, space.state, on_exit=woken.append).parts.drivers
+        assert drivers.observe("kept").running_pid  # subscribed to the engine's events from here on
         with pytest.raises((EngineUnavailable, StartFailed)):
             drivers.stop("kept", 1, forget=False)
         assert proxy.counts["POST /containers/{}/stop"] >= 1
@@ -697,5 +700,7 @@ def test_a_stop_that_fails_takes_back_its_request_so_a_later_exit_is_not_the_rec
         container.kill()  # behind its back
         ended = wait_for(lambda: (seen := drivers.observe("kept")).record and seen.record.exit, 30, what="the exit")
         assert ended.stopped_by_reconciler is False, ended
+        wait_for(lambda: "kept" in woken, 30, what="the exit waking the workload")
     finally:
         proxy.close()
+

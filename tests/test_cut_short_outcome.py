@@ -1,4 +1,5 @@
-"""What a restart writes for a decision left without its outcome, by what it observes: pure, every branch."""
+"""What a restart writes for a decision left without its outcome, by what it observes: pure, every branch; and
+that it leaves no named decision behind that nothing can close."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
+from reconciler.api.meta import ResourceKey
 from reconciler.api.status import Recovered
+from reconciler.control.reconciler import Reconciler
 from reconciler.control.evidence import acted_on, cut_short_outcome
 from reconciler.observe.processes import ProcessObservation, ProcessState
+from reconciler.record.store import StateStore
+from tests.conftest import Workspace, workload_yaml
 from tests.test_plan import NOW, ended, process, workload
 
 WEB = workload("web")
@@ -61,3 +66,18 @@ def test_a_recovered_note_holds_only_the_outcomes_and_actions_a_restart_can_find
     note = {"action": "create", "result": "adopted", "cause": "c", "at": NOW, field: value}
     with pytest.raises(ValidationError):
         Recovered.model_validate(note)
+
+
+def test_acting_files_no_open_decision_answers_are_settled_not_kept_forever(
+        workspace: Workspace, caplog: pytest.LogCaptureFixture) -> None:
+    """A non-Workload's (no driver carries its decisions out) and one whose decision is in no evidence line (the
+    evidence went elsewhere, or the file was edited) were read again by every restart, and never removed."""
+    workspace.write("app.yaml", workload_yaml("app"))
+    store = StateStore(workspace.state)
+    store.vouch(ResourceKey("Model", "tiny"), "0" * 64)
+    store.vouch(ResourceKey("Workload", "app"), "f" * 64)  # no line of app.yaml's evidence has this hash
+    reconciler = Reconciler(workspace.desired, workspace.state)
+    reconciler.refresh()
+    reconciler.adopt()
+    assert store.acting_on() == []
+    assert "Workload/app: the decision named in" in caplog.text and "nothing to close" in caplog.text

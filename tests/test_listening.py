@@ -8,10 +8,12 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 
@@ -348,3 +350,119 @@ def test_a_llama_cpp_server_whose_args_slip_a_wildcard_bind_is_caught(workspace:
                        what="the llama.cpp server stopped for its wildcard bind")
     assert stopped["message"].startswith(f"stopped: 0.0.0.0:{port}/tcp: pid ")
     assert workspace.condition("web.yaml", "web")["reason"] == "ExposureObserved"
+
+
+# -- where sock_diag is refused or answers unlike itself -----------------------------------------
+
+
+class _Refused:
+    """socket.socket where netlink is refused (gVisor, seccomp, RestrictAddressFamilies=): every other family works."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def __call__(self, family: int = -1, *args: Any, **kwargs: Any) -> Any:
+        if family == socket.AF_NETLINK:
+            raise PermissionError(1, "Operation not permitted")
+        return self.real(family, *args, **kwargs)
+
+
+class _Mangled:
+    """A real sock_diag socket whose answers `mangle` rewrites on the way in, as a kernel unlike Linux's might."""
+
+    def __init__(self, real: Any, mangle: Any) -> None:
+        self.real, self.mangle = real, mangle
+
+    def __call__(self, family: int = -1, *args: Any, **kwargs: Any) -> Any:
+        made = self.real(family, *args, **kwargs)
+        if family != socket.AF_NETLINK:
+            return made
+        mangle = self.mangle
+
+        class Answering(self.real):  # type: ignore[name-defined,misc]
+            def recv(self, size: int, *flags: int) -> bytes:
+                return mangle(super().recv(size, *flags))
+
+        return Answering(family, *args, fileno=made.detach(), **kwargs)
+
+
+def found_by_all_readers(server: socket.socket) -> bool:
+    port = server.getsockname()[1]
+    in_table = any(entry[:2] == ("tcp", f"0100007F:{port:04X}") for entry in listening_table())
+    in_tree = f"127.0.0.1:{port}/tcp" in map(str, ListenObserver().of(os.getpid(), {}).listening)
+    return in_table and in_tree and any(each.port == port and each.table == "tcp" for each in listeners())
+
+
+def test_where_netlink_is_refused_the_tcp_listeners_are_read_from_proc_net(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "socket", _Refused(socket.socket))
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        assert found_by_all_readers(server)
+
+
+def test_a_sock_diag_message_longer_than_what_came_is_no_crash_but_a_read_of_proc_net(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def claim_more(data: bytes) -> bytes:  # the first message claims 64 KiB more than the answer holds
+        return (int.from_bytes(data[:4], sys.byteorder) + 65536).to_bytes(4, sys.byteorder) + data[4:] if data else data
+
+    monkeypatch.setattr(socket, "socket", _Mangled(socket.socket, claim_more))
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        assert found_by_all_readers(server)
+
+
+def test_a_dump_the_kernel_marks_interrupted_is_asked_again_then_read_from_proc_net(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = []
+
+    def interrupted(data: bytes) -> bytes:  # NLM_F_DUMP_INTR on the first message of each answer
+        answers.append(data)
+        return data[:6] + (int.from_bytes(data[6:8], sys.byteorder) | 0x10).to_bytes(2, sys.byteorder) + data[8:]
+
+    monkeypatch.setattr(socket, "socket", _Mangled(socket.socket, interrupted))
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        before = len(answers)
+        assert any(each.port == server.getsockname()[1] for each in listeners())
+        assert len(answers) - before >= 4  # two families, asked twice
+
+
+ESCAPEE = textwrap.dedent("""\
+    import os, sys, time
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:  # reparented, out of the session and without the launch's markers in its environment
+            code = "import socket, time\\ns = socket.create_server(('0.0.0.0', int(__import__('sys').argv[1])))\\ntime.sleep(600)"
+            os.execve(sys.executable, [sys.executable, "-c", code, sys.argv[1], "escapee"], {})
+        os._exit(0)
+    time.sleep(600)
+    """)
+
+
+@ROOT_ONLY
+def test_a_dynamic_users_listener_that_escaped_tree_and_markers_is_still_the_workloads(workspace: Workspace) -> None:
+    """A dynamic user is the workload's alone: every socket it creates is the workload's, whichever process holds it
+    (a double-forked child with an empty environment, or a thread that unshared its descriptor table)."""
+    port = free_port()
+    workspace.write("web.yaml", workload_yaml("web", ESCAPEE, (str(port),), host="127.0.0.1", port=port))
+    workspace.start_daemon("--resync", "600")
+    try:
+        stopped = wait_for(lambda: listening_condition(workspace, "ExposureObserved"), 30, what="the escapee caught")
+        assert stopped["message"].startswith(f"stopped: 0.0.0.0:{port}/tcp: pid ")
+    finally:
+        for process in psutil.process_iter(["cmdline"]):
+            if process.info["cmdline"] and process.info["cmdline"][-2:] == [str(port), "escapee"]:
+                process.kill()
+
+
+@ROOT_ONLY
+def test_a_new_run_of_a_dynamic_user_is_not_given_the_sockets_a_read_before_it_saw() -> None:
+    """A read serves 3 s; one taken before the run started still lists the sockets of its user's previous run."""
+    observer = ListenObserver(lambda: frozenset({65534}))
+    shell, pid, tcp, _ = listener("exec {listener} v4", user=65534)
+    assert f"0.0.0.0:{tcp}/tcp" in map(str, observer.of(pid, {}, own_user=65534).listening)
+    os.kill(pid, signal.SIGKILL)
+    shell.wait()
+    after = subprocess.Popen(["sleep", "30"], user=65534)
+    try:
+        assert observer.of(after.pid, {}, own_user=65534).listening == ()
+    finally:
+        after.kill()
+        after.wait()

@@ -313,3 +313,17 @@ def test_roots_default_state_directory_is_where_the_service_keeps_its_own(tmp_pa
     assert default_state_dir(tmp_path / "desired").parent == Path("/var/lib/localaistack-reconciler")
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "chosen"))
     assert default_state_dir(tmp_path / "desired").parent == tmp_path / "chosen" / "localaistack-reconciler"
+
+
+def test_a_uid_a_live_process_runs_as_is_never_allocated(tmp_path: Path) -> None:
+    """Dynamic users are allocated per state directory: another reconciler's, or a workload left running by a state
+    directory since removed, may run as the first free uid of this one. Every socket a dynamic user creates is its
+    workload's, so the uid must be no other process's."""
+    first = DYNAMIC_UIDS.start  # what an empty users.json gives first
+    other = subprocess.Popen(["sleep", "60"], preexec_fn=lambda: os.setresuid(first, first, first))
+    try:
+        wait_for(lambda: psutil.Process(other.pid).uids().real == first, 10, what="the other process's uid")
+        assert DynamicUsers(tmp_path).allocate("web") != first
+    finally:
+        other.kill()
+        other.wait()

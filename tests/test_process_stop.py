@@ -3,6 +3,7 @@ processes)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -59,3 +60,32 @@ def test_an_exit_no_reconciler_noted_is_one_exit_however_often_it_is_looked_at(t
     for exit_info in (first, again):
         record = note_observations(record, 1, exit_info, workload)
     assert record.consecutive_failures == 1, "one exit is one failure, however often it is looked at"
+
+
+def test_a_run_of_another_boot_with_the_same_pid_and_start_tick_is_another_exit(tmp_path: Path) -> None:
+    """Pid and start tick repeat across reboots (a service started early in each boot): the launch's nonce tells
+    the runs apart, or the later run's exit would be taken for the earlier one's and not counted."""
+    driver = ProcessDriver(tmp_path)
+    run(driver, "raise SystemExit(3)")
+    first = wait_for(lambda: (seen := driver.observe("job")).state is ProcessState.exited and seen.record, timeout=10,
+                     what="the exit")
+    next_boot = first.model_copy(update={"nonce": "launched-after-the-reboot", "exit": None})
+    again = ProcessDriver(tmp_path, readonly=True)._note_exit(next_boot).exit
+    assert again is not None and first.exit is not None and not again.same_exit(first.exit)
+
+
+def test_a_record_replaced_within_one_timestamp_tick_is_a_new_records_version(tmp_path: Path) -> None:
+    """The listen watch maps sockets again when a record changes; a filesystem's coarse timestamps can give an
+    atomic replacement the mtime of the record it replaced, never its inode."""
+    driver = ProcessDriver(tmp_path)
+    run(driver, "import time; time.sleep(60)")
+    try:
+        path = next((tmp_path / "processes").glob("*.json"))
+        before, stat = driver.records_version(), path.stat()
+        replacement = path.with_suffix(".new")
+        replacement.write_bytes(path.read_bytes())
+        os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        os.replace(replacement, path)
+        assert driver.records_version() != before
+    finally:
+        driver.stop("job", grace_seconds=1.0, forget=True)

@@ -89,7 +89,7 @@ def assemble(
         root=absolute, shown_root=root, state_dir=state_dir, remembered=remembered, approvals=approvals,
         drivers=drivers, models=models, routes=routes, workloads=workloads, judge=Judge(workloads, approvals),
         recorder=recorder, activation=Activation(state_dir, workloads, drivers, recorder),
-        host=HostWatch(state_dir, engine, None if readonly else recorder, builds),
+        host=HostWatch(state_dir, engine, None if readonly else recorder, builds, remembered.all),
         holds=Holds(remembered.all, allow_empty),
         rollouts=Rollouts(approvals, recorder.evidence, drivers.log_path, boot_id()), metrics=metrics,
         readonly=readonly, revision=revision or (lambda: local_revision(absolute)),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import platform
 import time
 from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 
 from reconciler.api.host import HostProfile, host_profile_document
 from reconciler.api.kinds import Engine, Workload
+from reconciler.api.resource_record import ResourceRecord
 from reconciler.load.desired import DesiredState
 from reconciler.observe.docker_engine import DockerEngine
 from reconciler.observe.engine_builds import EngineBuilds
@@ -20,9 +22,10 @@ PROFILE_SECONDS = 30.0  # how stale the profile may get: free memory and disk mo
 
 
 class HostWatch:
-    def __init__(self, cache_dir: Path, engine: DockerEngine, recorder: Recorder | None, builds: EngineBuilds) -> None:
+    def __init__(self, cache_dir: Path, engine: DockerEngine, recorder: Recorder | None, builds: EngineBuilds,
+                 records: Callable[[], list[ResourceRecord]]) -> None:
         """`recorder`: where to publish it (None: a read-only command, which writes nothing); `builds`: what the
-        host's llama.cpp builds answered.
+        host's llama.cpp builds answered; `records`: what each resource was last reconciled to.
 
         A profile nobody publishes is only read to judge specs (memory, CPU flags, GPUs): it leaves out the container
         engine's version and the host's llama.cpp builds, which only the published profile and the evidence show.
@@ -38,12 +41,12 @@ class HostWatch:
         self.profile: HostProfile | None = None
         self._observed_at: float | None = None
         self._builds_asked = False
+        self._records = records
 
     def refresh(self, inventory: GpuInventory, desired: DesiredState) -> HostProfile:
         """`inventory`: the GPUs as the pass just read them (NVML's start-up is the slow part of asking it)."""
         published = self.recorder is not None
-        ask_builds = published and any(isinstance(entry.resource, Workload) and entry.resource.spec.engine is Engine.llama_cpp
-                                       for entry in desired.resources.values())
+        ask_builds = published and self._llama_cpp_wanted(desired)
         if (self.profile is None or self._observed_at is None or ask_builds != self._builds_asked
                 or time.monotonic() - self._observed_at >= PROFILE_SECONDS):
             unasked = "not asked: no llama.cpp workload is desired" if published else "not asked: a read-only command"
@@ -54,6 +57,14 @@ class HostWatch:
                 self.recorder.host_profile(host_profile_document(self.profile, platform.node() or "localhost",
                                                                  datetime.now(timezone.utc)))
         return self.profile
+
+    def _llama_cpp_wanted(self, desired: DesiredState) -> bool:
+        """A llama.cpp workload is desired, or runs on as last reconciled: held while its file has an error, or not
+        yet changed or removed (its record's version is the one judged meanwhile)."""
+        return any(isinstance(entry.resource, Workload) and entry.resource.spec.engine is Engine.llama_cpp
+                   for entry in desired.resources.values()) or any(
+            record.kind == "Workload" and record.resource.get("spec", {}).get("engine") == Engine.llama_cpp.value
+            for record in self._records())
 
     @property
     def digest(self) -> str | None:

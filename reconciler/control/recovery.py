@@ -27,18 +27,21 @@ def close_cut_short(parts: Parts, desired: DesiredState, now: datetime, stopped_
     workloads closed."""
     closed = []
     for key in parts.remembered.store.acting_on():
+        if key.kind != "Workload":  # only a workload's decisions are carried out by drivers: none is left open
+            parts.remembered.store.settled(key)
+            continue
         entry, record = desired.resources.get(key), parts.remembered.get(key)
         source = entry.file if entry is not None else record.source if record is not None else None
-        vouched = parts.remembered.store.vouched(key) if key.kind == "Workload" else None
-        if vouched is None or source is None:
-            continue  # no decision was being carried out for it: its evidence is not read
-        last = parts.recorder.last_evidence(
+        vouched = parts.remembered.store.vouched(key)
+        last = None if vouched is None or source is None else parts.recorder.last_evidence(
             source, lambda line: line.get("resource") == str(key) and line.get("event") in ("decision", "action"),
             mentions=f'"resource":"{key}"'.encode())  # as the log writes it: compact, keys sorted
-        if last is not None and vouched != last[1]:
-            parts.remembered.store.settled(key)  # a line came after it: its outcome, whose settling a crash undid
-        if last is None or not acted_on(last[0]) or vouched != last[1]:
-            continue  # no decision left open, or not one this state directory says was being carried out
+        if last is None or vouched != last[1] or not acted_on(last[0]):
+            parts.remembered.store.settled(key)  # a line came after it (its outcome, whose settling a crash undid)
+            if last is None or vouched == last[1]:  # or there is nothing to close it against
+                log.warning("%s: the decision named in %s is no open action in %s's evidence: nothing to close",
+                            key, parts.remembered.store.acting, source or "its spec file", **about(key))
+            continue
         observed = parts.drivers.observe(key.name, maybe_container(entry, record))
         if observed.state is ProcessState.unknown:
             continue  # the engine is away: what happened is not known yet, and the next start looks again

@@ -51,6 +51,8 @@ from reconciler.observe.listening import ListenObserver, ObservedListens, listen
 from reconciler.observe.probes import ProbeResult, probe
 from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
 
+_RecordsVersion = frozenset[tuple[str, int, int, int]]  # each process record's name, mtime, inode and size
+
 
 class WorkloadRenderer:
     def __init__(self, root: Path, driver: Drivers, engine: DockerEngine,
@@ -72,7 +74,7 @@ class WorkloadRenderer:
         self._engine_checked = False
         self._images: dict[str, ImageFacts] = {}  # present images seen this pass (an absent one is asked again)
         self._listens = ListenObserver(lambda: self._listening_users()[1])
-        self._listeners: tuple[frozenset[tuple[str, int]], frozenset[int] | None] | None = None  # records -> users
+        self._listeners: tuple[_RecordsVersion, frozenset[int] | None] | None = None  # records -> users
         self._loads: dict[str, tuple[int, EngineLoad, int | None]] = {}  # workload -> (pid, finished load, estimate)
         self._bridge: str | None | bool = False  # the host's address on the container bridge, read once a pass
         # the statuses of the named workloads, as the status files show them
@@ -224,9 +226,11 @@ class WorkloadRenderer:
         running = process.record
         if process.running_pid is None or running is None or not isinstance(running.launch, LaunchSpec):
             return None
-        return self._listens.of(running.pid, self.driver.native.markers(running))
+        # a dynamic user is this workload's alone; a named user or root may be shared, so only processes map to it
+        own_user = running.run_as.uid if running.run_as is not None and running.run_as.dynamic else None
+        return self._listens.of(running.pid, self.driver.native.markers(running), own_user)
 
-    def listening_version(self) -> tuple[frozenset[tuple[str, str, str]], frozenset[tuple[str, int]]]:
+    def listening_version(self) -> tuple[frozenset[tuple[str, str, int]], _RecordsVersion]:
         """Cheap to read, and different whenever what `listening_now` finds may be: the listening sockets of the users
         the native workloads run as, and their process records (a start whose socket opened before its record was
         written)."""
@@ -234,7 +238,7 @@ class WorkloadRenderer:
         # another user's sockets changing (a busy desktop's, every few seconds) is no reason to map them all
         return listening_table(users), records
 
-    def _listening_users(self) -> tuple[frozenset[tuple[str, int]], frozenset[int] | None]:
+    def _listening_users(self) -> tuple[_RecordsVersion, frozenset[int] | None]:
         """The native workloads' process records, and the users whose processes may be theirs (None: anyone's)."""
         native = self.driver.native
         records, known = native.records_version(), self._listeners

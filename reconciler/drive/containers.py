@@ -247,26 +247,27 @@ class ContainerDriver:
         with self.engine.reach():
             for container in self._seen.of(name):  # as this pass saw them, or afresh if anything happened since
                 # the exit this stop causes is no news to wake the workload with: the pass that stops it looks after
-                self._seen.expect(container.id, "die", *(("destroy",) if forget else ()))
-                try:
-                    if container.status in _RUNNING:
-                        if not forget:  # its exit stays on record, to be told from a crash
-                            self._starts.note_stop_requested(name, container.id)
-                        try:
-                            container.stop(timeout=math.ceil(grace_seconds))
-                        except Exception:
-                            if not forget:  # it may run on: a later exit of its own is no stop of ours
-                                self._starts.note_stop_requested(name, container.id, withdrawn=True)
-                            raise
-                    container.reload()
-                    observed = self._observation(name, [container])
-                    self._save_log(name, container)
-                    if forget:
-                        container.remove(force=True)
-                except docker_errors.NotFound:
-                    continue  # removed meanwhile: what was wanted
-                except docker_errors.APIError as error:
-                    raise StartFailed("ContainerStopFailed", f"{container.name}: {error.explanation or error}") from None
+                with self._seen.expecting(container.id, "die", *(("destroy",) if forget else ())):
+                    try:
+                        if container.status in _RUNNING:
+                            if not forget:  # its exit stays on record, to be told from a crash
+                                self._starts.note_stop_requested(name, container.id)
+                            try:
+                                container.stop(timeout=math.ceil(grace_seconds))
+                            except Exception:
+                                if not forget:  # it may run on: a later exit of its own is no stop of ours
+                                    self._starts.note_stop_requested(name, container.id, withdrawn=True)
+                                raise
+                        container.reload()
+                        observed = self._observation(name, [container])
+                        self._save_log(name, container)
+                        if forget:
+                            container.remove(force=True)
+                    except docker_errors.NotFound:
+                        continue  # removed meanwhile: what was wanted
+                    except docker_errors.APIError as error:
+                        raise StartFailed("ContainerStopFailed",
+                                          f"{container.name}: {error.explanation or error}") from None
         if forget:
             self._starts.forget(name)
             self._seen.acted(name, [], mark)  # all removed: the start that may follow need not look again
@@ -325,14 +326,14 @@ class ContainerDriver:
     def _remove_all(self, name: str) -> None:
         """Every container of the workload, as the pass saw it (or afresh, when an event or an act since says so)."""
         for container in self._seen.of(name):
-            self._seen.expect(container.id, "die", "destroy")
-            try:
-                if container.status in _RUNNING:  # one whose labels we cannot read: still stopped gracefully
-                    container.stop(timeout=10)
-                self._save_log(name, container)
-                container.remove(force=True)
-            except docker_errors.NotFound:
-                pass
+            with self._seen.expecting(container.id, "die", "destroy"):
+                try:
+                    if container.status in _RUNNING:  # one whose labels we cannot read: still stopped gracefully
+                        container.stop(timeout=10)
+                    self._save_log(name, container)
+                    container.remove(force=True)
+                except docker_errors.NotFound:
+                    pass
         self._starts.forget(name)
 
     def _save_log(self, name: str, container: Container) -> None:

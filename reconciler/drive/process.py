@@ -97,12 +97,14 @@ class ProcessDriver:
     def owned_names(self) -> list[str]:
         return sorted(path.stem for path in self._records.glob("*.json")) if self._records.is_dir() else []
 
-    def records_version(self) -> frozenset[tuple[str, int]]:
-        """Each process record's name and modification time: changes with every start, exit and adoption noted."""
+    def records_version(self) -> frozenset[tuple[str, int, int, int]]:
+        """Each process record's name, modification time, inode and size: changes with every start, exit and adoption
+        noted (each is an atomic replacement: a new inode, even where a coarse clock gives it the old mtime)."""
         found = set()
         for path in self._records.glob("*.json") if self._records.is_dir() else ():
             try:
-                found.add((path.stem, path.stat().st_mtime_ns))
+                stat = path.stat()
+                found.add((path.stem, stat.st_mtime_ns, stat.st_ino, stat.st_size))
             except FileNotFoundError:
                 continue
         return frozenset(found)
@@ -322,7 +324,8 @@ class ProcessDriver:
         now = clock.now()
         record = record.model_copy(update={"exit": ExitInfo(
             pid=record.pid, code=code, signal=signal_number, finished_at=now,
-            run=f"pid {record.pid} started at tick {record.start_ticks}",  # the kernel's, which no clock change moves
+            # the kernel's tick, which no clock change moves; pid and tick may repeat in another boot, the nonce not
+            run=f"pid {record.pid} started at tick {record.start_ticks}, launch {record.nonce}",
             ran_seconds=max(0.0, (now - record.started_at).total_seconds()),
             # only a leader SIGKILLed while its cgroup saw an OOM kill: a child's OOM must not hide the real exit
             oom_killed=(signal_number == 9 or code is None and signal_number is None)

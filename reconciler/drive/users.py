@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
+
 from reconciler.base.atomic import read_regular, write_atomic
 from reconciler.observe.processes import RunAs
 
@@ -65,7 +67,7 @@ class DynamicUsers:
             table = self.allocated()
             if name in table:
                 return table[name]
-            taken = set(table.values())
+            taken = set(table.values()) | _uids_running()
             uid = next((uid for uid in DYNAMIC_UIDS if uid not in taken and not _has_account(uid)), None)
             if uid is None:
                 raise UserUnavailable(f"every uid of {DYNAMIC_UIDS.start}-{DYNAMIC_UIDS.stop - 1} is allocated: "
@@ -136,6 +138,13 @@ def device_groups(gpus: tuple[int, ...], devices: Path) -> tuple[int, ...]:
         if info.st_gid != 0 and (info.st_mode & (stat.S_IROTH | stat.S_IWOTH)) != (stat.S_IROTH | stat.S_IWOTH):
             groups.add(info.st_gid)
     return tuple(sorted(groups))
+
+
+def _uids_running() -> set[int]:
+    """The real uids of the live processes: a uid another state directory's workload (or one left running by a
+    state directory since removed) runs as is no dynamic user of ours, whatever users.json says. Every socket a
+    dynamic user creates is taken for its workload's."""
+    return {process.info["uids"].real for process in psutil.process_iter(["uids"]) if process.info["uids"]}
 
 
 def _has_account(uid: int) -> bool:

@@ -13,7 +13,9 @@ a cold `apply` of 20 containers they made every later look at each of them ask a
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from reconciler.observe.docker_engine import DockerEngine
@@ -96,6 +98,22 @@ class OwnedContainers:
             self._expected.update((container_id, event) for event in events)
             return self._subscriptions, self._touched.get(name, 0)
 
+    @contextlib.contextmanager
+    def expecting(self, container_id: str, *events: str) -> Iterator[None]:
+        """`expect` around the act that causes the events. An act that fails may leave the container running: its
+        later exit of its own is news, so the expectation goes with the failure."""
+        self.expect(container_id, *events)
+        try:
+            yield
+        except BaseException:
+            self.unexpect(container_id)
+            raise
+
+    def unexpect(self, container_id: str) -> None:
+        """No event of the container is ours any more."""
+        with self._lock:
+            self._expected = {pair for pair in self._expected if pair[0] != container_id}
+
     def mark(self, name: str) -> tuple[int, int]:
         """As `expect` returns: taken before an act whose events are all expected before they can happen."""
         return self.expect("", name=name)
@@ -117,8 +135,8 @@ class OwnedContainers:
         with self._lock:
             expected = (container_id, action) in self._expected
             self._expected.discard((container_id, action))
-            if action == "destroy":  # no later event of it will come (a stop expects a die that may not)
-                self._expected = {pair for pair in self._expected if pair[0] != container_id}
+        if action == "destroy":  # no later event of it will come (a stop expects a die that may not)
+            self.unexpect(container_id)
         if not expected:
             self.changed(name)
         return not expected

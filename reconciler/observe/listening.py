@@ -35,7 +35,9 @@ class ObservedListens:
 @dataclass
 class _Snapshot:
     listening: Mapping[int, frozenset[Listen]]  # pid -> its listening sockets
+    created_by: Mapping[int, frozenset[Listen]]  # uid -> the listening sockets it created, whoever holds them now
     children: Mapping[int, list[int]]  # pid -> its child pids
+    processes: frozenset[int]  # every pid it looked at
     taken_at: float
     environments: dict[int, Mapping[str, str]] = field(default_factory=dict)  # read on demand, once per snapshot
 
@@ -69,13 +71,19 @@ class ListenObserver:
         with self._lock:
             self._snapshot = _read(time.monotonic(), self._owners())
 
-    def of(self, pid: int, markers: Mapping[str, str]) -> ObservedListens:
-        """What the tree led by `pid` listens on; `markers`: environment entries that mark its escaped children."""
+    def of(self, pid: int, markers: Mapping[str, str], own_user: int | None = None) -> ObservedListens:
+        """What the tree led by `pid` listens on; `markers`: environment entries that mark its escaped children;
+        `own_user`: a user no one but this workload runs as (a dynamic user), whose every socket is the workload's
+        even where no process maps to it (a double-forked child with an empty environment, a thread that unshared
+        its descriptor table)."""
         with self._lock:
             snapshot = self._fresh()
+            if pid not in snapshot.processes:  # it started since: the read shows its user's sockets of another run
+                snapshot = self._snapshot = _read(time.monotonic(), self._owners())
             tree = snapshot.descendants(pid)
             found = {listen for member, listens in snapshot.listening.items()
                      if member in tree or snapshot.carries(member, markers) for listen in listens}
+            found |= snapshot.created_by.get(own_user, frozenset()) if own_user is not None else frozenset()
         return ObservedListens(pid, tuple(sorted(found, key=lambda listen: (listen.port, listen.protocol, listen.address))))
 
     def _fresh(self) -> _Snapshot:
@@ -102,7 +110,11 @@ def _read(now: float, owners: frozenset[int] | None) -> _Snapshot:
     """Which process holds each listening socket, and each process's parent: of the processes of `owners` alone
     when given (a workload's user has no capabilities and no-new-privileges: its processes stay its own), judged by
     the credentials in /proc/PID/status (a process can make its /proc folder root's, not its user id)."""
-    sockets = {each.inode: _as_listen(each) for each in listeners()}  # any creator's: one may be handed to a workload
+    found = listeners()
+    sockets = {each.inode: _as_listen(each) for each in found}  # any creator's: one may be handed to a workload
+    created_by: dict[int, set[Listen]] = {}
+    for each in found:
+        created_by.setdefault(each.uid, set()).add(sockets[each.inode])
     listening: dict[int, frozenset[Listen]] = {}
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
@@ -120,7 +132,8 @@ def _read(now: float, owners: frozenset[int] | None) -> _Snapshot:
         children.setdefault(int(fields["PPid"]), []).append(pid)
         if held:
             listening[pid] = frozenset(held)
-    return _Snapshot(listening, children, now)
+    processes = frozenset(pid for members in children.values() for pid in members)
+    return _Snapshot(listening, {uid: frozenset(made) for uid, made in created_by.items()}, children, processes, now)
 
 
 def _socket_inodes(pid: str) -> set[int]:
