@@ -24,8 +24,11 @@ def imported(*arguments: str, cwd: Path) -> set[str]:
 
 
 def run_imported(*arguments: str, cwd: Path) -> tuple[str, set[str]]:
-    """What a `reconciler ARGUMENTS` process printed, and every module it imported."""
+    """What a `reconciler ARGUMENTS` process printed, and every module it imported, on a host without a container
+    engine (the session's test engine, once started, is exported as DOCKER_HOST: with one, the engine's client loads
+    as it should)."""
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "reconciler", *arguments], cwd=cwd,
+                          env={**os.environ, "DOCKER_HOST": f"unix://{cwd}/no-engine.sock"},
                           capture_output=True, text=True, timeout=60)
     assert done.returncode in (0, 1, 2), done.stderr[-2000:]
     return done.stdout, {match.group(1)
