@@ -140,6 +140,9 @@ def test_a_pass_that_fails_after_its_decision_writes_the_failure_not_a_crash_lat
     reconciler.adopt()
     reconciler.reconcile(key)
     first = workspace.pid("kept.yaml", "kept")
+    # its one line written before the disk fills: a print into a full log would end it (not what is tested)
+    wait_for(lambda: any(b"up" in log.read_bytes() for log in (small_disk / "logs").rglob("kept*")),
+             what="the workload's first line in its log")
     workspace.write("kept.yaml", workload_yaml("kept", SLEEPER, ("v2",)))  # a replacement: a stop, then a start
     reconciler.refresh()
     filler = fill(small_disk)
