@@ -30,7 +30,6 @@ from reconciler.gate.verdict import Decision
 from reconciler.load.desired import DesiredState
 from reconciler.observe import clock
 from reconciler.record.decision_record import record_digest
-from reconciler.record.evidence import line_hash
 from reconciler.record.recorder import sibling
 from reconciler.record.status import PassOutcome, conclude
 
@@ -60,13 +59,20 @@ def record_decision_before_acting(parts: Parts, planned: Planned, now: datetime)
         line = decision_record(action, planned.verdict, record, now, parts.host.digest)
         if planned.model is not None and planned.model.selection is not None:
             line["modelSelection"] = planned.model.selection.message  # what was chosen, and why not the others
-        written = parts.recorder.evidence(source, line)
-        if planned.executed:
+        # vouched for before its line is written: a kill between the two leaves a vouch naming no line (settled at
+        # restart), never a decision the state directory does not vouch for, which no restart would close
+        refused: list[OSError] = []
+
+        def vouch(decision: str) -> None:
             try:
-                parts.remembered.store.vouch(action.key, line_hash(written))
-            except OSError as error:
-                record_failed_acting(parts, planned, [], error)
-                raise
+                parts.remembered.store.vouch(action.key, decision)
+            except OSError as error:  # the state directory is full or gone: the decision is recorded as failed
+                refused.append(error)
+
+        parts.recorder.evidence(source, line, before_write=vouch if planned.executed else None)
+        if refused:
+            record_failed_acting(parts, planned, [], refused[0])
+            raise refused[0]
     return digest
 
 

@@ -14,7 +14,6 @@ from reconciler.control.planning import Planned
 from reconciler.drive.protocol import StartFailed
 from reconciler.observe import clock
 from reconciler.observe.docker_engine import EngineUnavailable
-from reconciler.record.evidence import line_hash
 
 log = logging.getLogger("reconciler")
 
@@ -25,8 +24,8 @@ def remove_resource(parts: Parts, planned: Planned, now: datetime) -> str | None
     if record is not None or planned.inputs.process is not None and planned.inputs.process.record is not None:
         log.info("%s: delete (%s)", key, planned.action.cause, **about(key))
     if record is not None:
-        written = parts.recorder.evidence(record.source, decision_record(planned.action, planned.verdict, record, now))
-        parts.remembered.store.vouch(key, line_hash(written))
+        parts.recorder.evidence(record.source, decision_record(planned.action, planned.verdict, record, now),
+                                before_write=lambda decision: parts.remembered.store.vouch(key, decision))
     ended = None
     if key.kind == "Workload":
         workload = Workload.model_validate(record.resource) if record else None

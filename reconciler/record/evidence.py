@@ -62,22 +62,25 @@ class EvidenceLog:
         self._lock = threading.Lock()
         self._left: tuple[tuple[int, int, int], str] | None = None  # (the live file's identity, its last line's hash)
 
-    def append(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """Durably append ``record`` and return it as written, with ``prev`` (and ``repaired``) added."""
+    def append(self, record: Mapping[str, Any], before_write: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Durably append ``record`` and return it as written, with ``prev`` (and ``repaired``) added.
+        ``before_write``: given the line's hash once it is known, before the line is written (under the chain's lock),
+        so what it records can never come after the line on disk."""
         clash = record.keys() & _RESERVED
         if clash:
             raise ValueError(f"evidence record must not set {sorted(clash)}: the log owns them")
         with self._lock:
             while True:
                 with _live_locked(self.path, self.root) as (fd, created):
-                    written = self._append_locked(fd, record)
+                    written = self._append_locked(fd, record, before_write)
                 if written is None:  # rotated: the fresh live file is opened, locked and read again
                     continue
                 if created:
                     fsync_dir(self.path.parent, root=self.root)  # the new name must be as durable as the line in it
                 return written
 
-    def _append_locked(self, fd: int, record: Mapping[str, Any]) -> dict[str, Any] | None:
+    def _append_locked(self, fd: int, record: Mapping[str, Any],
+                       before_write: Callable[[str], None] | None) -> dict[str, Any] | None:
         size = os.fstat(fd).st_size
         left, self._left = self._left, None  # until the line is known to be on disk, the next append re-reads
         if left is not None and left[0] == _identity(fd):
@@ -94,6 +97,8 @@ class EvidenceLog:
         if valid_end and valid_end + len(line) > self.max_bytes:
             self._rotate()
             return None
+        if before_write is not None:
+            before_write(_hash(line[:-1]))
         # One write with O_APPEND: the line lands whole at the end or (disk full) short.
         if os.write(fd, line) != len(line):  # the kernel writes short only when it runs out of room
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
@@ -231,11 +236,6 @@ def _identity(fd: int) -> tuple[int, int, int]:
 
 def _hash(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
-
-
-def line_hash(written: Mapping[str, Any]) -> str:
-    """The hash of the line ``append`` wrote for ``written`` (what the next line's ``prev`` carries)."""
-    return _hash(_encode(written).encode("utf-8"))
 
 
 def _encode(record: Mapping[str, Any]) -> str:

@@ -59,7 +59,8 @@ class Recorder:
         self._flush_lock = threading.Lock()  # computing a status file and writing it is one step
         self.revision: str | None = None  # of the desired state's source (`main@sha1:...`), when it is in git
 
-    def evidence(self, spec_file: str, record: dict[str, Any]) -> dict[str, Any]:
+    def evidence(self, spec_file: str, record: dict[str, Any],
+                 before_write: Callable[[str], None] | None = None) -> dict[str, Any]:
         with self._lock:
             chain = self._logs.get(spec_file)
             if chain is None:
@@ -67,10 +68,10 @@ class Recorder:
         revision = self.revision
         line = {**record, "revision": revision} if revision else record
         try:
-            written = chain.append(line)
+            written = chain.append(line, before_write)
         except (UnsafeFile, FileNotFoundError) as problem:
             reason = self._refusal(spec_file, sibling(spec_file, EVIDENCE_SUFFIX), problem)
-            return self._host_append({**line, "specFile": spec_file, "diverted": reason})
+            return self._host_append({**line, "specFile": spec_file, "diverted": reason}, before_write)
         self._refusal(spec_file, sibling(spec_file, EVIDENCE_SUFFIX), None)
         return written
 
@@ -99,9 +100,9 @@ class Recorder:
                                "file": output, "reason": reason})
         return reason
 
-    def _host_append(self, record: dict[str, Any]) -> dict[str, Any]:
+    def _host_append(self, record: dict[str, Any], before_write: Callable[[str], None] | None = None) -> dict[str, Any]:
         with self._host_lock:  # its tail is read afresh: `reconciler forget` appends to it from another process
-            return EvidenceLog(self.host_log).append(record)
+            return EvidenceLog(self.host_log).append(record, before_write)
 
     def set_status(self, spec_file: str, status: ResourceStatus) -> None:
         key = ResourceKey(status.kind, status.name)
