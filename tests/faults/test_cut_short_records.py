@@ -39,6 +39,19 @@ def closing(workspace: Workspace, spec_file: str) -> dict | None:
     return next((line for line in workspace.evidence(spec_file) if "closes" in line), None)
 
 
+def closed_decision(workspace: Workspace, spec_file: str, what: str) -> tuple[dict, str]:
+    """The restart's outcome line for `spec_file` and the raw decision line before it, which it names by hash."""
+    ended = wait_for(lambda: closing(workspace, spec_file), 30, what=what)
+    decision_line = raw_lines(workspace, spec_file)[workspace.evidence(spec_file).index(ended) - 1]
+    assert ended["closes"] == hashlib.sha256(decision_line.encode()).hexdigest()
+    return ended, decision_line
+
+
+def assert_chain_verifies(workspace: Workspace) -> None:
+    verified = workspace.cli("verify", str(workspace.desired), "--state-dir", str(workspace.state))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
 def test_a_start_whose_outcome_a_crash_cut_short_is_adopted_and_says_so(workspace: Workspace, ledger: Ledger) -> None:
     row = ledger.row("daemon SIGKILLed after a start, before its outcome line",
                      "the restart adopts the same pid and appends its outcome naming the decision; the chain verifies")
@@ -51,9 +64,7 @@ def test_a_start_whose_outcome_a_crash_cut_short_is_adopted_and_says_so(workspac
     pid = json.loads((workspace.state / "processes" / "held.json").read_text())["pid"]
 
     workspace.start_daemon()
-    ended = wait_for(lambda: closing(workspace, "held.yaml"), 30, what="the cut-short start's outcome")
-    decision_line = raw_lines(workspace, "held.yaml")[workspace.evidence("held.yaml").index(ended) - 1]
-    assert ended["closes"] == hashlib.sha256(decision_line.encode()).hexdigest()
+    ended, _ = closed_decision(workspace, "held.yaml", "the cut-short start's outcome")
     assert (ended["event"], ended["action"], ended["result"], ended["pid"]) == ("action", "create", "adopted", pid), ended
     assert "cut short by a crash" in ended["cause"] and ended["startedAt"], ended
     status = wait_for(lambda: (s := workspace.resource_status("held.yaml", "held")) and s.get("recovered") and s, 30,
@@ -64,8 +75,7 @@ def test_a_start_whose_outcome_a_crash_cut_short_is_adopted_and_says_so(workspac
     assert "create adopted after a crash cut its record short" in listed.stdout, listed.stdout
     described = workspace.cli("describe", "held")
     assert "Recovered:" in described.stdout and "adopted" in described.stdout, described.stdout
-    verified = workspace.cli("verify", str(workspace.desired), "--state-dir", str(workspace.state))
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert_chain_verifies(workspace)
     row.passed += 1
 
 
@@ -111,14 +121,11 @@ def test_a_stop_whose_outcome_a_crash_cut_short_is_recorded_as_done(workspace: W
     assert workspace.evidence("slow.yaml")[-1]["event"] == "decision"
 
     workspace.start_daemon()
-    ended = wait_for(lambda: closing(workspace, "slow.yaml"), 30, what="the cut-short stop's outcome")
-    decision_line = raw_lines(workspace, "slow.yaml")[workspace.evidence("slow.yaml").index(ended) - 1]
+    ended, decision_line = closed_decision(workspace, "slow.yaml", "the cut-short stop's outcome")
     assert json.loads(decision_line)["action"] == "delete"
-    assert ended["closes"] == hashlib.sha256(decision_line.encode()).hexdigest()
     assert (ended["action"], ended["result"]) == ("delete", "stopped") and "pid" not in ended, ended
     assert "stop's record was cut short by a crash" in ended["cause"], ended
-    verified = workspace.cli("verify", str(workspace.desired), "--state-dir", str(workspace.state))
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert_chain_verifies(workspace)
     row.passed += 1
 
 
