@@ -107,6 +107,17 @@ def test_logs_of_a_native_workload_imports_no_heavy_library(tmp_path: Path) -> N
     assert top_level(modules) & set(HEAVY) == set()
 
 
+def test_logs_of_a_container_workload_loads_no_models(tmp_path: Path) -> None:
+    """A container's output is found by the labels this state directory's containers carry: neither the folder's specs
+    nor the launch label's model are loaded to ask the engine for it (here there is none: the log store answers)."""
+    folder = tmp_path / "desired"
+    folder.mkdir()
+    (folder / "talk.yaml").write_text("kind: Workload\nmetadata: {name: talk\n")
+    _, modules = run_imported("logs", "talk", str(folder), "--state-dir", str(tmp_path / "state"), cwd=tmp_path)
+    assert "reconciler.observe.docker_engine" in modules  # it asked for the engine
+    assert top_level(modules) & {"pydantic", "yaml"} == set()
+
+
 @pytest.mark.parametrize("command,collects", [(["validate"], "False 0"), (["status"], "False 0"), (["apply"], "True"),
                                               (["apply", "--wait", "--timeout", "1"], "True"), (["down"], "True 0")])
 def test_one_shot_commands_leave_the_garbage_collector_off(command: list[str], collects: str, tmp_path: Path) -> None:

@@ -507,6 +507,33 @@ def test_removing_the_spec_removes_the_container_and_its_logs_stay_readable(
     assert logs.returncode == 0 and "said-hello" in logs.stdout, logs.stdout + logs.stderr
 
 
+def test_logs_of_a_container_ask_the_engine_by_label_whatever_the_folder_says(
+    space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
+) -> None:
+    """`logs` finds a container workload's output by the owner's and the workload's labels: the folder is not read (a
+    broken spec, or one naming another image, changes nothing), and a newer container that carries both labels but a
+    launch label its hash label does not vouch for (made behind the reconciler's back) is not read. One listing, no
+    inspection of each container (the SDK's own look at the one it reads, for its TTY, aside)."""
+    if not docker_engine.address.startswith("unix://"):
+        pytest.skip("the counting proxy stands on a unix socket")
+    space.write("talk.yaml", container_yaml("talk", command=["sh", "-c", "echo said-hello; exec sleep 600"]))
+    assert space.cli("apply", "--wait", "--timeout", "60").returncode == 0
+    wait_for(lambda: "said-hello" in space.cli("logs", "talk").stdout, 10, what="live output")
+    space.write("talk.yaml", "kind: Workload\nmetadata: {name: talk\n")
+    space.write("other.yaml", container_yaml("other", image="elsewhere/impostor:1"))
+    forged = {OWNER_LABEL: owner_id(space.state), WORKLOAD_LABEL: "talk", "dev.localaistack.launch": '{"image": "x"}',
+              "dev.localaistack.config-hash": "0" * 64}
+    impostor = docker_engine.client().containers.run(TEST_IMAGE, ["sh", "-c", "echo impostor-output; exec sleep 600"],
+                                                     labels=forged, detach=True)
+    try:
+        wait_for(lambda: b"impostor-output" in impostor.logs(), 10, what="the impostor's output")
+        done, calls = counted(space, docker_engine, tmp_path / "engine.sock", "logs", "talk", "--tail", "5")
+    finally:
+        impostor.remove(force=True)
+    assert done.returncode == 0 and "said-hello" in done.stdout and "impostor" not in done.stdout, done.stdout + done.stderr
+    assert calls["GET /containers/json"] == 1 and calls.get("GET /containers/{}/json", 0) <= 1, calls
+
+
 def test_a_crashing_container_backs_off_with_its_exit_code_and_output_kept(
     space: Workspace, docker_engine: EngineUnderTest
 ) -> None:

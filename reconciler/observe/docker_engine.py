@@ -7,9 +7,10 @@ on any connection failure, so an engine that comes back is used again without a 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -24,10 +25,20 @@ DEFAULT_ADDRESS = "unix:///var/run/docker.sock"
 LOCAL_SCHEMES = ("unix://", "npipe://")
 OWNER_LABEL = "dev.localaistack.owner"
 WORKLOAD_LABEL = "dev.localaistack.workload"
+CONFIG_HASH_LABEL = "dev.localaistack.config-hash"
+LAUNCH_LABEL = "dev.localaistack.launch"
 
 
 def engine_address() -> str:
     return os.environ.get("DOCKER_HOST") or DEFAULT_ADDRESS
+
+
+def intact_launch(labels: Mapping[str, str]) -> str | None:
+    """The launch label's text, if the hash label beside it is that text's: labels edited or cut since the container
+    was made say nothing about how it was launched (the container is replaced, not adopted). The hash is of the
+    label's text, not of a model, so a newer reconciler's model still reads an older label."""
+    text = labels.get(LAUNCH_LABEL, "")
+    return text if hashlib.sha256(text.encode()).hexdigest() == labels.get(CONFIG_HASH_LABEL) else None
 
 
 class EngineUnavailable(Exception):
@@ -156,6 +167,24 @@ class DockerEngine:
                 return client.containers.get(container_id)
             except docker_errors.NotFound:
                 return None
+
+    def output(self, owner: str, name: str, tail: int, follow: bool) -> Iterator[bytes] | None:
+        """What the workload's newest container with intact labels wrote, straight from the engine (`tail`: its last
+        lines, 0 all; `follow`: then as it writes more); None when there is none to ask. One listing, no inspection:
+        the listing shows each container's labels and creation, and reading the output needs no model of them."""
+        labels = [f"{OWNER_LABEL}={owner}", f"{WORKLOAD_LABEL}={name}"]
+        try:
+            with self.reach() as client:
+                listed = client.api.containers(all=True, filters={"label": labels})
+                intact = [found for found in listed if intact_launch(found.get("Labels") or {}) is not None]
+                if not intact:
+                    return None
+                newest = max(intact, key=lambda found: found.get("Created", 0))
+                output = client.api.logs(newest["Id"], stdout=True, stderr=True, tail=tail or "all", stream=follow,
+                                         follow=follow)
+        except (EngineUnavailable, docker_errors.APIError):  # an engine gone is "none to ask", not a traceback
+            return None
+        return output if follow else iter([output])
 
     def owned(self, owner: str, name: str | None = None) -> list[Container]:
         """Every container labelled as this owner's (one workload's, if named), running or not."""
