@@ -193,6 +193,28 @@ def test_the_engine_release_read_on_connecting_is_news_once(docker_engine: Engin
         proxy.close()
 
 
+def test_the_engine_client_keeps_one_connection_for_every_look(
+    space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
+) -> None:
+    """Looks at different containers go over one kept-alive connection: the SDK's socket adapter gave each request URL
+    (each container's inspection) a pool and a new connection of its own."""
+    if not docker_engine.address.startswith("unix://"):
+        pytest.skip("the counting proxy stands on a unix socket")
+    for index in range(3):
+        space.write(f"idle-{index}.yaml", container_yaml(f"idle-{index}", command=["sleep", "600"]))
+    assert space.cli("apply").returncode == 0
+    proxy = CountingProxy(tmp_path / "engine.sock", docker_engine.address.removeprefix("unix://"))
+    proxy.start()
+    try:
+        engine = DockerEngine(proxy.address)
+        listed = engine.listed(owner_id(space.state))
+        assert len(listed) == 3 and all(engine.inspect(found.id) is not None for found in listed)
+        assert proxy.counts["GET /containers/{}/json"] == 3
+        assert proxy.connections == 2, proxy.connections  # the API version's question, then all the rest
+    finally:
+        proxy.close()
+
+
 def test_a_cold_apply_lists_once_per_look_of_the_pass_not_once_per_workload(
     space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
 ) -> None:
