@@ -70,6 +70,23 @@ def test_status_imports_none_of_the_daemon(tmp_path: Path) -> None:
 
 
 
+def test_a_host_without_an_nvidia_driver_costs_no_nvml_binding(tmp_path: Path) -> None:
+    """Where the driver's NVML library does not load, `status` says so without importing pynvml (8-16 ms)."""
+    import ctypes
+
+    from reconciler.observe.gpus import NVML_LIBRARY
+
+    try:
+        ctypes.CDLL(NVML_LIBRARY)
+        pytest.skip("this host has an NVIDIA driver: its GPUs are read through pynvml")
+    except OSError:
+        pass
+    folder = tmp_path / "desired"
+    folder.mkdir()
+    modules = imported("status", str(folder), "--state-dir", str(tmp_path / "state"), cwd=tmp_path)
+    assert "reconciler.observe.gpus" in modules and "pynvml" not in modules
+
+
 def test_apply_imports_none_of_the_daemon_nor_gitops(tmp_path: Path) -> None:
     """A one-shot apply reads its folder's revision with git alone: GitOps' follower and models are the daemon's."""
     folder = tmp_path / "desired"
