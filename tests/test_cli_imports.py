@@ -71,7 +71,8 @@ def test_status_imports_none_of_the_daemon(tmp_path: Path) -> None:
 
 
 def test_a_host_without_an_nvidia_driver_costs_no_nvml_binding(tmp_path: Path) -> None:
-    """Where the driver's NVML library does not load, `status` says so without importing pynvml (8-16 ms)."""
+    """Where the driver's NVML library does not load, `status` says so without importing pynvml (8-16 ms), in the words
+    pynvml would use."""
     import ctypes
 
     from reconciler.observe.gpus import NVML_LIBRARY
@@ -85,6 +86,13 @@ def test_a_host_without_an_nvidia_driver_costs_no_nvml_binding(tmp_path: Path) -
     folder.mkdir()
     modules = imported("status", str(folder), "--state-dir", str(tmp_path / "state"), cwd=tmp_path)
     assert "reconciler.observe.gpus" in modules and "pynvml" not in modules
+    import pynvml
+
+    from reconciler.observe.gpus import read_inventory
+
+    with pytest.raises(pynvml.NVMLError) as said:  # the reason is pynvml's own: the host profile reads as it did
+        pynvml.nvmlInit()
+    assert read_inventory().reason == f"NVML unavailable: {said.value} (no NVIDIA driver on this host?)"
 
 
 def test_apply_imports_none_of_the_daemon_nor_gitops(tmp_path: Path) -> None:

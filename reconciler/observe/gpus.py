@@ -41,8 +41,8 @@ def read_inventory() -> GpuInventory:
         return _fake(fake)
     try:
         ctypes.CDLL(NVML_LIBRARY)
-    except OSError as error:  # no driver: told without pynvml's import, 8-16 ms of every command on such a host
-        return GpuInventory(reason=f"NVML unavailable: {error} (no NVIDIA driver on this host?)")
+    except OSError:  # no driver: told without pynvml's import, 8-16 ms of every command on such a host, in its words
+        return _no_nvml("NVML Shared Library Not Found")
     try:
         import pynvml
     except ImportError as error:  # pragma: no cover - nvidia-ml-py is a dependency
@@ -50,7 +50,7 @@ def read_inventory() -> GpuInventory:
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as error:
-        return GpuInventory(reason=f"NVML unavailable: {error} (no NVIDIA driver on this host?)")
+        return _no_nvml(str(error))
     try:
         gpus = []
         for index in range(pynvml.nvmlDeviceGetCount()):
@@ -66,6 +66,10 @@ def read_inventory() -> GpuInventory:
         return GpuInventory(reason=f"NVML error: {error}")
     finally:
         pynvml.nvmlShutdown()
+
+
+def _no_nvml(detail: str) -> GpuInventory:
+    return GpuInventory(reason=f"NVML unavailable: {detail} (no NVIDIA driver on this host?)")
 
 
 def _fake(path: str) -> GpuInventory:
