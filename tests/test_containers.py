@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from datetime import datetime, timezone
@@ -554,6 +555,24 @@ def test_logs_of_a_container_ask_the_engine_by_label_whatever_the_folder_says(
         impostor.remove(force=True)
     assert done.returncode == 0 and "said-hello" in done.stdout and "impostor" not in done.stdout, done.stdout + done.stderr
     assert calls["GET /containers/json"] == 1 and calls.get("GET /containers/{}/json", 0) <= 1, calls
+
+
+def test_logs_follow_a_container_as_it_writes(space: Workspace, docker_engine: EngineUnderTest) -> None:
+    """`logs -f` streams what the container writes after the command started, straight from the engine."""
+    space.write("later.yaml", container_yaml("later", command=["sh", "-c", "echo first; sleep 5; echo second; exec sleep 600"]))
+    assert space.cli("apply", "--wait", "--timeout", "60").returncode == 0
+    command = [PYTHON, "-m", "reconciler", "logs", "later", str(space.desired), "--state-dir", str(space.state), "-f"]
+    following = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(30, following.kill)  # a stream that never says "second" fails the test, not the run
+    watchdog.start()
+    try:
+        assert following.stdout is not None
+        said = [following.stdout.readline().strip() for _ in range(2)]
+    finally:
+        watchdog.cancel()
+        following.kill()
+        following.wait()
+    assert said == ["first", "second"], (said, following.stderr.read() if following.stderr else "")
 
 
 def test_a_crashing_container_backs_off_with_its_exit_code_and_output_kept(
