@@ -198,7 +198,8 @@ def test_the_engine_client_keeps_one_connection_for_every_look(
     space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
 ) -> None:
     """Looks at different containers go over one kept-alive connection: the SDK's socket adapter gave each request URL
-    (each container's inspection) a pool and a new connection of its own."""
+    (each container's inspection) a pool and a new connection of its own. A client made for a reader asks the API
+    version of GET /_ping, not GET /version (which makes the engine ask containerd)."""
     if not docker_engine.address.startswith("unix://"):
         pytest.skip("the counting proxy stands on a unix socket")
     for index in range(3):
@@ -212,6 +213,11 @@ def test_the_engine_client_keeps_one_connection_for_every_look(
         assert len(listed) == 3 and all(engine.inspect(found.id) is not None for found in listed)
         assert proxy.counts["GET /containers/{}/json"] == 3
         assert proxy.connections == 2, proxy.connections  # the API version's question, then all the rest
+        # a reader's client is made on a ping's API-Version (no GET /version), which also answers its first question
+        # whether the engine answers; the release is asked when it is wanted
+        assert engine.unavailable() is None and "GET /version" not in proxy.counts
+        assert proxy.counts["GET /_ping"] == 1, proxy.counts
+        assert engine.version() == docker_engine.client().version()["Version"] and proxy.counts["GET /version"] == 1
     finally:
         proxy.close()
 
@@ -555,6 +561,7 @@ def test_logs_of_a_container_ask_the_engine_by_label_whatever_the_folder_says(
         impostor.remove(force=True)
     assert done.returncode == 0 and "said-hello" in done.stdout and "impostor" not in done.stdout, done.stdout + done.stderr
     assert calls["GET /containers/json"] == 1 and calls.get("GET /containers/{}/json", 0) <= 1, calls
+    assert "GET /version" not in calls, calls  # logs never asks the engine's release
 
 
 def test_logs_follow_a_container_as_it_writes(space: Workspace, docker_engine: EngineUnderTest) -> None:
