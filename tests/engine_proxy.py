@@ -37,6 +37,7 @@ class CountingProxy:
     def __init__(self, path: Path, upstream: str, cut: frozenset[str] = frozenset()) -> None:
         self.path, self.upstream, self.cut = path, upstream, cut
         self.counts: Counter[str] = Counter()
+        self.connections = 0  # accepted so far
         self._lock = threading.Lock()
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 
@@ -63,6 +64,8 @@ class CountingProxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
+            with self._lock:
+                self.connections += 1
             engine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             engine.connect(self.upstream)
             threading.Thread(target=self._requests, args=(client, engine), daemon=True).start()

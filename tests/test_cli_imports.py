@@ -70,6 +70,31 @@ def test_status_imports_none_of_the_daemon(tmp_path: Path) -> None:
 
 
 
+def test_a_host_without_an_nvidia_driver_costs_no_nvml_binding(tmp_path: Path) -> None:
+    """Where the driver's NVML library does not load, `status` says so without importing pynvml (8-16 ms), in the words
+    pynvml would use."""
+    import ctypes
+
+    from reconciler.observe.gpus import NVML_LIBRARY
+
+    try:
+        ctypes.CDLL(NVML_LIBRARY)
+        pytest.skip("this host has an NVIDIA driver: its GPUs are read through pynvml")
+    except OSError:
+        pass
+    folder = tmp_path / "desired"
+    folder.mkdir()
+    modules = imported("status", str(folder), "--state-dir", str(tmp_path / "state"), cwd=tmp_path)
+    assert "reconciler.observe.gpus" in modules and "pynvml" not in modules
+    import pynvml
+
+    from reconciler.observe.gpus import read_inventory
+
+    with pytest.raises(pynvml.NVMLError) as said:  # the reason is pynvml's own: the host profile reads as it did
+        pynvml.nvmlInit()
+    assert read_inventory().reason == f"NVML unavailable: {said.value} (no NVIDIA driver on this host?)"
+
+
 def test_apply_imports_none_of_the_daemon_nor_gitops(tmp_path: Path) -> None:
     """A one-shot apply reads its folder's revision with git alone: GitOps' follower and models are the daemon's."""
     folder = tmp_path / "desired"
@@ -105,6 +130,17 @@ def test_logs_of_a_native_workload_imports_no_heavy_library(tmp_path: Path) -> N
                                     cwd=tmp_path)
     assert printed == "last\n"
     assert top_level(modules) & set(HEAVY) == set()
+
+
+def test_logs_of_a_container_workload_loads_no_models(tmp_path: Path) -> None:
+    """A container's output is found by the labels this state directory's containers carry: neither the folder's specs
+    nor the launch label's model are loaded to ask the engine for it (here there is none: the log store answers)."""
+    folder = tmp_path / "desired"
+    folder.mkdir()
+    (folder / "talk.yaml").write_text("kind: Workload\nmetadata: {name: talk\n")
+    _, modules = run_imported("logs", "talk", str(folder), "--state-dir", str(tmp_path / "state"), cwd=tmp_path)
+    assert "reconciler.observe.docker_engine" in modules  # it asked for the engine
+    assert top_level(modules) & {"pydantic", "yaml"} == set()
 
 
 @pytest.mark.parametrize("command,collects", [(["validate"], "False 0"), (["status"], "False 0"), (["apply"], "True"),

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from datetime import datetime, timezone
@@ -189,6 +190,34 @@ def test_the_engine_release_read_on_connecting_is_news_once(docker_engine: Engin
         release = docker_engine.client().version()["Version"]
         assert engine.version() == release and proxy.counts["GET /version"] == 1
         assert engine.version() == release and proxy.counts["GET /version"] == 2
+    finally:
+        proxy.close()
+
+
+def test_the_engine_client_keeps_one_connection_for_every_look(
+    space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
+) -> None:
+    """Looks at different containers go over one kept-alive connection: the SDK's socket adapter gave each request URL
+    (each container's inspection) a pool and a new connection of its own. A client made for a reader asks the API
+    version of GET /_ping, not GET /version (which makes the engine ask containerd)."""
+    if not docker_engine.address.startswith("unix://"):
+        pytest.skip("the counting proxy stands on a unix socket")
+    for index in range(3):
+        space.write(f"idle-{index}.yaml", container_yaml(f"idle-{index}", command=["sleep", "600"]))
+    assert space.cli("apply").returncode == 0
+    proxy = CountingProxy(tmp_path / "engine.sock", docker_engine.address.removeprefix("unix://"))
+    proxy.start()
+    try:
+        engine = DockerEngine(proxy.address)
+        listed = engine.listed(owner_id(space.state))
+        assert len(listed) == 3 and all(engine.inspect(found.id) is not None for found in listed)
+        assert proxy.counts["GET /containers/{}/json"] == 3
+        assert proxy.connections == 2, proxy.connections  # the API version's question, then all the rest
+        # a reader's client is made on a ping's API-Version (no GET /version), which also answers its first question
+        # whether the engine answers; the release is asked when it is wanted
+        assert engine.unavailable() is None and "GET /version" not in proxy.counts
+        assert proxy.counts["GET /_ping"] == 1, proxy.counts
+        assert engine.version() == docker_engine.client().version()["Version"] and proxy.counts["GET /version"] == 1
     finally:
         proxy.close()
 
@@ -505,6 +534,52 @@ def test_removing_the_spec_removes_the_container_and_its_logs_stay_readable(
     assert ours(docker_engine, space, "talk") == []
     logs = space.cli("logs", "talk")
     assert logs.returncode == 0 and "said-hello" in logs.stdout, logs.stdout + logs.stderr
+
+
+def test_logs_of_a_container_ask_the_engine_by_label_whatever_the_folder_says(
+    space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
+) -> None:
+    """`logs` finds a container workload's output by the owner's and the workload's labels: the folder is not read (a
+    broken spec, or one naming another image, changes nothing), and a newer container that carries both labels but a
+    launch label its hash label does not vouch for (made behind the reconciler's back) is not read. One listing, no
+    inspection of each container (the SDK's own look at the one it reads, for its TTY, aside)."""
+    if not docker_engine.address.startswith("unix://"):
+        pytest.skip("the counting proxy stands on a unix socket")
+    space.write("talk.yaml", container_yaml("talk", command=["sh", "-c", "echo said-hello; exec sleep 600"]))
+    assert space.cli("apply", "--wait", "--timeout", "60").returncode == 0
+    wait_for(lambda: "said-hello" in space.cli("logs", "talk").stdout, 10, what="live output")
+    space.write("talk.yaml", "kind: Workload\nmetadata: {name: talk\n")
+    space.write("other.yaml", container_yaml("other", image="elsewhere/impostor:1"))
+    forged = {OWNER_LABEL: owner_id(space.state), WORKLOAD_LABEL: "talk", "dev.localaistack.launch": '{"image": "x"}',
+              "dev.localaistack.config-hash": "0" * 64}
+    impostor = docker_engine.client().containers.run(TEST_IMAGE, ["sh", "-c", "echo impostor-output; exec sleep 600"],
+                                                     labels=forged, detach=True)
+    try:
+        wait_for(lambda: b"impostor-output" in impostor.logs(), 10, what="the impostor's output")
+        done, calls = counted(space, docker_engine, tmp_path / "engine.sock", "logs", "talk", "--tail", "5")
+    finally:
+        impostor.remove(force=True)
+    assert done.returncode == 0 and "said-hello" in done.stdout and "impostor" not in done.stdout, done.stdout + done.stderr
+    assert calls["GET /containers/json"] == 1 and calls.get("GET /containers/{}/json", 0) <= 1, calls
+    assert "GET /version" not in calls, calls  # logs never asks the engine's release
+
+
+def test_logs_follow_a_container_as_it_writes(space: Workspace, docker_engine: EngineUnderTest) -> None:
+    """`logs -f` streams what the container writes after the command started, straight from the engine."""
+    space.write("later.yaml", container_yaml("later", command=["sh", "-c", "echo first; sleep 5; echo second; exec sleep 600"]))
+    assert space.cli("apply", "--wait", "--timeout", "60").returncode == 0
+    command = [PYTHON, "-m", "reconciler", "logs", "later", str(space.desired), "--state-dir", str(space.state), "-f"]
+    following = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(30, following.kill)  # a stream that never says "second" fails the test, not the run
+    watchdog.start()
+    try:
+        assert following.stdout is not None
+        said = [following.stdout.readline().strip() for _ in range(2)]
+    finally:
+        watchdog.cancel()
+        following.kill()
+        following.wait()
+    assert said == ["first", "second"], (said, following.stderr.read() if following.stderr else "")
 
 
 def test_a_crashing_container_backs_off_with_its_exit_code_and_output_kept(

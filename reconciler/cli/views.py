@@ -152,11 +152,11 @@ def logs(name: str, path: Path, state_dir: Path | None, previous: bool, follow_:
 
 
 def _container_log(state_dir: Path, name: str, lines: int, follow: bool) -> Iterator[bytes] | None:
+    """A container workload's output, asked of the engine by the labels this state directory's containers carry: no
+    spec, model or driver is loaded (what the folder says now cannot change which output is this workload's)."""
     if (state_dir / "processes" / f"{name}.json").exists():
         return None  # a native workload: its log store file is the live log
-    from reconciler.drive.containers import ContainerDriver
-    from reconciler.drive.process import owner_id
+    from reconciler.base.owner import owner_id
     from reconciler.observe.docker_engine import DockerEngine
 
-    driver = ContainerDriver(state_dir, owner_id(state_dir), DockerEngine(), readonly=True)
-    return driver.live_log(name, lines, follow)
+    return DockerEngine().output(owner_id(state_dir), name, lines, follow)

@@ -6,21 +6,18 @@ directory), the workload, its generation, its effective configuration and that c
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from reconciler.api.launch import ContainerLaunch
-from reconciler.observe.docker_engine import OWNER_LABEL, WORKLOAD_LABEL
+from reconciler.observe.docker_engine import CONFIG_HASH_LABEL, LAUNCH_LABEL, OWNER_LABEL, WORKLOAD_LABEL, intact_launch
 
 if TYPE_CHECKING:
     from docker.models.containers import Container
 
 GENERATION_LABEL = "dev.localaistack.generation"
-CONFIG_HASH_LABEL = "dev.localaistack.config-hash"
-LAUNCH_LABEL = "dev.localaistack.launch"
 
 
 def create_args(name: str, container_name: str, owner: str, launch: ContainerLaunch, generation: int) -> dict[str, Any]:
@@ -60,10 +57,9 @@ def create_args(name: str, container_name: str, owner: str, launch: ContainerLau
 
 def launch_of(container: Container) -> ContainerLaunch | None:
     """The configuration a container was made with, if its labels are intact (else it is replaced, not adopted)."""
-    labels = container.labels
-    text = labels.get(LAUNCH_LABEL, "")
-    if hashlib.sha256(text.encode()).hexdigest() != labels.get(CONFIG_HASH_LABEL):
-        return None  # the hash is of the label's text, so a newer reconciler's model still reads an older label
+    text = intact_launch(container.labels)
+    if text is None:
+        return None
     try:
         return ContainerLaunch.model_validate_json(text)
     except ValidationError:

@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,19 +120,6 @@ class ContainerDriver:
                     self._save_log(name, container)
         except (EngineUnavailable, docker_errors.APIError):
             return
-
-    def live_log(self, name: str, tail: int, follow: bool) -> Iterator[bytes] | None:
-        """The output of the workload's container straight from the engine; None when there is none to ask."""
-        try:
-            containers = [c for c in self.engine.owned(self._owner, name) if launch_of(c)]
-            if not containers:
-                return None
-            newest = max(containers, key=lambda container: container.attrs.get("Created", ""))
-            with self.engine.reach():  # as the list above: an engine gone since is "none to ask", not a traceback
-                output = newest.logs(stdout=True, stderr=True, tail=tail or "all", stream=follow, follow=follow)
-        except (EngineUnavailable, docker_errors.APIError):
-            return None
-        return output if follow else iter([output])
 
     def exec_check(self, name: str, command: list[str], timeout: float) -> ProbeResult:
         """Run an exec health check inside the workload's running container; one at a time, killed at `timeout`."""

@@ -8,7 +8,6 @@ on the next start, while the workload's own children, which inherit a recorded n
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import subprocess
@@ -22,6 +21,7 @@ from reconciler.api.launch import LaunchSpec
 from reconciler.api.status import ExitInfo
 from reconciler.base.atomic import write_atomic
 from reconciler.base.crash_points import crash_point
+from reconciler.base.owner import owner_id
 from reconciler.drive.cgroups import UNIFIED, Cgroups, Placement
 from reconciler.drive.exits import ExitWatcher
 from reconciler.drive.groups import start_ticks, terminate_group
@@ -38,11 +38,6 @@ OWNER_VARIABLE = "LOCALAISTACK_RECONCILER_OWNER"
 NAME_VARIABLE = "LOCALAISTACK_WORKLOAD"
 NONCE_VARIABLE = "LOCALAISTACK_LAUNCH"
 PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME")
-
-
-def owner_id(state_dir: Path) -> str:
-    """Marks processes as this state directory's, so two reconcilers never touch each other's."""
-    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
 
 
 def child_path(launch_env: dict[str, str]) -> str:
