@@ -1,5 +1,6 @@
 """The daemon's side of `apply` asked over the query socket: the pass runs in the daemon, with its loop's workers,
-over a snapshot of the folder taken after the request arrived, and the client prints what the pass reports.
+over a snapshot of the folder taken after the request arrived, and the client prints what the pass reports: the log
+lines about its resources (as a one-shot apply logs them), then its load errors and failures.
 
 One asked round runs at a time (a loop runs one round at a time). Requests that waited while one ran are served by
 the next, whose snapshot is taken after all of them arrived: they share its report (same options), and no key is
@@ -7,22 +8,36 @@ reconciled once per request."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from reconciler.cli.common import EXIT_ERROR
 from reconciler.cli.passes import applied
+from reconciler.control.logfmt import formatted
 
 if TYPE_CHECKING:
+    from reconciler.api.meta import ResourceKey
     from reconciler.control.daemon import Daemon
+
+
+@dataclass(frozen=True)
+class Options:
+    wait: bool
+    timeout: float
+    min_ready_seconds: float
+    log_level: str
+    log_format: str
 
 
 @dataclass(frozen=True)
 class _Report:
     asked_at: float  # monotonic: when its snapshot was asked for
-    options: tuple[bool, float, float]  # wait, timeout, min-ready-seconds
+    options: Options
     code: int
     lines: list[str]
 
@@ -34,9 +49,9 @@ class AskedApplies:
         self._one_round = threading.Lock()
         self._last: _Report | None = None
 
-    def apply(self, wait: bool, timeout: float, min_ready_seconds: float) -> tuple[int, list[str]]:
+    def apply(self, options: Options) -> tuple[int, list[str]]:
         """What `apply` exits with and prints on stderr, had it run here."""
-        arrived, options = time.monotonic(), (wait, timeout, min_ready_seconds)
+        arrived = time.monotonic()
         with self._one_round:
             last = self._last
             if last is not None and last.asked_at > arrived and last.options == options:
@@ -48,6 +63,28 @@ class AskedApplies:
                 self._last = None
                 return EXIT_ERROR, [f"Error: {asked.why_not}"]
             daemon = self._daemon
-            code, lines = applied(daemon.reconciler, daemon.loop, keys, wait, timeout, min_ready_seconds)
-            self._last = _Report(asked_at, options, code, lines)
-            return code, lines
+            with _logged_about(keys, options) as logged:
+                code, lines = applied(daemon.reconciler, daemon.loop, keys, options.wait, options.timeout,
+                                      options.min_ready_seconds)
+            self._last = _Report(asked_at, options, code, [*logged, *lines])
+            return code, self._last.lines
+
+
+@contextmanager
+def _logged_about(keys: list[ResourceKey], options: Options) -> Iterator[list[str]]:
+    """The daemon's log lines about `keys` while inside, at the client's level and in its format."""
+    lines: list[str] = []
+    about = {str(key) for key in keys}
+
+    class Collected(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if getattr(record, "resource", None) in about:
+                lines.append(self.format(record))
+
+    handler = formatted(Collected(options.log_level), options.log_format)
+    logger = logging.getLogger("reconciler")
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)

@@ -39,7 +39,7 @@ def answer_for(root: Path, state_dir: Path, applies: AskedApplies | None = None)
         if (path.resolve(), state.resolve()) != (root.resolve(), state_dir.resolve()):
             raise Declined(f"this daemon watches {root} with state directory {state_dir}")
         if command is passes.apply and applies is not None:
-            return _apply(applies, values)
+            return _apply(applies, values, request.get("logging"))
         answering(True)
         try:
             with context:
@@ -59,15 +59,26 @@ def answer_for(root: Path, state_dir: Path, applies: AskedApplies | None = None)
 
 
 def _value(param: click.Parameter, raw: object, cwd: Path, context: click.Context) -> object:
-    raw = param.get_default(context) if raw is None else raw  # what the command takes when it is not given
     value = None if raw is None else param.type.convert(raw, param, context)
     return cwd / value if isinstance(value, Path) and not value.is_absolute() else value
 
 
-def _apply(applies: AskedApplies, values: dict[str, Any]) -> int:
+def _apply(applies: AskedApplies, values: dict[str, Any], logging: object) -> int:
+    """`logging`: the client's --log-level and --log-format: the log lines about the pass's resources are printed as
+    a one-shot apply prints them."""
+    from reconciler.cli import main
+    from reconciler.cli.asked_apply import Options
+
+    if None in (values["wait"], values["timeout"], values["min_ready_seconds"], values["allow_empty"]):
+        raise Declined("apply's options are missing from the request")
     if values["allow_empty"] and not applies.allow_empty:
         raise Declined("--allow-empty: this daemon holds an empty desired state (it runs without --allow-empty)")
-    code, lines = applies.apply(bool(values["wait"]), float(values["timeout"]), float(values["min_ready_seconds"]))
+    context = click.Context(main, info_name="reconciler")
+    raw = logging if isinstance(logging, dict) else {}
+    log = {param.name: _value(param, raw.get(param.name), Path("/"), context) for param in main.params}
+    code, lines = applies.apply(Options(bool(values["wait"]), float(values["timeout"]),
+                                        float(values["min_ready_seconds"]), str(log["log_level"] or "INFO"),
+                                        str(log["log_format"] or "text")))
     for line in lines:
         click.echo(line, err=True)
     return code

@@ -99,7 +99,8 @@ def _send(connection: socket.socket) -> None:
     context = click.get_current_context()
     request = {"command": context.command.name, "cwd": os.getcwd(),
                "params": {name: str(value) if isinstance(value, Path) else value
-                          for name, value in context.params.items()}}
+                          for name, value in context.params.items()},
+               "logging": context.find_root().params}  # --log-level and --log-format: how apply prints its lines
     connection.sendall(json.dumps(request).encode() + b"\n")
 
 
