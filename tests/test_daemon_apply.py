@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from reconciler.base.private_socket import socket_path
+from reconciler.cli.query_client import SILENCE_SECONDS
 from tests.conftest import PYTHON, Workspace, wait_for, workload_yaml
 from tests.test_cli_imports import HEAVY, imported, top_level
 
@@ -141,3 +142,28 @@ def test_without_a_daemon_apply_runs_in_process(watched: Workspace) -> None:
     done = watched.cli("apply")
     assert done.returncode == 0 and done.stderr.endswith(f" INFO {RECREATED}\n"), done.stderr
     assert running_args(watched, "hello") == [["v2"]]
+
+
+def test_a_pass_longer_than_the_silence_allowed_is_waited_for(watched: Workspace) -> None:
+    """The daemon says it lives while its pass runs: apply waits as long as the pass takes, not SILENCE_SECONDS."""
+    watched.write("hello.yaml", workload_yaml("hello", args=("v2",)))
+    began = time.monotonic()
+    done = watched.cli("apply", "--wait", "--min-ready-seconds", str(SILENCE_SECONDS + 3))
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - began > SILENCE_SECONDS + 3
+
+
+def test_a_hung_daemon_is_a_failure(watched: Workspace) -> None:
+    """A daemon stopped mid-request keeps its socket open but says nothing: after SILENCE_SECONDS apply fails."""
+    assert watched._daemon is not None
+    watched.write("hello.yaml", workload_yaml("hello", args=("v2",)))
+    client = subprocess.Popen([PYTHON, "-m", "reconciler", "apply", str(watched.desired), "--state-dir",
+                               str(watched.state), "--wait", "--min-ready-seconds", "120", "--timeout", "300"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: asked_passes(watched) == 1, timeout=30, what="the asked pass")
+    watched._daemon.send_signal(signal.SIGSTOP)
+    try:
+        _, stderr = client.communicate(timeout=SILENCE_SECONDS + 30)
+    finally:
+        watched._daemon.send_signal(signal.SIGCONT)
+    assert client.returncode == 1 and f"no word from it for {SILENCE_SECONDS:.0f} s" in stderr, stderr
