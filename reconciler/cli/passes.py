@@ -111,9 +111,9 @@ def applied(reconciler: Reconciler, loop: Loop[ResourceKey], keys: list[Resource
     failed = _settle(reconciler, loop, keys, wait, timeout, min_ready_seconds)
     if isinstance(failed, str):
         return EXIT_ERROR, [failed]
-    errors = [str(error) for errors in reconciler.desired.errors.values() for error in errors]
+    errors, asked = [str(error) for errors in reconciler.desired.errors.values() for error in errors], set(keys)
     failures = [f"{key}: reconcile failed: {type(error).__name__}: {error}"
-                for key, error in dict(loop.failures).items() if key in set(keys)]
+                for key, error in dict(loop.failures).items() if key in asked]
     return EXIT_ERROR if (wait and failed) or errors or failures else EXIT_IN_SYNC, [*errors, *failed, *failures]
 
 

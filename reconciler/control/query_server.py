@@ -4,7 +4,8 @@ they answer without importing and computing what the daemon already has loaded, 
 Off the reconcile loop: one thread accepts, each request runs in a thread of its own, at most a few at once (more
 are declined and the command computes its answer itself). A request is bounded in size and in the time it may take
 to arrive. While an answer is computed the client is sent a blank line every KEEPALIVE_SECONDS: a pass may pull an
-image for minutes, and the client tells that from a daemon that died (the socket closes) or hangs (silence). What a request may run is the `answer` given (the command line's read-only commands); the server only
+image for minutes, and the client tells that from a daemon that died (the socket closes) or hangs (silence). What a
+request may run is the `answer` given (the command line's read-only commands, and apply's pass); the server only
 carries bytes and captures what the command prints, so the answer is what the command prints without a daemon."""
 
 from __future__ import annotations
