@@ -100,21 +100,28 @@ def test_a_daemon_killed_mid_request_is_a_failure(watched: Workspace) -> None:
 
 def test_requests_that_wait_for_a_round_share_the_next(watched: Workspace) -> None:
     """A round asked while another runs starts after it, on a snapshot taken after the request; two such requests
-    are served by one round."""
+    are served by one round, and each reports what was done about the edit since it arrived, whichever pass did it."""
     def apply() -> subprocess.Popen[str]:
         return subprocess.Popen([PYTHON, "-m", "reconciler", "apply", str(watched.desired), "--state-dir",
                                  str(watched.state), "--wait", "--min-ready-seconds", "3"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
+    def arrived() -> int:
+        return watched.daemon_log.read_text().count("apply asked for a pass")
+
     watched.write("hello.yaml", workload_yaml("hello", args=("v2",)))
     first = apply()
     wait_for(lambda: asked_passes(watched) == 1, timeout=30, what="the first asked pass")
-    watched.write("hello.yaml", workload_yaml("hello", args=("v3",)))
     later = [apply(), apply()]
+    wait_for(lambda: arrived() == 3, timeout=30, what="the later requests to arrive")
+    watched.write("hello.yaml", workload_yaml("hello", args=("v3",)))  # the daemon's own pass may do it first
     for client in (first, *later):
         assert client.wait(timeout=60) == 0, client.communicate()[1]
     assert asked_passes(watched) == 2
     assert running_args(watched, "hello") == [["v3"]]
+    for client in later:
+        stderr = client.communicate()[1]
+        assert stderr.count(RECREATED) == 1, stderr
 
 
 def test_the_pass_is_the_daemons_own_only(watched: Workspace) -> None:

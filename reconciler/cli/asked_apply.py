@@ -20,8 +20,9 @@ from reconciler.cli.common import EXIT_ERROR
 from reconciler.cli.passes import applied
 from reconciler.control.logfmt import formatted
 
+log = logging.getLogger("reconciler")
+
 if TYPE_CHECKING:
-    from reconciler.api.meta import ResourceKey
     from reconciler.control.daemon import Daemon
 
 
@@ -39,7 +40,7 @@ class _Report:
     asked_at: float  # monotonic: when its snapshot was asked for
     options: Options
     code: int
-    lines: list[str]
+    lines: list[str]  # load errors, failures, what it gave up waiting for
 
 
 class AskedApplies:
@@ -50,35 +51,36 @@ class AskedApplies:
         self._last: _Report | None = None
 
     def apply(self, options: Options) -> tuple[int, list[str]]:
-        """What `apply` exits with and prints on stderr, had it run here."""
+        """What `apply` exits with and prints on stderr, had it run here: the log lines about resources from its
+        arrival on (what the daemon's own pass over the same edit did meanwhile too), then its round's report."""
         arrived = time.monotonic()
-        with self._one_round:
+        log.debug("apply asked for a pass")
+        with _logged_about_resources(options) as logged, self._one_round:
             last = self._last
-            if last is not None and last.asked_at > arrived and last.options == options:
-                return last.code, last.lines  # its snapshot was asked for after this request arrived
-            asked_at = time.monotonic()
-            asked = self._daemon.pass_now()
-            keys = asked.wait()
-            if keys is None:
-                self._last = None
-                return EXIT_ERROR, [f"Error: {asked.why_not}"]
-            daemon = self._daemon
-            with _logged_about(keys, options) as logged:
-                code, lines = applied(daemon.reconciler, daemon.loop, keys, options.wait, options.timeout,
-                                      options.min_ready_seconds)
-            self._last = _Report(asked_at, options, code, [*logged, *lines])
-            return code, self._last.lines
+            if last is None or last.asked_at <= arrived or last.options != options:
+                last = self._last = self._round(options)
+        return last.code, [*logged, *last.lines]
+
+    def _round(self, options: Options) -> _Report:
+        """A snapshot asked for now, its keys run as one round."""
+        asked_at, daemon = time.monotonic(), self._daemon
+        asked = daemon.pass_now()
+        keys = asked.wait()
+        if keys is None:
+            return _Report(asked_at, options, EXIT_ERROR, [f"Error: {asked.why_not}"])
+        code, lines = applied(daemon.reconciler, daemon.loop, keys, options.wait, options.timeout,
+                              options.min_ready_seconds)
+        return _Report(asked_at, options, code, lines)
 
 
 @contextmanager
-def _logged_about(keys: list[ResourceKey], options: Options) -> Iterator[list[str]]:
-    """The daemon's log lines about `keys` while inside, at the client's level and in its format."""
+def _logged_about_resources(options: Options) -> Iterator[list[str]]:
+    """The daemon's log lines about its resources while inside, at the client's level and in its format."""
     lines: list[str] = []
-    about = {str(key) for key in keys}
 
     class Collected(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            if getattr(record, "resource", None) in about:
+            if getattr(record, "resource", None) is not None:
                 lines.append(self.format(record))
 
     handler = formatted(Collected(options.log_level), options.log_format)
