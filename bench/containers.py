@@ -154,12 +154,14 @@ def _write_peer() -> None:
     _bench.compose_file.write_text(yaml.safe_dump({"version": "2.4", "services": services}, sort_keys=False))
 
 
-def _timed(command: list[str], counted: bool = True) -> float:
-    """Seconds `command` took to exit 0, with DOCKER_HOST set to the private engine (through the counting proxy)."""
+def _timed(command: list[str], counted: bool = True, first: Callable[[], None] = lambda: None) -> float:
+    """Seconds `command` took to exit 0, with DOCKER_HOST set to the private engine (through the counting proxy);
+    `first`: timed and counted too, before the command (a spec edit a running daemon sees at once)."""
     assert _bench.proxy is not None
     environment = {**os.environ, "DOCKER_HOST": _bench.proxy.address}
     _bench.proxy.reset()
     began = time.perf_counter()
+    first()
     done = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
     elapsed = time.perf_counter() - began
     calls = dict(_bench.proxy.reset())
@@ -170,13 +172,13 @@ def _timed(command: list[str], counted: bool = True) -> float:
     return elapsed
 
 
-def _ours(verb: str, counted: bool = True) -> float:
+def _ours(verb: str, counted: bool = True, first: Callable[[], None] = lambda: None) -> float:
     return _timed([sys.executable, "-m", "reconciler", verb, str(_bench.desired), "--state-dir", str(_bench.state)],
-                  counted)
+                  counted, first)
 
 
-def _peer(*arguments: str, counted: bool = True) -> float:
-    return _timed(["docker-compose", "-p", PEER_PROJECT, "-f", str(_bench.compose_file), *arguments], counted)
+def _peer(*arguments: str, counted: bool = True, first: Callable[[], None] = lambda: None) -> float:
+    return _timed(["docker-compose", "-p", PEER_PROJECT, "-f", str(_bench.compose_file), *arguments], counted, first)
 
 
 def _running(label: str) -> None:
@@ -298,6 +300,29 @@ def changed_peer() -> float:
     return seconds
 
 
+def noop_asked_ours() -> float:
+    """Timed: `reconciler apply` with all 20 converged and the daemon running: the daemon runs the pass (its engine
+    calls, through the proxy, are the run's)."""
+    seconds = _ours("apply")
+    _running(_ours_label())
+    return seconds
+
+
+def changed_asked_ours() -> float:
+    """Timed: from svc-07's spec written (the daemon watching the folder sees it) through `reconciler apply` exiting
+    once the daemon's pass recreated it."""
+    seconds = _ours("apply", first=lambda: _flip("ours"))
+    _running(_ours_label())
+    return seconds
+
+
+def changed_asked_peer() -> float:
+    """Timed: from svc-07's Compose entry written through `docker-compose up -d` recreating it."""
+    seconds = _peer("up", "-d", first=lambda: _flip("peer"))
+    _running(f"{COMPOSE_LABEL}={PEER_PROJECT}")
+    return seconds
+
+
 # -- 8: commands that answer at once ----------------------------------------------------------------------------
 
 def _command(*arguments: str) -> Callable[[], float]:
@@ -329,17 +354,18 @@ def _quick_commands(repetitions: int) -> list[Scenario]:
     return [*rows, floor]
 
 
-def _daemon_up() -> None:
-    """`reconciler run` over the converged 20, talking to the engine directly (its calls are not the command's),
-    until it answers on its query socket."""
+def _daemon_up(counted: bool = False) -> None:
+    """`reconciler run` over the converged 20 until it answers on its query socket, talking to the engine directly
+    (its calls are not the command's) or, `counted`, through the proxy (it runs the pass `apply` asks for)."""
     from reconciler.base.private_socket import socket_path
 
     _both_up()
-    assert _bench.engine is not None and _bench.work is not None
+    assert _bench.engine is not None and _bench.work is not None and _bench.proxy is not None
     log = (_bench.work / "daemon.log").open("a")
     _daemon["process"] = subprocess.Popen(
         [sys.executable, "-m", "reconciler", "run", str(_bench.desired), "--state-dir", str(_bench.state)], cwd=REPO,
-        env={**os.environ, "DOCKER_HOST": _bench.engine.address}, stdout=log, stderr=subprocess.STDOUT)
+        env={**os.environ, "DOCKER_HOST": _bench.proxy.address if counted else _bench.engine.address}, stdout=log,
+        stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while not socket_path(_bench.state).exists():
         if time.monotonic() > deadline:
@@ -384,6 +410,12 @@ def scenarios(quick: bool = False) -> list[Scenario]:
         Scenario(f"no-op pass of the running daemon over the same {SERVICES} (in process)", "s", noop_daemon_pass,
                  peer(noop_peer), name, "ratio <= 0.1", repetitions, setup=_both_up, reference=missing, calls=_calls),
         *_quick_commands(repetitions),
+        Scenario(f"no-op converge of the same {SERVICES} containers, daemon running", "s", noop_asked_ours,
+                 peer(noop_peer), name, "ratio <= 0.5", repetitions, setup=lambda: _daemon_up(counted=True),
+                 teardown=_daemon_down, reference=missing, calls=_calls),
+        Scenario(f"one of {SERVICES} containers changed -> converged, daemon running (from the edit)", "s",
+                 changed_asked_ours, peer(changed_asked_peer), name, "ratio <= 0.5", repetitions,
+                 setup=lambda: _daemon_up(counted=True), teardown=_daemon_down, reference=missing, calls=_calls),
         Scenario(f"one of {SERVICES} containers changed -> converged", "s", changed_ours, peer(changed_peer), name,
                  "ratio <= 0.5", repetitions, setup=_both_up, teardown=_shutdown, reference=missing, calls=_calls),
     ]

@@ -215,7 +215,7 @@ def test_hostile_requests_are_refused_and_the_daemon_keeps_answering(running: Wo
     assert raw_request(running.state, b"not json\n") == b""
     assert raw_request(running.state, b"[" * 50_000 + b"\n") == b""  # nested past the parser's recursion limit
     assert raw_request(running.state, b"x" * 200_000) == b""  # longer than a request may be
-    for command in ("apply", "down", "forget"):  # not read-only: never run for a client
+    for command in ("down", "forget", "run", "apply"):  # never run for a client; apply, without its options
         assert "declined" in json.loads(raw_request(running.state, json.dumps({**here, "command": command}).encode()))
     elsewhere = {**here, "params": {"path": str(running.desired.parent), "state_dir": str(running.state)}}
     assert "declined" in json.loads(raw_request(running.state, json.dumps({**elsewhere, "command": "status"}).encode()))

@@ -30,6 +30,7 @@ def run(path: Path, state_dir: Path | None, resync: float, allow_empty: bool, me
         allowed_signers: Path | None) -> None:
     """The daemon: watch PATH (or follow --git) and converge on every change, exit and resync. SIGTERM leaves
     workloads running."""
+    from reconciler.cli.asked_apply import AskedApplies
     from reconciler.cli.query_answers import answer_for
     from reconciler.control.daemon import Daemon
     from reconciler.control.gitops import GITOPS
@@ -77,7 +78,7 @@ def run(path: Path, state_dir: Path | None, resync: float, allow_empty: bool, me
         daemon_box.append(daemon)
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, lambda *_: daemon.stop())
-        queries = QueryServer(state_dir, answer_for(path, state_dir))
+        queries = QueryServer(state_dir, answer_for(path, state_dir, None if follower else AskedApplies(daemon)))
         queries.start()
         try:
             daemon.run()

@@ -13,7 +13,7 @@ import click
 
 from reconciler.cli.common import (EXIT_CHANGES, EXIT_ERROR, EXIT_IN_SYNC, default_state_dir, locked, open_reconciler,
                                    path_argument, print_load_errors, readable_folder, state_option)
-from reconciler.cli.query_client import answer_from_daemon
+from reconciler.cli.query_client import answer_from_daemon, apply_through_daemon
 from reconciler.cli.tables import dump, plan_rows, plan_table
 
 if TYPE_CHECKING:
@@ -77,11 +77,13 @@ def plan(path: Path, state_dir: Path | None, output: str, allow_empty: bool) -> 
 @click.option("--min-ready-seconds", default=1.0, show_default=True, help="How long a process must stay up to count as Ready for --wait.")
 @click.option("--allow-empty", is_flag=True, help="Prune everything even when the desired state is empty.")
 def apply(path: Path, state_dir: Path | None, wait: bool, timeout: float, min_ready_seconds: float, allow_empty: bool) -> None:
-    """Run one reconcile pass (or, with --wait, until workloads are Ready or failed)."""
+    """Run one reconcile pass (or, with --wait, until workloads are Ready or failed). A daemon watching PATH with this
+    state directory runs the pass itself and this prints what it reports."""
+    state_dir = state_dir or default_state_dir(path)
+    apply_through_daemon(path, state_dir)
     from reconciler.api.meta import ResourceKey
     from reconciler.control.loop import Loop
 
-    state_dir = state_dir or default_state_dir(path)
     with locked(path, state_dir, "apply"):
         loop: Loop[ResourceKey] = Loop(lambda key: reconciler.reconcile(key), APPLY_WORKERS)
         reconciler = open_reconciler(path, state_dir, allow_empty=allow_empty,
@@ -94,25 +96,35 @@ def apply(path: Path, state_dir: Path | None, wait: bool, timeout: float, min_re
         reconciler.adopt()
         loop.start()
         try:
-            failed = _settle(reconciler, loop, wait, timeout, min_ready_seconds)
+            code, lines = applied(reconciler, loop, reconciler.keys(fresh=False), wait, timeout, min_ready_seconds)
         finally:
             loop.stop()
-    load_errors = print_load_errors(reconciler)
-    for line in failed:
+    for line in lines:
         click.echo(line, err=True)
-    for key, error in loop.failures.items():
-        click.echo(f"{key}: reconcile failed: {type(error).__name__}: {error}", err=True)
-    sys.exit(EXIT_ERROR if (wait and failed) or load_errors or loop.failures else EXIT_IN_SYNC)
+    sys.exit(code)
 
 
-def _settle(reconciler: Reconciler, loop: Loop[ResourceKey], wait: bool, timeout: float,
-            min_ready_seconds: float) -> list[str]:
-    """One round of the loop over every key; with `wait`, the loop runs on (exits, back-offs and probes requeue
+def applied(reconciler: Reconciler, loop: Loop[ResourceKey], keys: list[ResourceKey], wait: bool, timeout: float,
+            min_ready_seconds: float) -> tuple[int, list[str]]:
+    """Run `keys` as one round of `loop` (with `wait`, on until no workload is settling): apply's exit code and what it
+    reports on stderr. The loop may run on for others (the daemon's) before and after."""
+    failed = _settle(reconciler, loop, keys, wait, timeout, min_ready_seconds)
+    if isinstance(failed, str):
+        return EXIT_ERROR, [failed]
+    errors, asked = [str(error) for errors in reconciler.desired.errors.values() for error in errors], set(keys)
+    failures = [f"{key}: reconcile failed: {type(error).__name__}: {error}"
+                for key, error in dict(loop.failures).items() if key in asked]
+    return EXIT_ERROR if (wait and failed) or errors or failures else EXIT_IN_SYNC, [*errors, *failed, *failures]
+
+
+def _settle(reconciler: Reconciler, loop: Loop[ResourceKey], keys: list[ResourceKey], wait: bool, timeout: float,
+            min_ready_seconds: float) -> list[str] | str:
+    """One round of the loop over `keys`; with `wait`, the loop runs on (exits, back-offs and probes requeue
     their keys; a resync passes all) until no workload is settling, and a last round records what runs then.
-    Returns the workloads that failed."""
+    Returns the workloads that failed, or why it gave up waiting."""
     deadline = time.monotonic() + timeout
     backoffs: dict[str, datetime] = {}  # the back-off each workload is waited out of: once
-    _round(reconciler, loop)
+    loop.run_round(keys, reconciler.prerequisites(keys))
     if not wait:  # what its pass recorded: nothing waits on a judgement made again
         return _readiness(reconciler, reconciler.parts.recorder.statuses(), min_ready_seconds, 0.0, backoffs)[1]
     resync_at = time.monotonic() + APPLY_RESYNC_SECONDS
@@ -123,22 +135,17 @@ def _settle(reconciler: Reconciler, loop: Loop[ResourceKey], wait: bool, timeout
             pending, failed, recheck = _readiness(reconciler, statuses, min_ready_seconds,
                                                   deadline - time.monotonic(), backoffs)
         if not pending:  # judged from what runs now, which may have moved on since the pass: recorded too
-            _round(reconciler, loop)
+            keys = reconciler.keys(fresh=False)  # the last listing, and the engine's events since
+            loop.run_round(keys, reconciler.prerequisites(keys))
             return failed
         now = time.monotonic()
         if now >= deadline:
-            click.echo(f"timed out after {timeout}s waiting for: {', '.join(pending)}", err=True)
-            sys.exit(EXIT_ERROR)
+            return f"timed out after {timeout}s waiting for: {', '.join(pending)}"
         if now >= resync_at:
             for key in reconciler.keys():
                 loop.add(key)
             resync_at = now + APPLY_RESYNC_SECONDS
         loop.wait_for_progress(seen, max(0.0, min(deadline, resync_at, now + recheck) - now))
-
-
-def _round(reconciler: Reconciler, loop: Loop[ResourceKey]) -> None:
-    keys = reconciler.keys(fresh=False)  # the seed's listing, taken just before, and the engine's events since
-    loop.run_round(keys, reconciler.prerequisites(keys))
 
 
 def _readiness(reconciler: Reconciler, statuses: Mapping[ResourceKey, ResourceStatus | None], min_ready_seconds: float,

@@ -33,6 +33,7 @@ from reconciler.load.desired import is_spec_file
 from reconciler.observe.listening import SNAPSHOT_SECONDS
 
 SPEC_CHANGE = "spec change"
+ASKED = "apply"  # `reconciler apply` asked for a pass over the query socket
 log = logging.getLogger("reconciler")
 
 QUIET_SECONDS = 0.03  # after a save completes: lets a burst of saves coalesce into one pass
@@ -132,6 +133,23 @@ class DemandEvents(FileSystemEventHandler):
                 self._add(key)
 
 
+class AskedPass:
+    """One pass `apply` asked for: the keys of the snapshot the loop's thread took for it, or why there are none."""
+
+    def __init__(self) -> None:
+        self._answered = threading.Event()
+        self.keys: list[ResourceKey] | None = None
+        self.why_not = ""
+
+    def answer(self, keys: list[ResourceKey] | None, why_not: str) -> None:
+        self.keys, self.why_not = keys, why_not
+        self._answered.set()
+
+    def wait(self) -> list[ResourceKey] | None:
+        self._answered.wait()
+        return self.keys
+
+
 class Daemon:
     def __init__(self, reconciler: Reconciler, resync_seconds: float = 30.0, workers: int = 2,
                  model_rehash_seconds: float = MODEL_REHASH_SECONDS, follower: GitFollower | None = None,
@@ -153,6 +171,9 @@ class Daemon:
         self._fetch_now = threading.Event()
         self._prepared: Prepared | None = None  # a revision the follower validated, for the loop to put in force
         self._switched = threading.Event()
+        self._asked: list[AskedPass] = []  # passes `apply` asked for, taken by the loop's thread in arrival order
+        self._asked_lock = threading.Lock()
+        self._why_no_pass = ""  # why the last pass that failed to load or list did
 
     @cached_property
     def hosted(self) -> HostedFolding:
@@ -181,6 +202,15 @@ class Daemon:
     def stop(self) -> None:
         self.stopping.set()
         self._wake.set()
+
+    def pass_now(self) -> AskedPass:
+        """A pass over a snapshot of the folder taken after this call, for `apply` (from another thread): the loop's
+        thread loads the folder and lists the keys, and the asker runs them as its round (AskedPass.wait)."""
+        asked = AskedPass()
+        with self._asked_lock:
+            self._asked.append(asked)
+        self._wake.set()
+        return asked
 
     def run(self) -> None:
         observer = Observer()
@@ -216,6 +246,8 @@ class Daemon:
                 if self._prepared is not None:
                     self._switch(self._prepared, watchdog)
                     next_resync = now + self.resync_seconds
+                elif self._asked:
+                    self._pass_asked()
                 elif now >= next_resync or self._resync_requested.is_set():
                     self._resync_requested.clear()
                     self._pass("resync", self._events.consume(self.reconciler.root))
@@ -228,6 +260,7 @@ class Daemon:
                 self._wake.clear()
         finally:
             self._switched.set()  # a follower waiting for its revision to be put in force must not hold the exit
+            self._answer_asked(None, "the daemon is stopping")
             systemd.stopping()
             watchdog.ping(time.monotonic())  # the joins below take up to a minute: begin them with a full interval
             observer.stop()
@@ -235,17 +268,34 @@ class Daemon:
             observer.join(timeout=5)
             log.info("stopped; workloads keep running and are re-adopted on the next start")
 
-    def _pass(self, why: str, writing: frozenset[str]) -> None:
+    def _pass_asked(self) -> None:
+        """Every pass asked for so far, as one: the snapshot is read now, after each was asked, whatever the file
+        events' debounce says (a file written just before `apply` is in it; one mid-save is read as it is, as a
+        one-shot apply reads it). The keys are not queued here: each asker runs them as its own round."""
+        self._events.consume(self.reconciler.root)  # the changes seen so far are in this snapshot
+        keys = self._pass(ASKED, frozenset(), queue=False)
+        self._answer_asked(keys, self._why_no_pass)
+
+    def _answer_asked(self, keys: list[ResourceKey] | None, why_not: str) -> None:
+        with self._asked_lock:
+            asked, self._asked = self._asked, []
+        for one in asked:
+            one.answer(keys, why_not)
+
+    def _pass(self, why: str, writing: frozenset[str], queue: bool = True) -> list[ResourceKey] | None:
+        """Load the folder and list every key; `queue`: hand them to the workers. Returns the keys (None: no pass)."""
         log.debug("pass: %s%s", why, f" (held while being written: {', '.join(sorted(writing))})" if writing else "")
         try:
             desired = self.reconciler.refresh(writing)
         except DesiredStateUnreadable as error:
             log.error("%s: %s; nothing changes until it is readable again", why, error)
             systemd.status(f"desired state unreadable: {error}")
-            return
+            self._why_no_pass = str(error)
+            return None
         except Exception:  # a loader bug must not take down what runs: keep serving the last snapshot
             log.exception("%s: loading the desired state failed; keeping the previous snapshot", why)
-            return
+            self._why_no_pass = "loading the desired state failed; the daemon's log says why"
+            return None
         for file, errors in desired.errors.items():
             for error in errors if file not in writing else ():  # a file mid-save is held, not wrong
                 log.warning("%s", error, **(about(error.key) if error.key else {}))
@@ -254,15 +304,17 @@ class Daemon:
             keys = self.reconciler.keys()
         except Exception:  # noqa: BLE001 - a driver failing to list must not end the loop
             log.exception("%s: listing what to reconcile failed; the next pass tries again", why)
-            return
+            self._why_no_pass = "listing what to reconcile failed; the daemon's log says why"
+            return None
         if self.metrics:
             self.metrics.passes.labels(why).inc()
-        for key in keys:
+        for key in keys if queue else ():
             if self.metrics and why == SPEC_CHANGE:
                 self.metrics.triggered(key)
             self.loop.add(key)
         self.start_workers()
         systemd.status(f"{len(keys)} resources; last pass ({why}) at {time.strftime('%H:%M:%S')}")
+        return keys
 
     def start_workers(self) -> None:
         """Called once a pass has loaded the desired state, and no sooner: a reconcile before it (an exit noticed

@@ -31,10 +31,14 @@ class JsonLines(logging.Formatter):
 
 
 def configure(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    logging.basicConfig(level=level, handlers=[formatted(logging.StreamHandler(sys.stderr), fmt)], force=True)
+
+
+def formatted(handler: logging.Handler, fmt: str) -> logging.Handler:
+    """`handler` writing lines as `fmt` (text or json), secrets redacted."""
     handler.setFormatter(JsonLines() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     handler.addFilter(RedactingFilter())
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    return handler
 
 
 def about(resource: object) -> dict[str, dict[str, str]]:

@@ -1,9 +1,11 @@
 """The daemon answers read-only commands (status, describe, logs, validate) over a socket in its state directory, so
-they answer without importing and computing what the daemon already has loaded.
+they answer without importing and computing what the daemon already has loaded, and runs the pass `apply` asks for.
 
 Off the reconcile loop: one thread accepts, each request runs in a thread of its own, at most a few at once (more
 are declined and the command computes its answer itself). A request is bounded in size and in the time it may take
-to arrive. What a request may run is the `answer` given (the command line's read-only commands); the server only
+to arrive. While an answer is computed the client is sent a blank line every KEEPALIVE_SECONDS: a pass may pull an
+image for minutes, and the client tells that from a daemon that died (the socket closes) or hangs (silence). What a
+request may run is the `answer` given (the command line's read-only commands, and apply's pass); the server only
 carries bytes and captures what the command prints, so the answer is what the command prints without a daemon."""
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,6 +30,8 @@ log = logging.getLogger("reconciler")
 REQUEST_SECONDS = 2.0  # for a request to arrive in full: a client that connects and stalls holds no thread longer
 REPLY_SECONDS = 10.0  # for a client to take the answer: one that stops reading gives its slot back
 MAX_CONCURRENT = 4  # answers computed at once; more are declined (the command then computes its own)
+KEEPALIVE_SECONDS = 2.0
+BUSY = {"declined": f"the daemon is answering {MAX_CONCURRENT} requests already"}
 
 Answer = Callable[[dict[str, Any]], int]  # runs one request, printing as the command does; returns its exit code
 
@@ -99,7 +104,9 @@ class QueryServer:
             except OSError:
                 return  # closed by stop()
             if not self._slots.acquire(blocking=False):
-                connection.close()  # busy: the command computes its own answer
+                with connection, suppress(OSError):  # the command computes its own answer (apply: finds it busy)
+                    connection.setblocking(False)
+                    connection.sendall(json.dumps(BUSY).encode())
                 continue
             threading.Thread(target=self._serve, args=(connection,), name="query", daemon=True).start()
 
@@ -112,11 +119,27 @@ class QueryServer:
                 if not isinstance(request, dict):
                     raise ValueError("a request is a JSON object")
                 connection.settimeout(REPLY_SECONDS)
-                connection.sendall(json.dumps(self._answered(request)).encode())
+                connection.sendall(json.dumps(self._answered_alive(request, connection)).encode())
         except (OSError, ValueError, RecursionError, Untrusted) as error:  # RecursionError: JSON nested too deep
             log.warning("query refused: %s", error)
         finally:
             self._slots.release()
+
+    def _answered_alive(self, request: dict[str, Any], connection: socket.socket) -> dict[str, Any]:
+        """The answer, computed in a thread of its own while this one keeps the client told that the daemon lives. A
+        client that leaves does not cut the answer short (an asked pass is under way): it runs to its end, unsent."""
+        reply: dict[str, Any] = {}
+        answering = threading.Thread(target=lambda: reply.update(self._answered(request)), name="query-answer",
+                                     daemon=True)
+        answering.start()
+        try:
+            answering.join(KEEPALIVE_SECONDS)
+            while answering.is_alive():
+                connection.sendall(b"\n")
+                answering.join(KEEPALIVE_SECONDS)
+        finally:
+            answering.join()
+        return reply
 
     def _answered(self, request: dict[str, Any]) -> dict[str, Any]:
         out, err = io.StringIO(), io.StringIO()

@@ -1,0 +1,176 @@
+"""`apply` with this account's daemon watching the folder: the daemon runs the pass over what the folder holds when
+apply asks, and apply prints and exits with what the pass reports; a daemon that stops mid-request is an error."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from reconciler.base.private_socket import socket_path
+from reconciler.cli.query_client import SILENCE_SECONDS
+from tests.conftest import PYTHON, Workspace, wait_for, workload_yaml
+from tests.test_cli_imports import HEAVY, imported, top_level
+
+IN_PROCESS = {**os.environ, "RECONCILER_ASK_DAEMON": "0"}
+CRASHES = "import sys; print('bye', flush=True); sys.exit(3)"
+RECREATED = "Workload/hello: recreate (spec.args changed) -> approve, done"
+
+
+def asked_passes(workspace: Workspace) -> int:
+    return workspace.daemon_log.read_text().count("pass: apply")
+
+
+def running_args(workspace: Workspace, name: str) -> list[list[str]]:
+    return [process.cmdline()[3:] for process in workspace.owned_processes(name)]
+
+
+@pytest.fixture
+def watched(workspace: Workspace) -> Iterator[Workspace]:
+    workspace.write("hello.yaml", workload_yaml("hello", args=("v1",)))
+    workspace.start_daemon()
+    wait_for(lambda: (workspace.condition("hello.yaml", "hello") or {}).get("status") == "True", timeout=30,
+             what="hello Ready")
+    wait_for(lambda: socket_path(workspace.state).exists(), what="the query socket")
+    yield workspace
+
+
+def test_apply_converges_what_was_written_just_before_it(watched: Workspace) -> None:
+    """The pass reads the folder when apply asks: a file still open for writing, which the daemon's own watch holds
+    back as mid-save, is in it, as it would be in a one-shot apply."""
+    seen = watched.daemon_log.read_text().count("name='hello.yaml'")
+    with (watched.desired / "hello.yaml").open("w") as still_open:
+        still_open.write(workload_yaml("hello", args=("v2",)))
+        still_open.flush()
+        wait_for(lambda: watched.daemon_log.read_text().count("name='hello.yaml'") > seen,
+                 what="the daemon's watch to see the write")  # its pass now holds the file as mid-save
+        done = watched.cli("apply")
+        assert done.returncode == 0, done.stderr
+        assert running_args(watched, "hello") == [["v2"]]  # at once: the pass ran before apply exited
+    assert asked_passes(watched) == 1
+    assert done.stderr.endswith(f" INFO {RECREATED}\n"), done.stderr  # logged as a one-shot apply logs it
+    assert watched.resource_status("hello.yaml", "hello")["observedGeneration"] == 2
+
+
+def test_load_errors_are_reported_with_file_and_line(watched: Workspace) -> None:
+    watched.write("bad.yaml", "apiVersion: localaistack.dev/v1alpha1\nkind: Workload\nmetadata: {name: bad}\n"
+                              "spec:\n  comand: [x]\n")
+    done = watched.cli("apply")
+    assert done.returncode == 1
+    assert f"{watched.desired}/bad.yaml:5:3 spec.comand" in done.stderr, done.stderr
+    assert asked_passes(watched) == 1
+    assert running_args(watched, "hello") == [["v1"]]  # a bad file beside it changes nothing that runs
+
+
+def test_wait_waits_for_ready_through_the_daemon(watched: Workspace) -> None:
+    watched.write("hello.yaml", workload_yaml("hello", args=("v2",)))
+    began = time.monotonic()
+    done = subprocess.run([PYTHON, "-m", "reconciler", "--log-level", "WARNING", "--log-format", "json", "apply",
+                           str(watched.desired), "--state-dir", str(watched.state), "--wait", "--min-ready-seconds",
+                           "3"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr  # at the client's level: no INFO line
+    assert time.monotonic() - began >= 3.0
+    [process] = watched.owned_processes("hello")
+    assert process.cmdline()[3:] == ["v2"] and time.time() - process.create_time() >= 3.0
+    assert watched.condition("hello.yaml", "hello")["status"] == "True"
+
+    watched.write("hello.yaml", workload_yaml("hello", code=CRASHES, restart={"policy": "Never"}))
+    failed = watched.cli("apply", "--wait")
+    assert failed.returncode == 1 and "Workload/hello: " in failed.stderr, failed.stderr
+    watched.write("hello.yaml", workload_yaml("hello", args=("v3",)))
+    late = watched.cli("apply", "--wait", "--timeout", "1", "--min-ready-seconds", "30")
+    assert late.returncode == 1 and late.stderr.endswith("\ntimed out after 1.0s waiting for: Workload/hello\n")
+
+
+def test_a_daemon_killed_mid_request_is_a_failure(watched: Workspace) -> None:
+    watched.write("hello.yaml", workload_yaml("hello", args=("v2",)))
+    client = subprocess.Popen([PYTHON, "-m", "reconciler", "apply", str(watched.desired), "--state-dir",
+                               str(watched.state), "--wait", "--min-ready-seconds", "60", "--timeout", "120"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: asked_passes(watched) == 1, timeout=30, what="the asked pass")
+    watched.stop_daemon(signal.SIGKILL)
+    _, stderr = client.communicate(timeout=30)
+    assert client.returncode == 1
+    assert "stopped answering before the pass it was asked for ended" in stderr, stderr
+
+
+def test_requests_that_wait_for_a_round_share_the_next(watched: Workspace) -> None:
+    """A round asked while another runs starts after it, on a snapshot taken after the request; two such requests
+    are served by one round, and each reports what was done about the edit since it arrived, whichever pass did it."""
+    def apply() -> subprocess.Popen[str]:
+        return subprocess.Popen([PYTHON, "-m", "reconciler", "apply", str(watched.desired), "--state-dir",
+                                 str(watched.state), "--wait", "--min-ready-seconds", "3"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def arrived() -> int:
+        return watched.daemon_log.read_text().count("apply asked for a pass")
+
+    watched.write("hello.yaml", workload_yaml("hello", args=("v2",)))
+    first = apply()
+    wait_for(lambda: asked_passes(watched) == 1, timeout=30, what="the first asked pass")
+    later = [apply(), apply()]
+    wait_for(lambda: arrived() == 3, timeout=30, what="the later requests to arrive")
+    watched.write("hello.yaml", workload_yaml("hello", args=("v3",)))  # the daemon's own pass may do it first
+    for client in (first, *later):
+        assert client.wait(timeout=60) == 0, client.communicate()[1]
+    assert asked_passes(watched) == 2
+    assert running_args(watched, "hello") == [["v3"]]
+    for client in later:
+        stderr = client.communicate()[1]
+        assert stderr.count(RECREATED) == 1, stderr
+
+
+def test_the_pass_is_the_daemons_own_only(watched: Workspace) -> None:
+    """Forced in-process, or for another folder with this state directory: the state directory is busy, as before."""
+    for env, arguments in ((IN_PROCESS, (str(watched.desired),)), (None, (str(watched.desired.parent),))):
+        done = subprocess.run([PYTHON, "-m", "reconciler", "apply", *arguments, "--state-dir", str(watched.state)],
+                              capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 1 and "is held by pid" in done.stderr, done.stderr
+    assert asked_passes(watched) == 0
+    declined = watched.cli("apply", "--allow-empty")
+    assert declined.returncode == 1 and "did not take this apply: --allow-empty" in declined.stderr, declined.stderr
+
+
+def test_apply_answered_by_the_daemon_imports_no_models(watched: Workspace) -> None:
+    modules = imported("apply", str(watched.desired), "--state-dir", str(watched.state), cwd=watched.desired.parent)
+    assert "reconciler.base.private_socket" in modules and asked_passes(watched) == 1  # it asked
+    assert top_level(modules) & set(HEAVY) == set()
+    assert "reconciler.control.reconciler" not in modules and "reconciler.control.loop" not in modules
+
+
+def test_without_a_daemon_apply_runs_in_process(watched: Workspace) -> None:
+    watched.stop_daemon(signal.SIGKILL)
+    assert socket_path(watched.state).exists()  # a dead daemon's socket: nobody answers on it
+    watched.write("hello.yaml", workload_yaml("hello", args=("v2",)))
+    done = watched.cli("apply")
+    assert done.returncode == 0 and done.stderr.endswith(f" INFO {RECREATED}\n"), done.stderr
+    assert running_args(watched, "hello") == [["v2"]]
+
+
+def test_a_pass_longer_than_the_silence_allowed_is_waited_for(watched: Workspace) -> None:
+    """The daemon says it lives while its pass runs: apply waits as long as the pass takes, not SILENCE_SECONDS."""
+    watched.write("hello.yaml", workload_yaml("hello", args=("v2",)))
+    began = time.monotonic()
+    done = watched.cli("apply", "--wait", "--min-ready-seconds", str(SILENCE_SECONDS + 3))
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - began > SILENCE_SECONDS + 3
+
+
+def test_a_hung_daemon_is_a_failure(watched: Workspace) -> None:
+    """A daemon stopped mid-request keeps its socket open but says nothing: after SILENCE_SECONDS apply fails."""
+    assert watched._daemon is not None
+    watched.write("hello.yaml", workload_yaml("hello", args=("v2",)))
+    client = subprocess.Popen([PYTHON, "-m", "reconciler", "apply", str(watched.desired), "--state-dir",
+                               str(watched.state), "--wait", "--min-ready-seconds", "120", "--timeout", "300"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: asked_passes(watched) == 1, timeout=30, what="the asked pass")
+    watched._daemon.send_signal(signal.SIGSTOP)
+    try:
+        _, stderr = client.communicate(timeout=SILENCE_SECONDS + 30)
+    finally:
+        watched._daemon.send_signal(signal.SIGCONT)
+    assert client.returncode == 1 and f"no word from it for {SILENCE_SECONDS:.0f} s" in stderr, stderr
