@@ -268,9 +268,10 @@ def test_spec_change_recreates_with_a_new_config_hash_and_says_why(space: Worksp
 def test_a_recreate_stops_and_starts_once_and_its_own_exit_wakes_nothing(
     space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
 ) -> None:
-    """The old container is stopped and removed before the new one is created (docs/guides/containers.md says why).
-    Its exit and removal are the recreate's own doing: they do not queue the workload for another reconcile, which
-    listed and inspected it again (the new container was already seen by its start)."""
+    """The new container is made while the old one still serves, the old one stops, the new one starts, the old one
+    is removed (docs/guides/containers.md says why). Its exit and removal are the recreate's own doing: they do not
+    queue the workload for another reconcile, which listed and inspected it again (the new container was already
+    seen by its start)."""
     if not docker_engine.address.startswith("unix://"):
         pytest.skip("the counting proxy stands on a unix socket")
     port = free_port()
@@ -285,14 +286,16 @@ def test_a_recreate_stops_and_starts_once_and_its_own_exit_wakes_nothing(
     time.sleep(1.1)
     events = docker_engine.client().events(since=since, until=datetime.now(timezone.utc), decode=True, filters={
         "label": [f"{OWNER_LABEL}={owner_id(space.state)}"], "event": ["create", "start", "die", "destroy"]})
-    # the old one goes first (the new one publishes the same port), and one name per workload stays true
-    assert [event["Action"] for event in events] == ["die", "destroy", "create", "start"]
+    # the new one is made first but starts only once the old one stopped (it publishes the same port)
+    assert [event["Action"] for event in events] == ["create", "die", "start", "destroy"]
     writes = {endpoint: count for endpoint, count in calls.items() if not endpoint.startswith("GET ")}
-    assert writes == {"POST /containers/{}/stop": 1, "DELETE /containers/{}": 1, "POST /containers/create": 1,
-                      "POST /containers/{}/start": 1}, calls
+    assert writes == {"POST /containers/{}/rename": 1, "POST /containers/create": 1, "POST /containers/{}/stop": 1,
+                      "POST /containers/{}/start": 1, "DELETE /containers/{}": 1}, calls
     # listings: the seed's keys, its first look after subscribing; inspections: the old one (seen by the pass),
-    # after its stop, the engine SDK's when reading its log and after the create, the start's
-    assert calls.get("GET /containers/json", 0) <= 2 and calls.get("GET /containers/{}/json", 0) <= 5, calls
+    # the engine SDK's after the create and when reading the old one's log, the start's
+    assert calls.get("GET /containers/json", 0) <= 2 and calls.get("GET /containers/{}/json", 0) <= 4, calls
+    replaced = the_container(docker_engine, space, "web")
+    assert replaced.name == f"lais-web-{owner_id(space.state)[:8]}", "the workload's one name is the new one's"
     assert "GREETING=hi" in the_container(docker_engine, space, "web").attrs["Config"]["Env"]
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from reconciler.api.launch import ContainerLaunch
 from reconciler.api.status import ExitInfo
 from reconciler.base.atomic import write_atomic
+from reconciler.base.crash_points import crash_point
 from reconciler.base.sdk_errors import docker_errors
 from reconciler.drive.container_config import GENERATION_LABEL, create_args, enforcement, launch_of
 from reconciler.drive.container_starts import ContainerStarts
@@ -91,10 +92,35 @@ class ContainerDriver:
 
     def adopt(self) -> dict[str, int]:
         """Containers carry their own record (labels): adopting is watching their exits, once there are any (seen by
-        the listing a subscribed pass already took, if any)."""
+        the listing a subscribed pass already took, if any), and ending what a crash left of a replacement."""
         if self.seen_names():
             self._watch()
+            if not self._readonly:
+                for name in self._seen.crowded():
+                    self._keep_one(name)
         return {}
+
+    def _keep_one(self, name: str) -> None:
+        """A workload with more than one container (a replacement a crash cut short: made and never started beside
+        the old one, or started with the stopped old one not yet removed) keeps the one observing reports, under
+        the workload's name; the others go as a finished replacement's old one does (output kept)."""
+        try:
+            with self.engine.reach():
+                containers = self._seen.of(name)
+                adoptable = [(container, launch) for container in containers if (launch := launch_of(container))]
+                if not adoptable:
+                    return  # none is adoptable: the start that follows replaces them all
+                kept = self._current(adoptable)[0]
+                left = [container for container in containers if container.id != kept.id]
+                self._retire(name, left, 10.0)
+                if kept.name != self.container_name(name):
+                    kept.rename(self.container_name(name))
+            log.warning("%s: a replacement cut short by a crash left %d other container(s): removed; %s kept", name,
+                        len(left), kept.id[:12])
+        except (EngineUnavailable, docker_errors.APIError) as error:
+            log.warning("%s: the containers a replacement cut short left stay for now: %s", name, error)
+        finally:
+            self._seen.changed(name)
 
     def _watch(self) -> None:
         """Listen to the engine's events from the first container workload on (a host without one never asks)."""
@@ -170,41 +196,53 @@ class ContainerDriver:
 
     # -- act --------------------------------------------------------------------------------
 
-    def start(self, name: str, launch: ContainerLaunch, generation: int) -> ProcessObservation:  # type: ignore[override]
+    def start(self, name: str, launch: ContainerLaunch, generation: int,  # type: ignore[override]
+              grace_seconds: float = 10.0) -> ProcessObservation:
+        """Start `launch` in place of whatever container the workload has: the replacement is made while the old one
+        still runs, which stops (TERM, `grace_seconds`, KILL) only then; it is removed once the new one started."""
         try:
-            return self._start(name, launch, generation)
+            return self._start(name, launch, generation, grace_seconds)
         except BaseException:
             self._seen.changed(name)
             raise
 
-    def _start(self, name: str, launch: ContainerLaunch, generation: int) -> ProcessObservation:
+    def _start(self, name: str, launch: ContainerLaunch, generation: int, grace_seconds: float) -> ProcessObservation:
         try:
             with self.engine.reach() as client:
-                self._remove_all(name)
-                self._check_host(launch)
-                self.logs.rotate(name)
-                self._starts.remember(name, None)  # before the engine makes anything, as a native start's intent
+                olds = self._seen.of(name)
                 try:
+                    self._check_host(launch, [old for old in olds if old.status in _RUNNING])
+                    self._set_aside(name, olds)
+                    self._starts.remember(name, None)  # before the engine makes anything, as a native start's intent
                     container = client.containers.create(**create_args(name, self.container_name(name), self._owner, launch, generation))
-                except docker_errors.APIError:
-                    self._starts.forget(name)  # refused: nothing was made
+                except (StartFailed, docker_errors.APIError):
+                    self._retire(name, olds, grace_seconds)  # it fails as it did after the old one went: nothing runs
+                    self._starts.forget(name)
                     raise
                 # what the start leaves is inspected at its end, and that inspection serves the looks that follow
                 # (the pass's status, the other workloads' memory): the events of this start are not news then
                 mark = self._seen.expect(container.id, "create", "start", name=name)
+                crash_point("replacement-created")
+                try:
+                    self._stop_all(olds, grace_seconds)
+                except docker_errors.APIError as error:
+                    self._discard(name, container)  # the old one may run on: the new one never starts beside it
+                    raise StartFailed("ContainerStopFailed", f"{self.container_name(name)}: {error.explanation or error}") from None
+                crash_point("replaced-stopped")
                 try:
                     container.start()
                 except docker_errors.APIError as error:
+                    self._retire(name, olds, grace_seconds, stopped=True)
                     self._save_log(name, container)
-                    container.remove(force=True)  # nothing half-made is left behind
-                    self._starts.forget(name)
+                    self._discard(name, container)
                     raise failure_of(error, "ContainerStartFailed") from None
                 container.reload()
+                self._starts.remember(name, container)
+                self._retire(name, olds, grace_seconds, stopped=True)
         except EngineUnavailable as error:
             raise StartFailed("EngineUnavailable", error.message) from None
         except docker_errors.APIError as error:
             raise failure_of(error, "ContainerCreateFailed") from None
-        self._starts.remember(name, container)
         self._seen.acted(name, [container], mark)
         return self._observation(name, [container])
 
@@ -283,7 +321,7 @@ class ContainerDriver:
             started = self._starts.last(name).get("id")
             gone = started and not any(container.id == started for container in containers)
             return ProcessObservation(ProcessState.absent, vanished=f"container {started[:12]}" if gone else None)
-        container, launch = max(adoptable, key=lambda pair: pair[0].attrs.get("Created", ""))
+        container, launch = self._current(adoptable)
         state = container.attrs.get("State") or {}
         if state.get("Status") == "created":
             return ProcessObservation(ProcessState.absent)  # a start a crash cut short
@@ -313,9 +351,21 @@ class ContainerDriver:
                              stopped_by_reconciler=self._starts.stopped_by_us(name, container.id, finish_time))
         return ProcessObservation(ProcessState.exited, record.model_copy(update={"exit": exit_info}))
 
-    def _check_host(self, launch: ContainerLaunch) -> None:
+    @staticmethod
+    def _current(adoptable: list[tuple[Container, ContainerLaunch]]) -> tuple[Container, ContainerLaunch]:
+        """The workload's container (with its launch) among those with intact labels: a running one before one that
+        never started beside it (a replacement a crash cut short), else the newest."""
+        return max(adoptable, key=lambda pair: (pair[0].status in _RUNNING, pair[0].attrs.get("Created", "")))
+
+    def _check_host(self, launch: ContainerLaunch, replaced: list[Container]) -> None:
+        """Raise StartFailed unless the launch's host ports (but those the `replaced` containers publish, freed by
+        their stop) are free and its volume sources exist."""
+        held = {(binding.get("HostIp", ""), binding.get("HostPort", ""))
+                for container in replaced for spec, bindings in ((container.attrs.get("HostConfig") or {}).get(
+                    "PortBindings") or {}).items() if spec.endswith("/tcp") for binding in bindings or []}
         for port in launch.ports:
-            if port.protocol == "tcp" and not port_free(port.host_ip, port.host_port):
+            if port.protocol == "tcp" and (port.host_ip, str(port.host_port)) not in held \
+                    and not port_free(port.host_ip, port.host_port):
                 raise StartFailed("PortInUse", f"{port.host_ip}:{port.host_port} is already in use on this host: "
                                                "publish another hostPort, or stop what listens there")
         for volume in launch.volumes:
@@ -323,17 +373,43 @@ class ContainerDriver:
                 raise StartFailed("VolumeSourceNotFound", f"volume source {volume.source} does not exist: create it "
                                                           "or fix spec.volumes")
 
-    def _remove_all(self, name: str) -> None:
-        """Every container of the workload, as the pass saw it (or afresh, when an event or an act since says so)."""
-        for container in self._seen.of(name):
-            with self._seen.expecting(container.id, "die", "destroy"):
+    def _set_aside(self, name: str, olds: list[Container]) -> None:
+        """The workload's name goes to its replacement: an old container holding it is renamed after its own id."""
+        canonical = self.container_name(name)
+        for old in olds:
+            if old.name == canonical:
+                old.rename(f"{canonical}-{old.id[:12]}")
+
+    def _stop_all(self, containers: list[Container], grace_seconds: float) -> None:
+        """Stop every running one; the exits are our own (taken back if the stop fails: it may run on)."""
+        for container in containers:
+            if container.status in _RUNNING:  # one whose labels we cannot read: still stopped gracefully
+                with self._seen.expecting(container.id, "die"):
+                    try:
+                        container.stop(timeout=math.ceil(grace_seconds))
+                    except docker_errors.NotFound:
+                        pass
+
+    def _retire(self, name: str, olds: list[Container], grace_seconds: float, stopped: bool = False) -> None:
+        """Stop the replaced containers (unless `stopped` already), keep the output of those that ran (as the
+        previous run's: the replacement's own log starts afresh) and remove them."""
+        if not stopped:
+            self._stop_all(olds, grace_seconds)
+        ran = [old for old in olds if old.status != "created"]  # one that never started has no output to keep
+        for old in ran:
+            self._save_log(name, old)
+        self.logs.rotate(name)
+        for old in olds:
+            with self._seen.expecting(old.id, "destroy"):
                 try:
-                    if container.status in _RUNNING:  # one whose labels we cannot read: still stopped gracefully
-                        container.stop(timeout=10)
-                    self._save_log(name, container)
-                    container.remove(force=True)
+                    old.remove(force=True)
                 except docker_errors.NotFound:
                     pass
+
+    def _discard(self, name: str, container: Container) -> None:
+        """Remove a replacement that never started: nothing half-made is left behind."""
+        with self._seen.expecting(container.id, "destroy"):
+            container.remove(force=True)
         self._starts.forget(name)
 
     def _save_log(self, name: str, container: Container) -> None:
