@@ -238,6 +238,7 @@ class ContainerDriver:
                     raise failure_of(error, "ContainerStartFailed") from None
                 container.reload()
                 self._starts.remember(name, container)
+                crash_point("replacement-started")
                 self._retire(name, olds, grace_seconds, stopped=True)
         except EngineUnavailable as error:
             raise StartFailed("EngineUnavailable", error.message) from None

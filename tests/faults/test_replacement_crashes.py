@@ -1,0 +1,90 @@
+"""The daemon SIGKILLed at each step of a container replacement (made beside the old one, the old one stopped, the
+new one started before the old one is removed; base/crash_points.py): never two containers serving, and the restart
+leaves the workload one container, under its name, running the new spec, with the cut-short decision closed."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from reconciler.base.crash_points import CRASH_VARIABLE
+from reconciler.drive.process import owner_id
+from tests.conftest import Workspace, wait_for
+from tests.docker_engine import EngineUnderTest
+from tests.faults.conftest import Ledger
+from tests.faults.test_cut_short_records import assert_chain_verifies, closed_decision
+from tests.test_containers import HTTPD, container_yaml, free_port, get, ours, policy_yaml
+
+
+def web(port: int, **spec: object) -> str:
+    return container_yaml("web", command=HTTPD, ports=[{"containerPort": 8080, "hostPort": port}], **spec)
+
+
+@pytest.mark.parametrize("point, left, result", [
+    ("replacement-created", ["created", "running"], "not done"),  # what ran before still runs: decided again
+    ("replaced-stopped", ["created", "exited"], "not started"),
+    ("replacement-started", ["exited", "running"], "adopted"),
+])
+def test_a_replacement_cut_short_at_any_step_ends_with_one_container_of_the_new_spec(
+    point: str, left: list[str], result: str, workspace: Workspace, docker_engine: EngineUnderTest, ledger: Ledger
+) -> None:
+    row = ledger.row(f"daemon SIGKILLed during a container replacement ({point})",
+                     "never two serving; the restart keeps one container under the workload's name, closes the "
+                     "decision and converges on the new spec")
+    row.runs += 1
+    port = free_port()
+    workspace.write("policy.yaml", policy_yaml())
+    workspace.write("web.yaml", web(port))
+    assert workspace.cli("apply").returncode == 0
+    old = ours(docker_engine, workspace, "web")[0]
+    workspace.write("web.yaml", web(port, env={"GREETING": "hi"}))
+    daemon = workspace.start_daemon(env={**os.environ, CRASH_VARIABLE: point})
+    assert daemon.wait(timeout=90) == -signal.SIGKILL
+    workspace.stop_daemon()
+    crashed = ours(docker_engine, workspace, "web")
+    assert sorted(container.status for container in crashed) == left, [(c.name, c.status) for c in crashed]
+    assert old.id in [container.id for container in crashed]
+
+    workspace.start_daemon()
+    ended, _ = closed_decision(workspace, "web.yaml", "the cut-short replacement's outcome")
+    assert (ended["action"], ended["result"]) == ("recreate", result), ended
+    name = f"lais-web-{owner_id(workspace.state)[:8]}"
+
+    def converged() -> bool:
+        found = ours(docker_engine, workspace, "web")
+        return len(found) == 1 and found[0].status == "running" and found[0].name == name \
+            and "GREETING=hi" in found[0].attrs["Config"]["Env"]
+    wait_for(converged, 60, what="one container of the new spec under the workload's name")
+    assert get(f"http://127.0.0.1:{port}/") == "hello from a container\n"
+    assert_chain_verifies(workspace)
+    row.passed += 1
+
+
+def test_a_replacement_cut_short_then_given_up_leaves_the_old_container_alone_under_its_name(
+    workspace: Workspace, docker_engine: EngineUnderTest, ledger: Ledger
+) -> None:
+    """The spec goes back before the restart: nothing is replaced, and the replacement made before the crash (never
+    started) does not stay beside the old container as an orphan."""
+    row = ledger.row("daemon SIGKILLed during a container replacement, the spec then reverted",
+                     "the restart removes the replacement that never started; the old container runs on, same id")
+    row.runs += 1
+    port = free_port()
+    workspace.write("policy.yaml", policy_yaml())
+    workspace.write("web.yaml", web(port))
+    assert workspace.cli("apply").returncode == 0
+    old = ours(docker_engine, workspace, "web")[0]
+    workspace.write("web.yaml", web(port, env={"GREETING": "hi"}))
+    daemon = workspace.start_daemon(env={**os.environ, CRASH_VARIABLE: "replacement-created"})
+    assert daemon.wait(timeout=90) == -signal.SIGKILL
+    workspace.stop_daemon()
+    assert len(ours(docker_engine, workspace, "web")) == 2
+    workspace.write("web.yaml", web(port))
+
+    assert workspace.cli("apply").returncode == 0
+    found = ours(docker_engine, workspace, "web")
+    assert [(container.id, container.status, container.name) for container in found] == [
+        (old.id, "running", old.name)], [(container.name, container.status) for container in found]
+    assert get(f"http://127.0.0.1:{port}/") == "hello from a container\n"
+    row.passed += 1
