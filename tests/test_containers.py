@@ -299,6 +299,29 @@ def test_a_recreate_stops_and_starts_once_and_its_own_exit_wakes_nothing(
     assert "GREETING=hi" in the_container(docker_engine, space, "web").attrs["Config"]["Env"]
 
 
+def test_a_replacement_that_fails_to_start_ends_failed_with_both_runs_output_kept(
+    space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
+) -> None:
+    """The replacement is made while the old container runs, but it can only start once the old one stopped: a start
+    the engine refuses then leaves the workload failed with nothing of it left, the old run's output kept as the
+    previous log and the failed one's as the current, as when the old one was removed first."""
+    port, folder = free_port(), tmp_path / "folder"
+    folder.mkdir()
+    space.write("policy.yaml", policy_yaml(volumeRoots=[str(tmp_path)]))
+    serving = ["sh", "-c", "echo the old run; exec httpd -f -p 8080 -h /www"]
+    space.write("web.yaml", container_yaml("web", command=serving, ports=[{"containerPort": 8080, "hostPort": port}]))
+    assert space.cli("apply", "--wait", "--timeout", "60").returncode == 0
+    # a folder over a file of the image: the engine takes the create and refuses the start
+    space.write("web.yaml", container_yaml("web", command=serving, ports=[{"containerPort": 8080, "hostPort": port}],
+                                           volumes=[{"source": str(folder), "target": "/www/index.html"}]))
+    space.cli("apply")
+    condition = space.condition("web.yaml", "web")
+    assert condition["reason"] == "ContainerStartFailed" and condition["status"] == "False", condition
+    assert ours(docker_engine, space) == []
+    logs = space.state / "logs"
+    assert (logs / "web.previous.log").read_text().startswith("the old run"), sorted(logs.iterdir())
+
+
 # -- drift, adoption, the engine going away ------------------------------------------------------------------------
 
 
@@ -707,3 +730,32 @@ def test_a_stop_that_fails_takes_back_its_request_so_a_later_exit_is_not_the_rec
     finally:
         proxy.close()
 
+
+
+def test_a_replacement_whose_old_container_does_not_stop_is_removed_and_the_old_one_serves_on(
+    space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
+) -> None:
+    """The replacement is made before the old container stops: when that stop fails (the engine's connection drops),
+    the replacement that never started goes, and the old container serves on alone until a pass replaces it."""
+    if not docker_engine.address.startswith("unix://"):
+        pytest.skip("the cutting proxy stands on a unix socket")
+    port = free_port()
+    space.write("web.yaml", container_yaml("web", command=HTTPD, ports=[{"containerPort": 8080, "hostPort": port}]))
+    assert space.cli("apply").returncode == 0
+    old = the_container(docker_engine, space, "web")
+    space.write("web.yaml", container_yaml("web", command=HTTPD, env={"GREETING": "hi"},
+                                           ports=[{"containerPort": 8080, "hostPort": port}]))
+    proxy = CountingProxy(tmp_path / "cut.sock", docker_engine.address.removeprefix("unix://"),
+                          cut=frozenset({"POST /containers/{}/stop"}))
+    proxy.start()
+    try:
+        space.cli("apply", env={**os.environ, "DOCKER_HOST": proxy.address})
+        assert proxy.counts["POST /containers/{}/stop"] >= 1 and proxy.counts["POST /containers/create"] == 1
+    finally:
+        proxy.close()
+    assert [(container.id, container.status) for container in ours(docker_engine, space, "web")] == [(old.id, "running")]
+    assert get(f"http://127.0.0.1:{port}/") == "hello from a container\n"
+    assert space.cli("apply").returncode == 0
+    replaced = the_container(docker_engine, space, "web")
+    assert replaced.id != old.id and "GREETING=hi" in replaced.attrs["Config"]["Env"]
+    assert replaced.name == f"lais-web-{owner_id(space.state)[:8]}"

@@ -8,6 +8,7 @@ never started is replaced by the next start.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -225,9 +226,13 @@ class ContainerDriver:
                 crash_point("replacement-created")
                 try:
                     self._stop_all(olds, grace_seconds)
-                except docker_errors.APIError as error:
-                    self._discard(name, container)  # the old one may run on: the new one never starts beside it
-                    raise StartFailed("ContainerStopFailed", f"{self.container_name(name)}: {error.explanation or error}") from None
+                except Exception as error:
+                    with contextlib.suppress(Exception):  # noqa: BLE001 - else the next start or a restart removes it
+                        self._discard(name, container)  # the old one may run on: the new one never starts beside it
+                    if isinstance(error, docker_errors.APIError):
+                        raise StartFailed("ContainerStopFailed", f"{self.container_name(name)}: "
+                                                                 f"{error.explanation or error}") from None
+                    raise
                 crash_point("replaced-stopped")
                 try:
                     container.start()
