@@ -1,9 +1,9 @@
 """The container driver: converge containers through the Docker Engine API. It decides nothing.
 
 Ownership and change detection live on the container's labels (container_config.py). A container
-without this owner's label is never touched. Each workload has one container name per owner, so a
-crash at any instant leaves at most one container to adopt or replace; one that was created but
-never started is replaced by the next start.
+without this owner's label is never touched. A replacement is made beside the old container, which
+stops before the new one starts and goes after it: a crash in between leaves one running container
+at most, and a restart's adopt (or the next start) removes the other.
 """
 
 from __future__ import annotations
@@ -11,10 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import signal
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +21,8 @@ from reconciler.base.atomic import write_atomic
 from reconciler.base.crash_points import crash_point
 from reconciler.base.sdk_errors import docker_errors
 from reconciler.drive.container_config import GENERATION_LABEL, create_args, enforcement, launch_of
+from reconciler.drive.container_events import ContainerEvents
+from reconciler.drive.container_exec import ExecChecks
 from reconciler.drive.container_starts import ContainerStarts
 from reconciler.drive.engine_answers import addresses_of, engine_time, failure_of, system_time
 from reconciler.drive.logs import LogStore
@@ -32,7 +30,7 @@ from reconciler.drive.ports import port_free
 from reconciler.drive.protocol import StartFailed
 from reconciler.observe import clock
 from reconciler.observe.container_listing import OwnedContainers
-from reconciler.observe.docker_engine import OWNER_LABEL, WORKLOAD_LABEL, DockerEngine, EngineUnavailable
+from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable
 from reconciler.observe.probes import ProbeResult
 from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
 
@@ -56,13 +54,11 @@ class ContainerDriver:
         self.logs = LogStore(state_dir / "logs")
         self._owner = owner
         self._starts = ContainerStarts(state_dir / "containers", readonly)
-        self._on_exit = on_exit
-        self._on_engine_back = on_engine_back
+        self._events = ContainerEvents(engine, owner, self._seen, on_exit, on_engine_back) \
+            if on_exit is not None and not readonly else None
         self._readonly = readonly
         self._watching = False
-        self._first_subscription = threading.Event()  # the event watcher's first try ended, subscribed or not
-        self._probing: set[str] = set()
-        self._probing_lock = threading.Lock()
+        self._exec_checks = ExecChecks(engine, owner)
 
     def container_name(self, name: str) -> str:
         return f"lais-{name}-{self._owner[:8]}"
@@ -125,12 +121,9 @@ class ContainerDriver:
 
     def _watch(self) -> None:
         """Listen to the engine's events from the first container workload on (a host without one never asks)."""
-        if self._on_exit is not None and not self._readonly and not self._watching:
+        if self._events is not None and not self._watching:
             self._watching = True
-            threading.Thread(target=self._watch_events, name="container-events", daemon=True).start()
-            # subscribed before the first look, as an informer lists after it watches: no exit falls between them,
-            # and the pass that follows can reuse what its listing showed
-            self._first_subscription.wait(self.engine.timeout)
+            self._events.start()
 
     def default_working_dir(self, name: str) -> str:
         return "/"
@@ -163,37 +156,7 @@ class ContainerDriver:
 
     def exec_check(self, name: str, command: list[str], timeout: float) -> ProbeResult:
         """Run an exec health check inside the workload's running container; one at a time, killed at `timeout`."""
-        with self._probing_lock:
-            if name in self._probing:
-                return ProbeResult(False, f"{command[0]}: the previous check has not finished")
-            self._probing.add(name)
-        try:
-            return self._exec(name, command, timeout)
-        finally:
-            with self._probing_lock:
-                self._probing.discard(name)
-
-    def _exec(self, name: str, command: list[str], timeout: float) -> ProbeResult:
-        outcome: list[bytes] = []
-        try:
-            with self.engine.reach() as client:
-                running = [c for c in self.engine.owned(self._owner, name) if c.status == "running"]
-                if not running:
-                    return ProbeResult(False, "no running container")
-                exec_id = client.api.exec_create(running[0].id, command)["Id"]
-                worker = threading.Thread(target=lambda: outcome.append(client.api.exec_start(exec_id)), daemon=True)
-                worker.start()
-                worker.join(timeout)
-                if worker.is_alive():
-                    pid = client.api.exec_inspect(exec_id).get("Pid")
-                    if pid:
-                        os.kill(pid, signal.SIGKILL)  # a hung check must not pile up inside the container
-                    return ProbeResult(False, f"{command[0]}: no answer within {timeout}s")
-                code = client.api.exec_inspect(exec_id).get("ExitCode")
-        except (EngineUnavailable, docker_errors.APIError, OSError) as error:
-            return ProbeResult(False, f"{command[0]}: {error}")
-        tail = (outcome[0] if outcome else b"").decode("utf-8", "replace").strip()[-200:]
-        return ProbeResult(code == 0, f"{command[0]} exited {code}" + (f": {tail}" if tail else ""))
+        return self._exec_checks.run(name, command, timeout)
 
     # -- act --------------------------------------------------------------------------------
 
@@ -428,36 +391,3 @@ class ContainerDriver:
             return
         self.logs.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(self.logs.path(name), output[-self.logs.max_bytes:], mode=0o600)
-
-    def _watch_events(self) -> None:
-        """Exits and removals of our containers wake their workloads; so does the engine coming back. Every event
-        about a container of ours (created and started ones too) makes the next look at its workload a fresh one."""
-        assert self._on_exit is not None
-        lost = False
-        while True:
-            try:
-                with self.engine.reach() as client:
-                    events = client.events(decode=True, filters={
-                        "type": "container", "label": [f"{OWNER_LABEL}={self._owner}"],
-                        "event": ["create", "start", "die", "destroy"],
-                    })
-                    self._seen.subscribed(True)
-                    self._first_subscription.set()
-                    if lost:
-                        log.info("%s answers again", self.engine.address)
-                        if self._on_engine_back:
-                            self._on_engine_back()
-                    lost = False
-                    for event in events:
-                        actor, action = event.get("Actor") or {}, event.get("Action", "")
-                        name = actor.get("Attributes", {}).get(WORKLOAD_LABEL)
-                        news = bool(name) and self._seen.event(name, actor.get("ID", ""), action)
-                        if news and action in ("die", "destroy"):
-                            self._on_exit(name)
-            except Exception as error:  # noqa: BLE001 - the engine went away: wait for it, never die
-                if not lost:
-                    log.warning("container events: %s", error)
-                lost = True
-            self._seen.subscribed(False)  # the stream ended or broke: nothing seen is reused until it is back
-            self._first_subscription.set()
-            time.sleep(2.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -17,9 +18,27 @@ from tests.faults.conftest import Ledger
 from tests.faults.test_cut_short_records import assert_chain_verifies, closed_decision
 from tests.test_containers import HTTPD, container_yaml, free_port, get, ours, policy_yaml
 
+if TYPE_CHECKING:
+    from docker.models.containers import Container
+
 
 def web(port: int, **spec: object) -> str:
     return container_yaml("web", command=HTTPD, ports=[{"containerPort": 8080, "hostPort": port}], **spec)
+
+
+def replacing_until_killed(workspace: Workspace, docker_engine: EngineUnderTest, point: str) -> tuple[int, Container]:
+    """`web` converged, its spec changed, and a daemon SIGKILLed at `point` of its replacement: the port and the old
+    container."""
+    port = free_port()
+    workspace.write("policy.yaml", policy_yaml())
+    workspace.write("web.yaml", web(port))
+    assert workspace.cli("apply").returncode == 0
+    old = ours(docker_engine, workspace, "web")[0]
+    workspace.write("web.yaml", web(port, env={"GREETING": "hi"}))
+    daemon = workspace.start_daemon(env={**os.environ, CRASH_VARIABLE: point})
+    assert daemon.wait(timeout=90) == -signal.SIGKILL
+    workspace.stop_daemon()
+    return port, old
 
 
 @pytest.mark.parametrize("point, left, result", [
@@ -34,15 +53,7 @@ def test_a_replacement_cut_short_at_any_step_ends_with_one_container_of_the_new_
                      "never two serving; the restart keeps one container under the workload's name, closes the "
                      "decision and converges on the new spec")
     row.runs += 1
-    port = free_port()
-    workspace.write("policy.yaml", policy_yaml())
-    workspace.write("web.yaml", web(port))
-    assert workspace.cli("apply").returncode == 0
-    old = ours(docker_engine, workspace, "web")[0]
-    workspace.write("web.yaml", web(port, env={"GREETING": "hi"}))
-    daemon = workspace.start_daemon(env={**os.environ, CRASH_VARIABLE: point})
-    assert daemon.wait(timeout=90) == -signal.SIGKILL
-    workspace.stop_daemon()
+    port, old = replacing_until_killed(workspace, docker_engine, point)
     crashed = ours(docker_engine, workspace, "web")
     assert sorted(container.status for container in crashed) == left, [(c.name, c.status) for c in crashed]
     assert old.id in [container.id for container in crashed]
@@ -70,15 +81,7 @@ def test_a_replacement_cut_short_then_given_up_leaves_the_old_container_alone_un
     row = ledger.row("daemon SIGKILLed during a container replacement, the spec then reverted",
                      "the restart removes the replacement that never started; the old container runs on, same id")
     row.runs += 1
-    port = free_port()
-    workspace.write("policy.yaml", policy_yaml())
-    workspace.write("web.yaml", web(port))
-    assert workspace.cli("apply").returncode == 0
-    old = ours(docker_engine, workspace, "web")[0]
-    workspace.write("web.yaml", web(port, env={"GREETING": "hi"}))
-    daemon = workspace.start_daemon(env={**os.environ, CRASH_VARIABLE: "replacement-created"})
-    assert daemon.wait(timeout=90) == -signal.SIGKILL
-    workspace.stop_daemon()
+    port, old = replacing_until_killed(workspace, docker_engine, "replacement-created")
     assert len(ours(docker_engine, workspace, "web")) == 2
     workspace.write("web.yaml", web(port))
 
