@@ -632,6 +632,24 @@ def test_image_that_cannot_be_pulled_backs_off_with_the_engines_message(
     assert failed["failedOperation"] == {"op": "pull", "cause": "image registry.invalid/nothing:1 is not on this host"}
 
 
+def test_a_replacement_whose_image_cannot_be_pulled_ends_as_it_did_when_the_old_one_stopped_first(
+    space: Workspace, docker_engine: EngineUnderTest
+) -> None:
+    """The image is pulled while the old container still serves; a pull that fails still ends the workload as when
+    the old one was stopped before the pull: nothing of it left, backing off, the failed pull named."""
+    space.write("policy.yaml", policy_yaml(images=["reconciler-test/*", "registry.invalid/*"], pull=True))
+    space.write("far.yaml", container_yaml("far", command=["sleep", "600"]))
+    assert space.cli("apply").returncode == 0
+    space.write("far.yaml", container_yaml("far", image="registry.invalid/nothing:1", command=["sleep", "600"]))
+    space.cli("apply", timeout=120)
+    condition = space.condition("far.yaml", "far")
+    assert condition["reason"] == "ImagePullFailed", condition
+    assert space.resource_status("far.yaml", "far")["phase"] == "BackOff"
+    assert ours(docker_engine, space) == []
+    failed = [line for line in space.evidence("far.yaml") if line["event"] == "action"][-1]
+    assert failed["failedOperation"]["op"] == "pull", failed
+
+
 def test_pulling_needs_the_policy(space: Workspace, docker_engine: EngineUnderTest) -> None:
     space.write("far.yaml", container_yaml("far", image="reconciler-test/absent:1"))
     space.cli("apply")
