@@ -632,6 +632,25 @@ def test_image_that_cannot_be_pulled_backs_off_with_the_engines_message(
     assert failed["failedOperation"] == {"op": "pull", "cause": "image registry.invalid/nothing:1 is not on this host"}
 
 
+def test_a_replacement_may_publish_the_old_one_s_port_on_another_address(
+    space: Workspace, docker_engine: EngineUnderTest
+) -> None:
+    """The replacement is made while the old container still publishes its port: that port, on whatever address, is
+    the old one's until it stops, not a port in use by someone else."""
+    body = yaml.safe_load(policy_yaml())
+    body["spec"]["network"] = {"exposed": [{"address": "0.0.0.0"}]}
+    space.write("policy.yaml", yaml.safe_dump(body, sort_keys=False))
+    port = free_port()
+    space.write("web.yaml", container_yaml("web", command=HTTPD, ports=[{"containerPort": 8080, "hostPort": port}]))
+    assert space.cli("apply").returncode == 0
+    space.write("web.yaml", container_yaml("web", command=HTTPD, ports=[
+        {"containerPort": 8080, "hostPort": port, "hostIP": "0.0.0.0"}]))
+    done = space.cli("apply")
+    assert done.returncode == 0, done.stdout + done.stderr
+    bindings = the_container(docker_engine, space, "web").attrs["HostConfig"]["PortBindings"]
+    assert bindings == {"8080/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}, bindings
+
+
 def test_a_replacement_whose_image_cannot_be_pulled_ends_as_it_did_when_the_old_one_stopped_first(
     space: Workspace, docker_engine: EngineUnderTest
 ) -> None:

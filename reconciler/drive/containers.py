@@ -327,14 +327,13 @@ class ContainerDriver:
         return max(adoptable, key=lambda pair: (pair[0].status in _RUNNING, pair[0].attrs.get("Created", "")))
 
     def _check_host(self, launch: ContainerLaunch, replaced: list[Container]) -> None:
-        """Raise StartFailed unless the launch's host ports (but those the `replaced` containers publish, freed by
-        their stop) are free and its volume sources exist."""
-        held = {(binding.get("HostIp", ""), binding.get("HostPort", ""))
-                for container in replaced for spec, bindings in ((container.attrs.get("HostConfig") or {}).get(
-                    "PortBindings") or {}).items() if spec.endswith("/tcp") for binding in bindings or []}
+        """Raise StartFailed unless the launch's host ports (but those the `replaced` containers publish on any
+        address, freed by their stop; the engine's start judges those) are free and its volume sources exist."""
+        held = {binding.get("HostPort", "") for container in replaced
+                for spec, bindings in ((container.attrs.get("HostConfig") or {}).get("PortBindings") or {}).items()
+                if spec.endswith("/tcp") for binding in bindings or []}
         for port in launch.ports:
-            if port.protocol == "tcp" and (port.host_ip, str(port.host_port)) not in held \
-                    and not port_free(port.host_ip, port.host_port):
+            if port.protocol == "tcp" and str(port.host_port) not in held and not port_free(port.host_ip, port.host_port):
                 raise StartFailed("PortInUse", f"{port.host_ip}:{port.host_port} is already in use on this host: "
                                                "publish another hostPort, or stop what listens there")
         for volume in launch.volumes:
