@@ -268,8 +268,8 @@ def test_spec_change_recreates_with_a_new_config_hash_and_says_why(space: Worksp
 def test_a_recreate_stops_and_starts_once_and_its_own_exit_wakes_nothing(
     space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
 ) -> None:
-    """The new container is made while the old one still serves, the old one stops, the new one starts, the old one
-    is removed (docs/guides/containers.md says why). Its exit and removal are the recreate's own doing: they do not
+    """The new container is made while the old one stops, the new one starts, the old one is removed
+    (docs/guides/containers.md says why). Its exit and removal are the recreate's own doing: they do not
     queue the workload for another reconcile, which listed and inspected it again (the new container was already
     seen by its start)."""
     if not docker_engine.address.startswith("unix://"):
@@ -286,8 +286,10 @@ def test_a_recreate_stops_and_starts_once_and_its_own_exit_wakes_nothing(
     time.sleep(1.1)
     events = docker_engine.client().events(since=since, until=datetime.now(timezone.utc), decode=True, filters={
         "label": [f"{OWNER_LABEL}={owner_id(space.state)}"], "event": ["create", "start", "die", "destroy"]})
-    # the new one is made first but starts only once the old one stopped (it publishes the same port)
-    assert [event["Action"] for event in events] == ["create", "die", "start", "destroy"]
+    # the new one is made while the old one stops, and starts only once it stopped (it publishes the same port)
+    actions = [event["Action"] for event in events]
+    assert sorted(actions) == ["create", "destroy", "die", "start"], actions
+    assert actions.index("die") < actions.index("start") < actions.index("destroy"), actions
     writes = {endpoint: count for endpoint, count in calls.items() if not endpoint.startswith("GET ")}
     assert writes == {"POST /containers/{}/rename": 1, "POST /containers/create": 1, "POST /containers/{}/stop": 1,
                       "POST /containers/{}/start": 1, "DELETE /containers/{}": 1}, calls

@@ -1,8 +1,8 @@
 """The container driver: converge containers through the Docker Engine API. It decides nothing.
 
 Ownership and change detection live on the container's labels (container_config.py). A container
-without this owner's label is never touched. A replacement is made beside the old container, which
-stops before the new one starts and goes after it: a crash in between leaves one running container
+without this owner's label is never touched. A replacement is made while the old container stops,
+starts once it stopped, and the old one goes after: a crash in between leaves one running container
 at most, and a restart's adopt (or the next start) removes the other.
 """
 
@@ -163,7 +163,7 @@ class ContainerDriver:
     def start(self, name: str, launch: ContainerLaunch, generation: int,  # type: ignore[override]
               grace_seconds: float = 10.0) -> ProcessObservation:
         """Start `launch` in place of whatever container the workload has: the replacement is made while the old one
-        still runs, which stops (TERM, `grace_seconds`, KILL) only then; it is removed once the new one started."""
+        stops (TERM, `grace_seconds`, KILL), starts once it stopped, and the old one is removed after."""
         try:
             return self._start(name, launch, generation, grace_seconds)
         except BaseException:
@@ -171,24 +171,27 @@ class ContainerDriver:
             raise
 
     def _start(self, name: str, launch: ContainerLaunch, generation: int, grace_seconds: float) -> ProcessObservation:
+        from concurrent.futures import ThreadPoolExecutor  # where a container is started, not by every command
+
         try:
-            with self.engine.reach() as client:
-                olds = self._seen.of(name)
+            with self.engine.reach() as client, ThreadPoolExecutor(1, "container-stop") as stopper:
+                olds, stopping = self._seen.of(name), None
                 try:
                     self._check_host(launch, [old for old in olds if old.status in _RUNNING])
                     self._set_aside(name, olds)
                     self._starts.remember(name, None)  # before the engine makes anything, as a native start's intent
+                    # the old ones stop while their replacement is made (its create is off the time nothing serves)
+                    stopping = stopper.submit(self._stop_all, olds, grace_seconds)
                     container = client.containers.create(**create_args(name, self.container_name(name), self._owner, launch, generation))
-                except (StartFailed, docker_errors.APIError):
-                    self._retire(name, olds, grace_seconds)  # it fails as it did after the old one went: nothing runs
+                except (StartFailed, docker_errors.APIError):  # it fails as it did after the old one went: nothing runs
+                    self._retire(name, olds, grace_seconds, stopped=stopping is not None and stopping.exception() is None)
                     self._starts.forget(name)
                     raise
                 # what the start leaves is inspected at its end, and that inspection serves the looks that follow
                 # (the pass's status, the other workloads' memory): the events of this start are not news then
                 mark = self._seen.expect(container.id, "create", "start", name=name)
-                crash_point("replacement-created")
                 try:
-                    self._stop_all(olds, grace_seconds)
+                    stopping.result()
                 except Exception as error:
                     with contextlib.suppress(Exception):  # noqa: BLE001 - else the next start or a restart removes it
                         self._discard(name, container)  # the old one may run on: the new one never starts beside it

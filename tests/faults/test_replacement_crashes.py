@@ -1,6 +1,7 @@
-"""The daemon SIGKILLed at each step of a container replacement (made beside the old one, the old one stopped, the
-new one started before the old one is removed; base/crash_points.py): never two containers serving, and the restart
-leaves the workload one container, under its name, running the new spec, with the cut-short decision closed."""
+"""The daemon SIGKILLed during a container replacement (made while the old one stops, the new one started, the old
+one removed; base/crash_points.py), and what a crash between the make and the stop leaves, built by hand: never two
+containers serving, and the restart leaves the workload one container under its name, with any cut-short decision
+closed."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from reconciler.base.crash_points import CRASH_VARIABLE
 from reconciler.drive.process import owner_id
 from tests.conftest import Workspace, wait_for
-from tests.docker_engine import EngineUnderTest
+from tests.docker_engine import TEST_IMAGE, EngineUnderTest
 from tests.faults.conftest import Ledger
 from tests.faults.test_cut_short_records import assert_chain_verifies, closed_decision
 from tests.test_containers import HTTPD, container_yaml, free_port, get, ours, policy_yaml
@@ -50,7 +51,6 @@ def replacing_until_killed(workspace: Workspace, docker_engine: EngineUnderTest,
 
 
 @pytest.mark.parametrize("point, left, result", [
-    ("replacement-created", ["created", "running"], "not done"),  # what ran before still runs: decided again
     ("replaced-stopped", ["created", "exited"], "not started"),
     ("replacement-started", ["exited", "running"], "adopted"),
 ])
@@ -81,21 +81,41 @@ def test_a_replacement_cut_short_at_any_step_ends_with_one_container_of_the_new_
     row.passed += 1
 
 
-def test_a_replacement_cut_short_then_given_up_leaves_the_old_container_alone_under_its_name(
-    workspace: Workspace, docker_engine: EngineUnderTest, ledger: Ledger
+def made_beside_the_old_one(engine: EngineUnderTest, workspace: Workspace) -> Container:
+    """What a crash leaves while the old container stops and its replacement is made (they overlap): the old one,
+    running under a name of its own, and one that never started under the workload's name (here with the old one's
+    labels: a launch as adoptable as any). Returns the old one."""
+    old = ours(engine, workspace, "web")[0]
+    name = old.name
+    old.rename(f"{name}-{old.id[:12]}")
+    engine.client().containers.create(TEST_IMAGE, HTTPD, name=name, labels=old.labels)
+    return old
+
+
+@pytest.mark.parametrize("changed", [True, False])
+def test_a_replacement_made_beside_a_running_old_one_leaves_one_container_after_a_restart(
+    changed: bool, workspace: Workspace, docker_engine: EngineUnderTest, ledger: Ledger
 ) -> None:
-    """The spec goes back before the restart: nothing is replaced, and the replacement made before the crash (never
-    started) does not stay beside the old container as an orphan."""
-    row = ledger.row("daemon SIGKILLed during a container replacement, the spec then reverted",
-                     "the restart removes the replacement that never started; the old container runs on, same id")
+    """Found by a restart, with the spec still changed: replaced again, one container of the new spec. With the spec
+    gone back: the replacement that never started is removed, and the old container runs on under its name."""
+    row = ledger.row("a replacement made beside the running old container, then a crash",
+                     "the restart leaves one container under the workload's name: the new spec's, or the old one "
+                     "(same id) when the spec went back")
     row.runs += 1
-    port, old = replacing_until_killed(workspace, docker_engine, "replacement-created")
-    assert len(ours(docker_engine, workspace, "web")) == 2
+    port = free_port()
+    workspace.write("policy.yaml", policy_yaml())
     workspace.write("web.yaml", web(port))
+    assert workspace.cli("apply").returncode == 0
+    old = made_beside_the_old_one(docker_engine, workspace)
+    assert sorted(container.status for container in ours(docker_engine, workspace, "web")) == ["created", "running"]
+    if changed:
+        workspace.write("web.yaml", web(port, env={"GREETING": "hi"}))
 
     assert workspace.cli("apply").returncode == 0
     found = ours(docker_engine, workspace, "web")
-    assert [(container.id, container.status, container.name) for container in found] == [
-        (old.id, "running", old.name)], [(container.name, container.status) for container in found]
-    assert answer(port) == "hello from a container\n"
+    assert len(found) == 1 and found[0].status == "running", [(c.name, c.status) for c in found]
+    assert found[0].name == f"lais-web-{owner_id(workspace.state)[:8]}"
+    assert (found[0].id == old.id) is not changed
+    assert ("GREETING=hi" in found[0].attrs["Config"]["Env"]) is changed
+    assert wait_for(lambda: answer(port), 10, what="serving") == "hello from a container\n"
     row.passed += 1
