@@ -96,7 +96,9 @@ def _start() -> None:
 
 
 def _shutdown() -> None:
-    """Remove every container, stop and destroy the engine, delete the work folder; safe to call twice."""
+    """Remove every container and network, stop and destroy the engine, delete the work folder; safe to call twice.
+    A network left to the engine's end leaves its bridge on the host, holding one of the engines' default address
+    pools: about 30 such (Compose's laisbench_default of earlier runs) and Compose could make no network at all."""
     engine, _bench.engine = _bench.engine, None
     if _bench.proxy is not None:
         _bench.proxy.close()
@@ -106,8 +108,9 @@ def _shutdown() -> None:
             client = docker.DockerClient(base_url=engine.address, version="auto", timeout=30)
             for container in client.containers.list(all=True):
                 container.remove(force=True)
+            client.networks.prune()
         except Exception as error:  # noqa: BLE001 - destroy the engine regardless
-            print(f"bench.containers: cleaning up containers: {error}", file=sys.stderr)
+            print(f"bench.containers: cleaning up containers and networks: {error}", file=sys.stderr)
         finally:
             engine.destroy()
     if _bench.work is not None:

@@ -297,9 +297,10 @@ def test_spec_change_recreates_with_a_new_config_hash_and_says_why(space: Worksp
 def test_a_recreate_stops_and_starts_once_and_its_own_exit_wakes_nothing(
     space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
 ) -> None:
-    """The old container is stopped and removed before the new one is created (docs/guides/containers.md says why).
-    Its exit and removal are the recreate's own doing: they do not queue the workload for another reconcile, which
-    listed and inspected it again (the new container was already seen by its start)."""
+    """The new container is made while the old one stops, the new one starts, the old one is removed
+    (docs/guides/containers.md says why). Its exit and removal are the recreate's own doing: they do not
+    queue the workload for another reconcile, which listed and inspected it again (the new container was already
+    seen by its start)."""
     if not docker_engine.address.startswith("unix://"):
         pytest.skip("the counting proxy stands on a unix socket")
     port = free_port()
@@ -314,15 +315,42 @@ def test_a_recreate_stops_and_starts_once_and_its_own_exit_wakes_nothing(
     time.sleep(1.1)
     events = docker_engine.client().events(since=since, until=datetime.now(timezone.utc), decode=True, filters={
         "label": [f"{OWNER_LABEL}={owner_id(space.state)}"], "event": ["create", "start", "die", "destroy"]})
-    # the old one goes first (the new one publishes the same port), and one name per workload stays true
-    assert [event["Action"] for event in events] == ["die", "destroy", "create", "start"]
+    # the new one is made while the old one stops, and starts only once it stopped (it publishes the same port)
+    actions = [event["Action"] for event in events]
+    assert sorted(actions) == ["create", "destroy", "die", "start"], actions
+    assert actions.index("die") < actions.index("start") < actions.index("destroy"), actions
     writes = {endpoint: count for endpoint, count in calls.items() if not endpoint.startswith("GET ")}
-    assert writes == {"POST /containers/{}/stop": 1, "DELETE /containers/{}": 1, "POST /containers/create": 1,
-                      "POST /containers/{}/start": 1}, calls
+    assert writes == {"POST /containers/{}/rename": 1, "POST /containers/create": 1, "POST /containers/{}/stop": 1,
+                      "POST /containers/{}/start": 1, "DELETE /containers/{}": 1}, calls
     # listings: the seed's keys, its first look after subscribing; inspections: the old one (seen by the pass),
-    # after its stop, the engine SDK's when reading its log and after the create, the start's
-    assert calls.get("GET /containers/json", 0) <= 2 and calls.get("GET /containers/{}/json", 0) <= 5, calls
+    # the engine SDK's after the create and when reading the old one's log, the start's
+    assert calls.get("GET /containers/json", 0) <= 2 and calls.get("GET /containers/{}/json", 0) <= 4, calls
+    replaced = the_container(docker_engine, space, "web")
+    assert replaced.name == f"lais-web-{owner_id(space.state)[:8]}", "the workload's one name is the new one's"
     assert "GREETING=hi" in the_container(docker_engine, space, "web").attrs["Config"]["Env"]
+
+
+def test_a_replacement_that_fails_to_start_ends_failed_with_both_runs_output_kept(
+    space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
+) -> None:
+    """The replacement is made while the old container runs, but it can only start once the old one stopped: a start
+    the engine refuses then leaves the workload failed with nothing of it left, the old run's output kept as the
+    previous log and the failed one's as the current, as when the old one was removed first."""
+    port, folder = free_port(), tmp_path / "folder"
+    folder.mkdir()
+    space.write("policy.yaml", policy_yaml(volumeRoots=[str(tmp_path)]))
+    serving = ["sh", "-c", "echo the old run; exec httpd -f -p 8080 -h /www"]
+    space.write("web.yaml", container_yaml("web", command=serving, ports=[{"containerPort": 8080, "hostPort": port}]))
+    assert space.cli("apply", "--wait", "--timeout", "60").returncode == 0
+    # a folder over a file of the image: the engine takes the create and refuses the start
+    space.write("web.yaml", container_yaml("web", command=serving, ports=[{"containerPort": 8080, "hostPort": port}],
+                                           volumes=[{"source": str(folder), "target": "/www/index.html"}]))
+    space.cli("apply")
+    condition = space.condition("web.yaml", "web")
+    assert condition["reason"] == "ContainerStartFailed" and condition["status"] == "False", condition
+    assert ours(docker_engine, space) == []
+    logs = space.state / "logs"
+    assert (logs / "web.previous.log").read_text().startswith("the old run"), sorted(logs.iterdir())
 
 
 # -- drift, adoption, the engine going away ------------------------------------------------------------------------
@@ -681,6 +709,43 @@ def test_image_that_cannot_be_pulled_backs_off_with_the_engines_message(
     assert failed["failedOperation"] == {"op": "pull", "cause": "image registry.invalid/nothing:1 is not on this host"}
 
 
+def test_a_replacement_may_publish_the_old_one_s_port_on_another_address(
+    space: Workspace, docker_engine: EngineUnderTest
+) -> None:
+    """The replacement is made while the old container still publishes its port: that port, on whatever address, is
+    the old one's until it stops, not a port in use by someone else."""
+    body = yaml.safe_load(policy_yaml())
+    body["spec"]["network"] = {"exposed": [{"address": "0.0.0.0"}]}
+    space.write("policy.yaml", yaml.safe_dump(body, sort_keys=False))
+    port = free_port()
+    space.write("web.yaml", container_yaml("web", command=HTTPD, ports=[{"containerPort": 8080, "hostPort": port}]))
+    assert space.cli("apply").returncode == 0
+    space.write("web.yaml", container_yaml("web", command=HTTPD, ports=[
+        {"containerPort": 8080, "hostPort": port, "hostIP": "0.0.0.0"}]))
+    done = space.cli("apply")
+    assert done.returncode == 0, done.stdout + done.stderr
+    bindings = the_container(docker_engine, space, "web").attrs["HostConfig"]["PortBindings"]
+    assert bindings == {"8080/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}, bindings
+
+
+def test_a_replacement_whose_image_cannot_be_pulled_ends_as_it_did_when_the_old_one_stopped_first(
+    space: Workspace, docker_engine: EngineUnderTest
+) -> None:
+    """The image is pulled while the old container still serves; a pull that fails still ends the workload as when
+    the old one was stopped before the pull: nothing of it left, backing off, the failed pull named."""
+    space.write("policy.yaml", policy_yaml(images=["reconciler-test/*", "registry.invalid/*"], pull=True))
+    space.write("far.yaml", container_yaml("far", command=["sleep", "600"]))
+    assert space.cli("apply").returncode == 0
+    space.write("far.yaml", container_yaml("far", image="registry.invalid/nothing:1", command=["sleep", "600"]))
+    space.cli("apply", timeout=120)
+    condition = space.condition("far.yaml", "far")
+    assert condition["reason"] == "ImagePullFailed", condition
+    assert space.resource_status("far.yaml", "far")["phase"] == "BackOff"
+    assert ours(docker_engine, space) == []
+    failed = [line for line in space.evidence("far.yaml") if line["event"] == "action"][-1]
+    assert failed["failedOperation"]["op"] == "pull", failed
+
+
 def test_pulling_needs_the_policy(space: Workspace, docker_engine: EngineUnderTest) -> None:
     space.write("far.yaml", container_yaml("far", image="reconciler-test/absent:1"))
     space.cli("apply")
@@ -779,3 +844,32 @@ def test_a_stop_that_fails_takes_back_its_request_so_a_later_exit_is_not_the_rec
     finally:
         proxy.close()
 
+
+
+def test_a_replacement_whose_old_container_does_not_stop_is_removed_and_the_old_one_serves_on(
+    space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
+) -> None:
+    """The replacement is made before the old container stops: when that stop fails (the engine's connection drops),
+    the replacement that never started goes, and the old container serves on alone until a pass replaces it."""
+    if not docker_engine.address.startswith("unix://"):
+        pytest.skip("the cutting proxy stands on a unix socket")
+    port = free_port()
+    space.write("web.yaml", container_yaml("web", command=HTTPD, ports=[{"containerPort": 8080, "hostPort": port}]))
+    assert space.cli("apply").returncode == 0
+    old = the_container(docker_engine, space, "web")
+    space.write("web.yaml", container_yaml("web", command=HTTPD, env={"GREETING": "hi"},
+                                           ports=[{"containerPort": 8080, "hostPort": port}]))
+    proxy = CountingProxy(tmp_path / "cut.sock", docker_engine.address.removeprefix("unix://"),
+                          cut=frozenset({"POST /containers/{}/stop"}))
+    proxy.start()
+    try:
+        space.cli("apply", env={**os.environ, "DOCKER_HOST": proxy.address})
+        assert proxy.counts["POST /containers/{}/stop"] >= 1 and proxy.counts["POST /containers/create"] == 1
+    finally:
+        proxy.close()
+    assert [(container.id, container.status) for container in ours(docker_engine, space, "web")] == [(old.id, "running")]
+    assert get(f"http://127.0.0.1:{port}/") == "hello from a container\n"
+    assert space.cli("apply").returncode == 0
+    replaced = the_container(docker_engine, space, "web")
+    assert replaced.id != old.id and "GREETING=hi" in replaced.attrs["Config"]["Env"]
+    assert replaced.name == f"lais-web-{owner_id(space.state)[:8]}"

@@ -66,8 +66,15 @@ def execute(parts: Parts, planned: Planned, now: datetime, ran: list[Operation])
     kinds = [op.kind for op in operations]
     if OpKind.stop in kinds and OpKind.start in kinds[kinds.index(OpKind.stop):]:
         drivers.check_room()  # a replacement the state cannot record is not begun: what runs is not stopped for it
+    # A container launch replacing what runs: the driver makes the new container before it stops the old one (the
+    # stop is carried out by that one call, with the start). Not across a pull: a pull that fails ends what runs as
+    # the stop before it did (nothing left, backing off), and only the plan's order says so in the evidence.
+    replaced = next((op for op in operations if op.kind is OpKind.stop and not op.keep), None) \
+        if isinstance(launch, ContainerLaunch) and OpKind.start in kinds and OpKind.pull not in kinds else None
     try:
         for op in operations:
+            if op.kind is OpKind.stop and replaced is not None:
+                continue  # carried out by the replacement's start
             if op.kind is OpKind.stop:  # `keep`: on record as exited, its restart policy and back-off take over
                 drivers.stop(name, grace, forget=not op.keep)
                 after = drivers.observe(name, containers) if op.keep else after
@@ -76,7 +83,12 @@ def execute(parts: Parts, planned: Planned, now: datetime, ran: list[Operation])
                 launch = drivers.pull(launch)
             elif op.kind is OpKind.start:
                 assert launch is not None
-                after = drivers.start(name, launch, action.generation or 1)
+                if replaced is not None:
+                    assert isinstance(launch, ContainerLaunch)
+                    ran.append(replaced)  # a failed replacement still ends what ran (but a stop that failed)
+                    after = drivers.replace(name, launch, action.generation or 1, grace)
+                else:
+                    after = drivers.start(name, launch, action.generation or 1)
                 crash_point("started")  # started and recorded by its driver; its outcome line is not yet written
             ran.append(op)
     except StartFailed as failed:

@@ -1,19 +1,16 @@
 """The container driver: converge containers through the Docker Engine API. It decides nothing.
 
 Ownership and change detection live on the container's labels (container_config.py). A container
-without this owner's label is never touched. Each workload has one container name per owner, so a
-crash at any instant leaves at most one container to adopt or replace; one that was created but
-never started is replaced by the next start.
+without this owner's label is never touched. A replacement is made while the old container stops,
+starts once it stopped, and the old one goes after: a crash in between leaves one running container
+at most, and a restart's adopt (or the next start) removes the other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-import os
-import signal
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,8 +18,11 @@ from typing import TYPE_CHECKING
 from reconciler.api.launch import ContainerLaunch
 from reconciler.api.status import ExitInfo
 from reconciler.base.atomic import write_atomic
+from reconciler.base.crash_points import crash_point
 from reconciler.base.sdk_errors import docker_errors
 from reconciler.drive.container_config import GENERATION_LABEL, create_args, enforcement, launch_of
+from reconciler.drive.container_events import ContainerEvents
+from reconciler.drive.container_exec import ExecChecks
 from reconciler.drive.container_starts import ContainerStarts
 from reconciler.drive.engine_answers import addresses_of, engine_time, failure_of, system_time
 from reconciler.drive.logs import LogStore
@@ -30,7 +30,7 @@ from reconciler.drive.ports import port_free
 from reconciler.drive.protocol import StartFailed
 from reconciler.observe import clock
 from reconciler.observe.container_listing import OwnedContainers
-from reconciler.observe.docker_engine import OWNER_LABEL, WORKLOAD_LABEL, DockerEngine, EngineUnavailable
+from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable
 from reconciler.observe.probes import ProbeResult
 from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
 
@@ -54,13 +54,11 @@ class ContainerDriver:
         self.logs = LogStore(state_dir / "logs")
         self._owner = owner
         self._starts = ContainerStarts(state_dir / "containers", readonly)
-        self._on_exit = on_exit
-        self._on_engine_back = on_engine_back
+        self._events = ContainerEvents(engine, owner, self._seen, on_exit, on_engine_back) \
+            if on_exit is not None and not readonly else None
         self._readonly = readonly
         self._watching = False
-        self._first_subscription = threading.Event()  # the event watcher's first try ended, subscribed or not
-        self._probing: set[str] = set()
-        self._probing_lock = threading.Lock()
+        self._exec_checks = ExecChecks(engine, owner)
 
     def container_name(self, name: str) -> str:
         return f"lais-{name}-{self._owner[:8]}"
@@ -91,19 +89,41 @@ class ContainerDriver:
 
     def adopt(self) -> dict[str, int]:
         """Containers carry their own record (labels): adopting is watching their exits, once there are any (seen by
-        the listing a subscribed pass already took, if any)."""
+        the listing a subscribed pass already took, if any), and ending what a crash left of a replacement."""
         if self.seen_names():
             self._watch()
+            if not self._readonly:
+                for name in self._seen.crowded():
+                    self._keep_one(name)
         return {}
+
+    def _keep_one(self, name: str) -> None:
+        """A workload with more than one container (a replacement a crash cut short: made and never started beside
+        the old one, or started with the stopped old one not yet removed) keeps the one observing reports, under
+        the workload's name; the others go as a finished replacement's old one does (output kept)."""
+        try:
+            with self.engine.reach():
+                containers = self._seen.of(name)
+                adoptable = [(container, launch) for container in containers if (launch := launch_of(container))]
+                if not adoptable:
+                    return  # none is adoptable: the start that follows replaces them all
+                kept = self._current(adoptable)[0]
+                left = [container for container in containers if container.id != kept.id]
+                self._retire(name, left, 10.0)
+                if kept.name != self.container_name(name):
+                    kept.rename(self.container_name(name))
+            log.warning("%s: a replacement cut short by a crash left %d other container(s): removed; %s kept", name,
+                        len(left), kept.id[:12])
+        except (EngineUnavailable, docker_errors.APIError) as error:
+            log.warning("%s: the containers a replacement cut short left stay for now: %s", name, error)
+        finally:
+            self._seen.changed(name)
 
     def _watch(self) -> None:
         """Listen to the engine's events from the first container workload on (a host without one never asks)."""
-        if self._on_exit is not None and not self._readonly and not self._watching:
+        if self._events is not None and not self._watching:
             self._watching = True
-            threading.Thread(target=self._watch_events, name="container-events", daemon=True).start()
-            # subscribed before the first look, as an informer lists after it watches: no exit falls between them,
-            # and the pass that follows can reuse what its listing showed
-            self._first_subscription.wait(self.engine.timeout)
+            self._events.start()
 
     def default_working_dir(self, name: str) -> str:
         return "/"
@@ -123,75 +143,65 @@ class ContainerDriver:
 
     def exec_check(self, name: str, command: list[str], timeout: float) -> ProbeResult:
         """Run an exec health check inside the workload's running container; one at a time, killed at `timeout`."""
-        with self._probing_lock:
-            if name in self._probing:
-                return ProbeResult(False, f"{command[0]}: the previous check has not finished")
-            self._probing.add(name)
-        try:
-            return self._exec(name, command, timeout)
-        finally:
-            with self._probing_lock:
-                self._probing.discard(name)
-
-    def _exec(self, name: str, command: list[str], timeout: float) -> ProbeResult:
-        outcome: list[bytes] = []
-        try:
-            with self.engine.reach() as client:
-                running = [c for c in self.engine.owned(self._owner, name) if c.status == "running"]
-                if not running:
-                    return ProbeResult(False, "no running container")
-                exec_id = client.api.exec_create(running[0].id, command)["Id"]
-                worker = threading.Thread(target=lambda: outcome.append(client.api.exec_start(exec_id)), daemon=True)
-                worker.start()
-                worker.join(timeout)
-                if worker.is_alive():
-                    pid = client.api.exec_inspect(exec_id).get("Pid")
-                    if pid:
-                        os.kill(pid, signal.SIGKILL)  # a hung check must not pile up inside the container
-                    return ProbeResult(False, f"{command[0]}: no answer within {timeout}s")
-                code = client.api.exec_inspect(exec_id).get("ExitCode")
-        except (EngineUnavailable, docker_errors.APIError, OSError) as error:
-            return ProbeResult(False, f"{command[0]}: {error}")
-        tail = (outcome[0] if outcome else b"").decode("utf-8", "replace").strip()[-200:]
-        return ProbeResult(code == 0, f"{command[0]} exited {code}" + (f": {tail}" if tail else ""))
+        return self._exec_checks.run(name, command, timeout)
 
     # -- act --------------------------------------------------------------------------------
 
-    def start(self, name: str, launch: ContainerLaunch, generation: int) -> ProcessObservation:  # type: ignore[override]
+    def start(self, name: str, launch: ContainerLaunch, generation: int,  # type: ignore[override]
+              grace_seconds: float = 10.0) -> ProcessObservation:
+        """Start `launch` in place of whatever container the workload has: the replacement is made while the old one
+        stops (TERM, `grace_seconds`, KILL), starts once it stopped, and the old one is removed after."""
         try:
-            return self._start(name, launch, generation)
+            return self._start(name, launch, generation, grace_seconds)
         except BaseException:
             self._seen.changed(name)
             raise
 
-    def _start(self, name: str, launch: ContainerLaunch, generation: int) -> ProcessObservation:
+    def _start(self, name: str, launch: ContainerLaunch, generation: int, grace_seconds: float) -> ProcessObservation:
+        from concurrent.futures import ThreadPoolExecutor  # where a container is started, not by every command
+
         try:
-            with self.engine.reach() as client:
-                self._remove_all(name)
-                self._check_host(launch)
-                self.logs.rotate(name)
-                self._starts.remember(name, None)  # before the engine makes anything, as a native start's intent
+            with self.engine.reach() as client, ThreadPoolExecutor(1, "container-stop") as stopper:
+                olds, stopping = self._seen.of(name), None
                 try:
+                    self._check_host(launch, [old for old in olds if old.status in _RUNNING])
+                    self._set_aside(name, olds)
+                    self._starts.remember(name, None)  # before the engine makes anything, as a native start's intent
+                    # the old ones stop while their replacement is made (its create is off the time nothing serves)
+                    stopping = stopper.submit(self._stop_all, olds, grace_seconds)
                     container = client.containers.create(**create_args(name, self.container_name(name), self._owner, launch, generation))
-                except docker_errors.APIError:
-                    self._starts.forget(name)  # refused: nothing was made
+                except (StartFailed, docker_errors.APIError):  # it fails as it did after the old one went: nothing runs
+                    self._retire(name, olds, grace_seconds, stopped=stopping is not None and stopping.exception() is None)
+                    self._starts.forget(name)
                     raise
                 # what the start leaves is inspected at its end, and that inspection serves the looks that follow
                 # (the pass's status, the other workloads' memory): the events of this start are not news then
                 mark = self._seen.expect(container.id, "create", "start", name=name)
                 try:
+                    stopping.result()
+                except Exception as error:
+                    with contextlib.suppress(Exception):  # noqa: BLE001 - else the next start or a restart removes it
+                        self._discard(name, container)  # the old one may run on: the new one never starts beside it
+                    if isinstance(error, docker_errors.APIError):
+                        raise StartFailed("ContainerStopFailed", f"{self.container_name(name)}: "
+                                                                 f"{error.explanation or error}") from None
+                    raise
+                crash_point("replaced-stopped")
+                try:
                     container.start()
                 except docker_errors.APIError as error:
+                    self._retire(name, olds, grace_seconds, stopped=True)
                     self._save_log(name, container)
-                    container.remove(force=True)  # nothing half-made is left behind
-                    self._starts.forget(name)
+                    self._discard(name, container)
                     raise failure_of(error, "ContainerStartFailed") from None
                 container.reload()
+                self._starts.remember(name, container)
+                crash_point("replacement-started")
+                self._retire(name, olds, grace_seconds, stopped=True)
         except EngineUnavailable as error:
             raise StartFailed("EngineUnavailable", error.message) from None
         except docker_errors.APIError as error:
             raise failure_of(error, "ContainerCreateFailed") from None
-        self._starts.remember(name, container)
         self._seen.acted(name, [container], mark)
         return self._observation(name, [container])
 
@@ -270,7 +280,7 @@ class ContainerDriver:
             started = self._starts.last(name).get("id")
             gone = started and not any(container.id == started for container in containers)
             return ProcessObservation(ProcessState.absent, vanished=f"container {started[:12]}" if gone else None)
-        container, launch = max(adoptable, key=lambda pair: pair[0].attrs.get("Created", ""))
+        container, launch = self._current(adoptable)
         state = container.attrs.get("State") or {}
         if state.get("Status") == "created":
             return ProcessObservation(ProcessState.absent)  # a start a crash cut short
@@ -300,9 +310,20 @@ class ContainerDriver:
                              stopped_by_reconciler=self._starts.stopped_by_us(name, container.id, finish_time))
         return ProcessObservation(ProcessState.exited, record.model_copy(update={"exit": exit_info}))
 
-    def _check_host(self, launch: ContainerLaunch) -> None:
+    @staticmethod
+    def _current(adoptable: list[tuple[Container, ContainerLaunch]]) -> tuple[Container, ContainerLaunch]:
+        """The workload's container (with its launch) among those with intact labels: a running one before one that
+        never started beside it (a replacement a crash cut short), else the newest."""
+        return max(adoptable, key=lambda pair: (pair[0].status in _RUNNING, pair[0].attrs.get("Created", "")))
+
+    def _check_host(self, launch: ContainerLaunch, replaced: list[Container]) -> None:
+        """Raise StartFailed unless the launch's host ports (but those the `replaced` containers publish on any
+        address, freed by their stop; the engine's start judges those) are free and its volume sources exist."""
+        held = {binding.get("HostPort", "") for container in replaced
+                for spec, bindings in ((container.attrs.get("HostConfig") or {}).get("PortBindings") or {}).items()
+                if spec.endswith("/tcp") for binding in bindings or []}
         for port in launch.ports:
-            if port.protocol == "tcp" and not port_free(port.host_ip, port.host_port):
+            if port.protocol == "tcp" and str(port.host_port) not in held and not port_free(port.host_ip, port.host_port):
                 raise StartFailed("PortInUse", f"{port.host_ip}:{port.host_port} is already in use on this host: "
                                                "publish another hostPort, or stop what listens there")
         for volume in launch.volumes:
@@ -310,17 +331,43 @@ class ContainerDriver:
                 raise StartFailed("VolumeSourceNotFound", f"volume source {volume.source} does not exist: create it "
                                                           "or fix spec.volumes")
 
-    def _remove_all(self, name: str) -> None:
-        """Every container of the workload, as the pass saw it (or afresh, when an event or an act since says so)."""
-        for container in self._seen.of(name):
-            with self._seen.expecting(container.id, "die", "destroy"):
+    def _set_aside(self, name: str, olds: list[Container]) -> None:
+        """The workload's name goes to its replacement: an old container holding it is renamed after its own id."""
+        canonical = self.container_name(name)
+        for old in olds:
+            if old.name == canonical:
+                old.rename(f"{canonical}-{old.id[:12]}")
+
+    def _stop_all(self, containers: list[Container], grace_seconds: float) -> None:
+        """Stop every running one; the exits are our own (taken back if the stop fails: it may run on)."""
+        for container in containers:
+            if container.status in _RUNNING:  # one whose labels we cannot read: still stopped gracefully
+                with self._seen.expecting(container.id, "die"):
+                    try:
+                        container.stop(timeout=math.ceil(grace_seconds))
+                    except docker_errors.NotFound:
+                        pass
+
+    def _retire(self, name: str, olds: list[Container], grace_seconds: float, stopped: bool = False) -> None:
+        """Stop the replaced containers (unless `stopped` already), keep the output of those that ran (as the
+        previous run's: the replacement's own log starts afresh) and remove them."""
+        if not stopped:
+            self._stop_all(olds, grace_seconds)
+        ran = [old for old in olds if old.status != "created"]  # one that never started has no output to keep
+        for old in ran:
+            self._save_log(name, old)
+        self.logs.rotate(name)
+        for old in olds:
+            with self._seen.expecting(old.id, "destroy"):
                 try:
-                    if container.status in _RUNNING:  # one whose labels we cannot read: still stopped gracefully
-                        container.stop(timeout=10)
-                    self._save_log(name, container)
-                    container.remove(force=True)
+                    old.remove(force=True)
                 except docker_errors.NotFound:
                     pass
+
+    def _discard(self, name: str, container: Container) -> None:
+        """Remove a replacement that never started: nothing half-made is left behind."""
+        with self._seen.expecting(container.id, "destroy"):
+            container.remove(force=True)
         self._starts.forget(name)
 
     def _save_log(self, name: str, container: Container) -> None:
@@ -333,36 +380,3 @@ class ContainerDriver:
             return
         self.logs.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(self.logs.path(name), output[-self.logs.max_bytes:], mode=0o600)
-
-    def _watch_events(self) -> None:
-        """Exits and removals of our containers wake their workloads; so does the engine coming back. Every event
-        about a container of ours (created and started ones too) makes the next look at its workload a fresh one."""
-        assert self._on_exit is not None
-        lost = False
-        while True:
-            try:
-                with self.engine.reach() as client:
-                    events = client.events(decode=True, filters={
-                        "type": "container", "label": [f"{OWNER_LABEL}={self._owner}"],
-                        "event": ["create", "start", "die", "destroy"],
-                    })
-                    self._seen.subscribed(True)
-                    self._first_subscription.set()
-                    if lost:
-                        log.info("%s answers again", self.engine.address)
-                        if self._on_engine_back:
-                            self._on_engine_back()
-                    lost = False
-                    for event in events:
-                        actor, action = event.get("Actor") or {}, event.get("Action", "")
-                        name = actor.get("Attributes", {}).get(WORKLOAD_LABEL)
-                        news = bool(name) and self._seen.event(name, actor.get("ID", ""), action)
-                        if news and action in ("die", "destroy"):
-                            self._on_exit(name)
-            except Exception as error:  # noqa: BLE001 - the engine went away: wait for it, never die
-                if not lost:
-                    log.warning("container events: %s", error)
-                lost = True
-            self._seen.subscribed(False)  # the stream ended or broke: nothing seen is reused until it is back
-            self._first_subscription.set()
-            time.sleep(2.0)

@@ -39,6 +39,12 @@ class Drivers:
             return self.containers.start(name, launch, generation)
         return self.native.start(name, launch, generation)
 
+    def replace(self, name: str, launch: ContainerLaunch, generation: int, grace_seconds: float) -> ProcessObservation:
+        """Start a container launch in place of what the workload runs: a native process is stopped first, a
+        container is replaced by the container driver, which makes the new one before it stops the old one."""
+        self.native.stop(name, grace_seconds)
+        return self.containers.start(name, launch, generation, grace_seconds)
+
     def check_room(self) -> None:
         """Raise OSError unless the state directory takes a new run's records (one store for both drivers)."""
         self.native.check_room()

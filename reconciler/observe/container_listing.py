@@ -37,6 +37,7 @@ class OwnedContainers:
         self._touched: dict[str, int] = {}  # per workload, counts what made its next look a fresh one
         self._subscriptions = 0  # counts subscriptions made and lost: what was seen across one is not kept
         self._expected: set[tuple[str, str]] = set()  # (container id, event) of our own acts, already seen
+        self._crowded: list[str] = []  # workloads the latest listing showed more than one container of
 
     def names(self) -> list[str]:
         """The workloads this owner has containers for, from a new listing (raises EngineUnavailable, APIError)."""
@@ -47,12 +48,18 @@ class OwnedContainers:
         for container in listed:
             listing.setdefault(container.workload, []).append((container.id, container.state))
         with self._lock:
+            self._crowded = sorted(name for name, found in listing.items() if len(found) > 1)
             if self._reusable and epoch == self._epoch:
                 states = {container.id: container.state for container in listed}
                 self._inspected = {id_: inspected for id_, inspected in self._inspected.items()
                                    if states.get(id_) == inspected.status}
                 self._listing, self._changed = listing, set()
         return sorted(listing)
+
+    def crowded(self) -> list[str]:
+        """The workloads the latest listing showed more than one container of."""
+        with self._lock:
+            return list(self._crowded)
 
     def seen_names(self) -> list[str]:
         """The workloads this owner has containers for, as the pass's listing showed them and every event or act
