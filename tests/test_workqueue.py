@@ -329,3 +329,11 @@ def test_a_delayed_key_coming_due_wakes_one_sleeping_getter_not_all(queue: WorkQ
     time.sleep(SETTLE)
     woken = [getter for getter in getters if getter not in taken and _voluntary_switches(getter.native_id) != switches[getter]]
     assert woken == [], f"{len(woken)} getters that got nothing were woken"
+
+
+def test_keys_added_together_reach_every_sleeping_getter(queue: WorkQueue[str]) -> None:
+    """`add_all` wakes one sleeper; each one woken wakes the next while keys wait (join_after 0: at once)."""
+    getters = [Getter(queue) for _ in range(3)]
+    time.sleep(SETTLE)
+    queue.add_all(["a", "b", "c"])
+    assert sorted(getter.got() or "" for getter in getters) == ["a", "b", "c"]

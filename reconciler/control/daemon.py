@@ -261,10 +261,10 @@ class Daemon:
             return
         if self.metrics:
             self.metrics.passes.labels(why).inc()
-        for key in keys:
-            if self.metrics and why == SPEC_CHANGE:
+        if self.metrics and why == SPEC_CHANGE:
+            for key in keys:
                 self.metrics.triggered(key)
-            self.loop.add(key)
+        self.loop.add_all(keys)
         self.start_workers()
         systemd.status(f"{len(keys)} resources; last pass ({why}) at {time.strftime('%H:%M:%S')}")
 

@@ -54,6 +54,10 @@ class Loop(Generic[Key]):
         """`first`: ahead of every key waiting (a process exit is not served after a resync's whole backlog)."""
         self.queue.add(key, first)
 
+    def add_all(self, keys: Iterable[Key]) -> None:
+        """A pass's keys, queued as one: a worker woken by the first does not wait on the lock for each next."""
+        self.queue.add_all(keys)
+
     def start(self) -> None:
         """Start the workers (once: later calls do nothing)."""
         for worker in self._workers:

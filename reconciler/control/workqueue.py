@@ -23,6 +23,7 @@ import itertools
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Generic, Hashable, TypeVar
 
 Key = TypeVar("Key", bound=Hashable)
@@ -92,6 +93,16 @@ class WorkQueue(Generic[Key]):
             if self._closed:
                 return
             self._enqueue(key, first)
+
+    def add_all(self, keys: Iterable[Key]) -> None:
+        """Queue each (as `add`) under one hold of the lock, waking at most one sleeper: the one woken wakes the next
+        if another is wanted, and the adding thread does not contend with it for the lock on every key."""
+        with self._condition:
+            if self._closed:
+                return
+            for key in keys:
+                self._enqueue(key, rouse=False)
+            self._rouse()
 
     def add_after(self, key: Key, delay: float) -> None:
         if delay <= 0:
