@@ -324,10 +324,13 @@ def test_a_delayed_key_coming_due_wakes_one_sleeping_getter_not_all(queue: WorkQ
     time.sleep(SETTLE)  # all asleep: "a" is not due yet
     switches = {getter: _voluntary_switches(getter.native_id) for getter in getters}
     assert not any(getter.finished.is_set() for getter in getters)
-    taken = [getter for getter in getters if getter.got() == "a"]
-    assert len(taken) == 1
-    time.sleep(SETTLE)
-    woken = [getter for getter in getters if getter not in taken and _voluntary_switches(getter.native_id) != switches[getter]]
+    deadline = time.monotonic() + PATIENCE
+    while not any(getter.finished.is_set() for getter in getters) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(SETTLE)  # any other getter woken by it has woken by now
+    assert [getter.key for getter in getters if getter.finished.is_set()] == ["a"]
+    idle = [getter for getter in getters if not getter.finished.is_set()]
+    woken = [getter for getter in idle if _voluntary_switches(getter.native_id) != switches[getter]]
     assert woken == [], f"{len(woken)} getters that got nothing were woken"
 
 

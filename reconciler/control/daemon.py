@@ -145,8 +145,8 @@ class Daemon:
         self.metrics = reconciler.metrics
         self.resync_seconds = resync_seconds
         self.model_rehash_seconds = model_rehash_seconds
-        self.loop: Loop[ResourceKey] = Loop(reconciler.reconcile, workers, on_failure=self.metrics.failed if self.metrics else None,
-                                            join_after=WORKER_JOIN_SECONDS)
+        on_failure = self.metrics.failed if self.metrics else None
+        self.loop: Loop[ResourceKey] = Loop(reconciler.reconcile, workers, on_failure, join_after=WORKER_JOIN_SECONDS)
         self.stopping = threading.Event()
         self._wake = threading.Event()
         self._events = _SpecEvents(self._wake)
