@@ -72,6 +72,31 @@ def test_exit_is_noticed_and_restarted_with_its_cause(workspace: Workspace) -> N
     assert (decision["action"], decision["cause"]) == ("create", "process was killed by signal 9")
 
 
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3600)"
+
+
+def test_an_exit_is_restarted_while_another_workloads_stop_waits_out_its_grace_period(workspace: Workspace) -> None:
+    """The daemon's second worker takes a key only behind a reconcile that has run a while (one worker serves a pass
+    of quick ones): a stop blocked in its grace period must not hold up the restart of a workload that died."""
+    def stubborn_yaml(version: str) -> str:
+        return workload_yaml("stubborn", code=STUBBORN, args=(version,), terminationGracePeriodSeconds=60)
+
+    workspace.write("stubborn.yaml", stubborn_yaml("v1"))
+    workspace.write("web.yaml", workload_yaml("web"))
+    workspace.start_daemon()
+    stubborn = wait_for(lambda: running_pid(workspace, "stubborn.yaml", "stubborn"), what="stubborn to start")
+    web = wait_for(lambda: running_pid(workspace, "web.yaml", "web"), what="web to start")
+    try:
+        workspace.write("stubborn.yaml", stubborn_yaml("v2"))
+        wait_for(lambda: len([r for r in workspace.evidence("stubborn.yaml") if r["event"] == "decision"]) >= 2,
+                 what="the replacement decided: its stop waits up to 60 s for a process that ignores SIGTERM")
+        os.kill(web, signal.SIGKILL)
+        wait_for(lambda: running_pid(workspace, "web.yaml", "web", other_than=web), what="web restarted", timeout=15)
+        assert psutil.Process(stubborn).is_running(), "the restart came while the stop was still waiting"
+    finally:
+        os.kill(stubborn, signal.SIGKILL)  # the stop ends: `down` at clean-up need not wait out the grace period
+
+
 def test_crash_loop_backs_off_and_shows_it(workspace: Workspace) -> None:
     backoff = {"policy": "Always", "backoff": {"initialSeconds": 0.2, "maxSeconds": 30}}
     workspace.write("crash.yaml", workload_yaml("crash", code=CRASH, restart=backoff))

@@ -161,3 +161,60 @@ def test_stop_ends_the_workers_and_later_adds_do_nothing() -> None:
     loop.add("a")
     time.sleep(0.2)
     assert reconcile.counts == {}
+
+
+class Overlaps:
+    """A stand-in reconcile that counts how many run at once; the key "stuck" blocks until `release` is set."""
+
+    def __init__(self) -> None:
+        self.running = self.most = 0
+        self.done: list[str] = []
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, key: str) -> Result:
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            if key == "stuck":
+                self.release.wait(PATIENCE)
+            else:
+                time.sleep(0.001)  # a quick reconcile's syscalls
+            return Result.until_event()
+        finally:
+            with self._lock:
+                self.running -= 1
+                self.done.append(key)
+
+
+def test_a_backlog_of_quick_reconciles_is_one_workers_not_all_taking_turns() -> None:
+    """Two workers on one pass of quick reconciles only took turns at the interpreter's lock, each turn a wake-up
+    (1,100 a minute for an idle daemon's 100 workloads): a second worker joins only behind a reconcile that has run
+    `join_after`."""
+    reconcile = Overlaps()
+    loop: Loop[str] = Loop(reconcile, 4, join_after=PATIENCE)
+    loop.start()
+    try:
+        keys = [f"w{n}" for n in range(100)]
+        assert loop.run_round(keys, timeout=PATIENCE)
+        assert sorted(reconcile.done) == sorted(keys)
+        assert reconcile.most == 1
+    finally:
+        loop.stop()
+
+
+def test_a_worker_blocked_in_a_slow_reconcile_gets_help_after_join_after() -> None:
+    reconcile = Overlaps()
+    loop: Loop[str] = Loop(reconcile, 2, join_after=0.05)
+    loop.start()
+    try:
+        loop.add("stuck")
+        wait_for(lambda: reconcile.running == 1, "the stuck reconcile to begin")
+        for key in ("a", "b"):
+            loop.add(key)
+        wait_for(lambda: {"a", "b"} <= set(reconcile.done), "the keys behind the stuck one, by the other worker")
+        assert "stuck" not in reconcile.done
+    finally:
+        reconcile.release.set()
+        loop.stop()

@@ -5,9 +5,11 @@ Real threads and short real waits only; every wait is on a condition with a time
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,9 +27,14 @@ class Getter:
         self.key: str | None = None
         self.error: BaseException | None = None
         self.finished = threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
+        started = threading.Event()
+        self.native_id = 0
+        threading.Thread(target=self._run, args=(started,), daemon=True).start()
+        started.wait(PATIENCE)
 
-    def _run(self) -> None:
+    def _run(self, started: threading.Event) -> None:
+        self.native_id = threading.get_native_id()
+        started.set()
         try:
             self.key = self.queue.get()
         except BaseException as error:  # noqa: BLE001 - handed to the test
@@ -302,3 +309,34 @@ def test_a_failed_key_waits_for_its_back_off_until_forgotten(queue: WorkQueue[st
     assert queue.add_failed("a") == (2, 1.0)
     queue.forget("a")
     assert queue.add_failed("a") == (1, 0.5)
+
+
+def _voluntary_switches(native_id: int) -> int:
+    status = Path(f"/proc/{os.getpid()}/task/{native_id}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_a_delayed_key_coming_due_wakes_one_sleeping_getter_not_all(queue: WorkQueue[str]) -> None:
+    """Each sleeping worker used to wait for the next due time: every due key woke them all, and all but one slept
+    again. One keeps the time; the others sleep until notified."""
+    queue.add_after("a", 1.0)
+    getters = [Getter(queue) for _ in range(3)]
+    time.sleep(SETTLE)  # all asleep: "a" is not due yet
+    switches = {getter: _voluntary_switches(getter.native_id) for getter in getters}
+    assert not any(getter.finished.is_set() for getter in getters)
+    deadline = time.monotonic() + PATIENCE
+    while not any(getter.finished.is_set() for getter in getters) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(SETTLE)  # any other getter woken by it has woken by now
+    assert [getter.key for getter in getters if getter.finished.is_set()] == ["a"]
+    idle = [getter for getter in getters if not getter.finished.is_set()]
+    woken = [getter for getter in idle if _voluntary_switches(getter.native_id) != switches[getter]]
+    assert woken == [], f"{len(woken)} getters that got nothing were woken"
+
+
+def test_keys_added_together_reach_every_sleeping_getter(queue: WorkQueue[str]) -> None:
+    """`add_all` wakes one sleeper; each one woken wakes the next while keys wait (join_after 0: at once)."""
+    getters = [Getter(queue) for _ in range(3)]
+    time.sleep(SETTLE)
+    queue.add_all(["a", "b", "c"])
+    assert sorted(getter.got() or "" for getter in getters) == ["a", "b", "c"]

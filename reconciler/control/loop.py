@@ -35,11 +35,12 @@ class Loop(Generic[Key]):
     `paused` holds every worker, `stop` ends them."""
 
     def __init__(self, reconcile: Callable[[Key], Result], workers: int,
-                 on_failure: Callable[[Key], None] | None = None) -> None:
+                 on_failure: Callable[[Key], None] | None = None, join_after: float = 0.0) -> None:
         """`reconcile`: converges one key, returns when it wants another look, raises when it failed.
-        `on_failure`: told of each failed reconcile (the metrics count them)."""
+        `on_failure`: told of each failed reconcile (the metrics count them). `join_after`: the work queue's (a
+        sleeping worker joins a backlog once every reconcile in flight has run this long; 0: at once)."""
         self.reconcile = reconcile
-        self.queue: WorkQueue[Key] = WorkQueue(TokenBuckets(PASSES_PER_SECOND, PASS_BURST))
+        self.queue: WorkQueue[Key] = WorkQueue(TokenBuckets(PASSES_PER_SECOND, PASS_BURST), join_after)
         self.failures: dict[Key, BaseException] = {}  # keys whose last reconcile raised, and what
         self._on_failure = on_failure
         self._workers = [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True) for n in range(workers)]
@@ -52,6 +53,10 @@ class Loop(Generic[Key]):
     def add(self, key: Key, first: bool = False) -> None:
         """`first`: ahead of every key waiting (a process exit is not served after a resync's whole backlog)."""
         self.queue.add(key, first)
+
+    def add_all(self, keys: Iterable[Key]) -> None:
+        """A pass's keys, queued as one: a worker woken by the first does not wait on the lock for each next."""
+        self.queue.add_all(keys)
 
     def start(self) -> None:
         """Start the workers (once: later calls do nothing)."""

@@ -8,6 +8,12 @@ Rate limiters (client-go's): a key whose reconcile failed is retried after a per
 as a safety net against any bug that re-adds a key at once forever (a due time computed in the past, an event
 its own pass causes), each key may be handed out only as its token bucket allows. A failed key therefore waits
 the longer of the two.
+
+Wake-ups: a sleeping worker is woken only for what needs it. One sleeper keeps the time (the next delayed key or
+backlog duty), the others sleep until notified. With `join_after`, a second worker takes a key only once every key
+in hand has run that long: a pass of quick reconciles is served by one worker instead of several taking turns at the
+interpreter's lock (a dozen wake-ups per key), and a worker blocked in a slow reconcile (a stop's grace period, an
+engine call) still gets help within that time.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import itertools
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Generic, Hashable, TypeVar
 
 Key = TypeVar("Key", bound=Hashable)
@@ -62,20 +69,23 @@ class FailureBackoff(Generic[Key]):
 
 
 class WorkQueue(Generic[Key]):
-    def __init__(self, pace: TokenBuckets[Key] | None = None) -> None:
-        """`pace`: how often one key may be handed out (None: as often as it is added)."""
-        self._pace = pace
+    def __init__(self, pace: TokenBuckets[Key] | None = None, join_after: float = 0.0) -> None:
+        """`pace`: how often one key may be handed out (None: as often as it is added). `join_after`: seconds every
+        key in hand must have run before a sleeping worker is woken for a waiting one (0: at once)."""
+        self._pace, self._join_after = pace, join_after
         self._backoff: FailureBackoff[Key] = FailureBackoff(*FAILURE_BACKOFF)
         self._paced: set[Key] = set()  # keys waiting in `_delayed` for a token: further adds are already served
         self._ready: deque[Key] = deque()
         self._queued: set[Key] = set()
-        self._processing: set[Key] = set()
+        self._processing: dict[Key, float] = {}  # key -> when it was handed out
         self._dirty: set[Key] = set()
         self._urgent: set[Key] = set()  # dirty keys to queue first when done
         self._delayed: list[tuple[float, int, Key]] = []
         self._order = itertools.count()
         self._condition = threading.Condition()
         self._closed = False
+        self._sleepers = 0  # getters waiting on the condition
+        self._alarm: float | None = None  # when the sleeper keeping the time wakes (None: none keeps it)
 
     def add(self, key: Key, first: bool = False) -> None:
         """`first`: ahead of every key waiting (a process exit is not served after a resync's whole backlog)."""
@@ -83,6 +93,16 @@ class WorkQueue(Generic[Key]):
             if self._closed:
                 return
             self._enqueue(key, first)
+
+    def add_all(self, keys: Iterable[Key]) -> None:
+        """Queue each (as `add`) under one hold of the lock, waking at most one sleeper: the one woken wakes the next
+        if another is wanted, and the adding thread does not contend with it for the lock on every key."""
+        with self._condition:
+            if self._closed:
+                return
+            for key in keys:
+                self._enqueue(key, rouse=False)
+            self._rouse()
 
     def add_after(self, key: Key, delay: float) -> None:
         if delay <= 0:
@@ -92,7 +112,7 @@ class WorkQueue(Generic[Key]):
             if self._closed:
                 return
             heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._order), key))
-            self._condition.notify()
+            self._rouse()
 
     def add_failed(self, key: Key, most: float | None = None) -> tuple[int, float]:
         """Queue a key whose reconcile failed after its back-off (at most `most` seconds); returns (the how
@@ -115,23 +135,19 @@ class WorkQueue(Generic[Key]):
                 if self._closed:
                     raise ShutDown
                 self._promote_due()
-                while self._ready:
-                    key = self._ready.popleft()
-                    self._queued.discard(key)
-                    now = time.monotonic()
-                    wait = self._pace.take(key, now) if self._pace is not None else 0.0
-                    if wait > 0:
-                        self._paced.add(key)
-                        heapq.heappush(self._delayed, (now + wait, next(self._order), key))
-                        continue
-                    self._processing.add(key)
-                    return key
-                timeout = self._delayed[0][0] - time.monotonic() if self._delayed else None
-                self._condition.wait(timeout)
+                now = time.monotonic()
+                if self._ready and self._may_take(now):
+                    key = self._take(now)
+                    if key is not None:
+                        self._rouse()  # the time it kept (if it did) is someone else's to keep now
+                        return key
+                self._sleep(now)
 
     def done(self, key: Key) -> None:
+        """A backlog behind it wakes no sleeper: the caller, back in `get`, takes it (or the sleeper keeping the
+        time for it does, at most `join_after` after the youngest key in hand was handed out)."""
         with self._condition:
-            self._processing.discard(key)
+            self._processing.pop(key, None)
             if key in self._dirty:
                 self._dirty.discard(key)
                 self._enqueue(key, key in self._urgent)
@@ -146,15 +162,69 @@ class WorkQueue(Generic[Key]):
         with self._condition:
             return len(self._ready) + len(self._delayed)
 
+    def _take(self, now: float) -> Key | None:
+        """The first ready key its token bucket allows (the others wait in `_delayed` for a token). Lock held."""
+        while self._ready:
+            key = self._ready.popleft()
+            self._queued.discard(key)
+            wait = self._pace.take(key, now) if self._pace is not None else 0.0
+            if wait > 0:
+                self._paced.add(key)
+                heapq.heappush(self._delayed, (now + wait, next(self._order), key))
+                continue
+            self._processing[key] = now
+            return key
+        return None
+
+    def _may_take(self, now: float) -> bool:
+        """Whether another worker is wanted for a ready key: none is in hand, or every one has run `join_after` (its
+        worker may be blocked). A worker back from a key that finds another's young waits too: two running at once
+        only take turns at the interpreter's lock, each turn a wake-up. Lock held."""
+        return not self._processing or now >= max(self._processing.values()) + self._join_after
+
+    def _next_duty(self) -> float | None:
+        """When a sleeper must next act, if ever: a delayed key comes due, or a backlog may be joined. Lock held."""
+        duties = [self._delayed[0][0]] if self._delayed else []
+        if self._ready:
+            duties.append(max(self._processing.values()) + self._join_after if self._processing else 0.0)
+        return min(duties, default=None)
+
+    def _sleep(self, now: float) -> None:
+        """Wait for a notify, keeping the time if no sleeper keeps it as early as it must be kept. Lock held."""
+        duty = self._next_duty()
+        keeps = duty is not None and (self._alarm is None or duty < self._alarm)
+        if keeps:
+            self._alarm = duty
+        self._sleepers += 1
+        try:
+            self._condition.wait(max(0.0, duty - now) if keeps and duty is not None else None)
+        finally:
+            self._sleepers -= 1
+            if keeps and self._alarm == duty:
+                self._alarm = None
+
+    def _rouse(self) -> None:
+        """Wake one sleeper if a ready key wants one now, or if no sleeper keeps the time as early as the next duty
+        needs. Lock held."""
+        if not self._sleepers:
+            return
+        if self._ready and self._may_take(time.monotonic()):
+            self._condition.notify()
+            return
+        duty = self._next_duty()
+        if duty is not None and (self._alarm is None or duty < self._alarm):
+            self._condition.notify()
+
     def _promote_due(self) -> None:
         now = time.monotonic()
         while self._delayed and self._delayed[0][0] <= now:
             _, _, key = heapq.heappop(self._delayed)
             self._paced.discard(key)
-            self._enqueue(key)
+            self._enqueue(key, rouse=False)
 
-    def _enqueue(self, key: Key, first: bool = False) -> None:
-        """Queue a key once; one being processed is only marked, to be queued again when done. Lock held."""
+    def _enqueue(self, key: Key, first: bool = False, rouse: bool = True) -> None:
+        """Queue a key once; one being processed is only marked, to be queued again when done. Lock held.
+        `rouse`: wake a sleeper for it if one is wanted (not when the caller is a getter, which takes it itself)."""
         if key in self._processing:
             self._dirty.add(key)
             if first:
@@ -167,7 +237,8 @@ class WorkQueue(Generic[Key]):
                 self._ready.appendleft(key)
             else:
                 self._ready.append(key)
-            self._condition.notify()
+            if rouse:
+                self._rouse()
         elif first:
             self._ready.remove(key)
             self._ready.appendleft(key)
