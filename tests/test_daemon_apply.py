@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 
@@ -13,11 +15,13 @@ import pytest
 
 from reconciler.base.private_socket import socket_path
 from reconciler.cli.query_client import SILENCE_SECONDS
+from reconciler.control.query_server import MAX_CONCURRENT
 from tests.conftest import PYTHON, Workspace, wait_for, workload_yaml
 from tests.test_cli_imports import HEAVY, imported, top_level
 
 IN_PROCESS = {**os.environ, "RECONCILER_ASK_DAEMON": "0"}
 CRASHES = "import sys; print('bye', flush=True); sys.exit(3)"
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3600)"
 RECREATED = "Workload/hello: recreate (spec.args changed) -> approve, done"
 
 
@@ -61,7 +65,7 @@ def test_load_errors_are_reported_with_file_and_line(watched: Workspace) -> None
                               "spec:\n  comand: [x]\n")
     done = watched.cli("apply")
     assert done.returncode == 1
-    assert f"{watched.desired}/bad.yaml:5:3 spec.comand" in done.stderr, done.stderr
+    assert done.stderr.count(f"{watched.desired}/bad.yaml:5:3 spec.comand") == 1, done.stderr  # once, as in process
     assert asked_passes(watched) == 1
     assert running_args(watched, "hello") == [["v1"]]  # a bad file beside it changes nothing that runs
 
@@ -100,28 +104,32 @@ def test_a_daemon_killed_mid_request_is_a_failure(watched: Workspace) -> None:
 
 def test_requests_that_wait_for_a_round_share_the_next(watched: Workspace) -> None:
     """A round asked while another runs starts after it, on a snapshot taken after the request; two such requests
-    are served by one round, and each reports what was done about the edit since it arrived, whichever pass did it."""
+    are served by one round, and each reports what was done since the last edit before it, whichever pass did it."""
     def apply() -> subprocess.Popen[str]:
         return subprocess.Popen([PYTHON, "-m", "reconciler", "apply", str(watched.desired), "--state-dir",
-                                 str(watched.state), "--wait", "--min-ready-seconds", "3"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 str(watched.state)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def arrived() -> int:
         return watched.daemon_log.read_text().count("apply asked for a pass")
 
-    watched.write("hello.yaml", workload_yaml("hello", args=("v2",)))
+    def stubborn(version: str) -> str:  # its stop takes the whole grace period: the round replacing it is long
+        return workload_yaml("hello", code=STUBBORN, args=(version,), terminationGracePeriodSeconds=6)
+
+    watched.write("hello.yaml", stubborn("v1"))
+    assert watched.cli("apply").returncode == 0
+    watched.write("hello.yaml", stubborn("v2"))
     first = apply()
-    wait_for(lambda: asked_passes(watched) == 1, timeout=30, what="the first asked pass")
+    wait_for(lambda: asked_passes(watched) == 2, timeout=30, what="the first asked pass")
     later = [apply(), apply()]
-    wait_for(lambda: arrived() == 3, timeout=30, what="the later requests to arrive")
-    watched.write("hello.yaml", workload_yaml("hello", args=("v3",)))  # the daemon's own pass may do it first
+    wait_for(lambda: arrived() == 4, timeout=30, what="the later requests to arrive")
+    watched.write("hello.yaml", stubborn("v3"))  # the daemon's own pass may do it first
     for client in (first, *later):
         assert client.wait(timeout=60) == 0, client.communicate()[1]
-    assert asked_passes(watched) == 2
+    assert asked_passes(watched) == 3
     assert running_args(watched, "hello") == [["v3"]]
     for client in later:
         stderr = client.communicate()[1]
-        assert stderr.count(RECREATED) == 1, stderr
+        assert stderr.count(RECREATED) == 2, stderr  # v2's (done after they arrived) and v3's
 
 
 def test_the_pass_is_the_daemons_own_only(watched: Workspace) -> None:
@@ -174,3 +182,45 @@ def test_a_hung_daemon_is_a_failure(watched: Workspace) -> None:
     finally:
         watched._daemon.send_signal(signal.SIGCONT)
     assert client.returncode == 1 and f"no word from it for {SILENCE_SECONDS:.0f} s" in stderr, stderr
+
+
+def waiting_apply(workspace: Workspace, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([PYTHON, "-m", "reconciler", "apply", str(workspace.desired), "--state-dir",
+                             str(workspace.state), "--wait", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def arrivals(workspace: Workspace) -> int:
+    return workspace.daemon_log.read_text().count("apply asked for a pass")
+
+
+def test_a_busy_daemon_is_reported_as_declining(watched: Workspace) -> None:
+    """Every slot taken: the daemon declines without reading the request (the kernel then resets the connection
+    after the reply). apply says it was not taken and finds the state directory busy, never 'what it did is not
+    known' (it did nothing)."""
+    stop, connected = threading.Event(), threading.Semaphore(0)
+
+    def hold_a_slot() -> None:  # a request that arrives a byte at a time, never whole
+        with socket.socket(socket.AF_UNIX) as held:
+            held.connect(str(socket_path(watched.state)))
+            connected.release()
+            while not stop.is_set():
+                held.send(b" ")
+                time.sleep(0.2)
+
+    holders = [threading.Thread(target=hold_a_slot) for _ in range(MAX_CONCURRENT)]
+    for holder in holders:
+        holder.start()
+    try:
+        for _ in holders:
+            assert connected.acquire(timeout=10)
+        time.sleep(0.5)  # each accepted, its slot taken
+        for _ in range(5):
+            done = watched.cli("apply")
+            assert done.returncode == 1, done.stderr
+            assert "did not take this apply: the daemon is answering" in done.stderr, done.stderr
+            assert "is held by pid" in done.stderr and "not known" not in done.stderr, done.stderr
+    finally:
+        stop.set()
+        for holder in holders:
+            holder.join()
