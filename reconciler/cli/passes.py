@@ -138,7 +138,8 @@ def settled(reconciler: Reconciler, loop: Loop[ResourceKey], keys: list[Resource
     errors, asked = [str(error) for errors in reconciler.desired.errors.values() for error in errors], set(keys)
     failures = [f"{key}: reconcile failed: {type(error).__name__}: {error}"
                 for key, error in dict(loop.failures).items() if key in asked]
-    return EXIT_ERROR if (waiting.wait and failed) or errors or failures else EXIT_IN_SYNC, [*errors, *failed, *failures]
+    code = EXIT_ERROR if (waiting.wait and failed) or errors or failures else EXIT_IN_SYNC
+    return code, [*errors, *failed, *failures]
 
 
 def _settle(reconciler: Reconciler, loop: Loop[ResourceKey], waiting: Waiting) -> list[str] | str:

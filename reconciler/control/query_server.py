@@ -131,7 +131,7 @@ class QueryServer:
 
     def _answered_alive(self, request: dict[str, Any], connection: socket.socket) -> dict[str, Any] | None:
         """The answer, computed in a thread of its own while this one keeps the client told that the daemon lives. A
-        client that leaves does not cut a pass short: it runs to its end, unsent (None); only the waiting after it ends."""
+        client that leaves does not cut a pass short: it runs to its end, unsent (None); a wait after it ends."""
         reply: dict[str, Any] = {}
         gone = threading.Event()
         answering = threading.Thread(target=lambda: reply.update(self._answered(request, gone)), name="query-answer",
