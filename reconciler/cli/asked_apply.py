@@ -126,5 +126,4 @@ class _RecentLines(logging.Handler):
         """The lines logged between `since` and `until` (wall clock) at the client's level, in its format."""
         shown = formatted(logging.Handler(options.log_level), options.log_format)
         return [shown.format(record) for record in self._records.copy()
-                if since <= record.created <= until and shown.filter(record)
-                and record.levelno >= logging.getLevelName(options.log_level)]
+                if since <= record.created <= until and record.levelno >= shown.level and shown.filter(record)]
