@@ -319,3 +319,13 @@ def test_a_pass_asked_of_a_stopping_daemon_is_answered_at_once(workspace: Worksp
     daemon.stop()
     asked = daemon.asked.ask()
     assert asked.wait() == STOPPING
+
+
+def test_a_wait_under_way_when_the_daemon_stops_is_told_so(watched: Workspace) -> None:
+    """SIGTERM mid --wait: the wait ends and its client is told why before the daemon exits (not 'not known')."""
+    watched.write("hello.yaml", workload_yaml("hello", args=("v2",)))
+    client = waiting_apply(watched, "--min-ready-seconds", "60", "--timeout", "120")
+    wait_for(lambda: asked_passes(watched) == 1, timeout=30, what="the asked pass")
+    assert watched.stop_daemon(signal.SIGTERM) == 0
+    _, stderr = client.communicate(timeout=30)
+    assert client.returncode == 1 and stderr.endswith("stopped waiting: the daemon is stopping\n"), stderr

@@ -75,10 +75,16 @@ class AskedApplies:
             else:
                 code, lines = settled(self._daemon.reconciler, self._daemon.loop, last.keys,
                                       Waiting(options.wait, options.timeout, options.min_ready_seconds,
-                                              arrived + options.timeout, self._one_round, gone))
+                                              arrived + options.timeout, self._one_round, lambda: self._ended(gone)))
             until = time.time()
         self._reported_until = max(self._reported_until, until)
         return code, [*self._recent.since(since, until, options), *lines]
+
+    def _ended(self, gone: threading.Event) -> str | None:
+        """Why a --wait ends before what it waits for (None: it goes on)."""
+        if gone.is_set():
+            return "stopped waiting: nobody reads this any more"
+        return "stopped waiting: the daemon is stopping" if self._daemon.stopping.is_set() else None
 
     def _round(self) -> _Round:
         """A snapshot asked for now, its keys run as one round. Round lock held."""
@@ -86,7 +92,10 @@ class AskedApplies:
         keys = daemon.asked.ask().wait()
         if isinstance(keys, str):
             return _Round(asked_at, None, keys)
-        daemon.loop.run_round(keys, daemon.reconciler.prerequisites(keys))
+        try:
+            daemon.loop.run_round(keys, daemon.reconciler.prerequisites(keys))
+        finally:
+            daemon.asked.round_run()
         return _Round(asked_at, keys, "")
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gc
 import sys
-import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -119,13 +119,13 @@ def applied(reconciler: Reconciler, loop: Loop[ResourceKey], keys: list[Resource
 @dataclass(frozen=True)
 class Waiting:
     """What apply waits for after its round. `rounds`: held for each round and each judgement of readiness (a loop
-    runs one round at a time; the daemon's asked applies share its loop); `gone`: set once nobody reads the report."""
+    runs one round at a time; the daemon's asked applies share its loop); `ended`: why to stop waiting, if it must."""
     wait: bool
     timeout: float
     min_ready_seconds: float
     deadline: float  # monotonic
     rounds: AbstractContextManager[object] = nullcontext()
-    gone: threading.Event | None = None
+    ended: Callable[[], str | None] = lambda: None
 
 
 def settled(reconciler: Reconciler, loop: Loop[ResourceKey], keys: list[ResourceKey],
@@ -152,8 +152,9 @@ def _settle(reconciler: Reconciler, loop: Loop[ResourceKey], waiting: Waiting) -
         return _readiness(reconciler, reconciler.parts.recorder.statuses(), min_ready_seconds, 0.0, backoffs)[1]
     resync_at = time.monotonic() + APPLY_RESYNC_SECONDS
     while True:
-        if waiting.gone is not None and waiting.gone.is_set():
-            return "stopped waiting: nobody reads this any more"
+        ended = waiting.ended()
+        if ended is not None:
+            return ended
         # judged between reconciles: one in flight (a stop, then a start) is no state to judge
         with rounds, loop.paused():
             seen = loop.finished

@@ -31,6 +31,8 @@ class AskedPasses:
         self._wake, self._stopping = wake, stopping
         self._asked: list[AskedPass] = []
         self._lock = threading.Lock()
+        self._rounds = threading.Condition(self._lock)
+        self._under_way = 0  # rounds asked for and not yet run: they need the loop's workers
 
     def ask(self) -> AskedPass:
         """A pass over a snapshot of the folder taken after this call; answered at once once the daemon stops (its
@@ -41,6 +43,7 @@ class AskedPasses:
                 asked.answer(STOPPING)
             else:
                 self._asked.append(asked)
+                self._under_way += 1
         self._wake.set()
         return asked
 
@@ -51,5 +54,19 @@ class AskedPasses:
         """Every pass asked so far: `keys`, or why there are none."""
         with self._lock:
             asked, self._asked = self._asked, []
+            if isinstance(keys, str):  # no round follows
+                self._under_way -= len(asked)
+                self._rounds.notify_all()
         for one in asked:
             one.answer(keys)
+
+    def round_run(self) -> None:
+        """The asker of a pass answered with keys ran them as its round."""
+        with self._rounds:
+            self._under_way -= 1
+            self._rounds.notify_all()
+
+    def wait_for_rounds(self, timeout: float) -> None:
+        """Until every round under way has run (for `timeout` seconds at most): the daemon stops its loop after."""
+        with self._rounds:
+            self._rounds.wait_for(lambda: self._under_way == 0, timeout)

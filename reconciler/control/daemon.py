@@ -40,6 +40,7 @@ log = logging.getLogger("reconciler")
 QUIET_SECONDS = 0.03  # after a save completes: lets a burst of saves coalesce into one pass
 UNCLOSED_WRITE_SECONDS = 60.0  # a file modified but never closed (a stalled writer, a missed event) is read after this
 MODEL_REHASH_SECONDS = 24 * 3600.0  # each cached model is hashed in full at least this often (and before each start)
+ASKED_ROUNDS_STOP_SECONDS = 10.0  # for the rounds apply asked for that are under way to end before the loop stops
 LISTEN_WATCH_SECONDS = SNAPSHOT_SECONDS  # a workload listening somewhere new gets a pass within this, not at the resync
 
 
@@ -240,6 +241,7 @@ class Daemon:
             self._switched.set()  # a follower waiting for its revision to be put in force must not hold the exit
             self.stopping.set()  # asked.ask() answers what comes after this itself
             self.asked.answer_all(STOPPING)
+            self.asked.wait_for_rounds(ASKED_ROUNDS_STOP_SECONDS)
             systemd.stopping()
             watchdog.ping(time.monotonic())  # the joins below take up to a minute: begin them with a full interval
             observer.stop()

@@ -31,6 +31,7 @@ REQUEST_SECONDS = 2.0  # for a request to arrive in full: a client that connects
 REPLY_SECONDS = 10.0  # for a client to take the answer: one that stops reading gives its slot back
 MAX_CONCURRENT = 4  # answers computed at once; more are declined (the command then computes its own)
 KEEPALIVE_SECONDS = 2.0
+STOP_SECONDS = 5.0  # for the answers under way when the daemon stops (an apply told "stopping") to be sent
 BUSY = {"declined": f"the daemon is answering {MAX_CONCURRENT} requests already"}
 
 # runs one request, printing as the command does; returns its exit code. The event is set once the client has gone
@@ -72,6 +73,8 @@ class QueryServer:
         self.state_dir, self.path = state_dir, socket_path(state_dir)
         self._answer = answer
         self._slots = threading.BoundedSemaphore(MAX_CONCURRENT)
+        self._serving = 0  # requests taken and not yet answered
+        self._served = threading.Condition()
         self._listener: socket.socket | None = None
 
     def start(self) -> None:
@@ -94,10 +97,15 @@ class QueryServer:
         threading.Thread(target=self._accept, args=(listener,), name="query-accept", daemon=True).start()
 
     def stop(self) -> None:
+        """No client finds the socket any more; the answers under way are sent (for STOP_SECONDS at most): a client
+        whose connection closes unanswered must take it that the daemon died mid-request."""
         listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
-            self.path.unlink(missing_ok=True)
+        if listener is None:
+            return
+        self.path.unlink(missing_ok=True)
+        with self._served:
+            self._served.wait_for(lambda: self._serving == 0, STOP_SECONDS)
+        listener.close()
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -110,6 +118,8 @@ class QueryServer:
                     connection.setblocking(False)
                     connection.sendall(json.dumps(BUSY).encode())
                 continue
+            with self._served:
+                self._serving += 1
             threading.Thread(target=self._serve, args=(connection,), name="query", daemon=True).start()
 
     def _serve(self, connection: socket.socket) -> None:
@@ -128,6 +138,9 @@ class QueryServer:
             log.warning("query refused: %s", error)
         finally:
             self._slots.release()
+            with self._served:
+                self._serving -= 1
+                self._served.notify_all()
 
     def _answered_alive(self, request: dict[str, Any], connection: socket.socket) -> dict[str, Any] | None:
         """The answer, computed in a thread of its own while this one keeps the client told that the daemon lives. A
