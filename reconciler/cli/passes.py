@@ -5,6 +5,9 @@ from __future__ import annotations
 import gc
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -107,40 +110,65 @@ def apply(path: Path, state_dir: Path | None, wait: bool, timeout: float, min_re
 def applied(reconciler: Reconciler, loop: Loop[ResourceKey], keys: list[ResourceKey], wait: bool, timeout: float,
             min_ready_seconds: float) -> tuple[int, list[str]]:
     """Run `keys` as one round of `loop` (with `wait`, on until no workload is settling): apply's exit code and what it
-    reports on stderr. The loop may run on for others (the daemon's) before and after."""
-    failed = _settle(reconciler, loop, keys, wait, timeout, min_ready_seconds)
+    reports on stderr."""
+    deadline = time.monotonic() + timeout
+    loop.run_round(keys, reconciler.prerequisites(keys))
+    return settled(reconciler, loop, keys, Waiting(wait, timeout, min_ready_seconds, deadline))
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """What apply waits for after its round. `rounds`: held for each round and each judgement of readiness (a loop
+    runs one round at a time; the daemon's asked applies share its loop); `ended`: why to stop waiting, if it must."""
+    wait: bool
+    timeout: float
+    min_ready_seconds: float
+    deadline: float  # monotonic
+    rounds: AbstractContextManager[object] = nullcontext()
+    ended: Callable[[], str | None] = lambda: None
+
+
+def settled(reconciler: Reconciler, loop: Loop[ResourceKey], keys: list[ResourceKey],
+            waiting: Waiting) -> tuple[int, list[str]]:
+    """After `keys` ran as one round of `loop` (which may run on for others, the daemon's): with `waiting.wait`, on
+    until no workload is settling; apply's exit code and what it reports on stderr."""
+    failed = _settle(reconciler, loop, waiting)
     if isinstance(failed, str):
         return EXIT_ERROR, [failed]
     errors, asked = [str(error) for errors in reconciler.desired.errors.values() for error in errors], set(keys)
     failures = [f"{key}: reconcile failed: {type(error).__name__}: {error}"
                 for key, error in dict(loop.failures).items() if key in asked]
-    return EXIT_ERROR if (wait and failed) or errors or failures else EXIT_IN_SYNC, [*errors, *failed, *failures]
+    code = EXIT_ERROR if (waiting.wait and failed) or errors or failures else EXIT_IN_SYNC
+    return code, [*errors, *failed, *failures]
 
 
-def _settle(reconciler: Reconciler, loop: Loop[ResourceKey], keys: list[ResourceKey], wait: bool, timeout: float,
-            min_ready_seconds: float) -> list[str] | str:
-    """One round of the loop over `keys`; with `wait`, the loop runs on (exits, back-offs and probes requeue
-    their keys; a resync passes all) until no workload is settling, and a last round records what runs then.
-    Returns the workloads that failed, or why it gave up waiting."""
-    deadline = time.monotonic() + timeout
+def _settle(reconciler: Reconciler, loop: Loop[ResourceKey], waiting: Waiting) -> list[str] | str:
+    """With `waiting.wait`, the loop runs on after the round (exits, back-offs and probes requeue their keys; a resync
+    passes all) until no workload is settling, and a last round records what runs then. Returns the workloads that
+    failed, or why it gave up waiting."""
     backoffs: dict[str, datetime] = {}  # the back-off each workload is waited out of: once
-    loop.run_round(keys, reconciler.prerequisites(keys))
-    if not wait:  # what its pass recorded: nothing waits on a judgement made again
+    min_ready_seconds, deadline, rounds = waiting.min_ready_seconds, waiting.deadline, waiting.rounds
+    if not waiting.wait:  # what its pass recorded: nothing waits on a judgement made again
         return _readiness(reconciler, reconciler.parts.recorder.statuses(), min_ready_seconds, 0.0, backoffs)[1]
     resync_at = time.monotonic() + APPLY_RESYNC_SECONDS
     while True:
-        with loop.paused():  # judged between reconciles: one in flight (a stop, then a start) is no state to judge
+        ended = waiting.ended()
+        if ended is not None:
+            return ended
+        # judged between reconciles: one in flight (a stop, then a start) is no state to judge
+        with rounds, loop.paused():
             seen = loop.finished
             statuses = {key: reconciler.status(key) for key in reconciler.desired.resources if key.kind == "Workload"}
             pending, failed, recheck = _readiness(reconciler, statuses, min_ready_seconds,
                                                   deadline - time.monotonic(), backoffs)
         if not pending:  # judged from what runs now, which may have moved on since the pass: recorded too
-            keys = reconciler.keys(fresh=False)  # the last listing, and the engine's events since
-            loop.run_round(keys, reconciler.prerequisites(keys))
+            with rounds:
+                keys = reconciler.keys(fresh=False)  # the last listing, and the engine's events since
+                loop.run_round(keys, reconciler.prerequisites(keys))
             return failed
         now = time.monotonic()
         if now >= deadline:
-            return f"timed out after {timeout}s waiting for: {', '.join(pending)}"
+            return f"timed out after {waiting.timeout}s waiting for: {', '.join(pending)}"
         if now >= resync_at:
             for key in reconciler.keys():
                 loop.add(key)

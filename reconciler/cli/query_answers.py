@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,14 +25,13 @@ def answer_for(root: Path, state_dir: Path, applies: AskedApplies | None = None)
     """`applies`: runs the passes `apply` asks for (None: apply is declined, and finds the state directory busy)."""
     answered = {**READ_ONLY, **({passes.apply.name: passes.apply} if applies is not None else {})}
 
-    def answer(request: dict[str, Any]) -> int:
+    def answer(request: dict[str, Any], gone: threading.Event) -> int:
         command = answered.get(str(request.get("command")))
         cwd, raw = Path(str(request.get("cwd"))), request.get("params")
         if command is None or command.callback is None or not cwd.is_absolute() or not isinstance(raw, dict):
             raise Declined(f"not a command this daemon runs for a client: {request.get('command')!r}")
         context = click.Context(command, info_name=command.name)
-        values = {param.name: _value(param, raw.get(param.name), cwd, context) for param in command.params
-                  if param.name is not None}
+        values = _values(command.params, raw, cwd, context)
         path = values["path"]
         state = values.get("state_dir") or default_state_dir(path)
         if values.get("git_url") is not None or values.get("follow_"):
@@ -39,7 +39,7 @@ def answer_for(root: Path, state_dir: Path, applies: AskedApplies | None = None)
         if (path.resolve(), state.resolve()) != (root.resolve(), state_dir.resolve()):
             raise Declined(f"this daemon watches {root} with state directory {state_dir}")
         if command is passes.apply and applies is not None:
-            return _apply(applies, values, request.get("logging"))
+            return _apply(applies, values, request.get("logging"), gone)
         answering(True)
         try:
             with context:
@@ -58,14 +58,23 @@ def answer_for(root: Path, state_dir: Path, applies: AskedApplies | None = None)
     return answer
 
 
+def _values(params: list[click.Parameter], raw: dict[str, Any], cwd: Path, context: click.Context) -> dict[str, Any]:
+    """The request's values of `params`; one that does not convert is declined: nothing was done for it."""
+    try:
+        return {param.name: _value(param, raw.get(param.name), cwd, context) for param in params
+                if param.name is not None}
+    except click.ClickException as error:
+        raise Declined(error.format_message()) from None
+
+
 def _value(param: click.Parameter, raw: object, cwd: Path, context: click.Context) -> object:
     value = None if raw is None else param.type.convert(raw, param, context)
     return cwd / value if isinstance(value, Path) and not value.is_absolute() else value
 
 
-def _apply(applies: AskedApplies, values: dict[str, Any], logging: object) -> int:
+def _apply(applies: AskedApplies, values: dict[str, Any], logging: object, gone: threading.Event) -> int:
     """`logging`: the client's --log-level and --log-format: the log lines about the pass's resources are printed as
-    a one-shot apply prints them."""
+    a one-shot apply prints them. `gone`: the client left; its --wait ends."""
     from reconciler.cli import main
     from reconciler.cli.asked_apply import Options
 
@@ -75,10 +84,10 @@ def _apply(applies: AskedApplies, values: dict[str, Any], logging: object) -> in
         raise Declined("--allow-empty: this daemon holds an empty desired state (it runs without --allow-empty)")
     context = click.Context(main, info_name="reconciler")
     raw = logging if isinstance(logging, dict) else {}
-    log = {param.name: _value(param, raw.get(param.name), Path("/"), context) for param in main.params}
+    log = _values(main.params, raw, Path("/"), context)
     code, lines = applies.apply(Options(bool(values["wait"]), float(values["timeout"]),
                                         float(values["min_ready_seconds"]), str(log["log_level"] or "INFO"),
-                                        str(log["log_format"] or "text")))
+                                        str(log["log_format"] or "text")), gone)
     for line in lines:
         click.echo(line, err=True)
     return code

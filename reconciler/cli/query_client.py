@@ -22,11 +22,16 @@ ANSWER_SECONDS = 10.0  # a daemon slower than this (a pass holding the machine) 
 # An asked apply's pass may pull an image or fetch a model for minutes: it is waited for as long as the daemon says,
 # every KEEPALIVE_SECONDS (control/query_server.py), that it lives; this long without a word, it is taken for hung
 SILENCE_SECONDS = 30.0
+NOT_KNOWN = "what it did is not known: `reconciler status` shows what runs"
 _answering = threading.local()  # set while the daemon runs a command for a client: that run must not ask again
 
 
 class NoAnswer(Exception):
     """The daemon took the request and stopped before it answered (killed, hung, or its socket closed)."""
+
+
+class Failed(Exception):
+    """The daemon took the request and failed while answering it (it may have acted)."""
 
 
 def answer_from_daemon(path: Path, state_dir: Path) -> None:
@@ -38,8 +43,8 @@ def answer_from_daemon(path: Path, state_dir: Path) -> None:
             _send(connection)
             reply = _receive(connection, time.monotonic() + ANSWER_SECONDS)
         code = _answer_code(reply)
-    except (OSError, Untrusted, NoAnswer, ValueError):
-        return  # no daemon, a stale socket, a refusal or a declined request: compute the answer here
+    except (OSError, Untrusted, NoAnswer, ValueError, Failed):
+        return  # no daemon, a stale socket, a refusal, a declined or failed request: compute the answer here
     _print(reply, code)
 
 
@@ -56,19 +61,23 @@ def apply_through_daemon(path: Path, state_dir: Path) -> None:
     with connection:
         try:
             _send(connection)
-        except OSError:
-            return  # it never had the request: nothing was done for it
+            sent = True
+        except OSError:  # it closed first: it declined without reading (its reply says so), or died
+            sent = False
         try:
             reply = _receive(connection, None)
+            code = _answer_code(reply)
         except (OSError, NoAnswer) as error:
-            raise click.ClickException(
-                f"the daemon on {state_dir} stopped answering before the pass it was asked for ended ({error}); what "
-                "it did is not known: `reconciler status` shows what runs") from None
-    try:
-        code = _answer_code(reply)
-    except ValueError as declined:
-        click.echo(f"the daemon watching this state directory did not take this apply: {declined}", err=True)
-        return
+            if not sent:
+                return  # it never had the request: nothing was done for it
+            raise click.ClickException(f"the daemon on {state_dir} stopped answering before the pass it was asked for "
+                                       f"ended ({error}); {NOT_KNOWN}") from None
+        except Failed as error:
+            raise click.ClickException(f"the daemon on {state_dir} failed in the pass it was asked for ({error}); "
+                                       f"{NOT_KNOWN}") from None
+        except ValueError as declined:
+            click.echo(f"the daemon watching this state directory did not take this apply: {declined}", err=True)
+            return
     _print(reply, code)
 
 
@@ -107,15 +116,15 @@ def _send(connection: socket.socket) -> None:
 def _receive(connection: socket.socket, deadline: float | None) -> dict[str, Any]:
     """The reply, read to its end: by `deadline` (monotonic), or, with none, for as long as the daemon keeps
     saying it lives. Raises NoAnswer when it ends, or falls silent, without one."""
-    chunks = []
+    chunks, reset = [], False
     while True:
         connection.settimeout(SILENCE_SECONDS if deadline is None else max(0.001, deadline - time.monotonic()))
         try:
             chunk = connection.recv(65536)
         except TimeoutError:
             raise NoAnswer(f"no word from it for {SILENCE_SECONDS:.0f} s" if deadline is None else "too slow") from None
-        except ConnectionResetError:
-            raise NoAnswer("it closed the connection") from None
+        except ConnectionResetError:  # a daemon that declines closes without reading the request: after its answer
+            chunk, reset = b"", True
         if not chunk:
             break
         chunks.append(chunk)
@@ -125,14 +134,17 @@ def _receive(connection: socket.socket, deadline: float | None) -> dict[str, Any
     try:
         reply = json.loads(received)  # keep-alive blank lines before the answer are JSON whitespace
     except ValueError:
-        raise NoAnswer("its answer was cut short") from None
+        raise NoAnswer("it closed the connection" if reset else "its answer was cut short") from None
     if not isinstance(reply, dict):
         raise NoAnswer("its answer is not one")
     return reply
 
 
 def _answer_code(reply: dict[str, Any]) -> int:
-    """The answer's exit code; ValueError (saying why) when the daemon declined or answered nothing usable."""
+    """The answer's exit code; ValueError (saying why) when the daemon declined or answered nothing usable, Failed
+    when it failed while answering."""
+    if "failed" in reply:
+        raise Failed(str(reply["failed"]))
     if "declined" in reply:
         raise ValueError(str(reply["declined"]))
     if not all(isinstance(reply.get(name), kind) for name, kind in (("exit", int), ("stdout", str), ("stderr", str))):

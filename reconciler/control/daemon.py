@@ -24,6 +24,7 @@ from reconciler.api.meta import ResourceKey
 from reconciler.api.status import Listen
 from reconciler.control import systemd
 from reconciler.control.activation import on_demand_keys
+from reconciler.control.asked_passes import STOPPING, AskedPasses
 from reconciler.control.gitops import SYNC_REQUEST, GitFollower, Prepared
 from reconciler.control.hosted_folding import HostedFolding, SpoolEvents
 from reconciler.control.logfmt import about
@@ -39,6 +40,7 @@ log = logging.getLogger("reconciler")
 QUIET_SECONDS = 0.03  # after a save completes: lets a burst of saves coalesce into one pass
 UNCLOSED_WRITE_SECONDS = 60.0  # a file modified but never closed (a stalled writer, a missed event) is read after this
 MODEL_REHASH_SECONDS = 24 * 3600.0  # each cached model is hashed in full at least this often (and before each start)
+ASKED_ROUNDS_STOP_SECONDS = 10.0  # for the rounds apply asked for that are under way to end before the loop stops
 LISTEN_WATCH_SECONDS = SNAPSHOT_SECONDS  # a workload listening somewhere new gets a pass within this, not at the resync
 # a second worker joins a pass only behind a reconcile that has run this long (it may be blocked): a resync of quick
 # reconciles is one worker's, not two taking turns at the interpreter's lock (1,100 wake-ups a minute for 100 specs)
@@ -56,6 +58,7 @@ class _SpecEvents(FileSystemEventHandler):
         self._lock = threading.Lock()
         self._writing: dict[str, float] = {}
         self._due: float | None = None
+        self.changed_at = 0.0  # wall clock: the last change seen to a spec file
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         paths = [str(event.src_path)] + ([str(event.dest_path)] if isinstance(event, FileMovedEvent) else [])
@@ -72,7 +75,7 @@ class _SpecEvents(FileSystemEventHandler):
                     self._writing.pop(path, None)
             else:
                 return
-            self._due = now + QUIET_SECONDS
+            self._due, self.changed_at = now + QUIET_SECONDS, time.time()
         self._wake.set()
 
     def due_in(self) -> float | None:
@@ -136,23 +139,6 @@ class DemandEvents(FileSystemEventHandler):
                 self._add(key)
 
 
-class AskedPass:
-    """One pass `apply` asked for: the keys of the snapshot the loop's thread took for it, or why there are none."""
-
-    def __init__(self) -> None:
-        self._answered = threading.Event()
-        self.keys: list[ResourceKey] | None = None
-        self.why_not = ""
-
-    def answer(self, keys: list[ResourceKey] | None, why_not: str) -> None:
-        self.keys, self.why_not = keys, why_not
-        self._answered.set()
-
-    def wait(self) -> list[ResourceKey] | None:
-        self._answered.wait()
-        return self.keys
-
-
 class Daemon:
     def __init__(self, reconciler: Reconciler, resync_seconds: float = 30.0, workers: int = 2,
                  model_rehash_seconds: float = MODEL_REHASH_SECONDS, follower: GitFollower | None = None,
@@ -175,9 +161,7 @@ class Daemon:
         self._fetch_now = threading.Event()
         self._prepared: Prepared | None = None  # a revision the follower validated, for the loop to put in force
         self._switched = threading.Event()
-        self._asked: list[AskedPass] = []  # passes `apply` asked for, taken by the loop's thread in arrival order
-        self._asked_lock = threading.Lock()
-        self._why_no_pass = ""  # why the last pass that failed to load or list did
+        self.asked = AskedPasses(self._wake, self.stopping)
 
     @cached_property
     def hosted(self) -> HostedFolding:
@@ -207,14 +191,9 @@ class Daemon:
         self.stopping.set()
         self._wake.set()
 
-    def pass_now(self) -> AskedPass:
-        """A pass over a snapshot of the folder taken after this call, for `apply` (from another thread): the loop's
-        thread loads the folder and lists the keys, and the asker runs them as its round (AskedPass.wait)."""
-        asked = AskedPass()
-        with self._asked_lock:
-            self._asked.append(asked)
-        self._wake.set()
-        return asked
+    @property
+    def spec_changed_at(self) -> float:
+        return self._events.changed_at
 
     def run(self) -> None:
         observer = Observer()
@@ -250,7 +229,7 @@ class Daemon:
                 if self._prepared is not None:
                     self._switch(self._prepared, watchdog)
                     next_resync = now + self.resync_seconds
-                elif self._asked:
+                elif self.asked.waiting():
                     self._pass_asked()
                 elif now >= next_resync or self._resync_requested.is_set():
                     self._resync_requested.clear()
@@ -264,7 +243,9 @@ class Daemon:
                 self._wake.clear()
         finally:
             self._switched.set()  # a follower waiting for its revision to be put in force must not hold the exit
-            self._answer_asked(None, "the daemon is stopping")
+            self.stopping.set()  # asked.ask() answers what comes after this itself
+            self.asked.answer_all(STOPPING)
+            self.asked.wait_for_rounds(ASKED_ROUNDS_STOP_SECONDS)
             systemd.stopping()
             watchdog.ping(time.monotonic())  # the joins below take up to a minute: begin them with a full interval
             observer.stop()
@@ -277,39 +258,30 @@ class Daemon:
         events' debounce says (a file written just before `apply` is in it; one mid-save is read as it is, as a
         one-shot apply reads it). The keys are not queued here: each asker runs them as its own round."""
         self._events.consume(self.reconciler.root)  # the changes seen so far are in this snapshot
-        keys = self._pass(ASKED, frozenset(), queue=False)
-        self._answer_asked(keys, self._why_no_pass)
+        self.asked.answer_all(self._pass(ASKED, frozenset(), queue=False))
 
-    def _answer_asked(self, keys: list[ResourceKey] | None, why_not: str) -> None:
-        with self._asked_lock:
-            asked, self._asked = self._asked, []
-        for one in asked:
-            one.answer(keys, why_not)
-
-    def _pass(self, why: str, writing: frozenset[str], queue: bool = True) -> list[ResourceKey] | None:
-        """Load the folder and list every key; `queue`: hand them to the workers. Returns the keys (None: no pass)."""
+    def _pass(self, why: str, writing: frozenset[str], queue: bool = True) -> list[ResourceKey] | str:
+        """Load the folder and list every key; `queue`: hand them to the workers. Returns the keys, or why no pass."""
         log.debug("pass: %s%s", why, f" (held while being written: {', '.join(sorted(writing))})" if writing else "")
         try:
             desired = self.reconciler.refresh(writing)
         except DesiredStateUnreadable as error:
             log.error("%s: %s; nothing changes until it is readable again", why, error)
             systemd.status(f"desired state unreadable: {error}")
-            self._why_no_pass = str(error)
-            return None
+            return str(error)
         except Exception:  # a loader bug must not take down what runs: keep serving the last snapshot
             log.exception("%s: loading the desired state failed; keeping the previous snapshot", why)
-            self._why_no_pass = "loading the desired state failed; the daemon's log says why"
-            return None
+            return "loading the desired state failed; the daemon's log says why"
         for file, errors in desired.errors.items():
             for error in errors if file not in writing else ():  # a file mid-save is held, not wrong
-                log.warning("%s", error, **(about(error.key) if error.key else {}))
+                # apply prints them itself (cli/asked_apply.py): marked, not printed twice
+                log.warning("%s", error, extra={"load_error": True, **(about(error.key)["extra"] if error.key else {})})
         self.hosted.fold_all()  # what a missed event or a fold cut short left
         try:
             keys = self.reconciler.keys()
         except Exception:  # noqa: BLE001 - a driver failing to list must not end the loop
             log.exception("%s: listing what to reconcile failed; the next pass tries again", why)
-            self._why_no_pass = "listing what to reconcile failed; the daemon's log says why"
-            return None
+            return "listing what to reconcile failed; the daemon's log says why"
         if self.metrics:
             self.metrics.passes.labels(why).inc()
         if queue:

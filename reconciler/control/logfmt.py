@@ -31,7 +31,9 @@ class JsonLines(logging.Formatter):
 
 
 def configure(level: str, fmt: str) -> None:
-    logging.basicConfig(level=level, handlers=[formatted(logging.StreamHandler(sys.stderr), fmt)], force=True)
+    handler = formatted(logging.StreamHandler(sys.stderr), fmt)
+    handler.setLevel(level)  # the daemon's logger goes lower while an apply's client asks for lower (cli/asked_apply)
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def formatted(handler: logging.Handler, fmt: str) -> logging.Handler:

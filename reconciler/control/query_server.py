@@ -31,9 +31,12 @@ REQUEST_SECONDS = 2.0  # for a request to arrive in full: a client that connects
 REPLY_SECONDS = 10.0  # for a client to take the answer: one that stops reading gives its slot back
 MAX_CONCURRENT = 4  # answers computed at once; more are declined (the command then computes its own)
 KEEPALIVE_SECONDS = 2.0
+STOP_SECONDS = 5.0  # for the answers under way when the daemon stops (an apply told "stopping") to be sent
 BUSY = {"declined": f"the daemon is answering {MAX_CONCURRENT} requests already"}
 
-Answer = Callable[[dict[str, Any]], int]  # runs one request, printing as the command does; returns its exit code
+# runs one request, printing as the command does; returns its exit code. The event is set once the client has gone
+# (a keep-alive could not be sent): what only the client would have read, an apply's --wait, may end early
+Answer = Callable[[dict[str, Any], threading.Event], int]
 
 
 class Declined(Exception):
@@ -70,6 +73,8 @@ class QueryServer:
         self.state_dir, self.path = state_dir, socket_path(state_dir)
         self._answer = answer
         self._slots = threading.BoundedSemaphore(MAX_CONCURRENT)
+        self._serving = 0  # requests taken and not yet answered
+        self._served = threading.Condition()
         self._listener: socket.socket | None = None
 
     def start(self) -> None:
@@ -92,10 +97,15 @@ class QueryServer:
         threading.Thread(target=self._accept, args=(listener,), name="query-accept", daemon=True).start()
 
     def stop(self) -> None:
+        """No client finds the socket any more; the answers under way are sent (for STOP_SECONDS at most): a client
+        whose connection closes unanswered must take it that the daemon died mid-request."""
         listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
-            self.path.unlink(missing_ok=True)
+        if listener is None:
+            return
+        self.path.unlink(missing_ok=True)
+        with self._served:
+            self._served.wait_for(lambda: self._serving == 0, STOP_SECONDS)
+        listener.close()
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -108,6 +118,8 @@ class QueryServer:
                     connection.setblocking(False)
                     connection.sendall(json.dumps(BUSY).encode())
                 continue
+            with self._served:
+                self._serving += 1
             threading.Thread(target=self._serve, args=(connection,), name="query", daemon=True).start()
 
     def _serve(self, connection: socket.socket) -> None:
@@ -119,17 +131,23 @@ class QueryServer:
                 if not isinstance(request, dict):
                     raise ValueError("a request is a JSON object")
                 connection.settimeout(REPLY_SECONDS)
-                connection.sendall(json.dumps(self._answered_alive(request, connection)).encode())
+                reply = self._answered_alive(request, connection)
+                if reply is not None:
+                    connection.sendall(json.dumps(reply).encode())
         except (OSError, ValueError, RecursionError, Untrusted) as error:  # RecursionError: JSON nested too deep
             log.warning("query refused: %s", error)
         finally:
             self._slots.release()
+            with self._served:
+                self._serving -= 1
+                self._served.notify_all()
 
-    def _answered_alive(self, request: dict[str, Any], connection: socket.socket) -> dict[str, Any]:
+    def _answered_alive(self, request: dict[str, Any], connection: socket.socket) -> dict[str, Any] | None:
         """The answer, computed in a thread of its own while this one keeps the client told that the daemon lives. A
-        client that leaves does not cut the answer short (an asked pass is under way): it runs to its end, unsent."""
+        client that leaves does not cut a pass short: it runs to its end, unsent (None); a wait after it ends."""
         reply: dict[str, Any] = {}
-        answering = threading.Thread(target=lambda: reply.update(self._answered(request)), name="query-answer",
+        gone = threading.Event()
+        answering = threading.Thread(target=lambda: reply.update(self._answered(request, gone)), name="query-answer",
                                      daemon=True)
         answering.start()
         try:
@@ -137,22 +155,27 @@ class QueryServer:
             while answering.is_alive():
                 connection.sendall(b"\n")
                 answering.join(KEEPALIVE_SECONDS)
-        finally:
+        except OSError as error:
+            log.info("the client of a %s request left before its answer (%s): the answer is not sent",
+                     request.get("command"), error)
+            gone.set()
             answering.join()
+            return None
         return reply
 
-    def _answered(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _answered(self, request: dict[str, Any], gone: threading.Event) -> dict[str, Any]:
         out, err = io.StringIO(), io.StringIO()
         assert isinstance(sys.stdout, _ThreadRouted) and isinstance(sys.stderr, _ThreadRouted)
         sys.stdout.capture(out)
         sys.stderr.capture(err)
         try:
-            code = self._answer(request)
+            code = self._answer(request, gone)
         except Declined as why:
             return {"declined": str(why)}
-        except Exception:  # noqa: BLE001 - a failed answer must not end the daemon: the command computes its own
+        except Exception:  # noqa: BLE001 - a failed answer must not end the daemon; it may have acted (an apply's
+            # round had begun): "failed", not "declined" (a read-only command then computes its own answer)
             log.exception("answering %s failed", request.get("command"))
-            return {"declined": "the daemon failed to answer"}
+            return {"failed": "the daemon failed while answering; its log says why"}
         finally:
             sys.stdout.capture(None)
             sys.stderr.capture(None)
