@@ -123,7 +123,6 @@ def runtime_decision_record(parts: Parts, planned: Planned, desired: DesiredStat
         return None
     workload, snapshot = entry.resource, planned.snapshot or desired
     model = model_facts(workload, parts.workloads.model_view(snapshot, workload))
-    consent = parts.approvals.get(workload.name, hosted=True)
     placement, verdict, process = planned.placement, planned.verdict, planned.inputs.process
     if placement.placement is Placement.local and verdict is not None and verdict.decision is Decision.deny \
             and (process is None or process.running_pid is None):  # as its status says: it may not run here
@@ -134,7 +133,7 @@ def runtime_decision_record(parts: Parts, planned: Planned, desired: DesiredStat
         workload, placement, planned.secret, parts.holds.policy_in_force(snapshot), parts.host.profile, model,
         channel=parts.channel, state_dir=parts.state_dir,
         evidence_file=parts.root / sibling(entry.file, ".evidence.jsonl"), log_file=parts.log_file(planned.action.key),
-        endpoint=planned.rendered.endpoint, consented=consented(consent, entry.spec_hash),
+        endpoint=planned.rendered.endpoint, consented=consented(planned.consent, entry.spec_hash),
     )
 
 

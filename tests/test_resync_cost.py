@@ -1,0 +1,40 @@
+"""What a resync's reconcile of an unchanged, running workload reads: each input once, and nothing of the other
+resources (a pass reconciles every key, so whatever one reconcile reads of all of them makes a pass quadratic).
+Counted, not timed; each count is of a real reconcile of a real process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reconciler.api.meta import ResourceKey
+from reconciler.control.reconciler import Reconciler
+from reconciler.record import approvals
+from tests.conftest import POLICY_YAML, Workspace, wait_for, workload_yaml
+
+
+def running(workspace: Workspace, *names: str) -> Reconciler:
+    workspace.write("policy.yaml", POLICY_YAML)
+    workspace.write("app.yaml", "---\n".join(workload_yaml(name) for name in names))
+    reconciler = Reconciler(workspace.desired, workspace.state)
+    reconciler.adopt()
+    reconciler.refresh()
+
+    def all_running() -> bool:
+        for key in reconciler.keys():
+            reconciler.reconcile(key)
+        return all((workspace.resource_status("app.yaml", name) or {}).get("phase") == "Running" for name in names)
+
+    wait_for(all_running, 30, what="running")
+    return reconciler
+
+
+def test_a_reconcile_reads_each_answer_about_its_workload_once(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    reconciler = running(workspace, "app")
+    read: list[str] = []
+    real_read = approvals._read
+    monkeypatch.setattr(approvals, "_read", lambda path, what: read.append(Path(path).name) or real_read(path, what))
+    reconciler.reconcile(ResourceKey("Workload", "app"))
+    # the approval, the hosted consent (read three times), a rollback request
+    assert sorted(read) == ["app.hosted.json", "app.json", "app.rollback.json"]
