@@ -38,3 +38,17 @@ def test_a_reconcile_reads_each_answer_about_its_workload_once(workspace: Worksp
     reconciler.reconcile(ResourceKey("Workload", "app"))
     # the approval, the hosted consent (read three times), a rollback request
     assert sorted(read) == ["app.hosted.json", "app.json", "app.rollback.json"]
+
+
+def test_a_reconcile_of_a_workload_no_route_reads_reads_no_other_resource_s_status_or_record(
+        workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each reconcile publishes the gateway's routes; it read every status and every record to do so."""
+    reconciler = running(workspace, "app", "other")
+    recorder, remembered = reconciler.parts.recorder, reconciler.parts.remembered
+    statuses_read: list[int] = []
+    real_statuses, real_snapshot = recorder.statuses, remembered.snapshot
+    monkeypatch.setattr(recorder, "statuses", lambda *keys: statuses_read.append(len(found := real_statuses(*keys)))
+                        or found)
+    monkeypatch.setattr(remembered, "snapshot", lambda: pytest.fail("every record was copied"))
+    reconciler.reconcile(ResourceKey("Workload", "app"))
+    assert sum(statuses_read) == 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -112,10 +112,12 @@ class Recorder:
                     statuses.pop(key, None)
             self._statuses[spec_file][key] = status
 
-    def statuses(self) -> dict[ResourceKey, ResourceStatus]:
-        """Every resource's status as last set: what the status files show."""
+    def statuses(self, keys: Collection[ResourceKey] | None = None) -> dict[ResourceKey, ResourceStatus]:
+        """Every resource's status as last set (what the status files show), or only those of `keys`."""
+        wanted = None if keys is None else frozenset(keys)
         with self._lock:
-            return {key: status for statuses in self._statuses.values() for key, status in statuses.items()}
+            return {key: status for statuses in self._statuses.values() for key, status in statuses.items()
+                    if wanted is None or key in wanted}
 
     def forget(self, key: ResourceKey) -> None:
         with self._lock:
