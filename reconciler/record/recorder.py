@@ -114,10 +114,11 @@ class Recorder:
 
     def statuses(self, keys: Collection[ResourceKey] | None = None) -> dict[ResourceKey, ResourceStatus]:
         """Every resource's status as last set (what the status files show), or only those of `keys`."""
-        wanted = None if keys is None else frozenset(keys)
         with self._lock:
-            return {key: status for statuses in self._statuses.values() for key, status in statuses.items()
-                    if wanted is None or key in wanted}
+            if keys is None:
+                return {key: status for statuses in self._statuses.values() for key, status in statuses.items()}
+            return {key: status for statuses in self._statuses.values() for key in keys
+                    if (status := statuses.get(key)) is not None}
 
     def forget(self, key: ResourceKey) -> None:
         with self._lock:
