@@ -4,12 +4,15 @@ Counted, not timed; each count is of a real reconcile of a real process."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
 
 from reconciler.api.meta import ResourceKey
+from reconciler.control import recording
 from reconciler.control.reconciler import Reconciler
+from reconciler.observe import clock
 from reconciler.record import approvals
 from tests.conftest import POLICY_YAML, Workspace, wait_for, workload_yaml
 
@@ -52,3 +55,22 @@ def test_a_reconcile_of_a_workload_no_route_reads_reads_no_other_resource_s_stat
     monkeypatch.setattr(remembered, "snapshot", lambda: pytest.fail("every record was copied"))
     reconciler.reconcile(ResourceKey("Workload", "app"))
     assert sum(statuses_read) == 0
+
+
+def test_an_unchanged_decision_record_is_not_hashed_again_and_a_changed_one_is_evidence(
+        workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    reconciler = running(workspace, "app")
+    key = ResourceKey("Workload", "app")
+    hashed: list[object] = []
+    real_digest = recording.record_digest
+    monkeypatch.setattr(recording, "record_digest", lambda document: hashed.append(document) or real_digest(document))
+    reconciler.reconcile(key)
+    reconciler.reconcile(key)
+    assert hashed == []  # the same record as the last pass's, rebuilt: its digest is known
+    record = reconciler.parts.remembered.get(key)
+    document = copy.deepcopy(reconciler.parts.recorder.statuses([key])[key].decision_record)
+    assert record is not None and document is not None
+    document["placement"] = {**document["placement"], "reason": "SomethingElse"}
+    changed = recording.record_runtime_decision_change(reconciler.parts, record, document, clock.now())
+    assert len(hashed) == 1 and changed.decision_record_digest == real_digest(document) != record.decision_record_digest
+    assert workspace.evidence("app.yaml")[-1]["digest"] == changed.decision_record_digest

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from reconciler.api.kinds import Workload
+from reconciler.api.meta import ResourceKey
 from reconciler.api.resource_record import ResourceRecord
 from reconciler.api.status import FailureInfo, Placement, ResourceStatus
 from reconciler.control.assembly import Parts
@@ -137,10 +138,24 @@ def runtime_decision_record(parts: Parts, planned: Planned, desired: DesiredStat
     )
 
 
+_digested: dict[ResourceKey, tuple[dict[str, Any], str]] = {}  # each resource's last Runtime Decision Record, digested
+
+
+def _digest_of(key: ResourceKey, document: dict[str, Any]) -> str:
+    """The record's digest, hashed again only when it differs as data from the last one of this resource: every
+    reconcile makes the record anew, and serialising and hashing an unchanged one was 4 % of an idle resync."""
+    last = _digested.get(key)
+    if last is not None and last[0] == document:
+        return last[1]
+    digest = record_digest(document)
+    _digested[key] = (document, digest)
+    return digest
+
+
 def record_runtime_decision_change(parts: Parts, record: ResourceRecord, document: dict[str, Any],
                                    now: datetime) -> ResourceRecord:
     """Each change of a Runtime Decision Record is evidence; an unchanged one is not written again."""
-    digest = record_digest(document)
+    digest = _digest_of(record.key, document)
     if digest == record.decision_record_digest:
         return record
     parts.recorder.evidence(record.source, {
