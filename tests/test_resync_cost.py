@@ -5,6 +5,7 @@ Counted, not timed; each count is of a real reconcile of a real process."""
 from __future__ import annotations
 
 import copy
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,11 @@ import pytest
 from reconciler.api.meta import ResourceKey
 from reconciler.control import recording
 from reconciler.control.reconciler import Reconciler
+from reconciler.drive import process as process_module
+from reconciler.drive.groups import start_ticks_and_state
+from reconciler.drive.process import ProcessDriver
 from reconciler.observe import clock
+from reconciler.observe.processes import ProcessState
 from reconciler.record import approvals
 from tests.conftest import POLICY_YAML, Workspace, wait_for, workload_yaml
 
@@ -74,3 +79,24 @@ def test_an_unchanged_decision_record_is_not_hashed_again_and_a_changed_one_is_e
     changed = recording.record_runtime_decision_change(reconciler.parts, record, document, clock.now())
     assert len(hashed) == 1 and changed.decision_record_digest == real_digest(document) != record.decision_record_digest
     assert workspace.evidence("app.yaml")[-1]["digest"] == changed.decision_record_digest
+
+
+def test_an_adopted_process_is_judged_alive_or_a_zombie_from_one_read_of_its_stat(
+        workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restarted daemon adopts every workload: none is its child, so each reconcile asks the kernel. psutil read
+    /proc/PID/stat three times for it (its identity, the start ticks, the state)."""
+    running(workspace, "app")
+    adopted = ProcessDriver(workspace.state, readonly=True)
+    monkeypatch.setattr(process_module.psutil, "Process", lambda pid: pytest.fail("asked psutil"))
+    assert adopted.observe("app").state is ProcessState.running
+    zombie = subprocess.Popen(["true"])  # this process's child, never waited for: a zombie once it exits
+    try:
+        wait_for(lambda: start_ticks_and_state(zombie.pid)[1] == "Z", 10, what="a zombie")
+        record = adopted.observe("app").record
+        assert record is not None
+        (workspace.state / "processes" / "app.json").write_text(record.model_copy(update={
+            "pid": zombie.pid, "start_ticks": start_ticks_and_state(zombie.pid)[0]}).model_dump_json(by_alias=True))
+        assert adopted.observe("app").state is ProcessState.exited  # read-only: noted, not written
+    finally:
+        zombie.wait()
+        (workspace.state / "processes" / "app.json").write_text(record.model_dump_json(by_alias=True))
