@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.api.kinds import Workload
 from reconciler.api.meta import ResourceKey
 from reconciler.control import recording
 from reconciler.control.reconciler import Reconciler
@@ -100,3 +101,20 @@ def test_an_adopted_process_is_judged_alive_or_a_zombie_from_one_read_of_its_sta
     finally:
         zombie.wait()
         (workspace.state / "processes" / "app.json").write_text(record.model_dump_json(by_alias=True))
+
+
+def test_an_unchanged_spec_is_turned_into_data_once_not_at_each_reconcile(
+        workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    reconciler = running(workspace, "app")
+    dumped: list[str] = []
+    real_dump = Workload.model_dump
+    monkeypatch.setattr(Workload, "model_dump", lambda self, **options: dumped.append(self.name) or real_dump(self, **options))
+    for _ in range(3):
+        reconciler.refresh()
+        reconciler.reconcile(ResourceKey("Workload", "app"))
+    assert dumped == []
+    workspace.write("app.yaml", workload_yaml("app", args=("changed",)))
+    reconciler.refresh()
+    reconciler.reconcile(ResourceKey("Workload", "app"))
+    record = reconciler.parts.remembered.get(ResourceKey("Workload", "app"))
+    assert dumped == ["app"] and record is not None and "changed" in str(record.resource["spec"])
