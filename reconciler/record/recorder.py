@@ -189,13 +189,15 @@ class Recorder:
         }, STATUS_HEADER)
 
     def _dumped(self, spec_file: str, statuses: list[ResourceStatus]) -> list[dict[str, Any]]:
-        """Each status as its file shows it, dumped again only when it is a new one: each reconcile sets a new status
-        for its own resource and flushes its whole file, and dumping every status of the file again was a fifth of
-        an idle pass. A status set is never changed afterwards (each pass makes its own). Flush lock held."""
+        """Each status as its file shows it, dumped again only when it differs: each reconcile sets a new status for
+        its own resource and flushes its whole file, and dumping every status of the file again was a fifth of an
+        idle pass; an equal one keeps the last dump, the same object, so comparing the file's content with what it
+        holds is an identity check. A status set is never changed afterwards (each pass makes its own). Flush lock
+        held."""
         before, after = self._dumps.get(spec_file, {}), {}
         for status in statuses:
             known = before.get((status.kind, status.name))
-            after[(status.kind, status.name)] = known if known is not None and known[0] is status else (
+            after[(status.kind, status.name)] = known if known is not None and (known[0] is status or known[0] == status) else (
                 status, status.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"decision_record"}))
         self._dumps[spec_file] = after
         return [dumped for _, dumped in after.values()]
