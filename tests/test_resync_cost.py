@@ -70,9 +70,11 @@ def test_an_unchanged_decision_record_is_not_hashed_again_and_a_changed_one_is_e
     hashed: list[object] = []
     real_digest = recording.record_digest
     monkeypatch.setattr(recording, "record_digest", lambda document: hashed.append(document) or real_digest(document))
+    shown = reconciler.parts.recorder.statuses([key])[key].decision_record
     reconciler.reconcile(key)
     reconciler.reconcile(key)
     assert hashed == []  # the same record as the last pass's, rebuilt: its digest is known
+    assert reconciler.parts.recorder.statuses([key])[key].decision_record is shown  # the status file compares at once
     record = reconciler.parts.remembered.get(key)
     document = copy.deepcopy(reconciler.parts.recorder.statuses([key])[key].decision_record)
     assert record is not None and document is not None

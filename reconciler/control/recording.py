@@ -138,24 +138,21 @@ def runtime_decision_record(parts: Parts, planned: Planned, desired: DesiredStat
     )
 
 
-_digested: dict[ResourceKey, tuple[dict[str, Any], str]] = {}  # each resource's last Runtime Decision Record, digested
-
-
-def _digest_of(key: ResourceKey, document: dict[str, Any]) -> str:
-    """The record's digest, hashed again only when it differs as data from the last one of this resource: every
-    reconcile makes the record anew, and serialising and hashing an unchanged one was 4 % of an idle resync."""
-    last = _digested.get(key)
+def _digested_record(parts: Parts, key: ResourceKey, document: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The record and its digest; while it equals, as data, the last one of this resource, that one (the same object:
+    the status file's comparison with what it holds is then an identity check) and its digest. Every reconcile makes
+    the record anew: serialising and hashing an unchanged one was 4 % of an idle resync, comparing it deeply 3 %."""
+    last = parts.decision_records.get(key)
     if last is not None and last[0] == document:
-        return last[1]
-    digest = record_digest(document)
-    _digested[key] = (document, digest)
-    return digest
+        return last
+    digested = parts.decision_records[key] = (document, record_digest(document))
+    return digested
 
 
 def record_runtime_decision_change(parts: Parts, record: ResourceRecord, document: dict[str, Any],
                                    now: datetime) -> ResourceRecord:
     """Each change of a Runtime Decision Record is evidence; an unchanged one is not written again."""
-    digest = _digest_of(record.key, document)
+    digest = _digested_record(parts, record.key, document)[1]
     if digest == record.decision_record_digest:
         return record
     parts.recorder.evidence(record.source, {
@@ -204,6 +201,7 @@ def record_outcome(parts: Parts, planned: Planned, executed: Executed, concluded
         parts.recorder.evidence(record.source, placed)
     document = runtime_decision_record(parts, planned, desired)
     if document is not None:
+        document = _digested_record(parts, record.key, document)[0]
         status = status.model_copy(update={"decision_record": document})
         record = record_runtime_decision_change(parts, record, document, now)
     waiting = planned.verdict is not None and planned.verdict.decision is Decision.needs_approval
