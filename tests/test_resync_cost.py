@@ -19,6 +19,7 @@ from reconciler.drive.groups import start_ticks_and_state
 from reconciler.drive.process import ProcessDriver
 from reconciler.observe import clock
 from reconciler.observe.processes import ProcessState
+from reconciler.record.recorder import DECISIONS, sibling
 from reconciler.record import approvals
 from tests.conftest import POLICY_YAML, Workspace, wait_for, workload_yaml
 
@@ -120,3 +121,19 @@ def test_an_unchanged_spec_is_turned_into_data_once_not_at_each_reconcile(
     reconciler.reconcile(ResourceKey("Workload", "app"))
     record = reconciler.parts.remembered.get(ResourceKey("Workload", "app"))
     assert dumped == ["app"] and record is not None and "changed" in str(record.resource["spec"])
+
+
+def test_a_status_file_found_equal_to_what_it_holds_is_compared_by_identity_next_time(workspace: Workspace) -> None:
+    """After a restart a file holds what the seed made for each of its resources; the reconcile of one flushes the
+    whole file, and each later, equal status of the others was compared deeply with the seed's for as long as the
+    daemon ran."""
+    running(workspace, "app", "other")
+    reconciler = Reconciler(workspace.desired, workspace.state)  # a restart: it adopts what runs
+    reconciler.adopt()
+    reconciler.refresh()
+    keys = [ResourceKey("Workload", "app"), ResourceKey("Workload", "other")]
+    for key in keys:
+        reconciler.reconcile(key)
+    held = reconciler.parts.recorder._written[sibling("app.yaml", DECISIONS)][0]["resources"]
+    shown = reconciler.parts.recorder.statuses(keys)
+    assert [resource["decisionRecord"] is shown[key].decision_record for resource, key in zip(held, keys)] == [True, True]

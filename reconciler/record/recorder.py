@@ -219,7 +219,9 @@ class Recorder:
         every reconcile was most of an idle daemon's CPU), and the file observed, not trusted to be as written: a
         hand edit, a removal or a restore is undone on the next pass. Flush lock held."""
         target = self.root / name
-        if self._written.get(name) == (body, _identity(target)):
+        held = (body, _identity(target))
+        if self._written.get(name) == held:
+            self._written[name] = held  # equal data, maybe other objects: the next comparison is then an identity check
             return
         text = header + self._text(name, body)
         # not written by this process yet (the first pass after a start, each `apply`): read before writing, since
