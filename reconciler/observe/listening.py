@@ -137,7 +137,7 @@ def _read(now: float, owners: frozenset[int] | None) -> _Snapshot:
 
 def _parent_and_users(pid: str) -> tuple[int, set[int]]:
     """Its parent and its real, effective, saved and file-system user ids. Only the two lines are parsed, up to the
-    Uid line (PPid comes before it): splitting the whole file of every process was most of a snapshot's CPU."""
+    Uid line (PPid comes before it): splitting the whole file of every process was a quarter of a snapshot's CPU."""
     parent = None
     with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as status:
         for line in status:
