@@ -56,7 +56,7 @@ def test_a_reconcile_of_a_workload_no_route_reads_reads_no_other_resource_s_stat
     reconciler = running(workspace, "app", "other")
     recorder, remembered = reconciler.parts.recorder, reconciler.parts.remembered
     statuses_read: list[int] = []
-    real_statuses, real_snapshot = recorder.statuses, remembered.snapshot
+    real_statuses = recorder.statuses
     monkeypatch.setattr(recorder, "statuses", lambda *keys: statuses_read.append(len(found := real_statuses(*keys)))
                         or found)
     monkeypatch.setattr(remembered, "snapshot", lambda: pytest.fail("every record was copied"))
