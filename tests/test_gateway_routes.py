@@ -163,7 +163,7 @@ def test_the_routes_are_made_again_only_when_a_routed_workloads_status_or_the_de
     statuses = {ResourceKey("Workload", "a"): status("a", "Starting", False, "Starting", port=8081)}
 
     def publish(desired: DesiredState = desired) -> RouteState:
-        publisher.publish(lambda: (desired, dict(statuses), {}))
+        publisher.publish(lambda: desired, lambda keys: (dict(statuses), {}))
         return RouteTable.model_validate_json(path.read_text()).models["tiny"].state
     assert publish() is RouteState.starting
     for restarts in range(5):  # every reconcile of a workload that serves no model publishes: nothing to make again

@@ -74,9 +74,13 @@ def test_a_flush_turns_into_data_only_the_statuses_set_since_the_last(tmp_path: 
     recorder.flush({"ten.yaml"})
     assert seen == ["w3"]
     assert yaml.safe_load((tmp_path / "ten.status.yaml").read_text())["resources"][3]["message"] == "restarted"
-    recorder.set_status("ten.yaml", status("w3", "restarted"))  # an equal status, a new one: data again, same file
+    recorder.set_status("ten.yaml", status("w3", "restarted"))  # an equal status, a new one (each resync's): kept
     recorder.flush({"ten.yaml"})
-    assert seen == ["w3", "w3"] and (tmp_path / "ten.status.yaml").read_text() == one_dump(recorder, "ten.yaml")
+    assert seen == ["w3"] and (tmp_path / "ten.status.yaml").read_text() == one_dump(recorder, "ten.yaml")
+    recorder.set_status("ten.yaml", status("w3", "restarted again"))
+    recorder.flush({"ten.yaml"})
+    assert seen == ["w3", "w3"]
+    assert yaml.safe_load((tmp_path / "ten.status.yaml").read_text())["resources"][3]["message"] == "restarted again"
 
 
 def test_a_new_recorder_leaves_a_file_that_already_holds_what_it_would_write(tmp_path: Path) -> None:

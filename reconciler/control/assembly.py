@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from reconciler.api.meta import ResourceKey
 from reconciler.control.activation import Activation
@@ -55,6 +55,8 @@ class Parts:
     readonly: bool
     revision: Callable[[], str | None]  # which revision of its source the desired state is
     channel: str  # where that source is, for the decision records
+    # each workload's last Runtime Decision Record and its digest (control/recording.py)
+    decision_records: dict[ResourceKey, tuple[dict[str, Any], str]] = field(default_factory=dict)
 
     def log_file(self, key: ResourceKey) -> str | None:
         """A workload's log file (other kinds have none)."""

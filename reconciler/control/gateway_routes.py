@@ -117,16 +117,18 @@ class RoutesPublisher:
         self._routed: tuple[DesiredState | None, tuple[ResourceKey, ...]] = (None, ())
         self._lock = threading.Lock()  # workers finish passes concurrently: compare and write as one step
 
-    def publish(self, now: Callable[[], tuple[DesiredState, dict[ResourceKey, ResourceStatus], dict[ResourceKey, str]]]
-                ) -> None:
-        """`now`: the desired state, statuses and the spec hashes they were judged for, read under this lock so
-        that a pass that finished earlier never writes its older view over a later one's. Every reconcile publishes:
-        the table is made again only when what it is made from changed (making it reads every resource, and a pass
-        of N reconciles made it N times)."""
+    def publish(self, desired_now: Callable[[], DesiredState], routed_now: Callable[[tuple[ResourceKey, ...]], tuple[
+            Mapping[ResourceKey, ResourceStatus], Mapping[ResourceKey, str]]]) -> None:
+        """`desired_now`: the desired state; `routed_now`: the statuses of the routed workloads it is given and the
+        spec hashes they were judged for. Both are read under this lock so that a pass that finished earlier never
+        writes its older view over a later one's. Every reconcile publishes: the table is made again only when what
+        it is made from changed (making it reads every resource, and a pass of N reconciles made it N times), and
+        only the routed workloads are read (reading all of them each time made a pass quadratic)."""
         with self._lock:
-            desired, statuses, judged = now()
+            desired = desired_now()
             if self._routed[0] is not desired:
                 self._routed = (desired, routed_keys(desired))
+            statuses, judged = routed_now(self._routed[1])
             inputs = (desired, *((statuses.get(key), judged.get(key)) for key in self._routed[1]))
             if inputs == self._inputs and self.path.exists():
                 return

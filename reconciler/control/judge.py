@@ -38,6 +38,7 @@ class Judged:
     placement: PlacementDecision | None = None
     secret: SecretFacts | None = None
     listens: network.ListenFindings | None = None  # what the running process was seen listening on, judged
+    consent: Approval | None = None  # the answer about its hosted fallback, as this judgement read it
 
 
 class Judge:
@@ -51,7 +52,7 @@ class Judge:
         entry, record, process = inputs.desired, inputs.record, inputs.process
         workload = entry.resource if entry is not None and isinstance(entry.resource, Workload) else None
         approval = self.approvals.get(workload.name) if workload is not None else None
-        placement = secret = None
+        placement = secret = consent = None
         if workload is not None and entry is not None and process is not None:
             running = process.state in (ProcessState.running, ProcessState.unknown)  # unknown may well run
             blocker = None if running else local_blocker(
@@ -68,7 +69,7 @@ class Judge:
             verdict = decide(action, policy, self._facts(desired, rendered, workload, entry.spec_hash, approval, policy,
                                                          record) if starts else Facts())
         elif placement is not None and entry is not None:
-            verdict = consent_verdict(placement, self.approvals.get(entry.resource.name, hosted=True), entry.spec_hash)
+            verdict = consent_verdict(placement, consent, entry.spec_hash)
         keeps_running = action.verb in (Verb.none, Verb.update) or (
             action.verb is Verb.recreate and verdict is not None and not verdict.approved)  # the old one stays
         running = process.record if process is not None and process.running_pid is not None else None
@@ -76,7 +77,7 @@ class Judge:
             if inputs.listening is not None and running is not None and isinstance(running.launch, LaunchSpec) else None
         if tighten and keeps_running and process is not None and record is not None:
             action, verdict = self._tightened(action, verdict, policy, process, record, listens)
-        return Judged(action, verdict, placement, secret, listens)
+        return Judged(action, verdict, placement, secret, listens, consent)
 
     def _gateway_users(self, desired: DesiredState) -> tuple[RunAs, ...]:
         """Whom the running gateways run as: each sends the hosted keys, so each must read them."""

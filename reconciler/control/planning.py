@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from reconciler.api.approval import Approval
 from reconciler.api.kinds import Model, Runtime, Workload
 from reconciler.api.meta import ResourceKey
 from reconciler.api.resource_record import ResourceRecord
@@ -38,6 +39,7 @@ class Planned:
     asked: DesiredEntry | None = None  # the desired state's version, from the plan's snapshot (even when held)
     snapshot: DesiredState | None = None  # the desired state the plan was made from
     listens: ListenFindings | None = None  # what the running process was seen listening on, judged
+    consent: Approval | None = None  # the hosted fallback's answer the placement was judged with (read once a plan)
 
     @property
     def record(self) -> ResourceRecord | None:
@@ -88,7 +90,7 @@ def plan(parts: Parts, desired: DesiredState, key: ResourceKey, now: datetime, p
     judged = parts.judge.judge(desired, holds.policy_in_force(desired), inputs, plan_resource(inputs, now), rendered,
                                tighten=holds.policy_settled(desired))
     return Planned(judged.action, judged.verdict, inputs, model, rendered, judged.placement, judged.secret,
-                   desired.resources.get(key), desired, judged.listens)
+                   desired.resources.get(key), desired, judged.listens, judged.consent)
 
 
 def maybe_container(entry: DesiredEntry | None, record: ResourceRecord | None) -> bool:

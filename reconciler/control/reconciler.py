@@ -289,8 +289,9 @@ class Reconciler:
     def _publish_routes(self) -> None:
         """The gateway's routes follow every status written (a read-only reconciler writes nothing)."""
         if not self.parts.readonly:
-            self.parts.routes.publish(lambda: (self.desired, self.parts.recorder.statuses(),
-                                               judged_specs(self.parts.remembered.snapshot())))
+            self.parts.routes.publish(lambda: self.desired, lambda keys: (
+                self.parts.recorder.statuses(keys),
+                judged_specs({key: record for key in keys if (record := self.parts.remembered.get(key)) is not None})))
 
 
 def _needs_admission(spec: WorkloadSpec, memory_always_fits: Callable[[], bool]) -> bool:

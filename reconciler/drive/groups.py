@@ -17,9 +17,15 @@ KILL_WAIT_SECONDS = 5.0
 
 def start_ticks(pid: int) -> int:
     """The kernel's start time of a pid in clock ticks since boot: unlike wall-clock times, NTP steps can't move it."""
+    return start_ticks_and_state(pid)[0]
+
+
+def start_ticks_and_state(pid: int) -> tuple[int, str]:
+    """Its start ticks and its state letter (R, S, Z for a zombie...), from one read of /proc/PID/stat."""
     with open(f"/proc/{pid}/stat", "rb") as handle:
         data = handle.read()
-    return int(data[data.rindex(b")") + 2:].split()[19])
+    fields = data[data.rindex(b")") + 2:].split()
+    return int(fields[19]), fields[0].decode()
 
 
 def terminate_group(

@@ -24,7 +24,7 @@ from reconciler.base.crash_points import crash_point
 from reconciler.base.owner import owner_id
 from reconciler.drive.cgroups import UNIFIED, Cgroups, Placement
 from reconciler.drive.exits import ExitWatcher
-from reconciler.drive.groups import start_ticks, terminate_group
+from reconciler.drive.groups import start_ticks, start_ticks_and_state, terminate_group
 from reconciler.drive.logs import LogStore
 from reconciler.drive.ports import port_free
 from reconciler.drive.privileges import (child_setup, describe_privileges, first_unsearchable, hand_folder, hand_over,
@@ -335,11 +335,11 @@ class ProcessDriver:
         child = self._children.get(record.name)
         if child is not None and child.pid == record.pid:
             return child.poll() is None
-        try:
-            process = psutil.Process(record.pid)
-            return start_ticks(record.pid) == record.start_ticks and process.status() != psutil.STATUS_ZOMBIE
-        except (psutil.Error, OSError):
+        try:  # one read of /proc/PID/stat: psutil read it three times (its identity, the ticks, the state)
+            ticks, state = start_ticks_and_state(record.pid)
+        except (OSError, ValueError, IndexError):
             return False
+        return ticks == record.start_ticks and state != "Z"
 
     def _read(self, name: str) -> ProcessRecord | None:
         try:

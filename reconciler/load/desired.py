@@ -7,6 +7,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from reconciler.api.container import addresses_overlap
 from reconciler.api.kinds import Policy, Workload, spec_hash
@@ -27,6 +28,12 @@ class DesiredEntry:
     resource: Resource
     file: str
     spec_hash: str
+
+    @cached_property
+    def document(self) -> dict[str, Any]:
+        """The resource as JSON data, as a record keeps it: dumped once per entry (an unchanged file keeps its
+        entries), where every reconcile dumped it again. Read, never changed."""
+        return self.resource.model_dump(mode="json", by_alias=True)
 
 
 @dataclass(frozen=True)

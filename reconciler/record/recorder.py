@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -112,10 +112,13 @@ class Recorder:
                     statuses.pop(key, None)
             self._statuses[spec_file][key] = status
 
-    def statuses(self) -> dict[ResourceKey, ResourceStatus]:
-        """Every resource's status as last set: what the status files show."""
+    def statuses(self, keys: Collection[ResourceKey] | None = None) -> dict[ResourceKey, ResourceStatus]:
+        """Every resource's status as last set (what the status files show), or only those of `keys`."""
         with self._lock:
-            return {key: status for statuses in self._statuses.values() for key, status in statuses.items()}
+            if keys is None:
+                return {key: status for statuses in self._statuses.values() for key, status in statuses.items()}
+            return {key: status for statuses in self._statuses.values() for key in keys
+                    if (status := statuses.get(key)) is not None}
 
     def forget(self, key: ResourceKey) -> None:
         with self._lock:
@@ -186,13 +189,15 @@ class Recorder:
         }, STATUS_HEADER)
 
     def _dumped(self, spec_file: str, statuses: list[ResourceStatus]) -> list[dict[str, Any]]:
-        """Each status as its file shows it, dumped again only when it is a new one: each reconcile sets a new status
-        for its own resource and flushes its whole file, and dumping every status of the file again was a fifth of
-        an idle pass. A status set is never changed afterwards (each pass makes its own). Flush lock held."""
+        """Each status as its file shows it, dumped again only when it differs: each reconcile sets a new status for
+        its own resource and flushes its whole file, and dumping every status of the file again was a fifth of an
+        idle pass; an equal one keeps the last dump, the same object, so comparing the file's content with what it
+        holds is an identity check. A status set is never changed afterwards (each pass makes its own). Flush lock
+        held."""
         before, after = self._dumps.get(spec_file, {}), {}
         for status in statuses:
             known = before.get((status.kind, status.name))
-            after[(status.kind, status.name)] = known if known is not None and known[0] is status else (
+            after[(status.kind, status.name)] = known if known is not None and (known[0] is status or known[0] == status) else (
                 status, status.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"decision_record"}))
         self._dumps[spec_file] = after
         return [dumped for _, dumped in after.values()]
@@ -214,7 +219,9 @@ class Recorder:
         every reconcile was most of an idle daemon's CPU), and the file observed, not trusted to be as written: a
         hand edit, a removal or a restore is undone on the next pass. Flush lock held."""
         target = self.root / name
-        if self._written.get(name) == (body, _identity(target)):
+        held = (body, _identity(target))
+        if self._written.get(name) == held:
+            self._written[name] = held  # equal data, maybe other objects: the next comparison is then an identity check
             return
         text = header + self._text(name, body)
         # not written by this process yet (the first pass after a start, each `apply`): read before writing, since

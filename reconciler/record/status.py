@@ -69,12 +69,12 @@ def conclude(
             return None  # a rejected resource that never ran: its errors are in its file's status already
         record = ResourceRecord(
             kind=action.key.kind, name=action.key.name, source=desired.file, generation=action.generation or 1,
-            spec_hash=desired.spec_hash, resource=desired.resource.model_dump(mode="json", by_alias=True), created_at=now,
+            spec_hash=desired.spec_hash, resource=desired.document, created_at=now,
         )
     if desired is not None and action.hold is None:
         record = record.model_copy(update={
             "source": desired.file, "generation": action.generation, "spec_hash": desired.spec_hash,
-            "resource": desired.resource.model_dump(mode="json", by_alias=True), "observed_generation": action.generation,
+            "resource": desired.document, "observed_generation": action.generation,
         })
     record = _count_start(record, desired, outcome, now)
     running = outcome.after.running_pid if outcome.after is not None else None
