@@ -3,7 +3,7 @@
 Ownership and change detection live on the container's labels (container_config.py). A container
 without this owner's label is never touched. A replacement is made while the old container stops,
 starts once it stopped, and the old one goes after: a crash in between leaves one running container
-at most, and a restart's adopt (or the next start) removes the other.
+at most, and a restart's adopt, the next pass's listing (`tidy`) or the next start removes the other.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +30,7 @@ from reconciler.drive.logs import LogStore
 from reconciler.drive.ports import port_free
 from reconciler.drive.protocol import StartFailed
 from reconciler.observe import clock
-from reconciler.observe.container_listing import OwnedContainers
+from reconciler.observe.container_listing import OwnedContainers, container_name
 from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable
 from reconciler.observe.probes import ProbeResult
 from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
@@ -59,9 +60,15 @@ class ContainerDriver:
         self._readonly = readonly
         self._watching = False
         self._exec_checks = ExecChecks(engine, owner)
+        self._acting: dict[str, threading.Lock] = {}  # per workload: a tidy-up never touches a start or stop under way
+        self._acting_lock = threading.Lock()
 
     def container_name(self, name: str) -> str:
-        return f"lais-{name}-{self._owner[:8]}"
+        return container_name(self._owner, name)
+
+    def _acting_on(self, name: str) -> threading.Lock:
+        with self._acting_lock:
+            return self._acting.setdefault(name, threading.Lock())
 
     # -- observe ----------------------------------------------------------------------------
 
@@ -92,15 +99,27 @@ class ContainerDriver:
         the listing a subscribed pass already took, if any), and ending what a crash left of a replacement."""
         if self.seen_names():
             self._watch()
-            if not self._readonly:
-                for name in self._seen.crowded():
-                    self._keep_one(name)
+            self.tidy()
         return {}
 
+    def tidy(self) -> None:
+        """End what a replacement left, as the latest listing shows it (adopt's, or a pass's): one a crash cut short,
+        or one whose old container could not be removed after the new one started."""
+        if self._readonly:
+            return
+        for name in self._seen.untidy():
+            acting = self._acting_on(name)
+            if acting.acquire(blocking=False):  # else a start or stop of it is under way: it ends with one container
+                try:
+                    self._keep_one(name)
+                finally:
+                    acting.release()
+
     def _keep_one(self, name: str) -> None:
-        """A workload with more than one container (a replacement a crash cut short: made and never started beside
-        the old one, or started with the stopped old one not yet removed) keeps the one observing reports, under
-        the workload's name; the others go as a finished replacement's old one does (output kept)."""
+        """A workload with more than one container (a replacement made and never started beside the old one, or
+        started with the stopped old one not yet removed), or one not under its name (set aside for a replacement
+        that never came), keeps the one observing reports, under the workload's name; the others go as a finished
+        replacement's old one does (output kept)."""
         try:
             with self.engine.reach():
                 containers = self._seen.of(name)
@@ -109,13 +128,16 @@ class ContainerDriver:
                     return  # none is adoptable: the start that follows replaces them all
                 kept = self._current(adoptable)[0]
                 left = [container for container in containers if container.id != kept.id]
-                self._retire(name, left, 10.0)
+                if not left and kept.name == self.container_name(name):
+                    return  # tidied since the listing (its start ended)
+                if left:
+                    self._retire(name, left, 10.0)
                 if kept.name != self.container_name(name):
                     kept.rename(self.container_name(name))
-            log.warning("%s: a replacement cut short by a crash left %d other container(s): removed; %s kept", name,
-                        len(left), kept.id[:12])
+            log.warning("%s: what a replacement left (cut short by a crash, or its old container's removal failed): "
+                        "%d other container(s) removed; %s kept under the workload's name", name, len(left), kept.id[:12])
         except (EngineUnavailable, docker_errors.APIError) as error:
-            log.warning("%s: the containers a replacement cut short left stay for now: %s", name, error)
+            log.warning("%s: what a replacement left stays until a later pass: %s", name, error)
         finally:
             self._seen.changed(name)
 
@@ -148,16 +170,26 @@ class ContainerDriver:
     # -- act --------------------------------------------------------------------------------
 
     def start(self, name: str, launch: ContainerLaunch, generation: int,  # type: ignore[override]
-              grace_seconds: float = 10.0) -> ProcessObservation:
+              grace_seconds: float = 10.0, stopped: Callable[[], None] = lambda: None) -> ProcessObservation:
         """Start `launch` in place of whatever container the workload has: the replacement is made while the old one
-        stops (TERM, `grace_seconds`, KILL), starts once it stopped, and the old one is removed after."""
+        stops (TERM, `grace_seconds`, KILL), starts once it stopped, and the old one is removed after. `stopped` is
+        called once the old ones have stopped (a stop that fails raises before it)."""
+        told: list[bool] = []
+
+        def stopped_once() -> None:  # a fallback's stop, then a failed create, still told once
+            if not told:
+                told.append(True)
+                stopped()
+
         try:
-            return self._start(name, launch, generation, grace_seconds)
+            with self._acting_on(name):
+                return self._start(name, launch, generation, grace_seconds, stopped_once)
         except BaseException:
             self._seen.changed(name)
             raise
 
-    def _start(self, name: str, launch: ContainerLaunch, generation: int, grace_seconds: float) -> ProcessObservation:
+    def _start(self, name: str, launch: ContainerLaunch, generation: int, grace_seconds: float,
+               stopped: Callable[[], None]) -> ProcessObservation:
         from concurrent.futures import ThreadPoolExecutor  # where a container is started, not by every command
 
         try:
@@ -165,13 +197,16 @@ class ContainerDriver:
                 olds, stopping = self._seen.of(name), None
                 try:
                     self._check_host(launch, [old for old in olds if old.status in _RUNNING])
-                    self._set_aside(name, olds)
+                    olds, aside = self._set_aside(name, olds, grace_seconds, stopped)
                     self._starts.remember(name, None)  # before the engine makes anything, as a native start's intent
                     # the old ones stop while their replacement is made (its create is off the time nothing serves)
                     stopping = stopper.submit(self._stop_all, olds, grace_seconds)
                     container = client.containers.create(**create_args(name, self.container_name(name), self._owner, launch, generation))
+                except _OldRunsOn:
+                    raise
                 except (StartFailed, docker_errors.APIError):  # it fails as it did after the old one went: nothing runs
                     self._retire(name, olds, grace_seconds, stopped=stopping is not None and stopping.exception() is None)
+                    stopped()
                     self._starts.forget(name)
                     raise
                 # what the start leaves is inspected at its end, and that inspection serves the looks that follow
@@ -180,12 +215,15 @@ class ContainerDriver:
                 try:
                     stopping.result()
                 except Exception as error:
-                    with contextlib.suppress(Exception):  # noqa: BLE001 - else the next start or a restart removes it
+                    with contextlib.suppress(Exception):  # noqa: BLE001 - else the next start or a pass's tidy-up does
                         self._discard(name, container)  # the old one may run on: the new one never starts beside it
+                        if aside is not None:
+                            aside.rename(self.container_name(name))
                     if isinstance(error, docker_errors.APIError):
-                        raise StartFailed("ContainerStopFailed", f"{self.container_name(name)}: "
-                                                                 f"{error.explanation or error}") from None
+                        raise _OldRunsOn("ContainerStopFailed", f"{self.container_name(name)}: "
+                                                                f"{error.explanation or error}") from None
                     raise
+                stopped()
                 crash_point("replaced-stopped")
                 try:
                     container.start()
@@ -194,10 +232,17 @@ class ContainerDriver:
                     self._save_log(name, container)
                     self._discard(name, container)
                     raise failure_of(error, "ContainerStartFailed") from None
-                container.reload()
-                self._starts.remember(name, container)
-                crash_point("replacement-started")
-                self._retire(name, olds, grace_seconds, stopped=True)
+                try:  # started: nothing after this makes it a failed start
+                    with self.engine.reach():
+                        container.reload()
+                        self._starts.remember(name, container)
+                        crash_point("replacement-started")
+                        self._retire(name, olds, grace_seconds, stopped=True)
+                except (EngineUnavailable, docker_errors.APIError) as error:
+                    log.warning("%s: %s started; the replaced container(s) stay until a later pass removes them: %s",
+                                name, container.id[:12], error)
+                    self._seen.changed(name)
+                    return self.observe(name)
         except EngineUnavailable as error:
             raise StartFailed("EngineUnavailable", error.message) from None
         except docker_errors.APIError as error:
@@ -230,7 +275,8 @@ class ContainerDriver:
         """Stop the workload's container (TERM, grace, KILL); `forget` removes it, else it stays as exited.
         Raises EngineUnavailable, or StartFailed when the engine refuses: the caller tries again later."""
         try:
-            return self._stop(name, grace_seconds, forget)
+            with self._acting_on(name):
+                return self._stop(name, grace_seconds, forget)
         except BaseException:
             self._seen.changed(name)
             raise
@@ -331,12 +377,28 @@ class ContainerDriver:
                 raise StartFailed("VolumeSourceNotFound", f"volume source {volume.source} does not exist: create it "
                                                           "or fix spec.volumes")
 
-    def _set_aside(self, name: str, olds: list[Container]) -> None:
-        """The workload's name goes to its replacement: an old container holding it is renamed after its own id."""
+    def _set_aside(self, name: str, olds: list[Container], grace_seconds: float,
+                   stopped: Callable[[], None]) -> tuple[list[Container], Container | None]:
+        """The workload's name goes to its replacement: an old container holding it is renamed after its own id
+        (returned second). If the engine refuses (that name taken by a container not ours), the old ones go first,
+        as before the replacement was made beside them: stopped, their output kept, removed; none are left."""
         canonical = self.container_name(name)
-        for old in olds:
-            if old.name == canonical:
-                old.rename(f"{canonical}-{old.id[:12]}")
+        holder = next((old for old in olds if old.name == canonical), None)
+        if holder is None:
+            return olds, None
+        try:
+            holder.rename(f"{canonical}-{holder.id[:12]}")
+        except docker_errors.APIError as refused:
+            log.warning("%s: %s cannot be set aside (%s): it stops before its replacement is made", name,
+                        holder.id[:12], refused.explanation or refused)
+            try:
+                self._stop_all(olds, grace_seconds)
+            except docker_errors.APIError as error:
+                raise _OldRunsOn("ContainerStopFailed", f"{canonical}: {error.explanation or error}") from None
+            stopped()
+            self._retire(name, olds, grace_seconds, stopped=True)
+            return [], None
+        return olds, holder
 
     def _stop_all(self, containers: list[Container], grace_seconds: float) -> None:
         """Stop every running one; the exits are our own (taken back if the stop fails: it may run on)."""
@@ -380,3 +442,7 @@ class ContainerDriver:
             return
         self.logs.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(self.logs.path(name), output[-self.logs.max_bytes:], mode=0o600)
+
+
+class _OldRunsOn(StartFailed):
+    """The old container's stop failed: it runs on, and the replacement was not started."""
