@@ -21,25 +21,24 @@ from reconciler.api.status import ExitInfo
 from reconciler.base.atomic import write_atomic
 from reconciler.base.crash_points import crash_point
 from reconciler.base.sdk_errors import docker_errors
-from reconciler.drive.container_config import GENERATION_LABEL, create_args, enforcement, launch_of
+from reconciler.drive.container_config import create_args, launch_of
 from reconciler.drive.container_events import ContainerEvents
 from reconciler.drive.container_exec import ExecChecks
+from reconciler.drive.container_observation import RUNNING, current, observation
 from reconciler.drive.container_starts import ContainerStarts
-from reconciler.drive.engine_answers import addresses_of, engine_time, failure_of, system_time
+from reconciler.drive.engine_answers import failure_of
 from reconciler.drive.logs import LogStore
 from reconciler.drive.ports import port_free
 from reconciler.drive.protocol import StartFailed
-from reconciler.observe import clock
 from reconciler.observe.container_listing import OwnedContainers, container_name
 from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable
 from reconciler.observe.probes import ProbeResult
-from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
+from reconciler.observe.processes import ProcessObservation, ProcessState
 
 if TYPE_CHECKING:
     from docker.models.containers import Container
 
 LOG_TAIL_LINES = 5000
-_RUNNING = {"running", "paused", "restarting"}
 
 log = logging.getLogger("reconciler")
 
@@ -126,7 +125,7 @@ class ContainerDriver:
                 adoptable = [(container, launch) for container in containers if (launch := launch_of(container))]
                 if not adoptable:
                     return  # none is adoptable: the start that follows replaces them all
-                kept = self._current(adoptable)[0]
+                kept = current(adoptable)[0]
                 left = [container for container in containers if container.id != kept.id]
                 if not left and kept.name == self.container_name(name):
                     return  # tidied since the listing (its start ended)
@@ -158,7 +157,7 @@ class ContainerDriver:
         one's is read live from the engine by `reconciler logs`, and copied when it is stopped or replaced)."""
         try:
             for container in self._seen.of(name):
-                if container.status not in _RUNNING:
+                if container.status not in RUNNING:
                     self._save_log(name, container)
         except (EngineUnavailable, docker_errors.APIError):
             return
@@ -196,7 +195,7 @@ class ContainerDriver:
             with self.engine.reach() as client, ThreadPoolExecutor(1, "container-stop") as stopper:
                 olds, stopping = self._seen.of(name), None
                 try:
-                    self._check_host(launch, [old for old in olds if old.status in _RUNNING])
+                    self._check_host(launch, [old for old in olds if old.status in RUNNING])
                     olds, aside = self._set_aside(name, olds, grace_seconds, stopped)
                     self._starts.remember(name, None)  # before the engine makes anything, as a native start's intent
                     # the old ones stop while their replacement is made (its create is off the time nothing serves)
@@ -292,7 +291,7 @@ class ContainerDriver:
                 # the exit this stop causes is no news to wake the workload with: the pass that stops it looks after
                 with self._seen.expecting(container.id, "die", *(("destroy",) if forget else ())):
                     try:
-                        if container.status in _RUNNING:
+                        if container.status in RUNNING:
                             if not forget:  # its exit stays on record, to be told from a crash
                                 self._starts.note_stop_requested(name, container.id)
                             try:
@@ -321,46 +320,7 @@ class ContainerDriver:
     # -- internals --------------------------------------------------------------------------
 
     def _observation(self, name: str, containers: list[Container]) -> ProcessObservation:
-        adoptable = [(container, launch) for container in containers if (launch := launch_of(container))]
-        if not adoptable:  # a start replaces whatever carries our label
-            started = self._starts.last(name).get("id")
-            gone = started and not any(container.id == started for container in containers)
-            return ProcessObservation(ProcessState.absent, vanished=f"container {started[:12]}" if gone else None)
-        container, launch = self._current(adoptable)
-        state = container.attrs.get("State") or {}
-        if state.get("Status") == "created":
-            return ProcessObservation(ProcessState.absent)  # a start a crash cut short
-        pid = state.get("Pid") or self._starts.pid(name, container.id)
-        # Docker's zero time (never started, or ended with no finish recorded, as a start cut by an engine restart
-        # leaves it) falls back to the time before it, never to "now": an exit seen anew on every pass would
-        # push its restart's back-off out forever.
-        created = engine_time(container.attrs.get("Created"), clock.now())
-        started_at = engine_time(state.get("StartedAt"), created)
-        record = ProcessRecord(
-            name=name, pid=pid, start_ticks=0, nonce=container.id[:16], launch=launch,
-            generation=int(container.labels.get(GENERATION_LABEL, "1")), started_at=started_at,
-            enforcement=enforcement(launch), container_id=container.id, addresses=addresses_of(container),
-        )
-        if state.get("Status") in _RUNNING:
-            if not self._readonly and self._starts.pid(name, container.id) != pid:
-                self._starts.remember(name, container)
-            return ProcessObservation(ProcessState.running, record)
-        # The engine's own words tell this exit from another, and its own clock how long the run took: moved onto
-        # the reconciler's clock as they are read, they would change whenever the system clock is slewed or stepped.
-        began, ended = state.get("StartedAt"), state.get("FinishedAt")
-        start_time, finish_time = system_time(began), system_time(ended)
-        ran = (finish_time - start_time).total_seconds() if start_time and finish_time else 0.0
-        exit_info = ExitInfo(pid=pid, code=state.get("ExitCode"), finished_at=engine_time(ended, started_at),
-                             run=f"container {container.id} started {began} finished {ended}",
-                             ran_seconds=max(0.0, ran), oom_killed=bool(state.get("OOMKilled")),
-                             stopped_by_reconciler=self._starts.stopped_by_us(name, container.id, finish_time))
-        return ProcessObservation(ProcessState.exited, record.model_copy(update={"exit": exit_info}))
-
-    @staticmethod
-    def _current(adoptable: list[tuple[Container, ContainerLaunch]]) -> tuple[Container, ContainerLaunch]:
-        """The workload's container (with its launch) among those with intact labels: a running one before one that
-        never started beside it (a replacement a crash cut short), else the newest."""
-        return max(adoptable, key=lambda pair: (pair[0].status in _RUNNING, pair[0].attrs.get("Created", "")))
+        return observation(name, containers, self._starts, self._readonly)
 
     def _check_host(self, launch: ContainerLaunch, replaced: list[Container]) -> None:
         """Raise StartFailed unless the launch's host ports (but those the `replaced` containers publish on any
@@ -403,7 +363,7 @@ class ContainerDriver:
     def _stop_all(self, containers: list[Container], grace_seconds: float) -> None:
         """Stop every running one; the exits are our own (taken back if the stop fails: it may run on)."""
         for container in containers:
-            if container.status in _RUNNING:  # one whose labels we cannot read: still stopped gracefully
+            if container.status in RUNNING:  # one whose labels we cannot read: still stopped gracefully
                 with self._seen.expecting(container.id, "die"):
                     try:
                         container.stop(timeout=math.ceil(grace_seconds))
