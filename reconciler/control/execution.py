@@ -85,8 +85,8 @@ def execute(parts: Parts, planned: Planned, now: datetime, ran: list[Operation])
                 assert launch is not None
                 if replaced is not None:
                     assert isinstance(launch, ContainerLaunch)
-                    ran.append(replaced)  # a failed replacement still ends what ran (but a stop that failed)
-                    after = drivers.replace(name, launch, action.generation or 1, grace)
+                    # a failed replacement still ends what ran, but a stop that failed: it runs on
+                    after = drivers.replace(name, launch, action.generation or 1, grace, lambda: ran.append(replaced))
                 else:
                     after = drivers.start(name, launch, action.generation or 1)
                 crash_point("started")  # started and recorded by its driver; its outcome line is not yet written

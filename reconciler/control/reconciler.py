@@ -163,6 +163,8 @@ class Reconciler:
         owned = set(self.parts.remembered.snapshot())
         drivers = self.parts.drivers
         processes = {ResourceKey("Workload", name) for name in (drivers.owned_names() if fresh else drivers.seen_names())}
+        if fresh:
+            drivers.tidy()  # what a replacement left, as this listing shows it (an old one whose removal failed)
         return sorted(set(self.desired.resources) | set(self.desired.rejected) | owned | processes)
 
     def prerequisites(self, keys: list[ResourceKey]) -> dict[ResourceKey, frozenset[ResourceKey]]:

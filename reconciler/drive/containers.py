@@ -3,7 +3,7 @@
 Ownership and change detection live on the container's labels (container_config.py). A container
 without this owner's label is never touched. A replacement is made while the old container stops,
 starts once it stopped, and the old one goes after: a crash in between leaves one running container
-at most, and a restart's adopt (or the next start) removes the other.
+at most, and a restart's adopt, the next pass's listing (`tidy`) or the next start removes the other.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,25 +21,24 @@ from reconciler.api.status import ExitInfo
 from reconciler.base.atomic import write_atomic
 from reconciler.base.crash_points import crash_point
 from reconciler.base.sdk_errors import docker_errors
-from reconciler.drive.container_config import GENERATION_LABEL, create_args, enforcement, launch_of
+from reconciler.drive.container_config import create_args, launch_of
 from reconciler.drive.container_events import ContainerEvents
 from reconciler.drive.container_exec import ExecChecks
+from reconciler.drive.container_observation import RUNNING, current, observation
 from reconciler.drive.container_starts import ContainerStarts
-from reconciler.drive.engine_answers import addresses_of, engine_time, failure_of, system_time
+from reconciler.drive.engine_answers import failure_of
 from reconciler.drive.logs import LogStore
 from reconciler.drive.ports import port_free
 from reconciler.drive.protocol import StartFailed
-from reconciler.observe import clock
-from reconciler.observe.container_listing import OwnedContainers
+from reconciler.observe.container_listing import OwnedContainers, container_name
 from reconciler.observe.docker_engine import DockerEngine, EngineUnavailable
 from reconciler.observe.probes import ProbeResult
-from reconciler.observe.processes import ProcessObservation, ProcessRecord, ProcessState
+from reconciler.observe.processes import ProcessObservation, ProcessState
 
 if TYPE_CHECKING:
     from docker.models.containers import Container
 
 LOG_TAIL_LINES = 5000
-_RUNNING = {"running", "paused", "restarting"}
 
 log = logging.getLogger("reconciler")
 
@@ -59,9 +59,15 @@ class ContainerDriver:
         self._readonly = readonly
         self._watching = False
         self._exec_checks = ExecChecks(engine, owner)
+        self._acting: dict[str, threading.Lock] = {}  # per workload: a tidy-up never touches a start or stop under way
+        self._acting_lock = threading.Lock()
 
     def container_name(self, name: str) -> str:
-        return f"lais-{name}-{self._owner[:8]}"
+        return container_name(self._owner, name)
+
+    def _acting_on(self, name: str) -> threading.Lock:
+        with self._acting_lock:
+            return self._acting.setdefault(name, threading.Lock())
 
     # -- observe ----------------------------------------------------------------------------
 
@@ -92,30 +98,45 @@ class ContainerDriver:
         the listing a subscribed pass already took, if any), and ending what a crash left of a replacement."""
         if self.seen_names():
             self._watch()
-            if not self._readonly:
-                for name in self._seen.crowded():
-                    self._keep_one(name)
+            self.tidy()
         return {}
 
+    def tidy(self) -> None:
+        """End what a replacement left, as the latest listing shows it (adopt's, or a pass's): one a crash cut short,
+        or one whose old container could not be removed after the new one started."""
+        if self._readonly:
+            return
+        for name in self._seen.untidy():
+            acting = self._acting_on(name)
+            if acting.acquire(blocking=False):  # else a start or stop of it is under way: it ends with one container
+                try:
+                    self._keep_one(name)
+                finally:
+                    acting.release()
+
     def _keep_one(self, name: str) -> None:
-        """A workload with more than one container (a replacement a crash cut short: made and never started beside
-        the old one, or started with the stopped old one not yet removed) keeps the one observing reports, under
-        the workload's name; the others go as a finished replacement's old one does (output kept)."""
+        """A workload with more than one container (a replacement made and never started beside the old one, or
+        started with the stopped old one not yet removed), or one not under its name (set aside for a replacement
+        that never came), keeps the one observing reports, under the workload's name; the others go as a finished
+        replacement's old one does (output kept)."""
         try:
             with self.engine.reach():
                 containers = self._seen.of(name)
                 adoptable = [(container, launch) for container in containers if (launch := launch_of(container))]
                 if not adoptable:
                     return  # none is adoptable: the start that follows replaces them all
-                kept = self._current(adoptable)[0]
+                kept = current(adoptable)[0]
                 left = [container for container in containers if container.id != kept.id]
-                self._retire(name, left, 10.0)
+                if not left and kept.name == self.container_name(name):
+                    return  # tidied since the listing (its start ended)
+                if left:
+                    self._retire(name, left, 10.0)
                 if kept.name != self.container_name(name):
                     kept.rename(self.container_name(name))
-            log.warning("%s: a replacement cut short by a crash left %d other container(s): removed; %s kept", name,
-                        len(left), kept.id[:12])
+            log.warning("%s: what a replacement left (cut short by a crash, or its old container's removal failed): "
+                        "%d other container(s) removed; %s kept under the workload's name", name, len(left), kept.id[:12])
         except (EngineUnavailable, docker_errors.APIError) as error:
-            log.warning("%s: the containers a replacement cut short left stay for now: %s", name, error)
+            log.warning("%s: what a replacement left stays until a later pass: %s", name, error)
         finally:
             self._seen.changed(name)
 
@@ -136,7 +157,7 @@ class ContainerDriver:
         one's is read live from the engine by `reconciler logs`, and copied when it is stopped or replaced)."""
         try:
             for container in self._seen.of(name):
-                if container.status not in _RUNNING:
+                if container.status not in RUNNING:
                     self._save_log(name, container)
         except (EngineUnavailable, docker_errors.APIError):
             return
@@ -148,30 +169,43 @@ class ContainerDriver:
     # -- act --------------------------------------------------------------------------------
 
     def start(self, name: str, launch: ContainerLaunch, generation: int,  # type: ignore[override]
-              grace_seconds: float = 10.0) -> ProcessObservation:
+              grace_seconds: float = 10.0, stopped: Callable[[], None] = lambda: None) -> ProcessObservation:
         """Start `launch` in place of whatever container the workload has: the replacement is made while the old one
-        stops (TERM, `grace_seconds`, KILL), starts once it stopped, and the old one is removed after."""
+        stops (TERM, `grace_seconds`, KILL), starts once it stopped, and the old one is removed after. `stopped` is
+        called once the old ones have stopped (a stop that fails raises before it)."""
+        told: list[bool] = []
+
+        def stopped_once() -> None:  # a fallback's stop, then a failed create, still told once
+            if not told:
+                told.append(True)
+                stopped()
+
         try:
-            return self._start(name, launch, generation, grace_seconds)
+            with self._acting_on(name):
+                return self._start(name, launch, generation, grace_seconds, stopped_once)
         except BaseException:
             self._seen.changed(name)
             raise
 
-    def _start(self, name: str, launch: ContainerLaunch, generation: int, grace_seconds: float) -> ProcessObservation:
+    def _start(self, name: str, launch: ContainerLaunch, generation: int, grace_seconds: float,
+               stopped: Callable[[], None]) -> ProcessObservation:
         from concurrent.futures import ThreadPoolExecutor  # where a container is started, not by every command
 
         try:
             with self.engine.reach() as client, ThreadPoolExecutor(1, "container-stop") as stopper:
                 olds, stopping = self._seen.of(name), None
                 try:
-                    self._check_host(launch, [old for old in olds if old.status in _RUNNING])
-                    self._set_aside(name, olds)
+                    self._check_host(launch, [old for old in olds if old.status in RUNNING])
+                    olds, aside = self._set_aside(name, olds, grace_seconds, stopped)
                     self._starts.remember(name, None)  # before the engine makes anything, as a native start's intent
                     # the old ones stop while their replacement is made (its create is off the time nothing serves)
                     stopping = stopper.submit(self._stop_all, olds, grace_seconds)
                     container = client.containers.create(**create_args(name, self.container_name(name), self._owner, launch, generation))
+                except _OldRunsOn:
+                    raise
                 except (StartFailed, docker_errors.APIError):  # it fails as it did after the old one went: nothing runs
                     self._retire(name, olds, grace_seconds, stopped=stopping is not None and stopping.exception() is None)
+                    stopped()
                     self._starts.forget(name)
                     raise
                 # what the start leaves is inspected at its end, and that inspection serves the looks that follow
@@ -180,12 +214,15 @@ class ContainerDriver:
                 try:
                     stopping.result()
                 except Exception as error:
-                    with contextlib.suppress(Exception):  # noqa: BLE001 - else the next start or a restart removes it
+                    with contextlib.suppress(Exception):  # noqa: BLE001 - else the next start or a pass's tidy-up does
                         self._discard(name, container)  # the old one may run on: the new one never starts beside it
+                        if aside is not None:
+                            aside.rename(self.container_name(name))
                     if isinstance(error, docker_errors.APIError):
-                        raise StartFailed("ContainerStopFailed", f"{self.container_name(name)}: "
-                                                                 f"{error.explanation or error}") from None
+                        raise _OldRunsOn("ContainerStopFailed", f"{self.container_name(name)}: "
+                                                                f"{error.explanation or error}") from None
                     raise
+                stopped()
                 crash_point("replaced-stopped")
                 try:
                     container.start()
@@ -194,10 +231,17 @@ class ContainerDriver:
                     self._save_log(name, container)
                     self._discard(name, container)
                     raise failure_of(error, "ContainerStartFailed") from None
-                container.reload()
-                self._starts.remember(name, container)
-                crash_point("replacement-started")
-                self._retire(name, olds, grace_seconds, stopped=True)
+                try:  # started: nothing after this makes it a failed start
+                    with self.engine.reach():
+                        container.reload()
+                        self._starts.remember(name, container)
+                        crash_point("replacement-started")
+                        self._retire(name, olds, grace_seconds, stopped=True)
+                except (EngineUnavailable, docker_errors.APIError) as error:
+                    log.warning("%s: %s started; the replaced container(s) stay until a later pass removes them: %s",
+                                name, container.id[:12], error)
+                    self._seen.changed(name)
+                    return self.observe(name)
         except EngineUnavailable as error:
             raise StartFailed("EngineUnavailable", error.message) from None
         except docker_errors.APIError as error:
@@ -230,7 +274,8 @@ class ContainerDriver:
         """Stop the workload's container (TERM, grace, KILL); `forget` removes it, else it stays as exited.
         Raises EngineUnavailable, or StartFailed when the engine refuses: the caller tries again later."""
         try:
-            return self._stop(name, grace_seconds, forget)
+            with self._acting_on(name):
+                return self._stop(name, grace_seconds, forget)
         except BaseException:
             self._seen.changed(name)
             raise
@@ -246,7 +291,7 @@ class ContainerDriver:
                 # the exit this stop causes is no news to wake the workload with: the pass that stops it looks after
                 with self._seen.expecting(container.id, "die", *(("destroy",) if forget else ())):
                     try:
-                        if container.status in _RUNNING:
+                        if container.status in RUNNING:
                             if not forget:  # its exit stays on record, to be told from a crash
                                 self._starts.note_stop_requested(name, container.id)
                             try:
@@ -275,46 +320,7 @@ class ContainerDriver:
     # -- internals --------------------------------------------------------------------------
 
     def _observation(self, name: str, containers: list[Container]) -> ProcessObservation:
-        adoptable = [(container, launch) for container in containers if (launch := launch_of(container))]
-        if not adoptable:  # a start replaces whatever carries our label
-            started = self._starts.last(name).get("id")
-            gone = started and not any(container.id == started for container in containers)
-            return ProcessObservation(ProcessState.absent, vanished=f"container {started[:12]}" if gone else None)
-        container, launch = self._current(adoptable)
-        state = container.attrs.get("State") or {}
-        if state.get("Status") == "created":
-            return ProcessObservation(ProcessState.absent)  # a start a crash cut short
-        pid = state.get("Pid") or self._starts.pid(name, container.id)
-        # Docker's zero time (never started, or ended with no finish recorded, as a start cut by an engine restart
-        # leaves it) falls back to the time before it, never to "now": an exit seen anew on every pass would
-        # push its restart's back-off out forever.
-        created = engine_time(container.attrs.get("Created"), clock.now())
-        started_at = engine_time(state.get("StartedAt"), created)
-        record = ProcessRecord(
-            name=name, pid=pid, start_ticks=0, nonce=container.id[:16], launch=launch,
-            generation=int(container.labels.get(GENERATION_LABEL, "1")), started_at=started_at,
-            enforcement=enforcement(launch), container_id=container.id, addresses=addresses_of(container),
-        )
-        if state.get("Status") in _RUNNING:
-            if not self._readonly and self._starts.pid(name, container.id) != pid:
-                self._starts.remember(name, container)
-            return ProcessObservation(ProcessState.running, record)
-        # The engine's own words tell this exit from another, and its own clock how long the run took: moved onto
-        # the reconciler's clock as they are read, they would change whenever the system clock is slewed or stepped.
-        began, ended = state.get("StartedAt"), state.get("FinishedAt")
-        start_time, finish_time = system_time(began), system_time(ended)
-        ran = (finish_time - start_time).total_seconds() if start_time and finish_time else 0.0
-        exit_info = ExitInfo(pid=pid, code=state.get("ExitCode"), finished_at=engine_time(ended, started_at),
-                             run=f"container {container.id} started {began} finished {ended}",
-                             ran_seconds=max(0.0, ran), oom_killed=bool(state.get("OOMKilled")),
-                             stopped_by_reconciler=self._starts.stopped_by_us(name, container.id, finish_time))
-        return ProcessObservation(ProcessState.exited, record.model_copy(update={"exit": exit_info}))
-
-    @staticmethod
-    def _current(adoptable: list[tuple[Container, ContainerLaunch]]) -> tuple[Container, ContainerLaunch]:
-        """The workload's container (with its launch) among those with intact labels: a running one before one that
-        never started beside it (a replacement a crash cut short), else the newest."""
-        return max(adoptable, key=lambda pair: (pair[0].status in _RUNNING, pair[0].attrs.get("Created", "")))
+        return observation(name, containers, self._starts, self._readonly)
 
     def _check_host(self, launch: ContainerLaunch, replaced: list[Container]) -> None:
         """Raise StartFailed unless the launch's host ports (but those the `replaced` containers publish on any
@@ -331,17 +337,33 @@ class ContainerDriver:
                 raise StartFailed("VolumeSourceNotFound", f"volume source {volume.source} does not exist: create it "
                                                           "or fix spec.volumes")
 
-    def _set_aside(self, name: str, olds: list[Container]) -> None:
-        """The workload's name goes to its replacement: an old container holding it is renamed after its own id."""
+    def _set_aside(self, name: str, olds: list[Container], grace_seconds: float,
+                   stopped: Callable[[], None]) -> tuple[list[Container], Container | None]:
+        """The workload's name goes to its replacement: an old container holding it is renamed after its own id
+        (returned second). If the engine refuses (that name taken by a container not ours), the old ones go first,
+        as before the replacement was made beside them: stopped, their output kept, removed; none are left."""
         canonical = self.container_name(name)
-        for old in olds:
-            if old.name == canonical:
-                old.rename(f"{canonical}-{old.id[:12]}")
+        holder = next((old for old in olds if old.name == canonical), None)
+        if holder is None:
+            return olds, None
+        try:
+            holder.rename(f"{canonical}-{holder.id[:12]}")
+        except docker_errors.APIError as refused:
+            log.warning("%s: %s cannot be set aside (%s): it stops before its replacement is made", name,
+                        holder.id[:12], refused.explanation or refused)
+            try:
+                self._stop_all(olds, grace_seconds)
+            except docker_errors.APIError as error:
+                raise _OldRunsOn("ContainerStopFailed", f"{canonical}: {error.explanation or error}") from None
+            stopped()
+            self._retire(name, olds, grace_seconds, stopped=True)
+            return [], None
+        return olds, holder
 
     def _stop_all(self, containers: list[Container], grace_seconds: float) -> None:
         """Stop every running one; the exits are our own (taken back if the stop fails: it may run on)."""
         for container in containers:
-            if container.status in _RUNNING:  # one whose labels we cannot read: still stopped gracefully
+            if container.status in RUNNING:  # one whose labels we cannot read: still stopped gracefully
                 with self._seen.expecting(container.id, "die"):
                     try:
                         container.stop(timeout=math.ceil(grace_seconds))
@@ -380,3 +402,7 @@ class ContainerDriver:
             return
         self.logs.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(self.logs.path(name), output[-self.logs.max_bytes:], mode=0o600)
+
+
+class _OldRunsOn(StartFailed):
+    """The old container's stop failed: it runs on, and the replacement was not started."""

@@ -7,6 +7,8 @@ drivers are asked to stop) and starts the new one in the right place.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from reconciler.api.launch import ContainerLaunch, LaunchSpec
 from reconciler.api.status import ExitInfo
 from reconciler.drive.containers import ContainerDriver
@@ -39,11 +41,17 @@ class Drivers:
             return self.containers.start(name, launch, generation)
         return self.native.start(name, launch, generation)
 
-    def replace(self, name: str, launch: ContainerLaunch, generation: int, grace_seconds: float) -> ProcessObservation:
+    def replace(self, name: str, launch: ContainerLaunch, generation: int, grace_seconds: float,
+                stopped: Callable[[], None]) -> ProcessObservation:
         """Start a container launch in place of what the workload runs: a native process is stopped first, a
-        container is replaced by the container driver, which makes the new one before it stops the old one."""
+        container is replaced by the container driver, which makes the new one before it stops the old one.
+        `stopped`: called once what ran has stopped (never when a stop fails)."""
         self.native.stop(name, grace_seconds)
-        return self.containers.start(name, launch, generation, grace_seconds)
+        return self.containers.start(name, launch, generation, grace_seconds, stopped)
+
+    def tidy(self) -> None:
+        """End what a container replacement left, as the latest listing shows it."""
+        self.containers.tidy()
 
     def check_room(self) -> None:
         """Raise OSError unless the state directory takes a new run's records (one store for both drivers)."""

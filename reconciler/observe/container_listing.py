@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from docker.models.containers import Container
 
 
+def container_name(owner: str, workload: str) -> str:
+    """The name a workload's container has once no replacement of it is under way."""
+    return f"lais-{workload}-{owner[:8]}"
+
+
 class OwnedContainers:
     def __init__(self, engine: DockerEngine, owner: str, one_shot: bool = False) -> None:
         self.engine = engine
@@ -37,7 +42,7 @@ class OwnedContainers:
         self._touched: dict[str, int] = {}  # per workload, counts what made its next look a fresh one
         self._subscriptions = 0  # counts subscriptions made and lost: what was seen across one is not kept
         self._expected: set[tuple[str, str]] = set()  # (container id, event) of our own acts, already seen
-        self._crowded: list[str] = []  # workloads the latest listing showed more than one container of
+        self._untidy: list[str] = []  # workloads the latest listing showed a replacement's leftovers of
 
     def names(self) -> list[str]:
         """The workloads this owner has containers for, from a new listing (raises EngineUnavailable, APIError)."""
@@ -45,10 +50,13 @@ class OwnedContainers:
             epoch = self._epoch
         listed = self.engine.listed(self.owner)
         listing: dict[str, list[tuple[str, str]]] = {}
+        untidy = set()
         for container in listed:
             listing.setdefault(container.workload, []).append((container.id, container.state))
+            if container.name != container_name(self.owner, container.workload):
+                untidy.add(container.workload)
         with self._lock:
-            self._crowded = sorted(name for name, found in listing.items() if len(found) > 1)
+            self._untidy = sorted(untidy | {name for name, found in listing.items() if len(found) > 1})
             if self._reusable and epoch == self._epoch:
                 states = {container.id: container.state for container in listed}
                 self._inspected = {id_: inspected for id_, inspected in self._inspected.items()
@@ -56,10 +64,11 @@ class OwnedContainers:
                 self._listing, self._changed = listing, set()
         return sorted(listing)
 
-    def crowded(self) -> list[str]:
-        """The workloads the latest listing showed more than one container of."""
+    def untidy(self) -> list[str]:
+        """The workloads the latest listing showed more than one container of, or one not under the workload's name:
+        what a replacement cut short, or one whose old container's removal failed, left."""
         with self._lock:
-            return list(self._crowded)
+            return list(self._untidy)
 
     def seen_names(self) -> list[str]:
         """The workloads this owner has containers for, as the pass's listing showed them and every event or act

@@ -58,11 +58,13 @@ class ImageFacts:
 
 @dataclass(frozen=True)
 class Listed:
-    """One container as a listing shows it, without an inspection: whose it is and its state ("running", "exited")."""
+    """One container as a listing shows it, without an inspection: whose it is, its state ("running", "exited") and
+    its name."""
 
     id: str
     workload: str
     state: str
+    name: str = ""
 
 
 class DockerEngine:
@@ -173,7 +175,8 @@ class DockerEngine:
         with self.reach() as client:
             containers = client.containers.list(all=True, filters={"label": [f"{OWNER_LABEL}={owner}"]}, sparse=True)
         found = [Listed(container.id, (container.attrs.get("Labels") or {}).get(WORKLOAD_LABEL, ""),
-                        str(container.attrs.get("State", ""))) for container in containers]
+                        str(container.attrs.get("State", "")), ((container.attrs.get("Names") or [""])[0]).lstrip("/"))
+                 for container in containers]
         return [listed for listed in found if listed.workload]
 
     def inspect(self, container_id: str) -> Container | None:
@@ -185,7 +188,8 @@ class DockerEngine:
                 return None
 
     def output(self, owner: str, name: str, tail: int, follow: bool) -> Iterator[bytes] | None:
-        """What the workload's newest container with intact labels wrote, straight from the engine (`tail`: its last
+        """What the workload's container with intact labels wrote (the running one, as status reports it, before one a
+        replacement made and never started; else the newest), straight from the engine (`tail`: its last
         lines, 0 all; `follow`: then as it writes more); None when there is none to ask. One listing, no inspection:
         the listing shows each container's labels and creation, and reading the output needs no model of them."""
         labels = [f"{OWNER_LABEL}={owner}", f"{WORKLOAD_LABEL}={name}"]
@@ -195,8 +199,8 @@ class DockerEngine:
                 intact = [found for found in listed if intact_launch(found.get("Labels") or {}) is not None]
                 if not intact:
                     return None
-                newest = max(intact, key=lambda found: found.get("Created", 0))
-                output = client.api.logs(newest["Id"], stdout=True, stderr=True, tail=tail or "all", stream=follow,
+                current = max(intact, key=lambda found: (found.get("State") == "running", found.get("Created", 0)))
+                output = client.api.logs(current["Id"], stdout=True, stderr=True, tail=tail or "all", stream=follow,
                                          follow=follow)
         except (EngineUnavailable, docker_errors.APIError):  # an engine gone is "none to ask", not a traceback
             return None

@@ -1,7 +1,7 @@
 """The daemon SIGKILLed during a container replacement (made while the old one stops, the new one started, the old
 one removed; base/crash_points.py), and what a crash between the make and the stop leaves, built by hand: never two
-containers serving, and the restart leaves the workload one container under its name, with any cut-short decision
-closed."""
+containers serving, and the restart leaves the workload one container under its name (renamed back if it was
+left set aside), with any cut-short decision closed."""
 
 from __future__ import annotations
 
