@@ -175,3 +175,27 @@ def test_logs_read_the_running_container_not_a_replacement_that_never_started(
     docker_engine.client().containers.create(TEST_IMAGE, ["sleep", "600"], name=name, labels=old.labels)
     shown = space.cli("logs", "talk")
     assert "said-by-the-running-one" in shown.stdout, shown.stdout + shown.stderr
+
+
+def test_a_replacement_whose_create_is_cut_still_says_the_old_container_stopped(
+    space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
+) -> None:
+    """The old container stops while its replacement is made: when the create then fails (here the engine's connection
+    drops), the evidence still names the stop that happened, beside the failed start."""
+    port = free_port()
+    space.write("web.yaml", web(port))
+    assert space.cli("apply").returncode == 0
+    old = ours(docker_engine, space, "web")[0]
+    space.write("web.yaml", web(port, env={"GREETING": "hi"}))
+    proxy = CountingProxy(tmp_path / "cut.sock", docker_engine.address.removeprefix("unix://"),
+                          cut=frozenset({"POST /containers/create"}))
+    proxy.start()
+    try:
+        space.cli("apply", env={**os.environ, "DOCKER_HOST": proxy.address})
+        assert proxy.counts["POST /containers/create"] >= 1
+    finally:
+        proxy.close()
+    assert [(c.id, c.status) for c in ours(docker_engine, space, "web")] == [(old.id, "exited")]
+    action = last_action(space)
+    assert action["result"] == "failed" and action["failedOperation"]["op"] == "start", action
+    assert [op["op"] for op in action.get("operations", [])] == ["stop"], action

@@ -198,14 +198,21 @@ class ContainerDriver:
                     self._check_host(launch, [old for old in olds if old.status in RUNNING])
                     olds, aside = self._set_aside(name, olds, grace_seconds, stopped)
                     self._starts.remember(name, None)  # before the engine makes anything, as a native start's intent
+
+                    def stop_olds() -> None:  # told in the stopper: whatever fails after, the stop that happened is said
+                        self._stop_all(olds, grace_seconds)
+                        stopped()
+
                     # the old ones stop while their replacement is made (its create is off the time nothing serves)
-                    stopping = stopper.submit(self._stop_all, olds, grace_seconds)
+                    stopping = stopper.submit(stop_olds)
                     container = client.containers.create(**create_args(name, self.container_name(name), self._owner, launch, generation))
                 except _OldRunsOn:
                     raise
                 except (StartFailed, docker_errors.APIError):  # it fails as it did after the old one went: nothing runs
-                    self._retire(name, olds, grace_seconds, stopped=stopping is not None and stopping.exception() is None)
-                    stopped()
+                    if stopping is None or stopping.exception() is not None:
+                        self._stop_all(olds, grace_seconds)
+                        stopped()
+                    self._retire(name, olds, grace_seconds, stopped=True)
                     self._starts.forget(name)
                     raise
                 # what the start leaves is inspected at its end, and that inspection serves the looks that follow
@@ -222,7 +229,6 @@ class ContainerDriver:
                         raise _OldRunsOn("ContainerStopFailed", f"{self.container_name(name)}: "
                                                                 f"{error.explanation or error}") from None
                     raise
-                stopped()
                 crash_point("replaced-stopped")
                 try:
                     container.start()
