@@ -51,6 +51,23 @@ def started_with_the_old_one_s_removal_cut(space: Workspace, docker_engine: Engi
     return new.id
 
 
+def replaced_with_cut(space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path, cut: str) -> Any:
+    """Start web, change its spec, and apply the change through a proxy that cuts `cut`; returns the old container."""
+    port = free_port()
+    space.write("web.yaml", web(port))
+    assert space.cli("apply").returncode == 0
+    old = ours(docker_engine, space, "web")[0]
+    space.write("web.yaml", web(port, env={"GREETING": "hi"}))
+    proxy = CountingProxy(tmp_path / "cut.sock", docker_engine.address.removeprefix("unix://"), cut=frozenset({cut}))
+    proxy.start()
+    try:
+        space.cli("apply", env={**os.environ, "DOCKER_HOST": proxy.address})
+        assert proxy.counts[cut] >= 1
+    finally:
+        proxy.close()
+    return old
+
+
 def test_a_replacement_started_is_a_start_that_succeeded_though_the_old_one_s_removal_failed(
     space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
 ) -> None:
@@ -105,19 +122,7 @@ def test_a_daemon_pass_removes_the_old_container_a_replacement_could_not_remove(
 def test_a_failed_stop_of_the_old_container_is_the_failed_operation_and_it_serves_on_under_its_name(
     space: Workspace, docker_engine: EngineUnderTest, tmp_path: Path
 ) -> None:
-    port = free_port()
-    space.write("web.yaml", web(port))
-    assert space.cli("apply").returncode == 0
-    old = ours(docker_engine, space, "web")[0]
-    space.write("web.yaml", web(port, env={"GREETING": "hi"}))
-    proxy = CountingProxy(tmp_path / "cut.sock", docker_engine.address.removeprefix("unix://"),
-                          cut=frozenset({"POST /containers/{}/stop"}))
-    proxy.start()
-    try:
-        space.cli("apply", env={**os.environ, "DOCKER_HOST": proxy.address})
-        assert proxy.counts["POST /containers/{}/stop"] >= 1
-    finally:
-        proxy.close()
+    old = replaced_with_cut(space, docker_engine, tmp_path, "POST /containers/{}/stop")
     action = last_action(space)
     assert action["result"] == "failed" and action["failedOperation"]["op"] == "stop", action
     assert [op["op"] for op in action.get("operations", [])] == [], action
@@ -182,19 +187,7 @@ def test_a_replacement_whose_create_is_cut_still_says_the_old_container_stopped(
 ) -> None:
     """The old container stops while its replacement is made: when the create then fails (here the engine's connection
     drops), the evidence still names the stop that happened, beside the failed start."""
-    port = free_port()
-    space.write("web.yaml", web(port))
-    assert space.cli("apply").returncode == 0
-    old = ours(docker_engine, space, "web")[0]
-    space.write("web.yaml", web(port, env={"GREETING": "hi"}))
-    proxy = CountingProxy(tmp_path / "cut.sock", docker_engine.address.removeprefix("unix://"),
-                          cut=frozenset({"POST /containers/create"}))
-    proxy.start()
-    try:
-        space.cli("apply", env={**os.environ, "DOCKER_HOST": proxy.address})
-        assert proxy.counts["POST /containers/create"] >= 1
-    finally:
-        proxy.close()
+    old = replaced_with_cut(space, docker_engine, tmp_path, "POST /containers/create")
     assert [(c.id, c.status) for c in ours(docker_engine, space, "web")] == [(old.id, "exited")]
     action = last_action(space)
     assert action["result"] == "failed" and action["failedOperation"]["op"] == "start", action
