@@ -20,6 +20,7 @@ from reconciler.cli.query_client import SILENCE_SECONDS
 from reconciler.control.query_server import MAX_CONCURRENT, QueryServer
 from tests.conftest import PYTHON, Workspace, wait_for, workload_yaml
 from tests.test_cli_imports import HEAVY, imported, top_level
+from tests.test_daemon_queries import answering
 
 IN_PROCESS = {**os.environ, "RECONCILER_ASK_DAEMON": "0"}
 CRASHES = "import sys; print('bye', flush=True); sys.exit(3)"
@@ -38,11 +39,7 @@ def running_args(workspace: Workspace, name: str) -> list[list[str]]:
 @pytest.fixture
 def watched(workspace: Workspace) -> Iterator[Workspace]:
     workspace.write("hello.yaml", workload_yaml("hello", args=("v1",)))
-    workspace.start_daemon()
-    wait_for(lambda: (workspace.condition("hello.yaml", "hello") or {}).get("status") == "True", timeout=30,
-             what="hello Ready")
-    wait_for(lambda: socket_path(workspace.state).exists(), what="the query socket")
-    yield workspace
+    yield answering(workspace)
 
 
 def test_apply_converges_what_was_written_just_before_it(watched: Workspace) -> None:

@@ -40,11 +40,16 @@ def answered(workspace: Workspace) -> int:
 def running(workspace: Workspace) -> Iterator[Workspace]:
     workspace.write("hello.yaml", workload_yaml("hello"))
     workspace.write("bad.yaml", BAD_SPEC)
+    yield answering(workspace)
+
+
+def answering(workspace: Workspace) -> Workspace:
+    """`workspace` with its daemon started, hello Ready and the query socket there."""
     workspace.start_daemon()
     wait_for(lambda: (workspace.condition("hello.yaml", "hello") or {}).get("status") == "True", timeout=30,
              what="hello Ready")
     wait_for(lambda: socket_path(workspace.state).exists(), what="the query socket")
-    yield workspace
+    return workspace
 
 
 def test_the_daemon_answers_what_the_command_computes(running: Workspace) -> None:
